@@ -1,0 +1,253 @@
+//! Local pre-aggregation, run by the source on each worker before the exchange.
+//!
+//! A combiner folds accepted events into one partial aggregate per
+//! (time bucket, key) and releases a bucket's partials once the worker's local
+//! watermark has passed the bucket's time, so at most one record per key and
+//! bucket and worker crosses the network. Hot keys cost one hash-map update per
+//! event instead of one exchanged record per event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::agg::Agg;
+use crate::window::round_down;
+
+/// Hash maps keyed by strings on the hot path. foldhash with a fixed seed:
+/// fast, and the same across processes.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// One update of a differential collection: data, time, diff.
+pub type Update<D> = (D, u64, isize);
+
+/// Pre-aggregation of accepted events on one worker.
+pub trait LocalCombiner: 'static {
+    /// The record shipped downstream as a differential update.
+    type Record: Clone + Ord + Debug + Serialize + DeserializeOwned + Send + 'static;
+
+    /// Folds one accepted event in.
+    fn add(&mut self, key: &str, ts: u64, value: i64);
+
+    /// Moves every partial whose time is `< watermark` into `out`, as updates
+    /// at that time with diff +1. The caller guarantees that no event added
+    /// later has a rounded time below `watermark`.
+    fn flush_before(&mut self, watermark: u64, out: &mut Vec<Update<Self::Record>>);
+
+    /// The least time of a partial still held, if any.
+    fn min_pending_time(&self) -> Option<u64>;
+}
+
+/// Partials grouped by bucket time, then key.
+#[derive(Debug)]
+struct Buckets<P> {
+    by_time: BTreeMap<u64, FastMap<String, P>>,
+}
+
+impl<P: Copy> Buckets<P> {
+    fn new() -> Self {
+        Buckets {
+            by_time: BTreeMap::new(),
+        }
+    }
+
+    #[inline]
+    fn upsert(&mut self, time: u64, key: &str, new: impl FnOnce() -> P, fold: impl FnOnce(&mut P)) {
+        let map = self.by_time.entry(time).or_default();
+        // Look up by &str first so that the common case (key seen) allocates nothing.
+        if let Some(partial) = map.get_mut(key) {
+            fold(partial);
+        } else {
+            map.insert(key.to_owned(), new());
+        }
+    }
+
+    fn flush_before<R>(&mut self, watermark: u64, out: &mut Vec<Update<R>>, mut make: impl FnMut(u64, String, P) -> R) {
+        while let Some(entry) = self.by_time.first_entry() {
+            if *entry.key() >= watermark {
+                break;
+            }
+            let time = *entry.key();
+            let map = entry.remove();
+            out.reserve(map.len());
+            out.extend(map.into_iter().map(|(key, p)| (make(time, key, p), time, 1)));
+        }
+    }
+
+    fn min_time(&self) -> Option<u64> {
+        self.by_time.keys().next().copied()
+    }
+}
+
+/// Combiner for tumbling and sliding windows: one [`Agg`] per (pane, key),
+/// where panes are the slide-long slices `[k*slide, (k+1)*slide)`.
+///
+/// A pane's partial is released at time `pane_end - granularity`, the last
+/// granule of the pane, so every contribution to the pane arrives downstream
+/// at one time and the window operator fires once per pane.
+#[derive(Debug)]
+pub struct PaneCombiner {
+    slide_ms: u64,
+    granularity_ms: u64,
+    buckets: Buckets<Agg>,
+}
+
+impl PaneCombiner {
+    /// A combiner for panes of `slide_ms`; `granularity_ms` divides `slide_ms`.
+    pub fn new(slide_ms: u64, granularity_ms: u64) -> Self {
+        assert!(
+            granularity_ms > 0 && slide_ms % granularity_ms == 0,
+            "granularity {granularity_ms} must divide slide {slide_ms}"
+        );
+        PaneCombiner {
+            slide_ms,
+            granularity_ms,
+            buckets: Buckets::new(),
+        }
+    }
+
+    /// The time at which the partial of the pane holding `ts` is released.
+    #[inline]
+    pub fn pane_time(&self, ts: u64) -> u64 {
+        round_down(ts, self.slide_ms) + self.slide_ms - self.granularity_ms
+    }
+}
+
+impl LocalCombiner for PaneCombiner {
+    /// `(key, (pane_start, aggregate))`
+    type Record = (String, (u64, Agg));
+
+    #[inline]
+    fn add(&mut self, key: &str, ts: u64, value: i64) {
+        let time = self.pane_time(ts);
+        self.buckets
+            .upsert(time, key, || Agg::of(value), |agg| agg.add(value));
+    }
+
+    fn flush_before(&mut self, watermark: u64, out: &mut Vec<Update<Self::Record>>) {
+        let pane_offset_ms = self.slide_ms - self.granularity_ms;
+        self.buckets.flush_before(watermark, out, |time, key, agg| {
+            (key, (time - pane_offset_ms, agg))
+        });
+    }
+
+    fn min_pending_time(&self) -> Option<u64> {
+        self.buckets.min_time()
+    }
+}
+
+/// Partial session: events of one key within one granule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionPartial {
+    /// Least event time, ms.
+    pub first_ts: u64,
+    /// Greatest event time, ms.
+    pub last_ts: u64,
+    /// Aggregate of the events.
+    pub agg: Agg,
+}
+
+impl SessionPartial {
+    fn of(ts: u64, value: i64) -> Self {
+        SessionPartial {
+            first_ts: ts,
+            last_ts: ts,
+            agg: Agg::of(value),
+        }
+    }
+
+    /// Merges another partial of the same session.
+    pub fn merge(&mut self, other: &SessionPartial) {
+        self.first_ts = self.first_ts.min(other.first_ts);
+        self.last_ts = self.last_ts.max(other.last_ts);
+        self.agg.merge(&other.agg);
+    }
+}
+
+/// Combiner for session windows: one [`SessionPartial`] per (granule, key).
+///
+/// With `granularity <= gap`, all events of a granule are less than `gap`
+/// apart and so belong to one session; a partial is released at its granule's
+/// time.
+#[derive(Debug)]
+pub struct SessionCombiner {
+    granularity_ms: u64,
+    buckets: Buckets<SessionPartial>,
+}
+
+impl SessionCombiner {
+    /// A combiner for sessions of `gap_ms` with granules of `granularity_ms`.
+    pub fn new(gap_ms: u64, granularity_ms: u64) -> Self {
+        assert!(
+            granularity_ms > 0 && granularity_ms <= gap_ms,
+            "granularity {granularity_ms} must be positive and at most the gap {gap_ms}"
+        );
+        SessionCombiner {
+            granularity_ms,
+            buckets: Buckets::new(),
+        }
+    }
+}
+
+impl LocalCombiner for SessionCombiner {
+    /// `(key, partial session)`
+    type Record = (String, SessionPartial);
+
+    #[inline]
+    fn add(&mut self, key: &str, ts: u64, value: i64) {
+        let time = round_down(ts, self.granularity_ms);
+        self.buckets.upsert(
+            time,
+            key,
+            || SessionPartial::of(ts, value),
+            |partial| partial.merge(&SessionPartial::of(ts, value)),
+        );
+    }
+
+    fn flush_before(&mut self, watermark: u64, out: &mut Vec<Update<Self::Record>>) {
+        self.buckets
+            .flush_before(watermark, out, |_time, key, partial| (key, partial));
+    }
+
+    fn min_pending_time(&self) -> Option<u64> {
+        self.buckets.min_time()
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pane_partials_release_at_pane_end_minus_granule() {
+        let mut c = PaneCombiner::new(10_000, 1_000);
+        c.add("a", 1_500, 4);
+        c.add("a", 9_999, -2);
+        c.add("b", 10_000, 7);
+        assert_eq!(c.min_pending_time(), Some(9_000));
+        let mut out = Vec::new();
+        c.flush_before(9_000, &mut out);
+        assert!(out.is_empty(), "released before the watermark passed");
+        c.flush_before(9_001, &mut out);
+        out.sort();
+        let mut expected = Agg::of(4);
+        expected.add(-2);
+        assert_eq!(out, vec![(("a".to_owned(), (0, expected)), 9_000, 1)]);
+        assert_eq!(c.min_pending_time(), Some(19_000));
+    }
+
+    #[test]
+    fn session_partials_keep_first_and_last() {
+        let mut c = SessionCombiner::new(5_000, 1_000);
+        c.add("k", 1_700, 1);
+        c.add("k", 1_100, 2);
+        let mut out = Vec::new();
+        c.flush_before(u64::MAX, &mut out);
+        assert_eq!(out.len(), 1);
+        let (_, partial) = &out[0].0;
+        assert_eq!((partial.first_ts, partial.last_ts, partial.agg.count), (1_100, 1_700, 2));
+        assert_eq!(out[0].1, 1_000);
+    }
+}

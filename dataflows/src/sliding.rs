@@ -1,0 +1,194 @@
+//! Tumbling and sliding windows as a differential dataflow.
+//!
+//! The input is the collection of pane partials `(key, (pane_start, agg))`
+//! released by [`crate::combiner::PaneCombiner`] at time `pane_end - G`.
+//!
+//! - Each partial is inserted at its time and retracted `size` later, so at
+//!   time `e - G` (for `e` a multiple of the slide) the collection holds exactly
+//!   the panes of the window `[e - size, e)`: the window's contents are a
+//!   collection, and no event or partial is copied `size / slide` times.
+//! - `reduce` per key folds the current panes into one [`Agg`]; it only fires
+//!   at times `≡ -G (mod slide)`, when a pane enters or leaves.
+//! - [`emit_windows`] follows the reduce output in time order and, once the
+//!   frontier has passed `e - G`, emits one row per key present: each window
+//!   result exactly once.
+//!
+//! The retraction is also the eviction: once the frontier passes a pane's
+//! retraction time, the insert and the retraction cancel when the trace
+//! compacts, so the arranged state holds only the open windows.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::VecCollection;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use crate::agg::Agg;
+use crate::combiner::FastMap;
+use crate::row::WindowRow;
+
+/// Parameters of tumbling (`size == slide`) and sliding windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedWindows {
+    /// Window length, ms.
+    pub size_ms: u64,
+    /// Distance between window starts, ms; divides `size_ms`.
+    pub slide_ms: u64,
+    /// Time granularity, ms; divides `slide_ms`.
+    pub granularity_ms: u64,
+}
+
+/// Pane partials, as released by the pane combiner.
+pub type PanePartials<'scope> = VecCollection<'scope, u64, (String, (u64, Agg)), isize>;
+
+/// The window rows of `partials`, each emitted once when its window closes.
+pub fn fixed_windows<'scope>(
+    partials: PanePartials<'scope>,
+    windows: FixedWindows,
+) -> Stream<'scope, u64, Vec<WindowRow>> {
+    assert!(windows.slide_ms > 0 && windows.size_ms % windows.slide_ms == 0);
+    assert!(windows.granularity_ms > 0 && windows.slide_ms % windows.granularity_ms == 0);
+    let size_ms = windows.size_ms;
+    let expired = partials.clone().delay(move |t| t + size_ms).negate();
+    let current = partials
+        .concat(expired)
+        .reduce_named("WindowAggregate", |_key, panes, output| {
+            let mut total: Option<Agg> = None;
+            for (&(_, ref agg), copies) in panes {
+                // A pane is present with a positive count; a negative count
+                // would mean a retraction without its insert.
+                debug_assert!(*copies > 0, "pane retracted more often than inserted");
+                let copies = u64::try_from(*copies).unwrap_or(0);
+                if copies == 0 {
+                    continue;
+                }
+                match &mut total {
+                    Some(t) => t.merge_weighted(agg, copies),
+                    None => {
+                        let mut first = *agg;
+                        if copies > 1 {
+                            first.merge_weighted(agg, copies - 1);
+                        }
+                        total = Some(first);
+                    }
+                }
+            }
+            if let Some(total) = total {
+                output.push((total, 1isize));
+            }
+        });
+    emit_windows(&current.inner, windows)
+}
+
+/// Turns the per-key aggregate of the current window into one row per key
+/// and window, once the frontier has passed each window's last granule.
+fn emit_windows<'scope>(
+    current: &Stream<'scope, u64, Vec<((String, Agg), u64, isize)>>,
+    windows: FixedWindows,
+) -> Stream<'scope, u64, Vec<WindowRow>> {
+    let FixedWindows {
+        size_ms,
+        slide_ms,
+        granularity_ms,
+    } = windows;
+    current
+        .clone()
+        .unary_frontier(Pipeline, "EmitWindows", move |_cap, _info| {
+            // Updates not yet applied, by time.
+            let mut pending: BTreeMap<u64, Vec<(String, Agg, isize)>> = BTreeMap::new();
+            // The aggregate of every key in the current window.
+            let mut state: FastMap<String, Agg> = FastMap::default();
+            // A capability at or below every pending time and `next_end - G`.
+            let mut held: Option<Capability<u64>> = None;
+            // The end of the next window to emit.
+            let mut next_end: u64 = 0;
+            move |(input, frontier), output| {
+                input.for_each_stamp(|stamp, batches| {
+                    let cap = stamp
+                        .retain_least(output.output_index())
+                        .expect("non-empty stamp");
+                    if held.as_ref().is_none_or(|h| cap.time() < h.time()) {
+                        held = Some(cap);
+                    }
+                    for batch in batches {
+                        for ((key, agg), time, diff) in batch.drain(..) {
+                            pending.entry(time).or_default().push((key, agg, diff));
+                        }
+                    }
+                });
+                let frontier_time = frontier.frontier().first().copied();
+                let complete = |t: u64| frontier_time.is_none_or(|f| t < f);
+                loop {
+                    if state.is_empty() {
+                        // Skip windows with nothing in them.
+                        let Some(&first) = pending.keys().next() else { break };
+                        let first_end = (first + granularity_ms).div_ceil(slide_ms) * slide_ms;
+                        next_end = next_end.max(first_end);
+                    }
+                    let emit_time = next_end - granularity_ms;
+                    assert!(
+                        !(frontier_time.is_none() && pending.is_empty() && !state.is_empty()),
+                        "window state never retracted: {} keys left after the input ended",
+                        state.len()
+                    );
+                    if !complete(emit_time) {
+                        break;
+                    }
+                    while let Some(entry) = pending.first_entry() {
+                        if *entry.key() > emit_time {
+                            break;
+                        }
+                        let mut updates = entry.remove();
+                        // Retractions first: a key's old value leaves before its new one arrives.
+                        updates.sort_unstable_by_key(|u| u.2);
+                        for (key, agg, diff) in updates {
+                            if diff < 0 {
+                                let removed = state.remove(&key);
+                                debug_assert_eq!(removed, Some(agg), "retracted an absent aggregate");
+                            } else {
+                                debug_assert_eq!(diff, 1, "reduce emits one value per key");
+                                state.insert(key, agg);
+                            }
+                        }
+                    }
+                    if !state.is_empty() {
+                        let cap = held
+                            .as_ref()
+                            .expect("a capability is held while state is non-empty")
+                            .delayed(&emit_time);
+                        // Windows that would start before the epoch hold only events from 0 on.
+                        let window_start = next_end.saturating_sub(size_ms);
+                        let mut session = output.session(&cap);
+                        for (key, agg) in &state {
+                            session.give(WindowRow {
+                                window_start,
+                                window_end: next_end,
+                                key: key.clone(),
+                                agg: *agg,
+                            });
+                        }
+                    }
+                    next_end += slide_ms;
+                }
+                // Hold a capability only for what may still be emitted.
+                let least_needed = match (state.is_empty(), pending.keys().next()) {
+                    (false, Some(&p)) => Some(p.min(next_end - granularity_ms)),
+                    (false, None) => Some(next_end - granularity_ms),
+                    (true, Some(&p)) => Some(p),
+                    (true, None) => None,
+                };
+                match least_needed {
+                    Some(t) => {
+                        if let Some(h) = held.as_mut() {
+                            if *h.time() < t {
+                                h.downgrade(&t);
+                            }
+                        }
+                    }
+                    None => held = None,
+                }
+            }
+        })
+}

@@ -1,0 +1,10 @@
+//! weir: windowed stream computations on differential dataflow.
+//!
+//! The runtime around the queries of `weir-dataflows`: the input log, the
+//! source and sink operators, the run driver and the command line.
+#![forbid(unsafe_code)]
+
+pub mod job;
+pub mod memory;
+
+pub mod source;

@@ -1,0 +1,97 @@
+//! Runs the window query on partitions held in memory, on a number of worker
+//! threads in this process, and collects the rows. Used by tests and benches
+//! that want the dataflow without files.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use weir_dataflows::{LateRow, WindowRow};
+
+use crate::job::{build_window_query, RowSink, WindowQuery};
+use crate::source::{ErrorSlot, MemoryFeed, SourceConfig, SourceCounters};
+
+/// The rows of a run, sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectedRows {
+    /// Window rows.
+    pub rows: Vec<WindowRow>,
+    /// Late events.
+    pub late: Vec<LateRow>,
+}
+
+#[derive(Default)]
+struct CollectSink {
+    rows: Vec<WindowRow>,
+    late: Vec<LateRow>,
+}
+
+impl RowSink for CollectSink {
+    fn window_rows(&mut self, rows: &mut Vec<WindowRow>) {
+        self.rows.append(rows);
+    }
+    fn late_rows(&mut self, rows: &mut Vec<LateRow>) {
+        self.late.append(rows);
+    }
+}
+
+/// Runs `query` over `partitions` on `workers` threads.
+pub fn run_in_memory(
+    partitions: &[Vec<(u64, String, i64)>],
+    query: WindowQuery,
+    workers: usize,
+    batch_records: usize,
+) -> Result<CollectedRows, String> {
+    let partitions: Vec<Arc<Vec<(u64, String, i64)>>> = partitions.iter().cloned().map(Arc::new).collect();
+    let collected = Arc::new(Mutex::new(CollectedRows::default()));
+    let errors: ErrorSlot = ErrorSlot::default();
+    let counters = Arc::new(SourceCounters::default());
+    let config = timely::Config::process(workers);
+    let result = {
+        let collected = Arc::clone(&collected);
+        let errors = Arc::clone(&errors);
+        timely::execute(config, move |worker| {
+            let (index, peers) = (worker.index(), worker.peers());
+            let feeds: Vec<(u32, MemoryFeed)> = partitions
+                .iter()
+                .enumerate()
+                .filter(|(p, _)| p % peers == index)
+                .map(|(p, events)| (p as u32, MemoryFeed::new(Arc::clone(events))))
+                .collect();
+            let sink = Rc::new(RefCell::new(CollectSink::default()));
+            let source_config = SourceConfig {
+                granularity_ms: query.granularity_ms,
+                lateness_ms: query.lateness_ms,
+                batch_records,
+                idle_poll_ms: 1,
+            };
+            let probe = build_window_query(
+                worker,
+                feeds,
+                query,
+                source_config,
+                Rc::clone(&sink),
+                Arc::clone(&errors),
+                Arc::clone(&counters),
+            );
+            while !probe.done() {
+                worker.step();
+            }
+            let mut sink = sink.borrow_mut();
+            let mut out = collected.lock().expect("collector poisoned");
+            out.rows.append(&mut sink.rows);
+            out.late.append(&mut sink.late);
+        })?
+        .join()
+    };
+    for worker in result {
+        worker?;
+    }
+    if let Some(e) = errors.lock().expect("error slot poisoned").take() {
+        return Err(e.to_string());
+    }
+    let mut out = std::mem::take(&mut *collected.lock().expect("collector poisoned"));
+    out.rows.sort();
+    out.late.sort();
+    Ok(out)
+}

@@ -1,0 +1,264 @@
+//! The source operator: reads input partitions, applies the lateness rule of
+//! DESIGN §2, pre-aggregates with the query's local combiner and holds its
+//! capability at the worker's watermark.
+//!
+//! Worker `w` of `W` reads the partitions `p` with `p % W == w`, interleaved
+//! a bounded number of records at a time so that no partition pins the
+//! frontier while another is read. An event is late iff
+//! `ts < max_ts_p - lateness`, where `max_ts_p` is the largest time read from
+//! its partition before it; this depends only on the log, so results are the
+//! same for every worker and process count.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::{Scope, Stream};
+use timely::container::CapacityContainerBuilder;
+use weir_dataflows::combiner::{LocalCombiner, Update};
+use weir_dataflows::window::round_down;
+use weir_dataflows::{LateRow, MAX_EVENT_TS_MS};
+
+/// What a poll of a partition found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedStatus {
+    /// Records were delivered; there may be more right away.
+    Progress,
+    /// No record is available now; more may be appended later.
+    Idle,
+    /// The partition has ended (finite input read to its end).
+    Ended,
+}
+
+/// An error reading a partition, with the partition it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("input partition {partition}: {source}")]
+pub struct FeedError {
+    /// The partition.
+    pub partition: u32,
+    /// What went wrong (names file and offset where there is one).
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// One input partition, read in order from some offset.
+pub trait PartitionFeed: 'static {
+    /// Delivers up to `max_records` events as `(offset, ts, key, value)`.
+    fn poll(
+        &mut self,
+        max_records: usize,
+        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+    ) -> Result<FeedStatus, FeedError>;
+}
+
+/// Where the first failure of any worker is kept for the driver to report.
+pub type ErrorSlot = Arc<Mutex<Option<FeedError>>>;
+
+/// Counters shared by the sources of one process.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Events read, late or not.
+    pub events_read: AtomicU64,
+    /// Events refused as late.
+    pub events_late: AtomicU64,
+}
+
+/// Settings of the source.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceConfig {
+    /// Time granularity, ms.
+    pub granularity_ms: u64,
+    /// Allowed lateness, ms.
+    pub lateness_ms: u64,
+    /// Records read from one partition per activation.
+    pub batch_records: usize,
+    /// How long to wait before polling again when every partition is idle.
+    pub idle_poll_ms: u64,
+}
+
+struct PartitionState<F> {
+    partition: u32,
+    feed: F,
+    max_ts: Option<u64>,
+    ended: bool,
+}
+
+/// Builds the source over `partitions` (this worker's share) and returns the
+/// stream of the combiner's partials (differential updates) and the stream
+/// of late events.
+pub fn partition_source<'scope, F, C>(
+    scope: Scope<'scope, u64>,
+    partitions: Vec<(u32, F)>,
+    mut combiner: C,
+    config: SourceConfig,
+    errors: ErrorSlot,
+    counters: Arc<SourceCounters>,
+) -> (
+    Stream<'scope, u64, Vec<Update<C::Record>>>,
+    Stream<'scope, u64, Vec<LateRow>>,
+)
+where
+    F: PartitionFeed,
+    C: LocalCombiner,
+{
+    assert!(config.granularity_ms > 0 && config.batch_records > 0);
+    let mut builder = OperatorBuilder::new("PartitionSource".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
+    let (partials_output, partials) = builder.new_output::<Vec<Update<C::Record>>>();
+    let (late_output, late) = builder.new_output::<Vec<LateRow>>();
+    let mut partials_output: OutputBuilder<u64, CapacityContainerBuilder<Vec<Update<C::Record>>>> =
+        OutputBuilder::from(partials_output);
+    let mut late_output: OutputBuilder<u64, CapacityContainerBuilder<Vec<LateRow>>> = OutputBuilder::from(late_output);
+
+    builder.build(move |mut capabilities| {
+        let mut late_cap = capabilities.pop();
+        let mut partials_cap = capabilities.pop();
+        let mut states: Vec<PartitionState<F>> = partitions
+            .into_iter()
+            .map(|(partition, feed)| PartitionState {
+                partition,
+                feed,
+                max_ts: None,
+                ended: false,
+            })
+            .collect();
+        let mut late_rows: Vec<LateRow> = Vec::new();
+        let mut released: Vec<Update<C::Record>> = Vec::new();
+        let mut failed = false;
+        move |_frontiers| {
+            if failed || partials_cap.is_none() {
+                return;
+            }
+            let mut progressed = false;
+            let mut events_read = 0u64;
+            for state in states.iter_mut().filter(|s| !s.ended) {
+                let mut too_large: Option<(u64, u64)> = None;
+                let lateness_ms = config.lateness_ms;
+                let partition = state.partition;
+                let max_ts = &mut state.max_ts;
+                let polled = state.feed.poll(config.batch_records, &mut |offset, ts, key, value| {
+                    events_read += 1;
+                    if ts > MAX_EVENT_TS_MS {
+                        too_large.get_or_insert((offset, ts));
+                        return;
+                    }
+                    if max_ts.is_some_and(|m| ts < m.saturating_sub(lateness_ms)) {
+                        late_rows.push(LateRow {
+                            partition,
+                            offset,
+                            ts,
+                            key: key.to_owned(),
+                            value,
+                        });
+                    } else {
+                        combiner.add(key, ts, value);
+                        *max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
+                    }
+                });
+                let result = match (polled, too_large) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Some((offset, ts))) => Err(FeedError {
+                        partition,
+                        source: format!("event at offset {offset} has time {ts} ms, above the maximum {MAX_EVENT_TS_MS}").into(),
+                    }),
+                    (Ok(status), None) => Ok(status),
+                };
+                match result {
+                    Ok(FeedStatus::Progress) => progressed = true,
+                    Ok(FeedStatus::Idle) => {}
+                    Ok(FeedStatus::Ended) => state.ended = true,
+                    Err(e) => {
+                        // Keep the capabilities: nothing downstream may treat
+                        // the input as complete. The driver stops the run.
+                        tracing::error!(error = %e, "source failed");
+                        errors.lock().expect("error slot poisoned").get_or_insert(e);
+                        failed = true;
+                        return;
+                    }
+                }
+            }
+            counters.events_read.fetch_add(events_read, Ordering::Relaxed);
+
+            // The least rounded time an accepted event may still have.
+            let watermark: Option<u64> = states
+                .iter()
+                .filter(|s| !s.ended)
+                .map(|s| {
+                    s.max_ts
+                        .map_or(0, |m| round_down(m.saturating_sub(config.lateness_ms), config.granularity_ms))
+                })
+                .min();
+
+            if !late_rows.is_empty() {
+                counters.events_late.fetch_add(late_rows.len() as u64, Ordering::Relaxed);
+                let cap = late_cap.as_ref().expect("late capability held while running");
+                late_output.activate().session(cap).give_iterator(late_rows.drain(..));
+            }
+            combiner.flush_before(watermark.unwrap_or(u64::MAX), &mut released);
+            if !released.is_empty() {
+                let cap = partials_cap.as_ref().expect("capability held while running");
+                debug_assert!(released.iter().all(|u| u.1 >= *cap.time()));
+                partials_output.activate().session(cap).give_iterator(released.drain(..));
+            }
+            match watermark {
+                Some(w) => {
+                    for cap in [&mut partials_cap, &mut late_cap].into_iter().flatten() {
+                        if *cap.time() < w {
+                            cap.downgrade(&w);
+                        }
+                    }
+                    if progressed {
+                        activator.activate();
+                    } else {
+                        activator.activate_after(Duration::from_millis(config.idle_poll_ms));
+                    }
+                }
+                None => {
+                    debug_assert!(combiner.min_pending_time().is_none());
+                    partials_cap = None;
+                    late_cap = None;
+                }
+            }
+        }
+    });
+    (partials, late)
+}
+
+/// A partition held in memory: for tests, and for generators that feed the
+/// engine directly.
+#[derive(Clone, Debug)]
+pub struct MemoryFeed {
+    events: Arc<Vec<(u64, String, i64)>>,
+    position: usize,
+}
+
+impl MemoryFeed {
+    /// A feed over `events`, in order, from offset 0.
+    pub fn new(events: Arc<Vec<(u64, String, i64)>>) -> Self {
+        MemoryFeed { events, position: 0 }
+    }
+}
+
+impl PartitionFeed for MemoryFeed {
+    fn poll(
+        &mut self,
+        max_records: usize,
+        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+    ) -> Result<FeedStatus, FeedError> {
+        let end = (self.position + max_records).min(self.events.len());
+        for (offset, (ts, key, value)) in self.events[self.position..end].iter().enumerate() {
+            deliver((self.position + offset) as u64, *ts, key, *value);
+        }
+        let delivered = end > self.position;
+        self.position = end;
+        Ok(if self.position == self.events.len() {
+            FeedStatus::Ended
+        } else if delivered {
+            FeedStatus::Progress
+        } else {
+            FeedStatus::Idle
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the `weir` crate (one binary, one module per area).
+
+mod oracle;
