@@ -10,6 +10,7 @@ use differential_dataflow::AsCollection;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Probe;
+
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 use weir_dataflows::combiner::{PaneCombiner, SessionCombiner};
@@ -96,13 +97,14 @@ where
         .spec
         .check_granularity(query.granularity_ms)
         .expect("granularity checked before the run");
+    let probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
         let (rows, late) = match query.spec {
             WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
                 let slide_ms = query.spec.slide_ms().expect("fixed windows slide");
                 let combiner = PaneCombiner::new(slide_ms, query.granularity_ms);
                 let (partials, late) =
-                    partition_source(scope, feeds, combiner, source_config, errors, counters);
+                    partition_source(scope, feeds, combiner, source_config, errors, counters, probe.clone());
                 let windows = FixedWindows {
                     size_ms: query.spec.size_ms(),
                     slide_ms,
@@ -113,14 +115,14 @@ where
             WindowSpec::Session { gap_ms } => {
                 let combiner = SessionCombiner::new(gap_ms, query.granularity_ms);
                 let (partials, late) =
-                    partition_source(scope, feeds, combiner, source_config, errors, counters);
+                    partition_source(scope, feeds, combiner, source_config, errors, counters, probe.clone());
                 (
                     session_windows(partials.as_collection(), gap_ms, query.granularity_ms),
                     late,
                 )
             }
         };
-        let (probe, rows) = rows.probe();
+        let rows = rows.probe_with(&probe);
         let late = late.probe_with(&probe);
         let rows_sink = Rc::clone(&sink);
         rows.sink(Pipeline, "WindowRowSink", move |(input, _frontier)| {
@@ -139,4 +141,11 @@ where
         });
         probe
     })
+}
+
+/// The default read-ahead bound of the sources: a few windows (plus the
+/// lateness) of event time, so that a fast worker buffers a bounded amount of
+/// future state while a slow one catches up.
+pub fn max_ahead_ms(query: &WindowQuery) -> u64 {
+    4 * query.spec.size_ms().max(query.granularity_ms) + query.lateness_ms
 }

@@ -7,4 +7,12 @@
 pub mod job;
 pub mod memory;
 
+pub mod run;
+pub mod sink;
 pub mod source;
+pub mod gen;
+pub mod log_feed;
+pub mod csv_input;
+pub mod event;
+pub mod ingest;
+pub mod log;

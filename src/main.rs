@@ -1,1 +1,284 @@
-fn main(){}
+//! The `weir` command line: `run`, `ingest` and `gen`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use weir::gen::{generate_zipf, ZipfParams};
+use weir::ingest::ingest_files;
+use weir::job::WindowQuery;
+use weir::log::{FsyncPolicy, LogConfig};
+use weir::run::{read_hostfile, run, ClusterOptions, RunOptions, RunSummary, EVENTS_TOPIC};
+use weir_dataflows::duration::{format_duration_ms, parse_duration_ms};
+use weir_dataflows::WindowSpec;
+
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about = "Windowed stream computations on differential dataflow")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a query over the input log (with no arguments: a demo on generated Zipf data).
+    Run(RunArgs),
+    /// Append CSV files (`ts,key,value`) to the input log; one file = one partition; idempotent.
+    Ingest(IngestArgs),
+    /// Generate reproducible input files.
+    Gen {
+        #[command(subcommand)]
+        kind: GenKind,
+    },
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Query {
+    /// The generic window query: count, sum, min, max per key and window.
+    Window,
+}
+
+#[derive(Parser, Debug)]
+struct RunArgs {
+    /// The query to run.
+    #[arg(long, value_enum, default_value = "window")]
+    query: Query,
+    /// Input CSV files or directories of them (ingested idempotently). Without
+    /// it, a demo dataset is generated under the data dir and the run stops at its end.
+    #[arg(long, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// tumbling:SIZE, sliding:SIZE/SLIDE or session:GAP.
+    #[arg(long, default_value = "sliding:60s/10s")]
+    window: WindowSpec,
+    /// Time granularity (default: the slide, or min(gap, 1s) for sessions).
+    #[arg(long, value_parser = parse_duration_ms)]
+    granularity: Option<u64>,
+    /// Allowed lateness: an event is late if its time is below the partition's max time minus this.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
+    lateness: u64,
+    /// Directory of the input log.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Directory of the output files.
+    #[arg(long, default_value = "./out")]
+    out: PathBuf,
+    /// Worker threads per process.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Processes in the cluster (needs --process and --hostfile).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Index of this process in the cluster.
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// File with one host:port per process.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+    /// Stop once every partition is read to its end and all windows are flushed.
+    #[arg(long)]
+    until_end: bool,
+    /// Records read from one partition per source step.
+    #[arg(long, default_value_t = 8_192)]
+    batch_records: usize,
+    /// Events of the demo dataset (when no --input is given).
+    #[arg(long, default_value_t = 5_000_000)]
+    demo_events: u64,
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// CSV files with header ts,key,value.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Directory of the input log.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// always, never, interval or interval:<ms>.
+    #[arg(long, default_value = "interval")]
+    fsync: FsyncPolicy,
+}
+
+#[derive(Subcommand, Debug)]
+enum GenKind {
+    /// Skewed keys (Zipf), out-of-order and some late events.
+    Zipf(ZipfArgs),
+}
+
+#[derive(Args, Debug)]
+struct ZipfArgs {
+    /// Events over all partitions.
+    #[arg(long)]
+    events: u64,
+    /// Output directory (files zipf-<p>.csv).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of partitions (files).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u32,
+    /// Zipf exponent.
+    #[arg(long, default_value_t = 1.0)]
+    exponent: f64,
+    /// Events per second of event time, over all partitions.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Fraction of events delayed by up to 30 s (most become late).
+    #[arg(long, default_value_t = 0.001)]
+    late_fraction: f64,
+    /// PRNG seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run_command(RunArgs::parse_from(["weir-run"])),
+        Some(Command::Run(args)) => run_command(args),
+        Some(Command::Ingest(args)) => ingest_command(&args),
+        Some(Command::Gen { kind: GenKind::Zipf(args) }) => gen_command(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(args: RunArgs) -> Result<()> {
+    let Query::Window = args.query;
+    let granularity_ms = args.granularity.unwrap_or_else(|| args.window.default_granularity_ms());
+    args.window
+        .check_granularity(granularity_ms)
+        .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let cluster = if args.processes > 1 {
+        let Some(hostfile) = &args.hostfile else {
+            bail!("--processes {} needs --hostfile", args.processes)
+        };
+        if args.process >= args.processes {
+            bail!("--process {} is not below --processes {}", args.process, args.processes);
+        }
+        Some(ClusterOptions {
+            processes: args.processes,
+            process: args.process,
+            addresses: read_hostfile(hostfile, args.processes)?,
+        })
+    } else {
+        None
+    };
+    let mut inputs = args.input.clone();
+    let mut until_end = args.until_end;
+    if inputs.is_empty() {
+        let demo_dir = args.data_dir.join("demo");
+        let params = ZipfParams {
+            events: args.demo_events,
+            ..ZipfParams::default()
+        };
+        let existing = (0..params.partitions).all(|p| demo_dir.join(format!("zipf-{p}.csv")).is_file());
+        if !existing {
+            eprintln!(
+                "no --input: generating a demo dataset of {} Zipf events ({} keys) in {}",
+                params.events,
+                params.keys,
+                demo_dir.display()
+            );
+            generate_zipf(&params, &demo_dir).with_context(|| format!("generating into {}", demo_dir.display()))?;
+        }
+        inputs.push(demo_dir);
+        until_end = true;
+    }
+    let options = RunOptions {
+        data_dir: args.data_dir.clone(),
+        out_dir: args.out.clone(),
+        inputs,
+        query: WindowQuery {
+            spec: args.window,
+            granularity_ms,
+            lateness_ms: args.lateness,
+        },
+        workers: args.workers,
+        cluster,
+        until_end,
+        batch_records: args.batch_records,
+        log_config: LogConfig::default(),
+    };
+    eprintln!(
+        "running window {} (granularity {}, lateness {}) on {} worker(s) x {} process(es)",
+        args.window,
+        format_duration_ms(granularity_ms),
+        format_duration_ms(args.lateness),
+        args.workers,
+        args.processes
+    );
+    let summary = run(&options)?;
+    print_summary(&summary, args.workers);
+    Ok(())
+}
+
+fn print_summary(s: &RunSummary, workers: usize) {
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    let rate = s.events_read as f64 / secs;
+    println!("events read       {}", s.events_read);
+    println!("late events       {}", s.events_late);
+    println!("window rows       {}", s.window_rows);
+    println!("elapsed           {secs:.3} s");
+    println!("throughput        {:.0} events/s ({:.0} events/s/worker)", rate, rate / workers as f64);
+    println!("peak arranged     {} records (largest worker)", s.peak_arranged_records);
+    println!("partitions        {} (workers in cluster: {})", s.partitions, s.total_workers);
+    println!("output            {}", s.windows_file.display());
+    println!("late events file  {}", s.late_file.display());
+}
+
+fn ingest_command(args: &IngestArgs) -> Result<()> {
+    let config = LogConfig {
+        fsync: args.fsync,
+        ..LogConfig::default()
+    };
+    let report = ingest_files(&args.data_dir.join("log"), EVENTS_TOPIC, &args.files, &config)?;
+    for file in &report.files {
+        let what = if file.skipped { "already ingested as" } else { "ingested into" };
+        println!(
+            "{}: {what} partition {} ({} events)",
+            file.path.display(),
+            file.partition,
+            file.records
+        );
+    }
+    Ok(())
+}
+
+fn gen_command(args: &ZipfArgs) -> Result<()> {
+    let params = ZipfParams {
+        events: args.events,
+        partitions: args.partitions,
+        keys: args.keys,
+        exponent: args.exponent,
+        rate_per_s: args.rate,
+        late_fraction: args.late_fraction,
+        seed: args.seed,
+        ..ZipfParams::default()
+    };
+    if params.partitions == 0 || params.keys == 0 || params.rate_per_s == 0 {
+        bail!("--partitions, --keys and --rate must be positive");
+    }
+    let paths = generate_zipf(&params, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    for path in paths {
+        println!("{}", path.display());
+    }
+    Ok(())
+}

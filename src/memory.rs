@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use weir_dataflows::{LateRow, WindowRow};
 
-use crate::job::{build_window_query, RowSink, WindowQuery};
+use crate::job::{build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RowSink, WindowQuery};
 use crate::source::{ErrorSlot, MemoryFeed, SourceConfig, SourceCounters};
 
 /// The rows of a run, sorted.
@@ -18,6 +18,8 @@ pub struct CollectedRows {
     pub rows: Vec<WindowRow>,
     /// Late events.
     pub late: Vec<LateRow>,
+    /// The largest number of records any worker held in its arrangements.
+    pub peak_arranged_records: i64,
 }
 
 #[derive(Default)]
@@ -46,12 +48,14 @@ pub fn run_in_memory(
     let collected = Arc::new(Mutex::new(CollectedRows::default()));
     let errors: ErrorSlot = ErrorSlot::default();
     let counters = Arc::new(SourceCounters::default());
-    let config = timely::Config::process(workers);
+    let config = crate::run::timely_config(workers, None);
     let result = {
         let collected = Arc::clone(&collected);
         let errors = Arc::clone(&errors);
         timely::execute(config, move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
+            let gauge = Arc::new(ArrangementGauge::default());
+            track_arrangements(worker, Arc::clone(&gauge));
             let feeds: Vec<(u32, MemoryFeed)> = partitions
                 .iter()
                 .enumerate()
@@ -64,6 +68,7 @@ pub fn run_in_memory(
                 lateness_ms: query.lateness_ms,
                 batch_records,
                 idle_poll_ms: 1,
+            max_ahead_ms: max_ahead_ms(&query),
             };
             let probe = build_window_query(
                 worker,
@@ -81,6 +86,8 @@ pub fn run_in_memory(
             let mut out = collected.lock().expect("collector poisoned");
             out.rows.append(&mut sink.rows);
             out.late.append(&mut sink.late);
+            let peak = gauge.peak_records.load(std::sync::atomic::Ordering::Relaxed);
+            out.peak_arranged_records = out.peak_arranged_records.max(peak);
         })?
         .join()
     };

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::container::CapacityContainerBuilder;
 use weir_dataflows::combiner::{LocalCombiner, Update};
 use weir_dataflows::window::round_down;
@@ -76,6 +76,10 @@ pub struct SourceConfig {
     pub batch_records: usize,
     /// How long to wait before polling again when every partition is idle.
     pub idle_poll_ms: u64,
+    /// How far (event time, ms) this worker's watermark may run ahead of the
+    /// dataflow's output frontier before the source pauses. Bounds the state
+    /// buffered for future times when one worker reads faster than another.
+    pub max_ahead_ms: u64,
 }
 
 struct PartitionState<F> {
@@ -95,6 +99,7 @@ pub fn partition_source<'scope, F, C>(
     config: SourceConfig,
     errors: ErrorSlot,
     counters: Arc<SourceCounters>,
+    output_probe: ProbeHandle<u64>,
 ) -> (
     Stream<'scope, u64, Vec<Update<C::Record>>>,
     Stream<'scope, u64, Vec<LateRow>>,
@@ -129,6 +134,17 @@ where
         let mut failed = false;
         move |_frontiers| {
             if failed || partials_cap.is_none() {
+                return;
+            }
+            // Flow control: wait while this worker is far ahead of the slowest output.
+            let ahead = partials_cap.as_ref().is_some_and(|cap| {
+                output_probe.with_frontier(|f| {
+                    f.first().is_some_and(|&out| *cap.time() > out.saturating_add(config.max_ahead_ms))
+                })
+            });
+            if ahead {
+                // Yield: the other operators of this worker run, then we look again.
+                activator.activate();
                 return;
             }
             let mut progressed = false;

@@ -1,1 +1,194 @@
-fn main(){}
+//! `weir-harness`: measurements of weir that end up in `results/<run-id>/`.
+//!
+//! For now one mode, `throughput`: generate a Zipf input, ingest it into a
+//! log, run the window query from the log with each worker count, and write
+//! `summary.json` with events/s and events/s/worker.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use weir::gen::{generate_zipf, ZipfParams};
+use weir::job::WindowQuery;
+use weir::log::LogConfig;
+use weir::run::{run, RunOptions};
+use weir_dataflows::duration::parse_duration_ms;
+use weir_dataflows::WindowSpec;
+
+#[derive(Parser, Debug)]
+#[command(name = "weir-harness", about = "Measure weir; results go to results/<run-id>/")]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Throughput of the window query from the log, per worker count.
+    Throughput(ThroughputArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ThroughputArgs {
+    /// Events in the input.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Distinct Zipf keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u32,
+    /// Input partitions (files).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Window of the query.
+    #[arg(long, default_value = "tumbling:10s")]
+    window: WindowSpec,
+    /// Allowed lateness.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
+    lateness: u64,
+    /// Worker counts to measure, comma separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Runs per worker count; the best is reported (and all are kept).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Where input, log and outputs are kept between runs.
+    #[arg(long, default_value = "target/harness")]
+    work_dir: PathBuf,
+    /// Results directory.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Measurement {
+    workers: usize,
+    elapsed_s: Vec<f64>,
+    best_elapsed_s: f64,
+    throughput_events_per_s: f64,
+    throughput_events_per_s_per_worker: f64,
+    window_rows: u64,
+    late_events: u64,
+    peak_arranged_records: i64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    mode: &'static str,
+    command: String,
+    git_commit: String,
+    machine: Machine,
+    events: u64,
+    keys: u32,
+    partitions: u32,
+    window: String,
+    lateness_ms: u64,
+    runs: Vec<Measurement>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+}
+
+fn main() -> Result<()> {
+    let Cli { command: Mode::Throughput(args) } = Cli::parse();
+    throughput(&args)
+}
+
+fn throughput(args: &ThroughputArgs) -> Result<()> {
+    let tag = format!("zipf-{}-{}-{}", args.events, args.keys, args.partitions);
+    let input = args.work_dir.join(&tag).join("input");
+    let params = ZipfParams {
+        events: args.events,
+        keys: args.keys,
+        partitions: args.partitions,
+        ..ZipfParams::default()
+    };
+    if !(0..args.partitions).all(|p| input.join(format!("zipf-{p}.csv")).is_file()) {
+        eprintln!("generating {} events into {}", args.events, input.display());
+        generate_zipf(&params, &input).with_context(|| format!("generating {}", input.display()))?;
+    }
+    let query = WindowQuery {
+        spec: args.window,
+        granularity_ms: args.window.default_granularity_ms(),
+        lateness_ms: args.lateness,
+    };
+    let mut runs = Vec::new();
+    for &workers in &args.workers {
+        let options = RunOptions {
+            data_dir: args.work_dir.join(&tag).join("data"),
+            out_dir: args.work_dir.join(&tag).join(format!("out-{workers}")),
+            inputs: vec![input.clone()],
+            query,
+            workers,
+            cluster: None,
+            until_end: true,
+            batch_records: 8_192,
+            log_config: LogConfig::default(),
+        };
+        let mut elapsed_s = Vec::new();
+        let mut last = None;
+        for _ in 0..args.repeat.max(1) {
+            let summary = run(&options)?;
+            anyhow::ensure!(summary.events_read == args.events, "read {} of {} events", summary.events_read, args.events);
+            elapsed_s.push(summary.elapsed.as_secs_f64());
+            last = Some(summary);
+        }
+        let last = last.expect("at least one run");
+        let best = elapsed_s.iter().copied().fold(f64::INFINITY, f64::min);
+        let rate = args.events as f64 / best;
+        eprintln!(
+            "{workers} worker(s): best {best:.3} s, {rate:.0} events/s, {:.0} events/s/worker",
+            rate / workers as f64
+        );
+        runs.push(Measurement {
+            workers,
+            elapsed_s,
+            best_elapsed_s: best,
+            throughput_events_per_s: rate,
+            throughput_events_per_s_per_worker: rate / workers as f64,
+            window_rows: last.window_rows,
+            late_events: last.events_late,
+            peak_arranged_records: last.peak_arranged_records,
+        });
+    }
+    let summary = Summary {
+        mode: "throughput",
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        git_commit: command_output("git", &["rev-parse", "HEAD"]),
+        machine: Machine {
+            cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+                .unwrap_or_default(),
+        },
+        events: args.events,
+        keys: args.keys,
+        partitions: args.partitions,
+        window: args.window.to_string(),
+        lateness_ms: args.lateness,
+        runs,
+    };
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let dir = args.results.join(format!("throughput-{secs}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

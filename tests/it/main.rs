@@ -1,3 +1,9 @@
 //! Integration tests of the `weir` crate (one binary, one module per area).
 
+mod cli;
+mod cluster;
+mod eviction;
+mod ingest;
+mod log;
 mod oracle;
+mod support;

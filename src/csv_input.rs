@@ -1,0 +1,487 @@
+//! CSV parsing of the generic input (`ts,key,value`) and CSV field quoting
+//! for the output writers.
+//!
+//! The header must be exactly `ts,key,value`. Each row is `ts` (u64
+//! milliseconds), `key` (a plain field, or RFC 4180 double-quoted with `""`
+//! escapes; it may contain commas and line breaks) and `value` (i64). Lines
+//! end with `\n` or `\r\n`; the last line may lack its line end and may be
+//! followed by one empty line. Nothing is skipped: every other deviation is
+//! a [`CsvError`] naming the file, the 1-based line (the header is line 1;
+//! a row spanning lines is named by its first line) and the reason.
+//!
+//! [`CsvReader`] streams a file through a buffer it manages: a row's key
+//! borrows that buffer (or a reused scratch string for keys with `""`), so
+//! no allocation happens per row. It also computes the size and CRC32C of
+//! everything it read, the identity ingest uses.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::event::EventRef;
+
+/// The required header line.
+pub const CSV_HEADER: &str = "ts,key,value";
+const READ_BUFFER_LEN_BYTES: usize = 1 << 20;
+const MAX_QUOTED_TEXT_CHARS: usize = 60;
+
+/// A CSV input error: the file, the 1-based line (0 when not about a line)
+/// and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {reason}", path.display(), line_suffix(*line))]
+pub struct CsvError {
+    /// The input file.
+    pub path: PathBuf,
+    /// The 1-based line (the header is line 1), 0 for errors opening the file.
+    pub line: u64,
+    /// What is wrong.
+    pub reason: CsvErrorReason,
+}
+
+fn line_suffix(line: u64) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}")
+    }
+}
+
+/// Why a CSV line was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum CsvErrorReason {
+    /// Reading the file failed.
+    #[error("read error: {0}")]
+    Io(#[source] io::Error),
+    /// The first line is not `ts,key,value`.
+    #[error("bad header: expected `{CSV_HEADER}`, found `{found}`")]
+    BadHeader {
+        /// The first line (shortened).
+        found: String,
+    },
+    /// A number column does not hold a number of its type.
+    #[error("bad number in column `{column}`: `{text}` is not {expected}")]
+    BadNumber {
+        /// `ts` or `value`.
+        column: &'static str,
+        /// The field's text (shortened).
+        text: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A row without exactly three fields.
+    #[error("wrong column count: expected 3, got {got}")]
+    WrongColumnCount {
+        /// The number of fields found.
+        got: usize,
+    },
+    /// The key is not valid UTF-8.
+    #[error("bad UTF-8 in column `key`")]
+    BadUtf8,
+    /// A quoted field that does not end before the end of the file.
+    #[error("unterminated quote: a quoted field starting in this row never ends")]
+    UnterminatedQuote,
+    /// A `"` inside a field that does not start with `"`.
+    #[error("quote character inside the unquoted field of column {column}; quote the whole field and double the inner quotes")]
+    StrayQuote {
+        /// The 1-based column.
+        column: usize,
+    },
+    /// Text between a closing quote and the next `,` or line end.
+    #[error("text after the closing quote of column {column}")]
+    TextAfterQuote {
+        /// The 1-based column.
+        column: usize,
+    },
+    /// An empty line that is not the single last line of the file.
+    #[error("empty line (only one empty line, at the very end of the file, is allowed)")]
+    EmptyLine,
+}
+
+/// Shortens a field's bytes for an error message.
+fn shorten(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.chars().count() <= MAX_QUOTED_TEXT_CHARS {
+        text.into_owned()
+    } else {
+        let mut s: String = text.chars().take(MAX_QUOTED_TEXT_CHARS).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// Writes `field` as one CSV field, quoting it (and doubling inner quotes)
+/// when it contains a comma, a quote, CR or LF.
+pub fn write_csv_field<W: Write + ?Sized>(out: &mut W, field: &str) -> io::Result<()> {
+    if !field.bytes().any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n')) {
+        return out.write_all(field.as_bytes());
+    }
+    out.write_all(b"\"")?;
+    for (i, part) in field.split('"').enumerate() {
+        if i > 0 {
+            out.write_all(b"\"\"")?;
+        }
+        out.write_all(part.as_bytes())?;
+    }
+    out.write_all(b"\"")
+}
+
+/// The span of one field in a row, relative to the row start.
+#[derive(Clone, Copy, Default)]
+struct Field {
+    start: usize,
+    end: usize,
+    /// Quoted and containing `""` escapes.
+    escaped: bool,
+}
+
+/// Splits a row (without its line end) into its three fields.
+fn split_fields(row: &[u8]) -> Result<[Field; 3], CsvErrorReason> {
+    let mut fields = [Field::default(); 3];
+    let mut count = 0;
+    let mut i = 0;
+    loop {
+        let column = count + 1;
+        let (field, next) = if row.get(i) == Some(&b'"') {
+            let mut j = i + 1;
+            let mut escaped = false;
+            let close = loop {
+                let q = j + memchr::memchr(b'"', &row[j..]).ok_or(CsvErrorReason::UnterminatedQuote)?;
+                if row.get(q + 1) == Some(&b'"') {
+                    escaped = true;
+                    j = q + 2;
+                } else {
+                    break q;
+                }
+            };
+            let field = Field {
+                start: i + 1,
+                end: close,
+                escaped,
+            };
+            match row.get(close + 1) {
+                None => (field, None),
+                Some(b',') => (field, Some(close + 2)),
+                Some(_) => return Err(CsvErrorReason::TextAfterQuote { column }),
+            }
+        } else {
+            let end = memchr::memchr(b',', &row[i..]).map_or(row.len(), |k| i + k);
+            if memchr::memchr(b'"', &row[i..end]).is_some() {
+                return Err(CsvErrorReason::StrayQuote { column });
+            }
+            let field = Field {
+                start: i,
+                end,
+                escaped: false,
+            };
+            (field, (end < row.len()).then_some(end + 1))
+        };
+        if count < 3 {
+            fields[count] = field;
+        }
+        count += 1;
+        match next {
+            Some(n) => i = n,
+            None => break,
+        }
+    }
+    if count == 3 {
+        Ok(fields)
+    } else {
+        Err(CsvErrorReason::WrongColumnCount { got: count })
+    }
+}
+
+fn parse_u64(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |acc, &c| {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+fn parse_i64(b: &[u8]) -> Option<i64> {
+    match b.split_first() {
+        Some((b'-', digits)) => {
+            let magnitude = parse_u64(digits)?;
+            if let Ok(m) = i64::try_from(magnitude) {
+                Some(-m)
+            } else if magnitude == 1 << 63 {
+                Some(i64::MIN)
+            } else {
+                None
+            }
+        }
+        _ => parse_u64(b).and_then(|m| i64::try_from(m).ok()),
+    }
+}
+
+/// Where the next row ends in the buffer.
+enum RowEnd {
+    /// The row is `buf[start..start + content_len]` (line end excluded) and
+    /// `consumed` bytes are used up including its line end.
+    Complete {
+        content_len: usize,
+        consumed: usize,
+        newlines_inside: u64,
+    },
+    /// No line end yet (more data needed), and whether it stops inside quotes.
+    Incomplete { in_quotes: bool },
+}
+
+/// Finds the end of the row at the start of `data`. A quote opens a quoted
+/// section only at the start of a field (RFC 4180), so a stray quote inside
+/// a plain field does not swallow the following lines (the field parser
+/// reports it).
+fn find_row_end(data: &[u8]) -> RowEnd {
+    let mut newlines_inside = 0;
+    let mut i = 0;
+    loop {
+        if data.get(i) == Some(&b'"') {
+            // Inside a quoted field: find its closing quote.
+            i += 1;
+            loop {
+                let Some(k) = memchr::memchr2(b'"', b'\n', &data[i..]) else {
+                    return RowEnd::Incomplete { in_quotes: true };
+                };
+                let at = i + k;
+                i = at + 1;
+                if data[at] == b'\n' {
+                    newlines_inside += 1;
+                } else if data.get(i) == Some(&b'"') {
+                    i += 1; // an escaped quote
+                } else {
+                    break; // the closing quote (or the last byte so far)
+                }
+            }
+        }
+        let Some(k) = memchr::memchr2(b',', b'\n', &data[i..]) else {
+            return RowEnd::Incomplete { in_quotes: false };
+        };
+        let at = i + k;
+        if data[at] == b'\n' {
+            return RowEnd::Complete {
+                content_len: at,
+                consumed: at + 1,
+                newlines_inside,
+            };
+        }
+        i = at + 1;
+    }
+}
+
+/// Streams the rows of a `ts,key,value` CSV file.
+pub struct CsvReader<R = File> {
+    src: R,
+    path: PathBuf,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    /// Line on which the next row starts.
+    line: u64,
+    /// Line of the row returned last.
+    row_line: u64,
+    scratch: String,
+    bytes_read: u64,
+    crc: u32,
+}
+
+impl CsvReader<File> {
+    /// Opens `path` and checks its header.
+    pub fn open(path: &Path) -> Result<Self, CsvError> {
+        let file = File::open(path).map_err(|e| CsvError {
+            path: path.to_owned(),
+            line: 0,
+            reason: CsvErrorReason::Io(e),
+        })?;
+        Self::new(file, path)
+    }
+}
+
+impl<R: Read> CsvReader<R> {
+    /// Reads CSV from `src`, naming it `path` in errors, and checks the header.
+    pub fn new(src: R, path: &Path) -> Result<Self, CsvError> {
+        let mut r = Self {
+            src,
+            path: path.to_owned(),
+            buf: vec![0; READ_BUFFER_LEN_BYTES],
+            start: 0,
+            end: 0,
+            eof: false,
+            line: 1,
+            row_line: 0,
+            scratch: String::new(),
+            bytes_read: 0,
+            crc: 0,
+        };
+        r.read_header()?;
+        Ok(r)
+    }
+
+    /// The file named in errors.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The line of the row returned last (1-based; 1 before any row).
+    pub fn line(&self) -> u64 {
+        self.row_line.max(1)
+    }
+
+    /// Bytes read from the source so far (the whole file once
+    /// [`Self::next_record`] returned `Ok(None)`).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// CRC32C of the bytes read so far.
+    pub fn content_crc32c(&self) -> u32 {
+        self.crc
+    }
+
+    fn error(&self, line: u64, reason: CsvErrorReason) -> CsvError {
+        CsvError {
+            path: self.path.clone(),
+            line,
+            reason,
+        }
+    }
+
+    /// Reads more input; returns whether any byte came.
+    fn fill(&mut self) -> Result<bool, CsvError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let n = loop {
+            match self.src.read(&mut self.buf[self.end..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.error(self.line, CsvErrorReason::Io(e))),
+            }
+        };
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf[self.end..self.end + n]);
+        self.bytes_read += n as u64;
+        self.end += n;
+        self.eof = n == 0;
+        Ok(n > 0)
+    }
+
+    /// Finds the next row; returns its content range in the buffer (line
+    /// end excluded) and consumes it, or `None` at the end of the input.
+    fn next_row(&mut self) -> Result<Option<(usize, usize)>, CsvError> {
+        loop {
+            match find_row_end(&self.buf[self.start..self.end]) {
+                RowEnd::Complete {
+                    content_len,
+                    consumed,
+                    newlines_inside,
+                } => {
+                    let row = (self.start, self.start + content_len);
+                    self.start += consumed;
+                    self.row_line = self.line;
+                    self.line += 1 + newlines_inside;
+                    return Ok(Some(strip_cr(&self.buf, row)));
+                }
+                RowEnd::Incomplete { in_quotes } => {
+                    if self.fill()? {
+                        continue;
+                    }
+                    if in_quotes {
+                        return Err(self.error(self.line, CsvErrorReason::UnterminatedQuote));
+                    }
+                    if self.start == self.end {
+                        return Ok(None);
+                    }
+                    // The last line, without a line end.
+                    let row = (self.start, self.end);
+                    self.start = self.end;
+                    self.row_line = self.line;
+                    self.line += 1;
+                    return Ok(Some(strip_cr(&self.buf, row)));
+                }
+            }
+        }
+    }
+
+    fn read_header(&mut self) -> Result<(), CsvError> {
+        let Some((s, e)) = self.next_row()? else {
+            return Err(self.error(1, CsvErrorReason::BadHeader { found: String::new() }));
+        };
+        if &self.buf[s..e] != CSV_HEADER.as_bytes() {
+            let found = shorten(&self.buf[s..e]);
+            return Err(self.error(1, CsvErrorReason::BadHeader { found }));
+        }
+        Ok(())
+    }
+
+    /// The next row, or `Ok(None)` at the end of the file. The key borrows
+    /// the reader.
+    pub fn next_record(&mut self) -> Result<Option<EventRef<'_>>, CsvError> {
+        let Some((s, e)) = self.next_row()? else {
+            return Ok(None);
+        };
+        let line = self.row_line;
+        if s == e {
+            // Only allowed as the very last line.
+            if self.start == self.end && !self.fill()? {
+                return Ok(None);
+            }
+            return Err(self.error(line, CsvErrorReason::EmptyLine));
+        }
+        let fields = split_fields(&self.buf[s..e]).map_err(|reason| self.error(line, reason))?;
+        let field_bytes = |f: Field| &self.buf[s + f.start..s + f.end];
+        let [ts_f, key_f, value_f] = fields;
+        let bad_number = |column, f: Field, expected| {
+            let text = shorten(field_bytes(f));
+            self.error(line, CsvErrorReason::BadNumber { column, text, expected })
+        };
+        let Some(ts) = parse_u64(field_bytes(ts_f)).filter(|_| !ts_f.escaped) else {
+            return Err(bad_number("ts", ts_f, "an unsigned 64-bit integer (milliseconds)"));
+        };
+        let Some(value) = parse_i64(field_bytes(value_f)).filter(|_| !value_f.escaped) else {
+            return Err(bad_number("value", value_f, "a signed 64-bit integer"));
+        };
+        let (ks, ke) = (s + key_f.start, s + key_f.end);
+        let Ok(raw_key) = std::str::from_utf8(&self.buf[ks..ke]) else {
+            return Err(self.error(line, CsvErrorReason::BadUtf8));
+        };
+        let key = if key_f.escaped {
+            self.scratch.clear();
+            let mut rest = raw_key;
+            while let Some(p) = rest.find("\"\"") {
+                self.scratch.push_str(&rest[..=p]);
+                rest = &rest[p + 2..];
+            }
+            self.scratch.push_str(rest);
+            self.scratch.as_str()
+        } else {
+            raw_key
+        };
+        Ok(Some(EventRef { ts, key, value }))
+    }
+}
+
+/// Drops a `\r` before the line end.
+fn strip_cr(buf: &[u8], (s, e): (usize, usize)) -> (usize, usize) {
+    if e > s && buf[e - 1] == b'\r' {
+        (s, e - 1)
+    } else {
+        (s, e)
+    }
+}
+
+#[cfg(test)]
+mod tests;

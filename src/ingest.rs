@@ -1,0 +1,381 @@
+//! Idempotent, atomic ingest of `ts,key,value` CSV files into the input
+//! log: one file becomes one partition of a topic.
+//!
+//! # Idempotence
+//! `<log_dir>/<topic>/MANIFEST` (see [`manifest`]) records each ingested
+//! file's identity (size and CRC32C of its content), partition and record
+//! count. A file whose identity is already there is skipped, whatever its
+//! path; a new file gets the next partition number (one more than the
+//! largest in the manifest).
+//!
+//! # Atomicity
+//! A file is written to `<topic>/<p>.tmp/` while every row is validated;
+//! on any error the temporary directory is removed and the log is exactly
+//! as before that file. On success the partition is fsynced, an `INGEST`
+//! marker (the file's manifest entry) is written into it, the directory is
+//! renamed to `<topic>/<p>` (and the topic directory fsynced), and only then
+//! the manifest is replaced atomically. Files of one call are ingested in
+//! order; files before a failing one stay ingested, and the error says which.
+//!
+//! # Recovery (what a crash leaves behind)
+//! Before ingesting, leftover `*.tmp` directories are removed (they never
+//! became partitions), and a partition directory missing from the manifest
+//! (a crash between its rename and the manifest update) is *adopted*: its
+//! `INGEST` marker holds the entry the manifest update would have written,
+//! and the partition is complete since it was fsynced before the rename.
+//! A partition directory without a valid marker was not made by ingest and
+//! is reported as an error rather than deleted. A topic directory is only
+//! managed by ingest if it has a `MANIFEST` (written, empty, before the first
+//! partition); ingest refuses to touch a topic that has partitions but no
+//! manifest. Only one ingest may run on a topic at a time (not enforced).
+
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+
+use crate::csv_input::{CsvError, CsvReader};
+use crate::event::encode_event;
+use crate::log::durable::{
+    create_dir_all_durably, remove_dir_all_durably, rename_durably, write_file_atomically,
+};
+use crate::log::{parse_partition_name, validate_topic, FsyncPolicy, LogConfig, LogError, PartitionWriter};
+use manifest::{file_identity, FileIdentity, Manifest, ManifestEntry};
+
+/// File name of the manifest in the topic directory.
+pub const MANIFEST_FILE_NAME: &str = "MANIFEST";
+/// File name of the ingest marker in a partition directory.
+pub const MARKER_FILE_NAME: &str = "INGEST";
+
+/// What happened to one input file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileReport {
+    /// The input file.
+    pub path: PathBuf,
+    /// The partition holding its records.
+    pub partition: u32,
+    /// Its number of records.
+    pub records: u64,
+    /// Whether it was skipped because a file with the same content had
+    /// already been ingested (then `partition` and `records` are those of
+    /// that earlier ingest).
+    pub skipped: bool,
+}
+
+/// The result of [`ingest_files`]: one entry per input file, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// The files, in the order given.
+    pub files: Vec<FileReport>,
+}
+
+/// An ingest that stopped: the files completed before the failure (they
+/// stay ingested) and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("ingest stopped ({} earlier file(s) complete): {kind}", completed.files.len())]
+pub struct IngestError {
+    /// The files completed (or skipped) before the failure.
+    pub completed: IngestReport,
+    /// What went wrong.
+    pub kind: IngestErrorKind,
+}
+
+/// The cause of an [`IngestError`].
+#[derive(Debug, thiserror::Error)]
+pub enum IngestErrorKind {
+    /// A CSV error (file, line, reason); the file was not ingested.
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    /// A log error.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Appending the row at `line` of `path` failed.
+    #[error("{}:{line}: {source}", path.display())]
+    Append {
+        /// The input file.
+        path: PathBuf,
+        /// The row's line.
+        line: u64,
+        /// The log error.
+        #[source]
+        source: LogError,
+    },
+    /// Reading an input file or the topic directory failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest (or a partition's marker) does not decode.
+    #[error("{}: corrupt at byte {byte_offset}: {reason}", path.display())]
+    ManifestCorrupt {
+        /// The manifest or marker file.
+        path: PathBuf,
+        /// Where the problem starts.
+        byte_offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The input changed while it was being ingested.
+    #[error("{}: the file changed while it was being ingested", path.display())]
+    FileChanged {
+        /// The input file.
+        path: PathBuf,
+    },
+    /// The topic has partitions but no manifest, so ingest did not make it.
+    #[error("{}: the topic has partitions but no {MANIFEST_FILE_NAME}: not created by ingest, refusing to modify it", path.display())]
+    UnmanagedTopic {
+        /// The topic directory.
+        path: PathBuf,
+    },
+    /// A partition directory that is neither in the manifest nor has a
+    /// valid ingest marker.
+    #[error("{}: partition directory not in the manifest and without a valid {MARKER_FILE_NAME} marker; remove it or move it away", path.display())]
+    UnmanagedPartition {
+        /// The partition directory.
+        path: PathBuf,
+    },
+    /// The manifest lists a partition whose directory is missing.
+    #[error("{}: listed in the manifest but missing", path.display())]
+    MissingPartition {
+        /// The partition directory.
+        path: PathBuf,
+    },
+    /// No partition number is left.
+    #[error("no free partition number left")]
+    TooManyPartitions,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IngestErrorKind + '_ {
+    move |source| IngestErrorKind::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Ingests `files` into `topic` under `log_dir`, one partition per file, in
+/// order (see the module documentation for idempotence, atomicity and
+/// recovery). Segment size and index interval come from `config`; while a
+/// partition is written nothing is fsynced until it is complete.
+pub fn ingest_files(
+    log_dir: &Path,
+    topic: &str,
+    files: &[PathBuf],
+    config: &LogConfig,
+) -> Result<IngestReport, IngestError> {
+    let mut report = IngestReport::default();
+    match ingest_into(log_dir, topic, files, config, &mut report) {
+        Ok(()) => Ok(report),
+        Err(kind) => Err(IngestError {
+            completed: report,
+            kind,
+        }),
+    }
+}
+
+fn ingest_into(
+    log_dir: &Path,
+    topic: &str,
+    files: &[PathBuf],
+    config: &LogConfig,
+    report: &mut IngestReport,
+) -> Result<(), IngestErrorKind> {
+    validate_topic(topic)?;
+    config.validate()?;
+    let topic_dir = log_dir.join(topic);
+    let mut manifest = open_manifest(&topic_dir)?;
+    recover(&topic_dir, &mut manifest)?;
+    for path in files {
+        let identity = file_identity(path).map_err(io_err(path))?;
+        if let Some(done) = manifest.find(identity) {
+            tracing::info!(
+                file = %path.display(), partition = done.partition, ingested_from = %done.source_path,
+                "already ingested: skipping"
+            );
+            report.files.push(FileReport {
+                path: path.clone(),
+                partition: done.partition,
+                records: done.records,
+                skipped: true,
+            });
+            continue;
+        }
+        let partition = manifest
+            .next_partition()
+            .ok_or(IngestErrorKind::TooManyPartitions)?;
+        let entry = ingest_one(&topic_dir, path, partition, identity, config)?;
+        manifest.entries.push(entry);
+        write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
+        let records = manifest.entries.last().expect("just pushed").records;
+        tracing::info!(file = %path.display(), partition, records, "ingested");
+        report.files.push(FileReport {
+            path: path.clone(),
+            partition,
+            records,
+            skipped: false,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the manifest, creating an empty one for a new (or empty) topic.
+fn open_manifest(topic_dir: &Path) -> Result<Manifest, IngestErrorKind> {
+    let path = topic_dir.join(MANIFEST_FILE_NAME);
+    match std::fs::read(&path) {
+        Ok(bytes) => decode_manifest(&path, &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dir_all_durably(topic_dir)?;
+            if has_partition_dirs(topic_dir)? {
+                return Err(IngestErrorKind::UnmanagedTopic {
+                    path: topic_dir.to_owned(),
+                });
+            }
+            let manifest = Manifest::default();
+            write_file_atomically(&path, &manifest.encode())?;
+            Ok(manifest)
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+fn decode_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, IngestErrorKind> {
+    Manifest::decode(bytes).map_err(|(byte_offset, reason)| IngestErrorKind::ManifestCorrupt {
+        path: path.to_owned(),
+        byte_offset,
+        reason,
+    })
+}
+
+fn has_partition_dirs(topic_dir: &Path) -> Result<bool, IngestErrorKind> {
+    for entry in std::fs::read_dir(topic_dir).map_err(io_err(topic_dir))? {
+        let entry = entry.map_err(io_err(topic_dir))?;
+        if entry.file_name().to_str().and_then(parse_partition_name).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Removes leftover temporary directories and adopts partitions renamed
+/// into place just before a crash (see the module documentation).
+fn recover(topic_dir: &Path, manifest: &mut Manifest) -> Result<(), IngestErrorKind> {
+    let mut adopted = false;
+    let mut names: Vec<_> = std::fs::read_dir(topic_dir)
+        .map_err(io_err(topic_dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err(topic_dir))?;
+    names.sort();
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        let path = topic_dir.join(name);
+        if name.strip_suffix(".tmp").and_then(parse_partition_name).is_some() && path.is_dir() {
+            tracing::warn!(dir = %path.display(), "removing an incomplete partition left by an interrupted ingest");
+            remove_dir_all_durably(&path)?;
+            continue;
+        }
+        let Some(p) = parse_partition_name(name) else { continue };
+        if manifest.partition(p).is_some() {
+            continue;
+        }
+        let marker_path = path.join(MARKER_FILE_NAME);
+        let marker = std::fs::read(&marker_path)
+            .ok()
+            .and_then(|b| Manifest::decode(&b).ok())
+            .filter(|m| m.entries.len() == 1 && m.entries[0].partition == p);
+        let Some(mut marker) = marker else {
+            return Err(IngestErrorKind::UnmanagedPartition { path });
+        };
+        let entry = marker.entries.pop().expect("one entry");
+        tracing::warn!(
+            dir = %path.display(), file = %entry.source_path, records = entry.records,
+            "adopting a partition completed just before a crash"
+        );
+        manifest.entries.push(entry);
+        adopted = true;
+    }
+    for e in &manifest.entries {
+        let path = topic_dir.join(e.partition.to_string());
+        if !path.is_dir() {
+            return Err(IngestErrorKind::MissingPartition { path });
+        }
+    }
+    if adopted {
+        write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
+    }
+    Ok(())
+}
+
+/// Writes one file into partition `partition`, atomically.
+fn ingest_one(
+    topic_dir: &Path,
+    path: &Path,
+    partition: u32,
+    identity: FileIdentity,
+    config: &LogConfig,
+) -> Result<ManifestEntry, IngestErrorKind> {
+    let tmp = topic_dir.join(format!("{partition}.tmp"));
+    remove_dir_all_durably(&tmp)?;
+    let written = write_partition(&tmp, path, partition, identity, config);
+    let entry = match written {
+        Ok(entry) => entry,
+        Err(e) => {
+            if let Err(cleanup) = remove_dir_all_durably(&tmp) {
+                tracing::warn!(dir = %tmp.display(), error = %cleanup, "cannot remove the temporary partition");
+            }
+            return Err(e);
+        }
+    };
+    rename_durably(&tmp, &topic_dir.join(partition.to_string()))?;
+    Ok(entry)
+}
+
+fn write_partition(
+    tmp: &Path,
+    path: &Path,
+    partition: u32,
+    identity: FileIdentity,
+    config: &LogConfig,
+) -> Result<ManifestEntry, IngestErrorKind> {
+    let mut csv = CsvReader::open(path)?;
+    let config = LogConfig {
+        fsync: FsyncPolicy::Never,
+        ..*config
+    };
+    let mut writer = PartitionWriter::open(tmp, config)?;
+    let mut payload = Vec::with_capacity(64);
+    while let Some(ev) = csv.next_record()? {
+        payload.clear();
+        encode_event(ev.ts, ev.key, ev.value, &mut payload);
+        if let Err(source) = writer.append(&payload) {
+            return Err(IngestErrorKind::Append {
+                path: path.to_owned(),
+                line: csv.line(),
+                source,
+            });
+        }
+    }
+    if csv.bytes_read() != identity.size_bytes || csv.content_crc32c() != identity.content_crc32c {
+        return Err(IngestErrorKind::FileChanged {
+            path: path.to_owned(),
+        });
+    }
+    writer.sync()?;
+    let entry = ManifestEntry {
+        partition,
+        records: writer.next_offset(),
+        identity,
+        source_path: path.to_string_lossy().into_owned(),
+    };
+    drop(writer);
+    let marker = Manifest {
+        entries: vec![entry.clone()],
+    };
+    write_file_atomically(&tmp.join(MARKER_FILE_NAME), &marker.encode())?;
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests;

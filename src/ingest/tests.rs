@@ -1,0 +1,134 @@
+//! Unit tests of ingest recovery (crash leftovers) and its error paths.
+
+use super::*;
+use crate::log::list_partitions;
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("log");
+    let a = write(tmp.path(), "a.csv", "ts,key,value\n1,a,1\n2,b,2\n");
+    (tmp, log_dir, a)
+}
+
+fn cfg() -> LogConfig {
+    LogConfig::default()
+}
+
+#[test]
+fn leftover_tmp_dirs_are_removed() {
+    let (_t, log_dir, a) = setup();
+    ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap();
+    let stray = log_dir.join("t/1.tmp");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("junk"), b"x").unwrap();
+    let r = ingest_files(&log_dir, "t", &[a], &cfg()).unwrap();
+    assert!(r.files[0].skipped);
+    assert!(!stray.exists());
+}
+
+#[test]
+fn partition_renamed_before_a_crash_is_adopted() {
+    let (tmp, log_dir, a) = setup();
+    ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap();
+    // Simulate a crash between the rename and the manifest update.
+    let manifest_path = log_dir.join("t").join(MANIFEST_FILE_NAME);
+    write_file_atomically(&manifest_path, &Manifest::default().encode()).unwrap();
+    let b = write(tmp.path(), "b.csv", "ts,key,value\n3,c,3\n");
+    let report = ingest_files(&log_dir, "t", &[a.clone(), b], &cfg()).unwrap();
+    assert_eq!(
+        report.files.iter().map(|f| (f.partition, f.records, f.skipped)).collect::<Vec<_>>(),
+        vec![(0, 2, true), (1, 1, false)]
+    );
+    let manifest = Manifest::decode(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(manifest.entries.len(), 2);
+    assert_eq!(manifest.entries[0].source_path, a.to_string_lossy());
+}
+
+#[test]
+fn foreign_partition_dirs_are_refused_not_deleted() {
+    let (_t, log_dir, a) = setup();
+    ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap();
+    let foreign = log_dir.join("t/7");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let e = ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap_err();
+    assert!(matches!(e.kind, IngestErrorKind::UnmanagedPartition { ref path } if *path == foreign));
+    assert!(foreign.exists());
+
+    // A topic with partitions but no manifest is not touched at all.
+    let p0 = log_dir.join("u/0");
+    std::fs::create_dir_all(&p0).unwrap();
+    let e = ingest_files(&log_dir, "u", &[a], &cfg()).unwrap_err();
+    assert!(matches!(e.kind, IngestErrorKind::UnmanagedTopic { .. }), "{e}");
+    assert!(p0.exists());
+    assert!(!log_dir.join("u").join(MANIFEST_FILE_NAME).exists());
+}
+
+#[test]
+fn missing_partition_and_corrupt_manifest_are_errors() {
+    let (_t, log_dir, a) = setup();
+    ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap();
+    let manifest_path = log_dir.join("t").join(MANIFEST_FILE_NAME);
+    let good = std::fs::read(&manifest_path).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(&manifest_path, &bad).unwrap();
+    let e = ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap_err();
+    match &e.kind {
+        IngestErrorKind::ManifestCorrupt { path, byte_offset, .. } => {
+            assert_eq!(path, &manifest_path);
+            assert_eq!(*byte_offset, 20);
+        }
+        other => panic!("{other}"),
+    }
+    std::fs::write(&manifest_path, &good).unwrap();
+    std::fs::remove_dir_all(log_dir.join("t/0")).unwrap();
+    let e = ingest_files(&log_dir, "t", &[a], &cfg()).unwrap_err();
+    assert!(matches!(e.kind, IngestErrorKind::MissingPartition { .. }), "{e}");
+}
+
+#[test]
+fn a_file_changing_during_ingest_is_rejected() {
+    let (_t, log_dir, a) = setup();
+    let topic_dir = log_dir.join("t");
+    std::fs::create_dir_all(&topic_dir).unwrap();
+    let mut identity = file_identity(&a).unwrap();
+    identity.content_crc32c ^= 1;
+    let e = ingest_one(&topic_dir, &a, 0, identity, &cfg()).unwrap_err();
+    assert!(matches!(e, IngestErrorKind::FileChanged { .. }), "{e}");
+    assert!(!topic_dir.join("0.tmp").exists());
+    assert!(!topic_dir.join("0").exists());
+}
+
+#[test]
+fn invalid_topic_and_missing_file() {
+    let (t, log_dir, a) = setup();
+    let e = ingest_files(&log_dir, "../x", std::slice::from_ref(&a), &cfg()).unwrap_err();
+    assert!(matches!(e.kind, IngestErrorKind::Log(LogError::InvalidTopic { .. })));
+    let missing = t.path().join("missing.csv");
+    let e = ingest_files(&log_dir, "t", &[a, missing.clone()], &cfg()).unwrap_err();
+    assert_eq!(e.completed.files.len(), 1);
+    assert!(e.to_string().contains("missing.csv"), "{e}");
+    assert_eq!(list_partitions(&log_dir, "t").unwrap(), vec![0]);
+}
+
+#[test]
+fn oversized_key_names_the_line() {
+    let (t, log_dir, _a) = setup();
+    let key = "k".repeat(crate::log::MAX_RECORD_SIZE_BYTES);
+    let big = write(t.path(), "big.csv", &format!("ts,key,value\n1,a,1\n2,{key},2\n"));
+    let e = ingest_files(&log_dir, "t", &[big], &cfg()).unwrap_err();
+    match &e.kind {
+        IngestErrorKind::Append { line, source, .. } => {
+            assert_eq!(*line, 3);
+            assert!(matches!(source, LogError::RecordTooLarge { .. }));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(list_partitions(&log_dir, "t").unwrap().is_empty());
+}

@@ -1,0 +1,118 @@
+//! Durable file-system operations (`fsync`, atomic replace, durable rename).
+//!
+//! The design allows only the log and the checkpoint store to call `fsync`
+//! and `rename`; other modules (ingest) go through these helpers so the
+//! discipline lives in one place: a new or renamed entry is durable only once
+//! its parent directory has been fsynced.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use super::LogError;
+
+/// Fsyncs a directory, making the creation, removal or renaming of its
+/// entries durable.
+pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(LogError::io(dir))
+}
+
+/// Fsyncs the data of an existing file (through a fresh handle: on Linux
+/// `fsync` flushes the file, whichever descriptor is used).
+pub fn sync_file(path: &Path) -> Result<(), LogError> {
+    File::open(path)
+        .and_then(|f| f.sync_data())
+        .map_err(LogError::io(path))
+}
+
+/// The parent of `path`, or `.` for a bare file name.
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Creates `dir` and its missing ancestors, fsyncing the parent of each
+/// directory it created.
+pub fn create_dir_all_durably(dir: &Path) -> Result<(), LogError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent_of(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(LogError::io(dir)(e)),
+    }
+}
+
+/// Replaces the file at `path` by `bytes` atomically: writes `<path>.tmp`,
+/// fsyncs it, renames it over `path` and fsyncs the directory. After a crash
+/// `path` holds either the old or the new content.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = Path::new(&tmp_name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)
+        .map_err(LogError::io(tmp))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(LogError::io(tmp))?;
+    drop(f);
+    rename_durably(tmp, path)
+}
+
+/// Renames `from` to `to` (a file or a directory) and fsyncs the parent
+/// directories of both.
+pub fn rename_durably(from: &Path, to: &Path) -> Result<(), LogError> {
+    std::fs::rename(from, to).map_err(LogError::io(from))?;
+    sync_dir(parent_of(to))?;
+    if parent_of(from) != parent_of(to) {
+        sync_dir(parent_of(from))?;
+    }
+    Ok(())
+}
+
+/// Removes a directory tree (if it exists) and fsyncs its parent.
+pub fn remove_dir_all_durably(dir: &Path) -> Result<(), LogError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => sync_dir(parent_of(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io(dir)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_rename_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("a/b/c");
+        create_dir_all_durably(&d).unwrap();
+        create_dir_all_durably(&d).unwrap();
+        assert!(d.is_dir());
+        let f = d.join("F");
+        write_file_atomically(&f, b"one").unwrap();
+        write_file_atomically(&f, b"two").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        assert!(!d.join("F.tmp").exists());
+        sync_file(&f).unwrap();
+        let e = tmp.path().join("a/e");
+        rename_durably(&d, &e).unwrap();
+        assert_eq!(std::fs::read(e.join("F")).unwrap(), b"two");
+        remove_dir_all_durably(&e).unwrap();
+        remove_dir_all_durably(&e).unwrap();
+        assert!(!e.exists());
+    }
+}

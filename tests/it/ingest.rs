@@ -1,0 +1,162 @@
+//! Integration tests of `ingest_files`: idempotence, atomicity on a bad
+//! line, empty files, and the events read back from the log.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use weir::csv_input::CsvErrorReason;
+use weir::event::{decode_event, Event};
+use weir::ingest::{ingest_files, IngestErrorKind};
+use weir::log::{list_partitions, partition_dir, LogConfig, PartitionReader};
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// Every file under `dir` with its content: the whole on-disk state.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.insert(p.strip_prefix(root).unwrap().join(""), Vec::new());
+                walk(root, &p, out);
+            } else {
+                out.insert(p.strip_prefix(root).unwrap().to_owned(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn events(log_dir: &Path, topic: &str, partition: u32) -> Vec<Event> {
+    let mut r = PartitionReader::open(&partition_dir(log_dir, topic, partition), 0).unwrap();
+    let mut out = Vec::new();
+    while let Some((_, payload)) = r.next().unwrap() {
+        out.push(decode_event(payload).unwrap().to_event());
+    }
+    out
+}
+
+fn ev(ts: u64, key: &str, value: i64) -> Event {
+    Event {
+        ts,
+        key: key.to_owned(),
+        value,
+    }
+}
+
+/// Small segments so that a partition spans several.
+fn cfg() -> LogConfig {
+    LogConfig {
+        segment_size_bytes: 200,
+        index_interval_bytes: 64,
+        ..LogConfig::default()
+    }
+}
+
+fn big_csv(rows: u64) -> String {
+    let mut s = String::from("ts,key,value\n");
+    for i in 0..rows {
+        writeln!(s, "{i},\"k,{}\",{}", i % 7, i as i64 - 50).unwrap();
+    }
+    s
+}
+
+#[test]
+fn ingesting_twice_does_not_duplicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("log");
+    let a = write(tmp.path(), "a.csv", &big_csv(100));
+    let b = write(tmp.path(), "b.csv", "ts,key,value\r\n5,x,1\r\n6,\"y \"\"q\"\"\",-2\r\n");
+    let first = ingest_files(&log_dir, "in", &[a.clone(), b.clone()], &cfg()).unwrap();
+    let summary = |r: &weir::ingest::IngestReport| {
+        r.files.iter().map(|f| (f.partition, f.records, f.skipped)).collect::<Vec<_>>()
+    };
+    assert_eq!(summary(&first), vec![(0, 100, false), (1, 2, false)]);
+    let state = snapshot(&log_dir);
+
+    // Again, in another order, plus a copy of `a` under another name.
+    let a_copy = write(tmp.path(), "a-copy.csv", &big_csv(100));
+    let second = ingest_files(&log_dir, "in", &[b, a, a_copy], &cfg()).unwrap();
+    assert_eq!(summary(&second), vec![(1, 2, true), (0, 100, true), (0, 100, true)]);
+    assert_eq!(snapshot(&log_dir), state);
+    assert_eq!(list_partitions(&log_dir, "in").unwrap(), vec![0, 1]);
+
+    let expect_a: Vec<Event> = (0..100).map(|i| ev(i, &format!("k,{}", i % 7), i as i64 - 50)).collect();
+    assert_eq!(events(&log_dir, "in", 0), expect_a);
+    assert_eq!(events(&log_dir, "in", 1), vec![ev(5, "x", 1), ev(6, "y \"q\"", -2)]);
+}
+
+#[test]
+fn a_bad_line_leaves_the_log_as_before_that_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("log");
+    let a = write(tmp.path(), "a.csv", &big_csv(30));
+    let mut bad_content = big_csv(40);
+    bad_content.push_str("41,k,4x2\n42,k,1\n");
+    let bad = write(tmp.path(), "bad.csv", &bad_content);
+    let c = write(tmp.path(), "c.csv", "ts,key,value\n1,c,1\n");
+
+    // Reference state: only `a` ingested.
+    let reference_dir = tmp.path().join("reference");
+    ingest_files(&reference_dir, "in", std::slice::from_ref(&a), &cfg()).unwrap();
+
+    let err = ingest_files(&log_dir, "in", &[a.clone(), bad.clone(), c.clone()], &cfg()).unwrap_err();
+    assert_eq!(err.completed.files.len(), 1);
+    assert_eq!(err.completed.files[0].path, a);
+    match &err.kind {
+        IngestErrorKind::Csv(e) => {
+            assert_eq!(e.path, bad);
+            assert_eq!(e.line, 42, "header + 40 rows, then the bad one");
+            assert!(matches!(e.reason, CsvErrorReason::BadNumber { column: "value", .. }));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("1 earlier file(s) complete"));
+    assert_eq!(snapshot(&log_dir), snapshot(&reference_dir));
+
+    // Retrying with the same bad file changes nothing either.
+    assert!(ingest_files(&log_dir, "in", &[a.clone(), bad.clone()], &cfg()).is_err());
+    assert_eq!(snapshot(&log_dir), snapshot(&reference_dir));
+
+    // Once fixed, the rest goes in after `a`.
+    write(tmp.path(), "bad.csv", &big_csv(41));
+    let report = ingest_files(&log_dir, "in", &[a, bad, c], &cfg()).unwrap();
+    let parts: Vec<_> = report.files.iter().map(|f| (f.partition, f.records, f.skipped)).collect();
+    assert_eq!(parts, vec![(0, 30, true), (1, 41, false), (2, 1, false)]);
+    assert_eq!(events(&log_dir, "in", 2), vec![ev(1, "c", 1)]);
+}
+
+#[test]
+fn a_bad_first_file_leaves_no_partition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("log");
+    let bad = write(tmp.path(), "bad.csv", "ts,key,value\n1,a,1\n2,\"open,3\n");
+    let err = ingest_files(&log_dir, "in", &[bad], &cfg()).unwrap_err();
+    assert!(err.completed.files.is_empty());
+    assert!(matches!(err.kind, IngestErrorKind::Csv(ref e) if e.line == 3), "{err}");
+    assert!(list_partitions(&log_dir, "in").unwrap().is_empty());
+    let left: Vec<_> = snapshot(&log_dir).into_keys().collect();
+    assert_eq!(left, vec![PathBuf::from("in/"), PathBuf::from("in/MANIFEST")]);
+}
+
+#[test]
+fn an_empty_file_makes_an_empty_partition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("log");
+    let empty = write(tmp.path(), "empty.csv", "ts,key,value\n");
+    let a = write(tmp.path(), "a.csv", "ts,key,value\n1,a,1");
+    let report = ingest_files(&log_dir, "in", &[empty.clone(), a], &cfg()).unwrap();
+    assert_eq!(report.files[0].records, 0);
+    assert_eq!(report.files[1].partition, 1);
+    assert_eq!(list_partitions(&log_dir, "in").unwrap(), vec![0, 1]);
+    assert!(events(&log_dir, "in", 0).is_empty());
+    let again = ingest_files(&log_dir, "in", &[empty], &cfg()).unwrap();
+    assert!(again.files[0].skipped);
+}
