@@ -53,9 +53,13 @@ fn window_throughput(c: &mut Criterion) {
     group.throughput(Throughput::Elements(events));
     for workers in [1usize, 2] {
         let opts = options(workers);
-        group.bench_with_input(BenchmarkId::new("tumbling_10s_workers", workers), &opts, |b, opts| {
-            b.iter(|| run(opts).expect("run"));
-        });
+        group.bench_with_input(
+            BenchmarkId::new("tumbling_10s_workers", workers),
+            &opts,
+            |b, opts| {
+                b.iter(|| run(opts).expect("run"));
+            },
+        );
     }
     group.finish();
 }

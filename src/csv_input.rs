@@ -112,7 +112,10 @@ fn shorten(bytes: &[u8]) -> String {
 /// Writes `field` as one CSV field, quoting it (and doubling inner quotes)
 /// when it contains a comma, a quote, CR or LF.
 pub fn write_csv_field<W: Write + ?Sized>(out: &mut W, field: &str) -> io::Result<()> {
-    if !field.bytes().any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n')) {
+    if !field
+        .bytes()
+        .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+    {
         return out.write_all(field.as_bytes());
     }
     out.write_all(b"\"")?;
@@ -145,7 +148,8 @@ fn split_fields(row: &[u8]) -> Result<[Field; 3], CsvErrorReason> {
             let mut j = i + 1;
             let mut escaped = false;
             let close = loop {
-                let q = j + memchr::memchr(b'"', &row[j..]).ok_or(CsvErrorReason::UnterminatedQuote)?;
+                let q =
+                    j + memchr::memchr(b'"', &row[j..]).ok_or(CsvErrorReason::UnterminatedQuote)?;
                 if row.get(q + 1) == Some(&b'"') {
                     escaped = true;
                     j = q + 2;
@@ -418,7 +422,12 @@ impl<R: Read> CsvReader<R> {
 
     fn read_header(&mut self) -> Result<(), CsvError> {
         let Some((s, e)) = self.next_row()? else {
-            return Err(self.error(1, CsvErrorReason::BadHeader { found: String::new() }));
+            return Err(self.error(
+                1,
+                CsvErrorReason::BadHeader {
+                    found: String::new(),
+                },
+            ));
         };
         if &self.buf[s..e] != CSV_HEADER.as_bytes() {
             let found = shorten(&self.buf[s..e]);
@@ -446,10 +455,21 @@ impl<R: Read> CsvReader<R> {
         let [ts_f, key_f, value_f] = fields;
         let bad_number = |column, f: Field, expected| {
             let text = shorten(field_bytes(f));
-            self.error(line, CsvErrorReason::BadNumber { column, text, expected })
+            self.error(
+                line,
+                CsvErrorReason::BadNumber {
+                    column,
+                    text,
+                    expected,
+                },
+            )
         };
         let Some(ts) = parse_u64(field_bytes(ts_f)).filter(|_| !ts_f.escaped) else {
-            return Err(bad_number("ts", ts_f, "an unsigned 64-bit integer (milliseconds)"));
+            return Err(bad_number(
+                "ts",
+                ts_f,
+                "an unsigned 64-bit integer (milliseconds)",
+            ));
         };
         let Some(value) = parse_i64(field_bytes(value_f)).filter(|_| !value_f.escaped) else {
             return Err(bad_number("value", value_f, "a signed 64-bit integer"));

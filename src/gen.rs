@@ -53,7 +53,7 @@ impl Default for ZipfParams {
     }
 }
 
-/// SplitMix64: tiny, fast, and good enough for workload generation.
+/// `SplitMix64`: tiny, fast, and good enough for workload generation.
 #[derive(Clone, Debug)]
 pub struct SplitMix64(u64);
 
@@ -123,7 +123,8 @@ pub fn generate_zipf(params: &ZipfParams, out_dir: &Path) -> std::io::Result<Vec
     let mut paths = Vec::new();
     for partition in 0..partitions {
         let path = out_dir.join(format!("zipf-{partition}.csv"));
-        let mut rng = SplitMix64::new(params.seed ^ (partition + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut rng =
+            SplitMix64::new(params.seed ^ (partition + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
         let events = params.events / partitions + u64::from(partition < params.events % partitions);
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
         out.write_all(b"ts,key,value\n")?;
@@ -185,7 +186,10 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(std::fs::read(x).unwrap(), std::fs::read(y).unwrap());
         }
-        let lines: usize = a.iter().map(|p| std::fs::read_to_string(p).unwrap().lines().count() - 1).sum();
+        let lines: usize = a
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap().lines().count() - 1)
+            .sum();
         assert_eq!(lines, 2_000);
     }
 }

@@ -38,7 +38,9 @@ use crate::event::encode_event;
 use crate::log::durable::{
     create_dir_all_durably, remove_dir_all_durably, rename_durably, write_file_atomically,
 };
-use crate::log::{parse_partition_name, validate_topic, FsyncPolicy, LogConfig, LogError, PartitionWriter};
+use crate::log::{
+    parse_partition_name, validate_topic, FsyncPolicy, LogConfig, LogError, PartitionWriter,
+};
 use manifest::{file_identity, FileIdentity, Manifest, ManifestEntry};
 
 /// File name of the manifest in the topic directory.
@@ -251,7 +253,12 @@ fn decode_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, IngestErrorKin
 fn has_partition_dirs(topic_dir: &Path) -> Result<bool, IngestErrorKind> {
     for entry in std::fs::read_dir(topic_dir).map_err(io_err(topic_dir))? {
         let entry = entry.map_err(io_err(topic_dir))?;
-        if entry.file_name().to_str().and_then(parse_partition_name).is_some() {
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(parse_partition_name)
+            .is_some()
+        {
             return Ok(true);
         }
     }
@@ -271,12 +278,19 @@ fn recover(topic_dir: &Path, manifest: &mut Manifest) -> Result<(), IngestErrorK
     for name in names {
         let Some(name) = name.to_str() else { continue };
         let path = topic_dir.join(name);
-        if name.strip_suffix(".tmp").and_then(parse_partition_name).is_some() && path.is_dir() {
+        if name
+            .strip_suffix(".tmp")
+            .and_then(parse_partition_name)
+            .is_some()
+            && path.is_dir()
+        {
             tracing::warn!(dir = %path.display(), "removing an incomplete partition left by an interrupted ingest");
             remove_dir_all_durably(&path)?;
             continue;
         }
-        let Some(p) = parse_partition_name(name) else { continue };
+        let Some(p) = parse_partition_name(name) else {
+            continue;
+        };
         if manifest.partition(p).is_some() {
             continue;
         }

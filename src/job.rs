@@ -60,21 +60,24 @@ impl ArrangementGauge {
 pub fn track_arrangements(worker: &mut Worker, gauge: Arc<ArrangementGauge>) {
     use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
     if let Some(mut registry) = worker.log_register() {
-        registry.insert::<DifferentialEventBuilder, _>("differential/arrange", move |_time, events| {
-            let Some(events) = events else { return };
-            for (_, event) in events.iter() {
-                match event {
-                    DifferentialEvent::Batch(b) => gauge.add(b.length as i64),
-                    DifferentialEvent::Merge(m) => {
-                        if let Some(complete) = m.complete {
-                            gauge.add(complete as i64 - m.length1 as i64 - m.length2 as i64);
+        registry.insert::<DifferentialEventBuilder, _>(
+            "differential/arrange",
+            move |_time, events| {
+                let Some(events) = events else { return };
+                for (_, event) in events.iter() {
+                    match event {
+                        DifferentialEvent::Batch(b) => gauge.add(b.length as i64),
+                        DifferentialEvent::Merge(m) => {
+                            if let Some(complete) = m.complete {
+                                gauge.add(complete as i64 - m.length1 as i64 - m.length2 as i64);
+                            }
                         }
+                        DifferentialEvent::Drop(d) => gauge.add(-(d.length as i64)),
+                        _ => {}
                     }
-                    DifferentialEvent::Drop(d) => gauge.add(-(d.length as i64)),
-                    _ => {}
                 }
-            }
-        });
+            },
+        );
     }
 }
 
@@ -103,8 +106,15 @@ where
             WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
                 let slide_ms = query.spec.slide_ms().expect("fixed windows slide");
                 let combiner = PaneCombiner::new(slide_ms, query.granularity_ms);
-                let (partials, late) =
-                    partition_source(scope, feeds, combiner, source_config, errors, counters, probe.clone());
+                let (partials, late) = partition_source(
+                    scope,
+                    feeds,
+                    combiner,
+                    source_config,
+                    errors,
+                    counters,
+                    probe.clone(),
+                );
                 let windows = FixedWindows {
                     size_ms: query.spec.size_ms(),
                     slide_ms,
@@ -114,8 +124,15 @@ where
             }
             WindowSpec::Session { gap_ms } => {
                 let combiner = SessionCombiner::new(gap_ms, query.granularity_ms);
-                let (partials, late) =
-                    partition_source(scope, feeds, combiner, source_config, errors, counters, probe.clone());
+                let (partials, late) = partition_source(
+                    scope,
+                    feeds,
+                    combiner,
+                    source_config,
+                    errors,
+                    counters,
+                    probe.clone(),
+                );
                 (
                     session_windows(partials.as_collection(), gap_ms, query.granularity_ms),
                     late,

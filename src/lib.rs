@@ -7,12 +7,12 @@
 pub mod job;
 pub mod memory;
 
+pub mod csv_input;
+pub mod event;
+pub mod gen;
+pub mod ingest;
+pub mod log;
+pub mod log_feed;
 pub mod run;
 pub mod sink;
 pub mod source;
-pub mod gen;
-pub mod log_feed;
-pub mod csv_input;
-pub mod event;
-pub mod ingest;
-pub mod log;

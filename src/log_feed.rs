@@ -18,7 +18,12 @@ impl LogFeed {
     /// Opens partition `partition` (directory `dir`) at `from_offset`. With
     /// `until_end`, the partition ends when its current end is reached;
     /// otherwise the feed waits for more records.
-    pub fn open(dir: &Path, partition: u32, from_offset: u64, until_end: bool) -> Result<Self, LogError> {
+    pub fn open(
+        dir: &Path,
+        partition: u32,
+        from_offset: u64,
+        until_end: bool,
+    ) -> Result<Self, LogError> {
         Ok(LogFeed {
             partition,
             dir: dir.to_owned(),

@@ -14,7 +14,11 @@ use weir_dataflows::duration::{format_duration_ms, parse_duration_ms};
 use weir_dataflows::WindowSpec;
 
 #[derive(Parser, Debug)]
-#[command(name = "weir", version, about = "Windowed stream computations on differential dataflow")]
+#[command(
+    name = "weir",
+    version,
+    about = "Windowed stream computations on differential dataflow"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -143,10 +147,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        None => run_command(RunArgs::parse_from(["weir-run"])),
-        Some(Command::Run(args)) => run_command(args),
+        None => run_command(&RunArgs::parse_from(["weir-run"])),
+        Some(Command::Run(args)) => run_command(&args),
         Some(Command::Ingest(args)) => ingest_command(&args),
-        Some(Command::Gen { kind: GenKind::Zipf(args) }) => gen_command(&args),
+        Some(Command::Gen {
+            kind: GenKind::Zipf(args),
+        }) => gen_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,9 +163,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_command(args: RunArgs) -> Result<()> {
+fn run_command(args: &RunArgs) -> Result<()> {
     let Query::Window = args.query;
-    let granularity_ms = args.granularity.unwrap_or_else(|| args.window.default_granularity_ms());
+    let granularity_ms = args
+        .granularity
+        .unwrap_or_else(|| args.window.default_granularity_ms());
     args.window
         .check_granularity(granularity_ms)
         .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
@@ -171,7 +179,11 @@ fn run_command(args: RunArgs) -> Result<()> {
             bail!("--processes {} needs --hostfile", args.processes)
         };
         if args.process >= args.processes {
-            bail!("--process {} is not below --processes {}", args.process, args.processes);
+            bail!(
+                "--process {} is not below --processes {}",
+                args.process,
+                args.processes
+            );
         }
         Some(ClusterOptions {
             processes: args.processes,
@@ -189,7 +201,8 @@ fn run_command(args: RunArgs) -> Result<()> {
             events: args.demo_events,
             ..ZipfParams::default()
         };
-        let existing = (0..params.partitions).all(|p| demo_dir.join(format!("zipf-{p}.csv")).is_file());
+        let existing =
+            (0..params.partitions).all(|p| demo_dir.join(format!("zipf-{p}.csv")).is_file());
         if !existing {
             eprintln!(
                 "no --input: generating a demo dataset of {} Zipf events ({} keys) in {}",
@@ -197,7 +210,8 @@ fn run_command(args: RunArgs) -> Result<()> {
                 params.keys,
                 demo_dir.display()
             );
-            generate_zipf(&params, &demo_dir).with_context(|| format!("generating into {}", demo_dir.display()))?;
+            generate_zipf(&params, &demo_dir)
+                .with_context(|| format!("generating into {}", demo_dir.display()))?;
         }
         inputs.push(demo_dir);
         until_end = true;
@@ -237,9 +251,19 @@ fn print_summary(s: &RunSummary, workers: usize) {
     println!("late events       {}", s.events_late);
     println!("window rows       {}", s.window_rows);
     println!("elapsed           {secs:.3} s");
-    println!("throughput        {:.0} events/s ({:.0} events/s/worker)", rate, rate / workers as f64);
-    println!("peak arranged     {} records (largest worker)", s.peak_arranged_records);
-    println!("partitions        {} (workers in cluster: {})", s.partitions, s.total_workers);
+    println!(
+        "throughput        {:.0} events/s ({:.0} events/s/worker)",
+        rate,
+        rate / workers as f64
+    );
+    println!(
+        "peak arranged     {} records (largest worker)",
+        s.peak_arranged_records
+    );
+    println!(
+        "partitions        {} (workers in cluster: {})",
+        s.partitions, s.total_workers
+    );
     println!("output            {}", s.windows_file.display());
     println!("late events file  {}", s.late_file.display());
 }
@@ -249,9 +273,18 @@ fn ingest_command(args: &IngestArgs) -> Result<()> {
         fsync: args.fsync,
         ..LogConfig::default()
     };
-    let report = ingest_files(&args.data_dir.join("log"), EVENTS_TOPIC, &args.files, &config)?;
+    let report = ingest_files(
+        &args.data_dir.join("log"),
+        EVENTS_TOPIC,
+        &args.files,
+        &config,
+    )?;
     for file in &report.files {
-        let what = if file.skipped { "already ingested as" } else { "ingested into" };
+        let what = if file.skipped {
+            "already ingested as"
+        } else {
+            "ingested into"
+        };
         println!(
             "{}: {what} partition {} ({} events)",
             file.path.display(),
@@ -276,7 +309,8 @@ fn gen_command(args: &ZipfArgs) -> Result<()> {
     if params.partitions == 0 || params.keys == 0 || params.rate_per_s == 0 {
         bail!("--partitions, --keys and --rate must be positive");
     }
-    let paths = generate_zipf(&params, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    let paths = generate_zipf(&params, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     for path in paths {
         println!("{}", path.display());
     }

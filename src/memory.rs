@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use weir_dataflows::{LateRow, WindowRow};
 
-use crate::job::{build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RowSink, WindowQuery};
+use crate::job::{
+    build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RowSink, WindowQuery,
+};
 use crate::source::{ErrorSlot, MemoryFeed, SourceConfig, SourceCounters};
 
 /// The rows of a run, sorted.
@@ -44,7 +46,8 @@ pub fn run_in_memory(
     workers: usize,
     batch_records: usize,
 ) -> Result<CollectedRows, String> {
-    let partitions: Vec<Arc<Vec<(u64, String, i64)>>> = partitions.iter().cloned().map(Arc::new).collect();
+    let partitions: Vec<Arc<Vec<(u64, String, i64)>>> =
+        partitions.iter().cloned().map(Arc::new).collect();
     let collected = Arc::new(Mutex::new(CollectedRows::default()));
     let errors: ErrorSlot = ErrorSlot::default();
     let counters = Arc::new(SourceCounters::default());
@@ -68,7 +71,7 @@ pub fn run_in_memory(
                 lateness_ms: query.lateness_ms,
                 batch_records,
                 idle_poll_ms: 1,
-            max_ahead_ms: max_ahead_ms(&query),
+                max_ahead_ms: max_ahead_ms(&query),
             };
             let probe = build_window_query(
                 worker,
@@ -86,7 +89,9 @@ pub fn run_in_memory(
             let mut out = collected.lock().expect("collector poisoned");
             out.rows.append(&mut sink.rows);
             out.late.append(&mut sink.late);
-            let peak = gauge.peak_records.load(std::sync::atomic::Ordering::Relaxed);
+            let peak = gauge
+                .peak_records
+                .load(std::sync::atomic::Ordering::Relaxed);
             out.peak_arranged_records = out.peak_arranged_records.max(peak);
         })?
         .join()

@@ -10,10 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::ingest::{ingest_files, IngestError};
-use crate::job::{build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, WindowQuery};
+use crate::job::{
+    build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, WindowQuery,
+};
 use crate::log::{list_partitions, partition_dir, LogConfig, LogError};
 use crate::log_feed::LogFeed;
-use crate::sink::{output_file_names, CsvSink, SharedCsvFile, LATE_ROWS_HEADER, WINDOW_ROWS_HEADER};
+use crate::sink::{
+    output_file_names, CsvSink, SharedCsvFile, LATE_ROWS_HEADER, WINDOW_ROWS_HEADER,
+};
 use crate::source::{ErrorSlot, SourceConfig, SourceCounters};
 
 /// The log topic the generic window query reads.
@@ -117,13 +121,19 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
                 .collect();
             found.sort();
             if found.is_empty() {
-                return Err(RunError::Usage(format!("{}: no .csv files in this directory", input.display())));
+                return Err(RunError::Usage(format!(
+                    "{}: no .csv files in this directory",
+                    input.display()
+                )));
             }
             files.extend(found);
         } else if input.is_file() {
             files.push(input.clone());
         } else {
-            return Err(RunError::Usage(format!("{}: no such file or directory", input.display())));
+            return Err(RunError::Usage(format!(
+                "{}: no such file or directory",
+                input.display()
+            )));
         }
     }
     Ok(files)
@@ -131,7 +141,11 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
 
 /// Ingests `files` under an exclusive lock on the data directory, so the
 /// processes of a cluster sharing it agree on the partition numbers.
-pub fn ingest_locked(data_dir: &Path, files: &[PathBuf], log_config: &LogConfig) -> Result<(), RunError> {
+pub fn ingest_locked(
+    data_dir: &Path,
+    files: &[PathBuf],
+    log_config: &LogConfig,
+) -> Result<(), RunError> {
     std::fs::create_dir_all(data_dir).map_err(|e| RunError::Output {
         path: data_dir.to_owned(),
         source: e,
@@ -173,7 +187,10 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
             log_dir.join(EVENTS_TOPIC).display()
         )));
     }
-    let (processes, process) = options.cluster.as_ref().map_or((1, 0), |c| (c.processes, c.process));
+    let (processes, process) = options
+        .cluster
+        .as_ref()
+        .map_or((1, 0), |c| (c.processes, c.process));
     std::fs::create_dir_all(&options.out_dir).map_err(|e| RunError::Output {
         path: options.out_dir.clone(),
         source: e,
@@ -212,22 +229,30 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         timely::execute(timely_config, move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
             let gauge = Arc::new(ArrangementGauge::default());
-            gauges.lock().expect("gauges poisoned").push(Arc::clone(&gauge));
+            gauges
+                .lock()
+                .expect("gauges poisoned")
+                .push(Arc::clone(&gauge));
             track_arrangements(worker, gauge);
             let mut feeds = Vec::new();
             for &p in partitions.iter().filter(|&&p| p as usize % peers == index) {
                 match LogFeed::open(&partition_dir(&log_dir, EVENTS_TOPIC, p), p, 0, until_end) {
                     Ok(feed) => feeds.push((p, feed)),
                     Err(e) => {
-                        errors.lock().expect("error slot poisoned").get_or_insert(crate::source::FeedError {
-                            partition: p,
-                            source: Box::new(e),
-                        });
+                        errors.lock().expect("error slot poisoned").get_or_insert(
+                            crate::source::FeedError {
+                                partition: p,
+                                source: Box::new(e),
+                            },
+                        );
                         return;
                     }
                 }
             }
-            let sink = Rc::new(RefCell::new(CsvSink::new(Arc::clone(&windows_file), Arc::clone(&late_file))));
+            let sink = Rc::new(RefCell::new(CsvSink::new(
+                Arc::clone(&windows_file),
+                Arc::clone(&late_file),
+            )));
             let probe = build_window_query(
                 worker,
                 feeds,
@@ -318,12 +343,16 @@ pub fn timely_config(workers: usize, cluster: Option<&ClusterOptions>) -> timely
             zerocopy: false,
         },
     };
-    timely::Config { communication, worker }
+    timely::Config {
+        communication,
+        worker,
+    }
 }
 
 /// Reads a hostfile: one `host:port` per line; blank lines and `#` comments skipped.
 pub fn read_hostfile(path: &Path, processes: usize) -> Result<Vec<String>, RunError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RunError::Usage(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RunError::Usage(format!("{}: {e}", path.display())))?;
     let addresses: Vec<String> = text
         .lines()
         .map(str::trim)

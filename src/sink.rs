@@ -63,7 +63,10 @@ impl SharedCsvFile {
 
     /// Flushes buffered bytes to the operating system.
     pub fn flush(&self) -> std::io::Result<()> {
-        self.writer.lock().expect("output file lock poisoned").flush()
+        self.writer
+            .lock()
+            .expect("output file lock poisoned")
+            .flush()
     }
 }
 
@@ -72,7 +75,10 @@ pub fn output_file_names(processes: usize, process: usize) -> (String, String) {
     if processes == 1 {
         ("windows.csv".to_owned(), "late.csv".to_owned())
     } else {
-        (format!("windows-{process}.csv"), format!("late-{process}.csv"))
+        (
+            format!("windows-{process}.csv"),
+            format!("late-{process}.csv"),
+        )
     }
 }
 

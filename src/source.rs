@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
-use timely::container::CapacityContainerBuilder;
 use weir_dataflows::combiner::{LocalCombiner, Update};
 use weir_dataflows::window::round_down;
 use weir_dataflows::{LateRow, MAX_EVENT_TS_MS};
@@ -89,21 +89,23 @@ struct PartitionState<F> {
     ended: bool,
 }
 
-/// Builds the source over `partitions` (this worker's share) and returns the
-/// stream of the combiner's partials (differential updates) and the stream
-/// of late events.
-pub fn partition_source<'scope, F, C>(
-    scope: Scope<'scope, u64>,
+/// The source's two outputs: the combiner's partials (differential updates)
+/// and the late events.
+pub type SourceStreams<'scope, R> = (
+    Stream<'scope, u64, Vec<Update<R>>>,
+    Stream<'scope, u64, Vec<LateRow>>,
+);
+
+/// Builds the source over `partitions` (this worker's share).
+pub fn partition_source<F, C>(
+    scope: Scope<'_, u64>,
     partitions: Vec<(u32, F)>,
     mut combiner: C,
     config: SourceConfig,
     errors: ErrorSlot,
     counters: Arc<SourceCounters>,
     output_probe: ProbeHandle<u64>,
-) -> (
-    Stream<'scope, u64, Vec<Update<C::Record>>>,
-    Stream<'scope, u64, Vec<LateRow>>,
-)
+) -> SourceStreams<'_, C::Record>
 where
     F: PartitionFeed,
     C: LocalCombiner,
@@ -115,7 +117,8 @@ where
     let (late_output, late) = builder.new_output::<Vec<LateRow>>();
     let mut partials_output: OutputBuilder<u64, CapacityContainerBuilder<Vec<Update<C::Record>>>> =
         OutputBuilder::from(partials_output);
-    let mut late_output: OutputBuilder<u64, CapacityContainerBuilder<Vec<LateRow>>> = OutputBuilder::from(late_output);
+    let mut late_output: OutputBuilder<u64, CapacityContainerBuilder<Vec<LateRow>>> =
+        OutputBuilder::from(late_output);
 
     builder.build(move |mut capabilities| {
         let mut late_cap = capabilities.pop();
@@ -218,24 +221,21 @@ where
                 debug_assert!(released.iter().all(|u| u.1 >= *cap.time()));
                 partials_output.activate().session(cap).give_iterator(released.drain(..));
             }
-            match watermark {
-                Some(w) => {
-                    for cap in [&mut partials_cap, &mut late_cap].into_iter().flatten() {
-                        if *cap.time() < w {
-                            cap.downgrade(&w);
-                        }
-                    }
-                    if progressed {
-                        activator.activate();
-                    } else {
-                        activator.activate_after(Duration::from_millis(config.idle_poll_ms));
+            if let Some(w) = watermark {
+                for cap in [&mut partials_cap, &mut late_cap].into_iter().flatten() {
+                    if *cap.time() < w {
+                        cap.downgrade(&w);
                     }
                 }
-                None => {
-                    debug_assert!(combiner.min_pending_time().is_none());
-                    partials_cap = None;
-                    late_cap = None;
+                if progressed {
+                    activator.activate();
+                } else {
+                    activator.activate_after(Duration::from_millis(config.idle_poll_ms));
                 }
+            } else {
+                debug_assert!(combiner.min_pending_time().is_none());
+                partials_cap = None;
+                late_cap = None;
             }
         }
     });
@@ -253,7 +253,10 @@ pub struct MemoryFeed {
 impl MemoryFeed {
     /// A feed over `events`, in order, from offset 0.
     pub fn new(events: Arc<Vec<(u64, String, i64)>>) -> Self {
-        MemoryFeed { events, position: 0 }
+        MemoryFeed {
+            events,
+            position: 0,
+        }
     }
 }
 

@@ -63,7 +63,12 @@ impl<P: Copy> Buckets<P> {
         }
     }
 
-    fn flush_before<R>(&mut self, watermark: u64, out: &mut Vec<Update<R>>, mut make: impl FnMut(u64, String, P) -> R) {
+    fn flush_before<R>(
+        &mut self,
+        watermark: u64,
+        out: &mut Vec<Update<R>>,
+        mut make: impl FnMut(u64, String, P) -> R,
+    ) {
         while let Some(entry) = self.by_time.first_entry() {
             if *entry.key() >= watermark {
                 break;
@@ -71,7 +76,10 @@ impl<P: Copy> Buckets<P> {
             let time = *entry.key();
             let map = entry.remove();
             out.reserve(map.len());
-            out.extend(map.into_iter().map(|(key, p)| (make(time, key, p), time, 1)));
+            out.extend(
+                map.into_iter()
+                    .map(|(key, p)| (make(time, key, p), time, 1)),
+            );
         }
     }
 
@@ -97,7 +105,7 @@ impl PaneCombiner {
     /// A combiner for panes of `slide_ms`; `granularity_ms` divides `slide_ms`.
     pub fn new(slide_ms: u64, granularity_ms: u64) -> Self {
         assert!(
-            granularity_ms > 0 && slide_ms % granularity_ms == 0,
+            granularity_ms > 0 && slide_ms.is_multiple_of(granularity_ms),
             "granularity {granularity_ms} must divide slide {slide_ms}"
         );
         PaneCombiner {
@@ -215,7 +223,6 @@ impl LocalCombiner for SessionCombiner {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +254,10 @@ mod tests {
         c.flush_before(u64::MAX, &mut out);
         assert_eq!(out.len(), 1);
         let (_, partial) = &out[0].0;
-        assert_eq!((partial.first_ts, partial.last_ts, partial.agg.count), (1_100, 1_700, 2));
+        assert_eq!(
+            (partial.first_ts, partial.last_ts, partial.agg.count),
+            (1_100, 1_700, 2)
+        );
         assert_eq!(out[0].1, 1_000);
     }
 }

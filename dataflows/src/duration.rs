@@ -53,7 +53,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
 /// Formats ms in the largest unit that divides it exactly (`10s`, `1500ms`).
 pub fn format_duration_ms(ms: u64) -> String {
     for (unit, unit_ms) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms != 0 && ms % unit_ms == 0 {
+        if ms != 0 && ms.is_multiple_of(unit_ms) {
             return format!("{}{unit}", ms / unit_ms);
         }
     }

@@ -17,7 +17,11 @@ pub struct ReferenceOutput {
 }
 
 /// Runs the query on `partitions` (events `(ts, key, value)` in log order).
-pub fn reference(partitions: &[Vec<(u64, String, i64)>], spec: WindowSpec, lateness_ms: u64) -> ReferenceOutput {
+pub fn reference(
+    partitions: &[Vec<(u64, String, i64)>],
+    spec: WindowSpec,
+    lateness_ms: u64,
+) -> ReferenceOutput {
     let mut accepted: Vec<(u64, String, i64)> = Vec::new();
     let mut late = Vec::new();
     for (partition, events) in partitions.iter().enumerate() {
@@ -94,7 +98,12 @@ pub fn reference(partitions: &[Vec<(u64, String, i64)>], spec: WindowSpec, laten
     ReferenceOutput { rows, late }
 }
 
-fn close_session(session: &mut Vec<(u64, i64)>, gap_ms: u64, key: &str, add: &mut impl FnMut(u64, u64, &str, i64)) {
+fn close_session(
+    session: &mut Vec<(u64, i64)>,
+    gap_ms: u64,
+    key: &str,
+    add: &mut impl FnMut(u64, u64, &str, i64),
+) {
     if let (Some(&(first, _)), Some(&(last, _))) = (session.first(), session.last()) {
         for &(_, value) in session.iter() {
             add(first, last + gap_ms, key, value);
@@ -113,28 +122,62 @@ mod tests {
 
     #[test]
     fn lateness_is_per_partition_and_uses_the_max_before() {
-        let parts = vec![vec![ev(10_000, "a", 1), ev(4_000, "a", 2), ev(5_000, "a", 3)], vec![ev(0, "b", 1)]];
+        let parts = vec![
+            vec![ev(10_000, "a", 1), ev(4_000, "a", 2), ev(5_000, "a", 3)],
+            vec![ev(0, "b", 1)],
+        ];
         let out = reference(&parts, "tumbling:10s".parse().unwrap(), 5_000);
         assert_eq!(out.late.len(), 1);
-        assert_eq!((out.late[0].partition, out.late[0].offset, out.late[0].ts), (0, 1, 4_000));
+        assert_eq!(
+            (out.late[0].partition, out.late[0].offset, out.late[0].ts),
+            (0, 1, 4_000)
+        );
         assert_eq!(out.rows.len(), 3);
     }
 
     #[test]
     fn sliding_windows_cover_size_over_slide_windows() {
-        let out = reference(&[vec![ev(25_000, "k", 7)]], "sliding:30s/10s".parse().unwrap(), 0);
-        let spans: Vec<_> = out.rows.iter().map(|r| (r.window_start, r.window_end)).collect();
+        let out = reference(
+            &[vec![ev(25_000, "k", 7)]],
+            "sliding:30s/10s".parse().unwrap(),
+            0,
+        );
+        let spans: Vec<_> = out
+            .rows
+            .iter()
+            .map(|r| (r.window_start, r.window_end))
+            .collect();
         assert_eq!(spans, vec![(0, 30_000), (10_000, 40_000), (20_000, 50_000)]);
-        let early = reference(&[vec![ev(5_000, "k", 7)]], "sliding:30s/10s".parse().unwrap(), 0);
-        let spans: Vec<_> = early.rows.iter().map(|r| (r.window_start, r.window_end)).collect();
+        let early = reference(
+            &[vec![ev(5_000, "k", 7)]],
+            "sliding:30s/10s".parse().unwrap(),
+            0,
+        );
+        let spans: Vec<_> = early
+            .rows
+            .iter()
+            .map(|r| (r.window_start, r.window_end))
+            .collect();
         assert_eq!(spans, vec![(0, 10_000), (0, 20_000), (0, 30_000)]);
     }
 
     #[test]
     fn sessions_split_at_the_gap_exactly() {
-        let parts = vec![vec![ev(0, "k", 1), ev(4_999, "k", 1), ev(9_999, "k", 1), ev(20_000, "k", 1)]];
+        let parts = vec![vec![
+            ev(0, "k", 1),
+            ev(4_999, "k", 1),
+            ev(9_999, "k", 1),
+            ev(20_000, "k", 1),
+        ]];
         let out = reference(&parts, "session:5s".parse().unwrap(), u64::MAX);
-        let spans: Vec<_> = out.rows.iter().map(|r| (r.window_start, r.window_end, r.agg.count)).collect();
-        assert_eq!(spans, vec![(0, 9_999, 2), (9_999, 14_999, 1), (20_000, 25_000, 1)]);
+        let spans: Vec<_> = out
+            .rows
+            .iter()
+            .map(|r| (r.window_start, r.window_end, r.agg.count))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![(0, 9_999, 2), (9_999, 14_999, 1), (20_000, 25_000, 1)]
+        );
     }
 }

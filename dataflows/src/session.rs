@@ -27,16 +27,17 @@ use crate::window::round_down;
 pub type SessionPartials<'scope> = VecCollection<'scope, u64, (String, SessionPartial), isize>;
 
 /// The session rows of `partials`, each emitted once when its session closes.
-pub fn session_windows<'scope>(
-    partials: SessionPartials<'scope>,
+pub fn session_windows(
+    partials: SessionPartials<'_>,
     gap_ms: u64,
     granularity_ms: u64,
-) -> Stream<'scope, u64, Vec<WindowRow>> {
+) -> Stream<'_, u64, Vec<WindowRow>> {
     assert!(granularity_ms > 0 && granularity_ms <= gap_ms);
     // The time by which every event that could join a session ending at
     // `last + gap` has arrived: the granule of `last + gap - 1`.
     let close_time = move |s: &SessionPartial| round_down(s.last_ts + gap_ms - 1, granularity_ms);
-    let exchange = Exchange::new(|update: &((String, SessionPartial), u64, isize)| update.0 .0.hashed());
+    let exchange =
+        Exchange::new(|update: &((String, SessionPartial), u64, isize)| update.0 .0.hashed());
     partials
         .inner
         .unary_frontier(exchange, "SessionWindows", move |_cap, _info| {
@@ -81,8 +82,12 @@ pub fn session_windows<'scope>(
                         break;
                     }
                     let Reverse((_, key)) = closing.pop().expect("peeked");
-                    let Some(sessions) = open.get_mut(&key) else { continue };
-                    let holder = held.as_ref().expect("a capability is held while sessions are open");
+                    let Some(sessions) = open.get_mut(&key) else {
+                        continue;
+                    };
+                    let holder = held
+                        .as_ref()
+                        .expect("a capability is held while sessions are open");
                     sessions.retain(|s| {
                         let ct = close_time(s);
                         if frontier_time.is_some_and(|f| ct >= f) {
@@ -101,18 +106,15 @@ pub fn session_windows<'scope>(
                         open.remove(&key);
                     }
                 }
-                match closing.peek() {
-                    Some(Reverse((t, _))) => {
-                        if let Some(h) = held.as_mut() {
-                            if h.time() < t {
-                                h.downgrade(t);
-                            }
+                if let Some(Reverse((t, _))) = closing.peek() {
+                    if let Some(h) = held.as_mut() {
+                        if h.time() < t {
+                            h.downgrade(t);
                         }
                     }
-                    None => {
-                        debug_assert!(open.is_empty(), "open sessions without a close time");
-                        held = None;
-                    }
+                } else {
+                    debug_assert!(open.is_empty(), "open sessions without a close time");
+                    held = None;
                 }
             }
         })

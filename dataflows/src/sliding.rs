@@ -26,7 +26,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::agg::Agg;
-use crate::combiner::FastMap;
+use crate::combiner::{FastMap, Update};
 use crate::row::WindowRow;
 
 /// Parameters of tumbling (`size == slide`) and sliding windows.
@@ -44,29 +44,30 @@ pub struct FixedWindows {
 pub type PanePartials<'scope> = VecCollection<'scope, u64, (String, (u64, Agg)), isize>;
 
 /// The window rows of `partials`, each emitted once when its window closes.
-pub fn fixed_windows<'scope>(
-    partials: PanePartials<'scope>,
+pub fn fixed_windows(
+    partials: PanePartials<'_>,
     windows: FixedWindows,
-) -> Stream<'scope, u64, Vec<WindowRow>> {
-    assert!(windows.slide_ms > 0 && windows.size_ms % windows.slide_ms == 0);
-    assert!(windows.granularity_ms > 0 && windows.slide_ms % windows.granularity_ms == 0);
+) -> Stream<'_, u64, Vec<WindowRow>> {
+    assert!(windows.slide_ms > 0 && windows.size_ms.is_multiple_of(windows.slide_ms));
+    assert!(windows.granularity_ms > 0 && windows.slide_ms.is_multiple_of(windows.granularity_ms));
     let size_ms = windows.size_ms;
     let expired = partials.clone().delay(move |t| t + size_ms).negate();
-    let current = partials
-        .concat(expired)
-        .reduce_named("WindowAggregate", |_key, panes, output| {
-            let mut total: Option<Agg> = None;
-            for (&(_, ref agg), copies) in panes {
-                // A pane is present with a positive count; a negative count
-                // would mean a retraction without its insert.
-                debug_assert!(*copies > 0, "pane retracted more often than inserted");
-                let copies = u64::try_from(*copies).unwrap_or(0);
-                if copies == 0 {
-                    continue;
-                }
-                match &mut total {
-                    Some(t) => t.merge_weighted(agg, copies),
-                    None => {
+    let current =
+        partials
+            .concat(expired)
+            .reduce_named("WindowAggregate", |_key, panes, output| {
+                let mut total: Option<Agg> = None;
+                for ((_, agg), copies) in panes {
+                    // A pane is present with a positive count; a negative count
+                    // would mean a retraction without its insert.
+                    debug_assert!(*copies > 0, "pane retracted more often than inserted");
+                    let copies = u64::try_from(*copies).unwrap_or(0);
+                    if copies == 0 {
+                        continue;
+                    }
+                    if let Some(t) = &mut total {
+                        t.merge_weighted(agg, copies);
+                    } else {
                         let mut first = *agg;
                         if copies > 1 {
                             first.merge_weighted(agg, copies - 1);
@@ -74,18 +75,17 @@ pub fn fixed_windows<'scope>(
                         total = Some(first);
                     }
                 }
-            }
-            if let Some(total) = total {
-                output.push((total, 1isize));
-            }
-        });
+                if let Some(total) = total {
+                    output.push((total, 1isize));
+                }
+            });
     emit_windows(&current.inner, windows)
 }
 
 /// Turns the per-key aggregate of the current window into one row per key
 /// and window, once the frontier has passed each window's last granule.
 fn emit_windows<'scope>(
-    current: &Stream<'scope, u64, Vec<((String, Agg), u64, isize)>>,
+    current: &Stream<'scope, u64, Vec<Update<(String, Agg)>>>,
     windows: FixedWindows,
 ) -> Stream<'scope, u64, Vec<WindowRow>> {
     let FixedWindows {
@@ -123,7 +123,9 @@ fn emit_windows<'scope>(
                 loop {
                     if state.is_empty() {
                         // Skip windows with nothing in them.
-                        let Some(&first) = pending.keys().next() else { break };
+                        let Some(&first) = pending.keys().next() else {
+                            break;
+                        };
                         let first_end = (first + granularity_ms).div_ceil(slide_ms) * slide_ms;
                         next_end = next_end.max(first_end);
                     }
@@ -146,7 +148,11 @@ fn emit_windows<'scope>(
                         for (key, agg, diff) in updates {
                             if diff < 0 {
                                 let removed = state.remove(&key);
-                                debug_assert_eq!(removed, Some(agg), "retracted an absent aggregate");
+                                debug_assert_eq!(
+                                    removed,
+                                    Some(agg),
+                                    "retracted an absent aggregate"
+                                );
                             } else {
                                 debug_assert_eq!(diff, 1, "reduce emits one value per key");
                                 state.insert(key, agg);

@@ -82,7 +82,7 @@ impl WindowSpec {
         match *self {
             WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
                 let slide_ms = self.slide_ms().unwrap_or(granularity_ms);
-                if slide_ms % granularity_ms != 0 {
+                if !slide_ms.is_multiple_of(granularity_ms) {
                     return Err(WindowSpecError(format!(
                         "granularity {} does not divide the window slide {}",
                         format_duration_ms(granularity_ms),
@@ -129,7 +129,7 @@ impl FromStr for WindowSpec {
                     .split_once('/')
                     .ok_or_else(|| bad("expected sliding:SIZE/SLIDE".into()))?;
                 let (size_ms, slide_ms) = (duration(size)?, duration(slide)?);
-                if size_ms % slide_ms != 0 {
+                if !size_ms.is_multiple_of(slide_ms) {
                     return Err(bad("the size must be a multiple of the slide".into()));
                 }
                 Ok(WindowSpec::Sliding { size_ms, slide_ms })
@@ -171,7 +171,12 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for text in ["tumbling:10s", "sliding:1m/10s", "session:30s", "sliding:1500ms/500ms"] {
+        for text in [
+            "tumbling:10s",
+            "sliding:1m/10s",
+            "session:30s",
+            "sliding:1500ms/500ms",
+        ] {
             let spec: WindowSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }

@@ -19,7 +19,10 @@ use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::WindowSpec;
 
 #[derive(Parser, Debug)]
-#[command(name = "weir-harness", about = "Measure weir; results go to results/<run-id>/")]
+#[command(
+    name = "weir-harness",
+    about = "Measure weir; results go to results/<run-id>/"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Mode,
@@ -95,7 +98,9 @@ struct Machine {
 }
 
 fn main() -> Result<()> {
-    let Cli { command: Mode::Throughput(args) } = Cli::parse();
+    let Cli {
+        command: Mode::Throughput(args),
+    } = Cli::parse();
     throughput(&args)
 }
 
@@ -110,7 +115,8 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
     };
     if !(0..args.partitions).all(|p| input.join(format!("zipf-{p}.csv")).is_file()) {
         eprintln!("generating {} events into {}", args.events, input.display());
-        generate_zipf(&params, &input).with_context(|| format!("generating {}", input.display()))?;
+        generate_zipf(&params, &input)
+            .with_context(|| format!("generating {}", input.display()))?;
     }
     let query = WindowQuery {
         spec: args.window,
@@ -134,7 +140,12 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
         let mut last = None;
         for _ in 0..args.repeat.max(1) {
             let summary = run(&options)?;
-            anyhow::ensure!(summary.events_read == args.events, "read {} of {} events", summary.events_read, args.events);
+            anyhow::ensure!(
+                summary.events_read == args.events,
+                "read {} of {} events",
+                summary.events_read,
+                args.events
+            );
             elapsed_s.push(summary.elapsed.as_secs_f64());
             last = Some(summary);
         }
@@ -164,7 +175,11 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
             cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             cpu_model: std::fs::read_to_string("/proc/cpuinfo")
                 .ok()
-                .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+                .and_then(|t| {
+                    t.lines()
+                        .find(|l| l.starts_with("model name"))
+                        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+                })
                 .unwrap_or_default(),
         },
         events: args.events,
@@ -174,11 +189,14 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
         lateness_ms: args.lateness,
         runs,
     };
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let dir = args.results.join(format!("throughput-{secs}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("{}", path.display());
     Ok(())
 }

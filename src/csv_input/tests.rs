@@ -55,7 +55,8 @@ fn err(data: &str) -> (u64, String) {
 
 #[test]
 fn plain_quoted_crlf_and_last_line_without_newline() {
-    let data = "ts,key,value\r\n1,a,2\r\n3,\"b,c\",-4\n5,\"say \"\"hi\"\"\",0\n6,\"two\r\nlines\",7\n8,,9";
+    let data =
+        "ts,key,value\r\n1,a,2\r\n3,\"b,c\",-4\n5,\"say \"\"hi\"\"\",0\n6,\"two\r\nlines\",7\n8,,9";
     assert_eq!(
         parse(data).unwrap(),
         vec![
@@ -109,13 +110,26 @@ fn bad_numbers_name_column_and_text() {
         let (line, msg) = err(&data);
         assert_eq!((line, msg.contains("`ts`")), (2, true), "{bad_ts}: {msg}");
     }
-    for bad_value in ["9223372036854775808", "-9223372036854775809", "--1", "-", "1e3"] {
+    for bad_value in [
+        "9223372036854775808",
+        "-9223372036854775809",
+        "--1",
+        "-",
+        "1e3",
+    ] {
         let data = format!("ts,key,value\n1,a,{bad_value}\n");
         let (line, msg) = err(&data);
-        assert_eq!((line, msg.contains("`value`")), (2, true), "{bad_value}: {msg}");
+        assert_eq!(
+            (line, msg.contains("`value`")),
+            (2, true),
+            "{bad_value}: {msg}"
+        );
     }
     // A quoted number without escapes is accepted.
-    assert_eq!(parse("ts,key,value\n\"1\",a,\"-2\"\n").unwrap(), vec![ev(1, "a", -2)]);
+    assert_eq!(
+        parse("ts,key,value\n\"1\",a,\"-2\"\n").unwrap(),
+        vec![ev(1, "a", -2)]
+    );
 }
 
 #[test]
@@ -125,10 +139,26 @@ fn column_count_utf8_quote_and_empty_line_errors() {
         ("ts,key,value\n1,a,2\n1,a,2,\n", 3, "expected 3, got 4"),
         ("ts,key,value\n1,\"a,b\",2,3\n", 2, "expected 3, got 4"),
         ("ts,key,value\n1\n", 2, "expected 3, got 1"),
-        ("ts,key,value\n1,a,2\n1,\"abc,2\n2,a,3\n", 3, "unterminated quote"),
-        ("ts,key,value\n1,\"multi\nline\",2\n3,\"open\n", 4, "unterminated quote"),
-        ("ts,key,value\n1,a\"b,2\n", 2, "inside the unquoted field of column 2"),
-        ("ts,key,value\n1,\"a\"b,2\n", 2, "after the closing quote of column 2"),
+        (
+            "ts,key,value\n1,a,2\n1,\"abc,2\n2,a,3\n",
+            3,
+            "unterminated quote",
+        ),
+        (
+            "ts,key,value\n1,\"multi\nline\",2\n3,\"open\n",
+            4,
+            "unterminated quote",
+        ),
+        (
+            "ts,key,value\n1,a\"b,2\n",
+            2,
+            "inside the unquoted field of column 2",
+        ),
+        (
+            "ts,key,value\n1,\"a\"b,2\n",
+            2,
+            "after the closing quote of column 2",
+        ),
         ("ts,key,value\n1,a,2\n\n3,b,4\n", 3, "empty line"),
         ("ts,key,value\n1,a,2\n\n\n", 3, "empty line"),
         ("ts,key,value\r\n1,a,2\r\n\r\n\r\n", 3, "empty line"),
@@ -150,7 +180,9 @@ fn column_count_utf8_quote_and_empty_line_errors() {
 
 #[test]
 fn open_missing_file_names_it() {
-    let e = CsvReader::open(Path::new("/nonexistent/x.csv")).err().unwrap();
+    let e = CsvReader::open(Path::new("/nonexistent/x.csv"))
+        .err()
+        .unwrap();
     assert_eq!(e.line, 0);
     assert!(e.to_string().starts_with("/nonexistent/x.csv: read error"));
 }

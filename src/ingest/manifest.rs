@@ -98,7 +98,9 @@ impl Manifest {
     /// first problem.
     pub fn decode(bytes: &[u8]) -> Result<Self, (u64, String)> {
         let mut r = Cursor { bytes, pos: 0 };
-        let header = r.take(HEADER_LEN_BYTES).ok_or((0, "truncated header".to_owned()))?;
+        let header = r
+            .take(HEADER_LEN_BYTES)
+            .ok_or((0, "truncated header".to_owned()))?;
         if crc32c::crc32c(&header[..16]) != le_u32(&header[16..]) {
             return Err((0, "header checksum mismatch".to_owned()));
         }
@@ -136,7 +138,10 @@ impl Manifest {
             });
         }
         if r.pos != bytes.len() {
-            return Err((r.pos as u64, "trailing bytes after the last entry".to_owned()));
+            return Err((
+                r.pos as u64,
+                "trailing bytes after the last entry".to_owned(),
+            ));
         }
         Ok(Self { entries })
     }

@@ -42,7 +42,11 @@ fn partition_renamed_before_a_crash_is_adopted() {
     let b = write(tmp.path(), "b.csv", "ts,key,value\n3,c,3\n");
     let report = ingest_files(&log_dir, "t", &[a.clone(), b], &cfg()).unwrap();
     assert_eq!(
-        report.files.iter().map(|f| (f.partition, f.records, f.skipped)).collect::<Vec<_>>(),
+        report
+            .files
+            .iter()
+            .map(|f| (f.partition, f.records, f.skipped))
+            .collect::<Vec<_>>(),
         vec![(0, 2, true), (1, 1, false)]
     );
     let manifest = Manifest::decode(&std::fs::read(&manifest_path).unwrap()).unwrap();
@@ -64,7 +68,10 @@ fn foreign_partition_dirs_are_refused_not_deleted() {
     let p0 = log_dir.join("u/0");
     std::fs::create_dir_all(&p0).unwrap();
     let e = ingest_files(&log_dir, "u", &[a], &cfg()).unwrap_err();
-    assert!(matches!(e.kind, IngestErrorKind::UnmanagedTopic { .. }), "{e}");
+    assert!(
+        matches!(e.kind, IngestErrorKind::UnmanagedTopic { .. }),
+        "{e}"
+    );
     assert!(p0.exists());
     assert!(!log_dir.join("u").join(MANIFEST_FILE_NAME).exists());
 }
@@ -80,7 +87,9 @@ fn missing_partition_and_corrupt_manifest_are_errors() {
     std::fs::write(&manifest_path, &bad).unwrap();
     let e = ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap_err();
     match &e.kind {
-        IngestErrorKind::ManifestCorrupt { path, byte_offset, .. } => {
+        IngestErrorKind::ManifestCorrupt {
+            path, byte_offset, ..
+        } => {
             assert_eq!(path, &manifest_path);
             assert_eq!(*byte_offset, 20);
         }
@@ -89,7 +98,10 @@ fn missing_partition_and_corrupt_manifest_are_errors() {
     std::fs::write(&manifest_path, &good).unwrap();
     std::fs::remove_dir_all(log_dir.join("t/0")).unwrap();
     let e = ingest_files(&log_dir, "t", &[a], &cfg()).unwrap_err();
-    assert!(matches!(e.kind, IngestErrorKind::MissingPartition { .. }), "{e}");
+    assert!(
+        matches!(e.kind, IngestErrorKind::MissingPartition { .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -109,7 +121,10 @@ fn a_file_changing_during_ingest_is_rejected() {
 fn invalid_topic_and_missing_file() {
     let (t, log_dir, a) = setup();
     let e = ingest_files(&log_dir, "../x", std::slice::from_ref(&a), &cfg()).unwrap_err();
-    assert!(matches!(e.kind, IngestErrorKind::Log(LogError::InvalidTopic { .. })));
+    assert!(matches!(
+        e.kind,
+        IngestErrorKind::Log(LogError::InvalidTopic { .. })
+    ));
     let missing = t.path().join("missing.csv");
     let e = ingest_files(&log_dir, "t", &[a, missing.clone()], &cfg()).unwrap_err();
     assert_eq!(e.completed.files.len(), 1);
@@ -121,7 +136,11 @@ fn invalid_topic_and_missing_file() {
 fn oversized_key_names_the_line() {
     let (t, log_dir, _a) = setup();
     let key = "k".repeat(crate::log::MAX_RECORD_SIZE_BYTES);
-    let big = write(t.path(), "big.csv", &format!("ts,key,value\n1,a,1\n2,{key},2\n"));
+    let big = write(
+        t.path(),
+        "big.csv",
+        &format!("ts,key,value\n1,a,1\n2,{key},2\n"),
+    );
     let e = ingest_files(&log_dir, "t", &[big], &cfg()).unwrap_err();
     match &e.kind {
         IngestErrorKind::Append { line, source, .. } => {

@@ -221,7 +221,11 @@ mod tests {
             parse_segment_file_name(&segment_file_name(u64::MAX)),
             Some(u64::MAX)
         );
-        for bad in ["42.seg", "00000000000000000042.idx", "0000000000000000004x.seg"] {
+        for bad in [
+            "42.seg",
+            "00000000000000000042.idx",
+            "0000000000000000004x.seg",
+        ] {
             assert_eq!(parse_segment_file_name(bad), None);
         }
     }

@@ -147,12 +147,20 @@ impl PartitionReader {
             return Ok(true);
         }
         if next_exists && partial_bytes == 0 {
-            frames.reopen(&next_path, self.next_offset, SEGMENT_HEADER_LEN_BYTES as u64)?;
+            frames.reopen(
+                &next_path,
+                self.next_offset,
+                SEGMENT_HEADER_LEN_BYTES as u64,
+            )?;
             self.seg_base = self.next_offset;
             self.last_known_base = self.last_known_base.max(self.seg_base);
             return Ok(true);
         }
-        let what = if frames.header_ok() { "record" } else { "segment header" };
+        let what = if frames.header_ok() {
+            "record"
+        } else {
+            "segment header"
+        };
         Err(LogError::Corrupt {
             path: frames.path().to_owned(),
             byte_offset: pos,

@@ -80,7 +80,12 @@ impl SegmentFrames {
     }
 
     /// Switches to another segment file, keeping the buffer.
-    pub fn reopen(&mut self, path: &Path, base_offset: u64, resume_pos: u64) -> Result<(), LogError> {
+    pub fn reopen(
+        &mut self,
+        path: &Path,
+        base_offset: u64,
+        resume_pos: u64,
+    ) -> Result<(), LogError> {
         self.file = File::open(path).map_err(LogError::io(path))?;
         path.clone_into(&mut self.path);
         self.base_offset = base_offset;
@@ -118,7 +123,9 @@ impl SegmentFrames {
     /// Reads more bytes into the buffer, making room for at least
     /// `need_bytes` unconsumed bytes. Returns whether any byte was read.
     pub fn fill(&mut self, need_bytes: usize) -> Result<bool, LogError> {
-        if self.start > 0 && (self.end == self.buf.len() || self.start + need_bytes > self.buf.len()) {
+        if self.start > 0
+            && (self.end == self.buf.len() || self.start + need_bytes > self.buf.len())
+        {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
@@ -191,7 +198,8 @@ impl SegmentFrames {
                 if avail >= need {
                     let payload_start = self.start + FRAME_HEADER_LEN_BYTES;
                     let payload = &self.buf[payload_start..self.start + need];
-                    check_payload(header, payload).map_err(|reason| self.corrupt(self.pos, reason))?;
+                    check_payload(header, payload)
+                        .map_err(|reason| self.corrupt(self.pos, reason))?;
                     let step = Step::Record {
                         pos: self.pos,
                         payload_start,

@@ -142,7 +142,11 @@ impl PartitionWriter {
                 reason: format!(
                     "a sealed (not last) segment ends with {} bytes of an incomplete {}",
                     scan.partial_bytes,
-                    if scan.header_ok { "record" } else { "segment header" }
+                    if scan.header_ok {
+                        "record"
+                    } else {
+                        "segment header"
+                    }
                 ),
             });
         }
@@ -197,7 +201,10 @@ impl PartitionWriter {
             sync_dir(dir)?;
         }
         let index = IndexWriter::create(&index_path(dir, base), base, &[])?;
-        Ok((BufWriter::with_capacity(WRITE_BUFFER_LEN_BYTES, file), index))
+        Ok((
+            BufWriter::with_capacity(WRITE_BUFFER_LEN_BYTES, file),
+            index,
+        ))
     }
 
     /// The offset the next appended record will get.
@@ -286,7 +293,10 @@ impl PartitionWriter {
             if self.config.fsync == FsyncPolicy::Never {
                 self.sealed_unsynced.push(self.seg_path.clone());
             } else {
-                self.seg.get_ref().sync_data().map_err(LogError::io(&self.seg_path))?;
+                self.seg
+                    .get_ref()
+                    .sync_data()
+                    .map_err(LogError::io(&self.seg_path))?;
             }
         }
         let base = self.next_offset;
@@ -327,7 +337,10 @@ impl PartitionWriter {
                 sync_file(&path)?;
             }
             if w.unsynced {
-                w.seg.get_ref().sync_data().map_err(LogError::io(&w.seg_path))?;
+                w.seg
+                    .get_ref()
+                    .sync_data()
+                    .map_err(LogError::io(&w.seg_path))?;
                 w.unsynced = false;
             }
             if w.dir_sync_pending {

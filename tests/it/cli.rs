@@ -27,7 +27,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 fn ingest(data: &Path, files: &[&Path]) -> std::process::Output {
-    let mut args = vec!["ingest".to_owned(), "--data-dir".to_owned(), data.display().to_string()];
+    let mut args = vec![
+        "ingest".to_owned(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+    ];
     args.extend(files.iter().map(|f| f.display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run_weir(&args)
@@ -43,9 +47,17 @@ fn malformed_lines_are_refused_with_file_and_line_and_leave_the_log_unchanged() 
     let before = snapshot(&data.join("log"));
 
     let cases: [(&str, &[u8], &str); 4] = [
-        ("bad-number.csv", b"ts,key,value\n1000,a,1\n2000,b,x2\n", ":3"),
+        (
+            "bad-number.csv",
+            b"ts,key,value\n1000,a,1\n2000,b,x2\n",
+            ":3",
+        ),
         ("columns.csv", b"ts,key,value\n1000,a,1,9\n", ":2"),
-        ("utf8.csv", b"ts,key,value\n1000,a,1\n1001,b,2\n1002,\xff\xfe,3\n", ":4"),
+        (
+            "utf8.csv",
+            b"ts,key,value\n1000,a,1\n1001,b,2\n1002,\xff\xfe,3\n",
+            ":4",
+        ),
         ("negative-ts.csv", b"ts,key,value\n-5,a,1\n", ":2"),
     ];
     for (name, bytes, line) in cases {
@@ -54,8 +66,15 @@ fn malformed_lines_are_refused_with_file_and_line_and_leave_the_log_unchanged() 
         let out = ingest(&data, &[&bad]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name} was accepted");
-        assert!(stderr.contains(&format!("{name}{line}")), "{name}: error does not name file and line: {stderr}");
-        assert_eq!(snapshot(&data.join("log")), before, "{name}: the log changed");
+        assert!(
+            stderr.contains(&format!("{name}{line}")),
+            "{name}: error does not name file and line: {stderr}"
+        );
+        assert_eq!(
+            snapshot(&data.join("log")),
+            before,
+            "{name}: the log changed"
+        );
     }
 }
 
@@ -67,15 +86,31 @@ fn ingesting_the_same_file_twice_does_not_duplicate_events() {
     std::fs::write(&input, "ts,key,value\n1000,a,1\n2000,a,2\n12000,a,3\n").unwrap();
     let run = |out: &Path| {
         let out = run_weir(&[
-            "run", "--input", input.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--out",
-            out.to_str().unwrap(), "--window", "tumbling:10s", "--until-end", "--workers", "1",
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--window",
+            "tumbling:10s",
+            "--until-end",
+            "--workers",
+            "1",
         ]);
         assert_success(&out, "weir run");
     };
     run(&tmp.path().join("out1"));
     run(&tmp.path().join("out2"));
     let rows = sorted_rows(&tmp.path().join("out2"), "windows");
-    assert_eq!(rows, vec!["0,10000,a,2,3,1,2".to_owned(), "10000,20000,a,1,3,3,3".to_owned()]);
+    assert_eq!(
+        rows,
+        vec![
+            "0,10000,a,2,3,1,2".to_owned(),
+            "10000,20000,a,1,3,3,3".to_owned()
+        ]
+    );
     assert_eq!(rows, sorted_rows(&tmp.path().join("out1"), "windows"));
 }
 

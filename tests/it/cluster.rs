@@ -7,8 +7,20 @@ use crate::support::{assert_success, free_ports, run_weir, sorted_rows, weir};
 
 fn gen_input(dir: &Path) {
     let out = run_weir(&[
-        "gen", "zipf", "--events", "60000", "--partitions", "5", "--keys", "500", "--rate", "5000",
-        "--late-fraction", "0.01", "--out", dir.to_str().unwrap(),
+        "gen",
+        "zipf",
+        "--events",
+        "60000",
+        "--partitions",
+        "5",
+        "--keys",
+        "500",
+        "--rate",
+        "5000",
+        "--late-fraction",
+        "0.01",
+        "--out",
+        dir.to_str().unwrap(),
     ]);
     assert_success(&out, "weir gen");
 }
@@ -18,25 +30,55 @@ fn two_processes_match_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input");
     gen_input(&input);
-    let common = ["--input", input.to_str().unwrap(), "--window", "sliding:20s/5s", "--lateness", "2s", "--until-end"];
+    let common = [
+        "--input",
+        input.to_str().unwrap(),
+        "--window",
+        "sliding:20s/5s",
+        "--lateness",
+        "2s",
+        "--until-end",
+    ];
 
     let single_out = tmp.path().join("single-out");
     let single_data = tmp.path().join("single-data");
-    let mut args = vec!["run", "--workers", "1", "--data-dir", single_data.to_str().unwrap(), "--out", single_out.to_str().unwrap()];
+    let mut args = vec![
+        "run",
+        "--workers",
+        "1",
+        "--data-dir",
+        single_data.to_str().unwrap(),
+        "--out",
+        single_out.to_str().unwrap(),
+    ];
     args.extend(common);
     assert_success(&run_weir(&args), "single-process run");
 
     let ports = free_ports(2);
     let hostfile = tmp.path().join("hosts");
-    std::fs::write(&hostfile, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    std::fs::write(&hostfile, hosts.join("\n")).unwrap();
     let cluster_out = tmp.path().join("cluster-out");
     let cluster_data = tmp.path().join("cluster-data");
     let children: Vec<_> = (0..2)
         .map(|process| {
             weir()
-                .args(["run", "--workers", "2", "--processes", "2", "--process", &process.to_string()])
+                .args([
+                    "run",
+                    "--workers",
+                    "2",
+                    "--processes",
+                    "2",
+                    "--process",
+                    &process.to_string(),
+                ])
                 .args(["--hostfile", hostfile.to_str().unwrap()])
-                .args(["--data-dir", cluster_data.to_str().unwrap(), "--out", cluster_out.to_str().unwrap()])
+                .args([
+                    "--data-dir",
+                    cluster_data.to_str().unwrap(),
+                    "--out",
+                    cluster_out.to_str().unwrap(),
+                ])
                 .args(common)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -50,7 +92,11 @@ fn two_processes_match_one_process() {
     }
 
     let single = sorted_rows(&single_out, "windows");
-    assert!(single.len() > 1_000, "too few rows to compare: {}", single.len());
+    assert!(
+        single.len() > 1_000,
+        "too few rows to compare: {}",
+        single.len()
+    );
     assert_eq!(sorted_rows(&cluster_out, "windows"), single);
     let late = sorted_rows(&single_out, "late");
     assert!(!late.is_empty(), "the input should contain late events");

@@ -33,7 +33,10 @@ fn arranged_records_stay_flat_as_windows_close() {
     for spec in ["tumbling:1s", "sliding:4s/1s"] {
         let (short_peak, short_rows) = peak_records(300, spec);
         let (long_peak, long_rows) = peak_records(3_000, spec);
-        assert!(long_rows > 9 * short_rows, "{spec}: {long_rows} vs {short_rows}");
+        assert!(
+            long_rows > 9 * short_rows,
+            "{spec}: {long_rows} vs {short_rows}"
+        );
         // Without eviction the long run would hold ~10x the records of the short one.
         assert!(short_peak > 0, "{spec}: the gauge saw no arrangement");
         assert!(

@@ -25,7 +25,10 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
                 out.insert(p.strip_prefix(root).unwrap().join(""), Vec::new());
                 walk(root, &p, out);
             } else {
-                out.insert(p.strip_prefix(root).unwrap().to_owned(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_owned(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -73,10 +76,17 @@ fn ingesting_twice_does_not_duplicate() {
     let tmp = tempfile::tempdir().unwrap();
     let log_dir = tmp.path().join("log");
     let a = write(tmp.path(), "a.csv", &big_csv(100));
-    let b = write(tmp.path(), "b.csv", "ts,key,value\r\n5,x,1\r\n6,\"y \"\"q\"\"\",-2\r\n");
+    let b = write(
+        tmp.path(),
+        "b.csv",
+        "ts,key,value\r\n5,x,1\r\n6,\"y \"\"q\"\"\",-2\r\n",
+    );
     let first = ingest_files(&log_dir, "in", &[a.clone(), b.clone()], &cfg()).unwrap();
     let summary = |r: &weir::ingest::IngestReport| {
-        r.files.iter().map(|f| (f.partition, f.records, f.skipped)).collect::<Vec<_>>()
+        r.files
+            .iter()
+            .map(|f| (f.partition, f.records, f.skipped))
+            .collect::<Vec<_>>()
     };
     assert_eq!(summary(&first), vec![(0, 100, false), (1, 2, false)]);
     let state = snapshot(&log_dir);
@@ -84,13 +94,21 @@ fn ingesting_twice_does_not_duplicate() {
     // Again, in another order, plus a copy of `a` under another name.
     let a_copy = write(tmp.path(), "a-copy.csv", &big_csv(100));
     let second = ingest_files(&log_dir, "in", &[b, a, a_copy], &cfg()).unwrap();
-    assert_eq!(summary(&second), vec![(1, 2, true), (0, 100, true), (0, 100, true)]);
+    assert_eq!(
+        summary(&second),
+        vec![(1, 2, true), (0, 100, true), (0, 100, true)]
+    );
     assert_eq!(snapshot(&log_dir), state);
     assert_eq!(list_partitions(&log_dir, "in").unwrap(), vec![0, 1]);
 
-    let expect_a: Vec<Event> = (0..100).map(|i| ev(i, &format!("k,{}", i % 7), i as i64 - 50)).collect();
+    let expect_a: Vec<Event> = (0..100)
+        .map(|i| ev(i, &format!("k,{}", i % 7), i as i64 - 50))
+        .collect();
     assert_eq!(events(&log_dir, "in", 0), expect_a);
-    assert_eq!(events(&log_dir, "in", 1), vec![ev(5, "x", 1), ev(6, "y \"q\"", -2)]);
+    assert_eq!(
+        events(&log_dir, "in", 1),
+        vec![ev(5, "x", 1), ev(6, "y \"q\"", -2)]
+    );
 }
 
 #[test]
@@ -107,14 +125,21 @@ fn a_bad_line_leaves_the_log_as_before_that_file() {
     let reference_dir = tmp.path().join("reference");
     ingest_files(&reference_dir, "in", std::slice::from_ref(&a), &cfg()).unwrap();
 
-    let err = ingest_files(&log_dir, "in", &[a.clone(), bad.clone(), c.clone()], &cfg()).unwrap_err();
+    let err =
+        ingest_files(&log_dir, "in", &[a.clone(), bad.clone(), c.clone()], &cfg()).unwrap_err();
     assert_eq!(err.completed.files.len(), 1);
     assert_eq!(err.completed.files[0].path, a);
     match &err.kind {
         IngestErrorKind::Csv(e) => {
             assert_eq!(e.path, bad);
             assert_eq!(e.line, 42, "header + 40 rows, then the bad one");
-            assert!(matches!(e.reason, CsvErrorReason::BadNumber { column: "value", .. }));
+            assert!(matches!(
+                e.reason,
+                CsvErrorReason::BadNumber {
+                    column: "value",
+                    ..
+                }
+            ));
         }
         other => panic!("{other}"),
     }
@@ -128,7 +153,11 @@ fn a_bad_line_leaves_the_log_as_before_that_file() {
     // Once fixed, the rest goes in after `a`.
     write(tmp.path(), "bad.csv", &big_csv(41));
     let report = ingest_files(&log_dir, "in", &[a, bad, c], &cfg()).unwrap();
-    let parts: Vec<_> = report.files.iter().map(|f| (f.partition, f.records, f.skipped)).collect();
+    let parts: Vec<_> = report
+        .files
+        .iter()
+        .map(|f| (f.partition, f.records, f.skipped))
+        .collect();
     assert_eq!(parts, vec![(0, 30, true), (1, 41, false), (2, 1, false)]);
     assert_eq!(events(&log_dir, "in", 2), vec![ev(1, "c", 1)]);
 }
@@ -140,10 +169,16 @@ fn a_bad_first_file_leaves_no_partition() {
     let bad = write(tmp.path(), "bad.csv", "ts,key,value\n1,a,1\n2,\"open,3\n");
     let err = ingest_files(&log_dir, "in", &[bad], &cfg()).unwrap_err();
     assert!(err.completed.files.is_empty());
-    assert!(matches!(err.kind, IngestErrorKind::Csv(ref e) if e.line == 3), "{err}");
+    assert!(
+        matches!(err.kind, IngestErrorKind::Csv(ref e) if e.line == 3),
+        "{err}"
+    );
     assert!(list_partitions(&log_dir, "in").unwrap().is_empty());
     let left: Vec<_> = snapshot(&log_dir).into_keys().collect();
-    assert_eq!(left, vec![PathBuf::from("in/"), PathBuf::from("in/MANIFEST")]);
+    assert_eq!(
+        left,
+        vec![PathBuf::from("in/"), PathBuf::from("in/MANIFEST")]
+    );
 }
 
 #[test]

@@ -100,10 +100,18 @@ fn tiny_segments_roll_and_every_offset_reads() {
     assert!(segments.len() > 40, "only {} segments", segments.len());
     assert_eq!(files_with_ext(tmp.path(), "idx").len(), segments.len());
     for from in 0..=records.len() as u64 {
-        assert_eq!(read_from(tmp.path(), from).unwrap(), numbered(&records, from), "from {from}");
+        assert_eq!(
+            read_from(tmp.path(), from).unwrap(),
+            numbered(&records, from),
+            "from {from}"
+        );
     }
     match PartitionReader::open(tmp.path(), 201) {
-        Err(LogError::OffsetOutOfRange { requested: 201, end: 200, .. }) => {}
+        Err(LogError::OffsetOutOfRange {
+            requested: 201,
+            end: 200,
+            ..
+        }) => {}
         other => panic!("{:?}", other.err()),
     }
 }
@@ -118,7 +126,14 @@ fn a_record_larger_than_a_segment_goes_alone() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     // [0] [1: the big one alone] [2, 3]
-    assert_eq!(names, ["00000000000000000000.seg", "00000000000000000001.seg", "00000000000000000002.seg"]);
+    assert_eq!(
+        names,
+        [
+            "00000000000000000000.seg",
+            "00000000000000000001.seg",
+            "00000000000000000002.seg"
+        ]
+    );
     assert_eq!(read_from(tmp.path(), 0).unwrap(), numbered(&records, 0));
 }
 
@@ -192,9 +207,18 @@ fn torn_tail_at_every_byte_is_repaired() {
         let dir = tmp.path().join(format!("cut-{cut}"));
         copy_dir(&original, &dir);
         let seg = dir.join(last_seg.file_name().unwrap());
-        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
         // A reader sees the incomplete record as the end of data.
-        assert_eq!(read_from(&dir, 0).unwrap(), numbered(&records[..39], 0), "cut {cut}");
+        assert_eq!(
+            read_from(&dir, 0).unwrap(),
+            numbered(&records[..39], 0),
+            "cut {cut}"
+        );
         let mut w = PartitionWriter::open(&dir, config(300, 20)).unwrap();
         assert_eq!(w.next_offset(), 39);
         assert_eq!(w.append(b"new").unwrap(), 39);
@@ -220,7 +244,10 @@ fn torn_segment_header_is_repaired() {
         let mut w = PartitionWriter::open(tmp.path(), config(1 << 20, 20)).unwrap();
         assert_eq!(w.append(b"x").unwrap(), 10);
         drop(w);
-        assert_eq!(read_from(tmp.path(), 10).unwrap(), vec![(10, b"x".to_vec())]);
+        assert_eq!(
+            read_from(tmp.path(), 10).unwrap(),
+            vec![(10, b"x".to_vec())]
+        );
         std::fs::remove_file(&next).unwrap();
         std::fs::remove_file(tmp.path().join(format!("{:020}.idx", 10))).unwrap();
     }
@@ -323,7 +350,11 @@ fn missing_or_damaged_index_still_reads_and_is_rebuilt() {
     let good: Vec<Vec<u8>> = indexes.iter().map(|p| std::fs::read(p).unwrap()).collect();
     let check_all = |what: &str| {
         for from in (0..=300).step_by(7) {
-            assert_eq!(read_from(tmp.path(), from).unwrap(), numbered(&records, from), "{what}, from {from}");
+            assert_eq!(
+                read_from(tmp.path(), from).unwrap(),
+                numbered(&records, from),
+                "{what}, from {from}"
+            );
         }
     };
     check_all("intact");
@@ -373,7 +404,10 @@ fn corruption_in_sealed_segment_or_a_gap_is_reported() {
     }
     // A missing middle segment.
     std::fs::remove_file(&segs[1]).unwrap();
-    assert!(matches!(read_from(tmp.path(), 0), Err(LogError::Corrupt { .. })));
+    assert!(matches!(
+        read_from(tmp.path(), 0),
+        Err(LogError::Corrupt { .. })
+    ));
     assert!(matches!(
         PartitionWriter::open(tmp.path(), config(300, 50)),
         Err(LogError::Corrupt { .. })

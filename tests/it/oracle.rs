@@ -20,7 +20,11 @@ fn key_strategy() -> impl Strategy<Value = String> {
 }
 
 fn partition_strategy() -> impl Strategy<Value = Vec<(u64, String, i64)>> {
-    let event = (-12i64..16, key_strategy(), prop_oneof![8 => -50i64..50, 1 => Just(i64::MIN), 1 => Just(i64::MAX)]);
+    let event = (
+        -12i64..16,
+        key_strategy(),
+        prop_oneof![8 => -50i64..50, 1 => Just(i64::MIN), 1 => Just(i64::MAX)],
+    );
     (0u64..40, prop::collection::vec(event, 0..50)).prop_map(|(start, steps)| {
         // Times walk forward with backward jumps, in 250 ms units so that
         // duplicates and window edges are common.
@@ -42,24 +46,51 @@ fn partitions_strategy() -> impl Strategy<Value = Partitions> {
 fn query_strategy() -> impl Strategy<Value = WindowQuery> {
     let spec = prop_oneof![
         (1u64..5).prop_map(|k| WindowSpec::Tumbling { size_ms: k * 1_000 }),
-        (1u64..4, prop_oneof![Just(500u64), Just(1_000)])
-            .prop_map(|(k, slide_ms)| WindowSpec::Sliding { size_ms: k * slide_ms, slide_ms }),
-        prop_oneof![Just(250u64), Just(1_000), Just(3_000)].prop_map(|gap_ms| WindowSpec::Session { gap_ms }),
+        (1u64..4, prop_oneof![Just(500u64), Just(1_000)]).prop_map(|(k, slide_ms)| {
+            WindowSpec::Sliding {
+                size_ms: k * slide_ms,
+                slide_ms,
+            }
+        }),
+        prop_oneof![Just(250u64), Just(1_000), Just(3_000)]
+            .prop_map(|gap_ms| WindowSpec::Session { gap_ms }),
     ];
     let lateness = prop_oneof![Just(0u64), Just(500), Just(2_000), Just(1_000_000)];
     (spec, lateness, any::<bool>()).prop_map(|(spec, lateness_ms, fine)| WindowQuery {
         spec,
         // Either the default granularity or the finest one the inputs use.
-        granularity_ms: if fine { 250 } else { spec.default_granularity_ms() },
+        granularity_ms: if fine {
+            250
+        } else {
+            spec.default_granularity_ms()
+        },
         lateness_ms,
     })
 }
 
-fn check(partitions: &Partitions, query: WindowQuery, workers: usize, batch_records: usize) -> Result<(), TestCaseError> {
+fn check(
+    partitions: &Partitions,
+    query: WindowQuery,
+    workers: usize,
+    batch_records: usize,
+) -> Result<(), TestCaseError> {
     let expected = reference(partitions, query.spec, query.lateness_ms);
-    let got = run_in_memory(partitions, query, workers, batch_records).map_err(TestCaseError::fail)?;
-    prop_assert_eq!(&got.late, &expected.late, "late events differ ({:?}, {} workers)", query, workers);
-    prop_assert_eq!(&got.rows, &expected.rows, "window rows differ ({:?}, {} workers)", query, workers);
+    let got =
+        run_in_memory(partitions, query, workers, batch_records).map_err(TestCaseError::fail)?;
+    prop_assert_eq!(
+        &got.late,
+        &expected.late,
+        "late events differ ({:?}, {} workers)",
+        query,
+        workers
+    );
+    prop_assert_eq!(
+        &got.rows,
+        &expected.rows,
+        "window rows differ ({:?}, {} workers)",
+        query,
+        workers
+    );
     Ok(())
 }
 
@@ -95,13 +126,23 @@ fn a_long_run_over_many_windows_matches_reference() {
     let partitions: Partitions = (0..3u64)
         .map(|p| {
             (0..20_000u64)
-                .map(|i| (i * 100 + p * 37, format!("key{}", (i * 7 + p) % 40), (i % 13) as i64 - 6))
+                .map(|i| {
+                    (
+                        i * 100 + p * 37,
+                        format!("key{}", (i * 7 + p) % 40),
+                        (i % 13) as i64 - 6,
+                    )
+                })
                 .collect()
         })
         .collect();
     for spec in ["tumbling:1s", "sliding:3s/1s", "session:150ms"] {
         let spec: WindowSpec = spec.parse().unwrap();
-        let query = WindowQuery { spec, granularity_ms: spec.default_granularity_ms().min(100), lateness_ms: 50 };
+        let query = WindowQuery {
+            spec,
+            granularity_ms: spec.default_granularity_ms().min(100),
+            lateness_ms: 50,
+        };
         let expected = reference(&partitions, spec, query.lateness_ms);
         let got = run_in_memory(&partitions, query, 2, 512).unwrap();
         assert_eq!(got.late, expected.late, "{spec}");

@@ -29,7 +29,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<_> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"))
         .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// The data lines (header dropped) of every file in `dir` whose name starts
@@ -39,7 +42,7 @@ pub fn sorted_rows(dir: &Path, prefix: &str) -> Vec<String> {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path: PathBuf = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with(prefix) && name.ends_with(".csv") {
+        if name.starts_with(prefix) && path.extension().is_some_and(|e| e == "csv") {
             let text = std::fs::read_to_string(&path).unwrap();
             rows.extend(text.lines().skip(1).map(str::to_owned));
         }
