@@ -14,6 +14,10 @@ use weir::job::WindowQuery;
 use weir::log::LogConfig;
 use weir::run::{run, RunOptions};
 
+// Same allocator as the `weir` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn window_throughput(c: &mut Criterion) {
     let events: u64 = std::env::var("WEIR_BENCH_EVENTS")
         .ok()

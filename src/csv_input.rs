@@ -2,8 +2,9 @@
 //! for the output writers.
 //!
 //! The header must be exactly `ts,key,value`. Each row is `ts` (u64
-//! milliseconds), `key` (a plain field, or RFC 4180 double-quoted with `""`
-//! escapes; it may contain commas and line breaks) and `value` (i64). Lines
+//! milliseconds, at most [`MAX_EVENT_TS_MS`] = 2^60, the largest event time
+//! the engine accepts), `key` (a plain field, or RFC 4180 double-quoted with
+//! `""` escapes; it may contain commas and line breaks) and `value` (i64). Lines
 //! end with `\n` or `\r\n`; the last line may lack its line end and may be
 //! followed by one empty line. Nothing is skipped: every other deviation is
 //! a [`CsvError`] naming the file, the 1-based line (the header is line 1;
@@ -17,6 +18,8 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+
+use weir_dataflows::MAX_EVENT_TS_MS;
 
 use crate::event::EventRef;
 
@@ -95,6 +98,15 @@ pub enum CsvErrorReason {
     /// An empty line that is not the single last line of the file.
     #[error("empty line (only one empty line, at the very end of the file, is allowed)")]
     EmptyLine,
+    /// A `ts` above [`MAX_EVENT_TS_MS`], the largest event time the engine
+    /// accepts.
+    #[error("`ts` {ts} is above the largest accepted event time, {max} ms")]
+    TsTooLarge {
+        /// The row's `ts`.
+        ts: u64,
+        /// The limit, [`MAX_EVENT_TS_MS`].
+        max: u64,
+    },
 }
 
 /// Shortens a field's bytes for an error message.
@@ -471,6 +483,15 @@ impl<R: Read> CsvReader<R> {
                 "an unsigned 64-bit integer (milliseconds)",
             ));
         };
+        if ts > MAX_EVENT_TS_MS {
+            return Err(self.error(
+                line,
+                CsvErrorReason::TsTooLarge {
+                    ts,
+                    max: MAX_EVENT_TS_MS,
+                },
+            ));
+        }
         let Some(value) = parse_i64(field_bytes(value_f)).filter(|_| !value_f.escaped) else {
             return Err(bad_number("value", value_f, "a signed 64-bit integer"));
         };

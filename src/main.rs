@@ -13,6 +13,11 @@ use weir::run::{read_hostfile, run, ClusterOptions, RunOptions, RunSummary, EVEN
 use weir_dataflows::duration::{format_duration_ms, parse_duration_ms};
 use weir_dataflows::WindowSpec;
 
+// The engine allocates many small strings and vectors across threads;
+// mimalloc measured faster than the system allocator (see docs/decisions.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "weir",

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::agg::Agg;
+use crate::key::Key;
 use crate::window::round_down;
 
 /// Hash maps keyed by strings on the hot path. foldhash with a fixed seed:
@@ -124,7 +125,7 @@ impl PaneCombiner {
 
 impl LocalCombiner for PaneCombiner {
     /// `(key, (pane_start, aggregate))`
-    type Record = (String, (u64, Agg));
+    type Record = (Key, (u64, Agg));
 
     #[inline]
     fn add(&mut self, key: &str, ts: u64, value: i64) {
@@ -136,7 +137,7 @@ impl LocalCombiner for PaneCombiner {
     fn flush_before(&mut self, watermark: u64, out: &mut Vec<Update<Self::Record>>) {
         let pane_offset_ms = self.slide_ms - self.granularity_ms;
         self.buckets.flush_before(watermark, out, |time, key, agg| {
-            (key, (time - pane_offset_ms, agg))
+            (Key::new(key), (time - pane_offset_ms, agg))
         });
     }
 
@@ -200,7 +201,7 @@ impl SessionCombiner {
 
 impl LocalCombiner for SessionCombiner {
     /// `(key, partial session)`
-    type Record = (String, SessionPartial);
+    type Record = (Key, SessionPartial);
 
     #[inline]
     fn add(&mut self, key: &str, ts: u64, value: i64) {
@@ -215,7 +216,9 @@ impl LocalCombiner for SessionCombiner {
 
     fn flush_before(&mut self, watermark: u64, out: &mut Vec<Update<Self::Record>>) {
         self.buckets
-            .flush_before(watermark, out, |_time, key, partial| (key, partial));
+            .flush_before(watermark, out, |_time, key, partial| {
+                (Key::new(key), partial)
+            });
     }
 
     fn min_pending_time(&self) -> Option<u64> {
@@ -241,7 +244,7 @@ mod tests {
         out.sort();
         let mut expected = Agg::of(4);
         expected.add(-2);
-        assert_eq!(out, vec![(("a".to_owned(), (0, expected)), 9_000, 1)]);
+        assert_eq!(out, vec![((Key::from("a"), (0, expected)), 9_000, 1)]);
         assert_eq!(c.min_pending_time(), Some(19_000));
     }
 

@@ -15,6 +15,7 @@
 pub mod agg;
 pub mod combiner;
 pub mod duration;
+pub mod key;
 pub mod reference;
 pub mod row;
 pub mod session;
@@ -22,6 +23,7 @@ pub mod sliding;
 pub mod window;
 
 pub use agg::Agg;
+pub use key::Key;
 pub use row::{LateRow, WindowRow};
 pub use window::WindowSpec;
 

@@ -13,18 +13,19 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use differential_dataflow::{Hashable, VecCollection};
+use differential_dataflow::VecCollection;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::combiner::{FastMap, SessionPartial};
+use crate::key::Key;
 use crate::row::WindowRow;
 use crate::window::round_down;
 
 /// Session partials, as released by the session combiner.
-pub type SessionPartials<'scope> = VecCollection<'scope, u64, (String, SessionPartial), isize>;
+pub type SessionPartials<'scope> = VecCollection<'scope, u64, (Key, SessionPartial), isize>;
 
 /// The session rows of `partials`, each emitted once when its session closes.
 pub fn session_windows(
@@ -37,13 +38,13 @@ pub fn session_windows(
     // `last + gap` has arrived: the granule of `last + gap - 1`.
     let close_time = move |s: &SessionPartial| round_down(s.last_ts + gap_ms - 1, granularity_ms);
     let exchange =
-        Exchange::new(|update: &((String, SessionPartial), u64, isize)| update.0 .0.hashed());
+        Exchange::new(|update: &((Key, SessionPartial), u64, isize)| update.0 .0.hash_value());
     partials
         .inner
         .unary_frontier(exchange, "SessionWindows", move |_cap, _info| {
-            let mut open: FastMap<String, Vec<SessionPartial>> = FastMap::default();
+            let mut open: FastMap<Key, Vec<SessionPartial>> = FastMap::default();
             // (close time, key), possibly stale after a merge moved a session's end.
-            let mut closing: BinaryHeap<Reverse<(u64, String)>> = BinaryHeap::new();
+            let mut closing: BinaryHeap<Reverse<(u64, Key)>> = BinaryHeap::new();
             let mut held: Option<Capability<u64>> = None;
             move |(input, frontier), output| {
                 input.for_each_stamp(|stamp, batches| {
@@ -97,7 +98,7 @@ pub fn session_windows(
                         output.session(&cap).give(WindowRow {
                             window_start: s.first_ts,
                             window_end: s.last_ts + gap_ms,
-                            key: key.clone(),
+                            key: key.as_str().to_owned(),
                             agg: s.agg,
                         });
                         false

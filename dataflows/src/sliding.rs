@@ -27,6 +27,7 @@ use timely::dataflow::Stream;
 
 use crate::agg::Agg;
 use crate::combiner::{FastMap, Update};
+use crate::key::Key;
 use crate::row::WindowRow;
 
 /// Parameters of tumbling (`size == slide`) and sliding windows.
@@ -41,7 +42,7 @@ pub struct FixedWindows {
 }
 
 /// Pane partials, as released by the pane combiner.
-pub type PanePartials<'scope> = VecCollection<'scope, u64, (String, (u64, Agg)), isize>;
+pub type PanePartials<'scope> = VecCollection<'scope, u64, (Key, (u64, Agg)), isize>;
 
 /// The window rows of `partials`, each emitted once when its window closes.
 pub fn fixed_windows(
@@ -85,7 +86,7 @@ pub fn fixed_windows(
 /// Turns the per-key aggregate of the current window into one row per key
 /// and window, once the frontier has passed each window's last granule.
 fn emit_windows<'scope>(
-    current: &Stream<'scope, u64, Vec<Update<(String, Agg)>>>,
+    current: &Stream<'scope, u64, Vec<Update<(Key, Agg)>>>,
     windows: FixedWindows,
 ) -> Stream<'scope, u64, Vec<WindowRow>> {
     let FixedWindows {
@@ -97,9 +98,9 @@ fn emit_windows<'scope>(
         .clone()
         .unary_frontier(Pipeline, "EmitWindows", move |_cap, _info| {
             // Updates not yet applied, by time.
-            let mut pending: BTreeMap<u64, Vec<(String, Agg, isize)>> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, Vec<(Key, Agg, isize)>> = BTreeMap::new();
             // The aggregate of every key in the current window.
-            let mut state: FastMap<String, Agg> = FastMap::default();
+            let mut state: FastMap<Key, Agg> = FastMap::default();
             // A capability at or below every pending time and `next_end - G`.
             let mut held: Option<Capability<u64>> = None;
             // The end of the next window to emit.
@@ -171,7 +172,7 @@ fn emit_windows<'scope>(
                             session.give(WindowRow {
                                 window_start,
                                 window_end: next_end,
-                                key: key.clone(),
+                                key: key.as_str().to_owned(),
                                 agg: *agg,
                             });
                         }

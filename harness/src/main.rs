@@ -18,6 +18,10 @@ use weir::run::{run, RunOptions};
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::WindowSpec;
 
+// Same allocator as the `weir` binary, so the harness measures what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "weir-harness",

@@ -73,13 +73,13 @@ fn plain_quoted_crlf_and_last_line_without_newline() {
 fn extremes_and_trailing_empty_line() {
     let data = format!(
         "ts,key,value\n{},k,{}\n0,k,{}\n\n",
-        u64::MAX,
+        MAX_EVENT_TS_MS,
         i64::MIN,
         i64::MAX
     );
     assert_eq!(
         parse(&data).unwrap(),
-        vec![ev(u64::MAX, "k", i64::MIN), ev(0, "k", i64::MAX)]
+        vec![ev(MAX_EVENT_TS_MS, "k", i64::MIN), ev(0, "k", i64::MAX)]
     );
     assert_eq!(parse("ts,key,value\r\n\r\n").unwrap(), vec![]);
     assert_eq!(parse("ts,key,value").unwrap(), vec![]);
@@ -130,6 +130,34 @@ fn bad_numbers_name_column_and_text() {
         parse("ts,key,value\n\"1\",a,\"-2\"\n").unwrap(),
         vec![ev(1, "a", -2)]
     );
+}
+
+#[test]
+fn ts_above_the_engine_limit_is_refused_with_its_line() {
+    for too_large in [MAX_EVENT_TS_MS + 1, u64::MAX] {
+        let data = format!("ts,key,value\n1,a,2\n{too_large},b,3\n4,c,5\n");
+        let e = parse(&data).expect_err("must fail");
+        assert_eq!(e.line, 3);
+        assert!(
+            matches!(e.reason, CsvErrorReason::TsTooLarge { ts, max } if ts == too_large && max == MAX_EVENT_TS_MS),
+            "{:?}",
+            e.reason
+        );
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("in.csv:3: `ts` {too_large} is above")),
+            "{shown}"
+        );
+        assert!(shown.contains(&MAX_EVENT_TS_MS.to_string()), "{shown}");
+    }
+    // The limit itself is accepted; a quoted ts is checked too.
+    let data = format!(
+        "ts,key,value\n{MAX_EVENT_TS_MS},a,1\n\"{}\",b,2\n",
+        MAX_EVENT_TS_MS + 1
+    );
+    let e = parse(&data).expect_err("must fail");
+    assert_eq!(e.line, 3);
+    assert!(matches!(e.reason, CsvErrorReason::TsTooLarge { .. }));
 }
 
 #[test]
@@ -213,7 +241,7 @@ fn field_quoting() {
 proptest! {
     #[test]
     fn written_fields_parse_back(
-        rows in proptest::collection::vec((any::<u64>(), "[a-z,\"\r\n €]{0,12}", any::<i64>()), 0..20),
+        rows in proptest::collection::vec((0..=MAX_EVENT_TS_MS, "[a-z,\"\r\n €]{0,12}", any::<i64>()), 0..20),
         crlf: bool,
         trailing_newline: bool,
         chunk in 1usize..64,

@@ -3,6 +3,7 @@
 mod cli;
 mod cluster;
 mod eviction;
+mod golden;
 mod ingest;
 mod log;
 mod oracle;

@@ -1,0 +1,140 @@
+//! Keys as they travel through the dataflows: the string plus its hash.
+//!
+//! Differential dataflow sorts updates by key again and again (batchers,
+//! merges, reduce). Ordering by `(hash, text)` instead of `text` settles
+//! almost every comparison on one `u64` instead of a `memcmp`; profiles of the
+//! window query showed a quarter of the time in string comparisons before.
+//! The order is arbitrary but deterministic, which is all the dataflows need.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A key string with its precomputed hash.
+#[derive(Clone)]
+pub struct Key {
+    hash: u64,
+    text: String,
+}
+
+/// The hash of a key: foldhash with a fixed seed, the same in every process.
+#[inline]
+pub fn key_hash(text: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x7765_6972).hash_one(text)
+}
+
+impl Key {
+    /// A key from its text.
+    pub fn new(text: String) -> Self {
+        Key {
+            hash: key_hash(&text),
+            text,
+        }
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The key's text, by value.
+    pub fn into_string(self) -> String {
+        self.text
+    }
+
+    /// The precomputed hash.
+    pub fn hash_value(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl From<&str> for Key {
+    fn from(text: &str) -> Self {
+        Key::new(text.to_owned())
+    }
+}
+
+impl PartialEq for Key {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for Key {}
+
+impl Ord for Key {
+    #[inline]
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.hash
+            .cmp(&other.hash)
+            .then_with(|| self.text.cmp(&other.text))
+    }
+}
+
+impl PartialOrd for Key {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Hash for Key {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Only the text is serialized; the hash is recomputed on the way in, so a
+/// peer can never make two equal keys compare unequal.
+impl Serialize for Key {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Key::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_texts_are_equal_keys_and_order_is_total() {
+        let a = Key::from("alpha");
+        let b = Key::from("beta");
+        assert_eq!(a, Key::from("alpha"));
+        assert_ne!(a, b);
+        assert_eq!(a.cmp(&b), b.cmp(&a).reverse());
+        assert_eq!(a.cmp(&a.clone()), Ordering::Equal);
+    }
+
+    #[test]
+    fn serde_round_trip_recomputes_the_hash() {
+        let key = Key::from("k,ey\"1");
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(json, "\"k,ey\\\"1\"");
+        let back: Key = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, key);
+        assert_eq!(back.hash_value(), key.hash_value());
+    }
+}

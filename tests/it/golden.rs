@@ -1,0 +1,725 @@
+//! Golden-file tests of the on-disk formats described in `docs/formats.md`.
+//!
+//! `tests/golden/` holds small files written once by this code:
+//! - `csv/input-0.csv`, `csv/input-1.csv`: input CSVs (the second has only
+//!   the header);
+//! - `log-v1/events/`: the topic `events` that ingesting them gives (segment
+//!   format 1, index format 1, manifest format 1): `MANIFEST`, and per
+//!   partition `INGEST` and `<base>.seg` / `<base>.idx` files;
+//! - `csv/windows.csv`, `csv/late.csv`: output files of fixed rows.
+//!
+//! The tests check, in both directions, that the formats did not change by
+//! accident:
+//! - **writing**: the fixed inputs of this file, ingested (segment size 200
+//!   bytes, index interval 64 bytes) or formatted by today's code, give files
+//!   byte-identical to the golden ones; so does rebuilding lost indexes and
+//!   repairing a torn tail;
+//! - **reading**: today's readers (CSV, partition reader from every offset,
+//!   index, manifest, marker, event codec) return exactly the records and
+//!   entries spelled out here, and so does an independent decoder written
+//!   from `docs/formats.md` (not from weir's code), so the document and the
+//!   code agree; damaged copies of the golden files are told apart as a torn
+//!   tail or as corruption, as the document says.
+//!
+//! # Re-blessing
+//! With `WEIR_BLESS=1` in the environment the two writing tests (names
+//! ending in `_today`) rewrite the golden files from today's code (then
+//! compare, which passes). Bless with only those selected, since the other
+//! tests read the files meanwhile, then run them all:
+//!
+//! ```text
+//! WEIR_BLESS=1 cargo nextest run -E 'test(/golden::.*_today$/)'
+//! cargo nextest run -E 'test(/golden/)'
+//! ```
+//!
+//! Only do this for an intended format change, and then also bump that
+//! format's version, update `docs/formats.md` and the expectations written
+//! out in this file (they are never blessed). Golden files of a version
+//! readers must still accept should be kept, in a directory of their own.
+//!
+//! The ingested paths are relative (`tests/golden/csv/input-0.csv`) because
+//! the manifest stores the path as given; the tests therefore expect to run
+//! in the package directory, as `cargo test` and `cargo nextest` do.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use weir::csv_input::CsvReader;
+use weir::event::{decode_event, Event};
+use weir::ingest::manifest::{file_identity, FileIdentity, Manifest, ManifestEntry};
+use weir::ingest::{ingest_files, MANIFEST_FILE_NAME, MARKER_FILE_NAME};
+use weir::job::RowSink;
+use weir::log::format::{index_path, list_segments, segment_path};
+use weir::log::index::{is_sealed, read_index, IndexEntry};
+use weir::log::{
+    partition_dir, FsyncPolicy, LogConfig, LogError, PartitionReader, PartitionWriter,
+};
+use weir::sink::{output_file_names, CsvSink, SharedCsvFile, LATE_ROWS_HEADER, WINDOW_ROWS_HEADER};
+use weir_dataflows::{Agg, LateRow, WindowRow, MAX_EVENT_TS_MS};
+
+/// The topic of the golden log.
+const TOPIC: &str = "events";
+/// The input files, relative to the package directory (stored in the
+/// manifest as given).
+const INPUTS: [&str; 2] = [
+    "tests/golden/csv/input-0.csv",
+    "tests/golden/csv/input-1.csv",
+];
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn golden_log_dir() -> PathBuf {
+    golden_dir().join("log-v1")
+}
+
+fn bless() -> bool {
+    std::env::var_os("WEIR_BLESS").is_some_and(|v| v == "1")
+}
+
+/// Small segments and a small index interval, so that the golden partition
+/// has several segments (one holding a single oversized record) and several
+/// index entries per segment.
+fn config() -> LogConfig {
+    LogConfig {
+        segment_size_bytes: 200,
+        index_interval_bytes: 64,
+        fsync: FsyncPolicy::Never,
+    }
+}
+
+fn long_key() -> String {
+    format!("long-{}", "x".repeat(245))
+}
+
+/// The content of `input-0.csv`: quoting, escapes, a line break and non-ASCII
+/// in keys, an empty key, the number extremes, the largest accepted `ts`, a
+/// record larger than a segment, a CRLF line end and no final line end.
+fn input_0() -> String {
+    [
+        "ts,key,value\n",
+        "0,a,1\n",
+        "1000,b,-2\n",
+        "1500,\"comma,key\",3\n",
+        "2000,\"say \"\"hi\"\"\",-4\n",
+        "2500,\"two\nlines\",5\n",
+        "3000,,6\n",
+        "3500,ключ,9223372036854775807\n",
+        "4000,\"€\",-9223372036854775808\n",
+        "1152921504606846976,max-ts,7\n",
+        &format!("5000,{},8\n", long_key()),
+        "5500,a,9\r\n",
+        "6000,b,10",
+    ]
+    .concat()
+}
+
+/// The content of `input-1.csv`: no rows.
+const INPUT_1: &str = "ts,key,value\n";
+
+fn ev(ts: u64, key: &str, value: i64) -> Event {
+    Event {
+        ts,
+        key: key.to_owned(),
+        value,
+    }
+}
+
+/// The events of `input-0.csv` (and of partition 0), in order.
+fn expected_events() -> Vec<Event> {
+    assert_eq!(MAX_EVENT_TS_MS, 1_152_921_504_606_846_976);
+    vec![
+        ev(0, "a", 1),
+        ev(1000, "b", -2),
+        ev(1500, "comma,key", 3),
+        ev(2000, "say \"hi\"", -4),
+        ev(2500, "two\nlines", 5),
+        ev(3000, "", 6),
+        ev(3500, "ключ", i64::MAX),
+        ev(4000, "€", i64::MIN),
+        ev(MAX_EVENT_TS_MS, "max-ts", 7),
+        ev(5000, &long_key(), 8),
+        ev(5500, "a", 9),
+        ev(6000, "b", 10),
+    ]
+}
+
+/// A segment: `(base offset, records, index entries as (relative offset,
+/// byte position))`.
+type Segment = (u64, u64, Vec<(u32, u32)>);
+
+/// The segments of each partition.
+/// Sealed segments end with the seal entry `(records, file length)`.
+fn expected_segments(partition: u32) -> Vec<Segment> {
+    match partition {
+        0 => vec![
+            (0, 5, vec![(3, 119), (5, 192)]),
+            (5, 4, vec![(2, 88), (4, 153)]),
+            (9, 1, vec![(1, 302)]),
+            (10, 2, vec![]),
+        ],
+        1 => vec![(0, 0, vec![])],
+        _ => unreachable!(),
+    }
+}
+
+/// The manifest entries: partition, records, and the identity of the file.
+fn expected_manifest() -> Manifest {
+    let input_0_len = input_0().len() as u64;
+    Manifest {
+        entries: vec![
+            ManifestEntry {
+                partition: 0,
+                records: 12,
+                identity: FileIdentity {
+                    size_bytes: input_0_len,
+                    content_crc32c: 0x6855_F5E9,
+                },
+                source_path: INPUTS[0].to_owned(),
+            },
+            ManifestEntry {
+                partition: 1,
+                records: 0,
+                identity: FileIdentity {
+                    size_bytes: INPUT_1.len() as u64,
+                    content_crc32c: 0x557C_D9C0,
+                },
+                source_path: INPUTS[1].to_owned(),
+            },
+        ],
+    }
+}
+
+/// Every file under `dir`, by relative path, with its content.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                out.insert(p.strip_prefix(root).unwrap().to_owned(), bytes);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Fails unless the files under `got` are exactly those under `golden`,
+/// naming each file that differs and where.
+fn assert_same_files(got: &Path, golden: &Path) {
+    let (got, want) = (snapshot(got), snapshot(golden));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "the file sets differ from {}",
+        golden.display()
+    );
+    let mut diffs = Vec::new();
+    for (path, bytes) in &got {
+        let golden_bytes = &want[path];
+        if bytes != golden_bytes {
+            let at = bytes
+                .iter()
+                .zip(golden_bytes)
+                .position(|(a, b)| a != b)
+                .unwrap_or(bytes.len().min(golden_bytes.len()));
+            diffs.push(format!(
+                "{}: {} bytes written, {} golden, first difference at byte {at}",
+                path.display(),
+                bytes.len(),
+                golden_bytes.len()
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "today's code writes different bytes than the golden files in {} (an accidental format change?):\n{}",
+        golden.display(),
+        diffs.join("\n")
+    );
+}
+
+/// Copies the files of `from` into `to` (one level of subdirectories).
+fn copy_tree(from: &Path, to: &Path) {
+    for (rel, bytes) in snapshot(from) {
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(dest, bytes).unwrap();
+    }
+}
+
+fn assert_in_package_dir() {
+    let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .canonicalize()
+        .unwrap();
+    assert_eq!(
+        cwd, package,
+        "the golden tests ingest by relative path and must run in the package directory"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// An independent decoder, written from docs/formats.md.
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// A complete, undamaged segment file: its base offset and its frames as
+/// `(byte position, payload)`.
+fn spec_segment(b: &[u8]) -> (u64, Vec<(u32, &[u8])>) {
+    assert!(b.len() >= 24, "segment header");
+    assert_eq!(&b[..8], b"WEIRSEG1");
+    assert_eq!(le32(b, 8), 1, "segment format version");
+    assert_eq!(le32(b, 20), crc32c::crc32c(&b[..20]), "segment header crc");
+    let base = le64(b, 12);
+    let mut frames = Vec::new();
+    let mut pos = 24;
+    while pos < b.len() {
+        let len = le32(b, pos) as usize;
+        assert_eq!(
+            le32(b, pos + 4),
+            crc32c::crc32c(&b[pos..pos + 4]),
+            "length crc at {pos}"
+        );
+        assert!(len <= 16 << 20);
+        let payload = &b[pos + 12..pos + 12 + len];
+        assert_eq!(
+            le32(b, pos + 8),
+            crc32c::crc32c(payload),
+            "payload crc at {pos}"
+        );
+        frames.push((pos as u32, payload));
+        pos += 12 + len;
+    }
+    assert_eq!(pos, b.len(), "the last frame ends at the end of the file");
+    (base, frames)
+}
+
+/// A complete index file: its base offset and entries.
+fn spec_index(b: &[u8]) -> (u64, Vec<(u32, u32)>) {
+    assert_eq!(&b[..8], b"WEIRIDX1");
+    assert_eq!(le32(b, 8), 1, "index format version");
+    assert_eq!(le32(b, 20), crc32c::crc32c(&b[..20]), "index header crc");
+    assert_eq!((b.len() - 24) % 12, 0, "whole entries");
+    let entries = b[24..]
+        .chunks_exact(12)
+        .map(|e| {
+            assert_eq!(le32(e, 8), crc32c::crc32c(&e[..8]), "index entry crc");
+            (le32(e, 0), le32(e, 4))
+        })
+        .collect();
+    (le64(b, 12), entries)
+}
+
+/// An event payload.
+fn spec_event(p: &[u8]) -> Event {
+    Event {
+        ts: le64(p, 0),
+        value: le64(p, 8) as i64,
+        key: String::from_utf8(p[16..].to_vec()).unwrap(),
+    }
+}
+
+/// A manifest (or marker) file.
+fn spec_manifest(b: &[u8]) -> Manifest {
+    assert_eq!(&b[..8], b"WEIRMFST");
+    assert_eq!(le32(b, 8), 1, "manifest format version");
+    assert_eq!(le32(b, 16), crc32c::crc32c(&b[..16]), "manifest header crc");
+    let mut pos = 20;
+    let mut entries = Vec::new();
+    for _ in 0..le32(b, 12) {
+        let path_len = le32(b, pos + 24) as usize;
+        let end = pos + 28 + path_len;
+        assert_eq!(le32(b, end), crc32c::crc32c(&b[pos..end]), "entry crc");
+        entries.push(ManifestEntry {
+            partition: le32(b, pos),
+            records: le64(b, pos + 4),
+            identity: FileIdentity {
+                size_bytes: le64(b, pos + 12),
+                content_crc32c: le32(b, pos + 20),
+            },
+            source_path: String::from_utf8(b[pos + 28..end].to_vec()).unwrap(),
+        });
+        pos = end + 4;
+    }
+    assert_eq!(pos, b.len(), "no bytes after the last entry");
+    Manifest { entries }
+}
+
+// ---------------------------------------------------------------------------
+// Writing.
+
+#[test]
+fn golden_log_is_what_ingest_writes_today() {
+    assert_in_package_dir();
+    let inputs = [input_0(), INPUT_1.to_owned()];
+    if bless() {
+        std::fs::create_dir_all(golden_dir().join("csv")).unwrap();
+        for (path, content) in INPUTS.iter().zip(&inputs) {
+            std::fs::write(path, content).unwrap();
+        }
+    }
+    for (path, content) in INPUTS.iter().zip(&inputs) {
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            content.as_bytes(),
+            "{path} differs from the input spelled out in this test"
+        );
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = INPUTS.iter().map(PathBuf::from).collect();
+    let report = ingest_files(tmp.path(), TOPIC, &files, &config()).unwrap();
+    let records: Vec<_> = report
+        .files
+        .iter()
+        .map(|f| (f.partition, f.records))
+        .collect();
+    assert_eq!(records, vec![(0, 12), (1, 0)]);
+
+    let golden = golden_log_dir().join(TOPIC);
+    if bless() {
+        if golden.exists() {
+            std::fs::remove_dir_all(&golden).unwrap();
+        }
+        copy_tree(&tmp.path().join(TOPIC), &golden);
+    }
+    assert_same_files(&tmp.path().join(TOPIC), &golden);
+}
+
+#[test]
+fn golden_indexes_are_rebuilt_and_torn_tails_repaired_byte_for_byte() {
+    let golden = partition_dir(&golden_log_dir(), TOPIC, 0);
+    let segments = expected_segments(0);
+
+    // Every index lost: opening the writer rebuilds them all from the data.
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&golden, tmp.path());
+    for &(base, _, _) in &segments {
+        std::fs::remove_file(index_path(tmp.path(), base)).unwrap();
+    }
+    drop(PartitionWriter::open(tmp.path(), config()).unwrap());
+    assert_same_files(tmp.path(), &golden);
+
+    // A torn write at the end of the last segment: a partial frame header,
+    // then a frame with its header but only part of its payload.
+    let (last_base, _, _) = *segments.last().unwrap();
+    let last = segment_path(tmp.path(), last_base);
+    for torn in [&[1u8, 0, 0][..], &frame(b"0123456789abcdef-torn")[..20]] {
+        let mut bytes = std::fs::read(&last).unwrap();
+        bytes.extend_from_slice(torn);
+        std::fs::write(&last, &bytes).unwrap();
+        assert_eq!(read_events(tmp.path(), 0).unwrap(), expected_events());
+        drop(PartitionWriter::open(tmp.path(), config()).unwrap());
+        assert_same_files(tmp.path(), &golden);
+    }
+}
+
+/// A whole frame of `payload`, built as the document says.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut out = len.to_vec();
+    out.extend_from_slice(&crc32c::crc32c(&len).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn window_rows() -> Vec<WindowRow> {
+    let agg = |count, sum, min, max| Agg {
+        count,
+        sum,
+        min,
+        max,
+    };
+    let row = |window_start, window_end, key: &str, agg| WindowRow {
+        window_start,
+        window_end,
+        key: key.to_owned(),
+        agg,
+    };
+    vec![
+        row(0, 10_000, "a", agg(2, 10, 1, 9)),
+        row(0, 10_000, "comma,key", agg(1, 3, 3, 3)),
+        row(0, 10_000, "say \"hi\"", agg(1, -4, -4, -4)),
+        row(0, 10_000, "two\nlines", agg(1, 5, 5, 5)),
+        row(0, 10_000, "", agg(1, 6, 6, 6)),
+        row(
+            10_000,
+            20_000,
+            "ключ",
+            agg(2, 2 * i128::from(i64::MAX), i64::MAX, i64::MAX),
+        ),
+        row(
+            MAX_EVENT_TS_MS,
+            MAX_EVENT_TS_MS + 10_000,
+            "max-ts",
+            agg(1, 7, 7, 7),
+        ),
+    ]
+}
+
+fn late_rows() -> Vec<LateRow> {
+    vec![
+        LateRow {
+            partition: 0,
+            offset: 10,
+            ts: 5500,
+            key: "a".to_owned(),
+            value: 9,
+        },
+        LateRow {
+            partition: 7,
+            offset: u64::MAX,
+            ts: 0,
+            key: "x,\"y\"".to_owned(),
+            value: i64::MIN,
+        },
+    ]
+}
+
+#[test]
+fn golden_output_csvs_are_what_the_sink_writes_today() {
+    assert_eq!(
+        output_file_names(1, 0),
+        ("windows.csv".into(), "late.csv".into())
+    );
+    assert_eq!(
+        output_file_names(3, 2),
+        ("windows-2.csv".into(), "late-2.csv".into())
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let windows =
+        SharedCsvFile::create(&tmp.path().join("windows.csv"), WINDOW_ROWS_HEADER).unwrap();
+    let late = SharedCsvFile::create(&tmp.path().join("late.csv"), LATE_ROWS_HEADER).unwrap();
+    let mut sink = CsvSink::new(windows, late);
+    sink.window_rows(&mut window_rows());
+    sink.late_rows(&mut late_rows());
+    sink.flush().unwrap();
+    drop(sink);
+
+    let golden = golden_dir().join("csv");
+    for name in ["windows.csv", "late.csv"] {
+        let got = std::fs::read(tmp.path().join(name)).unwrap();
+        if bless() {
+            std::fs::create_dir_all(&golden).unwrap();
+            std::fs::write(golden.join(name), &got).unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            std::fs::read_to_string(golden.join(name)).unwrap(),
+            "{name} differs from the golden file"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading.
+
+fn read_events(dir: &Path, from: u64) -> Result<Vec<Event>, LogError> {
+    let mut r = PartitionReader::open(dir, from)?;
+    let mut out = Vec::new();
+    while let Some((offset, payload)) = r.next()? {
+        assert_eq!(offset, from + out.len() as u64);
+        out.push(decode_event(payload).unwrap().to_event());
+    }
+    Ok(out)
+}
+
+#[test]
+fn golden_input_csv_reads_as_expected() {
+    let mut r = CsvReader::open(&golden_dir().join("csv/input-0.csv")).unwrap();
+    let mut got = Vec::new();
+    while let Some(e) = r.next_record().unwrap() {
+        got.push(e.to_event());
+    }
+    assert_eq!(got, expected_events());
+    let mut r = CsvReader::open(&golden_dir().join("csv/input-1.csv")).unwrap();
+    assert!(r.next_record().unwrap().is_none());
+}
+
+#[test]
+fn golden_log_reads_as_expected() {
+    let log_dir = golden_log_dir();
+    let all_events = [expected_events(), Vec::new()];
+    for (partition, events) in (0..).zip(&all_events) {
+        let dir = partition_dir(&log_dir, TOPIC, partition);
+        let segments = expected_segments(partition);
+        let bases: Vec<u64> = segments.iter().map(|s| s.0).collect();
+        assert_eq!(list_segments(&dir).unwrap(), bases, "partition {partition}");
+
+        let mut spec_events = Vec::new();
+        for (i, (base, records, entries)) in segments.iter().enumerate() {
+            let seg = std::fs::read(segment_path(&dir, *base)).unwrap();
+            let (seg_base, frames) = spec_segment(&seg);
+            assert_eq!(seg_base, *base);
+            assert_eq!(frames.len() as u64, *records);
+            spec_events.extend(frames.iter().map(|(_, p)| spec_event(p)));
+
+            let idx_path = index_path(&dir, *base);
+            let (idx_base, spec_entries) = spec_index(&std::fs::read(&idx_path).unwrap());
+            assert_eq!(idx_base, *base);
+            assert_eq!(&spec_entries, entries, "index of segment {base}");
+            let got: Vec<(u32, u32)> = read_index(&idx_path, *base, seg.len() as u64)
+                .iter()
+                .map(|e: &IndexEntry| (e.relative_offset, e.byte_pos))
+                .collect();
+            assert_eq!(&got, entries);
+            let sealed = i + 1 < segments.len();
+            assert_eq!(
+                is_sealed(
+                    &read_index(&idx_path, *base, seg.len() as u64),
+                    seg.len() as u64
+                ),
+                sealed
+            );
+            // Every entry points at the frame of its record (the seal entry
+            // at the end of the file).
+            for &(rel, pos) in entries {
+                let at = frames.get(rel as usize).map_or(seg.len() as u32, |f| f.0);
+                assert_eq!(pos, at, "index entry ({rel}, {pos}) of segment {base}");
+            }
+        }
+        assert_eq!(&spec_events, events, "partition {partition} by the spec");
+
+        for from in 0..=events.len() {
+            assert_eq!(
+                read_events(&dir, from as u64).unwrap(),
+                events[from..],
+                "partition {partition} from offset {from}"
+            );
+        }
+    }
+}
+
+#[test]
+fn golden_manifest_and_markers_read_as_expected() {
+    let topic_dir = golden_log_dir().join(TOPIC);
+    let expected = expected_manifest();
+    for e in &expected.entries {
+        let id = file_identity(
+            &golden_dir()
+                .join("csv")
+                .join(Path::new(&e.source_path).file_name().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(id, e.identity, "identity of {}", e.source_path);
+    }
+    let bytes = std::fs::read(topic_dir.join(MANIFEST_FILE_NAME)).unwrap();
+    assert_eq!(Manifest::decode(&bytes).unwrap(), expected);
+    assert_eq!(spec_manifest(&bytes), expected);
+    for e in &expected.entries {
+        let marker = topic_dir
+            .join(e.partition.to_string())
+            .join(MARKER_FILE_NAME);
+        let bytes = std::fs::read(marker).unwrap();
+        let one = Manifest {
+            entries: vec![e.clone()],
+        };
+        assert_eq!(Manifest::decode(&bytes).unwrap(), one);
+        assert_eq!(spec_manifest(&bytes), one);
+    }
+}
+
+/// Fails unless `r` is [`LogError::Corrupt`] of `file` at `at`, for `reason`.
+fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, LogError>, file: &Path, at: u64, reason: &str) {
+    match r {
+        Err(LogError::Corrupt {
+            path,
+            byte_offset,
+            reason: got,
+        }) => {
+            assert_eq!((path.as_path(), byte_offset), (file, at), "{got}");
+            assert!(got.contains(reason), "{got}");
+        }
+        other => panic!(
+            "expected corruption of {} at {at}, got {other:?}",
+            file.display()
+        ),
+    }
+}
+
+#[test]
+fn damaged_golden_copies_are_torn_tails_or_corruption() {
+    let golden = partition_dir(&golden_log_dir(), TOPIC, 0);
+    let segments = expected_segments(0);
+    let events = expected_events();
+    let fresh_copy = || {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_tree(&golden, tmp.path());
+        tmp
+    };
+
+    // A torn tail of the last segment is the current end of the data.
+    let tmp = fresh_copy();
+    let last = segment_path(tmp.path(), segments.last().unwrap().0);
+    let len = std::fs::metadata(&last).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    f.set_len(len - 1).unwrap();
+    assert_eq!(
+        read_events(tmp.path(), 0).unwrap(),
+        events[..events.len() - 1]
+    );
+
+    // The same cut in a sealed segment is corruption.
+    let tmp = fresh_copy();
+    let (first_base, first_records, _) = segments[0];
+    let first = segment_path(tmp.path(), first_base);
+    let len = std::fs::metadata(&first).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap();
+    f.set_len(len - 1).unwrap();
+    let frame_at = {
+        let golden_seg = std::fs::read(segment_path(&golden, first_base)).unwrap();
+        u64::from(spec_segment(&golden_seg).1.last().unwrap().0)
+    };
+    assert_corrupt(
+        read_events(tmp.path(), 0),
+        &first,
+        frame_at,
+        "incomplete record",
+    );
+    // (Reading from the next segment on does not touch the damaged one.)
+    assert_eq!(
+        read_events(tmp.path(), first_records).unwrap(),
+        events[first_records as usize..]
+    );
+
+    // A flipped length byte is corruption, not a torn tail, even in the
+    // last segment; and so is a flipped payload byte. The writer refuses
+    // both instead of truncating.
+    let (last_base, _, _) = *segments.last().unwrap();
+    let golden_last = std::fs::read(segment_path(&golden, last_base)).unwrap();
+    let (_, frames) = spec_segment(&golden_last);
+    let last_frame = frames.last().unwrap().0 as usize;
+    for (flip_at, reason) in [
+        (last_frame + 1, "length checksum mismatch"),
+        (last_frame + 12, "payload checksum mismatch"),
+    ] {
+        let tmp = fresh_copy();
+        let last = segment_path(tmp.path(), last_base);
+        let mut bytes = golden_last.clone();
+        bytes[flip_at] ^= 0x04;
+        std::fs::write(&last, bytes).unwrap();
+        assert_corrupt(read_events(tmp.path(), 0), &last, last_frame as u64, reason);
+        assert_corrupt(
+            PartitionWriter::open(tmp.path(), config()).map(drop),
+            &last,
+            last_frame as u64,
+            reason,
+        );
+    }
+}
