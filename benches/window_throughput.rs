@@ -47,6 +47,7 @@ fn window_throughput(c: &mut Criterion) {
         until_end: true,
         batch_records: 8_192,
         log_config: LogConfig::default(),
+        checkpoint: None,
     };
     // Ingest once, outside the measurement (later runs find the files ingested).
     run(&options(1)).expect("warm-up run");

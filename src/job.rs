@@ -1,5 +1,5 @@
 //! Assembles the generic window query on one worker: source, query dataflow,
-//! sinks and probe.
+//! checkpoint tap and announcer, output operator and probe.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -7,18 +7,25 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use differential_dataflow::AsCollection;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Probe;
-
-use timely::dataflow::ProbeHandle;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Concat, Probe};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::worker::Worker;
-use weir_dataflows::combiner::{PaneCombiner, SessionCombiner};
+use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, SessionCombiner, Update};
 use weir_dataflows::session::session_windows;
 use weir_dataflows::sliding::{fixed_windows, FixedWindows};
 use weir_dataflows::{LateRow, WindowRow, WindowSpec};
 
-use crate::source::{partition_source, ErrorSlot, PartitionFeed, SourceConfig, SourceCounters};
+use crate::checkpoint::cut::{cut_announcer, persist_tap, CutAssembler};
+use crate::checkpoint::format::{OutputLength, PersistedUpdate};
+use crate::sink::{output_operator, OutputRow};
+use crate::source::{
+    partition_source, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress, SourceConfig,
+    SourceCounters,
+};
 
 /// The generic window query's parameters.
 #[derive(Clone, Copy, Debug)]
@@ -31,12 +38,38 @@ pub struct WindowQuery {
     pub lateness_ms: u64,
 }
 
+impl WindowQuery {
+    /// Whether checkpoints are implemented for this query (fixed windows).
+    pub fn supports_checkpoints(&self) -> bool {
+        self.spec.slide_ms().is_some()
+    }
+
+    /// A fingerprint of everything that shapes the persisted state; a
+    /// checkpoint taken with another fingerprint is refused at restore.
+    pub fn fingerprint(&self) -> u64 {
+        let text = format!(
+            "weir-window-v1|{}|{}|{}",
+            self.spec, self.granularity_ms, self.lateness_ms
+        );
+        weir_dataflows::key::key_hash(&text)
+    }
+}
+
 /// Receives the rows a worker produces.
 pub trait RowSink: 'static {
     /// Final window rows (drain them).
     fn window_rows(&mut self, rows: &mut Vec<WindowRow>);
     /// Late events (drain them).
     fn late_rows(&mut self, rows: &mut Vec<LateRow>);
+    /// Makes everything written so far durable and returns the files'
+    /// lengths, for a checkpoint.
+    fn commit_point(&mut self) -> std::io::Result<Vec<OutputLength>> {
+        Ok(Vec::new())
+    }
+    /// Records a failure for the driver to report.
+    fn fail(&mut self, error: std::io::Error) {
+        panic!("output failed: {error}");
+    }
 }
 
 /// The number of records held by all arrangements of a worker, from
@@ -81,16 +114,51 @@ pub fn track_arrangements(worker: &mut Worker, gauge: Arc<ArrangementGauge>) {
     }
 }
 
+/// A pane partial as persisted: the record of [`PaneCombiner`].
+pub type PaneRecord = <PaneCombiner as LocalCombiner>::Record;
+
+/// Checkpointing on one worker.
+pub struct WorkerCheckpointing {
+    /// Joins the tap's and the sink's shares of each cut.
+    pub assembler: Rc<RefCell<CutAssembler>>,
+    /// Whether this worker announces cuts (worker 0).
+    pub leader: bool,
+    /// Cuts are multiples of this, ms of event time.
+    pub step_ms: u64,
+    /// At most one cut per this much wall clock.
+    pub interval_ms: u64,
+    /// The restored checkpoint's id and cut time (0, 0 for a fresh run).
+    pub restored: (u64, u64),
+    /// The restored partials of this worker's key groups.
+    pub restored_partials: Vec<Update<PaneRecord>>,
+}
+
+/// Decodes persisted updates into pane partials.
+pub fn decode_pane_partials(
+    updates: Vec<PersistedUpdate>,
+) -> Result<Vec<Update<PaneRecord>>, String> {
+    updates
+        .into_iter()
+        .map(|u| {
+            let record: PaneRecord = bincode::deserialize(&u.data)
+                .map_err(|e| format!("persisted update at time {} does not decode: {e}", u.time))?;
+            Ok((record, u.time, u.diff as isize))
+        })
+        .collect()
+}
+
 /// Builds the window query over `feeds` (this worker's partitions) and
 /// returns a probe whose frontier is empty once every row has been sunk.
+#[allow(clippy::too_many_arguments)]
 pub fn build_window_query<F, S>(
     worker: &mut Worker,
-    feeds: Vec<(u32, F)>,
+    feeds: Vec<PartitionInput<F>>,
     query: WindowQuery,
     source_config: SourceConfig,
     sink: Rc<RefCell<S>>,
     errors: ErrorSlot,
     counters: Arc<SourceCounters>,
+    checkpointing: Option<WorkerCheckpointing>,
 ) -> ProbeHandle<u64>
 where
     F: PartitionFeed,
@@ -101,20 +169,46 @@ where
         .check_granularity(query.granularity_ms)
         .expect("granularity checked before the run");
     let probe = ProbeHandle::new();
+    let progress: SharedProgress = Rc::default();
     worker.dataflow::<u64, _, _>(|scope| {
+        let announcements = checkpointing.as_ref().map(|c| {
+            cut_announcer(
+                scope,
+                probe.clone(),
+                c.leader,
+                c.step_ms,
+                c.interval_ms,
+                c.restored.0,
+                c.restored.1,
+            )
+        });
+        let assembler = checkpointing.as_ref().map(|c| Rc::clone(&c.assembler));
+        let restored_cut = checkpointing.as_ref().map_or(0, |c| c.restored.1);
         let (rows, late) = match query.spec {
             WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
                 let slide_ms = query.spec.slide_ms().expect("fixed windows slide");
                 let combiner = PaneCombiner::new(slide_ms, query.granularity_ms);
-                let (partials, late) = partition_source(
+                let (mut partials, late) = partition_source(
                     scope,
                     feeds,
+                    Rc::clone(&progress),
                     combiner,
                     source_config,
                     errors,
                     counters,
                     probe.clone(),
                 );
+                if let (Some(c), Some(cuts)) = (checkpointing, announcements.as_ref()) {
+                    persist_tap::<PaneCombiner>(
+                        &partials,
+                        cuts,
+                        Rc::clone(&progress),
+                        c.assembler,
+                        restored_cut,
+                    );
+                    // After the tap: restored state is in the checkpoint already.
+                    partials = partials.concat(restored_stream(scope, c.restored_partials));
+                }
                 let windows = FixedWindows {
                     size_ms: query.spec.size_ms(),
                     slide_ms,
@@ -123,10 +217,15 @@ where
                 (fixed_windows(partials.as_collection(), windows), late)
             }
             WindowSpec::Session { gap_ms } => {
+                assert!(
+                    checkpointing.is_none(),
+                    "checkpoints of session windows are not implemented"
+                );
                 let combiner = SessionCombiner::new(gap_ms, query.granularity_ms);
                 let (partials, late) = partition_source(
                     scope,
                     feeds,
+                    Rc::clone(&progress),
                     combiner,
                     source_config,
                     errors,
@@ -141,23 +240,38 @@ where
         };
         let rows = rows.probe_with(&probe);
         let late = late.probe_with(&probe);
-        let rows_sink = Rc::clone(&sink);
-        rows.sink(Pipeline, "WindowRowSink", move |(input, _frontier)| {
-            input.for_each_stamp(|_stamp, batches| {
-                for batch in batches {
-                    rows_sink.borrow_mut().window_rows(batch);
-                }
-            });
-        });
-        late.sink(Pipeline, "LateRowSink", move |(input, _frontier)| {
-            input.for_each_stamp(|_stamp, batches| {
-                for batch in batches {
-                    sink.borrow_mut().late_rows(batch);
-                }
-            });
-        });
+        let outputs = rows
+            .map(OutputRow::Window)
+            .concat(late.map(OutputRow::Late));
+        output_operator(
+            &outputs,
+            announcements.as_ref().zip(assembler),
+            restored_cut,
+            sink,
+        );
         probe
     })
+}
+
+/// A stream that emits `updates` once, at their own times, and ends.
+fn restored_stream<D: Clone + 'static>(
+    scope: Scope<'_, u64>,
+    updates: Vec<Update<D>>,
+) -> Stream<'_, u64, Vec<Update<D>>> {
+    let mut builder = OperatorBuilder::new("RestoredState".to_owned(), scope);
+    let (output, stream) = builder.new_output::<Vec<Update<D>>>();
+    let mut output: OutputBuilder<u64, CapacityContainerBuilder<Vec<Update<D>>>> =
+        OutputBuilder::from(output);
+    builder.build(move |mut capabilities| {
+        let mut cap = capabilities.pop();
+        let mut updates = Some(updates);
+        move |_frontiers| {
+            if let (Some(c), Some(u)) = (cap.take(), updates.take()) {
+                output.activate().session(&c).give_iterator(u.into_iter());
+            }
+        }
+    });
+    stream
 }
 
 /// The default read-ahead bound of the sources: a few windows (plus the

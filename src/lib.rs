@@ -7,7 +7,9 @@
 pub mod job;
 pub mod memory;
 
+pub mod checkpoint;
 pub mod csv_input;
+pub mod driver;
 pub mod event;
 pub mod gen;
 pub mod ingest;

@@ -9,7 +9,9 @@ use weir::gen::{generate_zipf, ZipfParams};
 use weir::ingest::ingest_files;
 use weir::job::WindowQuery;
 use weir::log::{FsyncPolicy, LogConfig};
-use weir::run::{read_hostfile, run, ClusterOptions, RunOptions, RunSummary, EVENTS_TOPIC};
+use weir::run::{
+    read_hostfile, run, CheckpointOptions, ClusterOptions, RunOptions, RunSummary, EVENTS_TOPIC,
+};
 use weir_dataflows::duration::{format_duration_ms, parse_duration_ms};
 use weir_dataflows::WindowSpec;
 
@@ -40,6 +42,22 @@ enum Command {
         #[command(subcommand)]
         kind: GenKind,
     },
+    /// The checkpoint sidecar (`weir run` starts one itself unless given --sidecar).
+    Sidecar(SidecarArgs),
+}
+
+#[derive(Args, Debug)]
+struct SidecarArgs {
+    /// Data directory: checkpoints go to <data-dir>/checkpoints.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// `unix` (socket <data-dir>/sidecar.sock, mode 0600) or `tcp:127.0.0.1:PORT`
+    /// (token in <data-dir>/sidecar.token, mode 0600). Loopback only.
+    #[arg(long, default_value = "unix")]
+    listen: String,
+    /// Exit once every engine process that connected has said goodbye.
+    #[arg(long)]
+    exit_when_idle: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -93,6 +111,15 @@ struct RunArgs {
     /// Events of the demo dataset (when no --input is given).
     #[arg(long, default_value_t = 5_000_000)]
     demo_events: u64,
+    /// At most one checkpoint per this much wall clock (cuts fall on multiples of the slide).
+    #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
+    checkpoint_interval: u64,
+    /// Run without checkpoints (no sidecar, no restore, output written as produced).
+    #[arg(long)]
+    no_checkpoint: bool,
+    /// A sidecar started separately: unix:PATH or tcp:127.0.0.1:PORT.
+    #[arg(long)]
+    sidecar: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +185,7 @@ fn main() -> ExitCode {
         Some(Command::Gen {
             kind: GenKind::Zipf(args),
         }) => gen_command(&args),
+        Some(Command::Sidecar(args)) => sidecar_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -235,6 +263,10 @@ fn run_command(args: &RunArgs) -> Result<()> {
         until_end,
         batch_records: args.batch_records,
         log_config: LogConfig::default(),
+        checkpoint: (!args.no_checkpoint).then(|| CheckpointOptions {
+            interval_ms: args.checkpoint_interval,
+            sidecar: args.sidecar.clone(),
+        }),
     };
     eprintln!(
         "running window {} (granularity {}, lateness {}) on {} worker(s) x {} process(es)",
@@ -254,7 +286,10 @@ fn print_summary(s: &RunSummary, workers: usize) {
     let rate = s.events_read as f64 / secs;
     println!("events read       {}", s.events_read);
     println!("late events       {}", s.events_late);
-    println!("window rows       {}", s.window_rows);
+    println!(
+        "window rows       {} (late rows written: {})",
+        s.window_rows, s.late_rows
+    );
     println!("elapsed           {secs:.3} s");
     println!(
         "throughput        {:.0} events/s ({:.0} events/s/worker)",
@@ -269,8 +304,57 @@ fn print_summary(s: &RunSummary, workers: usize) {
         "partitions        {} (workers in cluster: {})",
         s.partitions, s.total_workers
     );
-    println!("output            {}", s.windows_file.display());
-    println!("late events file  {}", s.late_file.display());
+    match &s.checkpoints {
+        None => println!("checkpoints       off"),
+        Some(c) => {
+            if let Some((id, cut)) = c.restored_from {
+                println!(
+                    "restored from     checkpoint {id} (cut {})",
+                    format_cut(cut)
+                );
+            }
+            match c.last_committed {
+                Some((id, cut)) => println!(
+                    "last checkpoint   {id} (cut {}), commit latency {} us",
+                    format_cut(cut),
+                    c.last_commit_latency_us.unwrap_or(0)
+                ),
+                None => println!("last checkpoint   none committed"),
+            }
+        }
+    }
+    println!(
+        "output            {}/windows-*.csv, late-*.csv",
+        s.out_dir.display()
+    );
+}
+
+fn format_cut(cut: u64) -> String {
+    if cut == u64::MAX {
+        "final".to_owned()
+    } else {
+        format!("{cut} ms")
+    }
+}
+
+fn sidecar_command(args: &SidecarArgs) -> Result<()> {
+    use weir::checkpoint::sidecar::{run_sidecar, Listen, SidecarConfig};
+    let listen = match args.listen.as_str() {
+        "unix" => Listen::Unix,
+        other => match other.strip_prefix("tcp:") {
+            Some(addr) => Listen::Tcp(
+                addr.parse()
+                    .with_context(|| format!("--listen {other}: not an address"))?,
+            ),
+            None => bail!("--listen must be `unix` or `tcp:127.0.0.1:PORT`, not {other:?}"),
+        },
+    };
+    run_sidecar(SidecarConfig {
+        data_dir: args.data_dir.clone(),
+        listen,
+        exit_when_idle: args.exit_when_idle,
+    })?;
+    Ok(())
 }
 
 fn ingest_command(args: &IngestArgs) -> Result<()> {

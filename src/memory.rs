@@ -11,7 +11,7 @@ use weir_dataflows::{LateRow, WindowRow};
 use crate::job::{
     build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RowSink, WindowQuery,
 };
-use crate::source::{ErrorSlot, MemoryFeed, SourceConfig, SourceCounters};
+use crate::source::{ErrorSlot, MemoryFeed, PartitionInput, SourceConfig, SourceCounters};
 
 /// The rows of a run, sorted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,11 +59,16 @@ pub fn run_in_memory(
             let (index, peers) = (worker.index(), worker.peers());
             let gauge = Arc::new(ArrangementGauge::default());
             track_arrangements(worker, Arc::clone(&gauge));
-            let feeds: Vec<(u32, MemoryFeed)> = partitions
+            let feeds: Vec<PartitionInput<MemoryFeed>> = partitions
                 .iter()
                 .enumerate()
                 .filter(|(p, _)| p % peers == index)
-                .map(|(p, events)| (p as u32, MemoryFeed::new(Arc::clone(events))))
+                .map(|(p, events)| PartitionInput {
+                    partition: p as u32,
+                    feed: MemoryFeed::new(Arc::clone(events)),
+                    start_offset: 0,
+                    max_ts_before: None,
+                })
                 .collect();
             let sink = Rc::new(RefCell::new(CollectSink::default()));
             let source_config = SourceConfig {
@@ -72,6 +77,8 @@ pub fn run_in_memory(
                 batch_records,
                 idle_poll_ms: 1,
                 max_ahead_ms: max_ahead_ms(&query),
+                cut_step_ms: 0,
+                restored_cut_ms: None,
             };
             let probe = build_window_query(
                 worker,
@@ -81,6 +88,7 @@ pub fn run_in_memory(
                 Rc::clone(&sink),
                 Arc::clone(&errors),
                 Arc::clone(&counters),
+                None,
             );
             while !probe.done() {
                 worker.step();

@@ -2,23 +2,13 @@
 //! (threads of this process, or one process of a cluster), runs the window
 //! query from the log and writes the output files.
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::ingest::{ingest_files, IngestError};
-use crate::job::{
-    build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, WindowQuery,
-};
-use crate::log::{list_partitions, partition_dir, LogConfig, LogError};
-use crate::log_feed::LogFeed;
-use crate::sink::{
-    output_file_names, CsvSink, SharedCsvFile, LATE_ROWS_HEADER, WINDOW_ROWS_HEADER,
-};
-use crate::source::{ErrorSlot, SourceConfig, SourceCounters};
+use crate::job::WindowQuery;
+use crate::log::{LogConfig, LogError};
+use crate::source::FeedError;
 
 /// The log topic the generic window query reads.
 pub const EVENTS_TOPIC: &str = "events";
@@ -55,6 +45,18 @@ pub struct RunOptions {
     pub batch_records: usize,
     /// Log settings used by the ingest.
     pub log_config: LogConfig,
+    /// Checkpoints (exactly-once output and restore); `None` turns them off.
+    pub checkpoint: Option<CheckpointOptions>,
+}
+
+/// How checkpoints are taken.
+#[derive(Clone, Debug)]
+pub struct CheckpointOptions {
+    /// At most one checkpoint per this much wall clock.
+    pub interval_ms: u64,
+    /// A sidecar started separately (`unix:PATH` or `tcp:ADDR`); without it,
+    /// process 0 starts one on `<data-dir>/sidecar.sock`.
+    pub sidecar: Option<String>,
 }
 
 /// What a run did.
@@ -74,10 +76,25 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// Largest number of records held in arrangements by one worker.
     pub peak_arranged_records: i64,
-    /// This process's window rows file.
-    pub windows_file: PathBuf,
-    /// This process's late events file.
-    pub late_file: PathBuf,
+    /// The output directory.
+    pub out_dir: PathBuf,
+    /// Late rows written by this process.
+    pub late_rows: u64,
+    /// Checkpoints: `None` when off.
+    pub checkpoints: Option<CheckpointSummary>,
+}
+
+/// What checkpointing did in a run.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointSummary {
+    /// The checkpoint the run resumed from: `(id, cut time)`.
+    pub restored_from: Option<(u64, u64)>,
+    /// Warnings about newer checkpoints that could not be used.
+    pub restore_warnings: Vec<String>,
+    /// The last checkpoint the sidecar confirmed: `(id, cut time)`.
+    pub last_committed: Option<(u64, u64)>,
+    /// Commit latency of the last checkpoint, µs.
+    pub last_commit_latency_us: Option<u64>,
 }
 
 /// Why a run failed.
@@ -94,7 +111,7 @@ pub enum RunError {
     Log(#[from] LogError),
     /// Reading the input during the run failed.
     #[error(transparent)]
-    Source(#[from] crate::source::FeedError),
+    Source(#[from] FeedError),
     /// An output file could not be written.
     #[error("{path}: {source}")]
     Output {
@@ -106,6 +123,15 @@ pub enum RunError {
     /// Timely could not start or a worker failed.
     #[error("dataflow: {0}")]
     Dataflow(String),
+    /// The checkpoint store refused or failed.
+    #[error(transparent)]
+    Store(#[from] crate::checkpoint::store::StoreError),
+    /// The checkpoint sidecar failed.
+    #[error(transparent)]
+    Sidecar(#[from] crate::checkpoint::client::ClientError),
+    /// A checkpoint could not be restored.
+    #[error("restore: {0}")]
+    Restore(String),
 }
 
 /// Expands inputs: directories to their `*.csv` files (sorted), files as given.
@@ -168,157 +194,7 @@ pub fn ingest_locked(
 
 /// Runs the window query as configured; returns this process's summary.
 pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
-    options
-        .query
-        .spec
-        .check_granularity(options.query.granularity_ms)
-        .map_err(|e| RunError::Usage(e.to_string()))?;
-    if options.workers == 0 {
-        return Err(RunError::Usage("--workers must be at least 1".into()));
-    }
-    let files = expand_inputs(&options.inputs)?;
-    ingest_locked(&options.data_dir, &files, &options.log_config)?;
-
-    let log_dir = options.data_dir.join("log");
-    let partitions = list_partitions(&log_dir, EVENTS_TOPIC)?;
-    if partitions.is_empty() {
-        return Err(RunError::Usage(format!(
-            "no input: the log {} has no partitions (give --input FILE...)",
-            log_dir.join(EVENTS_TOPIC).display()
-        )));
-    }
-    let (processes, process) = options
-        .cluster
-        .as_ref()
-        .map_or((1, 0), |c| (c.processes, c.process));
-    std::fs::create_dir_all(&options.out_dir).map_err(|e| RunError::Output {
-        path: options.out_dir.clone(),
-        source: e,
-    })?;
-    let (windows_name, late_name) = output_file_names(processes, process);
-    let create = |name: &str, header: &str| {
-        let path = options.out_dir.join(name);
-        SharedCsvFile::create(&path, header).map_err(|e| RunError::Output { path, source: e })
-    };
-    let windows_file = create(&windows_name, WINDOW_ROWS_HEADER)?;
-    let late_file = create(&late_name, LATE_ROWS_HEADER)?;
-
-    let timely_config = timely_config(options.workers, options.cluster.as_ref());
-    let errors = ErrorSlot::default();
-    let counters = Arc::new(SourceCounters::default());
-    let gauges: Arc<Mutex<Vec<Arc<ArrangementGauge>>>> = Arc::default();
-    let output_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
-    let started = Instant::now();
-    let guards = {
-        let (errors, counters, gauges, output_error) = (
-            Arc::clone(&errors),
-            Arc::clone(&counters),
-            Arc::clone(&gauges),
-            Arc::clone(&output_error),
-        );
-        let (windows_file, late_file) = (Arc::clone(&windows_file), Arc::clone(&late_file));
-        let query = options.query;
-        let until_end = options.until_end;
-        let source_config = SourceConfig {
-            granularity_ms: query.granularity_ms,
-            lateness_ms: query.lateness_ms,
-            batch_records: options.batch_records,
-            idle_poll_ms: 10,
-            max_ahead_ms: max_ahead_ms(&query),
-        };
-        timely::execute(timely_config, move |worker| {
-            let (index, peers) = (worker.index(), worker.peers());
-            let gauge = Arc::new(ArrangementGauge::default());
-            gauges
-                .lock()
-                .expect("gauges poisoned")
-                .push(Arc::clone(&gauge));
-            track_arrangements(worker, gauge);
-            let mut feeds = Vec::new();
-            for &p in partitions.iter().filter(|&&p| p as usize % peers == index) {
-                match LogFeed::open(&partition_dir(&log_dir, EVENTS_TOPIC, p), p, 0, until_end) {
-                    Ok(feed) => feeds.push((p, feed)),
-                    Err(e) => {
-                        errors.lock().expect("error slot poisoned").get_or_insert(
-                            crate::source::FeedError {
-                                partition: p,
-                                source: Box::new(e),
-                            },
-                        );
-                        return;
-                    }
-                }
-            }
-            let sink = Rc::new(RefCell::new(CsvSink::new(
-                Arc::clone(&windows_file),
-                Arc::clone(&late_file),
-            )));
-            let probe = build_window_query(
-                worker,
-                feeds,
-                query,
-                source_config,
-                Rc::clone(&sink),
-                Arc::clone(&errors),
-                Arc::clone(&counters),
-            );
-            let mut last_flush = Instant::now();
-            while !probe.done() {
-                if errors.lock().expect("error slot poisoned").is_some() {
-                    return;
-                }
-                worker.step_or_park(Some(Duration::from_millis(50)));
-                if last_flush.elapsed() >= Duration::from_secs(1) {
-                    // Tailing runs never finish; keep the files current.
-                    if let Err(e) = sink.borrow_mut().flush() {
-                        output_error.lock().expect("poisoned").get_or_insert(e);
-                        return;
-                    }
-                    last_flush = Instant::now();
-                }
-            }
-            let flushed = sink.borrow_mut().flush();
-            if let Err(e) = flushed {
-                output_error.lock().expect("poisoned").get_or_insert(e);
-            }
-        })
-        .map_err(RunError::Dataflow)?
-    };
-    for result in guards.join() {
-        result.map_err(RunError::Dataflow)?;
-    }
-    let elapsed = started.elapsed();
-    if let Some(e) = errors.lock().expect("error slot poisoned").take() {
-        return Err(RunError::Source(e));
-    }
-    if let Some(e) = output_error.lock().expect("poisoned").take() {
-        return Err(RunError::Output {
-            path: windows_file.path().to_owned(),
-            source: e,
-        });
-    }
-    let peak_arranged_records = gauges
-        .lock()
-        .expect("gauges poisoned")
-        .iter()
-        .map(|g| g.peak_records.load(Ordering::Relaxed))
-        .max()
-        .unwrap_or(0);
-    Ok(RunSummary {
-        partitions: partitions_count(&options.data_dir)?,
-        total_workers: options.workers * processes,
-        events_read: counters.events_read.load(Ordering::Relaxed),
-        events_late: counters.events_late.load(Ordering::Relaxed),
-        window_rows: windows_file.rows_written(),
-        elapsed,
-        peak_arranged_records,
-        windows_file: windows_file.path().to_owned(),
-        late_file: late_file.path().to_owned(),
-    })
-}
-
-fn partitions_count(data_dir: &Path) -> Result<usize, RunError> {
-    Ok(list_partitions(&data_dir.join("log"), EVENTS_TOPIC)?.len())
+    crate::driver::run(options)
 }
 
 /// Timely's configuration for `workers` threads, alone or in a cluster.

@@ -1,19 +1,27 @@
-//! CSV output files of the generic window query.
+//! Output files of the generic window query, and the operator that writes
+//! them.
 //!
-//! Each process writes its own files into the output directory:
-//! `windows.csv` and `late.csv` for a single process, `windows-<I>.csv` and
-//! `late-<I>.csv` for process `I` of a cluster. The workers of a process
-//! share the files; each worker formats rows into a private buffer and
-//! appends it under a lock when it is large, so the lock is rare.
+//! Worker `g` (global index over all processes) writes `windows-<g>.csv` and
+//! `late-<g>.csv` in the output directory. One writer per file keeps byte
+//! lengths exact, which is what checkpoints record: with checkpoints on,
+//! rows are held until a cut `T` is announced, then every row of a time
+//! below `T` is written, the files are synced, and their lengths become the
+//! worker's share of the cut. A restore truncates the files to those lengths
+//! and drops regenerated rows of times below `T`, so each row is in the
+//! output exactly once.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::Stream;
 use weir_dataflows::{LateRow, WindowRow};
 
+use crate::checkpoint::cut::{Announcement, CutAssembler};
+use crate::checkpoint::format::OutputLength;
 use crate::csv_input::write_csv_field;
 use crate::job::RowSink;
 
@@ -22,121 +30,167 @@ pub const WINDOW_ROWS_HEADER: &str = "window_start,window_end,key,count,sum,min,
 /// Header of the late events file.
 pub const LATE_ROWS_HEADER: &str = "partition,offset,ts,key,value";
 
-const FLUSH_THRESHOLD_BYTES: usize = 256 * 1024;
-
-/// An output file shared by the workers of a process.
-#[derive(Debug)]
-pub struct SharedCsvFile {
-    path: PathBuf,
-    writer: Mutex<BufWriter<File>>,
-    rows_written: AtomicU64,
+/// The file names worker `worker` (global index) writes.
+pub fn output_file_names(worker: usize) -> (String, String) {
+    (
+        format!("windows-{worker}.csv"),
+        format!("late-{worker}.csv"),
+    )
 }
 
-impl SharedCsvFile {
-    /// Creates (truncates) `path` and writes `header`.
-    pub fn create(path: &Path, header: &str) -> std::io::Result<Arc<Self>> {
-        let mut writer = BufWriter::with_capacity(1 << 20, File::create(path)?);
-        writeln!(writer, "{header}")?;
-        Ok(Arc::new(SharedCsvFile {
-            path: path.to_owned(),
-            writer: Mutex::new(writer),
-            rows_written: AtomicU64::new(0),
-        }))
+/// Whether `name` is an output file name of some worker.
+pub fn is_output_file_name(name: &str) -> bool {
+    let stem = name.strip_suffix(".csv");
+    let index = stem.and_then(|s| {
+        s.strip_prefix("windows-")
+            .or_else(|| s.strip_prefix("late-"))
+    });
+    index.is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// One CSV output file with its exact length.
+#[derive(Debug)]
+struct OutputFile {
+    name: String,
+    path: PathBuf,
+    writer: BufWriter<File>,
+    length_bytes: u64,
+    buffer: Vec<u8>,
+}
+
+impl OutputFile {
+    /// Opens `dir/name`: truncated if `fresh`, else appended to (after a
+    /// restore truncated it). Writes `header` into an empty file.
+    fn open(dir: &Path, name: String, header: &str, fresh: bool) -> std::io::Result<Self> {
+        let path = dir.join(&name);
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(fresh)
+            .append(!fresh)
+            .open(&path)?;
+        let length_bytes = file.metadata()?.len();
+        let mut out = OutputFile {
+            name,
+            path,
+            writer: BufWriter::with_capacity(1 << 20, file),
+            length_bytes,
+            buffer: Vec::with_capacity(256),
+        };
+        if out.length_bytes == 0 {
+            let mut line = header.as_bytes().to_vec();
+            line.push(b'\n');
+            out.write(&line)?;
+        }
+        Ok(out)
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Rows written so far (appended to the file's buffer).
-    pub fn rows_written(&self) -> u64 {
-        self.rows_written.load(Ordering::Relaxed)
-    }
-
-    fn append(&self, bytes: &[u8], rows: u64) -> std::io::Result<()> {
-        let mut writer = self.writer.lock().expect("output file lock poisoned");
-        writer.write_all(bytes)?;
-        self.rows_written.fetch_add(rows, Ordering::Relaxed);
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)?;
+        self.length_bytes += bytes.len() as u64;
         Ok(())
     }
 
-    /// Flushes buffered bytes to the operating system.
-    pub fn flush(&self) -> std::io::Result<()> {
-        self.writer
-            .lock()
-            .expect("output file lock poisoned")
-            .flush()
+    fn sync(&mut self) -> std::io::Result<OutputLength> {
+        self.writer.flush()?;
+        // The checkpoint will claim these bytes exist: make it so first.
+        self.writer.get_ref().sync_data()?;
+        Ok(OutputLength {
+            file_name: self.name.clone(),
+            length_bytes: self.length_bytes,
+        })
     }
 }
 
-/// The file names a process writes into the output directory.
-pub fn output_file_names(processes: usize, process: usize) -> (String, String) {
-    if processes == 1 {
-        ("windows.csv".to_owned(), "late.csv".to_owned())
-    } else {
-        (
-            format!("windows-{process}.csv"),
-            format!("late-{process}.csv"),
-        )
-    }
-}
-
-/// One worker's view of the process's output files.
+/// A worker's two output files.
 #[derive(Debug)]
-pub struct CsvSink {
-    windows: Arc<SharedCsvFile>,
-    late: Arc<SharedCsvFile>,
-    window_buffer: Vec<u8>,
+pub struct WorkerOutputs {
+    windows: OutputFile,
+    late: OutputFile,
     window_rows: u64,
-    late_buffer: Vec<u8>,
     late_rows: u64,
-    /// The first write error; later rows are dropped and the driver fails the run.
     error: Option<std::io::Error>,
 }
 
-impl CsvSink {
-    /// A sink appending to the shared `windows` and `late` files.
-    pub fn new(windows: Arc<SharedCsvFile>, late: Arc<SharedCsvFile>) -> Self {
-        CsvSink {
-            windows,
-            late,
-            window_buffer: Vec::with_capacity(FLUSH_THRESHOLD_BYTES),
+impl WorkerOutputs {
+    /// Opens worker `worker`'s files in `dir` (see [`OutputFile::open`] for `fresh`).
+    pub fn open(dir: &Path, worker: usize, fresh: bool) -> std::io::Result<Self> {
+        let (windows, late) = output_file_names(worker);
+        Ok(WorkerOutputs {
+            windows: OutputFile::open(dir, windows, WINDOW_ROWS_HEADER, fresh)?,
+            late: OutputFile::open(dir, late, LATE_ROWS_HEADER, fresh)?,
             window_rows: 0,
-            late_buffer: Vec::new(),
             late_rows: 0,
             error: None,
-        }
+        })
     }
 
-    fn spill(&mut self, force: bool) {
-        if self.error.is_some() {
-            return;
-        }
-        if force || self.window_buffer.len() >= FLUSH_THRESHOLD_BYTES {
-            if let Err(e) = self.windows.append(&self.window_buffer, self.window_rows) {
-                self.error = Some(e);
-            }
-            self.window_buffer.clear();
-            self.window_rows = 0;
-        }
-        if force || self.late_buffer.len() >= FLUSH_THRESHOLD_BYTES {
-            if let Err(e) = self.late.append(&self.late_buffer, self.late_rows) {
-                self.error.get_or_insert(e);
-            }
-            self.late_buffer.clear();
-            self.late_rows = 0;
-        }
+    /// Window rows written by this run.
+    pub fn window_rows_written(&self) -> u64 {
+        self.window_rows
     }
 
-    /// Appends everything buffered to the shared files and flushes them.
+    /// Late rows written by this run.
+    pub fn late_rows_written(&self) -> u64 {
+        self.late_rows
+    }
+
+    /// The window rows file.
+    pub fn windows_path(&self) -> &Path {
+        &self.windows.path
+    }
+
+    /// Flushes both files to the operating system; returns the first error
+    /// any write hit.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.spill(true);
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        self.windows.flush()?;
-        self.late.flush()
+        self.windows.writer.flush()?;
+        self.late.writer.flush()
+    }
+
+    fn record(&mut self, result: std::io::Result<()>) {
+        if let Err(e) = result {
+            self.error.get_or_insert(e);
+        }
+    }
+}
+
+impl RowSink for WorkerOutputs {
+    fn window_rows(&mut self, rows: &mut Vec<WindowRow>) {
+        for row in rows.drain(..) {
+            let mut line = std::mem::take(&mut self.windows.buffer);
+            line.clear();
+            format_window_row(&row, &mut line);
+            let result = self.windows.write(&line);
+            self.windows.buffer = line;
+            self.record(result);
+            self.window_rows += 1;
+        }
+    }
+
+    fn late_rows(&mut self, rows: &mut Vec<LateRow>) {
+        for row in rows.drain(..) {
+            let mut line = std::mem::take(&mut self.late.buffer);
+            line.clear();
+            format_late_row(&row, &mut line);
+            let result = self.late.write(&line);
+            self.late.buffer = line;
+            self.record(result);
+            self.late_rows += 1;
+        }
+    }
+
+    fn commit_point(&mut self) -> std::io::Result<Vec<OutputLength>> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        Ok(vec![self.windows.sync()?, self.late.sync()?])
+    }
+
+    fn fail(&mut self, error: std::io::Error) {
+        self.error.get_or_insert(error);
     }
 }
 
@@ -155,20 +209,110 @@ pub fn format_late_row(row: &LateRow, out: &mut Vec<u8>) {
     writeln!(out, ",{}", row.value).expect("writing to a Vec");
 }
 
-impl RowSink for CsvSink {
-    fn window_rows(&mut self, rows: &mut Vec<WindowRow>) {
-        for row in rows.drain(..) {
-            format_window_row(&row, &mut self.window_buffer);
-            self.window_rows += 1;
-        }
-        self.spill(false);
-    }
+/// A row of either output.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum OutputRow {
+    /// A window result.
+    Window(WindowRow),
+    /// A late event.
+    Late(LateRow),
+}
 
-    fn late_rows(&mut self, rows: &mut Vec<LateRow>) {
-        for row in rows.drain(..) {
-            format_late_row(&row, &mut self.late_buffer);
-            self.late_rows += 1;
+/// The announcements a checkpointed output operator follows, and where its
+/// shares go.
+pub type CutInputs<'a, 'scope> = (
+    &'a Stream<'scope, u64, Vec<Announcement>>,
+    std::rc::Rc<std::cell::RefCell<CutAssembler>>,
+);
+
+/// Writes `rows` into `sink`. With `cuts`, rows are held until an announced
+/// cut `T` has been passed, then rows of times below `T` (and not below
+/// `restored_cut`, which were committed before) are written and the sink's
+/// lengths are handed to `assembler`.
+pub fn output_operator<'scope, S: RowSink>(
+    rows: &Stream<'scope, u64, Vec<OutputRow>>,
+    cuts: Option<CutInputs<'_, 'scope>>,
+    restored_cut: u64,
+    sink: std::rc::Rc<std::cell::RefCell<S>>,
+) {
+    let Some((announcements, assembler)) = cuts else {
+        rows.clone()
+            .sink(Pipeline, "OutputSink", move |(input, _frontier)| {
+                let mut sink = sink.borrow_mut();
+                input.for_each_stamp(|_stamp, batches| {
+                    for batch in batches {
+                        write_rows(&mut *sink, batch.drain(..));
+                    }
+                });
+            });
+        return;
+    };
+    rows.clone()
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+            announcements.clone(),
+            Pipeline,
+            Pipeline,
+            "CheckpointedOutputSink",
+            move |_cap, _info| {
+                let mut held: Vec<(u64, OutputRow)> = Vec::new();
+                let mut queue: std::collections::VecDeque<Announcement> =
+                    std::collections::VecDeque::new();
+                move |(input, frontier), (cut_input, _), _output| {
+                    input.for_each_stamp(|stamp, batches| {
+                        // Rows are given in sessions of one capability: the stamp is their time.
+                        debug_assert_eq!(
+                            stamp.stamp().iter().count(),
+                            1,
+                            "rows under several times"
+                        );
+                        let time = *stamp.least().expect("non-empty stamp");
+                        for batch in batches {
+                            held.extend(batch.drain(..).map(|row| (time, row)));
+                        }
+                    });
+                    cut_input.for_each_stamp(|_, batches| {
+                        for batch in batches {
+                            queue.extend(batch.drain(..));
+                        }
+                    });
+                    while let Some(&(id, cut)) = queue.front() {
+                        if frontier.frontier().first().is_some_and(|&f| f < cut) {
+                            break;
+                        }
+                        queue.pop_front();
+                        let (mut due, keep): (Vec<_>, Vec<_>) =
+                            held.drain(..).partition(|(t, _)| *t < cut);
+                        held = keep;
+                        due.retain(|(t, _)| *t >= restored_cut);
+                        // Rows in time order, so a file's prefix is always a set of whole times.
+                        due.sort_by_key(|(t, _)| *t);
+                        let mut sink = sink.borrow_mut();
+                        write_rows(&mut *sink, due.into_iter().map(|(_, row)| row));
+                        match sink.commit_point() {
+                            Ok(lengths) => assembler.borrow_mut().sink_share(id, cut, lengths),
+                            Err(e) => {
+                                // No share: the checkpoint never completes; the driver reports it.
+                                tracing::error!(error = %e, "writing output failed");
+                                sink.fail(e);
+                                queue.clear();
+                                return;
+                            }
+                        }
+                    }
+                }
+            },
+        );
+}
+
+fn write_rows<S: RowSink>(sink: &mut S, rows: impl Iterator<Item = OutputRow>) {
+    let mut windows = Vec::new();
+    let mut late = Vec::new();
+    for row in rows {
+        match row {
+            OutputRow::Window(w) => windows.push(w),
+            OutputRow::Late(l) => late.push(l),
         }
-        self.spill(false);
     }
+    sink.window_rows(&mut windows);
+    sink.late_rows(&mut late);
 }

@@ -9,6 +9,10 @@
 //! its partition before it; this depends only on the log, so results are the
 //! same for every worker and process count.
 
+mod resume;
+
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +24,8 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use weir_dataflows::combiner::{LocalCombiner, Update};
 use weir_dataflows::window::round_down;
 use weir_dataflows::{LateRow, MAX_EVENT_TS_MS};
+
+pub use resume::PartitionProgress;
 
 /// What a poll of a partition found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,12 +86,31 @@ pub struct SourceConfig {
     /// dataflow's output frontier before the source pauses. Bounds the state
     /// buffered for future times when one worker reads faster than another.
     pub max_ahead_ms: u64,
+    /// Checkpoint cuts are multiples of this (0: no checkpoints, no resume marks).
+    pub cut_step_ms: u64,
+    /// After a restore from a cut at this time: accepted events with a
+    /// smaller time are already in the restored state and are skipped.
+    pub restored_cut_ms: Option<u64>,
 }
+
+/// One partition to read, and from where.
+pub struct PartitionInput<F> {
+    /// The partition.
+    pub partition: u32,
+    /// Its records, from `start_offset`.
+    pub feed: F,
+    /// The offset the feed starts at.
+    pub start_offset: u64,
+    /// The largest event time of the records before `start_offset`.
+    pub max_ts_before: Option<u64>,
+}
+
+/// The read progress of a worker's partitions, shared with the checkpoint tap.
+pub type SharedProgress = Rc<RefCell<Vec<PartitionProgress>>>;
 
 struct PartitionState<F> {
     partition: u32,
     feed: F,
-    max_ts: Option<u64>,
     ended: bool,
 }
 
@@ -96,10 +121,13 @@ pub type SourceStreams<'scope, R> = (
     Stream<'scope, u64, Vec<LateRow>>,
 );
 
-/// Builds the source over `partitions` (this worker's share).
+/// Builds the source over `partitions` (this worker's share). `progress` is
+/// filled with one entry per partition, in the order given.
+#[allow(clippy::too_many_arguments)]
 pub fn partition_source<F, C>(
     scope: Scope<'_, u64>,
-    partitions: Vec<(u32, F)>,
+    partitions: Vec<PartitionInput<F>>,
+    progress: SharedProgress,
     mut combiner: C,
     config: SourceConfig,
     errors: ErrorSlot,
@@ -123,16 +151,20 @@ where
     builder.build(move |mut capabilities| {
         let mut late_cap = capabilities.pop();
         let mut partials_cap = capabilities.pop();
-        let mut states: Vec<PartitionState<F>> = partitions
-            .into_iter()
-            .map(|(partition, feed)| PartitionState {
-                partition,
-                feed,
-                max_ts: None,
-                ended: false,
-            })
-            .collect();
-        let mut late_rows: Vec<LateRow> = Vec::new();
+        let mut states: Vec<PartitionState<F>> = Vec::with_capacity(partitions.len());
+        {
+            let mut progress = progress.borrow_mut();
+            progress.clear();
+            for input in partitions {
+                progress.push(PartitionProgress::new(input.partition, input.start_offset, input.max_ts_before));
+                states.push(PartitionState {
+                    partition: input.partition,
+                    feed: input.feed,
+                    ended: false,
+                });
+            }
+        }
+        let mut late_rows: Vec<(u64, LateRow)> = Vec::new();
         let mut released: Vec<Update<C::Record>> = Vec::new();
         let mut failed = false;
         move |_frontiers| {
@@ -152,28 +184,38 @@ where
             }
             let mut progressed = false;
             let mut events_read = 0u64;
-            for state in states.iter_mut().filter(|s| !s.ended) {
+            let mut progress = progress.borrow_mut();
+            for (state, partition_progress) in states.iter_mut().zip(progress.iter_mut()).filter(|(s, _)| !s.ended) {
                 let mut too_large: Option<(u64, u64)> = None;
-                let lateness_ms = config.lateness_ms;
+                let SourceConfig {
+                    lateness_ms,
+                    granularity_ms,
+                    cut_step_ms,
+                    restored_cut_ms,
+                    ..
+                } = config;
                 let partition = state.partition;
-                let max_ts = &mut state.max_ts;
                 let polled = state.feed.poll(config.batch_records, &mut |offset, ts, key, value| {
                     events_read += 1;
                     if ts > MAX_EVENT_TS_MS {
                         too_large.get_or_insert((offset, ts));
                         return;
                     }
-                    if max_ts.is_some_and(|m| ts < m.saturating_sub(lateness_ms)) {
-                        late_rows.push(LateRow {
+                    let max_before = partition_progress.max_ts();
+                    partition_progress.observe(offset, ts, cut_step_ms);
+                    if max_before.is_some_and(|m| ts < m.saturating_sub(lateness_ms)) {
+                        // Stamped with the partition's max time so far: the
+                        // row belongs to a cut exactly when its offset does.
+                        let time = round_down(max_before.unwrap_or(0), granularity_ms);
+                        late_rows.push((time, LateRow {
                             partition,
                             offset,
                             ts,
                             key: key.to_owned(),
                             value,
-                        });
-                    } else {
+                        }));
+                    } else if restored_cut_ms.is_none_or(|cut| ts >= cut) {
                         combiner.add(key, ts, value);
-                        *max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
                     }
                 });
                 let result = match (polled, too_large) {
@@ -203,17 +245,23 @@ where
             // The least rounded time an accepted event may still have.
             let watermark: Option<u64> = states
                 .iter()
-                .filter(|s| !s.ended)
-                .map(|s| {
-                    s.max_ts
+                .zip(progress.iter())
+                .filter(|(s, _)| !s.ended)
+                .map(|(_, p)| {
+                    p.max_ts()
                         .map_or(0, |m| round_down(m.saturating_sub(config.lateness_ms), config.granularity_ms))
                 })
                 .min();
+            drop(progress);
 
             if !late_rows.is_empty() {
                 counters.events_late.fetch_add(late_rows.len() as u64, Ordering::Relaxed);
                 let cap = late_cap.as_ref().expect("late capability held while running");
-                late_output.activate().session(cap).give_iterator(late_rows.drain(..));
+                let mut output = late_output.activate();
+                for (time, row) in late_rows.drain(..) {
+                    // time >= the partition's watermark >= the capability.
+                    output.session(&cap.delayed(&time)).give(row);
+                }
             }
             combiner.flush_before(watermark.unwrap_or(u64::MAX), &mut released);
             if !released.is_empty() {

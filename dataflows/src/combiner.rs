@@ -38,6 +38,9 @@ pub trait LocalCombiner: 'static {
 
     /// The least time of a partial still held, if any.
     fn min_pending_time(&self) -> Option<u64>;
+
+    /// The hash of a record's key (for key groups in checkpoints).
+    fn key_hash(record: &Self::Record) -> u64;
 }
 
 /// Partials grouped by bucket time, then key.
@@ -144,6 +147,10 @@ impl LocalCombiner for PaneCombiner {
     fn min_pending_time(&self) -> Option<u64> {
         self.buckets.min_time()
     }
+
+    fn key_hash(record: &Self::Record) -> u64 {
+        record.0.hash_value()
+    }
 }
 
 /// Partial session: events of one key within one granule.
@@ -223,6 +230,10 @@ impl LocalCombiner for SessionCombiner {
 
     fn min_pending_time(&self) -> Option<u64> {
         self.buckets.min_time()
+    }
+
+    fn key_hash(record: &Self::Record) -> u64 {
+        record.0.hash_value()
     }
 }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use weir::gen::{generate_zipf, ZipfParams};
 use weir::job::WindowQuery;
 use weir::log::LogConfig;
-use weir::run::{run, RunOptions};
+use weir::run::{run, CheckpointOptions, RunOptions};
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::WindowSpec;
 
@@ -67,6 +67,9 @@ struct ThroughputArgs {
     /// Results directory.
     #[arg(long, default_value = "results")]
     results: PathBuf,
+    /// Take checkpoints at most this often (through a sidecar); off without it.
+    #[arg(long, value_parser = parse_duration_ms)]
+    checkpoint_interval: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -92,6 +95,7 @@ struct Summary {
     partitions: u32,
     window: String,
     lateness_ms: u64,
+    checkpoint_interval_ms: Option<u64>,
     runs: Vec<Measurement>,
 }
 
@@ -139,6 +143,12 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
             until_end: true,
             batch_records: 8_192,
             log_config: LogConfig::default(),
+            checkpoint: args
+                .checkpoint_interval
+                .map(|interval_ms| CheckpointOptions {
+                    interval_ms,
+                    sidecar: None,
+                }),
         };
         let mut elapsed_s = Vec::new();
         let mut last = None;
@@ -191,6 +201,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
         partitions: args.partitions,
         window: args.window.to_string(),
         lateness_ms: args.lateness,
+        checkpoint_interval_ms: args.checkpoint_interval,
         runs,
     };
     let secs = SystemTime::now()

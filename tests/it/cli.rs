@@ -98,6 +98,7 @@ fn ingesting_the_same_file_twice_does_not_duplicate_events() {
             "--until-end",
             "--workers",
             "1",
+            "--no-checkpoint",
         ]);
         assert_success(&out, "weir run");
     };

@@ -1,5 +1,6 @@
 //! Integration tests of the `weir` crate (one binary, one module per area).
 
+mod checkpoint_store;
 mod cli;
 mod cluster;
 mod eviction;
@@ -7,4 +8,6 @@ mod golden;
 mod ingest;
 mod log;
 mod oracle;
+mod recovery;
+mod sidecar;
 mod support;

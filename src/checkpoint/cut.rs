@@ -1,0 +1,254 @@
+//! The engine's side of a checkpoint: agreeing on cuts, tapping the
+//! persisted collection, and assembling each worker's share of a cut.
+//!
+//! - [`cut_announcer`]: worker 0, every checkpoint interval (wall clock),
+//!   announces the next cut `T` — the largest multiple of the cut step that
+//!   the output frontier has passed — and, once the input is exhausted, a
+//!   final cut. The announcements are broadcast in-band, so every worker
+//!   cuts at the same sequence of times with the same checkpoint ids.
+//! - [`persist_tap`]: on each worker, buffers the combiner's partials and,
+//!   once its input frontier has passed an announced `T`, ships the
+//!   consolidated updates with times in `[T_prev, T)` and the resume points
+//!   of its partitions for `T`.
+//! - [`CutAssembler`]: joins a worker's tap share with its output sink's
+//!   share (the output files' lengths at `T`) into one
+//!   [`WorkerCut`](crate::checkpoint::transport::ToSidecar) and hands it to the
+//!   sidecar client without ever blocking the worker.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+use weir_dataflows::combiner::{LocalCombiner, Update};
+
+use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate, KEY_GROUPS};
+use crate::source::SharedProgress;
+
+/// The cut time of the final checkpoint of a finite run: it covers everything.
+pub const FINAL_CUT: u64 = u64::MAX;
+
+/// A cut announcement: `(checkpoint id, cut time)`.
+pub type Announcement = (u64, u64);
+
+/// Builds the announcer. Only `leader` (worker 0) announces; `probe` watches
+/// the query's outputs; cuts are multiples of `step_ms`, at most one per
+/// `interval_ms` of wall clock; ids continue from `last_id`, times from
+/// `last_cut`.
+pub fn cut_announcer(
+    scope: Scope<'_, u64>,
+    probe: ProbeHandle<u64>,
+    leader: bool,
+    step_ms: u64,
+    interval_ms: u64,
+    last_id: u64,
+    last_cut: u64,
+) -> Stream<'_, u64, Vec<Announcement>> {
+    assert!(step_ms > 0);
+    let mut builder = OperatorBuilder::new("CutAnnouncer".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
+    let (output, stream) = builder.new_output::<Vec<Announcement>>();
+    let mut output: OutputBuilder<u64, CapacityContainerBuilder<Vec<Announcement>>> =
+        OutputBuilder::from(output);
+    builder.build(move |mut capabilities| {
+        let mut cap = capabilities.pop().filter(|_| leader);
+        let (mut id, mut cut) = (last_id, last_cut);
+        let mut first = true;
+        move |_frontiers| {
+            let Some(c) = cap.as_ref() else { return };
+            if first {
+                // Wait one interval before the first cut.
+                first = false;
+                activator.activate_after(Duration::from_millis(interval_ms));
+                return;
+            }
+            let frontier = probe.with_frontier(|f| f.first().copied());
+            match frontier {
+                None => {
+                    id += 1;
+                    output.activate().session(c).give((id, FINAL_CUT));
+                    cap = None;
+                }
+                Some(f) => {
+                    let t = f - f % step_ms;
+                    if t > cut {
+                        id += 1;
+                        cut = t;
+                        output.activate().session(c).give((id, t));
+                    }
+                    activator.activate_after(Duration::from_millis(interval_ms));
+                }
+            }
+        }
+    });
+    stream.broadcast()
+}
+
+/// A worker's share of a cut from the persist tap.
+#[derive(Debug, Default)]
+pub struct TapShare {
+    /// Cut time of the previous checkpoint (the share covers `[prev, cut)`).
+    pub prev_cut_time: u64,
+    /// Consolidated updates.
+    pub updates: Vec<PersistedUpdate>,
+    /// Resume points of the worker's partitions.
+    pub partitions: Vec<PartitionResume>,
+}
+
+/// Collects the two shares of each cut on one worker.
+#[derive(Debug, Default)]
+pub struct CutAssembler {
+    taps: BTreeMap<u64, (u64, TapShare)>,
+    sinks: BTreeMap<u64, (u64, Vec<OutputLength>)>,
+    ready: VecDeque<CutShare>,
+    final_assembled: bool,
+}
+
+/// One worker's complete share of one checkpoint.
+#[derive(Debug)]
+pub struct CutShare {
+    /// Checkpoint id.
+    pub checkpoint_id: u64,
+    /// Cut time.
+    pub cut_time: u64,
+    /// From the tap.
+    pub tap: TapShare,
+    /// Output file lengths at the cut.
+    pub outputs: Vec<OutputLength>,
+}
+
+impl CutAssembler {
+    /// Records the tap's share of checkpoint `id` at `cut_time`.
+    pub fn tap_share(&mut self, id: u64, cut_time: u64, share: TapShare) {
+        self.taps.insert(id, (cut_time, share));
+        self.join(id);
+    }
+
+    /// Records the sink's share of checkpoint `id` at `cut_time`.
+    pub fn sink_share(&mut self, id: u64, cut_time: u64, outputs: Vec<OutputLength>) {
+        self.sinks.insert(id, (cut_time, outputs));
+        self.join(id);
+    }
+
+    fn join(&mut self, id: u64) {
+        if self.taps.contains_key(&id) && self.sinks.contains_key(&id) {
+            let (cut_time, tap) = self.taps.remove(&id).expect("present");
+            let (sink_cut, outputs) = self.sinks.remove(&id).expect("present");
+            assert_eq!(
+                cut_time, sink_cut,
+                "tap and sink disagree on the time of checkpoint {id}"
+            );
+            if cut_time == FINAL_CUT {
+                self.final_assembled = true;
+            }
+            self.ready.push_back(CutShare {
+                checkpoint_id: id,
+                cut_time,
+                tap,
+                outputs,
+            });
+        }
+    }
+
+    /// The next complete share, oldest first.
+    pub fn pop_ready(&mut self) -> Option<CutShare> {
+        self.ready.pop_front()
+    }
+
+    /// Puts a share back at the front (the channel to the sidecar was full).
+    pub fn push_front(&mut self, share: CutShare) {
+        self.ready.push_front(share);
+    }
+
+    /// Whether the final cut has been assembled and handed on.
+    pub fn final_done(&self) -> bool {
+        self.final_assembled && self.ready.is_empty()
+    }
+}
+
+/// The key group (of [`KEY_GROUPS`]) of a key hash.
+pub fn key_group(hash: u64) -> u16 {
+    (hash % u64::from(KEY_GROUPS)) as u16
+}
+
+/// Builds the persist tap on `partials`, shipping into `assembler`.
+pub fn persist_tap<'scope, C>(
+    partials: &Stream<'scope, u64, Vec<Update<C::Record>>>,
+    announcements: &Stream<'scope, u64, Vec<Announcement>>,
+    progress: SharedProgress,
+    assembler: std::rc::Rc<std::cell::RefCell<CutAssembler>>,
+    restored_cut: u64,
+) where
+    C: LocalCombiner,
+{
+    partials
+        .clone()
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+            announcements.clone(),
+            Pipeline,
+            Pipeline,
+            "PersistTap",
+            move |_cap, _info| {
+                let mut pending: Vec<Update<C::Record>> = Vec::new();
+                let mut queue: VecDeque<Announcement> = VecDeque::new();
+                let mut prev_cut = restored_cut;
+                move |(data, data_frontier), (cuts, _), _output| {
+                    data.for_each_stamp(|_, batches| {
+                        for batch in batches {
+                            pending.append(batch);
+                        }
+                    });
+                    cuts.for_each_stamp(|_, batches| {
+                        for batch in batches {
+                            queue.extend(batch.drain(..));
+                        }
+                    });
+                    while let Some(&(id, cut)) = queue.front() {
+                        let passed = data_frontier.frontier().first().is_none_or(|&f| f >= cut);
+                        if !passed {
+                            break;
+                        }
+                        queue.pop_front();
+                        let mut shipped: Vec<Update<C::Record>> = Vec::new();
+                        pending.retain(|u| {
+                            if u.1 < cut {
+                                shipped.push(u.clone());
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                        differential_dataflow::consolidation::consolidate_updates(&mut shipped);
+                        let updates = shipped
+                            .into_iter()
+                            .map(|(record, time, diff)| PersistedUpdate {
+                                key_group: key_group(C::key_hash(&record)),
+                                data: bincode::serialize(&record).expect("records serialize"),
+                                time,
+                                diff: diff as i64,
+                            })
+                            .collect();
+                        let partitions = progress
+                            .borrow_mut()
+                            .iter_mut()
+                            .map(|p| p.resume_point(cut))
+                            .collect();
+                        assembler.borrow_mut().tap_share(
+                            id,
+                            cut,
+                            TapShare {
+                                prev_cut_time: prev_cut,
+                                updates,
+                                partitions,
+                            },
+                        );
+                        prev_cut = cut;
+                    }
+                }
+            },
+        );
+}

@@ -1,0 +1,322 @@
+//! The delta and base file codec (see the parent module for the layout).
+//!
+//! Writers give consolidated updates; readers first check the whole file
+//! against the size and CRC32C its commit record gives ([`verify_data_file`])
+//! and only then decode ([`decode_data_file`]), using the index to skip the
+//! key groups they do not own.
+
+use super::{
+    is_consolidated, put_varint, u32_at, unzigzag, zigzag, Cursor, DataFileId, DataFileKind,
+    FileMeta, FormatError, PersistedUpdate, DATA_FILE_FORMAT_VERSION, DATA_FILE_HEADER_LEN_BYTES,
+    DATA_FILE_MAGIC, DATA_FILE_TRAILER_LEN_BYTES, KEY_GROUPS, MAX_UPDATE_DATA_BYTES,
+};
+
+/// Bytes of one index entry: key group u16, byte offset u64, records u64.
+const INDEX_ENTRY_LEN_BYTES: usize = 18;
+/// The smallest encoded record (four one-byte varints).
+const MIN_RECORD_LEN_BYTES: u64 = 4;
+
+fn kind_code(kind: DataFileKind) -> u32 {
+    match kind {
+        DataFileKind::Delta => 0,
+        DataFileKind::Base => 1,
+    }
+}
+
+/// Encodes `updates`, which must be consolidated (see
+/// [`super::consolidate`]) with key groups below [`KEY_GROUPS`], as the
+/// file `id`; returns the bytes and the file's [`FileMeta`].
+pub fn encode_data_file(id: DataFileId, updates: &[PersistedUpdate]) -> (Vec<u8>, FileMeta) {
+    debug_assert!(is_consolidated(updates));
+    let data_bytes: usize = updates.iter().map(|u| u.data.len()).sum();
+    let mut out = Vec::with_capacity(128 + data_bytes + 8 * updates.len());
+    out.extend_from_slice(DATA_FILE_MAGIC);
+    out.extend_from_slice(&DATA_FILE_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&kind_code(id.kind).to_le_bytes());
+    out.extend_from_slice(&id.checkpoint_id.to_le_bytes());
+    out.extend_from_slice(&id.part.to_le_bytes());
+    debug_assert_eq!(out.len(), DATA_FILE_HEADER_LEN_BYTES);
+
+    let mut index: Vec<(u16, u64, u64)> = Vec::new();
+    let mut prev: Option<&PersistedUpdate> = None;
+    let (mut min_time, mut max_time) = (u64::MAX, 0);
+    for u in updates {
+        debug_assert!(u.key_group < KEY_GROUPS);
+        if index.last().map(|e| e.0) != Some(u.key_group) {
+            index.push((u.key_group, out.len() as u64, 0));
+            prev = None;
+        }
+        index.last_mut().expect("just pushed").2 += 1;
+        let (shared, same) = match prev {
+            Some(p) => {
+                let shared = p
+                    .data
+                    .iter()
+                    .zip(&u.data)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (shared, shared == p.data.len() && shared == u.data.len())
+            }
+            None => (0, false),
+        };
+        put_varint(&mut out, shared as u64);
+        put_varint(&mut out, (u.data.len() - shared) as u64);
+        out.extend_from_slice(&u.data[shared..]);
+        let time = match prev {
+            Some(p) if same => u.time - p.time,
+            _ => u.time,
+        };
+        put_varint(&mut out, time);
+        put_varint(&mut out, zigzag(u.diff));
+        min_time = min_time.min(u.time);
+        max_time = max_time.max(u.time);
+        prev = Some(u);
+    }
+
+    let index_offset = out.len() as u64;
+    out.extend_from_slice(&(index.len() as u32).to_le_bytes());
+    for (key_group, offset, records) in index {
+        out.extend_from_slice(&key_group.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&records.to_le_bytes());
+    }
+    out.extend_from_slice(&index_offset.to_le_bytes());
+    out.extend_from_slice(&(updates.len() as u64).to_le_bytes());
+    let crc32c = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc32c.to_le_bytes());
+    if updates.is_empty() {
+        min_time = 0;
+    }
+    let meta = FileMeta {
+        name: id.file_name(),
+        size_bytes: out.len() as u64,
+        crc32c,
+        min_time,
+        max_time,
+    };
+    (out, meta)
+}
+
+/// Checks a whole data file against its commit record's size and CRC32C
+/// (and the CRC32C in its own trailer). Decode only files that pass.
+pub fn verify_data_file(bytes: &[u8], meta: &FileMeta) -> Result<(), FormatError> {
+    let len = bytes.len() as u64;
+    if len != meta.size_bytes {
+        return Err(FormatError {
+            byte_offset: len.min(meta.size_bytes),
+            reason: format!(
+                "file has {len} bytes, its commit record says {}",
+                meta.size_bytes
+            ),
+        });
+    }
+    let min_len = DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES;
+    if bytes.len() < min_len {
+        return Err(FormatError {
+            byte_offset: 0,
+            reason: format!("file has {len} bytes, fewer than a header and trailer ({min_len})"),
+        });
+    }
+    let crc_at = bytes.len() - 4;
+    let computed = crc32c::crc32c(&bytes[..crc_at]);
+    let stored = u32_at(bytes, crc_at);
+    if computed != stored {
+        return Err(FormatError {
+            byte_offset: 0,
+            reason: format!(
+                "checksum mismatch: CRC32C of bytes 0..{crc_at} is {computed:#010x}, the \
+                 trailer says {stored:#010x}"
+            ),
+        });
+    }
+    if stored != meta.crc32c {
+        return Err(FormatError {
+            byte_offset: crc_at as u64,
+            reason: format!(
+                "file CRC32C {stored:#010x} differs from its commit record's {:#010x} (another \
+                 file of the same name)",
+                meta.crc32c
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a data file that passed [`verify_data_file`] against `meta`,
+/// appending to `out` its updates of the key groups `key_groups` accepts
+/// with time at least `horizon_time`, in file order. Structural checks
+/// (header matches the name, index consistent, records sorted and
+/// consolidated, times within `meta`'s range) still apply.
+pub fn decode_data_file(
+    bytes: &[u8],
+    meta: &FileMeta,
+    key_groups: &dyn Fn(u16) -> bool,
+    horizon_time: u64,
+    out: &mut Vec<PersistedUpdate>,
+) -> Result<(), FormatError> {
+    let err = |byte_offset: u64, reason: String| FormatError {
+        byte_offset,
+        reason,
+    };
+    let id = DataFileId::parse(&meta.name)
+        .ok_or_else(|| err(0, format!("`{}` is not a data file name", meta.name)))?;
+    let len = bytes.len();
+    if len < DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES {
+        return Err(err(0, format!("file has only {len} bytes")));
+    }
+    let mut c = Cursor::new(&bytes[..DATA_FILE_HEADER_LEN_BYTES], 0);
+    if &c.array::<8>("magic")? != DATA_FILE_MAGIC {
+        return Err(err(0, "bad data file magic".to_owned()));
+    }
+    let version = c.u32("version")?;
+    if version != DATA_FILE_FORMAT_VERSION {
+        return Err(err(8, format!("unsupported data file version {version}")));
+    }
+    let header = (c.u32("kind")?, c.u64("checkpoint id")?, c.u32("part")?);
+    if header != (kind_code(id.kind), id.checkpoint_id, id.part) {
+        return Err(err(
+            12,
+            format!("header (kind, checkpoint id, part) = {header:?} does not match the file name"),
+        ));
+    }
+
+    let trailer_at = len - DATA_FILE_TRAILER_LEN_BYTES;
+    let mut t = Cursor::new(&bytes[trailer_at..], trailer_at as u64);
+    let index_offset = t.u64("index offset")?;
+    let record_count = t.u64("record count")?;
+    if index_offset < DATA_FILE_HEADER_LEN_BYTES as u64 || index_offset > trailer_at as u64 {
+        return Err(err(
+            trailer_at as u64,
+            format!("index offset {index_offset} out of range"),
+        ));
+    }
+    let mut ix = Cursor::new(&bytes[index_offset as usize..trailer_at], index_offset);
+    let groups = ix.u32("index group count")? as usize;
+    if groups > usize::from(KEY_GROUPS) || ix.remaining() != groups * INDEX_ENTRY_LEN_BYTES {
+        return Err(err(
+            index_offset,
+            format!("index of {groups} groups does not fill its bytes"),
+        ));
+    }
+    let mut entries = Vec::with_capacity(groups);
+    for _ in 0..groups {
+        let at = ix.offset();
+        entries.push((
+            at,
+            ix.u16("key group")?,
+            ix.u64("group offset")?,
+            ix.u64("group records")?,
+        ));
+    }
+    let mut expected_offset = DATA_FILE_HEADER_LEN_BYTES as u64;
+    let mut total = 0u64;
+    for (i, &(at, key_group, offset, records)) in entries.iter().enumerate() {
+        let end = entries.get(i + 1).map_or(index_offset, |e| e.2);
+        let ordered = i == 0 || key_group > entries[i - 1].1;
+        let fits = end >= offset && end - offset >= records.saturating_mul(MIN_RECORD_LEN_BYTES);
+        if key_group >= KEY_GROUPS || !ordered || offset != expected_offset || records == 0 || !fits
+        {
+            return Err(err(
+                at,
+                format!(
+                    "bad index entry (key group {key_group}, offset {offset}, {records} records; \
+                     expected offset {expected_offset}, end {end})"
+                ),
+            ));
+        }
+        total = total.saturating_add(records);
+        expected_offset = end;
+    }
+    if expected_offset != index_offset || total != record_count {
+        return Err(err(
+            index_offset,
+            format!(
+                "index covers {total} records up to byte {expected_offset}; the trailer says \
+                 {record_count} records and the index at {index_offset}"
+            ),
+        ));
+    }
+
+    for (i, &(_, key_group, offset, records)) in entries.iter().enumerate() {
+        if !key_groups(key_group) {
+            continue;
+        }
+        let end = entries.get(i + 1).map_or(index_offset, |e| e.2);
+        let mut g = Cursor::new(&bytes[offset as usize..end as usize], offset);
+        decode_group(&mut g, key_group, records, meta, horizon_time, out)?;
+        if g.remaining() != 0 {
+            return Err(g.error(format!(
+                "{} bytes after the last record of key group {key_group}",
+                g.remaining()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn decode_group(
+    c: &mut Cursor<'_>,
+    key_group: u16,
+    records: u64,
+    meta: &FileMeta,
+    horizon_time: u64,
+    out: &mut Vec<PersistedUpdate>,
+) -> Result<(), FormatError> {
+    let mut data: Vec<u8> = Vec::new();
+    let mut time = 0u64;
+    for i in 0..records {
+        let at = c.offset();
+        let bad = |reason: &str| FormatError {
+            byte_offset: at,
+            reason: format!("record {i} of key group {key_group}: {reason}"),
+        };
+        let shared = usize::try_from(c.varint("shared prefix")?).map_err(|_| bad("huge prefix"))?;
+        let suffix_len =
+            usize::try_from(c.varint("suffix length")?).map_err(|_| bad("huge suffix"))?;
+        if shared > data.len() || (i == 0 && shared != 0) {
+            return Err(bad("shared prefix longer than the previous data"));
+        }
+        if shared.saturating_add(suffix_len) > MAX_UPDATE_DATA_BYTES {
+            return Err(bad("data larger than the maximum"));
+        }
+        let suffix = c.take(suffix_len, "suffix")?;
+        let stored_time = c.varint("time")?;
+        let same = i > 0 && shared == data.len() && suffix.is_empty();
+        if same {
+            time = match time.checked_add(stored_time) {
+                Some(t) if stored_time > 0 => t,
+                _ => return Err(bad("time not increasing for the same data")),
+            };
+        } else {
+            if i > 0 {
+                let increasing = match (data.get(shared), suffix.first()) {
+                    (Some(a), Some(b)) => b > a,
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                if !increasing {
+                    return Err(bad("data not sorted, or its shared prefix not maximal"));
+                }
+            }
+            data.truncate(shared);
+            data.extend_from_slice(suffix);
+            time = stored_time;
+        }
+        let diff = unzigzag(c.varint("diff")?);
+        if diff == 0 {
+            return Err(bad("zero diff"));
+        }
+        if time < meta.min_time || time > meta.max_time {
+            return Err(bad("time outside the file's range in its commit record"));
+        }
+        if time >= horizon_time {
+            out.push(PersistedUpdate {
+                key_group,
+                data: data.clone(),
+                time,
+                diff,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The checkpoint sidecar: a tokio server (one thread) that collects the
+//! engine workers' cuts and turns each complete checkpoint into delta files
+//! and a durable commit record in `<data_dir>/checkpoints/`.
+//!
+//! Listening: a Unix socket `<data_dir>/sidecar.sock` with mode 0600 (bound
+//! in a private 0700 directory, chmodded, then renamed into place, so it is
+//! never reachable with a wider mode; peers must run as the same user), or a
+//! loopback TCP address whose peers must present the token of
+//! `<data_dir>/sidecar.token` (mode 0600, 32 random bytes in hex, created if
+//! missing; compared in constant time). Non-loopback addresses are refused.
+//! At most [`MAX_CONNECTIONS`] connections; a hello must arrive within
+//! [`HELLO_TIMEOUT`] and fit in [`MAX_HELLO_BYTES`].
+//!
+//! One task, the coordinator, owns the state ([`coordinator`]) and the
+//! [`CheckpointStore`]; connection tasks feed it through a bounded channel,
+//! so a slow disk slows the readers, the sockets and, in the end, fills the
+//! engine's bounded queue (the backpressure metric) — workers never block.
+//! Commits run on a blocking thread, one at a time, in id order; each is
+//! acknowledged with `Committed` to every process of the run.
+//!
+//! Fencing: the store's directory lock refuses a second sidecar on the same
+//! data dir; hellos carry an epoch and an older one than seen is refused.
+//! A failed commit is fatal (the disk state after a failed fsync is not to
+//! be trusted): every process is told, and [`run_sidecar`] returns the error.
+
+mod coordinator;
+mod server;
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::checkpoint::store::StoreError;
+
+pub use coordinator::{COMPACT_ABOVE_FILES, COMPACT_EVERY_CHECKPOINTS, MAX_PENDING_CHECKPOINTS};
+
+/// File name of the Unix socket in the data dir.
+pub const SOCKET_FILE_NAME: &str = "sidecar.sock";
+/// File name of the TCP token in the data dir.
+pub const TOKEN_FILE_NAME: &str = "sidecar.token";
+/// Name of the checkpoint store directory in the data dir.
+pub const CHECKPOINTS_DIR_NAME: &str = "checkpoints";
+/// At most this many connections at once (authenticated or not).
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection must say hello within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest hello frame payload (read before authentication).
+pub const MAX_HELLO_BYTES: usize = 64 << 10;
+/// Token length in random bytes (the file holds twice as many hex digits).
+pub const TOKEN_RANDOM_BYTES: usize = 32;
+/// A token file's accepted size range.
+const TOKEN_FILE_LEN_BYTES: std::ops::RangeInclusive<usize> = 16..=1024;
+
+/// Where the sidecar listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `<data_dir>/sidecar.sock`.
+    Unix,
+    /// A loopback TCP address; the token is `<data_dir>/sidecar.token`.
+    Tcp(SocketAddr),
+}
+
+/// The sidecar's configuration.
+#[derive(Clone, Debug)]
+pub struct SidecarConfig {
+    /// The data dir: checkpoints in `checkpoints/`, socket and token beside.
+    pub data_dir: PathBuf,
+    /// Where to listen.
+    pub listen: Listen,
+    /// Exit once every process that connected has said goodbye or
+    /// disconnected (after at least one connected).
+    pub exit_when_idle: bool,
+}
+
+/// Why the sidecar failed.
+#[derive(Debug, Error)]
+pub enum SidecarError {
+    /// The checkpoint store failed (or is locked by another sidecar).
+    #[error("checkpoint sidecar: {0}")]
+    Store(#[from] StoreError),
+    /// An I/O operation on a path failed.
+    #[error("checkpoint sidecar: {}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The TCP address is not loopback.
+    #[error("checkpoint sidecar: refusing to listen on non-loopback address {0} (loopback only)")]
+    NotLoopback(SocketAddr),
+    /// Another process answers on the socket.
+    #[error("checkpoint sidecar: another process is listening on {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// The token file is unusable.
+    #[error("checkpoint sidecar: token file {}: {reason}", path.display())]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SidecarError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// The socket path of a data dir.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE_NAME)
+}
+
+/// The token path of a data dir.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(TOKEN_FILE_NAME)
+}
+
+/// Runs the sidecar until it is idle (with `exit_when_idle`) or fails.
+#[allow(clippy::needless_pass_by_value)] // the configuration is handed over
+pub fn run_sidecar(config: SidecarConfig) -> Result<(), SidecarError> {
+    server::run(&config)
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)));
+    diff == 0
+}
+
+/// Reads a token file: its contents without a trailing newline. Refuses a
+/// file readable by group or others, or of an implausible size.
+pub fn read_token_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:o} lets other users read it; chmod 600 it"
+        ));
+    }
+    let max = *TOKEN_FILE_LEN_BYTES.end();
+    let mut token = Vec::with_capacity(max + 2);
+    Read::by_ref(&mut file)
+        .take(max as u64 + 2)
+        .read_to_end(&mut token)
+        .map_err(|e| e.to_string())?;
+    while token.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        token.pop();
+    }
+    if !TOKEN_FILE_LEN_BYTES.contains(&token.len()) {
+        return Err(format!(
+            "a token must have {} to {} bytes",
+            TOKEN_FILE_LEN_BYTES.start(),
+            TOKEN_FILE_LEN_BYTES.end()
+        ));
+    }
+    Ok(token)
+}
+
+/// Reads the token file of `data_dir`, creating it (mode 0600, random) if it
+/// does not exist.
+fn ensure_token_file(data_dir: &Path) -> Result<Vec<u8>, SidecarError> {
+    let path = token_path(data_dir);
+    let token_err = |reason: String| SidecarError::Token {
+        path: path.clone(),
+        reason,
+    };
+    let mut random = [0u8; TOKEN_RANDOM_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| token_err(format!("cannot read /dev/urandom: {e}")))?;
+    let hex: String = random.iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            f.write_all(hex.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(SidecarError::io(&path))?;
+            crate::log::durable::sync_dir(data_dir).map_err(|e| token_err(e.to_string()))?;
+            tracing::info!(path = %path.display(), "created a sidecar token");
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(SidecarError::io(&path)(e)),
+    }
+    read_token_file(&path).map_err(token_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_lengths_and_bytes() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"\x00", b"\x80"));
+    }
+
+    #[test]
+    fn token_file_is_created_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_token_file(dir.path()).unwrap();
+        assert_eq!(first.len(), 2 * TOKEN_RANDOM_BYTES);
+        let mode = std::fs::metadata(token_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(ensure_token_file(dir.path()).unwrap(), first);
+        std::fs::set_permissions(
+            token_path(dir.path()),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(
+            ensure_token_file(dir.path()).is_err(),
+            "a world-readable token is refused"
+        );
+    }
+}

@@ -1,0 +1,564 @@
+//! The sidecar's I/O: the listener, one task per connection, and the
+//! coordinator task that owns the state and the store.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::coordinator::{commit_checkpoint, ConnId, Coordinator};
+use super::{
+    constant_time_eq, ensure_token_file, socket_path, Listen, SidecarConfig, SidecarError,
+    CHECKPOINTS_DIR_NAME, HELLO_TIMEOUT, MAX_CONNECTIONS, MAX_HELLO_BYTES,
+};
+use crate::checkpoint::store::CheckpointStore;
+use crate::checkpoint::transport::{
+    read_frame_async, write_frame_async, FromSidecar, Hello, ToSidecar, WorkerCut,
+    MAX_PAYLOAD_BYTES,
+};
+
+/// Capacity of the channel from the connections to the coordinator (each
+/// event may hold a worker cut of up to 64 MiB).
+const EVENT_QUEUE: usize = 8;
+/// Capacity of each connection's reply channel.
+const REPLY_QUEUE: usize = 64;
+/// How long connections get to send their last words when the sidecar stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Prefix of the private directories the socket is bound in.
+const STAGING_PREFIX: &str = ".sidecar-bind-";
+
+/// What a connection tells the coordinator.
+#[derive(Debug)]
+enum Event {
+    Hello {
+        conn: ConnId,
+        hello: Hello,
+        reply: mpsc::Sender<FromSidecar>,
+        admitted: oneshot::Sender<bool>,
+    },
+    Cut {
+        conn: ConnId,
+        cut: Box<WorkerCut>,
+    },
+    Goodbye {
+        conn: ConnId,
+    },
+    Closed {
+        conn: ConnId,
+        /// A protocol violation or broken frame to refuse the peer with.
+        refuse: Option<String>,
+    },
+}
+
+/// Runs the sidecar (see the module doc of `sidecar`).
+pub(super) fn run(config: &SidecarConfig) -> Result<(), SidecarError> {
+    if let Listen::Tcp(addr) = config.listen {
+        if !addr.ip().is_loopback() {
+            return Err(SidecarError::NotLoopback(addr));
+        }
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(SidecarError::io(&config.data_dir))?;
+    // The store lock fences off a second sidecar before anything else.
+    let store = CheckpointStore::open(&config.data_dir.join(CHECKPOINTS_DIR_NAME))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(SidecarError::io(&config.data_dir))?;
+    runtime.block_on(async {
+        let (listener, _socket_guard) = Listener::bind(config).await?;
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            listen = ?config.listen,
+            last_committed = ?store.commits().last().map(|r| (r.checkpoint_id, r.cut_time)),
+            "checkpoint sidecar listening"
+        );
+        serve(listener, store, config.exit_when_idle).await
+    })
+}
+
+/// Removes the socket file when the sidecar stops (if it is still ours).
+struct SocketGuard {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+enum Listener {
+    Unix {
+        listener: UnixListener,
+        uid: u32,
+    },
+    Tcp {
+        listener: TcpListener,
+        token: Arc<Vec<u8>>,
+    },
+}
+
+impl Listener {
+    async fn bind(config: &SidecarConfig) -> Result<(Self, Option<SocketGuard>), SidecarError> {
+        match config.listen {
+            Listen::Tcp(addr) => {
+                let token = Arc::new(ensure_token_file(&config.data_dir)?);
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| SidecarError::Io {
+                            path: PathBuf::from(addr.to_string()),
+                            source,
+                        })?;
+                Ok((Self::Tcp { listener, token }, None))
+            }
+            Listen::Unix => {
+                let (listener, guard, uid) = bind_unix(&config.data_dir)?;
+                Ok((Self::Unix { listener, uid }, Some(guard)))
+            }
+        }
+    }
+}
+
+/// Binds `<data_dir>/sidecar.sock` with mode 0600: bound in a private 0700
+/// directory, chmodded there, then renamed into place. A socket file left by
+/// a dead sidecar is removed; one that answers is another sidecar.
+fn bind_unix(data_dir: &Path) -> Result<(UnixListener, SocketGuard, u32), SidecarError> {
+    let path = socket_path(data_dir);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(SidecarError::io(&path)(io::Error::other(
+                "exists and is not a socket; remove it",
+            )))
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(SidecarError::AlreadyRunning(path));
+            }
+            tracing::info!(path = %path.display(), "removing a stale sidecar socket");
+            std::fs::remove_file(&path).map_err(SidecarError::io(&path))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(SidecarError::io(&path)(e)),
+    }
+    // Leftover staging dirs of dead sidecars (the store lock says none runs).
+    if let Ok(entries) = std::fs::read_dir(data_dir) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let staging = data_dir.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(SidecarError::io(&staging))?;
+    let bound = (|| {
+        let tmp = staging.join("s");
+        let listener =
+            std::os::unix::net::UnixListener::bind(&tmp).map_err(SidecarError::io(&tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(SidecarError::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(SidecarError::io(&path))?;
+        Ok::<_, SidecarError>(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    let listener = bound?;
+    let meta = std::fs::symlink_metadata(&path).map_err(SidecarError::io(&path))?;
+    let guard = SocketGuard {
+        path: path.clone(),
+        inode: meta.ino(),
+    };
+    listener
+        .set_nonblocking(true)
+        .map_err(SidecarError::io(&path))?;
+    let listener = UnixListener::from_std(listener).map_err(SidecarError::io(&path))?;
+    Ok((listener, guard, meta.uid()))
+}
+
+/// Accepts connections and runs the coordinator until it stops.
+async fn serve(
+    listener: Listener,
+    store: CheckpointStore,
+    exit_when_idle: bool,
+) -> Result<(), SidecarError> {
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let coordinator = CoordinatorTask {
+        coord: Coordinator::new(store.commits().last().cloned()),
+        store: Some(store),
+        replies: HashMap::new(),
+        ever_connected: false,
+        exit_when_idle,
+    };
+    let coordinator = coordinator.run(events_rx);
+    tokio::pin!(coordinator);
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    let mut next_conn: ConnId = 0;
+    let result = loop {
+        tokio::select! {
+            result = &mut coordinator => break result,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = accept(&listener) => {
+                let Some(stream) = accepted else {
+                    // e.g. out of file descriptors: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                    tracing::warn!(max = MAX_CONNECTIONS, "too many sidecar connections: dropping one");
+                    continue;
+                };
+                next_conn += 1;
+                let events = events_tx.clone();
+                match stream {
+                    Accepted::Unix(s) => {
+                        conns.spawn(connection(s, next_conn, None, events, permit));
+                    }
+                    Accepted::Tcp(s, token) => {
+                        conns.spawn(connection(s, next_conn, Some(token), events, permit));
+                    }
+                }
+            }
+        }
+    };
+    drop(events_tx);
+    // Let the connections write their last messages (e.g. a refusal).
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+    result
+}
+
+enum Accepted {
+    Unix(UnixStream),
+    Tcp(TcpStream, Arc<Vec<u8>>),
+}
+
+/// The next acceptable connection; `None` after an accept error or a peer
+/// that is refused on sight.
+async fn accept(listener: &Listener) -> Option<Accepted> {
+    match listener {
+        Listener::Unix { listener, uid } => {
+            let (stream, _) = listener
+                .accept()
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "accept failed"))
+                .ok()?;
+            match stream.peer_cred() {
+                Ok(cred) if cred.uid() == *uid => Some(Accepted::Unix(stream)),
+                other => {
+                    tracing::warn!(peer = ?other, "refusing a sidecar connection from another user");
+                    None
+                }
+            }
+        }
+        Listener::Tcp { listener, token } => {
+            let (stream, peer) = listener
+                .accept()
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "accept failed"))
+                .ok()?;
+            if !peer.ip().is_loopback() {
+                tracing::warn!(%peer, "refusing a non-loopback sidecar connection");
+                return None;
+            }
+            let _ = stream.set_nodelay(true);
+            Some(Accepted::Tcp(stream, Arc::clone(token)))
+        }
+    }
+}
+
+/// One connection: hello (with timeout, size limit and token check), then a
+/// reader task feeding the coordinator and this task writing its replies.
+async fn connection<S>(
+    stream: S,
+    conn: ConnId,
+    token: Option<Arc<Vec<u8>>>,
+    events: mpsc::Sender<Event>,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let hello = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_frame_async::<ToSidecar>(&mut rd, MAX_HELLO_BYTES),
+    )
+    .await;
+    let hello = match hello {
+        Ok(Ok(Some(ToSidecar::Hello(hello)))) => hello,
+        Ok(Ok(None)) => return,
+        refused => {
+            let reason = match refused {
+                Err(_) => format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+                Ok(Err(e)) => format!("bad hello frame: {e}"),
+                Ok(Ok(_)) => "the first message must be a hello".to_owned(),
+            };
+            tracing::warn!(conn, %reason, "refusing a sidecar connection");
+            refuse(&mut wr, reason).await;
+            return;
+        }
+    };
+    if let Some(token) = &token {
+        if !constant_time_eq(&hello.token, token) {
+            tracing::warn!(
+                conn,
+                process = hello.process,
+                "refusing a sidecar connection: wrong token"
+            );
+            refuse(&mut wr, "wrong token".to_owned()).await;
+            return;
+        }
+    }
+    let (reply_tx, mut reply_rx) = mpsc::channel(REPLY_QUEUE);
+    let (admitted_tx, admitted_rx) = oneshot::channel();
+    let hello_event = Event::Hello {
+        conn,
+        hello,
+        reply: reply_tx,
+        admitted: admitted_tx,
+    };
+    if events.send(hello_event).await.is_err() {
+        return;
+    }
+    let reader = if admitted_rx.await.unwrap_or(false) {
+        Some(tokio::spawn(read_loop(rd, conn, events)))
+    } else {
+        None
+    };
+    while let Some(message) = reply_rx.recv().await {
+        let last = matches!(message, FromSidecar::Refused { .. });
+        if let Err(e) = write_frame_async(&mut wr, &message).await {
+            tracing::debug!(conn, error = %e, "writing to a sidecar connection failed");
+            break;
+        }
+        if last {
+            break;
+        }
+    }
+    if let Some(reader) = reader {
+        reader.abort();
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, reason: String) {
+    let _ = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        write_frame_async(wr, &FromSidecar::Refused { reason }),
+    )
+    .await;
+    let _ = wr.shutdown().await;
+}
+
+/// Reads an admitted connection's messages into the coordinator.
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, conn: ConnId, events: mpsc::Sender<Event>) {
+    loop {
+        let (event, last) = match read_frame_async::<ToSidecar>(&mut rd, MAX_PAYLOAD_BYTES).await {
+            Ok(Some(ToSidecar::WorkerCut(cut))) => (
+                Event::Cut {
+                    conn,
+                    cut: Box::new(cut),
+                },
+                false,
+            ),
+            Ok(Some(ToSidecar::Goodbye)) => (Event::Goodbye { conn }, true),
+            Ok(Some(ToSidecar::Hello(_))) => (
+                Event::Closed {
+                    conn,
+                    refuse: Some("a second hello on one connection".to_owned()),
+                },
+                true,
+            ),
+            Ok(None) => (Event::Closed { conn, refuse: None }, true),
+            Err(e) => (
+                Event::Closed {
+                    conn,
+                    refuse: Some(format!("bad frame: {e}")),
+                },
+                true,
+            ),
+        };
+        if events.send(event).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// The task that owns the state and the store.
+struct CoordinatorTask {
+    coord: Coordinator,
+    /// `None` only while a commit runs on a blocking thread.
+    store: Option<CheckpointStore>,
+    replies: HashMap<ConnId, mpsc::Sender<FromSidecar>>,
+    ever_connected: bool,
+    exit_when_idle: bool,
+}
+
+impl CoordinatorTask {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<(), SidecarError> {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Hello {
+                    conn,
+                    hello,
+                    reply,
+                    admitted,
+                } => self.hello(conn, &hello, reply, admitted),
+                Event::Cut { conn, cut } => {
+                    let (id, worker) = (cut.checkpoint_id, cut.worker);
+                    match self.coord.cut(conn, *cut) {
+                        Ok(_) => self.commit_ready().await?,
+                        Err(reason) => {
+                            let reason = format!("checkpoint {id} worker {worker}: {reason}");
+                            self.refuse(conn, reason);
+                        }
+                    }
+                }
+                Event::Goodbye { conn } => {
+                    tracing::info!(conn, "engine process said goodbye");
+                    self.forget(conn);
+                }
+                Event::Closed { conn, refuse } => {
+                    if let Some(reason) = refuse {
+                        self.refuse(conn, reason);
+                    } else {
+                        if self.replies.contains_key(&conn) {
+                            tracing::warn!(conn, "engine process disconnected without a goodbye");
+                        }
+                        self.forget(conn);
+                    }
+                }
+            }
+            if self.exit_when_idle && self.ever_connected && self.coord.live_connections() == 0 {
+                tracing::info!("every engine process is gone: the sidecar exits");
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn hello(
+        &mut self,
+        conn: ConnId,
+        hello: &Hello,
+        reply: mpsc::Sender<FromSidecar>,
+        admitted: oneshot::Sender<bool>,
+    ) {
+        match self.coord.hello(conn, hello) {
+            Ok(outcome) => {
+                for old in outcome.evict {
+                    self.refuse(
+                        old,
+                        format!("superseded by a newer engine (epoch {})", hello.epoch),
+                    );
+                }
+                tracing::info!(
+                    conn,
+                    process = hello.process,
+                    workers_total = hello.workers_total,
+                    epoch = hello.epoch,
+                    "engine process connected"
+                );
+                let _ = reply.try_send(FromSidecar::Welcome {
+                    last_committed: outcome.last_committed,
+                });
+                self.replies.insert(conn, reply);
+                self.ever_connected = true;
+                let _ = admitted.send(true);
+            }
+            Err(reason) => {
+                tracing::warn!(conn, process = hello.process, %reason, "refusing an engine process");
+                let _ = reply.try_send(FromSidecar::Refused { reason });
+                let _ = admitted.send(false);
+            }
+        }
+    }
+
+    /// Tells `conn` why and closes it.
+    fn refuse(&mut self, conn: ConnId, reason: String) {
+        if let Some(reply) = self.replies.remove(&conn) {
+            tracing::warn!(conn, %reason, "refusing an engine process");
+            let _ = reply.try_send(FromSidecar::Refused { reason });
+        }
+        self.coord.disconnected(conn);
+    }
+
+    fn forget(&mut self, conn: ConnId) {
+        self.replies.remove(&conn);
+        self.coord.disconnected(conn);
+    }
+
+    /// Commits every complete checkpoint that is next in line.
+    async fn commit_ready(&mut self) -> Result<(), SidecarError> {
+        while let Some(pending) = self.coord.take_ready() {
+            let id = pending.checkpoint_id;
+            let completed_at = pending.completed_at.unwrap_or_else(Instant::now);
+            let identity = self
+                .coord
+                .run_identity()
+                .expect("cuts arrive only within a run");
+            let previous = self.coord.last().cloned();
+            let mut store = self.store.take().expect("one commit at a time");
+            let (store, result) = tokio::task::spawn_blocking(move || {
+                let result = commit_checkpoint(&mut store, previous.as_ref(), pending, identity);
+                (store, result)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            self.store = Some(store);
+            match result {
+                Ok(record) => {
+                    let message = FromSidecar::Committed {
+                        checkpoint_id: id,
+                        cut_time: record.cut_time,
+                        commit_latency_us: completed_at.elapsed().as_micros() as u64,
+                    };
+                    self.coord.committed(record);
+                    for conn in self.coord.current_connections() {
+                        if let Some(reply) = self.replies.get(&conn) {
+                            if reply.try_send(message.clone()).is_err() {
+                                tracing::warn!(
+                                    conn,
+                                    checkpoint_id = id,
+                                    "engine process is not reading acks"
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(checkpoint_id = id, error = %e, "checkpoint commit failed");
+                    let conns: Vec<ConnId> = self.replies.keys().copied().collect();
+                    for conn in conns {
+                        self.refuse(
+                            conn,
+                            format!("the sidecar failed to commit checkpoint {id}: {e}"),
+                        );
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}

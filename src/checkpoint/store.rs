@@ -1,0 +1,499 @@
+//! The checkpoint store, `data/checkpoints/`: delta and base files plus the
+//! commit stream `commits.log` (byte layout in [`super::format`]).
+//!
+//! The sidecar writes through one [`CheckpointStore`] (an exclusive lock on
+//! `<dir>/LOCK` fences off a second writer): [`CheckpointStore::write_delta`]
+//! for each part of a checkpoint, optionally [`CheckpointStore::compact`],
+//! then [`CheckpointStore::commit`]. A checkpoint exists only once its
+//! commit record is durable. The engine reads without a lock:
+//! [`newest_usable`] picks the newest checkpoint whose files all verify and
+//! [`load_checkpoint`] loads the key groups a worker owns.
+//!
+//! Durability: a data file is written as `<name>.tmp`, fsynced, renamed to
+//! `<name>` and the directory fsynced; a commit frame is appended and the
+//! stream fsynced. Garbage collection (after each commit and at open)
+//! deletes leftover `*.tmp` files of the store and the data files of
+//! checkpoints up to the newest committed one that neither of the last two
+//! commit records references; files of a checkpoint not committed yet are
+//! kept. A reader loading a checkpoint older than the last two may find its
+//! files gone (an I/O error, never wrong data).
+//!
+//! # Failpoints
+//! For crash tests, `WEIR_FAILPOINT=<name>` (read once per process) makes the
+//! store call `std::process::abort()` when it reaches the named point:
+//! - `after-delta-write`: a data file's temp file is written, not fsynced;
+//! - `after-delta-fsync`: the temp file is fsynced, not renamed;
+//! - `after-delta-rename`: renamed, the directory not fsynced;
+//! - `mid-commit-record`: the first half of a commit frame is written (and
+//!   flushed to the OS), the rest is not;
+//! - `after-commit`: the commit record is durable, garbage not yet collected.
+//!
+//! The three delta points apply to base files written by `compact` too.
+
+mod error;
+
+pub use error::{StoreError, UsageError};
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use super::format::{
+    check_commit_record, consolidate, decode_data_file, encode_commit_frame, encode_commits_header,
+    encode_data_file, scan_commits, verify_data_file, CommitRecord, DataFileId, FileMeta,
+    PersistedUpdate, COMMITS_FILE_NAME, KEY_GROUPS, MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
+};
+use crate::log::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
+use crate::log::MAX_RECORD_SIZE_BYTES;
+
+/// The lock file a writer holds.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+/// How many of the newest commits garbage collection keeps the files of.
+pub const RETAINED_CHECKPOINTS: usize = 2;
+/// The environment variable naming the armed failpoint.
+pub const FAILPOINT_ENV: &str = "WEIR_FAILPOINT";
+/// The failpoint names, in the order a checkpoint reaches them.
+pub const FAILPOINTS: [&str; 5] = [
+    "after-delta-write",
+    "after-delta-fsync",
+    "after-delta-rename",
+    "mid-commit-record",
+    "after-commit",
+];
+/// At most this many reasons are kept in warnings and errors about unusable
+/// checkpoints (older ones are summarized).
+const MAX_REASONS: usize = 8;
+
+/// Aborts the process if `name` is the armed failpoint.
+fn failpoint(name: &str) {
+    if failpoint_armed(name) {
+        eprintln!("weir: failpoint `{name}` reached, aborting");
+        std::process::abort();
+    }
+}
+
+fn failpoint_armed(name: &str) -> bool {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var(FAILPOINT_ENV).ok())
+        .as_deref()
+        == Some(name)
+}
+
+/// The single writer of a checkpoint directory.
+#[derive(Debug)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    commits_path: PathBuf,
+    /// Held for the store's lifetime; dropping it releases the lock.
+    _lock: File,
+    /// The commit stream, opened for appending.
+    stream: File,
+    commits: Vec<CommitRecord>,
+    failed: bool,
+}
+
+impl CheckpointStore {
+    /// Opens (creating if needed) the store in `dir` and takes its lock
+    /// ([`StoreError::Locked`] if another writer holds it). Reads the commit
+    /// stream: a torn last frame is truncated away with a warning; any other
+    /// damage is [`StoreError::Corrupt`]. Then collects garbage.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        create_dir_all_durably(dir)?;
+        let lock_path = dir.join(LOCK_FILE_NAME);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(StoreError::io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StoreError::Locked { path: lock_path }),
+            Err(TryLockError::Error(e)) => return Err(StoreError::io(&lock_path)(e)),
+        }
+
+        let commits_path = dir.join(COMMITS_FILE_NAME);
+        let bytes = match std::fs::read(&commits_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let header = encode_commits_header();
+                write_file_atomically(&commits_path, &header)?;
+                header.to_vec()
+            }
+            Err(e) => return Err(StoreError::io(&commits_path)(e)),
+        };
+        let scan = scan_commits(&bytes).map_err(StoreError::corrupt(&commits_path))?;
+        let stream = OpenOptions::new()
+            .append(true)
+            .open(&commits_path)
+            .map_err(StoreError::io(&commits_path))?;
+        if let Some(reason) = &scan.torn {
+            tracing::warn!(
+                path = %commits_path.display(),
+                valid_len_bytes = scan.valid_len_bytes,
+                len_bytes = bytes.len(),
+                reason = %reason,
+                "torn commit record at the end of the commit stream: truncating it"
+            );
+            stream
+                .set_len(scan.valid_len_bytes)
+                .and_then(|()| stream.sync_all())
+                .map_err(StoreError::io(&commits_path))?;
+        }
+        let store = Self {
+            dir: dir.to_owned(),
+            commits_path,
+            _lock: lock,
+            stream,
+            commits: scan.records,
+            failed: false,
+        };
+        store.collect_garbage_logged();
+        Ok(store)
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The committed checkpoints, oldest first.
+    pub fn commits(&self) -> &[CommitRecord] {
+        &self.commits
+    }
+
+    fn last_committed_id(&self) -> u64 {
+        self.commits.last().map_or(0, |c| c.checkpoint_id)
+    }
+
+    fn check_pending(&self, checkpoint_id: u64) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Failed {
+                path: self.commits_path.clone(),
+            });
+        }
+        let last = self.last_committed_id();
+        if checkpoint_id <= last {
+            return Err(UsageError::AlreadyCommitted {
+                given: checkpoint_id,
+                last,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Writes part `part` of checkpoint `checkpoint_id` (not committed yet)
+    /// durably. `updates` is consolidated in place first (sorted by
+    /// `(key_group, data, time)`, equal triples summed, zeros dropped);
+    /// the returned [`FileMeta`] goes into the commit record. Writing the
+    /// same part again replaces the file.
+    pub fn write_delta(
+        &mut self,
+        checkpoint_id: u64,
+        part: u32,
+        updates: &mut Vec<PersistedUpdate>,
+    ) -> Result<FileMeta, StoreError> {
+        self.check_pending(checkpoint_id)?;
+        for u in updates.iter() {
+            if u.key_group >= KEY_GROUPS {
+                return Err(UsageError::KeyGroupOutOfRange {
+                    key_group: u.key_group,
+                }
+                .into());
+            }
+            if u.data.len() > MAX_UPDATE_DATA_BYTES {
+                return Err(UsageError::UpdateTooLarge {
+                    size_bytes: u.data.len(),
+                }
+                .into());
+            }
+        }
+        consolidate(updates);
+        self.write_data_file(DataFileId::delta(checkpoint_id, part), updates)
+    }
+
+    fn write_data_file(
+        &self,
+        id: DataFileId,
+        updates: &[PersistedUpdate],
+    ) -> Result<FileMeta, StoreError> {
+        let (bytes, meta) = encode_data_file(id, updates);
+        let path = self.dir.join(&meta.name);
+        let tmp = self.dir.join(format!("{}{TEMP_SUFFIX}", meta.name));
+        let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+        f.write_all(&bytes).map_err(StoreError::io(&tmp))?;
+        failpoint("after-delta-write");
+        f.sync_all().map_err(StoreError::io(&tmp))?;
+        drop(f);
+        failpoint("after-delta-fsync");
+        std::fs::rename(&tmp, &path).map_err(StoreError::io(&tmp))?;
+        failpoint("after-delta-rename");
+        sync_dir(&self.dir)?;
+        Ok(meta)
+    }
+
+    /// Appends `record` to the commit stream and fsyncs it; the checkpoint
+    /// exists from then on. Then collects garbage (failures to delete are
+    /// only warnings). Refused ([`UsageError`]) unless the id is above the
+    /// last committed one, the record passes
+    /// [`check_commit_record`] and
+    /// every file it names exists; a file whose size differs from the record
+    /// is [`StoreError::Corrupt`].
+    pub fn commit(&mut self, record: CommitRecord) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Failed {
+                path: self.commits_path.clone(),
+            });
+        }
+        let last = self.last_committed_id();
+        if record.checkpoint_id <= last {
+            return Err(UsageError::IdNotIncreasing {
+                given: record.checkpoint_id,
+                last,
+            }
+            .into());
+        }
+        check_commit_record(&record).map_err(|reason| UsageError::InvalidRecord { reason })?;
+        for f in &record.files {
+            let path = self.dir.join(&f.name);
+            let len = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(UsageError::MissingFile {
+                        name: f.name.clone(),
+                    }
+                    .into())
+                }
+                Err(e) => return Err(StoreError::io(&path)(e)),
+            };
+            if len != f.size_bytes {
+                return Err(StoreError::Corrupt {
+                    path,
+                    byte_offset: len.min(f.size_bytes),
+                    reason: format!(
+                        "file has {len} bytes, the record to commit says {}",
+                        f.size_bytes
+                    ),
+                });
+            }
+        }
+        let frame = encode_commit_frame(&record);
+        let payload_len = frame.len() - crate::log::format::FRAME_HEADER_LEN_BYTES;
+        if payload_len > MAX_RECORD_SIZE_BYTES {
+            return Err(UsageError::RecordTooLarge {
+                size_bytes: payload_len,
+            }
+            .into());
+        }
+        if failpoint_armed("mid-commit-record") {
+            let _ = self
+                .stream
+                .write_all(&frame[..frame.len() / 2])
+                .and_then(|()| self.stream.flush());
+            failpoint("mid-commit-record");
+        }
+        if let Err(e) = self
+            .stream
+            .write_all(&frame)
+            .and_then(|()| self.stream.sync_data())
+        {
+            // The stream may now end with part of a frame; reopening
+            // truncates it.
+            self.failed = true;
+            return Err(StoreError::io(&self.commits_path)(e));
+        }
+        self.commits.push(record);
+        failpoint("after-commit");
+        self.collect_garbage_logged();
+        Ok(())
+    }
+
+    /// Merges every file of the newest commit into `base-<checkpoint_id>`,
+    /// dropping updates with time `< horizon_time` and consolidating, and
+    /// returns the files that replace the newest commit's in the next commit
+    /// record (`checkpoint_id`, not committed yet; add its own delta files).
+    /// Holds the whole state in memory while merging.
+    pub fn compact(
+        &mut self,
+        checkpoint_id: u64,
+        horizon_time: u64,
+    ) -> Result<Vec<FileMeta>, StoreError> {
+        self.check_pending(checkpoint_id)?;
+        let latest = self.commits.last().ok_or(UsageError::NothingToCompact)?;
+        let updates = load_checkpoint(&self.dir, latest, |_| true, horizon_time)?;
+        let meta = self.write_data_file(DataFileId::base(checkpoint_id), &updates)?;
+        Ok(vec![meta])
+    }
+
+    fn collect_garbage_logged(&self) {
+        match self.collect_garbage() {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::debug!(dir = %self.dir.display(), deleted, "checkpoint garbage collected");
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "checkpoint garbage collection failed; retrying after the next commit"
+                );
+            }
+        }
+    }
+
+    /// Deletes leftover temp files, and the data files of committed
+    /// checkpoints that the last [`RETAINED_CHECKPOINTS`] commits do not
+    /// reference. Returns how many files it deleted.
+    fn collect_garbage(&self) -> Result<usize, StoreError> {
+        let last = self.last_committed_id();
+        let keep: HashSet<&str> = self
+            .commits
+            .iter()
+            .rev()
+            .take(RETAINED_CHECKPOINTS)
+            .flat_map(|c| c.files.iter().map(|f| f.name.as_str()))
+            .collect();
+        let mut deleted = 0;
+        for entry in std::fs::read_dir(&self.dir).map_err(StoreError::io(&self.dir))? {
+            let entry = entry.map_err(StoreError::io(&self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let garbage = match name.strip_suffix(TEMP_SUFFIX) {
+                Some(base) => base == COMMITS_FILE_NAME || DataFileId::parse(base).is_some(),
+                None => DataFileId::parse(name)
+                    .is_some_and(|id| id.checkpoint_id <= last && !keep.contains(name)),
+            };
+            if garbage {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Reads the commit stream of `dir` without modifying it (no lock needed):
+/// the complete records, oldest first. A torn last frame ends the stream;
+/// other damage is [`StoreError::Corrupt`]. No stream: no records.
+pub fn read_commits(dir: &Path) -> Result<Vec<CommitRecord>, StoreError> {
+    let path = dir.join(COMMITS_FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(&path)(e)),
+    };
+    Ok(scan_commits(&bytes)
+        .map_err(StoreError::corrupt(&path))?
+        .records)
+}
+
+/// Reads one data file and checks its size and CRC32C against `meta`.
+fn read_verified(dir: &Path, meta: &FileMeta) -> Result<(PathBuf, Vec<u8>), StoreError> {
+    if DataFileId::parse(&meta.name).is_none() {
+        return Err(UsageError::InvalidRecord {
+            reason: format!("`{}` is not a data file name", meta.name),
+        }
+        .into());
+    }
+    let path = dir.join(&meta.name);
+    let mut f = File::open(&path).map_err(StoreError::io(&path))?;
+    let len = f.metadata().map_err(StoreError::io(&path))?.len();
+    if len != meta.size_bytes {
+        return Err(StoreError::Corrupt {
+            byte_offset: len.min(meta.size_bytes),
+            reason: format!(
+                "file has {len} bytes, its commit record says {}",
+                meta.size_bytes
+            ),
+            path,
+        });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    std::io::Read::read_to_end(&mut f, &mut bytes).map_err(StoreError::io(&path))?;
+    verify_data_file(&bytes, meta).map_err(StoreError::corrupt(&path))?;
+    Ok((path, bytes))
+}
+
+/// Loads checkpoint `record` from `dir`: the updates of the key groups
+/// `key_groups` accepts with time `>= horizon_time`, consolidated across its
+/// files. Every file is checked against the record's size and CRC32C before
+/// it is decoded; a mismatch is [`StoreError::Corrupt`] naming the file.
+pub fn load_checkpoint(
+    dir: &Path,
+    record: &CommitRecord,
+    key_groups: impl Fn(u16) -> bool,
+    horizon_time: u64,
+) -> Result<Vec<PersistedUpdate>, StoreError> {
+    let mut out = Vec::new();
+    for meta in &record.files {
+        let (path, bytes) = read_verified(dir, meta)?;
+        decode_data_file(&bytes, meta, &key_groups, horizon_time, &mut out)
+            .map_err(StoreError::corrupt(&path))?;
+    }
+    consolidate(&mut out);
+    Ok(out)
+}
+
+/// The newest committed checkpoint of `dir` whose files all verify (size and
+/// CRC32C), with a warning for each newer one skipped (naming the file and
+/// the reason; also logged). `Ok(None)` if nothing was ever committed.
+/// Errors: a damaged commit stream; a checkpoint of a query with another
+/// fingerprint ([`StoreError::FingerprintMismatch`]); commits exist but none
+/// is usable ([`StoreError::NoUsableCheckpoint`]). Reads every file of the
+/// checkpoint it returns.
+pub fn newest_usable(
+    dir: &Path,
+    fingerprint: u64,
+) -> Result<Option<(CommitRecord, Vec<String>)>, StoreError> {
+    let commits = read_commits(dir)?;
+    if commits.is_empty() {
+        return Ok(None);
+    }
+    let mut reasons = Vec::new();
+    let mut unlisted = 0usize;
+    for record in commits.iter().rev() {
+        if record.query_fingerprint != fingerprint {
+            return Err(StoreError::FingerprintMismatch {
+                dir: dir.to_owned(),
+                checkpoint_id: record.checkpoint_id,
+                expected: fingerprint,
+                found: record.query_fingerprint,
+            });
+        }
+        let verified = record
+            .files
+            .iter()
+            .try_for_each(|meta| read_verified(dir, meta).map(drop));
+        match verified {
+            Ok(()) => {
+                if unlisted > 0 {
+                    reasons.push(format!("{unlisted} more checkpoints skipped"));
+                }
+                for reason in &reasons {
+                    tracing::warn!(dir = %dir.display(), "{reason}");
+                }
+                return Ok(Some((record.clone(), reasons)));
+            }
+            Err(e) if reasons.len() < MAX_REASONS => reasons.push(format!(
+                "checkpoint {} (cut time {}) skipped: {e}",
+                record.checkpoint_id, record.cut_time
+            )),
+            Err(_) => unlisted += 1,
+        }
+    }
+    if unlisted > 0 {
+        reasons.push(format!("{unlisted} older checkpoints are unusable too"));
+    }
+    Err(StoreError::NoUsableCheckpoint {
+        dir: dir.to_owned(),
+        reasons,
+    })
+}

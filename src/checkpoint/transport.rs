@@ -1,0 +1,558 @@
+//! Framed messages between engine processes and the checkpoint sidecar.
+//!
+//! ```text
+//! frame (12-byte header + payload), all integers little-endian:
+//!   magic u16 = 0x5257 ("WR") | version u8 = 1 | kind u8 | len u32 | crc32c(payload) u32 | payload
+//! ```
+//!
+//! `kind` names the message ([`ToSidecar`] 0x01 hello, 0x02 worker cut, 0x03
+//! goodbye; [`FromSidecar`] 0x81 welcome, 0x82 committed, 0x83 refused). The
+//! payload starts with the kind again (so that the checksum covers it: a
+//! flipped kind byte cannot turn one valid message into another) followed
+//! by the fields, hand-encoded (layout in `codec`: plain little-endian, with
+//! every length checked before allocating). A reader checks, in this order:
+//! magic, version, `len <= max` (before allocating anything), the payload
+//! checksum, and only then decodes. Garbage is an error, never a panic, and a
+//! reader never allocates more than the limit it was given (the sidecar reads
+//! a hello with a much smaller limit than [`MAX_PAYLOAD_BYTES`], so an
+//! unauthenticated peer cannot make it allocate 64 MiB).
+//!
+//! The same functions serve the blocking client ([`read_frame`],
+//! [`write_frame`]), the tokio sidecar ([`read_frame_async`],
+//! [`write_frame_async`]) and in-memory buffers ([`decode_frame`],
+//! [`FrameBuffer`]).
+
+use std::io::{self, Read, Write};
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate};
+
+mod codec;
+use codec::{Dec, Enc};
+
+/// First two bytes of every frame (`b"WR"`, read as a little-endian u16).
+pub const FRAME_MAGIC: u16 = u16::from_le_bytes(*b"WR");
+/// Frame format version written and accepted by this code.
+pub const FRAME_VERSION: u8 = 1;
+/// Length of a frame header.
+pub const FRAME_HEADER_LEN_BYTES: usize = 12;
+/// The largest payload any frame may carry (64 MiB).
+pub const MAX_PAYLOAD_BYTES: usize = 64 << 20;
+
+/// Why a frame could not be read or decoded.
+#[derive(Debug, Error)]
+pub enum FrameError {
+    /// The header announces a payload larger than the reader's limit.
+    #[error("frame payload of {len_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    TooLarge {
+        /// Announced payload length.
+        len_bytes: u64,
+        /// The limit in force.
+        max_bytes: usize,
+    },
+    /// The frame does not start with [`FRAME_MAGIC`].
+    #[error("bad frame magic {found:#06x} (expected {FRAME_MAGIC:#06x}): not a weir peer?")]
+    BadMagic {
+        /// The two bytes found, as a little-endian u16.
+        found: u16,
+    },
+    /// The frame has a version this code does not speak.
+    #[error("unsupported frame version {found} (this build speaks {FRAME_VERSION})")]
+    BadVersion {
+        /// The version found.
+        found: u8,
+    },
+    /// The payload does not match its checksum.
+    #[error("frame payload checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    BadChecksum {
+        /// Checksum in the header.
+        stored: u32,
+        /// Checksum of the bytes received.
+        computed: u32,
+    },
+    /// The input ended inside a frame.
+    #[error("frame truncated: needed {needed_bytes} bytes, got {got_bytes}")]
+    Truncated {
+        /// Bytes the frame needs (header, or header and payload).
+        needed_bytes: usize,
+        /// Bytes available.
+        got_bytes: usize,
+    },
+    /// Reading or writing the stream failed.
+    #[error("frame i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The payload passed its checksum but is not a valid message.
+    #[error("undecodable frame payload (kind {kind:#04x}): {reason}")]
+    Decode {
+        /// The frame kind.
+        kind: u8,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// The first message of a connection: who the engine process is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Contents of the token file (TCP); empty over a Unix socket.
+    pub token: Vec<u8>,
+    /// Index of the engine process in the run.
+    pub process: u32,
+    /// Number of timely workers of the whole run, all processes together.
+    pub workers_total: u32,
+    /// Fingerprint of the query and its parameters; all processes must agree.
+    pub query_fingerprint: u64,
+    /// Incarnation of the run; a newer epoch supersedes an older one.
+    pub epoch: u64,
+}
+
+/// One worker's share of cut `cut_time`: its consolidated updates for times in
+/// `[prev_cut_time, cut_time)`, the resume points of its partitions, and its
+/// output files' lengths at the cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerCut {
+    /// Global index of the worker (`0..workers_total`).
+    pub worker: u32,
+    /// Checkpoint id: the last committed id plus one, plus one per cut.
+    pub checkpoint_id: u64,
+    /// The previous cut's time (ms); updates start here.
+    pub prev_cut_time: u64,
+    /// This cut's time (ms); updates end before it.
+    pub cut_time: u64,
+    /// How long updates stay relevant (ms): older ones may be compacted away.
+    pub retention_ms: u64,
+    /// The worker's consolidated updates for `[prev_cut_time, cut_time)`.
+    pub updates: Vec<PersistedUpdate>,
+    /// Where each of the worker's partitions resumes for this cut.
+    pub partitions: Vec<PartitionResume>,
+    /// The worker's output files' lengths at the cut.
+    pub outputs: Vec<OutputLength>,
+}
+
+/// A message from an engine process to the sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToSidecar {
+    /// First message of a connection.
+    Hello(Hello),
+    /// One worker's share of a checkpoint.
+    WorkerCut(WorkerCut),
+    /// The process is done; it will send nothing more.
+    Goodbye,
+}
+
+/// A message from the sidecar to an engine process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FromSidecar {
+    /// The hello was accepted.
+    Welcome {
+        /// `(checkpoint id, cut time)` of the newest committed checkpoint.
+        last_committed: Option<(u64, u64)>,
+    },
+    /// A checkpoint is durable.
+    Committed {
+        /// Its id.
+        checkpoint_id: u64,
+        /// Its cut time (ms).
+        cut_time: u64,
+        /// From the arrival of its last worker cut to its durable commit record.
+        commit_latency_us: u64,
+    },
+    /// The sidecar refuses this peer (bad token, disagreeing run, protocol
+    /// violation, superseded epoch); it closes the connection after this.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A message that can travel in a frame ([`ToSidecar`] or [`FromSidecar`]).
+pub trait Message: sealed::Wire {
+    /// The frame kind of this message.
+    fn frame_kind(&self) -> u8 {
+        self.kind()
+    }
+}
+
+impl Message for ToSidecar {}
+impl Message for FromSidecar {}
+
+mod sealed {
+    use super::codec::{Dec, Enc};
+
+    /// The payload codec of a message (sealed: only this module's messages).
+    pub trait Wire: Sized {
+        /// The frame kind.
+        fn kind(&self) -> u8;
+        /// Appends the payload.
+        fn encode_payload(&self, enc: &mut Enc);
+        /// Decodes a payload of frame kind `kind`.
+        fn decode_payload(kind: u8, dec: &mut Dec<'_>) -> Result<Self, String>;
+    }
+}
+use sealed::Wire;
+
+const KIND_HELLO: u8 = 0x01;
+const KIND_WORKER_CUT: u8 = 0x02;
+const KIND_GOODBYE: u8 = 0x03;
+const KIND_WELCOME: u8 = 0x81;
+const KIND_COMMITTED: u8 = 0x82;
+const KIND_REFUSED: u8 = 0x83;
+
+impl Wire for ToSidecar {
+    fn kind(&self) -> u8 {
+        match self {
+            ToSidecar::Hello(_) => KIND_HELLO,
+            ToSidecar::WorkerCut(_) => KIND_WORKER_CUT,
+            ToSidecar::Goodbye => KIND_GOODBYE,
+        }
+    }
+
+    fn encode_payload(&self, enc: &mut Enc) {
+        match self {
+            ToSidecar::Hello(h) => {
+                enc.bytes(&h.token);
+                enc.u32(h.process);
+                enc.u32(h.workers_total);
+                enc.u64(h.query_fingerprint);
+                enc.u64(h.epoch);
+            }
+            ToSidecar::WorkerCut(c) => {
+                enc.u32(c.worker);
+                enc.u64(c.checkpoint_id);
+                enc.u64(c.prev_cut_time);
+                enc.u64(c.cut_time);
+                enc.u64(c.retention_ms);
+                enc.updates(&c.updates);
+                enc.partitions(&c.partitions);
+                enc.outputs(&c.outputs);
+            }
+            ToSidecar::Goodbye => {}
+        }
+    }
+
+    fn decode_payload(kind: u8, d: &mut Dec<'_>) -> Result<Self, String> {
+        Ok(match kind {
+            KIND_HELLO => ToSidecar::Hello(Hello {
+                token: d.bytes("token")?,
+                process: d.u32("process")?,
+                workers_total: d.u32("workers total")?,
+                query_fingerprint: d.u64("query fingerprint")?,
+                epoch: d.u64("epoch")?,
+            }),
+            KIND_WORKER_CUT => ToSidecar::WorkerCut(WorkerCut {
+                worker: d.u32("worker")?,
+                checkpoint_id: d.u64("checkpoint id")?,
+                prev_cut_time: d.u64("previous cut time")?,
+                cut_time: d.u64("cut time")?,
+                retention_ms: d.u64("retention")?,
+                updates: d.updates()?,
+                partitions: d.partitions()?,
+                outputs: d.outputs()?,
+            }),
+            KIND_GOODBYE => ToSidecar::Goodbye,
+            other => return Err(format!("unknown message kind {other:#04x} for the sidecar")),
+        })
+    }
+}
+
+impl Wire for FromSidecar {
+    fn kind(&self) -> u8 {
+        match self {
+            FromSidecar::Welcome { .. } => KIND_WELCOME,
+            FromSidecar::Committed { .. } => KIND_COMMITTED,
+            FromSidecar::Refused { .. } => KIND_REFUSED,
+        }
+    }
+
+    fn encode_payload(&self, enc: &mut Enc) {
+        match self {
+            FromSidecar::Welcome { last_committed } => match last_committed {
+                None => enc.u8(0),
+                Some((id, cut_time)) => {
+                    enc.u8(1);
+                    enc.u64(*id);
+                    enc.u64(*cut_time);
+                }
+            },
+            FromSidecar::Committed {
+                checkpoint_id,
+                cut_time,
+                commit_latency_us,
+            } => {
+                enc.u64(*checkpoint_id);
+                enc.u64(*cut_time);
+                enc.u64(*commit_latency_us);
+            }
+            FromSidecar::Refused { reason } => enc.str(reason),
+        }
+    }
+
+    fn decode_payload(kind: u8, d: &mut Dec<'_>) -> Result<Self, String> {
+        Ok(match kind {
+            KIND_WELCOME => FromSidecar::Welcome {
+                last_committed: match d.u8("last committed")? {
+                    0 => None,
+                    1 => Some((d.u64("last committed id")?, d.u64("last committed cut")?)),
+                    tag => return Err(format!("last committed: bad option tag {tag}")),
+                },
+            },
+            KIND_COMMITTED => FromSidecar::Committed {
+                checkpoint_id: d.u64("checkpoint id")?,
+                cut_time: d.u64("cut time")?,
+                commit_latency_us: d.u64("commit latency")?,
+            },
+            KIND_REFUSED => FromSidecar::Refused {
+                reason: d.string("reason")?,
+            },
+            other => {
+                return Err(format!(
+                    "unknown message kind {other:#04x} from the sidecar"
+                ))
+            }
+        })
+    }
+}
+
+/// Encodes `message` as one frame; [`FrameError::TooLarge`] if its payload
+/// exceeds [`MAX_PAYLOAD_BYTES`].
+pub fn encode_frame<M: Message>(message: &M) -> Result<Vec<u8>, FrameError> {
+    let mut enc = Enc(Vec::with_capacity(64));
+    enc.0.resize(FRAME_HEADER_LEN_BYTES, 0);
+    enc.u8(message.kind());
+    message.encode_payload(&mut enc);
+    let mut frame = enc.0;
+    let len = frame.len() - FRAME_HEADER_LEN_BYTES;
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(FrameError::TooLarge {
+            len_bytes: len as u64,
+            max_bytes: MAX_PAYLOAD_BYTES,
+        });
+    }
+    let crc = crc32c::crc32c(&frame[FRAME_HEADER_LEN_BYTES..]);
+    frame[0..2].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    frame[2] = FRAME_VERSION;
+    frame[3] = message.kind();
+    frame[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    frame[8..12].copy_from_slice(&crc.to_le_bytes());
+    Ok(frame)
+}
+
+/// A checked frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    kind: u8,
+    len_bytes: usize,
+    crc32c: u32,
+}
+
+/// Checks magic, version and length limit of a header.
+fn parse_header(h: &[u8; FRAME_HEADER_LEN_BYTES], max_bytes: usize) -> Result<Header, FrameError> {
+    let magic = u16::from_le_bytes([h[0], h[1]]);
+    if magic != FRAME_MAGIC {
+        return Err(FrameError::BadMagic { found: magic });
+    }
+    if h[2] != FRAME_VERSION {
+        return Err(FrameError::BadVersion { found: h[2] });
+    }
+    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let max_bytes = max_bytes.min(MAX_PAYLOAD_BYTES);
+    if u64::from(len) > max_bytes as u64 {
+        return Err(FrameError::TooLarge {
+            len_bytes: u64::from(len),
+            max_bytes,
+        });
+    }
+    Ok(Header {
+        kind: h[3],
+        len_bytes: len as usize,
+        crc32c: u32::from_le_bytes([h[8], h[9], h[10], h[11]]),
+    })
+}
+
+/// Verifies the payload checksum, then decodes, then checks the kind.
+fn check_and_decode<M: Message>(header: Header, payload: &[u8]) -> Result<M, FrameError> {
+    let computed = crc32c::crc32c(payload);
+    if computed != header.crc32c {
+        return Err(FrameError::BadChecksum {
+            stored: header.crc32c,
+            computed,
+        });
+    }
+    let mut dec = Dec::new(payload);
+    dec.u8("kind")
+        .and_then(|kind| {
+            if kind == header.kind {
+                Ok(())
+            } else {
+                Err(format!(
+                    "payload kind {kind:#04x} differs from the header's"
+                ))
+            }
+        })
+        .and_then(|()| M::decode_payload(header.kind, &mut dec))
+        .and_then(|message| dec.finish().map(|()| message))
+        .map_err(|reason| FrameError::Decode {
+            kind: header.kind,
+            reason,
+        })
+}
+
+/// Decodes the first frame of `bytes`, returning the message and the number
+/// of bytes it took. Fails with [`FrameError::Truncated`] if `bytes` ends
+/// inside the frame.
+pub fn decode_frame<M: Message>(bytes: &[u8], max_bytes: usize) -> Result<(M, usize), FrameError> {
+    let Some(head) = bytes.first_chunk::<FRAME_HEADER_LEN_BYTES>() else {
+        return Err(FrameError::Truncated {
+            needed_bytes: FRAME_HEADER_LEN_BYTES,
+            got_bytes: bytes.len(),
+        });
+    };
+    let header = parse_header(head, max_bytes)?;
+    let total = FRAME_HEADER_LEN_BYTES + header.len_bytes;
+    let Some(payload) = bytes.get(FRAME_HEADER_LEN_BYTES..total) else {
+        return Err(FrameError::Truncated {
+            needed_bytes: total,
+            got_bytes: bytes.len(),
+        });
+    };
+    Ok((check_and_decode(header, payload)?, total))
+}
+
+/// Fills `buf` from `reader`; `Ok(n < buf.len())` only at end of input.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads one frame from a blocking stream. `Ok(None)` is a clean end of the
+/// stream at a frame boundary; an end inside a frame is
+/// [`FrameError::Truncated`].
+pub fn read_frame<M: Message>(
+    reader: &mut impl Read,
+    max_bytes: usize,
+) -> Result<Option<M>, FrameError> {
+    let mut head = [0u8; FRAME_HEADER_LEN_BYTES];
+    match read_full(reader, &mut head)? {
+        0 => return Ok(None),
+        FRAME_HEADER_LEN_BYTES => {}
+        got_bytes => {
+            return Err(FrameError::Truncated {
+                needed_bytes: FRAME_HEADER_LEN_BYTES,
+                got_bytes,
+            })
+        }
+    }
+    let header = parse_header(&head, max_bytes)?;
+    let mut payload = vec![0u8; header.len_bytes];
+    let got = read_full(reader, &mut payload)?;
+    if got < header.len_bytes {
+        return Err(FrameError::Truncated {
+            needed_bytes: FRAME_HEADER_LEN_BYTES + header.len_bytes,
+            got_bytes: FRAME_HEADER_LEN_BYTES + got,
+        });
+    }
+    check_and_decode(header, &payload).map(Some)
+}
+
+/// Writes one frame to a blocking stream (not flushed).
+pub fn write_frame<M: Message>(writer: &mut impl Write, message: &M) -> Result<(), FrameError> {
+    writer.write_all(&encode_frame(message)?)?;
+    Ok(())
+}
+
+/// Reads one frame from an async stream; as [`read_frame`].
+pub async fn read_frame_async<M: Message>(
+    reader: &mut (impl AsyncRead + Unpin),
+    max_bytes: usize,
+) -> Result<Option<M>, FrameError> {
+    let mut head = [0u8; FRAME_HEADER_LEN_BYTES];
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..]).await? {
+            0 if filled == 0 => return Ok(None),
+            0 => {
+                return Err(FrameError::Truncated {
+                    needed_bytes: FRAME_HEADER_LEN_BYTES,
+                    got_bytes: filled,
+                })
+            }
+            n => filled += n,
+        }
+    }
+    let header = parse_header(&head, max_bytes)?;
+    let mut payload = vec![0u8; header.len_bytes];
+    let mut got = 0;
+    while got < payload.len() {
+        match reader.read(&mut payload[got..]).await? {
+            0 => {
+                return Err(FrameError::Truncated {
+                    needed_bytes: FRAME_HEADER_LEN_BYTES + header.len_bytes,
+                    got_bytes: FRAME_HEADER_LEN_BYTES + got,
+                })
+            }
+            n => got += n,
+        }
+    }
+    check_and_decode(header, &payload).map(Some)
+}
+
+/// Writes one frame to an async stream and flushes it.
+pub async fn write_frame_async<M: Message>(
+    writer: &mut (impl AsyncWrite + Unpin),
+    message: &M,
+) -> Result<(), FrameError> {
+    writer.write_all(&encode_frame(message)?).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Incremental decoder for a non-blocking reader: push the bytes as they
+/// arrive, pop whole frames. Holds at most one frame plus one read's worth.
+#[derive(Debug)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+    max_bytes: usize,
+}
+
+impl FrameBuffer {
+    /// A buffer accepting payloads of at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max_bytes: max_bytes.min(MAX_PAYLOAD_BYTES),
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that do not yet form a whole frame (or have not been popped).
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed. A bad
+    /// header is reported as soon as the header is complete.
+    pub fn pop<M: Message>(&mut self) -> Result<Option<M>, FrameError> {
+        match decode_frame(&self.buf, self.max_bytes) {
+            Ok((message, used)) => {
+                self.buf.drain(..used);
+                Ok(Some(message))
+            }
+            Err(FrameError::Truncated { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

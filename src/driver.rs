@@ -1,0 +1,523 @@
+//! The body of `weir run`: restore, outputs, sidecar, timely workers.
+//!
+//! Order of a run: ingest (idempotent) -> find the newest usable checkpoint
+//! -> truncate this process's output files to their committed lengths ->
+//! start (or reach) the sidecar -> start the workers, each loading its own key
+//! groups of the checkpoint in parallel and resuming its partitions at the
+//! recorded offsets -> run -> wait for the final checkpoint to commit.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::client::{SidecarAddress, SidecarClient};
+use crate::checkpoint::cut::CutAssembler;
+use crate::checkpoint::format::{CommitRecord, OutputLength};
+use crate::checkpoint::store::{load_checkpoint, newest_usable};
+use crate::checkpoint::transport::{Hello, WorkerCut};
+use crate::job::{
+    build_window_query, decode_pane_partials, max_ahead_ms, track_arrangements, ArrangementGauge,
+    WorkerCheckpointing,
+};
+use crate::log::{list_partitions, partition_dir};
+use crate::log_feed::LogFeed;
+use crate::run::{
+    expand_inputs, ingest_locked, timely_config, CheckpointSummary, RunError, RunOptions,
+    RunSummary, EVENTS_TOPIC,
+};
+use crate::sink::{is_output_file_name, output_file_names, WorkerOutputs};
+use crate::source::{ErrorSlot, FeedError, PartitionInput, SourceConfig, SourceCounters};
+
+/// How long to wait for the sidecar to listen, and for the final commit.
+const SIDECAR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the window query as configured; returns this process's summary.
+pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
+    let query = options.query;
+    query
+        .spec
+        .check_granularity(query.granularity_ms)
+        .map_err(|e| RunError::Usage(e.to_string()))?;
+    if options.workers == 0 {
+        return Err(RunError::Usage("--workers must be at least 1".into()));
+    }
+    let files = expand_inputs(&options.inputs)?;
+    ingest_locked(&options.data_dir, &files, &options.log_config)?;
+    let log_dir = options.data_dir.join("log");
+    let partitions = list_partitions(&log_dir, EVENTS_TOPIC)?;
+    if partitions.is_empty() {
+        return Err(RunError::Usage(format!(
+            "no input: the log {} has no partitions (give --input FILE...)",
+            log_dir.join(EVENTS_TOPIC).display()
+        )));
+    }
+    let (processes, process) = options
+        .cluster
+        .as_ref()
+        .map_or((1, 0), |c| (c.processes, c.process));
+    let workers_total = options.workers * processes;
+    let first_worker = process * options.workers;
+    let checkpoint = options
+        .checkpoint
+        .as_ref()
+        .filter(|_| query.supports_checkpoints());
+    if options.checkpoint.is_some() && checkpoint.is_none() {
+        tracing::warn!("checkpoints are not implemented for session windows: this run has none");
+    }
+
+    // Restore.
+    let checkpoint_dir = options.data_dir.join("checkpoints");
+    let mut summary_checkpoints = checkpoint.map(|_| CheckpointSummary::default());
+    let restored: Option<CommitRecord> = match (checkpoint, summary_checkpoints.as_mut()) {
+        (Some(_), Some(summary)) if checkpoint_dir.join("commits.log").exists() => {
+            match newest_usable(&checkpoint_dir, query.fingerprint())? {
+                Some((record, warnings)) => {
+                    for warning in &warnings {
+                        tracing::warn!(%warning, "newest checkpoint unusable, falling back");
+                        eprintln!("WARNING: {warning}");
+                    }
+                    summary.restore_warnings = warnings;
+                    summary.restored_from = Some((record.checkpoint_id, record.cut_time));
+                    Some(record)
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    std::fs::create_dir_all(&options.out_dir).map_err(|e| RunError::Output {
+        path: options.out_dir.clone(),
+        source: e,
+    })?;
+    prepare_outputs(
+        &options.out_dir,
+        restored.as_ref(),
+        first_worker..first_worker + options.workers,
+        process == 0,
+        workers_total,
+    )?;
+
+    // Sidecar.
+    let mut sidecar_child: Option<Child> = None;
+    let client = if let Some(c) = checkpoint {
+        {
+            let address = if let Some(spec) = &c.sidecar {
+                SidecarAddress::parse(spec, &options.data_dir)?
+            } else {
+                if process == 0 {
+                    sidecar_child = Some(spawn_sidecar(&options.data_dir)?);
+                }
+                SidecarAddress::Unix(options.data_dir.join("sidecar.sock"))
+            };
+            let hello = Hello {
+                token: Vec::new(),
+                process: process as u32,
+                workers_total: workers_total as u32,
+                query_fingerprint: query.fingerprint(),
+                // The same in every process of a run (they restore the same
+                // checkpoint) and newer than any earlier run that committed.
+                epoch: restored.as_ref().map_or(1, |r| r.checkpoint_id + 1),
+            };
+            Some(Arc::new(SidecarClient::connect_retrying(
+                &address,
+                &hello,
+                SIDECAR_TIMEOUT,
+            )?))
+        }
+    } else {
+        None
+    };
+
+    let resumes: HashMap<u32, (u64, Option<u64>)> = restored
+        .as_ref()
+        .map(|r| {
+            r.partitions
+                .iter()
+                .map(|p| (p.partition, (p.resume_offset, p.max_ts_before)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let restored_point = restored.as_ref().map(|r| (r.checkpoint_id, r.cut_time));
+    let retention_ms = query.spec.size_ms();
+    let errors = ErrorSlot::default();
+    let failure: Arc<Mutex<Option<RunError>>> = Arc::default();
+    let counters = Arc::new(SourceCounters::default());
+    let gauges: Arc<Mutex<Vec<Arc<ArrangementGauge>>>> = Arc::default();
+    let written: Arc<Mutex<(u64, u64)>> = Arc::default();
+    let final_id: Arc<Mutex<Option<u64>>> = Arc::default();
+    let started = Instant::now();
+    let guards = {
+        let (errors, failure, counters, gauges, written, final_id) = (
+            Arc::clone(&errors),
+            Arc::clone(&failure),
+            Arc::clone(&counters),
+            Arc::clone(&gauges),
+            Arc::clone(&written),
+            Arc::clone(&final_id),
+        );
+        let out_dir = options.out_dir.clone();
+        let until_end = options.until_end;
+        let interval_ms = checkpoint.map_or(0, |c| c.interval_ms);
+        let step_ms = query.spec.slide_ms().unwrap_or(0);
+        let sender = client.as_ref().map(|c| c.sender());
+        let client = client.clone();
+        let restored = restored.clone();
+        let checkpoint_dir = checkpoint_dir.clone();
+        let source_config = SourceConfig {
+            granularity_ms: query.granularity_ms,
+            lateness_ms: query.lateness_ms,
+            batch_records: options.batch_records,
+            idle_poll_ms: 10,
+            max_ahead_ms: max_ahead_ms(&query),
+            cut_step_ms: if sender.is_some() { step_ms } else { 0 },
+            restored_cut_ms: restored_point.map(|(_, cut)| cut),
+        };
+        timely::execute(
+            timely_config(options.workers, options.cluster.as_ref()),
+            move |worker| {
+                let (index, peers) = (worker.index(), worker.peers());
+                let fail = |e: RunError| {
+                    failure.lock().expect("poisoned").get_or_insert(e);
+                };
+                let gauge = Arc::new(ArrangementGauge::default());
+                gauges.lock().expect("poisoned").push(Arc::clone(&gauge));
+                track_arrangements(worker, gauge);
+
+                let mut feeds = Vec::new();
+                for &p in partitions.iter().filter(|&&p| p as usize % peers == index) {
+                    let (start_offset, max_ts_before) =
+                        resumes.get(&p).copied().unwrap_or((0, None));
+                    match LogFeed::open(
+                        &partition_dir(&log_dir, EVENTS_TOPIC, p),
+                        p,
+                        start_offset,
+                        until_end,
+                    ) {
+                        Ok(feed) => feeds.push(PartitionInput {
+                            partition: p,
+                            feed,
+                            start_offset,
+                            max_ts_before,
+                        }),
+                        Err(e) => {
+                            return fail(RunError::Source(FeedError {
+                                partition: p,
+                                source: Box::new(e),
+                            }))
+                        }
+                    }
+                }
+                let outputs = match WorkerOutputs::open(&out_dir, index, false) {
+                    Ok(o) => Rc::new(RefCell::new(o)),
+                    Err(e) => {
+                        return fail(RunError::Output {
+                            path: out_dir.join(output_file_names(index).0),
+                            source: e,
+                        })
+                    }
+                };
+                let assembler: Rc<RefCell<CutAssembler>> = Rc::default();
+                let checkpointing = match (&sender, restored_point) {
+                    (None, _) => None,
+                    (Some(_), point) => {
+                        let restored_partials = match &restored {
+                            None => Vec::new(),
+                            Some(record) => {
+                                let horizon = record.cut_time.saturating_sub(retention_ms);
+                                let mine = |group: u16| usize::from(group) % peers == index;
+                                let loaded =
+                                    load_checkpoint(&checkpoint_dir, record, mine, horizon)
+                                        .map_err(RunError::Store)
+                                        .and_then(|u| {
+                                            decode_pane_partials(u).map_err(RunError::Restore)
+                                        });
+                                match loaded {
+                                    Ok(partials) => partials,
+                                    Err(e) => return fail(e),
+                                }
+                            }
+                        };
+                        Some(WorkerCheckpointing {
+                            assembler: Rc::clone(&assembler),
+                            leader: index == 0,
+                            step_ms,
+                            interval_ms,
+                            restored: point.unwrap_or((0, 0)),
+                            restored_partials,
+                        })
+                    }
+                };
+                let probe = build_window_query(
+                    worker,
+                    feeds,
+                    query,
+                    source_config,
+                    Rc::clone(&outputs),
+                    Arc::clone(&errors),
+                    Arc::clone(&counters),
+                    checkpointing,
+                );
+                let mut last_flush = Instant::now();
+                loop {
+                    let done =
+                        probe.done() && (sender.is_none() || assembler.borrow().final_done());
+                    if done {
+                        break;
+                    }
+                    if errors.lock().expect("poisoned").is_some()
+                        || failure.lock().expect("poisoned").is_some()
+                    {
+                        return;
+                    }
+                    if let Some(e) = client.as_ref().and_then(|c| c.error()) {
+                        return fail(RunError::Sidecar(e));
+                    }
+                    worker.step_or_park(Some(Duration::from_millis(20)));
+                    if let Some(sender) = &sender {
+                        ship_ready(&assembler, sender, index, retention_ms, &final_id);
+                    }
+                    if sender.is_none() && last_flush.elapsed() >= Duration::from_secs(1) {
+                        // Tailing runs never finish; keep the files current.
+                        let flushed = outputs.borrow_mut().flush();
+                        if let Err(e) = flushed {
+                            return fail(RunError::Output {
+                                path: out_dir.clone(),
+                                source: e,
+                            });
+                        }
+                        last_flush = Instant::now();
+                    }
+                }
+                let mut outputs = outputs.borrow_mut();
+                if let Err(e) = outputs.flush() {
+                    return fail(RunError::Output {
+                        path: outputs.windows_path().to_owned(),
+                        source: e,
+                    });
+                }
+                let mut w = written.lock().expect("poisoned");
+                w.0 += outputs.window_rows_written();
+                w.1 += outputs.late_rows_written();
+            },
+        )
+        .map_err(RunError::Dataflow)?
+    };
+    let worker_results = guards.join();
+    let elapsed = started.elapsed();
+    for result in worker_results {
+        result.map_err(RunError::Dataflow)?;
+    }
+    if let Some(e) = errors.lock().expect("poisoned").take() {
+        return Err(RunError::Source(e));
+    }
+    if let Some(e) = failure.lock().expect("poisoned").take() {
+        return Err(e);
+    }
+    if let (Some(client), Some(summary)) = (client, summary_checkpoints.as_mut()) {
+        let target = *final_id.lock().expect("poisoned");
+        let deadline = Instant::now() + SIDECAR_TIMEOUT;
+        while target.is_some_and(|id| client.last_committed().is_none_or(|(c, _)| c < id)) {
+            if let Some(e) = client.error() {
+                return Err(RunError::Sidecar(e));
+            }
+            if Instant::now() > deadline {
+                return Err(RunError::Restore(format!(
+                    "the final checkpoint {target:?} was not committed within {} s",
+                    SIDECAR_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        summary.last_committed = client.last_committed();
+        summary.last_commit_latency_us = client.last_commit_latency_us();
+        if let Ok(client) = Arc::try_unwrap(client) {
+            client.close()?;
+        }
+    }
+    if let Some(mut child) = sidecar_child {
+        let _ = child.wait();
+    }
+    let (window_rows, late_rows) = *written.lock().expect("poisoned");
+    let peak_arranged_records = gauges
+        .lock()
+        .expect("poisoned")
+        .iter()
+        .map(|g| g.peak_records.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    Ok(RunSummary {
+        partitions: list_partitions(&options.data_dir.join("log"), EVENTS_TOPIC)?.len(),
+        total_workers: workers_total,
+        events_read: counters.events_read.load(Ordering::Relaxed),
+        events_late: counters.events_late.load(Ordering::Relaxed),
+        window_rows,
+        late_rows,
+        elapsed,
+        peak_arranged_records,
+        out_dir: options.out_dir.clone(),
+        checkpoints: summary_checkpoints,
+    })
+}
+
+/// Hands the assembled shares of cuts to the sidecar client, without blocking.
+fn ship_ready(
+    assembler: &Rc<RefCell<CutAssembler>>,
+    sender: &crate::checkpoint::client::CutSender,
+    worker: usize,
+    retention_ms: u64,
+    final_id: &Mutex<Option<u64>>,
+) {
+    let mut assembler = assembler.borrow_mut();
+    while let Some(share) = assembler.pop_ready() {
+        let cut = WorkerCut {
+            worker: worker as u32,
+            checkpoint_id: share.checkpoint_id,
+            prev_cut_time: share.tap.prev_cut_time,
+            cut_time: share.cut_time,
+            retention_ms,
+            updates: share.tap.updates,
+            partitions: share.tap.partitions,
+            outputs: share.outputs,
+        };
+        let (id, is_final) = (
+            cut.checkpoint_id,
+            cut.cut_time == crate::checkpoint::cut::FINAL_CUT,
+        );
+        match sender.try_send(cut) {
+            Ok(()) => {
+                if is_final {
+                    final_id.lock().expect("poisoned").get_or_insert(id);
+                }
+            }
+            Err(full) => {
+                // Try again after the next step; the worker never waits here.
+                let cut = *full.0;
+                assembler.push_front(crate::checkpoint::cut::CutShare {
+                    checkpoint_id: cut.checkpoint_id,
+                    cut_time: cut.cut_time,
+                    tap: crate::checkpoint::cut::TapShare {
+                        prev_cut_time: cut.prev_cut_time,
+                        updates: cut.updates,
+                        partitions: cut.partitions,
+                    },
+                    outputs: cut.outputs,
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// Truncates the output files of `workers` (this process's) to their
+/// committed lengths (or empties them: no checkpoint). Process 0 also
+/// handles files of worker indexes beyond this run's (an earlier run had
+/// more workers): committed ones are truncated, others removed.
+fn prepare_outputs(
+    out_dir: &Path,
+    restored: Option<&CommitRecord>,
+    workers: std::ops::Range<usize>,
+    leader: bool,
+    workers_total: usize,
+) -> Result<(), RunError> {
+    let committed: HashMap<&str, u64> = restored
+        .map(|r| {
+            r.outputs
+                .iter()
+                .map(|o: &OutputLength| (o.file_name.as_str(), o.length_bytes))
+                .collect()
+        })
+        .unwrap_or_default();
+    let io_err = |path: PathBuf| move |e| RunError::Output { path, source: e };
+    let mut names: Vec<String> = Vec::new();
+    for w in workers {
+        let (a, b) = output_file_names(w);
+        names.push(a);
+        names.push(b);
+    }
+    if leader {
+        for entry in std::fs::read_dir(out_dir).map_err(io_err(out_dir.to_owned()))? {
+            let name = entry
+                .map_err(io_err(out_dir.to_owned()))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            let index = name
+                .trim_end_matches(".csv")
+                .rsplit('-')
+                .next()
+                .and_then(|i| i.parse::<usize>().ok());
+            if is_output_file_name(&name) && index.is_some_and(|i| i >= workers_total) {
+                names.push(name);
+            }
+        }
+    }
+    for name in names {
+        let path = out_dir.join(&name);
+        match committed.get(name.as_str()) {
+            Some(&length) => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        RunError::Restore(format!(
+                            "output file {} of the checkpoint is missing: {e}",
+                            path.display()
+                        ))
+                    })?;
+                let actual = file.metadata().map_err(io_err(path.clone()))?.len();
+                if actual < length {
+                    return Err(RunError::Restore(format!(
+                        "output file {} has {actual} bytes, fewer than the {length} committed",
+                        path.display()
+                    )));
+                }
+                file.set_len(length).map_err(io_err(path.clone()))?;
+            }
+            None => {
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(io_err(path.clone()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts `weir sidecar` for `data_dir` as a child of this process (same
+/// process group, so a kill of the group takes both).
+fn spawn_sidecar(data_dir: &Path) -> Result<Child, RunError> {
+    let exe = weir_binary().ok_or_else(|| {
+        RunError::Usage("cannot find the weir binary to start the sidecar (set WEIR_BIN)".into())
+    })?;
+    Command::new(&exe)
+        .args(["sidecar", "--exit-when-idle", "--data-dir"])
+        .arg(data_dir)
+        .spawn()
+        .map_err(|e| {
+            RunError::Usage(format!(
+                "cannot start the checkpoint sidecar {}: {e}",
+                exe.display()
+            ))
+        })
+}
+
+/// The `weir` binary: `$WEIR_BIN`, this executable if it is `weir`, or a
+/// `weir` next to it or one directory up (the harness and benches live there).
+fn weir_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("WEIR_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok()?;
+    if exe.file_stem().is_some_and(|s| s == "weir") {
+        return Some(exe);
+    }
+    let dir = exe.parent()?;
+    [dir.join("weir"), dir.parent()?.join("weir")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
