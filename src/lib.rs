@@ -13,6 +13,7 @@ pub mod driver;
 pub mod event;
 pub mod gen;
 pub mod ingest;
+pub mod inspect;
 pub mod log;
 pub mod log_feed;
 pub mod run;

@@ -44,6 +44,12 @@ enum Command {
     },
     /// The checkpoint sidecar (`weir run` starts one itself unless given --sidecar).
     Sidecar(SidecarArgs),
+    /// Show the input log and the committed checkpoints of a data directory.
+    Inspect {
+        /// The data directory.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +192,9 @@ fn main() -> ExitCode {
             kind: GenKind::Zipf(args),
         }) => gen_command(&args),
         Some(Command::Sidecar(args)) => sidecar_command(&args),
+        Some(Command::Inspect { data_dir }) => weir::inspect::inspect(&data_dir)
+            .map(|report| print!("{report}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

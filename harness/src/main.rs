@@ -153,6 +153,12 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
         let mut elapsed_s = Vec::new();
         let mut last = None;
         for _ in 0..args.repeat.max(1) {
+            // Each measured run starts from scratch: no checkpoint to resume from.
+            let checkpoints = options.data_dir.join("checkpoints");
+            if checkpoints.exists() {
+                std::fs::remove_dir_all(&checkpoints)
+                    .with_context(|| format!("removing {}", checkpoints.display()))?;
+            }
             let summary = run(&options)?;
             anyhow::ensure!(
                 summary.events_read == args.events,

@@ -213,15 +213,9 @@ pub fn persist_tap<'scope, C>(
                             break;
                         }
                         queue.pop_front();
-                        let mut shipped: Vec<Update<C::Record>> = Vec::new();
-                        pending.retain(|u| {
-                            if u.1 < cut {
-                                shipped.push(u.clone());
-                                false
-                            } else {
-                                true
-                            }
-                        });
+                        let (mut shipped, keep): (Vec<_>, Vec<_>) =
+                            pending.drain(..).partition(|u| u.1 < cut);
+                        pending = keep;
                         differential_dataflow::consolidation::consolidate_updates(&mut shipped);
                         let updates = shipped
                             .into_iter()

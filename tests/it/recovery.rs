@@ -157,3 +157,196 @@ fn kill_minus_nine_of_engine_and_sidecar_gives_exactly_once_output() {
     }
     eprintln!("{kills} kills over {rounds} rounds (seed {seed})");
 }
+
+/// Runs `args` to completion and checks the output against the reference.
+fn assert_matches_reference(
+    out: &Path,
+    expected_windows: &[String],
+    expected_late: &[String],
+    what: &str,
+) {
+    assert_eq!(
+        sorted_rows(out, "windows"),
+        expected_windows,
+        "{what}: window rows differ"
+    );
+    assert_eq!(
+        sorted_rows(out, "late"),
+        expected_late,
+        "{what}: late rows differ"
+    );
+}
+
+/// The input and the failure-free output every crash test compares with.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    input: String,
+    windows: Vec<String>,
+    late: Vec<String>,
+}
+
+fn fixture(events: u64) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    gen_input(&input, events);
+    let input = input.to_str().unwrap().to_owned();
+    let reference_out = tmp.path().join("ref-out");
+    let reference_data = tmp.path().join("ref-data");
+    let mut args = run_args(
+        &input,
+        reference_data.to_str().unwrap(),
+        reference_out.to_str().unwrap(),
+        2,
+    );
+    args.push("--no-checkpoint".to_owned());
+    assert_success(&weir().args(&args).output().unwrap(), "failure-free run");
+    Fixture {
+        windows: sorted_rows(&reference_out, "windows"),
+        late: sorted_rows(&reference_out, "late"),
+        tmp,
+        input,
+    }
+}
+
+#[test]
+fn a_sidecar_crash_at_each_commit_step_loses_nothing() {
+    let f = fixture(300_000);
+    for failpoint in weir::checkpoint::store::FAILPOINTS {
+        let data = f.tmp.path().join(format!("data-{failpoint}"));
+        let out = f.tmp.path().join(format!("out-{failpoint}"));
+        let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+        let crashed = weir()
+            .args(&args)
+            .env("WEIR_FAILPOINT", failpoint)
+            .output()
+            .unwrap();
+        assert!(
+            !crashed.status.success(),
+            "{failpoint}: the run survived its sidecar's crash"
+        );
+        let stderr = String::from_utf8_lossy(&crashed.stderr);
+        assert!(
+            stderr.contains("sidecar"),
+            "{failpoint}: unclear error: {stderr}"
+        );
+        assert_success(
+            &weir().args(&args).output().unwrap(),
+            "rerun after the sidecar crash",
+        );
+        assert_matches_reference(&out, &f.windows, &f.late, failpoint);
+    }
+}
+
+#[test]
+fn sidecar_only_kills_lose_nothing() {
+    let f = fixture(1_500_000);
+    let target = env_or("WEIR_CRASH_KILLS", 20);
+    let mut rng = SplitMix64::new(env_or("WEIR_CRASH_SEED", 11));
+    let (mut kills, mut rounds) = (0, 0);
+    while kills < target {
+        rounds += 1;
+        let data = f.tmp.path().join(format!("data-{rounds}"));
+        let out = f.tmp.path().join(format!("out-{rounds}"));
+        let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+        for attempt in 0.. {
+            assert!(attempt < 200, "the run never completed");
+            let child = weir()
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20 + rng.below(900)));
+            // The sidecar's command line names this round's data dir.
+            let pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
+            let killed = Command::new("pkill")
+                .args(["-9", "-f", &pattern])
+                .status()
+                .unwrap()
+                .success();
+            let output = child.wait_with_output().unwrap();
+            if output.status.success() {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                killed && stderr.contains("sidecar"),
+                "attempt {attempt} failed by itself:\n{stderr}"
+            );
+            kills += 1;
+        }
+        assert_matches_reference(&out, &f.windows, &f.late, &format!("round {rounds}"));
+    }
+}
+
+#[test]
+fn kill_minus_nine_of_a_two_process_cluster_gives_exactly_once_output() {
+    let f = fixture(1_500_000);
+    let target = env_or("WEIR_CRASH_KILLS", 20);
+    let mut rng = SplitMix64::new(env_or("WEIR_CRASH_SEED", 13));
+    let (mut kills, mut rounds) = (0, 0);
+    while kills < target {
+        rounds += 1;
+        let data = f.tmp.path().join(format!("cluster-data-{rounds}"));
+        let out = f.tmp.path().join(format!("cluster-out-{rounds}"));
+        for attempt in 0.. {
+            assert!(attempt < 200, "the cluster never completed");
+            let ports = crate::support::free_ports(2);
+            let hostfile = f.tmp.path().join(format!("hosts-{rounds}-{attempt}"));
+            let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            std::fs::write(&hostfile, hosts.join("\n")).unwrap();
+            let mut group = 0;
+            let mut children = Vec::new();
+            for process in 0..2u32 {
+                let mut args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+                args.extend(
+                    [
+                        "--processes",
+                        "2",
+                        "--process",
+                        &process.to_string(),
+                        "--hostfile",
+                    ]
+                    .map(str::to_owned),
+                );
+                args.push(hostfile.to_str().unwrap().to_owned());
+                let child = weir()
+                    .args(&args)
+                    .process_group(group)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                if group == 0 {
+                    group = child.id() as i32;
+                }
+                children.push(child);
+            }
+            std::thread::sleep(Duration::from_millis(300 + rng.below(1_500)));
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{group}")])
+                .status();
+            let outputs: Vec<_> = children
+                .into_iter()
+                .map(|c| c.wait_with_output().unwrap())
+                .collect();
+            if outputs.iter().all(|o| o.status.success()) {
+                break;
+            }
+            for o in &outputs {
+                assert!(
+                    o.status.success() || o.status.signal() == Some(9),
+                    "attempt {attempt}: a process failed by itself:\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            kills += 1;
+        }
+        assert_matches_reference(
+            &out,
+            &f.windows,
+            &f.late,
+            &format!("cluster round {rounds}"),
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! `weir inspect`: what a data directory holds — input log partitions,
+//! committed checkpoints (id, cut, files, size, resume offsets, output
+//! lengths) — read without taking any lock or changing anything.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::checkpoint::cut::FINAL_CUT;
+use crate::checkpoint::store::{read_commits, StoreError};
+use crate::ingest::manifest::Manifest;
+use crate::ingest::MANIFEST_FILE_NAME;
+use crate::log::format::{list_segments, segment_path};
+use crate::log::{list_partitions, partition_dir, LogError};
+use crate::run::EVENTS_TOPIC;
+
+/// Why inspection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// Reading the log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Reading the checkpoints failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file could not be read.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn cut_text(cut: u64) -> String {
+    if cut == FINAL_CUT {
+        "final".to_owned()
+    } else {
+        format!("{cut}")
+    }
+}
+
+/// A human-readable report of `data_dir`.
+pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
+    let mut out = String::new();
+    let log_dir = data_dir.join("log");
+    let manifest_path = log_dir.join(EVENTS_TOPIC).join(MANIFEST_FILE_NAME);
+    let manifest = match std::fs::read(&manifest_path) {
+        Ok(bytes) => {
+            Some(
+                Manifest::decode(&bytes).map_err(|(offset, reason)| InspectError::File {
+                    path: manifest_path.display().to_string(),
+                    reason: format!("corrupt at byte {offset}: {reason}"),
+                })?,
+            )
+        }
+        Err(_) => None,
+    };
+    let partitions = list_partitions(&log_dir, EVENTS_TOPIC)?;
+    writeln!(
+        out,
+        "input log {} (topic {EVENTS_TOPIC}): {} partition(s)",
+        log_dir.display(),
+        partitions.len()
+    )
+    .ok();
+    writeln!(out, "  partition  segments  bytes        records  source").ok();
+    for p in &partitions {
+        let dir = partition_dir(&log_dir, EVENTS_TOPIC, *p);
+        let segments = list_segments(&dir)?;
+        let bytes: u64 = segments
+            .iter()
+            .filter_map(|base| std::fs::metadata(segment_path(&dir, *base)).ok())
+            .map(|m| m.len())
+            .sum();
+        let entry = manifest.as_ref().and_then(|m| m.partition(*p));
+        let records = entry.map_or_else(|| "?".to_owned(), |e| e.records.to_string());
+        let source = entry.map_or_else(String::new, |e| e.source_path.clone());
+        writeln!(
+            out,
+            "  {p:<9}  {:<8}  {bytes:<11}  {records:<7}  {source}",
+            segments.len()
+        )
+        .ok();
+    }
+
+    let checkpoint_dir = data_dir.join("checkpoints");
+    let commits = if checkpoint_dir.join("commits.log").exists() {
+        read_commits(&checkpoint_dir)?
+    } else {
+        Vec::new()
+    };
+    writeln!(
+        out,
+        "\ncheckpoints {}: {} committed",
+        checkpoint_dir.display(),
+        commits.len()
+    )
+    .ok();
+    if !commits.is_empty() {
+        writeln!(
+            out,
+            "  id      cut            workers  files  state bytes  on disk"
+        )
+        .ok();
+    }
+    for c in &commits {
+        let size: u64 = c.files.iter().map(|f| f.size_bytes).sum();
+        let present = c
+            .files
+            .iter()
+            .all(|f| checkpoint_dir.join(&f.name).is_file());
+        writeln!(
+            out,
+            "  {:<6}  {:<13}  {:<7}  {:<5}  {size:<11}  {}",
+            c.checkpoint_id,
+            cut_text(c.cut_time),
+            c.workers_total,
+            c.files.len(),
+            if present {
+                "yes"
+            } else {
+                "no (garbage-collected)"
+            }
+        )
+        .ok();
+    }
+    if let Some(newest) = commits.last() {
+        writeln!(
+            out,
+            "\nnewest checkpoint {} (cut {}):",
+            newest.checkpoint_id,
+            cut_text(newest.cut_time)
+        )
+        .ok();
+        for f in &newest.files {
+            writeln!(
+                out,
+                "  file {}  {} bytes  crc32c {:08x}  times {}..={}",
+                f.name, f.size_bytes, f.crc32c, f.min_time, f.max_time
+            )
+            .ok();
+        }
+        for p in &newest.partitions {
+            let max = p
+                .max_ts_before
+                .map_or_else(|| "-".to_owned(), |m| m.to_string());
+            writeln!(
+                out,
+                "  partition {} resumes at offset {} (max ts before: {max})",
+                p.partition, p.resume_offset
+            )
+            .ok();
+        }
+        for o in &newest.outputs {
+            writeln!(
+                out,
+                "  output {} committed length {} bytes",
+                o.file_name, o.length_bytes
+            )
+            .ok();
+        }
+    }
+    Ok(out)
+}
