@@ -57,15 +57,13 @@ pub fn cut_announcer(
     builder.build(move |mut capabilities| {
         let mut cap = capabilities.pop().filter(|_| leader);
         let (mut id, mut cut) = (last_id, last_cut);
-        let mut first = true;
+        let interval = Duration::from_millis(interval_ms);
+        // The end of the input is checked often, so a finite run's final cut
+        // does not wait for the next interval; regular cuts wait for it.
+        let poll = interval.min(Duration::from_millis(10));
+        let mut last_announced = std::time::Instant::now();
         move |_frontiers| {
             let Some(c) = cap.as_ref() else { return };
-            if first {
-                // Wait one interval before the first cut.
-                first = false;
-                activator.activate_after(Duration::from_millis(interval_ms));
-                return;
-            }
             let frontier = probe.with_frontier(|f| f.first().copied());
             match frontier {
                 None => {
@@ -75,12 +73,13 @@ pub fn cut_announcer(
                 }
                 Some(f) => {
                     let t = f - f % step_ms;
-                    if t > cut {
+                    if t > cut && last_announced.elapsed() >= interval {
                         id += 1;
                         cut = t;
+                        last_announced = std::time::Instant::now();
                         output.activate().session(c).give((id, t));
                     }
-                    activator.activate_after(Duration::from_millis(interval_ms));
+                    activator.activate_after(poll);
                 }
             }
         }
