@@ -237,29 +237,40 @@ fn run_command(args: &RunArgs) -> Result<()> {
     };
     let mut inputs = args.input.clone();
     let mut until_end = args.until_end;
+    let mut data_dir = args.data_dir.clone();
     if inputs.is_empty() {
-        let demo_dir = args.data_dir.join("demo");
+        // The demo keeps its input, log and checkpoints apart from any real data.
+        data_dir = args.data_dir.join("demo");
+        let input_dir = data_dir.join("input");
         let params = ZipfParams {
             events: args.demo_events,
             ..ZipfParams::default()
         };
-        let existing =
-            (0..params.partitions).all(|p| demo_dir.join(format!("zipf-{p}.csv")).is_file());
+        let existing = (0..params.partitions).all(|p| input_dir.join(format!("zipf-{p}.csv")).is_file());
         if !existing {
             eprintln!(
                 "no --input: generating a demo dataset of {} Zipf events ({} keys) in {}",
                 params.events,
                 params.keys,
-                demo_dir.display()
+                input_dir.display()
             );
-            generate_zipf(&params, &demo_dir)
-                .with_context(|| format!("generating into {}", demo_dir.display()))?;
+            generate_zipf(&params, &input_dir).with_context(|| format!("generating into {}", input_dir.display()))?;
         }
-        inputs.push(demo_dir);
+        let checkpoints = data_dir.join("checkpoints");
+        let finished = weir::checkpoint::store::read_commits(&checkpoints)
+            .ok()
+            .and_then(|c| c.last().map(|r| r.cut_time == weir::checkpoint::cut::FINAL_CUT))
+            .unwrap_or(false);
+        if finished {
+            // A finished demo would restore and do nothing: start it over.
+            eprintln!("the previous demo run completed: starting it over");
+            std::fs::remove_dir_all(&checkpoints).with_context(|| format!("removing {}", checkpoints.display()))?;
+        }
+        inputs.push(input_dir);
         until_end = true;
     }
     let options = RunOptions {
-        data_dir: args.data_dir.clone(),
+        data_dir,
         out_dir: args.out.clone(),
         inputs,
         query: WindowQuery {
