@@ -122,6 +122,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 // The same in every process of a run (they restore the same
                 // checkpoint) and newer than any earlier run that committed.
                 epoch: restored.as_ref().map_or(1, |r| r.checkpoint_id + 1),
+                restored_from: restored.as_ref().map(|r| r.checkpoint_id),
             };
             Some(Arc::new(SidecarClient::connect_retrying(
                 &address,
@@ -142,7 +143,15 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 .collect()
         })
         .unwrap_or_default();
-    let restored_point = restored.as_ref().map(|r| (r.checkpoint_id, r.cut_time));
+    // New checkpoints number on from the newest commit, which is newer than
+    // the restored one when the newest was unusable.
+    let newest_id = client
+        .as_ref()
+        .and_then(|c| c.last_committed_at_hello())
+        .map_or(0, |(id, _)| id);
+    let restored_point = restored
+        .as_ref()
+        .map(|r| (r.checkpoint_id.max(newest_id), r.cut_time));
     let retention_ms = query.spec.size_ms();
     let errors = ErrorSlot::default();
     let failure: Arc<Mutex<Option<RunError>>> = Arc::default();

@@ -246,7 +246,8 @@ fn run_command(args: &RunArgs) -> Result<()> {
             events: args.demo_events,
             ..ZipfParams::default()
         };
-        let existing = (0..params.partitions).all(|p| input_dir.join(format!("zipf-{p}.csv")).is_file());
+        let existing =
+            (0..params.partitions).all(|p| input_dir.join(format!("zipf-{p}.csv")).is_file());
         if !existing {
             eprintln!(
                 "no --input: generating a demo dataset of {} Zipf events ({} keys) in {}",
@@ -254,17 +255,22 @@ fn run_command(args: &RunArgs) -> Result<()> {
                 params.keys,
                 input_dir.display()
             );
-            generate_zipf(&params, &input_dir).with_context(|| format!("generating into {}", input_dir.display()))?;
+            generate_zipf(&params, &input_dir)
+                .with_context(|| format!("generating into {}", input_dir.display()))?;
         }
         let checkpoints = data_dir.join("checkpoints");
         let finished = weir::checkpoint::store::read_commits(&checkpoints)
             .ok()
-            .and_then(|c| c.last().map(|r| r.cut_time == weir::checkpoint::cut::FINAL_CUT))
+            .and_then(|c| {
+                c.last()
+                    .map(|r| r.cut_time == weir::checkpoint::cut::FINAL_CUT)
+            })
             .unwrap_or(false);
         if finished {
             // A finished demo would restore and do nothing: start it over.
             eprintln!("the previous demo run completed: starting it over");
-            std::fs::remove_dir_all(&checkpoints).with_context(|| format!("removing {}", checkpoints.display()))?;
+            std::fs::remove_dir_all(&checkpoints)
+                .with_context(|| format!("removing {}", checkpoints.display()))?;
         }
         inputs.push(input_dir);
         until_end = true;

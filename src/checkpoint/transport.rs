@@ -106,6 +106,10 @@ pub struct Hello {
     pub query_fingerprint: u64,
     /// Incarnation of the run; a newer epoch supersedes an older one.
     pub epoch: u64,
+    /// The checkpoint the engine restored (`None`: it started from
+    /// nothing). When it is older than the newest commit (the newest was
+    /// damaged), the next checkpoint builds on it.
+    pub restored_from: Option<u64>,
 }
 
 /// One worker's share of cut `cut_time`: its consolidated updates for times in
@@ -217,6 +221,7 @@ impl Wire for ToSidecar {
                 enc.u32(h.workers_total);
                 enc.u64(h.query_fingerprint);
                 enc.u64(h.epoch);
+                enc.opt_u64(h.restored_from);
             }
             ToSidecar::WorkerCut(c) => {
                 enc.u32(c.worker);
@@ -240,6 +245,7 @@ impl Wire for ToSidecar {
                 workers_total: d.u32("workers total")?,
                 query_fingerprint: d.u64("query fingerprint")?,
                 epoch: d.u64("epoch")?,
+                restored_from: d.opt_u64("restored from")?,
             }),
             KIND_WORKER_CUT => ToSidecar::WorkerCut(WorkerCut {
                 worker: d.u32("worker")?,

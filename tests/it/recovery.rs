@@ -350,3 +350,48 @@ fn kill_minus_nine_of_a_two_process_cluster_gives_exactly_once_output() {
         );
     }
 }
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
+    let f = fixture(300_000);
+    let data = f.tmp.path().join("data-damaged");
+    let out = f.tmp.path().join("out-damaged");
+    let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+    assert_success(&weir().args(&args).output().unwrap(), "first run");
+    let checkpoints = data.join("checkpoints");
+    let commits = weir::checkpoint::store::read_commits(&checkpoints).unwrap();
+    assert!(
+        commits.len() >= 2,
+        "need two checkpoints, got {}",
+        commits.len()
+    );
+    let (newest, previous) = (&commits[commits.len() - 1], &commits[commits.len() - 2]);
+    let only_newest = newest
+        .files
+        .iter()
+        .find(|f| !previous.files.iter().any(|p| p.name == f.name))
+        .expect("the final checkpoint adds a delta file");
+    // Flip one byte in the middle of that file.
+    let path = checkpoints.join(&only_newest.name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+
+    let rerun = weir().args(&args).output().unwrap();
+    assert_success(&rerun, "rerun after damage");
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains(&only_newest.name),
+        "no loud fallback: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&rerun.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "restored from     checkpoint {}",
+            previous.checkpoint_id
+        )),
+        "did not restore the previous checkpoint: {stdout}"
+    );
+    assert_matches_reference(&out, &f.windows, &f.late, "after fallback");
+}

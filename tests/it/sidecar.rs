@@ -50,6 +50,7 @@ fn hello(process: u32, workers_total: u32, epoch: u64) -> Hello {
         workers_total,
         query_fingerprint: 0xfeed,
         epoch,
+        restored_from: None,
     }
 }
 

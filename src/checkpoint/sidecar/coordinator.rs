@@ -81,18 +81,23 @@ pub struct Coordinator {
     newest_epoch: Option<u64>,
     /// Live connections: their epoch and process.
     conns: HashMap<ConnId, (u64, u32)>,
+    /// The commit the next checkpoint builds on: the newest, or the one the
+    /// run restored when the newest was unusable.
     last: Option<CommitRecord>,
+    /// Every commit of the store, oldest first (ids keep growing past a fallback).
+    history: Vec<CommitRecord>,
     pending: BTreeMap<u64, PendingCheckpoint>,
 }
 
 impl Coordinator {
-    /// A coordinator continuing after `last` (the store's newest commit).
-    pub fn new(last: Option<CommitRecord>) -> Self {
+    /// A coordinator continuing after the store's `commits` (oldest first).
+    pub fn new(commits: Vec<CommitRecord>) -> Self {
         Self {
             run: None,
             newest_epoch: None,
             conns: HashMap::new(),
-            last,
+            last: commits.last().cloned(),
+            history: commits,
             pending: BTreeMap::new(),
         }
     }
@@ -102,8 +107,10 @@ impl Coordinator {
         self.last.as_ref()
     }
 
+    /// The newest committed id (new checkpoints number on from it, also
+    /// after a fallback to an older base).
     fn last_id(&self) -> u64 {
-        self.last.as_ref().map_or(0, |r| r.checkpoint_id)
+        self.history.last().map_or(0, |r| r.checkpoint_id)
     }
 
     /// Number of live (admitted) connections.
@@ -142,7 +149,7 @@ impl Coordinator {
         };
         let mut admitted = Admitted {
             evict: Vec::new(),
-            last_committed: self.last.as_ref().map(|r| (r.checkpoint_id, r.cut_time)),
+            last_committed: self.history.last().map(|r| (r.checkpoint_id, r.cut_time)),
         };
         match self.newest_epoch {
             Some(newest) if hello.epoch < newest => {
@@ -185,6 +192,19 @@ impl Coordinator {
                     );
                 }
                 self.pending.clear();
+                if let Some(base) = hello.restored_from {
+                    let Some(record) = self.history.iter().find(|r| r.checkpoint_id == base) else {
+                        return Err(format!("the engine restored checkpoint {base}, which this store never committed"));
+                    };
+                    if self.last.as_ref().is_some_and(|l| l.checkpoint_id != base) {
+                        tracing::warn!(
+                            base,
+                            newest = self.last_id(),
+                            "the engine fell back to an older checkpoint: building on it"
+                        );
+                    }
+                    self.last = Some(record.clone());
+                }
                 self.run = Some(incoming);
                 self.newest_epoch = Some(hello.epoch);
             }
@@ -313,6 +333,7 @@ impl Coordinator {
 
     /// Records a durable commit.
     pub fn committed(&mut self, record: CommitRecord) {
+        self.history.push(record.clone());
         self.last = Some(record);
     }
 }

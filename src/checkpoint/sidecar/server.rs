@@ -200,7 +200,7 @@ async fn serve(
 ) -> Result<(), SidecarError> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let coordinator = CoordinatorTask {
-        coord: Coordinator::new(store.commits().last().cloned()),
+        coord: Coordinator::new(store.commits().to_vec()),
         store: Some(store),
         replies: HashMap::new(),
         ever_connected: false,

@@ -9,7 +9,7 @@
 //! Every payload starts with `kind u8` (the frame kind again), then:
 //!
 //! ```text
-//! Hello      token bytes | process u32 | workers_total u32 | query_fingerprint u64 | epoch u64
+//! Hello      token bytes | process u32 | workers_total u32 | query_fingerprint u64 | epoch u64 | restored_from Option<u64>
 //! WorkerCut  worker u32 | checkpoint_id u64 | prev_cut_time u64 | cut_time u64 | retention_ms u64
 //!            | updates vec of (key_group u16 | data bytes | time u64 | diff i64)
 //!            | partitions vec of (partition u32 | resume_offset u64 | max_ts_before opt u64)

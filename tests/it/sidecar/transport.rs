@@ -92,6 +92,7 @@ fn to_sidecar_strategy() -> impl Strategy<Value = ToSidecar> {
                         workers_total,
                         query_fingerprint,
                         epoch,
+                        restored_from: (epoch % 3 != 0).then_some(epoch / 2),
                     })
                 }
             ),
@@ -329,6 +330,7 @@ fn transport_oversized_length_is_rejected_before_allocation() {
         workers_total: 1,
         query_fingerprint: 0,
         epoch: 0,
+        restored_from: None,
     }))
     .unwrap();
     let mut guarded = Guarded {
