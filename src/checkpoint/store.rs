@@ -67,6 +67,10 @@ pub const FAILPOINTS: [&str; 5] = [
 const MAX_REASONS: usize = 8;
 
 /// Aborts the process if `name` is the armed failpoint.
+/// Armed like a failpoint, makes the next data file write fail with ENOSPC
+/// ("No space left on device") instead of crashing: the disk-full path.
+pub const DISK_FULL_FAILPOINT: &str = "disk-full";
+
 fn failpoint(name: &str) {
     if failpoint_armed(name) {
         eprintln!("weir: failpoint `{name}` reached, aborting");
@@ -226,6 +230,10 @@ impl CheckpointStore {
         let path = self.dir.join(&meta.name);
         let tmp = self.dir.join(format!("{}{TEMP_SUFFIX}", meta.name));
         let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+        if failpoint_armed(DISK_FULL_FAILPOINT) {
+            // As a full disk would: the write fails and the temp file stays behind.
+            return Err(StoreError::io(&tmp)(std::io::Error::from_raw_os_error(28)));
+        }
         f.write_all(&bytes).map_err(StoreError::io(&tmp))?;
         failpoint("after-delta-write");
         f.sync_all().map_err(StoreError::io(&tmp))?;

@@ -256,7 +256,7 @@ fn sidecar_only_kills_lose_nothing() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(20 + rng.below(900)));
+            std::thread::sleep(Duration::from_millis(20 + rng.below(500)));
             // The sidecar's command line names this round's data dir.
             let pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
             let killed = Command::new("pkill")
@@ -394,4 +394,57 @@ fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
         "did not restore the previous checkpoint: {stdout}"
     );
     assert_matches_reference(&out, &f.windows, &f.late, "after fallback");
+}
+
+#[test]
+fn a_checkpoint_of_another_query_is_refused() {
+    let f = fixture(50_000);
+    let data = f.tmp.path().join("data-fingerprint");
+    let out = f.tmp.path().join("out-fingerprint");
+    let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+    assert_success(&weir().args(&args).output().unwrap(), "first run");
+    let mut other = args.clone();
+    let window = other.iter().position(|a| a == "--window").unwrap() + 1;
+    other[window] = "tumbling:10s".to_owned();
+    let refused = weir().args(&other).output().unwrap();
+    assert!(
+        !refused.status.success(),
+        "a checkpoint of another query was used"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("fingerprint"), "unclear refusal: {stderr}");
+    // Nothing committed was touched: the original query still restores.
+    assert_success(
+        &weir().args(&args).output().unwrap(),
+        "rerun of the original query",
+    );
+    assert_matches_reference(&out, &f.windows, &f.late, "after a refused run");
+}
+
+#[test]
+fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
+    let f = fixture(300_000);
+    let data = f.tmp.path().join("data-full");
+    let out = f.tmp.path().join("out-full");
+    let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+    let failed = weir()
+        .args(&args)
+        .env(
+            "WEIR_FAILPOINT",
+            weir::checkpoint::store::DISK_FULL_FAILPOINT,
+        )
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "the run ignored a full disk");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("No space left on device"),
+        "unclear error: {stderr}"
+    );
+    // Space is back: the same command resumes and the output is exact.
+    assert_success(
+        &weir().args(&args).output().unwrap(),
+        "rerun after the disk was freed",
+    );
+    assert_matches_reference(&out, &f.windows, &f.late, "after a full disk");
 }
