@@ -152,7 +152,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     let restored_point = restored
         .as_ref()
         .map(|r| (r.checkpoint_id.max(newest_id), r.cut_time));
-    let retention_ms = query.spec.size_ms();
+    let retention_ms = query.retention_ms();
     let errors = ErrorSlot::default();
     let failure: Arc<Mutex<Option<RunError>>> = Arc::default();
     let counters = Arc::new(SourceCounters::default());

@@ -19,7 +19,7 @@ use weir_dataflows::session::session_windows;
 use weir_dataflows::sliding::{fixed_windows, FixedWindows};
 use weir_dataflows::{LateRow, WindowRow, WindowSpec};
 
-use crate::checkpoint::cut::{cut_announcer, persist_tap, CutAssembler};
+use crate::checkpoint::cut::{cut_announcer, persist_tap, resume_only_tap, CutAssembler};
 use crate::checkpoint::format::{OutputLength, PersistedUpdate};
 use crate::sink::{output_operator, OutputRow};
 use crate::source::{
@@ -42,6 +42,13 @@ impl WindowQuery {
     /// Whether checkpoints are implemented for this query (fixed windows).
     pub fn supports_checkpoints(&self) -> bool {
         self.spec.slide_ms().is_some()
+    }
+
+    /// How far below a cut `T` persisted partials still matter: a window
+    /// ending after `T` ends at `T + slide` or later, so its earliest pane
+    /// is timed at or after `T - size + slide`. Tumbling windows need none.
+    pub fn retention_ms(&self) -> u64 {
+        self.spec.size_ms() - self.spec.slide_ms().unwrap_or(0)
     }
 
     /// A fingerprint of everything that shapes the persisted state; a
@@ -199,13 +206,17 @@ where
                     probe.clone(),
                 );
                 if let (Some(c), Some(cuts)) = (checkpointing, announcements.as_ref()) {
-                    persist_tap::<PaneCombiner>(
-                        &partials,
-                        cuts,
-                        Rc::clone(&progress),
-                        c.assembler,
-                        restored_cut,
-                    );
+                    if query.retention_ms() == 0 {
+                        resume_only_tap(cuts, Rc::clone(&progress), c.assembler, restored_cut);
+                    } else {
+                        persist_tap::<PaneCombiner>(
+                            &partials,
+                            cuts,
+                            Rc::clone(&progress),
+                            c.assembler,
+                            (restored_cut, query.retention_ms()),
+                        );
+                    }
                     // After the tap: restored state is in the checkpoint already.
                     partials = partials.concat(restored_stream(scope, c.restored_partials));
                 }

@@ -174,13 +174,15 @@ pub fn key_group(hash: u64) -> u16 {
     (hash % u64::from(KEY_GROUPS)) as u16
 }
 
-/// Builds the persist tap on `partials`, shipping into `assembler`.
+/// Builds the persist tap on `partials`, shipping into `assembler`; the
+/// first cut follows `restored_cut`, and partials older than a cut minus
+/// `retention_ms` are not shipped.
 pub fn persist_tap<'scope, C>(
     partials: &Stream<'scope, u64, Vec<Update<C::Record>>>,
     announcements: &Stream<'scope, u64, Vec<Announcement>>,
     progress: SharedProgress,
     assembler: std::rc::Rc<std::cell::RefCell<CutAssembler>>,
-    restored_cut: u64,
+    (restored_cut, retention_ms): (u64, u64),
 ) where
     C: LocalCombiner,
 {
@@ -215,6 +217,9 @@ pub fn persist_tap<'scope, C>(
                         let (mut shipped, keep): (Vec<_>, Vec<_>) =
                             pending.drain(..).partition(|u| u.1 < cut);
                         pending = keep;
+                        // Partials of windows closed by the cut are never needed again.
+                        let horizon = cut.saturating_sub(retention_ms);
+                        shipped.retain(|u| u.1 >= horizon);
                         differential_dataflow::consolidation::consolidate_updates(&mut shipped);
                         let updates = shipped
                             .into_iter()
@@ -244,4 +249,44 @@ pub fn persist_tap<'scope, C>(
                 }
             },
         );
+}
+
+/// The tap of a query whose persisted partials are never needed after a
+/// cut (tumbling windows: every partial below a cut belongs to a closed
+/// window). It ships only resume points, and does not look at the data, so
+/// the partials stream is not copied for it. Announcements come only once the
+/// output frontier has passed the cut, so every partition has been read past
+/// it and its resume point is known.
+pub fn resume_only_tap(
+    announcements: &Stream<'_, u64, Vec<Announcement>>,
+    progress: SharedProgress,
+    assembler: std::rc::Rc<std::cell::RefCell<CutAssembler>>,
+    restored_cut: u64,
+) {
+    let mut prev_cut = restored_cut;
+    announcements
+        .clone()
+        .sink(Pipeline, "ResumeTap", move |(cuts, _)| {
+            cuts.for_each_stamp(|_, batches| {
+                for batch in batches {
+                    for (id, cut) in batch.drain(..) {
+                        let partitions = progress
+                            .borrow_mut()
+                            .iter_mut()
+                            .map(|p| p.resume_point(cut))
+                            .collect();
+                        assembler.borrow_mut().tap_share(
+                            id,
+                            cut,
+                            TapShare {
+                                prev_cut_time: prev_cut,
+                                updates: Vec::new(),
+                                partitions,
+                            },
+                        );
+                        prev_cut = cut;
+                    }
+                }
+            });
+        });
 }

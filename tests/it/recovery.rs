@@ -43,6 +43,16 @@ fn gen_input(dir: &Path, events: u64) {
 }
 
 fn run_args(input: &str, data: &str, out: &str, workers: u64) -> Vec<String> {
+    run_args_with_window(input, data, out, workers, "sliding:20s/5s")
+}
+
+fn run_args_with_window(
+    input: &str,
+    data: &str,
+    out: &str,
+    workers: u64,
+    window: &str,
+) -> Vec<String> {
     [
         "run",
         "--input",
@@ -52,7 +62,7 @@ fn run_args(input: &str, data: &str, out: &str, workers: u64) -> Vec<String> {
         "--out",
         out,
         "--window",
-        "sliding:20s/5s",
+        window,
         "--lateness",
         "2s",
         "--until-end",
@@ -68,12 +78,12 @@ fn run_args(input: &str, data: &str, out: &str, workers: u64) -> Vec<String> {
 /// Runs the job in `dirs` until it completes, killing each attempt (engine
 /// and sidecar: the whole process group) after a random delay, with a
 /// random worker count per attempt. Returns the number of kills.
-fn crash_until_done(input: &str, data: &str, out: &str, rng: &mut SplitMix64) -> u64 {
+fn crash_until_done(input: &str, data: &str, out: &str, window: &str, rng: &mut SplitMix64) -> u64 {
     for kills in 0.. {
         assert!(kills < 200, "the run never completed");
         let workers = 1 + rng.below(3);
         let child = weir()
-            .args(run_args(input, data, out, workers))
+            .args(run_args_with_window(input, data, out, workers, window))
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -139,7 +149,7 @@ fn kill_minus_nine_of_engine_and_sidecar_gives_exactly_once_output() {
         let data = tmp.path().join(format!("data-{rounds}"));
         let out = tmp.path().join(format!("out-{rounds}"));
         let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
-        kills += crash_until_done(input, data, out, &mut rng);
+        kills += crash_until_done(input, data, out, "sliding:20s/5s", &mut rng);
         // Rerunning a completed run, on another worker count, changes nothing.
         let rerun = weir().args(run_args(input, data, out, 3)).output().unwrap();
         assert_success(&rerun, "rerun after completion");
@@ -353,26 +363,35 @@ fn kill_minus_nine_of_a_two_process_cluster_gives_exactly_once_output() {
 
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
-    let f = fixture(300_000);
+    let f = fixture(1_500_000);
     let data = f.tmp.path().join("data-damaged");
     let out = f.tmp.path().join("out-damaged");
     let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
     assert_success(&weir().args(&args).output().unwrap(), "first run");
     let checkpoints = data.join("checkpoints");
     let commits = weir::checkpoint::store::read_commits(&checkpoints).unwrap();
-    assert!(
-        commits.len() >= 2,
-        "need two checkpoints, got {}",
-        commits.len()
-    );
-    let (newest, previous) = (&commits[commits.len() - 1], &commits[commits.len() - 2]);
-    let only_newest = newest
+    let newest = commits.last().expect("checkpoints were committed");
+    // Damage the most recent data file the newest checkpoint needs.
+    let victim = newest
         .files
         .iter()
-        .find(|f| !previous.files.iter().any(|p| p.name == f.name))
-        .expect("the final checkpoint adds a delta file");
-    // Flip one byte in the middle of that file.
-    let path = checkpoints.join(&only_newest.name);
+        .max_by_key(|f| &f.name)
+        .expect("the newest checkpoint has files");
+    // The checkpoint restore should fall back to: the newest one not needing it.
+    let fallback = commits
+        .iter()
+        .rev()
+        .find(|c| !c.files.iter().any(|f| f.name == victim.name))
+        .expect("an older checkpoint without the damaged file");
+    assert!(
+        fallback
+            .files
+            .iter()
+            .all(|f| checkpoints.join(&f.name).is_file()),
+        "the fallback checkpoint {} lost files to GC; pick another damage",
+        fallback.checkpoint_id
+    );
+    let path = checkpoints.join(&victim.name);
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
@@ -382,16 +401,17 @@ fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
     assert_success(&rerun, "rerun after damage");
     let stderr = String::from_utf8_lossy(&rerun.stderr);
     assert!(
-        stderr.contains("WARNING") && stderr.contains(&only_newest.name),
+        stderr.contains("WARNING") && stderr.contains(&victim.name),
         "no loud fallback: {stderr}"
     );
     let stdout = String::from_utf8_lossy(&rerun.stdout);
     assert!(
         stdout.contains(&format!(
-            "restored from     checkpoint {}",
-            previous.checkpoint_id
+            "restored from     checkpoint {} ",
+            fallback.checkpoint_id
         )),
-        "did not restore the previous checkpoint: {stdout}"
+        "did not restore checkpoint {}: {stdout}",
+        fallback.checkpoint_id
     );
     assert_matches_reference(&out, &f.windows, &f.late, "after fallback");
 }
@@ -423,7 +443,7 @@ fn a_checkpoint_of_another_query_is_refused() {
 
 #[test]
 fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
-    let f = fixture(300_000);
+    let f = fixture(1_500_000);
     let data = f.tmp.path().join("data-full");
     let out = f.tmp.path().join("out-full");
     let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
@@ -447,4 +467,43 @@ fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
         "rerun after the disk was freed",
     );
     assert_matches_reference(&out, &f.windows, &f.late, "after a full disk");
+}
+
+#[test]
+fn tumbling_windows_recover_exactly_once_from_resume_points_alone() {
+    // Tumbling windows persist no partials (a cut closes every window below
+    // it): a restore is resume offsets and output lengths only.
+    let f = fixture(1_500_000);
+    let window = "tumbling:10s";
+    let reference_out = f.tmp.path().join("tumbling-ref-out");
+    let reference_data = f.tmp.path().join("tumbling-ref-data");
+    let mut args = run_args_with_window(
+        &f.input,
+        reference_data.to_str().unwrap(),
+        reference_out.to_str().unwrap(),
+        2,
+        window,
+    );
+    args.push("--no-checkpoint".to_owned());
+    assert_success(&weir().args(&args).output().unwrap(), "failure-free run");
+    let (windows, late) = (
+        sorted_rows(&reference_out, "windows"),
+        sorted_rows(&reference_out, "late"),
+    );
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    let mut rng = SplitMix64::new(env_or("WEIR_CRASH_SEED", 17));
+    let (mut kills, mut rounds) = (0, 0);
+    while kills < target {
+        rounds += 1;
+        let data = f.tmp.path().join(format!("tumbling-data-{rounds}"));
+        let out = f.tmp.path().join(format!("tumbling-out-{rounds}"));
+        kills += crash_until_done(
+            &f.input,
+            data.to_str().unwrap(),
+            out.to_str().unwrap(),
+            window,
+            &mut rng,
+        );
+        assert_matches_reference(&out, &windows, &late, &format!("tumbling round {rounds}"));
+    }
 }
