@@ -159,8 +159,11 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     let gauges: Arc<Mutex<Vec<Arc<ArrangementGauge>>>> = Arc::default();
     let written: Arc<Mutex<(u64, u64)>> = Arc::default();
     let final_id: Arc<Mutex<Option<u64>>> = Arc::default();
+    // Restored updates over all workers, and the slowest worker's load time.
+    let restore_stats: Arc<Mutex<(u64, Duration)>> = Arc::default();
     let started = Instant::now();
     let guards = {
+        let restore_stats = Arc::clone(&restore_stats);
         let (errors, failure, counters, gauges, written, final_id) = (
             Arc::clone(&errors),
             Arc::clone(&failure),
@@ -239,6 +242,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             Some(record) => {
                                 let horizon = record.cut_time.saturating_sub(retention_ms);
                                 let mine = |group: u16| usize::from(group) % peers == index;
+                                let load_started = Instant::now();
                                 let loaded =
                                     load_checkpoint(&checkpoint_dir, record, mine, horizon)
                                         .map_err(RunError::Store)
@@ -246,7 +250,19 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                                             decode_pane_partials(u).map_err(RunError::Restore)
                                         });
                                 match loaded {
-                                    Ok(partials) => partials,
+                                    Ok(partials) => {
+                                        let took = load_started.elapsed();
+                                        tracing::info!(
+                                            worker = index,
+                                            updates = partials.len(),
+                                            ms = took.as_millis() as u64,
+                                            "restored state"
+                                        );
+                                        let mut r = restore_stats.lock().expect("poisoned");
+                                        r.0 += partials.len() as u64;
+                                        r.1 = r.1.max(took);
+                                        partials
+                                    }
                                     Err(e) => return fail(e),
                                 }
                             }
@@ -343,6 +359,9 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
             std::thread::sleep(Duration::from_millis(5));
         }
         summary.last_committed = client.last_committed();
+        let (updates, took) = *restore_stats.lock().expect("poisoned");
+        summary.restored_updates = updates;
+        summary.restore_load = took;
         summary.last_commit_latency_us = client.last_commit_latency_us();
         if let Ok(client) = Arc::try_unwrap(client) {
             client.close()?;

@@ -338,6 +338,14 @@ fn print_summary(s: &RunSummary, workers: usize) {
                     "restored from     checkpoint {id} (cut {})",
                     format_cut(cut)
                 );
+                println!(
+                    "restore load      {} updates in {:.3} s (slowest worker)",
+                    c.restored_updates,
+                    c.restore_load.as_secs_f64()
+                );
+                if cut == u64::MAX {
+                    println!("                  (this run had completed before: its output stands as committed)");
+                }
             }
             match c.last_committed {
                 Some((id, cut)) => println!(

@@ -91,6 +91,10 @@ pub struct CheckpointSummary {
     pub restored_from: Option<(u64, u64)>,
     /// Warnings about newer checkpoints that could not be used.
     pub restore_warnings: Vec<String>,
+    /// Updates loaded from the checkpoint, over all workers of this process.
+    pub restored_updates: u64,
+    /// The slowest worker's time to load and decode its share.
+    pub restore_load: Duration,
     /// The last checkpoint the sidecar confirmed: `(id, cut time)`.
     pub last_committed: Option<(u64, u64)>,
     /// Commit latency of the last checkpoint, µs.
