@@ -48,6 +48,7 @@ fn window_throughput(c: &mut Criterion) {
         batch_records: 8_192,
         log_config: LogConfig::default(),
         checkpoint: None,
+        hooks: weir::run::RunHooks::default(),
     };
     // Ingest once, outside the measurement (later runs find the files ingested).
     run(&options(1)).expect("warm-up run");

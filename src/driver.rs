@@ -47,7 +47,9 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         return Err(RunError::Usage("--workers must be at least 1".into()));
     }
     let files = expand_inputs(&options.inputs)?;
-    ingest_locked(&options.data_dir, &files, &options.log_config)?;
+    if !files.is_empty() {
+        ingest_locked(&options.data_dir, &files, &options.log_config)?;
+    }
     let log_dir = options.data_dir.join("log");
     let partitions = list_partitions(&log_dir, EVENTS_TOPIC)?;
     if partitions.is_empty() {
@@ -174,6 +176,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         );
         let out_dir = options.out_dir.clone();
         let until_end = options.until_end;
+        let hooks = options.hooks.clone();
         let interval_ms = checkpoint.map_or(0, |c| c.interval_ms);
         let step_ms = query.spec.slide_ms().unwrap_or(0);
         let sender = client.as_ref().map(|c| c.sender());
@@ -184,7 +187,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
             granularity_ms: query.granularity_ms,
             lateness_ms: query.lateness_ms,
             batch_records: options.batch_records,
-            idle_poll_ms: 10,
+            idle_poll_ms: 1,
             max_ahead_ms: max_ahead_ms(&query),
             cut_step_ms: if sender.is_some() { step_ms } else { 0 },
             restored_cut_ms: restored_point.map(|(_, cut)| cut),
@@ -204,11 +207,12 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 for &p in partitions.iter().filter(|&&p| p as usize % peers == index) {
                     let (start_offset, max_ts_before) =
                         resumes.get(&p).copied().unwrap_or((0, None));
-                    match LogFeed::open(
+                    match LogFeed::open_with_stop(
                         &partition_dir(&log_dir, EVENTS_TOPIC, p),
                         p,
                         start_offset,
                         until_end,
+                        hooks.stop.clone(),
                     ) {
                         Ok(feed) => feeds.push(PartitionInput {
                             partition: p,
@@ -225,7 +229,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     }
                 }
                 let outputs = match WorkerOutputs::open(&out_dir, index, false) {
-                    Ok(o) => Rc::new(RefCell::new(o)),
+                    Ok(o) => Rc::new(RefCell::new(o.with_observer(hooks.observer.clone()))),
                     Err(e) => {
                         return fail(RunError::Output {
                             path: out_dir.join(output_file_names(index).0),

@@ -73,6 +73,8 @@ pub trait RowSink: 'static {
     fn commit_point(&mut self) -> std::io::Result<Vec<OutputLength>> {
         Ok(Vec::new())
     }
+    /// Sees a window row when the dataflow emits it (before any holding).
+    fn observe(&mut self, _row: &WindowRow) {}
     /// Records a failure for the driver to report.
     fn fail(&mut self, error: std::io::Error) {
         panic!("output failed: {error}");

@@ -12,6 +12,7 @@ pub struct LogFeed {
     dir: std::path::PathBuf,
     reader: PartitionReader,
     until_end: bool,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl LogFeed {
@@ -24,11 +25,24 @@ impl LogFeed {
         from_offset: u64,
         until_end: bool,
     ) -> Result<Self, LogError> {
+        Self::open_with_stop(dir, partition, from_offset, until_end, None)
+    }
+
+    /// As [`LogFeed::open`]; once `stop` is set, the partition also ends at
+    /// its current end.
+    pub fn open_with_stop(
+        dir: &Path,
+        partition: u32,
+        from_offset: u64,
+        until_end: bool,
+        stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<Self, LogError> {
         Ok(LogFeed {
             partition,
             dir: dir.to_owned(),
             reader: PartitionReader::open(dir, from_offset)?,
             until_end,
+            stop,
         })
     }
 }
@@ -47,7 +61,11 @@ impl PartitionFeed for LogFeed {
                 source: Box::new(e),
             })?;
             let Some((offset, payload)) = record else {
-                return Ok(if self.until_end {
+                let stopping = self
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire));
+                return Ok(if self.until_end || stopping {
                     FeedStatus::Ended
                 } else {
                     FeedStatus::Idle

@@ -293,6 +293,7 @@ fn run_command(args: &RunArgs) -> Result<()> {
             interval_ms: args.checkpoint_interval,
             sidecar: args.sidecar.clone(),
         }),
+        hooks: weir::run::RunHooks::default(),
     };
     eprintln!(
         "running window {} (granularity {}, lateness {}) on {} worker(s) x {} process(es)",

@@ -47,6 +47,34 @@ pub struct RunOptions {
     pub log_config: LogConfig,
     /// Checkpoints (exactly-once output and restore); `None` turns them off.
     pub checkpoint: Option<CheckpointOptions>,
+    /// Hooks for a harness driving the run from the same process.
+    pub hooks: RunHooks,
+}
+
+/// Sees every window row when the dataflow emits it (before an
+/// exactly-once output holds it for the next checkpoint).
+pub trait RowObserver: Send + Sync + std::fmt::Debug {
+    /// One emitted window row.
+    fn window_row(&self, row: &weir_dataflows::WindowRow);
+}
+
+/// Hooks for a harness that runs the engine in its own process.
+#[derive(Clone, Default)]
+pub struct RunHooks {
+    /// Called for every emitted window row.
+    pub observer: Option<std::sync::Arc<dyn RowObserver>>,
+    /// Once set, partitions end when they are read to their current end (as
+    /// with `until_end`), so a tailing run finishes.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl std::fmt::Debug for RunHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHooks")
+            .field("observer", &self.observer.is_some())
+            .field("stop", &self.stop)
+            .finish()
+    }
 }
 
 /// How checkpoints are taken.

@@ -110,6 +110,7 @@ pub struct WorkerOutputs {
     window_rows: u64,
     late_rows: u64,
     error: Option<std::io::Error>,
+    observer: Option<std::sync::Arc<dyn crate::run::RowObserver>>,
 }
 
 impl WorkerOutputs {
@@ -122,7 +123,18 @@ impl WorkerOutputs {
             window_rows: 0,
             late_rows: 0,
             error: None,
+            observer: None,
         })
+    }
+
+    /// Reports every emitted window row to `observer` as well.
+    #[must_use]
+    pub fn with_observer(
+        mut self,
+        observer: Option<std::sync::Arc<dyn crate::run::RowObserver>>,
+    ) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Window rows written by this run.
@@ -192,6 +204,12 @@ impl RowSink for WorkerOutputs {
     fn fail(&mut self, error: std::io::Error) {
         self.error.get_or_insert(error);
     }
+
+    fn observe(&mut self, row: &WindowRow) {
+        if let Some(observer) = &self.observer {
+            observer.window_row(row);
+        }
+    }
 }
 
 /// Formats one window row as a CSV line.
@@ -241,6 +259,7 @@ pub fn output_operator<'scope, S: RowSink>(
                 let mut sink = sink.borrow_mut();
                 input.for_each_stamp(|_stamp, batches| {
                     for batch in batches {
+                        observe_rows(&mut *sink, batch);
                         write_rows(&mut *sink, batch.drain(..));
                     }
                 });
@@ -267,6 +286,7 @@ pub fn output_operator<'scope, S: RowSink>(
                         );
                         let time = *stamp.least().expect("non-empty stamp");
                         for batch in batches {
+                            observe_rows(&mut *sink.borrow_mut(), batch);
                             held.extend(batch.drain(..).map(|row| (time, row)));
                         }
                     });
@@ -302,6 +322,14 @@ pub fn output_operator<'scope, S: RowSink>(
                 }
             },
         );
+}
+
+fn observe_rows<S: RowSink>(sink: &mut S, rows: &[OutputRow]) {
+    for row in rows {
+        if let OutputRow::Window(w) = row {
+            sink.observe(w);
+        }
+    }
 }
 
 fn write_rows<S: RowSink>(sink: &mut S, rows: impl Iterator<Item = OutputRow>) {

@@ -1,8 +1,14 @@
 //! `weir-harness`: measurements of weir that end up in `results/<run-id>/`.
 //!
-//! For now one mode, `throughput`: generate a Zipf input, ingest it into a
-//! log, run the window query from the log with each worker count, and write
-//! `summary.json` with events/s and events/s/worker.
+//! - `throughput`: generate a Zipf input, ingest it into a log, run the
+//!   window query from the log with each worker count, and write
+//!   `summary.json` with events/s and events/s/worker.
+//! - `latency`: an open-loop load at a fixed rate into the log while the
+//!   engine tails it; latency percentiles, `latency.hgrm`, `timeseries.csv`.
+
+mod latency;
+mod latency_stats;
+mod pacing;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,6 +42,8 @@ struct Cli {
 enum Mode {
     /// Throughput of the window query from the log, per worker count.
     Throughput(ThroughputArgs),
+    /// Latency of window results under an open-loop load at a fixed rate.
+    Latency(latency::LatencyArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -99,17 +107,38 @@ struct Summary {
     runs: Vec<Measurement>,
 }
 
+/// The machine a measurement ran on.
 #[derive(Serialize)]
-struct Machine {
+pub struct Machine {
     cpus: usize,
     cpu_model: String,
 }
 
+/// This machine.
+pub fn machine() -> Machine {
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The commit the harness was built from (empty outside a git checkout).
+pub fn git_commit() -> String {
+    command_output("git", &["rev-parse", "HEAD"])
+}
+
 fn main() -> Result<()> {
-    let Cli {
-        command: Mode::Throughput(args),
-    } = Cli::parse();
-    throughput(&args)
+    match Cli::parse().command {
+        Mode::Throughput(args) => throughput(&args),
+        Mode::Latency(args) => latency::latency(&args),
+    }
 }
 
 fn throughput(args: &ThroughputArgs) -> Result<()> {
@@ -149,6 +178,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     interval_ms,
                     sidecar: None,
                 }),
+            hooks: weir::run::RunHooks::default(),
         };
         let mut elapsed_s = Vec::new();
         let mut last = None;
@@ -190,18 +220,8 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
     let summary = Summary {
         mode: "throughput",
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        git_commit: command_output("git", &["rev-parse", "HEAD"]),
-        machine: Machine {
-            cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            cpu_model: std::fs::read_to_string("/proc/cpuinfo")
-                .ok()
-                .and_then(|t| {
-                    t.lines()
-                        .find(|l| l.starts_with("model name"))
-                        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-                })
-                .unwrap_or_default(),
-        },
+        git_commit: git_commit(),
+        machine: machine(),
         events: args.events,
         keys: args.keys,
         partitions: args.partitions,
