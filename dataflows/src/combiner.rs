@@ -20,6 +20,20 @@ use crate::window::round_down;
 /// fast, and the same across processes.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
+/// Keeps in `held` a capability at or below the least time of `stamp` (and
+/// of what `held` covered already): for operators that emit later, at times
+/// derived from their input.
+pub fn hold_least(
+    held: &mut Option<timely::dataflow::operators::Capability<u64>>,
+    stamp: &timely::dataflow::operators::InputCapability<u64>,
+    output_port: usize,
+) {
+    let cap = stamp.retain_least(output_port).expect("non-empty stamp");
+    if held.as_ref().is_none_or(|h| cap.time() < h.time()) {
+        *held = Some(cap);
+    }
+}
+
 /// One update of a differential collection: data, time, diff.
 pub type Update<D> = (D, u64, isize);
 

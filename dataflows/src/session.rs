@@ -19,7 +19,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::combiner::{FastMap, SessionPartial};
+use crate::combiner::{hold_least, FastMap, SessionPartial};
 use crate::key::Key;
 use crate::row::WindowRow;
 use crate::window::round_down;
@@ -48,12 +48,7 @@ pub fn session_windows(
             let mut held: Option<Capability<u64>> = None;
             move |(input, frontier), output| {
                 input.for_each_stamp(|stamp, batches| {
-                    let cap = stamp
-                        .retain_least(output.output_index())
-                        .expect("non-empty stamp");
-                    if held.as_ref().is_none_or(|h| cap.time() < h.time()) {
-                        held = Some(cap);
-                    }
+                    hold_least(&mut held, &stamp, output.output_index());
                     for batch in batches {
                         for ((key, partial), _time, copies) in batch.drain(..) {
                             assert!(copies > 0, "session partial retracted: {key:?} {partial:?}");

@@ -26,7 +26,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::agg::Agg;
-use crate::combiner::{FastMap, Update};
+use crate::combiner::{hold_least, FastMap, Update};
 use crate::key::Key;
 use crate::row::WindowRow;
 
@@ -107,12 +107,7 @@ fn emit_windows<'scope>(
             let mut next_end: u64 = 0;
             move |(input, frontier), output| {
                 input.for_each_stamp(|stamp, batches| {
-                    let cap = stamp
-                        .retain_least(output.output_index())
-                        .expect("non-empty stamp");
-                    if held.as_ref().is_none_or(|h| cap.time() < h.time()) {
-                        held = Some(cap);
-                    }
+                    hold_least(&mut held, &stamp, output.output_index());
                     for batch in batches {
                         for ((key, agg), time, diff) in batch.drain(..) {
                             pending.entry(time).or_default().push((key, agg, diff));

@@ -169,6 +169,30 @@ impl CutAssembler {
     }
 }
 
+/// Hands the tap's share of checkpoint `id` at `cut` (following
+/// `prev_cut`) to the assembler, with the partitions' resume points.
+fn share_cut(
+    progress: &SharedProgress,
+    assembler: &std::cell::RefCell<CutAssembler>,
+    (id, cut, prev_cut): (u64, u64, u64),
+    updates: Vec<PersistedUpdate>,
+) {
+    let partitions = progress
+        .borrow_mut()
+        .iter_mut()
+        .map(|p| p.resume_point(cut))
+        .collect();
+    assembler.borrow_mut().tap_share(
+        id,
+        cut,
+        TapShare {
+            prev_cut_time: prev_cut,
+            updates,
+            partitions,
+        },
+    );
+}
+
 /// The key group (of [`KEY_GROUPS`]) of a key hash.
 pub fn key_group(hash: u64) -> u16 {
     (hash % u64::from(KEY_GROUPS)) as u16
@@ -230,20 +254,7 @@ pub fn persist_tap<'scope, C>(
                                 diff: diff as i64,
                             })
                             .collect();
-                        let partitions = progress
-                            .borrow_mut()
-                            .iter_mut()
-                            .map(|p| p.resume_point(cut))
-                            .collect();
-                        assembler.borrow_mut().tap_share(
-                            id,
-                            cut,
-                            TapShare {
-                                prev_cut_time: prev_cut,
-                                updates,
-                                partitions,
-                            },
-                        );
+                        share_cut(&progress, &assembler, (id, cut, prev_cut), updates);
                         prev_cut = cut;
                     }
                 }
@@ -270,20 +281,7 @@ pub fn resume_only_tap(
             cuts.for_each_stamp(|_, batches| {
                 for batch in batches {
                     for (id, cut) in batch.drain(..) {
-                        let partitions = progress
-                            .borrow_mut()
-                            .iter_mut()
-                            .map(|p| p.resume_point(cut))
-                            .collect();
-                        assembler.borrow_mut().tap_share(
-                            id,
-                            cut,
-                            TapShare {
-                                prev_cut_time: prev_cut,
-                                updates: Vec::new(),
-                                partitions,
-                            },
-                        );
+                        share_cut(&progress, &assembler, (id, cut, prev_cut), Vec::new());
                         prev_cut = cut;
                     }
                 }
