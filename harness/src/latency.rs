@@ -61,6 +61,14 @@ pub struct LatencyArgs {
     /// Results directory.
     #[arg(long, default_value = "results")]
     results: PathBuf,
+    /// Find the highest sustainable rate (starting from --rate, doubling,
+    /// then bisecting with runs of --probe-duration), then measure latency
+    /// at half of it for --duration.
+    #[arg(long)]
+    max_throughput: bool,
+    /// Length of each probe run of --max-throughput.
+    #[arg(long, default_value = "8s", value_parser = parse_duration_ms)]
+    probe_duration: u64,
 }
 
 /// Records the latency of every emitted row.
@@ -108,6 +116,10 @@ struct Summary {
     events: u64,
     /// Events appended per second of load, as achieved.
     throughput: f64,
+    /// With --max-throughput: the highest rate sustained.
+    max_sustainable_throughput: Option<u64>,
+    /// The same per worker.
+    max_sustainable_throughput_per_worker: Option<f64>,
     window_rows: u64,
     /// Latency of window rows emitted during the load, ms.
     latency_ms: Percentiles,
@@ -140,10 +152,23 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1_024)
 }
 
-/// Runs the latency measurement.
-pub fn latency(args: &LatencyArgs) -> Result<()> {
+/// What one run at a fixed rate measured.
+struct Measured {
+    events: u64,
+    load_secs: f64,
+    stats: LatencyStats,
+    series: String,
+    peak_rss: u64,
+    run: weir::run::RunSummary,
+    /// How far the newest emitted window end trailed the wall clock when the
+    /// load stopped (None: no window was emitted).
+    final_lag_ms: Option<u64>,
+}
+
+/// Runs the load at `rate` for `duration_ms` with the engine tailing it.
+fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Result<Measured> {
     anyhow::ensure!(
-        args.rate > 0 && args.partitions > 0,
+        rate > 0 && args.partitions > 0,
         "--rate and --partitions must be positive"
     );
     if args.work_dir.exists() {
@@ -198,7 +223,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
     let start_ms = now_us() / 1_000;
     let pacer = Pacer {
         start_ms,
-        rate_per_s: args.rate,
+        rate_per_s: rate,
     };
     let started = Instant::now();
     let mut rng = SplitMix64::new(42);
@@ -211,9 +236,9 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
     let mut next_report = Duration::from_secs(1);
     let total = Pacer {
         start_ms: 0,
-        rate_per_s: args.rate,
+        rate_per_s: rate,
     }
-    .due_before(args.duration * 1_000);
+    .due_before(duration_ms * 1_000);
     while sent < total {
         let elapsed = started.elapsed();
         let due = pacer.due_before(elapsed.as_micros() as u64).min(total);
@@ -252,20 +277,25 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
                 rows - last_rows
             )
             .ok();
-            eprintln!(
-                "[{:>3}s] in {:>8}/s  out {:>7} rows/s  frontier lag {:>6} ms  rss {} MB",
-                next_report.as_secs(),
-                sent - last_sent,
-                rows - last_rows,
-                lag,
-                rss >> 20
-            );
+            if !quiet {
+                eprintln!(
+                    "[{:>3}s] in {:>8}/s  out {:>7} rows/s  frontier lag {:>6} ms  rss {} MB",
+                    next_report.as_secs(),
+                    sent - last_sent,
+                    rows - last_rows,
+                    lag,
+                    rss >> 20
+                );
+            }
             (last_sent, last_rows) = (sent, rows);
             next_report += Duration::from_secs(1);
         }
         std::thread::sleep(Duration::from_micros(500));
     }
     let load_secs = started.elapsed().as_secs_f64();
+    let newest_end = recorder.newest_window_end.load(Ordering::Relaxed);
+    let final_lag_ms =
+        (newest_end > 0).then(|| (now_us() / 1_000).saturating_sub(newest_end + args.lateness));
     recorder.stopped.store(true, Ordering::Relaxed);
     stop.store(true, Ordering::Release);
     let summary = engine
@@ -278,35 +308,97 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
     );
 
     let stats = recorder.stats.lock().expect("stats poisoned").clone();
-    let percentiles = stats.percentiles();
+    Ok(Measured {
+        events: sent,
+        load_secs,
+        stats,
+        series,
+        peak_rss: peak_rss.max(rss_bytes()),
+        run: summary,
+        final_lag_ms,
+    })
+}
+
+/// Whether a run kept up: the generator reached 95 % of the rate and the
+/// newest emitted window trailed the clock by at most two windows and a second.
+fn sustainable(args: &LatencyArgs, rate: u64, m: &Measured) -> bool {
+    let achieved = m.events as f64 / m.load_secs;
+    let bound_ms = 2 * args.window.size_ms() + args.lateness + 1_000;
+    achieved >= 0.95 * rate as f64 && m.final_lag_ms.is_some_and(|lag| lag <= bound_ms)
+}
+
+/// Runs the latency measurement (or the search for the highest sustainable
+/// rate first) and writes the results.
+pub fn latency(args: &LatencyArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.rate > 0 && args.partitions > 0,
+        "--rate and --partitions must be positive"
+    );
+    let mut max_rate = None;
+    let rate = if args.max_throughput {
+        let (mut good, mut bad) = (0u64, None::<u64>);
+        let mut probe = args.rate;
+        for _ in 0..12 {
+            let m = measure(args, probe, args.probe_duration, true)?;
+            let ok = sustainable(args, probe, &m);
+            eprintln!(
+                "probe {probe:>9} events/s: achieved {:>9.0}/s, lag {:?} ms -> {}",
+                m.events as f64 / m.load_secs,
+                m.final_lag_ms,
+                if ok { "sustained" } else { "not sustained" }
+            );
+            if ok {
+                good = probe;
+            } else {
+                bad = Some(probe);
+            }
+            probe = match bad {
+                None => probe * 2,
+                Some(b) if b - good > b / 10 => good + (b - good) / 2,
+                Some(_) => break,
+            };
+        }
+        anyhow::ensure!(good > 0, "not even --rate {} was sustained", args.rate);
+        max_rate = Some(good);
+        eprintln!("highest sustained rate: {good} events/s; measuring latency at half of it");
+        good / 2
+    } else {
+        args.rate
+    };
+    let m = measure(args, rate, args.duration, false)?;
+    let percentiles = m.stats.percentiles();
     let out = Summary {
         mode: "latency",
         command: std::env::args().collect::<Vec<_>>().join(" "),
         git_commit: git_commit(),
         machine: machine(),
         config: Config {
-            rate: args.rate,
+            rate,
             duration_ms: args.duration,
             workers: args.workers,
             window: args.window.to_string(),
             lateness_ms: args.lateness,
             partitions: args.partitions,
             keys: args.keys,
-            checkpoint_interval_ms: checkpoint.map(|c| c.interval_ms),
+            checkpoint_interval_ms: (!args.no_checkpoint).then_some(args.checkpoint_interval),
         },
-        events: sent,
-        throughput: sent as f64 / load_secs,
-        window_rows: summary.window_rows,
+        events: m.events,
+        throughput: m.events as f64 / m.load_secs,
+        max_sustainable_throughput: max_rate,
+        max_sustainable_throughput_per_worker: max_rate.map(|r| r as f64 / args.workers as f64),
+        window_rows: m.run.window_rows,
         latency_ms: percentiles,
-        checkpoints_committed: summary
+        checkpoints_committed: m
+            .run
             .checkpoints
             .as_ref()
             .and_then(|c| c.last_committed.map(|(id, _)| id)),
-        last_commit_latency_us: summary
+        last_commit_latency_us: m
+            .run
             .checkpoints
             .as_ref()
             .and_then(|c| c.last_commit_latency_us),
-        peak_rss_bytes: peak_rss.max(rss_bytes()),
+        peak_rss_bytes: m.peak_rss,
     };
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -317,8 +409,8 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
         dir.join("summary.json"),
         serde_json::to_string_pretty(&out)?,
     )?;
-    std::fs::write(dir.join("latency.hgrm"), stats.hgrm())?;
-    std::fs::write(dir.join("timeseries.csv"), series)?;
+    std::fs::write(dir.join("latency.hgrm"), m.stats.hgrm())?;
+    std::fs::write(dir.join("timeseries.csv"), &m.series)?;
     eprintln!(
         "latency (ms) p50 {:.3}  p90 {:.3}  p99 {:.3}  p999 {:.3}  max {:.3}  over {} rows",
         percentiles.p50,
