@@ -540,7 +540,7 @@ fn spawn_sidecar(data_dir: &Path) -> Result<Child, RunError> {
 
 /// The `weir` binary: `$WEIR_BIN`, this executable if it is `weir`, or a
 /// `weir` next to it or one directory up (the harness and benches live there).
-fn weir_binary() -> Option<PathBuf> {
+pub fn weir_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("WEIR_BIN") {
         return Some(PathBuf::from(path));
     }

@@ -5,7 +5,10 @@
 //!   `summary.json` with events/s and events/s/worker.
 //! - `latency`: an open-loop load at a fixed rate into the log while the
 //!   engine tails it; latency percentiles, `latency.hgrm`, `timeseries.csv`.
+//! - `chaos`: kill the engine or the sidecar at random during a job and
+//!   compare the final output with a failure-free run.
 
+mod chaos;
 mod latency;
 mod latency_stats;
 mod pacing;
@@ -44,6 +47,8 @@ enum Mode {
     Throughput(ThroughputArgs),
     /// Latency of window results under an open-loop load at a fixed rate.
     Latency(latency::LatencyArgs),
+    /// Kill the engine or the sidecar at random while a job runs; the output must not change.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -138,6 +143,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Mode::Throughput(args) => throughput(&args),
         Mode::Latency(args) => latency::latency(&args),
+        Mode::Chaos(args) => chaos::chaos(&args),
     }
 }
 

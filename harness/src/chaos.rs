@@ -1,0 +1,259 @@
+//! `weir-harness chaos`: runs a finite job while killing, every so often, either
+//! the whole engine process group (engine + sidecar) or only the sidecar with
+//! SIGKILL, restarting it each time; at the end the committed output must
+//! equal a failure-free run's as a multiset of rows.
+//!
+//! Recovery time of a kill: from the kill until the restarted run commits a
+//! checkpoint newer than any before the kill (it has restored, replayed and
+//! made durable progress again). Results: `results/chaos-<t>/summary.json`;
+//! the exit status is non-zero if the outputs differ.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use weir::checkpoint::store::read_commits;
+use weir::gen::{generate_zipf, SplitMix64, ZipfParams};
+use weir_dataflows::duration::parse_duration_ms;
+
+use crate::{git_commit, machine, Machine};
+
+/// Arguments of the chaos mode.
+#[derive(clap::Parser, Debug)]
+pub struct ChaosArgs {
+    /// Events in the input.
+    #[arg(long, default_value_t = 3_000_000)]
+    events: u64,
+    /// Kills to inflict (rounds restart from scratch when a run completes first).
+    #[arg(long, default_value_t = 10)]
+    kills: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: u64,
+    /// The longest wait before a kill (each wait is uniform up to this).
+    #[arg(long, default_value = "900ms", value_parser = parse_duration_ms)]
+    max_kill_delay: u64,
+    /// PRNG seed of the kill moments and targets.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Work directory (emptied first).
+    #[arg(long, default_value = "target/harness/chaos")]
+    work_dir: PathBuf,
+    /// Results directory.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    mode: &'static str,
+    command: String,
+    git_commit: String,
+    machine: Machine,
+    events: u64,
+    workers: u64,
+    kills: u64,
+    engine_kills: u64,
+    sidecar_kills: u64,
+    rounds: u64,
+    /// Per kill, ms from the kill to the next new commit (absent when the
+    /// restarted run was itself killed first).
+    recovery_ms: Vec<u64>,
+    recovery_ms_max: Option<u64>,
+    identical: bool,
+    window_rows: usize,
+}
+
+fn run_args(weir_input: &Path, data: &Path, out: &Path, workers: u64) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--window",
+        "sliding:20s/5s",
+        "--lateness",
+        "2s",
+        "--until-end",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend([
+        "--workers".to_owned(),
+        workers.to_string(),
+        "--checkpoint-interval".to_owned(),
+        "50ms".to_owned(),
+    ]);
+    for (flag, path) in [
+        ("--input", weir_input),
+        ("--data-dir", data),
+        ("--out", out),
+    ] {
+        args.push(flag.to_owned());
+        args.push(path.display().to_string());
+    }
+    args
+}
+
+fn sorted_rows(dir: &Path, prefix: &str) -> Result<Vec<String>> {
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with(prefix) && path.extension().is_some_and(|e| e == "csv") {
+            rows.extend(
+                std::fs::read_to_string(&path)?
+                    .lines()
+                    .skip(1)
+                    .map(str::to_owned),
+            );
+        }
+    }
+    rows.sort();
+    Ok(rows)
+}
+
+fn newest_commit(checkpoints: &Path) -> u64 {
+    read_commits(checkpoints)
+        .ok()
+        .and_then(|c| c.last().map(|r| r.checkpoint_id))
+        .unwrap_or(0)
+}
+
+/// Runs the chaos experiment.
+pub fn chaos(args: &ChaosArgs) -> Result<()> {
+    let weir = weir::driver::weir_binary()
+        .context("cannot find the weir binary (build it, or set WEIR_BIN)")?;
+    if args.work_dir.exists() {
+        std::fs::remove_dir_all(&args.work_dir)
+            .with_context(|| format!("emptying {}", args.work_dir.display()))?;
+    }
+    let input = args.work_dir.join("input");
+    let params = ZipfParams {
+        events: args.events,
+        keys: 3_000,
+        rate_per_s: 20_000,
+        late_fraction: 0.002,
+        ..ZipfParams::default()
+    };
+    generate_zipf(&params, &input).context("generating the input")?;
+    let reference_out = args.work_dir.join("reference-out");
+    let mut reference = run_args(
+        &input,
+        &args.work_dir.join("reference-data"),
+        &reference_out,
+        args.workers,
+    );
+    reference.push("--no-checkpoint".to_owned());
+    let status = Command::new(&weir)
+        .args(&reference)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "the failure-free run failed");
+
+    let mut rng = SplitMix64::new(args.seed);
+    let (mut kills, mut engine_kills, mut sidecar_kills, mut rounds) = (0u64, 0u64, 0u64, 0u64);
+    let mut recovery_ms = Vec::new();
+    let mut identical = true;
+    let mut window_rows = 0;
+    while kills < args.kills {
+        rounds += 1;
+        let data = args.work_dir.join(format!("data-{rounds}"));
+        let out = args.work_dir.join(format!("out-{rounds}"));
+        let run = run_args(&input, &data, &out, args.workers);
+        let checkpoints = data.join("checkpoints");
+        // (kill moment, newest commit before it) of the last kill, awaiting recovery.
+        let mut awaiting: Option<(Instant, u64)> = None;
+        loop {
+            let mut child = Command::new(&weir)
+                .args(&run)
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let delay = Duration::from_millis(20 + rng.below(args.max_kill_delay.max(1)));
+            let deadline = Instant::now() + delay;
+            while Instant::now() < deadline && child.try_wait()?.is_none() {
+                if let Some((killed_at, before)) = awaiting {
+                    if newest_commit(&checkpoints) > before {
+                        recovery_ms.push(killed_at.elapsed().as_millis() as u64);
+                        awaiting = None;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Some(status) = child.try_wait()? {
+                if status.success() {
+                    if let Some((killed_at, _)) = awaiting.take() {
+                        recovery_ms.push(killed_at.elapsed().as_millis() as u64);
+                    }
+                    break;
+                }
+                // Exited with an error although nothing was killed during it.
+                bail!("an attempt failed by itself ({status}) in round {rounds}");
+            }
+            if rng.below(2) == 0 {
+                let pid = child.id();
+                Command::new("kill")
+                    .args(["-9", "--", &format!("-{pid}")])
+                    .status()?;
+                engine_kills += 1;
+            } else {
+                let pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
+                Command::new("pkill")
+                    .args(["-9", "-f", &pattern])
+                    .status()?;
+                sidecar_kills += 1;
+            }
+            kills += 1;
+            let killed_at = Instant::now();
+            let _ = child.wait();
+            // Read after the kill: nothing can commit once the sidecar is dead.
+            awaiting = Some((killed_at, newest_commit(&checkpoints)));
+        }
+        let got = sorted_rows(&out, "windows")?;
+        let expected = sorted_rows(&reference_out, "windows")?;
+        let same =
+            got == expected && sorted_rows(&out, "late")? == sorted_rows(&reference_out, "late")?;
+        window_rows = got.len();
+        eprintln!(
+            "round {rounds}: {kills} kills so far, output {}",
+            if same { "identical" } else { "DIFFERENT" }
+        );
+        identical &= same;
+    }
+    let summary = Summary {
+        mode: "chaos",
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        git_commit: git_commit(),
+        machine: machine(),
+        events: args.events,
+        workers: args.workers,
+        kills,
+        engine_kills,
+        sidecar_kills,
+        rounds,
+        recovery_ms_max: recovery_ms.iter().copied().max(),
+        recovery_ms,
+        identical,
+        window_rows,
+    };
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = args.results.join(format!("chaos-{secs}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!("{}", dir.display());
+    if !identical {
+        bail!("the output after {kills} kills differs from the failure-free run");
+    }
+    eprintln!("{kills} kills ({engine_kills} engine, {sidecar_kills} sidecar): output identical");
+    Ok(())
+}
