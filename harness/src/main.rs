@@ -7,8 +7,10 @@
 //!   engine tails it; latency percentiles, `latency.hgrm`, `timeseries.csv`.
 //! - `chaos`: kill the engine or the sidecar at random during a job and
 //!   compare the final output with a failure-free run.
+//! - `cluster`: P processes x W workers on loopback with one sidecar.
 
 mod chaos;
+mod cluster;
 mod latency;
 mod latency_stats;
 mod pacing;
@@ -49,6 +51,8 @@ enum Mode {
     Latency(latency::LatencyArgs),
     /// Kill the engine or the sidecar at random while a job runs; the output must not change.
     Chaos(chaos::ChaosArgs),
+    /// Run a job as P processes x W workers on loopback with one sidecar.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -144,6 +148,7 @@ fn main() -> Result<()> {
         Mode::Throughput(args) => throughput(&args),
         Mode::Latency(args) => latency::latency(&args),
         Mode::Chaos(args) => chaos::chaos(&args),
+        Mode::Cluster(args) => cluster::cluster(&args),
     }
 }
 
