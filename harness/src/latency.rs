@@ -22,7 +22,7 @@ use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::{WindowRow, WindowSpec};
 
 use crate::latency_stats::{LatencyStats, Percentiles};
-use crate::pacing::Pacer;
+use crate::pacing::{in_burst, Shape};
 use crate::{git_commit, machine, Machine};
 
 /// Arguments of the latency mode.
@@ -43,6 +43,9 @@ pub struct LatencyArgs {
     /// Allowed lateness (the generated events arrive in order).
     #[arg(long, default_value = "0s", value_parser = parse_duration_ms)]
     lateness: u64,
+    /// Shape of the load over time.
+    #[arg(long, value_enum, default_value = "steady")]
+    shape: Shape,
     /// Input partitions.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
@@ -131,6 +134,7 @@ struct Summary {
 #[derive(Serialize)]
 struct Config {
     rate: u64,
+    shape: String,
     duration_ms: u64,
     workers: usize,
     window: String,
@@ -221,10 +225,6 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     let engine = std::thread::spawn(move || run(&options));
 
     let start_ms = now_us() / 1_000;
-    let pacer = Pacer {
-        start_ms,
-        rate_per_s: rate,
-    };
     let started = Instant::now();
     let mut rng = SplitMix64::new(42);
     let sampler = ZipfSampler::new(args.keys, 1.0);
@@ -234,18 +234,31 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     let mut series = String::from("second,input_rate,output_rate,frontier_lag_ms,rss_bytes\n");
     let (mut last_sent, mut last_rows, mut peak_rss) = (0u64, 0u64, 0u64);
     let mut next_report = Duration::from_secs(1);
-    let total = Pacer {
-        start_ms: 0,
-        rate_per_s: rate,
-    }
-    .due_before(duration_ms * 1_000);
+    let total = args.shape.due_before(rate, duration_ms * 1_000);
     while sent < total {
         let elapsed = started.elapsed();
-        let due = pacer.due_before(elapsed.as_micros() as u64).min(total);
+        let elapsed_ms = elapsed.as_millis() as u64;
+        let due = args
+            .shape
+            .due_before(rate, elapsed.as_micros() as u64)
+            .min(total);
         while sent < due {
-            let ts = pacer.intended_ms(sent);
+            // Intended at this tick (events become due within the 0.5 ms loop).
+            let mut ts = start_ms + elapsed_ms;
             key.clear();
-            write!(key, "key{}", sampler.sample(&mut rng)).expect("writing to a String");
+            match args.shape {
+                Shape::HotKey if rng.below(2) == 0 => key.push_str("hot"),
+                Shape::KeyGrowth => {
+                    let epoch = elapsed_ms / 10_000;
+                    let rank =
+                        u64::from(sampler.sample(&mut rng)) + epoch * u64::from(args.keys) / 2;
+                    write!(key, "key{rank}").expect("writing to a String");
+                }
+                _ => write!(key, "key{}", sampler.sample(&mut rng)).expect("writing to a String"),
+            }
+            if args.shape == Shape::LateBursts && in_burst(elapsed_ms) && rng.below(10) == 0 {
+                ts = ts.saturating_sub(3 * (args.window.size_ms() + args.lateness));
+            }
             payload.clear();
             encode_event(ts, &key, (rng.below(1_000) as i64) - 100, &mut payload);
             writers[(sent % u64::from(args.partitions)) as usize].append(&payload)?;
@@ -374,6 +387,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
         machine: machine(),
         config: Config {
             rate,
+            shape: format!("{:?}", args.shape),
             duration_ms: args.duration,
             workers: args.workers,
             window: args.window.to_string(),
