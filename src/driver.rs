@@ -310,6 +310,21 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     if let Some(sender) = &sender {
                         ship_ready(&assembler, sender, index, retention_ms, &final_id);
                     }
+                    if let (Some(gauges), 0) = (&hooks.gauges, index) {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        let frontier = probe
+                            .with_frontier(|f| f.first().copied())
+                            .unwrap_or(u64::MAX);
+                        gauges.output_frontier_ms.store(frontier, Relaxed);
+                        if let (Some(client), Some(sender)) = (&client, &sender) {
+                            if let Some((_, cut)) = client.last_committed() {
+                                gauges.committed_cut_ms.store(cut, Relaxed);
+                            }
+                            let fill = sender.fill();
+                            gauges.sidecar_queued.store(fill.queued as u64, Relaxed);
+                            gauges.sidecar_capacity.store(fill.capacity as u64, Relaxed);
+                        }
+                    }
                     if sender.is_none() && last_flush.elapsed() >= Duration::from_secs(1) {
                         // Tailing runs never finish; keep the files current.
                         let flushed = outputs.borrow_mut().flush();

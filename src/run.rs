@@ -66,6 +66,34 @@ pub struct RunHooks {
     /// Once set, partitions end when they are read to their current end (as
     /// with `until_end`), so a tailing run finishes.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Live figures of the run, updated by worker 0 of this process.
+    pub gauges: Option<std::sync::Arc<RunGauges>>,
+}
+
+/// Live figures of a running engine (event times in ms; `u64::MAX` for
+/// "none yet" / "input complete").
+#[derive(Debug)]
+pub struct RunGauges {
+    /// The output frontier: every result for times below it has been emitted.
+    pub output_frontier_ms: std::sync::atomic::AtomicU64,
+    /// The cut time of the newest committed checkpoint.
+    pub committed_cut_ms: std::sync::atomic::AtomicU64,
+    /// Cuts queued for the sidecar, not yet taken by the client thread.
+    pub sidecar_queued: std::sync::atomic::AtomicU64,
+    /// Capacity of that queue.
+    pub sidecar_capacity: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RunGauges {
+    fn default() -> Self {
+        use std::sync::atomic::AtomicU64;
+        RunGauges {
+            output_frontier_ms: AtomicU64::new(u64::MAX),
+            committed_cut_ms: AtomicU64::new(u64::MAX),
+            sidecar_queued: AtomicU64::new(0),
+            sidecar_capacity: AtomicU64::new(0),
+        }
+    }
 }
 
 impl std::fmt::Debug for RunHooks {
@@ -73,6 +101,7 @@ impl std::fmt::Debug for RunHooks {
         f.debug_struct("RunHooks")
             .field("observer", &self.observer.is_some())
             .field("stop", &self.stop)
+            .field("gauges", &self.gauges)
             .finish()
     }
 }

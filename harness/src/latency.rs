@@ -17,7 +17,9 @@ use weir::event::encode_event;
 use weir::gen::{SplitMix64, ZipfSampler};
 use weir::job::WindowQuery;
 use weir::log::{partition_dir, FsyncPolicy, LogConfig, PartitionWriter};
-use weir::run::{run, CheckpointOptions, RowObserver, RunHooks, RunOptions, EVENTS_TOPIC};
+use weir::run::{
+    run, CheckpointOptions, RowObserver, RunGauges, RunHooks, RunOptions, EVENTS_TOPIC,
+};
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::{WindowRow, WindowSpec};
 
@@ -198,6 +200,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         stopped: AtomicBool::new(false),
     });
     let stop = Arc::new(AtomicBool::new(false));
+    let gauges = Arc::new(RunGauges::default());
     let checkpoint = (!args.no_checkpoint).then_some(CheckpointOptions {
         interval_ms: args.checkpoint_interval,
         sidecar: None,
@@ -220,6 +223,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         hooks: RunHooks {
             observer: Some(recorder.clone() as Arc<dyn RowObserver>),
             stop: Some(Arc::clone(&stop)),
+            gauges: Some(Arc::clone(&gauges)),
         },
     };
     let engine = std::thread::spawn(move || run(&options));
@@ -231,7 +235,9 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     let mut payload = Vec::with_capacity(64);
     let mut key = String::new();
     let mut sent = 0u64;
-    let mut series = String::from("second,input_rate,output_rate,frontier_lag_ms,rss_bytes\n");
+    let mut series = String::from(
+        "second,input_rate,output_rate,frontier_lag_ms,checkpoint_lag_ms,sidecar_fill,rss_bytes\n",
+    );
     let (mut last_sent, mut last_rows, mut peak_rss) = (0u64, 0u64, 0u64);
     let mut next_report = Duration::from_secs(1);
     let total = args.shape.due_before(rate, duration_ms * 1_000);
@@ -272,19 +278,30 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         }
         if elapsed >= next_report {
             let rows = recorder.rows.load(Ordering::Relaxed);
-            let newest_end = recorder.newest_window_end.load(Ordering::Relaxed);
-            let lag = if newest_end == 0 {
+            let frontier = gauges.output_frontier_ms.load(Ordering::Relaxed);
+            let committed = gauges.committed_cut_ms.load(Ordering::Relaxed);
+            // Wall clock minus the output frontier (event time = send time here).
+            let lag = if frontier == u64::MAX {
                 String::new()
             } else {
-                (now_us() / 1_000)
-                    .saturating_sub(newest_end + args.lateness)
-                    .to_string()
+                (now_us() / 1_000).saturating_sub(frontier).to_string()
             };
+            // DESIGN §4: frontier minus the last committed cut.
+            let checkpoint_lag = if frontier == u64::MAX || committed == u64::MAX {
+                String::new()
+            } else {
+                frontier.saturating_sub(committed).to_string()
+            };
+            let fill = format!(
+                "{}/{}",
+                gauges.sidecar_queued.load(Ordering::Relaxed),
+                gauges.sidecar_capacity.load(Ordering::Relaxed)
+            );
             let rss = rss_bytes();
             peak_rss = peak_rss.max(rss);
             writeln!(
                 series,
-                "{},{},{},{lag},{rss}",
+                "{},{},{},{lag},{checkpoint_lag},{fill},{rss}",
                 next_report.as_secs(),
                 sent - last_sent,
                 rows - last_rows
@@ -292,11 +309,12 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             .ok();
             if !quiet {
                 eprintln!(
-                    "[{:>3}s] in {:>8}/s  out {:>7} rows/s  frontier lag {:>6} ms  rss {} MB",
+                    "[{:>3}s] in {:>8}/s  out {:>7} rows/s  frontier lag {:>6} ms  checkpoint lag {:>6} ms  sidecar queue {fill}  rss {} MB",
                     next_report.as_secs(),
                     sent - last_sent,
                     rows - last_rows,
                     lag,
+                    checkpoint_lag,
                     rss >> 20
                 );
             }
