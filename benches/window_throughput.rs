@@ -49,6 +49,7 @@ fn window_throughput(c: &mut Criterion) {
         log_config: LogConfig::default(),
         checkpoint: None,
         hooks: weir::run::RunHooks::default(),
+        metrics_addr: None,
     };
     // Ingest once, outside the measurement (later runs find the files ingested).
     run(&options(1)).expect("warm-up run");

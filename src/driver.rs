@@ -158,19 +158,32 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     let errors = ErrorSlot::default();
     let failure: Arc<Mutex<Option<RunError>>> = Arc::default();
     let counters = Arc::new(SourceCounters::default());
-    let gauges: Arc<Mutex<Vec<Arc<ArrangementGauge>>>> = Arc::default();
+    let gauges_list: Arc<Mutex<Vec<Arc<ArrangementGauge>>>> = Arc::default();
     let written: Arc<Mutex<(u64, u64)>> = Arc::default();
     let final_id: Arc<Mutex<Option<u64>>> = Arc::default();
     // Restored updates over all workers, and the slowest worker's load time.
     let restore_stats: Arc<Mutex<(u64, Duration)>> = Arc::default();
+    let gauges = options.hooks.gauges.clone().unwrap_or_default();
+    let metrics_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = options.metrics_addr {
+        let sources = crate::metrics::MetricsSources {
+            counters: Arc::clone(&counters),
+            gauges: Arc::clone(&gauges),
+            arrangements: Arc::clone(&gauges_list),
+        };
+        let bound = crate::metrics::serve(addr, sources, Arc::clone(&metrics_stop))
+            .map_err(|e| RunError::Usage(format!("--metrics-addr {addr}: {e}")))?;
+        tracing::info!(%bound, "metrics endpoint");
+    }
     let started = Instant::now();
     let guards = {
         let restore_stats = Arc::clone(&restore_stats);
+        let run_gauges = Arc::clone(&gauges);
         let (errors, failure, counters, gauges, written, final_id) = (
             Arc::clone(&errors),
             Arc::clone(&failure),
             Arc::clone(&counters),
-            Arc::clone(&gauges),
+            Arc::clone(&gauges_list),
             Arc::clone(&written),
             Arc::clone(&final_id),
         );
@@ -310,8 +323,9 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     if let Some(sender) = &sender {
                         ship_ready(&assembler, sender, index, retention_ms, &final_id);
                     }
-                    if let (Some(gauges), 0) = (&hooks.gauges, index) {
+                    if index == 0 {
                         use std::sync::atomic::Ordering::Relaxed;
+                        let gauges = &run_gauges;
                         let frontier = probe
                             .with_frontier(|f| f.first().copied())
                             .unwrap_or(u64::MAX);
@@ -390,7 +404,8 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         let _ = child.wait();
     }
     let (window_rows, late_rows) = *written.lock().expect("poisoned");
-    let peak_arranged_records = gauges
+    metrics_stop.store(true, std::sync::atomic::Ordering::Release);
+    let peak_arranged_records = gauges_list
         .lock()
         .expect("poisoned")
         .iter()

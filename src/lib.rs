@@ -6,6 +6,7 @@
 
 pub mod job;
 pub mod memory;
+pub mod metrics;
 
 pub mod checkpoint;
 pub mod csv_input;

@@ -126,6 +126,9 @@ struct RunArgs {
     /// A sidecar started separately: unix:PATH or tcp:127.0.0.1:PORT.
     #[arg(long)]
     sidecar: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this loopback address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -294,6 +297,7 @@ fn run_command(args: &RunArgs) -> Result<()> {
             sidecar: args.sidecar.clone(),
         }),
         hooks: weir::run::RunHooks::default(),
+        metrics_addr: args.metrics_addr,
     };
     eprintln!(
         "running window {} (granularity {}, lateness {}) on {} worker(s) x {} process(es)",

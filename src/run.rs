@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub checkpoint: Option<CheckpointOptions>,
     /// Hooks for a harness driving the run from the same process.
     pub hooks: RunHooks,
+    /// Serve Prometheus metrics on this loopback address while running.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Sees every window row when the dataflow emits it (before an

@@ -225,6 +225,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             stop: Some(Arc::clone(&stop)),
             gauges: Some(Arc::clone(&gauges)),
         },
+        metrics_addr: None,
     };
     let engine = std::thread::spawn(move || run(&options));
 

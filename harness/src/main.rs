@@ -190,6 +190,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     sidecar: None,
                 }),
             hooks: weir::run::RunHooks::default(),
+            metrics_addr: None,
         };
         let mut elapsed_s = Vec::new();
         let mut last = None;
