@@ -11,7 +11,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -241,15 +241,7 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
         identical,
         window_rows,
     };
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let dir = args.results.join(format!("chaos-{secs}"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
+    let dir = crate::write_summary(&args.results, "chaos", &summary)?;
     println!("{}", dir.display());
     if !identical {
         bail!("the output after {kills} kills differs from the failure-free run");

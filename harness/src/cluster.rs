@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -200,15 +200,7 @@ pub fn cluster(args: &ClusterArgs) -> Result<()> {
         throughput_per_worker: throughput / (args.processes * args.workers) as f64,
         per_process,
     };
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let dir = args.results.join(format!("cluster-{secs}"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
+    let dir = crate::write_summary(&args.results, "cluster", &summary)?;
     eprintln!(
         "{} processes x {} workers: {:.0} events/s ({:.0} per worker), wall {:.2} s",
         args.processes, args.workers, throughput, summary.throughput_per_worker, wall_s

@@ -433,15 +433,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
             .and_then(|c| c.last_commit_latency_us),
         peak_rss_bytes: m.peak_rss,
     };
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let dir = args.results.join(format!("latency-{secs}"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(&out)?,
-    )?;
+    let dir = crate::write_summary(&args.results, "latency", &out)?;
     std::fs::write(dir.join("latency.hgrm"), m.stats.hgrm())?;
     std::fs::write(dir.join("timeseries.csv"), &m.series)?;
     eprintln!(

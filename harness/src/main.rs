@@ -138,6 +138,23 @@ pub fn machine() -> Machine {
     }
 }
 
+/// Writes `summary` as `<results>/<mode>-<unix time>/summary.json`; returns the directory.
+pub fn write_summary(
+    results: &std::path::Path,
+    mode: &str,
+    summary: &impl Serialize,
+) -> Result<PathBuf> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = results.join(format!("{mode}-{secs}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(summary)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(dir)
+}
+
 /// The commit the harness was built from (empty outside a git checkout).
 pub fn git_commit() -> String {
     command_output("git", &["rev-parse", "HEAD"])
@@ -242,15 +259,8 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
         checkpoint_interval_ms: args.checkpoint_interval,
         runs,
     };
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let dir = args.results.join(format!("throughput-{secs}"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("{}", path.display());
+    let dir = crate::write_summary(&args.results, "throughput", &summary)?;
+    println!("{}", dir.join("summary.json").display());
     Ok(())
 }
 
