@@ -7,7 +7,7 @@
 //! recorded offsets -> run -> wait for the final checkpoint to commit.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::rc::Rc;
@@ -52,6 +52,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     }
     let log_dir = options.data_dir.join("log");
     let partitions = list_partitions(&log_dir, EVENTS_TOPIC)?;
+    let partition_count = partitions.len();
     if partitions.is_empty() {
         return Err(RunError::Usage(format!(
             "no input: the log {} has no partitions (give --input FILE...)",
@@ -251,6 +252,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     }
                 };
                 let assembler: Rc<RefCell<CutAssembler>> = Rc::default();
+                let mut backlog: VecDeque<WorkerCut> = VecDeque::new();
                 let checkpointing = match (&sender, restored_point) {
                     (None, _) => None,
                     (Some(_), point) => {
@@ -306,8 +308,9 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 );
                 let mut last_flush = Instant::now();
                 loop {
-                    let done =
-                        probe.done() && (sender.is_none() || assembler.borrow().final_done());
+                    let done = probe.done()
+                        && (sender.is_none()
+                            || (assembler.borrow().final_done() && backlog.is_empty()));
                     if done {
                         break;
                     }
@@ -321,7 +324,13 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     }
                     worker.step_or_park(Some(Duration::from_millis(20)));
                     if let Some(sender) = &sender {
-                        ship_ready(&assembler, sender, index, retention_ms, &final_id);
+                        ship_ready(
+                            &assembler,
+                            &mut backlog,
+                            sender,
+                            (index, retention_ms),
+                            &final_id,
+                        );
                     }
                     if index == 0 {
                         use std::sync::atomic::Ordering::Relaxed;
@@ -413,7 +422,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         .max()
         .unwrap_or(0);
     Ok(RunSummary {
-        partitions: list_partitions(&options.data_dir.join("log"), EVENTS_TOPIC)?.len(),
+        partitions: partition_count,
         total_workers: workers_total,
         events_read: counters.events_read.load(Ordering::Relaxed),
         events_late: counters.events_late.load(Ordering::Relaxed),
@@ -426,17 +435,19 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     })
 }
 
-/// Hands the assembled shares of cuts to the sidecar client, without blocking.
+/// Hands the assembled shares of cuts to the sidecar client, without
+/// blocking: what the bounded channel refuses waits in `backlog` (oldest
+/// first) for the next call.
 fn ship_ready(
     assembler: &Rc<RefCell<CutAssembler>>,
+    backlog: &mut VecDeque<WorkerCut>,
     sender: &crate::checkpoint::client::CutSender,
-    worker: usize,
-    retention_ms: u64,
+    (worker, retention_ms): (usize, u64),
     final_id: &Mutex<Option<u64>>,
 ) {
     let mut assembler = assembler.borrow_mut();
     while let Some(share) = assembler.pop_ready() {
-        let cut = WorkerCut {
+        backlog.push_back(WorkerCut {
             worker: worker as u32,
             checkpoint_id: share.checkpoint_id,
             prev_cut_time: share.tap.prev_cut_time,
@@ -445,32 +456,19 @@ fn ship_ready(
             updates: share.tap.updates,
             partitions: share.tap.partitions,
             outputs: share.outputs,
-        };
+        });
+    }
+    while let Some(cut) = backlog.pop_front() {
         let (id, is_final) = (
             cut.checkpoint_id,
             cut.cut_time == crate::checkpoint::cut::FINAL_CUT,
         );
-        match sender.try_send(cut) {
-            Ok(()) => {
-                if is_final {
-                    final_id.lock().expect("poisoned").get_or_insert(id);
-                }
-            }
-            Err(full) => {
-                // Try again after the next step; the worker never waits here.
-                let cut = *full.0;
-                assembler.push_front(crate::checkpoint::cut::CutShare {
-                    checkpoint_id: cut.checkpoint_id,
-                    cut_time: cut.cut_time,
-                    tap: crate::checkpoint::cut::TapShare {
-                        prev_cut_time: cut.prev_cut_time,
-                        updates: cut.updates,
-                        partitions: cut.partitions,
-                    },
-                    outputs: cut.outputs,
-                });
-                return;
-            }
+        if let Err(full) = sender.try_send(cut) {
+            backlog.push_front(*full.0);
+            return;
+        }
+        if is_final {
+            final_id.lock().expect("poisoned").get_or_insert(id);
         }
     }
 }

@@ -88,12 +88,8 @@ pub fn cluster(args: &ClusterArgs) -> Result<()> {
         args.processes >= 1 && args.workers >= 1,
         "need at least one process and worker"
     );
-    let weir = weir::driver::weir_binary()
-        .context("cannot find the weir binary (build it, or set WEIR_BIN)")?;
-    if args.work_dir.exists() {
-        std::fs::remove_dir_all(&args.work_dir)
-            .with_context(|| format!("emptying {}", args.work_dir.display()))?;
-    }
+    let weir = crate::weir_binary()?;
+    crate::fresh_work_dir(&args.work_dir)?;
     let input = args.work_dir.join("input");
     let params = ZipfParams {
         events: args.events,

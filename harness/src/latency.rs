@@ -177,10 +177,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         rate > 0 && args.partitions > 0,
         "--rate and --partitions must be positive"
     );
-    if args.work_dir.exists() {
-        std::fs::remove_dir_all(&args.work_dir)
-            .with_context(|| format!("emptying {}", args.work_dir.display()))?;
-    }
+    crate::fresh_work_dir(&args.work_dir)?;
     let data_dir = args.work_dir.join("data");
     let log_dir = data_dir.join("log");
     let log_config = LogConfig {

@@ -138,6 +138,19 @@ pub fn machine() -> Machine {
     }
 }
 
+/// The `weir` binary (next to this one, or `$WEIR_BIN`).
+pub fn weir_binary() -> Result<PathBuf> {
+    weir::driver::weir_binary().context("cannot find the weir binary (build it, or set WEIR_BIN)")
+}
+
+/// Empties `dir` (a harness work directory) if it exists.
+pub fn fresh_work_dir(dir: &std::path::Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Writes `summary` as `<results>/<mode>-<unix time>/summary.json`; returns the directory.
 pub fn write_summary(
     results: &std::path::Path,

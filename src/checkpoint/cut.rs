@@ -158,11 +158,6 @@ impl CutAssembler {
         self.ready.pop_front()
     }
 
-    /// Puts a share back at the front (the channel to the sidecar was full).
-    pub fn push_front(&mut self, share: CutShare) {
-        self.ready.push_front(share);
-    }
-
     /// Whether the final cut has been assembled and handed on.
     pub fn final_done(&self) -> bool {
         self.final_assembled && self.ready.is_empty()
