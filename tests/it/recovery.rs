@@ -367,28 +367,51 @@ fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
     let data = f.tmp.path().join("data-damaged");
     let out = f.tmp.path().join("out-damaged");
     let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
-    assert_success(&weir().args(&args).output().unwrap(), "first run");
     let checkpoints = data.join("checkpoints");
+    // Stop the run (kill -9 of engine and sidecar) once a few mid-run
+    // checkpoints exist: each of them adds a delta file, and GC keeps the
+    // files of the last two, so the previous checkpoint is intact.
+    let child = weir()
+        .args(&args)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let enough = |commits: &[weir::checkpoint::format::CommitRecord]| {
+        commits.len() >= 3 && commits.iter().all(|c| c.cut_time != u64::MAX)
+    };
+    let started = std::time::Instant::now();
+    while !weir::checkpoint::store::read_commits(&checkpoints).is_ok_and(|c| enough(&c)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no mid-run checkpoints"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = child.id();
+    let _ = Command::new("kill")
+        .args(["-9", "--", &format!("-{pid}")])
+        .status();
+    let _ = child.wait_with_output();
     let commits = weir::checkpoint::store::read_commits(&checkpoints).unwrap();
-    let newest = commits.last().expect("checkpoints were committed");
-    // Damage the most recent data file the newest checkpoint needs.
+    assert!(
+        enough(&commits),
+        "the run finished before it could be stopped"
+    );
+    let (newest, fallback) = (&commits[commits.len() - 1], &commits[commits.len() - 2]);
+    // Damage a data file that only the newest checkpoint needs.
     let victim = newest
         .files
         .iter()
-        .max_by_key(|f| &f.name)
-        .expect("the newest checkpoint has files");
-    // The checkpoint restore should fall back to: the newest one not needing it.
-    let fallback = commits
-        .iter()
-        .rev()
-        .find(|c| !c.files.iter().any(|f| f.name == victim.name))
-        .expect("an older checkpoint without the damaged file");
+        .find(|f| !fallback.files.iter().any(|p| p.name == f.name))
+        .expect("a mid-run checkpoint adds a delta file");
     assert!(
         fallback
             .files
             .iter()
             .all(|f| checkpoints.join(&f.name).is_file()),
-        "the fallback checkpoint {} lost files to GC; pick another damage",
+        "the fallback checkpoint {} lost files to GC",
         fallback.checkpoint_id
     );
     let path = checkpoints.join(&victim.name);
