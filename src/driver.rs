@@ -317,9 +317,10 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     if errors.lock().expect("poisoned").is_some()
                         || failure.lock().expect("poisoned").is_some()
                     {
-                        return;
+                        return abandon_dataflows(worker);
                     }
                     if let Some(e) = client.as_ref().and_then(|c| c.error()) {
+                        abandon_dataflows(worker);
                         return fail(RunError::Sidecar(e));
                     }
                     worker.step_or_park(Some(Duration::from_millis(20)));
@@ -352,6 +353,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                         // Tailing runs never finish; keep the files current.
                         let flushed = outputs.borrow_mut().flush();
                         if let Err(e) = flushed {
+                            abandon_dataflows(worker);
                             return fail(RunError::Output {
                                 path: out_dir.clone(),
                                 source: e,
@@ -567,6 +569,16 @@ fn spawn_sidecar(data_dir: &Path) -> Result<Child, RunError> {
 }
 
 /// The `weir` binary: `$WEIR_BIN`, this executable if it is `weir`, or a
+/// Drops this worker's dataflows so a failed run ends. Timely keeps stepping
+/// a worker's dataflows after its closure returns until they complete, and a
+/// failed run's never do: its sources keep their capabilities (nothing may
+/// treat the input as complete) and a tailing source waits for more input.
+fn abandon_dataflows(worker: &mut timely::worker::Worker) {
+    for dataflow in worker.installed_dataflows() {
+        worker.drop_dataflow(dataflow);
+    }
+}
+
 /// `weir` next to it or one directory up (the harness and benches live there).
 pub fn weir_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("WEIR_BIN") {

@@ -187,6 +187,33 @@ fn assert_matches_reference(
     );
 }
 
+/// Runs `args` with `failpoint` armed but without `--until-end`, so the run
+/// never finishes on its own: the open windows keep state at every cut, a
+/// delta file is certainly written and the failpoint is certainly reached
+/// (a run that ends first may only commit a final checkpoint with no delta).
+/// Fails the test if the run is still going after a minute.
+fn run_into_failpoint(args: &[String], failpoint: &str) -> std::process::Output {
+    let child = weir()
+        .args(args.iter().filter(|a| *a != "--until-end"))
+        .env("WEIR_FAILPOINT", failpoint)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    if let Ok(output) = finished.recv_timeout(Duration::from_secs(60)) {
+        output.unwrap()
+    } else {
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{pid}")])
+            .status();
+        panic!("{failpoint}: the failpoint was never reached");
+    }
+}
+
 /// The input and the failure-free output every crash test compares with.
 struct Fixture {
     tmp: tempfile::TempDir,
@@ -225,11 +252,7 @@ fn a_sidecar_crash_at_each_commit_step_loses_nothing() {
         let data = f.tmp.path().join(format!("data-{failpoint}"));
         let out = f.tmp.path().join(format!("out-{failpoint}"));
         let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
-        let crashed = weir()
-            .args(&args)
-            .env("WEIR_FAILPOINT", failpoint)
-            .output()
-            .unwrap();
+        let crashed = run_into_failpoint(&args, failpoint);
         assert!(
             !crashed.status.success(),
             "{failpoint}: the run survived its sidecar's crash"
@@ -470,14 +493,7 @@ fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
     let data = f.tmp.path().join("data-full");
     let out = f.tmp.path().join("out-full");
     let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
-    let failed = weir()
-        .args(&args)
-        .env(
-            "WEIR_FAILPOINT",
-            weir::checkpoint::store::DISK_FULL_FAILPOINT,
-        )
-        .output()
-        .unwrap();
+    let failed = run_into_failpoint(&args, weir::checkpoint::store::DISK_FULL_FAILPOINT);
     assert!(!failed.status.success(), "the run ignored a full disk");
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(
