@@ -37,10 +37,12 @@ fn window_throughput(c: &mut Criterion) {
         data_dir: dir.path().join("data"),
         out_dir: dir.path().join(format!("out-{workers}")),
         inputs: vec![input.clone()],
+        generated: None,
         query: WindowQuery {
             spec: "tumbling:10s".parse().expect("window"),
             granularity_ms: 10_000,
             lateness_ms: 5_000,
+            nexmark: None,
         },
         workers,
         cluster: None,

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use weir_dataflows::MAX_EVENT_TS_MS;
 
 use crate::event::EventRef;
+pub use weir_dataflows::nexmark::NexmarkTable;
 
 /// The required header line.
 pub const CSV_HEADER: &str = "ts,key,value";
@@ -55,9 +56,11 @@ pub enum CsvErrorReason {
     /// Reading the file failed.
     #[error("read error: {0}")]
     Io(#[source] io::Error),
-    /// The first line is not `ts,key,value`.
-    #[error("bad header: expected `{CSV_HEADER}`, found `{found}`")]
+    /// The first line is not the expected header.
+    #[error("bad header: expected `{expected}`, found `{found}`")]
     BadHeader {
+        /// The header the file's format requires.
+        expected: &'static str,
         /// The first line (shortened).
         found: String,
     },
@@ -71,15 +74,20 @@ pub enum CsvErrorReason {
         /// What was expected.
         expected: &'static str,
     },
-    /// A row without exactly three fields.
-    #[error("wrong column count: expected 3, got {got}")]
+    /// A row without exactly the format's number of fields.
+    #[error("wrong column count: expected {expected}, got {got}")]
     WrongColumnCount {
+        /// The format's number of fields.
+        expected: usize,
         /// The number of fields found.
         got: usize,
     },
-    /// The key is not valid UTF-8.
-    #[error("bad UTF-8 in column `key`")]
-    BadUtf8,
+    /// A text column is not valid UTF-8.
+    #[error("bad UTF-8 in column `{column}`")]
+    BadUtf8 {
+        /// The column's name.
+        column: &'static str,
+    },
     /// A quoted field that does not end before the end of the file.
     #[error("unterminated quote: a quoted field starting in this row never ends")]
     UnterminatedQuote,
@@ -149,9 +157,9 @@ struct Field {
     escaped: bool,
 }
 
-/// Splits a row (without its line end) into its three fields.
-fn split_fields(row: &[u8]) -> Result<[Field; 3], CsvErrorReason> {
-    let mut fields = [Field::default(); 3];
+/// Splits a row (without its line end) into its `N` fields.
+fn split_fields<const N: usize>(row: &[u8]) -> Result<[Field; N], CsvErrorReason> {
+    let mut fields = [Field::default(); N];
     let mut count = 0;
     let mut i = 0;
     loop {
@@ -191,7 +199,7 @@ fn split_fields(row: &[u8]) -> Result<[Field; 3], CsvErrorReason> {
             };
             (field, (end < row.len()).then_some(end + 1))
         };
-        if count < 3 {
+        if count < N {
             fields[count] = field;
         }
         count += 1;
@@ -200,10 +208,13 @@ fn split_fields(row: &[u8]) -> Result<[Field; 3], CsvErrorReason> {
             None => break,
         }
     }
-    if count == 3 {
+    if count == N {
         Ok(fields)
     } else {
-        Err(CsvErrorReason::WrongColumnCount { got: count })
+        Err(CsvErrorReason::WrongColumnCount {
+            expected: N,
+            got: count,
+        })
     }
 }
 
@@ -290,9 +301,30 @@ fn find_row_end(data: &[u8]) -> RowEnd {
     }
 }
 
-/// Streams the rows of a `ts,key,value` CSV file.
+/// The format of a CSV input file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowSchema {
+    /// `ts,key,value`: the generic input.
+    Generic,
+    /// A Nexmark table (see [`weir_dataflows::nexmark`]): rows become
+    /// events timed by `date_time` whose key holds the table's stored columns.
+    Nexmark(NexmarkTable),
+}
+
+impl RowSchema {
+    /// The header line files of this format start with.
+    pub fn header(self) -> &'static str {
+        match self {
+            RowSchema::Generic => CSV_HEADER,
+            RowSchema::Nexmark(table) => table.header(),
+        }
+    }
+}
+
+/// Streams the rows of a CSV file of some [`RowSchema`].
 pub struct CsvReader<R = File> {
     src: R,
+    schema: RowSchema,
     path: PathBuf,
     buf: Vec<u8>,
     start: usize,
@@ -308,22 +340,35 @@ pub struct CsvReader<R = File> {
 }
 
 impl CsvReader<File> {
-    /// Opens `path` and checks its header.
+    /// Opens `path`, a `ts,key,value` file, and checks its header.
     pub fn open(path: &Path) -> Result<Self, CsvError> {
+        Self::open_as(path, RowSchema::Generic)
+    }
+
+    /// Opens `path`, a file of `schema`, and checks its header.
+    pub fn open_as(path: &Path, schema: RowSchema) -> Result<Self, CsvError> {
         let file = File::open(path).map_err(|e| CsvError {
             path: path.to_owned(),
             line: 0,
             reason: CsvErrorReason::Io(e),
         })?;
-        Self::new(file, path)
+        Self::new_as(file, path, schema)
     }
 }
 
 impl<R: Read> CsvReader<R> {
-    /// Reads CSV from `src`, naming it `path` in errors, and checks the header.
+    /// Reads `ts,key,value` CSV from `src`, naming it `path` in errors, and
+    /// checks the header.
     pub fn new(src: R, path: &Path) -> Result<Self, CsvError> {
+        Self::new_as(src, path, RowSchema::Generic)
+    }
+
+    /// Reads CSV of `schema` from `src`, naming it `path` in errors, and
+    /// checks the header.
+    pub fn new_as(src: R, path: &Path, schema: RowSchema) -> Result<Self, CsvError> {
         let mut r = Self {
             src,
+            schema,
             path: path.to_owned(),
             buf: vec![0; READ_BUFFER_LEN_BYTES],
             start: 0,
@@ -437,13 +482,15 @@ impl<R: Read> CsvReader<R> {
             return Err(self.error(
                 1,
                 CsvErrorReason::BadHeader {
+                    expected: self.schema.header(),
                     found: String::new(),
                 },
             ));
         };
-        if &self.buf[s..e] != CSV_HEADER.as_bytes() {
+        let expected = self.schema.header();
+        if &self.buf[s..e] != expected.as_bytes() {
             let found = shorten(&self.buf[s..e]);
-            return Err(self.error(1, CsvErrorReason::BadHeader { found }));
+            return Err(self.error(1, CsvErrorReason::BadHeader { expected, found }));
         }
         Ok(())
     }
@@ -461,6 +508,9 @@ impl<R: Read> CsvReader<R> {
                 return Ok(None);
             }
             return Err(self.error(line, CsvErrorReason::EmptyLine));
+        }
+        if let RowSchema::Nexmark(table) = self.schema {
+            return self.nexmark_record(table, (s, e), line).map(Some);
         }
         let fields = split_fields(&self.buf[s..e]).map_err(|reason| self.error(line, reason))?;
         let field_bytes = |f: Field| &self.buf[s + f.start..s + f.end];
@@ -497,7 +547,7 @@ impl<R: Read> CsvReader<R> {
         };
         let (ks, ke) = (s + key_f.start, s + key_f.end);
         let Ok(raw_key) = std::str::from_utf8(&self.buf[ks..ke]) else {
-            return Err(self.error(line, CsvErrorReason::BadUtf8));
+            return Err(self.error(line, CsvErrorReason::BadUtf8 { column: "key" }));
         };
         let key = if key_f.escaped {
             self.scratch.clear();
@@ -524,5 +574,6 @@ fn strip_cr(buf: &[u8], (s, e): (usize, usize)) -> (usize, usize) {
     }
 }
 
+mod nexmark;
 #[cfg(test)]
 mod tests;

@@ -24,14 +24,14 @@ use crate::job::{
     build_window_query, decode_pane_partials, max_ahead_ms, track_arrangements, ArrangementGauge,
     WorkerCheckpointing,
 };
-use crate::log::{list_partitions, partition_dir};
-use crate::log_feed::LogFeed;
 use crate::run::{
-    expand_inputs, ingest_locked, timely_config, CheckpointSummary, RunError, RunOptions,
-    RunSummary, EVENTS_TOPIC,
+    expand_inputs, ingest_topics_locked, timely_config, CheckpointSummary, RunError, RunOptions,
+    RunSummary,
 };
 use crate::sink::{is_output_file_name, output_file_names, WorkerOutputs};
-use crate::source::{ErrorSlot, FeedError, PartitionInput, SourceConfig, SourceCounters};
+use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters};
+
+mod inputs;
 
 /// How long to wait for the sidecar to listen, and for the final commit.
 const SIDECAR_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,17 +48,12 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     }
     let files = expand_inputs(&options.inputs)?;
     if !files.is_empty() {
-        ingest_locked(&options.data_dir, &files, &options.log_config)?;
+        let plan = inputs::ingest_plan(&query, &files)?;
+        ingest_topics_locked(&options.data_dir, &plan, &options.log_config)?;
     }
     let log_dir = options.data_dir.join("log");
-    let partitions = list_partitions(&log_dir, EVENTS_TOPIC)?;
+    let partitions = inputs::input_partitions(&query, &log_dir, options.generated)?;
     let partition_count = partitions.len();
-    if partitions.is_empty() {
-        return Err(RunError::Usage(format!(
-            "no input: the log {} has no partitions (give --input FILE...)",
-            log_dir.join(EVENTS_TOPIC).display()
-        )));
-    }
     let (processes, process) = options
         .cluster
         .as_ref()
@@ -218,12 +213,15 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 track_arrangements(worker, gauge);
 
                 let mut feeds = Vec::new();
-                for &p in partitions.iter().filter(|&&p| p as usize % peers == index) {
+                for input in partitions
+                    .iter()
+                    .filter(|p| p.id() as usize % peers == index)
+                {
+                    let p = input.id();
                     let (start_offset, max_ts_before) =
                         resumes.get(&p).copied().unwrap_or((0, None));
-                    match LogFeed::open_with_stop(
-                        &partition_dir(&log_dir, EVENTS_TOPIC, p),
-                        p,
+                    match input.open(
+                        (&log_dir, &query),
                         start_offset,
                         until_end,
                         hooks.stop.clone(),
@@ -234,15 +232,12 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             start_offset,
                             max_ts_before,
                         }),
-                        Err(e) => {
-                            return fail(RunError::Source(FeedError {
-                                partition: p,
-                                source: Box::new(e),
-                            }))
-                        }
+                        Err(e) => return fail(RunError::Source(e)),
                     }
                 }
-                let outputs = match WorkerOutputs::open(&out_dir, index, false) {
+                let header = query.result_header();
+                let outputs = match WorkerOutputs::open_with_header(&out_dir, index, false, header)
+                {
                     Ok(o) => Rc::new(RefCell::new(o.with_observer(hooks.observer.clone()))),
                     Err(e) => {
                         return fail(RunError::Output {

@@ -33,7 +33,7 @@ pub mod manifest;
 
 use std::path::{Path, PathBuf};
 
-use crate::csv_input::{CsvError, CsvReader};
+use crate::csv_input::{CsvError, CsvReader, RowSchema};
 use crate::event::encode_event;
 use crate::log::durable::{
     create_dir_all_durably, remove_dir_all_durably, rename_durably, write_file_atomically,
@@ -167,8 +167,19 @@ pub fn ingest_files(
     files: &[PathBuf],
     config: &LogConfig,
 ) -> Result<IngestReport, IngestError> {
+    ingest_files_as(log_dir, topic, RowSchema::Generic, files, config)
+}
+
+/// As [`ingest_files`], for files of `schema`.
+pub fn ingest_files_as(
+    log_dir: &Path,
+    topic: &str,
+    schema: RowSchema,
+    files: &[PathBuf],
+    config: &LogConfig,
+) -> Result<IngestReport, IngestError> {
     let mut report = IngestReport::default();
-    match ingest_into(log_dir, topic, files, config, &mut report) {
+    match ingest_into(log_dir, topic, (schema, files), config, &mut report) {
         Ok(()) => Ok(report),
         Err(kind) => Err(IngestError {
             completed: report,
@@ -180,7 +191,7 @@ pub fn ingest_files(
 fn ingest_into(
     log_dir: &Path,
     topic: &str,
-    files: &[PathBuf],
+    (schema, files): (RowSchema, &[PathBuf]),
     config: &LogConfig,
     report: &mut IngestReport,
 ) -> Result<(), IngestErrorKind> {
@@ -207,7 +218,7 @@ fn ingest_into(
         let partition = manifest
             .next_partition()
             .ok_or(IngestErrorKind::TooManyPartitions)?;
-        let entry = ingest_one(&topic_dir, path, partition, identity, config)?;
+        let entry = ingest_one(&topic_dir, (path, schema), partition, identity, config)?;
         manifest.entries.push(entry);
         write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
         let records = manifest.entries.last().expect("just pushed").records;
@@ -325,14 +336,14 @@ fn recover(topic_dir: &Path, manifest: &mut Manifest) -> Result<(), IngestErrorK
 /// Writes one file into partition `partition`, atomically.
 fn ingest_one(
     topic_dir: &Path,
-    path: &Path,
+    (path, schema): (&Path, RowSchema),
     partition: u32,
     identity: FileIdentity,
     config: &LogConfig,
 ) -> Result<ManifestEntry, IngestErrorKind> {
     let tmp = topic_dir.join(format!("{partition}.tmp"));
     remove_dir_all_durably(&tmp)?;
-    let written = write_partition(&tmp, path, partition, identity, config);
+    let written = write_partition(&tmp, (path, schema), partition, identity, config);
     let entry = match written {
         Ok(entry) => entry,
         Err(e) => {
@@ -348,12 +359,12 @@ fn ingest_one(
 
 fn write_partition(
     tmp: &Path,
-    path: &Path,
+    (path, schema): (&Path, RowSchema),
     partition: u32,
     identity: FileIdentity,
     config: &LogConfig,
 ) -> Result<ManifestEntry, IngestErrorKind> {
-    let mut csv = CsvReader::open(path)?;
+    let mut csv = CsvReader::open_as(path, schema)?;
     let config = LogConfig {
         fsync: FsyncPolicy::Never,
         ..*config

@@ -15,6 +15,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::worker::Worker;
 use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, SessionCombiner, Update};
+use weir_dataflows::nexmark::NexmarkQuery;
 use weir_dataflows::session::session_windows;
 use weir_dataflows::sliding::{fixed_windows, FixedWindows};
 use weir_dataflows::{LateRow, WindowRow, WindowSpec};
@@ -36,9 +37,30 @@ pub struct WindowQuery {
     pub granularity_ms: u64,
     /// Allowed lateness, ms.
     pub lateness_ms: u64,
+    /// The Nexmark query whose aggregation this is (its records are
+    /// projected for it and its result stage follows the windows), or
+    /// `None` for the generic window query.
+    pub nexmark: Option<NexmarkQuery>,
 }
 
 impl WindowQuery {
+    /// The Nexmark query `query` with `lateness_ms`.
+    pub fn nexmark(query: NexmarkQuery, lateness_ms: u64) -> Self {
+        let spec = query.window();
+        WindowQuery {
+            spec,
+            granularity_ms: spec.default_granularity_ms(),
+            lateness_ms,
+            nexmark: Some(query),
+        }
+    }
+
+    /// The header of the result rows file.
+    pub fn result_header(&self) -> &'static str {
+        self.nexmark
+            .map_or(crate::sink::WINDOW_ROWS_HEADER, NexmarkQuery::header)
+    }
+
     /// Whether checkpoints are implemented for this query (fixed windows).
     pub fn supports_checkpoints(&self) -> bool {
         self.spec.slide_ms().is_some()
@@ -54,10 +76,16 @@ impl WindowQuery {
     /// A fingerprint of everything that shapes the persisted state; a
     /// checkpoint taken with another fingerprint is refused at restore.
     pub fn fingerprint(&self) -> u64 {
-        let text = format!(
-            "weir-window-v1|{}|{}|{}",
-            self.spec, self.granularity_ms, self.lateness_ms
-        );
+        let text = match self.nexmark {
+            None => format!(
+                "weir-window-v1|{}|{}|{}",
+                self.spec, self.granularity_ms, self.lateness_ms
+            ),
+            Some(q) => format!(
+                "weir-nexmark-v1|{q}|{}|{}|{}",
+                self.spec, self.granularity_ms, self.lateness_ms
+            ),
+        };
         weir_dataflows::key::key_hash(&text)
     }
 }
@@ -66,6 +94,9 @@ impl WindowQuery {
 pub trait RowSink: 'static {
     /// Final window rows (drain them).
     fn window_rows(&mut self, rows: &mut Vec<WindowRow>);
+    /// Result rows of a query with its own columns, as CSV lines without
+    /// line ends (drain them).
+    fn result_lines(&mut self, lines: &mut Vec<String>);
     /// Late events (drain them).
     fn late_rows(&mut self, rows: &mut Vec<LateRow>);
     /// Makes everything written so far durable and returns the files'
@@ -251,11 +282,13 @@ where
                 )
             }
         };
+        let rows = match query.nexmark {
+            None => rows.map(OutputRow::Window),
+            Some(q) => q.finish(rows).map(OutputRow::Result),
+        };
         let rows = rows.probe_with(&probe);
         let late = late.probe_with(&probe);
-        let outputs = rows
-            .map(OutputRow::Window)
-            .concat(late.map(OutputRow::Late));
+        let outputs = rows.concat(late.map(OutputRow::Late));
         output_operator(
             &outputs,
             announcements.as_ref().zip(assembler),

@@ -9,8 +9,10 @@ use weir::gen::{generate_zipf, ZipfParams};
 use weir::ingest::ingest_files;
 use weir::job::WindowQuery;
 use weir::log::{FsyncPolicy, LogConfig};
+use weir::nexmark::NexmarkQuery;
 use weir::run::{
-    read_hostfile, run, CheckpointOptions, ClusterOptions, RunOptions, RunSummary, EVENTS_TOPIC,
+    read_hostfile, run, CheckpointOptions, ClusterOptions, GeneratedInput, RunOptions, RunSummary,
+    EVENTS_TOPIC,
 };
 use weir_dataflows::duration::{format_duration_ms, parse_duration_ms};
 use weir_dataflows::WindowSpec;
@@ -66,24 +68,57 @@ struct SidecarArgs {
     exit_when_idle: bool,
 }
 
-#[derive(Copy, Clone, Debug, ValueEnum)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Query {
     /// The generic window query: count, sum, min, max per key and window.
     Window,
+    /// Nexmark q5, hot items: per sliding 10 s / 2 s window, the auctions with the most bids.
+    Q5,
+    /// Nexmark q7, highest bid: per tumbling 10 s window, every bid at the highest price.
+    Q7,
+    /// Nexmark q8, new users: persons who opened an auction in the 10 s window they registered in.
+    Q8,
+    /// Nexmark q11, user sessions: bids per bidder session (gap 10 s).
+    Q11,
+    /// Nexmark q12: bids per bidder per tumbling 10 s window.
+    Q12,
+}
+
+impl Query {
+    fn nexmark(self) -> Option<NexmarkQuery> {
+        match self {
+            Query::Window => None,
+            Query::Q5 => Some(NexmarkQuery::Q5),
+            Query::Q7 => Some(NexmarkQuery::Q7),
+            Query::Q8 => Some(NexmarkQuery::Q8),
+            Query::Q11 => Some(NexmarkQuery::Q11),
+            Query::Q12 => Some(NexmarkQuery::Q12),
+        }
+    }
 }
 
 #[derive(Parser, Debug)]
 struct RunArgs {
-    /// The query to run.
-    #[arg(long, value_enum, default_value = "window")]
-    query: Query,
-    /// Input CSV files or directories of them (ingested idempotently). Without
-    /// it, a demo dataset is generated under the data dir and the run stops at its end.
+    /// The query to run (default: `window` with --input, the Nexmark q5 demo without).
+    #[arg(long, value_enum)]
+    query: Option<Query>,
+    /// Input CSV files or directories of them (ingested idempotently): `ts,key,value`
+    /// files for `window`, person-/auction-/bid-<n>.csv (from `weir gen nexmark`) for
+    /// the Nexmark queries. Without it, a demo dataset is generated under the data
+    /// dir and the run stops at its end.
     #[arg(long, num_args = 1..)]
     input: Vec<PathBuf>,
-    /// tumbling:SIZE, sliding:SIZE/SLIDE or session:GAP.
-    #[arg(long, default_value = "sliding:60s/10s")]
-    window: WindowSpec,
+    /// Nexmark queries: read this many events straight from the generator
+    /// (no files, no log; for throughput runs).
+    #[arg(long, conflicts_with = "input")]
+    generate_events: Option<u64>,
+    /// Partitions of the generated input (with --generate-events).
+    #[arg(long, default_value_t = 4, requires = "generate_events")]
+    generate_partitions: u32,
+    /// The generic query's window: tumbling:SIZE, sliding:SIZE/SLIDE or session:GAP
+    /// [default: sliding:60s/10s]. The Nexmark queries have their own.
+    #[arg(long)]
+    window: Option<WindowSpec>,
     /// Time granularity (default: the slide, or min(gap, 1s) for sessions).
     #[arg(long, value_parser = parse_duration_ms)]
     granularity: Option<u64>,
@@ -148,6 +183,21 @@ struct IngestArgs {
 enum GenKind {
     /// Skewed keys (Zipf), out-of-order and some late events.
     Zipf(ZipfArgs),
+    /// Nexmark persons, auctions and bids (the `nexmark` crate, fixed base time).
+    Nexmark(NexmarkArgs),
+}
+
+#[derive(Args, Debug)]
+struct NexmarkArgs {
+    /// Events of all tables and partitions together.
+    #[arg(long)]
+    events: u64,
+    /// Output directory (files person-<p>.csv, auction-<p>.csv, bid-<p>.csv).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of partitions (files per table).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
 }
 
 #[derive(Args, Debug)]
@@ -194,6 +244,9 @@ fn main() -> ExitCode {
         Some(Command::Gen {
             kind: GenKind::Zipf(args),
         }) => gen_command(&args),
+        Some(Command::Gen {
+            kind: GenKind::Nexmark(args),
+        }) => gen_nexmark_command(&args),
         Some(Command::Sidecar(args)) => sidecar_command(&args),
         Some(Command::Inspect { data_dir }) => weir::inspect::inspect(&data_dir)
             .map(|report| print!("{report}"))
@@ -208,14 +261,101 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_command(args: &RunArgs) -> Result<()> {
-    let Query::Window = args.query;
+/// The query of `args`: the generic window query, or a Nexmark query.
+fn query_of(args: &RunArgs) -> Result<WindowQuery> {
+    let demo = args.input.is_empty() && args.generate_events.is_none();
+    let default = if demo { Query::Q5 } else { Query::Window };
+    let query = args.query.unwrap_or(default);
+    if let Some(nexmark) = query.nexmark() {
+        if args.window.is_some() || args.granularity.is_some() {
+            bail!(
+                "--window and --granularity are for --query window; {nexmark} has its own window"
+            );
+        }
+        return Ok(WindowQuery::nexmark(nexmark, args.lateness));
+    }
+    if args.generate_events.is_some() {
+        bail!("--generate-events is for the Nexmark queries (--query q5|q7|q8|q11|q12)");
+    }
+    let window = args.window.unwrap_or(WindowSpec::Sliding {
+        size_ms: 60_000,
+        slide_ms: 10_000,
+    });
     let granularity_ms = args
         .granularity
-        .unwrap_or_else(|| args.window.default_granularity_ms());
-    args.window
+        .unwrap_or_else(|| window.default_granularity_ms());
+    window
         .check_granularity(granularity_ms)
         .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
+    Ok(WindowQuery {
+        spec: window,
+        granularity_ms,
+        lateness_ms: args.lateness,
+        nexmark: None,
+    })
+}
+
+/// Generates the demo dataset for `query` under `<data-dir>/demo` unless it
+/// is there; returns the data dir and input dir to use.
+fn prepare_demo(args: &RunArgs, query: &WindowQuery) -> Result<(PathBuf, PathBuf)> {
+    // The demo keeps its input, log and checkpoints apart from any real data,
+    // and apart per dataset.
+    let kind = if query.nexmark.is_some() {
+        "nexmark"
+    } else {
+        "zipf"
+    };
+    let data_dir = args.data_dir.join("demo").join(kind);
+    let input_dir = data_dir.join("input");
+    if query.nexmark.is_some() {
+        let partitions = 4;
+        let existing = (0..partitions).all(|p| input_dir.join(format!("bid-{p}.csv")).is_file());
+        if !existing {
+            eprintln!(
+                "no --input: generating a demo dataset of {} Nexmark events in {}",
+                args.demo_events,
+                input_dir.display()
+            );
+            weir::nexmark::gen::generate_files(args.demo_events, partitions, &input_dir)
+                .with_context(|| format!("generating into {}", input_dir.display()))?;
+        }
+    } else {
+        let params = ZipfParams {
+            events: args.demo_events,
+            ..ZipfParams::default()
+        };
+        let existing =
+            (0..params.partitions).all(|p| input_dir.join(format!("zipf-{p}.csv")).is_file());
+        if !existing {
+            eprintln!(
+                "no --input: generating a demo dataset of {} Zipf events ({} keys) in {}",
+                params.events,
+                params.keys,
+                input_dir.display()
+            );
+            generate_zipf(&params, &input_dir)
+                .with_context(|| format!("generating into {}", input_dir.display()))?;
+        }
+    }
+    let checkpoints = data_dir.join("checkpoints");
+    let finished = weir::checkpoint::store::read_commits(&checkpoints)
+        .ok()
+        .and_then(|c| {
+            c.last()
+                .map(|r| r.cut_time == weir::checkpoint::cut::FINAL_CUT)
+        })
+        .unwrap_or(false);
+    if finished {
+        // A finished demo would restore and do nothing: start it over.
+        eprintln!("the previous demo run completed: starting it over");
+        std::fs::remove_dir_all(&checkpoints)
+            .with_context(|| format!("removing {}", checkpoints.display()))?;
+    }
+    Ok((data_dir, input_dir))
+}
+
+fn run_command(args: &RunArgs) -> Result<()> {
+    let query = query_of(args)?;
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -239,54 +379,23 @@ fn run_command(args: &RunArgs) -> Result<()> {
         None
     };
     let mut inputs = args.input.clone();
-    let mut until_end = args.until_end;
+    let mut until_end = args.until_end || args.generate_events.is_some();
     let mut data_dir = args.data_dir.clone();
-    if inputs.is_empty() {
-        // The demo keeps its input, log and checkpoints apart from any real data.
-        data_dir = args.data_dir.join("demo");
-        let input_dir = data_dir.join("input");
-        let params = ZipfParams {
-            events: args.demo_events,
-            ..ZipfParams::default()
-        };
-        let existing =
-            (0..params.partitions).all(|p| input_dir.join(format!("zipf-{p}.csv")).is_file());
-        if !existing {
-            eprintln!(
-                "no --input: generating a demo dataset of {} Zipf events ({} keys) in {}",
-                params.events,
-                params.keys,
-                input_dir.display()
-            );
-            generate_zipf(&params, &input_dir)
-                .with_context(|| format!("generating into {}", input_dir.display()))?;
-        }
-        let checkpoints = data_dir.join("checkpoints");
-        let finished = weir::checkpoint::store::read_commits(&checkpoints)
-            .ok()
-            .and_then(|c| {
-                c.last()
-                    .map(|r| r.cut_time == weir::checkpoint::cut::FINAL_CUT)
-            })
-            .unwrap_or(false);
-        if finished {
-            // A finished demo would restore and do nothing: start it over.
-            eprintln!("the previous demo run completed: starting it over");
-            std::fs::remove_dir_all(&checkpoints)
-                .with_context(|| format!("removing {}", checkpoints.display()))?;
-        }
-        inputs.push(input_dir);
+    if inputs.is_empty() && args.generate_events.is_none() {
+        let (demo_data, demo_input) = prepare_demo(args, &query)?;
+        data_dir = demo_data;
+        inputs.push(demo_input);
         until_end = true;
     }
     let options = RunOptions {
         data_dir,
         out_dir: args.out.clone(),
         inputs,
-        query: WindowQuery {
-            spec: args.window,
-            granularity_ms,
-            lateness_ms: args.lateness,
-        },
+        generated: args.generate_events.map(|events| GeneratedInput {
+            events,
+            partitions: args.generate_partitions,
+        }),
+        query,
         workers: args.workers,
         cluster,
         until_end,
@@ -299,14 +408,20 @@ fn run_command(args: &RunArgs) -> Result<()> {
         hooks: weir::run::RunHooks::default(),
         metrics_addr: args.metrics_addr,
     };
+    let what = match query.nexmark {
+        Some(q) => format!("nexmark {q} (window {})", query.spec),
+        None => format!("window {}", query.spec),
+    };
     eprintln!(
-        "running window {} (granularity {}, lateness {}) on {} worker(s) x {} process(es)",
-        args.window,
-        format_duration_ms(granularity_ms),
+        "running {what} (granularity {}, lateness {}) on {} worker(s) x {} process(es)",
+        format_duration_ms(query.granularity_ms),
         format_duration_ms(args.lateness),
         args.workers,
         args.processes
     );
+    if args.generate_partitions == 0 {
+        bail!("--generate-partitions must be at least 1");
+    }
     let summary = run(&options)?;
     print_summary(&summary, args.workers);
     Ok(())
@@ -318,7 +433,7 @@ fn print_summary(s: &RunSummary, workers: usize) {
     println!("events read       {}", s.events_read);
     println!("late events       {}", s.events_late);
     println!(
-        "window rows       {} (late rows written: {})",
+        "result rows       {} (late rows written: {})",
         s.window_rows, s.late_rows
     );
     println!("elapsed           {secs:.3} s");
@@ -419,6 +534,18 @@ fn ingest_command(args: &IngestArgs) -> Result<()> {
             file.partition,
             file.records
         );
+    }
+    Ok(())
+}
+
+fn gen_nexmark_command(args: &NexmarkArgs) -> Result<()> {
+    if args.partitions == 0 {
+        bail!("--partitions must be at least 1");
+    }
+    let paths = weir::nexmark::gen::generate_files(args.events, args.partitions, &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    for path in paths {
+        println!("{}", path.display());
     }
     Ok(())
 }

@@ -11,7 +11,11 @@ use weir_dataflows::{LateRow, WindowRow};
 use crate::job::{
     build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RowSink, WindowQuery,
 };
-use crate::source::{ErrorSlot, MemoryFeed, PartitionInput, SourceConfig, SourceCounters};
+use crate::nexmark::feed::ProjectedFeed;
+use crate::nexmark::{source_partition, NexmarkQuery, NexmarkTable};
+use crate::source::{
+    ErrorSlot, MemoryFeed, PartitionFeed, PartitionInput, SourceConfig, SourceCounters,
+};
 
 /// The rows of a run, sorted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub struct CollectedRows {
     pub rows: Vec<WindowRow>,
     /// Late events.
     pub late: Vec<LateRow>,
+    /// Result rows of queries with their own columns (CSV lines).
+    pub lines: Vec<String>,
     /// The largest number of records any worker held in its arrangements.
     pub peak_arranged_records: i64,
 }
@@ -28,11 +34,15 @@ pub struct CollectedRows {
 struct CollectSink {
     rows: Vec<WindowRow>,
     late: Vec<LateRow>,
+    lines: Vec<String>,
 }
 
 impl RowSink for CollectSink {
     fn window_rows(&mut self, rows: &mut Vec<WindowRow>) {
         self.rows.append(rows);
+    }
+    fn result_lines(&mut self, lines: &mut Vec<String>) {
+        self.lines.append(lines);
     }
     fn late_rows(&mut self, rows: &mut Vec<LateRow>) {
         self.late.append(rows);
@@ -46,8 +56,50 @@ pub fn run_in_memory(
     workers: usize,
     batch_records: usize,
 ) -> Result<CollectedRows, String> {
-    let partitions: Vec<Arc<Vec<(u64, String, i64)>>> =
-        partitions.iter().cloned().map(Arc::new).collect();
+    let partitions: Vec<(u32, Option<NexmarkTable>, Arc<Partition>)> = partitions
+        .iter()
+        .enumerate()
+        .map(|(p, events)| (p as u32, None, Arc::new(events.clone())))
+        .collect();
+    execute(partitions, query, workers, batch_records)
+}
+
+/// Runs the Nexmark query `query` (with `lateness_ms`) over stored records
+/// `(date_time, stored key, value)` of each table's partitions, on `workers`
+/// threads; returns the result lines, sorted.
+pub fn run_nexmark_in_memory(
+    tables: &[(NexmarkTable, Vec<Partition>)],
+    query: NexmarkQuery,
+    lateness_ms: u64,
+    workers: usize,
+    batch_records: usize,
+) -> Result<Vec<String>, String> {
+    let mut partitions = Vec::new();
+    for (table, table_partitions) in tables {
+        if !query.tables().contains(table) {
+            continue;
+        }
+        for (p, events) in table_partitions.iter().enumerate() {
+            partitions.push((
+                source_partition(*table, p as u32),
+                Some(*table),
+                Arc::new(events.clone()),
+            ));
+        }
+    }
+    let query = WindowQuery::nexmark(query, lateness_ms);
+    execute(partitions, query, workers, batch_records).map(|c| c.lines)
+}
+
+/// Events `(ts, key, value)` of one partition.
+pub type Partition = Vec<(u64, String, i64)>;
+
+fn execute(
+    partitions: Vec<(u32, Option<NexmarkTable>, Arc<Partition>)>,
+    query: WindowQuery,
+    workers: usize,
+    batch_records: usize,
+) -> Result<CollectedRows, String> {
     let collected = Arc::new(Mutex::new(CollectedRows::default()));
     let errors: ErrorSlot = ErrorSlot::default();
     let counters = Arc::new(SourceCounters::default());
@@ -59,15 +111,21 @@ pub fn run_in_memory(
             let (index, peers) = (worker.index(), worker.peers());
             let gauge = Arc::new(ArrangementGauge::default());
             track_arrangements(worker, Arc::clone(&gauge));
-            let feeds: Vec<PartitionInput<MemoryFeed>> = partitions
+            let feeds: Vec<PartitionInput<Box<dyn PartitionFeed>>> = partitions
                 .iter()
-                .enumerate()
-                .filter(|(p, _)| p % peers == index)
-                .map(|(p, events)| PartitionInput {
-                    partition: p as u32,
-                    feed: MemoryFeed::new(Arc::clone(events)),
-                    start_offset: 0,
-                    max_ts_before: None,
+                .filter(|(p, _, _)| *p as usize % peers == index)
+                .map(|(p, table, events)| {
+                    let memory = MemoryFeed::new(Arc::clone(events));
+                    let feed: Box<dyn PartitionFeed> = match (query.nexmark, table) {
+                        (Some(q), Some(t)) => Box::new(ProjectedFeed::new(memory, *p, q, *t)),
+                        _ => Box::new(memory),
+                    };
+                    PartitionInput {
+                        partition: *p,
+                        feed,
+                        start_offset: 0,
+                        max_ts_before: None,
+                    }
                 })
                 .collect();
             let sink = Rc::new(RefCell::new(CollectSink::default()));
@@ -97,6 +155,7 @@ pub fn run_in_memory(
             let mut out = collected.lock().expect("collector poisoned");
             out.rows.append(&mut sink.rows);
             out.late.append(&mut sink.late);
+            out.lines.append(&mut sink.lines);
             let peak = gauge
                 .peak_records
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -113,5 +172,6 @@ pub fn run_in_memory(
     let mut out = std::mem::take(&mut *collected.lock().expect("collector poisoned"));
     out.rows.sort();
     out.late.sort();
+    out.lines.sort();
     Ok(out)
 }

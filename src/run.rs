@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ingest::{ingest_files, IngestError};
+use crate::csv_input::RowSchema;
+use crate::ingest::{ingest_files_as, IngestError};
 use crate::job::WindowQuery;
 use crate::log::{LogConfig, LogError};
 use crate::source::FeedError;
@@ -35,6 +36,9 @@ pub struct RunOptions {
     pub inputs: Vec<PathBuf>,
     /// The query.
     pub query: WindowQuery,
+    /// Read a Nexmark query's input straight from the generator (no files,
+    /// no log): this many events in this many partitions.
+    pub generated: Option<GeneratedInput>,
     /// Worker threads per process.
     pub workers: usize,
     /// Set for a multi-process run.
@@ -51,6 +55,15 @@ pub struct RunOptions {
     pub hooks: RunHooks,
     /// Serve Prometheus metrics on this loopback address while running.
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Input made by the Nexmark generator while the run reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeneratedInput {
+    /// Events of all tables and partitions together.
+    pub events: u64,
+    /// Partitions (the split of `weir gen nexmark`).
+    pub partitions: u32,
 }
 
 /// Sees every window row when the dataflow emits it (before an
@@ -235,6 +248,19 @@ pub fn ingest_locked(
     files: &[PathBuf],
     log_config: &LogConfig,
 ) -> Result<(), RunError> {
+    ingest_topics_locked(
+        data_dir,
+        &[(EVENTS_TOPIC, RowSchema::Generic, files.to_vec())],
+        log_config,
+    )
+}
+
+/// As [`ingest_locked`], for files of several topics and formats.
+pub fn ingest_topics_locked(
+    data_dir: &Path,
+    topics: &[(&str, RowSchema, Vec<PathBuf>)],
+    log_config: &LogConfig,
+) -> Result<(), RunError> {
     std::fs::create_dir_all(data_dir).map_err(|e| RunError::Output {
         path: data_dir.to_owned(),
         source: e,
@@ -246,12 +272,13 @@ pub fn ingest_locked(
             path: lock_path.clone(),
             source: e,
         })?;
-    let report = ingest_files(&data_dir.join("log"), EVENTS_TOPIC, files, log_config);
-    drop(lock);
-    let report = report?;
-    for file in &report.files {
-        tracing::info!(path = %file.path.display(), partition = file.partition, records = file.records, skipped = file.skipped, "ingest");
+    for (topic, schema, files) in topics.iter().filter(|t| !t.2.is_empty()) {
+        let report = ingest_files_as(&data_dir.join("log"), topic, *schema, files, log_config)?;
+        for file in &report.files {
+            tracing::info!(topic, path = %file.path.display(), partition = file.partition, records = file.records, skipped = file.skipped, "ingest");
+        }
     }
+    drop(lock);
     Ok(())
 }
 

@@ -116,9 +116,20 @@ pub struct WorkerOutputs {
 impl WorkerOutputs {
     /// Opens worker `worker`'s files in `dir` (see [`OutputFile::open`] for `fresh`).
     pub fn open(dir: &Path, worker: usize, fresh: bool) -> std::io::Result<Self> {
+        Self::open_with_header(dir, worker, fresh, WINDOW_ROWS_HEADER)
+    }
+
+    /// As [`WorkerOutputs::open`], with `header` for the result rows file
+    /// (queries whose rows are not generic window rows).
+    pub fn open_with_header(
+        dir: &Path,
+        worker: usize,
+        fresh: bool,
+        header: &str,
+    ) -> std::io::Result<Self> {
         let (windows, late) = output_file_names(worker);
         Ok(WorkerOutputs {
-            windows: OutputFile::open(dir, windows, WINDOW_ROWS_HEADER, fresh)?,
+            windows: OutputFile::open(dir, windows, header, fresh)?,
             late: OutputFile::open(dir, late, LATE_ROWS_HEADER, fresh)?,
             window_rows: 0,
             late_rows: 0,
@@ -182,6 +193,15 @@ impl RowSink for WorkerOutputs {
         }
     }
 
+    fn result_lines(&mut self, lines: &mut Vec<String>) {
+        for mut line in lines.drain(..) {
+            line.push('\n');
+            let result = self.windows.write(line.as_bytes());
+            self.record(result);
+            self.window_rows += 1;
+        }
+    }
+
     fn late_rows(&mut self, rows: &mut Vec<LateRow>) {
         for row in rows.drain(..) {
             let mut line = std::mem::take(&mut self.late.buffer);
@@ -234,6 +254,9 @@ pub enum OutputRow {
     Window(WindowRow),
     /// A late event.
     Late(LateRow),
+    /// A result row of a query with its own columns (a CSV line without
+    /// its line end), written to the result rows file.
+    Result(String),
 }
 
 /// The announcements a checkpointed output operator follows, and where its
@@ -335,12 +358,15 @@ fn observe_rows<S: RowSink>(sink: &mut S, rows: &[OutputRow]) {
 fn write_rows<S: RowSink>(sink: &mut S, rows: impl Iterator<Item = OutputRow>) {
     let mut windows = Vec::new();
     let mut late = Vec::new();
+    let mut lines = Vec::new();
     for row in rows {
         match row {
             OutputRow::Window(w) => windows.push(w),
             OutputRow::Late(l) => late.push(l),
+            OutputRow::Result(line) => lines.push(line),
         }
     }
     sink.window_rows(&mut windows);
+    sink.result_lines(&mut lines);
     sink.late_rows(&mut late);
 }

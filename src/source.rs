@@ -329,3 +329,13 @@ impl PartitionFeed for MemoryFeed {
         })
     }
 }
+
+impl PartitionFeed for Box<dyn PartitionFeed> {
+    fn poll(
+        &mut self,
+        max_records: usize,
+        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+    ) -> Result<FeedStatus, FeedError> {
+        (**self).poll(max_records, deliver)
+    }
+}

@@ -16,6 +16,7 @@ pub mod agg;
 pub mod combiner;
 pub mod duration;
 pub mod key;
+pub mod nexmark;
 pub mod reference;
 pub mod row;
 pub mod session;

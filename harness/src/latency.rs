@@ -206,10 +206,12 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         data_dir: data_dir.clone(),
         out_dir: args.work_dir.join("out"),
         inputs: Vec::new(),
+        generated: None,
         query: WindowQuery {
             spec: args.window,
             granularity_ms: args.window.default_granularity_ms(),
             lateness_ms: args.lateness,
+            nexmark: None,
         },
         workers: args.workers,
         cluster: None,

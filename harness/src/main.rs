@@ -200,6 +200,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
         spec: args.window,
         granularity_ms: args.window.default_granularity_ms(),
         lateness_ms: args.lateness,
+        nexmark: None,
     };
     let mut runs = Vec::new();
     for &workers in &args.workers {
@@ -207,6 +208,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
             data_dir: args.work_dir.join(&tag).join("data"),
             out_dir: args.work_dir.join(&tag).join(format!("out-{workers}")),
             inputs: vec![input.clone()],
+            generated: None,
             query,
             workers,
             cluster: None,

@@ -201,7 +201,7 @@ fn column_count_utf8_quote_and_empty_line_errors() {
     bad_utf8.extend_from_slice(b",3\n");
     let e = parse_chunked(&bad_utf8, 7).unwrap_err();
     assert_eq!(e.line, 3);
-    assert!(matches!(e.reason, CsvErrorReason::BadUtf8));
+    assert!(matches!(e.reason, CsvErrorReason::BadUtf8 { .. }));
     let shown = e.to_string();
     assert!(shown.starts_with("in.csv:3: bad UTF-8"), "{shown}");
 }

@@ -111,7 +111,14 @@ fn a_file_changing_during_ingest_is_rejected() {
     std::fs::create_dir_all(&topic_dir).unwrap();
     let mut identity = file_identity(&a).unwrap();
     identity.content_crc32c ^= 1;
-    let e = ingest_one(&topic_dir, &a, 0, identity, &cfg()).unwrap_err();
+    let e = ingest_one(
+        &topic_dir,
+        (&a, crate::csv_input::RowSchema::Generic),
+        0,
+        identity,
+        &cfg(),
+    )
+    .unwrap_err();
     assert!(matches!(e, IngestErrorKind::FileChanged { .. }), "{e}");
     assert!(!topic_dir.join("0.tmp").exists());
     assert!(!topic_dir.join("0").exists());

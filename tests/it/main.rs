@@ -7,6 +7,7 @@ mod eviction;
 mod golden;
 mod ingest;
 mod log;
+mod nexmark;
 mod oracle;
 mod recovery;
 mod sidecar;

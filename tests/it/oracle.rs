@@ -65,6 +65,7 @@ fn query_strategy() -> impl Strategy<Value = WindowQuery> {
             spec.default_granularity_ms()
         },
         lateness_ms,
+        nexmark: None,
     })
 }
 
@@ -115,6 +116,7 @@ fn empty_input_gives_no_rows() {
         spec: "tumbling:1s".parse().unwrap(),
         granularity_ms: 1_000,
         lateness_ms: 0,
+        nexmark: None,
     };
     let got = run_in_memory(&[vec![], vec![]], query, 2, 10).unwrap();
     assert!(got.rows.is_empty() && got.late.is_empty());
@@ -142,6 +144,7 @@ fn a_long_run_over_many_windows_matches_reference() {
             spec,
             granularity_ms: spec.default_granularity_ms().min(100),
             lateness_ms: 50,
+            nexmark: None,
         };
         let expected = reference(&partitions, spec, query.lateness_ms);
         let got = run_in_memory(&partitions, query, 2, 512).unwrap();

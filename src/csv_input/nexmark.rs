@@ -1,0 +1,156 @@
+//! Rows of the Nexmark tables (`person`, `auction`, `bid`; headers in
+//! [`NexmarkTable::header`]). Every column is checked (numbers are `u64`,
+//! texts UTF-8); the event is timed by `date_time` and its key holds the
+//! table's stored columns joined by `,` ([`NexmarkTable::stored_columns`]):
+//! `id,name` for persons, `seller` for auctions, `auction,bidder,price` for
+//! bids, whose value is the price (0 otherwise).
+
+use std::fmt::Write as _;
+
+use weir_dataflows::MAX_EVENT_TS_MS;
+
+use super::{
+    parse_u64, shorten, split_fields, CsvError, CsvErrorReason, CsvReader, Field, NexmarkTable,
+};
+use crate::event::EventRef;
+
+/// What a column holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Number(&'static str),
+    Text(&'static str),
+}
+
+use Column::{Number, Text};
+
+const PERSON: [Column; 8] = [
+    Number("id"),
+    Text("name"),
+    Text("email_address"),
+    Text("credit_card"),
+    Text("city"),
+    Text("state"),
+    Number("date_time"),
+    Text("extra"),
+];
+const AUCTION: [Column; 10] = [
+    Number("id"),
+    Text("item_name"),
+    Text("description"),
+    Number("initial_bid"),
+    Number("reserve"),
+    Number("date_time"),
+    Number("expires"),
+    Number("seller"),
+    Number("category"),
+    Text("extra"),
+];
+const BID: [Column; 7] = [
+    Number("auction"),
+    Number("bidder"),
+    Number("price"),
+    Text("channel"),
+    Text("url"),
+    Number("date_time"),
+    Text("extra"),
+];
+
+impl<R: std::io::Read> CsvReader<R> {
+    /// Checks the row `buf[s..e]` (line `line`) of `table` and builds its event.
+    pub(super) fn nexmark_record(
+        &mut self,
+        table: NexmarkTable,
+        (s, e): (usize, usize),
+        line: u64,
+    ) -> Result<EventRef<'_>, CsvError> {
+        let row = &self.buf[s..e];
+        let split = match table {
+            NexmarkTable::Person => split_fields::<8>(row).map(|f| (f.to_vec(), &PERSON[..])),
+            NexmarkTable::Auction => split_fields::<10>(row).map(|f| (f.to_vec(), &AUCTION[..])),
+            NexmarkTable::Bid => split_fields::<7>(row).map(|f| (f.to_vec(), &BID[..])),
+        };
+        let (fields, columns) = split.map_err(|reason| self.error(line, reason))?;
+        let mut numbers = [0u64; 10];
+        let mut texts: [&str; 10] = [""; 10];
+        for (i, (field, column)) in fields.iter().zip(columns).enumerate() {
+            let bytes = &row[field.start..field.end];
+            match *column {
+                Number(name) => {
+                    let Some(n) = parse_u64(bytes).filter(|_| !field.escaped) else {
+                        return Err(self.error(
+                            line,
+                            CsvErrorReason::BadNumber {
+                                column: name,
+                                text: shorten(bytes),
+                                expected: "an unsigned 64-bit integer",
+                            },
+                        ));
+                    };
+                    numbers[i] = n;
+                }
+                Text(name) => {
+                    let Ok(text) = std::str::from_utf8(bytes) else {
+                        return Err(self.error(line, CsvErrorReason::BadUtf8 { column: name }));
+                    };
+                    texts[i] = text;
+                }
+            }
+        }
+        let date_time = match table {
+            NexmarkTable::Person => numbers[6],
+            NexmarkTable::Auction | NexmarkTable::Bid => numbers[5],
+        };
+        if date_time > MAX_EVENT_TS_MS {
+            return Err(self.error(
+                line,
+                CsvErrorReason::TsTooLarge {
+                    ts: date_time,
+                    max: MAX_EVENT_TS_MS,
+                },
+            ));
+        }
+        let mut key = std::mem::take(&mut self.scratch);
+        key.clear();
+        let value = match table {
+            NexmarkTable::Person => {
+                write!(key, "{},", numbers[0]).expect("writing to a String");
+                push_unescaped(&mut key, texts[1], fields[1]);
+                0
+            }
+            NexmarkTable::Auction => {
+                write!(key, "{}", numbers[7]).expect("writing to a String");
+                0
+            }
+            NexmarkTable::Bid => {
+                let Ok(price) = i64::try_from(numbers[2]) else {
+                    self.scratch = key;
+                    return Err(self.error(
+                        line,
+                        CsvErrorReason::BadNumber {
+                            column: "price",
+                            text: numbers[2].to_string(),
+                            expected: "at most 2^63 - 1",
+                        },
+                    ));
+                };
+                write!(key, "{},{},{price}", numbers[0], numbers[1]).expect("writing to a String");
+                price
+            }
+        };
+        self.scratch = key;
+        Ok(EventRef {
+            ts: date_time,
+            key: &self.scratch,
+            value,
+        })
+    }
+}
+
+/// Appends a field's text, undoing `""` escapes.
+fn push_unescaped(out: &mut String, text: &str, field: Field) {
+    if field.escaped {
+        out.push_str(&text.replace("\"\"", "\""));
+    } else {
+        out.push_str(text);
+    }
+}
