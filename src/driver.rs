@@ -222,7 +222,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                         resumes.get(&p).copied().unwrap_or((0, None));
                     match input.open(
                         (&log_dir, &query),
-                        start_offset,
+                        (start_offset, max_ts_before),
                         until_end,
                         hooks.stop.clone(),
                     ) {

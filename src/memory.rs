@@ -117,7 +117,12 @@ fn execute(
                 .map(|(p, table, events)| {
                     let memory = MemoryFeed::new(Arc::clone(events));
                     let feed: Box<dyn PartitionFeed> = match (query.nexmark, table) {
-                        (Some(q), Some(t)) => Box::new(ProjectedFeed::new(memory, *p, q, *t)),
+                        (Some(q), Some(t)) => Box::new(ProjectedFeed::new(
+                            memory,
+                            *p,
+                            (q, *t),
+                            (query.lateness_ms, None),
+                        )),
                         _ => Box::new(memory),
                     };
                     PartitionInput {

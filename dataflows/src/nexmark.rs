@@ -240,11 +240,14 @@ fn hot_items(rows: &[WindowRow], out: &mut Vec<String>) {
 
 /// q7: every bid at the window's highest price (a key is one distinct
 /// `auction,bidder,price`; its count is how many such bids there were).
+/// Rows with the empty key aggregate bids a source already knew to be below
+/// an accepted bid of the window: they are never results.
 fn highest_bid(rows: &[WindowRow], out: &mut Vec<String>) {
-    let Some(highest) = rows.iter().map(|r| r.agg.max).max() else {
+    let bids = || rows.iter().filter(|r| !r.key.is_empty());
+    let Some(highest) = bids().map(|r| r.agg.max).max() else {
         return;
     };
-    for row in rows.iter().filter(|r| r.agg.max == highest) {
+    for row in bids().filter(|r| r.agg.max == highest) {
         let mut parts = row.key.splitn(3, ',');
         let (auction, bidder) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let text = line(&[

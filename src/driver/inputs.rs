@@ -68,10 +68,11 @@ impl InputPartition {
     pub fn open(
         &self,
         (log_dir, query): (&Path, &WindowQuery),
-        start_offset: u64,
+        (start_offset, max_ts_before): (u64, Option<u64>),
         until_end: bool,
         stop: Option<Arc<AtomicBool>>,
     ) -> Result<Box<dyn PartitionFeed>, FeedError> {
+        let resume = (query.lateness_ms, max_ts_before);
         match *self {
             InputPartition::Log {
                 id,
@@ -86,7 +87,7 @@ impl InputPartition {
                         source: Box::new(e),
                     })?;
                 Ok(match (query.nexmark, table) {
-                    (Some(q), Some(t)) => Box::new(ProjectedFeed::new(feed, id, q, t)),
+                    (Some(q), Some(t)) => Box::new(ProjectedFeed::new(feed, id, (q, t), resume)),
                     _ => Box::new(feed),
                 })
             }
@@ -103,8 +104,8 @@ impl InputPartition {
                     input.events,
                     (u64::from(partition), u64::from(input.partitions)),
                     start_offset,
-                    query,
-                    table,
+                    (query, table),
+                    resume,
                 )))
             }
         }

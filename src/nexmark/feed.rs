@@ -2,9 +2,70 @@
 //! a log partition ([`ProjectedFeed`]) or straight from the generator
 //! ([`GeneratorFeed`], for throughput runs without files).
 
-use weir_dataflows::nexmark::{NexmarkQuery, NexmarkTable};
+use std::collections::BTreeMap;
+
+use weir_dataflows::nexmark::{NexmarkQuery, NexmarkTable, WINDOW_MS};
 
 use crate::source::{FeedError, FeedStatus, PartitionFeed};
+
+/// q7 keeps only the bids at each window's highest price. A bid priced
+/// below an accepted bid seen before it in the same window and partition can
+/// never be in the result, so it is delivered under the empty key, where all
+/// such bids of a window aggregate into one record instead of one each. It
+/// is still delivered, so offsets, watermarks and lateness are unchanged;
+/// the lateness rule is applied here exactly as the source applies it (from
+/// the same `max_ts_before`), so a late bid never dominates another.
+#[derive(Debug)]
+pub struct DominatedBids {
+    lateness_ms: u64,
+    max_ts: Option<u64>,
+    /// Highest accepted price per open window start.
+    highest: BTreeMap<u64, u64>,
+}
+
+/// The key dominated q7 bids are delivered under.
+pub const DOMINATED_KEY: &str = "";
+
+impl DominatedBids {
+    /// A filter for a partition whose records before the first delivered
+    /// one had `max_ts_before` as their largest time.
+    pub fn new(lateness_ms: u64, max_ts_before: Option<u64>) -> Self {
+        DominatedBids {
+            lateness_ms,
+            max_ts: max_ts_before,
+            highest: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the bid at `ts` with `price` is dominated.
+    pub fn dominated(&mut self, ts: u64, price: i64) -> bool {
+        let late = self
+            .max_ts
+            .is_some_and(|m| ts < m.saturating_sub(self.lateness_ms));
+        self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+        if late {
+            return false;
+        }
+        let price = price.max(0) as u64;
+        let window = ts - ts % WINDOW_MS;
+        let highest = self.highest.entry(window).or_insert(price);
+        let dominated = price < *highest;
+        *highest = (*highest).max(price);
+        // Windows no accepted bid can reach any more.
+        let oldest_open = self
+            .max_ts
+            .unwrap_or(0)
+            .saturating_sub(self.lateness_ms + WINDOW_MS);
+        while self
+            .highest
+            .first_key_value()
+            .is_some_and(|(w, _)| *w < oldest_open)
+        {
+            self.highest.pop_first();
+        }
+        dominated
+    }
+}
 
 /// A feed whose records are projected for `query`: a stored record that is
 /// not in its table's stored format is an error naming its offset.
@@ -13,17 +74,26 @@ pub struct ProjectedFeed<F> {
     partition: u32,
     query: NexmarkQuery,
     table: NexmarkTable,
+    dominated: Option<DominatedBids>,
 }
 
 impl<F> ProjectedFeed<F> {
     /// Projects the records of `inner` (source partition `partition`, of
-    /// `table`) for `query`.
-    pub fn new(inner: F, partition: u32, query: NexmarkQuery, table: NexmarkTable) -> Self {
+    /// `table`) for `query`; q7 also needs the lateness and the largest time
+    /// before the feed's first record (see [`DominatedBids`]).
+    pub fn new(
+        inner: F,
+        partition: u32,
+        (query, table): (NexmarkQuery, NexmarkTable),
+        (lateness_ms, max_ts_before): (u64, Option<u64>),
+    ) -> Self {
         ProjectedFeed {
             inner,
             partition,
             query,
             table,
+            dominated: (query == NexmarkQuery::Q7)
+                .then(|| DominatedBids::new(lateness_ms, max_ts_before)),
         }
     }
 }
@@ -36,17 +106,20 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
     ) -> Result<FeedStatus, FeedError> {
         let (query, table) = (self.query, self.table);
         let mut malformed: Option<u64> = None;
-        let status =
-            self.inner
-                .poll(max_records, &mut |offset, ts, key, value| match query
-                    .project(table, key, value)
-                {
-                    Some((key, value)) if malformed.is_none() => deliver(offset, ts, key, value),
-                    Some(_) => {}
-                    None => {
-                        malformed.get_or_insert(offset);
-                    }
-                })?;
+        let dominated = &mut self.dominated;
+        let status = self
+            .inner
+            .poll(max_records, &mut |offset, ts, key, value| {
+                let Some((key, value)) = query.project(table, key, value) else {
+                    malformed.get_or_insert(offset);
+                    return;
+                };
+                if malformed.is_some() {
+                    return;
+                }
+                let below = dominated.as_mut().is_some_and(|d| d.dominated(ts, value));
+                deliver(offset, ts, if below { DOMINATED_KEY } else { key }, value);
+            })?;
         match malformed {
             None => Ok(status),
             Some(offset) => Err(FeedError {
@@ -73,17 +146,19 @@ pub struct GeneratorFeed {
     query: NexmarkQuery,
     table: NexmarkTable,
     key: String,
+    dominated: Option<DominatedBids>,
 }
 
 impl GeneratorFeed {
     /// The feed of `table` in partition `partition` of `partitions`, from
-    /// `start_offset`, for `query`.
+    /// `start_offset`, for `query` (q7 also needs the lateness and the
+    /// largest time before `start_offset`, see [`DominatedBids`]).
     pub fn new(
         events: u64,
         (partition, partitions): (u64, u64),
         start_offset: u64,
-        query: NexmarkQuery,
-        table: NexmarkTable,
+        (query, table): (NexmarkQuery, NexmarkTable),
+        (lateness_ms, max_ts_before): (u64, Option<u64>),
     ) -> Self {
         assert!(partition < partitions);
         let end_offset = events.saturating_sub(partition).div_ceil(partitions);
@@ -96,6 +171,8 @@ impl GeneratorFeed {
             query,
             table,
             key: String::with_capacity(64),
+            dominated: (query == NexmarkQuery::Q7)
+                .then(|| DominatedBids::new(lateness_ms, max_ts_before)),
         }
     }
 }
@@ -117,6 +194,11 @@ impl PartitionFeed for GeneratorFeed {
                     .query
                     .project(self.table, &self.key, value)
                     .expect("generated records are well formed");
+                let dominated = self
+                    .dominated
+                    .as_mut()
+                    .is_some_and(|d| d.dominated(ts, value));
+                let key = if dominated { DOMINATED_KEY } else { key };
                 deliver(offset, ts, key, value);
             }
         }
