@@ -21,8 +21,8 @@ use crate::checkpoint::format::{CommitRecord, OutputLength};
 use crate::checkpoint::store::{load_checkpoint, newest_usable};
 use crate::checkpoint::transport::{Hello, WorkerCut};
 use crate::job::{
-    build_window_query, decode_pane_partials, max_ahead_ms, track_arrangements, ArrangementGauge,
-    WorkerCheckpointing,
+    build_window_query, decode_restored, max_ahead_ms, track_arrangements, ArrangementGauge,
+    RestoredState, WorkerCheckpointing,
 };
 use crate::run::{
     expand_inputs, ingest_topics_locked, timely_config, CheckpointSummary, RunError, RunOptions,
@@ -60,13 +60,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         .map_or((1, 0), |c| (c.processes, c.process));
     let workers_total = options.workers * processes;
     let first_worker = process * options.workers;
-    let checkpoint = options
-        .checkpoint
-        .as_ref()
-        .filter(|_| query.supports_checkpoints());
-    if options.checkpoint.is_some() && checkpoint.is_none() {
-        tracing::warn!("checkpoints are not implemented for session windows: this run has none");
-    }
+    let checkpoint = options.checkpoint.as_ref();
 
     // Restore.
     let checkpoint_dir = options.data_dir.join("checkpoints");
@@ -187,7 +181,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         let until_end = options.until_end;
         let hooks = options.hooks.clone();
         let interval_ms = checkpoint.map_or(0, |c| c.interval_ms);
-        let step_ms = query.spec.slide_ms().unwrap_or(0);
+        let step_ms = query.cut_step_ms();
         let sender = client.as_ref().map(|c| c.sender());
         let client = client.clone();
         let restored = restored.clone();
@@ -251,8 +245,8 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 let checkpointing = match (&sender, restored_point) {
                     (None, _) => None,
                     (Some(_), point) => {
-                        let restored_partials = match &restored {
-                            None => Vec::new(),
+                        let restored_state = match &restored {
+                            None => RestoredState::empty(&query),
                             Some(record) => {
                                 let horizon = record.cut_time.saturating_sub(retention_ms);
                                 let mine = |group: u16| usize::from(group) % peers == index;
@@ -261,7 +255,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                                     load_checkpoint(&checkpoint_dir, record, mine, horizon)
                                         .map_err(RunError::Store)
                                         .and_then(|u| {
-                                            decode_pane_partials(u).map_err(RunError::Restore)
+                                            decode_restored(&query, u).map_err(RunError::Restore)
                                         });
                                 match loaded {
                                     Ok(partials) => {
@@ -287,7 +281,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             step_ms,
                             interval_ms,
                             restored: point.unwrap_or((0, 0)),
-                            restored_partials,
+                            restored_state,
                         })
                     }
                 };

@@ -61,16 +61,21 @@ impl WindowQuery {
             .map_or(crate::sink::WINDOW_ROWS_HEADER, NexmarkQuery::header)
     }
 
-    /// Whether checkpoints are implemented for this query (fixed windows).
-    pub fn supports_checkpoints(&self) -> bool {
-        self.spec.slide_ms().is_some()
+    /// How far below a cut `T` persisted updates still matter: a window
+    /// ending after `T` ends at `T + slide` or later, so its earliest pane
+    /// is timed at or after `T - size + slide`; tumbling windows need none.
+    /// Sessions persist the open sessions, whatever their age (`u64::MAX`).
+    pub fn retention_ms(&self) -> u64 {
+        match self.spec.slide_ms() {
+            Some(slide_ms) => self.spec.size_ms() - slide_ms,
+            None => u64::MAX,
+        }
     }
 
-    /// How far below a cut `T` persisted partials still matter: a window
-    /// ending after `T` ends at `T + slide` or later, so its earliest pane
-    /// is timed at or after `T - size + slide`. Tumbling windows need none.
-    pub fn retention_ms(&self) -> u64 {
-        self.spec.size_ms() - self.spec.slide_ms().unwrap_or(0)
+    /// Checkpoint cuts are multiples of this, ms: the slide of fixed
+    /// windows (a cut never splits a pane), the granularity of sessions.
+    pub fn cut_step_ms(&self) -> u64 {
+        self.spec.slide_ms().unwrap_or(self.granularity_ms)
     }
 
     /// A fingerprint of everything that shapes the persisted state; a
@@ -169,18 +174,80 @@ pub struct WorkerCheckpointing {
     pub interval_ms: u64,
     /// The restored checkpoint's id and cut time (0, 0 for a fresh run).
     pub restored: (u64, u64),
-    /// The restored partials of this worker's key groups.
-    pub restored_partials: Vec<Update<PaneRecord>>,
+    /// The restored state of this worker's key groups.
+    pub restored_state: RestoredState,
 }
 
-/// Decodes persisted updates into pane partials.
-pub fn decode_pane_partials(
+/// A session as persisted: the record of [`SessionCombiner`].
+pub type SessionRecord = <SessionCombiner as LocalCombiner>::Record;
+
+/// The persisted state a worker restores: pane partials of fixed windows,
+/// or open sessions.
+#[derive(Debug)]
+pub enum RestoredState {
+    /// Pane partials.
+    Panes(Vec<Update<PaneRecord>>),
+    /// Open sessions.
+    Sessions(Vec<Update<SessionRecord>>),
+}
+
+impl RestoredState {
+    /// Nothing restored, for `query`.
+    pub fn empty(query: &WindowQuery) -> Self {
+        match query.spec {
+            WindowSpec::Session { .. } => RestoredState::Sessions(Vec::new()),
+            _ => RestoredState::Panes(Vec::new()),
+        }
+    }
+
+    /// The number of updates.
+    pub fn len(&self) -> usize {
+        match self {
+            RestoredState::Panes(u) => u.len(),
+            RestoredState::Sessions(u) => u.len(),
+        }
+    }
+
+    /// Whether nothing was restored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Decodes persisted updates into `query`'s state.
+pub fn decode_restored(
+    query: &WindowQuery,
     updates: Vec<PersistedUpdate>,
-) -> Result<Vec<Update<PaneRecord>>, String> {
+) -> Result<RestoredState, String> {
+    match query.spec {
+        WindowSpec::Session { .. } => {
+            // The open sessions as of the cut: times do not matter, and an
+            // insertion and a later retraction cancel.
+            let mut updates = updates;
+            for update in &mut updates {
+                update.time = 0;
+            }
+            crate::checkpoint::format::consolidate(&mut updates);
+            if let Some(bad) = updates.iter().find(|u| u.diff != 1) {
+                return Err(format!(
+                    "persisted sessions do not form a set: an update has multiplicity {}",
+                    bad.diff
+                ));
+            }
+            decode_updates(updates).map(RestoredState::Sessions)
+        }
+        _ => decode_updates(updates).map(RestoredState::Panes),
+    }
+}
+
+/// Decodes persisted updates into records.
+fn decode_updates<R: serde::de::DeserializeOwned>(
+    updates: Vec<PersistedUpdate>,
+) -> Result<Vec<Update<R>>, String> {
     updates
         .into_iter()
         .map(|u| {
-            let record: PaneRecord = bincode::deserialize(&u.data)
+            let record: R = bincode::deserialize(&u.data)
                 .map_err(|e| format!("persisted update at time {} does not decode: {e}", u.time))?;
             Ok((record, u.time, u.diff as isize))
         })
@@ -251,7 +318,10 @@ where
                         );
                     }
                     // After the tap: restored state is in the checkpoint already.
-                    partials = partials.concat(restored_stream(scope, c.restored_partials));
+                    let RestoredState::Panes(restored) = c.restored_state else {
+                        unreachable!("fixed windows restore pane partials")
+                    };
+                    partials = partials.concat(restored_stream(scope, restored));
                 }
                 let windows = FixedWindows {
                     size_ms: query.spec.size_ms(),
@@ -261,12 +331,8 @@ where
                 (fixed_windows(partials.as_collection(), windows), late)
             }
             WindowSpec::Session { gap_ms } => {
-                assert!(
-                    checkpointing.is_none(),
-                    "checkpoints of session windows are not implemented"
-                );
                 let combiner = SessionCombiner::new(gap_ms, query.granularity_ms);
-                let (partials, late) = partition_source(
+                let (mut partials, late) = partition_source(
                     scope,
                     feeds,
                     Rc::clone(&progress),
@@ -276,10 +342,28 @@ where
                     counters,
                     probe.clone(),
                 );
-                (
-                    session_windows(partials.as_collection(), gap_ms, query.granularity_ms),
-                    late,
-                )
+                let mut assembler_for_tap = None;
+                if let Some(c) = checkpointing {
+                    let RestoredState::Sessions(restored) = c.restored_state else {
+                        unreachable!("sessions restore open sessions")
+                    };
+                    // Restored sessions re-enter as partials; the tap skips
+                    // their re-insertion (times below the restored cut).
+                    partials = partials.concat(restored_stream(scope, restored));
+                    assembler_for_tap = Some(c.assembler);
+                }
+                let (rows, state) =
+                    session_windows(partials.as_collection(), gap_ms, query.granularity_ms);
+                if let (Some(assembler), Some(cuts)) = (assembler_for_tap, announcements.as_ref()) {
+                    persist_tap::<SessionCombiner>(
+                        &state,
+                        cuts,
+                        Rc::clone(&progress),
+                        assembler,
+                        (restored_cut, query.retention_ms()),
+                    );
+                }
+                (rows, late)
             }
         };
         let rows = match query.nexmark {

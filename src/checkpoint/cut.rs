@@ -236,8 +236,10 @@ pub fn persist_tap<'scope, C>(
                         let (mut shipped, keep): (Vec<_>, Vec<_>) =
                             pending.drain(..).partition(|u| u.1 < cut);
                         pending = keep;
-                        // Partials of windows closed by the cut are never needed again.
-                        let horizon = cut.saturating_sub(retention_ms);
+                        // Partials of windows closed by the cut are never needed
+                        // again; updates below the restored cut are restored
+                        // state flowing back in, already persisted.
+                        let horizon = cut.saturating_sub(retention_ms).max(restored_cut);
                         shipped.retain(|u| u.1 >= horizon);
                         differential_dataflow::consolidation::consolidate_updates(&mut shipped);
                         let updates = shipped

@@ -326,14 +326,25 @@ impl CheckpointStore {
     /// returns the files that replace the newest commit's in the next commit
     /// record (`checkpoint_id`, not committed yet; add its own delta files).
     /// Holds the whole state in memory while merging.
+    ///
+    /// With `state_as_of_cut` (queries whose persisted updates describe a
+    /// state, not a history: sessions), every time is advanced to 0 first,
+    /// so an insertion and its later retraction cancel.
     pub fn compact(
         &mut self,
         checkpoint_id: u64,
         horizon_time: u64,
+        state_as_of_cut: bool,
     ) -> Result<Vec<FileMeta>, StoreError> {
         self.check_pending(checkpoint_id)?;
         let latest = self.commits.last().ok_or(UsageError::NothingToCompact)?;
-        let updates = load_checkpoint(&self.dir, latest, |_| true, horizon_time)?;
+        let mut updates = load_checkpoint(&self.dir, latest, |_| true, horizon_time)?;
+        if state_as_of_cut {
+            for update in &mut updates {
+                update.time = 0;
+            }
+            consolidate(&mut updates);
+        }
         let meta = self.write_data_file(DataFileId::base(checkpoint_id), &updates)?;
         Ok(vec![meta])
     }

@@ -83,7 +83,7 @@ fn expected_state(id: u64) -> Vec<PersistedUpdate> {
 /// delta parts.
 fn write_checkpoint(store: &mut CheckpointStore, id: u64) -> CommitRecord {
     let mut files = if id.is_multiple_of(3) {
-        store.compact(id, 0).unwrap()
+        store.compact(id, 0, false).unwrap()
     } else {
         store
             .commits()
@@ -279,7 +279,7 @@ fn compaction_drops_old_updates_and_consolidates() {
         store.commit(record(id, files.clone())).unwrap();
     }
     let horizon = 21;
-    let base = store.compact(4, horizon).unwrap();
+    let base = store.compact(4, horizon, false).unwrap();
     assert_eq!(base.len(), 1);
     assert_eq!(base[0].name, "base-00000000000000000004.bin");
     let expected: Vec<_> = expected_state(3)
@@ -432,7 +432,10 @@ fn misuse_is_a_usage_error_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut store = CheckpointStore::open(dir).unwrap();
-    assert_eq!(usage(store.compact(1, 0)), UsageError::NothingToCompact);
+    assert_eq!(
+        usage(store.compact(1, 0, false)),
+        UsageError::NothingToCompact
+    );
     let r1 = write_checkpoint(&mut store, 1);
     let before = names(dir);
     let stream_before = std::fs::read(dir.join(COMMITS_FILE_NAME)).unwrap();
@@ -441,7 +444,7 @@ fn misuse_is_a_usage_error_and_changes_nothing() {
         UsageError::AlreadyCommitted { given: 1, last: 1 }
     ));
     assert!(matches!(
-        usage(store.compact(1, 0)),
+        usage(store.compact(1, 0, false)),
         UsageError::AlreadyCommitted { .. }
     ));
     assert!(matches!(

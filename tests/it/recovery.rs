@@ -508,14 +508,12 @@ fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
     assert_matches_reference(&out, &f.windows, &f.late, "after a full disk");
 }
 
-#[test]
-fn tumbling_windows_recover_exactly_once_from_resume_points_alone() {
-    // Tumbling windows persist no partials (a cut closes every window below
-    // it): a restore is resume offsets and output lengths only.
-    let f = fixture(1_500_000);
-    let window = "tumbling:10s";
-    let reference_out = f.tmp.path().join("tumbling-ref-out");
-    let reference_data = f.tmp.path().join("tumbling-ref-data");
+/// Kills runs of `window` until `target` kills happened (each round ends
+/// with a completed run) and compares every round with a failure-free run.
+fn crash_rounds(f: &Fixture, window: &str, target: u64, seed: u64) {
+    let tag = window.replace([':', '/'], "-");
+    let reference_out = f.tmp.path().join(format!("{tag}-ref-out"));
+    let reference_data = f.tmp.path().join(format!("{tag}-ref-data"));
     let mut args = run_args_with_window(
         &f.input,
         reference_data.to_str().unwrap(),
@@ -529,13 +527,12 @@ fn tumbling_windows_recover_exactly_once_from_resume_points_alone() {
         sorted_rows(&reference_out, "windows"),
         sorted_rows(&reference_out, "late"),
     );
-    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
-    let mut rng = SplitMix64::new(env_or("WEIR_CRASH_SEED", 17));
+    let mut rng = SplitMix64::new(seed);
     let (mut kills, mut rounds) = (0, 0);
     while kills < target {
         rounds += 1;
-        let data = f.tmp.path().join(format!("tumbling-data-{rounds}"));
-        let out = f.tmp.path().join(format!("tumbling-out-{rounds}"));
+        let data = f.tmp.path().join(format!("{tag}-data-{rounds}"));
+        let out = f.tmp.path().join(format!("{tag}-out-{rounds}"));
         kills += crash_until_done(
             &f.input,
             data.to_str().unwrap(),
@@ -543,6 +540,24 @@ fn tumbling_windows_recover_exactly_once_from_resume_points_alone() {
             window,
             &mut rng,
         );
-        assert_matches_reference(&out, &windows, &late, &format!("tumbling round {rounds}"));
+        assert_matches_reference(&out, &windows, &late, &format!("{window} round {rounds}"));
     }
+}
+
+#[test]
+fn tumbling_windows_recover_exactly_once_from_resume_points_alone() {
+    // Tumbling windows persist no partials (a cut closes every window below
+    // it): a restore is resume offsets and output lengths only.
+    let f = fixture(1_500_000);
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    crash_rounds(&f, "tumbling:10s", target, env_or("WEIR_CRASH_SEED", 17));
+}
+
+#[test]
+fn session_windows_recover_exactly_once_from_their_open_sessions() {
+    // Sessions persist the changes to the open sessions; a restore feeds
+    // them back in as partials.
+    let f = fixture(1_500_000);
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    crash_rounds(&f, "session:3s", target, env_or("WEIR_CRASH_SEED", 19));
 }

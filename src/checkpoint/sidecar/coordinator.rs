@@ -443,7 +443,10 @@ pub fn commit_checkpoint(
     if due && previous.is_some() {
         let t = Instant::now();
         let horizon = checkpoint.cut_time.saturating_sub(checkpoint.retention_ms);
-        files = store.compact(id, horizon)?;
+        // An unbounded retention marks persisted state (open sessions):
+        // only its value as of the cut matters.
+        let state_as_of_cut = checkpoint.retention_ms == u64::MAX;
+        files = store.compact(id, horizon, state_as_of_cut)?;
         compact_us = t.elapsed().as_micros() as u64;
         tracing::info!(horizon_time = horizon, compact_us, "compacted");
     }

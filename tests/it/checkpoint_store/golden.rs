@@ -135,7 +135,7 @@ fn write_golden_store(dir: &Path) {
         store.write_delta(1, 1, &mut Vec::new()).unwrap(),
     ];
     store.commit(record(1, files)).unwrap();
-    let mut files = store.compact(2, 1000).unwrap();
+    let mut files = store.compact(2, 1000, false).unwrap();
     files.push(store.write_delta(2, 0, &mut delta_2_0_input()).unwrap());
     store.commit(record(2, files)).unwrap();
 }
