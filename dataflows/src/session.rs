@@ -34,6 +34,9 @@ use crate::window::round_down;
 /// Session partials, as released by the session combiner.
 pub type SessionPartials<'scope> = VecCollection<'scope, u64, (Key, SessionPartial), isize>;
 
+/// Partials waiting for their time to complete, with a capability for it.
+type Pending = Vec<((Key, SessionPartial), u64, isize)>;
+
 /// Changes to the open sessions, as `((key, session), time, diff)`.
 pub type SessionState<'scope> = Stream<'scope, u64, Vec<Update<(Key, SessionPartial)>>>;
 
@@ -64,7 +67,6 @@ pub fn session_windows(
             // (close time, key), possibly stale after a merge moved a session's end.
             let mut closing: BinaryHeap<Reverse<(u64, Key)>> = BinaryHeap::new();
             let mut held: Option<Capability<u64>> = None;
-            type Pending = Vec<((Key, SessionPartial), u64, isize)>;
             let mut pending: BTreeMap<u64, (Capability<u64>, Pending)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|stamp, batches| {
