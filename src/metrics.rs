@@ -772,4 +772,53 @@ mod tests {
             "{response}"
         );
     }
+
+    #[test]
+    fn metrics_histogram_renders_cumulative_buckets_sum_and_count() {
+        let h = Histogram::new(&[0.01, 0.1, 1.0]);
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(50));
+        h.observe(Duration::from_millis(60));
+        h.observe(Duration::from_secs(3));
+        let mut x = Exposition::new();
+        x.histogram("t_seconds", "test", &h);
+        let text = x.finish();
+        for line in [
+            "# TYPE weir_t_seconds histogram",
+            "weir_t_seconds_bucket{le=\"0.01\"} 1",
+            "weir_t_seconds_bucket{le=\"0.1\"} 3",
+            "weir_t_seconds_bucket{le=\"1\"} 3",
+            "weir_t_seconds_bucket{le=\"+Inf\"} 4",
+            "weir_t_seconds_sum 3.115",
+            "weir_t_seconds_count 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn metrics_label_values_are_escaped_and_bounded() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(label_value(&"k".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn metrics_top_keys_keep_the_largest_counts_per_key_bounded() {
+        let mut top = TopKeys::new();
+        for i in 0..100u64 {
+            top.observe(&format!("key{i}"), i);
+        }
+        top.observe("key3", 1_000);
+        top.observe("key99", 5);
+        top.since -= Duration::from_secs(2);
+        let mut snapshot = top.snapshot();
+        snapshot.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        assert_eq!(snapshot.len(), TOP_KEYS);
+        assert_eq!(snapshot[0], ("key3".to_owned(), 1_000));
+        assert_eq!(snapshot[1], ("key99".to_owned(), 99));
+        assert_eq!(snapshot[TOP_KEYS - 1].1, 91);
+        // An interval without rows keeps the last published list.
+        top.since -= Duration::from_secs(2);
+        assert_eq!(top.snapshot().len(), TOP_KEYS);
+    }
 }
