@@ -353,14 +353,15 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             &final_id,
                         );
                     }
-                    if index == 0 {
+                    if index == first_worker {
+                        // The figures are per process: its first worker updates them.
                         use std::sync::atomic::Ordering::Relaxed;
                         let gauges = &run_gauges;
                         let frontier = probe
                             .with_frontier(|f| f.first().copied())
                             .unwrap_or(u64::MAX);
                         gauges.output_frontier_ms.store(frontier, Relaxed);
-                        engine_metrics.worker0_tick(frontier, &counters);
+                        engine_metrics.first_worker_tick(frontier, &counters);
                         if let (Some(client), Some(sender)) = (&client, &sender) {
                             if let Some((_, cut)) = client.last_committed() {
                                 gauges.committed_cut_ms.store(cut, Relaxed);

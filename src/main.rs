@@ -70,7 +70,7 @@ fn init_tracing(format: Option<LogFormat>) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Json => builder.json().with_span_list(false).init(),
     }
 }
 

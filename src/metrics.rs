@@ -362,9 +362,10 @@ impl EngineMetrics {
         Some(Arc::new(TopKeysObserver { top, inner }))
     }
 
-    /// Called often by worker 0 with the output frontier (`u64::MAX`: done):
+    /// Called often by the process's first worker with the output frontier
+    /// (`u64::MAX`: done):
     /// counts closed windows and notices when the sources caught up.
-    pub fn worker0_tick(&self, frontier: u64, counters: &SourceCounters) {
+    pub fn first_worker_tick(&self, frontier: u64, counters: &SourceCounters) {
         let first_ms = counters.min_event_ms.load(Ordering::Relaxed);
         if let Some(slide) = self.slide_ms.filter(|&s| s > 0) {
             if frontier != u64::MAX && first_ms != u64::MAX {
