@@ -194,6 +194,37 @@ pub fn dir_usage(dir: &Path, keep: impl Fn(&str) -> bool) -> (u64, u64) {
     usage
 }
 
+/// Per topic of the log in `log_dir`: `(partitions, segments, bytes)`.
+fn log_usage(log_dir: &Path) -> Vec<(String, (u64, u64, u64))> {
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return Vec::new();
+    };
+    let mut topics: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|t| crate::log::validate_topic(t).is_ok())
+        .collect();
+    topics.sort();
+    topics
+        .into_iter()
+        .map(|topic| {
+            let mut usage = (0, 0, 0);
+            for p in crate::log::list_partitions(log_dir, &topic).unwrap_or_default() {
+                let (n, b) = dir_usage(&crate::log::partition_dir(log_dir, &topic, p), |n| {
+                    Path::new(n)
+                        .extension()
+                        .is_some_and(|x| x.eq_ignore_ascii_case("seg"))
+                });
+                usage.0 += 1;
+                usage.1 += n;
+                usage.2 += b;
+            }
+            (topic, usage)
+        })
+        .collect()
+}
+
 /// A checkpoint store's temp files and lock, left out of its usage.
 pub fn is_temp_or_lock(name: &str) -> bool {
     name == crate::checkpoint::store::LOCK_FILE_NAME
@@ -631,35 +662,30 @@ pub fn render(sources: &MetricsSources) -> String {
             &top,
         );
     }
-    let log = engine.data_dir.join("log");
-    let (mut segments, mut bytes, mut partitions) = (0, 0, 0);
-    if let Ok(list) = crate::log::list_partitions(&log, crate::run::EVENTS_TOPIC) {
-        for p in list {
-            partitions += 1;
-            let dir = crate::log::partition_dir(&log, crate::run::EVENTS_TOPIC, p);
-            let (n, b) = dir_usage(&dir, |n| {
-                Path::new(n)
-                    .extension()
-                    .is_some_and(|x| x.eq_ignore_ascii_case("seg"))
-            });
-            segments += n;
-            bytes += b;
-        }
+    let (mut partitions, mut segments, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for (topic, usage) in log_usage(&engine.data_dir.join("log")) {
+        let label = format!("topic=\"{}\"", label_value(&topic));
+        partitions.push((label.clone(), usage.0.to_string()));
+        segments.push((label.clone(), usage.1.to_string()));
+        bytes.push((label, usage.2.to_string()));
     }
-    out.gauge(
+    out.labelled(
         "log_partitions",
-        "Partitions of the input log topic.",
-        partitions,
+        "gauge",
+        "Partitions of each input log topic.",
+        &partitions,
     );
-    out.gauge(
+    out.labelled(
         "log_segments",
-        "Segment files of the input log topic.",
-        segments,
+        "gauge",
+        "Segment files of each input log topic.",
+        &segments,
     );
-    out.gauge(
+    out.labelled(
         "log_bytes",
-        "Bytes of the input log topic's segment files.",
-        bytes,
+        "gauge",
+        "Bytes of each input log topic's segment files.",
+        &bytes,
     );
     out.finish()
 }
