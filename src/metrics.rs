@@ -639,7 +639,7 @@ pub fn render(sources: &MetricsSources) -> String {
     if engine.slide_ms.is_some() {
         out.counter(
             "windows_closed_total",
-            "Windows closed (emitted and retired) in this run: window ends the output frontier passed after the first event read (or the restored cut).",
+            "Windows closed (emitted and retired) in this run: window ends the output frontier passed after the least accepted event time read (or the restored cut).",
             load(&engine.windows_closed),
         );
     }

@@ -75,7 +75,7 @@ pub struct SourceCounters {
     /// Sources that have read every partition to its end at least once
     /// (the end it had then, for a tailing run): they have caught up.
     pub caught_up: AtomicUsize,
-    /// The least event time read (`u64::MAX`: none yet).
+    /// The least time of an accepted (not late) event read (`u64::MAX`: none yet).
     pub min_event_ms: AtomicU64,
 }
 
@@ -234,7 +234,6 @@ where
                 let partition = state.partition;
                 let polled = state.feed.poll(config.batch_records, &mut |offset, ts, key, value| {
                     events_read += 1;
-                    min_ts = min_ts.min(ts);
                     if ts > MAX_EVENT_TS_MS {
                         too_large.get_or_insert((offset, ts));
                         return;
@@ -252,8 +251,11 @@ where
                             key: key.to_owned(),
                             value,
                         }));
-                    } else if restored_cut_ms.is_none_or(|cut| ts >= cut) {
-                        combiner.add(key, ts, value);
+                    } else {
+                        min_ts = min_ts.min(ts);
+                        if restored_cut_ms.is_none_or(|cut| ts >= cut) {
+                            combiner.add(key, ts, value);
+                        }
                     }
                 });
                 let result = match (polled, too_large) {
