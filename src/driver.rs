@@ -155,11 +155,20 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     let restore_stats: Arc<Mutex<(u64, Duration)>> = Arc::default();
     let gauges = options.hooks.gauges.clone().unwrap_or_default();
     let metrics_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let engine_metrics = Arc::new(crate::metrics::EngineMetrics::new(
+        &options.data_dir,
+        options.workers,
+        query.spec.slide_ms(),
+        restored_point,
+        options.metrics_addr.is_some(),
+    ));
     if let Some(addr) = options.metrics_addr {
         let sources = crate::metrics::MetricsSources {
             counters: Arc::clone(&counters),
             gauges: Arc::clone(&gauges),
             arrangements: Arc::clone(&gauges_list),
+            engine: Arc::clone(&engine_metrics),
+            client: client.as_ref().map(|c| c.stats()),
         };
         let bound = crate::metrics::serve(addr, sources, Arc::clone(&metrics_stop))
             .map_err(|e| RunError::Usage(format!("--metrics-addr {addr}: {e}")))?;
@@ -169,6 +178,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     let guards = {
         let restore_stats = Arc::clone(&restore_stats);
         let run_gauges = Arc::clone(&gauges);
+        let engine_metrics = Arc::clone(&engine_metrics);
         let (errors, failure, counters, gauges, written, final_id) = (
             Arc::clone(&errors),
             Arc::clone(&failure),
@@ -232,7 +242,10 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 let header = query.result_header();
                 let outputs = match WorkerOutputs::open_with_header(&out_dir, index, false, header)
                 {
-                    Ok(o) => Rc::new(RefCell::new(o.with_observer(hooks.observer.clone()))),
+                    Ok(o) => Rc::new(RefCell::new(
+                        o.with_observer(engine_metrics.observer(hooks.observer.clone()))
+                            .with_counts(Some(engine_metrics.output_counts())),
+                    )),
                     Err(e) => {
                         return fail(RunError::Output {
                             path: out_dir.join(output_file_names(index).0),
@@ -250,6 +263,15 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             Some(record) => {
                                 let horizon = record.cut_time.saturating_sub(retention_ms);
                                 let mine = |group: u16| usize::from(group) % peers == index;
+                                let span = tracing::info_span!(
+                                    "restore",
+                                    worker = index,
+                                    checkpoint_id = record.checkpoint_id,
+                                    cut_time = record.cut_time,
+                                    updates = tracing::field::Empty,
+                                    elapsed_ms = tracing::field::Empty,
+                                );
+                                let _entered = span.enter();
                                 let load_started = Instant::now();
                                 let loaded =
                                     load_checkpoint(&checkpoint_dir, record, mine, horizon)
@@ -260,6 +282,9 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                                 match loaded {
                                     Ok(partials) => {
                                         let took = load_started.elapsed();
+                                        span.record("updates", partials.len());
+                                        span.record("elapsed_ms", crate::metrics::millis(took));
+                                        engine_metrics.restored(partials.len(), took);
                                         tracing::info!(
                                             worker = index,
                                             updates = partials.len(),
@@ -322,13 +347,15 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             &final_id,
                         );
                     }
-                    if index == 0 {
+                    if index == first_worker {
+                        // The figures are per process: its first worker updates them.
                         use std::sync::atomic::Ordering::Relaxed;
                         let gauges = &run_gauges;
                         let frontier = probe
                             .with_frontier(|f| f.first().copied())
                             .unwrap_or(u64::MAX);
                         gauges.output_frontier_ms.store(frontier, Relaxed);
+                        engine_metrics.first_worker_tick(frontier, &counters);
                         if let (Some(client), Some(sender)) = (&client, &sender) {
                             if let Some((_, cut)) = client.last_committed() {
                                 gauges.committed_cut_ms.store(cut, Relaxed);

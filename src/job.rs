@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use differential_dataflow::AsCollection;
@@ -125,12 +125,27 @@ pub struct ArrangementGauge {
     pub records: AtomicI64,
     /// The largest value `records` has had.
     pub peak_records: AtomicI64,
+    /// Records currently held, per arrangement (timely operator id).
+    pub per_operator: std::sync::Mutex<std::collections::BTreeMap<usize, i64>>,
+    /// Batch merges completed.
+    pub merges: AtomicU64,
+    /// Records that merges consolidated away (retracted window state that is
+    /// physically gone): the arrangements' eviction count.
+    pub records_compacted: AtomicU64,
 }
 
 impl ArrangementGauge {
     fn add(&self, delta: i64) {
         let now = self.records.fetch_add(delta, Ordering::Relaxed) + delta;
         self.peak_records.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Records held per arrangement operator: `(operator id, records)`.
+    pub fn per_operator(&self) -> Vec<(usize, i64)> {
+        self.per_operator
+            .lock()
+            .map(|m| m.iter().map(|(&op, &n)| (op, n)).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -142,17 +157,25 @@ pub fn track_arrangements(worker: &mut Worker, gauge: Arc<ArrangementGauge>) {
             "differential/arrange",
             move |_time, events| {
                 let Some(events) = events else { return };
+                let mut per_operator = gauge.per_operator.lock().expect("poisoned");
                 for (_, event) in events.iter() {
-                    match event {
-                        DifferentialEvent::Batch(b) => gauge.add(b.length as i64),
+                    let (operator, delta) = match event {
+                        DifferentialEvent::Batch(b) => (b.operator, b.length as i64),
                         DifferentialEvent::Merge(m) => {
-                            if let Some(complete) = m.complete {
-                                gauge.add(complete as i64 - m.length1 as i64 - m.length2 as i64);
-                            }
+                            let Some(complete) = m.complete else { continue };
+                            let merged = (m.length1 + m.length2) as i64;
+                            gauge.merges.fetch_add(1, Ordering::Relaxed);
+                            gauge.records_compacted.fetch_add(
+                                (merged - complete as i64).max(0) as u64,
+                                Ordering::Relaxed,
+                            );
+                            (m.operator, complete as i64 - merged)
                         }
-                        DifferentialEvent::Drop(d) => gauge.add(-(d.length as i64)),
-                        _ => {}
-                    }
+                        DifferentialEvent::Drop(d) => (d.operator, -(d.length as i64)),
+                        _ => continue,
+                    };
+                    gauge.add(delta);
+                    *per_operator.entry(operator).or_default() += delta;
                 }
             },
         );

@@ -31,6 +31,47 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log lines on stderr as text or as JSON objects (one per line); the
+    /// level comes from `RUST_LOG` (default: info). A sidecar started by
+    /// `weir run` inherits the choice.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (spans with their fields).
+    Json,
+}
+
+/// Sets up `tracing` on stderr: `RUST_LOG` filters (default `info`); spans
+/// (checkpoint cut, ship, commit, restore, replay) log when they close, with
+/// their `elapsed_ms`. Without `--log-format`, `WEIR_LOG_FORMAT` decides
+/// (so a sidecar started by `weir run` logs as its engine does).
+fn init_tracing(format: Option<LogFormat>) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    const ENV: &str = "WEIR_LOG_FORMAT";
+    let format = format.unwrap_or_else(|| match std::env::var(ENV).as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    if format == LogFormat::Json && std::env::var_os(ENV).is_none() {
+        // Before any thread starts; children (the sidecar) inherit it.
+        std::env::set_var(ENV, "json");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_span_list(false).init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +107,9 @@ struct SidecarArgs {
     /// Exit once every engine process that connected has said goodbye.
     #[arg(long)]
     exit_when_idle: bool,
+    /// Serve the sidecar's Prometheus metrics (`GET /metrics`) on this loopback address.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -229,14 +273,8 @@ struct ZipfArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     let result = match cli.command {
         None => run_command(&RunArgs::parse_from(["weir-run"])),
         Some(Command::Run(args)) => run_command(&args),
@@ -492,7 +530,7 @@ fn format_cut(cut: u64) -> String {
 }
 
 fn sidecar_command(args: &SidecarArgs) -> Result<()> {
-    use weir::checkpoint::sidecar::{run_sidecar, Listen, SidecarConfig};
+    use weir::checkpoint::sidecar::{run_sidecar_with_metrics, Listen, SidecarConfig};
     let listen = match args.listen.as_str() {
         "unix" => Listen::Unix,
         other => match other.strip_prefix("tcp:") {
@@ -503,11 +541,14 @@ fn sidecar_command(args: &SidecarArgs) -> Result<()> {
             None => bail!("--listen must be `unix` or `tcp:127.0.0.1:PORT`, not {other:?}"),
         },
     };
-    run_sidecar(SidecarConfig {
-        data_dir: args.data_dir.clone(),
-        listen,
-        exit_when_idle: args.exit_when_idle,
-    })?;
+    run_sidecar_with_metrics(
+        SidecarConfig {
+            data_dir: args.data_dir.clone(),
+            listen,
+            exit_when_idle: args.exit_when_idle,
+        },
+        args.metrics_addr,
+    )?;
     Ok(())
 }
 

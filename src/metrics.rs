@@ -1,29 +1,169 @@
-//! A Prometheus text endpoint (`GET /metrics`) for a running engine
-//! process, on a loopback address only (DESIGN §4, §5).
+//! Prometheus text endpoints (`GET /metrics`) of an engine process and of
+//! the checkpoint sidecar, on loopback addresses only (DESIGN §4, §5).
 //!
-//! The figures come from the run's shared counters and gauges; the server is
-//! a plain thread answering one short request per connection, bounded in
-//! request size and time.
+//! The figures come from the run's shared counters and gauges (atomics the
+//! workers, the sidecar client and the sidecar update as they go); a scrape
+//! also lists the input log and the checkpoint directory (a few dozen
+//! files). The server is a plain thread answering one short request per
+//! connection, bounded in request size and time.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use weir_dataflows::WindowRow;
+
+use crate::checkpoint::client::ClientStats;
 use crate::job::ArrangementGauge;
-use crate::run::RunGauges;
+use crate::run::{RowObserver, RunGauges};
+use crate::sink::OutputCounts;
 use crate::source::SourceCounters;
 
-/// What the endpoint reports.
-#[derive(Clone)]
-pub struct MetricsSources {
-    /// Events read and late.
-    pub counters: Arc<SourceCounters>,
-    /// Frontier, committed cut, sidecar queue.
-    pub gauges: Arc<RunGauges>,
-    /// Records held in arrangements, per worker of this process.
-    pub arrangements: Arc<Mutex<Vec<Arc<ArrangementGauge>>>>,
+/// Buckets (upper bounds, seconds) of the latency histograms.
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How many keys `weir_top_key_window_events` lists at most.
+pub const TOP_KEYS: usize = 10;
+
+/// A Prometheus histogram of durations with fixed buckets, updated lock-free.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    counts: Vec<AtomicU64>,
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with the upper bounds `bounds` (seconds, increasing).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds a response in the Prometheus text exposition format (0.0.4).
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// An empty exposition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        writeln!(
+            self.out,
+            "# HELP weir_{name} {help}\n# TYPE weir_{name} {kind}"
+        )
+        .ok();
+    }
+
+    /// A counter `weir_<name>` (the name ends in `_total`).
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "counter", help);
+        writeln!(self.out, "weir_{name} {value}").ok();
+    }
+
+    /// A gauge `weir_<name>`.
+    pub fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, "gauge", help);
+        writeln!(self.out, "weir_{name} {value}").ok();
+    }
+
+    /// A labelled family: `samples` are `(labels, value)`, labels already
+    /// formatted as `a="x",b="y"` (see [`label_value`]).
+    pub fn labelled(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
+        self.family(name, kind, help);
+        for (labels, value) in samples {
+            writeln!(self.out, "weir_{name}{{{labels}}} {value}").ok();
+        }
+    }
+
+    /// A histogram `weir_<name>` with its buckets, `_sum` and `_count`.
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.family(name, "histogram", help);
+        let mut cumulative = 0;
+        for (i, count) in h.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = h
+                .bounds
+                .get(i)
+                .map_or("+Inf".to_owned(), ToString::to_string);
+            writeln!(self.out, "weir_{name}_bucket{{le=\"{le}\"}} {cumulative}").ok();
+        }
+        let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        // The count is the +Inf bucket, so the two always agree.
+        writeln!(
+            self.out,
+            "weir_{name}_sum {sum}\nweir_{name}_count {cumulative}"
+        )
+        .ok();
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// A label value, escaped (backslash, quote, newline) and cut to 64 characters.
+pub fn label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(64) + 2);
+    for c in value.chars().take(64) {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A duration in milliseconds, to the microsecond (for span fields).
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Milliseconds as seconds.
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1e3
 }
 
 fn now_ms() -> u64 {
@@ -32,98 +172,542 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The metrics in the Prometheus text exposition format.
-pub fn render(sources: &MetricsSources) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        writeln!(
-            out,
-            "# HELP weir_{name} {help}\n# TYPE weir_{name} {kind}\nweir_{name} {value}"
-        )
-        .ok();
+/// `(files, bytes)` of the regular files directly in `dir` whose names
+/// `keep` accepts (none if it cannot be read).
+pub fn dir_usage(dir: &Path, keep: impl Fn(&str) -> bool) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
     };
-    let c = &sources.counters;
-    metric(
-        "events_in_total",
-        "counter",
-        "Events read from the input log.",
-        c.events_read.load(Ordering::Relaxed).to_string(),
-    );
-    metric(
-        "late_events_total",
-        "counter",
-        "Events refused as late.",
-        c.events_late.load(Ordering::Relaxed).to_string(),
-    );
-    let g = &sources.gauges;
-    let frontier = g.output_frontier_ms.load(Ordering::Relaxed);
-    let committed = g.committed_cut_ms.load(Ordering::Relaxed);
-    if frontier != u64::MAX {
-        metric(
-            "output_frontier_ms",
-            "gauge",
-            "Event time below which all results are emitted.",
-            frontier.to_string(),
+    let mut usage = (0, 0);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !keep(&name.to_string_lossy()) {
+            continue;
+        }
+        if let Ok(meta) = entry.metadata() {
+            if meta.is_file() {
+                usage.0 += 1;
+                usage.1 += meta.len();
+            }
+        }
+    }
+    usage
+}
+
+/// Per topic of the log in `log_dir`: `(partitions, segments, bytes)`.
+fn log_usage(log_dir: &Path) -> Vec<(String, (u64, u64, u64))> {
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return Vec::new();
+    };
+    let mut topics: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|t| crate::log::validate_topic(t).is_ok())
+        .collect();
+    topics.sort();
+    topics
+        .into_iter()
+        .map(|topic| {
+            let mut usage = (0, 0, 0);
+            for p in crate::log::list_partitions(log_dir, &topic).unwrap_or_default() {
+                let (n, b) = dir_usage(&crate::log::partition_dir(log_dir, &topic, p), |n| {
+                    Path::new(n)
+                        .extension()
+                        .is_some_and(|x| x.eq_ignore_ascii_case("seg"))
+                });
+                usage.0 += 1;
+                usage.1 += n;
+                usage.2 += b;
+            }
+            (topic, usage)
+        })
+        .collect()
+}
+
+/// A checkpoint store's temp files and lock, left out of its usage.
+pub fn is_temp_or_lock(name: &str) -> bool {
+    name == crate::checkpoint::store::LOCK_FILE_NAME
+        || Path::new(name)
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("tmp"))
+}
+
+/// The top keys of one worker's window rows (see [`EngineMetrics`]).
+#[derive(Debug)]
+struct TopKeys {
+    /// The interval being collected: `(key, largest count)`, at most [`TOP_KEYS`].
+    current: Vec<(String, u64)>,
+    since: Instant,
+    rows: u64,
+    /// The last completed interval with rows.
+    published: Vec<(String, u64)>,
+}
+
+impl TopKeys {
+    fn new() -> Self {
+        Self {
+            current: Vec::new(),
+            since: Instant::now(),
+            rows: 0,
+            published: Vec::new(),
+        }
+    }
+
+    fn observe(&mut self, key: &str, count: u64) {
+        self.rows += 1;
+        if self.rows.is_multiple_of(256) && self.since.elapsed() >= Duration::from_secs(1) {
+            self.rotate();
+        }
+        if let Some(entry) = self.current.iter_mut().find(|(k, _)| k == key) {
+            entry.1 = entry.1.max(count);
+        } else if self.current.len() < TOP_KEYS {
+            self.current.push((key.to_owned(), count));
+        } else if let Some(min) = self.current.iter_mut().min_by_key(|(_, c)| *c) {
+            if count > min.1 {
+                *min = (key.to_owned(), count);
+            }
+        }
+    }
+
+    fn rotate(&mut self) {
+        if !self.current.is_empty() {
+            self.published = std::mem::take(&mut self.current);
+        }
+        self.since = Instant::now();
+    }
+
+    /// The published list, or the current one once its interval is over.
+    fn snapshot(&mut self) -> Vec<(String, u64)> {
+        if self.since.elapsed() >= Duration::from_secs(1) {
+            self.rotate();
+        }
+        self.published.clone()
+    }
+}
+
+/// One worker's row observer: feeds its [`TopKeys`], then the run's own
+/// observer (a harness's), if any.
+struct TopKeysObserver {
+    top: Arc<Mutex<TopKeys>>,
+    inner: Option<Arc<dyn RowObserver>>,
+}
+
+impl std::fmt::Debug for TopKeysObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopKeysObserver").finish_non_exhaustive()
+    }
+}
+
+impl RowObserver for TopKeysObserver {
+    fn window_row(&self, row: &WindowRow) {
+        self.top
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&row.key, row.agg.count);
+        if let Some(inner) = &self.inner {
+            inner.window_row(row);
+        }
+    }
+}
+
+/// Figures of an engine process beyond the sources' and the sidecar
+/// client's: output rows, closed windows, recovery, top keys; and the
+/// `replay` tracing span.
+#[derive(Debug)]
+pub struct EngineMetrics {
+    data_dir: PathBuf,
+    local_workers: usize,
+    slide_ms: Option<u64>,
+    started: Instant,
+    outputs: Arc<OutputCounts>,
+    windows_closed: AtomicU64,
+    restored_cut_ms: u64,
+    restored: bool,
+    restored_updates: AtomicU64,
+    restore_load_ns: AtomicU64,
+    caught_up_ns: AtomicU64,
+    replay_span: Mutex<Option<tracing::Span>>,
+    top_keys: Option<Mutex<Vec<Arc<Mutex<TopKeys>>>>>,
+}
+
+impl EngineMetrics {
+    /// For a run over `data_dir` with `local_workers` workers in this
+    /// process; `slide_ms` for fixed windows (windows end on its
+    /// multiples); `restored_from` the checkpoint `(id, cut)` it resumes
+    /// from; `top_keys` to track the top keys (a cost per window row).
+    /// Opens the `replay` span.
+    pub fn new(
+        data_dir: &Path,
+        local_workers: usize,
+        slide_ms: Option<u64>,
+        restored_from: Option<(u64, u64)>,
+        top_keys: bool,
+    ) -> Self {
+        let replay_span = tracing::info_span!(
+            "replay",
+            restored_checkpoint = restored_from.map(|(id, _)| id),
+            restored_cut_ms = restored_from.map(|(_, cut)| cut),
+            events = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
         );
-        metric(
-            "frontier_lag_ms",
-            "gauge",
+        Self {
+            data_dir: data_dir.to_owned(),
+            local_workers,
+            slide_ms,
+            started: Instant::now(),
+            outputs: Arc::default(),
+            windows_closed: AtomicU64::new(0),
+            restored_cut_ms: restored_from.map_or(0, |(_, cut)| cut),
+            restored: restored_from.is_some(),
+            restored_updates: AtomicU64::new(0),
+            restore_load_ns: AtomicU64::new(0),
+            caught_up_ns: AtomicU64::new(u64::MAX),
+            replay_span: Mutex::new(Some(replay_span)),
+            top_keys: top_keys.then(Mutex::default),
+        }
+    }
+
+    /// The counts the output files add to.
+    pub fn output_counts(&self) -> Arc<OutputCounts> {
+        Arc::clone(&self.outputs)
+    }
+
+    /// A worker restored `updates` in `took` (the slowest worker counts).
+    pub fn restored(&self, updates: usize, took: Duration) {
+        self.restored_updates
+            .fetch_add(updates as u64, Ordering::Relaxed);
+        self.restore_load_ns
+            .fetch_max(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A worker's row observer: top keys (if tracked), then `inner`.
+    pub fn observer(&self, inner: Option<Arc<dyn RowObserver>>) -> Option<Arc<dyn RowObserver>> {
+        let Some(list) = &self.top_keys else {
+            return inner;
+        };
+        let top = Arc::new(Mutex::new(TopKeys::new()));
+        list.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&top));
+        Some(Arc::new(TopKeysObserver { top, inner }))
+    }
+
+    /// Called often by the process's first worker with the output frontier
+    /// (`u64::MAX`: done):
+    /// counts closed windows and notices when the sources caught up.
+    pub fn first_worker_tick(&self, frontier: u64, counters: &SourceCounters) {
+        let first_ms = counters.min_event_ms.load(Ordering::Relaxed);
+        if let Some(slide) = self.slide_ms.filter(|&s| s > 0) {
+            if frontier != u64::MAX && first_ms != u64::MAX {
+                // Window ends `e` (multiples of the slide) with
+                // `first < e <= frontier`: closed since this run's first event.
+                let first = first_ms.max(self.restored_cut_ms);
+                let closed = (frontier / slide).saturating_sub(first / slide);
+                self.windows_closed.fetch_max(closed, Ordering::Relaxed);
+            }
+        }
+        if self.caught_up_ns.load(Ordering::Relaxed) == u64::MAX
+            && counters.caught_up.load(Ordering::Relaxed) >= self.local_workers
+        {
+            let took = self.started.elapsed();
+            self.caught_up_ns
+                .store(took.as_nanos() as u64, Ordering::Relaxed);
+            if let Some(span) = self
+                .replay_span
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                span.record("events", counters.events_read.load(Ordering::Relaxed));
+                span.record("elapsed_ms", millis(took));
+            }
+        }
+    }
+
+    fn top_keys(&self) -> Vec<(String, u64)> {
+        let Some(list) = &self.top_keys else {
+            return Vec::new();
+        };
+        let mut all: Vec<(String, u64)> = list
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(|t| t.lock().unwrap_or_else(PoisonError::into_inner).snapshot())
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(TOP_KEYS);
+        all
+    }
+}
+
+/// What the engine's endpoint reports.
+#[derive(Clone)]
+pub struct MetricsSources {
+    /// Events read and late, watermarks.
+    pub counters: Arc<SourceCounters>,
+    /// Frontier, committed cut, sidecar queue.
+    pub gauges: Arc<RunGauges>,
+    /// Records held in arrangements, per worker of this process.
+    pub arrangements: Arc<Mutex<Vec<Arc<ArrangementGauge>>>>,
+    /// Output rows, closed windows, recovery, top keys, data dir.
+    pub engine: Arc<EngineMetrics>,
+    /// The sidecar connection's figures (checkpoints on).
+    pub client: Option<Arc<ClientStats>>,
+}
+
+/// The engine's metrics in the Prometheus text exposition format.
+pub fn render(sources: &MetricsSources) -> String {
+    let mut out = Exposition::new();
+    let counters = &sources.counters;
+    let engine = &sources.engine;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    out.counter(
+        "events_in_total",
+        "Events read from the input log (late ones included).",
+        load(&counters.events_read),
+    );
+    out.counter(
+        "late_events_total",
+        "Events refused as late (written to late-*.csv, not into windows).",
+        load(&counters.events_late),
+    );
+    out.counter(
+        "events_out_total",
+        "Window rows written to the output files (with checkpoints: once a committed cut covers them).",
+        load(&engine.outputs.window_rows),
+    );
+    out.counter(
+        "late_rows_out_total",
+        "Late-event rows written to the output files.",
+        load(&engine.outputs.late_rows),
+    );
+    let now = now_ms();
+    let gauges = &sources.gauges;
+    let frontier = load(&gauges.output_frontier_ms);
+    let committed = load(&gauges.committed_cut_ms);
+    if frontier != u64::MAX {
+        out.gauge(
+            "output_frontier_timestamp_seconds",
+            "Event time below which every result has been emitted.",
+            secs(frontier),
+        );
+        out.gauge(
+            "frontier_lag_seconds",
             "Wall clock minus the output frontier.",
-            now_ms().saturating_sub(frontier).to_string(),
+            secs(now.saturating_sub(frontier)),
         );
         if committed != u64::MAX {
-            metric(
-                "checkpoint_lag_ms",
-                "gauge",
-                "Output frontier minus the last committed cut.",
-                frontier.saturating_sub(committed).to_string(),
+            out.gauge(
+                "checkpoint_lag_seconds",
+                "Output frontier minus the cut of the newest committed checkpoint (event time).",
+                secs(frontier.saturating_sub(committed)),
             );
         }
     }
-    if committed != u64::MAX {
-        metric(
-            "committed_cut_ms",
-            "gauge",
-            "Cut time of the newest committed checkpoint.",
-            committed.to_string(),
+    if let Some(w) = counters.watermark_ms().filter(|&w| w != u64::MAX) {
+        out.gauge(
+            "watermark_timestamp_seconds",
+            "Least input watermark of this process's sources (max event time read minus the lateness, per partition).",
+            secs(w),
+        );
+        out.gauge(
+            "watermark_lag_seconds",
+            "Wall clock minus the least input watermark.",
+            secs(now.saturating_sub(w)),
         );
     }
-    metric(
+    if committed != u64::MAX {
+        out.gauge(
+            "committed_cut_timestamp_seconds",
+            "Cut time of the newest committed checkpoint.",
+            secs(committed),
+        );
+    }
+    if let Some(client) = &sources.client {
+        out.counter(
+            "checkpoints_committed_total",
+            "Checkpoints the sidecar acknowledged as committed.",
+            load(&client.acks),
+        );
+        out.histogram(
+            "commit_latency_seconds",
+            "Per checkpoint: from this process writing its first share to the sidecar until the sidecar's commit acknowledgement.",
+            &client.commit_latency,
+        );
+        out.gauge(
+            "checkpoint_delta_bytes",
+            "Bytes this process shipped to the sidecar for the newest acknowledged checkpoint (its delta).",
+            load(&client.last_checkpoint_bytes),
+        );
+        out.counter(
+            "checkpoint_shipped_bytes_total",
+            "Bytes of checkpoint shares this process shipped to the sidecar.",
+            load(&client.shipped_bytes),
+        );
+        let (files, bytes) = dir_usage(&engine.data_dir.join("checkpoints"), |n| {
+            !is_temp_or_lock(n)
+        });
+        out.gauge(
+            "checkpoint_store_bytes",
+            "Bytes of the checkpoint directory on disk: the commit stream and every retained delta and base file.",
+            bytes,
+        );
+        out.gauge(
+            "checkpoint_store_files",
+            "Files in the checkpoint directory.",
+            files,
+        );
+    }
+    if engine.restored {
+        out.gauge(
+            "recovery_restore_load_seconds",
+            "Time the slowest worker took to load and decode its share of the restored checkpoint.",
+            load(&engine.restore_load_ns) as f64 / 1e9,
+        );
+        out.gauge(
+            "recovery_restored_updates",
+            "State updates loaded from the restored checkpoint by this process.",
+            load(&engine.restored_updates),
+        );
+    }
+    let caught_up = load(&engine.caught_up_ns);
+    if caught_up != u64::MAX {
+        out.gauge(
+            "recovery_replay_seconds",
+            "From the start of the workers until every source had read its partitions to their end (as of then): the replay of the log after a restore, or the catch-up with the backlog.",
+            caught_up as f64 / 1e9,
+        );
+    }
+    out.gauge(
         "sidecar_queue_fill",
-        "gauge",
-        "Checkpoint shares queued for the sidecar.",
-        g.sidecar_queued.load(Ordering::Relaxed).to_string(),
+        "Checkpoint shares queued for the sidecar client thread.",
+        load(&gauges.sidecar_queued),
     );
-    metric(
+    out.gauge(
         "sidecar_queue_capacity",
-        "gauge",
         "Capacity of the sidecar queue.",
-        g.sidecar_capacity.load(Ordering::Relaxed).to_string(),
+        load(&gauges.sidecar_capacity),
     );
-    writeln!(out, "# HELP weir_state_records Records held in arrangements, per worker.\n# TYPE weir_state_records gauge").ok();
-    for (worker, a) in sources
+    let arrangements: Vec<Arc<ArrangementGauge>> = sources
         .arrangements
         .lock()
-        .expect("poisoned")
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let per_worker: Vec<(String, String)> = arrangements
         .iter()
         .enumerate()
-    {
-        writeln!(
-            out,
-            "weir_state_records{{worker=\"{worker}\"}} {}",
-            a.records.load(Ordering::Relaxed)
-        )
-        .ok();
+        .map(|(w, a)| {
+            (
+                format!("worker=\"{w}\""),
+                a.records.load(Ordering::Relaxed).to_string(),
+            )
+        })
+        .collect();
+    out.labelled(
+        "state_records",
+        "gauge",
+        "Records held in all arrangements of a worker of this process.",
+        &per_worker,
+    );
+    let per_arrangement: Vec<(String, String)> = arrangements
+        .iter()
+        .enumerate()
+        .flat_map(|(w, a)| {
+            a.per_operator()
+                .into_iter()
+                .map(move |(op, n)| (format!("worker=\"{w}\",operator=\"{op}\""), n.to_string()))
+        })
+        .collect();
+    out.labelled(
+        "arrangement_records",
+        "gauge",
+        "Records held per arrangement (timely operator id) and worker.",
+        &per_arrangement,
+    );
+    let sum = |f: fn(&ArrangementGauge) -> u64| arrangements.iter().map(|a| f(a)).sum::<u64>();
+    out.counter(
+        "arrangement_merges_total",
+        "Batch merges completed in the arrangements of this process.",
+        sum(|a| a.merges.load(Ordering::Relaxed)),
+    );
+    out.counter(
+        "arrangement_records_compacted_total",
+        "Records merges consolidated away (retired window state physically dropped): evictions.",
+        sum(|a| a.records_compacted.load(Ordering::Relaxed)),
+    );
+    if engine.slide_ms.is_some() {
+        out.counter(
+            "windows_closed_total",
+            "Windows closed (emitted and retired) in this run: window ends the output frontier passed after the least accepted event time read (or the restored cut).",
+            load(&engine.windows_closed),
+        );
     }
-    out
+    if engine.top_keys.is_some() {
+        let top: Vec<(String, String)> = engine
+            .top_keys()
+            .into_iter()
+            .enumerate()
+            .map(|(rank, (key, count))| {
+                (
+                    format!("rank=\"{}\",key=\"{}\"", rank + 1, label_value(&key)),
+                    count.to_string(),
+                )
+            })
+            .collect();
+        out.labelled(
+            "top_key_window_events",
+            "gauge",
+            "Top 10 keys by events in one window (the count column of the window rows this process emitted in the last second with output). Approximates per-key state weight; every key holds one partial record per open pane.",
+            &top,
+        );
+    }
+    let (mut partitions, mut segments, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for (topic, usage) in log_usage(&engine.data_dir.join("log")) {
+        let label = format!("topic=\"{}\"", label_value(&topic));
+        partitions.push((label.clone(), usage.0.to_string()));
+        segments.push((label.clone(), usage.1.to_string()));
+        bytes.push((label, usage.2.to_string()));
+    }
+    out.labelled(
+        "log_partitions",
+        "gauge",
+        "Partitions of each input log topic.",
+        &partitions,
+    );
+    out.labelled(
+        "log_segments",
+        "gauge",
+        "Segment files of each input log topic.",
+        &segments,
+    );
+    out.labelled(
+        "log_bytes",
+        "gauge",
+        "Bytes of each input log topic's segment files.",
+        &bytes,
+    );
+    out.finish()
 }
 
-/// Serves `GET /metrics` on `addr` (loopback only) until `stop` is set.
-/// Returns the bound address (useful with port 0).
+/// Serves the engine's `GET /metrics` on `addr` (loopback only) until
+/// `stop` is set. Returns the bound address (useful with port 0).
 pub fn serve(
     addr: SocketAddr,
     sources: MetricsSources,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<SocketAddr> {
+    serve_text(addr, Box::new(move || render(&sources)), stop)
+}
+
+/// What a metrics endpoint answers: the exposition text.
+pub type Render = Box<dyn Fn() -> String + Send>;
+
+/// Serves `GET /metrics` with `render`'s text on `addr` (loopback only)
+/// until `stop` is set. Returns the bound address (useful with port 0).
+pub fn serve_text(
+    addr: SocketAddr,
+    render: Render,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<SocketAddr> {
     if !addr.ip().is_loopback() {
@@ -145,7 +729,7 @@ pub fn serve(
                     let n = stream.read(&mut request).unwrap_or(0);
                     let first_line = String::from_utf8_lossy(&request[..n]);
                     let response = if first_line.starts_with("GET /metrics") {
-                        let body = render(&sources);
+                        let body = render();
                         format!(
                             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                             body.len()
@@ -169,10 +753,13 @@ mod tests {
 
     #[test]
     fn serves_prometheus_text_on_loopback_and_refuses_other_addresses() {
+        let dir = tempfile::tempdir().unwrap();
         let sources = MetricsSources {
             counters: Arc::default(),
             gauges: Arc::default(),
             arrangements: Arc::default(),
+            engine: Arc::new(EngineMetrics::new(dir.path(), 1, Some(1000), None, true)),
+            client: Some(Arc::default()),
         };
         sources.counters.events_read.store(42, Ordering::Relaxed);
         sources
@@ -204,8 +791,61 @@ mod tests {
             "{response}"
         );
         assert!(
-            response.contains("\nweir_checkpoint_lag_ms 3000\n"),
+            response.contains("\nweir_checkpoint_lag_seconds 3\n"),
             "{response}"
         );
+        assert!(
+            response.contains("# TYPE weir_commit_latency_seconds histogram\n"),
+            "{response}"
+        );
+    }
+
+    #[test]
+    fn metrics_histogram_renders_cumulative_buckets_sum_and_count() {
+        let h = Histogram::new(&[0.01, 0.1, 1.0]);
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(50));
+        h.observe(Duration::from_millis(60));
+        h.observe(Duration::from_secs(3));
+        let mut x = Exposition::new();
+        x.histogram("t_seconds", "test", &h);
+        let text = x.finish();
+        for line in [
+            "# TYPE weir_t_seconds histogram",
+            "weir_t_seconds_bucket{le=\"0.01\"} 1",
+            "weir_t_seconds_bucket{le=\"0.1\"} 3",
+            "weir_t_seconds_bucket{le=\"1\"} 3",
+            "weir_t_seconds_bucket{le=\"+Inf\"} 4",
+            "weir_t_seconds_sum 3.115",
+            "weir_t_seconds_count 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn metrics_label_values_are_escaped_and_bounded() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(label_value(&"k".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn metrics_top_keys_keep_the_largest_counts_per_key_bounded() {
+        let mut top = TopKeys::new();
+        for i in 0..100u64 {
+            top.observe(&format!("key{i}"), i);
+        }
+        top.observe("key3", 1_000);
+        top.observe("key99", 5);
+        top.since -= Duration::from_secs(2);
+        let mut snapshot = top.snapshot();
+        snapshot.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        assert_eq!(snapshot.len(), TOP_KEYS);
+        assert_eq!(snapshot[0], ("key3".to_owned(), 1_000));
+        assert_eq!(snapshot[1], ("key99".to_owned(), 99));
+        assert_eq!(snapshot[TOP_KEYS - 1].1, 91);
+        // An interval without rows keeps the last published list.
+        top.since -= Duration::from_secs(2);
+        assert_eq!(top.snapshot().len(), TOP_KEYS);
     }
 }

@@ -13,6 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -102,6 +103,15 @@ impl OutputFile {
     }
 }
 
+/// Rows written to the output files, live, over the workers of a process.
+#[derive(Debug, Default)]
+pub struct OutputCounts {
+    /// Window rows written.
+    pub window_rows: AtomicU64,
+    /// Late-event rows written.
+    pub late_rows: AtomicU64,
+}
+
 /// A worker's two output files.
 #[derive(Debug)]
 pub struct WorkerOutputs {
@@ -111,6 +121,7 @@ pub struct WorkerOutputs {
     late_rows: u64,
     error: Option<std::io::Error>,
     observer: Option<std::sync::Arc<dyn crate::run::RowObserver>>,
+    counts: Option<std::sync::Arc<OutputCounts>>,
 }
 
 impl WorkerOutputs {
@@ -135,6 +146,7 @@ impl WorkerOutputs {
             late_rows: 0,
             error: None,
             observer: None,
+            counts: None,
         })
     }
 
@@ -145,6 +157,13 @@ impl WorkerOutputs {
         observer: Option<std::sync::Arc<dyn crate::run::RowObserver>>,
     ) -> Self {
         self.observer = observer;
+        self
+    }
+
+    /// Adds the rows this worker writes to `counts` as well.
+    #[must_use]
+    pub fn with_counts(mut self, counts: Option<std::sync::Arc<OutputCounts>>) -> Self {
+        self.counts = counts;
         self
     }
 
@@ -182,6 +201,11 @@ impl WorkerOutputs {
 
 impl RowSink for WorkerOutputs {
     fn window_rows(&mut self, rows: &mut Vec<WindowRow>) {
+        if let Some(counts) = &self.counts {
+            counts
+                .window_rows
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        }
         for row in rows.drain(..) {
             let mut line = std::mem::take(&mut self.windows.buffer);
             line.clear();
@@ -203,6 +227,11 @@ impl RowSink for WorkerOutputs {
     }
 
     fn late_rows(&mut self, rows: &mut Vec<LateRow>) {
+        if let Some(counts) = &self.counts {
+            counts
+                .late_rows
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        }
         for row in rows.drain(..) {
             let mut line = std::mem::take(&mut self.late.buffer);
             line.clear();

@@ -13,7 +13,7 @@ mod resume;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,12 +63,41 @@ pub trait PartitionFeed: 'static {
 pub type ErrorSlot = Arc<Mutex<Option<FeedError>>>;
 
 /// Counters shared by the sources of one process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SourceCounters {
     /// Events read, late or not.
     pub events_read: AtomicU64,
     /// Events refused as late.
     pub events_late: AtomicU64,
+    /// Each source's watermark (ms of event time; `u64::MAX` once its
+    /// partitions have ended; 0 before the first read).
+    pub watermarks: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Sources that have read every partition to its end at least once
+    /// (the end it had then, for a tailing run): they have caught up.
+    pub caught_up: AtomicUsize,
+    /// The least time of an accepted (not late) event read (`u64::MAX`: none yet).
+    pub min_event_ms: AtomicU64,
+}
+
+impl Default for SourceCounters {
+    fn default() -> Self {
+        Self {
+            events_read: AtomicU64::new(0),
+            events_late: AtomicU64::new(0),
+            watermarks: Mutex::default(),
+            caught_up: AtomicUsize::new(0),
+            min_event_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl SourceCounters {
+    /// The least watermark of this process's sources: `None` before any
+    /// source exists, `Some(u64::MAX)` once all have ended.
+    pub fn watermark_ms(&self) -> Option<u64> {
+        let watermarks = self.watermarks.lock().ok()?;
+        watermarks.iter().map(|w| w.load(Ordering::Relaxed)).min()
+    }
 }
 
 /// Settings of the source.
@@ -167,6 +196,13 @@ where
         let mut late_rows: Vec<(u64, LateRow)> = Vec::new();
         let mut released: Vec<Update<C::Record>> = Vec::new();
         let mut failed = false;
+        let published_watermark = Arc::new(AtomicU64::new(0));
+        counters
+            .watermarks
+            .lock()
+            .expect("poisoned")
+            .push(Arc::clone(&published_watermark));
+        let mut caught_up = false;
         move |_frontiers| {
             if failed || partials_cap.is_none() {
                 return;
@@ -184,6 +220,7 @@ where
             }
             let mut progressed = false;
             let mut events_read = 0u64;
+            let mut min_ts = u64::MAX;
             let mut progress = progress.borrow_mut();
             for (state, partition_progress) in states.iter_mut().zip(progress.iter_mut()).filter(|(s, _)| !s.ended) {
                 let mut too_large: Option<(u64, u64)> = None;
@@ -214,8 +251,11 @@ where
                             key: key.to_owned(),
                             value,
                         }));
-                    } else if restored_cut_ms.is_none_or(|cut| ts >= cut) {
-                        combiner.add(key, ts, value);
+                    } else {
+                        min_ts = min_ts.min(ts);
+                        if restored_cut_ms.is_none_or(|cut| ts >= cut) {
+                            combiner.add(key, ts, value);
+                        }
                     }
                 });
                 let result = match (polled, too_large) {
@@ -241,6 +281,9 @@ where
                 }
             }
             counters.events_read.fetch_add(events_read, Ordering::Relaxed);
+            if min_ts != u64::MAX {
+                counters.min_event_ms.fetch_min(min_ts, Ordering::Relaxed);
+            }
 
             // The least rounded time an accepted event may still have.
             let watermark: Option<u64> = states
@@ -253,6 +296,11 @@ where
                 })
                 .min();
             drop(progress);
+            published_watermark.store(watermark.unwrap_or(u64::MAX), Ordering::Relaxed);
+            if !progressed && !caught_up {
+                caught_up = true;
+                counters.caught_up.fetch_add(1, Ordering::Relaxed);
+            }
 
             if !late_rows.is_empty() {
                 counters.events_late.fetch_add(late_rows.len() as u64, Ordering::Relaxed);

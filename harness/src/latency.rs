@@ -74,6 +74,10 @@ pub struct LatencyArgs {
     /// Length of each probe run of --max-throughput.
     #[arg(long, default_value = "8s", value_parser = parse_duration_ms)]
     probe_duration: u64,
+    /// Serve the engine's Prometheus metrics on this loopback address
+    /// during the measured run (not during --max-throughput probes).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Records the latency of every emitted row.
@@ -224,7 +228,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             stop: Some(Arc::clone(&stop)),
             gauges: Some(Arc::clone(&gauges)),
         },
-        metrics_addr: None,
+        metrics_addr: if quiet { None } else { args.metrics_addr },
     };
     let engine = std::thread::spawn(move || run(&options));
 

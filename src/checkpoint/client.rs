@@ -10,12 +10,13 @@
 //! connection or a refusal is recorded and returned by
 //! [`SidecarClient::error`]; the engine then stops with that message.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -28,6 +29,7 @@ use super::transport::{
     encode_frame, read_frame, write_frame, FrameBuffer, FrameError, FromSidecar, Hello, ToSidecar,
     WorkerCut, MAX_PAYLOAD_BYTES,
 };
+use crate::metrics::{Histogram, LATENCY_BUCKETS_SECONDS};
 
 /// Capacity of the queue between the workers and the client thread.
 pub const QUEUE_CAPACITY: usize = 64;
@@ -138,13 +140,46 @@ pub struct Fill {
     pub capacity: usize,
 }
 
+/// Live figures of the connection, for the metrics endpoint.
+#[derive(Debug)]
+pub struct ClientStats {
+    /// Per checkpoint: from this process writing its first share of it to
+    /// the sidecar until the sidecar's `Committed` ack arrives.
+    pub commit_latency: Histogram,
+    /// `Committed` acks received.
+    pub acks: AtomicU64,
+    /// Bytes of worker cuts (encoded frames) written to the sidecar.
+    pub shipped_bytes: AtomicU64,
+    /// Bytes this process shipped for the newest acknowledged checkpoint.
+    pub last_checkpoint_bytes: AtomicU64,
+    /// The sidecar's own commit latency of the newest ack, µs.
+    pub last_sidecar_commit_us: AtomicU64,
+}
+
+impl Default for ClientStats {
+    fn default() -> Self {
+        Self {
+            commit_latency: Histogram::new(LATENCY_BUCKETS_SECONDS),
+            acks: AtomicU64::new(0),
+            shipped_bytes: AtomicU64::new(0),
+            last_checkpoint_bytes: AtomicU64::new(0),
+            last_sidecar_commit_us: AtomicU64::new(0),
+        }
+    }
+}
+
 /// State shared by the client thread and its handles.
 #[derive(Debug, Default)]
 struct Shared {
     queued: AtomicUsize,
     closing: AtomicBool,
     status: Mutex<Status>,
+    stats: Arc<ClientStats>,
 }
+
+/// Checkpoints shipped and not acknowledged yet: when this process first
+/// wrote a share of each, and how many bytes it wrote for it.
+type Inflight = BTreeMap<u64, (Instant, u64)>;
 
 #[derive(Debug, Default)]
 struct Status {
@@ -162,7 +197,7 @@ impl Shared {
 /// A cloneable, non-blocking handle for workers to queue their cuts.
 #[derive(Clone, Debug)]
 pub struct CutSender {
-    tx: SyncSender<WorkerCut>,
+    tx: SyncSender<(WorkerCut, Instant)>,
     shared: Arc<Shared>,
 }
 
@@ -171,9 +206,9 @@ impl CutSender {
     pub fn try_send(&self, cut: WorkerCut) -> Result<(), Full> {
         // Count first so that the thread's decrement never underflows.
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(cut) {
+        match self.tx.try_send((cut, Instant::now())) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(cut) | TrySendError::Disconnected(cut)) => {
+            Err(TrySendError::Full((cut, _)) | TrySendError::Disconnected((cut, _))) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(Full(Box::new(cut)))
             }
@@ -371,6 +406,11 @@ impl SidecarClient {
         self.shared.status().last_commit_latency_us
     }
 
+    /// Live figures of the connection (commit latency, bytes shipped).
+    pub fn stats(&self) -> Arc<ClientStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
     /// Why the connection is no longer usable, if it is not.
     pub fn error(&self) -> Option<ClientError> {
         self.shared.status().error.clone()
@@ -396,8 +436,9 @@ impl Drop for SidecarClient {
 
 /// The client thread: writes queued cuts, reads acks, until closing (then it
 /// drains the queue and says goodbye) or an error.
-fn client_thread(mut stream: Stream, rx: &Receiver<WorkerCut>, shared: &Shared) {
+fn client_thread(mut stream: Stream, rx: &Receiver<(WorkerCut, Instant)>, shared: &Shared) {
     let mut acks = FrameBuffer::new(MAX_REPLY_BYTES);
+    let mut inflight = Inflight::new();
     let result = loop {
         let closing = shared.closing.load(Ordering::Acquire);
         let next = if closing {
@@ -406,22 +447,46 @@ fn client_thread(mut stream: Stream, rx: &Receiver<WorkerCut>, shared: &Shared) 
             rx.recv_timeout(POLL_INTERVAL)
         };
         match next {
-            Ok(cut) => {
+            Ok((cut, queued_at)) => {
                 shared.queued.fetch_sub(1, Ordering::Relaxed);
-                if let Err(e) = send(&mut stream, &ToSidecar::WorkerCut(cut)) {
-                    // The sidecar may have closed the connection after telling
-                    // why: prefer its reason to the broken pipe.
-                    break read_acks(&mut stream, &mut acks, shared).and(Err(e));
+                let id = cut.checkpoint_id;
+                let span = tracing::debug_span!(
+                    "ship",
+                    checkpoint_id = id,
+                    cut_time = cut.cut_time,
+                    worker = cut.worker,
+                    updates = cut.updates.len(),
+                    queued_ms = crate::metrics::millis(queued_at.elapsed()),
+                    bytes = tracing::field::Empty,
+                    elapsed_ms = tracing::field::Empty,
+                );
+                let _entered = span.enter();
+                let started = Instant::now();
+                match send(&mut stream, &ToSidecar::WorkerCut(cut)) {
+                    Ok(bytes) => {
+                        span.record("bytes", bytes);
+                        span.record("elapsed_ms", crate::metrics::millis(started.elapsed()));
+                        shared
+                            .stats
+                            .shipped_bytes
+                            .fetch_add(bytes, Ordering::Relaxed);
+                        inflight.entry(id).or_insert((started, 0)).1 += bytes;
+                    }
+                    Err(e) => {
+                        // The sidecar may have closed the connection after
+                        // telling why: prefer its reason to the broken pipe.
+                        break read_acks(&mut stream, &mut acks, shared, &mut inflight).and(Err(e));
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) if closing => {
-                break send(&mut stream, &ToSidecar::Goodbye);
+                break send(&mut stream, &ToSidecar::Goodbye).map(|_bytes| ());
             }
             // All senders dropped but not closing: keep reading acks.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL_INTERVAL),
         }
-        if let Err(e) = read_acks(&mut stream, &mut acks, shared) {
+        if let Err(e) = read_acks(&mut stream, &mut acks, shared, &mut inflight) {
             break Err(e);
         }
     };
@@ -432,12 +497,14 @@ fn client_thread(mut stream: Stream, rx: &Receiver<WorkerCut>, shared: &Shared) 
     stream.shutdown();
 }
 
-fn send(stream: &mut Stream, message: &ToSidecar) -> Result<(), ClientError> {
+/// Writes `message`; returns the frame's size in bytes.
+fn send(stream: &mut Stream, message: &ToSidecar) -> Result<u64, ClientError> {
     let frame = encode_frame(message).map_err(|e| ClientError::Protocol(e.to_string()))?;
     stream
         .write_all(&frame)
         .and_then(|()| stream.flush())
-        .map_err(|e| ClientError::Lost(format!("writing to the sidecar: {e}")))
+        .map_err(|e| ClientError::Lost(format!("writing to the sidecar: {e}")))?;
+    Ok(frame.len() as u64)
 }
 
 /// Reads whatever acks have arrived, without blocking.
@@ -445,6 +512,7 @@ fn read_acks(
     stream: &mut Stream,
     acks: &mut FrameBuffer,
     shared: &Shared,
+    inflight: &mut Inflight,
 ) -> Result<(), ClientError> {
     let lost = |e: io::Error| ClientError::Lost(format!("reading from the sidecar: {e}"));
     stream.set_nonblocking(true).map_err(lost)?;
@@ -482,6 +550,8 @@ fn read_acks(
                     status.last_committed = Some((checkpoint_id, cut_time));
                 }
                 status.last_commit_latency_us = Some(commit_latency_us);
+                drop(status);
+                record_ack(shared, inflight, checkpoint_id, cut_time, commit_latency_us);
             }
             Ok(Some(FromSidecar::Refused { reason })) => return Err(ClientError::Refused(reason)),
             Ok(Some(other)) => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
@@ -490,4 +560,39 @@ fn read_acks(
         }
     }
     read_result
+}
+
+/// Updates the statistics for the ack of `checkpoint_id`.
+fn record_ack(
+    shared: &Shared,
+    inflight: &mut Inflight,
+    checkpoint_id: u64,
+    cut_time: u64,
+    sidecar_commit_us: u64,
+) {
+    let stats = &shared.stats;
+    stats.acks.fetch_add(1, Ordering::Relaxed);
+    stats
+        .last_sidecar_commit_us
+        .store(sidecar_commit_us, Ordering::Relaxed);
+    let acked: Vec<u64> = inflight
+        .range(..=checkpoint_id)
+        .map(|(&id, _)| id)
+        .collect();
+    for id in acked {
+        let (first_sent, bytes) = inflight.remove(&id).expect("listed");
+        if id == checkpoint_id {
+            let latency = first_sent.elapsed();
+            stats.commit_latency.observe(latency);
+            stats.last_checkpoint_bytes.store(bytes, Ordering::Relaxed);
+            tracing::debug!(
+                checkpoint_id,
+                cut_time,
+                bytes,
+                commit_latency_ms = crate::metrics::millis(latency),
+                sidecar_commit_us,
+                "checkpoint acknowledged"
+            );
+        }
+    }
 }

@@ -16,7 +16,7 @@
 //!   sidecar client without ever blocking the worker.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -103,6 +103,8 @@ pub struct TapShare {
 pub struct CutAssembler {
     taps: BTreeMap<u64, (u64, TapShare)>,
     sinks: BTreeMap<u64, (u64, Vec<OutputLength>)>,
+    /// The `cut` span of each checkpoint with a share here, from its first share.
+    spans: BTreeMap<u64, (tracing::Span, Instant)>,
     ready: VecDeque<CutShare>,
     final_assembled: bool,
 }
@@ -123,14 +125,30 @@ pub struct CutShare {
 impl CutAssembler {
     /// Records the tap's share of checkpoint `id` at `cut_time`.
     pub fn tap_share(&mut self, id: u64, cut_time: u64, share: TapShare) {
+        self.started(id, cut_time);
         self.taps.insert(id, (cut_time, share));
         self.join(id);
     }
 
     /// Records the sink's share of checkpoint `id` at `cut_time`.
     pub fn sink_share(&mut self, id: u64, cut_time: u64, outputs: Vec<OutputLength>) {
+        self.started(id, cut_time);
         self.sinks.insert(id, (cut_time, outputs));
         self.join(id);
+    }
+
+    /// Opens the `cut` span of checkpoint `id` at its first share.
+    fn started(&mut self, id: u64, cut_time: u64) {
+        self.spans.entry(id).or_insert_with(|| {
+            let span = tracing::debug_span!(
+                "cut",
+                checkpoint_id = id,
+                cut_time,
+                updates = tracing::field::Empty,
+                elapsed_ms = tracing::field::Empty,
+            );
+            (span, Instant::now())
+        });
     }
 
     fn join(&mut self, id: u64) {
@@ -143,6 +161,11 @@ impl CutAssembler {
             );
             if cut_time == FINAL_CUT {
                 self.final_assembled = true;
+            }
+            if let Some((span, started)) = self.spans.remove(&id) {
+                // The span closes here: from the first share to the whole one.
+                span.record("updates", tap.updates.len());
+                span.record("elapsed_ms", crate::metrics::millis(started.elapsed()));
             }
             self.ready.push_back(CutShare {
                 checkpoint_id: id,

@@ -24,6 +24,7 @@
 //! be trusted): every process is told, and [`run_sidecar`] returns the error.
 
 mod coordinator;
+mod metrics;
 mod server;
 
 use std::fmt::Write as _;
@@ -38,6 +39,7 @@ use thiserror::Error;
 use crate::checkpoint::store::StoreError;
 
 pub use coordinator::{COMPACT_ABOVE_FILES, COMPACT_EVERY_CHECKPOINTS, MAX_PENDING_CHECKPOINTS};
+pub use metrics::SidecarMetrics;
 
 /// File name of the Unix socket in the data dir.
 pub const SOCKET_FILE_NAME: &str = "sidecar.sock";
@@ -130,7 +132,36 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
 /// Runs the sidecar until it is idle (with `exit_when_idle`) or fails.
 #[allow(clippy::needless_pass_by_value)] // the configuration is handed over
 pub fn run_sidecar(config: SidecarConfig) -> Result<(), SidecarError> {
-    server::run(&config)
+    run_sidecar_with_metrics(config, None)
+}
+
+/// [`run_sidecar`], serving Prometheus metrics (`GET /metrics`) on
+/// `metrics_addr` (loopback only) while it runs.
+#[allow(clippy::needless_pass_by_value)] // the configuration is handed over
+pub fn run_sidecar_with_metrics(
+    config: SidecarConfig,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<(), SidecarError> {
+    let metrics = std::sync::Arc::new(SidecarMetrics::new(
+        config.data_dir.join(CHECKPOINTS_DIR_NAME),
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = metrics_addr {
+        let render = std::sync::Arc::clone(&metrics);
+        let bound = crate::metrics::serve_text(
+            addr,
+            Box::new(move || render.render()),
+            std::sync::Arc::clone(&stop),
+        )
+        .map_err(|source| SidecarError::Io {
+            path: PathBuf::from(format!("--metrics-addr {addr}")),
+            source,
+        })?;
+        tracing::info!(%bound, "sidecar metrics endpoint");
+    }
+    let result = server::run(&config, metrics);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    result
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

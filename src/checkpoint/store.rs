@@ -97,6 +97,8 @@ pub struct CheckpointStore {
     stream: File,
     commits: Vec<CommitRecord>,
     failed: bool,
+    /// Files deleted by garbage collection since the store was opened.
+    garbage_collected: u64,
 }
 
 impl CheckpointStore {
@@ -148,13 +150,14 @@ impl CheckpointStore {
                 .and_then(|()| stream.sync_all())
                 .map_err(StoreError::io(&commits_path))?;
         }
-        let store = Self {
+        let mut store = Self {
             dir: dir.to_owned(),
             commits_path,
             _lock: lock,
             stream,
             commits: scan.records,
             failed: false,
+            garbage_collected: 0,
         };
         store.collect_garbage_logged();
         Ok(store)
@@ -349,10 +352,16 @@ impl CheckpointStore {
         Ok(vec![meta])
     }
 
-    fn collect_garbage_logged(&self) {
+    /// Files deleted by garbage collection since the store was opened.
+    pub fn garbage_collected_files(&self) -> u64 {
+        self.garbage_collected
+    }
+
+    fn collect_garbage_logged(&mut self) {
         match self.collect_garbage() {
             Ok(0) => {}
             Ok(deleted) => {
+                self.garbage_collected += deleted as u64;
                 tracing::debug!(dir = %self.dir.display(), deleted, "checkpoint garbage collected");
             }
             Err(e) => {

@@ -9,6 +9,7 @@ mod ingest;
 mod log;
 mod nexmark;
 mod oracle;
+mod prometheus;
 mod recovery;
 mod sidecar;
 mod support;

@@ -20,7 +20,10 @@
 //!   Violations refuse the sending connection.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+use super::metrics::SidecarMetrics;
 
 use crate::checkpoint::format::{
     validate_output_name, CommitRecord, FileMeta, OutputLength, PartitionResume, KEY_GROUPS,
@@ -111,6 +114,11 @@ impl Coordinator {
     /// after a fallback to an older base).
     fn last_id(&self) -> u64 {
         self.history.last().map_or(0, |r| r.checkpoint_id)
+    }
+
+    /// Number of checkpoints with cuts collected and not committed yet.
+    pub fn pending_checkpoints(&self) -> usize {
+        self.pending.len()
     }
 
     /// Number of live (admitted) connections.
@@ -395,9 +403,16 @@ pub fn commit_checkpoint(
     previous: Option<&CommitRecord>,
     checkpoint: PendingCheckpoint,
     (query_fingerprint, workers_total): (u64, u32),
+    metrics: &SidecarMetrics,
 ) -> Result<CommitRecord, StoreError> {
     let id = checkpoint.checkpoint_id;
-    let span = tracing::info_span!("commit", checkpoint_id = id, cut_time = checkpoint.cut_time);
+    let span = tracing::debug_span!(
+        "commit",
+        checkpoint_id = id,
+        cut_time = checkpoint.cut_time,
+        delta_bytes = tracing::field::Empty,
+        elapsed_ms = tracing::field::Empty,
+    );
     let _entered = span.enter();
     let started = Instant::now();
 
@@ -435,6 +450,8 @@ pub fn commit_checkpoint(
         }
     }
     let deltas_us = started.elapsed().as_micros() as u64;
+    let delta_bytes: u64 = new_files.iter().map(|f| f.size_bytes).sum();
+    span.record("delta_bytes", delta_bytes);
 
     let mut files: Vec<FileMeta> = previous.map(|r| r.files.clone()).unwrap_or_default();
     let due = id.is_multiple_of(COMPACT_EVERY_CHECKPOINTS)
@@ -448,7 +465,12 @@ pub fn commit_checkpoint(
         let state_as_of_cut = checkpoint.retention_ms == u64::MAX;
         files = store.compact(id, horizon, state_as_of_cut)?;
         compact_us = t.elapsed().as_micros() as u64;
-        tracing::info!(horizon_time = horizon, compact_us, "compacted");
+        metrics.compactions.fetch_add(1, Ordering::Relaxed);
+        let base_bytes: u64 = files.iter().map(|f| f.size_bytes).sum();
+        metrics
+            .written_bytes
+            .fetch_add(base_bytes, Ordering::Relaxed);
+        tracing::debug!(horizon_time = horizon, compact_us, base_bytes, "compacted");
     }
     files.extend(new_files);
 
@@ -463,8 +485,29 @@ pub fn commit_checkpoint(
     };
     let t = Instant::now();
     store.commit(record.clone())?;
-    let commit_us = t.elapsed().as_micros() as u64;
-    tracing::info!(
+    let commit_took = t.elapsed();
+    let commit_us = commit_took.as_micros() as u64;
+    metrics.commit_fsync_seconds.observe(commit_took);
+    metrics.commits.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .last_delta_bytes
+        .store(delta_bytes, Ordering::Relaxed);
+    metrics
+        .written_bytes
+        .fetch_add(delta_bytes, Ordering::Relaxed);
+    metrics.committed_bytes.store(
+        record.files.iter().map(|f| f.size_bytes).sum(),
+        Ordering::Relaxed,
+    );
+    metrics
+        .gc_files
+        .store(store.garbage_collected_files(), Ordering::Relaxed);
+    metrics.last_checkpoint_id.store(id, Ordering::Relaxed);
+    metrics
+        .last_cut_ms
+        .store(record.cut_time, Ordering::Relaxed);
+    span.record("elapsed_ms", crate::metrics::millis(started.elapsed()));
+    tracing::debug!(
         updates = update_count,
         files = record.files.len(),
         deltas_us,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::coordinator::{commit_checkpoint, ConnId, Coordinator};
+use super::metrics::SidecarMetrics;
 use super::{
     constant_time_eq, ensure_token_file, socket_path, Listen, SidecarConfig, SidecarError,
     CHECKPOINTS_DIR_NAME, HELLO_TIMEOUT, MAX_CONNECTIONS, MAX_HELLO_BYTES,
@@ -58,7 +60,10 @@ enum Event {
 }
 
 /// Runs the sidecar (see the module doc of `sidecar`).
-pub(super) fn run(config: &SidecarConfig) -> Result<(), SidecarError> {
+pub(super) fn run(
+    config: &SidecarConfig,
+    metrics: Arc<SidecarMetrics>,
+) -> Result<(), SidecarError> {
     if let Listen::Tcp(addr) = config.listen {
         if !addr.ip().is_loopback() {
             return Err(SidecarError::NotLoopback(addr));
@@ -80,7 +85,7 @@ pub(super) fn run(config: &SidecarConfig) -> Result<(), SidecarError> {
             last_committed = ?store.commits().last().map(|r| (r.checkpoint_id, r.cut_time)),
             "checkpoint sidecar listening"
         );
-        serve(listener, store, config.exit_when_idle).await
+        serve(listener, store, config.exit_when_idle, metrics).await
     })
 }
 
@@ -197,6 +202,7 @@ async fn serve(
     listener: Listener,
     store: CheckpointStore,
     exit_when_idle: bool,
+    metrics: Arc<SidecarMetrics>,
 ) -> Result<(), SidecarError> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let coordinator = CoordinatorTask {
@@ -205,6 +211,7 @@ async fn serve(
         replies: HashMap::new(),
         ever_connected: false,
         exit_when_idle,
+        metrics,
     };
     let coordinator = coordinator.run(events_rx);
     tokio::pin!(coordinator);
@@ -412,6 +419,7 @@ struct CoordinatorTask {
     replies: HashMap<ConnId, mpsc::Sender<FromSidecar>>,
     ever_connected: bool,
     exit_when_idle: bool,
+    metrics: Arc<SidecarMetrics>,
 }
 
 impl CoordinatorTask {
@@ -449,6 +457,12 @@ impl CoordinatorTask {
                     }
                 }
             }
+            self.metrics
+                .connections
+                .store(self.coord.live_connections() as u64, Ordering::Relaxed);
+            self.metrics
+                .pending_checkpoints
+                .store(self.coord.pending_checkpoints() as u64, Ordering::Relaxed);
             if self.exit_when_idle && self.ever_connected && self.coord.live_connections() == 0 {
                 tracing::info!("every engine process is gone: the sidecar exits");
                 return Ok(());
@@ -519,8 +533,10 @@ impl CoordinatorTask {
                 .expect("cuts arrive only within a run");
             let previous = self.coord.last().cloned();
             let mut store = self.store.take().expect("one commit at a time");
+            let metrics = Arc::clone(&self.metrics);
             let (store, result) = tokio::task::spawn_blocking(move || {
-                let result = commit_checkpoint(&mut store, previous.as_ref(), pending, identity);
+                let result =
+                    commit_checkpoint(&mut store, previous.as_ref(), pending, identity, &metrics);
                 (store, result)
             })
             .await
@@ -528,10 +544,12 @@ impl CoordinatorTask {
             self.store = Some(store);
             match result {
                 Ok(record) => {
+                    let latency = completed_at.elapsed();
+                    self.metrics.commit_seconds.observe(latency);
                     let message = FromSidecar::Committed {
                         checkpoint_id: id,
                         cut_time: record.cut_time,
-                        commit_latency_us: completed_at.elapsed().as_micros() as u64,
+                        commit_latency_us: latency.as_micros() as u64,
                     };
                     self.coord.committed(record);
                     for conn in self.coord.current_connections() {

@@ -1,0 +1,140 @@
+//! The sidecar's own figures and its Prometheus text (`weir sidecar
+//! --metrics-addr`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::{dir_usage, is_temp_or_lock, Exposition, Histogram, LATENCY_BUCKETS_SECONDS};
+
+/// Live figures of a sidecar, updated by its coordinator and commits.
+#[derive(Debug)]
+pub struct SidecarMetrics {
+    /// The checkpoint directory (listed at each scrape).
+    pub store_dir: PathBuf,
+    /// Checkpoints committed by this sidecar.
+    pub commits: AtomicU64,
+    /// From the last cut of a checkpoint arriving until its commit is durable.
+    pub commit_seconds: Histogram,
+    /// Appending a commit record to the commit stream and fsyncing it.
+    pub commit_fsync_seconds: Histogram,
+    /// Compactions into a base file.
+    pub compactions: AtomicU64,
+    /// Files deleted by garbage collection (as of the last commit).
+    pub gc_files: AtomicU64,
+    /// Bytes of the delta files of the newest commit.
+    pub last_delta_bytes: AtomicU64,
+    /// Bytes of delta and base files written.
+    pub written_bytes: AtomicU64,
+    /// Bytes of the files the newest commit references: the committed state.
+    pub committed_bytes: AtomicU64,
+    /// Newest committed checkpoint id (0: none).
+    pub last_checkpoint_id: AtomicU64,
+    /// Its cut time (`u64::MAX`: final or none).
+    pub last_cut_ms: AtomicU64,
+    /// Engine processes connected.
+    pub connections: AtomicU64,
+    /// Checkpoints with some cuts collected, not committed yet.
+    pub pending_checkpoints: AtomicU64,
+}
+
+impl SidecarMetrics {
+    /// Figures for the store in `store_dir`.
+    pub fn new(store_dir: PathBuf) -> Self {
+        Self {
+            store_dir,
+            commits: AtomicU64::new(0),
+            commit_seconds: Histogram::new(LATENCY_BUCKETS_SECONDS),
+            commit_fsync_seconds: Histogram::new(LATENCY_BUCKETS_SECONDS),
+            compactions: AtomicU64::new(0),
+            gc_files: AtomicU64::new(0),
+            last_delta_bytes: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
+            committed_bytes: AtomicU64::new(0),
+            last_checkpoint_id: AtomicU64::new(0),
+            last_cut_ms: AtomicU64::new(u64::MAX),
+            connections: AtomicU64::new(0),
+            pending_checkpoints: AtomicU64::new(0),
+        }
+    }
+
+    /// The Prometheus text.
+    pub fn render(&self) -> String {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut x = Exposition::new();
+        x.counter(
+            "sidecar_commits_total",
+            "Checkpoints this sidecar committed.",
+            load(&self.commits),
+        );
+        x.histogram(
+            "sidecar_commit_seconds",
+            "From the last worker cut of a checkpoint arriving until its commit record is durable (delta files, compaction, commit).",
+            &self.commit_seconds,
+        );
+        x.histogram(
+            "sidecar_commit_fsync_seconds",
+            "Appending a commit record to commits.log and fsyncing it.",
+            &self.commit_fsync_seconds,
+        );
+        x.counter(
+            "sidecar_compactions_total",
+            "Compactions of the newest checkpoint's files into a base file.",
+            load(&self.compactions),
+        );
+        x.counter(
+            "sidecar_gc_files_total",
+            "Checkpoint files deleted by garbage collection.",
+            load(&self.gc_files),
+        );
+        x.gauge(
+            "sidecar_delta_bytes",
+            "Bytes of the delta files the newest commit added.",
+            load(&self.last_delta_bytes),
+        );
+        x.counter(
+            "sidecar_written_bytes_total",
+            "Bytes of delta and base files written.",
+            load(&self.written_bytes),
+        );
+        x.gauge(
+            "sidecar_committed_bytes",
+            "Bytes of the files the newest commit references: the committed state.",
+            load(&self.committed_bytes),
+        );
+        let (files, bytes) = dir_usage(&self.store_dir, |n| !is_temp_or_lock(n));
+        x.gauge(
+            "sidecar_store_bytes",
+            "Bytes of the checkpoint directory on disk (commit stream and retained files).",
+            bytes,
+        );
+        x.gauge(
+            "sidecar_store_files",
+            "Files in the checkpoint directory.",
+            files,
+        );
+        x.gauge(
+            "sidecar_last_checkpoint_id",
+            "Id of the newest checkpoint this sidecar committed (0: none).",
+            load(&self.last_checkpoint_id),
+        );
+        let cut = load(&self.last_cut_ms);
+        if cut != u64::MAX {
+            x.gauge(
+                "sidecar_committed_cut_timestamp_seconds",
+                "Cut time of the newest checkpoint this sidecar committed.",
+                cut as f64 / 1e3,
+            );
+        }
+        x.gauge(
+            "sidecar_connections",
+            "Engine processes connected.",
+            load(&self.connections),
+        );
+        x.gauge(
+            "sidecar_pending_checkpoints",
+            "Checkpoints whose cuts are arriving, not committed yet.",
+            load(&self.pending_checkpoints),
+        );
+        x.finish()
+    }
+}
