@@ -9,6 +9,7 @@ made); without it the files are left as they are. With --out DIR the
 executed notebooks are also written into DIR (to look at after a test run).
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ def main(argv):
     if not paths:
         print("no notebook found", file=sys.stderr)
         return 1
+    if os.environ.get("WEIR_RESULTS"):
+        # The kernels run in notebooks/: a relative path means the caller's.
+        os.environ["WEIR_RESULTS"] = os.path.abspath(os.environ["WEIR_RESULTS"])
     failed = []
     for path in paths:
         nb = nbformat.read(path, as_version=4)

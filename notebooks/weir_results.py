@@ -34,7 +34,10 @@ def setup():
 
 
 def results_root():
-    return Path(os.environ.get("WEIR_RESULTS", REPO / "results"))
+    root = Path(os.environ.get("WEIR_RESULTS", REPO / "results"))
+    if not root.is_absolute() and not root.exists():
+        root = REPO / root  # relative to the repository rather than notebooks/
+    return root
 
 
 def _run_time(path):
