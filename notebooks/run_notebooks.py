@@ -10,6 +10,7 @@ executed notebooks are also written into DIR (to look at after a test run).
 """
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,9 +34,10 @@ def main(argv):
     if not paths:
         print("no notebook found", file=sys.stderr)
         return 1
-    if os.environ.get("WEIR_RESULTS"):
-        # The kernels run in notebooks/: a relative path means the caller's.
-        os.environ["WEIR_RESULTS"] = os.path.abspath(os.environ["WEIR_RESULTS"])
+    for var in ("WEIR_RESULTS", "WEIR_EXPORT_IMG"):
+        if os.environ.get(var):
+            # The kernels run in notebooks/: a relative path means the caller's.
+            os.environ[var] = os.path.abspath(os.environ[var])
     failed = []
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -50,7 +52,8 @@ def main(argv):
             client.execute()
         except CellExecutionError as e:
             failed.append(path.name)
-            print(f"FAILED {path.name}:\n{e}", file=sys.stderr)
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # no terminal colours in logs
+            print(f"FAILED {path.name}:\n{plain}", file=sys.stderr)
             continue
         print(f"ok     {path.name} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
         if write:

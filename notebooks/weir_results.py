@@ -31,6 +31,8 @@ def setup():
             "grid.alpha": 0.3,
         }
     )
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_colwidth", 80)
 
 
 def results_root():
@@ -122,5 +124,6 @@ def export(fig, name):
     """Saves `fig` as PNG into `$WEIR_EXPORT_IMG` if that is set (README image)."""
     target = os.environ.get("WEIR_EXPORT_IMG")
     if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(target) / name, bbox_inches="tight")
+        target = REPO / target  # a relative path: relative to the repository
+        target.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target / name, bbox_inches="tight")
