@@ -360,6 +360,9 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             if let Some((_, cut)) = client.last_committed() {
                                 gauges.committed_cut_ms.store(cut, Relaxed);
                             }
+                            if let Some(us) = client.last_commit_latency_us() {
+                                gauges.last_commit_latency_us.store(us, Relaxed);
+                            }
                             let fill = sender.fill();
                             gauges.sidecar_queued.store(fill.queued as u64, Relaxed);
                             gauges.sidecar_capacity.store(fill.capacity as u64, Relaxed);

@@ -97,6 +97,8 @@ pub struct RunGauges {
     pub sidecar_queued: std::sync::atomic::AtomicU64,
     /// Capacity of that queue.
     pub sidecar_capacity: std::sync::atomic::AtomicU64,
+    /// Commit latency of the newest acknowledged checkpoint, µs.
+    pub last_commit_latency_us: std::sync::atomic::AtomicU64,
 }
 
 impl Default for RunGauges {
@@ -107,6 +109,7 @@ impl Default for RunGauges {
             committed_cut_ms: AtomicU64::new(u64::MAX),
             sidecar_queued: AtomicU64::new(0),
             sidecar_capacity: AtomicU64::new(0),
+            last_commit_latency_us: AtomicU64::new(u64::MAX),
         }
     }
 }

@@ -5,9 +5,13 @@
 //!
 //! Recovery time of a kill: from the kill until the restarted run commits a
 //! checkpoint newer than any before the kill (it has restored, replayed and
-//! made durable progress again). Results: `results/chaos-<t>/summary.json`;
-//! the exit status is non-zero if the outputs differ.
+//! made durable progress again). Results: `results/chaos-<t>/summary.json`
+//! and `timeline.csv` (ms since the first chaos round: each start of an
+//! attempt, kill, new commit seen in the commit stream with its id and cut
+//! time, recovery and finished round); the exit status is non-zero if the
+//! outputs differ.
 
+use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -116,6 +120,63 @@ fn sorted_rows(dir: &Path, prefix: &str) -> Result<Vec<String>> {
     Ok(rows)
 }
 
+/// Events of the chaos rounds, as `timeline.csv`.
+struct Timeline {
+    started: Instant,
+    csv: String,
+}
+
+impl Timeline {
+    fn new() -> Self {
+        Timeline {
+            started: Instant::now(),
+            csv: "t_ms,round,event,checkpoint_id,cut_time_ms\n".to_owned(),
+        }
+    }
+
+    /// `event` now, with the commit it concerns if any (the final
+    /// checkpoint's cut, `u64::MAX`, is written as an empty cut time).
+    fn event(&mut self, round: u64, event: &str, commit: Option<(u64, u64)>) {
+        let (id, cut) = commit.map_or((String::new(), String::new()), |(id, cut)| {
+            let cut = if cut == u64::MAX {
+                String::new()
+            } else {
+                cut.to_string()
+            };
+            (id.to_string(), cut)
+        });
+        let t_ms = self.started.elapsed().as_millis();
+        writeln!(self.csv, "{t_ms},{round},{event},{id},{cut}").expect("writing to a String");
+    }
+}
+
+/// The newest commit of a commit stream, re-read only when the file grew.
+#[derive(Default)]
+struct CommitWatch {
+    len: u64,
+    newest: Option<(u64, u64)>,
+}
+
+impl CommitWatch {
+    /// The newest `(id, cut time)` if it changed since the last call.
+    fn poll(&mut self, checkpoints: &Path) -> Option<(u64, u64)> {
+        let len = std::fs::metadata(checkpoints.join(weir::checkpoint::format::COMMITS_FILE_NAME))
+            .map_or(0, |m| m.len());
+        if len == self.len {
+            return None;
+        }
+        self.len = len;
+        let newest = read_commits(checkpoints)
+            .ok()
+            .and_then(|c| c.last().map(|r| (r.checkpoint_id, r.cut_time)));
+        if newest.is_none() || newest == self.newest {
+            return None;
+        }
+        self.newest = newest;
+        newest
+    }
+}
+
 fn newest_commit(checkpoints: &Path) -> u64 {
     read_commits(checkpoints)
         .ok()
@@ -155,6 +216,7 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
     let mut recovery_ms = Vec::new();
     let mut identical = true;
     let mut window_rows = 0;
+    let mut timeline = Timeline::new();
     while kills < args.kills {
         rounds += 1;
         let data = args.work_dir.join(format!("data-{rounds}"));
@@ -163,6 +225,7 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
         let checkpoints = data.join("checkpoints");
         // (kill moment, newest commit before it) of the last kill, awaiting recovery.
         let mut awaiting: Option<(Instant, u64)> = None;
+        let mut watch = CommitWatch::default();
         loop {
             let mut child = Command::new(&weir)
                 .args(&run)
@@ -170,12 +233,17 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()?;
+            timeline.event(rounds, "start", watch.newest);
             let delay = Duration::from_millis(20 + rng.below(args.max_kill_delay.max(1)));
             let deadline = Instant::now() + delay;
             while Instant::now() < deadline && child.try_wait()?.is_none() {
+                if let Some(commit) = watch.poll(&checkpoints) {
+                    timeline.event(rounds, "commit", Some(commit));
+                }
                 if let Some((killed_at, before)) = awaiting {
-                    if newest_commit(&checkpoints) > before {
+                    if watch.newest.is_some_and(|(id, _)| id > before) {
                         recovery_ms.push(killed_at.elapsed().as_millis() as u64);
+                        timeline.event(rounds, "recovered", watch.newest);
                         awaiting = None;
                     }
                 }
@@ -183,9 +251,14 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
             }
             if let Some(status) = child.try_wait()? {
                 if status.success() {
+                    if let Some(commit) = watch.poll(&checkpoints) {
+                        timeline.event(rounds, "commit", Some(commit));
+                    }
                     if let Some((killed_at, _)) = awaiting.take() {
                         recovery_ms.push(killed_at.elapsed().as_millis() as u64);
+                        timeline.event(rounds, "recovered", watch.newest);
                     }
+                    timeline.event(rounds, "finished", watch.newest);
                     break;
                 }
                 // Exited with an error although nothing was killed during it.
@@ -197,12 +270,14 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                     .args(["-9", "--", &format!("-{pid}")])
                     .status()?;
                 engine_kills += 1;
+                timeline.event(rounds, "kill_engine", watch.newest);
             } else {
                 let pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
                 Command::new("pkill")
                     .args(["-9", "-f", &pattern])
                     .status()?;
                 sidecar_kills += 1;
+                timeline.event(rounds, "kill_sidecar", watch.newest);
             }
             kills += 1;
             let killed_at = Instant::now();
@@ -238,6 +313,7 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
         window_rows,
     };
     let dir = crate::write_summary(&args.results, "chaos", &summary)?;
+    std::fs::write(dir.join("timeline.csv"), &timeline.csv)?;
     println!("{}", dir.display());
     if !identical {
         bail!("the output after {kills} kills differs from the failure-free run");

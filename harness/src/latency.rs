@@ -3,7 +3,12 @@
 //! latency is `emit wall time - (window end + lateness)`.
 //!
 //! Writes `results/<run-id>/summary.json`, `latency.hgrm` and
-//! `timeseries.csv`, and prints a progress line every second.
+//! `timeseries.csv`, and prints a progress line every second. The time
+//! series samples, once a second: rates, lags, latency percentiles of the
+//! rows emitted in that second, the newest committed checkpoint (from the
+//! commit stream: its size and the bytes its new files added), its commit
+//! latency, and the records held in arrangements (scraped from the engine's
+//! own `/metrics` endpoint on a free loopback port).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -84,7 +89,8 @@ pub struct LatencyArgs {
 #[derive(Debug)]
 struct Recorder {
     lateness_ms: u64,
-    stats: Mutex<LatencyStats>,
+    /// The whole run, and the current second of the time series.
+    stats: Mutex<(LatencyStats, LatencyStats)>,
     rows: AtomicU64,
     newest_window_end: AtomicU64,
     /// Rows emitted after the load stopped are the end-of-input flush, not
@@ -108,10 +114,9 @@ impl RowObserver for Recorder {
         }
         let due_us = (row.window_end + self.lateness_ms) * 1_000;
         let latency_us = now_us().saturating_sub(due_us);
-        self.stats
-            .lock()
-            .expect("stats poisoned")
-            .record_us(latency_us);
+        let mut stats = self.stats.lock().expect("stats poisoned");
+        stats.0.record_us(latency_us);
+        stats.1.record_us(latency_us);
     }
 }
 
@@ -195,7 +200,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
 
     let recorder = Arc::new(Recorder {
         lateness_ms: args.lateness,
-        stats: Mutex::new(LatencyStats::default()),
+        stats: Mutex::default(),
         rows: AtomicU64::new(0),
         newest_window_end: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
@@ -228,8 +233,16 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             stop: Some(Arc::clone(&stop)),
             gauges: Some(Arc::clone(&gauges)),
         },
-        metrics_addr: if quiet { None } else { args.metrics_addr },
+        // The time series scrapes the engine's own endpoint (state records).
+        metrics_addr: if quiet {
+            None
+        } else {
+            args.metrics_addr.or_else(free_loopback_port)
+        },
     };
+    let metrics_addr = options.metrics_addr;
+    let checkpoint_dir = data_dir.join("checkpoints");
+    let mut checkpoints = CheckpointSampler::default();
     let engine = std::thread::spawn(move || run(&options));
 
     let start_ms = now_us() / 1_000;
@@ -240,7 +253,9 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     let mut key = String::new();
     let mut sent = 0u64;
     let mut series = String::from(
-        "second,input_rate,output_rate,frontier_lag_ms,checkpoint_lag_ms,sidecar_fill,rss_bytes\n",
+        "second,input_rate,output_rate,frontier_lag_ms,checkpoint_lag_ms,sidecar_fill,rss_bytes,\
+         latency_p50_ms,latency_p99_ms,latency_max_ms,committed_cut_ms,checkpoint_id,\
+         checkpoint_bytes,checkpoint_delta_bytes,checkpoint_files,commit_latency_us,state_records\n",
     );
     let (mut last_sent, mut last_rows, mut peak_rss) = (0u64, 0u64, 0u64);
     let mut next_report = Duration::from_secs(1);
@@ -303,12 +318,35 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             );
             let rss = rss_bytes();
             peak_rss = peak_rss.max(rss);
+            let second = std::mem::take(&mut recorder.stats.lock().expect("stats poisoned").1);
+            let p = second.percentiles();
+            let percentiles = if p.count == 0 {
+                ",,".to_owned()
+            } else {
+                format!("{},{},{}", p.p50, p.p99, p.max)
+            };
+            let committed_cut = if committed == u64::MAX {
+                String::new()
+            } else {
+                committed.to_string()
+            };
+            let commit_latency = gauges.last_commit_latency_us.load(Ordering::Relaxed);
+            let commit_latency = if commit_latency == u64::MAX {
+                String::new()
+            } else {
+                commit_latency.to_string()
+            };
+            let state = metrics_addr
+                .and_then(scrape_metrics)
+                .and_then(|text| state_records(&text))
+                .map_or(String::new(), |r| r.to_string());
             writeln!(
                 series,
-                "{},{},{},{lag},{checkpoint_lag},{fill},{rss}",
+                "{},{},{},{lag},{checkpoint_lag},{fill},{rss},{percentiles},{committed_cut},{},{commit_latency},{state}",
                 next_report.as_secs(),
                 sent - last_sent,
-                rows - last_rows
+                rows - last_rows,
+                checkpoints.sample(&checkpoint_dir),
             )
             .ok();
             if !quiet {
@@ -342,7 +380,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         summary.events_read
     );
 
-    let stats = recorder.stats.lock().expect("stats poisoned").clone();
+    let stats = recorder.stats.lock().expect("stats poisoned").0.clone();
     Ok(Measured {
         events: sent,
         load_secs,
@@ -450,4 +488,132 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
     );
     println!("{}", dir.display());
     Ok(())
+}
+
+/// A free loopback address for the engine's metrics endpoint (None if the
+/// system has none to give).
+fn free_loopback_port() -> Option<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()
+}
+
+/// The body of `GET /metrics` at `addr` (None on any failure).
+fn scrape_metrics(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(500);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// Records held in arrangements over all workers, from Prometheus text.
+fn state_records(metrics: &str) -> Option<i64> {
+    let values: Vec<i64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_state_records{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Follows the commit stream: the newest checkpoint and the bytes added since.
+#[derive(Debug, Default)]
+struct CheckpointSampler {
+    /// Records already seen.
+    seen: usize,
+    /// File names of the newest record seen.
+    newest_files: std::collections::BTreeSet<String>,
+}
+
+impl CheckpointSampler {
+    /// `checkpoint_id,checkpoint_bytes,checkpoint_delta_bytes,checkpoint_files`
+    /// of the newest commit (bytes of all its files; bytes of the files that
+    /// the commits since the last sample added), or empty fields when none.
+    fn sample(&mut self, dir: &std::path::Path) -> String {
+        let records = weir::checkpoint::store::read_commits(dir).unwrap_or_default();
+        self.sample_records(&records)
+    }
+
+    fn sample_records(&mut self, records: &[weir::checkpoint::format::CommitRecord]) -> String {
+        let Some(newest) = records.last() else {
+            return ",,,".to_owned();
+        };
+        let mut delta = 0u64;
+        for record in records.iter().skip(self.seen) {
+            delta += record
+                .files
+                .iter()
+                .filter(|f| !self.newest_files.contains(&f.name))
+                .map(|f| f.size_bytes)
+                .sum::<u64>();
+            self.newest_files = record.files.iter().map(|f| f.name.clone()).collect();
+        }
+        self.seen = self.seen.max(records.len());
+        let total: u64 = newest.files.iter().map(|f| f.size_bytes).sum();
+        format!(
+            "{},{total},{delta},{}",
+            newest.checkpoint_id,
+            newest.files.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir::checkpoint::format::{CommitRecord, FileMeta};
+
+    #[test]
+    fn state_records_sum_the_workers() {
+        let text = "# TYPE weir_state_records gauge\n\
+                    weir_state_records{worker=\"0\"} 10\n\
+                    weir_state_records{worker=\"1\"} 32\n\
+                    weir_sidecar_queue_fill 0\n";
+        assert_eq!(state_records(text), Some(42));
+        assert_eq!(state_records("weir_events_in_total 5\n"), None);
+    }
+
+    fn record(id: u64, files: &[(&str, u64)]) -> CommitRecord {
+        CommitRecord {
+            checkpoint_id: id,
+            cut_time: id * 1_000,
+            query_fingerprint: 0,
+            workers_total: 1,
+            files: files
+                .iter()
+                .map(|&(name, size_bytes)| FileMeta {
+                    name: name.to_owned(),
+                    size_bytes,
+                    crc32c: 0,
+                    min_time: 0,
+                    max_time: 0,
+                })
+                .collect(),
+            partitions: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn checkpoint_samples_count_only_new_files_as_delta() {
+        let mut sampler = CheckpointSampler::default();
+        assert_eq!(sampler.sample_records(&[]), ",,,");
+        let mut records = vec![
+            record(1, &[("a", 100)]),
+            record(2, &[("a", 100), ("b", 10)]),
+        ];
+        assert_eq!(sampler.sample_records(&records), "2,110,110,2");
+        // Nothing new: no delta.
+        assert_eq!(sampler.sample_records(&records), "2,110,0,2");
+        // A compaction replaces both files by one.
+        records.push(record(3, &[("c", 50)]));
+        assert_eq!(sampler.sample_records(&records), "3,50,50,1");
+    }
 }

@@ -70,7 +70,7 @@ impl LatencyStats {
             "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
         )
         .ok();
-        for v in self.histogram.iter_quantiles(1) {
+        for v in self.histogram.iter_quantiles(5) {
             let q = v.quantile_iterated_to();
             let inverse = if q < 1.0 {
                 format!("{:>14.2}", 1.0 / (1.0 - q))
