@@ -391,6 +391,19 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 let mut w = written.lock().expect("poisoned");
                 w.0 += outputs.window_rows_written();
                 w.1 += outputs.late_rows_written();
+                drop((w, outputs));
+                // Finish here rather than in timely's own loop after this
+                // closure: a worker that fails drops its dataflows, and then
+                // the others' never complete; they must drop theirs too.
+                while worker.has_dataflows() {
+                    let failed = errors.lock().expect("poisoned").is_some()
+                        || failure.lock().expect("poisoned").is_some()
+                        || client.as_ref().is_some_and(|c| c.error().is_some());
+                    if failed {
+                        return abandon_dataflows(worker);
+                    }
+                    worker.step_or_park(Some(Duration::from_millis(20)));
+                }
             },
         )
         .map_err(RunError::Dataflow)?
