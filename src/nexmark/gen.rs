@@ -18,6 +18,7 @@ use nexmark::EventGenerator;
 use weir_dataflows::nexmark::NexmarkTable;
 
 use crate::csv_input::write_csv_field;
+
 use crate::gen::BASE_TIME_MS;
 
 /// The generator every run and file uses.
@@ -26,6 +27,37 @@ pub fn generator() -> EventGenerator {
         base_time: BASE_TIME_MS,
         ..NexmarkConfig::default()
     })
+}
+
+/// Proportions of the default configuration: of every 50 events, 1 person,
+/// then 3 auctions, then 46 bids (by event number).
+const PROPORTIONS: [(NexmarkTable, u64); 3] = [
+    (NexmarkTable::Person, 1),
+    (NexmarkTable::Auction, 3),
+    (NexmarkTable::Bid, 46),
+];
+
+/// How many of the first `events` generated events belong to `table`.
+pub fn table_events(events: u64, table: NexmarkTable) -> u64 {
+    let denominator: u64 = PROPORTIONS.iter().map(|(_, n)| n).sum();
+    let mut start = 0;
+    for (t, n) in PROPORTIONS {
+        if t == table {
+            let rest = (events % denominator).saturating_sub(start).min(n);
+            return events / denominator * n + rest;
+        }
+        start += n;
+    }
+    unreachable!("every table has a proportion")
+}
+
+/// The generator's name for `table`'s events.
+pub fn event_type(table: NexmarkTable) -> nexmark::event::EventType {
+    match table {
+        NexmarkTable::Person => nexmark::event::EventType::Person,
+        NexmarkTable::Auction => nexmark::event::EventType::Auction,
+        NexmarkTable::Bid => nexmark::event::EventType::Bid,
+    }
 }
 
 /// If `event` belongs to `table`: writes its stored key into `key` (see
@@ -118,4 +150,37 @@ pub fn generate_files(
         }
     }
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_event_counts_follow_the_generator() {
+        for events in [0u64, 1, 2, 3, 4, 5, 49, 50, 51, 53, 54, 99, 100, 1234] {
+            for table in NexmarkTable::ALL {
+                let generated = generator()
+                    .take(events as usize)
+                    .filter(|e| stored_record(e, table, &mut String::new()).is_some())
+                    .count() as u64;
+                assert_eq!(table_events(events, table), generated, "{events} {table:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_type_filtered_generator_yields_the_same_events() {
+        for table in NexmarkTable::ALL {
+            let all: Vec<_> = generator()
+                .take(500)
+                .filter(|e| stored_record(e, table, &mut String::new()).is_some())
+                .collect();
+            let filtered: Vec<_> = generator()
+                .with_type_filter(event_type(table))
+                .take(all.len())
+                .collect();
+            assert_eq!(all, filtered, "{table:?}");
+        }
+    }
 }

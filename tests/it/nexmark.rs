@@ -135,7 +135,7 @@ fn generated_input_read_directly_equals_the_files() {
     let input = tmp.path().join("input");
     gen_nexmark(&input, 50_000, 2);
     let typed = read_generated(&input, 2);
-    for query in [NexmarkQuery::Q5, NexmarkQuery::Q8] {
+    for query in NexmarkQuery::ALL {
         let (data, out) = (
             tmp.path().join(format!("data-{query}")),
             tmp.path().join(format!("out-{query}")),
