@@ -73,9 +73,15 @@ impl WindowQuery {
     }
 
     /// Checkpoint cuts are multiples of this, ms: the slide of fixed
-    /// windows (a cut never splits a pane), the granularity of sessions.
+    /// windows (a cut never splits a pane); for sessions the gap when it is
+    /// a multiple of the granularity (a cut never splits a granule, and the
+    /// open sessions' changes within a gap consolidate before a cut), else
+    /// the granularity.
     pub fn cut_step_ms(&self) -> u64 {
-        self.spec.slide_ms().unwrap_or(self.granularity_ms)
+        match self.spec {
+            WindowSpec::Session { gap_ms } if gap_ms.is_multiple_of(self.granularity_ms) => gap_ms,
+            spec => spec.slide_ms().unwrap_or(self.granularity_ms),
+        }
     }
 
     /// A fingerprint of everything that shapes the persisted state; a
@@ -337,7 +343,7 @@ where
                             cuts,
                             Rc::clone(&progress),
                             c.assembler,
-                            (restored_cut, query.retention_ms()),
+                            (restored_cut, query.retention_ms(), query.cut_step_ms()),
                         );
                     }
                     // After the tap: restored state is in the checkpoint already.
@@ -383,7 +389,7 @@ where
                         cuts,
                         Rc::clone(&progress),
                         assembler,
-                        (restored_cut, query.retention_ms()),
+                        (restored_cut, query.retention_ms(), query.cut_step_ms()),
                     );
                 }
                 (rows, late)

@@ -224,10 +224,16 @@ pub fn persist_tap<'scope, C>(
     announcements: &Stream<'scope, u64, Vec<Announcement>>,
     progress: SharedProgress,
     assembler: std::rc::Rc<std::cell::RefCell<CutAssembler>>,
-    (restored_cut, retention_ms): (u64, u64),
+    (restored_cut, retention_ms, step_ms): (u64, u64, u64),
 ) where
     C: LocalCombiner,
 {
+    // Persisted state (retention `u64::MAX`, open sessions): only its value at
+    // each cut matters and every cut is a multiple of `step_ms`, so changes
+    // are timed at the start of their step and consolidated as they arrive:
+    // a session changed many times within a step is buffered once.
+    let state_as_of_cut = retention_ms == u64::MAX;
+    assert!(step_ms > 0);
     partials
         .clone()
         .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
@@ -239,12 +245,22 @@ pub fn persist_tap<'scope, C>(
                 let mut pending: Vec<Update<C::Record>> = Vec::new();
                 let mut queue: VecDeque<Announcement> = VecDeque::new();
                 let mut prev_cut = restored_cut;
+                let mut consolidated_len = 0;
                 move |(data, data_frontier), (cuts, _), _output| {
                     data.for_each_stamp(|_, batches| {
                         for batch in batches {
+                            if state_as_of_cut {
+                                for update in batch.iter_mut() {
+                                    update.1 -= update.1 % step_ms;
+                                }
+                            }
                             pending.append(batch);
                         }
                     });
+                    if state_as_of_cut && pending.len() > 2 * consolidated_len + 4_096 {
+                        differential_dataflow::consolidation::consolidate_updates(&mut pending);
+                        consolidated_len = pending.len();
+                    }
                     cuts.for_each_stamp(|_, batches| {
                         for batch in batches {
                             queue.extend(batch.drain(..));
@@ -259,11 +275,19 @@ pub fn persist_tap<'scope, C>(
                         let (mut shipped, keep): (Vec<_>, Vec<_>) =
                             pending.drain(..).partition(|u| u.1 < cut);
                         pending = keep;
+                        consolidated_len = pending.len();
                         // Partials of windows closed by the cut are never needed
                         // again; updates below the restored cut are restored
                         // state flowing back in, already persisted.
                         let horizon = cut.saturating_sub(retention_ms).max(restored_cut);
                         shipped.retain(|u| u.1 >= horizon);
+                        if state_as_of_cut {
+                            // The changes within the interval are timed at its
+                            // start and cancel as they consolidate.
+                            for update in &mut shipped {
+                                update.1 = prev_cut;
+                            }
+                        }
                         differential_dataflow::consolidation::consolidate_updates(&mut shipped);
                         let updates = shipped
                             .into_iter()
