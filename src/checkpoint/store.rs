@@ -52,6 +52,12 @@ use crate::log::MAX_RECORD_SIZE_BYTES;
 pub const LOCK_FILE_NAME: &str = "LOCK";
 /// How many of the newest commits garbage collection keeps the files of.
 pub const RETAINED_CHECKPOINTS: usize = 2;
+/// Once the commit stream holds this many records it is rewritten with only
+/// the newest [`RETAINED_COMMIT_RECORDS`], so it stays bounded on a long run.
+pub const TRIM_COMMITS_AT_RECORDS: usize = 1_024;
+/// Commit records kept when the commit stream is rewritten (older ones name
+/// files that garbage collection has long deleted).
+pub const RETAINED_COMMIT_RECORDS: usize = 64;
 /// The environment variable naming the armed failpoint.
 pub const FAILPOINT_ENV: &str = "WEIR_FAILPOINT";
 /// The failpoint names, in the order a checkpoint reaches them.
@@ -320,7 +326,38 @@ impl CheckpointStore {
         }
         self.commits.push(record);
         failpoint("after-commit");
+        if self.commits.len() >= TRIM_COMMITS_AT_RECORDS {
+            self.trim_commits()?;
+        }
         self.collect_garbage_logged();
+        Ok(())
+    }
+
+    /// Rewrites the commit stream with only the newest
+    /// [`RETAINED_COMMIT_RECORDS`] records (temp -> fsync -> rename -> fsync
+    /// dir: a crash leaves the old stream or the new one, both valid).
+    fn trim_commits(&mut self) -> Result<(), StoreError> {
+        let drop_count = self.commits.len().saturating_sub(RETAINED_COMMIT_RECORDS);
+        let mut bytes = encode_commits_header().to_vec();
+        for record in &self.commits[drop_count..] {
+            bytes.extend_from_slice(&encode_commit_frame(record));
+        }
+        write_file_atomically(&self.commits_path, &bytes)?;
+        // The old handle points at the replaced file.
+        match OpenOptions::new().append(true).open(&self.commits_path) {
+            Ok(stream) => self.stream = stream,
+            Err(e) => {
+                self.failed = true;
+                return Err(StoreError::io(&self.commits_path)(e));
+            }
+        }
+        self.commits.drain(..drop_count);
+        tracing::info!(
+            path = %self.commits_path.display(),
+            dropped = drop_count,
+            kept = self.commits.len(),
+            "commit stream trimmed"
+        );
         Ok(())
     }
 

@@ -496,3 +496,43 @@ fn misuse_is_a_usage_error_and_changes_nothing() {
         stream_before
     );
 }
+
+#[test]
+fn the_commit_stream_stays_bounded_on_a_long_run() {
+    use weir::checkpoint::store::{RETAINED_COMMIT_RECORDS, TRIM_COMMITS_AT_RECORDS};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut store = CheckpointStore::open(dir).unwrap();
+    let total = 3 * TRIM_COMMITS_AT_RECORDS as u64 + 5;
+    let mut largest_bytes = 0;
+    for id in 1..=total {
+        store.commit(record(id, Vec::new())).unwrap();
+        largest_bytes = largest_bytes.max(
+            std::fs::metadata(dir.join(COMMITS_FILE_NAME))
+                .unwrap()
+                .len(),
+        );
+        assert!(store.commits().len() < TRIM_COMMITS_AT_RECORDS);
+    }
+    drop(store);
+    // Bounded: never more than the records before a trim.
+    let one_record = std::fs::metadata(dir.join(COMMITS_FILE_NAME))
+        .unwrap()
+        .len()
+        / 100;
+    assert!(largest_bytes < (TRIM_COMMITS_AT_RECORDS as u64 + 1) * (one_record + 64));
+    let kept = read_commits(dir).unwrap();
+    assert!(kept.len() >= RETAINED_COMMIT_RECORDS, "kept {}", kept.len());
+    assert_eq!(
+        kept.last().unwrap(),
+        &record(total, Vec::new()),
+        "the newest record survives"
+    );
+    // Reopened, it continues from the newest id.
+    let mut store = CheckpointStore::open(dir).unwrap();
+    store.commit(record(total + 1, Vec::new())).unwrap();
+    assert!(matches!(
+        store.commit(record(total, Vec::new())),
+        Err(StoreError::Usage(_))
+    ));
+}
