@@ -22,6 +22,10 @@ use weir::gen::SplitMix64;
 use weir::job::PaneRecord;
 use weir_dataflows::{Agg, Key};
 
+// As in the engine's binaries.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pane partials of 100K Zipf-ish keys over a few panes, as a tap ships them.
 fn records(n: usize) -> Vec<(PaneRecord, u64, i64)> {
     let mut rng = SplitMix64::new(7);

@@ -161,9 +161,25 @@ impl fmt::Display for FormatError {
 /// Sorts `updates` by `(key_group, data, time)`, sums the diffs of equal
 /// triples and drops zero sums.
 pub fn consolidate(updates: &mut Vec<PersistedUpdate>) {
-    updates.sort_unstable_by(|a, b| {
-        (a.key_group, &a.data, a.time).cmp(&(b.key_group, &b.data, b.time))
-    });
+    updates.sort_unstable_by(order);
+    sum_equal_runs(updates);
+}
+
+/// As [`consolidate`], for `updates` made of a few runs that are each
+/// sorted (the files of a checkpoint, concatenated): a stable sort finds the
+/// runs and merges them in about `n log(runs)` comparisons.
+pub fn consolidate_sorted_runs(updates: &mut Vec<PersistedUpdate>) {
+    updates.sort_by(order);
+    sum_equal_runs(updates);
+}
+
+fn order(a: &PersistedUpdate, b: &PersistedUpdate) -> std::cmp::Ordering {
+    (a.key_group, &a.data, a.time).cmp(&(b.key_group, &b.data, b.time))
+}
+
+/// Sums the diffs of equal adjacent triples of sorted `updates` and drops
+/// zero sums.
+fn sum_equal_runs(updates: &mut Vec<PersistedUpdate>) {
     let mut kept = 0;
     for i in 0..updates.len() {
         let same = kept > 0 && {

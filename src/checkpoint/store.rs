@@ -41,9 +41,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::format::{
-    check_commit_record, consolidate, decode_data_file, encode_commit_frame, encode_commits_header,
-    encode_data_file, scan_commits, verify_data_file, CommitRecord, DataFileId, FileMeta,
-    PersistedUpdate, COMMITS_FILE_NAME, KEY_GROUPS, MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
+    check_commit_record, consolidate, consolidate_sorted_runs, decode_data_file,
+    encode_commit_frame, encode_commits_header, encode_data_file, scan_commits, verify_data_file,
+    CommitRecord, DataFileId, FileMeta, PersistedUpdate, COMMITS_FILE_NAME, KEY_GROUPS,
+    MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
 };
 use crate::log::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
 use crate::log::MAX_RECORD_SIZE_BYTES;
@@ -503,7 +504,8 @@ pub fn load_checkpoint(
         decode_data_file(&bytes, meta, &key_groups, horizon_time, &mut out)
             .map_err(StoreError::corrupt(&path))?;
     }
-    consolidate(&mut out);
+    // Each file is sorted: the updates are one sorted run per file.
+    consolidate_sorted_runs(&mut out);
     Ok(out)
 }
 
