@@ -11,6 +11,7 @@ use crate::ingest::manifest::Manifest;
 use crate::ingest::MANIFEST_FILE_NAME;
 use crate::log::format::{list_segments, segment_path};
 use crate::log::{list_partitions, partition_dir, LogError};
+use crate::nexmark::{source_partition, NexmarkTable};
 use crate::run::EVENTS_TOPIC;
 
 /// Why inspection failed.
@@ -44,44 +45,63 @@ fn cut_text(cut: u64) -> String {
 pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
     let mut out = String::new();
     let log_dir = data_dir.join("log");
-    let manifest_path = log_dir.join(EVENTS_TOPIC).join(MANIFEST_FILE_NAME);
-    let manifest = match std::fs::read(&manifest_path) {
-        Ok(bytes) => {
-            Some(
-                Manifest::decode(&bytes).map_err(|(offset, reason)| InspectError::File {
-                    path: manifest_path.display().to_string(),
-                    reason: format!("corrupt at byte {offset}: {reason}"),
-                })?,
-            )
-        }
-        Err(_) => None,
-    };
-    let partitions = list_partitions(&log_dir, EVENTS_TOPIC)?;
-    writeln!(
-        out,
-        "input log {} (topic {EVENTS_TOPIC}): {} partition(s)",
-        log_dir.display(),
-        partitions.len()
-    )
-    .ok();
-    writeln!(out, "  partition  segments  bytes        records  source").ok();
-    for p in &partitions {
-        let dir = partition_dir(&log_dir, EVENTS_TOPIC, *p);
-        let segments = list_segments(&dir)?;
-        let bytes: u64 = segments
+    // Records per source partition (as checkpoints number them), for the
+    // backlog behind the newest checkpoint.
+    let mut records_by_source: std::collections::HashMap<u32, u64> =
+        std::collections::HashMap::default();
+    let mut topics: Vec<(String, Option<NexmarkTable>)> = vec![(EVENTS_TOPIC.to_owned(), None)];
+    topics.extend(
+        NexmarkTable::ALL
             .iter()
-            .filter_map(|base| std::fs::metadata(segment_path(&dir, *base)).ok())
-            .map(|m| m.len())
-            .sum();
-        let entry = manifest.as_ref().and_then(|m| m.partition(*p));
-        let records = entry.map_or_else(|| "?".to_owned(), |e| e.records.to_string());
-        let source = entry.map_or_else(String::new, |e| e.source_path.clone());
+            .map(|t| (t.name().to_owned(), Some(*t))),
+    );
+    for (topic, table) in &topics {
+        let topic_dir = log_dir.join(topic);
+        if topic != EVENTS_TOPIC && !topic_dir.is_dir() {
+            continue;
+        }
+        let manifest_path = topic_dir.join(MANIFEST_FILE_NAME);
+        let manifest =
+            match std::fs::read(&manifest_path) {
+                Ok(bytes) => Some(Manifest::decode(&bytes).map_err(|(offset, reason)| {
+                    InspectError::File {
+                        path: manifest_path.display().to_string(),
+                        reason: format!("corrupt at byte {offset}: {reason}"),
+                    }
+                })?),
+                Err(_) => None,
+            };
+        let partitions = list_partitions(&log_dir, topic)?;
         writeln!(
             out,
-            "  {p:<9}  {:<8}  {bytes:<11}  {records:<7}  {source}",
-            segments.len()
+            "input log {} (topic {topic}): {} partition(s)",
+            log_dir.display(),
+            partitions.len()
         )
         .ok();
+        writeln!(out, "  partition  segments  bytes        records  source").ok();
+        for p in &partitions {
+            let dir = partition_dir(&log_dir, topic, *p);
+            let segments = list_segments(&dir)?;
+            let bytes: u64 = segments
+                .iter()
+                .filter_map(|base| std::fs::metadata(segment_path(&dir, *base)).ok())
+                .map(|m| m.len())
+                .sum();
+            let entry = manifest.as_ref().and_then(|m| m.partition(*p));
+            if let Some(e) = entry {
+                let source = table.map_or(*p, |t| source_partition(t, *p));
+                records_by_source.insert(source, e.records);
+            }
+            let records = entry.map_or_else(|| "?".to_owned(), |e| e.records.to_string());
+            let source = entry.map_or_else(String::new, |e| e.source_path.clone());
+            writeln!(
+                out,
+                "  {p:<9}  {:<8}  {bytes:<11}  {records:<7}  {source}",
+                segments.len()
+            )
+            .ok();
+        }
     }
 
     let checkpoint_dir = data_dir.join("checkpoints");
@@ -145,9 +165,15 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
             let max = p
                 .max_ts_before
                 .map_or_else(|| "-".to_owned(), |m| m.to_string());
+            // The input not yet covered by the checkpoint, in records.
+            let behind = records_by_source
+                .get(&p.partition)
+                .map_or_else(String::new, |r| {
+                    format!(", {} records after it", r.saturating_sub(p.resume_offset))
+                });
             writeln!(
                 out,
-                "  partition {} resumes at offset {} (max ts before: {max})",
+                "  partition {} resumes at offset {} (max ts before: {max}{behind})",
                 p.partition, p.resume_offset
             )
             .ok();

@@ -482,3 +482,30 @@ fn run_without_input_runs_the_q5_demo_with_checkpoints() {
     assert_success(&run_weir(&args), "the demo again");
     assert_eq!(sorted_rows(&out, "windows"), rows);
 }
+
+#[test]
+fn inspect_lists_the_nexmark_topics_and_the_backlog_of_the_newest_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    gen_nexmark(&input, 20_000, 2);
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    let args = nexmark_args(NexmarkQuery::Q8, &input, &data, &out);
+    assert_success(&weir().args(&args).output().unwrap(), "q8");
+    let report = run_weir(&["inspect", "--data-dir", data.to_str().unwrap()]);
+    assert_success(&report, "inspect");
+    let text = String::from_utf8_lossy(&report.stdout);
+    for table in NexmarkTable::ALL {
+        assert!(
+            text.contains(&format!("(topic {}): 2 partition(s)", table.name())),
+            "{text}"
+        );
+    }
+    // q8 reads persons and auctions; a finished run has read them to the end.
+    let auction_1 = weir::nexmark::source_partition(NexmarkTable::Auction, 1);
+    assert!(
+        text.contains(&format!("partition {auction_1} resumes at offset"))
+            && text.contains(", 0 records after it"),
+        "{text}"
+    );
+    assert!(text.contains("(cut final)"), "{text}");
+}
