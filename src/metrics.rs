@@ -7,15 +7,11 @@
 //! files). The server is a plain thread answering one short request per
 //! connection, bounded in request size and time.
 
-use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use weir_dataflows::WindowRow;
 
 use crate::checkpoint::client::ClientStats;
 use crate::job::ArrangementGauge;
@@ -23,143 +19,19 @@ use crate::run::{RowObserver, RunGauges};
 use crate::sink::OutputCounts;
 use crate::source::SourceCounters;
 
-/// Buckets (upper bounds, seconds) of the latency histograms.
-pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+mod exposition;
+mod server;
+mod top_keys;
+mod usage;
+
+pub use exposition::{label_value, millis, Exposition, Histogram, LATENCY_BUCKETS_SECONDS};
+pub use server::{serve_text, Render};
+use top_keys::{TopKeys, TopKeysObserver};
+use usage::log_usage;
+pub use usage::{dir_usage, is_temp_or_lock};
 
 /// How many keys `weir_top_key_window_events` lists at most.
 pub const TOP_KEYS: usize = 10;
-
-/// A Prometheus histogram of durations with fixed buckets, updated lock-free.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Observations per bucket (not cumulative); the last is `+Inf`.
-    counts: Vec<AtomicU64>,
-    sum_ns: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    /// A histogram with the upper bounds `bounds` (seconds, increasing).
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_ns: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one duration.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let bucket = self
-            .bounds
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(
-            d.as_nanos().min(u128::from(u64::MAX)) as u64,
-            Ordering::Relaxed,
-        );
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-}
-
-/// Builds a response in the Prometheus text exposition format (0.0.4).
-#[derive(Debug, Default)]
-pub struct Exposition {
-    out: String,
-}
-
-impl Exposition {
-    /// An empty exposition.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        writeln!(
-            self.out,
-            "# HELP weir_{name} {help}\n# TYPE weir_{name} {kind}"
-        )
-        .ok();
-    }
-
-    /// A counter `weir_<name>` (the name ends in `_total`).
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "counter", help);
-        writeln!(self.out, "weir_{name} {value}").ok();
-    }
-
-    /// A gauge `weir_<name>`.
-    pub fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
-        self.family(name, "gauge", help);
-        writeln!(self.out, "weir_{name} {value}").ok();
-    }
-
-    /// A labelled family: `samples` are `(labels, value)`, labels already
-    /// formatted as `a="x",b="y"` (see [`label_value`]).
-    pub fn labelled(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
-        self.family(name, kind, help);
-        for (labels, value) in samples {
-            writeln!(self.out, "weir_{name}{{{labels}}} {value}").ok();
-        }
-    }
-
-    /// A histogram `weir_<name>` with its buckets, `_sum` and `_count`.
-    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.family(name, "histogram", help);
-        let mut cumulative = 0;
-        for (i, count) in h.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
-            let le = h
-                .bounds
-                .get(i)
-                .map_or("+Inf".to_owned(), ToString::to_string);
-            writeln!(self.out, "weir_{name}_bucket{{le=\"{le}\"}} {cumulative}").ok();
-        }
-        let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        // The count is the +Inf bucket, so the two always agree.
-        writeln!(
-            self.out,
-            "weir_{name}_sum {sum}\nweir_{name}_count {cumulative}"
-        )
-        .ok();
-    }
-
-    /// The text.
-    pub fn finish(self) -> String {
-        self.out
-    }
-}
-
-/// A label value, escaped (backslash, quote, newline) and cut to 64 characters.
-pub fn label_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len().min(64) + 2);
-    for c in value.chars().take(64) {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A duration in milliseconds, to the microsecond (for span fields).
-pub fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
 
 /// Milliseconds as seconds.
 fn secs(ms: u64) -> f64 {
@@ -170,145 +42,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// `(files, bytes)` of the regular files directly in `dir` whose names
-/// `keep` accepts (none if it cannot be read).
-pub fn dir_usage(dir: &Path, keep: impl Fn(&str) -> bool) -> (u64, u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return (0, 0);
-    };
-    let mut usage = (0, 0);
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !keep(&name.to_string_lossy()) {
-            continue;
-        }
-        if let Ok(meta) = entry.metadata() {
-            if meta.is_file() {
-                usage.0 += 1;
-                usage.1 += meta.len();
-            }
-        }
-    }
-    usage
-}
-
-/// Per topic of the log in `log_dir`: `(partitions, segments, bytes)`.
-fn log_usage(log_dir: &Path) -> Vec<(String, (u64, u64, u64))> {
-    let Ok(entries) = std::fs::read_dir(log_dir) else {
-        return Vec::new();
-    };
-    let mut topics: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|t| crate::log::validate_topic(t).is_ok())
-        .collect();
-    topics.sort();
-    topics
-        .into_iter()
-        .map(|topic| {
-            let mut usage = (0, 0, 0);
-            for p in crate::log::list_partitions(log_dir, &topic).unwrap_or_default() {
-                let (n, b) = dir_usage(&crate::log::partition_dir(log_dir, &topic, p), |n| {
-                    Path::new(n)
-                        .extension()
-                        .is_some_and(|x| x.eq_ignore_ascii_case("seg"))
-                });
-                usage.0 += 1;
-                usage.1 += n;
-                usage.2 += b;
-            }
-            (topic, usage)
-        })
-        .collect()
-}
-
-/// A checkpoint store's temp files and lock, left out of its usage.
-pub fn is_temp_or_lock(name: &str) -> bool {
-    name == crate::checkpoint::store::LOCK_FILE_NAME
-        || Path::new(name)
-            .extension()
-            .is_some_and(|x| x.eq_ignore_ascii_case("tmp"))
-}
-
-/// The top keys of one worker's window rows (see [`EngineMetrics`]).
-#[derive(Debug)]
-struct TopKeys {
-    /// The interval being collected: `(key, largest count)`, at most [`TOP_KEYS`].
-    current: Vec<(String, u64)>,
-    since: Instant,
-    rows: u64,
-    /// The last completed interval with rows.
-    published: Vec<(String, u64)>,
-}
-
-impl TopKeys {
-    fn new() -> Self {
-        Self {
-            current: Vec::new(),
-            since: Instant::now(),
-            rows: 0,
-            published: Vec::new(),
-        }
-    }
-
-    fn observe(&mut self, key: &str, count: u64) {
-        self.rows += 1;
-        if self.rows.is_multiple_of(256) && self.since.elapsed() >= Duration::from_secs(1) {
-            self.rotate();
-        }
-        if let Some(entry) = self.current.iter_mut().find(|(k, _)| k == key) {
-            entry.1 = entry.1.max(count);
-        } else if self.current.len() < TOP_KEYS {
-            self.current.push((key.to_owned(), count));
-        } else if let Some(min) = self.current.iter_mut().min_by_key(|(_, c)| *c) {
-            if count > min.1 {
-                *min = (key.to_owned(), count);
-            }
-        }
-    }
-
-    fn rotate(&mut self) {
-        if !self.current.is_empty() {
-            self.published = std::mem::take(&mut self.current);
-        }
-        self.since = Instant::now();
-    }
-
-    /// The published list, or the current one once its interval is over.
-    fn snapshot(&mut self) -> Vec<(String, u64)> {
-        if self.since.elapsed() >= Duration::from_secs(1) {
-            self.rotate();
-        }
-        self.published.clone()
-    }
-}
-
-/// One worker's row observer: feeds its [`TopKeys`], then the run's own
-/// observer (a harness's), if any.
-struct TopKeysObserver {
-    top: Arc<Mutex<TopKeys>>,
-    inner: Option<Arc<dyn RowObserver>>,
-}
-
-impl std::fmt::Debug for TopKeysObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopKeysObserver").finish_non_exhaustive()
-    }
-}
-
-impl RowObserver for TopKeysObserver {
-    fn window_row(&self, row: &WindowRow) {
-        self.top
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .observe(&row.key, row.agg.count);
-        if let Some(inner) = &self.inner {
-            inner.window_row(row);
-        }
-    }
 }
 
 /// Figures of an engine process beyond the sources' and the sidecar
@@ -700,55 +433,10 @@ pub fn serve(
     serve_text(addr, Box::new(move || render(&sources)), stop)
 }
 
-/// What a metrics endpoint answers: the exposition text.
-pub type Render = Box<dyn Fn() -> String + Send>;
-
-/// Serves `GET /metrics` with `render`'s text on `addr` (loopback only)
-/// until `stop` is set. Returns the bound address (useful with port 0).
-pub fn serve_text(
-    addr: SocketAddr,
-    render: Render,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<SocketAddr> {
-    if !addr.ip().is_loopback() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("--metrics-addr {addr} is not a loopback address"),
-        ));
-    }
-    let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new().name("weir-metrics".into()).spawn(move || {
-        while !stop.load(Ordering::Acquire) {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut request = [0u8; 1024];
-                    let n = stream.read(&mut request).unwrap_or(0);
-                    let first_line = String::from_utf8_lossy(&request[..n]);
-                    let response = if first_line.starts_with("GET /metrics") {
-                        let body = render();
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                    } else {
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-                    };
-                    let _ = stream.write_all(response.as_bytes());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => tracing::warn!(error = %e, "metrics endpoint accept failed"),
-            }
-        }
-    })?;
-    Ok(bound)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use super::*;
 
     #[test]
@@ -827,25 +515,5 @@ mod tests {
     fn metrics_label_values_are_escaped_and_bounded() {
         assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(label_value(&"k".repeat(100)).len(), 64);
-    }
-
-    #[test]
-    fn metrics_top_keys_keep_the_largest_counts_per_key_bounded() {
-        let mut top = TopKeys::new();
-        for i in 0..100u64 {
-            top.observe(&format!("key{i}"), i);
-        }
-        top.observe("key3", 1_000);
-        top.observe("key99", 5);
-        top.since -= Duration::from_secs(2);
-        let mut snapshot = top.snapshot();
-        snapshot.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
-        assert_eq!(snapshot.len(), TOP_KEYS);
-        assert_eq!(snapshot[0], ("key3".to_owned(), 1_000));
-        assert_eq!(snapshot[1], ("key99".to_owned(), 99));
-        assert_eq!(snapshot[TOP_KEYS - 1].1, 91);
-        // An interval without rows keeps the last published list.
-        top.since -= Duration::from_secs(2);
-        assert_eq!(top.snapshot().len(), TOP_KEYS);
     }
 }
