@@ -5,11 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use weir::csv_input::RowSchema;
 use weir::gen::{generate_zipf, ZipfParams};
-use weir::ingest::ingest_files;
+use weir::ingest::ingest_files_as;
 use weir::job::WindowQuery;
 use weir::log::{FsyncPolicy, LogConfig};
-use weir::nexmark::NexmarkQuery;
+use weir::nexmark::{NexmarkQuery, NexmarkTable};
 use weir::run::{
     read_hostfile, run, CheckpointOptions, ClusterOptions, GeneratedInput, RunOptions, RunSummary,
     EVENTS_TOPIC,
@@ -212,15 +213,29 @@ struct RunArgs {
 
 #[derive(Args, Debug)]
 struct IngestArgs {
-    /// CSV files with header ts,key,value.
+    /// CSV files with header ts,key,value (or, with --table, the table's header).
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// Ingest Nexmark table files (as `weir gen nexmark` writes) into that
+    /// table's topic instead of `events`.
+    #[arg(long, value_enum)]
+    table: Option<TableArg>,
     /// Directory of the input log.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
     /// always, never, interval or interval:<ms>.
     #[arg(long, default_value = "interval")]
     fsync: FsyncPolicy,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum TableArg {
+    /// person-<n>.csv
+    Person,
+    /// auction-<n>.csv
+    Auction,
+    /// bid-<n>.csv
+    Bid,
 }
 
 #[derive(Subcommand, Debug)]
@@ -557,9 +572,21 @@ fn ingest_command(args: &IngestArgs) -> Result<()> {
         fsync: args.fsync,
         ..LogConfig::default()
     };
-    let report = ingest_files(
+    let (topic, schema) = match args.table {
+        None => (EVENTS_TOPIC, RowSchema::Generic),
+        Some(t) => {
+            let table = match t {
+                TableArg::Person => NexmarkTable::Person,
+                TableArg::Auction => NexmarkTable::Auction,
+                TableArg::Bid => NexmarkTable::Bid,
+            };
+            (table.name(), RowSchema::Nexmark(table))
+        }
+    };
+    let report = ingest_files_as(
         &args.data_dir.join("log"),
-        EVENTS_TOPIC,
+        topic,
+        schema,
         &args.files,
         &config,
     )?;

@@ -509,3 +509,58 @@ fn inspect_lists_the_nexmark_topics_and_the_backlog_of_the_newest_checkpoint() {
     );
     assert!(text.contains("(cut final)"), "{text}");
 }
+
+#[test]
+fn ingest_with_a_table_feeds_a_later_run_and_is_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    gen_nexmark(&input, 30_000, 2);
+    let typed = read_generated(&input, 2);
+    let data = tmp.path().join("data");
+    let bids: Vec<String> = (0..2)
+        .map(|p| {
+            input
+                .join(format!("bid-{p}.csv"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let ingest = |extra: &[&str]| {
+        let mut args = vec!["ingest", "--data-dir", data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend(bids.iter().map(String::as_str));
+        run_weir(&args)
+    };
+    let first = ingest(&["--table", "bid"]);
+    assert_success(&first, "ingest --table bid");
+    let again = ingest(&["--table", "bid"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already ingested"));
+    // Without --table the header is not `ts,key,value`: refused with file and line.
+    let generic = ingest(&[]);
+    assert!(!generic.status.success());
+    assert!(String::from_utf8_lossy(&generic.stderr).contains("bid-0.csv:1"));
+    // A run names its input again (without --input it runs the demo); the
+    // files are already in the log, so nothing is ingested twice.
+    let out = tmp.path().join("out");
+    let mut args = vec![
+        "run",
+        "--query",
+        "q12",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lateness",
+        "1s",
+        "--until-end",
+        "--input",
+    ];
+    args.extend(bids.iter().map(String::as_str));
+    let run = run_weir(&args);
+    assert_success(&run, "q12 over the ingested log");
+    assert_eq!(
+        sorted_rows(&out, "windows"),
+        reference(NexmarkQuery::Q12, &typed, 1_000)
+    );
+}
