@@ -278,7 +278,7 @@ pub fn ingest_topics_locked(
     for (topic, schema, files) in topics.iter().filter(|t| !t.2.is_empty()) {
         let report = ingest_files_as(&data_dir.join("log"), topic, *schema, files, log_config)?;
         for file in &report.files {
-            tracing::info!(topic, path = %file.path.display(), partition = file.partition, records = file.records, skipped = file.skipped, "ingest");
+            tracing::debug!(topic, path = %file.path.display(), partition = file.partition, records = file.records, skipped = file.skipped, "ingest");
         }
     }
     drop(lock);
