@@ -23,7 +23,7 @@ use weir::checkpoint::store::read_commits;
 use weir::gen::{generate_zipf, SplitMix64, ZipfParams};
 use weir_dataflows::duration::parse_duration_ms;
 
-use crate::{git_commit, machine, Machine};
+use crate::RunHeader;
 
 /// Arguments of the chaos mode.
 #[derive(clap::Parser, Debug)]
@@ -53,10 +53,8 @@ pub struct ChaosArgs {
 
 #[derive(Serialize)]
 struct Summary {
-    mode: &'static str,
-    command: String,
-    git_commit: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: RunHeader,
     events: u64,
     workers: u64,
     kills: u64,
@@ -297,10 +295,7 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
         identical &= same;
     }
     let summary = Summary {
-        mode: "chaos",
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        git_commit: git_commit(),
-        machine: machine(),
+        header: RunHeader::new("chaos"),
         events: args.events,
         workers: args.workers,
         kills,

@@ -14,7 +14,7 @@ use weir::gen::{generate_zipf, ZipfParams};
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::WindowSpec;
 
-use crate::{git_commit, machine, Machine};
+use crate::RunHeader;
 
 /// Arguments of the cluster mode.
 #[derive(clap::Parser, Debug)]
@@ -58,10 +58,8 @@ struct ProcessResult {
 
 #[derive(Serialize)]
 struct Summary {
-    mode: &'static str,
-    command: String,
-    git_commit: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: RunHeader,
     processes: usize,
     workers_per_process: usize,
     events: u64,
@@ -182,10 +180,7 @@ pub fn cluster(args: &ClusterArgs) -> Result<()> {
         .max(1e-9);
     let throughput = args.events as f64 / elapsed;
     let summary = Summary {
-        mode: "cluster",
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        git_commit: git_commit(),
-        machine: machine(),
+        header: RunHeader::new("cluster"),
         processes: args.processes,
         workers_per_process: args.workers,
         events: args.events,

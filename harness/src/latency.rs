@@ -30,7 +30,7 @@ use weir_dataflows::{WindowRow, WindowSpec};
 
 use crate::latency_stats::{LatencyStats, Percentiles};
 use crate::pacing::{in_burst, Shape};
-use crate::{git_commit, machine, Machine};
+use crate::RunHeader;
 
 /// Arguments of the latency mode.
 #[derive(clap::Parser, Debug)]
@@ -122,10 +122,8 @@ impl RowObserver for Recorder {
 
 #[derive(Serialize)]
 struct Summary {
-    mode: &'static str,
-    command: String,
-    git_commit: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: RunHeader,
     config: Config,
     events: u64,
     /// Events appended per second of load, as achieved.
@@ -441,10 +439,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
     let m = measure(args, rate, args.duration, false)?;
     let percentiles = m.stats.percentiles();
     let out = Summary {
-        mode: "latency",
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        git_commit: git_commit(),
-        machine: machine(),
+        header: RunHeader::new("latency"),
         config: Config {
             rate,
             shape: format!("{:?}", args.shape),

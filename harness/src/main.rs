@@ -113,10 +113,8 @@ struct Measurement {
 
 #[derive(Serialize)]
 struct Summary {
-    mode: &'static str,
-    command: String,
-    git_commit: String,
-    machine: Machine,
+    #[serde(flatten)]
+    header: RunHeader,
     events: u64,
     keys: u32,
     partitions: u32,
@@ -125,6 +123,28 @@ struct Summary {
     lateness_ms: u64,
     checkpoint_interval_ms: Option<u64>,
     runs: Vec<Measurement>,
+}
+
+/// What every results summary starts with: the mode, the command line, the
+/// git commit and the machine.
+#[derive(Serialize)]
+pub struct RunHeader {
+    mode: &'static str,
+    command: String,
+    git_commit: String,
+    machine: Machine,
+}
+
+impl RunHeader {
+    /// The header of a `mode` run of this process.
+    pub fn new(mode: &'static str) -> Self {
+        RunHeader {
+            mode,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            git_commit: git_commit(),
+            machine: machine(),
+        }
+    }
 }
 
 /// The machine a measurement ran on.
@@ -290,10 +310,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
         });
     }
     let summary = Summary {
-        mode: "throughput",
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        git_commit: git_commit(),
-        machine: machine(),
+        header: RunHeader::new("throughput"),
         events: args.events,
         keys: args.keys,
         partitions: args.partitions,
