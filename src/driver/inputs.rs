@@ -92,18 +92,23 @@ impl InputPartition {
                 })
             }
             InputPartition::Generated {
+                id,
                 partition,
                 input,
                 table,
-                ..
             } => {
                 let query = query
                     .nexmark
                     .expect("generated input is for Nexmark queries");
-                Ok(Box::new(GeneratorFeed::new(
+                let feed = GeneratorFeed::new(
                     input.events,
                     (u64::from(partition), u64::from(input.partitions)),
                     start_offset,
+                    table,
+                );
+                Ok(Box::new(ProjectedFeed::new(
+                    feed,
+                    id,
                     (query, table),
                     resume,
                 )))

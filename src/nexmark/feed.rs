@@ -135,34 +135,31 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
     }
 }
 
-/// One partition of one table of the generator's events, read directly:
-/// of the first `events` events (all tables), `table`'s are numbered
-/// `0, 1, ...` in generator order, and partition `p` of `P` holds those
-/// numbered `p, p + P, ...`; offsets count them. Only `table`'s events are
-/// generated (the generator skips the others by their event number). The
-/// split differs from `weir gen nexmark`'s files (events `p, p + P, ...` of
-/// all tables), but each partition is in time order either way, so with no
-/// late events both give the same results (tested).
+/// One partition of one table of the generator's events, read directly, as
+/// stored records (wrap it in a [`ProjectedFeed`] for a query): of the
+/// first `events` events (all tables), `table`'s are numbered `0, 1, ...` in
+/// generator order, and partition `p` of `P` holds those numbered
+/// `p, p + P, ...`; offsets count them. Only `table`'s events are generated
+/// (the generator skips the others by their event number). The split
+/// differs from `weir gen nexmark`'s files (events `p, p + P, ...` of all
+/// tables), but each partition is in time order either way, so with no late
+/// events both give the same results (tested).
 pub struct GeneratorFeed {
     generator: nexmark::EventGenerator,
     next_offset: u64,
     end_offset: u64,
-    query: NexmarkQuery,
     table: NexmarkTable,
     key: String,
-    dominated: Option<DominatedBids>,
 }
 
 impl GeneratorFeed {
     /// The feed of `table` in partition `partition` of `partitions`, from
-    /// `start_offset`, for `query` (q7 also needs the lateness and the
-    /// largest time before `start_offset`, see [`DominatedBids`]).
+    /// `start_offset`.
     pub fn new(
         events: u64,
         (partition, partitions): (u64, u64),
         start_offset: u64,
-        (query, table): (NexmarkQuery, NexmarkTable),
-        (lateness_ms, max_ts_before): (u64, Option<u64>),
+        table: NexmarkTable,
     ) -> Self {
         assert!(partition < partitions);
         let table_events = super::gen::table_events(events, table);
@@ -174,11 +171,8 @@ impl GeneratorFeed {
                 .with_step(partitions),
             next_offset: start_offset,
             end_offset,
-            query,
             table,
             key: String::with_capacity(64),
-            dominated: (query == NexmarkQuery::Q7)
-                .then(|| DominatedBids::new(lateness_ms, max_ts_before)),
         }
     }
 }
@@ -194,19 +188,9 @@ impl PartitionFeed for GeneratorFeed {
             let offset = self.next_offset;
             self.next_offset += 1;
             let event = self.generator.next().expect("the generator never ends");
-            if let Some((ts, value)) = super::gen::stored_record(&event, self.table, &mut self.key)
-            {
-                let (key, value) = self
-                    .query
-                    .project(self.table, &self.key, value)
-                    .expect("generated records are well formed");
-                let dominated = self
-                    .dominated
-                    .as_mut()
-                    .is_some_and(|d| d.dominated(ts, value));
-                let key = if dominated { DOMINATED_KEY } else { key };
-                deliver(offset, ts, key, value);
-            }
+            let (ts, value) = super::gen::stored_record(&event, self.table, &mut self.key)
+                .expect("the type filter yields only the table's events");
+            deliver(offset, ts, &self.key, value);
         }
         Ok(if self.next_offset == self.end_offset {
             FeedStatus::Ended
