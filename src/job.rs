@@ -250,13 +250,8 @@ pub fn decode_restored(
 ) -> Result<RestoredState, String> {
     match query.spec {
         WindowSpec::Session { .. } => {
-            // The open sessions as of the cut: times do not matter, and an
-            // insertion and a later retraction cancel.
             let mut updates = updates;
-            for update in &mut updates {
-                update.time = 0;
-            }
-            crate::checkpoint::format::consolidate(&mut updates);
+            crate::checkpoint::format::consolidate_as_of_cut(&mut updates);
             if let Some(bad) = updates.iter().find(|u| u.diff != 1) {
                 return Err(format!(
                     "persisted sessions do not form a set: an update has multiplicity {}",

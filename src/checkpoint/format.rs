@@ -165,6 +165,16 @@ pub fn consolidate(updates: &mut Vec<PersistedUpdate>) {
     sum_equal_runs(updates);
 }
 
+/// Consolidates persisted *state* (open sessions): only its value as of the
+/// cut matters, so every time is advanced to 0 first and an insertion and a
+/// later retraction of the same record cancel.
+pub fn consolidate_as_of_cut(updates: &mut Vec<PersistedUpdate>) {
+    for update in updates.iter_mut() {
+        update.time = 0;
+    }
+    consolidate(updates);
+}
+
 /// As [`consolidate`], for `updates` made of a few runs that are each
 /// sorted (the files of a checkpoint, concatenated): a stable sort finds the
 /// runs and merges them in about `n log(runs)` comparisons.

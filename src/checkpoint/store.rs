@@ -41,10 +41,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::format::{
-    check_commit_record, consolidate, consolidate_sorted_runs, decode_data_file,
-    encode_commit_frame, encode_commits_header, encode_data_file, scan_commits, verify_data_file,
-    CommitRecord, DataFileId, FileMeta, PersistedUpdate, COMMITS_FILE_NAME, KEY_GROUPS,
-    MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
+    check_commit_record, consolidate, consolidate_as_of_cut, consolidate_sorted_runs,
+    decode_data_file, encode_commit_frame, encode_commits_header, encode_data_file, scan_commits,
+    verify_data_file, CommitRecord, DataFileId, FileMeta, PersistedUpdate, COMMITS_FILE_NAME,
+    KEY_GROUPS, MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
 };
 use crate::log::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
 use crate::log::MAX_RECORD_SIZE_BYTES;
@@ -381,10 +381,7 @@ impl CheckpointStore {
         let latest = self.commits.last().ok_or(UsageError::NothingToCompact)?;
         let mut updates = load_checkpoint(&self.dir, latest, |_| true, horizon_time)?;
         if state_as_of_cut {
-            for update in &mut updates {
-                update.time = 0;
-            }
-            consolidate(&mut updates);
+            consolidate_as_of_cut(&mut updates);
         }
         let meta = self.write_data_file(DataFileId::base(checkpoint_id), &updates)?;
         Ok(vec![meta])
