@@ -320,6 +320,15 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     Arc::clone(&counters),
                     checkpointing,
                 );
+                // This run has failed: a source error, another worker's
+                // failure, or (recorded here) a lost sidecar.
+                let failed = || {
+                    if let Some(e) = client.as_ref().and_then(|c| c.error()) {
+                        fail(RunError::Sidecar(e));
+                    }
+                    errors.lock().expect("poisoned").is_some()
+                        || failure.lock().expect("poisoned").is_some()
+                };
                 let mut last_flush = Instant::now();
                 loop {
                     let done = probe.done()
@@ -328,14 +337,8 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     if done {
                         break;
                     }
-                    if errors.lock().expect("poisoned").is_some()
-                        || failure.lock().expect("poisoned").is_some()
-                    {
+                    if failed() {
                         return abandon_dataflows(worker);
-                    }
-                    if let Some(e) = client.as_ref().and_then(|c| c.error()) {
-                        abandon_dataflows(worker);
-                        return fail(RunError::Sidecar(e));
                     }
                     worker.step_or_park(Some(Duration::from_millis(20)));
                     if let Some(sender) = &sender {
@@ -396,10 +399,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 // closure: a worker that fails drops its dataflows, and then
                 // the others' never complete; they must drop theirs too.
                 while worker.has_dataflows() {
-                    let failed = errors.lock().expect("poisoned").is_some()
-                        || failure.lock().expect("poisoned").is_some()
-                        || client.as_ref().is_some_and(|c| c.error().is_some());
-                    if failed {
+                    if failed() {
                         return abandon_dataflows(worker);
                     }
                     worker.step_or_park(Some(Duration::from_millis(20)));
