@@ -201,6 +201,7 @@ pub fn push_csv_field(out: &mut String, field: &str) {
     }
 }
 
+/// One CSV line of `fields` (quoted where needed), without its line end.
 fn line(fields: &[&str]) -> String {
     let mut out = String::with_capacity(64);
     for (i, field) in fields.iter().enumerate() {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{push_csv_field, NexmarkQuery, Q5_SLIDE_MS, WINDOW_MS};
+use super::{NexmarkQuery, Q5_SLIDE_MS, WINDOW_MS};
 
 /// A bid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,14 +69,7 @@ fn accepted<T: Clone>(partitions: &[Vec<T>], time: fn(&T) -> u64, lateness_ms: u
 }
 
 fn csv(fields: &[String]) -> String {
-    let mut out = String::new();
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_csv_field(&mut out, f);
-    }
-    out
+    super::line(&fields.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The result rows of `query` on `input` (CSV lines, sorted).
