@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::client::{SidecarAddress, SidecarClient};
 use crate::checkpoint::cut::CutAssembler;
 use crate::checkpoint::format::{CommitRecord, OutputLength};
-use crate::checkpoint::store::{load_checkpoint, newest_usable};
+use crate::checkpoint::store::newest_usable;
 use crate::checkpoint::transport::{Hello, WorkerCut};
 use crate::job::{
-    build_window_query, decode_restored, max_ahead_ms, track_arrangements, ArrangementGauge,
-    RestoredState, WorkerCheckpointing,
+    build_window_query, max_ahead_ms, open_restore, track_arrangements, ArrangementGauge,
+    RestoreReport, RestoredState, WorkerCheckpointing,
 };
 use crate::run::{
     expand_inputs, ingest_topics_locked, timely_config, CheckpointSummary, RunError, RunOptions,
@@ -67,8 +67,21 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     let mut summary_checkpoints = checkpoint.map(|_| CheckpointSummary::default());
     let restored: Option<CommitRecord> = match (checkpoint, summary_checkpoints.as_mut()) {
         (Some(_), Some(summary)) if checkpoint_dir.join("commits.log").exists() => {
-            match newest_usable(&checkpoint_dir, query.fingerprint())? {
+            let verify_started = Instant::now();
+            let usable = newest_usable(&checkpoint_dir, query.fingerprint())?;
+            summary.restore_verify = verify_started.elapsed();
+            if let Some((record, _)) = &usable {
+                tracing::info!(
+                    checkpoint_id = record.checkpoint_id,
+                    files = record.files.len(),
+                    bytes = record.files.iter().map(|f| f.size_bytes).sum::<u64>(),
+                    ms = summary.restore_verify.as_millis() as u64,
+                    "verified checkpoint"
+                );
+            }
+            match usable {
                 Some((record, warnings)) => {
+                    summary.restored_bytes = record.files.iter().map(|f| f.size_bytes).sum();
                     for warning in &warnings {
                         tracing::warn!(%warning, "newest checkpoint unusable, falling back");
                         eprintln!("WARNING: {warning}");
@@ -271,31 +284,38 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                                     updates = tracing::field::Empty,
                                     elapsed_ms = tracing::field::Empty,
                                 );
-                                let _entered = span.enter();
-                                let load_started = Instant::now();
-                                let loaded =
-                                    load_checkpoint(&checkpoint_dir, record, mine, horizon)
-                                        .map_err(RunError::Store)
-                                        .and_then(|u| {
-                                            decode_restored(&query, u).map_err(RunError::Restore)
-                                        });
-                                match loaded {
-                                    Ok(partials) => {
-                                        let took = load_started.elapsed();
-                                        span.record("updates", partials.len());
+                                let (restore_stats, engine_metrics) =
+                                    (Arc::clone(&restore_stats), Arc::clone(&engine_metrics));
+                                let failure = Arc::clone(&failure);
+                                let report = RestoreReport {
+                                    done: Box::new(move |updates, took| {
+                                        span.record("updates", updates);
                                         span.record("elapsed_ms", crate::metrics::millis(took));
-                                        engine_metrics.restored(partials.len(), took);
+                                        let _entered = span.enter();
+                                        engine_metrics.restored(updates as usize, took);
                                         tracing::info!(
                                             worker = index,
-                                            updates = partials.len(),
+                                            updates,
                                             ms = took.as_millis() as u64,
                                             "restored state"
                                         );
                                         let mut r = restore_stats.lock().expect("poisoned");
-                                        r.0 += partials.len() as u64;
+                                        r.0 += updates;
                                         r.1 = r.1.max(took);
-                                        partials
-                                    }
+                                    }),
+                                    failed: Box::new(move |e| {
+                                        failure.lock().expect("poisoned").get_or_insert(e);
+                                    }),
+                                };
+                                match open_restore(
+                                    &query,
+                                    &checkpoint_dir,
+                                    record,
+                                    mine,
+                                    horizon,
+                                    report,
+                                ) {
+                                    Ok(state) => state,
                                     Err(e) => return fail(e),
                                 }
                             }

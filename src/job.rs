@@ -1,27 +1,29 @@
 //! Assembles the generic window query on one worker: source, query dataflow,
 //! checkpoint tap and announcer, output operator and probe.
 
+mod restore;
+
+pub use restore::{open_restore, RestoreReport, RestoredState};
+use restore::{restored_panes, restored_sessions};
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use differential_dataflow::AsCollection;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
-use timely::dataflow::{ProbeHandle, Scope, Stream};
+use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
-use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, SessionCombiner, Update};
+use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, SessionCombiner};
 use weir_dataflows::nexmark::NexmarkQuery;
 use weir_dataflows::session::session_windows;
 use weir_dataflows::sliding::{fixed_windows, FixedWindows};
 use weir_dataflows::{LateRow, WindowRow, WindowSpec};
 
 use crate::checkpoint::cut::{cut_announcer, persist_tap, resume_only_tap, CutAssembler};
-use crate::checkpoint::format::{OutputLength, PersistedUpdate};
+use crate::checkpoint::format::OutputLength;
 use crate::sink::{output_operator, OutputRow};
 use crate::source::{
     partition_source, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress, SourceConfig,
@@ -210,74 +212,6 @@ pub struct WorkerCheckpointing {
 /// A session as persisted: the record of [`SessionCombiner`].
 pub type SessionRecord = <SessionCombiner as LocalCombiner>::Record;
 
-/// The persisted state a worker restores: pane partials of fixed windows,
-/// or open sessions.
-#[derive(Debug)]
-pub enum RestoredState {
-    /// Pane partials.
-    Panes(Vec<Update<PaneRecord>>),
-    /// Open sessions.
-    Sessions(Vec<Update<SessionRecord>>),
-}
-
-impl RestoredState {
-    /// Nothing restored, for `query`.
-    pub fn empty(query: &WindowQuery) -> Self {
-        match query.spec {
-            WindowSpec::Session { .. } => RestoredState::Sessions(Vec::new()),
-            _ => RestoredState::Panes(Vec::new()),
-        }
-    }
-
-    /// The number of updates.
-    pub fn len(&self) -> usize {
-        match self {
-            RestoredState::Panes(u) => u.len(),
-            RestoredState::Sessions(u) => u.len(),
-        }
-    }
-
-    /// Whether nothing was restored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Decodes persisted updates into `query`'s state.
-pub fn decode_restored(
-    query: &WindowQuery,
-    updates: Vec<PersistedUpdate>,
-) -> Result<RestoredState, String> {
-    match query.spec {
-        WindowSpec::Session { .. } => {
-            let mut updates = updates;
-            crate::checkpoint::format::consolidate_as_of_cut(&mut updates);
-            if let Some(bad) = updates.iter().find(|u| u.diff != 1) {
-                return Err(format!(
-                    "persisted sessions do not form a set: an update has multiplicity {}",
-                    bad.diff
-                ));
-            }
-            decode_updates(updates).map(RestoredState::Sessions)
-        }
-        _ => decode_updates(updates).map(RestoredState::Panes),
-    }
-}
-
-/// Decodes persisted updates into records.
-fn decode_updates<R: serde::de::DeserializeOwned>(
-    updates: Vec<PersistedUpdate>,
-) -> Result<Vec<Update<R>>, String> {
-    updates
-        .into_iter()
-        .map(|u| {
-            let record: R = bincode::deserialize(&u.data)
-                .map_err(|e| format!("persisted update at time {} does not decode: {e}", u.time))?;
-            Ok((record, u.time, u.diff as isize))
-        })
-        .collect()
-}
-
 /// Builds the window query over `feeds` (this worker's partitions) and
 /// returns a probe whose frontier is empty once every row has been sunk.
 #[allow(clippy::too_many_arguments)]
@@ -345,7 +279,7 @@ where
                     let RestoredState::Panes(restored) = c.restored_state else {
                         unreachable!("fixed windows restore pane partials")
                     };
-                    partials = partials.concat(restored_stream(scope, restored));
+                    partials = partials.concat(restored_panes(scope, restored));
                 }
                 let windows = FixedWindows {
                     size_ms: query.spec.size_ms(),
@@ -373,7 +307,7 @@ where
                     };
                     // Restored sessions re-enter as partials; the tap skips
                     // their re-insertion (times below the restored cut).
-                    partials = partials.concat(restored_stream(scope, restored));
+                    partials = partials.concat(restored_sessions(scope, restored));
                     assembler_for_tap = Some(c.assembler);
                 }
                 let (rows, state) =
@@ -405,27 +339,6 @@ where
         );
         probe
     })
-}
-
-/// A stream that emits `updates` once, at their own times, and ends.
-fn restored_stream<D: Clone + 'static>(
-    scope: Scope<'_, u64>,
-    updates: Vec<Update<D>>,
-) -> Stream<'_, u64, Vec<Update<D>>> {
-    let mut builder = OperatorBuilder::new("RestoredState".to_owned(), scope);
-    let (output, stream) = builder.new_output::<Vec<Update<D>>>();
-    let mut output: OutputBuilder<u64, CapacityContainerBuilder<Vec<Update<D>>>> =
-        OutputBuilder::from(output);
-    builder.build(move |mut capabilities| {
-        let mut cap = capabilities.pop();
-        let mut updates = Some(updates);
-        move |_frontiers| {
-            if let (Some(c), Some(u)) = (cap.take(), updates.take()) {
-                output.activate().session(&c).give_iterator(u.into_iter());
-            }
-        }
-    });
-    stream
 }
 
 /// The default read-ahead bound of the sources: a few windows (plus the

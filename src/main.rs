@@ -512,6 +512,11 @@ fn print_summary(s: &RunSummary, workers: usize) {
                     format_cut(cut)
                 );
                 println!(
+                    "restore verify    {:.1} MB checksummed in {:.3} s",
+                    c.restored_bytes as f64 / 1e6,
+                    c.restore_verify.as_secs_f64()
+                );
+                println!(
                     "restore load      {} updates in {:.3} s (slowest worker)",
                     c.restored_updates,
                     c.restore_load.as_secs_f64()

@@ -170,6 +170,12 @@ pub struct CheckpointSummary {
     pub restored_updates: u64,
     /// The slowest worker's time to load and decode its share.
     pub restore_load: Duration,
+    /// Time to pick the checkpoint to restore: read the commit stream and
+    /// checksum every file of the chosen checkpoint (and of newer unusable
+    /// ones).
+    pub restore_verify: Duration,
+    /// Bytes in the restored checkpoint's files.
+    pub restored_bytes: u64,
     /// The last checkpoint the sidecar confirmed: `(id, cut time)`.
     pub last_committed: Option<(u64, u64)>,
     /// Commit latency of the last checkpoint, µs.

@@ -38,7 +38,10 @@ pub use commit::{
     check_commit_record, decode_commit_record, encode_commit_frame, encode_commit_record,
     encode_commits_header, scan_commits, CommitScan,
 };
-pub use delta::{decode_data_file, encode_data_file, verify_data_file};
+pub use delta::{
+    check_data_file_crc, check_data_file_length, decode_data_file, decode_layout, decode_trailer,
+    encode_data_file, verify_data_file, visit_data_file, visit_group, GroupExtent, VisitUpdate,
+};
 
 /// Number of key groups; a key's group is a hash of it modulo this.
 pub const KEY_GROUPS: u16 = 256;

@@ -31,8 +31,12 @@
 //! The three delta points apply to base files written by `compact` too.
 
 mod error;
+mod read;
 
 pub use error::{StoreError, UsageError};
+pub use read::{
+    load_checkpoint, newest_usable, read_commits, visit_checkpoint_groups, CheckpointGroups,
+};
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -41,10 +45,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::format::{
-    check_commit_record, consolidate, consolidate_as_of_cut, consolidate_sorted_runs,
-    decode_data_file, encode_commit_frame, encode_commits_header, encode_data_file, scan_commits,
-    verify_data_file, CommitRecord, DataFileId, FileMeta, PersistedUpdate, COMMITS_FILE_NAME,
-    KEY_GROUPS, MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
+    check_commit_record, consolidate, consolidate_as_of_cut, encode_commit_frame,
+    encode_commits_header, encode_data_file, scan_commits, CommitRecord, DataFileId, FileMeta,
+    PersistedUpdate, COMMITS_FILE_NAME, KEY_GROUPS, MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
 };
 use crate::log::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
 use crate::log::MAX_RECORD_SIZE_BYTES;
@@ -441,123 +444,4 @@ impl CheckpointStore {
         }
         Ok(deleted)
     }
-}
-
-/// Reads the commit stream of `dir` without modifying it (no lock needed):
-/// the complete records, oldest first. A torn last frame ends the stream;
-/// other damage is [`StoreError::Corrupt`]. No stream: no records.
-pub fn read_commits(dir: &Path) -> Result<Vec<CommitRecord>, StoreError> {
-    let path = dir.join(COMMITS_FILE_NAME);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(&path)(e)),
-    };
-    Ok(scan_commits(&bytes)
-        .map_err(StoreError::corrupt(&path))?
-        .records)
-}
-
-/// Reads one data file and checks its size and CRC32C against `meta`.
-fn read_verified(dir: &Path, meta: &FileMeta) -> Result<(PathBuf, Vec<u8>), StoreError> {
-    if DataFileId::parse(&meta.name).is_none() {
-        return Err(UsageError::InvalidRecord {
-            reason: format!("`{}` is not a data file name", meta.name),
-        }
-        .into());
-    }
-    let path = dir.join(&meta.name);
-    let mut f = File::open(&path).map_err(StoreError::io(&path))?;
-    let len = f.metadata().map_err(StoreError::io(&path))?.len();
-    if len != meta.size_bytes {
-        return Err(StoreError::Corrupt {
-            byte_offset: len.min(meta.size_bytes),
-            reason: format!(
-                "file has {len} bytes, its commit record says {}",
-                meta.size_bytes
-            ),
-            path,
-        });
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    std::io::Read::read_to_end(&mut f, &mut bytes).map_err(StoreError::io(&path))?;
-    verify_data_file(&bytes, meta).map_err(StoreError::corrupt(&path))?;
-    Ok((path, bytes))
-}
-
-/// Loads checkpoint `record` from `dir`: the updates of the key groups
-/// `key_groups` accepts with time `>= horizon_time`, consolidated across its
-/// files. Every file is checked against the record's size and CRC32C before
-/// it is decoded; a mismatch is [`StoreError::Corrupt`] naming the file.
-pub fn load_checkpoint(
-    dir: &Path,
-    record: &CommitRecord,
-    key_groups: impl Fn(u16) -> bool,
-    horizon_time: u64,
-) -> Result<Vec<PersistedUpdate>, StoreError> {
-    let mut out = Vec::new();
-    for meta in &record.files {
-        let (path, bytes) = read_verified(dir, meta)?;
-        decode_data_file(&bytes, meta, &key_groups, horizon_time, &mut out)
-            .map_err(StoreError::corrupt(&path))?;
-    }
-    // Each file is sorted: the updates are one sorted run per file.
-    consolidate_sorted_runs(&mut out);
-    Ok(out)
-}
-
-/// The newest committed checkpoint of `dir` whose files all verify (size and
-/// CRC32C), with a warning for each newer one skipped (naming the file and
-/// the reason; also logged). `Ok(None)` if nothing was ever committed.
-/// Errors: a damaged commit stream; a checkpoint of a query with another
-/// fingerprint ([`StoreError::FingerprintMismatch`]); commits exist but none
-/// is usable ([`StoreError::NoUsableCheckpoint`]). Reads every file of the
-/// checkpoint it returns.
-pub fn newest_usable(
-    dir: &Path,
-    fingerprint: u64,
-) -> Result<Option<(CommitRecord, Vec<String>)>, StoreError> {
-    let commits = read_commits(dir)?;
-    if commits.is_empty() {
-        return Ok(None);
-    }
-    let mut reasons = Vec::new();
-    let mut unlisted = 0usize;
-    for record in commits.iter().rev() {
-        if record.query_fingerprint != fingerprint {
-            return Err(StoreError::FingerprintMismatch {
-                dir: dir.to_owned(),
-                checkpoint_id: record.checkpoint_id,
-                expected: fingerprint,
-                found: record.query_fingerprint,
-            });
-        }
-        let verified = record
-            .files
-            .iter()
-            .try_for_each(|meta| read_verified(dir, meta).map(drop));
-        match verified {
-            Ok(()) => {
-                if unlisted > 0 {
-                    reasons.push(format!("{unlisted} more checkpoints skipped"));
-                }
-                for reason in &reasons {
-                    tracing::warn!(dir = %dir.display(), "{reason}");
-                }
-                return Ok(Some((record.clone(), reasons)));
-            }
-            Err(e) if reasons.len() < MAX_REASONS => reasons.push(format!(
-                "checkpoint {} (cut time {}) skipped: {e}",
-                record.checkpoint_id, record.cut_time
-            )),
-            Err(_) => unlisted += 1,
-        }
-    }
-    if unlisted > 0 {
-        reasons.push(format!("{unlisted} older checkpoints are unusable too"));
-    }
-    Err(StoreError::NoUsableCheckpoint {
-        dir: dir.to_owned(),
-        reasons,
-    })
 }

@@ -100,7 +100,20 @@ pub fn encode_data_file(id: DataFileId, updates: &[PersistedUpdate]) -> (Vec<u8>
 /// Checks a whole data file against its commit record's size and CRC32C
 /// (and the CRC32C in its own trailer). Decode only files that pass.
 pub fn verify_data_file(bytes: &[u8], meta: &FileMeta) -> Result<(), FormatError> {
-    let len = bytes.len() as u64;
+    check_data_file_length(bytes.len() as u64, meta)?;
+    let crc_at = bytes.len() - 4;
+    check_data_file_crc(
+        crc_at as u64,
+        crc32c::crc32c(&bytes[..crc_at]),
+        u32_at(bytes, crc_at),
+        meta,
+    )
+}
+
+/// The length checks of [`verify_data_file`], for a reader that checksums
+/// a file in chunks: `len` must be `meta`'s size and hold a header and a
+/// trailer.
+pub fn check_data_file_length(len: u64, meta: &FileMeta) -> Result<(), FormatError> {
     if len != meta.size_bytes {
         return Err(FormatError {
             byte_offset: len.min(meta.size_bytes),
@@ -110,16 +123,24 @@ pub fn verify_data_file(bytes: &[u8], meta: &FileMeta) -> Result<(), FormatError
             ),
         });
     }
-    let min_len = DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES;
-    if bytes.len() < min_len {
+    let min_len = (DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES) as u64;
+    if len < min_len {
         return Err(FormatError {
             byte_offset: 0,
             reason: format!("file has {len} bytes, fewer than a header and trailer ({min_len})"),
         });
     }
-    let crc_at = bytes.len() - 4;
-    let computed = crc32c::crc32c(&bytes[..crc_at]);
-    let stored = u32_at(bytes, crc_at);
+    Ok(())
+}
+
+/// The checksum checks of [`verify_data_file`]: `computed` is the CRC32C of
+/// the bytes before `crc_at`, `stored` the one the file's last 4 bytes hold.
+pub fn check_data_file_crc(
+    crc_at: u64,
+    computed: u32,
+    stored: u32,
+    meta: &FileMeta,
+) -> Result<(), FormatError> {
     if computed != stored {
         return Err(FormatError {
             byte_offset: 0,
@@ -131,7 +152,7 @@ pub fn verify_data_file(bytes: &[u8], meta: &FileMeta) -> Result<(), FormatError
     }
     if stored != meta.crc32c {
         return Err(FormatError {
-            byte_offset: crc_at as u64,
+            byte_offset: crc_at,
             reason: format!(
                 "file CRC32C {stored:#010x} differs from its commit record's {:#010x} (another \
                  file of the same name)",
@@ -142,29 +163,60 @@ pub fn verify_data_file(bytes: &[u8], meta: &FileMeta) -> Result<(), FormatError
     Ok(())
 }
 
-/// Decodes a data file that passed [`verify_data_file`] against `meta`,
-/// appending to `out` its updates of the key groups `key_groups` accepts
-/// with time at least `horizon_time`, in file order. Structural checks
-/// (header matches the name, index consistent, records sorted and
-/// consolidated, times within `meta`'s range) still apply.
-pub fn decode_data_file(
-    bytes: &[u8],
+/// Where one key group's records lie in a data file, from its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupExtent {
+    /// The key group.
+    pub key_group: u16,
+    /// File offset of its first record.
+    pub offset: u64,
+    /// File offset just past its last record.
+    pub end: u64,
+    /// Its number of records.
+    pub records: u64,
+}
+
+/// The trailer of a data file: where its index starts, how many records it
+/// holds. `file_len` is the whole file's length; `trailer` its last
+/// [`DATA_FILE_TRAILER_LEN_BYTES`] bytes.
+pub fn decode_trailer(file_len: u64, trailer: &[u8]) -> Result<(u64, u64), FormatError> {
+    let err = |byte_offset: u64, reason: String| FormatError {
+        byte_offset,
+        reason,
+    };
+    let min_len = (DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES) as u64;
+    if file_len < min_len || trailer.len() != DATA_FILE_TRAILER_LEN_BYTES {
+        return Err(err(0, format!("file has only {file_len} bytes")));
+    }
+    let trailer_at = file_len - DATA_FILE_TRAILER_LEN_BYTES as u64;
+    let mut t = Cursor::new(trailer, trailer_at);
+    let index_offset = t.u64("index offset")?;
+    let record_count = t.u64("record count")?;
+    if index_offset < DATA_FILE_HEADER_LEN_BYTES as u64 || index_offset > trailer_at {
+        return Err(err(
+            trailer_at,
+            format!("index offset {index_offset} out of range"),
+        ));
+    }
+    Ok((index_offset, record_count))
+}
+
+/// Checks a data file's header against `meta`'s name and reads its index
+/// (`index`: the bytes from `index_offset` up to the trailer): the extent of
+/// every key group, in order, checked to tile the records section exactly.
+pub fn decode_layout(
+    header: &[u8],
+    index: &[u8],
+    (index_offset, record_count): (u64, u64),
     meta: &FileMeta,
-    key_groups: &dyn Fn(u16) -> bool,
-    horizon_time: u64,
-    out: &mut Vec<PersistedUpdate>,
-) -> Result<(), FormatError> {
+) -> Result<Vec<GroupExtent>, FormatError> {
     let err = |byte_offset: u64, reason: String| FormatError {
         byte_offset,
         reason,
     };
     let id = DataFileId::parse(&meta.name)
         .ok_or_else(|| err(0, format!("`{}` is not a data file name", meta.name)))?;
-    let len = bytes.len();
-    if len < DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES {
-        return Err(err(0, format!("file has only {len} bytes")));
-    }
-    let mut c = Cursor::new(&bytes[..DATA_FILE_HEADER_LEN_BYTES], 0);
+    let mut c = Cursor::new(header, 0);
     if &c.array::<8>("magic")? != DATA_FILE_MAGIC {
         return Err(err(0, "bad data file magic".to_owned()));
     }
@@ -180,17 +232,7 @@ pub fn decode_data_file(
         ));
     }
 
-    let trailer_at = len - DATA_FILE_TRAILER_LEN_BYTES;
-    let mut t = Cursor::new(&bytes[trailer_at..], trailer_at as u64);
-    let index_offset = t.u64("index offset")?;
-    let record_count = t.u64("record count")?;
-    if index_offset < DATA_FILE_HEADER_LEN_BYTES as u64 || index_offset > trailer_at as u64 {
-        return Err(err(
-            trailer_at as u64,
-            format!("index offset {index_offset} out of range"),
-        ));
-    }
-    let mut ix = Cursor::new(&bytes[index_offset as usize..trailer_at], index_offset);
+    let mut ix = Cursor::new(index, index_offset);
     let groups = ix.u32("index group count")? as usize;
     if groups > usize::from(KEY_GROUPS) || ix.remaining() != groups * INDEX_ENTRY_LEN_BYTES {
         return Err(err(
@@ -208,6 +250,7 @@ pub fn decode_data_file(
             ix.u64("group records")?,
         ));
     }
+    let mut extents = Vec::with_capacity(groups);
     let mut expected_offset = DATA_FILE_HEADER_LEN_BYTES as u64;
     let mut total = 0u64;
     for (i, &(at, key_group, offset, records)) in entries.iter().enumerate() {
@@ -226,6 +269,12 @@ pub fn decode_data_file(
         }
         total = total.saturating_add(records);
         expected_offset = end;
+        extents.push(GroupExtent {
+            key_group,
+            offset,
+            end,
+            records,
+        });
     }
     if expected_offset != index_offset || total != record_count {
         return Err(err(
@@ -236,35 +285,109 @@ pub fn decode_data_file(
             ),
         ));
     }
+    Ok(extents)
+}
 
-    for (i, &(_, key_group, offset, records)) in entries.iter().enumerate() {
-        if !key_groups(key_group) {
-            continue;
-        }
-        let end = entries.get(i + 1).map_or(index_offset, |e| e.2);
-        let mut g = Cursor::new(&bytes[offset as usize..end as usize], offset);
-        decode_group(&mut g, key_group, records, meta, horizon_time, out)?;
-        if g.remaining() != 0 {
-            return Err(g.error(format!(
-                "{} bytes after the last record of key group {key_group}",
-                g.remaining()
-            )));
-        }
+/// One decoded update, borrowed from the decoder: key group, encoded data,
+/// time, diff. Returning `Err(reason)` stops decoding with that reason at
+/// the record's offset.
+pub type VisitUpdate<'v> = dyn FnMut(u16, &[u8], u64, i64) -> Result<(), String> + 'v;
+
+/// Decodes the records of one key group, `bytes` being exactly its extent,
+/// calling `visit` for each with time at least `horizon_time`. Checks that
+/// the records are sorted and consolidated and their times within `meta`'s
+/// range.
+pub fn visit_group(
+    bytes: &[u8],
+    extent: &GroupExtent,
+    meta: &FileMeta,
+    horizon_time: u64,
+    visit: &mut VisitUpdate<'_>,
+) -> Result<(), FormatError> {
+    debug_assert_eq!(bytes.len() as u64, extent.end - extent.offset);
+    let mut g = Cursor::new(bytes, extent.offset);
+    decode_group(&mut g, extent, meta, horizon_time, visit)?;
+    if g.remaining() != 0 {
+        return Err(g.error(format!(
+            "{} bytes after the last record of key group {}",
+            g.remaining(),
+            extent.key_group
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes a data file that passed [`verify_data_file`] against `meta`,
+/// appending to `out` its updates of the key groups `key_groups` accepts
+/// with time at least `horizon_time`, in file order. Structural checks
+/// (header matches the name, index consistent, records sorted and
+/// consolidated, times within `meta`'s range) still apply.
+pub fn decode_data_file(
+    bytes: &[u8],
+    meta: &FileMeta,
+    key_groups: &dyn Fn(u16) -> bool,
+    horizon_time: u64,
+    out: &mut Vec<PersistedUpdate>,
+) -> Result<(), FormatError> {
+    visit_data_file(
+        bytes,
+        meta,
+        key_groups,
+        horizon_time,
+        &mut |key_group, data, time, diff| {
+            out.push(PersistedUpdate {
+                key_group,
+                data: data.to_vec(),
+                time,
+                diff,
+            });
+            Ok(())
+        },
+    )
+}
+
+/// As [`decode_data_file`], handing each update to `visit` instead of
+/// copying it.
+pub fn visit_data_file(
+    bytes: &[u8],
+    meta: &FileMeta,
+    key_groups: &dyn Fn(u16) -> bool,
+    horizon_time: u64,
+    visit: &mut VisitUpdate<'_>,
+) -> Result<(), FormatError> {
+    let len = bytes.len();
+    if len < DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES {
+        return Err(FormatError {
+            byte_offset: 0,
+            reason: format!("file has only {len} bytes"),
+        });
+    }
+    let trailer_at = len - DATA_FILE_TRAILER_LEN_BYTES;
+    let trailer = decode_trailer(len as u64, &bytes[trailer_at..])?;
+    let extents = decode_layout(
+        &bytes[..DATA_FILE_HEADER_LEN_BYTES],
+        &bytes[trailer.0 as usize..trailer_at],
+        trailer,
+        meta,
+    )?;
+    for extent in extents.iter().filter(|e| key_groups(e.key_group)) {
+        let range = extent.offset as usize..extent.end as usize;
+        visit_group(&bytes[range], extent, meta, horizon_time, visit)?;
     }
     Ok(())
 }
 
 fn decode_group(
     c: &mut Cursor<'_>,
-    key_group: u16,
-    records: u64,
+    extent: &GroupExtent,
     meta: &FileMeta,
     horizon_time: u64,
-    out: &mut Vec<PersistedUpdate>,
+    visit: &mut VisitUpdate<'_>,
 ) -> Result<(), FormatError> {
+    let key_group = extent.key_group;
     let mut data: Vec<u8> = Vec::new();
     let mut time = 0u64;
-    for i in 0..records {
+    for i in 0..extent.records {
         let at = c.offset();
         let bad = |reason: &str| FormatError {
             byte_offset: at,
@@ -310,12 +433,7 @@ fn decode_group(
             return Err(bad("time outside the file's range in its commit record"));
         }
         if time >= horizon_time {
-            out.push(PersistedUpdate {
-                key_group,
-                data: data.clone(),
-                time,
-                diff,
-            });
+            visit(key_group, &data, time, diff).map_err(|reason| bad(&reason))?;
         }
     }
     Ok(())

@@ -1,0 +1,240 @@
+//! A worker's restored state: its key groups' share of the checkpoint a run
+//! resumes from, fed into the query dataflow.
+//!
+//! Pane partials are streamed: the `RestoredState` operator reads and
+//! decodes a few key groups per activation, straight from the files' byte
+//! ranges, so the restored state is never held twice (once in a vector, once
+//! in the arrangements) and the downstream operators start on it at once.
+//! They are not consolidated across files: the windows' `reduce` arranges
+//! and so consolidates its input, and the collection is the same either
+//! way. Open sessions must form a set as of the cut, so they are loaded and
+//! consolidated before the dataflow starts.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::{Scope, Stream};
+use weir_dataflows::combiner::Update;
+use weir_dataflows::WindowSpec;
+
+use super::{PaneRecord, SessionRecord, WindowQuery};
+use crate::checkpoint::format::{consolidate_as_of_cut, CommitRecord, PersistedUpdate};
+use crate::checkpoint::store::CheckpointGroups;
+use crate::run::RunError;
+
+/// Records decoded per activation of the `RestoredState` operator (a few
+/// milliseconds of work, so other operators run in between).
+const RESTORE_CHUNK_RECORDS: u64 = 65_536;
+
+/// Where a worker's restore reports its outcome.
+pub struct RestoreReport {
+    /// Called once every update was delivered: how many, and the time spent
+    /// reading and decoding them.
+    pub done: Box<dyn FnOnce(u64, Duration)>,
+    /// Called on a read or decode error. The restored stream then keeps its
+    /// capability, so nothing downstream ever takes the state as complete.
+    pub failed: Box<dyn FnOnce(RunError)>,
+}
+
+/// The persisted state a worker restores: pane partials of fixed windows
+/// (streamed), or open sessions.
+pub enum RestoredState {
+    /// Pane partials, read as the dataflow runs (nothing to read: `None`).
+    Panes(Option<PaneStream>),
+    /// Open sessions.
+    Sessions(Vec<Update<SessionRecord>>),
+}
+
+/// A worker's pane partials, still on disk.
+pub struct PaneStream {
+    groups: CheckpointGroups,
+    horizon_time: u64,
+    report: RestoreReport,
+    delivered: u64,
+    busy: Duration,
+}
+
+impl RestoredState {
+    /// Nothing restored, for `query`.
+    pub fn empty(query: &WindowQuery) -> Self {
+        match query.spec {
+            WindowSpec::Session { .. } => RestoredState::Sessions(Vec::new()),
+            _ => RestoredState::Panes(None),
+        }
+    }
+}
+
+/// Opens this worker's share of checkpoint `record` (found by
+/// [`crate::checkpoint::store::newest_usable`] in this process): the key
+/// groups `key_groups` accepts, updates with time `>= horizon_time`. Every
+/// file's layout is read and checked here; sessions are loaded here, pane
+/// partials as the dataflow runs. A record that does not decode is refused
+/// with its file and offset.
+pub fn open_restore(
+    query: &WindowQuery,
+    dir: &Path,
+    record: &CommitRecord,
+    key_groups: impl Fn(u16) -> bool,
+    horizon_time: u64,
+    report: RestoreReport,
+) -> Result<RestoredState, RunError> {
+    let started = Instant::now();
+    let groups = CheckpointGroups::open(dir, record, key_groups)?;
+    if !matches!(query.spec, WindowSpec::Session { .. }) {
+        return Ok(RestoredState::Panes(Some(PaneStream {
+            groups,
+            horizon_time,
+            report,
+            delivered: 0,
+            busy: started.elapsed(),
+        })));
+    }
+    let mut updates = Vec::new();
+    groups.visit(horizon_time, &mut |key_group, data, time, diff| {
+        updates.push(PersistedUpdate {
+            key_group,
+            data: data.to_vec(),
+            time,
+            diff,
+        });
+        Ok(())
+    })?;
+    consolidate_as_of_cut(&mut updates);
+    if let Some(bad) = updates.iter().find(|u| u.diff != 1) {
+        return Err(RunError::Restore(format!(
+            "persisted sessions do not form a set: an update has multiplicity {}",
+            bad.diff
+        )));
+    }
+    let sessions: Vec<Update<SessionRecord>> = updates
+        .into_iter()
+        .map(|u| {
+            let record: SessionRecord = bincode::deserialize(&u.data).map_err(|e| {
+                RunError::Restore(format!(
+                    "persisted session at time {} does not decode: {e}",
+                    u.time
+                ))
+            })?;
+            Ok((record, u.time, u.diff as isize))
+        })
+        .collect::<Result<_, RunError>>()?;
+    (report.done)(sessions.len() as u64, started.elapsed());
+    Ok(RestoredState::Sessions(sessions))
+}
+
+/// What one activation of the restored stream produced.
+enum Produced {
+    /// Updates were added to the buffer, and more may follow.
+    More,
+    /// Updates may have been added; that was the last of them.
+    Done,
+    /// The restore failed (and reported it).
+    Failed,
+}
+
+impl PaneStream {
+    /// Reads and decodes the next few key groups into `chunk`; returns
+    /// whether any are left.
+    fn next_chunk(&mut self, chunk: &mut Vec<Update<PaneRecord>>) -> Result<bool, RunError> {
+        let started = Instant::now();
+        let before = chunk.len();
+        let more = self.groups.visit_some(
+            self.horizon_time,
+            RESTORE_CHUNK_RECORDS,
+            &mut |_, data, time, diff| {
+                let pane: PaneRecord = bincode::deserialize(data)
+                    .map_err(|e| format!("persisted pane partial does not decode: {e}"))?;
+                chunk.push((pane, time, diff as isize));
+                Ok(())
+            },
+        )?;
+        self.busy += started.elapsed();
+        self.delivered += (chunk.len() - before) as u64;
+        Ok(more)
+    }
+}
+
+/// The restored pane partials as a stream of updates (at timely time 0,
+/// each update carrying its own time), read a chunk per activation.
+pub fn restored_panes(
+    scope: Scope<'_, u64>,
+    panes: Option<PaneStream>,
+) -> Stream<'_, u64, Vec<Update<PaneRecord>>> {
+    let mut panes = panes;
+    restored_stream(scope, move |chunk| {
+        let Some(stream) = panes.as_mut() else {
+            return Produced::Done;
+        };
+        match stream.next_chunk(chunk) {
+            Ok(true) => Produced::More,
+            Ok(false) => {
+                let PaneStream {
+                    report,
+                    delivered,
+                    busy,
+                    ..
+                } = panes.take().expect("checked above");
+                (report.done)(delivered, busy);
+                Produced::Done
+            }
+            Err(e) => {
+                let PaneStream { report, .. } = panes.take().expect("checked above");
+                (report.failed)(e);
+                Produced::Failed
+            }
+        }
+    })
+}
+
+/// Restored open sessions as a stream of updates (at timely time 0).
+pub fn restored_sessions(
+    scope: Scope<'_, u64>,
+    sessions: Vec<Update<SessionRecord>>,
+) -> Stream<'_, u64, Vec<Update<SessionRecord>>> {
+    let mut sessions = Some(sessions);
+    restored_stream(scope, move |chunk| {
+        if let Some(all) = sessions.take() {
+            *chunk = all;
+        }
+        Produced::Done
+    })
+}
+
+/// An operator that gives what `produce` puts in its buffer (one call per
+/// activation; the buffer is reused, so its memory stays warm) at timely
+/// time 0 until it is done. After a failure it holds its capability: the
+/// run is stopping and nothing may look complete.
+fn restored_stream<D: Clone + 'static>(
+    scope: Scope<'_, u64>,
+    mut produce: impl FnMut(&mut Vec<Update<D>>) -> Produced + 'static,
+) -> Stream<'_, u64, Vec<Update<D>>> {
+    let mut builder = OperatorBuilder::new("RestoredState".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
+    let (output, stream) = builder.new_output::<Vec<Update<D>>>();
+    let mut output: OutputBuilder<u64, CapacityContainerBuilder<Vec<Update<D>>>> =
+        OutputBuilder::from(output);
+    builder.build(move |mut capabilities| {
+        let mut cap = capabilities.pop();
+        let mut failed = false;
+        let mut buffer = Vec::new();
+        move |_frontiers| {
+            let Some(c) = cap.as_ref().filter(|_| !failed) else {
+                return;
+            };
+            let produced = produce(&mut buffer);
+            if matches!(produced, Produced::Failed) {
+                failed = true;
+                return;
+            }
+            output.activate().session(c).give_iterator(buffer.drain(..));
+            match produced {
+                Produced::More => activator.activate(),
+                _ => cap = None,
+            }
+        }
+    });
+    stream
+}
