@@ -26,8 +26,8 @@ use thiserror::Error;
 
 use super::sidecar::{read_token_file, TOKEN_FILE_NAME};
 use super::transport::{
-    encode_frame, read_frame, write_frame, FrameBuffer, FrameError, FromSidecar, Hello, ToSidecar,
-    WorkerCut, MAX_PAYLOAD_BYTES,
+    encode_frame, read_frame, split_share, write_frame, FrameBuffer, FrameError, FromSidecar,
+    Hello, ToSidecar, WorkerCut, MAX_PAYLOAD_BYTES,
 };
 use crate::metrics::{Histogram, LATENCY_BUCKETS_SECONDS};
 
@@ -462,7 +462,20 @@ fn client_thread(mut stream: Stream, rx: &Receiver<(WorkerCut, Instant)>, shared
                 );
                 let _entered = span.enter();
                 let started = Instant::now();
-                match send(&mut stream, &ToSidecar::WorkerCut(cut)) {
+                let mut cut = cut;
+                let mut sent = Ok(0);
+                for part in split_share(&mut cut, SHARE_FRAME_BUDGET_BYTES) {
+                    sent = sent.and_then(|total| {
+                        send(&mut stream, &ToSidecar::CutUpdates(part)).map(|b| total + b)
+                    });
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                let sent = sent.and_then(|early| {
+                    send(&mut stream, &ToSidecar::WorkerCut(cut)).map(|last| early + last)
+                });
+                match sent {
                     Ok(bytes) => {
                         span.record("bytes", bytes);
                         span.record("elapsed_ms", crate::metrics::millis(started.elapsed()));
@@ -496,6 +509,11 @@ fn client_thread(mut stream: Stream, rx: &Receiver<(WorkerCut, Instant)>, shared
     }
     stream.shutdown();
 }
+
+/// Updates per frame of a worker's share: a larger share is split into
+/// [`ToSidecar::CutUpdates`] frames (half the frame limit, so the share's
+/// partitions and outputs always fit in its last frame).
+const SHARE_FRAME_BUDGET_BYTES: usize = MAX_PAYLOAD_BYTES / 2;
 
 /// Writes `message`; returns the frame's size in bytes.
 fn send(stream: &mut Stream, message: &ToSidecar) -> Result<u64, ClientError> {

@@ -6,7 +6,9 @@
 //! ```
 //!
 //! `kind` names the message ([`ToSidecar`] 0x01 hello, 0x02 worker cut, 0x03
-//! goodbye; [`FromSidecar`] 0x81 welcome, 0x82 committed, 0x83 refused). The
+//! goodbye, 0x04 cut updates; [`FromSidecar`] 0x81 welcome, 0x82 committed,
+//! 0x83 refused). A worker's share larger than half a frame goes as cut
+//! updates frames followed by its worker cut ([`split_share`]). The
 //! payload starts with the kind again (so that the checksum covers it: a
 //! flipped kind byte cannot turn one valid message into another) followed
 //! by the fields, hand-encoded (layout in `codec`: plain little-endian, with
@@ -135,13 +137,66 @@ pub struct WorkerCut {
     pub outputs: Vec<OutputLength>,
 }
 
+/// More updates of one worker's share of a checkpoint, sent before the
+/// share's [`WorkerCut`] when the share is too large for one frame (see
+/// [`split_share`]); the sidecar holds them until the `WorkerCut` arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutUpdates {
+    /// Global index of the worker.
+    pub worker: u32,
+    /// The checkpoint the updates belong to.
+    pub checkpoint_id: u64,
+    /// Some of the worker's updates for the checkpoint.
+    pub updates: Vec<PersistedUpdate>,
+}
+
+/// Bytes one update takes in a frame.
+pub fn encoded_update_bytes(update: &PersistedUpdate) -> usize {
+    2 + 4 + update.data.len() + 8 + 8
+}
+
+/// Splits `cut` so that no frame's updates take more than `budget_bytes`:
+/// the leading updates go into [`CutUpdates`] frames, to be sent first, and
+/// the rest stays in `cut`. Each frame gets at least one update.
+pub fn split_share(cut: &mut WorkerCut, budget_bytes: usize) -> Vec<CutUpdates> {
+    let total: usize = cut.updates.iter().map(encoded_update_bytes).sum();
+    if total <= budget_bytes {
+        return Vec::new();
+    }
+    let mut parts = Vec::new();
+    let mut rest = std::mem::take(&mut cut.updates).into_iter().peekable();
+    let mut remaining = total;
+    while remaining > budget_bytes {
+        let mut part = Vec::new();
+        let mut part_bytes = 0usize;
+        while let Some(u) = rest.peek() {
+            let size = encoded_update_bytes(u);
+            if !part.is_empty() && part_bytes + size > budget_bytes {
+                break;
+            }
+            part_bytes += size;
+            part.push(rest.next().expect("peeked"));
+        }
+        remaining -= part_bytes;
+        parts.push(CutUpdates {
+            worker: cut.worker,
+            checkpoint_id: cut.checkpoint_id,
+            updates: part,
+        });
+    }
+    cut.updates = rest.collect();
+    parts
+}
+
 /// A message from an engine process to the sidecar.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ToSidecar {
     /// First message of a connection.
     Hello(Hello),
-    /// One worker's share of a checkpoint.
+    /// One worker's share of a checkpoint (its last frame, if split).
     WorkerCut(WorkerCut),
+    /// Leading updates of a worker's share too large for one frame.
+    CutUpdates(CutUpdates),
     /// The process is done; it will send nothing more.
     Goodbye,
 }
@@ -200,6 +255,7 @@ use sealed::Wire;
 const KIND_HELLO: u8 = 0x01;
 const KIND_WORKER_CUT: u8 = 0x02;
 const KIND_GOODBYE: u8 = 0x03;
+const KIND_CUT_UPDATES: u8 = 0x04;
 const KIND_WELCOME: u8 = 0x81;
 const KIND_COMMITTED: u8 = 0x82;
 const KIND_REFUSED: u8 = 0x83;
@@ -210,6 +266,7 @@ impl Wire for ToSidecar {
             ToSidecar::Hello(_) => KIND_HELLO,
             ToSidecar::WorkerCut(_) => KIND_WORKER_CUT,
             ToSidecar::Goodbye => KIND_GOODBYE,
+            ToSidecar::CutUpdates(_) => KIND_CUT_UPDATES,
         }
     }
 
@@ -232,6 +289,11 @@ impl Wire for ToSidecar {
                 enc.updates(&c.updates);
                 enc.partitions(&c.partitions);
                 enc.outputs(&c.outputs);
+            }
+            ToSidecar::CutUpdates(c) => {
+                enc.u32(c.worker);
+                enc.u64(c.checkpoint_id);
+                enc.updates(&c.updates);
             }
             ToSidecar::Goodbye => {}
         }
@@ -256,6 +318,11 @@ impl Wire for ToSidecar {
                 updates: d.updates()?,
                 partitions: d.partitions()?,
                 outputs: d.outputs()?,
+            }),
+            KIND_CUT_UPDATES => ToSidecar::CutUpdates(CutUpdates {
+                worker: d.u32("worker")?,
+                checkpoint_id: d.u64("checkpoint id")?,
+                updates: d.updates()?,
             }),
             KIND_GOODBYE => ToSidecar::Goodbye,
             other => return Err(format!("unknown message kind {other:#04x} for the sidecar")),

@@ -19,7 +19,7 @@ use weir::checkpoint::sidecar::{
 };
 use weir::checkpoint::store::{load_checkpoint, read_commits, StoreError};
 use weir::checkpoint::transport::{
-    encode_frame, read_frame, FromSidecar, Hello, ToSidecar, WorkerCut,
+    encode_frame, read_frame, FromSidecar, Hello, ToSidecar, WorkerCut, MAX_PAYLOAD_BYTES,
 };
 
 use crate::support::free_ports;
@@ -538,6 +538,36 @@ fn sidecar_refuses_garbage_and_a_silent_peer() {
     // The real client is unaffected.
     send(&client, cut(0, 1, 0, 10));
     wait_until("commit", || client.last_committed() == Some((1, 10)));
+    client.close().unwrap();
+    sidecar.join().unwrap().unwrap();
+}
+
+#[test]
+fn sidecar_commits_a_share_larger_than_one_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start_sidecar(dir.path(), Listen::Unix);
+    let client = connect(&unix(dir.path()), &hello(0, 1, 1));
+    // About 80 MB of updates: more than one frame may carry, so the client
+    // sends them as several frames and the sidecar joins them.
+    let mut big = cut(0, 1, 0, 50);
+    big.updates = (0..20_000u32)
+        .map(|i| PersistedUpdate {
+            key_group: (i % 256) as u16,
+            data: format!("{i:08}").repeat(500).into_bytes(),
+            time: u64::from(i % 50),
+            diff: 1,
+        })
+        .collect();
+    let total: usize = big.updates.iter().map(|u| u.data.len()).sum();
+    assert!(total > MAX_PAYLOAD_BYTES, "{total} bytes fit in one frame");
+    let mut expected = big.updates.clone();
+    send(&client, big);
+    wait_until("commit 1", || client.last_committed() == Some((1, 50)));
+    assert!(client.error().is_none(), "{:?}", client.error());
+    let commits = read_commits(&store_dir(dir.path())).unwrap();
+    let state = load_checkpoint(&store_dir(dir.path()), &commits[0], |_| true, 0).unwrap();
+    weir::checkpoint::format::consolidate(&mut expected);
+    assert_eq!(state, expected);
     client.close().unwrap();
     sidecar.join().unwrap().unwrap();
 }

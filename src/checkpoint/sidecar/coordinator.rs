@@ -25,12 +25,13 @@ use std::time::Instant;
 
 use super::metrics::SidecarMetrics;
 
+use crate::checkpoint::format::PersistedUpdate;
 use crate::checkpoint::format::{
     validate_output_name, CommitRecord, FileMeta, OutputLength, PartitionResume, KEY_GROUPS,
     MAX_UPDATE_DATA_BYTES,
 };
 use crate::checkpoint::store::{CheckpointStore, StoreError};
-use crate::checkpoint::transport::{Hello, WorkerCut};
+use crate::checkpoint::transport::{encoded_update_bytes, CutUpdates, Hello, WorkerCut};
 
 /// At most this many checkpoints may be incomplete at once.
 pub const MAX_PENDING_CHECKPOINTS: u64 = 16;
@@ -90,7 +91,14 @@ pub struct Coordinator {
     /// Every commit of the store, oldest first (ids keep growing past a fallback).
     history: Vec<CommitRecord>,
     pending: BTreeMap<u64, PendingCheckpoint>,
+    /// Leading updates of split shares, by (checkpoint id, worker), until
+    /// the share's `WorkerCut` arrives; and their encoded size.
+    early_updates: BTreeMap<(u64, u32), Vec<PersistedUpdate>>,
+    early_bytes: usize,
 }
+
+/// At most this many bytes of split shares' leading updates are held.
+pub const MAX_EARLY_UPDATE_BYTES: usize = 8 << 30;
 
 impl Coordinator {
     /// A coordinator continuing after the store's `commits` (oldest first).
@@ -102,6 +110,8 @@ impl Coordinator {
             last: commits.last().cloned(),
             history: commits,
             pending: BTreeMap::new(),
+            early_updates: BTreeMap::new(),
+            early_bytes: 0,
         }
     }
 
@@ -200,6 +210,8 @@ impl Coordinator {
                     );
                 }
                 self.pending.clear();
+                self.early_updates.clear();
+                self.early_bytes = 0;
                 if let Some(base) = hello.restored_from {
                     let Some(record) = self.history.iter().find(|r| r.checkpoint_id == base) else {
                         return Err(format!("the engine restored checkpoint {base}, which this store never committed"));
@@ -226,14 +238,51 @@ impl Coordinator {
         self.conns.remove(&conn);
     }
 
+    /// Holds leading updates of a worker's split share from `conn` until
+    /// the share's [`WorkerCut`]; checked with it.
+    pub fn cut_updates(&mut self, conn: ConnId, part: CutUpdates) -> Result<(), String> {
+        let run = match (self.run, self.conns.get(&conn)) {
+            (Some(run), Some(&(epoch, _))) if epoch == run.epoch => run,
+            _ => return Err("cut updates from a connection that is not part of the run".to_owned()),
+        };
+        let (id, last_id) = (part.checkpoint_id, self.last_id());
+        if id <= last_id {
+            return Ok(());
+        }
+        if id - last_id > MAX_PENDING_CHECKPOINTS || part.worker >= run.workers_total {
+            return Err(format!(
+                "cut updates for checkpoint {id} worker {} are out of range (last committed \
+                 {last_id}, {} workers)",
+                part.worker, run.workers_total
+            ));
+        }
+        let bytes: usize = part.updates.iter().map(encoded_update_bytes).sum();
+        if self.early_bytes + bytes > MAX_EARLY_UPDATE_BYTES {
+            return Err(format!(
+                "split checkpoint shares exceed {MAX_EARLY_UPDATE_BYTES} bytes held"
+            ));
+        }
+        self.early_bytes += bytes;
+        self.early_updates
+            .entry((id, part.worker))
+            .or_default()
+            .extend(part.updates);
+        Ok(())
+    }
+
     /// Records a worker's cut from `conn`. `Ok(false)`: ignored (already
     /// committed).
-    pub fn cut(&mut self, conn: ConnId, cut: WorkerCut) -> Result<bool, String> {
+    pub fn cut(&mut self, conn: ConnId, mut cut: WorkerCut) -> Result<bool, String> {
         let run = match (self.run, self.conns.get(&conn)) {
             (Some(run), Some(&(epoch, _))) if epoch == run.epoch => run,
             _ => return Err("worker cut from a connection that is not part of the run".to_owned()),
         };
         let id = cut.checkpoint_id;
+        if let Some(mut early) = self.early_updates.remove(&(id, cut.worker)) {
+            self.early_bytes -= early.iter().map(encoded_update_bytes).sum::<usize>();
+            early.append(&mut cut.updates);
+            cut.updates = early;
+        }
         let last_id = self.last_id();
         if id <= last_id {
             tracing::debug!(
@@ -341,6 +390,15 @@ impl Coordinator {
 
     /// Records a durable commit.
     pub fn committed(&mut self, record: CommitRecord) {
+        let mut freed = 0usize;
+        self.early_updates.retain(|&(id, _), updates| {
+            let keep = id > record.checkpoint_id;
+            if !keep {
+                freed += updates.iter().map(encoded_update_bytes).sum::<usize>();
+            }
+            keep
+        });
+        self.early_bytes -= freed;
         self.history.push(record.clone());
         self.last = Some(record);
     }

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::checkpoint::store::CheckpointStore;
 use crate::checkpoint::transport::{
-    read_frame_async, write_frame_async, FromSidecar, Hello, ToSidecar, WorkerCut,
+    read_frame_async, write_frame_async, CutUpdates, FromSidecar, Hello, ToSidecar, WorkerCut,
     MAX_PAYLOAD_BYTES,
 };
 
@@ -48,6 +48,10 @@ enum Event {
     Cut {
         conn: ConnId,
         cut: Box<WorkerCut>,
+    },
+    CutUpdates {
+        conn: ConnId,
+        updates: CutUpdates,
     },
     Goodbye {
         conn: ConnId,
@@ -388,6 +392,9 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, conn: ConnId, events: mpsc::
                 },
                 false,
             ),
+            Ok(Some(ToSidecar::CutUpdates(updates))) => {
+                (Event::CutUpdates { conn, updates }, false)
+            }
             Ok(Some(ToSidecar::Goodbye)) => (Event::Goodbye { conn }, true),
             Ok(Some(ToSidecar::Hello(_))) => (
                 Event::Closed {
@@ -440,6 +447,13 @@ impl CoordinatorTask {
                             let reason = format!("checkpoint {id} worker {worker}: {reason}");
                             self.refuse(conn, reason);
                         }
+                    }
+                }
+                Event::CutUpdates { conn, updates } => {
+                    let (id, worker) = (updates.checkpoint_id, updates.worker);
+                    if let Err(reason) = self.coord.cut_updates(conn, updates) {
+                        let reason = format!("checkpoint {id} worker {worker}: {reason}");
+                        self.refuse(conn, reason);
                     }
                 }
                 Event::Goodbye { conn } => {

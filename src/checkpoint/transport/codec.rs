@@ -14,6 +14,7 @@
 //!            | updates vec of (key_group u16 | data bytes | time u64 | diff i64)
 //!            | partitions vec of (partition u32 | resume_offset u64 | max_ts_before opt u64)
 //!            | outputs vec of (file_name string | length_bytes u64)
+//! CutUpdates worker u32 | checkpoint_id u64 | updates (as in WorkerCut)
 //! Goodbye    (empty)
 //! Welcome    last_committed: tag u8 | (id u64 | cut_time u64) if tag 1
 //! Committed  checkpoint_id u64 | cut_time u64 | commit_latency_us u64

@@ -7,8 +7,9 @@ use std::io::{Cursor, Read};
 use proptest::prelude::*;
 use weir::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate};
 use weir::checkpoint::transport::{
-    decode_frame, encode_frame, read_frame, FrameBuffer, FrameError, FromSidecar, Hello, ToSidecar,
-    WorkerCut, FRAME_HEADER_LEN_BYTES, MAX_PAYLOAD_BYTES,
+    decode_frame, encode_frame, encoded_update_bytes, read_frame, split_share, CutUpdates,
+    FrameBuffer, FrameError, FromSidecar, Hello, ToSidecar, WorkerCut, FRAME_HEADER_LEN_BYTES,
+    MAX_PAYLOAD_BYTES,
 };
 
 fn update_strategy() -> impl Strategy<Value = PersistedUpdate> {
@@ -97,6 +98,11 @@ fn to_sidecar_strategy() -> impl Strategy<Value = ToSidecar> {
                 }
             ),
         cut_strategy().prop_map(ToSidecar::WorkerCut),
+        cut_strategy().prop_map(|c| ToSidecar::CutUpdates(CutUpdates {
+            worker: c.worker,
+            checkpoint_id: c.checkpoint_id,
+            updates: c.updates,
+        })),
         Just(ToSidecar::Goodbye),
     ]
 }
@@ -140,6 +146,40 @@ proptest! {
 
     /// Every message survives encode -> decode, through a slice, a blocking
     /// reader and an incremental buffer fed in arbitrary pieces.
+    #[test]
+    fn transport_split_shares_keep_every_update_in_order_within_the_budget(
+        cut in cut_strategy(),
+        budget in 1usize..400,
+    ) {
+        let mut last = cut.clone();
+        let parts = split_share(&mut last, budget);
+        // The parts, then the last frame, hold the share's updates in order.
+        let mut joined: Vec<PersistedUpdate> = Vec::new();
+        for part in &parts {
+            prop_assert_eq!((part.worker, part.checkpoint_id), (cut.worker, cut.checkpoint_id));
+            prop_assert!(!part.updates.is_empty());
+            let bytes: usize = part.updates.iter().map(encoded_update_bytes).sum();
+            prop_assert!(bytes <= budget || part.updates.len() == 1, "{} bytes", bytes);
+            joined.extend(part.updates.iter().cloned());
+        }
+        let last_bytes: usize = last.updates.iter().map(encoded_update_bytes).sum();
+        prop_assert!(last_bytes <= budget || last.updates.len() <= 1 || parts.is_empty());
+        joined.extend(last.updates.iter().cloned());
+        prop_assert_eq!(&joined, &cut.updates);
+        prop_assert_eq!((&last.partitions, &last.outputs), (&cut.partitions, &cut.outputs));
+        let total: usize = cut.updates.iter().map(encoded_update_bytes).sum();
+        prop_assert_eq!(parts.is_empty(), total <= budget);
+        // The estimate is exact: a frame of updates only is their bytes plus
+        // the header, the kind byte, worker, checkpoint id and count.
+        let frame = encode_frame(&ToSidecar::CutUpdates(CutUpdates {
+            worker: 0,
+            checkpoint_id: 0,
+            updates: cut.updates.clone(),
+        }))
+        .unwrap();
+        prop_assert_eq!(frame.len(), FRAME_HEADER_LEN_BYTES + 1 + 4 + 8 + 4 + total);
+    }
+
     #[test]
     fn transport_frames_round_trip(
         to in to_sidecar_strategy(),
