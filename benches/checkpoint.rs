@@ -204,6 +204,7 @@ fn bench_restore(c: &mut Criterion) {
         files,
         partitions: Vec::new(),
         outputs: Vec::new(),
+        timing: None,
     };
     eprintln!("restore: {} records, {total_bytes} bytes", 4 * n_per_file);
     let mut g = c.benchmark_group("checkpoint_restore");

@@ -120,7 +120,7 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
     if !commits.is_empty() {
         writeln!(
             out,
-            "  id      cut            workers  files  state bytes  on disk"
+            "  id      cut            workers  files  state bytes  commit ms  committed (unix ms)  on disk"
         )
         .ok();
     }
@@ -130,9 +130,18 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
             .files
             .iter()
             .all(|f| checkpoint_dir.join(&f.name).is_file());
+        let (latency, committed_at) = c.timing.map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |t| {
+                (
+                    format!("{:.1}", t.commit_latency_us as f64 / 1e3),
+                    t.committed_at_unix_ms.to_string(),
+                )
+            },
+        );
         writeln!(
             out,
-            "  {:<6}  {:<13}  {:<7}  {:<5}  {size:<11}  {}",
+            "  {:<6}  {:<13}  {:<7}  {:<5}  {size:<11}  {latency:<9}  {committed_at:<19}  {}",
             c.checkpoint_id,
             cut_text(c.cut_time),
             c.workers_total,
@@ -153,6 +162,32 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
             cut_text(newest.cut_time)
         )
         .ok();
+        if let Some(t) = newest.timing {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let interval = commits
+                .iter()
+                .rev()
+                .nth(1)
+                .and_then(|p| p.timing)
+                .map_or_else(String::new, |p| {
+                    format!(
+                        ", {:.3} s after the one before",
+                        t.committed_at_unix_ms
+                            .saturating_sub(p.committed_at_unix_ms) as f64
+                            / 1e3
+                    )
+                });
+            writeln!(
+                out,
+                "  committed at unix ms {} ({:.1} s ago{interval}), commit latency {:.1} ms",
+                t.committed_at_unix_ms,
+                now_ms.saturating_sub(t.committed_at_unix_ms) as f64 / 1e3,
+                t.commit_latency_us as f64 / 1e3
+            )
+            .ok();
+        }
         for f in &newest.files {
             writeln!(
                 out,

@@ -593,6 +593,7 @@ mod tests {
                 .collect(),
             partitions: Vec::new(),
             outputs: Vec::new(),
+            timing: None,
         }
     }
 

@@ -35,8 +35,9 @@ mod tests;
 use std::fmt;
 
 pub use commit::{
-    check_commit_record, decode_commit_record, encode_commit_frame, encode_commit_record,
-    encode_commits_header, scan_commits, CommitScan,
+    check_commit_record, decode_commit_record, decode_commit_record_version, encode_commit_frame,
+    encode_commit_record, encode_commits_header, encode_commits_header_version, scan_commits,
+    CommitScan,
 };
 pub use delta::{
     check_data_file_crc, check_data_file_length, decode_data_file, decode_layout, decode_trailer,
@@ -59,8 +60,12 @@ pub const DATA_FILE_HEADER_LEN_BYTES: usize = 28;
 pub const DATA_FILE_TRAILER_LEN_BYTES: usize = 20;
 /// Magic bytes at the start of the commit stream.
 pub const COMMITS_MAGIC: &[u8; 8] = b"WEIRCMT1";
-/// Version of the commit stream format written by this code.
-pub const COMMITS_FORMAT_VERSION: u32 = 1;
+/// Version of the commit stream format written by this code (2: records
+/// carry their [`CommitTiming`]).
+pub const COMMITS_FORMAT_VERSION: u32 = 2;
+/// The oldest commit stream version this code reads (a store opened for
+/// writing rewrites a version 1 stream as version 2 first).
+pub const COMMITS_OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the commit stream header.
 pub const COMMITS_HEADER_LEN_BYTES: usize = 16;
 /// The commit stream's file name.
@@ -134,6 +139,19 @@ pub struct CommitRecord {
     pub partitions: Vec<PartitionResume>,
     /// Committed output lengths.
     pub outputs: Vec<OutputLength>,
+    /// When and how fast the sidecar committed it (`None` in records of a
+    /// version 1 stream).
+    pub timing: Option<CommitTiming>,
+}
+
+/// When a checkpoint was committed, as the sidecar measured it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommitTiming {
+    /// Wall clock (Unix ms) when the commit record was written.
+    pub committed_at_unix_ms: u64,
+    /// From the arrival of the checkpoint's first worker share at the
+    /// sidecar to the commit record being written (its own fsync excluded).
+    pub commit_latency_us: u64,
 }
 
 /// A decoding failure: where and why.

@@ -47,7 +47,8 @@ use std::sync::OnceLock;
 use super::format::{
     check_commit_record, consolidate, consolidate_as_of_cut, encode_commit_frame,
     encode_commits_header, encode_data_file, scan_commits, CommitRecord, DataFileId, FileMeta,
-    PersistedUpdate, COMMITS_FILE_NAME, KEY_GROUPS, MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
+    PersistedUpdate, COMMITS_FILE_NAME, COMMITS_FORMAT_VERSION, KEY_GROUPS, MAX_UPDATE_DATA_BYTES,
+    TEMP_SUFFIX,
 };
 use crate::log::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
 use crate::log::MAX_RECORD_SIZE_BYTES;
@@ -169,6 +170,16 @@ impl CheckpointStore {
             failed: false,
             garbage_collected: 0,
         };
+        if scan.version < COMMITS_FORMAT_VERSION {
+            // New records are written in the current version only.
+            store.rewrite_commits(0)?;
+            tracing::info!(
+                path = %store.commits_path.display(),
+                from_version = scan.version,
+                to_version = COMMITS_FORMAT_VERSION,
+                "commit stream upgraded"
+            );
+        }
         store.collect_garbage_logged();
         Ok(store)
     }
@@ -342,6 +353,19 @@ impl CheckpointStore {
     /// dir: a crash leaves the old stream or the new one, both valid).
     fn trim_commits(&mut self) -> Result<(), StoreError> {
         let drop_count = self.commits.len().saturating_sub(RETAINED_COMMIT_RECORDS);
+        self.rewrite_commits(drop_count)?;
+        tracing::info!(
+            path = %self.commits_path.display(),
+            dropped = drop_count,
+            kept = self.commits.len(),
+            "commit stream trimmed"
+        );
+        Ok(())
+    }
+
+    /// Rewrites the commit stream in the current version without its
+    /// oldest `drop_count` records (temp -> fsync -> rename -> fsync dir).
+    fn rewrite_commits(&mut self, drop_count: usize) -> Result<(), StoreError> {
         let mut bytes = encode_commits_header().to_vec();
         for record in &self.commits[drop_count..] {
             bytes.extend_from_slice(&encode_commit_frame(record));
@@ -356,12 +380,6 @@ impl CheckpointStore {
             }
         }
         self.commits.drain(..drop_count);
-        tracing::info!(
-            path = %self.commits_path.display(),
-            dropped = drop_count,
-            kept = self.commits.len(),
-            "commit stream trimmed"
-        );
         Ok(())
     }
 

@@ -47,6 +47,7 @@ fn record(id: u64, files: Vec<FileMeta>) -> CommitRecord {
             file_name: "windows.csv".to_owned(),
             length_bytes: id * 1000,
         }],
+        timing: None,
     }
 }
 

@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 
 use super::{
-    u32_at, validate_output_name, CommitRecord, Cursor, DataFileId, FileMeta, FormatError,
-    OutputLength, PartitionResume, COMMITS_FORMAT_VERSION, COMMITS_HEADER_LEN_BYTES, COMMITS_MAGIC,
-    MAX_NAME_LEN_BYTES,
+    u32_at, validate_output_name, CommitRecord, CommitTiming, Cursor, DataFileId, FileMeta,
+    FormatError, OutputLength, PartitionResume, COMMITS_FORMAT_VERSION, COMMITS_HEADER_LEN_BYTES,
+    COMMITS_MAGIC, COMMITS_OLDEST_READABLE_VERSION, MAX_NAME_LEN_BYTES,
 };
 use crate::log::format::{
     check_payload, decode_frame_header, encode_frame_header, FRAME_HEADER_LEN_BYTES,
@@ -58,8 +58,8 @@ fn put_name(out: &mut Vec<u8>, name: &str) {
     out.extend_from_slice(name.as_bytes());
 }
 
-/// Encodes the payload of a commit frame (the record should pass
-/// [`check_commit_record`]).
+/// Encodes the payload of a commit frame in the current version (the
+/// record should pass [`check_commit_record`]).
 pub fn encode_commit_record(r: &CommitRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(40 + 50 * r.files.len() + 21 * r.partitions.len());
     out.extend_from_slice(&r.checkpoint_id.to_le_bytes());
@@ -86,11 +86,24 @@ pub fn encode_commit_record(r: &CommitRecord) -> Vec<u8> {
         put_name(&mut out, &o.file_name);
         out.extend_from_slice(&o.length_bytes.to_le_bytes());
     }
+    let timing = r.timing.unwrap_or_default();
+    out.push(u8::from(r.timing.is_some()));
+    out.extend_from_slice(&timing.committed_at_unix_ms.to_le_bytes());
+    out.extend_from_slice(&timing.commit_latency_us.to_le_bytes());
     out
 }
 
-/// Decodes a commit frame's payload; offsets in errors are relative to it.
+/// Decodes a commit frame's payload of the current version; offsets in
+/// errors are relative to it.
 pub fn decode_commit_record(payload: &[u8]) -> Result<CommitRecord, FormatError> {
+    decode_commit_record_version(payload, COMMITS_FORMAT_VERSION)
+}
+
+/// Decodes a commit frame's payload of a stream of `version`.
+pub fn decode_commit_record_version(
+    payload: &[u8],
+    version: u32,
+) -> Result<CommitRecord, FormatError> {
     let mut c = Cursor::new(payload, 0);
     let checkpoint_id = c.u64("checkpoint id")?;
     let cut_time = c.u64("cut time")?;
@@ -139,6 +152,22 @@ pub fn decode_commit_record(payload: &[u8]) -> Result<CommitRecord, FormatError>
             length_bytes: c.u64("output length")?,
         });
     }
+    let timing = if version >= 2 {
+        let at = c.offset();
+        let flag = c.u8("timing flag")?;
+        let committed_at_unix_ms = c.u64("committed at")?;
+        let commit_latency_us = c.u64("commit latency")?;
+        match (flag, committed_at_unix_ms, commit_latency_us) {
+            (0, 0, 0) => None,
+            (1, committed_at_unix_ms, commit_latency_us) => Some(CommitTiming {
+                committed_at_unix_ms,
+                commit_latency_us,
+            }),
+            _ => return Err(FormatError::new(at, format!("bad timing flag {flag}"))),
+        }
+    } else {
+        None
+    };
     if c.remaining() != 0 {
         return Err(c.error(format!("{} bytes after the record", c.remaining())));
     }
@@ -150,6 +179,7 @@ pub fn decode_commit_record(payload: &[u8]) -> Result<CommitRecord, FormatError>
         files,
         partitions,
         outputs,
+        timing,
     };
     check_commit_record(&record).map_err(|reason| FormatError {
         byte_offset: 0,
@@ -158,11 +188,16 @@ pub fn decode_commit_record(payload: &[u8]) -> Result<CommitRecord, FormatError>
     Ok(record)
 }
 
-/// The commit stream's file header.
+/// The commit stream's file header, current version.
 pub fn encode_commits_header() -> [u8; COMMITS_HEADER_LEN_BYTES] {
+    encode_commits_header_version(COMMITS_FORMAT_VERSION)
+}
+
+/// The commit stream's file header for `version`.
+pub fn encode_commits_header_version(version: u32) -> [u8; COMMITS_HEADER_LEN_BYTES] {
     let mut h = [0u8; COMMITS_HEADER_LEN_BYTES];
     h[..8].copy_from_slice(COMMITS_MAGIC);
-    h[8..12].copy_from_slice(&COMMITS_FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     let crc = crc32c::crc32c(&h[..12]);
     h[12..].copy_from_slice(&crc.to_le_bytes());
     h
@@ -186,6 +221,8 @@ pub struct CommitScan {
     /// Why the bytes after `valid_len_bytes` are a torn (incomplete) last
     /// frame, if there are any.
     pub torn: Option<String>,
+    /// The stream's format version.
+    pub version: u32,
 }
 
 /// Reads a whole commit stream. An incomplete last frame (a frame header
@@ -206,8 +243,9 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
             bytes.len()
         )));
     }
-    let expected = encode_commits_header();
-    if bytes[..COMMITS_HEADER_LEN_BYTES] != expected {
+    let version = u32_at(bytes, 8);
+    let readable = (COMMITS_OLDEST_READABLE_VERSION..=COMMITS_FORMAT_VERSION).contains(&version);
+    if !readable || bytes[..COMMITS_HEADER_LEN_BYTES] != encode_commits_header_version(version) {
         let stored = u32_at(bytes, 12);
         let reason = if crc32c::crc32c(&bytes[..12]) != stored {
             "commit stream header checksum mismatch".to_owned()
@@ -245,7 +283,7 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
         }
         let payload = &rest[FRAME_HEADER_LEN_BYTES..FRAME_HEADER_LEN_BYTES + h.len_bytes];
         check_payload(h, payload).map_err(at)?;
-        let record = decode_commit_record(payload)
+        let record = decode_commit_record_version(payload, version)
             .map_err(|e| at(format!("commit record does not decode: {e} of its payload")))?;
         if let Some(prev) = records.last() {
             if record.checkpoint_id <= prev.checkpoint_id {
@@ -263,5 +301,6 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
         records,
         valid_len_bytes,
         torn,
+        version,
     })
 }

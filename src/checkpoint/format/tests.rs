@@ -55,8 +55,9 @@ fn arb_record() -> impl Strategy<Value = CommitRecord> {
         prop::collection::vec(file, 0..5),
         prop::collection::vec(partition, 0..5),
         prop::collection::vec((arb_name(), any::<u64>()), 0..4),
+        any::<Option<(u64, u64)>>(),
     )
-        .prop_map(|(id, cut, fp, workers, files, parts, outs)| {
+        .prop_map(|(id, cut, fp, workers, files, parts, outs, timing)| {
             let mut r = CommitRecord {
                 checkpoint_id: id,
                 cut_time: cut,
@@ -94,6 +95,10 @@ fn arb_record() -> impl Strategy<Value = CommitRecord> {
                         length_bytes,
                     })
                     .collect(),
+                timing: timing.map(|(committed_at_unix_ms, commit_latency_us)| CommitTiming {
+                    committed_at_unix_ms,
+                    commit_latency_us,
+                }),
             };
             let mut seen = std::collections::HashSet::new();
             r.files.retain(|f| seen.insert(f.name.clone()));
@@ -168,6 +173,23 @@ proptest! {
         prop_assert_eq!(scan.records, vec![r]);
         prop_assert_eq!(scan.torn, None);
         prop_assert_eq!(scan.valid_len_bytes, stream.len() as u64);
+        prop_assert_eq!(scan.version, 2);
+    }
+
+    /// A version 1 stream (records without timing) still reads.
+    #[test]
+    fn commit_stream_version_1_reads_without_timing(r in arb_record()) {
+        let v1 = CommitRecord { timing: None, ..r };
+        let mut payload = encode_commit_record(&v1);
+        payload.truncate(payload.len() - 17);
+        let mut stream = encode_commits_header_version(1).to_vec();
+        stream.extend_from_slice(&crate::log::format::encode_frame_header(&payload));
+        stream.extend_from_slice(&payload);
+        let scan = scan_commits(&stream).unwrap();
+        prop_assert_eq!(scan.version, 1);
+        prop_assert_eq!(scan.records, vec![v1.clone()]);
+        // The same payload in a version 2 stream is too short.
+        prop_assert!(decode_commit_record(&payload).is_err());
     }
 
     /// A mutated file whose checksums are fixed up decodes to something or
@@ -336,6 +358,7 @@ fn commit_records_are_checked() {
         files: vec![],
         partitions: vec![],
         outputs: vec![],
+        timing: None,
     };
     check_commit_record(&ok).unwrap();
     let file = |name: String| FileMeta {
@@ -391,6 +414,7 @@ fn commit_stream_torn_tail_and_flips() {
             max_ts_before: None,
         }],
         outputs: vec![],
+        timing: None,
     };
     let mut stream = encode_commits_header().to_vec();
     stream.extend(encode_commit_frame(&r(1)));

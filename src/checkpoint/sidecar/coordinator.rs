@@ -25,10 +25,9 @@ use std::time::Instant;
 
 use super::metrics::SidecarMetrics;
 
-use crate::checkpoint::format::PersistedUpdate;
 use crate::checkpoint::format::{
-    validate_output_name, CommitRecord, FileMeta, OutputLength, PartitionResume, KEY_GROUPS,
-    MAX_UPDATE_DATA_BYTES,
+    validate_output_name, CommitRecord, CommitTiming, FileMeta, OutputLength, PartitionResume,
+    PersistedUpdate, KEY_GROUPS, MAX_UPDATE_DATA_BYTES,
 };
 use crate::checkpoint::store::{CheckpointStore, StoreError};
 use crate::checkpoint::transport::{encoded_update_bytes, CutUpdates, Hello, WorkerCut};
@@ -66,6 +65,8 @@ pub struct PendingCheckpoint {
     pub cuts: BTreeMap<u32, WorkerCut>,
     /// When the last cut arrived.
     pub completed_at: Option<Instant>,
+    /// When the first cut arrived.
+    pub first_cut_at: Instant,
 }
 
 /// Accepted hello: what to do.
@@ -343,6 +344,7 @@ impl Coordinator {
             retention_ms: cut.retention_ms,
             cuts: BTreeMap::new(),
             completed_at: None,
+            first_cut_at: Instant::now(),
         });
         if (
             pending.prev_cut_time,
@@ -540,6 +542,12 @@ pub fn commit_checkpoint(
         files,
         partitions: partitions.into_values().collect(),
         outputs: outputs.into_values().collect(),
+        timing: Some(CommitTiming {
+            committed_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            commit_latency_us: checkpoint.first_cut_at.elapsed().as_micros() as u64,
+        }),
     };
     let t = Instant::now();
     store.commit(record.clone())?;

@@ -1,6 +1,9 @@
 //! Golden files of the checkpoint store formats (`docs/formats.md` §8):
-//! `tests/golden/checkpoint-v1/` holds a store of two checkpoints — delta
-//! files (one empty), a compacted base file and the commit stream.
+//! `tests/golden/checkpoint-v2/` holds a store of two checkpoints — delta
+//! files (one empty), a compacted base file and the commit stream (version 2:
+//! records with their commit timing). `tests/golden/checkpoint-v1/` is the
+//! same store with a version 1 commit stream, kept to check that it still
+//! reads and is upgraded when a store opens it for writing.
 //!
 //! - **writing**: the fixed operations of [`write_golden_store`] give files
 //!   byte-identical to the golden ones;
@@ -22,14 +25,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use weir::checkpoint::format::{
-    CommitRecord, FileMeta, OutputLength, PartitionResume, PersistedUpdate,
+    CommitRecord, CommitTiming, FileMeta, OutputLength, PartitionResume, PersistedUpdate,
 };
 use weir::checkpoint::store::{load_checkpoint, read_commits, CheckpointStore};
 
 use super::upd;
 
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/checkpoint-v1")
+    golden_dir_version(2)
+}
+
+fn golden_dir_version(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/checkpoint-v{version}"))
 }
 
 fn bless() -> bool {
@@ -124,6 +131,10 @@ fn record(id: u64, files: Vec<FileMeta>) -> CommitRecord {
         files,
         partitions: partitions(offset, max_ts),
         outputs: outputs(windows),
+        timing: Some(CommitTiming {
+            committed_at_unix_ms: 1_700_000_000_000 + id,
+            commit_latency_us: 1_500 * id,
+        }),
     }
 }
 
@@ -226,7 +237,7 @@ fn golden_checkpoint_store_read_back() {
         [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     );
     let c = std::fs::read(dir.join("commits.log")).unwrap();
-    assert_eq!(&c[..12], b"WEIRCMT1\x01\x00\x00\x00");
+    assert_eq!(&c[..12], b"WEIRCMT1\x02\x00\x00\x00");
     assert_eq!(c[12..16], crc32c::crc32c(&c[..12]).to_le_bytes());
 
     // An independent reading, from docs/formats.md.
@@ -249,6 +260,46 @@ fn golden_checkpoint_store_read_back() {
         })
         .collect();
     assert_eq!(state_2, state_2_expected());
+}
+
+#[test]
+fn golden_checkpoint_store_version_1_reads_and_is_upgraded_on_open() {
+    let v1 = golden_dir_version(1);
+    let without_timing = |r: CommitRecord| CommitRecord { timing: None, ..r };
+    let expected = vec![
+        without_timing(record(1, vec![meta(D1_0, 0, u64::MAX), meta(D1_1, 0, 0)])),
+        without_timing(record(
+            2,
+            vec![meta(BASE2, 1000, u64::MAX), meta(D2_0, 1000, 2000)],
+        )),
+    ];
+    let c = std::fs::read(v1.join("commits.log")).unwrap();
+    assert_eq!(&c[..12], b"WEIRCMT1\x01\x00\x00\x00");
+    assert_eq!(read_commits(&v1).unwrap(), expected);
+    assert_eq!(
+        load_checkpoint(&v1, &expected[1], |_| true, 0).unwrap(),
+        state_2_expected()
+    );
+    // The data files are the same in both versions.
+    for name in [BASE2, D1_0, D1_1, D2_0] {
+        assert_eq!(
+            std::fs::read(v1.join(name)).unwrap(),
+            std::fs::read(golden_dir().join(name)).unwrap(),
+            "{name}"
+        );
+    }
+
+    // A writer opening it rewrites the stream as version 2, same records.
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, bytes) in snapshot(&v1) {
+        std::fs::write(tmp.path().join(name), bytes).unwrap();
+    }
+    let store = CheckpointStore::open(tmp.path()).unwrap();
+    assert_eq!(store.commits(), expected);
+    drop(store);
+    let upgraded = std::fs::read(tmp.path().join("commits.log")).unwrap();
+    assert_eq!(&upgraded[..12], b"WEIRCMT1\x02\x00\x00\x00");
+    assert_eq!(read_commits(tmp.path()).unwrap(), expected);
 }
 
 /// Decodes a data file as `docs/formats.md` §8 describes it (trailer, then
