@@ -21,7 +21,7 @@ use weir_dataflows::combiner::Update;
 use weir_dataflows::WindowSpec;
 
 use super::{PaneRecord, SessionRecord, WindowQuery};
-use crate::checkpoint::format::{consolidate_as_of_cut, CommitRecord, PersistedUpdate};
+use crate::checkpoint::format::{consolidate_as_of_cut, push_updates, CommitRecord};
 use crate::checkpoint::store::CheckpointGroups;
 use crate::run::RunError;
 
@@ -93,15 +93,7 @@ pub fn open_restore(
         })));
     }
     let mut updates = Vec::new();
-    groups.visit(horizon_time, &mut |key_group, data, time, diff| {
-        updates.push(PersistedUpdate {
-            key_group,
-            data: data.to_vec(),
-            time,
-            diff,
-        });
-        Ok(())
-    })?;
+    groups.visit(horizon_time, &mut push_updates(&mut updates))?;
     consolidate_as_of_cut(&mut updates);
     if let Some(bad) = updates.iter().find(|u| u.diff != 1) {
         return Err(RunError::Restore(format!(

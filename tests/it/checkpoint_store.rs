@@ -10,8 +10,8 @@ mod golden;
 use std::path::Path;
 
 use weir::checkpoint::format::{
-    consolidate, CommitRecord, FileMeta, OutputLength, PartitionResume, PersistedUpdate,
-    COMMITS_FILE_NAME,
+    consolidate, push_updates, CommitRecord, FileMeta, OutputLength, PartitionResume,
+    PersistedUpdate, COMMITS_FILE_NAME,
 };
 use weir::checkpoint::store::{
     load_checkpoint, newest_usable, read_commits, visit_checkpoint_groups, CheckpointStore,
@@ -143,21 +143,7 @@ fn visited(
     horizon: u64,
 ) -> Result<Vec<PersistedUpdate>, StoreError> {
     let mut out = Vec::new();
-    visit_checkpoint_groups(
-        dir,
-        r,
-        groups,
-        horizon,
-        &mut |key_group, data, time, diff| {
-            out.push(PersistedUpdate {
-                key_group,
-                data: data.to_vec(),
-                time,
-                diff,
-            });
-            Ok(())
-        },
-    )?;
+    visit_checkpoint_groups(dir, r, groups, horizon, &mut push_updates(&mut out))?;
     consolidate(&mut out);
     Ok(out)
 }

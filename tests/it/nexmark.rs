@@ -511,7 +511,10 @@ fn inspect_lists_the_nexmark_topics_and_the_backlog_of_the_newest_checkpoint() {
     // Every checkpoint lists its commit latency and wall-clock commit time;
     // the newest says how old it is.
     assert!(text.contains("commit ms  committed (unix ms)"), "{text}");
-    let newest = text.split("newest checkpoint").nth(1).expect("a newest checkpoint");
+    let newest = text
+        .split("newest checkpoint")
+        .nth(1)
+        .expect("a newest checkpoint");
     assert!(
         newest.contains("committed at unix ms") && newest.contains("commit latency"),
         "{text}"

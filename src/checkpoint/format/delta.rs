@@ -334,16 +334,24 @@ pub fn decode_data_file(
         meta,
         key_groups,
         horizon_time,
-        &mut |key_group, data, time, diff| {
-            out.push(PersistedUpdate {
-                key_group,
-                data: data.to_vec(),
-                time,
-                diff,
-            });
-            Ok(())
-        },
+        &mut push_updates(out),
     )
+}
+
+/// A visitor for [`visit_data_file`] and its kin that appends a copy of
+/// each update to `out`.
+pub fn push_updates(
+    out: &mut Vec<PersistedUpdate>,
+) -> impl FnMut(u16, &[u8], u64, i64) -> Result<(), String> + '_ {
+    |key_group, data, time, diff| {
+        out.push(PersistedUpdate {
+            key_group,
+            data: data.to_vec(),
+            time,
+            diff,
+        });
+        Ok(())
+    }
 }
 
 /// As [`decode_data_file`], handing each update to `visit` instead of
