@@ -3,7 +3,8 @@
 //! The input is the collection of pane partials `(key, (pane_start, agg))`
 //! released by [`crate::combiner::PaneCombiner`] at time `pane_end - G`.
 //!
-//! - Each partial is inserted at its time and retracted `size` later, so at
+//! - Each partial is inserted at its time and retracted `size` after its
+//!   pane's release time (`pane_end - G`, computed from the pane), so at
 //!   time `e - G` (for `e` a multiple of the slide) the collection holds exactly
 //!   the panes of the window `[e - size, e)`: the window's contents are a
 //!   collection, and no event or partial is copied `size / slide` times.
@@ -19,9 +20,10 @@
 
 use std::collections::BTreeMap;
 
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
@@ -51,8 +53,24 @@ pub fn fixed_windows(
 ) -> Stream<'_, u64, Vec<WindowRow>> {
     assert!(windows.slide_ms > 0 && windows.size_ms.is_multiple_of(windows.slide_ms));
     assert!(windows.granularity_ms > 0 && windows.slide_ms.is_multiple_of(windows.granularity_ms));
-    let size_ms = windows.size_ms;
-    let expired = partials.clone().delay(move |t| t + size_ms).negate();
+    let FixedWindows {
+        size_ms,
+        slide_ms,
+        granularity_ms,
+    } = windows;
+    // A pane leaves `size` after the time the combiner releases it at,
+    // `pane_end - G`: computed from the pane, not from the update's time, so
+    // that restored partials may enter later than that (see
+    // `restored_panes` in the engine) and still leave on time.
+    let expired = partials
+        .clone()
+        .inner
+        .map(move |((key, (pane_start, agg)), time, diff)| {
+            let released_at = pane_start + slide_ms - granularity_ms;
+            debug_assert!(time >= released_at, "a pane partial before its pane's end");
+            ((key, (pane_start, agg)), released_at + size_ms, -diff)
+        })
+        .as_collection();
     let current =
         partials
             .concat(expired)

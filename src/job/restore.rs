@@ -21,6 +21,7 @@ use weir_dataflows::combiner::Update;
 use weir_dataflows::WindowSpec;
 
 use super::{PaneRecord, SessionRecord, WindowQuery};
+use crate::checkpoint::cut::FINAL_CUT;
 use crate::checkpoint::format::{consolidate_as_of_cut, push_updates, CommitRecord};
 use crate::checkpoint::store::CheckpointGroups;
 use crate::run::RunError;
@@ -52,6 +53,9 @@ pub enum RestoredState {
 pub struct PaneStream {
     groups: CheckpointGroups,
     horizon_time: u64,
+    /// Restored partials enter no earlier than this: the restored cut's
+    /// last granule (see [`restored_panes`]).
+    earliest_time: u64,
     report: RestoreReport,
     delivered: u64,
     busy: Duration,
@@ -84,9 +88,15 @@ pub fn open_restore(
     let started = Instant::now();
     let groups = CheckpointGroups::open(dir, record, key_groups)?;
     if !matches!(query.spec, WindowSpec::Session { .. }) {
+        let earliest_time = if record.cut_time == FINAL_CUT {
+            0
+        } else {
+            record.cut_time.saturating_sub(query.granularity_ms)
+        };
         return Ok(RestoredState::Panes(Some(PaneStream {
             groups,
             horizon_time,
+            earliest_time,
             report,
             delivered: 0,
             busy: started.elapsed(),
@@ -133,13 +143,14 @@ impl PaneStream {
     fn next_chunk(&mut self, chunk: &mut Vec<Update<PaneRecord>>) -> Result<bool, RunError> {
         let started = Instant::now();
         let before = chunk.len();
+        let earliest_time = self.earliest_time;
         let more = self.groups.visit_some(
             self.horizon_time,
             RESTORE_CHUNK_RECORDS,
             &mut |_, data, time, diff| {
                 let pane: PaneRecord = bincode::deserialize(data)
                     .map_err(|e| format!("persisted pane partial does not decode: {e}"))?;
-                chunk.push((pane, time, diff as isize));
+                chunk.push((pane, time.max(earliest_time), diff as isize));
                 Ok(())
             },
         )?;
@@ -149,8 +160,14 @@ impl PaneStream {
     }
 }
 
-/// The restored pane partials as a stream of updates (at timely time 0,
-/// each update carrying its own time), read a chunk per activation.
+/// The restored pane partials as a stream of updates (at timely time 0),
+/// read a chunk per activation. Each enters at the restored cut's last
+/// granule `T - G` (or its own time, if later): the windows' `reduce` then
+/// evaluates the restored state once, at `T - G`, instead of at every slide
+/// of the retention before it, whose rows were committed before the crash
+/// and would be dropped by the sink anyway. Each pane still leaves at its
+/// own time (the windows compute it from the pane), so from `T - G` on the
+/// collection is the same as in a run without the crash.
 pub fn restored_panes(
     scope: Scope<'_, u64>,
     panes: Option<PaneStream>,
