@@ -276,37 +276,13 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             Some(record) => {
                                 let horizon = record.cut_time.saturating_sub(retention_ms);
                                 let mine = |group: u16| usize::from(group) % peers == index;
-                                let span = tracing::info_span!(
-                                    "restore",
-                                    worker = index,
-                                    checkpoint_id = record.checkpoint_id,
-                                    cut_time = record.cut_time,
-                                    updates = tracing::field::Empty,
-                                    elapsed_ms = tracing::field::Empty,
+                                let report = RestoreReport::for_worker(
+                                    index,
+                                    record,
+                                    Arc::clone(&engine_metrics),
+                                    Arc::clone(&restore_stats),
+                                    Arc::clone(&failure),
                                 );
-                                let (restore_stats, engine_metrics) =
-                                    (Arc::clone(&restore_stats), Arc::clone(&engine_metrics));
-                                let failure = Arc::clone(&failure);
-                                let report = RestoreReport {
-                                    done: Box::new(move |updates, took| {
-                                        span.record("updates", updates);
-                                        span.record("elapsed_ms", crate::metrics::millis(took));
-                                        let _entered = span.enter();
-                                        engine_metrics.restored(updates as usize, took);
-                                        tracing::info!(
-                                            worker = index,
-                                            updates,
-                                            ms = took.as_millis() as u64,
-                                            "restored state"
-                                        );
-                                        let mut r = restore_stats.lock().expect("poisoned");
-                                        r.0 += updates;
-                                        r.1 = r.1.max(took);
-                                    }),
-                                    failed: Box::new(move |e| {
-                                        failure.lock().expect("poisoned").get_or_insert(e);
-                                    }),
-                                };
                                 match open_restore(
                                     &query,
                                     &checkpoint_dir,

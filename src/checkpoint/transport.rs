@@ -32,7 +32,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate};
 
 mod codec;
+mod split;
 use codec::{Dec, Enc};
+pub use split::{encoded_update_bytes, split_share};
 
 /// First two bytes of every frame (`b"WR"`, read as a little-endian u16).
 pub const FRAME_MAGIC: u16 = u16::from_le_bytes(*b"WR");
@@ -148,44 +150,6 @@ pub struct CutUpdates {
     pub checkpoint_id: u64,
     /// Some of the worker's updates for the checkpoint.
     pub updates: Vec<PersistedUpdate>,
-}
-
-/// Bytes one update takes in a frame.
-pub fn encoded_update_bytes(update: &PersistedUpdate) -> usize {
-    2 + 4 + update.data.len() + 8 + 8
-}
-
-/// Splits `cut` so that no frame's updates take more than `budget_bytes`:
-/// the leading updates go into [`CutUpdates`] frames, to be sent first, and
-/// the rest stays in `cut`. Each frame gets at least one update.
-pub fn split_share(cut: &mut WorkerCut, budget_bytes: usize) -> Vec<CutUpdates> {
-    let total: usize = cut.updates.iter().map(encoded_update_bytes).sum();
-    if total <= budget_bytes {
-        return Vec::new();
-    }
-    let mut parts = Vec::new();
-    let mut rest = std::mem::take(&mut cut.updates).into_iter().peekable();
-    let mut remaining = total;
-    while remaining > budget_bytes {
-        let mut part = Vec::new();
-        let mut part_bytes = 0usize;
-        while let Some(u) = rest.peek() {
-            let size = encoded_update_bytes(u);
-            if !part.is_empty() && part_bytes + size > budget_bytes {
-                break;
-            }
-            part_bytes += size;
-            part.push(rest.next().expect("peeked"));
-        }
-        remaining -= part_bytes;
-        parts.push(CutUpdates {
-            worker: cut.worker,
-            checkpoint_id: cut.checkpoint_id,
-            updates: part,
-        });
-    }
-    cut.updates = rest.collect();
-    parts
 }
 
 /// A message from an engine process to the sidecar.

@@ -11,6 +11,7 @@
 //! consolidated before the dataflow starts.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
@@ -24,6 +25,7 @@ use super::{PaneRecord, SessionRecord, WindowQuery};
 use crate::checkpoint::cut::FINAL_CUT;
 use crate::checkpoint::format::{consolidate_as_of_cut, push_updates, CommitRecord};
 use crate::checkpoint::store::CheckpointGroups;
+use crate::metrics::EngineMetrics;
 use crate::run::RunError;
 
 /// Records decoded per activation of the `RestoredState` operator (a few
@@ -38,6 +40,51 @@ pub struct RestoreReport {
     /// Called on a read or decode error. The restored stream then keeps its
     /// capability, so nothing downstream ever takes the state as complete.
     pub failed: Box<dyn FnOnce(RunError)>,
+}
+
+impl RestoreReport {
+    /// Worker `worker`'s report on restoring `record`: a `restore` span and
+    /// a log line, the engine's metrics, and `stats` (updates summed over
+    /// the workers, the slowest worker's time); a failure goes to `failure`.
+    pub fn for_worker(
+        worker: usize,
+        record: &CommitRecord,
+        metrics: Arc<EngineMetrics>,
+        stats: Arc<Mutex<(u64, Duration)>>,
+        failure: Arc<Mutex<Option<RunError>>>,
+    ) -> Self {
+        let span = tracing::info_span!(
+            "restore",
+            worker,
+            checkpoint_id = record.checkpoint_id,
+            cut_time = record.cut_time,
+            updates = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        RestoreReport {
+            done: Box::new(move |updates, took| {
+                span.record("updates", updates);
+                span.record("elapsed_ms", crate::metrics::millis(took));
+                let _entered = span.enter();
+                metrics.restored(updates as usize, took);
+                tracing::info!(
+                    worker,
+                    updates,
+                    ms = took.as_millis() as u64,
+                    "restored state"
+                );
+                let mut s = stats.lock().expect("restore stats poisoned");
+                s.0 += updates;
+                s.1 = s.1.max(took);
+            }),
+            failed: Box::new(move |e| {
+                failure
+                    .lock()
+                    .expect("failure slot poisoned")
+                    .get_or_insert(e);
+            }),
+        }
+    }
 }
 
 /// The persisted state a worker restores: pane partials of fixed windows
