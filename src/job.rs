@@ -117,6 +117,11 @@ pub trait RowSink: 'static {
     fn commit_point(&mut self) -> std::io::Result<Vec<OutputLength>> {
         Ok(Vec::new())
     }
+    /// The files' lengths as written so far (not necessarily durable yet),
+    /// in the order [`RowSink::commit_point`] gives them.
+    fn lengths(&self) -> Vec<OutputLength> {
+        Vec::new()
+    }
     /// Sees a window row when the dataflow emits it (before any holding).
     fn observe(&mut self, _row: &WindowRow) {}
     /// Records a failure for the driver to report.

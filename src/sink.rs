@@ -250,6 +250,15 @@ impl RowSink for WorkerOutputs {
         Ok(vec![self.windows.sync()?, self.late.sync()?])
     }
 
+    fn lengths(&self) -> Vec<OutputLength> {
+        [&self.windows, &self.late]
+            .map(|f| OutputLength {
+                file_name: f.name.clone(),
+                length_bytes: f.length_bytes,
+            })
+            .to_vec()
+    }
+
     fn fail(&mut self, error: std::io::Error) {
         self.error.get_or_insert(error);
     }
@@ -295,10 +304,14 @@ pub type CutInputs<'a, 'scope> = (
     std::rc::Rc<std::cell::RefCell<CutAssembler>>,
 );
 
-/// Writes `rows` into `sink`. With `cuts`, rows are held until an announced
-/// cut `T` has been passed, then rows of times below `T` (and not below
-/// `restored_cut`, which were committed before) are written and the sink's
-/// lengths are handed to `assembler`.
+/// Writes `rows` into `sink`. With `cuts`, rows are held until the input
+/// frontier has passed their time, then written in time order (rows of
+/// times below `restored_cut` were committed before and are dropped); the
+/// files' lengths before each time's rows are remembered, so that when an
+/// announced cut `T` has been passed the sink can hand `assembler` the
+/// lengths of exactly the rows below `T` (after making everything written
+/// durable). Rows at and above `T` may already be in the files: a restore
+/// truncates them away and computes them again.
 pub fn output_operator<'scope, S: RowSink>(
     rows: &Stream<'scope, u64, Vec<OutputRow>>,
     cuts: Option<CutInputs<'_, 'scope>>,
@@ -325,7 +338,12 @@ pub fn output_operator<'scope, S: RowSink>(
             Pipeline,
             "CheckpointedOutputSink",
             move |_cap, _info| {
+                // Rows of times the frontier has not passed yet.
                 let mut held: Vec<(u64, OutputRow)> = Vec::new();
+                // (time, the files' lengths before that time's rows), for
+                // times written since the last cut, in order.
+                let mut marks: std::collections::VecDeque<(u64, Vec<OutputLength>)> =
+                    std::collections::VecDeque::new();
                 let mut queue: std::collections::VecDeque<Announcement> =
                     std::collections::VecDeque::new();
                 move |(input, frontier), (cut_input, _), _output| {
@@ -339,29 +357,54 @@ pub fn output_operator<'scope, S: RowSink>(
                         let time = *stamp.least().expect("non-empty stamp");
                         for batch in batches {
                             observe_rows(&mut *sink.borrow_mut(), batch);
-                            held.extend(batch.drain(..).map(|row| (time, row)));
+                            if time >= restored_cut {
+                                held.extend(batch.drain(..).map(|row| (time, row)));
+                            } else {
+                                batch.clear();
+                            }
                         }
                     });
+                    let front = frontier.frontier().first().copied();
+                    if held.iter().any(|(t, _)| front.is_none_or(|f| *t < f)) {
+                        let (mut due, keep): (Vec<_>, Vec<_>) = held
+                            .drain(..)
+                            .partition(|(t, _)| front.is_none_or(|f| *t < f));
+                        held = keep;
+                        // Whole times, in order: a file's prefix up to a mark
+                        // is exactly the rows below that time.
+                        due.sort_by_key(|(t, _)| *t);
+                        let mut sink = sink.borrow_mut();
+                        let mut due = due.into_iter().peekable();
+                        while let Some(&(time, _)) = due.peek() {
+                            marks.push_back((time, sink.lengths()));
+                            let rows = std::iter::from_fn(|| {
+                                due.next_if(|(t, _)| *t == time).map(|(_, row)| row)
+                            });
+                            write_rows(&mut *sink, rows);
+                        }
+                    }
                     cut_input.for_each_stamp(|_, batches| {
                         for batch in batches {
                             queue.extend(batch.drain(..));
                         }
                     });
                     while let Some(&(id, cut)) = queue.front() {
-                        if frontier.frontier().first().is_some_and(|&f| f < cut) {
+                        if front.is_some_and(|f| f < cut) {
                             break;
                         }
                         queue.pop_front();
-                        let (mut due, keep): (Vec<_>, Vec<_>) =
-                            held.drain(..).partition(|(t, _)| *t < cut);
-                        held = keep;
-                        due.retain(|(t, _)| *t >= restored_cut);
-                        // Rows in time order, so a file's prefix is always a set of whole times.
-                        due.sort_by_key(|(t, _)| *t);
+                        while marks.front().is_some_and(|(t, _)| *t < cut) {
+                            marks.pop_front();
+                        }
                         let mut sink = sink.borrow_mut();
-                        write_rows(&mut *sink, due.into_iter().map(|(_, row)| row));
                         match sink.commit_point() {
-                            Ok(lengths) => assembler.borrow_mut().sink_share(id, cut, lengths),
+                            Ok(now) => {
+                                // Every row below the cut is written (the
+                                // frontier passed it); the first mark at or
+                                // above it, if any, is where they end.
+                                let lengths = marks.front().map_or(now, |(_, l)| l.clone());
+                                assembler.borrow_mut().sink_share(id, cut, lengths);
+                            }
                             Err(e) => {
                                 // No share: the checkpoint never completes; the driver reports it.
                                 tracing::error!(error = %e, "writing output failed");
