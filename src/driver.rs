@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::client::{SidecarAddress, SidecarClient};
+use crate::checkpoint::client::{DurableFile, SidecarAddress, SidecarClient};
 use crate::checkpoint::cut::CutAssembler;
 use crate::checkpoint::format::{CommitRecord, OutputLength};
 use crate::checkpoint::store::newest_usable;
@@ -267,7 +267,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     }
                 };
                 let assembler: Rc<RefCell<CutAssembler>> = Rc::default();
-                let mut backlog: VecDeque<WorkerCut> = VecDeque::new();
+                let mut backlog: VecDeque<(WorkerCut, Vec<DurableFile>)> = VecDeque::new();
                 let checkpointing = match (&sender, restored_point) {
                     (None, _) => None,
                     (Some(_), point) => {
@@ -470,31 +470,34 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
 /// first) for the next call.
 fn ship_ready(
     assembler: &Rc<RefCell<CutAssembler>>,
-    backlog: &mut VecDeque<WorkerCut>,
+    backlog: &mut VecDeque<(WorkerCut, Vec<DurableFile>)>,
     sender: &crate::checkpoint::client::CutSender,
     (worker, retention_ms): (usize, u64),
     final_id: &Mutex<Option<u64>>,
 ) {
     let mut assembler = assembler.borrow_mut();
     while let Some(share) = assembler.pop_ready() {
-        backlog.push_back(WorkerCut {
-            worker: worker as u32,
-            checkpoint_id: share.checkpoint_id,
-            prev_cut_time: share.tap.prev_cut_time,
-            cut_time: share.cut_time,
-            retention_ms,
-            updates: share.tap.updates,
-            partitions: share.tap.partitions,
-            outputs: share.outputs,
-        });
+        backlog.push_back((
+            WorkerCut {
+                worker: worker as u32,
+                checkpoint_id: share.checkpoint_id,
+                prev_cut_time: share.tap.prev_cut_time,
+                cut_time: share.cut_time,
+                retention_ms,
+                updates: share.tap.updates,
+                partitions: share.tap.partitions,
+                outputs: share.outputs,
+            },
+            share.durable_first,
+        ));
     }
-    while let Some(cut) = backlog.pop_front() {
+    while let Some((cut, files)) = backlog.pop_front() {
         let (id, is_final) = (
             cut.checkpoint_id,
             cut.cut_time == crate::checkpoint::cut::FINAL_CUT,
         );
-        if let Err(full) = sender.try_send(cut) {
-            backlog.push_front(*full.0);
+        if let Err(full) = sender.try_send_after_syncing(cut, files) {
+            backlog.push_front((*full.0, full.1));
             return;
         }
         if is_final {

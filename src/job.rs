@@ -112,10 +112,16 @@ pub trait RowSink: 'static {
     fn result_lines(&mut self, lines: &mut Vec<String>);
     /// Late events (drain them).
     fn late_rows(&mut self, rows: &mut Vec<LateRow>);
-    /// Makes everything written so far durable and returns the files'
-    /// lengths, for a checkpoint.
-    fn commit_point(&mut self) -> std::io::Result<Vec<OutputLength>> {
-        Ok(Vec::new())
+    /// Hands everything written so far to the OS and returns the files'
+    /// lengths, for a checkpoint, with the files that must be made durable
+    /// before the checkpoint may be committed.
+    fn commit_point(
+        &mut self,
+    ) -> std::io::Result<(
+        Vec<OutputLength>,
+        Vec<crate::checkpoint::client::DurableFile>,
+    )> {
+        Ok((Vec::new(), Vec::new()))
     }
     /// The files' lengths as written so far (not necessarily durable yet),
     /// in the order [`RowSink::commit_point`] gives them.

@@ -21,6 +21,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 use weir_dataflows::{LateRow, WindowRow};
 
+use crate::checkpoint::client::DurableFile;
 use crate::checkpoint::cut::{Announcement, CutAssembler};
 use crate::checkpoint::format::OutputLength;
 use crate::csv_input::write_csv_field;
@@ -55,6 +56,8 @@ struct OutputFile {
     name: String,
     path: PathBuf,
     writer: BufWriter<File>,
+    /// The same file, for the sidecar client thread to make durable.
+    durable: DurableFile,
     length_bytes: u64,
     buffer: Vec<u8>,
 }
@@ -71,9 +74,14 @@ impl OutputFile {
             .append(!fresh)
             .open(&path)?;
         let length_bytes = file.metadata()?.len();
+        let durable = DurableFile {
+            path: path.clone(),
+            file: std::sync::Arc::new(file.try_clone()?),
+        };
         let mut out = OutputFile {
             name,
             path,
+            durable,
             writer: BufWriter::with_capacity(1 << 20, file),
             length_bytes,
             buffer: Vec::with_capacity(256),
@@ -92,10 +100,10 @@ impl OutputFile {
         Ok(())
     }
 
-    fn sync(&mut self) -> std::io::Result<OutputLength> {
+    /// Hands the buffered bytes to the OS; the length so far. Not durable
+    /// yet: [`OutputFile::durable`] is synced before a checkpoint is sent.
+    fn flush(&mut self) -> std::io::Result<OutputLength> {
         self.writer.flush()?;
-        // The checkpoint will claim these bytes exist: make it so first.
-        self.writer.get_ref().sync_data()?;
         Ok(OutputLength {
             file_name: self.name.clone(),
             length_bytes: self.length_bytes,
@@ -243,11 +251,14 @@ impl RowSink for WorkerOutputs {
         }
     }
 
-    fn commit_point(&mut self) -> std::io::Result<Vec<OutputLength>> {
+    fn commit_point(&mut self) -> std::io::Result<(Vec<OutputLength>, Vec<DurableFile>)> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        Ok(vec![self.windows.sync()?, self.late.sync()?])
+        Ok((
+            vec![self.windows.flush()?, self.late.flush()?],
+            vec![self.windows.durable.clone(), self.late.durable.clone()],
+        ))
     }
 
     fn lengths(&self) -> Vec<OutputLength> {
@@ -309,8 +320,8 @@ pub type CutInputs<'a, 'scope> = (
 /// times below `restored_cut` were committed before and are dropped); the
 /// files' lengths before each time's rows are remembered, so that when an
 /// announced cut `T` has been passed the sink can hand `assembler` the
-/// lengths of exactly the rows below `T` (after making everything written
-/// durable). Rows at and above `T` may already be in the files: a restore
+/// lengths of exactly the rows below `T` (with the files, which the sidecar
+/// client makes durable before it sends the share). Rows at and above `T` may already be in the files: a restore
 /// truncates them away and computes them again.
 pub fn output_operator<'scope, S: RowSink>(
     rows: &Stream<'scope, u64, Vec<OutputRow>>,
@@ -398,12 +409,12 @@ pub fn output_operator<'scope, S: RowSink>(
                         }
                         let mut sink = sink.borrow_mut();
                         match sink.commit_point() {
-                            Ok(now) => {
+                            Ok((now, files)) => {
                                 // Every row below the cut is written (the
                                 // frontier passed it); the first mark at or
                                 // above it, if any, is where they end.
                                 let lengths = marks.front().map_or(now, |(_, l)| l.clone());
-                                assembler.borrow_mut().sink_share(id, cut, lengths);
+                                assembler.borrow_mut().sink_share(id, cut, lengths, files);
                             }
                             Err(e) => {
                                 // No share: the checkpoint never completes; the driver reports it.

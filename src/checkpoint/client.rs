@@ -121,15 +121,29 @@ pub enum ClientError {
     /// The connection broke or carried garbage.
     #[error("lost the connection to the checkpoint sidecar: {0}")]
     Lost(String),
+    /// An output file could not be made durable for a checkpoint.
+    #[error("output: {0}")]
+    Output(String),
     /// The sidecar said something out of protocol.
     #[error("the checkpoint sidecar broke the protocol: {0}")]
     Protocol(String),
 }
 
 /// A queued cut was not accepted: the queue is full (or the client thread is
-/// gone, see [`SidecarClient::error`]). The cut is handed back.
+/// gone, see [`SidecarClient::error`]). The cut and its files are handed back.
 #[derive(Debug)]
-pub struct Full(pub Box<WorkerCut>);
+pub struct Full(pub Box<WorkerCut>, pub Vec<DurableFile>);
+
+/// An output file a share's lengths refer to: the client thread makes it
+/// durable (`sync_data`) before it sends the share, so a worker never waits
+/// for the disk and a checkpoint never claims bytes that are not durable.
+#[derive(Clone, Debug)]
+pub struct DurableFile {
+    /// For errors.
+    pub path: std::path::PathBuf,
+    /// A handle on the file.
+    pub file: Arc<std::fs::File>,
+}
 
 /// How full the queue to the client thread is (a backpressure metric).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,20 +211,32 @@ impl Shared {
 /// A cloneable, non-blocking handle for workers to queue their cuts.
 #[derive(Clone, Debug)]
 pub struct CutSender {
-    tx: SyncSender<(WorkerCut, Instant)>,
+    tx: SyncSender<(WorkerCut, Instant, Vec<DurableFile>)>,
     shared: Arc<Shared>,
 }
 
 impl CutSender {
     /// Queues `cut` without blocking.
     pub fn try_send(&self, cut: WorkerCut) -> Result<(), Full> {
+        self.try_send_after_syncing(cut, Vec::new())
+    }
+
+    /// Queues `cut` without blocking; the client thread makes `files`
+    /// durable before it sends the cut.
+    pub fn try_send_after_syncing(
+        &self,
+        cut: WorkerCut,
+        files: Vec<DurableFile>,
+    ) -> Result<(), Full> {
         // Count first so that the thread's decrement never underflows.
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send((cut, Instant::now())) {
+        match self.tx.try_send((cut, Instant::now(), files)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full((cut, _)) | TrySendError::Disconnected((cut, _))) => {
+            Err(
+                TrySendError::Full((cut, _, files)) | TrySendError::Disconnected((cut, _, files)),
+            ) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(Full(Box::new(cut)))
+                Err(Full(Box::new(cut), files))
             }
         }
     }
@@ -436,7 +462,11 @@ impl Drop for SidecarClient {
 
 /// The client thread: writes queued cuts, reads acks, until closing (then it
 /// drains the queue and says goodbye) or an error.
-fn client_thread(mut stream: Stream, rx: &Receiver<(WorkerCut, Instant)>, shared: &Shared) {
+fn client_thread(
+    mut stream: Stream,
+    rx: &Receiver<(WorkerCut, Instant, Vec<DurableFile>)>,
+    shared: &Shared,
+) {
     let mut acks = FrameBuffer::new(MAX_REPLY_BYTES);
     let mut inflight = Inflight::new();
     let result = loop {
@@ -447,8 +477,20 @@ fn client_thread(mut stream: Stream, rx: &Receiver<(WorkerCut, Instant)>, shared
             rx.recv_timeout(POLL_INTERVAL)
         };
         match next {
-            Ok((cut, queued_at)) => {
+            Ok((cut, queued_at, files)) => {
                 shared.queued.fetch_sub(1, Ordering::Relaxed);
+                // The share's output lengths must be durable before the
+                // sidecar can commit them.
+                if let Some((f, e)) = files
+                    .iter()
+                    .find_map(|f| f.file.sync_data().err().map(|e| (f, e)))
+                {
+                    break Err(ClientError::Output(format!(
+                        "making {} durable for checkpoint {}: {e}",
+                        f.path.display(),
+                        cut.checkpoint_id
+                    )));
+                }
                 let id = cut.checkpoint_id;
                 let span = tracing::debug_span!(
                     "ship",

@@ -26,6 +26,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use weir_dataflows::combiner::{LocalCombiner, Update};
 
+use crate::checkpoint::client::DurableFile;
 use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate, KEY_GROUPS};
 use crate::source::SharedProgress;
 
@@ -102,7 +103,7 @@ pub struct TapShare {
 #[derive(Debug, Default)]
 pub struct CutAssembler {
     taps: BTreeMap<u64, (u64, TapShare)>,
-    sinks: BTreeMap<u64, (u64, Vec<OutputLength>)>,
+    sinks: BTreeMap<u64, (u64, Vec<OutputLength>, Vec<DurableFile>)>,
     /// The `cut` span of each checkpoint with a share here, from its first share.
     spans: BTreeMap<u64, (tracing::Span, Instant)>,
     ready: VecDeque<CutShare>,
@@ -120,6 +121,8 @@ pub struct CutShare {
     pub tap: TapShare,
     /// Output file lengths at the cut.
     pub outputs: Vec<OutputLength>,
+    /// The output files, to make durable before the share is sent.
+    pub durable_first: Vec<DurableFile>,
 }
 
 impl CutAssembler {
@@ -131,9 +134,15 @@ impl CutAssembler {
     }
 
     /// Records the sink's share of checkpoint `id` at `cut_time`.
-    pub fn sink_share(&mut self, id: u64, cut_time: u64, outputs: Vec<OutputLength>) {
+    pub fn sink_share(
+        &mut self,
+        id: u64,
+        cut_time: u64,
+        outputs: Vec<OutputLength>,
+        durable_first: Vec<DurableFile>,
+    ) {
         self.started(id, cut_time);
-        self.sinks.insert(id, (cut_time, outputs));
+        self.sinks.insert(id, (cut_time, outputs, durable_first));
         self.join(id);
     }
 
@@ -154,7 +163,7 @@ impl CutAssembler {
     fn join(&mut self, id: u64) {
         if self.taps.contains_key(&id) && self.sinks.contains_key(&id) {
             let (cut_time, tap) = self.taps.remove(&id).expect("present");
-            let (sink_cut, outputs) = self.sinks.remove(&id).expect("present");
+            let (sink_cut, outputs, durable_first) = self.sinks.remove(&id).expect("present");
             assert_eq!(
                 cut_time, sink_cut,
                 "tap and sink disagree on the time of checkpoint {id}"
@@ -172,6 +181,7 @@ impl CutAssembler {
                 cut_time,
                 tap,
                 outputs,
+                durable_first,
             });
         }
     }
