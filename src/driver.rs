@@ -70,18 +70,16 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
             let verify_started = Instant::now();
             let usable = newest_usable(&checkpoint_dir, query.fingerprint())?;
             summary.restore_verify = verify_started.elapsed();
-            if let Some((record, _)) = &usable {
-                tracing::info!(
-                    checkpoint_id = record.checkpoint_id,
-                    files = record.files.len(),
-                    bytes = record.files.iter().map(|f| f.size_bytes).sum::<u64>(),
-                    ms = summary.restore_verify.as_millis() as u64,
-                    "verified checkpoint"
-                );
-            }
             match usable {
                 Some((record, warnings)) => {
                     summary.restored_bytes = record.files.iter().map(|f| f.size_bytes).sum();
+                    tracing::info!(
+                        checkpoint_id = record.checkpoint_id,
+                        files = record.files.len(),
+                        bytes = summary.restored_bytes,
+                        ms = summary.restore_verify.as_millis() as u64,
+                        "verified checkpoint"
+                    );
                     for warning in &warnings {
                         tracing::warn!(%warning, "newest checkpoint unusable, falling back");
                         eprintln!("WARNING: {warning}");

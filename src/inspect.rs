@@ -163,9 +163,7 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
         )
         .ok();
         if let Some(t) = newest.timing {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now_ms = crate::metrics::now_ms();
             let interval = commits
                 .iter()
                 .rev()

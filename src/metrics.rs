@@ -38,7 +38,8 @@ fn secs(ms: u64) -> f64 {
     ms as f64 / 1e3
 }
 
-fn now_ms() -> u64 {
+/// The wall clock, Unix milliseconds (0 before 1970).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -104,10 +104,15 @@ impl OutputFile {
     /// yet: [`OutputFile::durable`] is synced before a checkpoint is sent.
     fn flush(&mut self) -> std::io::Result<OutputLength> {
         self.writer.flush()?;
-        Ok(OutputLength {
+        Ok(self.length())
+    }
+
+    /// The length written so far (buffered bytes included).
+    fn length(&self) -> OutputLength {
+        OutputLength {
             file_name: self.name.clone(),
             length_bytes: self.length_bytes,
-        })
+        }
     }
 }
 
@@ -262,12 +267,7 @@ impl RowSink for WorkerOutputs {
     }
 
     fn lengths(&self) -> Vec<OutputLength> {
-        [&self.windows, &self.late]
-            .map(|f| OutputLength {
-                file_name: f.name.clone(),
-                length_bytes: f.length_bytes,
-            })
-            .to_vec()
+        vec![self.windows.length(), self.late.length()]
     }
 
     fn fail(&mut self, error: std::io::Error) {
@@ -321,8 +321,9 @@ pub type CutInputs<'a, 'scope> = (
 /// files' lengths before each time's rows are remembered, so that when an
 /// announced cut `T` has been passed the sink can hand `assembler` the
 /// lengths of exactly the rows below `T` (with the files, which the sidecar
-/// client makes durable before it sends the share). Rows at and above `T` may already be in the files: a restore
-/// truncates them away and computes them again.
+/// client makes durable before it sends the share). Rows at and above `T`
+/// may already be in the files: a restore truncates them away and computes
+/// them again.
 pub fn output_operator<'scope, S: RowSink>(
     rows: &Stream<'scope, u64, Vec<OutputRow>>,
     cuts: Option<CutInputs<'_, 'scope>>,

@@ -504,20 +504,7 @@ fn client_thread(
                 );
                 let _entered = span.enter();
                 let started = Instant::now();
-                let mut cut = cut;
-                let mut sent = Ok(0);
-                for part in split_share(&mut cut, SHARE_FRAME_BUDGET_BYTES) {
-                    sent = sent.and_then(|total| {
-                        send(&mut stream, &ToSidecar::CutUpdates(part)).map(|b| total + b)
-                    });
-                    if sent.is_err() {
-                        break;
-                    }
-                }
-                let sent = sent.and_then(|early| {
-                    send(&mut stream, &ToSidecar::WorkerCut(cut)).map(|last| early + last)
-                });
-                match sent {
+                match send_share(&mut stream, cut) {
                     Ok(bytes) => {
                         span.record("bytes", bytes);
                         span.record("elapsed_ms", crate::metrics::millis(started.elapsed()));
@@ -556,6 +543,16 @@ fn client_thread(
 /// [`ToSidecar::CutUpdates`] frames (half the frame limit, so the share's
 /// partitions and outputs always fit in its last frame).
 const SHARE_FRAME_BUDGET_BYTES: usize = MAX_PAYLOAD_BYTES / 2;
+
+/// Writes a worker's share: its leading updates as cut updates frames if it
+/// is too large for one frame, then its worker cut; returns the bytes sent.
+fn send_share(stream: &mut Stream, mut cut: WorkerCut) -> Result<u64, ClientError> {
+    let mut bytes = 0;
+    for part in split_share(&mut cut, SHARE_FRAME_BUDGET_BYTES) {
+        bytes += send(stream, &ToSidecar::CutUpdates(part))?;
+    }
+    Ok(bytes + send(stream, &ToSidecar::WorkerCut(cut))?)
+}
 
 /// Writes `message`; returns the frame's size in bytes.
 fn send(stream: &mut Stream, message: &ToSidecar) -> Result<u64, ClientError> {

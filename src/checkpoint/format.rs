@@ -35,14 +35,12 @@ mod tests;
 use std::fmt;
 
 pub use commit::{
-    check_commit_record, decode_commit_record, decode_commit_record_version, encode_commit_frame,
-    encode_commit_record, encode_commits_header, encode_commits_header_version, scan_commits,
-    CommitScan,
+    check_commit_record, decode_commit_record, encode_commit_frame, encode_commit_record,
+    encode_commits_header, encode_commits_header_version, scan_commits, CommitScan,
 };
 pub use delta::{
     check_data_file_crc, check_data_file_length, decode_data_file, decode_layout, decode_trailer,
-    encode_data_file, push_updates, verify_data_file, visit_data_file, visit_group, GroupExtent,
-    VisitUpdate,
+    encode_data_file, push_updates, verify_data_file, visit_group, GroupExtent, VisitUpdate,
 };
 
 /// Number of key groups; a key's group is a hash of it modulo this.

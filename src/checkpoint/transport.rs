@@ -34,7 +34,7 @@ use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate};
 mod codec;
 mod split;
 use codec::{Dec, Enc};
-pub use split::{encoded_update_bytes, split_share};
+pub use split::{encoded_bytes, encoded_update_bytes, split_share};
 
 /// First two bytes of every frame (`b"WR"`, read as a little-endian u16).
 pub const FRAME_MAGIC: u16 = u16::from_le_bytes(*b"WR");

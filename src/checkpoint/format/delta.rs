@@ -317,29 +317,8 @@ pub fn visit_group(
     Ok(())
 }
 
-/// Decodes a data file that passed [`verify_data_file`] against `meta`,
-/// appending to `out` its updates of the key groups `key_groups` accepts
-/// with time at least `horizon_time`, in file order. Structural checks
-/// (header matches the name, index consistent, records sorted and
-/// consolidated, times within `meta`'s range) still apply.
-pub fn decode_data_file(
-    bytes: &[u8],
-    meta: &FileMeta,
-    key_groups: &dyn Fn(u16) -> bool,
-    horizon_time: u64,
-    out: &mut Vec<PersistedUpdate>,
-) -> Result<(), FormatError> {
-    visit_data_file(
-        bytes,
-        meta,
-        key_groups,
-        horizon_time,
-        &mut push_updates(out),
-    )
-}
-
-/// A visitor for [`visit_data_file`] and its kin that appends a copy of
-/// each update to `out`.
+/// A visitor for [`visit_group`] and its kin that appends a copy of each
+/// update to `out`.
 pub fn push_updates(
     out: &mut Vec<PersistedUpdate>,
 ) -> impl FnMut(u16, &[u8], u64, i64) -> Result<(), String> + '_ {
@@ -354,33 +333,32 @@ pub fn push_updates(
     }
 }
 
-/// As [`decode_data_file`], handing each update to `visit` instead of
-/// copying it.
-pub fn visit_data_file(
+/// Decodes a data file that passed [`verify_data_file`] against `meta`,
+/// appending to `out` its updates of the key groups `key_groups` accepts
+/// with time at least `horizon_time`, in file order. Structural checks
+/// (header matches the name, index consistent, records sorted and
+/// consolidated, times within `meta`'s range) still apply.
+pub fn decode_data_file(
     bytes: &[u8],
     meta: &FileMeta,
     key_groups: &dyn Fn(u16) -> bool,
     horizon_time: u64,
-    visit: &mut VisitUpdate<'_>,
+    out: &mut Vec<PersistedUpdate>,
 ) -> Result<(), FormatError> {
-    let len = bytes.len();
-    if len < DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES {
-        return Err(FormatError {
-            byte_offset: 0,
-            reason: format!("file has only {len} bytes"),
-        });
-    }
-    let trailer_at = len - DATA_FILE_TRAILER_LEN_BYTES;
-    let trailer = decode_trailer(len as u64, &bytes[trailer_at..])?;
+    // A file shorter than a trailer gives a short slice, which
+    // `decode_trailer` refuses like any file too short for a header and one.
+    let trailer_at = bytes.len().saturating_sub(DATA_FILE_TRAILER_LEN_BYTES);
+    let trailer = decode_trailer(bytes.len() as u64, &bytes[trailer_at..])?;
     let extents = decode_layout(
         &bytes[..DATA_FILE_HEADER_LEN_BYTES],
         &bytes[trailer.0 as usize..trailer_at],
         trailer,
         meta,
     )?;
+    let mut visit = push_updates(out);
     for extent in extents.iter().filter(|e| key_groups(e.key_group)) {
         let range = extent.offset as usize..extent.end as usize;
-        visit_group(&bytes[range], extent, meta, horizon_time, visit)?;
+        visit_group(&bytes[range], extent, meta, horizon_time, &mut visit)?;
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ use crate::checkpoint::format::{
     PersistedUpdate, KEY_GROUPS, MAX_UPDATE_DATA_BYTES,
 };
 use crate::checkpoint::store::{CheckpointStore, StoreError};
-use crate::checkpoint::transport::{encoded_update_bytes, CutUpdates, Hello, WorkerCut};
+use crate::checkpoint::transport::{encoded_bytes, CutUpdates, Hello, WorkerCut};
 
 /// At most this many checkpoints may be incomplete at once.
 pub const MAX_PENDING_CHECKPOINTS: u64 = 16;
@@ -257,7 +257,7 @@ impl Coordinator {
                 part.worker, run.workers_total
             ));
         }
-        let bytes: usize = part.updates.iter().map(encoded_update_bytes).sum();
+        let bytes = encoded_bytes(&part.updates);
         if self.early_bytes + bytes > MAX_EARLY_UPDATE_BYTES {
             return Err(format!(
                 "split checkpoint shares exceed {MAX_EARLY_UPDATE_BYTES} bytes held"
@@ -280,7 +280,7 @@ impl Coordinator {
         };
         let id = cut.checkpoint_id;
         if let Some(mut early) = self.early_updates.remove(&(id, cut.worker)) {
-            self.early_bytes -= early.iter().map(encoded_update_bytes).sum::<usize>();
+            self.early_bytes -= encoded_bytes(&early);
             early.append(&mut cut.updates);
             cut.updates = early;
         }
@@ -396,7 +396,7 @@ impl Coordinator {
         self.early_updates.retain(|&(id, _), updates| {
             let keep = id > record.checkpoint_id;
             if !keep {
-                freed += updates.iter().map(encoded_update_bytes).sum::<usize>();
+                freed += encoded_bytes(updates);
             }
             keep
         });
@@ -543,9 +543,7 @@ pub fn commit_checkpoint(
         partitions: partitions.into_values().collect(),
         outputs: outputs.into_values().collect(),
         timing: Some(CommitTiming {
-            committed_at_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            committed_at_unix_ms: crate::metrics::now_ms(),
             commit_latency_us: checkpoint.first_cut_at.elapsed().as_micros() as u64,
         }),
     };

@@ -189,14 +189,12 @@ fn verify_files(dir: &Path, files: &[FileMeta]) -> Result<(), StoreError> {
 }
 
 /// A worker's share of a checkpoint, opened for reading: each file's
-/// header, index and trailer are read and checked, so the number of records
-/// is known before any is decoded. Only for a checkpoint [`newest_usable`]
-/// returned in this process: the files' checksums are not checked again.
+/// header, index and trailer are read and checked before any record is
+/// decoded. Only for a checkpoint [`newest_usable`] returned in this
+/// process: the files' checksums are not checked again.
 #[derive(Debug)]
 pub struct CheckpointGroups {
     files: Vec<(PathBuf, File, FileMeta, Vec<GroupExtent>)>,
-    records: u64,
-    bytes_read: u64,
     /// The next (file, extent) to visit.
     next: (usize, usize),
     buffer: Vec<u8>,
@@ -211,7 +209,6 @@ impl CheckpointGroups {
         key_groups: impl Fn(u16) -> bool,
     ) -> Result<Self, StoreError> {
         let mut files = Vec::with_capacity(record.files.len());
-        let (mut records, mut bytes_read) = (0u64, 0u64);
         let mut buffer = Vec::new();
         for meta in &record.files {
             let (path, file) = open_data_file(dir, meta)?;
@@ -237,36 +234,27 @@ impl CheckpointGroups {
             let mut extents = decode_layout(&header, &buffer, trailer, meta)
                 .map_err(StoreError::corrupt(&path))?;
             extents.retain(|e| key_groups(e.key_group));
-            records += extents.iter().map(|e| e.records).sum::<u64>();
-            bytes_read += DATA_FILE_HEADER_LEN_BYTES as u64 + len - trailer.0;
             files.push((path, file, meta.clone(), extents));
         }
         Ok(CheckpointGroups {
             files,
-            records,
-            bytes_read,
             next: (0, 0),
             buffer,
         })
-    }
-
-    /// Records in the accepted key groups (at any time).
-    pub fn records(&self) -> u64 {
-        self.records
     }
 
     /// Visits the records of the accepted key groups with time
     /// `>= horizon_time`, file by file, each file's in key group order,
     /// reading only those groups' byte ranges. Every record still gets the
     /// structural checks (sorted, consolidated, times within the file's
-    /// range). Returns the bytes read, the layouts included.
+    /// range).
     pub fn visit(
         mut self,
         horizon_time: u64,
         visit: &mut VisitUpdate<'_>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(), StoreError> {
         while self.visit_some(horizon_time, u64::MAX, visit)? {}
-        Ok(self.bytes_read)
+        Ok(())
     }
 
     /// As [`CheckpointGroups::visit`], in steps: visits whole key groups
@@ -289,18 +277,19 @@ impl CheckpointGroups {
             };
             let len = extent.end - extent.offset;
             read_range(file, path, &mut self.buffer, extent.offset, len)?;
-            self.bytes_read += len;
             visit_group(&self.buffer, extent, meta, horizon_time, visit)
                 .map_err(StoreError::corrupt(path))?;
             records += extent.records;
             self.next.1 += 1;
         }
+        while self
+            .files
+            .get(self.next.0)
+            .is_some_and(|f| self.next.1 >= f.3.len())
+        {
+            self.next = (self.next.0 + 1, 0);
+        }
         Ok(self.next.0 < self.files.len())
-    }
-
-    /// Bytes read so far, the layouts included.
-    pub fn bytes_read(&self) -> u64 {
-        self.bytes_read
     }
 }
 
@@ -324,6 +313,6 @@ pub fn visit_checkpoint_groups(
     key_groups: impl Fn(u16) -> bool,
     horizon_time: u64,
     visit: &mut VisitUpdate<'_>,
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     CheckpointGroups::open(dir, record, key_groups)?.visit(horizon_time, visit)
 }

@@ -9,11 +9,16 @@ pub fn encoded_update_bytes(update: &PersistedUpdate) -> usize {
     2 + 4 + update.data.len() + 8 + 8
 }
 
+/// Bytes `updates` take in a frame.
+pub fn encoded_bytes(updates: &[PersistedUpdate]) -> usize {
+    updates.iter().map(encoded_update_bytes).sum()
+}
+
 /// Splits `cut` so that no frame's updates take more than `budget_bytes`:
 /// the leading updates go into [`CutUpdates`] frames, to be sent first, and
 /// the rest stays in `cut`. Each frame gets at least one update.
 pub fn split_share(cut: &mut WorkerCut, budget_bytes: usize) -> Vec<CutUpdates> {
-    let total: usize = cut.updates.iter().map(encoded_update_bytes).sum();
+    let total = encoded_bytes(&cut.updates);
     if total <= budget_bytes {
         return Vec::new();
     }
