@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 
+use compact_str::CompactString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +61,7 @@ pub trait LocalCombiner: 'static {
 /// Partials grouped by bucket time, then key.
 #[derive(Debug)]
 struct Buckets<P> {
-    by_time: BTreeMap<u64, FastMap<String, P>>,
+    by_time: BTreeMap<u64, FastMap<CompactString, P>>,
 }
 
 impl<P: Copy> Buckets<P> {
@@ -77,7 +78,7 @@ impl<P: Copy> Buckets<P> {
         if let Some(partial) = map.get_mut(key) {
             fold(partial);
         } else {
-            map.insert(key.to_owned(), new());
+            map.insert(CompactString::from(key), new());
         }
     }
 
@@ -85,7 +86,7 @@ impl<P: Copy> Buckets<P> {
         &mut self,
         watermark: u64,
         out: &mut Vec<Update<R>>,
-        mut make: impl FnMut(u64, String, P) -> R,
+        mut make: impl FnMut(u64, CompactString, P) -> R,
     ) {
         while let Some(entry) = self.by_time.first_entry() {
             if *entry.key() >= watermark {
