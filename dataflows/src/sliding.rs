@@ -62,15 +62,14 @@ pub fn fixed_windows(
     // `pane_end - G`: computed from the pane, not from the update's time, so
     // that restored partials may enter later than that (see
     // `restored_panes` in the engine) and still leave on time.
-    let expired = partials
-        .clone()
-        .inner
-        .map(move |((key, (pane_start, agg)), time, diff)| {
+    let expired = hold_until_due(&partials.clone().inner.map(
+        move |((key, (pane_start, agg)), time, diff)| {
             let released_at = pane_start + slide_ms - granularity_ms;
             debug_assert!(time >= released_at, "a pane partial before its pane's end");
             ((key, (pane_start, agg)), released_at + size_ms, -diff)
-        })
-        .as_collection();
+        },
+    ))
+    .as_collection();
     let current =
         partials
             .concat(expired)
@@ -99,6 +98,60 @@ pub fn fixed_windows(
                 }
             });
     emit_windows(&current.inner, windows)
+}
+
+/// Holds updates whose time lies ahead until the frontier reaches it.
+///
+/// The retractions of `fixed_windows` are known when their pane arrives, a
+/// whole window before they take effect. Sent on at once, they would wait in
+/// the arrangement's batcher, which merges every update it holds, ready or
+/// not, at each frontier advance: a sliding window of `n` panes would re-sort
+/// `n` panes' worth of retractions at every slide (and a restored state all of
+/// it at every granule of the replay). Held here in a map by time, each is
+/// sent once, when the frontier reaches its time, and merged once.
+fn hold_until_due<'scope, D: Clone + 'static>(
+    updates: &Stream<'scope, u64, Vec<Update<D>>>,
+) -> Stream<'scope, u64, Vec<Update<D>>> {
+    updates
+        .clone()
+        .unary_frontier(Pipeline, "HoldUntilDue", |_cap, _info| {
+            let mut pending: BTreeMap<u64, Vec<Update<D>>> = BTreeMap::new();
+            // A capability at or below every pending time.
+            let mut held: Option<Capability<u64>> = None;
+            move |(input, frontier), output| {
+                input.for_each_stamp(|stamp, batches| {
+                    hold_least(&mut held, &stamp, output.output_index());
+                    for batch in batches {
+                        for update in batch.drain(..) {
+                            debug_assert!(stamp.least().is_some_and(|t| update.1 >= *t));
+                            pending.entry(update.1).or_default().push(update);
+                        }
+                    }
+                });
+                let frontier_time = frontier.frontier().first().copied();
+                // Due: no input below the update's time can still arrive.
+                while let Some(entry) = pending.first_entry() {
+                    let time = *entry.key();
+                    if frontier_time.is_some_and(|f| f < time) {
+                        break;
+                    }
+                    let cap = held
+                        .as_ref()
+                        .expect("a capability is held while updates are pending")
+                        .delayed(&time);
+                    output.session(&cap).give_container(&mut entry.remove());
+                }
+                match (pending.keys().next(), held.as_mut()) {
+                    (Some(&least), Some(h)) => {
+                        if *h.time() < least {
+                            h.downgrade(&least);
+                        }
+                    }
+                    (None, _) => held = None,
+                    (Some(_), None) => unreachable!("pending updates without a capability"),
+                }
+            }
+        })
 }
 
 /// Turns the per-key aggregate of the current window into one row per key
