@@ -128,8 +128,8 @@ pub trait RowSink: 'static {
     fn lengths(&self) -> Vec<OutputLength> {
         Vec::new()
     }
-    /// Sees a window row when the dataflow emits it (before any holding).
-    fn observe(&mut self, _row: &WindowRow) {}
+    /// Sees a batch of rows when the dataflow emits it (before any holding).
+    fn observe(&mut self, _rows: &[OutputRow]) {}
     /// Records a failure for the driver to report.
     fn fail(&mut self, error: std::io::Error) {
         panic!("output failed: {error}");

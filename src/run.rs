@@ -69,8 +69,10 @@ pub struct GeneratedInput {
 /// Sees every window row when the dataflow emits it (before an
 /// exactly-once output holds it for the next checkpoint).
 pub trait RowObserver: Send + Sync + std::fmt::Debug {
-    /// One emitted window row.
-    fn window_row(&self, row: &weir_dataflows::WindowRow);
+    /// The window rows of one emitted batch: one call per batch, so that an
+    /// observer takes its locks and reads its clock once per batch, not once
+    /// per row, on the workers' path.
+    fn window_rows(&self, rows: &mut dyn Iterator<Item = &weir_dataflows::WindowRow>);
 }
 
 /// Hooks for a harness that runs the engine in its own process.

@@ -274,9 +274,12 @@ impl RowSink for WorkerOutputs {
         self.error.get_or_insert(error);
     }
 
-    fn observe(&mut self, row: &WindowRow) {
+    fn observe(&mut self, rows: &[OutputRow]) {
         if let Some(observer) = &self.observer {
-            observer.window_row(row);
+            observer.window_rows(&mut rows.iter().filter_map(|row| match row {
+                OutputRow::Window(w) => Some(w),
+                _ => None,
+            }));
         }
     }
 }
@@ -336,7 +339,7 @@ pub fn output_operator<'scope, S: RowSink>(
                 let mut sink = sink.borrow_mut();
                 input.for_each_stamp(|_stamp, batches| {
                     for batch in batches {
-                        observe_rows(&mut *sink, batch);
+                        sink.observe(batch);
                         write_rows(&mut *sink, batch.drain(..));
                     }
                 });
@@ -368,7 +371,7 @@ pub fn output_operator<'scope, S: RowSink>(
                         );
                         let time = *stamp.least().expect("non-empty stamp");
                         for batch in batches {
-                            observe_rows(&mut *sink.borrow_mut(), batch);
+                            sink.borrow_mut().observe(batch);
                             if time >= restored_cut {
                                 held.extend(batch.drain(..).map(|row| (time, row)));
                             } else {
@@ -429,14 +432,6 @@ pub fn output_operator<'scope, S: RowSink>(
                 }
             },
         );
-}
-
-fn observe_rows<S: RowSink>(sink: &mut S, rows: &[OutputRow]) {
-    for row in rows {
-        if let OutputRow::Window(w) = row {
-            sink.observe(w);
-        }
-    }
 }
 
 fn write_rows<S: RowSink>(sink: &mut S, rows: impl Iterator<Item = OutputRow>) {

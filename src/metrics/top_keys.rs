@@ -76,13 +76,12 @@ impl std::fmt::Debug for TopKeysObserver {
 }
 
 impl RowObserver for TopKeysObserver {
-    fn window_row(&self, row: &WindowRow) {
-        self.top
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .observe(&row.key, row.agg.count);
-        if let Some(inner) = &self.inner {
-            inner.window_row(row);
+    fn window_rows(&self, rows: &mut dyn Iterator<Item = &WindowRow>) {
+        let mut top = self.top.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = rows.inspect(|row| top.observe(&row.key, row.agg.count));
+        match &self.inner {
+            Some(inner) => inner.window_rows(&mut seen),
+            None => seen.for_each(drop),
         }
     }
 }
