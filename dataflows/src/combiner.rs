@@ -35,6 +35,24 @@ pub fn hold_least(
     }
 }
 
+/// Moves `held` to `least_needed`, the least time the operator may still
+/// emit at, or drops it when there is none. `least_needed` must not be below
+/// the capability's time.
+pub fn hold_only(
+    held: &mut Option<timely::dataflow::operators::Capability<u64>>,
+    least_needed: Option<u64>,
+) {
+    match (least_needed, held.as_mut()) {
+        (Some(least), Some(h)) => {
+            if *h.time() < least {
+                h.downgrade(&least);
+            }
+        }
+        (Some(_), None) => unreachable!("pending output without a capability"),
+        (None, _) => *held = None,
+    }
+}
+
 /// One update of a differential collection: data, time, diff.
 pub type Update<D> = (D, u64, isize);
 

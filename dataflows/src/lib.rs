@@ -21,6 +21,7 @@ pub mod reference;
 pub mod row;
 pub mod session;
 pub mod sliding;
+pub mod tumbling;
 pub mod window;
 
 pub use agg::Agg;

@@ -1,4 +1,5 @@
-//! Tumbling and sliding windows as a differential dataflow.
+//! Sliding windows as a differential dataflow (tumbling windows, one pane
+//! each, take the shortcut in [`crate::tumbling`]).
 //!
 //! The input is the collection of pane partials `(key, (pane_start, agg))`
 //! released by [`crate::combiner::PaneCombiner`] at time `pane_end - G`.
@@ -28,7 +29,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::agg::Agg;
-use crate::combiner::{hold_least, FastMap, Update};
+use crate::combiner::{hold_least, hold_only, FastMap, Update};
 use crate::key::Key;
 use crate::row::WindowRow;
 
@@ -47,12 +48,16 @@ pub struct FixedWindows {
 pub type PanePartials<'scope> = VecCollection<'scope, u64, (Key, (u64, Agg)), isize>;
 
 /// The window rows of `partials`, each emitted once when its window closes.
+/// Tumbling windows (`size == slide`) go to [`crate::tumbling::tumbling_windows`].
 pub fn fixed_windows(
     partials: PanePartials<'_>,
     windows: FixedWindows,
 ) -> Stream<'_, u64, Vec<WindowRow>> {
     assert!(windows.slide_ms > 0 && windows.size_ms.is_multiple_of(windows.slide_ms));
     assert!(windows.granularity_ms > 0 && windows.slide_ms.is_multiple_of(windows.granularity_ms));
+    if windows.size_ms == windows.slide_ms {
+        return crate::tumbling::tumbling_windows(partials, windows);
+    }
     let FixedWindows {
         size_ms,
         slide_ms,
@@ -141,15 +146,7 @@ fn hold_until_due<'scope, D: Clone + 'static>(
                         .delayed(&time);
                     output.session(&cap).give_container(&mut entry.remove());
                 }
-                match (pending.keys().next(), held.as_mut()) {
-                    (Some(&least), Some(h)) => {
-                        if *h.time() < least {
-                            h.downgrade(&least);
-                        }
-                    }
-                    (None, _) => held = None,
-                    (Some(_), None) => unreachable!("pending updates without a capability"),
-                }
+                hold_only(&mut held, pending.keys().next().copied());
             }
         })
 }
@@ -252,16 +249,7 @@ fn emit_windows<'scope>(
                     (true, Some(&p)) => Some(p),
                     (true, None) => None,
                 };
-                match least_needed {
-                    Some(t) => {
-                        if let Some(h) = held.as_mut() {
-                            if *h.time() < t {
-                                h.downgrade(&t);
-                            }
-                        }
-                    }
-                    None => held = None,
-                }
+                hold_only(&mut held, least_needed);
             }
         })
 }
