@@ -21,6 +21,11 @@ use crate::window::round_down;
 /// fast, and the same across processes.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
+/// An empty [`FastMap`] with room for `capacity` entries.
+pub fn fast_map_with_capacity<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, foldhash::fast::FixedState::default())
+}
+
 /// Keeps in `held` a capability at or below the least time of `stamp` (and
 /// of what `held` covered already): for operators that emit later, at times
 /// derived from their input.
@@ -80,18 +85,26 @@ pub trait LocalCombiner: 'static {
 #[derive(Debug)]
 struct Buckets<P> {
     by_time: BTreeMap<u64, FastMap<CompactString, P>>,
+    /// Keys in the last bucket flushed: a new bucket starts at that capacity,
+    /// so it does not rehash its way up to the key set every bucket.
+    last_bucket_keys: usize,
 }
 
 impl<P: Copy> Buckets<P> {
     fn new() -> Self {
         Buckets {
             by_time: BTreeMap::new(),
+            last_bucket_keys: 0,
         }
     }
 
     #[inline]
     fn upsert(&mut self, time: u64, key: &str, new: impl FnOnce() -> P, fold: impl FnOnce(&mut P)) {
-        let map = self.by_time.entry(time).or_default();
+        let capacity = self.last_bucket_keys;
+        let map = self
+            .by_time
+            .entry(time)
+            .or_insert_with(|| fast_map_with_capacity(capacity));
         // Look up by &str first so that the common case (key seen) allocates nothing.
         if let Some(partial) = map.get_mut(key) {
             fold(partial);
@@ -112,6 +125,7 @@ impl<P: Copy> Buckets<P> {
             }
             let time = *entry.key();
             let map = entry.remove();
+            self.last_bucket_keys = map.len();
             out.reserve(map.len());
             out.extend(
                 map.into_iter()

@@ -21,7 +21,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::agg::Agg;
-use crate::combiner::{hold_least, hold_only, FastMap, Update};
+use crate::combiner::{fast_map_with_capacity, hold_least, hold_only, FastMap, Update};
 use crate::key::Key;
 use crate::row::WindowRow;
 use crate::sliding::{FixedWindows, PanePartials};
@@ -49,6 +49,8 @@ pub fn tumbling_windows(
         .unary_frontier(by_key, "TumblingWindows", move |_cap, _info| {
             // Per release time, each key's merged aggregate.
             let mut pending: BTreeMap<u64, FastMap<Key, Agg>> = BTreeMap::new();
+            // Keys of the last window emitted: the next map starts that large.
+            let mut last_window_keys = 0usize;
             // A capability at or below every pending time.
             let mut held: Option<Capability<u64>> = None;
             move |(input, frontier), output| {
@@ -65,7 +67,9 @@ pub fn tumbling_windows(
                                 .ok()
                                 .filter(|&c| c > 0)
                                 .expect("pane partials are only ever inserted");
-                            let merged = pending.entry(time).or_default();
+                            let merged = pending
+                                .entry(time)
+                                .or_insert_with(|| fast_map_with_capacity(last_window_keys));
                             if let Some(total) = merged.get_mut(&key) {
                                 total.merge_weighted(&agg, copies);
                             } else {
@@ -92,7 +96,9 @@ pub fn tumbling_windows(
                     // Windows that would start before the epoch hold only events from 0 on.
                     let window_start = window_end.saturating_sub(size_ms);
                     let mut session = output.session(&cap);
-                    for (key, agg) in entry.remove() {
+                    let window = entry.remove();
+                    last_window_keys = window.len();
+                    for (key, agg) in window {
                         session.give(WindowRow {
                             window_start,
                             window_end,
