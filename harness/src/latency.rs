@@ -65,6 +65,11 @@ pub struct LatencyArgs {
     /// Run without checkpoints.
     #[arg(long)]
     no_checkpoint: bool,
+    /// Windows that end within this long after the load starts are warm-up
+    /// (process start, first allocations, first checkpoint): their rows are
+    /// counted and in the time series, but not in the run's percentiles.
+    #[arg(long, default_value = "2s", value_parser = parse_duration_ms)]
+    warmup: u64,
     /// Work directory (log, checkpoints, outputs); emptied first.
     #[arg(long, default_value = "target/harness/latency")]
     work_dir: PathBuf,
@@ -96,6 +101,48 @@ struct Recorder {
     /// Rows emitted after the load stopped are the end-of-input flush, not
     /// steady state: they are counted but not recorded.
     stopped: AtomicBool,
+    /// Rows of windows ending before this (Unix ms: the load's start plus
+    /// `--warmup`) are warm-up: counted and in the time series, but not in
+    /// the run's percentiles. `u64::MAX` until the load starts.
+    measured_from_ms: AtomicU64,
+}
+
+impl Recorder {
+    fn new(lateness_ms: u64) -> Self {
+        Recorder {
+            lateness_ms,
+            stats: Mutex::default(),
+            rows: AtomicU64::new(0),
+            newest_window_end: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            measured_from_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Records a batch of rows emitted at `now_us`: each row's latency is
+    /// `now - (window end + lateness)`.
+    fn record_batch(&self, now_us: u64, rows: &mut dyn Iterator<Item = &WindowRow>) {
+        let stopped = self.stopped.load(Ordering::Relaxed);
+        let measured_from_ms = self.measured_from_ms.load(Ordering::Relaxed);
+        let (mut count, mut newest_end) = (0u64, 0u64);
+        let mut stats = self.stats.lock().expect("stats poisoned");
+        for row in rows {
+            count += 1;
+            newest_end = newest_end.max(row.window_end);
+            if !stopped {
+                let due_us = (row.window_end + self.lateness_ms) * 1_000;
+                let latency_us = now_us.saturating_sub(due_us);
+                if row.window_end >= measured_from_ms {
+                    stats.0.record_us(latency_us);
+                }
+                stats.1.record_us(latency_us);
+            }
+        }
+        drop(stats);
+        self.rows.fetch_add(count, Ordering::Relaxed);
+        self.newest_window_end
+            .fetch_max(newest_end, Ordering::Relaxed);
+    }
 }
 
 fn now_us() -> u64 {
@@ -107,24 +154,7 @@ fn now_us() -> u64 {
 impl RowObserver for Recorder {
     fn window_rows(&self, rows: &mut dyn Iterator<Item = &WindowRow>) {
         // One clock reading for the batch: its rows are emitted together.
-        let now_us = now_us();
-        let stopped = self.stopped.load(Ordering::Relaxed);
-        let (mut count, mut newest_end) = (0u64, 0u64);
-        let mut stats = self.stats.lock().expect("stats poisoned");
-        for row in rows {
-            count += 1;
-            newest_end = newest_end.max(row.window_end);
-            if !stopped {
-                let due_us = (row.window_end + self.lateness_ms) * 1_000;
-                let latency_us = now_us.saturating_sub(due_us);
-                stats.0.record_us(latency_us);
-                stats.1.record_us(latency_us);
-            }
-        }
-        drop(stats);
-        self.rows.fetch_add(count, Ordering::Relaxed);
-        self.newest_window_end
-            .fetch_max(newest_end, Ordering::Relaxed);
+        self.record_batch(now_us(), rows);
     }
 }
 
@@ -159,6 +189,7 @@ struct Config {
     partitions: u32,
     keys: u32,
     checkpoint_interval_ms: Option<u64>,
+    warmup_ms: u64,
 }
 
 fn rss_bytes() -> u64 {
@@ -204,13 +235,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         .collect::<Result<Vec<_>, _>>()
         .context("creating the log partitions")?;
 
-    let recorder = Arc::new(Recorder {
-        lateness_ms: args.lateness,
-        stats: Mutex::default(),
-        rows: AtomicU64::new(0),
-        newest_window_end: AtomicU64::new(0),
-        stopped: AtomicBool::new(false),
-    });
+    let recorder = Arc::new(Recorder::new(args.lateness));
     let stop = Arc::new(AtomicBool::new(false));
     let gauges = Arc::new(RunGauges::default());
     let checkpoint = (!args.no_checkpoint).then_some(CheckpointOptions {
@@ -252,6 +277,9 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     let engine = std::thread::spawn(move || run(&options));
 
     let start_ms = now_us() / 1_000;
+    recorder
+        .measured_from_ms
+        .store(start_ms + args.warmup, Ordering::Relaxed);
     let started = Instant::now();
     let mut rng = SplitMix64::new(42);
     let sampler = ZipfSampler::new(args.keys, 1.0);
@@ -413,6 +441,12 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
         args.rate > 0 && args.partitions > 0,
         "--rate and --partitions must be positive"
     );
+    anyhow::ensure!(
+        args.warmup < args.duration,
+        "--warmup ({} ms) must be shorter than --duration ({} ms)",
+        args.warmup,
+        args.duration
+    );
     let mut max_rate = None;
     let rate = if args.max_throughput {
         let (mut good, mut bad) = (0u64, None::<u64>);
@@ -458,6 +492,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
             partitions: args.partitions,
             keys: args.keys,
             checkpoint_interval_ms: (!args.no_checkpoint).then_some(args.checkpoint_interval),
+            warmup_ms: args.warmup,
         },
         events: m.events,
         throughput: m.events as f64 / m.load_secs,
@@ -572,6 +607,40 @@ impl CheckpointSampler {
 mod tests {
     use super::*;
     use weir::checkpoint::format::{CommitRecord, FileMeta};
+
+    fn row(window_end: u64) -> WindowRow {
+        WindowRow {
+            window_start: window_end - 1_000,
+            window_end,
+            key: "k".to_owned(),
+            agg: weir_dataflows::Agg::of(1),
+        }
+    }
+
+    #[test]
+    fn latency_is_emit_time_minus_window_end_plus_lateness_after_the_warmup() {
+        let recorder = Recorder::new(500);
+        recorder.measured_from_ms.store(10_000, Ordering::Relaxed);
+        // Emitted at 12.0 s: window ending 9 s is warm-up; windows ending at
+        // 10 s and 11 s are 1.5 s and 0.5 s late (lateness 0.5 s).
+        let rows = [row(9_000), row(10_000), row(11_000)];
+        recorder.record_batch(12_000_000, &mut rows.iter());
+        let (run, second) = recorder.stats.lock().unwrap().clone();
+        let run = run.percentiles();
+        assert_eq!(run.count, 2);
+        assert!((run.max - 1_500.0).abs() < 1.0, "{run:?}");
+        assert!((run.p50 - 500.0).abs() < 1.0, "{run:?}");
+        // The time series sees the warm-up row too: 2.5 s.
+        assert_eq!(second.percentiles().count, 3);
+        assert!((second.percentiles().max - 2_500.0).abs() < 2.0);
+        assert_eq!(recorder.rows.load(Ordering::Relaxed), 3);
+        assert_eq!(recorder.newest_window_end.load(Ordering::Relaxed), 11_000);
+        // After the load stops, rows are counted, not recorded.
+        recorder.stopped.store(true, Ordering::Relaxed);
+        recorder.record_batch(12_000_000, &mut [row(20_000)].iter());
+        assert_eq!(recorder.stats.lock().unwrap().0.percentiles().count, 2);
+        assert_eq!(recorder.rows.load(Ordering::Relaxed), 4);
+    }
 
     #[test]
     fn state_records_sum_the_workers() {
