@@ -8,7 +8,7 @@
 //!   cuts at the same sequence of times with the same checkpoint ids.
 //! - [`persist_tap`]: on each worker, buffers the combiner's partials and,
 //!   once its input frontier has passed an announced `T`, ships the
-//!   consolidated updates with times in `[T_prev, T)` and the resume points
+//!   updates with times in `[T_prev, T)` and the resume points
 //!   of its partitions for `T`.
 //! - [`CutAssembler`]: joins a worker's tap share with its output sink's
 //!   share (the output files' lengths at `T`) into one
@@ -297,8 +297,13 @@ pub fn persist_tap<'scope, C>(
                             for update in &mut shipped {
                                 update.1 = prev_cut;
                             }
+                            differential_dataflow::consolidation::consolidate_updates(&mut shipped);
                         }
-                        differential_dataflow::consolidation::consolidate_updates(&mut shipped);
+                        // Otherwise (pane partials: one per key, pane and
+                        // worker) there is nothing to cancel, and the sidecar
+                        // sorts and consolidates every share by its encoded
+                        // bytes anyway (`write_delta`): a sort here would be
+                        // the same work twice, on the workers' cores.
                         let updates = shipped
                             .into_iter()
                             .map(|(record, time, diff)| PersistedUpdate {
