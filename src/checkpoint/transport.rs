@@ -512,6 +512,18 @@ pub async fn read_frame_async<M: Message>(
     reader: &mut (impl AsyncRead + Unpin),
     max_bytes: usize,
 ) -> Result<Option<M>, FrameError> {
+    read_frame_async_into(reader, max_bytes, &mut Vec::new()).await
+}
+
+/// As [`read_frame_async`], reading the payload into `payload`, whose
+/// allocation a connection reuses from frame to frame: shares of many
+/// megabytes would otherwise each fault in (and have the kernel zero) fresh
+/// pages.
+pub async fn read_frame_async_into<M: Message>(
+    reader: &mut (impl AsyncRead + Unpin),
+    max_bytes: usize,
+    payload: &mut Vec<u8>,
+) -> Result<Option<M>, FrameError> {
     let mut head = [0u8; FRAME_HEADER_LEN_BYTES];
     let mut filled = 0;
     while filled < head.len() {
@@ -527,7 +539,8 @@ pub async fn read_frame_async<M: Message>(
         }
     }
     let header = parse_header(&head, max_bytes)?;
-    let mut payload = vec![0u8; header.len_bytes];
+    payload.clear();
+    payload.resize(header.len_bytes, 0);
     let mut got = 0;
     while got < payload.len() {
         match reader.read(&mut payload[got..]).await? {
@@ -540,7 +553,7 @@ pub async fn read_frame_async<M: Message>(
             n => got += n,
         }
     }
-    check_and_decode(header, &payload).map(Some)
+    check_and_decode(header, payload).map(Some)
 }
 
 /// Writes one frame to an async stream and flushes it.

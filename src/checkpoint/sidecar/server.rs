@@ -22,8 +22,8 @@ use super::{
 };
 use crate::checkpoint::store::CheckpointStore;
 use crate::checkpoint::transport::{
-    read_frame_async, write_frame_async, CutUpdates, FromSidecar, Hello, ToSidecar, WorkerCut,
-    MAX_PAYLOAD_BYTES,
+    read_frame_async, read_frame_async_into, write_frame_async, CutUpdates, FromSidecar, Hello,
+    ToSidecar, WorkerCut, MAX_PAYLOAD_BYTES,
 };
 
 /// Capacity of the channel from the connections to the coordinator (each
@@ -383,8 +383,10 @@ async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, reason: String) {
 
 /// Reads an admitted connection's messages into the coordinator.
 async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, conn: ConnId, events: mpsc::Sender<Event>) {
+    let mut payload = Vec::new();
     loop {
-        let (event, last) = match read_frame_async::<ToSidecar>(&mut rd, MAX_PAYLOAD_BYTES).await {
+        let read = read_frame_async_into::<ToSidecar>(&mut rd, MAX_PAYLOAD_BYTES, &mut payload);
+        let (event, last) = match read.await {
             Ok(Some(ToSidecar::WorkerCut(cut))) => (
                 Event::Cut {
                     conn,
