@@ -85,8 +85,9 @@ pub trait LocalCombiner: 'static {
 #[derive(Debug)]
 struct Buckets<P> {
     by_time: BTreeMap<u64, FastMap<CompactString, P>>,
-    /// Keys in the last bucket flushed: a new bucket starts at that capacity,
-    /// so it does not rehash its way up to the key set every bucket.
+    /// Keys in the last bucket flushed: a new newest bucket starts at that
+    /// capacity, so it does not rehash its way up to the key set every
+    /// bucket. (Older buckets opened by stragglers start empty.)
     last_bucket_keys: usize,
 }
 
@@ -100,7 +101,8 @@ impl<P: Copy> Buckets<P> {
 
     #[inline]
     fn upsert(&mut self, time: u64, key: &str, new: impl FnOnce() -> P, fold: impl FnOnce(&mut P)) {
-        let capacity = self.last_bucket_keys;
+        let newest = self.by_time.last_key_value().is_none_or(|(t, _)| *t < time);
+        let capacity = if newest { self.last_bucket_keys } else { 0 };
         let map = self
             .by_time
             .entry(time)
