@@ -15,8 +15,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::client::{DurableFile, SidecarAddress, SidecarClient};
-use crate::checkpoint::cut::CutAssembler;
+use crate::checkpoint::cadence::{Cadence, SidecarBacklog};
+use crate::checkpoint::client::{CutSender, DurableFile, SidecarAddress, SidecarClient};
+use crate::checkpoint::cut::{BacklogProbe, CutAssembler};
 use crate::checkpoint::format::{CommitRecord, OutputLength};
 use crate::checkpoint::store::newest_usable;
 use crate::checkpoint::transport::{Hello, WorkerCut};
@@ -201,7 +202,10 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         let out_dir = options.out_dir.clone();
         let until_end = options.until_end;
         let hooks = options.hooks.clone();
-        let interval_ms = checkpoint.map_or(0, |c| c.interval_ms);
+        let cadence = Cadence {
+            interval_ms: checkpoint.map_or(0, |c| c.interval_ms),
+            adaptive: checkpoint.is_some_and(|c| c.adaptive),
+        };
         let step_ms = query.cut_step_ms();
         let sender = client.as_ref().map(|c| c.sender());
         let client = client.clone();
@@ -294,12 +298,14 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                                 }
                             }
                         };
+                        let restored = point.unwrap_or((0, 0));
                         Some(WorkerCheckpointing {
                             assembler: Rc::clone(&assembler),
                             leader: index == 0,
                             step_ms,
-                            interval_ms,
-                            restored: point.unwrap_or((0, 0)),
+                            cadence,
+                            backlog: backlog_probe(client.as_ref(), sender.as_ref(), restored.0),
+                            restored,
                             restored_state,
                         })
                     }
@@ -466,6 +472,29 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
 /// Hands the assembled shares of cuts to the sidecar client, without
 /// blocking: what the bounded channel refuses waits in `backlog` (oldest
 /// first) for the next call.
+/// The sidecar backlog for the cut announcer: checkpoints announced since
+/// the last commit this process has heard of (the restored one before any),
+/// and the fill of the queue to the sidecar client thread.
+fn backlog_probe(
+    client: Option<&Arc<SidecarClient>>,
+    sender: Option<&CutSender>,
+    restored_id: u64,
+) -> BacklogProbe {
+    let (client, sender) = (client.cloned(), sender.cloned());
+    Rc::new(move |announced_id| {
+        let committed = client
+            .as_ref()
+            .and_then(|c| c.last_committed())
+            .map_or(restored_id, |(id, _)| id.max(restored_id));
+        let fill = sender.as_ref().map(CutSender::fill);
+        SidecarBacklog {
+            uncommitted: announced_id.saturating_sub(committed),
+            queued: fill.map_or(0, |f| f.queued),
+            capacity: fill.map_or(0, |f| f.capacity),
+        }
+    })
+}
+
 fn ship_ready(
     assembler: &Rc<RefCell<CutAssembler>>,
     backlog: &mut VecDeque<(WorkerCut, Vec<DurableFile>)>,

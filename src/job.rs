@@ -22,7 +22,10 @@ use weir_dataflows::session::session_windows;
 use weir_dataflows::sliding::{fixed_windows, FixedWindows};
 use weir_dataflows::{LateRow, WindowRow, WindowSpec};
 
-use crate::checkpoint::cut::{cut_announcer, persist_tap, resume_only_tap, CutAssembler};
+use crate::checkpoint::cadence::Cadence;
+use crate::checkpoint::cut::{
+    cut_announcer, persist_tap, resume_only_tap, BacklogProbe, CutAssembler,
+};
 use crate::checkpoint::format::OutputLength;
 use crate::sink::{output_operator, OutputRow};
 use crate::source::{
@@ -212,8 +215,10 @@ pub struct WorkerCheckpointing {
     pub leader: bool,
     /// Cuts are multiples of this, ms of event time.
     pub step_ms: u64,
-    /// At most one cut per this much wall clock.
-    pub interval_ms: u64,
+    /// How often cuts are announced (worker 0 only).
+    pub cadence: Cadence,
+    /// The sidecar's backlog, for the cadence (worker 0 only).
+    pub backlog: BacklogProbe,
     /// The restored checkpoint's id and cut time (0, 0 for a fresh run).
     pub restored: (u64, u64),
     /// The restored state of this worker's key groups.
@@ -251,11 +256,9 @@ where
             cut_announcer(
                 scope,
                 probe.clone(),
-                c.leader,
-                c.step_ms,
-                c.interval_ms,
-                c.restored.0,
-                c.restored.1,
+                (c.leader, c.step_ms),
+                (c.cadence, Rc::clone(&c.backlog)),
+                c.restored,
             )
         });
         let assembler = checkpointing.as_ref().map(|c| Rc::clone(&c.assembler));

@@ -113,6 +113,15 @@ struct SidecarArgs {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// How checkpoints are paced (see `weir::checkpoint::cadence`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum CheckpointCadence {
+    /// One checkpoint per `--checkpoint-interval`.
+    Fixed,
+    /// Longer intervals (up to 8x) while the sidecar is behind.
+    Adaptive,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Query {
     /// The generic window query: count, sum, min, max per key and window.
@@ -200,6 +209,11 @@ struct RunArgs {
     /// At most one checkpoint per this much wall clock (cuts fall on multiples of the slide).
     #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
     checkpoint_interval: u64,
+    /// `fixed`: one checkpoint per interval; `adaptive`: the interval doubles
+    /// (up to 8x) while the sidecar is behind and comes back once it catches up.
+    /// Either way at most 4 checkpoints are in flight.
+    #[arg(long, value_enum, default_value = "fixed")]
+    checkpoint_cadence: CheckpointCadence,
     /// Run without checkpoints (no sidecar, no restore, output written as produced).
     #[arg(long)]
     no_checkpoint: bool,
@@ -456,6 +470,7 @@ fn run_command(args: &RunArgs) -> Result<()> {
         log_config: LogConfig::default(),
         checkpoint: (!args.no_checkpoint).then(|| CheckpointOptions {
             interval_ms: args.checkpoint_interval,
+            adaptive: args.checkpoint_cadence == CheckpointCadence::Adaptive,
             sidecar: args.sidecar.clone(),
         }),
         hooks: weir::run::RunHooks::default(),

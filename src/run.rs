@@ -131,6 +131,9 @@ impl std::fmt::Debug for RunHooks {
 pub struct CheckpointOptions {
     /// At most one checkpoint per this much wall clock.
     pub interval_ms: u64,
+    /// Whether the interval adapts to the sidecar's backlog (between
+    /// `interval_ms` and 8 times it; see [`crate::checkpoint::cadence`]).
+    pub adaptive: bool,
     /// A sidecar started separately (`unix:PATH` or `tcp:ADDR`); without it,
     /// process 0 starts one on `<data-dir>/sidecar.sock`.
     pub sidecar: Option<String>,

@@ -240,6 +240,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     let gauges = Arc::new(RunGauges::default());
     let checkpoint = (!args.no_checkpoint).then_some(CheckpointOptions {
         interval_ms: args.checkpoint_interval,
+        adaptive: false,
         sidecar: None,
     });
     let options = RunOptions {

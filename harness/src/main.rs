@@ -265,6 +265,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                 .checkpoint_interval
                 .map(|interval_ms| CheckpointOptions {
                     interval_ms,
+                    adaptive: false,
                     sidecar: None,
                 }),
             hooks: weir::run::RunHooks::default(),

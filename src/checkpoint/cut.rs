@@ -26,6 +26,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use weir_dataflows::combiner::{LocalCombiner, Update};
 
+use crate::checkpoint::cadence::{Cadence, SidecarBacklog};
 use crate::checkpoint::client::DurableFile;
 use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate, KEY_GROUPS};
 use crate::source::SharedProgress;
@@ -36,18 +37,22 @@ pub const FINAL_CUT: u64 = u64::MAX;
 /// A cut announcement: `(checkpoint id, cut time)`.
 pub type Announcement = (u64, u64);
 
+/// What the announcer asks about the sidecar before each announcement:
+/// called with the id of the last checkpoint it announced.
+pub type BacklogProbe = std::rc::Rc<dyn Fn(u64) -> SidecarBacklog>;
+
 /// Builds the announcer. Only `leader` (worker 0) announces; `probe` watches
-/// the query's outputs; cuts are multiples of `step_ms`, at most one per
-/// `interval_ms` of wall clock; ids continue from `last_id`, times from
-/// `last_cut`.
+/// the query's outputs; cuts are multiples of `step_ms`, paced by `cadence`
+/// (at most one per interval of wall clock, and never more than
+/// [`MAX_UNCOMMITTED_CHECKPOINTS`](crate::checkpoint::cadence::MAX_UNCOMMITTED_CHECKPOINTS)
+/// ahead of the last commit, as `backlog` reports it); ids continue from
+/// `last_id`, times from `last_cut`.
 pub fn cut_announcer(
     scope: Scope<'_, u64>,
     probe: ProbeHandle<u64>,
-    leader: bool,
-    step_ms: u64,
-    interval_ms: u64,
-    last_id: u64,
-    last_cut: u64,
+    (leader, step_ms): (bool, u64),
+    (cadence, backlog): (Cadence, BacklogProbe),
+    (last_id, last_cut): (u64, u64),
 ) -> Stream<'_, u64, Vec<Announcement>> {
     assert!(step_ms > 0);
     let mut builder = OperatorBuilder::new("CutAnnouncer".to_owned(), scope);
@@ -58,31 +63,40 @@ pub fn cut_announcer(
     builder.build(move |mut capabilities| {
         let mut cap = capabilities.pop().filter(|_| leader);
         let (mut id, mut cut) = (last_id, last_cut);
-        let interval = Duration::from_millis(interval_ms);
+        let mut interval_ms = cadence.initial_interval_ms();
         // The end of the input is checked often, so a finite run's final cut
         // does not wait for the next interval; regular cuts wait for it.
-        let poll = interval.min(Duration::from_millis(10));
+        let poll = Duration::from_millis(interval_ms.min(10));
         let mut last_announced = std::time::Instant::now();
         move |_frontiers| {
             let Some(c) = cap.as_ref() else { return };
             let frontier = probe.with_frontier(|f| f.first().copied());
-            match frontier {
-                None => {
-                    id += 1;
-                    output.activate().session(c).give((id, FINAL_CUT));
-                    cap = None;
-                }
-                Some(f) => {
-                    let t = f - f % step_ms;
-                    if t > cut && last_announced.elapsed() >= interval {
+            let since_last_ms = match frontier {
+                None => u64::MAX,
+                Some(_) => last_announced.elapsed().as_millis() as u64,
+            };
+            let pending = backlog(id);
+            if cadence.may_announce(interval_ms, since_last_ms, pending) {
+                match frontier {
+                    None => {
                         id += 1;
-                        cut = t;
-                        last_announced = std::time::Instant::now();
-                        output.activate().session(c).give((id, t));
+                        output.activate().session(c).give((id, FINAL_CUT));
+                        cap = None;
+                        return;
                     }
-                    activator.activate_after(poll);
+                    Some(f) => {
+                        let t = f - f % step_ms;
+                        if t > cut {
+                            id += 1;
+                            cut = t;
+                            last_announced = std::time::Instant::now();
+                            interval_ms = cadence.next_interval_ms(interval_ms, pending);
+                            output.activate().session(c).give((id, t));
+                        }
+                    }
                 }
             }
+            activator.activate_after(poll);
         }
     });
     stream.broadcast()

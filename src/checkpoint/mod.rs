@@ -5,6 +5,7 @@
 //! commit stream); [`store`] writes them durably (the sidecar, one writer at
 //! a time) and reads them back at restore (the engine).
 
+pub mod cadence;
 pub mod client;
 pub mod cut;
 pub mod format;

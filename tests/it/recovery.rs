@@ -271,6 +271,35 @@ fn a_sidecar_crash_at_each_commit_step_loses_nothing() {
 }
 
 #[test]
+fn an_adaptive_cadence_commits_checkpoints_and_the_same_output() {
+    let f = fixture(300_000);
+    let (data, out) = (f.tmp.path().join("data"), f.tmp.path().join("out"));
+    let mut args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+    args.extend(["--checkpoint-cadence", "adaptive"].map(str::to_owned));
+    assert_success(&weir().args(&args).output().unwrap(), "adaptive run");
+    assert_matches_reference(&out, &f.windows, &f.late, "adaptive cadence");
+    let report = weir()
+        .args(["inspect", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_success(&report, "inspect");
+    let text = String::from_utf8_lossy(&report.stdout);
+    let committed: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(" committed")?
+                .0
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no checkpoint count in: {text}"));
+    // Regular cuts as well as the final one.
+    assert!(committed >= 2, "{committed} checkpoints: {text}");
+}
+
+#[test]
 fn sidecar_only_kills_lose_nothing() {
     let f = fixture(1_500_000);
     let target = env_or("WEIR_CRASH_KILLS", 20);
