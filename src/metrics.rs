@@ -344,6 +344,24 @@ pub fn render(sources: &MetricsSources) -> String {
         "Records held in all arrangements of a worker of this process.",
         &per_worker,
     );
+    let mut partials: Vec<(usize, u64)> = counters
+        .combiner_partials
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(w, n)| (*w, n.load(Ordering::Relaxed)))
+        .collect();
+    partials.sort_unstable();
+    let partials: Vec<(String, String)> = partials
+        .into_iter()
+        .map(|(w, n)| (format!("worker=\"{w}\""), n.to_string()))
+        .collect();
+    out.labelled(
+        "combiner_partials",
+        "gauge",
+        "Pre-aggregated partials a worker's source holds for buckets not yet released (open panes or granules): the windows' state before they close; all of it for tumbling windows, which arrange nothing.",
+        &partials,
+    );
     let per_arrangement: Vec<(String, String)> = arrangements
         .iter()
         .enumerate()

@@ -72,6 +72,10 @@ pub struct SourceCounters {
     /// Each source's watermark (ms of event time; `u64::MAX` once its
     /// partitions have ended; 0 before the first read).
     pub watermarks: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Each source's pre-aggregated partials not yet released, with its
+    /// worker index: the state of the windows still open (for tumbling
+    /// windows, all of it).
+    pub combiner_partials: Mutex<Vec<(usize, Arc<AtomicU64>)>>,
     /// Sources that have read every partition to its end at least once
     /// (the end it had then, for a tailing run): they have caught up.
     pub caught_up: AtomicUsize,
@@ -85,6 +89,7 @@ impl Default for SourceCounters {
             events_read: AtomicU64::new(0),
             events_late: AtomicU64::new(0),
             watermarks: Mutex::default(),
+            combiner_partials: Mutex::default(),
             caught_up: AtomicUsize::new(0),
             min_event_ms: AtomicU64::new(u64::MAX),
         }
@@ -168,6 +173,7 @@ where
     C: LocalCombiner,
 {
     assert!(config.granularity_ms > 0 && config.batch_records > 0);
+    let worker_index = scope.index();
     let mut builder = OperatorBuilder::new("PartitionSource".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address);
     let (partials_output, partials) = builder.new_output::<Vec<Update<C::Record>>>();
@@ -202,6 +208,12 @@ where
             .lock()
             .expect("poisoned")
             .push(Arc::clone(&published_watermark));
+        let held_partials = Arc::new(AtomicU64::new(0));
+        counters
+            .combiner_partials
+            .lock()
+            .expect("poisoned")
+            .push((worker_index, Arc::clone(&held_partials)));
         let mut caught_up = false;
         move |_frontiers| {
             if failed || partials_cap.is_none() {
@@ -312,6 +324,7 @@ where
                 }
             }
             combiner.flush_before(watermark.unwrap_or(u64::MAX), &mut released);
+            held_partials.store(combiner.pending_partials() as u64, Ordering::Relaxed);
             if !released.is_empty() {
                 let cap = partials_cap.as_ref().expect("capability held while running");
                 debug_assert!(released.iter().all(|u| u.1 >= *cap.time()));

@@ -77,6 +77,9 @@ pub trait LocalCombiner: 'static {
     /// The least time of a partial still held, if any.
     fn min_pending_time(&self) -> Option<u64>;
 
+    /// How many partials are held (one per key and open bucket).
+    fn pending_partials(&self) -> usize;
+
     /// The hash of a record's key (for key groups in checkpoints).
     fn key_hash(record: &Self::Record) -> u64;
 }
@@ -139,6 +142,10 @@ impl<P: Copy> Buckets<P> {
     fn min_time(&self) -> Option<u64> {
         self.by_time.keys().next().copied()
     }
+
+    fn len(&self) -> usize {
+        self.by_time.values().map(HashMap::len).sum()
+    }
 }
 
 /// Combiner for tumbling and sliding windows: one [`Agg`] per (pane, key),
@@ -195,6 +202,10 @@ impl LocalCombiner for PaneCombiner {
 
     fn min_pending_time(&self) -> Option<u64> {
         self.buckets.min_time()
+    }
+
+    fn pending_partials(&self) -> usize {
+        self.buckets.len()
     }
 
     fn key_hash(record: &Self::Record) -> u64 {
@@ -281,6 +292,10 @@ impl LocalCombiner for SessionCombiner {
         self.buckets.min_time()
     }
 
+    fn pending_partials(&self) -> usize {
+        self.buckets.len()
+    }
+
     fn key_hash(record: &Self::Record) -> u64 {
         record.0.hash_value()
     }
@@ -306,6 +321,21 @@ mod tests {
         expected.add(-2);
         assert_eq!(out, vec![((Key::from("a"), (0, expected)), 9_000, 1)]);
         assert_eq!(c.min_pending_time(), Some(19_000));
+    }
+
+    #[test]
+    fn pending_partials_count_keys_per_open_bucket() {
+        let mut c = PaneCombiner::new(10_000, 1_000);
+        assert_eq!(c.pending_partials(), 0);
+        for (key, ts) in [("a", 1), ("b", 2), ("a", 3), ("a", 10_000), ("c", 15_000)] {
+            c.add(key, ts, 1);
+        }
+        // Pane 0: a, b; pane 10 s: a, c.
+        assert_eq!(c.pending_partials(), 4);
+        c.flush_before(9_001, &mut Vec::new());
+        assert_eq!(c.pending_partials(), 2);
+        c.flush_before(u64::MAX, &mut Vec::new());
+        assert_eq!(c.pending_partials(), 0);
     }
 
     #[test]

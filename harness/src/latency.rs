@@ -290,7 +290,8 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     let mut series = String::from(
         "second,input_rate,output_rate,frontier_lag_ms,checkpoint_lag_ms,sidecar_fill,rss_bytes,\
          latency_p50_ms,latency_p99_ms,latency_max_ms,committed_cut_ms,checkpoint_id,\
-         checkpoint_bytes,checkpoint_delta_bytes,checkpoint_files,commit_latency_us,state_records\n",
+         checkpoint_bytes,checkpoint_delta_bytes,checkpoint_files,commit_latency_us,state_records,\
+         combiner_partials\n",
     );
     let (mut last_sent, mut last_rows, mut peak_rss) = (0u64, 0u64, 0u64);
     let mut next_report = Duration::from_secs(1);
@@ -371,13 +372,18 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             } else {
                 commit_latency.to_string()
             };
-            let state = metrics_addr
-                .and_then(scrape_metrics)
-                .and_then(|text| state_records(&text))
-                .map_or(String::new(), |r| r.to_string());
+            let scraped = metrics_addr.and_then(scrape_metrics);
+            let summed = |name: &str| {
+                scraped
+                    .as_deref()
+                    .and_then(|text| sum_per_worker(text, name))
+                    .map_or(String::new(), |r| r.to_string())
+            };
+            let state = summed("weir_state_records");
+            let partials = summed("weir_combiner_partials");
             writeln!(
                 series,
-                "{},{},{},{lag},{checkpoint_lag},{fill},{rss},{percentiles},{committed_cut},{},{commit_latency},{state}",
+                "{},{},{},{lag},{checkpoint_lag},{fill},{rss},{percentiles},{committed_cut},{},{commit_latency},{state},{partials}",
                 next_report.as_secs(),
                 sent - last_sent,
                 rows - last_rows,
@@ -553,10 +559,12 @@ fn scrape_metrics(addr: std::net::SocketAddr) -> Option<String> {
 }
 
 /// Records held in arrangements over all workers, from Prometheus text.
-fn state_records(metrics: &str) -> Option<i64> {
+/// The sum over workers of the per-worker gauge `name` (`name{worker=..}`).
+fn sum_per_worker(metrics: &str, name: &str) -> Option<i64> {
+    let prefix = format!("{name}{{");
     let values: Vec<i64> = metrics
         .lines()
-        .filter(|l| l.starts_with("weir_state_records{"))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
@@ -644,13 +652,18 @@ mod tests {
     }
 
     #[test]
-    fn state_records_sum_the_workers() {
+    fn per_worker_gauges_sum_the_workers() {
         let text = "# TYPE weir_state_records gauge\n\
                     weir_state_records{worker=\"0\"} 10\n\
                     weir_state_records{worker=\"1\"} 32\n\
+                    weir_combiner_partials{worker=\"0\"} 7\n\
                     weir_sidecar_queue_fill 0\n";
-        assert_eq!(state_records(text), Some(42));
-        assert_eq!(state_records("weir_events_in_total 5\n"), None);
+        assert_eq!(sum_per_worker(text, "weir_state_records"), Some(42));
+        assert_eq!(sum_per_worker(text, "weir_combiner_partials"), Some(7));
+        assert_eq!(
+            sum_per_worker("weir_events_in_total 5\n", "weir_state_records"),
+            None
+        );
     }
 
     fn record(id: u64, files: &[(&str, u64)]) -> CommitRecord {

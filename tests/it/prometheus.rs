@@ -214,6 +214,12 @@ fn a_real_prometheus_scrapes_the_engine_and_the_sidecar() {
         log_of(&dir.path().join("engine.log"))
     );
     assert_eq!(events.len(), 1, "one engine target: {events:?}");
+    // One combiner gauge per worker (tumbling windows arrange nothing: this
+    // is where their state shows).
+    assert_eq!(
+        query(prometheus_addr, "count(weir_combiner_partials)"),
+        vec![2.0]
+    );
     let mut commits = Vec::new();
     assert!(
         wait_for(Duration::from_secs(60), || {
