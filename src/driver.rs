@@ -128,10 +128,23 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                 epoch: restored.as_ref().map_or(1, |r| r.checkpoint_id + 1),
                 restored_from: restored.as_ref().map(|r| r.checkpoint_id),
             };
-            Some(Arc::new(SidecarClient::connect_retrying(
+            // A sidecar started here that exits before it listens (killed,
+            // or it refused the data dir) ends the wait at once.
+            let child_gone = || {
+                let status = sidecar_child.as_mut()?.try_wait();
+                match status {
+                    Ok(Some(status)) => Some(format!(
+                        "the sidecar it started exited ({status}) before listening"
+                    )),
+                    Ok(None) => None,
+                    Err(e) => Some(format!("cannot check on the sidecar it started: {e}")),
+                }
+            };
+            Some(Arc::new(SidecarClient::connect_while(
                 &address,
                 &hello,
                 SIDECAR_TIMEOUT,
+                child_gone,
             )?))
         }
     } else {

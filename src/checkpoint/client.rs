@@ -397,12 +397,30 @@ impl SidecarClient {
         hello: &Hello,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        Self::connect_while(addr, hello, timeout, || None)
+    }
+
+    /// As [`connect_retrying`](Self::connect_retrying), but gives up as soon
+    /// as `gone` returns why the sidecar will never listen (e.g. the process
+    /// started for it has exited), instead of waiting out `timeout`.
+    pub fn connect_while(
+        addr: &SidecarAddress,
+        hello: &Hello,
+        timeout: Duration,
+        mut gone: impl FnMut() -> Option<String>,
+    ) -> Result<Self, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             match Self::connect(addr, hello.clone()) {
                 Err(e @ (ClientError::Connect { .. } | ClientError::Token(_)))
                     if Instant::now() < deadline =>
                 {
+                    if let Some(reason) = gone() {
+                        return Err(ClientError::Connect {
+                            addr: addr.to_string(),
+                            reason,
+                        });
+                    }
                     tracing::debug!(error = %e, "sidecar not ready yet, retrying");
                     std::thread::sleep(Duration::from_millis(20));
                 }

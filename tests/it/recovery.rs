@@ -271,6 +271,27 @@ fn a_sidecar_crash_at_each_commit_step_loses_nothing() {
 }
 
 #[test]
+fn a_sidecar_that_exits_before_listening_fails_the_run_at_once() {
+    // `WEIR_BIN` names the binary started as the sidecar: one that exits at
+    // once stands for a sidecar killed while starting. The run must say so
+    // rather than retry the connection for its full timeout.
+    let f = fixture(10_000);
+    let (data, out) = (f.tmp.path().join("data"), f.tmp.path().join("out"));
+    let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+    let failed = weir()
+        .args(&args)
+        .env("WEIR_BIN", "false")
+        .output()
+        .unwrap();
+    assert!(!failed.status.success(), "ran without its sidecar");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("the sidecar it started exited") && stderr.contains("before listening"),
+        "unclear error: {stderr}"
+    );
+}
+
+#[test]
 fn an_adaptive_cadence_commits_checkpoints_and_the_same_output() {
     let f = fixture(300_000);
     let (data, out) = (f.tmp.path().join("data"), f.tmp.path().join("out"));
