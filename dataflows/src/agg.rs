@@ -51,6 +51,18 @@ impl Agg {
         self.max = self.max.max(other.max);
     }
 
+    /// The aggregate of `copies` copies of `self` (`copies > 0`): where a
+    /// fold over weighted partials starts.
+    #[inline]
+    #[must_use]
+    pub fn repeated(&self, copies: u64) -> Agg {
+        let mut total = *self;
+        if copies > 1 {
+            total.merge_weighted(self, copies - 1);
+        }
+        total
+    }
+
     /// Merges `other` into `self`.
     #[inline]
     pub fn merge(&mut self, other: &Agg) {
@@ -75,6 +87,22 @@ mod tests {
                 sum: 10 + 3 * 2,
                 min: -3,
                 max: 10
+            }
+        );
+    }
+
+    #[test]
+    fn repeated_counts_every_copy_once() {
+        let mut a = Agg::of(5);
+        a.add(-3);
+        assert_eq!(a.repeated(1), a);
+        assert_eq!(
+            a.repeated(3),
+            Agg {
+                count: 6,
+                sum: 3 * 2,
+                min: -3,
+                max: 5
             }
         );
     }

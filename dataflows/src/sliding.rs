@@ -88,14 +88,9 @@ pub fn fixed_windows(
                     if copies == 0 {
                         continue;
                     }
-                    if let Some(t) = &mut total {
-                        t.merge_weighted(agg, copies);
-                    } else {
-                        let mut first = *agg;
-                        if copies > 1 {
-                            first.merge_weighted(agg, copies - 1);
-                        }
-                        total = Some(first);
+                    match &mut total {
+                        Some(t) => t.merge_weighted(agg, copies),
+                        None => total = Some(agg.repeated(copies)),
                     }
                 }
                 if let Some(total) = total {

@@ -70,15 +70,10 @@ pub fn tumbling_windows(
                             let merged = pending
                                 .entry(time)
                                 .or_insert_with(|| fast_map_with_capacity(last_window_keys));
-                            if let Some(total) = merged.get_mut(&key) {
-                                total.merge_weighted(&agg, copies);
-                            } else {
-                                let mut total = agg;
-                                if copies > 1 {
-                                    total.merge_weighted(&agg, copies - 1);
-                                }
-                                merged.insert(key, total);
-                            }
+                            merged
+                                .entry(key)
+                                .and_modify(|total| total.merge_weighted(&agg, copies))
+                                .or_insert_with(|| agg.repeated(copies));
                         }
                     }
                 });
