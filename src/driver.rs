@@ -482,9 +482,6 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     })
 }
 
-/// Hands the assembled shares of cuts to the sidecar client, without
-/// blocking: what the bounded channel refuses waits in `backlog` (oldest
-/// first) for the next call.
 /// The sidecar backlog for the cut announcer: checkpoints announced since
 /// the last commit this process has heard of (the restored one before any),
 /// and the fill of the queue to the sidecar client thread.
@@ -508,6 +505,9 @@ fn backlog_probe(
     })
 }
 
+/// Hands the assembled shares of cuts to the sidecar client, without
+/// blocking: what the bounded channel refuses waits in `backlog` (oldest
+/// first) for the next call.
 fn ship_ready(
     assembler: &Rc<RefCell<CutAssembler>>,
     backlog: &mut VecDeque<(WorkerCut, Vec<DurableFile>)>,

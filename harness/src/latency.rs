@@ -558,7 +558,6 @@ fn scrape_metrics(addr: std::net::SocketAddr) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
-/// Records held in arrangements over all workers, from Prometheus text.
 /// The sum over workers of the per-worker gauge `name` (`name{worker=..}`).
 fn sum_per_worker(metrics: &str, name: &str) -> Option<i64> {
     let prefix = format!("{name}{{");
