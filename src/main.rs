@@ -77,7 +77,7 @@ fn init_tracing(format: Option<LogFormat>) {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a query over the input log (with no arguments: a demo on generated Zipf data).
+    /// Run a query over the input log (with no arguments: the Nexmark q5 demo, with checkpoints).
     Run(RunArgs),
     /// Append CSV files (`ts,key,value`) to the input log; one file = one partition; idempotent.
     Ingest(IngestArgs),

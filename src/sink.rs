@@ -4,11 +4,13 @@
 //! Worker `g` (global index over all processes) writes `windows-<g>.csv` and
 //! `late-<g>.csv` in the output directory. One writer per file keeps byte
 //! lengths exact, which is what checkpoints record: with checkpoints on,
-//! rows are held until a cut `T` is announced, then every row of a time
-//! below `T` is written, the files are synced, and their lengths become the
-//! worker's share of the cut. A restore truncates the files to those lengths
-//! and drops regenerated rows of times below `T`, so each row is in the
-//! output exactly once.
+//! rows are written in time order once the frontier has passed their time
+//! (not held until a cut), and the files' length before each time's rows is
+//! remembered; when an announced cut `T` has been passed, the lengths of
+//! exactly the rows below `T` become the worker's share of the cut (the
+//! sidecar client syncs the files before it sends the share). A restore
+//! truncates the files to those lengths and drops regenerated rows of times
+//! below `T`, so each row is in the output exactly once.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};

@@ -232,6 +232,15 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                 .stderr(Stdio::null())
                 .spawn()?;
             timeline.event(rounds, "start", watch.newest);
+            // The target is drawn first: a sidecar starts only after the
+            // engine's ingest, and its kill moment is drawn once it exists
+            // (on a slow machine a fixed delay would fall before it, and
+            // the kill would not land).
+            let kill_engine = rng.below(2) == 0;
+            let pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
+            if !kill_engine {
+                wait_for_sidecar(&mut child, &pattern)?;
+            }
             let delay = Duration::from_millis(20 + rng.below(args.max_kill_delay.max(1)));
             let deadline = Instant::now() + delay;
             while Instant::now() < deadline && child.try_wait()?.is_none() {
@@ -262,7 +271,7 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                 // Exited with an error although nothing was killed during it.
                 bail!("an attempt failed by itself ({status}) in round {rounds}");
             }
-            if rng.below(2) == 0 {
+            if kill_engine {
                 let pid = child.id();
                 Command::new("kill")
                     .args(["-9", "--", &format!("-{pid}")])
@@ -270,10 +279,22 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                 engine_kills += 1;
                 timeline.event(rounds, "kill_engine", watch.newest);
             } else {
-                let pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
-                Command::new("pkill")
+                let landed = Command::new("pkill")
                     .args(["-9", "-f", &pattern])
-                    .status()?;
+                    .status()?
+                    .success();
+                if !landed {
+                    // The sidecar had exited: the run was finishing.
+                    let status = child.wait()?;
+                    if !status.success() {
+                        bail!("an attempt failed by itself ({status}) in round {rounds}");
+                    }
+                    if let Some((killed_at, _)) = awaiting.take() {
+                        recovery_ms.push(killed_at.elapsed().as_millis() as u64);
+                    }
+                    timeline.event(rounds, "finished", watch.newest);
+                    break;
+                }
                 sidecar_kills += 1;
                 timeline.event(rounds, "kill_sidecar", watch.newest);
             }
@@ -315,4 +336,24 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
     }
     eprintln!("{kills} kills ({engine_kills} engine, {sidecar_kills} sidecar): output identical");
     Ok(())
+}
+
+/// Waits until the sidecar of `child` (a process whose command line
+/// contains `pattern`) exists, or `child` exits; fails after two minutes.
+fn wait_for_sidecar(child: &mut std::process::Child, pattern: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let found = Command::new("pgrep")
+            .args(["-f", pattern])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        if found || child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the engine started no sidecar within 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -6,6 +6,7 @@ mod cluster;
 mod eviction;
 mod golden;
 mod ingest;
+mod kill_clock;
 mod log;
 mod nexmark;
 mod oracle;

@@ -7,15 +7,14 @@
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 use proptest::prelude::*;
-use weir::gen::SplitMix64;
 use weir::memory::{run_nexmark_in_memory, Partition};
 use weir::nexmark::{NexmarkQuery, NexmarkTable};
 use weir_dataflows::nexmark::reference::{reference, Auction, Bid, NexmarkInput, Person};
 
+use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
 use crate::support::{assert_success, run_weir, sorted_rows, weir};
 
 fn gen_nexmark(dir: &Path, events: u64, partitions: u32) {
@@ -371,9 +370,9 @@ proptest! {
 
 // ---- kill -9 ----
 
-/// Kills each attempt of the query (engine and sidecar: the process group)
-/// after a random delay until one completes; the output must equal a
-/// failure-free run's.
+/// Kills attempts of each query (engine and sidecar: the process group) at
+/// moments drawn within a failure-free run's duration, then lets the run
+/// finish; the output must equal the failure-free run's.
 #[test]
 fn every_nexmark_query_recovers_exactly_once_from_kill_minus_nine() {
     let kills_per_query: u64 = std::env::var("WEIR_NEXMARK_KILLS")
@@ -383,8 +382,7 @@ fn every_nexmark_query_recovers_exactly_once_from_kill_minus_nine() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input");
     gen_nexmark(&input, 1_000_000, 4);
-    let mut rng = SplitMix64::new(17);
-    for query in NexmarkQuery::ALL {
+    for (seed, query) in (17..).zip(NexmarkQuery::ALL) {
         let reference_out = tmp.path().join(format!("ref-{query}"));
         let mut args = nexmark_args(
             query,
@@ -393,32 +391,33 @@ fn every_nexmark_query_recovers_exactly_once_from_kill_minus_nine() {
             &reference_out,
         );
         args.push("--no-checkpoint".to_owned());
-        assert_success(&weir().args(&args).output().unwrap(), "failure-free run");
+        let (output, reference) = timed(|| weir().args(&args).output().unwrap());
+        assert_success(&output, "failure-free run");
         let expected = sorted_rows(&reference_out, "windows");
+        let mut clock = KillClock::new(seed, reference);
         let (data, out) = (
             tmp.path().join(format!("data-{query}")),
             tmp.path().join(format!("out-{query}")),
         );
         let mut kills = 0;
-        for attempt in 0.. {
-            assert!(attempt < 200, "{query}: too many attempts");
+        // Bounded: a kill that misses (the run finished first) ends the
+        // attempts too, and the rerun below completes the run.
+        for _ in 0..2 * kills_per_query {
             if kills == kills_per_query {
                 break;
             }
-            let workers = 1 + rng.below(3);
             let mut args = nexmark_args(query, &input, &data, &out);
-            args.extend(["--workers".to_owned(), workers.to_string()]);
-            let child = weir()
+            args.extend(["--workers".to_owned(), clock.workers(3).to_string()]);
+            let mut child = weir()
                 .args(&args)
                 .process_group(0)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(20 + rng.below(600)));
-            let _ = Command::new("kill")
-                .args(["-9", "--", &format!("-{}", child.id())])
-                .status();
+            if sleep_while_running(&mut child, clock.next_delay()) {
+                kill_group(child.id());
+            }
             let output = child.wait_with_output().unwrap();
             if output.status.success() {
                 // Finished before the kill: start over on a fresh data dir.
@@ -439,6 +438,7 @@ fn every_nexmark_query_recovers_exactly_once_from_kill_minus_nine() {
             );
             kills += 1;
         }
+        assert!(kills > 0, "{query}: no kill landed");
         assert_success(
             &weir()
                 .args(nexmark_args(query, &input, &data, &out))

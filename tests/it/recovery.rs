@@ -11,8 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use weir::gen::SplitMix64;
-
+use crate::kill_clock::{
+    kill_group, sidecar_pattern, sleep_while_running, timed, wait_for_process, KillClock,
+    MAX_KILLS_PER_ROUND,
+};
 use crate::support::{assert_success, run_weir, sorted_rows, weir};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -75,25 +77,31 @@ fn run_args_with_window(
     .to_vec()
 }
 
-/// Runs the job in `dirs` until it completes, killing each attempt (engine
-/// and sidecar: the whole process group) after a random delay, with a
-/// random worker count per attempt. Returns the number of kills.
-fn crash_until_done(input: &str, data: &str, out: &str, window: &str, rng: &mut SplitMix64) -> u64 {
-    for kills in 0.. {
-        assert!(kills < 200, "the run never completed");
-        let workers = 1 + rng.below(3);
-        let child = weir()
+/// Runs the job until it completes, killing attempts (engine and sidecar:
+/// the whole process group) at moments drawn by `clock`, with a random
+/// worker count per attempt; after [`MAX_KILLS_PER_ROUND`] kills the run is
+/// let finish. Returns the number of kills that landed.
+fn crash_until_done(
+    input: &str,
+    data: &str,
+    out: &str,
+    window: &str,
+    clock: &mut KillClock,
+) -> u64 {
+    let mut kills = 0;
+    loop {
+        let workers = clock.workers(3);
+        let mut child = weir()
             .args(run_args_with_window(input, data, out, workers, window))
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting weir");
-        std::thread::sleep(Duration::from_millis(20 + rng.below(900)));
-        let pid = child.id();
-        let _ = Command::new("kill")
-            .args(["-9", "--", &format!("-{pid}")])
-            .status();
+        // The engine exists once spawned; the kill moment is drawn from here.
+        if kills < MAX_KILLS_PER_ROUND && sleep_while_running(&mut child, clock.next_delay()) {
+            kill_group(child.id());
+        }
         let output = child.wait_with_output().unwrap();
         if output.status.success() {
             return kills;
@@ -105,67 +113,53 @@ fn crash_until_done(input: &str, data: &str, out: &str, window: &str, rng: &mut 
             "attempt {kills} failed by itself:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
+        kills += 1;
     }
-    unreachable!("the loop returns or panics")
 }
 
 #[test]
 fn kill_minus_nine_of_engine_and_sidecar_gives_exactly_once_output() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input");
-    gen_input(&input, 1_500_000);
-    let input = input.to_str().unwrap();
-
-    let reference_out = tmp.path().join("ref-out");
-    let reference_data = tmp.path().join("ref-data");
-    let mut reference_args = run_args(
-        input,
-        reference_data.to_str().unwrap(),
-        reference_out.to_str().unwrap(),
-        2,
-    );
-    reference_args.push("--no-checkpoint".to_owned());
-    let reference = weir().args(&reference_args).output().unwrap();
-    assert_success(&reference, "failure-free run");
-    let expected_windows = sorted_rows(&reference_out, "windows");
-    let expected_late = sorted_rows(&reference_out, "late");
+    let f = fixture(1_500_000);
     assert!(
-        expected_windows.len() > 10_000,
+        f.windows.len() > 10_000,
         "too little output: {}",
-        expected_windows.len()
+        f.windows.len()
     );
-    assert!(
-        !expected_late.is_empty(),
-        "the input should have late events"
-    );
-
+    assert!(!f.late.is_empty(), "the input should have late events");
     let target_kills = env_or("WEIR_CRASH_KILLS", 20);
     let seed = env_or("WEIR_CRASH_SEED", 7);
-    let mut rng = SplitMix64::new(seed);
+    let mut clock = KillClock::new(seed, f.reference);
     let (mut kills, mut rounds) = (0, 0);
-    while kills < target_kills {
+    while kills < target_kills && rounds < KillClock::max_rounds(target_kills) {
         // Each round: a fresh data dir and output, crashed until it completes.
         rounds += 1;
-        let data = tmp.path().join(format!("data-{rounds}"));
-        let out = tmp.path().join(format!("out-{rounds}"));
+        let data = f.tmp.path().join(format!("data-{rounds}"));
+        let out = f.tmp.path().join(format!("out-{rounds}"));
         let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
-        kills += crash_until_done(input, data, out, "sliding:20s/5s", &mut rng);
+        kills += crash_until_done(&f.input, data, out, "sliding:20s/5s", &mut clock);
         // Rerunning a completed run, on another worker count, changes nothing.
-        let rerun = weir().args(run_args(input, data, out, 3)).output().unwrap();
+        let rerun = weir()
+            .args(run_args(&f.input, data, out, 3))
+            .output()
+            .unwrap();
         assert_success(&rerun, "rerun after completion");
-        let out = Path::new(out);
-        assert_eq!(
-            sorted_rows(out, "windows"),
-            expected_windows,
-            "round {rounds}: window rows differ (seed {seed})"
-        );
-        assert_eq!(
-            sorted_rows(out, "late"),
-            expected_late,
-            "round {rounds}: late rows differ (seed {seed})"
+        assert_matches_reference(
+            Path::new(out),
+            &f.windows,
+            &f.late,
+            &format!("round {rounds} (seed {seed})"),
         );
     }
+    assert_kills_landed(kills, rounds);
     eprintln!("{kills} kills over {rounds} rounds (seed {seed})");
+}
+
+/// Fails a kill test none of whose kills landed: it tested nothing.
+fn assert_kills_landed(kills: u64, rounds: u64) {
+    assert!(
+        kills > 0,
+        "no kill landed in {rounds} rounds: every run finished before its kill moment"
+    );
 }
 
 /// Runs `args` to completion and checks the output against the reference.
@@ -220,6 +214,8 @@ struct Fixture {
     input: String,
     windows: Vec<String>,
     late: Vec<String>,
+    /// How long the failure-free run took on this machine.
+    reference: std::time::Duration,
 }
 
 fn fixture(events: u64) -> Fixture {
@@ -236,8 +232,10 @@ fn fixture(events: u64) -> Fixture {
         2,
     );
     args.push("--no-checkpoint".to_owned());
-    assert_success(&weir().args(&args).output().unwrap(), "failure-free run");
+    let (output, reference) = timed(|| weir().args(&args).output().unwrap());
+    assert_success(&output, "failure-free run");
     Fixture {
+        reference,
         windows: sorted_rows(&reference_out, "windows"),
         late: sorted_rows(&reference_out, "late"),
         tmp,
@@ -324,29 +322,32 @@ fn an_adaptive_cadence_commits_checkpoints_and_the_same_output() {
 fn sidecar_only_kills_lose_nothing() {
     let f = fixture(1_500_000);
     let target = env_or("WEIR_CRASH_KILLS", 20);
-    let mut rng = SplitMix64::new(env_or("WEIR_CRASH_SEED", 11));
+    let mut clock = KillClock::new(env_or("WEIR_CRASH_SEED", 11), f.reference);
     let (mut kills, mut rounds) = (0, 0);
-    while kills < target {
+    while kills < target && rounds < KillClock::max_rounds(target) {
         rounds += 1;
         let data = f.tmp.path().join(format!("data-{rounds}"));
         let out = f.tmp.path().join(format!("out-{rounds}"));
         let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+        // The sidecar's command line names this round's data dir.
+        let pattern = sidecar_pattern(&data);
         for attempt in 0.. {
-            assert!(attempt < 200, "the run never completed");
-            let child = weir()
+            let mut child = weir()
                 .args(&args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(20 + rng.below(500)));
-            // The sidecar's command line names this round's data dir.
-            let pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
-            let killed = Command::new("pkill")
-                .args(["-9", "-f", &pattern])
-                .status()
-                .unwrap()
-                .success();
+            // The sidecar starts after ingest: the kill moment is drawn
+            // only once it exists.
+            let killed = attempt < MAX_KILLS_PER_ROUND
+                && wait_for_process(&mut child, &pattern)
+                && sleep_while_running(&mut child, clock.next_delay())
+                && Command::new("pkill")
+                    .args(["-9", "-f", &pattern])
+                    .status()
+                    .unwrap()
+                    .success();
             let output = child.wait_with_output().unwrap();
             if output.status.success() {
                 break;
@@ -360,20 +361,20 @@ fn sidecar_only_kills_lose_nothing() {
         }
         assert_matches_reference(&out, &f.windows, &f.late, &format!("round {rounds}"));
     }
+    assert_kills_landed(kills, rounds);
 }
 
 #[test]
 fn kill_minus_nine_of_a_two_process_cluster_gives_exactly_once_output() {
     let f = fixture(1_500_000);
     let target = env_or("WEIR_CRASH_KILLS", 20);
-    let mut rng = SplitMix64::new(env_or("WEIR_CRASH_SEED", 13));
+    let mut clock = KillClock::new(env_or("WEIR_CRASH_SEED", 13), f.reference);
     let (mut kills, mut rounds) = (0, 0);
-    while kills < target {
+    while kills < target && rounds < KillClock::max_rounds(target) {
         rounds += 1;
         let data = f.tmp.path().join(format!("cluster-data-{rounds}"));
         let out = f.tmp.path().join(format!("cluster-out-{rounds}"));
         for attempt in 0.. {
-            assert!(attempt < 200, "the cluster never completed");
             let ports = crate::support::free_ports(2);
             let hostfile = f.tmp.path().join(format!("hosts-{rounds}-{attempt}"));
             let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -405,10 +406,12 @@ fn kill_minus_nine_of_a_two_process_cluster_gives_exactly_once_output() {
                 }
                 children.push(child);
             }
-            std::thread::sleep(Duration::from_millis(300 + rng.below(1_500)));
-            let _ = Command::new("kill")
-                .args(["-9", "--", &format!("-{group}")])
-                .status();
+            // Both processes exist once spawned; a cluster also connects
+            // its processes first, so its kill moments reach further.
+            let delay = clock.next_delay() + clock.next_delay();
+            if attempt < MAX_KILLS_PER_ROUND && sleep_while_running(&mut children[0], delay) {
+                kill_group(group as u32);
+            }
             let outputs: Vec<_> = children
                 .into_iter()
                 .map(|c| c.wait_with_output().unwrap())
@@ -432,6 +435,7 @@ fn kill_minus_nine_of_a_two_process_cluster_gives_exactly_once_output() {
             &format!("cluster round {rounds}"),
         );
     }
+    assert_kills_landed(kills, rounds);
 }
 
 #[test]
@@ -559,7 +563,8 @@ fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
 }
 
 /// Kills runs of `window` until `target` kills happened (each round ends
-/// with a completed run) and compares every round with a failure-free run.
+/// with a completed run; at most [`KillClock::max_rounds`] rounds) and
+/// compares every round with a failure-free run.
 fn crash_rounds(f: &Fixture, window: &str, target: u64, seed: u64) {
     let tag = window.replace([':', '/'], "-");
     let reference_out = f.tmp.path().join(format!("{tag}-ref-out"));
@@ -572,14 +577,15 @@ fn crash_rounds(f: &Fixture, window: &str, target: u64, seed: u64) {
         window,
     );
     args.push("--no-checkpoint".to_owned());
-    assert_success(&weir().args(&args).output().unwrap(), "failure-free run");
+    let (output, reference) = timed(|| weir().args(&args).output().unwrap());
+    assert_success(&output, "failure-free run");
     let (windows, late) = (
         sorted_rows(&reference_out, "windows"),
         sorted_rows(&reference_out, "late"),
     );
-    let mut rng = SplitMix64::new(seed);
+    let mut clock = KillClock::new(seed, reference);
     let (mut kills, mut rounds) = (0, 0);
-    while kills < target {
+    while kills < target && rounds < KillClock::max_rounds(target) {
         rounds += 1;
         let data = f.tmp.path().join(format!("{tag}-data-{rounds}"));
         let out = f.tmp.path().join(format!("{tag}-out-{rounds}"));
@@ -588,10 +594,11 @@ fn crash_rounds(f: &Fixture, window: &str, target: u64, seed: u64) {
             data.to_str().unwrap(),
             out.to_str().unwrap(),
             window,
-            &mut rng,
+            &mut clock,
         );
         assert_matches_reference(&out, &windows, &late, &format!("{window} round {rounds}"));
     }
+    assert_kills_landed(kills, rounds);
 }
 
 #[test]
