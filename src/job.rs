@@ -17,6 +17,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, SessionCombiner};
+use weir_dataflows::gauge::StateGauge;
 use weir_dataflows::nexmark::NexmarkQuery;
 use weir_dataflows::session::session_windows;
 use weir_dataflows::sliding::{fixed_windows, FixedWindows};
@@ -267,6 +268,12 @@ where
             WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
                 let slide_ms = query.spec.slide_ms().expect("fixed windows slide");
                 let combiner = PaneCombiner::new(slide_ms, query.granularity_ms);
+                let gauge = Arc::new(StateGauge::default());
+                counters
+                    .window_state
+                    .lock()
+                    .expect("poisoned")
+                    .push((scope.index(), Arc::clone(&gauge)));
                 let (mut partials, late) = partition_source(
                     scope,
                     feeds,
@@ -300,7 +307,10 @@ where
                     slide_ms,
                     granularity_ms: query.granularity_ms,
                 };
-                (fixed_windows(partials.as_collection(), windows), late)
+                (
+                    fixed_windows(partials.as_collection(), windows, gauge),
+                    late,
+                )
             }
             WindowSpec::Session { gap_ms } => {
                 let combiner = SessionCombiner::new(gap_ms, query.granularity_ms);

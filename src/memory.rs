@@ -28,6 +28,9 @@ pub struct CollectedRows {
     pub lines: Vec<String>,
     /// The largest number of records any worker held in its arrangements.
     pub peak_arranged_records: i64,
+    /// The largest number of live partials any worker's fixed-window
+    /// operator held (sampled after every step).
+    pub peak_window_partials: u64,
 }
 
 #[derive(Default)]
@@ -153,8 +156,19 @@ fn execute(
                 Arc::clone(&counters),
                 None,
             );
+            let window_state: Vec<_> = counters
+                .window_state
+                .lock()
+                .expect("poisoned")
+                .iter()
+                .filter(|(w, _)| *w == index)
+                .map(|(_, g)| Arc::clone(g))
+                .collect();
+            let mut peak_window_partials = 0;
             while !probe.done() {
                 worker.step();
+                let partials = window_state.iter().map(|g| g.partials()).sum::<u64>();
+                peak_window_partials = peak_window_partials.max(partials);
             }
             let mut sink = sink.borrow_mut();
             let mut out = collected.lock().expect("collector poisoned");
@@ -165,6 +179,7 @@ fn execute(
                 .peak_records
                 .load(std::sync::atomic::Ordering::Relaxed);
             out.peak_arranged_records = out.peak_arranged_records.max(peak);
+            out.peak_window_partials = out.peak_window_partials.max(peak_window_partials);
         })?
         .join()
     };

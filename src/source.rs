@@ -76,6 +76,9 @@ pub struct SourceCounters {
     /// worker index: the state of the windows still open (for tumbling
     /// windows, all of it).
     pub combiner_partials: Mutex<Vec<(usize, Arc<AtomicU64>)>>,
+    /// Each fixed-window operator's state (live partials, keys, bytes),
+    /// with its worker index.
+    pub window_state: Mutex<Vec<(usize, Arc<weir_dataflows::gauge::StateGauge>)>>,
     /// Sources that have read every partition to its end at least once
     /// (the end it had then, for a tailing run): they have caught up.
     pub caught_up: AtomicUsize,
@@ -90,6 +93,7 @@ impl Default for SourceCounters {
             events_late: AtomicU64::new(0),
             watermarks: Mutex::default(),
             combiner_partials: Mutex::default(),
+            window_state: Mutex::default(),
             caught_up: AtomicUsize::new(0),
             min_event_ms: AtomicU64::new(u64::MAX),
         }

@@ -15,8 +15,10 @@
 pub mod agg;
 pub mod combiner;
 pub mod duration;
+pub mod gauge;
 pub mod key;
 pub mod nexmark;
+pub mod pane_store;
 pub mod reference;
 pub mod row;
 pub mod session;

@@ -1,37 +1,41 @@
-//! Sliding windows as a differential dataflow (tumbling windows, one pane
-//! each, take the shortcut in [`crate::tumbling`]).
+//! Sliding windows (tumbling windows, one pane each, take the shortcut in
+//! [`crate::tumbling`]).
 //!
 //! The input is the collection of pane partials `(key, (pane_start, agg))`
-//! released by [`crate::combiner::PaneCombiner`] at time `pane_end - G`.
+//! released by [`crate::combiner::PaneCombiner`] at time `pane_end - G`
+//! (restored partials may come later, at the restored cut's last granule).
+//! They are exchanged by key and kept in a [`PaneStore`]: one packed copy
+//! per live (key, pane), and each key's aggregate over the current window,
+//! updated when a pane enters (add) or leaves (subtract; min and max by the
+//! store's two-stack scheme), so a slide costs O(1) amortized per partial
+//! whatever the number of panes in a window.
 //!
-//! - Each partial is inserted at its time and retracted `size` after its
-//!   pane's release time (`pane_end - G`, computed from the pane), so at
-//!   time `e - G` (for `e` a multiple of the slide) the collection holds exactly
-//!   the panes of the window `[e - size, e)`: the window's contents are a
-//!   collection, and no event or partial is copied `size / slide` times.
-//! - `reduce` per key folds the current panes into one [`Agg`]; it only fires
-//!   at times `≡ -G (mod slide)`, when a pane enters or leaves.
-//! - [`emit_windows`] follows the reduce output in time order and, once the
-//!   frontier has passed `e - G`, emits one row per key present: each window
-//!   result exactly once.
-//!
-//! The retraction is also the eviction: once the frontier passes a pane's
-//! retraction time, the insert and the retraction cancel when the trace
-//! compacts, so the arranged state holds only the open windows.
+//! For each window end `e` (a multiple of the slide) in order, once the
+//! frontier has passed `e - G`: the partials of times up to `e - G` enter,
+//! the panes starting before `e - size` leave, and one row per live key is
+//! emitted, in chunks of [`ROWS_PER_ACTIVATION`] so the rows in flight stay
+//! bounded. Panes leave when the window passes them: the store holds
+//! exactly the open windows' state, and nothing is stored ahead of time.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::channels::pact::Pipeline;
+use differential_dataflow::VecCollection;
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::agg::Agg;
-use crate::combiner::{hold_least, hold_only, FastMap, Update};
+use crate::combiner::{hold_least, hold_only, Update};
+use crate::gauge::StateGauge;
 use crate::key::Key;
+use crate::pane_store::PaneStore;
 use crate::row::WindowRow;
+
+/// Rows one activation emits at most; the operator activates itself again
+/// for the rest of a window.
+pub const ROWS_PER_ACTIVATION: usize = 64 * 1024;
 
 /// Parameters of tumbling (`size == slide`) and sliding windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,148 +56,101 @@ pub type PanePartials<'scope> = VecCollection<'scope, u64, (Key, (u64, Agg)), is
 pub fn fixed_windows(
     partials: PanePartials<'_>,
     windows: FixedWindows,
+    gauge: Arc<StateGauge>,
 ) -> Stream<'_, u64, Vec<WindowRow>> {
     assert!(windows.slide_ms > 0 && windows.size_ms.is_multiple_of(windows.slide_ms));
     assert!(windows.granularity_ms > 0 && windows.slide_ms.is_multiple_of(windows.granularity_ms));
     if windows.size_ms == windows.slide_ms {
-        return crate::tumbling::tumbling_windows(partials, windows);
+        return crate::tumbling::tumbling_windows(partials, windows, gauge);
     }
+    sliding_windows(partials, windows, gauge)
+}
+
+/// A window whose rows are being emitted.
+struct Emitting {
+    window_end: u64,
+    /// The store slot to continue at.
+    next_slot: usize,
+}
+
+/// Sliding windows over a [`PaneStore`] (see the module doc).
+fn sliding_windows(
+    partials: PanePartials<'_>,
+    windows: FixedWindows,
+    gauge: Arc<StateGauge>,
+) -> Stream<'_, u64, Vec<WindowRow>> {
     let FixedWindows {
         size_ms,
         slide_ms,
         granularity_ms,
     } = windows;
-    // A pane leaves `size` after the time the combiner releases it at,
-    // `pane_end - G`: computed from the pane, not from the update's time, so
-    // that restored partials may enter later than that (see
-    // `restored_panes` in the engine) and still leave on time.
-    let expired = hold_until_due(&partials.clone().inner.map(
-        move |((key, (pane_start, agg)), time, diff)| {
-            let released_at = pane_start + slide_ms - granularity_ms;
-            debug_assert!(time >= released_at, "a pane partial before its pane's end");
-            ((key, (pane_start, agg)), released_at + size_ms, -diff)
-        },
-    ))
-    .as_collection();
-    let current =
-        partials
-            .concat(expired)
-            .reduce_named("WindowAggregate", |_key, panes, output| {
-                let mut total: Option<Agg> = None;
-                for ((_, agg), copies) in panes {
-                    // A pane is present with a positive count; a negative count
-                    // would mean a retraction without its insert.
-                    debug_assert!(*copies > 0, "pane retracted more often than inserted");
-                    let copies = u64::try_from(*copies).unwrap_or(0);
-                    if copies == 0 {
-                        continue;
-                    }
-                    match &mut total {
-                        Some(t) => t.merge_weighted(agg, copies),
-                        None => total = Some(agg.repeated(copies)),
-                    }
-                }
-                if let Some(total) = total {
-                    output.push((total, 1isize));
-                }
-            });
-    emit_windows(&current.inner, windows)
-}
-
-/// Holds updates whose time lies ahead until the frontier reaches it.
-///
-/// The retractions of `fixed_windows` are known when their pane arrives, a
-/// whole window before they take effect. Sent on at once, they would wait in
-/// the arrangement's batcher, which merges every update it holds, ready or
-/// not, at each frontier advance: a sliding window of `n` panes would re-sort
-/// `n` panes' worth of retractions at every slide (and a restored state all of
-/// it at every granule of the replay). Held here in a map by time, each is
-/// sent once, when the frontier reaches its time, and merged once.
-fn hold_until_due<'scope, D: Clone + 'static>(
-    updates: &Stream<'scope, u64, Vec<Update<D>>>,
-) -> Stream<'scope, u64, Vec<Update<D>>> {
-    updates
-        .clone()
-        .unary_frontier(Pipeline, "HoldUntilDue", |_cap, _info| {
-            let mut pending: BTreeMap<u64, Vec<Update<D>>> = BTreeMap::new();
-            // A capability at or below every pending time.
+    let scope = partials.inner.scope();
+    let by_key = Exchange::new(|update: &Update<(Key, (u64, Agg))>| update.0 .0.hash_value());
+    partials
+        .inner
+        .unary_frontier(by_key, "SlidingWindows", move |_cap, info| {
+            let activator = scope.activator_for(info.address);
+            // Partials not yet applied, by time.
+            let mut pending: BTreeMap<u64, Vec<Update<(Key, (u64, Agg))>>> = BTreeMap::new();
+            let mut store = PaneStore::new(slide_ms);
+            // A capability at or below every pending time and the next emission.
             let mut held: Option<Capability<u64>> = None;
+            // The end of the next window to emit.
+            let mut next_end: u64 = 0;
+            let mut emitting: Option<Emitting> = None;
             move |(input, frontier), output| {
                 input.for_each_stamp(|stamp, batches| {
                     hold_least(&mut held, &stamp, output.output_index());
                     for batch in batches {
                         for update in batch.drain(..) {
-                            debug_assert!(stamp.least().is_some_and(|t| update.1 >= *t));
                             pending.entry(update.1).or_default().push(update);
-                        }
-                    }
-                });
-                let frontier_time = frontier.frontier().first().copied();
-                // Due: no input below the update's time can still arrive.
-                while let Some(entry) = pending.first_entry() {
-                    let time = *entry.key();
-                    if frontier_time.is_some_and(|f| f < time) {
-                        break;
-                    }
-                    let cap = held
-                        .as_ref()
-                        .expect("a capability is held while updates are pending")
-                        .delayed(&time);
-                    output.session(&cap).give_container(&mut entry.remove());
-                }
-                hold_only(&mut held, pending.keys().next().copied());
-            }
-        })
-}
-
-/// Turns the per-key aggregate of the current window into one row per key
-/// and window, once the frontier has passed each window's last granule.
-fn emit_windows<'scope>(
-    current: &Stream<'scope, u64, Vec<Update<(Key, Agg)>>>,
-    windows: FixedWindows,
-) -> Stream<'scope, u64, Vec<WindowRow>> {
-    let FixedWindows {
-        size_ms,
-        slide_ms,
-        granularity_ms,
-    } = windows;
-    current
-        .clone()
-        .unary_frontier(Pipeline, "EmitWindows", move |_cap, _info| {
-            // Updates not yet applied, by time.
-            let mut pending: BTreeMap<u64, Vec<(Key, Agg, isize)>> = BTreeMap::new();
-            // The aggregate of every key in the current window.
-            let mut state: FastMap<Key, Agg> = FastMap::default();
-            // A capability at or below every pending time and `next_end - G`.
-            let mut held: Option<Capability<u64>> = None;
-            // The end of the next window to emit.
-            let mut next_end: u64 = 0;
-            move |(input, frontier), output| {
-                input.for_each_stamp(|stamp, batches| {
-                    hold_least(&mut held, &stamp, output.output_index());
-                    for batch in batches {
-                        for ((key, agg), time, diff) in batch.drain(..) {
-                            pending.entry(time).or_default().push((key, agg, diff));
                         }
                     }
                 });
                 let frontier_time = frontier.frontier().first().copied();
                 let complete = |t: u64| frontier_time.is_none_or(|f| t < f);
                 loop {
-                    if state.is_empty() {
-                        // Skip windows with nothing in them.
+                    if let Some(window) = emitting.as_mut() {
+                        let emit_time = window.window_end - granularity_ms;
+                        let cap = held
+                            .as_ref()
+                            .expect("a capability is held while a window is emitted")
+                            .delayed(&emit_time);
+                        // Windows that would start before the epoch hold only events from 0 on.
+                        let window_start = window.window_end.saturating_sub(size_ms);
+                        let window_end = window.window_end;
+                        let mut session = output.session(&cap);
+                        let next = store.aggregates_from(
+                            window.next_slot,
+                            ROWS_PER_ACTIVATION,
+                            |key, agg| {
+                                session.give(WindowRow {
+                                    window_start,
+                                    window_end,
+                                    key: key.as_str().to_owned(),
+                                    agg,
+                                });
+                            },
+                        );
+                        if let Some(slot) = next {
+                            window.next_slot = slot;
+                            activator.activate();
+                            break;
+                        }
+                        emitting = None;
+                        next_end += slide_ms;
+                    }
+                    if store.is_empty() {
+                        // Skip windows with nothing in them: the next is the
+                        // first to hold the earliest pending partial (which
+                        // may be earlier than a window skipped to before it
+                        // arrived; every window emitted ends before it).
                         let Some(&first) = pending.keys().next() else {
                             break;
                         };
-                        let first_end = (first + granularity_ms).div_ceil(slide_ms) * slide_ms;
-                        next_end = next_end.max(first_end);
+                        next_end = (first + granularity_ms).div_ceil(slide_ms) * slide_ms;
                     }
                     let emit_time = next_end - granularity_ms;
-                    assert!(
-                        !(frontier_time.is_none() && pending.is_empty() && !state.is_empty()),
-                        "window state never retracted: {} keys left after the input ended",
-                        state.len()
-                    );
                     if !complete(emit_time) {
                         break;
                     }
@@ -201,50 +158,48 @@ fn emit_windows<'scope>(
                         if *entry.key() > emit_time {
                             break;
                         }
-                        let mut updates = entry.remove();
-                        // Retractions first: a key's old value leaves before its new one arrives.
-                        updates.sort_unstable_by_key(|u| u.2);
-                        for (key, agg, diff) in updates {
-                            if diff < 0 {
-                                let removed = state.remove(&key);
-                                debug_assert_eq!(
-                                    removed,
-                                    Some(agg),
-                                    "retracted an absent aggregate"
-                                );
-                            } else {
-                                debug_assert_eq!(diff, 1, "reduce emits one value per key");
-                                state.insert(key, agg);
-                            }
-                        }
+                        apply(&mut store, entry.remove());
                     }
-                    if !state.is_empty() {
-                        let cap = held
-                            .as_ref()
-                            .expect("a capability is held while state is non-empty")
-                            .delayed(&emit_time);
-                        // Windows that would start before the epoch hold only events from 0 on.
-                        let window_start = next_end.saturating_sub(size_ms);
-                        let mut session = output.session(&cap);
-                        for (key, agg) in &state {
-                            session.give(WindowRow {
-                                window_start,
-                                window_end: next_end,
-                                key: key.as_str().to_owned(),
-                                agg: *agg,
-                            });
-                        }
+                    store.evict_before(next_end.saturating_sub(size_ms));
+                    if store.is_empty() {
+                        next_end += slide_ms;
+                    } else {
+                        emitting = Some(Emitting {
+                            window_end: next_end,
+                            next_slot: 0,
+                        });
                     }
-                    next_end += slide_ms;
                 }
+                gauge.set(store.live_partials(), store.live_keys(), store.heap_bytes());
                 // Hold a capability only for what may still be emitted.
-                let least_needed = match (state.is_empty(), pending.keys().next()) {
-                    (false, Some(&p)) => Some(p.min(next_end - granularity_ms)),
-                    (false, None) => Some(next_end - granularity_ms),
-                    (true, Some(&p)) => Some(p),
-                    (true, None) => None,
+                let next_emit = (!store.is_empty()).then(|| next_end - granularity_ms);
+                let least_needed = match (next_emit, pending.keys().next()) {
+                    (Some(e), Some(&p)) => Some(p.min(e)),
+                    (e, p) => e.or(p.copied()),
                 };
                 hold_only(&mut held, least_needed);
             }
         })
+}
+
+/// Adds the partials of one time to `store`, pane by pane.
+fn apply(store: &mut PaneStore, mut updates: Vec<Update<(Key, (u64, Agg))>>) {
+    updates.sort_unstable_by_key(|((_, (pane_start, _)), _, _)| *pane_start);
+    let mut updates = updates.into_iter().peekable();
+    while let Some(pane_start) = updates
+        .peek()
+        .map(|((_, (pane_start, _)), _, _)| *pane_start)
+    {
+        let pane = std::iter::from_fn(|| updates.next_if(|u| u.0 .1 .0 == pane_start));
+        store.insert_pane(
+            pane_start,
+            pane.map(|((key, (_, agg)), _, diff)| {
+                let copies = u64::try_from(diff)
+                    .ok()
+                    .filter(|&c| c > 0)
+                    .expect("pane partials are only ever inserted");
+                (key, agg, copies)
+            }),
+        );
+    }
 }

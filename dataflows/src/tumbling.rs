@@ -13,7 +13,9 @@
 //! the frontier passes it: the same rows (the oracle tests compare), for one
 //! hash-map update per partial.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::mem::size_of;
+use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -22,6 +24,7 @@ use timely::dataflow::Stream;
 
 use crate::agg::Agg;
 use crate::combiner::{fast_map_with_capacity, hold_least, hold_only, FastMap, Update};
+use crate::gauge::StateGauge;
 use crate::key::Key;
 use crate::row::WindowRow;
 use crate::sliding::{FixedWindows, PanePartials};
@@ -35,6 +38,7 @@ use crate::sliding::{FixedWindows, PanePartials};
 pub fn tumbling_windows(
     partials: PanePartials<'_>,
     windows: FixedWindows,
+    gauge: Arc<StateGauge>,
 ) -> Stream<'_, u64, Vec<WindowRow>> {
     let FixedWindows {
         size_ms,
@@ -102,6 +106,13 @@ pub fn tumbling_windows(
                         });
                     }
                 }
+                let (aggregates, capacity) = pending
+                    .values()
+                    .fold((0, 0), |(n, c), m| (n + m.len(), c + m.capacity()));
+                let largest_window = pending.values().map(HashMap::len).max().unwrap_or(0);
+                // A hash map entry: key, aggregate and a control byte.
+                let entry_bytes = size_of::<Key>() + size_of::<Agg>() + 1;
+                gauge.set(aggregates, largest_window, capacity * entry_bytes);
                 hold_only(&mut held, pending.keys().next().copied());
             }
         })

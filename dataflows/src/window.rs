@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::duration::{format_duration_ms, parse_duration_ms};
+use crate::pane_store::MAX_PANES_PER_WINDOW;
 
 /// The shape of the windows of the generic window query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +133,12 @@ impl FromStr for WindowSpec {
                 if !size_ms.is_multiple_of(slide_ms) {
                     return Err(bad("the size must be a multiple of the slide".into()));
                 }
+                let panes = size_ms / slide_ms;
+                if panes > MAX_PANES_PER_WINDOW {
+                    return Err(bad(format!(
+                        "a window of {panes} slides is over the limit of {MAX_PANES_PER_WINDOW}"
+                    )));
+                }
                 Ok(WindowSpec::Sliding { size_ms, slide_ms })
             }
             "session" => Ok(WindowSpec::Session {
@@ -189,6 +196,7 @@ mod tests {
             "tumbling:0s",
             "sliding:10s",
             "sliding:10s/3s",
+            "sliding:1200000s/1s",
             "hopping:1s",
             "session:",
         ] {

@@ -54,6 +54,12 @@ fn query_strategy() -> impl Strategy<Value = WindowQuery> {
         }),
         prop_oneof![Just(250u64), Just(1_000), Just(3_000)]
             .prop_map(|gap_ms| WindowSpec::Session { gap_ms }),
+        // Windows of many panes, like 1 h / 1 s: the pane store's
+        // subtract-on-leave and two-stack min/max over long queues.
+        prop_oneof![Just(60u64), Just(3_600)].prop_map(|panes| WindowSpec::Sliding {
+            size_ms: panes * 250,
+            slide_ms: 250,
+        }),
     ];
     let lateness = prop_oneof![Just(0u64), Just(500), Just(2_000), Just(1_000_000)];
     (spec, lateness, any::<bool>()).prop_map(|(spec, lateness_ms, fine)| WindowQuery {
@@ -138,7 +144,12 @@ fn a_long_run_over_many_windows_matches_reference() {
                 .collect()
         })
         .collect();
-    for spec in ["tumbling:1s", "sliding:3s/1s", "session:150ms"] {
+    for spec in [
+        "tumbling:1s",
+        "sliding:3s/1s",
+        "sliding:30s/500ms",
+        "session:150ms",
+    ] {
         let spec: WindowSpec = spec.parse().unwrap();
         let query = WindowQuery {
             spec,

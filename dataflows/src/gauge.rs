@@ -1,0 +1,39 @@
+//! The size of a window operator's state on one worker, published for
+//! metrics: the dataflows hold their state in maps of their own (not only in
+//! arrangements), and this is how the engine sees it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live partials, keys and bytes of one window operator on one worker.
+#[derive(Debug, Default)]
+pub struct StateGauge {
+    partials: AtomicU64,
+    keys: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl StateGauge {
+    /// Publishes the operator's current state size.
+    pub fn set(&self, partials: usize, keys: usize, bytes: usize) {
+        self.partials.store(partials as u64, Ordering::Relaxed);
+        self.keys.store(keys as u64, Ordering::Relaxed);
+        self.bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Live (key, pane) partials (for tumbling windows: open (key, window)
+    /// aggregates).
+    pub fn partials(&self) -> u64 {
+        self.partials.load(Ordering::Relaxed)
+    }
+
+    /// Keys with live state (tumbling windows: the keys of the largest open
+    /// window).
+    pub fn keys(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of state held (column capacities and tables).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}

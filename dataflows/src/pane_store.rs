@@ -1,0 +1,403 @@
+//! The state of sliding windows on one worker: one packed copy of each live
+//! (key, pane) partial, and each key's aggregate over the current window,
+//! kept up to date in O(1) amortized work per partial, whatever the number
+//! of panes in a window.
+//!
+//! Layout (decision 23 in `docs/decisions.md`):
+//! - **Keys** get a slot (`u32`) on first sight; per slot, columns hold the
+//!   key, the window's count and sum (added when a pane enters, subtracted
+//!   when it leaves) and the four extremes below. A hash table of slots
+//!   (hashed by the key's precomputed hash) finds a key's slot.
+//! - **Panes** are columns too, one entry per key present in the pane:
+//!   slot, count (`u32`), sum (`i64`), min and max: 32 bytes. A partial
+//!   whose count or sum does not fit is kept exactly in a side list of the
+//!   pane (`wide`); the key's running sum is an `i128`, so no input within
+//!   the contract (`i64` values, fewer than 2^63 events) overflows.
+//! - **Min and max** come from the two-stack queue (a FIFO aggregated with
+//!   two stacks), done for all keys at once: panes older than `front_end`
+//!   form the front stack, the others the back stack. Per key, `back_*` is
+//!   the extreme over the key's back panes, updated as a pane enters;
+//!   `front_*` the extreme over its front panes. When the oldest pane
+//!   leaves and the front is empty, every pane moves to the front: a pass
+//!   from the newest to the oldest pane replaces each entry's min and max by
+//!   the extremes of the key's *later* front panes, so that when an entry
+//!   leaves, its key's `front_*` becomes that value in O(1). The pass costs
+//!   one step per live partial once per window length: O(1) amortized per
+//!   partial and slide.
+
+use std::collections::VecDeque;
+use std::mem::size_of;
+
+use hashbrown::HashTable;
+
+use crate::agg::Agg;
+use crate::key::Key;
+
+/// The most panes a sliding window may have (`size / slide`): a larger
+/// window specification is refused when it is parsed, before anything runs.
+pub const MAX_PANES_PER_WINDOW: u64 = 1 << 20;
+
+/// A partial in a pane: `(key slot, count, sum, min, max)` with the exact
+/// count and sum.
+type Entry = (u32, u64, i128, i64, i64);
+
+/// The entries of one pane, as columns.
+#[derive(Debug, Default)]
+struct Pane {
+    start: u64,
+    slots: Box<[u32]>,
+    /// 0 marks an entry kept in `wide` (a partial always counts ≥ 1 event).
+    counts: Box<[u32]>,
+    sums: Box<[i64]>,
+    /// The entry's min while the pane is in the back stack; in the front
+    /// stack, the min over the key's later front panes.
+    mins: Box<[i64]>,
+    /// As `mins`, for the max.
+    maxs: Box<[i64]>,
+    /// `(entry index, count, sum)` of the entries whose count or sum does
+    /// not fit the columns, by index.
+    wide: Vec<(u32, u64, i128)>,
+}
+
+impl Pane {
+    fn new(start: u64, entries: &[Entry]) -> Self {
+        let mut wide = Vec::new();
+        let mut counts = Vec::with_capacity(entries.len());
+        let mut sums = Vec::with_capacity(entries.len());
+        for (index, &(_, count, sum, _, _)) in entries.iter().enumerate() {
+            match (u32::try_from(count), i64::try_from(sum)) {
+                (Ok(c), Ok(s)) if c > 0 => {
+                    counts.push(c);
+                    sums.push(s);
+                }
+                _ => {
+                    wide.push((index as u32, count, sum));
+                    counts.push(0);
+                    sums.push(0);
+                }
+            }
+        }
+        Pane {
+            start,
+            slots: entries.iter().map(|e| e.0).collect(),
+            counts: counts.into_boxed_slice(),
+            sums: sums.into_boxed_slice(),
+            mins: entries.iter().map(|e| e.3).collect(),
+            maxs: entries.iter().map(|e| e.4).collect(),
+            wide,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The exact count and sum of entry `index`.
+    #[inline]
+    fn count_and_sum(&self, index: usize) -> (u64, i128) {
+        if self.counts[index] > 0 {
+            return (u64::from(self.counts[index]), i128::from(self.sums[index]));
+        }
+        let at = self
+            .wide
+            .binary_search_by_key(&(index as u32), |w| w.0)
+            .expect("an entry marked wide is in the wide list");
+        (self.wide[at].1, self.wide[at].2)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.len() * (size_of::<u32>() * 2 + size_of::<i64>() * 3)
+            + self.wide.capacity() * size_of::<(u32, u64, i128)>()
+    }
+}
+
+/// Sliding-window state of one worker; see the module doc.
+#[derive(Debug)]
+pub struct PaneStore {
+    slide_ms: u64,
+    table: HashTable<u32>,
+    keys: Vec<Key>,
+    counts: Vec<u64>,
+    sums: Vec<i128>,
+    front_min: Vec<i64>,
+    front_max: Vec<i64>,
+    back_min: Vec<i64>,
+    back_max: Vec<i64>,
+    /// Slots of keys that left the window, for reuse.
+    free: Vec<u32>,
+    /// Live panes, by start, oldest first.
+    panes: VecDeque<Pane>,
+    /// Panes starting before this are the front stack.
+    front_end: u64,
+    live_partials: usize,
+    /// Bytes of key text stored outside the keys (longer than inline).
+    spilled_text_bytes: usize,
+    /// Entries of a pane being inserted, reused.
+    scratch: Vec<Entry>,
+}
+
+/// Key text up to this length is stored inline in a [`Key`].
+const INLINE_KEY_BYTES: usize = 24;
+
+fn spilled_bytes(key: &Key) -> usize {
+    let len = key.as_str().len();
+    if len > INLINE_KEY_BYTES {
+        len
+    } else {
+        0
+    }
+}
+
+impl PaneStore {
+    /// An empty store for panes of `slide_ms`.
+    pub fn new(slide_ms: u64) -> Self {
+        assert!(slide_ms > 0);
+        PaneStore {
+            slide_ms,
+            table: HashTable::new(),
+            keys: Vec::new(),
+            counts: Vec::new(),
+            sums: Vec::new(),
+            front_min: Vec::new(),
+            front_max: Vec::new(),
+            back_min: Vec::new(),
+            back_max: Vec::new(),
+            free: Vec::new(),
+            panes: VecDeque::new(),
+            front_end: 0,
+            live_partials: 0,
+            spilled_text_bytes: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Whether no pane is live.
+    pub fn is_empty(&self) -> bool {
+        self.panes.is_empty()
+    }
+
+    /// Live (key, pane) partials.
+    pub fn live_partials(&self) -> usize {
+        self.live_partials
+    }
+
+    /// Keys with at least one live partial.
+    pub fn live_keys(&self) -> usize {
+        self.keys.len() - self.free.len()
+    }
+
+    /// Bytes held: the columns of panes and keys (by capacity), the slot
+    /// table, and key text that does not fit inline.
+    pub fn heap_bytes(&self) -> usize {
+        let per_slot =
+            size_of::<Key>() + size_of::<u64>() + size_of::<i128>() + 4 * size_of::<i64>();
+        self.keys.capacity() * per_slot
+            + self.table.capacity() * (size_of::<u32>() + 1)
+            + self.free.capacity() * size_of::<u32>()
+            + self.panes.iter().map(Pane::heap_bytes).sum::<usize>()
+            + self.panes.capacity() * size_of::<Pane>()
+            + self.scratch.capacity() * size_of::<Entry>()
+            + self.spilled_text_bytes
+    }
+
+    /// The slot of `key`, allocated if the key is new.
+    fn slot_of(&mut self, key: Key) -> u32 {
+        let hash = key.hash_value();
+        let keys = &self.keys;
+        if let Some(&slot) = self.table.find(hash, |&s| keys[s as usize] == key) {
+            return slot;
+        }
+        self.spilled_text_bytes += spilled_bytes(&key);
+        let slot = if let Some(slot) = self.free.pop() {
+            self.keys[slot as usize] = key;
+            slot
+        } else {
+            let slot =
+                u32::try_from(self.keys.len()).expect("fewer than 2^32 live keys per worker");
+            self.keys.push(key);
+            self.counts.push(0);
+            self.sums.push(0);
+            self.front_min.push(i64::MAX);
+            self.front_max.push(i64::MIN);
+            self.back_min.push(i64::MAX);
+            self.back_max.push(i64::MIN);
+            slot
+        };
+        let keys = &self.keys;
+        self.table
+            .insert_unique(hash, slot, |&s| keys[s as usize].hash_value());
+        slot
+    }
+
+    fn release(&mut self, slot: u32) {
+        let s = slot as usize;
+        debug_assert_eq!(self.sums[s], 0, "a key left with a non-zero sum");
+        debug_assert!(self.front_min[s] == i64::MAX && self.back_min[s] == i64::MAX);
+        let hash = self.keys[s].hash_value();
+        self.table
+            .find_entry(hash, |&other| other == slot)
+            .expect("a live slot is in the table")
+            .remove();
+        self.spilled_text_bytes -= spilled_bytes(&self.keys[s]);
+        self.keys[s] = Key::new("");
+        self.free.push(slot);
+    }
+
+    /// Adds the partials of the pane starting at `pane_start`: `(key,
+    /// aggregate, copies)`, a key possibly more than once (one partial per
+    /// worker that saw it). The pane must not be in the front stack; panes
+    /// enter in any order otherwise (a restore brings many at once).
+    pub fn insert_pane(
+        &mut self,
+        pane_start: u64,
+        partials: impl IntoIterator<Item = (Key, Agg, u64)>,
+    ) {
+        assert!(
+            pane_start >= self.front_end,
+            "pane {pane_start} enters below the front stack's end {}",
+            self.front_end
+        );
+        assert!(
+            pane_start.is_multiple_of(self.slide_ms),
+            "pane {pane_start} off the slide"
+        );
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        for (key, agg, copies) in partials {
+            assert!(copies > 0, "pane partials are only ever inserted");
+            let slot = self.slot_of(key);
+            let total = agg.repeated(copies);
+            scratch.push((slot, total.count, total.sum, total.min, total.max));
+        }
+        // One entry per key: merge the partials of several workers.
+        merge_by_slot(&mut scratch);
+        for &(slot, count, sum, min, max) in &scratch {
+            let s = slot as usize;
+            self.counts[s] += count;
+            self.sums[s] += sum;
+            self.back_min[s] = self.back_min[s].min(min);
+            self.back_max[s] = self.back_max[s].max(max);
+        }
+        let position = self.panes.partition_point(|p| p.start < pane_start);
+        if self
+            .panes
+            .get(position)
+            .is_some_and(|p| p.start == pane_start)
+        {
+            // The same pane again (a restored pane meeting live partials at
+            // one time): its entries join the existing ones.
+            let old = &self.panes[position];
+            let mut merged: Vec<Entry> = (0..old.len())
+                .map(|i| {
+                    let (count, sum) = old.count_and_sum(i);
+                    (old.slots[i], count, sum, old.mins[i], old.maxs[i])
+                })
+                .collect();
+            merged.extend_from_slice(&scratch);
+            merge_by_slot(&mut merged);
+            self.live_partials -= old.len();
+            self.live_partials += merged.len();
+            self.panes[position] = Pane::new(pane_start, &merged);
+        } else {
+            self.live_partials += scratch.len();
+            self.panes.insert(position, Pane::new(pane_start, &scratch));
+        }
+        self.scratch = scratch;
+    }
+
+    /// Removes every pane that starts before `window_start`; keys left with
+    /// no pane lose their slot.
+    pub fn evict_before(&mut self, window_start: u64) {
+        while self.panes.front().is_some_and(|p| p.start < window_start) {
+            if self.panes[0].start >= self.front_end {
+                self.flip();
+            }
+            let pane = self.panes.pop_front().expect("checked above");
+            self.live_partials -= pane.len();
+            for i in 0..pane.len() {
+                let s = pane.slots[i] as usize;
+                let (count, sum) = pane.count_and_sum(i);
+                self.counts[s] -= count;
+                self.sums[s] -= sum;
+                self.front_min[s] = pane.mins[i];
+                self.front_max[s] = pane.maxs[i];
+                if self.counts[s] == 0 {
+                    self.release(pane.slots[i]);
+                }
+            }
+        }
+    }
+
+    /// Moves every pane to the front stack (see the module doc).
+    fn flip(&mut self) {
+        let Some(newest) = self.panes.back() else {
+            return;
+        };
+        self.front_end = newest.start + self.slide_ms;
+        // Every key's front extremes are the identity here: the front was
+        // emptied, and each key's last front entry carried the identity.
+        for pane in self.panes.iter_mut().rev() {
+            for i in 0..pane.slots.len() {
+                let s = pane.slots[i] as usize;
+                let (min, max) = (pane.mins[i], pane.maxs[i]);
+                pane.mins[i] = self.front_min[s];
+                pane.maxs[i] = self.front_max[s];
+                self.front_min[s] = self.front_min[s].min(min);
+                self.front_max[s] = self.front_max[s].max(max);
+            }
+        }
+        self.back_min.fill(i64::MAX);
+        self.back_max.fill(i64::MIN);
+    }
+
+    /// Every live key with its aggregate over the live panes, from slot
+    /// `from` on, at most `limit` of them; returns the slot to continue at
+    /// (`None`: done).
+    pub fn aggregates_from(
+        &self,
+        from: usize,
+        limit: usize,
+        mut each: impl FnMut(&Key, Agg),
+    ) -> Option<usize> {
+        let mut given = 0;
+        for slot in from..self.keys.len() {
+            if given == limit {
+                return Some(slot);
+            }
+            if self.counts[slot] == 0 {
+                continue;
+            }
+            each(&self.keys[slot], self.aggregate(slot));
+            given += 1;
+        }
+        None
+    }
+
+    #[inline]
+    fn aggregate(&self, slot: usize) -> Agg {
+        Agg {
+            count: self.counts[slot],
+            sum: self.sums[slot],
+            min: self.front_min[slot].min(self.back_min[slot]),
+            max: self.front_max[slot].max(self.back_max[slot]),
+        }
+    }
+}
+
+/// Sorts `entries` by slot and merges the entries of each slot into one.
+fn merge_by_slot(entries: &mut Vec<Entry>) {
+    entries.sort_unstable_by_key(|e| e.0);
+    entries.dedup_by(|later, kept| {
+        if later.0 != kept.0 {
+            return false;
+        }
+        kept.1 += later.1;
+        kept.2 += later.2;
+        kept.3 = kept.3.min(later.3);
+        kept.4 = kept.4.max(later.4);
+        true
+    });
+}
+
+#[cfg(test)]
+mod tests;

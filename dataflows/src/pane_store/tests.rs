@@ -1,0 +1,161 @@
+//! The pane store against a plain map of every live pane's partials.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const SLIDE: u64 = 10;
+
+/// The plain model: every live (pane, key) partial.
+#[derive(Default)]
+struct Model {
+    panes: BTreeMap<u64, BTreeMap<String, Agg>>,
+}
+
+impl Model {
+    fn insert(&mut self, pane: u64, key: &str, agg: Agg) {
+        self.panes
+            .entry(pane)
+            .or_default()
+            .entry(key.to_owned())
+            .and_modify(|a| a.merge(&agg))
+            .or_insert(agg);
+    }
+
+    fn evict_before(&mut self, start: u64) {
+        self.panes.retain(|&p, _| p >= start);
+    }
+
+    fn aggregates(&self) -> BTreeMap<String, Agg> {
+        let mut out: BTreeMap<String, Agg> = BTreeMap::new();
+        for pane in self.panes.values() {
+            for (key, agg) in pane {
+                out.entry(key.clone())
+                    .and_modify(|a| a.merge(agg))
+                    .or_insert(*agg);
+            }
+        }
+        out
+    }
+
+    fn partials(&self) -> usize {
+        self.panes.values().map(BTreeMap::len).sum()
+    }
+}
+
+fn store_aggregates(store: &PaneStore) -> BTreeMap<String, Agg> {
+    let mut out = BTreeMap::new();
+    let mut from = Some(0);
+    while let Some(slot) = from {
+        // A small limit exercises resuming.
+        from = store.aggregates_from(slot, 3, |key, agg| {
+            assert!(
+                out.insert(key.as_str().to_owned(), agg).is_none(),
+                "key twice"
+            );
+        });
+    }
+    out
+}
+
+fn value() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        8 => -50i64..50,
+        1 => Just(i64::MAX),
+        1 => Just(i64::MIN),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Panes enter one per slide (each with partials of several "workers"),
+    /// windows of `panes` slides; after every slide the store's aggregates
+    /// and sizes equal the model's.
+    #[test]
+    fn aggregates_equal_a_plain_fold_over_live_panes(
+        panes in 1u64..8,
+        slides in prop::collection::vec(
+            prop::collection::vec((0u8..12, value(), 1u64..3), 0..12),
+            1..40,
+        ),
+    ) {
+        let mut store = PaneStore::new(SLIDE);
+        let mut model = Model::default();
+        for (i, partials) in slides.iter().enumerate() {
+            let pane = i as u64 * SLIDE;
+            let batch: Vec<(Key, Agg, u64)> = partials
+                .iter()
+                .map(|&(k, v, copies)| (Key::new(format!("k{k}")), Agg::of(v), copies))
+                .collect();
+            for (key, agg, copies) in &batch {
+                model.insert(pane, key.as_str(), agg.repeated(*copies));
+            }
+            if !batch.is_empty() {
+                store.insert_pane(pane, batch);
+            }
+            let window_end = pane + SLIDE;
+            let start = window_end.saturating_sub(panes * SLIDE);
+            store.evict_before(start);
+            model.evict_before(start);
+            prop_assert_eq!(store_aggregates(&store), model.aggregates());
+            prop_assert_eq!(store.live_partials(), model.partials());
+            prop_assert_eq!(store.live_keys(), model.aggregates().len());
+        }
+        // Every pane leaves: nothing is left behind.
+        store.evict_before(u64::MAX);
+        prop_assert!(store.is_empty());
+        prop_assert_eq!(store.live_keys(), 0);
+        prop_assert_eq!(store.live_partials(), 0);
+    }
+}
+
+#[test]
+fn restored_panes_enter_at_once_and_merge_with_live_ones() {
+    let mut store = PaneStore::new(SLIDE);
+    // A restore brings three panes in one time, out of order.
+    store.insert_pane(20, [(Key::from("a"), Agg::of(3), 1)]);
+    store.insert_pane(0, [(Key::from("a"), Agg::of(1), 1)]);
+    store.insert_pane(10, [(Key::from("b"), Agg::of(7), 2)]);
+    // The same pane again at that time (a live partial).
+    store.insert_pane(20, [(Key::from("a"), Agg::of(-4), 1)]);
+    assert_eq!(store.live_partials(), 3, "one entry per key and pane");
+    store.evict_before(10);
+    let aggregates = store_aggregates(&store);
+    let mut a = Agg::of(3);
+    a.add(-4);
+    assert_eq!(aggregates["a"], a);
+    assert_eq!(aggregates["b"], Agg::of(7).repeated(2));
+}
+
+#[test]
+fn partials_beyond_the_packed_columns_stay_exact() {
+    let mut store = PaneStore::new(SLIDE);
+    let huge = Agg {
+        count: u64::from(u32::MAX) + 5,
+        sum: i128::from(i64::MAX) * 3,
+        min: -1,
+        max: i64::MAX,
+    };
+    store.insert_pane(0, [(Key::from("hot"), huge, 1)]);
+    store.insert_pane(10, [(Key::from("hot"), Agg::of(2), 1)]);
+    let mut total = huge;
+    total.add(2);
+    assert_eq!(store_aggregates(&store)["hot"], total);
+    store.evict_before(10);
+    assert_eq!(store_aggregates(&store)["hot"], Agg::of(2));
+}
+
+#[test]
+fn a_key_that_leaves_frees_its_slot_for_the_next() {
+    let mut store = PaneStore::new(SLIDE);
+    store.insert_pane(0, [(Key::from("a"), Agg::of(1), 1)]);
+    store.evict_before(10);
+    assert!(store.is_empty());
+    store.insert_pane(10, [(Key::from("b"), Agg::of(5), 1)]);
+    assert_eq!(store.live_keys(), 1);
+    assert_eq!(store.keys.len(), 1, "the freed slot was reused");
+    assert_eq!(store_aggregates(&store)["b"], Agg::of(5));
+}
