@@ -468,7 +468,13 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         .map(|g| g.peak_records.load(Ordering::Relaxed))
         .max()
         .unwrap_or(0);
+    let window_state = counters.window_state.lock().expect("poisoned");
+    let peak_window_partials = window_state.iter().map(|(_, g)| g.peak_partials()).sum();
+    let peak_window_bytes = window_state.iter().map(|(_, g)| g.peak_bytes()).sum();
+    drop(window_state);
     Ok(RunSummary {
+        peak_window_partials,
+        peak_window_bytes,
         partitions: partition_count,
         total_workers: workers_total,
         events_read: counters.events_read.load(Ordering::Relaxed),

@@ -514,6 +514,13 @@ fn print_summary(s: &RunSummary, workers: usize) {
         "peak arranged     {} records (largest worker)",
         s.peak_arranged_records
     );
+    if s.peak_window_partials > 0 {
+        println!(
+            "window state      {} partials, {:.1} MiB at the peak (sum of workers' peaks)",
+            s.peak_window_partials,
+            s.peak_window_bytes as f64 / f64::from(1 << 20)
+        );
+    }
     println!(
         "partitions        {} (workers in cluster: {})",
         s.partitions, s.total_workers

@@ -156,6 +156,12 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// Largest number of records held in arrangements by one worker.
     pub peak_arranged_records: i64,
+    /// Live partials of the fixed-window operators, summed over this
+    /// process's workers of each one's peak (an upper bound of the peak of
+    /// the sum).
+    pub peak_window_partials: u64,
+    /// As `peak_window_partials`, in bytes of window state.
+    pub peak_window_bytes: u64,
     /// The output directory.
     pub out_dir: PathBuf,
     /// Late rows written by this process.

@@ -288,10 +288,24 @@ impl RowSink for WorkerOutputs {
 
 /// Formats one window row as a CSV line.
 pub fn format_window_row(row: &WindowRow, out: &mut Vec<u8>) {
+    // itoa rather than `write!`: a sliding window writes a row per key and
+    // slide, and core::fmt's machinery was a sixth of such a run (perf).
+    let mut number = itoa::Buffer::new();
     let agg = &row.agg;
-    write!(out, "{},{},", row.window_start, row.window_end).expect("writing to a Vec");
+    out.extend_from_slice(number.format(row.window_start).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(number.format(row.window_end).as_bytes());
+    out.push(b',');
     write_csv_field(out, &row.key).expect("writing to a Vec");
-    writeln!(out, ",{},{},{},{}", agg.count, agg.sum, agg.min, agg.max).expect("writing to a Vec");
+    out.push(b',');
+    out.extend_from_slice(number.format(agg.count).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(number.format(agg.sum).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(number.format(agg.min).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(number.format(agg.max).as_bytes());
+    out.push(b'\n');
 }
 
 /// Formats one late event as a CSV line.

@@ -10,6 +10,8 @@ pub struct StateGauge {
     partials: AtomicU64,
     keys: AtomicU64,
     bytes: AtomicU64,
+    peak_partials: AtomicU64,
+    peak_bytes: AtomicU64,
 }
 
 impl StateGauge {
@@ -18,6 +20,19 @@ impl StateGauge {
         self.partials.store(partials as u64, Ordering::Relaxed);
         self.keys.store(keys as u64, Ordering::Relaxed);
         self.bytes.store(bytes as u64, Ordering::Relaxed);
+        self.peak_partials
+            .fetch_max(partials as u64, Ordering::Relaxed);
+        self.peak_bytes.fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The most partials published so far.
+    pub fn peak_partials(&self) -> u64 {
+        self.peak_partials.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes published so far.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak_bytes.load(Ordering::Relaxed)
     }
 
     /// Live (key, pane) partials (for tumbling windows: open (key, window)

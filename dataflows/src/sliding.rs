@@ -90,8 +90,9 @@ fn sliding_windows(
         .inner
         .unary_frontier(by_key, "SlidingWindows", move |_cap, info| {
             let activator = scope.activator_for(info.address);
-            // Partials not yet applied, by time.
-            let mut pending: BTreeMap<u64, Vec<Update<(Key, (u64, Agg))>>> = BTreeMap::new();
+            // Partials not yet applied, by time: the received batches
+            // themselves, so that a pane's partials are not copied again.
+            let mut pending: BTreeMap<u64, Vec<Vec<Update<(Key, (u64, Agg))>>>> = BTreeMap::new();
             let mut store = PaneStore::new(slide_ms);
             // A capability at or below every pending time and the next emission.
             let mut held: Option<Capability<u64>> = None;
@@ -102,8 +103,15 @@ fn sliding_windows(
                 input.for_each_stamp(|stamp, batches| {
                     hold_least(&mut held, &stamp, output.output_index());
                     for batch in batches {
-                        for update in batch.drain(..) {
-                            pending.entry(update.1).or_default().push(update);
+                        let time = batch.first().map(|u| u.1);
+                        if batch.iter().all(|u| Some(u.1) == time) {
+                            if let Some(time) = time {
+                                pending.entry(time).or_default().push(std::mem::take(batch));
+                            }
+                        } else {
+                            for update in batch.drain(..) {
+                                pending.entry(update.1).or_default().push(vec![update]);
+                            }
                         }
                     }
                 });
@@ -182,24 +190,33 @@ fn sliding_windows(
         })
 }
 
-/// Adds the partials of one time to `store`, pane by pane.
-fn apply(store: &mut PaneStore, mut updates: Vec<Update<(Key, (u64, Agg))>>) {
-    updates.sort_unstable_by_key(|((_, (pane_start, _)), _, _)| *pane_start);
-    let mut updates = updates.into_iter().peekable();
-    while let Some(pane_start) = updates
-        .peek()
-        .map(|((_, (pane_start, _)), _, _)| *pane_start)
-    {
-        let pane = std::iter::from_fn(|| updates.next_if(|u| u.0 .1 .0 == pane_start));
-        store.insert_pane(
-            pane_start,
-            pane.map(|((key, (_, agg)), _, diff)| {
-                let copies = u64::try_from(diff)
-                    .ok()
-                    .filter(|&c| c > 0)
-                    .expect("pane partials are only ever inserted");
-                (key, agg, copies)
-            }),
-        );
+/// Adds the partials of one time to `store`, pane by pane (a restore brings
+/// many panes at one time; the live input one).
+fn apply(store: &mut PaneStore, batches: Vec<Vec<Update<(Key, (u64, Agg))>>>) {
+    let pane_of = |u: &Update<(Key, (u64, Agg))>| u.0 .1 .0;
+    let first_pane = batches.iter().flatten().next().map(pane_of);
+    let Some(first_pane) = first_pane else {
+        return;
+    };
+    let partial = |((key, (_, agg)), _, diff): Update<(Key, (u64, Agg))>| {
+        let copies = u64::try_from(diff)
+            .ok()
+            .filter(|&c| c > 0)
+            .expect("pane partials are only ever inserted");
+        (key, agg, copies)
+    };
+    if batches.iter().flatten().all(|u| pane_of(u) == first_pane) {
+        store.insert_pane(first_pane, batches.into_iter().flatten().map(partial));
+        return;
+    }
+    let mut by_pane: BTreeMap<u64, Vec<(Key, Agg, u64)>> = BTreeMap::new();
+    for update in batches.into_iter().flatten() {
+        by_pane
+            .entry(pane_of(&update))
+            .or_default()
+            .push(partial(update));
+    }
+    for (pane_start, partials) in by_pane {
+        store.insert_pane(pane_start, partials);
     }
 }
