@@ -204,7 +204,6 @@ where
             }
         }
         let mut late_rows: Vec<(u64, LateRow)> = Vec::new();
-        let mut released: Vec<Update<C::Record>> = Vec::new();
         let mut failed = false;
         let published_watermark = Arc::new(AtomicU64::new(0));
         counters
@@ -327,13 +326,17 @@ where
                     output.session(&cap.delayed(&time)).give(row);
                 }
             }
-            combiner.flush_before(watermark.unwrap_or(u64::MAX), &mut released);
-            held_partials.store(combiner.pending_partials() as u64, Ordering::Relaxed);
-            if !released.is_empty() {
+            let release_below = watermark.unwrap_or(u64::MAX);
+            if combiner.min_pending_time().is_some_and(|t| t < release_below) {
                 let cap = partials_cap.as_ref().expect("capability held while running");
-                debug_assert!(released.iter().all(|u| u.1 >= *cap.time()));
-                partials_output.activate().session(cap).give_iterator(released.drain(..));
+                let mut output = partials_output.activate();
+                let mut session = output.session(cap);
+                combiner.flush_before(release_below, &mut |update| {
+                    debug_assert!(update.1 >= *cap.time());
+                    session.give(update);
+                });
             }
+            held_partials.store(combiner.pending_partials() as u64, Ordering::Relaxed);
             if let Some(w) = watermark {
                 for cap in [&mut partials_cap, &mut late_cap].into_iter().flatten() {
                     if *cap.time() < w {

@@ -69,10 +69,11 @@ pub trait LocalCombiner: 'static {
     /// Folds one accepted event in.
     fn add(&mut self, key: &str, ts: u64, value: i64);
 
-    /// Moves every partial whose time is `< watermark` into `out`, as updates
-    /// at that time with diff +1. The caller guarantees that no event added
-    /// later has a rounded time below `watermark`.
-    fn flush_before(&mut self, watermark: u64, out: &mut Vec<Update<Self::Record>>);
+    /// Hands every partial whose time is `< watermark` to `out`, as updates
+    /// at that time with diff +1 (one by one: a pane of a million keys is
+    /// not gathered into a vector first). The caller guarantees that no
+    /// event added later has a rounded time below `watermark`.
+    fn flush_before(&mut self, watermark: u64, out: &mut dyn FnMut(Update<Self::Record>));
 
     /// The least time of a partial still held, if any.
     fn min_pending_time(&self) -> Option<u64>;
@@ -88,9 +89,13 @@ pub trait LocalCombiner: 'static {
 #[derive(Debug)]
 struct Buckets<P> {
     by_time: BTreeMap<u64, FastMap<CompactString, P>>,
-    /// Keys in the last bucket flushed: a new newest bucket starts at that
-    /// capacity, so it does not rehash its way up to the key set every
-    /// bucket. (Older buckets opened by stragglers start empty.)
+    /// Keys in the last bucket flushed: the newest bucket is sized for that
+    /// many once it is the only one open, so it does not rehash its way up
+    /// to the key set every bucket. While older buckets are still open (for
+    /// the lateness after a bucket's end), a new bucket starts empty: two
+    /// maps sized for the whole key set at once were a quarter of the peak
+    /// memory of a 2M-key sliding window. (Older buckets opened by
+    /// stragglers start empty too.)
     last_bucket_keys: usize,
 }
 
@@ -104,8 +109,8 @@ impl<P: Copy> Buckets<P> {
 
     #[inline]
     fn upsert(&mut self, time: u64, key: &str, new: impl FnOnce() -> P, fold: impl FnOnce(&mut P)) {
-        let newest = self.by_time.last_key_value().is_none_or(|(t, _)| *t < time);
-        let capacity = if newest { self.last_bucket_keys } else { 0 };
+        let only = self.by_time.is_empty();
+        let capacity = if only { self.last_bucket_keys } else { 0 };
         let map = self
             .by_time
             .entry(time)
@@ -121,7 +126,7 @@ impl<P: Copy> Buckets<P> {
     fn flush_before<R>(
         &mut self,
         watermark: u64,
-        out: &mut Vec<Update<R>>,
+        out: &mut dyn FnMut(Update<R>),
         mut make: impl FnMut(u64, CompactString, P) -> R,
     ) {
         while let Some(entry) = self.by_time.first_entry() {
@@ -131,11 +136,13 @@ impl<P: Copy> Buckets<P> {
             let time = *entry.key();
             let map = entry.remove();
             self.last_bucket_keys = map.len();
-            out.reserve(map.len());
-            out.extend(
-                map.into_iter()
-                    .map(|(key, p)| (make(time, key, p), time, 1)),
-            );
+            for (key, p) in map {
+                out((make(time, key, p), time, 1));
+            }
+        }
+        if let (1, Some(mut newest)) = (self.by_time.len(), self.by_time.last_entry()) {
+            let map = newest.get_mut();
+            map.reserve(self.last_bucket_keys.saturating_sub(map.len()));
         }
     }
 
@@ -193,7 +200,7 @@ impl LocalCombiner for PaneCombiner {
             .upsert(time, key, || Agg::of(value), |agg| agg.add(value));
     }
 
-    fn flush_before(&mut self, watermark: u64, out: &mut Vec<Update<Self::Record>>) {
+    fn flush_before(&mut self, watermark: u64, out: &mut dyn FnMut(Update<Self::Record>)) {
         let pane_offset_ms = self.slide_ms - self.granularity_ms;
         self.buckets.flush_before(watermark, out, |time, key, agg| {
             (Key::new(key), (time - pane_offset_ms, agg))
@@ -281,7 +288,7 @@ impl LocalCombiner for SessionCombiner {
         );
     }
 
-    fn flush_before(&mut self, watermark: u64, out: &mut Vec<Update<Self::Record>>) {
+    fn flush_before(&mut self, watermark: u64, out: &mut dyn FnMut(Update<Self::Record>)) {
         self.buckets
             .flush_before(watermark, out, |_time, key, partial| {
                 (Key::new(key), partial)
@@ -313,9 +320,9 @@ mod tests {
         c.add("b", 10_000, 7);
         assert_eq!(c.min_pending_time(), Some(9_000));
         let mut out = Vec::new();
-        c.flush_before(9_000, &mut out);
+        c.flush_before(9_000, &mut |u| out.push(u));
         assert!(out.is_empty(), "released before the watermark passed");
-        c.flush_before(9_001, &mut out);
+        c.flush_before(9_001, &mut |u| out.push(u));
         out.sort();
         let mut expected = Agg::of(4);
         expected.add(-2);
@@ -332,9 +339,9 @@ mod tests {
         }
         // Pane 0: a, b; pane 10 s: a, c.
         assert_eq!(c.pending_partials(), 4);
-        c.flush_before(9_001, &mut Vec::new());
+        c.flush_before(9_001, &mut |_| {});
         assert_eq!(c.pending_partials(), 2);
-        c.flush_before(u64::MAX, &mut Vec::new());
+        c.flush_before(u64::MAX, &mut |_| {});
         assert_eq!(c.pending_partials(), 0);
     }
 
@@ -344,7 +351,7 @@ mod tests {
         c.add("k", 1_700, 1);
         c.add("k", 1_100, 2);
         let mut out = Vec::new();
-        c.flush_before(u64::MAX, &mut out);
+        c.flush_before(u64::MAX, &mut |u| out.push(u));
         assert_eq!(out.len(), 1);
         let (_, partial) = &out[0].0;
         assert_eq!(

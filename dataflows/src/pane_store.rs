@@ -8,11 +8,12 @@
 //!   key, the window's count and sum (added when a pane enters, subtracted
 //!   when it leaves) and the four extremes below. A hash table of slots
 //!   (hashed by the key's precomputed hash) finds a key's slot.
-//! - **Panes** are columns too, one entry per key present in the pane:
-//!   slot, count (`u32`), sum (`i64`), min and max: 32 bytes. A partial
-//!   whose count or sum does not fit is kept exactly in a side list of the
-//!   pane (`wide`); the key's running sum is an `i128`, so no input within
-//!   the contract (`i64` values, fewer than 2^63 events) overflows.
+//! - **Panes** hold one entry per key present in the pane (slot, count,
+//!   sum, min, max), packed as varints in slot order ([`codec`]): 6–10
+//!   bytes for typical values instead of 32 for fixed-width columns. Counts
+//!   and sums are exact at any size (the sum is an `i128` zigzag varint),
+//!   and so is each key's running sum (`i128`): no input within the
+//!   contract (`i64` values, fewer than 2^63 events) overflows.
 //! - **Min and max** come from the two-stack queue (a FIFO aggregated with
 //!   two stacks), done for all keys at once: panes older than `front_end`
 //!   form the front stack, the others the back stack. Per key, `back_*` is
@@ -25,11 +26,14 @@
 //!   one step per live partial once per window length: O(1) amortized per
 //!   partial and slide.
 
+mod codec;
+
 use std::collections::VecDeque;
 use std::mem::size_of;
 
 use hashbrown::HashTable;
 
+use self::codec::{encode, Entries, Entry};
 use crate::agg::Agg;
 use crate::key::Key;
 
@@ -37,77 +41,19 @@ use crate::key::Key;
 /// window specification is refused when it is parsed, before anything runs.
 pub const MAX_PANES_PER_WINDOW: u64 = 1 << 20;
 
-/// A partial in a pane: `(key slot, count, sum, min, max)` with the exact
-/// count and sum.
-type Entry = (u32, u64, i128, i64, i64);
-
-/// The entries of one pane, as columns.
-#[derive(Debug, Default)]
+/// The entries of one pane, encoded by [`codec`] in slot order.
+#[derive(Debug)]
 struct Pane {
     start: u64,
-    slots: Box<[u32]>,
-    /// 0 marks an entry kept in `wide` (a partial always counts ≥ 1 event).
-    counts: Box<[u32]>,
-    sums: Box<[i64]>,
-    /// The entry's min while the pane is in the back stack; in the front
-    /// stack, the min over the key's later front panes.
-    mins: Box<[i64]>,
-    /// As `mins`, for the max.
-    maxs: Box<[i64]>,
-    /// `(entry index, count, sum)` of the entries whose count or sum does
-    /// not fit the columns, by index.
-    wide: Vec<(u32, u64, i128)>,
+    entries: usize,
+    /// In the back stack, each entry's own min and max; in the front
+    /// stack, the min and max over the key's later front panes.
+    bytes: Box<[u8]>,
 }
 
 impl Pane {
-    fn new(start: u64, entries: &[Entry]) -> Self {
-        let mut wide = Vec::new();
-        let mut counts = Vec::with_capacity(entries.len());
-        let mut sums = Vec::with_capacity(entries.len());
-        for (index, &(_, count, sum, _, _)) in entries.iter().enumerate() {
-            match (u32::try_from(count), i64::try_from(sum)) {
-                (Ok(c), Ok(s)) if c > 0 => {
-                    counts.push(c);
-                    sums.push(s);
-                }
-                _ => {
-                    wide.push((index as u32, count, sum));
-                    counts.push(0);
-                    sums.push(0);
-                }
-            }
-        }
-        Pane {
-            start,
-            slots: entries.iter().map(|e| e.0).collect(),
-            counts: counts.into_boxed_slice(),
-            sums: sums.into_boxed_slice(),
-            mins: entries.iter().map(|e| e.3).collect(),
-            maxs: entries.iter().map(|e| e.4).collect(),
-            wide,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// The exact count and sum of entry `index`.
-    #[inline]
-    fn count_and_sum(&self, index: usize) -> (u64, i128) {
-        if self.counts[index] > 0 {
-            return (u64::from(self.counts[index]), i128::from(self.sums[index]));
-        }
-        let at = self
-            .wide
-            .binary_search_by_key(&(index as u32), |w| w.0)
-            .expect("an entry marked wide is in the wide list");
-        (self.wide[at].1, self.wide[at].2)
-    }
-
     fn heap_bytes(&self) -> usize {
-        self.len() * (size_of::<u32>() * 2 + size_of::<i64>() * 3)
-            + self.wide.capacity() * size_of::<(u32, u64, i128)>()
+        self.bytes.len()
     }
 }
 
@@ -134,6 +80,8 @@ pub struct PaneStore {
     spilled_text_bytes: usize,
     /// Entries of a pane being inserted, reused.
     scratch: Vec<Entry>,
+    /// A pane's bytes being encoded, reused.
+    encoded: Vec<u8>,
 }
 
 /// Key text up to this length is stored inline in a [`Key`].
@@ -168,6 +116,7 @@ impl PaneStore {
             live_partials: 0,
             spilled_text_bytes: 0,
             scratch: Vec::new(),
+            encoded: Vec::new(),
         }
     }
 
@@ -197,6 +146,7 @@ impl PaneStore {
             + self.panes.iter().map(Pane::heap_bytes).sum::<usize>()
             + self.panes.capacity() * size_of::<Pane>()
             + self.scratch.capacity() * size_of::<Entry>()
+            + self.encoded.capacity()
             + self.spilled_text_bytes
     }
 
@@ -287,22 +237,27 @@ impl PaneStore {
             // The same pane again (a restored pane meeting live partials at
             // one time): its entries join the existing ones.
             let old = &self.panes[position];
-            let mut merged: Vec<Entry> = (0..old.len())
-                .map(|i| {
-                    let (count, sum) = old.count_and_sum(i);
-                    (old.slots[i], count, sum, old.mins[i], old.maxs[i])
-                })
-                .collect();
-            merged.extend_from_slice(&scratch);
-            merge_by_slot(&mut merged);
-            self.live_partials -= old.len();
-            self.live_partials += merged.len();
-            self.panes[position] = Pane::new(pane_start, &merged);
+            self.live_partials -= old.entries;
+            scratch.extend(Entries::new(&old.bytes));
+            merge_by_slot(&mut scratch);
+            self.panes[position] = self.pane(pane_start, &scratch);
         } else {
-            self.live_partials += scratch.len();
-            self.panes.insert(position, Pane::new(pane_start, &scratch));
+            let pane = self.pane(pane_start, &scratch);
+            self.panes.insert(position, pane);
         }
+        self.live_partials += scratch.len();
         self.scratch = scratch;
+    }
+
+    /// A pane of `entries` (sorted by slot, one per slot).
+    fn pane(&mut self, start: u64, entries: &[Entry]) -> Pane {
+        self.encoded.clear();
+        encode(entries.iter().copied(), &mut self.encoded);
+        Pane {
+            start,
+            entries: entries.len(),
+            bytes: self.encoded.as_slice().into(),
+        }
     }
 
     /// Removes every pane that starts before `window_start`; keys left with
@@ -313,16 +268,15 @@ impl PaneStore {
                 self.flip();
             }
             let pane = self.panes.pop_front().expect("checked above");
-            self.live_partials -= pane.len();
-            for i in 0..pane.len() {
-                let s = pane.slots[i] as usize;
-                let (count, sum) = pane.count_and_sum(i);
+            self.live_partials -= pane.entries;
+            for (slot, count, sum, later_min, later_max) in Entries::new(&pane.bytes) {
+                let s = slot as usize;
                 self.counts[s] -= count;
                 self.sums[s] -= sum;
-                self.front_min[s] = pane.mins[i];
-                self.front_max[s] = pane.maxs[i];
+                self.front_min[s] = later_min;
+                self.front_max[s] = later_max;
                 if self.counts[s] == 0 {
-                    self.release(pane.slots[i]);
+                    self.release(slot);
                 }
             }
         }
@@ -336,16 +290,21 @@ impl PaneStore {
         self.front_end = newest.start + self.slide_ms;
         // Every key's front extremes are the identity here: the front was
         // emptied, and each key's last front entry carried the identity.
-        for pane in self.panes.iter_mut().rev() {
-            for i in 0..pane.slots.len() {
-                let s = pane.slots[i] as usize;
-                let (min, max) = (pane.mins[i], pane.maxs[i]);
-                pane.mins[i] = self.front_min[s];
-                pane.maxs[i] = self.front_max[s];
-                self.front_min[s] = self.front_min[s].min(min);
-                self.front_max[s] = self.front_max[s].max(max);
-            }
+        let mut panes = std::mem::take(&mut self.panes);
+        for pane in panes.iter_mut().rev() {
+            self.encoded.clear();
+            let (front_min, front_max) = (&mut self.front_min, &mut self.front_max);
+            let entries = Entries::new(&pane.bytes).map(|(slot, count, sum, min, max)| {
+                let s = slot as usize;
+                let later = (front_min[s], front_max[s]);
+                front_min[s] = front_min[s].min(min);
+                front_max[s] = front_max[s].max(max);
+                (slot, count, sum, later.0, later.1)
+            });
+            encode(entries, &mut self.encoded);
+            pane.bytes = self.encoded.as_slice().into();
         }
+        self.panes = panes;
         self.back_min.fill(i64::MAX);
         self.back_max.fill(i64::MIN);
     }

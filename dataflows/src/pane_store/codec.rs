@@ -1,0 +1,131 @@
+//! The byte layout of a pane's entries: each entry as five LEB128 varints,
+//! in slot order.
+//!
+//! - slot, as the distance from the previous entry's slot (entries are
+//!   sorted by slot, so this is small when a pane holds many keys);
+//! - count;
+//! - sum, zigzag-encoded (an `i128`: no partial overflows it);
+//! - min, as `zigzag(min) + 2` (wrapping), so that the min's identity
+//!   `i64::MAX`, which the front stack's last entry of each key carries,
+//!   takes one byte;
+//! - max, as `zigzag(max) + 1` (wrapping): its identity `i64::MIN` is 0.
+//!
+//! Values within ±63 take one byte each; a typical partial takes 6–10 bytes
+//! instead of the 32 of fixed-width columns. Panes are only ever read in
+//! order (a pane enters, is turned into the front stack, leaves), so no
+//! entry needs to be found by position. The bytes never leave the process
+//! (checkpoints persist the partials, not this layout), so it carries no
+//! version.
+
+/// A partial in a pane: `(key slot, count, sum, min, max)`.
+pub type Entry = (u32, u64, i128, i64, i64);
+
+#[inline]
+fn put_varint(out: &mut Vec<u8>, mut value: u128) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+#[inline]
+fn zigzag64(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+#[inline]
+fn unzigzag64(code: u64) -> i64 {
+    ((code >> 1) as i64) ^ -((code & 1) as i64)
+}
+
+/// Appends `entries` (sorted by slot) to `out`.
+pub fn encode(entries: impl IntoIterator<Item = Entry>, out: &mut Vec<u8>) {
+    let mut previous_slot = 0u32;
+    for (slot, count, sum, min, max) in entries {
+        debug_assert!(slot >= previous_slot, "entries out of slot order");
+        put_varint(out, u128::from(slot - previous_slot));
+        previous_slot = slot;
+        put_varint(out, u128::from(count));
+        put_varint(out, ((sum << 1) ^ (sum >> 127)) as u128);
+        put_varint(out, u128::from(zigzag64(min).wrapping_add(2)));
+        put_varint(out, u128::from(zigzag64(max).wrapping_add(1)));
+    }
+}
+
+/// Reads the entries [`encode`] wrote, in order.
+pub struct Entries<'a> {
+    bytes: &'a [u8],
+    position: usize,
+    slot: u32,
+}
+
+impl<'a> Entries<'a> {
+    /// A reader of `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Entries {
+            bytes,
+            position: 0,
+            slot: 0,
+        }
+    }
+
+    #[inline]
+    fn varint(&mut self) -> u128 {
+        let mut value = 0u128;
+        let mut shift = 0;
+        loop {
+            let byte = self.bytes[self.position];
+            self.position += 1;
+            value |= u128::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return value;
+            }
+            shift += 7;
+        }
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Entry;
+
+    #[inline]
+    fn next(&mut self) -> Option<Entry> {
+        if self.position == self.bytes.len() {
+            return None;
+        }
+        self.slot += self.varint() as u32;
+        let count = self.varint() as u64;
+        let sum_code = self.varint();
+        let sum = ((sum_code >> 1) as i128) ^ -((sum_code & 1) as i128);
+        let min = unzigzag64((self.varint() as u64).wrapping_sub(2));
+        let max = unzigzag64((self.varint() as u64).wrapping_sub(1));
+        Some((self.slot, count, sum, min, max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_at_the_extremes() {
+        let entries: Vec<Entry> = vec![
+            (0, 1, 0, 0, 0),
+            (0, 2, -1, -1, 1),
+            (3, u64::MAX, i128::MAX, i64::MIN, i64::MAX),
+            (7, 5, i128::MIN, i64::MAX, i64::MIN),
+            (u32::MAX, 1, -63, 63, -64),
+        ];
+        let mut bytes = Vec::new();
+        encode(entries.iter().copied(), &mut bytes);
+        assert_eq!(Entries::new(&bytes).collect::<Vec<_>>(), entries);
+    }
+
+    #[test]
+    fn small_values_and_identities_take_one_byte_each() {
+        let mut bytes = Vec::new();
+        encode([(5, 1, -3, i64::MAX, i64::MIN)], &mut bytes);
+        assert_eq!(bytes.len(), 5);
+    }
+}
