@@ -29,8 +29,8 @@ use crate::checkpoint::cut::{
 use crate::checkpoint::format::OutputLength;
 use crate::sink::{output_operator, OutputRow};
 use crate::source::{
-    partition_source, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress, SourceConfig,
-    SourceCounters,
+    partition_source, AheadWaker, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress,
+    SourceConfig, SourceCounters,
 };
 
 /// The generic window query's parameters.
@@ -250,6 +250,7 @@ where
         .check_granularity(query.granularity_ms)
         .expect("granularity checked before the run");
     let probe = ProbeHandle::new();
+    let waker = AheadWaker::default();
     let progress: SharedProgress = Rc::default();
     worker.dataflow::<u64, _, _>(|scope| {
         let announcements = checkpointing.as_ref().map(|c| {
@@ -275,7 +276,7 @@ where
                     source_config,
                     errors,
                     counters,
-                    probe.clone(),
+                    (probe.clone(), waker.clone()),
                 );
                 if let (Some(c), Some(cuts)) = (checkpointing, announcements.as_ref()) {
                     if query.retention_ms() == 0 {
@@ -312,7 +313,7 @@ where
                     source_config,
                     errors,
                     counters,
-                    probe.clone(),
+                    (probe.clone(), waker.clone()),
                 );
                 let mut assembler_for_tap = None;
                 if let Some(c) = checkpointing {
@@ -349,7 +350,7 @@ where
             &outputs,
             announcements.as_ref().zip(assembler),
             restored_cut,
-            sink,
+            (sink, waker),
         );
         probe
     })
