@@ -30,7 +30,7 @@ use crate::run::{
     RunSummary,
 };
 use crate::sink::{is_output_file_name, output_file_names, WorkerOutputs};
-use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters};
+use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters, IDLE_POLL_MAX_MS};
 
 mod inputs;
 
@@ -229,6 +229,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
             lateness_ms: query.lateness_ms,
             batch_records: options.batch_records,
             idle_poll_ms: 1,
+            idle_poll_max_ms: IDLE_POLL_MAX_MS,
             max_ahead_ms: max_ahead_ms(&query),
             cut_step_ms: if sender.is_some() { step_ms } else { 0 },
             restored_cut_ms: restored_point.map(|(_, cut)| cut),

@@ -3,10 +3,14 @@
 //!
 //! # Idempotence
 //! `<log_dir>/<topic>/MANIFEST` (see [`manifest`]) records each ingested
-//! file's identity (size and CRC32C of its content), partition and record
-//! count. A file whose identity is already there is skipped, whatever its
-//! path; a new file gets the next partition number (one more than the
-//! largest in the manifest).
+//! file's canonical path, content (size and CRC32C), partition and record
+//! count. A file is identified by its canonical path (decision 23): a file
+//! whose path is already there is skipped if its content is unchanged and
+//! refused ([`IngestErrorKind::ChangedSinceIngest`]) if not; any other file
+//! is a new partition, even with the same content as another (two files are
+//! two partitions), and gets the next partition number (one more than the
+//! largest in the manifest). Paths recorded by earlier versions, as given
+//! and maybe relative, are resolved against the current directory.
 //!
 //! # Atomicity
 //! A file is written to `<topic>/<p>.tmp/` while every row is validated;
@@ -41,7 +45,7 @@ use crate::log::durable::{
 use crate::log::{
     parse_partition_name, validate_topic, FsyncPolicy, LogConfig, LogError, PartitionWriter,
 };
-use manifest::{file_identity, FileIdentity, Manifest, ManifestEntry};
+use manifest::{file_identity, FileIdentity, Manifest, ManifestEntry, MAX_PATH_LEN_BYTES};
 
 /// File name of the manifest in the topic directory.
 pub const MANIFEST_FILE_NAME: &str = "MANIFEST";
@@ -57,9 +61,9 @@ pub struct FileReport {
     pub partition: u32,
     /// Its number of records.
     pub records: u64,
-    /// Whether it was skipped because a file with the same content had
-    /// already been ingested (then `partition` and `records` are those of
-    /// that earlier ingest).
+    /// Whether it was skipped because this file (same canonical path, same
+    /// content) had already been ingested (then `partition` and `records`
+    /// are those of that earlier ingest).
     pub skipped: bool,
 }
 
@@ -125,6 +129,29 @@ pub enum IngestErrorKind {
     FileChanged {
         /// The input file.
         path: PathBuf,
+    },
+    /// The input was ingested before, and its content has changed since.
+    #[error(
+        "{}: already ingested into partition {partition} ({} bytes, CRC32C {:08x}) but now has other content ({} bytes, CRC32C {:08x}); the log keeps what was ingested: restore the file or use a new data directory",
+        path.display(), ingested.size_bytes, ingested.content_crc32c, now.size_bytes, now.content_crc32c
+    )]
+    ChangedSinceIngest {
+        /// The input file.
+        path: PathBuf,
+        /// The partition it was ingested into.
+        partition: u32,
+        /// Its content then.
+        ingested: FileIdentity,
+        /// Its content now.
+        now: FileIdentity,
+    },
+    /// The input's canonical path cannot be recorded in the manifest.
+    #[error("{}: the canonical path {canonical:?} is not UTF-8 or longer than {MAX_PATH_LEN_BYTES} bytes, and the manifest identifies input files by their path", path.display())]
+    UnrecordablePath {
+        /// The input file, as given.
+        path: PathBuf,
+        /// Its canonical path.
+        canonical: PathBuf,
     },
     /// The topic has partitions but no manifest, so ingest did not make it.
     #[error("{}: the topic has partitions but no {MANIFEST_FILE_NAME}: not created by ingest, refusing to modify it", path.display())]
@@ -200,9 +227,25 @@ fn ingest_into(
     let topic_dir = log_dir.join(topic);
     let mut manifest = open_manifest(&topic_dir)?;
     recover(&topic_dir, &mut manifest)?;
+    // Where each entry's file is now, in the manifest's order.
+    let mut ingested: Vec<PathBuf> = manifest
+        .entries
+        .iter()
+        .map(|e| resolve_recorded_path(&e.source_path))
+        .collect();
     for path in files {
+        let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
         let identity = file_identity(path).map_err(io_err(path))?;
-        if let Some(done) = manifest.find(identity) {
+        if let Some(i) = ingested.iter().position(|p| *p == canonical) {
+            let done = &manifest.entries[i];
+            if done.identity != identity {
+                return Err(IngestErrorKind::ChangedSinceIngest {
+                    path: path.clone(),
+                    partition: done.partition,
+                    ingested: done.identity,
+                    now: identity,
+                });
+            }
             tracing::info!(
                 file = %path.display(), partition = done.partition, ingested_from = %done.source_path,
                 "already ingested: skipping"
@@ -218,8 +261,19 @@ fn ingest_into(
         let partition = manifest
             .next_partition()
             .ok_or(IngestErrorKind::TooManyPartitions)?;
-        let entry = ingest_one(&topic_dir, (path, schema), partition, identity, config)?;
+        let recorded = match canonical.to_str() {
+            Some(p) if p.len() <= MAX_PATH_LEN_BYTES => p.to_owned(),
+            _ => {
+                return Err(IngestErrorKind::UnrecordablePath {
+                    path: path.clone(),
+                    canonical,
+                })
+            }
+        };
+        let source = (path.as_path(), recorded, schema);
+        let entry = ingest_one(&topic_dir, source, partition, identity, config)?;
         manifest.entries.push(entry);
+        ingested.push(canonical);
         write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
         let records = manifest.entries.last().expect("just pushed").records;
         tracing::info!(file = %path.display(), partition, records, "ingested");
@@ -231,6 +285,18 @@ fn ingest_into(
         });
     }
     Ok(())
+}
+
+/// Where the file recorded as `recorded` in the manifest is now: the path
+/// canonicalized, or made absolute if it no longer exists. This code records
+/// canonical paths; earlier versions recorded the path as given, which may be
+/// relative: it is taken relative to the current directory, as a rerun of
+/// the same command in the same directory gives it.
+fn resolve_recorded_path(recorded: &str) -> PathBuf {
+    let path = Path::new(recorded);
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
 }
 
 /// Reads the manifest, creating an empty one for a new (or empty) topic.
@@ -333,17 +399,18 @@ fn recover(topic_dir: &Path, manifest: &mut Manifest) -> Result<(), IngestErrorK
     Ok(())
 }
 
-/// Writes one file into partition `partition`, atomically.
+/// Writes one file into partition `partition`, atomically; `recorded` is
+/// the path its manifest entry records (its canonical path).
 fn ingest_one(
     topic_dir: &Path,
-    (path, schema): (&Path, RowSchema),
+    (path, recorded, schema): (&Path, String, RowSchema),
     partition: u32,
     identity: FileIdentity,
     config: &LogConfig,
 ) -> Result<ManifestEntry, IngestErrorKind> {
     let tmp = topic_dir.join(format!("{partition}.tmp"));
     remove_dir_all_durably(&tmp)?;
-    let written = write_partition(&tmp, (path, schema), partition, identity, config);
+    let written = write_partition(&tmp, (path, recorded, schema), partition, identity, config);
     let entry = match written {
         Ok(entry) => entry,
         Err(e) => {
@@ -359,7 +426,7 @@ fn ingest_one(
 
 fn write_partition(
     tmp: &Path,
-    (path, schema): (&Path, RowSchema),
+    (path, recorded, schema): (&Path, String, RowSchema),
     partition: u32,
     identity: FileIdentity,
     config: &LogConfig,
@@ -392,7 +459,7 @@ fn write_partition(
         partition,
         records: writer.next_offset(),
         identity,
-        source_path: path.to_string_lossy().into_owned(),
+        source_path: recorded,
     };
     drop(writer);
     let marker = Manifest {

@@ -30,8 +30,8 @@ use crate::checkpoint::cut::{
 use crate::checkpoint::format::OutputLength;
 use crate::sink::{output_operator, OutputRow};
 use crate::source::{
-    partition_source, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress, SourceConfig,
-    SourceCounters,
+    partition_source, AheadWaker, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress,
+    SourceConfig, SourceCounters,
 };
 
 /// The generic window query's parameters.
@@ -251,6 +251,7 @@ where
         .check_granularity(query.granularity_ms)
         .expect("granularity checked before the run");
     let probe = ProbeHandle::new();
+    let waker = AheadWaker::default();
     let progress: SharedProgress = Rc::default();
     worker.dataflow::<u64, _, _>(|scope| {
         let announcements = checkpointing.as_ref().map(|c| {
@@ -282,7 +283,7 @@ where
                     source_config,
                     errors,
                     counters,
-                    probe.clone(),
+                    (probe.clone(), waker.clone()),
                 );
                 if let (Some(c), Some(cuts)) = (checkpointing, announcements.as_ref()) {
                     if query.retention_ms() == 0 {
@@ -322,7 +323,7 @@ where
                     source_config,
                     errors,
                     counters,
-                    probe.clone(),
+                    (probe.clone(), waker.clone()),
                 );
                 let mut assembler_for_tap = None;
                 if let Some(c) = checkpointing {
@@ -359,7 +360,7 @@ where
             &outputs,
             announcements.as_ref().zip(assembler),
             restored_cut,
-            sink,
+            (sink, waker),
         );
         probe
     })

@@ -15,6 +15,7 @@ use crate::nexmark::feed::ProjectedFeed;
 use crate::nexmark::{source_partition, NexmarkQuery, NexmarkTable};
 use crate::source::{
     ErrorSlot, MemoryFeed, PartitionFeed, PartitionInput, SourceConfig, SourceCounters,
+    IDLE_POLL_MAX_MS,
 };
 
 /// The rows of a run, sorted.
@@ -142,6 +143,7 @@ fn execute(
                 lateness_ms: query.lateness_ms,
                 batch_records,
                 idle_poll_ms: 1,
+                idle_poll_max_ms: IDLE_POLL_MAX_MS,
                 max_ahead_ms: max_ahead_ms(&query),
                 cut_step_ms: 0,
                 restored_cut_ms: None,

@@ -207,6 +207,11 @@ pub fn render(sources: &MetricsSources) -> String {
         load(&counters.events_late),
     );
     out.counter(
+        "source_activations_total",
+        "Times a source operator ran (an idle source polls every 16 ms; one paused ahead of the output frontier not at all).",
+        load(&counters.activations),
+    );
+    out.counter(
         "events_out_total",
         "Window rows written to the output files (with checkpoints: once a committed cut covers them).",
         load(&engine.outputs.window_rows),

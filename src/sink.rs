@@ -28,6 +28,7 @@ use crate::checkpoint::cut::{Announcement, CutAssembler};
 use crate::checkpoint::format::OutputLength;
 use crate::csv_input::write_csv_field;
 use crate::job::RowSink;
+use crate::source::AheadWaker;
 
 /// Header of the window rows file.
 pub const WINDOW_ROWS_HEADER: &str = "window_start,window_end,key,count,sum,min,max";
@@ -343,15 +344,19 @@ pub type CutInputs<'a, 'scope> = (
 /// client makes durable before it sends the share). Rows at and above `T`
 /// may already be in the files: a restore truncates them away and computes
 /// them again.
+///
+/// Either way the operator reports every input frontier it sees to `waker`,
+/// which wakes the sources paused for being too far ahead of it.
 pub fn output_operator<'scope, S: RowSink>(
     rows: &Stream<'scope, u64, Vec<OutputRow>>,
     cuts: Option<CutInputs<'_, 'scope>>,
     restored_cut: u64,
-    sink: std::rc::Rc<std::cell::RefCell<S>>,
+    (sink, waker): (std::rc::Rc<std::cell::RefCell<S>>, AheadWaker),
 ) {
     let Some((announcements, assembler)) = cuts else {
         rows.clone()
-            .sink(Pipeline, "OutputSink", move |(input, _frontier)| {
+            .sink(Pipeline, "OutputSink", move |(input, frontier)| {
+                waker.frontier_seen(frontier.frontier().first().copied().unwrap_or(u64::MAX));
                 let mut sink = sink.borrow_mut();
                 input.for_each_stamp(|_stamp, batches| {
                     for batch in batches {
@@ -396,6 +401,7 @@ pub fn output_operator<'scope, S: RowSink>(
                         }
                     });
                     let front = frontier.frontier().first().copied();
+                    waker.frontier_seen(front.unwrap_or(u64::MAX));
                     if held.iter().any(|(t, _)| front.is_none_or(|f| *t < f)) {
                         let (mut due, keep): (Vec<_>, Vec<_>) = held
                             .drain(..)

@@ -8,8 +8,16 @@
 //! `ts < max_ts_p - lateness`, where `max_ts_p` is the largest time read from
 //! its partition before it; this depends only on the log, so results are the
 //! same for every worker and process count.
+//!
+//! A source never re-activates itself in a loop: a source more than
+//! `max_ahead_ms` ahead of the output frontier pauses until that frontier
+//! moves ([`AheadWaker`]), and one whose partitions are all idle (a tailing
+//! run with no new input) polls again after a wait that doubles, from
+//! `idle_poll_ms` up to `idle_poll_max_ms`, while they stay idle; so a worker
+//! with no input to read parks.
 
 mod resume;
+mod waker;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -26,6 +34,12 @@ use weir_dataflows::window::round_down;
 use weir_dataflows::{LateRow, MAX_EVENT_TS_MS};
 
 pub use resume::PartitionProgress;
+pub use waker::{AheadWaker, WakerSlot};
+
+/// The longest wait between polls of idle partitions that `weir run` uses:
+/// input appended to a quiet tailing run is read at most this late, and an
+/// idle source costs a poll per this much time.
+pub const IDLE_POLL_MAX_MS: u64 = 16;
 
 /// What a poll of a partition found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +98,9 @@ pub struct SourceCounters {
     pub caught_up: AtomicUsize,
     /// The least time of an accepted (not late) event read (`u64::MAX`: none yet).
     pub min_event_ms: AtomicU64,
+    /// How many times a source operator ran (however little it did): shows
+    /// whether idle sources park.
+    pub activations: AtomicU64,
 }
 
 impl Default for SourceCounters {
@@ -96,6 +113,7 @@ impl Default for SourceCounters {
             window_state: Mutex::default(),
             caught_up: AtomicUsize::new(0),
             min_event_ms: AtomicU64::new(u64::MAX),
+            activations: AtomicU64::new(0),
         }
     }
 }
@@ -118,11 +136,16 @@ pub struct SourceConfig {
     pub lateness_ms: u64,
     /// Records read from one partition per activation.
     pub batch_records: usize,
-    /// How long to wait before polling again when every partition is idle.
+    /// How long to wait before polling again when every partition has just
+    /// become idle; the wait doubles while they stay idle.
     pub idle_poll_ms: u64,
+    /// The longest wait between polls of idle partitions: how late, at most,
+    /// a source notices input appended after a quiet period.
+    pub idle_poll_max_ms: u64,
     /// How far (event time, ms) this worker's watermark may run ahead of the
-    /// dataflow's output frontier before the source pauses. Bounds the state
-    /// buffered for future times when one worker reads faster than another.
+    /// dataflow's output frontier before the source pauses (until that
+    /// frontier moves). Bounds the state buffered for future times when one
+    /// worker reads faster than another.
     pub max_ahead_ms: u64,
     /// Checkpoint cuts are multiples of this (0: no checkpoints, no resume marks).
     pub cut_step_ms: u64,
@@ -160,7 +183,9 @@ pub type SourceStreams<'scope, R> = (
 );
 
 /// Builds the source over `partitions` (this worker's share). `progress` is
-/// filled with one entry per partition, in the order given.
+/// filled with one entry per partition, in the order given. `output_probe`
+/// is the output frontier that `max_ahead_ms` is measured from; the operator
+/// that sees that frontier must report it to `waker`.
 #[allow(clippy::too_many_arguments)]
 pub fn partition_source<F, C>(
     scope: Scope<'_, u64>,
@@ -170,13 +195,14 @@ pub fn partition_source<F, C>(
     config: SourceConfig,
     errors: ErrorSlot,
     counters: Arc<SourceCounters>,
-    output_probe: ProbeHandle<u64>,
+    (output_probe, waker): (ProbeHandle<u64>, AheadWaker),
 ) -> SourceStreams<'_, C::Record>
 where
     F: PartitionFeed,
     C: LocalCombiner,
 {
     assert!(config.granularity_ms > 0 && config.batch_records > 0);
+    assert!(config.idle_poll_ms <= config.idle_poll_max_ms);
     let worker_index = scope.index();
     let mut builder = OperatorBuilder::new("PartitionSource".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address);
@@ -218,20 +244,21 @@ where
             .expect("poisoned")
             .push((worker_index, Arc::clone(&held_partials)));
         let mut caught_up = false;
+        let slot = waker.register(activator.clone());
+        let mut idle_wait_ms = config.idle_poll_ms;
         move |_frontiers| {
+            counters.activations.fetch_add(1, Ordering::Relaxed);
             if failed || partials_cap.is_none() {
                 return;
             }
             // Flow control: wait while this worker is far ahead of the slowest output.
-            let ahead = partials_cap.as_ref().is_some_and(|cap| {
-                output_probe.with_frontier(|f| {
-                    f.first().is_some_and(|&out| *cap.time() > out.saturating_add(config.max_ahead_ms))
-                })
-            });
-            if ahead {
-                // Yield: the other operators of this worker run, then we look again.
-                activator.activate();
-                return;
+            let out = output_probe.with_frontier(|f| f.first().copied());
+            if let (Some(cap), Some(out)) = (partials_cap.as_ref(), out) {
+                if *cap.time() > out.saturating_add(config.max_ahead_ms) {
+                    // Not activated again until the output frontier moves.
+                    waker.pause(slot, out);
+                    return;
+                }
             }
             let mut progressed = false;
             let mut events_read = 0u64;
@@ -344,9 +371,11 @@ where
                     }
                 }
                 if progressed {
+                    idle_wait_ms = config.idle_poll_ms;
                     activator.activate();
                 } else {
-                    activator.activate_after(Duration::from_millis(config.idle_poll_ms));
+                    activator.activate_after(Duration::from_millis(idle_wait_ms));
+                    idle_wait_ms = (idle_wait_ms * 2).min(config.idle_poll_max_ms);
                 }
             } else {
                 debug_assert!(combiner.min_pending_time().is_none());
@@ -407,3 +436,6 @@ impl PartitionFeed for Box<dyn PartitionFeed> {
         (**self).poll(max_records, deliver)
     }
 }
+
+#[cfg(test)]
+mod tests;

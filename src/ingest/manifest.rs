@@ -1,18 +1,23 @@
 //! The ingest manifest `<log_dir>/<topic>/MANIFEST`: which input files
-//! (by identity: size and CRC32C of the content) were ingested into which
-//! partition, with how many records.
+//! (by canonical path, with the size and CRC32C of their content) were
+//! ingested into which partition, with how many records.
 //!
 //! Format version 1, little-endian:
 //!
 //! ```text
 //! header: magic b"WEIRMFST" | version u32 | entry count u32 | crc32c(previous 16 bytes) u32
 //! entry:  partition u32 | records u64 | size_bytes u64 | content crc32c u32
-//!         | path length u32 | path (UTF-8, for messages only) | crc32c(entry bytes before it) u32
+//!         | path length u32 | path (UTF-8) | crc32c(entry bytes before it) u32
 //! ```
 //!
 //! The same encoding with a single entry is the `INGEST` marker written into
 //! a partition directory before it is renamed into place, so a partition
 //! renamed just before a crash can be adopted without its source file.
+//!
+//! The path identifies the file (decision 23). This code writes the
+//! canonical path; earlier versions wrote the path as given to ingest (maybe
+//! relative), in the same layout, so the version stayed 1 and their
+//! manifests read as before.
 
 use std::path::Path;
 
@@ -21,9 +26,11 @@ pub const MANIFEST_MAGIC: &[u8; 8] = b"WEIRMFST";
 /// Version of the manifest format written by this code.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 const HEADER_LEN_BYTES: usize = 20;
-const MAX_PATH_LEN_BYTES: usize = 64 << 10;
+/// The longest path an entry records.
+pub const MAX_PATH_LEN_BYTES: usize = 64 << 10;
 
-/// The identity of an input file: its size and the CRC32C of its content.
+/// The content of an input file: its size and CRC32C. Not what identifies
+/// the file (its path does); it tells whether the file changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileIdentity {
     /// Size of the file.
@@ -39,9 +46,10 @@ pub struct ManifestEntry {
     pub partition: u32,
     /// Number of records (rows).
     pub records: u64,
-    /// Its identity.
+    /// Its content's size and CRC32C.
     pub identity: FileIdentity,
-    /// The path it was ingested from (for messages only).
+    /// The path it was ingested from: what identifies it. Canonical when
+    /// written by this code; as given to ingest by earlier versions.
     pub source_path: String,
 }
 
@@ -53,11 +61,6 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The entry of an already ingested file with this identity.
-    pub fn find(&self, identity: FileIdentity) -> Option<&ManifestEntry> {
-        self.entries.iter().find(|e| e.identity == identity)
-    }
-
     /// The entry of `partition`.
     pub fn partition(&self, partition: u32) -> Option<&ManifestEntry> {
         self.entries.iter().find(|e| e.partition == partition)
@@ -219,7 +222,6 @@ mod tests {
             Manifest::decode(&Manifest::default().encode()).unwrap(),
             Manifest::default()
         );
-        assert_eq!(m.find(m.entries[1].identity), Some(&m.entries[1]));
         assert_eq!(m.partition(4), Some(&m.entries[2]));
     }
 

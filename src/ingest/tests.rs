@@ -1,4 +1,5 @@
-//! Unit tests of ingest recovery (crash leftovers) and its error paths.
+//! Unit tests of ingest recovery (crash leftovers), of what identifies a
+//! file, and of the error paths.
 
 use super::*;
 use crate::log::list_partitions;
@@ -113,7 +114,11 @@ fn a_file_changing_during_ingest_is_rejected() {
     identity.content_crc32c ^= 1;
     let e = ingest_one(
         &topic_dir,
-        (&a, crate::csv_input::RowSchema::Generic),
+        (
+            &a,
+            a.display().to_string(),
+            crate::csv_input::RowSchema::Generic,
+        ),
         0,
         identity,
         &cfg(),
@@ -157,4 +162,77 @@ fn oversized_key_names_the_line() {
         other => panic!("{other}"),
     }
     assert!(list_partitions(&log_dir, "t").unwrap().is_empty());
+}
+
+#[test]
+fn a_file_is_its_canonical_path_not_its_content() {
+    let (t, log_dir, a) = setup();
+    let copy = write(t.path(), "copy.csv", &std::fs::read_to_string(&a).unwrap());
+    let link = t.path().join("link.csv");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    let dotted = t.path().join(".").join("a.csv");
+    let files = [a.clone(), copy.clone(), dotted, link, a.clone()];
+    let report = ingest_files(&log_dir, "t", &files, &cfg()).unwrap();
+    let summary: Vec<_> = report
+        .files
+        .iter()
+        .map(|f| (f.partition, f.records, f.skipped))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, 2, false),
+            (1, 2, false),
+            (0, 2, true),
+            (0, 2, true),
+            (0, 2, true)
+        ]
+    );
+    let manifest_path = log_dir.join("t").join(MANIFEST_FILE_NAME);
+    let manifest = Manifest::decode(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let recorded: Vec<_> = manifest
+        .entries
+        .iter()
+        .map(|e| e.source_path.clone())
+        .collect();
+    let canonical = |p: &Path| p.canonicalize().unwrap().to_str().unwrap().to_owned();
+    assert_eq!(recorded, vec![canonical(&a), canonical(&copy)]);
+}
+
+#[test]
+fn a_file_changed_since_its_ingest_is_refused() {
+    let (t, log_dir, a) = setup();
+    ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap();
+    let before = std::fs::read(log_dir.join("t").join(MANIFEST_FILE_NAME)).unwrap();
+    write(t.path(), "a.csv", "ts,key,value\n1,a,1\n2,b,2\n3,c,3\n");
+    let b = write(t.path(), "b.csv", "ts,key,value\n4,d,4\n");
+    let e = ingest_files(&log_dir, "t", &[b, a.clone()], &cfg()).unwrap_err();
+    match &e.kind {
+        IngestErrorKind::ChangedSinceIngest {
+            path,
+            partition: 0,
+            ingested,
+            now,
+        } => {
+            assert_eq!(path, &a);
+            assert_eq!(ingested.size_bytes + 6, now.size_bytes);
+        }
+        other => panic!("{other}"),
+    }
+    assert!(
+        e.to_string()
+            .contains("a.csv: already ingested into partition 0"),
+        "{e}"
+    );
+    // The file before it went in; the changed one did not.
+    assert_eq!(e.completed.files.len(), 1);
+    assert_eq!(list_partitions(&log_dir, "t").unwrap(), vec![0, 1]);
+    let after =
+        Manifest::decode(&std::fs::read(log_dir.join("t").join(MANIFEST_FILE_NAME)).unwrap())
+            .unwrap();
+    assert_eq!(
+        after.entries[0],
+        Manifest::decode(&before).unwrap().entries[0]
+    );
+    assert_eq!(after.entries.len(), 2);
 }

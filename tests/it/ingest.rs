@@ -1,5 +1,6 @@
 //! Integration tests of `ingest_files`: idempotence, atomicity on a bad
-//! line, empty files, and the events read back from the log.
+//! line, empty files, and the events read back from the log; and of
+//! `weir run --input` over files with the same content.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,6 +10,8 @@ use weir::csv_input::CsvErrorReason;
 use weir::event::{decode_event, Event};
 use weir::ingest::{ingest_files, IngestErrorKind};
 use weir::log::{list_partitions, partition_dir, LogConfig, PartitionReader};
+
+use crate::support::{assert_success, run_weir, sorted_rows};
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let p = dir.join(name);
@@ -91,15 +94,23 @@ fn ingesting_twice_does_not_duplicate() {
     assert_eq!(summary(&first), vec![(0, 100, false), (1, 2, false)]);
     let state = snapshot(&log_dir);
 
-    // Again, in another order, plus a copy of `a` under another name.
-    let a_copy = write(tmp.path(), "a-copy.csv", &big_csv(100));
-    let second = ingest_files(&log_dir, "in", &[b, a, a_copy], &cfg()).unwrap();
-    assert_eq!(
-        summary(&second),
-        vec![(1, 2, true), (0, 100, true), (0, 100, true)]
-    );
+    // Again, in another order: nothing changes.
+    let second = ingest_files(&log_dir, "in", &[b.clone(), a.clone()], &cfg()).unwrap();
+    assert_eq!(summary(&second), vec![(1, 2, true), (0, 100, true)]);
     assert_eq!(snapshot(&log_dir), state);
     assert_eq!(list_partitions(&log_dir, "in").unwrap(), vec![0, 1]);
+
+    // A copy of `a` under another name is another file: another partition.
+    let a_copy = write(tmp.path(), "a-copy.csv", &big_csv(100));
+    let third = ingest_files(&log_dir, "in", &[b, a, a_copy.clone()], &cfg()).unwrap();
+    assert_eq!(
+        summary(&third),
+        vec![(1, 2, true), (0, 100, true), (2, 100, false)]
+    );
+    let again = ingest_files(&log_dir, "in", &[a_copy], &cfg()).unwrap();
+    assert_eq!(summary(&again), vec![(2, 100, true)]);
+    assert_eq!(list_partitions(&log_dir, "in").unwrap(), vec![0, 1, 2]);
+    assert_eq!(events(&log_dir, "in", 2), events(&log_dir, "in", 0));
 
     let expect_a: Vec<Event> = (0..100)
         .map(|i| ev(i, &format!("k,{}", i % 7), i as i64 - 50))
@@ -192,6 +203,94 @@ fn an_empty_file_makes_an_empty_partition() {
     assert_eq!(report.files[1].partition, 1);
     assert_eq!(list_partitions(&log_dir, "in").unwrap(), vec![0, 1]);
     assert!(events(&log_dir, "in", 0).is_empty());
-    let again = ingest_files(&log_dir, "in", &[empty], &cfg()).unwrap();
+    let again = ingest_files(&log_dir, "in", std::slice::from_ref(&empty), &cfg()).unwrap();
     assert!(again.files[0].skipped);
+    // Another empty file is another (empty) partition.
+    let other = write(tmp.path(), "other-empty.csv", "ts,key,value\n");
+    let report = ingest_files(&log_dir, "in", &[empty, other], &cfg()).unwrap();
+    let parts: Vec<_> = report
+        .files
+        .iter()
+        .map(|f| (f.partition, f.records, f.skipped))
+        .collect();
+    assert_eq!(parts, vec![(0, 0, true), (2, 0, false)]);
+    assert_eq!(list_partitions(&log_dir, "in").unwrap(), vec![0, 1, 2]);
+}
+
+/// Window rows: `(window_start, window_end, key) -> (count, sum, min, max)`.
+type Windows = BTreeMap<(u64, u64, String), (i64, i64, i64, i64)>;
+
+/// `weir run --until-end` over `inputs` in `data`, writing to `out`; the
+/// window rows.
+fn run_windows(data: &Path, out: &Path, inputs: &[&Path]) -> Windows {
+    let mut args = vec![
+        "run".to_owned(),
+        "--window".to_owned(),
+        "tumbling:10s".to_owned(),
+        "--workers".to_owned(),
+        "2".to_owned(),
+        "--until-end".to_owned(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--out".to_owned(),
+        out.display().to_string(),
+        "--input".to_owned(),
+    ];
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_success(&run_weir(&args), "weir run");
+    let mut rows = BTreeMap::new();
+    for line in sorted_rows(out, "windows") {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 7, "{line}");
+        let n = |i: usize| f[i].parse::<i64>().unwrap();
+        let key = (
+            f[0].parse().unwrap(),
+            f[1].parse().unwrap(),
+            f[2].to_owned(),
+        );
+        assert!(
+            rows.insert(key, (n(3), n(4), n(5), n(6))).is_none(),
+            "{line}"
+        );
+    }
+    rows
+}
+
+#[test]
+fn files_with_the_same_content_are_distinct_partitions_of_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut content = String::from("ts,key,value\n");
+    for i in 0..90i64 {
+        writeln!(content, "{},k{},{i}", i * 400, i % 4).unwrap();
+    }
+    let a = write(tmp.path(), "a.csv", &content);
+    let b = write(tmp.path(), "b.csv", &content);
+    let empty_0 = write(tmp.path(), "empty-0.csv", "ts,key,value\n");
+    let empty_1 = write(tmp.path(), "empty-1.csv", "ts,key,value\n");
+
+    let one = run_windows(&tmp.path().join("d1"), &tmp.path().join("o1"), &[&a]);
+    assert!(one.len() > 4, "several windows and keys: {one:?}");
+    let doubled: BTreeMap<_, _> = one
+        .iter()
+        .map(|(k, &(count, sum, min, max))| (k.clone(), (2 * count, 2 * sum, min, max)))
+        .collect();
+
+    let data = tmp.path().join("d2");
+    let inputs: [&Path; 4] = [&a, &b, &empty_0, &empty_1];
+    let two = run_windows(&data, &tmp.path().join("o2"), &inputs);
+    assert_eq!(two, doubled, "two files with the same rows count twice");
+    assert_eq!(
+        list_partitions(&data.join("log"), "events").unwrap(),
+        vec![0, 1, 2, 3],
+        "four files, four partitions (the two empty ones too)"
+    );
+
+    // The same command again: nothing is ingested twice, the output is the same.
+    let again = run_windows(&data, &tmp.path().join("o2"), &inputs);
+    assert_eq!(again, doubled);
+    assert_eq!(
+        list_partitions(&data.join("log"), "events").unwrap(),
+        vec![0, 1, 2, 3]
+    );
 }

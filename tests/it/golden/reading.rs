@@ -111,6 +111,26 @@ fn golden_manifest_and_markers_read_as_expected() {
     }
 }
 
+#[test]
+fn golden_manifest_of_paths_as_given_keeps_a_rerun_idempotent() {
+    assert_in_package_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&golden_log_dir(), tmp.path());
+    let before = snapshot(tmp.path());
+    let as_given: Vec<PathBuf> = INPUTS.iter().map(PathBuf::from).collect();
+    let canonical: Vec<PathBuf> = as_given.iter().map(|p| p.canonicalize().unwrap()).collect();
+    for files in [as_given, canonical] {
+        let report = ingest_files(tmp.path(), TOPIC, &files, &config()).unwrap();
+        let summary: Vec<_> = report
+            .files
+            .iter()
+            .map(|f| (f.partition, f.records, f.skipped))
+            .collect();
+        assert_eq!(summary, vec![(0, 12, true), (1, 0, true)]);
+    }
+    assert_eq!(snapshot(tmp.path()), before);
+}
+
 /// Fails unless `r` is [`LogError::Corrupt`] of `file` at `at`, for `reason`.
 fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, LogError>, file: &Path, at: u64, reason: &str) {
     match r {
