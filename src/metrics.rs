@@ -458,6 +458,51 @@ pub fn serve(
     serve_text(addr, Box::new(move || render(&sources)), stop)
 }
 
+/// The fixed-window operators' own state per worker: live partials, keys
+/// and bytes (`weir_state_bytes{structure="windows"}`).
+fn render_window_state(out: &mut Exposition, counters: &SourceCounters) {
+    let mut gauges: Vec<(usize, u64, u64, u64)> = counters
+        .window_state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(w, g)| (*w, g.partials(), g.keys(), g.bytes()))
+        .collect();
+    gauges.sort_unstable();
+    let series =
+        |f: fn(&(usize, u64, u64, u64)) -> u64, structure: bool| -> Vec<(String, String)> {
+            gauges
+                .iter()
+                .map(|g| {
+                    let labels = if structure {
+                        format!("worker=\"{}\",structure=\"windows\"", g.0)
+                    } else {
+                        format!("worker=\"{}\"", g.0)
+                    };
+                    (labels, f(g).to_string())
+                })
+                .collect()
+        };
+    out.labelled(
+        "window_partials",
+        "gauge",
+        "Live (key, pane) partials a worker's window operator holds (tumbling windows: open (key, window) aggregates).",
+        &series(|g| g.1, false),
+    );
+    out.labelled(
+        "window_keys",
+        "gauge",
+        "Keys with live window state on a worker.",
+        &series(|g| g.2, false),
+    );
+    out.labelled(
+        "state_bytes",
+        "gauge",
+        "Bytes of state a worker holds, per structure (windows: the window operator's packed panes, key columns and tables).",
+        &series(|g| g.3, true),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
@@ -541,49 +586,4 @@ mod tests {
         assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(label_value(&"k".repeat(100)).len(), 64);
     }
-}
-
-/// The fixed-window operators' own state per worker: live partials, keys
-/// and bytes (`weir_state_bytes{structure="windows"}`).
-fn render_window_state(out: &mut Exposition, counters: &SourceCounters) {
-    let mut gauges: Vec<(usize, u64, u64, u64)> = counters
-        .window_state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .map(|(w, g)| (*w, g.partials(), g.keys(), g.bytes()))
-        .collect();
-    gauges.sort_unstable();
-    let series =
-        |f: fn(&(usize, u64, u64, u64)) -> u64, structure: bool| -> Vec<(String, String)> {
-            gauges
-                .iter()
-                .map(|g| {
-                    let labels = if structure {
-                        format!("worker=\"{}\",structure=\"windows\"", g.0)
-                    } else {
-                        format!("worker=\"{}\"", g.0)
-                    };
-                    (labels, f(g).to_string())
-                })
-                .collect()
-        };
-    out.labelled(
-        "window_partials",
-        "gauge",
-        "Live (key, pane) partials a worker's window operator holds (tumbling windows: open (key, window) aggregates).",
-        &series(|g| g.1, false),
-    );
-    out.labelled(
-        "window_keys",
-        "gauge",
-        "Keys with live window state on a worker.",
-        &series(|g| g.2, false),
-    );
-    out.labelled(
-        "state_bytes",
-        "gauge",
-        "Bytes of state a worker holds, per structure (windows: the window operator's packed panes, key columns and tables).",
-        &series(|g| g.3, true),
-    );
 }

@@ -3,7 +3,7 @@
 //! kept up to date in O(1) amortized work per partial, whatever the number
 //! of panes in a window.
 //!
-//! Layout (decision 23 in `docs/decisions.md`):
+//! Layout (decision 25 in `docs/decisions.md`):
 //! - **Keys** get a slot (`u32`) on first sight; per slot, columns hold the
 //!   key, the window's count and sum (added when a pane enters, subtracted
 //!   when it leaves) and the four extremes below. A hash table of slots

@@ -48,6 +48,9 @@ pub struct FixedWindows {
     pub granularity_ms: u64,
 }
 
+/// One update of [`PanePartials`].
+pub type PaneUpdate = Update<(Key, (u64, Agg))>;
+
 /// Pane partials, as released by the pane combiner.
 pub type PanePartials<'scope> = VecCollection<'scope, u64, (Key, (u64, Agg)), isize>;
 
@@ -85,14 +88,14 @@ fn sliding_windows(
         granularity_ms,
     } = windows;
     let scope = partials.inner.scope();
-    let by_key = Exchange::new(|update: &Update<(Key, (u64, Agg))>| update.0 .0.hash_value());
+    let by_key = Exchange::new(|update: &PaneUpdate| update.0 .0.hash_value());
     partials
         .inner
         .unary_frontier(by_key, "SlidingWindows", move |_cap, info| {
             let activator = scope.activator_for(info.address);
             // Partials not yet applied, by time: the received batches
             // themselves, so that a pane's partials are not copied again.
-            let mut pending: BTreeMap<u64, Vec<Vec<Update<(Key, (u64, Agg))>>>> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, Vec<Vec<PaneUpdate>>> = BTreeMap::new();
             let mut store = PaneStore::new(slide_ms);
             // A capability at or below every pending time and the next emission.
             let mut held: Option<Capability<u64>> = None;
@@ -192,13 +195,13 @@ fn sliding_windows(
 
 /// Adds the partials of one time to `store`, pane by pane (a restore brings
 /// many panes at one time; the live input one).
-fn apply(store: &mut PaneStore, batches: Vec<Vec<Update<(Key, (u64, Agg))>>>) {
-    let pane_of = |u: &Update<(Key, (u64, Agg))>| u.0 .1 .0;
+fn apply(store: &mut PaneStore, batches: Vec<Vec<PaneUpdate>>) {
+    let pane_of = |u: &PaneUpdate| u.0 .1 .0;
     let first_pane = batches.iter().flatten().next().map(pane_of);
     let Some(first_pane) = first_pane else {
         return;
     };
-    let partial = |((key, (_, agg)), _, diff): Update<(Key, (u64, Agg))>| {
+    let partial = |((key, (_, agg)), _, diff): PaneUpdate| {
         let copies = u64::try_from(diff)
             .ok()
             .filter(|&c| c > 0)

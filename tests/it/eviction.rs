@@ -1,7 +1,7 @@
 //! Window state is retired as windows close: over a long run with a stable
 //! key set, the partials the window operator holds stay bounded by the open
 //! windows, not by the number of windows seen. Fixed windows arrange
-//! nothing at all (decisions 21 and 23): tumbling panes are merged and
+//! nothing at all (decisions 21 and 25): tumbling panes are merged and
 //! emitted at their close, sliding panes live in the pane store.
 
 use weir::job::WindowQuery;
