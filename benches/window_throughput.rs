@@ -43,6 +43,7 @@ fn window_throughput(c: &mut Criterion) {
             granularity_ms: 10_000,
             lateness_ms: 5_000,
             nexmark: None,
+            emit: weir_dataflows::emit::Emit::All,
         },
         workers,
         cluster: None,

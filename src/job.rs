@@ -17,6 +17,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, SessionCombiner};
+use weir_dataflows::emit::Emit;
 use weir_dataflows::gauge::StateGauge;
 use weir_dataflows::nexmark::NexmarkQuery;
 use weir_dataflows::session::session_windows;
@@ -47,6 +48,9 @@ pub struct WindowQuery {
     /// projected for it and its result stage follows the windows), or
     /// `None` for the generic window query.
     pub nexmark: Option<NexmarkQuery>,
+    /// Which rows fixed windows emit (`Changes` only for the generic query
+    /// with tumbling or sliding windows).
+    pub emit: Emit,
 }
 
 impl WindowQuery {
@@ -58,6 +62,7 @@ impl WindowQuery {
             granularity_ms: spec.default_granularity_ms(),
             lateness_ms,
             nexmark: Some(query),
+            emit: Emit::All,
         }
     }
 
@@ -70,11 +75,14 @@ impl WindowQuery {
     /// How far below a cut `T` persisted updates still matter: a window
     /// ending after `T` ends at `T + slide` or later, so its earliest pane
     /// is timed at or after `T - size + slide`; tumbling windows need none.
+    /// With `--emit changes` the window ending at `T` is needed too (the
+    /// next window's changes are against it): one pane more.
     /// Sessions persist the open sessions, whatever their age (`u64::MAX`).
     pub fn retention_ms(&self) -> u64 {
-        match self.spec.slide_ms() {
-            Some(slide_ms) => self.spec.size_ms() - slide_ms,
-            None => u64::MAX,
+        match (self.spec.slide_ms(), self.emit) {
+            (Some(_), Emit::Changes) => self.spec.size_ms(),
+            (Some(slide_ms), Emit::All) => self.spec.size_ms() - slide_ms,
+            (None, _) => u64::MAX,
         }
     }
 
@@ -94,9 +102,14 @@ impl WindowQuery {
     /// checkpoint taken with another fingerprint is refused at restore.
     pub fn fingerprint(&self) -> u64 {
         let text = match self.nexmark {
-            None => format!(
+            // `--emit all` keeps the fingerprint it had before the option.
+            None if self.emit == Emit::All => format!(
                 "weir-window-v1|{}|{}|{}",
                 self.spec, self.granularity_ms, self.lateness_ms
+            ),
+            None => format!(
+                "weir-window-v1|{}|{}|{}|emit={}",
+                self.spec, self.granularity_ms, self.lateness_ms, self.emit
             ),
             Some(q) => format!(
                 "weir-nexmark-v1|{q}|{}|{}|{}",
@@ -304,6 +317,7 @@ where
                     partials = partials.concat(restored_panes(scope, restored));
                 }
                 let windows = FixedWindows {
+                    emit: query.emit,
                     size_ms: query.spec.size_ms(),
                     slide_ms,
                     granularity_ms: query.granularity_ms,

@@ -16,6 +16,7 @@ use weir::run::{
     EVENTS_TOPIC,
 };
 use weir_dataflows::duration::{format_duration_ms, parse_duration_ms};
+use weir_dataflows::emit::Emit;
 use weir_dataflows::WindowSpec;
 
 // The engine allocates many small strings and vectors across threads;
@@ -179,6 +180,11 @@ struct RunArgs {
     /// Allowed lateness: an event is late if its time is below the partition's max time minus this.
     #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
     lateness: u64,
+    /// Rows of tumbling and sliding windows: `all` (a row per key and window)
+    /// or `changes` (a key's row only when its aggregate differs from the
+    /// previous window's, and a row with count 0 when it leaves; README, "Output").
+    #[arg(long, default_value = "all")]
+    emit: Emit,
     /// Directory of the input log.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
@@ -339,6 +345,9 @@ fn query_of(args: &RunArgs) -> Result<WindowQuery> {
                 "--window and --granularity are for --query window; {nexmark} has its own window"
             );
         }
+        if args.emit != Emit::All {
+            bail!("--emit changes is for the generic window query; {nexmark} writes its own rows");
+        }
         return Ok(WindowQuery::nexmark(nexmark, args.lateness));
     }
     if args.generate_events.is_some() {
@@ -354,11 +363,17 @@ fn query_of(args: &RunArgs) -> Result<WindowQuery> {
     window
         .check_granularity(granularity_ms)
         .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
+    if args.emit == Emit::Changes && window.slide_ms().is_none() {
+        bail!(
+            "--emit changes is for tumbling and sliding windows; a session's row is written once"
+        );
+    }
     Ok(WindowQuery {
         spec: window,
         granularity_ms,
         lateness_ms: args.lateness,
         nexmark: None,
+        emit: args.emit,
     })
 }
 

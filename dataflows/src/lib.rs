@@ -15,6 +15,7 @@
 pub mod agg;
 pub mod combiner;
 pub mod duration;
+pub mod emit;
 pub mod gauge;
 pub mod key;
 pub mod nexmark;

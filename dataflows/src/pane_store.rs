@@ -26,6 +26,7 @@
 //!   one step per live partial once per window length: O(1) amortized per
 //!   partial and slide.
 
+mod changes;
 mod codec;
 
 use std::collections::VecDeque;
@@ -33,6 +34,7 @@ use std::mem::size_of;
 
 use hashbrown::HashTable;
 
+use self::changes::ChangeLog;
 use self::codec::{encode, Entries, Entry};
 use crate::agg::Agg;
 use crate::key::Key;
@@ -82,6 +84,8 @@ pub struct PaneStore {
     scratch: Vec<Entry>,
     /// A pane's bytes being encoded, reused.
     encoded: Vec<u8>,
+    /// What changed since the last window, when changes are tracked.
+    changes: Option<ChangeLog>,
 }
 
 /// Key text up to this length is stored inline in a [`Key`].
@@ -117,6 +121,7 @@ impl PaneStore {
             spilled_text_bytes: 0,
             scratch: Vec::new(),
             encoded: Vec::new(),
+            changes: None,
         }
     }
 
@@ -181,6 +186,9 @@ impl PaneStore {
 
     fn release(&mut self, slot: u32) {
         let s = slot as usize;
+        if let Some(log) = self.changes.as_mut() {
+            log.left(slot, &self.keys[s]);
+        }
         debug_assert_eq!(self.sums[s], 0, "a key left with a non-zero sum");
         debug_assert!(self.front_min[s] == i64::MAX && self.back_min[s] == i64::MAX);
         let hash = self.keys[s].hash_value();
@@ -223,6 +231,7 @@ impl PaneStore {
         merge_by_slot(&mut scratch);
         for &(slot, count, sum, min, max) in &scratch {
             let s = slot as usize;
+            self.note_change(slot);
             self.counts[s] += count;
             self.sums[s] += sum;
             self.back_min[s] = self.back_min[s].min(min);
@@ -271,6 +280,7 @@ impl PaneStore {
             self.live_partials -= pane.entries;
             for (slot, count, sum, later_min, later_max) in Entries::new(&pane.bytes) {
                 let s = slot as usize;
+                self.note_change(slot);
                 self.counts[s] -= count;
                 self.sums[s] -= sum;
                 self.front_min[s] = later_min;

@@ -28,6 +28,7 @@ use timely::dataflow::Stream;
 
 use crate::agg::Agg;
 use crate::combiner::{hold_least, hold_only, Update};
+use crate::emit::Emit;
 use crate::gauge::StateGauge;
 use crate::key::Key;
 use crate::pane_store::PaneStore;
@@ -46,6 +47,8 @@ pub struct FixedWindows {
     pub slide_ms: u64,
     /// Time granularity, ms; divides `slide_ms`.
     pub granularity_ms: u64,
+    /// Which rows are emitted.
+    pub emit: Emit,
 }
 
 /// One update of [`PanePartials`].
@@ -72,8 +75,15 @@ pub fn fixed_windows(
 /// A window whose rows are being emitted.
 struct Emitting {
     window_end: u64,
-    /// The store slot to continue at.
-    next_slot: usize,
+    rows: Rows,
+}
+
+/// Where the rows of a window being emitted come from.
+enum Rows {
+    /// Every live key of the store, from this slot on (`--emit all`).
+    Slots(usize),
+    /// The window's changes not yet given (`--emit changes`).
+    Changes(std::vec::IntoIter<(Key, Agg)>),
 }
 
 /// Sliding windows over a [`PaneStore`] (see the module doc).
@@ -86,6 +96,7 @@ fn sliding_windows(
         size_ms,
         slide_ms,
         granularity_ms,
+        emit,
     } = windows;
     let scope = partials.inner.scope();
     let by_key = Exchange::new(|update: &PaneUpdate| update.0 .0.hash_value());
@@ -97,6 +108,9 @@ fn sliding_windows(
             // themselves, so that a pane's partials are not copied again.
             let mut pending: BTreeMap<u64, Vec<Vec<PaneUpdate>>> = BTreeMap::new();
             let mut store = PaneStore::new(slide_ms);
+            if emit == Emit::Changes {
+                store.track_changes();
+            }
             // A capability at or below every pending time and the next emission.
             let mut held: Option<Capability<u64>> = None;
             // The end of the next window to emit.
@@ -131,20 +145,30 @@ fn sliding_windows(
                         let window_start = window.window_end.saturating_sub(size_ms);
                         let window_end = window.window_end;
                         let mut session = output.session(&cap);
-                        let next = store.aggregates_from(
-                            window.next_slot,
-                            ROWS_PER_ACTIVATION,
-                            |key, agg| {
-                                session.give(WindowRow {
-                                    window_start,
-                                    window_end,
-                                    key: key.as_str().to_owned(),
-                                    agg,
-                                });
-                            },
-                        );
-                        if let Some(slot) = next {
-                            window.next_slot = slot;
+                        let mut give = |key: &Key, agg: Agg| {
+                            session.give(WindowRow {
+                                window_start,
+                                window_end,
+                                key: key.as_str().to_owned(),
+                                agg,
+                            });
+                        };
+                        let more = match &mut window.rows {
+                            Rows::Slots(next) => {
+                                let from = *next;
+                                store
+                                    .aggregates_from(from, ROWS_PER_ACTIVATION, &mut give)
+                                    .map(|slot| *next = slot)
+                                    .is_some()
+                            }
+                            Rows::Changes(rows) => {
+                                for (key, agg) in rows.by_ref().take(ROWS_PER_ACTIVATION) {
+                                    give(&key, agg);
+                                }
+                                rows.len() > 0
+                            }
+                        };
+                        if more {
                             activator.activate();
                             break;
                         }
@@ -172,18 +196,28 @@ fn sliding_windows(
                         apply(&mut store, entry.remove());
                     }
                     store.evict_before(next_end.saturating_sub(size_ms));
-                    if store.is_empty() {
-                        next_end += slide_ms;
-                    } else {
-                        emitting = Some(Emitting {
-                            window_end: next_end,
-                            next_slot: 0,
-                        });
+                    let rows = match emit {
+                        Emit::All => (!store.is_empty()).then_some(Rows::Slots(0)),
+                        Emit::Changes => {
+                            let mut changes = Vec::new();
+                            store.take_changes(&mut changes);
+                            (!changes.is_empty()).then(|| Rows::Changes(changes.into_iter()))
+                        }
+                    };
+                    match rows {
+                        Some(rows) => {
+                            emitting = Some(Emitting {
+                                window_end: next_end,
+                                rows,
+                            });
+                        }
+                        None => next_end += slide_ms,
                     }
                 }
                 gauge.set(store.live_partials(), store.live_keys(), store.heap_bytes());
                 // Hold a capability only for what may still be emitted.
-                let next_emit = (!store.is_empty()).then(|| next_end - granularity_ms);
+                let next_emit =
+                    (emitting.is_some() || !store.is_empty()).then(|| next_end - granularity_ms);
                 let least_needed = match (next_emit, pending.keys().next()) {
                     (Some(e), Some(&p)) => Some(p.min(e)),
                     (e, p) => e.or(p.copied()),

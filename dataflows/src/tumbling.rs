@@ -24,6 +24,7 @@ use timely::dataflow::Stream;
 
 use crate::agg::Agg;
 use crate::combiner::{fast_map_with_capacity, hold_least, hold_only, FastMap, Update};
+use crate::emit::{Emit, LEFT};
 use crate::gauge::StateGauge;
 use crate::key::Key;
 use crate::row::WindowRow;
@@ -34,7 +35,10 @@ use crate::sliding::{FixedWindows, PanePartials};
 ///
 /// Every partial must arrive at its pane's release time `pane_end - G`: true
 /// of the combiner's output, and restores of tumbling windows bring no
-/// partials (a cut aligned to the slide closes every window below it).
+/// partials (a cut aligned to the slide closes every window below it),
+/// except with `--emit changes`: then they bring the last closed window's,
+/// at its release time, so that the next window's changes are computed
+/// against it (its own rows are below the cut and dropped by the sink).
 pub fn tumbling_windows(
     partials: PanePartials<'_>,
     windows: FixedWindows,
@@ -44,6 +48,7 @@ pub fn tumbling_windows(
         size_ms,
         slide_ms,
         granularity_ms,
+        emit,
     } = windows;
     assert_eq!(size_ms, slide_ms, "tumbling windows have one pane each");
     assert!(granularity_ms > 0 && slide_ms.is_multiple_of(granularity_ms));
@@ -55,8 +60,12 @@ pub fn tumbling_windows(
             let mut pending: BTreeMap<u64, FastMap<Key, Agg>> = BTreeMap::new();
             // Keys of the last window emitted: the next map starts that large.
             let mut last_window_keys = 0usize;
-            // A capability at or below every pending time.
+            // A capability at or below every pending time (and the window
+            // after `previous`, while it is not empty).
             let mut held: Option<Capability<u64>> = None;
+            // `--emit changes`: the last window emitted, key by key, and its end.
+            let mut previous: FastMap<Key, Agg> = FastMap::default();
+            let mut previous_end = 0u64;
             move |(input, frontier), output| {
                 input.for_each_stamp(|stamp, batches| {
                     hold_least(&mut held, &stamp, output.output_index());
@@ -82,9 +91,19 @@ pub fn tumbling_windows(
                     }
                 });
                 let frontier_time = frontier.frontier().first().copied();
-                while let Some(entry) = pending.first_entry() {
-                    let time = *entry.key();
-                    if frontier_time.is_some_and(|f| f <= time) {
+                let complete = |t: u64| frontier_time.is_none_or(|f| t < f);
+                loop {
+                    // With changes: the window after `previous`, if it has no
+                    // partials, is the one where all of `previous` leaves.
+                    let leave_time =
+                        (!previous.is_empty()).then(|| previous_end + slide_ms - granularity_ms);
+                    let next_time = pending.keys().next().copied();
+                    let (time, leaving) = match (leave_time, next_time) {
+                        (Some(l), n) if n.is_none_or(|n| n > l) => (l, true),
+                        (_, Some(t)) => (t, false),
+                        (_, None) => break,
+                    };
+                    if !complete(time) {
                         break;
                     }
                     let cap = held
@@ -95,25 +114,56 @@ pub fn tumbling_windows(
                     // Windows that would start before the epoch hold only events from 0 on.
                     let window_start = window_end.saturating_sub(size_ms);
                     let mut session = output.session(&cap);
-                    let window = entry.remove();
-                    last_window_keys = window.len();
-                    for (key, agg) in window {
+                    let mut give = |key: Key, agg: Agg| {
                         session.give(WindowRow {
                             window_start,
                             window_end,
                             key: key.into_string(),
                             agg,
                         });
+                    };
+                    if leaving {
+                        for (key, _) in previous.drain() {
+                            give(key, LEFT);
+                        }
+                        continue;
+                    }
+                    let window = pending.remove(&time).expect("the next pending window");
+                    last_window_keys = window.len();
+                    match emit {
+                        Emit::All => {
+                            for (key, agg) in window {
+                                give(key, agg);
+                            }
+                        }
+                        Emit::Changes => {
+                            // `previous` is the window just before this one, or
+                            // empty (it left in an empty window in between).
+                            for (key, agg) in &window {
+                                if previous.remove(key).as_ref() != Some(agg) {
+                                    give(key.clone(), *agg);
+                                }
+                            }
+                            for (key, _) in previous.drain() {
+                                give(key, LEFT);
+                            }
+                            previous = window;
+                            previous_end = window_end;
+                        }
                     }
                 }
                 let (aggregates, capacity) = pending
                     .values()
+                    .chain(std::iter::once(&previous))
                     .fold((0, 0), |(n, c), m| (n + m.len(), c + m.capacity()));
                 let largest_window = pending.values().map(HashMap::len).max().unwrap_or(0);
                 // A hash map entry: key, aggregate and a control byte.
                 let entry_bytes = size_of::<Key>() + size_of::<Agg>() + 1;
                 gauge.set(aggregates, largest_window, capacity * entry_bytes);
-                hold_only(&mut held, pending.keys().next().copied());
+                let leave_time =
+                    (!previous.is_empty()).then(|| previous_end + slide_ms - granularity_ms);
+                let next_time = pending.keys().next().copied();
+                hold_only(&mut held, next_time.into_iter().chain(leave_time).min());
             }
         })
 }

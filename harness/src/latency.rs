@@ -253,6 +253,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             granularity_ms: args.window.default_granularity_ms(),
             lateness_ms: args.lateness,
             nexmark: None,
+            emit: weir_dataflows::emit::Emit::All,
         },
         workers: args.workers,
         cluster: None,

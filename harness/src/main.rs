@@ -64,6 +64,15 @@ struct ThroughputArgs {
     /// Distinct Zipf keys.
     #[arg(long, default_value_t = 100_000)]
     keys: u32,
+    /// Zipf exponent of the keys (0: uniform).
+    #[arg(long, default_value_t = ZipfParams::default().exponent)]
+    exponent: f64,
+    /// Events per second of event time.
+    #[arg(long, default_value_t = ZipfParams::default().rate_per_s)]
+    rate: u64,
+    /// Rows of fixed windows: all or changes.
+    #[arg(long, default_value = "all")]
+    emit: weir_dataflows::emit::Emit,
     /// Input partitions (files).
     #[arg(long, default_value_t = 4)]
     partitions: u32,
@@ -227,12 +236,17 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
             Some(generated),
         )
     } else {
-        let tag = format!("zipf-{}-{}-{}", args.events, args.keys, args.partitions);
+        let tag = format!(
+            "zipf-{}-{}-{}-s{}-r{}",
+            args.events, args.keys, args.partitions, args.exponent, args.rate
+        );
         let input = args.work_dir.join(&tag).join("input");
         let params = ZipfParams {
             events: args.events,
             keys: args.keys,
             partitions: args.partitions,
+            exponent: args.exponent,
+            rate_per_s: args.rate,
             ..ZipfParams::default()
         };
         if !(0..args.partitions).all(|p| input.join(format!("zipf-{p}.csv")).is_file()) {
@@ -245,6 +259,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
             granularity_ms: args.window.default_granularity_ms(),
             lateness_ms: args.lateness,
             nexmark: None,
+            emit: args.emit,
         };
         (tag, query, vec![input], None)
     };

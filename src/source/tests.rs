@@ -72,6 +72,7 @@ fn activations_while_stalled(
         granularity_ms: 1_000,
         lateness_ms: 0,
         nexmark: None,
+        emit: weir_dataflows::emit::Emit::All,
     };
     let config = SourceConfig {
         granularity_ms: 1_000,

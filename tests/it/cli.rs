@@ -128,3 +128,46 @@ fn bad_arguments_are_refused() {
         assert!(!out.stderr.is_empty(), "{args:?}: no error message");
     }
 }
+
+#[test]
+fn window_options_that_cannot_apply_are_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "ts,key,value\n1000,a,1\n").unwrap();
+    let (input, data_arg) = (input.to_str().unwrap(), data.to_str().unwrap());
+    let cases: [(&[&str], &str); 4] = [
+        (&["--emit", "sometimes"], "unknown emit mode"),
+        (
+            &["--window", "session:5s", "--emit", "changes"],
+            "tumbling and sliding",
+        ),
+        (
+            &["--query", "q5", "--emit", "changes"],
+            "generic window query",
+        ),
+        (&["--window", "sliding:2000000s/1s"], "over the limit"),
+    ];
+    for (extra, reason) in cases {
+        let mut args = vec![
+            "run",
+            "--input",
+            input,
+            "--data-dir",
+            data_arg,
+            "--until-end",
+        ];
+        args.extend_from_slice(extra);
+        let out = run_weir(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(
+            stderr.contains(reason),
+            "{extra:?}: unclear error: {stderr}"
+        );
+        assert!(
+            !data.join("log").exists(),
+            "{extra:?}: something was ingested"
+        );
+    }
+}

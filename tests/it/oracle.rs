@@ -8,7 +8,7 @@ use weir::memory::run_in_memory;
 use weir_dataflows::reference::reference;
 use weir_dataflows::WindowSpec;
 
-type Partitions = Vec<Vec<(u64, String, i64)>>;
+pub type Partitions = Vec<Vec<(u64, String, i64)>>;
 
 fn key_strategy() -> impl Strategy<Value = String> {
     // Skewed: "hot" most of the time, then a handful of others, rarely an odd one.
@@ -39,7 +39,7 @@ fn partition_strategy() -> impl Strategy<Value = Vec<(u64, String, i64)>> {
     })
 }
 
-fn partitions_strategy() -> impl Strategy<Value = Partitions> {
+pub fn partitions_strategy() -> impl Strategy<Value = Partitions> {
     prop::collection::vec(partition_strategy(), 0..6)
 }
 
@@ -72,6 +72,7 @@ fn query_strategy() -> impl Strategy<Value = WindowQuery> {
         },
         lateness_ms,
         nexmark: None,
+        emit: weir_dataflows::emit::Emit::All,
     })
 }
 
@@ -123,6 +124,7 @@ fn empty_input_gives_no_rows() {
         granularity_ms: 1_000,
         lateness_ms: 0,
         nexmark: None,
+        emit: weir_dataflows::emit::Emit::All,
     };
     let got = run_in_memory(&[vec![], vec![]], query, 2, 10).unwrap();
     assert!(got.rows.is_empty() && got.late.is_empty());
@@ -156,6 +158,7 @@ fn a_long_run_over_many_windows_matches_reference() {
             granularity_ms: spec.default_granularity_ms().min(100),
             lateness_ms: 50,
             nexmark: None,
+            emit: weir_dataflows::emit::Emit::All,
         };
         let expected = reference(&partitions, spec, query.lateness_ms);
         let got = run_in_memory(&partitions, query, 2, 512).unwrap();

@@ -45,17 +45,19 @@ fn gen_input(dir: &Path, events: u64) {
 }
 
 fn run_args(input: &str, data: &str, out: &str, workers: u64) -> Vec<String> {
-    run_args_with_window(input, data, out, workers, "sliding:20s/5s")
+    run_args_with_window(input, data, out, workers, &["--window", "sliding:20s/5s"])
 }
 
+/// The arguments of a checkpointed run; `query` gives the window and any
+/// other query options (e.g. `--window tumbling:10s --emit changes`).
 fn run_args_with_window(
     input: &str,
     data: &str,
     out: &str,
     workers: u64,
-    window: &str,
+    query: &[&str],
 ) -> Vec<String> {
-    [
+    let mut args: Vec<String> = [
         "run",
         "--input",
         input,
@@ -63,8 +65,6 @@ fn run_args_with_window(
         data,
         "--out",
         out,
-        "--window",
-        window,
         "--lateness",
         "2s",
         "--until-end",
@@ -74,7 +74,9 @@ fn run_args_with_window(
         "20ms",
     ]
     .map(str::to_owned)
-    .to_vec()
+    .to_vec();
+    args.extend(query.iter().map(|a| (*a).to_owned()));
+    args
 }
 
 /// Runs the job until it completes, killing attempts (engine and sidecar:
@@ -85,14 +87,14 @@ fn crash_until_done(
     input: &str,
     data: &str,
     out: &str,
-    window: &str,
+    query: &[&str],
     clock: &mut KillClock,
 ) -> u64 {
     let mut kills = 0;
     loop {
         let workers = clock.workers(3);
         let mut child = weir()
-            .args(run_args_with_window(input, data, out, workers, window))
+            .args(run_args_with_window(input, data, out, workers, query))
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -136,7 +138,13 @@ fn kill_minus_nine_of_engine_and_sidecar_gives_exactly_once_output() {
         let data = f.tmp.path().join(format!("data-{rounds}"));
         let out = f.tmp.path().join(format!("out-{rounds}"));
         let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
-        kills += crash_until_done(&f.input, data, out, "sliding:20s/5s", &mut clock);
+        kills += crash_until_done(
+            &f.input,
+            data,
+            out,
+            &["--window", "sliding:20s/5s"],
+            &mut clock,
+        );
         // Rerunning a completed run, on another worker count, changes nothing.
         let rerun = weir()
             .args(run_args(&f.input, data, out, 3))
@@ -562,59 +570,4 @@ fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
     assert_matches_reference(&out, &f.windows, &f.late, "after a full disk");
 }
 
-/// Kills runs of `window` until `target` kills happened (each round ends
-/// with a completed run; at most [`KillClock::max_rounds`] rounds) and
-/// compares every round with a failure-free run.
-fn crash_rounds(f: &Fixture, window: &str, target: u64, seed: u64) {
-    let tag = window.replace([':', '/'], "-");
-    let reference_out = f.tmp.path().join(format!("{tag}-ref-out"));
-    let reference_data = f.tmp.path().join(format!("{tag}-ref-data"));
-    let mut args = run_args_with_window(
-        &f.input,
-        reference_data.to_str().unwrap(),
-        reference_out.to_str().unwrap(),
-        2,
-        window,
-    );
-    args.push("--no-checkpoint".to_owned());
-    let (output, reference) = timed(|| weir().args(&args).output().unwrap());
-    assert_success(&output, "failure-free run");
-    let (windows, late) = (
-        sorted_rows(&reference_out, "windows"),
-        sorted_rows(&reference_out, "late"),
-    );
-    let mut clock = KillClock::new(seed, reference);
-    let (mut kills, mut rounds) = (0, 0);
-    while kills < target && rounds < KillClock::max_rounds(target) {
-        rounds += 1;
-        let data = f.tmp.path().join(format!("{tag}-data-{rounds}"));
-        let out = f.tmp.path().join(format!("{tag}-out-{rounds}"));
-        kills += crash_until_done(
-            &f.input,
-            data.to_str().unwrap(),
-            out.to_str().unwrap(),
-            window,
-            &mut clock,
-        );
-        assert_matches_reference(&out, &windows, &late, &format!("{window} round {rounds}"));
-    }
-    assert_kills_landed(kills, rounds);
-}
-
-#[test]
-fn tumbling_windows_recover_exactly_once_from_resume_points_alone() {
-    // Tumbling windows persist no partials (a cut closes every window below
-    // it): a restore is resume offsets and output lengths only.
-    let f = fixture(1_500_000);
-    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
-    crash_rounds(&f, "tumbling:10s", target, env_or("WEIR_CRASH_SEED", 17));
-}
-
-#[test]
-fn session_windows_recover_exactly_once_from_their_open_sessions() {
-    // Sessions persist the changes to the open sessions; a restore feeds
-    // them back in as partials.
-    let f = fixture(1_500_000);
-    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
-    crash_rounds(&f, "session:3s", target, env_or("WEIR_CRASH_SEED", 19));
-}
+mod rounds;

@@ -1,0 +1,104 @@
+//! Rounds of `kill -9` for each window shape and emit mode: every round is
+//! crashed until it completes and compared with a failure-free run.
+
+use super::{
+    assert_kills_landed, assert_matches_reference, crash_until_done, env_or, fixture,
+    run_args_with_window, Fixture,
+};
+use crate::kill_clock::{timed, KillClock};
+use crate::support::{assert_success, sorted_rows, weir};
+
+/// Kills runs of `window` until `target` kills happened (each round ends
+/// with a completed run; at most [`KillClock::max_rounds`] rounds) and
+/// compares every round with a failure-free run.
+fn crash_rounds(f: &Fixture, query: &[&str], target: u64, seed: u64) {
+    let tag = query.join("-").replace([':', '/', ' '], "-");
+    let reference_out = f.tmp.path().join(format!("{tag}-ref-out"));
+    let reference_data = f.tmp.path().join(format!("{tag}-ref-data"));
+    let mut args = run_args_with_window(
+        &f.input,
+        reference_data.to_str().unwrap(),
+        reference_out.to_str().unwrap(),
+        2,
+        query,
+    );
+    args.push("--no-checkpoint".to_owned());
+    let (output, reference) = timed(|| weir().args(&args).output().unwrap());
+    assert_success(&output, "failure-free run");
+    let (windows, late) = (
+        sorted_rows(&reference_out, "windows"),
+        sorted_rows(&reference_out, "late"),
+    );
+    let mut clock = KillClock::new(seed, reference);
+    let (mut kills, mut rounds) = (0, 0);
+    while kills < target && rounds < KillClock::max_rounds(target) {
+        rounds += 1;
+        let data = f.tmp.path().join(format!("{tag}-data-{rounds}"));
+        let out = f.tmp.path().join(format!("{tag}-out-{rounds}"));
+        kills += crash_until_done(
+            &f.input,
+            data.to_str().unwrap(),
+            out.to_str().unwrap(),
+            query,
+            &mut clock,
+        );
+        assert_matches_reference(&out, &windows, &late, &format!("{query:?} round {rounds}"));
+    }
+    assert_kills_landed(kills, rounds);
+}
+
+#[test]
+fn tumbling_windows_recover_exactly_once_from_resume_points_alone() {
+    // Tumbling windows persist no partials (a cut closes every window below
+    // it): a restore is resume offsets and output lengths only.
+    let f = fixture(1_500_000);
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    crash_rounds(
+        &f,
+        &["--window", "tumbling:10s"],
+        target,
+        env_or("WEIR_CRASH_SEED", 17),
+    );
+}
+
+#[test]
+fn session_windows_recover_exactly_once_from_their_open_sessions() {
+    // Sessions persist the changes to the open sessions; a restore feeds
+    // them back in as partials.
+    let f = fixture(1_500_000);
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    crash_rounds(
+        &f,
+        &["--window", "session:3s"],
+        target,
+        env_or("WEIR_CRASH_SEED", 19),
+    );
+}
+
+#[test]
+fn sliding_windows_emitting_changes_recover_exactly_once() {
+    // The window before a cut is restored too: the next one's changes are
+    // computed against it.
+    let f = fixture(1_500_000);
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    crash_rounds(
+        &f,
+        &["--window", "sliding:20s/5s", "--emit", "changes"],
+        target,
+        env_or("WEIR_CRASH_SEED", 23),
+    );
+}
+
+#[test]
+fn tumbling_windows_emitting_changes_recover_exactly_once() {
+    // Short windows, so that the Zipf tail's keys come and go (count-0
+    // rows) and a restore without the window before the cut would differ.
+    let f = fixture(1_500_000);
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    crash_rounds(
+        &f,
+        &["--window", "tumbling:1s", "--emit", "changes"],
+        target,
+        env_or("WEIR_CRASH_SEED", 29),
+    );
+}
