@@ -71,7 +71,7 @@ fn encode_columnar(records: &[(PaneRecord, u64, i64)]) -> Vec<u8> {
         out.extend_from_slice(&agg.count.to_le_bytes());
     }
     for ((_, (_, agg)), _, _) in records {
-        out.extend_from_slice(&agg.sum.to_le_bytes());
+        out.extend_from_slice(&agg.sum.get().to_le_bytes());
     }
     for ((_, (_, agg)), _, _) in records {
         out.extend_from_slice(&agg.min.to_le_bytes());
@@ -122,7 +122,7 @@ fn decode_columnar(bytes: &[u8]) -> Vec<(PaneRecord, u64, i64)> {
         .map(|(i, key)| {
             let agg = Agg {
                 count: counts[i],
-                sum: sums[i],
+                sum: sums[i].into(),
                 min: min_max[2 * i] as i64,
                 max: min_max[2 * i + 1] as i64,
             };

@@ -301,7 +301,7 @@ pub fn format_window_row(row: &WindowRow, out: &mut Vec<u8>) {
     out.push(b',');
     out.extend_from_slice(number.format(agg.count).as_bytes());
     out.push(b',');
-    out.extend_from_slice(number.format(agg.sum).as_bytes());
+    out.extend_from_slice(number.format(agg.sum.get()).as_bytes());
     out.push(b',');
     out.extend_from_slice(number.format(agg.min).as_bytes());
     out.push(b',');

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::agg::Agg;
+use crate::agg::{Agg, Sum};
 
 /// The rows fixed windows emit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -29,7 +29,7 @@ pub enum Emit {
 /// The aggregate of a key's row when it left the window.
 pub const LEFT: Agg = Agg {
     count: 0,
-    sum: 0,
+    sum: Sum::ZERO,
     min: 0,
     max: 0,
 };

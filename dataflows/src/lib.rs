@@ -27,7 +27,7 @@ pub mod sliding;
 pub mod tumbling;
 pub mod window;
 
-pub use agg::Agg;
+pub use agg::{Agg, Sum};
 pub use key::Key;
 pub use row::{LateRow, WindowRow};
 pub use window::WindowSpec;

@@ -28,6 +28,7 @@
 
 mod changes;
 mod codec;
+mod staging;
 
 use std::collections::VecDeque;
 use std::mem::size_of;
@@ -36,7 +37,7 @@ use hashbrown::HashTable;
 
 use self::changes::ChangeLog;
 use self::codec::{encode, Entries, Entry};
-use crate::agg::Agg;
+use crate::agg::{Agg, Sum};
 use crate::key::Key;
 
 /// The most panes a sliding window may have (`size / slide`): a larger
@@ -86,6 +87,10 @@ pub struct PaneStore {
     encoded: Vec<u8>,
     /// What changed since the last window, when changes are tracked.
     changes: Option<ChangeLog>,
+    /// Partials staged for times not yet reached, packed, by time.
+    staged: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Per slot, the partials staged for it.
+    staged_refs: Vec<u32>,
 }
 
 /// Key text up to this length is stored inline in a [`Key`].
@@ -122,6 +127,8 @@ impl PaneStore {
             scratch: Vec::new(),
             encoded: Vec::new(),
             changes: None,
+            staged: std::collections::BTreeMap::new(),
+            staged_refs: Vec::new(),
         }
     }
 
@@ -143,8 +150,11 @@ impl PaneStore {
     /// Bytes held: the columns of panes and keys (by capacity), the slot
     /// table, and key text that does not fit inline.
     pub fn heap_bytes(&self) -> usize {
-        let per_slot =
-            size_of::<Key>() + size_of::<u64>() + size_of::<i128>() + 4 * size_of::<i64>();
+        let per_slot = size_of::<Key>()
+            + size_of::<u64>()
+            + size_of::<i128>()
+            + 4 * size_of::<i64>()
+            + size_of::<u32>();
         self.keys.capacity() * per_slot
             + self.table.capacity() * (size_of::<u32>() + 1)
             + self.free.capacity() * size_of::<u32>()
@@ -152,6 +162,7 @@ impl PaneStore {
             + self.panes.capacity() * size_of::<Pane>()
             + self.scratch.capacity() * size_of::<Entry>()
             + self.encoded.capacity()
+            + self.staged.values().map(Vec::capacity).sum::<usize>()
             + self.spilled_text_bytes
     }
 
@@ -176,6 +187,7 @@ impl PaneStore {
             self.front_max.push(i64::MIN);
             self.back_min.push(i64::MAX);
             self.back_max.push(i64::MIN);
+            self.staged_refs.push(0);
             slot
         };
         let keys = &self.keys;
@@ -186,9 +198,6 @@ impl PaneStore {
 
     fn release(&mut self, slot: u32) {
         let s = slot as usize;
-        if let Some(log) = self.changes.as_mut() {
-            log.left(slot, &self.keys[s]);
-        }
         debug_assert_eq!(self.sums[s], 0, "a key left with a non-zero sum");
         debug_assert!(self.front_min[s] == i64::MAX && self.back_min[s] == i64::MAX);
         let hash = self.keys[s].hash_value();
@@ -222,14 +231,24 @@ impl PaneStore {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         for (key, agg, copies) in partials {
-            assert!(copies > 0, "pane partials are only ever inserted");
             let slot = self.slot_of(key);
-            let total = agg.repeated(copies);
-            scratch.push((slot, total.count, total.sum, total.min, total.max));
+            scratch.push(entry_of(slot, agg, copies));
         }
+        self.insert_entries(pane_start, &mut scratch);
+        self.scratch = scratch;
+    }
+
+    /// Adds `scratch` (entries of slots already allocated) as the pane
+    /// starting at `pane_start`; see [`PaneStore::insert_pane`].
+    fn insert_entries(&mut self, pane_start: u64, scratch: &mut Vec<Entry>) {
+        assert!(
+            pane_start >= self.front_end,
+            "pane {pane_start} enters below the front stack's end {}",
+            self.front_end
+        );
         // One entry per key: merge the partials of several workers.
-        merge_by_slot(&mut scratch);
-        for &(slot, count, sum, min, max) in &scratch {
+        merge_by_slot(scratch);
+        for &(slot, count, sum, min, max) in scratch.iter() {
             let s = slot as usize;
             self.note_change(slot);
             self.counts[s] += count;
@@ -248,14 +267,13 @@ impl PaneStore {
             let old = &self.panes[position];
             self.live_partials -= old.entries;
             scratch.extend(Entries::new(&old.bytes));
-            merge_by_slot(&mut scratch);
-            self.panes[position] = self.pane(pane_start, &scratch);
+            merge_by_slot(scratch);
+            self.panes[position] = self.pane(pane_start, scratch);
         } else {
-            let pane = self.pane(pane_start, &scratch);
+            let pane = self.pane(pane_start, scratch);
             self.panes.insert(position, pane);
         }
         self.live_partials += scratch.len();
-        self.scratch = scratch;
     }
 
     /// A pane of `entries` (sorted by slot, one per slot).
@@ -286,7 +304,14 @@ impl PaneStore {
                 self.front_min[s] = later_min;
                 self.front_max[s] = later_max;
                 if self.counts[s] == 0 {
-                    self.release(slot);
+                    if let Some(log) = self.changes.as_mut() {
+                        log.left(slot, &self.keys[s]);
+                    }
+                    // A key with partials staged for a later time keeps
+                    // its slot: they refer to it.
+                    if self.staged_refs[s] == 0 {
+                        self.release(slot);
+                    }
                 }
             }
         }
@@ -346,11 +371,18 @@ impl PaneStore {
     fn aggregate(&self, slot: usize) -> Agg {
         Agg {
             count: self.counts[slot],
-            sum: self.sums[slot],
+            sum: Sum::from(self.sums[slot]),
             min: self.front_min[slot].min(self.back_min[slot]),
             max: self.front_max[slot].max(self.back_max[slot]),
         }
     }
+}
+
+/// The entry of `copies` copies of `agg` for `slot`.
+fn entry_of(slot: u32, agg: Agg, copies: u64) -> Entry {
+    assert!(copies > 0, "pane partials are only ever inserted");
+    let total = agg.repeated(copies);
+    (slot, total.count, total.sum.get(), total.min, total.max)
 }
 
 /// Sorts `entries` by slot and merges the entries of each slot into one.

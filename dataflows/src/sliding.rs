@@ -17,7 +17,6 @@
 //! bounded. Panes leave when the window passes them: the store holds
 //! exactly the open windows' state, and nothing is stored ahead of time.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
@@ -104,9 +103,6 @@ fn sliding_windows(
         .inner
         .unary_frontier(by_key, "SlidingWindows", move |_cap, info| {
             let activator = scope.activator_for(info.address);
-            // Partials not yet applied, by time: the received batches
-            // themselves, so that a pane's partials are not copied again.
-            let mut pending: BTreeMap<u64, Vec<Vec<PaneUpdate>>> = BTreeMap::new();
             let mut store = PaneStore::new(slide_ms);
             if emit == Emit::Changes {
                 store.track_changes();
@@ -119,16 +115,12 @@ fn sliding_windows(
             move |(input, frontier), output| {
                 input.for_each_stamp(|stamp, batches| {
                     hold_least(&mut held, &stamp, output.output_index());
+                    // Staged (packed) until their time: see `PaneStore::stage`.
                     for batch in batches {
-                        let time = batch.first().map(|u| u.1);
-                        if batch.iter().all(|u| Some(u.1) == time) {
-                            if let Some(time) = time {
-                                pending.entry(time).or_default().push(std::mem::take(batch));
-                            }
-                        } else {
-                            for update in batch.drain(..) {
-                                pending.entry(update.1).or_default().push(vec![update]);
-                            }
+                        let mut updates = batch.drain(..).peekable();
+                        while let Some(time) = updates.peek().map(|u| u.1) {
+                            let same = std::iter::from_fn(|| updates.next_if(|u| u.1 == time));
+                            store.stage(time, same.map(partial));
                         }
                     }
                 });
@@ -180,7 +172,7 @@ fn sliding_windows(
                         // first to hold the earliest pending partial (which
                         // may be earlier than a window skipped to before it
                         // arrived; every window emitted ends before it).
-                        let Some(&first) = pending.keys().next() else {
+                        let Some(first) = store.first_staged_time() else {
                             break;
                         };
                         next_end = (first + granularity_ms).div_ceil(slide_ms) * slide_ms;
@@ -189,12 +181,7 @@ fn sliding_windows(
                     if !complete(emit_time) {
                         break;
                     }
-                    while let Some(entry) = pending.first_entry() {
-                        if *entry.key() > emit_time {
-                            break;
-                        }
-                        apply(&mut store, entry.remove());
-                    }
+                    store.apply_staged_through(emit_time);
                     store.evict_before(next_end.saturating_sub(size_ms));
                     let rows = match emit {
                         Emit::All => (!store.is_empty()).then_some(Rows::Slots(0)),
@@ -218,42 +205,21 @@ fn sliding_windows(
                 // Hold a capability only for what may still be emitted.
                 let next_emit =
                     (emitting.is_some() || !store.is_empty()).then(|| next_end - granularity_ms);
-                let least_needed = match (next_emit, pending.keys().next()) {
-                    (Some(e), Some(&p)) => Some(p.min(e)),
-                    (e, p) => e.or(p.copied()),
+                let least_needed = match (next_emit, store.first_staged_time()) {
+                    (Some(e), Some(p)) => Some(p.min(e)),
+                    (e, p) => e.or(p),
                 };
                 hold_only(&mut held, least_needed);
             }
         })
 }
 
-/// Adds the partials of one time to `store`, pane by pane (a restore brings
-/// many panes at one time; the live input one).
-fn apply(store: &mut PaneStore, batches: Vec<Vec<PaneUpdate>>) {
-    let pane_of = |u: &PaneUpdate| u.0 .1 .0;
-    let first_pane = batches.iter().flatten().next().map(pane_of);
-    let Some(first_pane) = first_pane else {
-        return;
-    };
-    let partial = |((key, (_, agg)), _, diff): PaneUpdate| {
-        let copies = u64::try_from(diff)
-            .ok()
-            .filter(|&c| c > 0)
-            .expect("pane partials are only ever inserted");
-        (key, agg, copies)
-    };
-    if batches.iter().flatten().all(|u| pane_of(u) == first_pane) {
-        store.insert_pane(first_pane, batches.into_iter().flatten().map(partial));
-        return;
-    }
-    let mut by_pane: BTreeMap<u64, Vec<(Key, Agg, u64)>> = BTreeMap::new();
-    for update in batches.into_iter().flatten() {
-        by_pane
-            .entry(pane_of(&update))
-            .or_default()
-            .push(partial(update));
-    }
-    for (pane_start, partials) in by_pane {
-        store.insert_pane(pane_start, partials);
-    }
+/// A staged partial of `update`: `(key, pane_start, aggregate, copies)`.
+fn partial(update: PaneUpdate) -> (Key, u64, Agg, u64) {
+    let ((key, (pane_start, agg)), _, diff) = update;
+    let copies = u64::try_from(diff)
+        .ok()
+        .filter(|&c| c > 0)
+        .expect("pane partials are only ever inserted");
+    (key, pane_start, agg, copies)
 }

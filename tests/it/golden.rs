@@ -467,9 +467,9 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 fn window_rows() -> Vec<WindowRow> {
-    let agg = |count, sum, min, max| Agg {
+    let agg = |count, sum: i128, min, max| Agg {
         count,
-        sum,
+        sum: sum.into(),
         min,
         max,
     };

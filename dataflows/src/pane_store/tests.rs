@@ -135,7 +135,7 @@ fn partials_beyond_the_packed_columns_stay_exact() {
     let mut store = PaneStore::new(SLIDE);
     let huge = Agg {
         count: u64::from(u32::MAX) + 5,
-        sum: i128::from(i64::MAX) * 3,
+        sum: crate::agg::Sum::from(i128::from(i64::MAX) * 3),
         min: -1,
         max: i64::MAX,
     };
@@ -158,4 +158,41 @@ fn a_key_that_leaves_frees_its_slot_for_the_next() {
     assert_eq!(store.live_keys(), 1);
     assert_eq!(store.keys.len(), 1, "the freed slot was reused");
     assert_eq!(store_aggregates(&store)["b"], Agg::of(5));
+}
+
+#[test]
+fn staged_partials_enter_at_their_time_and_keep_their_key_slot() {
+    let mut store = PaneStore::new(SLIDE);
+    store.insert_pane(0, [(Key::from("a"), Agg::of(1), 1)]);
+    // Released at 19 (pane 10, granule 1): staged, not yet in the window.
+    store.stage(19, [(Key::from("a"), 10, Agg::of(5), 1)]);
+    // A restore-like time: three panes at once, out of order.
+    store.stage(
+        29,
+        [
+            (Key::from("b"), 20, Agg::of(2), 1),
+            (Key::from("c"), 10, Agg::of(3), 2),
+            (Key::from("b"), 10, Agg::of(4), 1),
+        ],
+    );
+    assert_eq!(store.first_staged_time(), Some(19));
+    assert_eq!(
+        store_aggregates(&store)["a"],
+        Agg::of(1),
+        "staged is not live"
+    );
+    // Pane 0 leaves: "a" has no live pane but keeps its slot for pane 10.
+    store.evict_before(10);
+    assert!(store.is_empty());
+    store.apply_staged_through(19);
+    assert_eq!(store_aggregates(&store)["a"], Agg::of(5));
+    store.apply_staged_through(29);
+    assert_eq!(store.first_staged_time(), None);
+    let all = store_aggregates(&store);
+    let mut b = Agg::of(2);
+    b.add(4);
+    assert_eq!((all["b"], all["c"]), (b, Agg::of(3).repeated(2)));
+    assert_eq!(store.live_partials(), 4, "a@10, b@10, b@20, c@10");
+    store.evict_before(20);
+    assert_eq!(store_aggregates(&store).keys().collect::<Vec<_>>(), ["b"]);
 }
