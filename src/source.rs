@@ -354,18 +354,38 @@ where
                 }
             }
             let release_below = watermark.unwrap_or(u64::MAX);
+            let mut more_to_release = false;
             if combiner.min_pending_time().is_some_and(|t| t < release_below) {
                 let cap = partials_cap.as_ref().expect("capability held while running");
                 let mut output = partials_output.activate();
                 let mut session = output.session(cap);
-                combiner.flush_before(release_below, &mut |update| {
-                    debug_assert!(update.1 >= *cap.time());
-                    session.give(update);
-                });
+                more_to_release = combiner.flush_before(
+                    release_below,
+                    RELEASE_PER_ACTIVATION,
+                    &mut |update| {
+                        debug_assert!(update.1 >= *cap.time());
+                        session.give(update);
+                    },
+                );
             }
             held_partials.store(combiner.pending_partials() as u64, Ordering::Relaxed);
+            // A bucket partly released holds the partials' capability at its time.
+            let partials_hold = match (watermark, combiner.min_pending_time()) {
+                (Some(w), Some(t)) => Some(w.min(t)),
+                (w, _) => w,
+            };
+            if more_to_release {
+                activator.activate();
+            }
+            if let Some(hold) = partials_hold {
+                if let Some(cap) = partials_cap.as_mut() {
+                    if *cap.time() < hold {
+                        cap.downgrade(&hold);
+                    }
+                }
+            }
             if let Some(w) = watermark {
-                for cap in [&mut partials_cap, &mut late_cap].into_iter().flatten() {
+                if let Some(cap) = late_cap.as_mut() {
                     if *cap.time() < w {
                         cap.downgrade(&w);
                     }
@@ -377,7 +397,7 @@ where
                     activator.activate_after(Duration::from_millis(idle_wait_ms));
                     idle_wait_ms = (idle_wait_ms * 2).min(config.idle_poll_max_ms);
                 }
-            } else {
+            } else if !more_to_release {
                 debug_assert!(combiner.min_pending_time().is_none());
                 partials_cap = None;
                 late_cap = None;
@@ -386,6 +406,11 @@ where
     });
     (partials, late)
 }
+
+/// Partials a source hands downstream per activation at most: a pane of
+/// millions of keys is released over several activations, so the exchange
+/// queues a bounded number of them at a time.
+pub const RELEASE_PER_ACTIVATION: usize = 64 * 1024;
 
 /// A partition held in memory: for tests, and for generators that feed the
 /// engine directly.

@@ -69,11 +69,19 @@ pub trait LocalCombiner: 'static {
     /// Folds one accepted event in.
     fn add(&mut self, key: &str, ts: u64, value: i64);
 
-    /// Hands every partial whose time is `< watermark` to `out`, as updates
-    /// at that time with diff +1 (one by one: a pane of a million keys is
-    /// not gathered into a vector first). The caller guarantees that no
-    /// event added later has a rounded time below `watermark`.
-    fn flush_before(&mut self, watermark: u64, out: &mut dyn FnMut(Update<Self::Record>));
+    /// Hands partials whose time is `< watermark` to `out`, as updates at
+    /// that time with diff +1, at most `limit` of them, oldest bucket first;
+    /// returns whether some are left (call again, with the same or a later
+    /// watermark). One by one and in bounded steps: a pane of a million keys
+    /// is neither gathered into a vector nor queued downstream at once. The
+    /// caller guarantees that no event added later has a rounded time below
+    /// `watermark`.
+    fn flush_before(
+        &mut self,
+        watermark: u64,
+        limit: usize,
+        out: &mut dyn FnMut(Update<Self::Record>),
+    ) -> bool;
 
     /// The least time of a partial still held, if any.
     fn min_pending_time(&self) -> Option<u64>;
@@ -85,17 +93,21 @@ pub trait LocalCombiner: 'static {
     fn key_hash(record: &Self::Record) -> u64;
 }
 
+/// The most keys a new bucket is sized for while another is still open.
+const PRESIZE_WHILE_OPEN: usize = 1 << 16;
+
 /// Partials grouped by bucket time, then key.
 #[derive(Debug)]
 struct Buckets<P> {
     by_time: BTreeMap<u64, FastMap<CompactString, P>>,
+    /// A bucket partly released: its time and the partials still to give.
+    draining: Option<(u64, std::collections::hash_map::IntoIter<CompactString, P>)>,
     /// Keys in the last bucket flushed: the newest bucket is sized for that
     /// many once it is the only one open, so it does not rehash its way up
     /// to the key set every bucket. While older buckets are still open (for
-    /// the lateness after a bucket's end), a new bucket starts empty: two
-    /// maps sized for the whole key set at once were a quarter of the peak
-    /// memory of a 2M-key sliding window. (Older buckets opened by
-    /// stragglers start empty too.)
+    /// the lateness after a bucket's end), a new bucket starts at most
+    /// [`PRESIZE_WHILE_OPEN`]: two maps sized for the whole key set at once
+    /// were a quarter of the peak memory of a 2M-key sliding window.
     last_bucket_keys: usize,
 }
 
@@ -103,14 +115,18 @@ impl<P: Copy> Buckets<P> {
     fn new() -> Self {
         Buckets {
             by_time: BTreeMap::new(),
+            draining: None,
             last_bucket_keys: 0,
         }
     }
 
     #[inline]
     fn upsert(&mut self, time: u64, key: &str, new: impl FnOnce() -> P, fold: impl FnOnce(&mut P)) {
-        let only = self.by_time.is_empty();
-        let capacity = if only { self.last_bucket_keys } else { 0 };
+        let capacity = if self.by_time.is_empty() {
+            self.last_bucket_keys
+        } else {
+            self.last_bucket_keys.min(PRESIZE_WHILE_OPEN)
+        };
         let map = self
             .by_time
             .entry(time)
@@ -126,32 +142,51 @@ impl<P: Copy> Buckets<P> {
     fn flush_before<R>(
         &mut self,
         watermark: u64,
+        limit: usize,
         out: &mut dyn FnMut(Update<R>),
         mut make: impl FnMut(u64, CompactString, P) -> R,
-    ) {
-        while let Some(entry) = self.by_time.first_entry() {
+    ) -> bool {
+        let mut given = 0;
+        loop {
+            if let Some((time, rest)) = self.draining.as_mut() {
+                let time = *time;
+                for (key, p) in rest.by_ref().take(limit - given) {
+                    out((make(time, key, p), time, 1));
+                    given += 1;
+                }
+                if rest.len() > 0 {
+                    return true;
+                }
+                self.draining = None;
+                if let (1, Some(mut newest)) = (self.by_time.len(), self.by_time.last_entry()) {
+                    let map = newest.get_mut();
+                    map.reserve(self.last_bucket_keys.saturating_sub(map.len()));
+                }
+            }
+            let Some(entry) = self.by_time.first_entry() else {
+                return false;
+            };
             if *entry.key() >= watermark {
-                break;
+                return false;
+            }
+            if given == limit {
+                return true;
             }
             let time = *entry.key();
             let map = entry.remove();
             self.last_bucket_keys = map.len();
-            for (key, p) in map {
-                out((make(time, key, p), time, 1));
-            }
-        }
-        if let (1, Some(mut newest)) = (self.by_time.len(), self.by_time.last_entry()) {
-            let map = newest.get_mut();
-            map.reserve(self.last_bucket_keys.saturating_sub(map.len()));
+            self.draining = Some((time, map.into_iter()));
         }
     }
 
     fn min_time(&self) -> Option<u64> {
-        self.by_time.keys().next().copied()
+        let draining = self.draining.as_ref().map(|(time, _)| *time);
+        draining.or_else(|| self.by_time.keys().next().copied())
     }
 
     fn len(&self) -> usize {
-        self.by_time.values().map(HashMap::len).sum()
+        let draining = self.draining.as_ref().map_or(0, |(_, rest)| rest.len());
+        draining + self.by_time.values().map(HashMap::len).sum::<usize>()
     }
 }
 
@@ -200,11 +235,17 @@ impl LocalCombiner for PaneCombiner {
             .upsert(time, key, || Agg::of(value), |agg| agg.add(value));
     }
 
-    fn flush_before(&mut self, watermark: u64, out: &mut dyn FnMut(Update<Self::Record>)) {
+    fn flush_before(
+        &mut self,
+        watermark: u64,
+        limit: usize,
+        out: &mut dyn FnMut(Update<Self::Record>),
+    ) -> bool {
         let pane_offset_ms = self.slide_ms - self.granularity_ms;
-        self.buckets.flush_before(watermark, out, |time, key, agg| {
-            (Key::new(key), (time - pane_offset_ms, agg))
-        });
+        self.buckets
+            .flush_before(watermark, limit, out, |time, key, agg| {
+                (Key::new(key), (time - pane_offset_ms, agg))
+            })
     }
 
     fn min_pending_time(&self) -> Option<u64> {
@@ -288,11 +329,16 @@ impl LocalCombiner for SessionCombiner {
         );
     }
 
-    fn flush_before(&mut self, watermark: u64, out: &mut dyn FnMut(Update<Self::Record>)) {
+    fn flush_before(
+        &mut self,
+        watermark: u64,
+        limit: usize,
+        out: &mut dyn FnMut(Update<Self::Record>),
+    ) -> bool {
         self.buckets
-            .flush_before(watermark, out, |_time, key, partial| {
+            .flush_before(watermark, limit, out, |_time, key, partial| {
                 (Key::new(key), partial)
-            });
+            })
     }
 
     fn min_pending_time(&self) -> Option<u64> {
@@ -320,9 +366,9 @@ mod tests {
         c.add("b", 10_000, 7);
         assert_eq!(c.min_pending_time(), Some(9_000));
         let mut out = Vec::new();
-        c.flush_before(9_000, &mut |u| out.push(u));
+        c.flush_before(9_000, usize::MAX, &mut |u| out.push(u));
         assert!(out.is_empty(), "released before the watermark passed");
-        c.flush_before(9_001, &mut |u| out.push(u));
+        c.flush_before(9_001, usize::MAX, &mut |u| out.push(u));
         out.sort();
         let mut expected = Agg::of(4);
         expected.add(-2);
@@ -339,10 +385,33 @@ mod tests {
         }
         // Pane 0: a, b; pane 10 s: a, c.
         assert_eq!(c.pending_partials(), 4);
-        c.flush_before(9_001, &mut |_| {});
+        c.flush_before(9_001, usize::MAX, &mut |_| {});
         assert_eq!(c.pending_partials(), 2);
-        c.flush_before(u64::MAX, &mut |_| {});
+        c.flush_before(u64::MAX, usize::MAX, &mut |_| {});
         assert_eq!(c.pending_partials(), 0);
+    }
+
+    #[test]
+    fn a_bucket_is_released_in_bounded_steps_and_holds_its_time_until_done() {
+        let mut c = PaneCombiner::new(10_000, 1_000);
+        for k in 0..5 {
+            c.add(&format!("k{k}"), 1, k);
+        }
+        c.add("late-pane", 10_001, 1);
+        let mut out = Vec::new();
+        assert!(c.flush_before(u64::MAX, 2, &mut |u| out.push(u)));
+        assert_eq!((out.len(), c.min_pending_time()), (2, Some(9_000)));
+        assert_eq!(c.pending_partials(), 4);
+        assert!(c.flush_before(u64::MAX, 3, &mut |u| out.push(u)));
+        assert_eq!(out.len(), 5, "the first bucket is done");
+        assert!(!c.flush_before(u64::MAX, 3, &mut |u| out.push(u)));
+        assert_eq!((out.len(), c.min_pending_time()), (6, None));
+        let mut keys: Vec<_> = out[..5]
+            .iter()
+            .map(|u| u.0 .0.as_str().to_owned())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4"]);
     }
 
     #[test]
@@ -351,7 +420,7 @@ mod tests {
         c.add("k", 1_700, 1);
         c.add("k", 1_100, 2);
         let mut out = Vec::new();
-        c.flush_before(u64::MAX, &mut |u| out.push(u));
+        c.flush_before(u64::MAX, usize::MAX, &mut |u| out.push(u));
         assert_eq!(out.len(), 1);
         let (_, partial) = &out[0].0;
         assert_eq!(
