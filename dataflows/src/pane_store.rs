@@ -163,6 +163,7 @@ impl PaneStore {
             + self.scratch.capacity() * size_of::<Entry>()
             + self.encoded.capacity()
             + self.staged.values().map(Vec::capacity).sum::<usize>()
+            + self.changes.as_ref().map_or(0, ChangeLog::heap_bytes)
             + self.spilled_text_bytes
     }
 

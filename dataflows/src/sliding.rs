@@ -81,8 +81,8 @@ struct Emitting {
 enum Rows {
     /// Every live key of the store, from this slot on (`--emit all`).
     Slots(usize),
-    /// The window's changes not yet given (`--emit changes`).
-    Changes(std::vec::IntoIter<(Key, Agg)>),
+    /// The store's changes, from this position on (`--emit changes`).
+    Changes(usize),
 }
 
 /// Sliding windows over a [`PaneStore`] (see the module doc).
@@ -153,16 +153,20 @@ fn sliding_windows(
                                     .map(|slot| *next = slot)
                                     .is_some()
                             }
-                            Rows::Changes(rows) => {
-                                for (key, agg) in rows.by_ref().take(ROWS_PER_ACTIVATION) {
-                                    give(&key, agg);
-                                }
-                                rows.len() > 0
+                            Rows::Changes(next) => {
+                                let from = *next;
+                                store
+                                    .changes_from(from, ROWS_PER_ACTIVATION, &mut give)
+                                    .map(|position| *next = position)
+                                    .is_some()
                             }
                         };
                         if more {
                             activator.activate();
                             break;
+                        }
+                        if matches!(window.rows, Rows::Changes(_)) {
+                            store.clear_changes();
                         }
                         emitting = None;
                         next_end += slide_ms;
@@ -185,11 +189,7 @@ fn sliding_windows(
                     store.evict_before(next_end.saturating_sub(size_ms));
                     let rows = match emit {
                         Emit::All => (!store.is_empty()).then_some(Rows::Slots(0)),
-                        Emit::Changes => {
-                            let mut changes = Vec::new();
-                            store.take_changes(&mut changes);
-                            (!changes.is_empty()).then(|| Rows::Changes(changes.into_iter()))
-                        }
+                        Emit::Changes => store.has_changes().then_some(Rows::Changes(0)),
                     };
                     match rows {
                         Some(rows) => {

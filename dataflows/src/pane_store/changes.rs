@@ -1,36 +1,70 @@
-//! Change tracking for `--emit changes`: which keys' window aggregates
-//! changed since the last window, and which keys left.
+//! Change tracking for `--emit changes`: which keys' window aggregates may
+//! have changed since the last window, and which keys left.
+//!
+//! Per step (the panes entering and leaving before one window is emitted)
+//! a slot's aggregate before its first change is noted once, in a list in
+//! the order of first touch; two bits per slot say whether it was noted
+//! and whether the key was in the window before. The window's rows are
+//! read from the list as they are emitted (not gathered first), and the
+//! list is cleared once they all are.
 
 use crate::agg::Agg;
-use crate::combiner::FastMap;
 use crate::emit::LEFT;
 use crate::key::Key;
 
 use super::PaneStore;
 
-/// The keys touched since the last [`PaneStore::take_changes`].
+/// The slots touched since the last [`PaneStore::clear_changes`].
 #[derive(Debug, Default)]
 pub(super) struct ChangeLog {
-    /// Each touched slot with its aggregate before the first touch (`None`:
-    /// the key had no live pane then).
-    before: FastMap<u32, Option<Agg>>,
-    /// Keys that were in the last window and have left.
+    /// Each touched slot with its aggregate before the first touch
+    /// (`None`: the key had no live pane then).
+    before: Vec<(u32, Option<Agg>)>,
+    /// Per slot: noted in `before` this step.
+    touched: Vec<u64>,
+    /// Per slot: the key was in the window before this step.
+    present: Vec<u64>,
+    /// Keys that were in the window before and have left.
     left: Vec<Key>,
 }
 
+fn bit(bits: &[u64], slot: u32) -> bool {
+    bits.get(slot as usize / 64)
+        .is_some_and(|word| word & (1 << (slot % 64)) != 0)
+}
+
+fn set_bit(bits: &mut Vec<u64>, slot: u32, on: bool) {
+    let word = slot as usize / 64;
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    if on {
+        bits[word] |= 1 << (slot % 64);
+    } else {
+        bits[word] &= !(1 << (slot % 64));
+    }
+}
+
 impl ChangeLog {
+    /// Bytes held, by capacity.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.before.capacity() * std::mem::size_of::<(u32, Option<Agg>)>()
+            + (self.touched.capacity() + self.present.capacity()) * 8
+            + self.left.capacity() * std::mem::size_of::<Key>()
+    }
+
     /// Slot `slot`, holding `key`, loses its last pane.
     pub(super) fn left(&mut self, slot: u32, key: &Key) {
-        // A key that entered and left since the last window had no row
-        // there and has none now: nothing to say.
-        if let Some(Some(_)) = self.before.remove(&slot) {
+        // A key that entered and left within the step had no row before and
+        // has none now: nothing to say.
+        if bit(&self.present, slot) {
             self.left.push(key.clone());
         }
     }
 }
 
 impl PaneStore {
-    /// Tracks changes from now on, for [`PaneStore::take_changes`].
+    /// Tracks changes from now on, for [`PaneStore::changes_from`].
     pub fn track_changes(&mut self) {
         self.changes.get_or_insert_with(ChangeLog::default);
     }
@@ -38,33 +72,74 @@ impl PaneStore {
     /// Remembers slot `slot`'s aggregate before it first changes.
     #[inline]
     pub(super) fn note_change(&mut self, slot: u32) {
-        if self.changes.is_none() {
+        let Some(log) = self.changes.as_ref() else {
+            return;
+        };
+        if bit(&log.touched, slot) {
             return;
         }
         let s = slot as usize;
         let before = (self.counts[s] > 0).then(|| self.aggregate(s));
-        if let Some(log) = self.changes.as_mut() {
-            log.before.entry(slot).or_insert(before);
-        }
+        let log = self.changes.as_mut().expect("checked above");
+        set_bit(&mut log.touched, slot, true);
+        set_bit(&mut log.present, slot, before.is_some());
+        log.before.push((slot, before));
     }
 
-    /// Moves into `out` the rows of `--emit changes` for the current
-    /// window: each live key whose aggregate differs from the one it had at
-    /// the last call, and each key that was live then and is not now (with
-    /// the count-0 aggregate [`LEFT`]).
-    pub fn take_changes(&mut self, out: &mut Vec<(Key, Agg)>) {
-        let Some(mut log) = self.changes.take() else {
-            return;
-        };
-        for (slot, before) in log.before.drain() {
-            let s = slot as usize;
-            debug_assert!(self.counts[s] > 0, "a touched slot left without a note");
-            let now = self.aggregate(s);
-            if before != Some(now) {
-                out.push((self.keys[s].clone(), now));
+    /// Whether anything was touched since the last [`PaneStore::clear_changes`].
+    pub fn has_changes(&self) -> bool {
+        self.changes
+            .as_ref()
+            .is_some_and(|log| !log.before.is_empty() || !log.left.is_empty())
+    }
+
+    /// The rows of `--emit changes` for the current window, from position
+    /// `from` on, at most `limit` of them: each live key whose aggregate
+    /// differs from the one it had before the step, then each key that was
+    /// in the window before and is not now (with the count-0 aggregate
+    /// [`LEFT`]). Returns the position to continue at (`None`: done). The
+    /// store must not change between calls until [`PaneStore::clear_changes`].
+    pub fn changes_from(
+        &self,
+        from: usize,
+        limit: usize,
+        mut each: impl FnMut(&Key, Agg),
+    ) -> Option<usize> {
+        let log = self.changes.as_ref()?;
+        let mut given = 0;
+        let total = log.before.len() + log.left.len();
+        for position in from..total {
+            if given == limit {
+                return Some(position);
+            }
+            if let Some(&(slot, before)) = log.before.get(position) {
+                let s = slot as usize;
+                // Count 0: the key left (listed below), or the slot was
+                // freed and taken by a key whose partials are still staged.
+                if self.counts[s] == 0 {
+                    continue;
+                }
+                let now = self.aggregate(s);
+                if before != Some(now) {
+                    each(&self.keys[s], now);
+                    given += 1;
+                }
+            } else {
+                each(&log.left[position - log.before.len()], LEFT);
+                given += 1;
             }
         }
-        out.extend(log.left.drain(..).map(|key| (key, LEFT)));
-        self.changes = Some(log);
+        None
+    }
+
+    /// Forgets the changes of the window just emitted.
+    pub fn clear_changes(&mut self) {
+        if let Some(log) = self.changes.as_mut() {
+            for (slot, _) in log.before.drain(..) {
+                set_bit(&mut log.touched, slot, false);
+                set_bit(&mut log.present, slot, false);
+            }
+            log.left.clear();
+        }
     }
 }
