@@ -236,7 +236,7 @@ impl PaneStore {
             scratch.push(entry_of(slot, agg, copies));
         }
         self.insert_entries(pane_start, &mut scratch);
-        self.scratch = scratch;
+        self.keep_scratch(scratch);
     }
 
     /// Adds `scratch` (entries of slots already allocated) as the pane
@@ -275,6 +275,20 @@ impl PaneStore {
             self.panes.insert(position, pane);
         }
         self.live_partials += scratch.len();
+    }
+
+    /// Keeps `scratch` (and the encoding buffer) for the next pane if they
+    /// are small; a pane of a million keys would otherwise keep ~60 MB
+    /// between panes, at the moment the combiner's next pane is largest.
+    fn keep_scratch(&mut self, scratch: Vec<Entry>) {
+        self.scratch = if scratch.capacity() > KEEP_SCRATCH_ENTRIES {
+            Vec::new()
+        } else {
+            scratch
+        };
+        if self.encoded.capacity() > KEEP_SCRATCH_ENTRIES * 8 {
+            self.encoded = Vec::new();
+        }
     }
 
     /// A pane of `entries` (sorted by slot, one per slot).
@@ -341,6 +355,8 @@ impl PaneStore {
             pane.bytes = self.encoded.as_slice().into();
         }
         self.panes = panes;
+        let scratch = std::mem::take(&mut self.scratch);
+        self.keep_scratch(scratch);
         self.back_min.fill(i64::MAX);
         self.back_max.fill(i64::MIN);
     }
@@ -378,6 +394,9 @@ impl PaneStore {
         }
     }
 }
+
+/// Scratch buffers larger than this many entries are freed after use.
+const KEEP_SCRATCH_ENTRIES: usize = 1 << 16;
 
 /// The entry of `copies` copies of `agg` for `slot`.
 fn entry_of(slot: u32, agg: Agg, copies: u64) -> Entry {

@@ -70,7 +70,7 @@ impl PaneStore {
                 scratch.extend(pane.iter().map(|p| p.1));
                 self.insert_entries(newest_pane - pane[0].0 * self.slide_ms, &mut scratch);
             }
-            self.scratch = scratch;
+            self.keep_scratch(scratch);
         }
     }
 }
