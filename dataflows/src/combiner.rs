@@ -122,7 +122,7 @@ impl<P: Copy> Buckets<P> {
 
     #[inline]
     fn upsert(&mut self, time: u64, key: &str, new: impl FnOnce() -> P, fold: impl FnOnce(&mut P)) {
-        let capacity = if self.by_time.is_empty() {
+        let capacity = if self.by_time.is_empty() && self.draining.is_none() {
             self.last_bucket_keys
         } else {
             self.last_bucket_keys.min(PRESIZE_WHILE_OPEN)

@@ -126,8 +126,15 @@ fn sliding_windows(
                 });
                 let frontier_time = frontier.frontier().first().copied();
                 let complete = |t: u64| frontier_time.is_none_or(|f| t < f);
+                // Rows this activation may still give, over all windows (at
+                // the end of the input every remaining window is complete).
+                let mut budget = ROWS_PER_ACTIVATION;
                 loop {
                     if let Some(window) = emitting.as_mut() {
+                        if budget == 0 {
+                            activator.activate();
+                            break;
+                        }
                         let emit_time = window.window_end - granularity_ms;
                         let cap = held
                             .as_ref()
@@ -137,7 +144,9 @@ fn sliding_windows(
                         let window_start = window.window_end.saturating_sub(size_ms);
                         let window_end = window.window_end;
                         let mut session = output.session(&cap);
+                        let mut given = 0;
                         let mut give = |key: &Key, agg: Agg| {
+                            given += 1;
                             session.give(WindowRow {
                                 window_start,
                                 window_end,
@@ -149,18 +158,19 @@ fn sliding_windows(
                             Rows::Slots(next) => {
                                 let from = *next;
                                 store
-                                    .aggregates_from(from, ROWS_PER_ACTIVATION, &mut give)
+                                    .aggregates_from(from, budget, &mut give)
                                     .map(|slot| *next = slot)
                                     .is_some()
                             }
                             Rows::Changes(next) => {
                                 let from = *next;
                                 store
-                                    .changes_from(from, ROWS_PER_ACTIVATION, &mut give)
+                                    .changes_from(from, budget, &mut give)
                                     .map(|position| *next = position)
                                     .is_some()
                             }
                         };
+                        budget -= given;
                         if more {
                             activator.activate();
                             break;
