@@ -21,6 +21,8 @@
 
 pub mod reference;
 mod stage;
+#[cfg(test)]
+mod stage_tests;
 
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::Stream;
@@ -28,7 +30,7 @@ use timely::dataflow::Stream;
 use crate::row::WindowRow;
 use crate::window::WindowSpec;
 
-pub use stage::per_window;
+pub use stage::{per_window, Best, WindowStage};
 
 /// Window length of every Nexmark query here, ms.
 pub const WINDOW_MS: u64 = 10_000;
@@ -176,9 +178,9 @@ impl NexmarkQuery {
     /// (CSV lines without line ends), at the same times.
     pub fn finish(self, rows: Stream<'_, u64, Vec<WindowRow>>) -> Stream<'_, u64, Vec<String>> {
         match self {
-            Self::Q5 => per_window(rows, "HotItems", hot_items),
-            Self::Q7 => per_window(rows, "HighestBid", highest_bid),
-            Self::Q8 => per_window(rows, "NewUsers", new_users),
+            Self::Q5 => per_window(rows, HOT_ITEMS),
+            Self::Q7 => per_window(rows, HIGHEST_BID),
+            Self::Q8 => per_window(rows, NEW_USERS),
             Self::Q11 | Self::Q12 => rows.map(move |row| per_key_line(self, &row)),
         }
     }
@@ -223,6 +225,34 @@ fn per_key_line(query: NexmarkQuery, row: &WindowRow) -> String {
         &row.agg.count.to_string(),
     ])
 }
+
+/// q5: each worker keeps its auctions with the most bids in the window;
+/// the window's worker keeps those with the most overall.
+const HOT_ITEMS: WindowStage = WindowStage {
+    name: "HotItems",
+    score: Some(|row| Some(i128::from(row.agg.count))),
+    route: None,
+    finish: hot_items,
+};
+
+/// q7: each worker keeps its bids at the window's highest price it saw; the
+/// window's worker keeps those at the highest overall.
+const HIGHEST_BID: WindowStage = WindowStage {
+    name: "HighestBid",
+    score: Some(|row| (!row.key.is_empty()).then_some(i128::from(row.agg.max))),
+    route: None,
+    finish: highest_bid,
+};
+
+/// q8: a person and their auctions meet on the worker of (window, person
+/// id); the window's result is the union over ids, so no worker sees a whole
+/// window.
+const NEW_USERS: WindowStage = WindowStage {
+    name: "NewUsers",
+    score: None,
+    route: Some(|row| row.key.split(',').next().unwrap_or("")),
+    finish: new_users,
+};
 
 /// q5: the auctions whose bid count is the window's largest.
 fn hot_items(rows: &[WindowRow], out: &mut Vec<String>) {
