@@ -182,7 +182,7 @@ struct RunArgs {
     lateness: u64,
     /// Rows of tumbling and sliding windows: `all` (a row per key and window)
     /// or `changes` (a key's row only when its aggregate differs from the
-    /// previous window's, and a row with count 0 when it leaves; README, "Output").
+    /// previous window's, and a row with count 0 when it leaves; README, "Formats").
     #[arg(long, default_value = "all")]
     emit: Emit,
     /// Directory of the input log.

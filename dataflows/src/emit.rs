@@ -7,7 +7,7 @@
 //! walking window ends in order (one slide apart) and applying each end's
 //! rows to a map from key to aggregate: a row with count 0 removes the
 //! key, any other row sets it; the map after window `e`'s rows is window
-//! `e` (README, "Output"). The rows of `all` are exactly those rebuilt
+//! `e` (README, "Formats"). The rows of `all` are exactly those rebuilt
 //! windows (tested in `tests/it/oracle.rs`).
 
 use std::fmt;
