@@ -269,7 +269,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     }
                 }
                 let header = query.result_header();
-                let outputs = match WorkerOutputs::open_with_header(&out_dir, index, false, header)
+                let outputs = match WorkerOutputs::open_with_header(&out_dir, index, false, &header)
                 {
                     Ok(o) => Rc::new(RefCell::new(
                         o.with_observer(engine_metrics.observer(hooks.observer.clone()))

@@ -16,13 +16,16 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
-use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, SessionCombiner};
+use weir_dataflows::aggregates::Aggregates;
+use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, PaneValue, SessionCombiner};
 use weir_dataflows::emit::Emit;
 use weir_dataflows::gauge::StateGauge;
 use weir_dataflows::nexmark::NexmarkQuery;
 use weir_dataflows::session::session_windows;
+use weir_dataflows::sketch::AggDistinct;
+use weir_dataflows::sketch_windows::{sketch_windows, SketchRow};
 use weir_dataflows::sliding::{fixed_windows, FixedWindows};
-use weir_dataflows::{LateRow, WindowRow, WindowSpec};
+use weir_dataflows::{Agg, Key, LateRow, WindowRow, WindowSpec};
 
 use crate::checkpoint::cadence::Cadence;
 use crate::checkpoint::cut::{
@@ -51,6 +54,8 @@ pub struct WindowQuery {
     /// Which rows fixed windows emit (`Changes` only for the generic query
     /// with tumbling or sliding windows).
     pub emit: Emit,
+    /// The aggregate columns of the generic query (the default for Nexmark).
+    pub aggregates: Aggregates,
 }
 
 impl WindowQuery {
@@ -63,13 +68,29 @@ impl WindowQuery {
             lateness_ms,
             nexmark: Some(query),
             emit: Emit::All,
+            aggregates: Aggregates::default(),
+        }
+    }
+
+    /// The generic window query over `spec` with the default granularity,
+    /// all rows emitted and the default aggregates.
+    pub fn generic(spec: WindowSpec, lateness_ms: u64) -> Self {
+        WindowQuery {
+            spec,
+            granularity_ms: spec.default_granularity_ms(),
+            lateness_ms,
+            nexmark: None,
+            emit: Emit::All,
+            aggregates: Aggregates::default(),
         }
     }
 
     /// The header of the result rows file.
-    pub fn result_header(&self) -> &'static str {
-        self.nexmark
-            .map_or(crate::sink::WINDOW_ROWS_HEADER, NexmarkQuery::header)
+    pub fn result_header(&self) -> String {
+        match self.nexmark {
+            Some(q) => q.header().to_owned(),
+            None => self.aggregates.header(),
+        }
     }
 
     /// How far below a cut `T` persisted updates still matter: a window
@@ -102,15 +123,23 @@ impl WindowQuery {
     /// checkpoint taken with another fingerprint is refused at restore.
     pub fn fingerprint(&self) -> u64 {
         let text = match self.nexmark {
-            // `--emit all` keeps the fingerprint it had before the option.
-            None if self.emit == Emit::All => format!(
-                "weir-window-v1|{}|{}|{}",
-                self.spec, self.granularity_ms, self.lateness_ms
-            ),
-            None => format!(
-                "weir-window-v1|{}|{}|{}|emit={}",
-                self.spec, self.granularity_ms, self.lateness_ms, self.emit
-            ),
+            // The default `--emit all` and aggregates keep the fingerprint
+            // they had before those options; the others are added.
+            None => {
+                let mut text = format!(
+                    "weir-window-v1|{}|{}|{}",
+                    self.spec, self.granularity_ms, self.lateness_ms
+                );
+                if self.emit != Emit::All {
+                    text.push_str(&format!("|emit={}", self.emit));
+                }
+                if self.aggregates.needs_sketches() {
+                    // Only the partials' type shapes the state; the columns
+                    // of the default partials do not.
+                    text.push_str("|sketch=hll-v1");
+                }
+                text
+            }
             Some(q) => format!(
                 "weir-nexmark-v1|{q}|{}|{}|{}",
                 self.spec, self.granularity_ms, self.lateness_ms
@@ -281,51 +310,43 @@ where
         let (rows, late) = match query.spec {
             WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
                 let slide_ms = query.spec.slide_ms().expect("fixed windows slide");
-                let combiner = PaneCombiner::new(slide_ms, query.granularity_ms);
                 let gauge = Arc::new(StateGauge::default());
                 counters
                     .window_state
                     .lock()
                     .expect("poisoned")
                     .push((scope.index(), Arc::clone(&gauge)));
-                let (mut partials, late) = partition_source(
-                    scope,
-                    feeds,
-                    Rc::clone(&progress),
-                    combiner,
-                    source_config,
-                    errors,
-                    counters,
-                    (probe.clone(), waker.clone()),
-                );
-                if let (Some(c), Some(cuts)) = (checkpointing, announcements.as_ref()) {
-                    if query.retention_ms() == 0 {
-                        resume_only_tap(cuts, Rc::clone(&progress), c.assembler, restored_cut);
-                    } else {
-                        persist_tap::<PaneCombiner>(
-                            &partials,
-                            cuts,
-                            Rc::clone(&progress),
-                            c.assembler,
-                            (restored_cut, query.retention_ms(), query.cut_step_ms()),
-                        );
-                    }
-                    // After the tap: restored state is in the checkpoint already.
-                    let RestoredState::Panes(restored) = c.restored_state else {
-                        unreachable!("fixed windows restore pane partials")
-                    };
-                    partials = partials.concat(restored_panes(scope, restored));
-                }
                 let windows = FixedWindows {
                     emit: query.emit,
                     size_ms: query.spec.size_ms(),
                     slide_ms,
                     granularity_ms: query.granularity_ms,
                 };
-                (
-                    fixed_windows(partials.as_collection(), windows, gauge),
-                    late,
-                )
+                let inputs = FixedInputs {
+                    feeds,
+                    query,
+                    progress: Rc::clone(&progress),
+                    source_config,
+                    errors,
+                    counters,
+                    probe: (probe.clone(), waker.clone()),
+                    checkpointing: checkpointing.zip(announcements.as_ref()),
+                    restored_cut,
+                };
+                if query.aggregates.needs_sketches() {
+                    let (partials, late) = fixed_window_partials::<F, AggDistinct>(scope, inputs);
+                    let rows = sketch_windows(partials.as_collection(), windows, gauge);
+                    let aggregates = query.aggregates;
+                    let lines =
+                        rows.map(move |row| OutputRow::Result(sketch_line(&row, aggregates)));
+                    (Rows::Lines(lines), late)
+                } else {
+                    let (partials, late) = fixed_window_partials::<F, Agg>(scope, inputs);
+                    (
+                        Rows::Windows(fixed_windows(partials.as_collection(), windows, gauge)),
+                        late,
+                    )
+                }
             }
             WindowSpec::Session { gap_ms } => {
                 let combiner = SessionCombiner::new(gap_ms, query.granularity_ms);
@@ -360,12 +381,19 @@ where
                         (restored_cut, query.retention_ms(), query.cut_step_ms()),
                     );
                 }
-                (rows, late)
+                (Rows::Windows(rows), late)
             }
         };
-        let rows = match query.nexmark {
-            None => rows.map(OutputRow::Window),
-            Some(q) => q.finish(rows).map(OutputRow::Result),
+        let rows = match (rows, query.nexmark) {
+            (Rows::Lines(lines), _) => lines,
+            (Rows::Windows(rows), Some(q)) => q.finish(rows).map(OutputRow::Result),
+            (Rows::Windows(rows), None) if query.aggregates.is_default() => {
+                rows.map(OutputRow::Window)
+            }
+            (Rows::Windows(rows), None) => {
+                let aggregates = query.aggregates;
+                rows.map(move |row| OutputRow::Result(window_line(&row, aggregates)))
+            }
         };
         let rows = rows.probe_with(&probe);
         let late = late.probe_with(&probe);
@@ -378,6 +406,110 @@ where
         );
         probe
     })
+}
+
+/// A worker's window rows, before they become output rows.
+enum Rows<'scope> {
+    /// Generic window rows (all four aggregates).
+    Windows(timely::dataflow::Stream<'scope, u64, Vec<WindowRow>>),
+    /// Rows already formatted for their columns.
+    Lines(timely::dataflow::Stream<'scope, u64, Vec<OutputRow>>),
+}
+
+/// What the fixed windows' partials are built from.
+struct FixedInputs<'a, 'scope, F> {
+    feeds: Vec<PartitionInput<F>>,
+    query: WindowQuery,
+    progress: SharedProgress,
+    source_config: SourceConfig,
+    errors: ErrorSlot,
+    counters: Arc<SourceCounters>,
+    probe: (ProbeHandle<u64>, AheadWaker),
+    checkpointing: Option<(
+        WorkerCheckpointing,
+        &'a timely::dataflow::Stream<'scope, u64, Vec<crate::checkpoint::cut::Announcement>>,
+    )>,
+    restored_cut: u64,
+}
+
+/// The pane partials (of type `P`) of this worker's sources, tapped for
+/// checkpoints and joined by the restored ones, and the late events.
+#[allow(clippy::type_complexity)]
+fn fixed_window_partials<'scope, F: PartitionFeed, P: PaneValue>(
+    scope: timely::dataflow::Scope<'scope, u64>,
+    inputs: FixedInputs<'_, 'scope, F>,
+) -> (
+    timely::dataflow::Stream<'scope, u64, Vec<weir_dataflows::combiner::Update<(Key, (u64, P))>>>,
+    timely::dataflow::Stream<'scope, u64, Vec<LateRow>>,
+) {
+    let FixedInputs {
+        feeds,
+        query,
+        progress,
+        source_config,
+        errors,
+        counters,
+        probe,
+        checkpointing,
+        restored_cut,
+    } = inputs;
+    let slide_ms = query.spec.slide_ms().expect("fixed windows slide");
+    let combiner = PaneCombiner::<P>::new(slide_ms, query.granularity_ms);
+    let (mut partials, late) = partition_source(
+        scope,
+        feeds,
+        Rc::clone(&progress),
+        combiner,
+        source_config,
+        errors,
+        counters,
+        probe,
+    );
+    if let Some((c, cuts)) = checkpointing {
+        if query.retention_ms() == 0 {
+            resume_only_tap(cuts, progress, c.assembler, restored_cut);
+        } else {
+            persist_tap::<PaneCombiner<P>>(
+                &partials,
+                cuts,
+                progress,
+                c.assembler,
+                (restored_cut, query.retention_ms(), query.cut_step_ms()),
+            );
+        }
+        // After the tap: restored state is in the checkpoint already.
+        let RestoredState::Panes(restored) = c.restored_state else {
+            unreachable!("fixed windows restore pane partials")
+        };
+        partials = partials.concat(restored_panes::<P>(scope, restored));
+    }
+    (partials, late)
+}
+
+/// A generic window row as a CSV line of `aggregates`' columns.
+fn window_line(row: &WindowRow, aggregates: Aggregates) -> String {
+    let mut line = row_prefix(row.window_start, row.window_end, &row.key);
+    aggregates.format_columns(&row.agg, None, &mut line);
+    line
+}
+
+/// A row with a distinct count as a CSV line of `aggregates`' columns.
+fn sketch_line(row: &SketchRow, aggregates: Aggregates) -> String {
+    let mut line = row_prefix(row.window_start, row.window_end, &row.key);
+    aggregates.format_columns(&row.agg, Some(row.distinct), &mut line);
+    line
+}
+
+/// `window_start,window_end,key` of a row (the key quoted as CSV needs).
+fn row_prefix(window_start: u64, window_end: u64, key: &str) -> String {
+    let mut prefix = Vec::with_capacity(32 + key.len());
+    let mut number = itoa::Buffer::new();
+    prefix.extend_from_slice(number.format(window_start).as_bytes());
+    prefix.push(b',');
+    prefix.extend_from_slice(number.format(window_end).as_bytes());
+    prefix.push(b',');
+    crate::csv_input::write_csv_field(&mut prefix, key).expect("writing to a Vec");
+    String::from_utf8(prefix).expect("numbers and a UTF-8 key")
 }
 
 /// The default read-ahead bound of the sources: a few windows (plus the

@@ -15,6 +15,7 @@ use weir::run::{
     read_hostfile, run, CheckpointOptions, ClusterOptions, GeneratedInput, RunOptions, RunSummary,
     EVENTS_TOPIC,
 };
+use weir_dataflows::aggregates::{Aggregate, Aggregates};
 use weir_dataflows::duration::{format_duration_ms, parse_duration_ms};
 use weir_dataflows::emit::Emit;
 use weir_dataflows::WindowSpec;
@@ -185,6 +186,11 @@ struct RunArgs {
     /// previous window's, and a row with count 0 when it leaves; README, "Formats").
     #[arg(long, default_value = "all")]
     emit: Emit,
+    /// Aggregate columns of the generic query, comma-separated, written in
+    /// the order count,sum,min,max,distinct: `distinct` is a HyperLogLog
+    /// estimate (1.6 % standard error; README, "Formats").
+    #[arg(long, default_value = "count,sum,min,max")]
+    aggregates: Aggregates,
     /// Directory of the input log.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
@@ -348,6 +354,9 @@ fn query_of(args: &RunArgs) -> Result<WindowQuery> {
         if args.emit != Emit::All {
             bail!("--emit changes is for the generic window query; {nexmark} writes its own rows");
         }
+        if !args.aggregates.is_default() {
+            bail!("--aggregates is for the generic window query; {nexmark} writes its own rows");
+        }
         return Ok(WindowQuery::nexmark(nexmark, args.lateness));
     }
     if args.generate_events.is_some() {
@@ -368,12 +377,21 @@ fn query_of(args: &RunArgs) -> Result<WindowQuery> {
             "--emit changes is for tumbling and sliding windows; a session's row is written once"
         );
     }
+    if args.aggregates.needs_sketches() && window.slide_ms().is_none() {
+        bail!("--aggregates distinct is for tumbling and sliding windows, not sessions");
+    }
+    if args.emit == Emit::Changes && !args.aggregates.contains(Aggregate::Count) {
+        bail!(
+            "--emit changes needs count among --aggregates: a row with count 0 marks a key leaving"
+        );
+    }
     Ok(WindowQuery {
         spec: window,
         granularity_ms,
         lateness_ms: args.lateness,
         nexmark: None,
         emit: args.emit,
+        aggregates: args.aggregates,
     })
 }
 

@@ -111,7 +111,7 @@ struct Buckets<P> {
     last_bucket_keys: usize,
 }
 
-impl<P: Copy> Buckets<P> {
+impl<P> Buckets<P> {
     fn new() -> Self {
         Buckets {
             by_time: BTreeMap::new(),
@@ -190,20 +190,42 @@ impl<P: Copy> Buckets<P> {
     }
 }
 
-/// Combiner for tumbling and sliding windows: one [`Agg`] per (pane, key),
-/// where panes are the slide-long slices `[k*slide, (k+1)*slide)`.
+/// What a pane combiner keeps per (pane, key): [`Agg`], or a richer
+/// partial with sketches ([`crate::sketch::AggDistinct`]).
+pub trait PaneValue: Clone + Ord + Debug + Serialize + DeserializeOwned + Send + 'static {
+    /// The partial of one value.
+    fn of(value: i64) -> Self;
+    /// Folds one more value in.
+    fn add(&mut self, value: i64);
+}
+
+impl PaneValue for Agg {
+    #[inline]
+    fn of(value: i64) -> Self {
+        Agg::of(value)
+    }
+
+    #[inline]
+    fn add(&mut self, value: i64) {
+        Agg::add(self, value);
+    }
+}
+
+/// Combiner for tumbling and sliding windows: one partial `P` ([`Agg`]
+/// unless sketches are selected) per (pane, key), where panes are the
+/// slide-long slices `[k*slide, (k+1)*slide)`.
 ///
 /// A pane's partial is released at time `pane_end - granularity`, the last
 /// granule of the pane, so every contribution to the pane arrives downstream
 /// at one time and the window operator fires once per pane.
 #[derive(Debug)]
-pub struct PaneCombiner {
+pub struct PaneCombiner<P = Agg> {
     slide_ms: u64,
     granularity_ms: u64,
-    buckets: Buckets<Agg>,
+    buckets: Buckets<P>,
 }
 
-impl PaneCombiner {
+impl<P> PaneCombiner<P> {
     /// A combiner for panes of `slide_ms`; `granularity_ms` divides `slide_ms`.
     pub fn new(slide_ms: u64, granularity_ms: u64) -> Self {
         assert!(
@@ -224,15 +246,15 @@ impl PaneCombiner {
     }
 }
 
-impl LocalCombiner for PaneCombiner {
-    /// `(key, (pane_start, aggregate))`
-    type Record = (Key, (u64, Agg));
+impl<P: PaneValue> LocalCombiner for PaneCombiner<P> {
+    /// `(key, (pane_start, partial))`
+    type Record = (Key, (u64, P));
 
     #[inline]
     fn add(&mut self, key: &str, ts: u64, value: i64) {
         let time = self.pane_time(ts);
         self.buckets
-            .upsert(time, key, || Agg::of(value), |agg| agg.add(value));
+            .upsert(time, key, || P::of(value), |partial| partial.add(value));
     }
 
     fn flush_before(
@@ -243,8 +265,8 @@ impl LocalCombiner for PaneCombiner {
     ) -> bool {
         let pane_offset_ms = self.slide_ms - self.granularity_ms;
         self.buckets
-            .flush_before(watermark, limit, out, |time, key, agg| {
-                (Key::new(key), (time - pane_offset_ms, agg))
+            .flush_before(watermark, limit, out, |time, key, partial| {
+                (Key::new(key), (time - pane_offset_ms, partial))
             })
     }
 
@@ -360,7 +382,7 @@ mod tests {
 
     #[test]
     fn pane_partials_release_at_pane_end_minus_granule() {
-        let mut c = PaneCombiner::new(10_000, 1_000);
+        let mut c = PaneCombiner::<Agg>::new(10_000, 1_000);
         c.add("a", 1_500, 4);
         c.add("a", 9_999, -2);
         c.add("b", 10_000, 7);
@@ -378,7 +400,7 @@ mod tests {
 
     #[test]
     fn pending_partials_count_keys_per_open_bucket() {
-        let mut c = PaneCombiner::new(10_000, 1_000);
+        let mut c = PaneCombiner::<Agg>::new(10_000, 1_000);
         assert_eq!(c.pending_partials(), 0);
         for (key, ts) in [("a", 1), ("b", 2), ("a", 3), ("a", 10_000), ("c", 15_000)] {
             c.add(key, ts, 1);
@@ -393,7 +415,7 @@ mod tests {
 
     #[test]
     fn a_bucket_is_released_in_bounded_steps_and_holds_its_time_until_done() {
-        let mut c = PaneCombiner::new(10_000, 1_000);
+        let mut c = PaneCombiner::<Agg>::new(10_000, 1_000);
         for k in 0..5 {
             c.add(&format!("k{k}"), 1, k);
         }

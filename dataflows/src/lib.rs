@@ -13,6 +13,7 @@
 //! of the same semantics that the tests compare against.
 
 pub mod agg;
+pub mod aggregates;
 pub mod combiner;
 pub mod duration;
 pub mod emit;
@@ -23,6 +24,8 @@ pub mod pane_store;
 pub mod reference;
 pub mod row;
 pub mod session;
+pub mod sketch;
+pub mod sketch_windows;
 pub mod sliding;
 pub mod tumbling;
 pub mod window;

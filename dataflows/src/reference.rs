@@ -22,6 +22,34 @@ pub fn reference(
     spec: WindowSpec,
     lateness_ms: u64,
 ) -> ReferenceOutput {
+    let (windows, late) = reference_window_values(partitions, spec, lateness_ms);
+    let rows = windows
+        .into_iter()
+        .map(|((window_start, window_end, key), values)| {
+            let mut agg = Agg::of(values[0]);
+            for &v in &values[1..] {
+                agg.add(v);
+            }
+            WindowRow {
+                window_start,
+                window_end,
+                key,
+                agg,
+            }
+        })
+        .collect();
+    ReferenceOutput { rows, late }
+}
+
+/// The accepted values of every (window start, window end, key), in log
+/// order per partition, and the late events, sorted: what any aggregate of
+/// the query is computed from.
+#[allow(clippy::type_complexity)]
+pub fn reference_window_values(
+    partitions: &[Vec<(u64, String, i64)>],
+    spec: WindowSpec,
+    lateness_ms: u64,
+) -> (BTreeMap<(u64, u64, String), Vec<i64>>, Vec<LateRow>) {
     let mut accepted: Vec<(u64, String, i64)> = Vec::new();
     let mut late = Vec::new();
     for (partition, events) in partitions.iter().enumerate() {
@@ -43,12 +71,12 @@ pub fn reference(
         }
     }
 
-    let mut windows: BTreeMap<(u64, u64, String), Agg> = BTreeMap::new();
+    let mut windows: BTreeMap<(u64, u64, String), Vec<i64>> = BTreeMap::new();
     let mut add = |start: u64, end: u64, key: &str, value: i64| {
         windows
             .entry((start, end, key.to_owned()))
-            .and_modify(|a| a.add(value))
-            .or_insert_with(|| Agg::of(value));
+            .or_default()
+            .push(value);
     };
     match spec {
         WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
@@ -85,17 +113,8 @@ pub fn reference(
             }
         }
     }
-    let rows = windows
-        .into_iter()
-        .map(|((window_start, window_end, key), agg)| WindowRow {
-            window_start,
-            window_end,
-            key,
-            agg,
-        })
-        .collect();
     late.sort();
-    ReferenceOutput { rows, late }
+    (windows, late)
 }
 
 fn close_session(

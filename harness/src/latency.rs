@@ -254,6 +254,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             lateness_ms: args.lateness,
             nexmark: None,
             emit: weir_dataflows::emit::Emit::All,
+            aggregates: weir_dataflows::aggregates::Aggregates::default(),
         },
         workers: args.workers,
         cluster: None,

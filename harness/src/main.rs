@@ -271,6 +271,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
             lateness_ms: args.lateness,
             nexmark: None,
             emit: args.emit,
+            aggregates: weir_dataflows::aggregates::Aggregates::default(),
         };
         (tag, query, vec![input], None)
     };

@@ -21,12 +21,14 @@ use timely::dataflow::{Scope, Stream};
 use weir_dataflows::combiner::Update;
 use weir_dataflows::WindowSpec;
 
-use super::{PaneRecord, SessionRecord, WindowQuery};
+use super::{SessionRecord, WindowQuery};
 use crate::checkpoint::cut::FINAL_CUT;
 use crate::checkpoint::format::{consolidate_as_of_cut, push_updates, CommitRecord};
 use crate::checkpoint::store::CheckpointGroups;
 use crate::metrics::EngineMetrics;
 use crate::run::RunError;
+use weir_dataflows::combiner::PaneValue;
+use weir_dataflows::Key;
 
 /// Records decoded per activation of the `RestoredState` operator (a few
 /// milliseconds of work, so other operators run in between).
@@ -187,7 +189,10 @@ enum Produced {
 impl PaneStream {
     /// Reads and decodes the next few key groups into `chunk`; returns
     /// whether any are left.
-    fn next_chunk(&mut self, chunk: &mut Vec<Update<PaneRecord>>) -> Result<bool, RunError> {
+    fn next_chunk<P: PaneValue>(
+        &mut self,
+        chunk: &mut Vec<Update<(Key, (u64, P))>>,
+    ) -> Result<bool, RunError> {
         let started = Instant::now();
         let before = chunk.len();
         let earliest_time = self.earliest_time;
@@ -195,7 +200,7 @@ impl PaneStream {
             self.horizon_time,
             RESTORE_CHUNK_RECORDS,
             &mut |_, data, time, diff| {
-                let pane: PaneRecord = bincode::deserialize(data)
+                let pane: (Key, (u64, P)) = bincode::deserialize(data)
                     .map_err(|e| format!("persisted pane partial does not decode: {e}"))?;
                 chunk.push((pane, time.max(earliest_time), diff as isize));
                 Ok(())
@@ -215,10 +220,10 @@ impl PaneStream {
 /// and would be dropped by the sink anyway. Each pane still leaves at its
 /// own time (the windows compute it from the pane), so from `T - G` on the
 /// collection is the same as in a run without the crash.
-pub fn restored_panes(
+pub fn restored_panes<P: PaneValue>(
     scope: Scope<'_, u64>,
     panes: Option<PaneStream>,
-) -> Stream<'_, u64, Vec<Update<PaneRecord>>> {
+) -> Stream<'_, u64, Vec<Update<(Key, (u64, P))>>> {
     let mut panes = panes;
     restored_stream(scope, move |chunk| {
         let Some(stream) = panes.as_mut() else {

@@ -73,6 +73,7 @@ fn activations_while_stalled(
         lateness_ms: 0,
         nexmark: None,
         emit: weir_dataflows::emit::Emit::All,
+        aggregates: weir_dataflows::aggregates::Aggregates::default(),
     };
     let config = SourceConfig {
         granularity_ms: 1_000,

@@ -83,6 +83,7 @@ proptest! {
             lateness_ms,
             nexmark: None,
             emit: Emit::Changes,
+            aggregates: weir_dataflows::aggregates::Aggregates::default(),
         };
         for workers in [1, 2, 4] {
             let got = run_in_memory(&partitions, query, workers, batch_records)

@@ -27,6 +27,7 @@ fn peak_records(windows: u64, spec: &str) -> (i64, u64, usize) {
         lateness_ms: 0,
         nexmark: None,
         emit: weir_dataflows::emit::Emit::All,
+        aggregates: weir_dataflows::aggregates::Aggregates::default(),
     };
     // Small batches: the frontier advances often, as in a long streaming run.
     let got = run_in_memory(&stable_keys_over_many_windows(windows), query, 2, 64).unwrap();

@@ -73,6 +73,7 @@ fn query_strategy() -> impl Strategy<Value = WindowQuery> {
         lateness_ms,
         nexmark: None,
         emit: weir_dataflows::emit::Emit::All,
+        aggregates: weir_dataflows::aggregates::Aggregates::default(),
     })
 }
 
@@ -125,6 +126,7 @@ fn empty_input_gives_no_rows() {
         lateness_ms: 0,
         nexmark: None,
         emit: weir_dataflows::emit::Emit::All,
+        aggregates: weir_dataflows::aggregates::Aggregates::default(),
     };
     let got = run_in_memory(&[vec![], vec![]], query, 2, 10).unwrap();
     assert!(got.rows.is_empty() && got.late.is_empty());
@@ -159,6 +161,7 @@ fn a_long_run_over_many_windows_matches_reference() {
             lateness_ms: 50,
             nexmark: None,
             emit: weir_dataflows::emit::Emit::All,
+            aggregates: weir_dataflows::aggregates::Aggregates::default(),
         };
         let expected = reference(&partitions, spec, query.lateness_ms);
         let got = run_in_memory(&partitions, query, 2, 512).unwrap();
