@@ -318,6 +318,7 @@ where
                     .push((scope.index(), Arc::clone(&gauge)));
                 let windows = FixedWindows {
                     emit: query.emit,
+                    columns: query.aggregates,
                     size_ms: query.spec.size_ms(),
                     slide_ms,
                     granularity_ms: query.granularity_ms,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::agg::Agg;
+use crate::agg::{Agg, Sum};
 
 /// One output aggregate, in the order columns are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,6 +90,33 @@ impl Aggregates {
         Aggregate::ALL
             .into_iter()
             .filter(move |&a| self.contains(a))
+    }
+
+    /// `agg` with the aggregates not selected zeroed: what `--emit changes`
+    /// compares, so that a row is written only when a column written changes.
+    pub fn project(self, agg: &Agg) -> Agg {
+        Agg {
+            count: if self.contains(Aggregate::Count) {
+                agg.count
+            } else {
+                0
+            },
+            sum: if self.contains(Aggregate::Sum) {
+                agg.sum
+            } else {
+                Sum::ZERO
+            },
+            min: if self.contains(Aggregate::Min) {
+                agg.min
+            } else {
+                0
+            },
+            max: if self.contains(Aggregate::Max) {
+                agg.max
+            } else {
+                0
+            },
+        }
     }
 
     /// The header of the window rows file.

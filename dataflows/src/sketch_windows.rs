@@ -27,6 +27,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::agg::Agg;
+use crate::aggregates::Aggregates;
 use crate::combiner::{hold_least, hold_only, FastMap, Update};
 use crate::emit::{Emit, LEFT};
 use crate::gauge::StateGauge;
@@ -72,6 +73,7 @@ pub fn sketch_windows(
         slide_ms,
         granularity_ms,
         emit,
+        columns,
     } = windows;
     assert!(slide_ms > 0 && size_ms.is_multiple_of(slide_ms));
     assert!(granularity_ms > 0 && slide_ms.is_multiple_of(granularity_ms));
@@ -137,7 +139,7 @@ pub fn sketch_windows(
                     }
                     state.apply_staged_through(emit_time);
                     state.evict_before(next_end.saturating_sub(size_ms));
-                    let rows = state.window_rows(next_end, size_ms, emit);
+                    let rows = state.window_rows(next_end, size_ms, emit, columns);
                     if rows.is_empty() {
                         next_end += slide_ms;
                     } else {
@@ -211,7 +213,13 @@ impl State {
 
     /// The rows of the window ending at `window_end` (the live panes are
     /// exactly its panes).
-    fn window_rows(&mut self, window_end: u64, size_ms: u64, emit: Emit) -> Vec<SketchRow> {
+    fn window_rows(
+        &mut self,
+        window_end: u64,
+        size_ms: u64,
+        emit: Emit,
+        columns: Aggregates,
+    ) -> Vec<SketchRow> {
         let mut merged: FastMap<&Key, AggDistinct> = FastMap::default();
         for pane in self.panes.values() {
             for (key, partial) in pane {
@@ -237,7 +245,9 @@ impl State {
             Emit::Changes => {
                 let mut rows = Vec::new();
                 let mut current = FastMap::default();
+                // Compared as written: only the selected columns.
                 for (key, value) in values {
+                    let value = (columns.project(&value.0), value.1);
                     if self.previous.remove(key) != Some(value) {
                         rows.push(row(key, value));
                     }

@@ -26,6 +26,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::agg::Agg;
+use crate::aggregates::Aggregates;
 use crate::combiner::{hold_least, hold_only, Update};
 use crate::emit::Emit;
 use crate::gauge::StateGauge;
@@ -48,6 +49,9 @@ pub struct FixedWindows {
     pub granularity_ms: u64,
     /// Which rows are emitted.
     pub emit: Emit,
+    /// The columns written: `--emit changes` writes a row only when one of
+    /// them changes.
+    pub columns: Aggregates,
 }
 
 /// One update of [`PanePartials`].
@@ -96,6 +100,7 @@ fn sliding_windows(
         slide_ms,
         granularity_ms,
         emit,
+        columns,
     } = windows;
     let scope = partials.inner.scope();
     let by_key = Exchange::new(|update: &PaneUpdate| update.0 .0.hash_value());
@@ -105,7 +110,7 @@ fn sliding_windows(
             let activator = scope.activator_for(info.address);
             let mut store = PaneStore::new(slide_ms);
             if emit == Emit::Changes {
-                store.track_changes();
+                store.track_changes(columns);
             }
             // A capability at or below every pending time and the next emission.
             let mut held: Option<Capability<u64>> = None;

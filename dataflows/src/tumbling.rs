@@ -49,6 +49,7 @@ pub fn tumbling_windows(
         slide_ms,
         granularity_ms,
         emit,
+        columns,
     } = windows;
     assert_eq!(size_ms, slide_ms, "tumbling windows have one pane each");
     assert!(granularity_ms > 0 && slide_ms.is_multiple_of(granularity_ms));
@@ -140,7 +141,9 @@ pub fn tumbling_windows(
                             // `previous` is the window just before this one, or
                             // empty (it left in an empty window in between).
                             for (key, agg) in &window {
-                                if previous.remove(key).as_ref() != Some(agg) {
+                                let before = previous.remove(key);
+                                if before.map(|b| columns.project(&b)) != Some(columns.project(agg))
+                                {
                                     give(key.clone(), *agg);
                                 }
                             }

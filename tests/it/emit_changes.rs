@@ -49,7 +49,7 @@ fn rebuild(changes: &[WindowRow], size_ms: u64, slide_ms: u64) -> Vec<WindowRow>
     rows
 }
 
-fn fixed_window_strategy() -> impl Strategy<Value = WindowSpec> {
+pub fn fixed_window_strategy() -> impl Strategy<Value = WindowSpec> {
     prop_oneof![
         (1u64..5).prop_map(|k| WindowSpec::Tumbling { size_ms: k * 1_000 }),
         (1u64..5, prop_oneof![Just(250u64), Just(1_000)]).prop_map(|(k, slide_ms)| {

@@ -9,6 +9,7 @@
 //! list is cleared once they all are.
 
 use crate::agg::Agg;
+use crate::aggregates::Aggregates;
 use crate::emit::LEFT;
 use crate::key::Key;
 
@@ -26,6 +27,8 @@ pub(super) struct ChangeLog {
     present: Vec<u64>,
     /// Keys that were in the window before and have left.
     left: Vec<Key>,
+    /// The columns written: a change elsewhere is not a change.
+    columns: Aggregates,
 }
 
 fn bit(bits: &[u64], slot: u32) -> bool {
@@ -64,9 +67,12 @@ impl ChangeLog {
 }
 
 impl PaneStore {
-    /// Tracks changes from now on, for [`PaneStore::changes_from`].
-    pub fn track_changes(&mut self) {
-        self.changes.get_or_insert_with(ChangeLog::default);
+    /// Tracks changes of `columns` from now on, for [`PaneStore::changes_from`].
+    pub fn track_changes(&mut self, columns: Aggregates) {
+        self.changes.get_or_insert_with(|| ChangeLog {
+            columns,
+            ..ChangeLog::default()
+        });
     }
 
     /// Remembers slot `slot`'s aggregate before it first changes.
@@ -120,7 +126,8 @@ impl PaneStore {
                     continue;
                 }
                 let now = self.aggregate(s);
-                if before != Some(now) {
+                let project = |agg: &Agg| log.columns.project(agg);
+                if before.as_ref().map(project) != Some(project(&now)) {
                     each(&self.keys[s], now);
                     given += 1;
                 }
