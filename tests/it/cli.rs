@@ -136,7 +136,7 @@ fn window_options_that_cannot_apply_are_refused_before_anything_runs() {
     let input = tmp.path().join("in.csv");
     std::fs::write(&input, "ts,key,value\n1000,a,1\n").unwrap();
     let (input, data_arg) = (input.to_str().unwrap(), data.to_str().unwrap());
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--emit", "sometimes"], "unknown emit mode"),
         (
             &["--window", "session:5s", "--emit", "changes"],
@@ -147,6 +147,23 @@ fn window_options_that_cannot_apply_are_refused_before_anything_runs() {
             "generic window query",
         ),
         (&["--window", "sliding:2000000s/1s"], "over the limit"),
+        (
+            &["--aggregates", "count,median"],
+            "unknown aggregate \"median\" (known: count, sum, min, max, distinct)",
+        ),
+        (&["--aggregates", "count,count"], "count is given twice"),
+        (
+            &["--window", "session:5s", "--aggregates", "distinct"],
+            "not sessions",
+        ),
+        (
+            &["--query", "q5", "--aggregates", "count,distinct"],
+            "generic window query",
+        ),
+        (
+            &["--aggregates", "sum,distinct", "--emit", "changes"],
+            "needs count",
+        ),
     ];
     for (extra, reason) in cases {
         let mut args = vec![

@@ -207,3 +207,27 @@ fn bincode_round_trips_through_serde() {
         assert!(bincode::deserialize::<Hll>(&damaged).is_err() || hll.estimate() > 1000);
     }
 }
+
+/// A checkpoint holds pane partials with sketches as bincode: the exact
+/// aggregates (as before), then the sketch's bytes with a `u64` length.
+#[test]
+fn golden_bytes_of_a_persisted_partial() {
+    use crate::combiner::PaneValue;
+    let mut partial = super::AggDistinct::of(1);
+    partial.add(2);
+    let bytes = bincode::serialize(&partial).unwrap();
+    let agg_bytes = bincode::serialize(&partial.agg).unwrap();
+    assert_eq!(&bytes[..agg_bytes.len()], &agg_bytes[..]);
+    let rest = &bytes[agg_bytes.len()..];
+    assert_eq!(rest[..8], 12u64.to_le_bytes());
+    assert_eq!(&rest[8..], &partial.distinct.to_bytes()[..]);
+    assert_eq!(
+        &rest[8..12],
+        &[1, 0, 2, 0],
+        "version 1, sparse, two entries"
+    );
+    assert_eq!(
+        bincode::deserialize::<super::AggDistinct>(&bytes).unwrap(),
+        partial
+    );
+}
