@@ -2,13 +2,14 @@
 //! sketch ([`AggDistinct`], `--aggregates ...,distinct`).
 //!
 //! A sketch cannot be subtracted, so the pane store's add-on-enter /
-//! subtract-on-leave does not apply: here each live pane keeps its
-//! partials in a hash map, and a window's row for a key is the merge of
-//! the key's partials in the window's panes, computed when the window
-//! closes. That is O(partials in the window) work per slide (a sketch
-//! merge is a register-wise maximum, at most 4,096 bytes): for sliding
-//! windows of many panes the distinct count costs what the issue's
-//! two-stack scheme saves for count, sum, min and max (decision 26).
+//! subtract-on-leave does not apply. Sketches merge associatively, so the
+//! whole partial (count, sum, min, max and sketch) goes through the
+//! two-stack queue the pane store uses for min and max ([`State`]): a
+//! window's row for a key is one merge of the key's front and back
+//! aggregates, and each partial is merged a constant number of times per
+//! window length, whatever the number of panes (decision 26). A sketch
+//! merge is a register-wise maximum over at most 4,096 bytes, so a key
+//! with many distinct values costs a few microseconds per slide.
 //!
 //! Partials arrive at their pane's release time `pane_end - G` (restored
 //! ones at the restored cut's last granule, or later), are staged until
@@ -16,7 +17,7 @@
 //! the last window holding it has been emitted. Rows go out in chunks of
 //! [`ROWS_PER_ACTIVATION`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::mem::size_of;
 use std::sync::Arc;
 
@@ -127,7 +128,7 @@ pub fn sketch_windows(
                         emitting = None;
                         next_end += slide_ms;
                     }
-                    if state.panes.is_empty() && state.previous.is_empty() {
+                    if state.is_empty() && state.previous.is_empty() {
                         let Some(&first) = state.staged.keys().next() else {
                             break;
                         };
@@ -160,55 +161,161 @@ pub fn sketch_windows(
         })
 }
 
-/// The operator's state on one worker.
+/// A key's partial in one pane.
+struct PaneEntry {
+    /// The pane's own partial.
+    own: AggDistinct,
+    /// In the front stack: the merge of the key's partials in the *later*
+    /// front panes (`None`: there are none); unused in the back stack.
+    later: Option<AggDistinct>,
+}
+
+/// The operator's state on one worker: the live panes as a two-stack
+/// queue, done for all keys at once as in the pane store (decision 25).
+/// The oldest `front_panes` panes are the front stack, the others the back
+/// stack; per key, `front` is the merge of its front panes and `back` of
+/// its back panes, so a window's row is one merge of the two. When the
+/// oldest pane leaves, each of its keys' `front` becomes the entry's
+/// `later`; when the front is empty, every pane moves to it in one pass
+/// from the newest pane to the oldest. Each partial is merged a constant
+/// number of times per window length: O(1) merges per partial and slide.
 #[derive(Default)]
 struct State {
     /// Partials not yet entered, by time: `(key, pane_start, partial, copies)`.
     staged: BTreeMap<u64, Vec<(Key, u64, AggDistinct, u64)>>,
-    /// Live panes by start: each key's merged partial.
-    panes: BTreeMap<u64, FastMap<Key, AggDistinct>>,
+    /// Live panes by start, oldest first.
+    panes: VecDeque<(u64, FastMap<Key, PaneEntry>)>,
+    front_panes: usize,
+    front: FastMap<Key, AggDistinct>,
+    back: FastMap<Key, AggDistinct>,
     live_partials: usize,
-    /// Heap bytes of the sketches in `panes`.
+    /// Heap bytes of every sketch held.
     sketch_bytes: usize,
     /// `--emit changes`: each key's row in the last window emitted.
     previous: FastMap<Key, RowValue>,
 }
 
+/// Merges `value` into `key`'s entry of `map`, keeping `heap` (the bytes
+/// of the sketches held) up to date.
+fn merge_into(
+    map: &mut FastMap<Key, AggDistinct>,
+    key: &Key,
+    value: &AggDistinct,
+    heap: &mut usize,
+) {
+    match map.get_mut(key) {
+        Some(merged) => {
+            *heap -= merged.heap_bytes();
+            merged.merge_weighted(value, 1);
+            *heap += merged.heap_bytes();
+        }
+        None => {
+            let value = value.clone();
+            *heap += value.heap_bytes();
+            map.insert(key.clone(), value);
+        }
+    }
+}
+
 impl State {
+    fn is_empty(&self) -> bool {
+        self.panes.is_empty()
+    }
+
     fn apply_staged_through(&mut self, time: u64) {
         while let Some(entry) = self.staged.first_entry() {
             if *entry.key() > time {
                 break;
             }
-            for (key, pane_start, partial, copies) in entry.remove() {
-                let pane = self.panes.entry(pane_start).or_default();
-                match pane.get_mut(&key) {
-                    Some(merged) => {
-                        self.sketch_bytes -= merged.heap_bytes();
-                        merged.merge_weighted(&partial, copies);
-                        self.sketch_bytes += merged.heap_bytes();
-                    }
-                    None => {
-                        let mut first = partial;
-                        first.agg = first.agg.repeated(copies);
-                        self.sketch_bytes += first.heap_bytes();
-                        self.live_partials += 1;
-                        pane.insert(key, first);
-                    }
-                }
+            for (key, pane_start, mut partial, copies) in entry.remove() {
+                partial.agg = partial.agg.repeated(copies);
+                self.insert(key, pane_start, partial);
+            }
+        }
+    }
+
+    fn insert(&mut self, key: Key, pane_start: u64, partial: AggDistinct) {
+        let position = self.panes.partition_point(|(start, _)| *start < pane_start);
+        assert!(
+            position >= self.front_panes,
+            "pane {pane_start} enters below the front stack"
+        );
+        if self
+            .panes
+            .get(position)
+            .is_none_or(|(start, _)| *start != pane_start)
+        {
+            self.panes
+                .insert(position, (pane_start, FastMap::default()));
+        }
+        merge_into(&mut self.back, &key, &partial, &mut self.sketch_bytes);
+        let pane = &mut self.panes[position].1;
+        match pane.get_mut(&key) {
+            Some(entry) => {
+                self.sketch_bytes -= entry.own.heap_bytes();
+                entry.own.merge_weighted(&partial, 1);
+                self.sketch_bytes += entry.own.heap_bytes();
+            }
+            None => {
+                self.sketch_bytes += partial.heap_bytes();
+                self.live_partials += 1;
+                pane.insert(
+                    key,
+                    PaneEntry {
+                        own: partial,
+                        later: None,
+                    },
+                );
             }
         }
     }
 
     fn evict_before(&mut self, window_start: u64) {
-        while let Some(entry) = self.panes.first_entry() {
-            if *entry.key() >= window_start {
-                break;
+        while self
+            .panes
+            .front()
+            .is_some_and(|(start, _)| *start < window_start)
+        {
+            if self.front_panes == 0 {
+                self.flip();
             }
-            let pane = entry.remove();
+            let (_, pane) = self.panes.pop_front().expect("checked above");
+            self.front_panes -= 1;
             self.live_partials -= pane.len();
-            self.sketch_bytes -= pane.values().map(AggDistinct::heap_bytes).sum::<usize>();
+            for (key, entry) in pane {
+                self.sketch_bytes -= entry.own.heap_bytes();
+                if let Some(gone) = self.front.remove(&key) {
+                    self.sketch_bytes -= gone.heap_bytes();
+                }
+                if let Some(later) = entry.later {
+                    // Counted already, as the entry's.
+                    self.front.insert(key, later);
+                }
+            }
         }
+    }
+
+    /// Moves every pane to the front stack (see the struct doc).
+    fn flip(&mut self) {
+        debug_assert!(self.front.is_empty());
+        let mut running: FastMap<Key, AggDistinct> = FastMap::default();
+        for (_, pane) in self.panes.iter_mut().rev() {
+            for (key, entry) in pane.iter_mut() {
+                entry.later = running.get(key).cloned();
+                if let Some(later) = &entry.later {
+                    self.sketch_bytes += later.heap_bytes();
+                }
+                match running.get_mut(key) {
+                    Some(merged) => merged.merge_weighted(&entry.own, 1),
+                    None => {
+                        running.insert(key.clone(), entry.own.clone());
+                    }
+                }
+            }
+        }
+        // `running` now equals `back`: the back's sketches become the front's.
+        self.front = std::mem::take(&mut self.back);
+        self.front_panes = self.panes.len();
     }
 
     /// The rows of the window ending at `window_end` (the live panes are
@@ -220,15 +327,6 @@ impl State {
         emit: Emit,
         columns: Aggregates,
     ) -> Vec<SketchRow> {
-        let mut merged: FastMap<&Key, AggDistinct> = FastMap::default();
-        for pane in self.panes.values() {
-            for (key, partial) in pane {
-                merged
-                    .entry(key)
-                    .and_modify(|m| m.merge_weighted(partial, 1))
-                    .or_insert_with(|| partial.clone());
-            }
-        }
         let window_start = window_end.saturating_sub(size_ms);
         let row = |key: &Key, (agg, distinct): RowValue| SketchRow {
             window_start,
@@ -237,9 +335,25 @@ impl State {
             agg,
             distinct,
         };
-        let values = merged
-            .into_iter()
-            .map(|(key, m)| (key, (m.agg, m.distinct.estimate())));
+        let value = |merged: &AggDistinct| (merged.agg, merged.distinct.estimate());
+        let both = |key: &Key, front: &AggDistinct| match self.back.get(key) {
+            Some(back) => {
+                let mut merged = front.clone();
+                merged.merge_weighted(back, 1);
+                value(&merged)
+            }
+            None => value(front),
+        };
+        let values = self
+            .front
+            .iter()
+            .map(|(key, front)| (key, both(key, front)))
+            .chain(
+                self.back
+                    .iter()
+                    .filter(|(key, _)| !self.front.contains_key(*key))
+                    .map(|(key, back)| (key, value(back))),
+            );
         match emit {
             Emit::All => values.map(|(key, value)| row(key, value)).collect(),
             Emit::Changes => {
@@ -261,9 +375,13 @@ impl State {
     }
 
     fn heap_bytes(&self) -> usize {
-        let entry_bytes = size_of::<Key>() + size_of::<AggDistinct>() + 1;
+        let entry_bytes = size_of::<Key>() + size_of::<PaneEntry>() + 1;
+        let key_bytes = size_of::<Key>() + size_of::<AggDistinct>() + 1;
         let previous_bytes =
             self.previous.capacity() * (size_of::<Key>() + size_of::<RowValue>() + 1);
-        self.live_partials * entry_bytes + self.sketch_bytes + previous_bytes
+        self.live_partials * entry_bytes
+            + (self.front.capacity() + self.back.capacity()) * key_bytes
+            + self.sketch_bytes
+            + previous_bytes
     }
 }

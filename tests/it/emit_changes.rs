@@ -58,8 +58,9 @@ pub fn fixed_window_strategy() -> impl Strategy<Value = WindowSpec> {
                 slide_ms,
             }
         }),
-        Just(WindowSpec::Sliding {
-            size_ms: 60 * 250,
+        // Many panes, like 1 h / 1 s: the two-stack queues over long windows.
+        prop_oneof![Just(60u64), Just(3_600)].prop_map(|panes| WindowSpec::Sliding {
+            size_ms: panes * 250,
             slide_ms: 250,
         }),
     ]
