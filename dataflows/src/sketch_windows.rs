@@ -84,7 +84,10 @@ pub fn sketch_windows(
         .inner
         .unary_frontier(by_key, "SketchWindows", move |_cap, info| {
             let activator = scope.activator_for(info.address);
-            let mut state = State::default();
+            let mut state = State {
+                one_pane: size_ms == slide_ms,
+                ..State::default()
+            };
             let mut held: Option<Capability<u64>> = None;
             // The end of the next window to emit.
             let mut next_end = 0u64;
@@ -193,6 +196,9 @@ struct State {
     sketch_bytes: usize,
     /// `--emit changes`: each key's row in the last window emitted.
     previous: FastMap<Key, RowValue>,
+    /// Tumbling windows: a window is one pane, whose partials are its rows
+    /// (no front or back aggregates).
+    one_pane: bool,
 }
 
 /// Merges `value` into `key`'s entry of `map`, keeping `heap` (the bytes
@@ -248,7 +254,9 @@ impl State {
             self.panes
                 .insert(position, (pane_start, FastMap::default()));
         }
-        merge_into(&mut self.back, &key, &partial, &mut self.sketch_bytes);
+        if !self.one_pane {
+            merge_into(&mut self.back, &key, &partial, &mut self.sketch_bytes);
+        }
         let pane = &mut self.panes[position].1;
         match pane.get_mut(&key) {
             Some(entry) => {
@@ -276,6 +284,12 @@ impl State {
             .front()
             .is_some_and(|(start, _)| *start < window_start)
         {
+            if self.one_pane {
+                let (_, pane) = self.panes.pop_front().expect("checked above");
+                self.live_partials -= pane.len();
+                self.sketch_bytes -= pane.values().map(|e| e.own.heap_bytes()).sum::<usize>();
+                continue;
+            }
             if self.front_panes == 0 {
                 self.flip();
             }
@@ -344,16 +358,26 @@ impl State {
             }
             None => value(front),
         };
-        let values = self
-            .front
-            .iter()
-            .map(|(key, front)| (key, both(key, front)))
-            .chain(
-                self.back
+        let values: Box<dyn Iterator<Item = (&Key, RowValue)>> = if self.one_pane {
+            debug_assert!(self.panes.len() <= 1, "a tumbling window is one pane");
+            Box::new(
+                self.panes
                     .iter()
-                    .filter(|(key, _)| !self.front.contains_key(*key))
-                    .map(|(key, back)| (key, value(back))),
-            );
+                    .flat_map(|(_, pane)| pane.iter().map(|(key, e)| (key, value(&e.own)))),
+            )
+        } else {
+            Box::new(
+                self.front
+                    .iter()
+                    .map(|(key, front)| (key, both(key, front)))
+                    .chain(
+                        self.back
+                            .iter()
+                            .filter(|(key, _)| !self.front.contains_key(*key))
+                            .map(|(key, back)| (key, value(back))),
+                    ),
+            )
+        };
         match emit {
             Emit::All => values.map(|(key, value)| row(key, value)).collect(),
             Emit::Changes => {
