@@ -29,6 +29,7 @@ use crate::checkpoint::cut::{
     cut_announcer, persist_tap, resume_only_tap, BacklogProbe, CutAssembler,
 };
 use crate::checkpoint::format::OutputLength;
+use crate::checkpoint::pressure::SourceGate;
 use crate::sink::{output_operator, OutputRow};
 use crate::source::{
     partition_source, AheadWaker, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress,
@@ -237,6 +238,9 @@ pub struct WorkerCheckpointing {
     pub restored: (u64, u64),
     /// The restored state of this worker's key groups.
     pub restored_state: RestoredState,
+    /// Holds the sources while the sidecar is behind; the taps report to
+    /// its pressure.
+    pub gate: SourceGate,
 }
 
 /// A session as persisted: the record of [`SessionCombiner`].
@@ -278,6 +282,7 @@ where
         });
         let assembler = checkpointing.as_ref().map(|c| Rc::clone(&c.assembler));
         let restored_cut = checkpointing.as_ref().map_or(0, |c| c.restored.1);
+        let gate = checkpointing.as_ref().map(|c| c.gate.clone());
         let (rows, late) = match query.spec {
             WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
                 let slide_ms = query.spec.slide_ms().expect("fixed windows slide");
@@ -296,16 +301,22 @@ where
                     source_config,
                     errors,
                     counters,
-                    (probe.clone(), waker.clone()),
+                    (probe.clone(), waker.clone(), gate),
                 );
                 if let (Some(c), Some(cuts)) = (checkpointing, announcements.as_ref()) {
+                    let pressure = Arc::clone(c.gate.pressure());
                     if query.retention_ms() == 0 {
-                        resume_only_tap(cuts, Rc::clone(&progress), c.assembler, restored_cut);
+                        resume_only_tap(
+                            cuts,
+                            (Rc::clone(&progress), pressure),
+                            c.assembler,
+                            restored_cut,
+                        );
                     } else {
                         persist_tap::<PaneCombiner>(
                             &partials,
                             cuts,
-                            Rc::clone(&progress),
+                            (Rc::clone(&progress), pressure),
                             c.assembler,
                             (restored_cut, query.retention_ms(), query.cut_step_ms()),
                         );
@@ -337,25 +348,28 @@ where
                     source_config,
                     errors,
                     counters,
-                    (probe.clone(), waker.clone()),
+                    (probe.clone(), waker.clone(), gate),
                 );
                 let mut assembler_for_tap = None;
                 if let Some(c) = checkpointing {
+                    let pressure = Arc::clone(c.gate.pressure());
                     let RestoredState::Sessions(restored) = c.restored_state else {
                         unreachable!("sessions restore open sessions")
                     };
                     // Restored sessions re-enter as partials; the tap skips
                     // their re-insertion (times below the restored cut).
                     partials = partials.concat(restored_sessions(scope, restored));
-                    assembler_for_tap = Some(c.assembler);
+                    assembler_for_tap = Some((c.assembler, pressure));
                 }
                 let (rows, state) =
                     session_windows(partials.as_collection(), gap_ms, query.granularity_ms);
-                if let (Some(assembler), Some(cuts)) = (assembler_for_tap, announcements.as_ref()) {
+                if let (Some((assembler, pressure)), Some(cuts)) =
+                    (assembler_for_tap, announcements.as_ref())
+                {
                     persist_tap::<SessionCombiner>(
                         &state,
                         cuts,
-                        Rc::clone(&progress),
+                        (Rc::clone(&progress), pressure),
                         assembler,
                         (restored_cut, query.retention_ms(), query.cut_step_ms()),
                     );
