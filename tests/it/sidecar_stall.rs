@@ -237,6 +237,19 @@ fn a_stopped_sidecar_holds_the_sources_is_reported_and_the_output_stays_exactly_
         sidecar: Some(pid.clone()),
         child: &mut child,
     };
+    // A source held by the tap bound reads again if a cut drains the tap
+    // (one more may be announced while fewer than 4 are uncommitted), so
+    // wait until nothing is read for ten intervals in a row: then no cut can
+    // come and nothing can commit.
+    let mut recent: Vec<Option<f64>> = Vec::new();
+    wait_until(cleanup.child, "the sources to settle", || {
+        std::thread::sleep(Duration::from_millis(50));
+        recent.push(metric(addr, "weir_events_in_total"));
+        let tail = &recent[recent.len().saturating_sub(10)..];
+        tail.len() == 10
+            && tail.iter().all(|e| e.is_some() && *e == tail[0])
+            && metric(addr, "weir_sources_held") == Some(1.0)
+    });
     // Several checkpoint intervals of stall: nothing more is read, the tap
     // stays under its bound, the stall stays reported.
     let events_held = metric(addr, "weir_events_in_total").unwrap();
