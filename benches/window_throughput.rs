@@ -44,6 +44,8 @@ fn window_throughput(c: &mut Criterion) {
             lateness_ms: 5_000,
             nexmark: None,
             emit: weir_dataflows::emit::Emit::All,
+
+            aggregates: weir_dataflows::aggregates::Aggregates::default(),
         },
         workers,
         cluster: None,

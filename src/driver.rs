@@ -15,10 +15,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::cadence::{Cadence, SidecarBacklog};
-use crate::checkpoint::client::{CutSender, DurableFile, SidecarAddress, SidecarClient};
-use crate::checkpoint::cut::{BacklogProbe, CutAssembler};
-use crate::checkpoint::format::{CommitRecord, OutputLength};
+use crate::checkpoint::cadence::{Cadence, MAX_UNCOMMITTED_CHECKPOINTS};
+use crate::checkpoint::client::{DurableFile, SidecarAddress, SidecarClient};
+use crate::checkpoint::cut::CutAssembler;
+use crate::checkpoint::format::CommitRecord;
+use crate::checkpoint::pressure::{PressureLimits, SidecarPressure, SourceGate};
 use crate::checkpoint::store::newest_usable;
 use crate::checkpoint::transport::{Hello, WorkerCut};
 use crate::job::{
@@ -29,10 +30,15 @@ use crate::run::{
     expand_inputs, ingest_topics_locked, timely_config, CheckpointSummary, RunError, RunOptions,
     RunSummary,
 };
-use crate::sink::{is_output_file_name, output_file_names, WorkerOutputs};
+use crate::sink::{output_file_names, WorkerOutputs};
 use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters, IDLE_POLL_MAX_MS};
 
+mod checkpointing;
 mod inputs;
+mod outputs;
+
+use checkpointing::{backlog_probe, ship_ready, tend_sidecar};
+use outputs::prepare_outputs;
 
 /// How long to wait for the sidecar to listen, and for the final commit.
 const SIDECAR_TIMEOUT: Duration = Duration::from_secs(30);
@@ -170,6 +176,18 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         .as_ref()
         .map(|r| (r.checkpoint_id.max(newest_id), r.cut_time));
     let retention_ms = query.retention_ms();
+    // The sources of this process stop reading while the sidecar is behind.
+    let pressure = checkpoint.map(|c| {
+        Arc::new(SidecarPressure::new(
+            PressureLimits {
+                max_uncommitted: MAX_UNCOMMITTED_CHECKPOINTS,
+                max_tap_buffer_bytes: c.max_tap_buffer_bytes,
+            },
+            restored_point.map_or(0, |(id, _)| id),
+        ))
+    });
+    // A sidecar silent this long while owed an ack is reported stalled.
+    let stall_after = Duration::from_millis(checkpoint.map_or(0, |c| c.interval_ms).max(1));
     let errors = ErrorSlot::default();
     let failure: Arc<Mutex<Option<RunError>>> = Arc::default();
     let counters = Arc::new(SourceCounters::default());
@@ -194,6 +212,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
             arrangements: Arc::clone(&gauges_list),
             engine: Arc::clone(&engine_metrics),
             client: client.as_ref().map(|c| c.stats()),
+            pressure: pressure.clone(),
         };
         let bound = crate::metrics::serve(addr, sources, Arc::clone(&metrics_stop))
             .map_err(|e| RunError::Usage(format!("--metrics-addr {addr}: {e}")))?;
@@ -222,6 +241,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         let step_ms = query.cut_step_ms();
         let sender = client.as_ref().map(|c| c.sender());
         let client = client.clone();
+        let pressure = pressure.clone();
         let restored = restored.clone();
         let checkpoint_dir = checkpoint_dir.clone();
         let source_config = SourceConfig {
@@ -283,6 +303,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                     }
                 };
                 let assembler: Rc<RefCell<CutAssembler>> = Rc::default();
+                let gate = pressure.as_ref().map(|p| SourceGate::new(Arc::clone(p)));
                 let mut backlog: VecDeque<(WorkerCut, Vec<DurableFile>)> = VecDeque::new();
                 let checkpointing = match (&sender, restored_point) {
                     (None, _) => None,
@@ -321,6 +342,7 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                             backlog: backlog_probe(client.as_ref(), sender.as_ref(), restored.0),
                             restored,
                             restored_state,
+                            gate: gate.clone().expect("a gate with checkpoints"),
                         })
                     }
                 };
@@ -355,6 +377,9 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
                         return abandon_dataflows(worker);
                     }
                     worker.step_or_park(Some(Duration::from_millis(20)));
+                    if let Some(client) = &client {
+                        tend_sidecar(client, gate.as_ref(), index == first_worker, stall_after);
+                    }
                     if let Some(sender) = &sender {
                         ship_ready(
                             &assembler,
@@ -435,14 +460,25 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     }
     if let (Some(client), Some(summary)) = (client, summary_checkpoints.as_mut()) {
         let target = *final_id.lock().expect("poisoned");
-        let deadline = Instant::now() + SIDECAR_TIMEOUT;
-        while target.is_some_and(|id| client.last_committed().is_none_or(|(c, _)| c < id)) {
+        // A sidecar that makes progress is waited for; one silent for
+        // SIDECAR_TIMEOUT (stopped, hung) ends the run with an error.
+        while let Some(id) =
+            target.filter(|&id| client.last_committed().is_none_or(|(c, _)| c < id))
+        {
             if let Some(e) = client.error() {
                 return Err(RunError::Sidecar(e));
             }
-            if Instant::now() > deadline {
+            client.stall().check_and_log(stall_after);
+            let silent = client
+                .stall()
+                .clock
+                .waiting(Instant::now())
+                .unwrap_or_default();
+            if silent > SIDECAR_TIMEOUT {
                 return Err(RunError::Restore(format!(
-                    "the final checkpoint {target:?} was not committed within {} s",
+                    "the final checkpoint {id} was not committed: the sidecar has acknowledged \
+                     nothing for {} s (stopped or hung?); rerun the same command to finish \
+                     (it restores the newest committed checkpoint: the output stays exactly once)",
                     SIDECAR_TIMEOUT.as_secs()
                 )));
             }
@@ -487,145 +523,6 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
         out_dir: options.out_dir.clone(),
         checkpoints: summary_checkpoints,
     })
-}
-
-/// The sidecar backlog for the cut announcer: checkpoints announced since
-/// the last commit this process has heard of (the restored one before any),
-/// and the fill of the queue to the sidecar client thread.
-fn backlog_probe(
-    client: Option<&Arc<SidecarClient>>,
-    sender: Option<&CutSender>,
-    restored_id: u64,
-) -> BacklogProbe {
-    let (client, sender) = (client.cloned(), sender.cloned());
-    Rc::new(move |announced_id| {
-        let committed = client
-            .as_ref()
-            .and_then(|c| c.last_committed())
-            .map_or(restored_id, |(id, _)| id.max(restored_id));
-        let fill = sender.as_ref().map(CutSender::fill);
-        SidecarBacklog {
-            uncommitted: announced_id.saturating_sub(committed),
-            queued: fill.map_or(0, |f| f.queued),
-            capacity: fill.map_or(0, |f| f.capacity),
-        }
-    })
-}
-
-/// Hands the assembled shares of cuts to the sidecar client, without
-/// blocking: what the bounded channel refuses waits in `backlog` (oldest
-/// first) for the next call.
-fn ship_ready(
-    assembler: &Rc<RefCell<CutAssembler>>,
-    backlog: &mut VecDeque<(WorkerCut, Vec<DurableFile>)>,
-    sender: &crate::checkpoint::client::CutSender,
-    (worker, retention_ms): (usize, u64),
-    final_id: &Mutex<Option<u64>>,
-) {
-    let mut assembler = assembler.borrow_mut();
-    while let Some(share) = assembler.pop_ready() {
-        backlog.push_back((
-            WorkerCut {
-                worker: worker as u32,
-                checkpoint_id: share.checkpoint_id,
-                prev_cut_time: share.tap.prev_cut_time,
-                cut_time: share.cut_time,
-                retention_ms,
-                updates: share.tap.updates,
-                partitions: share.tap.partitions,
-                outputs: share.outputs,
-            },
-            share.durable_first,
-        ));
-    }
-    while let Some((cut, files)) = backlog.pop_front() {
-        let (id, is_final) = (
-            cut.checkpoint_id,
-            cut.cut_time == crate::checkpoint::cut::FINAL_CUT,
-        );
-        if let Err(full) = sender.try_send_after_syncing(cut, files) {
-            backlog.push_front((*full.0, full.1));
-            return;
-        }
-        if is_final {
-            final_id.lock().expect("poisoned").get_or_insert(id);
-        }
-    }
-}
-
-/// Truncates the output files of `workers` (this process's) to their
-/// committed lengths (or empties them: no checkpoint). Process 0 also
-/// handles files of worker indexes beyond this run's (an earlier run had
-/// more workers): committed ones are truncated, others removed.
-fn prepare_outputs(
-    out_dir: &Path,
-    restored: Option<&CommitRecord>,
-    workers: std::ops::Range<usize>,
-    leader: bool,
-    workers_total: usize,
-) -> Result<(), RunError> {
-    let committed: HashMap<&str, u64> = restored
-        .map(|r| {
-            r.outputs
-                .iter()
-                .map(|o: &OutputLength| (o.file_name.as_str(), o.length_bytes))
-                .collect()
-        })
-        .unwrap_or_default();
-    let io_err = |path: PathBuf| move |e| RunError::Output { path, source: e };
-    let mut names: Vec<String> = Vec::new();
-    for w in workers {
-        let (a, b) = output_file_names(w);
-        names.push(a);
-        names.push(b);
-    }
-    if leader {
-        for entry in std::fs::read_dir(out_dir).map_err(io_err(out_dir.to_owned()))? {
-            let name = entry
-                .map_err(io_err(out_dir.to_owned()))?
-                .file_name()
-                .to_string_lossy()
-                .into_owned();
-            let index = name
-                .trim_end_matches(".csv")
-                .rsplit('-')
-                .next()
-                .and_then(|i| i.parse::<usize>().ok());
-            if is_output_file_name(&name) && index.is_some_and(|i| i >= workers_total) {
-                names.push(name);
-            }
-        }
-    }
-    for name in names {
-        let path = out_dir.join(&name);
-        match committed.get(name.as_str()) {
-            Some(&length) => {
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| {
-                        RunError::Restore(format!(
-                            "output file {} of the checkpoint is missing: {e}",
-                            path.display()
-                        ))
-                    })?;
-                let actual = file.metadata().map_err(io_err(path.clone()))?.len();
-                if actual < length {
-                    return Err(RunError::Restore(format!(
-                        "output file {} has {actual} bytes, fewer than the {length} committed",
-                        path.display()
-                    )));
-                }
-                file.set_len(length).map_err(io_err(path.clone()))?;
-            }
-            None => {
-                if path.exists() {
-                    std::fs::remove_file(&path).map_err(io_err(path.clone()))?;
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Starts `weir sidecar` for `data_dir` as a child of this process (same

@@ -32,6 +32,7 @@ use crate::checkpoint::cut::{
     cut_announcer, persist_tap, resume_only_tap, BacklogProbe, CutAssembler,
 };
 use crate::checkpoint::format::OutputLength;
+use crate::checkpoint::pressure::SourceGate;
 use crate::sink::{output_operator, OutputRow};
 use crate::source::{
     partition_source, AheadWaker, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress,
@@ -126,19 +127,21 @@ impl WindowQuery {
             // The default `--emit all` and aggregates keep the fingerprint
             // they had before those options; the others are added.
             None => {
-                let mut text = format!(
-                    "weir-window-v1|{}|{}|{}",
+                let emit = match self.emit {
+                    Emit::All => String::new(),
+                    emit @ Emit::Changes => format!("|emit={emit}"),
+                };
+                // Only the partials' type shapes the state; the columns of
+                // the default partials do not.
+                let sketch = if self.aggregates.needs_sketches() {
+                    "|sketch=hll-v1"
+                } else {
+                    ""
+                };
+                format!(
+                    "weir-window-v1|{}|{}|{}{emit}{sketch}",
                     self.spec, self.granularity_ms, self.lateness_ms
-                );
-                if self.emit != Emit::All {
-                    text.push_str(&format!("|emit={}", self.emit));
-                }
-                if self.aggregates.needs_sketches() {
-                    // Only the partials' type shapes the state; the columns
-                    // of the default partials do not.
-                    text.push_str("|sketch=hll-v1");
-                }
-                text
+                )
             }
             Some(q) => format!(
                 "weir-nexmark-v1|{q}|{}|{}|{}",
@@ -266,6 +269,9 @@ pub struct WorkerCheckpointing {
     pub restored: (u64, u64),
     /// The restored state of this worker's key groups.
     pub restored_state: RestoredState,
+    /// Holds the sources while the sidecar is behind; the taps report to
+    /// its pressure.
+    pub gate: SourceGate,
 }
 
 /// A session as persisted: the record of [`SessionCombiner`].
@@ -307,6 +313,7 @@ where
         });
         let assembler = checkpointing.as_ref().map(|c| Rc::clone(&c.assembler));
         let restored_cut = checkpointing.as_ref().map_or(0, |c| c.restored.1);
+        let gate = checkpointing.as_ref().map(|c| c.gate.clone());
         let (rows, late) = match query.spec {
             WindowSpec::Tumbling { .. } | WindowSpec::Sliding { .. } => {
                 let slide_ms = query.spec.slide_ms().expect("fixed windows slide");
@@ -330,7 +337,7 @@ where
                     source_config,
                     errors,
                     counters,
-                    probe: (probe.clone(), waker.clone()),
+                    probe: (probe.clone(), waker.clone(), gate),
                     checkpointing: checkpointing.zip(announcements.as_ref()),
                     restored_cut,
                 };
@@ -359,25 +366,28 @@ where
                     source_config,
                     errors,
                     counters,
-                    (probe.clone(), waker.clone()),
+                    (probe.clone(), waker.clone(), gate),
                 );
                 let mut assembler_for_tap = None;
                 if let Some(c) = checkpointing {
+                    let pressure = Arc::clone(c.gate.pressure());
                     let RestoredState::Sessions(restored) = c.restored_state else {
                         unreachable!("sessions restore open sessions")
                     };
                     // Restored sessions re-enter as partials; the tap skips
                     // their re-insertion (times below the restored cut).
                     partials = partials.concat(restored_sessions(scope, restored));
-                    assembler_for_tap = Some(c.assembler);
+                    assembler_for_tap = Some((c.assembler, pressure));
                 }
                 let (rows, state) =
                     session_windows(partials.as_collection(), gap_ms, query.granularity_ms);
-                if let (Some(assembler), Some(cuts)) = (assembler_for_tap, announcements.as_ref()) {
+                if let (Some((assembler, pressure)), Some(cuts)) =
+                    (assembler_for_tap, announcements.as_ref())
+                {
                     persist_tap::<SessionCombiner>(
                         &state,
                         cuts,
-                        Rc::clone(&progress),
+                        (Rc::clone(&progress), pressure),
                         assembler,
                         (restored_cut, query.retention_ms(), query.cut_step_ms()),
                     );
@@ -425,7 +435,7 @@ struct FixedInputs<'a, 'scope, F> {
     source_config: SourceConfig,
     errors: ErrorSlot,
     counters: Arc<SourceCounters>,
-    probe: (ProbeHandle<u64>, AheadWaker),
+    probe: (ProbeHandle<u64>, AheadWaker, Option<SourceGate>),
     checkpointing: Option<(
         WorkerCheckpointing,
         &'a timely::dataflow::Stream<'scope, u64, Vec<crate::checkpoint::cut::Announcement>>,
@@ -467,13 +477,14 @@ fn fixed_window_partials<'scope, F: PartitionFeed, P: PaneValue>(
         probe,
     );
     if let Some((c, cuts)) = checkpointing {
+        let pressure = Arc::clone(c.gate.pressure());
         if query.retention_ms() == 0 {
-            resume_only_tap(cuts, progress, c.assembler, restored_cut);
+            resume_only_tap(cuts, (progress, pressure), c.assembler, restored_cut);
         } else {
             persist_tap::<PaneCombiner<P>>(
                 &partials,
                 cuts,
-                progress,
+                (progress, pressure),
                 c.assembler,
                 (restored_cut, query.retention_ms(), query.cut_step_ms()),
             );

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
 use weir::csv_input::RowSchema;
 use weir::gen::{generate_zipf, ZipfParams};
 use weir::ingest::ingest_files_as;
@@ -232,6 +233,12 @@ struct RunArgs {
     /// A sidecar started separately: unix:PATH or tcp:127.0.0.1:PORT.
     #[arg(long)]
     sidecar: Option<String>,
+    /// MiB the checkpoint taps of this process may buffer, while a checkpoint
+    /// is uncommitted, before the sources stop reading (backpressure from a
+    /// slow or stopped sidecar; they also stop while 4 checkpoints are
+    /// uncommitted).
+    #[arg(long, default_value_t = DEFAULT_MAX_TAP_BUFFER_BYTES >> 20)]
+    max_tap_buffer_mb: u64,
     /// Serve Prometheus metrics (`GET /metrics`) on this loopback address, e.g. 127.0.0.1:9464.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -505,6 +512,7 @@ fn run_command(args: &RunArgs) -> Result<()> {
             interval_ms: args.checkpoint_interval,
             adaptive: args.checkpoint_cadence == CheckpointCadence::Adaptive,
             sidecar: args.sidecar.clone(),
+            max_tap_buffer_bytes: args.max_tap_buffer_mb.saturating_mul(1 << 20),
         }),
         hooks: weir::run::RunHooks::default(),
         metrics_addr: args.metrics_addr,

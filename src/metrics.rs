@@ -188,6 +188,8 @@ pub struct MetricsSources {
     pub engine: Arc<EngineMetrics>,
     /// The sidecar connection's figures (checkpoints on).
     pub client: Option<Arc<ClientStats>>,
+    /// Backpressure from the checkpoint path (checkpoints on).
+    pub pressure: Option<Arc<crate::checkpoint::pressure::SidecarPressure>>,
 }
 
 /// The engine's metrics in the Prometheus text exposition format.
@@ -284,6 +286,7 @@ pub fn render(sources: &MetricsSources) -> String {
             "Bytes of checkpoint shares this process shipped to the sidecar.",
             load(&client.shipped_bytes),
         );
+        client.stall.expose(&mut out);
         let (files, bytes) = dir_usage(&engine.data_dir.join("checkpoints"), |n| {
             !is_temp_or_lock(n)
         });
@@ -328,6 +331,9 @@ pub fn render(sources: &MetricsSources) -> String {
         "Capacity of the sidecar queue.",
         load(&gauges.sidecar_capacity),
     );
+    if let Some(pressure) = &sources.pressure {
+        pressure.expose(&mut out);
+    }
     let arrangements: Vec<Arc<ArrangementGauge>> = sources
         .arrangements
         .lock()
@@ -518,6 +524,13 @@ mod tests {
             arrangements: Arc::default(),
             engine: Arc::new(EngineMetrics::new(dir.path(), 1, Some(1000), None, true)),
             client: Some(Arc::default()),
+            pressure: Some(Arc::new(crate::checkpoint::pressure::SidecarPressure::new(
+                crate::checkpoint::pressure::PressureLimits {
+                    max_uncommitted: 4,
+                    max_tap_buffer_bytes: 1 << 20,
+                },
+                0,
+            ))),
         };
         sources.counters.events_read.store(42, Ordering::Relaxed);
         sources

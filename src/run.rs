@@ -137,6 +137,10 @@ pub struct CheckpointOptions {
     /// A sidecar started separately (`unix:PATH` or `tcp:ADDR`); without it,
     /// process 0 starts one on `<data-dir>/sidecar.sock`.
     pub sidecar: Option<String>,
+    /// Bytes the persist taps of a process may buffer, while a checkpoint is
+    /// uncommitted, before its sources stop reading (see
+    /// [`crate::checkpoint::pressure`]).
+    pub max_tap_buffer_bytes: u64,
 }
 
 /// What a run did.

@@ -14,7 +14,8 @@
 //! moves ([`AheadWaker`]), and one whose partitions are all idle (a tailing
 //! run with no new input) polls again after a wait that doubles, from
 //! `idle_poll_ms` up to `idle_poll_max_ms`, while they stay idle; so a worker
-//! with no input to read parks.
+//! with no input to read parks. A source also parks, reading nothing, while
+//! the checkpoint sidecar is behind ([`SourceGate`], decision 27).
 
 mod resume;
 mod waker;
@@ -32,6 +33,8 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use weir_dataflows::combiner::{LocalCombiner, Update};
 use weir_dataflows::window::round_down;
 use weir_dataflows::{LateRow, MAX_EVENT_TS_MS};
+
+use crate::checkpoint::pressure::SourceGate;
 
 pub use resume::PartitionProgress;
 pub use waker::{AheadWaker, WakerSlot};
@@ -185,7 +188,8 @@ pub type SourceStreams<'scope, R> = (
 /// Builds the source over `partitions` (this worker's share). `progress` is
 /// filled with one entry per partition, in the order given. `output_probe`
 /// is the output frontier that `max_ahead_ms` is measured from; the operator
-/// that sees that frontier must report it to `waker`.
+/// that sees that frontier must report it to `waker`. With checkpoints,
+/// `gate` holds the source while the sidecar is behind.
 #[allow(clippy::too_many_arguments)]
 pub fn partition_source<F, C>(
     scope: Scope<'_, u64>,
@@ -195,7 +199,7 @@ pub fn partition_source<F, C>(
     config: SourceConfig,
     errors: ErrorSlot,
     counters: Arc<SourceCounters>,
-    (output_probe, waker): (ProbeHandle<u64>, AheadWaker),
+    (output_probe, waker, gate): (ProbeHandle<u64>, AheadWaker, Option<SourceGate>),
 ) -> SourceStreams<'_, C::Record>
 where
     F: PartitionFeed,
@@ -249,6 +253,11 @@ where
         move |_frontiers| {
             counters.activations.fetch_add(1, Ordering::Relaxed);
             if failed || partials_cap.is_none() {
+                return;
+            }
+            // Backpressure: the sidecar is behind; read nothing, release
+            // nothing, until the driver wakes the source.
+            if gate.as_ref().is_some_and(|g| g.park_if_held(&activator)) {
                 return;
             }
             // Flow control: wait while this worker is far ahead of the slowest output.

@@ -209,17 +209,14 @@ fn merge_into(
     value: &AggDistinct,
     heap: &mut usize,
 ) {
-    match map.get_mut(key) {
-        Some(merged) => {
-            *heap -= merged.heap_bytes();
-            merged.merge_weighted(value, 1);
-            *heap += merged.heap_bytes();
-        }
-        None => {
-            let value = value.clone();
-            *heap += value.heap_bytes();
-            map.insert(key.clone(), value);
-        }
+    if let Some(merged) = map.get_mut(key) {
+        *heap -= merged.heap_bytes();
+        merged.merge_weighted(value, 1);
+        *heap += merged.heap_bytes();
+    } else {
+        let value = value.clone();
+        *heap += value.heap_bytes();
+        map.insert(key.clone(), value);
     }
 }
 
@@ -258,23 +255,20 @@ impl State {
             merge_into(&mut self.back, &key, &partial, &mut self.sketch_bytes);
         }
         let pane = &mut self.panes[position].1;
-        match pane.get_mut(&key) {
-            Some(entry) => {
-                self.sketch_bytes -= entry.own.heap_bytes();
-                entry.own.merge_weighted(&partial, 1);
-                self.sketch_bytes += entry.own.heap_bytes();
-            }
-            None => {
-                self.sketch_bytes += partial.heap_bytes();
-                self.live_partials += 1;
-                pane.insert(
-                    key,
-                    PaneEntry {
-                        own: partial,
-                        later: None,
-                    },
-                );
-            }
+        if let Some(entry) = pane.get_mut(&key) {
+            self.sketch_bytes -= entry.own.heap_bytes();
+            entry.own.merge_weighted(&partial, 1);
+            self.sketch_bytes += entry.own.heap_bytes();
+        } else {
+            self.sketch_bytes += partial.heap_bytes();
+            self.live_partials += 1;
+            pane.insert(
+                key,
+                PaneEntry {
+                    own: partial,
+                    later: None,
+                },
+            );
         }
     }
 

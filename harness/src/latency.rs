@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
 use weir::event::encode_event;
 use weir::gen::{SplitMix64, ZipfSampler};
 use weir::job::WindowQuery;
@@ -242,6 +243,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         interval_ms: args.checkpoint_interval,
         adaptive: false,
         sidecar: None,
+        max_tap_buffer_bytes: DEFAULT_MAX_TAP_BUFFER_BYTES,
     });
     let options = RunOptions {
         data_dir: data_dir.clone(),

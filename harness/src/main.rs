@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
 use weir::gen::{generate_zipf, ZipfParams};
 use weir::job::WindowQuery;
 use weir::log::LogConfig;
@@ -294,6 +295,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     interval_ms,
                     adaptive: false,
                     sidecar: None,
+                    max_tap_buffer_bytes: DEFAULT_MAX_TAP_BUFFER_BYTES,
                 }),
             hooks: weir::run::RunHooks::default(),
             metrics_addr: None,

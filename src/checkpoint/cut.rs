@@ -9,13 +9,17 @@
 //! - [`persist_tap`]: on each worker, buffers the combiner's partials and,
 //!   once its input frontier has passed an announced `T`, ships the
 //!   updates with times in `[T_prev, T)` and the resume points
-//!   of its partitions for `T`.
+//!   of its partitions for `T`. It tells the process's
+//!   [`SidecarPressure`] which cuts it has seen announced and how many
+//!   bytes it buffers, so that the sources stop reading while the sidecar
+//!   is behind.
 //! - [`CutAssembler`]: joins a worker's tap share with its output sink's
 //!   share (the output files' lengths at `T`) into one
 //!   [`WorkerCut`](crate::checkpoint::transport::ToSidecar) and hands it to the
 //!   sidecar client without ever blocking the worker.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
@@ -29,6 +33,7 @@ use weir_dataflows::combiner::{LocalCombiner, Update};
 use crate::checkpoint::cadence::{Cadence, SidecarBacklog};
 use crate::checkpoint::client::DurableFile;
 use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate, KEY_GROUPS};
+use crate::checkpoint::pressure::SidecarPressure;
 use crate::source::SharedProgress;
 
 /// The cut time of the final checkpoint of a finite run: it covers everything.
@@ -242,11 +247,13 @@ pub fn key_group(hash: u64) -> u16 {
 
 /// Builds the persist tap on `partials`, shipping into `assembler`; the
 /// first cut follows `restored_cut`, and partials older than a cut minus
-/// `retention_ms` are not shipped.
+/// `retention_ms` are not shipped. Reports announcements and its buffer's
+/// size (the capacity of its buffer of updates; key text over 24 bytes,
+/// kept on the heap, is not counted) to `pressure`.
 pub fn persist_tap<'scope, C>(
     partials: &Stream<'scope, u64, Vec<Update<C::Record>>>,
     announcements: &Stream<'scope, u64, Vec<Announcement>>,
-    progress: SharedProgress,
+    (progress, pressure): (SharedProgress, Arc<SidecarPressure>),
     assembler: std::rc::Rc<std::cell::RefCell<CutAssembler>>,
     (restored_cut, retention_ms, step_ms): (u64, u64, u64),
 ) where
@@ -270,6 +277,8 @@ pub fn persist_tap<'scope, C>(
                 let mut queue: VecDeque<Announcement> = VecDeque::new();
                 let mut prev_cut = restored_cut;
                 let mut consolidated_len = 0;
+                let mut reported_bytes = 0u64;
+                let update_bytes = std::mem::size_of::<Update<C::Record>>() as u64;
                 move |(data, data_frontier), (cuts, _), _output| {
                     data.for_each_stamp(|_, batches| {
                         for batch in batches {
@@ -287,6 +296,9 @@ pub fn persist_tap<'scope, C>(
                     }
                     cuts.for_each_stamp(|_, batches| {
                         for batch in batches {
+                            for &(id, _) in batch.iter() {
+                                pressure.announced(id);
+                            }
                             queue.extend(batch.drain(..));
                         }
                     });
@@ -330,6 +342,9 @@ pub fn persist_tap<'scope, C>(
                         share_cut(&progress, &assembler, (id, cut, prev_cut), updates);
                         prev_cut = cut;
                     }
+                    let bytes = pending.capacity() as u64 * update_bytes;
+                    pressure.tap_resized(reported_bytes, bytes);
+                    reported_bytes = bytes;
                 }
             },
         );
@@ -343,7 +358,7 @@ pub fn persist_tap<'scope, C>(
 /// it and its resume point is known.
 pub fn resume_only_tap(
     announcements: &Stream<'_, u64, Vec<Announcement>>,
-    progress: SharedProgress,
+    (progress, pressure): (SharedProgress, Arc<SidecarPressure>),
     assembler: std::rc::Rc<std::cell::RefCell<CutAssembler>>,
     restored_cut: u64,
 ) {
@@ -354,6 +369,7 @@ pub fn resume_only_tap(
             cuts.for_each_stamp(|_, batches| {
                 for batch in batches {
                     for (id, cut) in batch.drain(..) {
+                        pressure.announced(id);
                         share_cut(&progress, &assembler, (id, cut, prev_cut), Vec::new());
                         prev_cut = cut;
                     }

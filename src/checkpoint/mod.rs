@@ -9,6 +9,8 @@ pub mod cadence;
 pub mod client;
 pub mod cut;
 pub mod format;
+pub mod pressure;
 pub mod sidecar;
+pub mod stall;
 pub mod store;
 pub mod transport;

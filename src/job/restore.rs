@@ -176,6 +176,9 @@ pub fn open_restore(
     Ok(RestoredState::Sessions(sessions))
 }
 
+/// Pane partials of type `P` as the restored stream gives them.
+type PaneUpdates<P> = Vec<Update<(Key, (u64, P))>>;
+
 /// What one activation of the restored stream produced.
 enum Produced {
     /// Updates were added to the buffer, and more may follow.
@@ -189,10 +192,7 @@ enum Produced {
 impl PaneStream {
     /// Reads and decodes the next few key groups into `chunk`; returns
     /// whether any are left.
-    fn next_chunk<P: PaneValue>(
-        &mut self,
-        chunk: &mut Vec<Update<(Key, (u64, P))>>,
-    ) -> Result<bool, RunError> {
+    fn next_chunk<P: PaneValue>(&mut self, chunk: &mut PaneUpdates<P>) -> Result<bool, RunError> {
         let started = Instant::now();
         let before = chunk.len();
         let earliest_time = self.earliest_time;
@@ -223,7 +223,7 @@ impl PaneStream {
 pub fn restored_panes<P: PaneValue>(
     scope: Scope<'_, u64>,
     panes: Option<PaneStream>,
-) -> Stream<'_, u64, Vec<Update<(Key, (u64, P))>>> {
+) -> Stream<'_, u64, PaneUpdates<P>> {
     let mut panes = panes;
     restored_stream(scope, move |chunk| {
         let Some(stream) = panes.as_mut() else {

@@ -15,4 +15,5 @@ mod oracle;
 mod prometheus;
 mod recovery;
 mod sidecar;
+mod sidecar_stall;
 mod support;

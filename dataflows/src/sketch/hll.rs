@@ -145,7 +145,7 @@ impl Hll {
                             x.max(y)
                         }
                         (Some(&&x), Some(&&y)) if x >> 6 < y >> 6 => *a.next().expect("peeked"),
-                        (Some(_), Some(_)) | (None, Some(_)) => *b.next().expect("peeked"),
+                        (Some(_) | None, Some(_)) => *b.next().expect("peeked"),
                         (Some(_), None) => *a.next().expect("peeked"),
                         (None, None) => break,
                     };
@@ -187,7 +187,7 @@ impl Hll {
         };
         let q = (64 - PRECISION) as usize;
         let mut histogram = [0u32; RHO_MAX as usize + 1];
-        for &r in registers.iter() {
+        for &r in &**registers {
             histogram[r as usize] += 1;
         }
         let m = REGISTERS as f64;
@@ -330,7 +330,11 @@ fn dense_of_sparse(entry: u32) -> (usize, u8) {
     (index, rho as u8)
 }
 
+// The series below are summed until a term no longer changes the sum:
+// exact float equality is the intended stopping rule (as in Ertl's paper).
+
 /// Ertl's sigma: `x + sum_k x^(2^k) 2^(k-1)`, infinite at 1.
+#[allow(clippy::float_cmp)]
 fn sigma(mut x: f64) -> f64 {
     if x >= 1.0 {
         return f64::INFINITY;
@@ -349,6 +353,7 @@ fn sigma(mut x: f64) -> f64 {
 }
 
 /// Ertl's tau: `(1 - x - sum_k (1 - x^(2^-k))^2 2^-k) / 3`.
+#[allow(clippy::float_cmp)]
 fn tau(mut x: f64) -> f64 {
     if x <= 0.0 || x >= 1.0 {
         return 0.0;
