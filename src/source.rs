@@ -250,6 +250,9 @@ where
         let mut caught_up = false;
         let slot = waker.register(activator.clone());
         let mut idle_wait_ms = config.idle_poll_ms;
+        // A bucket was left partly released: this activation releases more
+        // before it reads more (see below).
+        let mut releasing = false;
         move |_frontiers| {
             counters.activations.fetch_add(1, Ordering::Relaxed);
             if failed || partials_cap.is_none() {
@@ -273,7 +276,12 @@ where
             let mut events_read = 0u64;
             let mut min_ts = u64::MAX;
             let mut progress = progress.borrow_mut();
-            for (state, partition_progress) in states.iter_mut().zip(progress.iter_mut()).filter(|(s, _)| !s.ended) {
+            // While a released bucket still drains, read nothing: events read
+            // meanwhile would grow the next bucket's table through every
+            // doubling (a 2M-key pane drains over ~16 activations), and the
+            // partials have to go downstream before their windows fire anyway.
+            let reading = !releasing;
+            for (state, partition_progress) in states.iter_mut().zip(progress.iter_mut()).filter(|(s, _)| reading && !s.ended) {
                 let mut too_large: Option<(u64, u64)> = None;
                 let SourceConfig {
                     lateness_ms,
@@ -348,7 +356,7 @@ where
                 .min();
             drop(progress);
             published_watermark.store(watermark.unwrap_or(u64::MAX), Ordering::Relaxed);
-            if !progressed && !caught_up {
+            if reading && !progressed && !caught_up {
                 caught_up = true;
                 counters.caught_up.fetch_add(1, Ordering::Relaxed);
             }
@@ -383,6 +391,7 @@ where
                 (Some(w), Some(t)) => Some(w.min(t)),
                 (w, _) => w,
             };
+            releasing = more_to_release;
             if more_to_release {
                 activator.activate();
             }

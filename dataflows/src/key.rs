@@ -27,10 +27,16 @@ pub struct Key {
     text: CompactString,
 }
 
-/// The hash of a key: foldhash with a fixed seed, the same in every process.
+/// The hasher of keys: foldhash with a fixed seed, the same in every process.
+#[inline]
+pub fn key_hasher() -> foldhash::fast::FixedState {
+    foldhash::fast::FixedState::with_seed(0x7765_6972)
+}
+
+/// The hash of a key ([`key_hasher`]'s hash of its text).
 #[inline]
 pub fn key_hash(text: &str) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x7765_6972).hash_one(text)
+    key_hasher().hash_one(text)
 }
 
 impl Key {

@@ -87,10 +87,14 @@ pub struct PaneStore {
     encoded: Vec<u8>,
     /// What changed since the last window, when changes are tracked.
     changes: Option<ChangeLog>,
-    /// Partials staged for times not yet reached, packed, by time.
-    staged: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Partials staged for times not yet reached, packed, by time, with
+    /// their number.
+    staged: std::collections::BTreeMap<u64, (Vec<u8>, usize)>,
     /// Per slot, the partials staged for it.
     staged_refs: Vec<u32>,
+    /// Bytes the last time applied had staged: a new time's buffer starts
+    /// that large rather than doubling its way up.
+    staged_bytes_hint: usize,
 }
 
 /// Key text up to this length is stored inline in a [`Key`].
@@ -129,6 +133,7 @@ impl PaneStore {
             changes: None,
             staged: std::collections::BTreeMap::new(),
             staged_refs: Vec::new(),
+            staged_bytes_hint: 0,
         }
     }
 
@@ -162,7 +167,11 @@ impl PaneStore {
             + self.panes.capacity() * size_of::<Pane>()
             + self.scratch.capacity() * size_of::<Entry>()
             + self.encoded.capacity()
-            + self.staged.values().map(Vec::capacity).sum::<usize>()
+            + self
+                .staged
+                .values()
+                .map(|(b, _)| b.capacity())
+                .sum::<usize>()
             + self.changes.as_ref().map_or(0, ChangeLog::heap_bytes)
             + self.spilled_text_bytes
     }
