@@ -232,7 +232,7 @@ fn ensure_token_file(data_dir: &Path) -> Result<Vec<u8>, SidecarError> {
             f.write_all(hex.as_bytes())
                 .and_then(|()| f.sync_all())
                 .map_err(SidecarError::io(&path))?;
-            crate::log::durable::sync_dir(data_dir).map_err(|e| token_err(e.to_string()))?;
+            crate::storage::durable::sync_dir(data_dir).map_err(|e| token_err(e.to_string()))?;
             tracing::info!(path = %path.display(), "created a sidecar token");
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
