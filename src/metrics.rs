@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::client::ClientStats;
 use crate::job::ArrangementGauge;
-use crate::run::{RowObserver, RunGauges};
+use crate::run::RunGauges;
 use crate::sink::OutputCounts;
+use crate::sink::RowObserver;
 use crate::source::SourceCounters;
 
 mod exposition;

@@ -9,6 +9,7 @@ use crate::csv_input::RowSchema;
 use crate::ingest::{ingest_files_as, IngestError};
 use crate::job::WindowQuery;
 use crate::log::{LogConfig, LogError};
+pub use crate::sink::RowObserver;
 use crate::source::FeedError;
 
 /// The log topic the generic window query reads.
@@ -64,15 +65,6 @@ pub struct GeneratedInput {
     pub events: u64,
     /// Partitions (the split of `weir gen nexmark`).
     pub partitions: u32,
-}
-
-/// Sees every window row when the dataflow emits it (before an
-/// exactly-once output holds it for the next checkpoint).
-pub trait RowObserver: Send + Sync + std::fmt::Debug {
-    /// The window rows of one emitted batch: one call per batch, so that an
-    /// observer takes its locks and reads its clock once per batch, not once
-    /// per row, on the workers' path.
-    fn window_rows(&self, rows: &mut dyn Iterator<Item = &weir_dataflows::WindowRow>);
 }
 
 /// Hooks for a harness that runs the engine in its own process.
