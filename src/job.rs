@@ -3,7 +3,7 @@
 
 mod restore;
 
-pub use restore::{open_restore, RestoreReport, RestoredState};
+pub use restore::{open_restore, RestoreError, RestoreReport, RestoredState};
 use restore::{restored_panes, restored_sessions};
 
 use std::cell::RefCell;

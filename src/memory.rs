@@ -108,7 +108,7 @@ fn execute(
     let collected = Arc::new(Mutex::new(CollectedRows::default()));
     let errors: ErrorSlot = ErrorSlot::default();
     let counters = Arc::new(SourceCounters::default());
-    let config = crate::run::timely_config(workers, None);
+    let config = crate::driver::timely_config(workers, None);
     let result = {
         let collected = Arc::clone(&collected);
         let errors = Arc::clone(&errors);

@@ -55,6 +55,14 @@ use crate::storage::frame::MAX_RECORD_SIZE_BYTES;
 
 /// The lock file a writer holds.
 pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// A checkpoint store's temp files and lock, left out of its usage figures.
+pub fn is_temp_or_lock(name: &str) -> bool {
+    name == LOCK_FILE_NAME
+        || Path::new(name)
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("tmp"))
+}
 /// How many of the newest commits garbage collection keeps the files of.
 pub const RETAINED_CHECKPOINTS: usize = 2;
 /// Once the commit stream holds this many records it is rewritten with only
