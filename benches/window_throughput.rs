@@ -9,10 +9,11 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use weir::driver::run;
 use weir::gen::{generate_zipf, ZipfParams};
 use weir::job::WindowQuery;
 use weir::log::LogConfig;
-use weir::run::{run, RunOptions};
+use weir::run::RunOptions;
 
 // Same allocator as the `weir` binary.
 #[global_allocator]

@@ -39,11 +39,11 @@ use std::path::{Path, PathBuf};
 
 use crate::csv_input::{CsvError, CsvReader, RowSchema};
 use crate::event::encode_event;
-use crate::log::durable::{
-    create_dir_all_durably, remove_dir_all_durably, rename_durably, write_file_atomically,
-};
 use crate::log::{
     parse_partition_name, validate_topic, FsyncPolicy, LogConfig, LogError, PartitionWriter,
+};
+use crate::storage::durable::{
+    create_dir_all_durably, remove_dir_all_durably, rename_durably, write_file_atomically,
 };
 use manifest::{file_identity, FileIdentity, Manifest, ManifestEntry, MAX_PATH_LEN_BYTES};
 
@@ -175,6 +175,14 @@ pub enum IngestErrorKind {
     /// No partition number is left.
     #[error("no free partition number left")]
     TooManyPartitions,
+}
+
+/// A durable file operation failed: a log error, as before the helpers
+/// moved to [`crate::storage`].
+impl From<crate::storage::IoError> for IngestErrorKind {
+    fn from(e: crate::storage::IoError) -> Self {
+        Self::Log(e.into())
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IngestErrorKind + '_ {

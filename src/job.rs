@@ -3,7 +3,7 @@
 
 mod restore;
 
-pub use restore::{open_restore, RestoreReport, RestoredState};
+pub use restore::{open_restore, RestoreError, RestoreReport, RestoredState};
 use restore::{restored_panes, restored_sessions};
 
 use std::cell::RefCell;
@@ -31,8 +31,8 @@ use crate::checkpoint::cadence::Cadence;
 use crate::checkpoint::cut::{
     cut_announcer, persist_tap, resume_only_tap, BacklogProbe, CutAssembler,
 };
-use crate::checkpoint::format::OutputLength;
 use crate::checkpoint::pressure::SourceGate;
+pub use crate::sink::RowSink;
 use crate::sink::{output_operator, OutputRow};
 use crate::source::{
     partition_source, AheadWaker, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress,
@@ -149,39 +149,6 @@ impl WindowQuery {
             ),
         };
         weir_dataflows::key::key_hash(&text)
-    }
-}
-
-/// Receives the rows a worker produces.
-pub trait RowSink: 'static {
-    /// Final window rows (drain them).
-    fn window_rows(&mut self, rows: &mut Vec<WindowRow>);
-    /// Result rows of a query with its own columns, as CSV lines without
-    /// line ends (drain them).
-    fn result_lines(&mut self, lines: &mut Vec<String>);
-    /// Late events (drain them).
-    fn late_rows(&mut self, rows: &mut Vec<LateRow>);
-    /// Hands everything written so far to the OS and returns the files'
-    /// lengths, for a checkpoint, with the files that must be made durable
-    /// before the checkpoint may be committed.
-    fn commit_point(
-        &mut self,
-    ) -> std::io::Result<(
-        Vec<OutputLength>,
-        Vec<crate::checkpoint::client::DurableFile>,
-    )> {
-        Ok((Vec::new(), Vec::new()))
-    }
-    /// The files' lengths as written so far (not necessarily durable yet),
-    /// in the order [`RowSink::commit_point`] gives them.
-    fn lengths(&self) -> Vec<OutputLength> {
-        Vec::new()
-    }
-    /// Sees a batch of rows when the dataflow emits it (before any holding).
-    fn observe(&mut self, _rows: &[OutputRow]) {}
-    /// Records a failure for the driver to report.
-    fn fail(&mut self, error: std::io::Error) {
-        panic!("output failed: {error}");
     }
 }
 

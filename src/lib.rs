@@ -21,3 +21,4 @@ pub mod nexmark;
 pub mod run;
 pub mod sink;
 pub mod source;
+pub mod storage;

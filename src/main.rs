@@ -7,13 +7,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
 use weir::csv_input::RowSchema;
+use weir::driver::run;
 use weir::gen::{generate_zipf, ZipfParams};
 use weir::ingest::ingest_files_as;
 use weir::job::WindowQuery;
 use weir::log::{FsyncPolicy, LogConfig};
 use weir::nexmark::{NexmarkQuery, NexmarkTable};
 use weir::run::{
-    read_hostfile, run, CheckpointOptions, ClusterOptions, GeneratedInput, RunOptions, RunSummary,
+    read_hostfile, CheckpointOptions, ClusterOptions, GeneratedInput, RunOptions, RunSummary,
     EVENTS_TOPIC,
 };
 use weir_dataflows::aggregates::{Aggregate, Aggregates};

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use weir_dataflows::{LateRow, WindowRow};
 
 use crate::job::{
-    build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RowSink, WindowQuery,
+    build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, WindowQuery,
 };
 use crate::nexmark::feed::ProjectedFeed;
 use crate::nexmark::{source_partition, NexmarkQuery, NexmarkTable};
+use crate::sink::RowSink;
 use crate::source::{
     ErrorSlot, MemoryFeed, PartitionFeed, PartitionInput, SourceConfig, SourceCounters,
     IDLE_POLL_MAX_MS,
@@ -107,7 +108,7 @@ fn execute(
     let collected = Arc::new(Mutex::new(CollectedRows::default()));
     let errors: ErrorSlot = ErrorSlot::default();
     let counters = Arc::new(SourceCounters::default());
-    let config = crate::run::timely_config(workers, None);
+    let config = crate::driver::timely_config(workers, None);
     let result = {
         let collected = Arc::clone(&collected);
         let errors = Arc::clone(&errors);

@@ -1,14 +1,15 @@
-//! `weir run`: ingests the inputs into the log, starts the timely workers
-//! (threads of this process, or one process of a cluster), runs the window
-//! query from the log and writes the output files.
+//! What `weir run` takes and returns: its options, hooks for a harness in
+//! the same process, the summary and the error. The run itself is
+//! [`crate::driver::run`] (ingest, restore, sidecar, workers), which reads
+//! these types; nothing here calls the driver.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::csv_input::RowSchema;
-use crate::ingest::{ingest_files_as, IngestError};
+use crate::ingest::IngestError;
 use crate::job::WindowQuery;
 use crate::log::{LogConfig, LogError};
+pub use crate::sink::RowObserver;
 use crate::source::FeedError;
 
 /// The log topic the generic window query reads.
@@ -64,15 +65,6 @@ pub struct GeneratedInput {
     pub events: u64,
     /// Partitions (the split of `weir gen nexmark`).
     pub partitions: u32,
-}
-
-/// Sees every window row when the dataflow emits it (before an
-/// exactly-once output holds it for the next checkpoint).
-pub trait RowObserver: Send + Sync + std::fmt::Debug {
-    /// The window rows of one emitted batch: one call per batch, so that an
-    /// observer takes its locks and reads its clock once per batch, not once
-    /// per row, on the workers' path.
-    fn window_rows(&self, rows: &mut dyn Iterator<Item = &weir_dataflows::WindowRow>);
 }
 
 /// Hooks for a harness that runs the engine in its own process.
@@ -234,108 +226,12 @@ pub enum RunError {
     Restore(String),
 }
 
-/// Expands inputs: directories to their `*.csv` files (sorted), files as given.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
-    let mut files = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
-                .map_err(|e| RunError::Usage(format!("{}: {e}", input.display())))?
-                .filter_map(Result::ok)
-                .map(|entry| entry.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "csv"))
-                .collect();
-            found.sort();
-            if found.is_empty() {
-                return Err(RunError::Usage(format!(
-                    "{}: no .csv files in this directory",
-                    input.display()
-                )));
-            }
-            files.extend(found);
-        } else if input.is_file() {
-            files.push(input.clone());
-        } else {
-            return Err(RunError::Usage(format!(
-                "{}: no such file or directory",
-                input.display()
-            )));
+impl From<crate::job::RestoreError> for RunError {
+    fn from(e: crate::job::RestoreError) -> Self {
+        match e {
+            crate::job::RestoreError::Store(e) => RunError::Store(e),
+            crate::job::RestoreError::Invalid(reason) => RunError::Restore(reason),
         }
-    }
-    Ok(files)
-}
-
-/// Ingests `files` under an exclusive lock on the data directory, so the
-/// processes of a cluster sharing it agree on the partition numbers.
-pub fn ingest_locked(
-    data_dir: &Path,
-    files: &[PathBuf],
-    log_config: &LogConfig,
-) -> Result<(), RunError> {
-    ingest_topics_locked(
-        data_dir,
-        &[(EVENTS_TOPIC, RowSchema::Generic, files.to_vec())],
-        log_config,
-    )
-}
-
-/// As [`ingest_locked`], for files of several topics and formats.
-pub fn ingest_topics_locked(
-    data_dir: &Path,
-    topics: &[(&str, RowSchema, Vec<PathBuf>)],
-    log_config: &LogConfig,
-) -> Result<(), RunError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| RunError::Output {
-        path: data_dir.to_owned(),
-        source: e,
-    })?;
-    let lock_path = data_dir.join("ingest.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .and_then(|f| f.lock().map(|()| f))
-        .map_err(|e| RunError::Output {
-            path: lock_path.clone(),
-            source: e,
-        })?;
-    for (topic, schema, files) in topics.iter().filter(|t| !t.2.is_empty()) {
-        let report = ingest_files_as(&data_dir.join("log"), topic, *schema, files, log_config)?;
-        for file in &report.files {
-            tracing::debug!(topic, path = %file.path.display(), partition = file.partition, records = file.records, skipped = file.skipped, "ingest");
-        }
-    }
-    drop(lock);
-    Ok(())
-}
-
-/// Runs the window query as configured; returns this process's summary.
-pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
-    crate::driver::run(options)
-}
-
-/// Timely's configuration for `workers` threads, alone or in a cluster.
-pub fn timely_config(workers: usize, cluster: Option<&ClusterOptions>) -> timely::Config {
-    let mut worker = timely::WorkerConfig::default();
-    // Keep merging arrangement batches while input is quiet, so retracted
-    // window state is physically dropped rather than waiting for new data.
-    differential_dataflow::configure(
-        &mut worker,
-        &differential_dataflow::Config {
-            idle_merge_effort: Some(100_000),
-        },
-    );
-    let communication = match cluster {
-        None if workers == 1 => timely::CommunicationConfig::Thread,
-        None => timely::CommunicationConfig::Process(workers),
-        Some(c) => timely::CommunicationConfig::Cluster {
-            threads: workers,
-            process: c.process,
-            addresses: c.addresses.clone(),
-            report: false,
-            zerocopy: false,
-        },
-    };
-    timely::Config {
-        communication,
-        worker,
     }
 }
 

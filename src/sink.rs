@@ -27,8 +27,11 @@ use crate::checkpoint::client::DurableFile;
 use crate::checkpoint::cut::{Announcement, CutAssembler};
 use crate::checkpoint::format::OutputLength;
 use crate::csv_input::write_csv_field;
-use crate::job::RowSink;
 use crate::source::AheadWaker;
+
+mod rows;
+
+pub use rows::{RowObserver, RowSink};
 
 /// Header of the window rows file.
 pub const WINDOW_ROWS_HEADER: &str = "window_start,window_end,key,count,sum,min,max";
@@ -136,7 +139,7 @@ pub struct WorkerOutputs {
     window_rows: u64,
     late_rows: u64,
     error: Option<std::io::Error>,
-    observer: Option<std::sync::Arc<dyn crate::run::RowObserver>>,
+    observer: Option<std::sync::Arc<dyn RowObserver>>,
     counts: Option<std::sync::Arc<OutputCounts>>,
 }
 
@@ -168,10 +171,7 @@ impl WorkerOutputs {
 
     /// Reports every emitted window row to `observer` as well.
     #[must_use]
-    pub fn with_observer(
-        mut self,
-        observer: Option<std::sync::Arc<dyn crate::run::RowObserver>>,
-    ) -> Self {
+    pub fn with_observer(mut self, observer: Option<std::sync::Arc<dyn RowObserver>>) -> Self {
         self.observer = observer;
         self
     }

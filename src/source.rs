@@ -17,11 +17,8 @@
 //! with no input to read parks. A source also parks, reading nothing, while
 //! the checkpoint sidecar is behind ([`SourceGate`], decision 27).
 
-mod resume;
 mod waker;
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +33,7 @@ use weir_dataflows::{LateRow, MAX_EVENT_TS_MS};
 
 use crate::checkpoint::pressure::SourceGate;
 
-pub use resume::PartitionProgress;
+pub use crate::checkpoint::resume::{PartitionProgress, SharedProgress};
 pub use waker::{AheadWaker, WakerSlot};
 
 /// The longest wait between polls of idle partitions that `weir run` uses:
@@ -168,9 +165,6 @@ pub struct PartitionInput<F> {
     /// The largest event time of the records before `start_offset`.
     pub max_ts_before: Option<u64>,
 }
-
-/// The read progress of a worker's partitions, shared with the checkpoint tap.
-pub type SharedProgress = Rc<RefCell<Vec<PartitionProgress>>>;
 
 struct PartitionState<F> {
     partition: u32,

@@ -19,13 +19,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
+use weir::driver::run;
 use weir::event::encode_event;
 use weir::gen::{SplitMix64, ZipfSampler};
 use weir::job::WindowQuery;
 use weir::log::{partition_dir, FsyncPolicy, LogConfig, PartitionWriter};
-use weir::run::{
-    run, CheckpointOptions, RowObserver, RunGauges, RunHooks, RunOptions, EVENTS_TOPIC,
-};
+use weir::run::{CheckpointOptions, RowObserver, RunGauges, RunHooks, RunOptions, EVENTS_TOPIC};
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::{WindowRow, WindowSpec};
 

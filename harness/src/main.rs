@@ -25,11 +25,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
+use weir::driver::run;
 use weir::gen::{generate_zipf, ZipfParams};
 use weir::job::WindowQuery;
 use weir::log::LogConfig;
 use weir::nexmark::NexmarkQuery;
-use weir::run::{run, CheckpointOptions, GeneratedInput, RunOptions};
+use weir::run::{CheckpointOptions, GeneratedInput, RunOptions};
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::WindowSpec;
 

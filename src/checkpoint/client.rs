@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::sidecar::read_token_file;
 use super::stall::StallStats;
+use super::transport::token::read_token_file;
 use super::transport::{
     read_frame, write_frame, FrameError, FromSidecar, Hello, ToSidecar, WorkerCut,
 };

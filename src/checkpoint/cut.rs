@@ -34,7 +34,7 @@ use crate::checkpoint::cadence::{Cadence, SidecarBacklog};
 use crate::checkpoint::client::DurableFile;
 use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate, KEY_GROUPS};
 use crate::checkpoint::pressure::SidecarPressure;
-use crate::source::SharedProgress;
+use crate::checkpoint::resume::SharedProgress;
 
 /// The cut time of the final checkpoint of a finite run: it covers everything.
 pub const FINAL_CUT: u64 = u64::MAX;

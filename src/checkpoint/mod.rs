@@ -10,6 +10,7 @@ pub mod client;
 pub mod cut;
 pub mod format;
 pub mod pressure;
+pub mod resume;
 pub mod sidecar;
 pub mod stall;
 pub mod store;

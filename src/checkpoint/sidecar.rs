@@ -30,7 +30,7 @@ mod server;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,11 +40,13 @@ use crate::checkpoint::store::StoreError;
 
 pub use coordinator::{COMPACT_ABOVE_FILES, COMPACT_EVERY_CHECKPOINTS, MAX_PENDING_CHECKPOINTS};
 pub use metrics::SidecarMetrics;
+// The token helpers live in the transport, which the client shares.
+pub use crate::checkpoint::transport::token::{
+    constant_time_eq, read_token_file, token_path, TOKEN_FILE_NAME, TOKEN_RANDOM_BYTES,
+};
 
 /// File name of the Unix socket in the data dir.
 pub const SOCKET_FILE_NAME: &str = "sidecar.sock";
-/// File name of the TCP token in the data dir.
-pub const TOKEN_FILE_NAME: &str = "sidecar.token";
 /// Name of the checkpoint store directory in the data dir.
 pub const CHECKPOINTS_DIR_NAME: &str = "checkpoints";
 /// At most this many connections at once (authenticated or not).
@@ -53,10 +55,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest hello frame payload (read before authentication).
 pub const MAX_HELLO_BYTES: usize = 64 << 10;
-/// Token length in random bytes (the file holds twice as many hex digits).
-pub const TOKEN_RANDOM_BYTES: usize = 32;
-/// A token file's accepted size range.
-const TOKEN_FILE_LEN_BYTES: std::ops::RangeInclusive<usize> = 16..=1024;
 
 /// Where the sidecar listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,11 +122,6 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_FILE_NAME)
 }
 
-/// The token path of a data dir.
-pub fn token_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(TOKEN_FILE_NAME)
-}
-
 /// Runs the sidecar until it is idle (with `exit_when_idle`) or fails.
 #[allow(clippy::needless_pass_by_value)] // the configuration is handed over
 pub fn run_sidecar(config: SidecarConfig) -> Result<(), SidecarError> {
@@ -164,48 +157,6 @@ pub fn run_sidecar_with_metrics(
     result
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)));
-    diff == 0
-}
-
-/// Reads a token file: its contents without a trailing newline. Refuses a
-/// file readable by group or others, or of an implausible size.
-pub fn read_token_file(path: &Path) -> Result<Vec<u8>, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "mode {mode:o} lets other users read it; chmod 600 it"
-        ));
-    }
-    let max = *TOKEN_FILE_LEN_BYTES.end();
-    let mut token = Vec::with_capacity(max + 2);
-    Read::by_ref(&mut file)
-        .take(max as u64 + 2)
-        .read_to_end(&mut token)
-        .map_err(|e| e.to_string())?;
-    while token.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        token.pop();
-    }
-    if !TOKEN_FILE_LEN_BYTES.contains(&token.len()) {
-        return Err(format!(
-            "a token must have {} to {} bytes",
-            TOKEN_FILE_LEN_BYTES.start(),
-            TOKEN_FILE_LEN_BYTES.end()
-        ));
-    }
-    Ok(token)
-}
-
 /// Reads the token file of `data_dir`, creating it (mode 0600, random) if it
 /// does not exist.
 fn ensure_token_file(data_dir: &Path) -> Result<Vec<u8>, SidecarError> {
@@ -232,7 +183,7 @@ fn ensure_token_file(data_dir: &Path) -> Result<Vec<u8>, SidecarError> {
             f.write_all(hex.as_bytes())
                 .and_then(|()| f.sync_all())
                 .map_err(SidecarError::io(&path))?;
-            crate::log::durable::sync_dir(data_dir).map_err(|e| token_err(e.to_string()))?;
+            crate::storage::durable::sync_dir(data_dir).map_err(|e| token_err(e.to_string()))?;
             tracing::info!(path = %path.display(), "created a sidecar token");
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -243,6 +194,8 @@ fn ensure_token_file(data_dir: &Path) -> Result<Vec<u8>, SidecarError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -50,11 +50,19 @@ use super::format::{
     PersistedUpdate, COMMITS_FILE_NAME, COMMITS_FORMAT_VERSION, KEY_GROUPS, MAX_UPDATE_DATA_BYTES,
     TEMP_SUFFIX,
 };
-use crate::log::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
-use crate::log::MAX_RECORD_SIZE_BYTES;
+use crate::storage::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
+use crate::storage::frame::MAX_RECORD_SIZE_BYTES;
 
 /// The lock file a writer holds.
 pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// A checkpoint store's temp files and lock, left out of its usage figures.
+pub fn is_temp_or_lock(name: &str) -> bool {
+    name == LOCK_FILE_NAME
+        || Path::new(name)
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("tmp"))
+}
 /// How many of the newest commits garbage collection keeps the files of.
 pub const RETAINED_CHECKPOINTS: usize = 2;
 /// Once the commit stream holds this many records it is rewritten with only
@@ -315,7 +323,7 @@ impl CheckpointStore {
             }
         }
         let frame = encode_commit_frame(&record);
-        let payload_len = frame.len() - crate::log::format::FRAME_HEADER_LEN_BYTES;
+        let payload_len = frame.len() - crate::storage::frame::FRAME_HEADER_LEN_BYTES;
         if payload_len > MAX_RECORD_SIZE_BYTES {
             return Err(UsageError::RecordTooLarge {
                 size_bytes: payload_len,

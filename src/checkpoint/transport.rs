@@ -33,6 +33,7 @@ use crate::checkpoint::format::{OutputLength, PartitionResume, PersistedUpdate};
 
 mod codec;
 mod split;
+pub mod token;
 use codec::{Dec, Enc};
 pub use split::{encoded_bytes, encoded_update_bytes, split_share};
 

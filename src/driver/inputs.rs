@@ -1,18 +1,124 @@
-//! What a run reads: the input files to ingest (by topic and format) and
-//! the source partitions, each with how a worker opens its feed.
+//! The inputs phase: what a run reads. The input files to ingest (by topic
+//! and format, under a lock shared by the processes of a cluster) and the
+//! source partitions, each with how a worker opens its feed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::csv_input::RowSchema;
+use crate::ingest::ingest_files_as;
 use crate::job::WindowQuery;
+use crate::log::LogConfig;
 use crate::log::{list_partitions, partition_dir};
 use crate::log_feed::LogFeed;
 use crate::nexmark::feed::{GeneratorFeed, ProjectedFeed};
 use crate::nexmark::{files_by_table, source_partition, NexmarkTable};
-use crate::run::{GeneratedInput, RunError, EVENTS_TOPIC};
+use crate::run::{GeneratedInput, RunError, RunOptions, EVENTS_TOPIC};
 use crate::source::{FeedError, PartitionFeed};
+
+/// What the inputs phase hands on.
+pub(super) struct Inputs {
+    /// The source partitions.
+    pub(super) partitions: Vec<InputPartition>,
+    /// The input log, `<data-dir>/log`.
+    pub(super) log_dir: PathBuf,
+}
+
+/// Checks the options, ingests the input files and lists the partitions.
+pub(super) fn prepare(options: &RunOptions) -> Result<Inputs, RunError> {
+    let query = options.query;
+    query
+        .spec
+        .check_granularity(query.granularity_ms)
+        .map_err(|e| RunError::Usage(e.to_string()))?;
+    if options.workers == 0 {
+        return Err(RunError::Usage("--workers must be at least 1".into()));
+    }
+    let files = expand_inputs(&options.inputs)?;
+    if !files.is_empty() {
+        let plan = ingest_plan(&query, &files)?;
+        ingest_topics_locked(&options.data_dir, &plan, &options.log_config)?;
+    }
+    let log_dir = options.data_dir.join("log");
+    let partitions = input_partitions(&query, &log_dir, options.generated)?;
+    Ok(Inputs {
+        partitions,
+        log_dir,
+    })
+}
+
+/// Expands inputs: directories to their `*.csv` files (sorted), files as given.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| RunError::Usage(format!("{}: {e}", input.display())))?
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(RunError::Usage(format!(
+                    "{}: no .csv files in this directory",
+                    input.display()
+                )));
+            }
+            files.extend(found);
+        } else if input.is_file() {
+            files.push(input.clone());
+        } else {
+            return Err(RunError::Usage(format!(
+                "{}: no such file or directory",
+                input.display()
+            )));
+        }
+    }
+    Ok(files)
+}
+
+/// Ingests `files` under an exclusive lock on the data directory, so the
+/// processes of a cluster sharing it agree on the partition numbers.
+pub fn ingest_locked(
+    data_dir: &Path,
+    files: &[PathBuf],
+    log_config: &LogConfig,
+) -> Result<(), RunError> {
+    ingest_topics_locked(
+        data_dir,
+        &[(EVENTS_TOPIC, RowSchema::Generic, files.to_vec())],
+        log_config,
+    )
+}
+
+/// As [`ingest_locked`], for files of several topics and formats.
+pub fn ingest_topics_locked(
+    data_dir: &Path,
+    topics: &[(&str, RowSchema, Vec<PathBuf>)],
+    log_config: &LogConfig,
+) -> Result<(), RunError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| RunError::Output {
+        path: data_dir.to_owned(),
+        source: e,
+    })?;
+    let lock_path = data_dir.join("ingest.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| RunError::Output {
+            path: lock_path.clone(),
+            source: e,
+        })?;
+    for (topic, schema, files) in topics.iter().filter(|t| !t.2.is_empty()) {
+        let report = ingest_files_as(&data_dir.join("log"), topic, *schema, files, log_config)?;
+        for file in &report.files {
+            tracing::debug!(topic, path = %file.path.display(), partition = file.partition, records = file.records, skipped = file.skipped, "ingest");
+        }
+    }
+    drop(lock);
+    Ok(())
+}
 
 /// Files to ingest into one topic, in one format.
 pub type TopicFiles = (&'static str, RowSchema, Vec<PathBuf>);

@@ -1,18 +1,40 @@
-//! Output files at the start of a run: truncated to the lengths the
-//! restored checkpoint committed (or removed when it committed none).
+//! Output files at the start of a run (the end of the restore phase):
+//! truncated to the lengths the restored checkpoint committed (or removed
+//! when it committed none).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::Place;
 use crate::checkpoint::format::{CommitRecord, OutputLength};
-use crate::run::RunError;
+use crate::run::{RunError, RunOptions};
 use crate::sink::{is_output_file_name, output_file_names};
+
+/// Creates the output directory and truncates this process's files in it
+/// to what `restored` committed.
+pub(super) fn prepare(
+    options: &RunOptions,
+    restored: Option<&CommitRecord>,
+    place: Place,
+) -> Result<(), RunError> {
+    std::fs::create_dir_all(&options.out_dir).map_err(|e| RunError::Output {
+        path: options.out_dir.clone(),
+        source: e,
+    })?;
+    prepare_outputs(
+        &options.out_dir,
+        restored,
+        place.first_worker..place.first_worker + options.workers,
+        place.process == 0,
+        place.workers_total,
+    )
+}
 
 /// Truncates the output files of `workers` (this process's) to their
 /// committed lengths (or empties them: no checkpoint). Process 0 also
 /// handles files of worker indexes beyond this run's (an earlier run had
 /// more workers): committed ones are truncated, others removed.
-pub(super) fn prepare_outputs(
+fn prepare_outputs(
     out_dir: &Path,
     restored: Option<&CommitRecord>,
     workers: std::ops::Range<usize>,

@@ -11,7 +11,6 @@
 //! consolidated before the dataflow starts.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
@@ -24,15 +23,25 @@ use weir_dataflows::WindowSpec;
 use super::{SessionRecord, WindowQuery};
 use crate::checkpoint::cut::FINAL_CUT;
 use crate::checkpoint::format::{consolidate_as_of_cut, push_updates, CommitRecord};
-use crate::checkpoint::store::CheckpointGroups;
-use crate::metrics::EngineMetrics;
-use crate::run::RunError;
+use crate::checkpoint::store::{CheckpointGroups, StoreError};
 use weir_dataflows::combiner::PaneValue;
 use weir_dataflows::Key;
 
 /// Records decoded per activation of the `RestoredState` operator (a few
 /// milliseconds of work, so other operators run in between).
 const RESTORE_CHUNK_RECORDS: u64 = 65_536;
+
+/// Why a worker's share of a checkpoint could not be restored (the driver
+/// reports it as the run's error, with the same message).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The checkpoint store could not be read, or a record is corrupt.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The persisted state does not decode into what the query keeps.
+    #[error("restore: {0}")]
+    Invalid(String),
+}
 
 /// Where a worker's restore reports its outcome.
 pub struct RestoreReport {
@@ -41,52 +50,7 @@ pub struct RestoreReport {
     pub done: Box<dyn FnOnce(u64, Duration)>,
     /// Called on a read or decode error. The restored stream then keeps its
     /// capability, so nothing downstream ever takes the state as complete.
-    pub failed: Box<dyn FnOnce(RunError)>,
-}
-
-impl RestoreReport {
-    /// Worker `worker`'s report on restoring `record`: a `restore` span and
-    /// a log line, the engine's metrics, and `stats` (updates summed over
-    /// the workers, the slowest worker's time); a failure goes to `failure`.
-    pub fn for_worker(
-        worker: usize,
-        record: &CommitRecord,
-        metrics: Arc<EngineMetrics>,
-        stats: Arc<Mutex<(u64, Duration)>>,
-        failure: Arc<Mutex<Option<RunError>>>,
-    ) -> Self {
-        let span = tracing::info_span!(
-            "restore",
-            worker,
-            checkpoint_id = record.checkpoint_id,
-            cut_time = record.cut_time,
-            updates = tracing::field::Empty,
-            elapsed_ms = tracing::field::Empty,
-        );
-        RestoreReport {
-            done: Box::new(move |updates, took| {
-                span.record("updates", updates);
-                span.record("elapsed_ms", crate::metrics::millis(took));
-                let _entered = span.enter();
-                metrics.restored(updates as usize, took);
-                tracing::info!(
-                    worker,
-                    updates,
-                    ms = took.as_millis() as u64,
-                    "restored state"
-                );
-                let mut s = stats.lock().expect("restore stats poisoned");
-                s.0 += updates;
-                s.1 = s.1.max(took);
-            }),
-            failed: Box::new(move |e| {
-                failure
-                    .lock()
-                    .expect("failure slot poisoned")
-                    .get_or_insert(e);
-            }),
-        }
-    }
+    pub failed: Box<dyn FnOnce(RestoreError)>,
 }
 
 /// The persisted state a worker restores: pane partials of fixed windows
@@ -133,7 +97,7 @@ pub fn open_restore(
     key_groups: impl Fn(u16) -> bool,
     horizon_time: u64,
     report: RestoreReport,
-) -> Result<RestoredState, RunError> {
+) -> Result<RestoredState, RestoreError> {
     let started = Instant::now();
     let groups = CheckpointGroups::open(dir, record, key_groups)?;
     if !matches!(query.spec, WindowSpec::Session { .. }) {
@@ -155,7 +119,7 @@ pub fn open_restore(
     groups.visit(horizon_time, &mut push_updates(&mut updates))?;
     consolidate_as_of_cut(&mut updates);
     if let Some(bad) = updates.iter().find(|u| u.diff != 1) {
-        return Err(RunError::Restore(format!(
+        return Err(RestoreError::Invalid(format!(
             "persisted sessions do not form a set: an update has multiplicity {}",
             bad.diff
         )));
@@ -164,14 +128,14 @@ pub fn open_restore(
         .into_iter()
         .map(|u| {
             let record: SessionRecord = bincode::deserialize(&u.data).map_err(|e| {
-                RunError::Restore(format!(
+                RestoreError::Invalid(format!(
                     "persisted session at time {} does not decode: {e}",
                     u.time
                 ))
             })?;
             Ok((record, u.time, u.diff as isize))
         })
-        .collect::<Result<_, RunError>>()?;
+        .collect::<Result<_, RestoreError>>()?;
     (report.done)(sessions.len() as u64, started.elapsed());
     Ok(RestoredState::Sessions(sessions))
 }
@@ -192,7 +156,10 @@ enum Produced {
 impl PaneStream {
     /// Reads and decodes the next few key groups into `chunk`; returns
     /// whether any are left.
-    fn next_chunk<P: PaneValue>(&mut self, chunk: &mut PaneUpdates<P>) -> Result<bool, RunError> {
+    fn next_chunk<P: PaneValue>(
+        &mut self,
+        chunk: &mut PaneUpdates<P>,
+    ) -> Result<bool, RestoreError> {
         let started = Instant::now();
         let before = chunk.len();
         let earliest_time = self.earliest_time;

@@ -9,9 +9,16 @@
 //!
 //! The length has its own checksum, so a flipped length byte is reported as
 //! corruption instead of looking like a record that extends past the end of
-//! the file (a torn write). Segment files are `<base offset as 20 digits>.seg`.
+//! the file (a torn write). The frame is [`crate::storage::frame`]'s, shared
+//! with the checkpoint commit stream. Segment files are `<base offset as 20
+//! digits>.seg`.
 
 use std::path::{Path, PathBuf};
+
+pub use crate::storage::frame::{
+    check_payload, decode_frame_header, encode_frame_header, FrameHeader, FRAME_HEADER_LEN_BYTES,
+    MAX_RECORD_SIZE_BYTES,
+};
 
 use super::LogError;
 
@@ -21,10 +28,6 @@ pub const SEGMENT_MAGIC: &[u8; 8] = b"WEIRSEG1";
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_LEN_BYTES: usize = 24;
-/// Size of a record frame header (before the payload).
-pub const FRAME_HEADER_LEN_BYTES: usize = 12;
-/// The largest payload a record may have (16 MiB).
-pub const MAX_RECORD_SIZE_BYTES: usize = 16 << 20;
 
 /// Encodes the header of a segment whose first record has offset `base_offset`.
 pub fn encode_segment_header(base_offset: u64) -> [u8; SEGMENT_HEADER_LEN_BYTES] {
@@ -57,63 +60,6 @@ pub fn decode_segment_header(h: &[u8]) -> Result<u64, String> {
         return Err(format!("unsupported segment format version {version}"));
     }
     Ok(u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")))
-}
-
-/// Encodes the frame header of `payload` (whose length must be at most
-/// [`MAX_RECORD_SIZE_BYTES`]).
-pub fn encode_frame_header(payload: &[u8]) -> [u8; FRAME_HEADER_LEN_BYTES] {
-    debug_assert!(payload.len() <= MAX_RECORD_SIZE_BYTES);
-    let len = (payload.len() as u32).to_le_bytes();
-    let mut h = [0u8; FRAME_HEADER_LEN_BYTES];
-    h[..4].copy_from_slice(&len);
-    h[4..8].copy_from_slice(&crc32c::crc32c(&len).to_le_bytes());
-    h[8..12].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    h
-}
-
-/// A decoded frame header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameHeader {
-    /// Payload length.
-    pub len_bytes: usize,
-    /// Expected CRC32C of the payload.
-    pub payload_crc32c: u32,
-}
-
-/// Decodes the first [`FRAME_HEADER_LEN_BYTES`] of `h`, checking the length
-/// checksum and the size limit.
-pub fn decode_frame_header(h: &[u8]) -> Result<FrameHeader, String> {
-    let len = u32_at(h, 0);
-    let stored = u32_at(h, 4);
-    let computed = crc32c::crc32c(&h[..4]);
-    if stored != computed {
-        return Err(format!(
-            "record length checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-        ));
-    }
-    let len_bytes = len as usize;
-    if len_bytes > MAX_RECORD_SIZE_BYTES {
-        return Err(format!(
-            "record length {len_bytes} exceeds the maximum of {MAX_RECORD_SIZE_BYTES}"
-        ));
-    }
-    Ok(FrameHeader {
-        len_bytes,
-        payload_crc32c: u32_at(h, 8),
-    })
-}
-
-/// Checks a payload against the CRC from its frame header.
-pub fn check_payload(header: FrameHeader, payload: &[u8]) -> Result<(), String> {
-    let computed = crc32c::crc32c(payload);
-    if computed == header.payload_crc32c {
-        Ok(())
-    } else {
-        Err(format!(
-            "record payload checksum mismatch (stored {:#010x}, computed {computed:#010x})",
-            header.payload_crc32c
-        ))
-    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

@@ -9,10 +9,10 @@
 //! tail when it opens), [`PartitionReader`] reads from any offset and never
 //! returns bytes whose checksum does not match.
 //!
-//! Only this module (and the checkpoint store) may call `fsync` or `rename`;
-//! other modules that need durable file operations use [`durable`].
+//! Only this module (and the checkpoint store) may call `fsync` or `rename`,
+//! through [`crate::storage::durable`], as other modules that need durable
+//! file operations do.
 
-pub mod durable;
 pub mod format;
 pub mod index;
 mod reader;
@@ -212,6 +212,15 @@ impl LogError {
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }
+    }
+}
+
+impl From<crate::storage::IoError> for LogError {
+    fn from(e: crate::storage::IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 

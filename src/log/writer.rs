@@ -13,7 +13,6 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::durable::{create_dir_all_durably, sync_dir, sync_file};
 use super::format::{
     encode_frame_header, encode_segment_header, index_path, list_segments, segment_path,
     FRAME_HEADER_LEN_BYTES, MAX_RECORD_SIZE_BYTES, SEGMENT_HEADER_LEN_BYTES,
@@ -21,6 +20,7 @@ use super::format::{
 use super::index::{is_sealed, read_index, IndexEntry, IndexWriter};
 use super::segment::scan_segment;
 use super::{FsyncPolicy, LogConfig, LogError};
+use crate::storage::durable::{create_dir_all_durably, sync_dir, sync_file};
 
 const WRITE_BUFFER_LEN_BYTES: usize = 256 << 10;
 

@@ -12,7 +12,8 @@ use std::time::Instant;
 use weir_dataflows::{LateRow, WindowRow, WindowSpec};
 
 use super::*;
-use crate::job::{build_window_query, RowSink, WindowQuery};
+use crate::job::{build_window_query, WindowQuery};
+use crate::sink::RowSink;
 
 /// Delivers its events, then has nothing new, ever: a tailing input that
 /// stalled.

@@ -9,6 +9,7 @@ mod eviction;
 mod golden;
 mod ingest;
 mod kill_clock;
+mod layers;
 mod log;
 mod nexmark;
 mod oracle;

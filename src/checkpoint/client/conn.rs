@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::ClientError;
-use crate::checkpoint::sidecar::TOKEN_FILE_NAME;
+use crate::checkpoint::transport::token::TOKEN_FILE_NAME;
 
 /// Where the sidecar listens.
 #[derive(Clone, Debug, PartialEq, Eq)]

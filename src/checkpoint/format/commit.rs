@@ -8,7 +8,7 @@ use super::{
     FormatError, OutputLength, PartitionResume, COMMITS_FORMAT_VERSION, COMMITS_HEADER_LEN_BYTES,
     COMMITS_MAGIC, COMMITS_OLDEST_READABLE_VERSION, MAX_NAME_LEN_BYTES,
 };
-use crate::log::format::{
+use crate::storage::frame::{
     check_payload, decode_frame_header, encode_frame_header, FRAME_HEADER_LEN_BYTES,
 };
 

@@ -183,7 +183,7 @@ proptest! {
         let mut payload = encode_commit_record(&v1);
         payload.truncate(payload.len() - 17);
         let mut stream = encode_commits_header_version(1).to_vec();
-        stream.extend_from_slice(&crate::log::format::encode_frame_header(&payload));
+        stream.extend_from_slice(&crate::storage::frame::encode_frame_header(&payload));
         stream.extend_from_slice(&payload);
         let scan = scan_commits(&stream).unwrap();
         prop_assert_eq!(scan.version, 1);

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::metrics::{dir_usage, is_temp_or_lock, Exposition, Histogram, LATENCY_BUCKETS_SECONDS};
+use crate::checkpoint::store::is_temp_or_lock;
+use crate::metrics::{dir_usage, Exposition, Histogram, LATENCY_BUCKETS_SECONDS};
 
 /// Live figures of a sidecar, updated by its coordinator and commits.
 #[derive(Debug)]

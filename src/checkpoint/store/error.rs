@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::format::{FormatError, KEY_GROUPS, MAX_UPDATE_DATA_BYTES};
-use crate::log::{LogError, MAX_RECORD_SIZE_BYTES};
+use crate::storage::frame::MAX_RECORD_SIZE_BYTES;
+use crate::storage::IoError;
 
 /// Errors of the checkpoint store: storage errors name the file (and, for
 /// damaged data, the byte offset); misuse by the caller is [`UsageError`].
@@ -144,23 +145,11 @@ impl StoreError {
     }
 }
 
-impl From<LogError> for StoreError {
-    fn from(e: LogError) -> Self {
-        match e {
-            LogError::Io { path, source } => Self::Io { path, source },
-            LogError::Corrupt {
-                path,
-                byte_offset,
-                reason,
-            } => Self::Corrupt {
-                path,
-                byte_offset,
-                reason,
-            },
-            other => Self::Io {
-                path: PathBuf::new(),
-                source: std::io::Error::other(other.to_string()),
-            },
+impl From<IoError> for StoreError {
+    fn from(e: IoError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
         }
     }
 }

@@ -10,10 +10,19 @@
 //! Only increases of the maximum that cross a multiple of the cut step are
 //! remembered, so a partition keeps about one mark per step between the
 //! last cut and its read position (bounded by the sources' read-ahead).
+//!
+//! The source operator records its progress here; the checkpoint tap
+//! (`cut`) reads the resume points from it.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use crate::checkpoint::format::PartitionResume;
+
+/// The read progress of a worker's partitions, shared by its source with
+/// the checkpoint tap.
+pub type SharedProgress = Rc<RefCell<Vec<PartitionProgress>>>;
 
 /// The maximum crossed one or more cut boundaries at `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

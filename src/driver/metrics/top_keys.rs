@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use weir_dataflows::WindowRow;
 
 use super::TOP_KEYS;
-use crate::run::RowObserver;
+use crate::sink::RowObserver;
 
 /// The top keys of one worker's window rows (see [`EngineMetrics`]).
 #[derive(Debug)]

@@ -1,30 +1,31 @@
 //! Durable file-system operations (`fsync`, atomic replace, durable rename).
 //!
 //! The design allows only the log and the checkpoint store to call `fsync`
-//! and `rename`; other modules (ingest) go through these helpers so the
-//! discipline lives in one place: a new or renamed entry is durable only once
-//! its parent directory has been fsynced.
+//! and `rename`; both, and other modules that need a durable file (ingest,
+//! the sidecar's token), go through these helpers so the discipline lives in
+//! one place: a new or renamed entry is durable only once its parent
+//! directory has been fsynced.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use super::LogError;
+use super::IoError;
 
 /// Fsyncs a directory, making the creation, removal or renaming of its
 /// entries durable.
-pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
+pub fn sync_dir(dir: &Path) -> Result<(), IoError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(LogError::io(dir))
+        .map_err(IoError::at(dir))
 }
 
 /// Fsyncs the data of an existing file (through a fresh handle: on Linux
 /// `fsync` flushes the file, whichever descriptor is used).
-pub fn sync_file(path: &Path) -> Result<(), LogError> {
+pub fn sync_file(path: &Path) -> Result<(), IoError> {
     File::open(path)
         .and_then(|f| f.sync_data())
-        .map_err(LogError::io(path))
+        .map_err(IoError::at(path))
 }
 
 /// The parent of `path`, or `.` for a bare file name.
@@ -37,7 +38,7 @@ fn parent_of(path: &Path) -> &Path {
 
 /// Creates `dir` and its missing ancestors, fsyncing the parent of each
 /// directory it created.
-pub fn create_dir_all_durably(dir: &Path) -> Result<(), LogError> {
+pub fn create_dir_all_durably(dir: &Path) -> Result<(), IoError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -47,14 +48,14 @@ pub fn create_dir_all_durably(dir: &Path) -> Result<(), LogError> {
     match std::fs::create_dir(dir) {
         Ok(()) => sync_dir(parent_of(dir)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) => Err(LogError::io(dir)(e)),
+        Err(e) => Err(IoError::at(dir)(e)),
     }
 }
 
 /// Replaces the file at `path` by `bytes` atomically: writes `<path>.tmp`,
 /// fsyncs it, renames it over `path` and fsyncs the directory. After a crash
 /// `path` holds either the old or the new content.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = Path::new(&tmp_name);
@@ -63,18 +64,18 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), LogError> 
         .create(true)
         .truncate(true)
         .open(tmp)
-        .map_err(LogError::io(tmp))?;
+        .map_err(IoError::at(tmp))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(LogError::io(tmp))?;
+        .map_err(IoError::at(tmp))?;
     drop(f);
     rename_durably(tmp, path)
 }
 
 /// Renames `from` to `to` (a file or a directory) and fsyncs the parent
 /// directories of both.
-pub fn rename_durably(from: &Path, to: &Path) -> Result<(), LogError> {
-    std::fs::rename(from, to).map_err(LogError::io(from))?;
+pub fn rename_durably(from: &Path, to: &Path) -> Result<(), IoError> {
+    std::fs::rename(from, to).map_err(IoError::at(from))?;
     sync_dir(parent_of(to))?;
     if parent_of(from) != parent_of(to) {
         sync_dir(parent_of(from))?;
@@ -83,11 +84,11 @@ pub fn rename_durably(from: &Path, to: &Path) -> Result<(), LogError> {
 }
 
 /// Removes a directory tree (if it exists) and fsyncs its parent.
-pub fn remove_dir_all_durably(dir: &Path) -> Result<(), LogError> {
+pub fn remove_dir_all_durably(dir: &Path) -> Result<(), IoError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => sync_dir(parent_of(dir)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LogError::io(dir)(e)),
+        Err(e) => Err(IoError::at(dir)(e)),
     }
 }
 

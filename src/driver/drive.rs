@@ -1,0 +1,174 @@
+//! The drive phase: start the timely workers and step each one until its
+//! dataflow completes (and, with checkpoints, its final cut is shipped),
+//! tending the sidecar connection, shipping checkpoint shares and updating
+//! the process's figures; then flush its output files.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::worker::Worker;
+
+use super::checkpointing::{ship_ready, tend_sidecar};
+use super::dataflow::{build, Process, WorkerDataflow};
+use super::timely_config;
+use crate::checkpoint::client::{DurableFile, SidecarClient};
+use crate::checkpoint::transport::WorkerCut;
+use crate::run::{RunError, RunOptions};
+
+/// The process's shared state after its workers finished, and how long
+/// they ran.
+pub(super) struct Driven {
+    pub(super) process: Arc<Process>,
+    pub(super) elapsed: Duration,
+}
+
+/// Runs the workers of this process to the end; errors of timely itself
+/// (a worker that panicked, a cluster that did not connect) are returned
+/// here, the run's own failures are left in `process` for the finish.
+pub(super) fn execute(
+    options: &RunOptions,
+    process: Process,
+    client: Option<Arc<SidecarClient>>,
+) -> Result<Driven, RunError> {
+    let process = Arc::new(process);
+    let started = Instant::now();
+    let guards = {
+        let process = Arc::clone(&process);
+        timely::execute(
+            timely_config(options.workers, options.cluster.as_ref()),
+            move |worker| {
+                if let Some(dataflow) = build(&process, client.as_ref(), worker) {
+                    drive_worker(&process, client.as_ref(), worker, &dataflow);
+                }
+            },
+        )
+        .map_err(RunError::Dataflow)?
+    };
+    let worker_results = guards.join();
+    let elapsed = started.elapsed();
+    for result in worker_results {
+        result.map_err(RunError::Dataflow)?;
+    }
+    Ok(Driven { process, elapsed })
+}
+
+/// Steps one worker until its dataflow completes (or the run fails), then
+/// flushes its outputs and waits for the other workers' dataflows.
+fn drive_worker(
+    p: &Process,
+    client: Option<&Arc<SidecarClient>>,
+    worker: &mut Worker,
+    dataflow: &WorkerDataflow,
+) {
+    let index = worker.index();
+    let WorkerDataflow {
+        probe,
+        outputs,
+        assembler,
+        gate,
+    } = dataflow;
+    let sender = p.sender.as_ref();
+    let mut backlog: VecDeque<(WorkerCut, Vec<DurableFile>)> = VecDeque::new();
+    // This run has failed: a source error, another worker's failure, or
+    // (recorded here) a lost sidecar.
+    let failed = || {
+        if let Some(e) = client.and_then(|c| c.error()) {
+            p.fail(RunError::Sidecar(e));
+        }
+        p.errors.lock().expect("poisoned").is_some()
+            || p.failure.lock().expect("poisoned").is_some()
+    };
+    let mut last_flush = Instant::now();
+    loop {
+        let done = probe.done()
+            && (sender.is_none() || (assembler.borrow().final_done() && backlog.is_empty()));
+        if done {
+            break;
+        }
+        if failed() {
+            return abandon_dataflows(worker);
+        }
+        worker.step_or_park(Some(Duration::from_millis(20)));
+        if let Some(client) = client {
+            tend_sidecar(
+                client,
+                gate.as_ref(),
+                index == p.first_worker,
+                p.stall_after,
+            );
+        }
+        if let Some(sender) = sender {
+            ship_ready(
+                assembler,
+                &mut backlog,
+                sender,
+                (index, p.retention_ms),
+                &p.final_id,
+            );
+        }
+        if index == p.first_worker {
+            // The figures are per process: its first worker updates them.
+            let gauges = &p.run_gauges;
+            let frontier = probe
+                .with_frontier(|f| f.first().copied())
+                .unwrap_or(u64::MAX);
+            gauges.output_frontier_ms.store(frontier, Relaxed);
+            p.engine_metrics.first_worker_tick(frontier, &p.counters);
+            if let (Some(client), Some(sender)) = (client, sender) {
+                if let Some((_, cut)) = client.last_committed() {
+                    gauges.committed_cut_ms.store(cut, Relaxed);
+                }
+                if let Some(us) = client.last_commit_latency_us() {
+                    gauges.last_commit_latency_us.store(us, Relaxed);
+                }
+                let fill = sender.fill();
+                gauges.sidecar_queued.store(fill.queued as u64, Relaxed);
+                gauges.sidecar_capacity.store(fill.capacity as u64, Relaxed);
+            }
+        }
+        if sender.is_none() && last_flush.elapsed() >= Duration::from_secs(1) {
+            // Tailing runs never finish; keep the files current.
+            let flushed = outputs.borrow_mut().flush();
+            if let Err(e) = flushed {
+                abandon_dataflows(worker);
+                return p.fail(RunError::Output {
+                    path: p.out_dir.clone(),
+                    source: e,
+                });
+            }
+            last_flush = Instant::now();
+        }
+    }
+    let mut outputs = outputs.borrow_mut();
+    if let Err(e) = outputs.flush() {
+        return p.fail(RunError::Output {
+            path: outputs.windows_path().to_owned(),
+            source: e,
+        });
+    }
+    let mut w = p.written.lock().expect("poisoned");
+    w.0 += outputs.window_rows_written();
+    w.1 += outputs.late_rows_written();
+    drop((w, outputs));
+    // Finish here rather than in timely's own loop after this closure: a
+    // worker that fails drops its dataflows, and then the others' never
+    // complete; they must drop theirs too.
+    while worker.has_dataflows() {
+        if failed() {
+            return abandon_dataflows(worker);
+        }
+        worker.step_or_park(Some(Duration::from_millis(20)));
+    }
+}
+
+/// Drops this worker's dataflows so a failed run ends. Timely keeps stepping
+/// a worker's dataflows after its closure returns until they complete, and a
+/// failed run's never do: its sources keep their capabilities (nothing may
+/// treat the input as complete) and a tailing source waits for more input.
+fn abandon_dataflows(worker: &mut Worker) {
+    for dataflow in worker.installed_dataflows() {
+        worker.drop_dataflow(dataflow);
+    }
+}

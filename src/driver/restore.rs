@@ -1,0 +1,145 @@
+//! The restore phase: the checkpoint a run resumes from (the newest whose
+//! files verify, with warnings about newer unusable ones), and, on each
+//! worker, its key groups of that checkpoint with how it reports loading
+//! them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use std::path::Path;
+
+use super::metrics::EngineMetrics;
+use crate::checkpoint::format::CommitRecord;
+use crate::checkpoint::store::newest_usable;
+use crate::job::{open_restore, RestoreReport, RestoredState, WindowQuery};
+use crate::run::{CheckpointSummary, RunError, RunOptions};
+
+/// What the restore phase hands on.
+pub(super) struct Restored {
+    /// The checkpoint to resume from.
+    pub(super) record: Option<CommitRecord>,
+    /// The checkpoints' part of the summary (checkpoints on), filled in so
+    /// far with what was verified and restored.
+    pub(super) summary: Option<CheckpointSummary>,
+}
+
+/// Finds the newest usable checkpoint of the query (checkpoints on and a
+/// commit stream present).
+pub(super) fn choose(options: &RunOptions) -> Result<Restored, RunError> {
+    let checkpoint = options.checkpoint.as_ref();
+    let checkpoint_dir = options.data_dir.join("checkpoints");
+    let mut summary_checkpoints = checkpoint.map(|_| CheckpointSummary::default());
+    let record: Option<CommitRecord> = match (checkpoint, summary_checkpoints.as_mut()) {
+        (Some(_), Some(summary)) if checkpoint_dir.join("commits.log").exists() => {
+            let verify_started = Instant::now();
+            let usable = newest_usable(&checkpoint_dir, options.query.fingerprint())?;
+            summary.restore_verify = verify_started.elapsed();
+            match usable {
+                Some((record, warnings)) => {
+                    summary.restored_bytes = record.files.iter().map(|f| f.size_bytes).sum();
+                    tracing::info!(
+                        checkpoint_id = record.checkpoint_id,
+                        files = record.files.len(),
+                        bytes = summary.restored_bytes,
+                        ms = summary.restore_verify.as_millis() as u64,
+                        "verified checkpoint"
+                    );
+                    for warning in &warnings {
+                        tracing::warn!(%warning, "newest checkpoint unusable, falling back");
+                        eprintln!("WARNING: {warning}");
+                    }
+                    summary.restore_warnings = warnings;
+                    summary.restored_from = Some((record.checkpoint_id, record.cut_time));
+                    Some(record)
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    Ok(Restored {
+        record,
+        summary: summary_checkpoints,
+    })
+}
+
+/// Where the workers' restores report.
+pub(super) struct RestoreSinks<'a> {
+    /// The engine's metrics.
+    pub(super) metrics: &'a Arc<EngineMetrics>,
+    /// Updates summed over the workers, the slowest worker's time.
+    pub(super) stats: &'a Arc<Mutex<(u64, Duration)>>,
+    /// The run's first failure.
+    pub(super) failure: &'a Arc<Mutex<Option<RunError>>>,
+}
+
+/// Worker `index` of `peers`: opens its key groups of `record` in
+/// `checkpoint_dir`, updates within `retention_ms` of its cut (the rest of
+/// the pane partials stream in as the dataflow runs).
+pub(super) fn open_worker_state(
+    (query, checkpoint_dir, retention_ms): (&WindowQuery, &Path, u64),
+    (index, peers): (usize, usize),
+    record: &CommitRecord,
+    sinks: &RestoreSinks<'_>,
+) -> Result<RestoredState, RunError> {
+    let horizon = record.cut_time.saturating_sub(retention_ms);
+    let mine = |group: u16| usize::from(group) % peers == index;
+    let report = worker_report(
+        index,
+        record,
+        Arc::clone(sinks.metrics),
+        Arc::clone(sinks.stats),
+        Arc::clone(sinks.failure),
+    );
+    Ok(open_restore(
+        query,
+        checkpoint_dir,
+        record,
+        mine,
+        horizon,
+        report,
+    )?)
+}
+
+/// Worker `worker`'s report on restoring `record`: a `restore` span and a
+/// log line, the engine's metrics, and `stats` (updates summed over the
+/// workers, the slowest worker's time); a failure goes to `failure`.
+fn worker_report(
+    worker: usize,
+    record: &CommitRecord,
+    metrics: Arc<EngineMetrics>,
+    stats: Arc<Mutex<(u64, Duration)>>,
+    failure: Arc<Mutex<Option<RunError>>>,
+) -> RestoreReport {
+    let span = tracing::info_span!(
+        "restore",
+        worker,
+        checkpoint_id = record.checkpoint_id,
+        cut_time = record.cut_time,
+        updates = tracing::field::Empty,
+        elapsed_ms = tracing::field::Empty,
+    );
+    RestoreReport {
+        done: Box::new(move |updates, took| {
+            span.record("updates", updates);
+            span.record("elapsed_ms", crate::metrics::millis(took));
+            let _entered = span.enter();
+            metrics.restored(updates as usize, took);
+            tracing::info!(
+                worker,
+                updates,
+                ms = took.as_millis() as u64,
+                "restored state"
+            );
+            let mut s = stats.lock().expect("restore stats poisoned");
+            s.0 += updates;
+            s.1 = s.1.max(took);
+        }),
+        failed: Box::new(move |e| {
+            failure
+                .lock()
+                .expect("failure slot poisoned")
+                .get_or_insert(e.into());
+        }),
+    }
+}
