@@ -54,6 +54,11 @@ impl Key {
         &self.text
     }
 
+    /// The key's text, inline up to 24 bytes.
+    pub fn into_compact(self) -> CompactString {
+        self.text
+    }
+
     /// The key's text, by value.
     pub fn into_string(self) -> String {
         self.text.into_string()

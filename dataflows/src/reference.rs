@@ -33,7 +33,7 @@ pub fn reference(
             WindowRow {
                 window_start,
                 window_end,
-                key,
+                key: key.into(),
                 agg,
             }
         })

@@ -1,5 +1,6 @@
 //! Result rows of the generic window query and dead-letter rows.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::agg::Agg;
@@ -11,8 +12,9 @@ pub struct WindowRow {
     pub window_start: u64,
     /// Window end (exclusive), ms.
     pub window_end: u64,
-    /// The key.
-    pub key: String,
+    /// The key (inline up to 24 bytes: a sliding window emits a row per key
+    /// and slide, and a heap string per row was measurable).
+    pub key: CompactString,
     /// Count, sum, min and max of the key's accepted events in the window.
     pub agg: Agg,
 }

@@ -143,7 +143,7 @@ pub fn session_windows(
                         session.give(SessionOutput::Row(WindowRow {
                             window_start: s.first_ts,
                             window_end: s.last_ts + gap_ms,
-                            key: key.as_str().to_owned(),
+                            key: key.as_str().into(),
                             agg: s.agg,
                         }));
                         session.give(SessionOutput::State(((key.clone(), *s), ct, -1)));

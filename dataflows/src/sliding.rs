@@ -155,7 +155,7 @@ fn sliding_windows(
                             session.give(WindowRow {
                                 window_start,
                                 window_end,
-                                key: key.as_str().to_owned(),
+                                key: key.as_str().into(),
                                 agg,
                             });
                         };

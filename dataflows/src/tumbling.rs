@@ -119,7 +119,7 @@ pub fn tumbling_windows(
                         session.give(WindowRow {
                             window_start,
                             window_end,
-                            key: key.into_string(),
+                            key: key.into_compact(),
                             agg,
                         });
                     };

@@ -623,7 +623,7 @@ mod tests {
         WindowRow {
             window_start: window_end - 1_000,
             window_end,
-            key: "k".to_owned(),
+            key: "k".into(),
             agg: weir_dataflows::Agg::of(1),
         }
     }

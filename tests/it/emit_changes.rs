@@ -30,16 +30,24 @@ fn rebuild(changes: &[WindowRow], size_ms: u64, slide_ms: u64) -> Vec<WindowRow>
     while end <= last {
         for row in by_end.get(&end).into_iter().flatten() {
             if row.agg.count == 0 {
-                assert!(window.remove(&row.key).is_some(), "{} left twice", row.key);
+                assert!(
+                    window.remove(row.key.as_str()).is_some(),
+                    "{} left twice",
+                    row.key
+                );
             } else {
-                assert_ne!(window.get(&row.key), Some(&row.agg), "an unchanged row");
-                window.insert(row.key.clone(), row.agg);
+                assert_ne!(
+                    window.get(row.key.as_str()),
+                    Some(&row.agg),
+                    "an unchanged row"
+                );
+                window.insert(row.key.to_string(), row.agg);
             }
         }
         rows.extend(window.iter().map(|(key, agg)| WindowRow {
             window_start: end.saturating_sub(size_ms),
             window_end: end,
-            key: key.clone(),
+            key: key.as_str().into(),
             agg: *agg,
         }));
         end += slide_ms;

@@ -476,7 +476,7 @@ fn window_rows() -> Vec<WindowRow> {
     let row = |window_start, window_end, key: &str, agg| WindowRow {
         window_start,
         window_end,
-        key: key.to_owned(),
+        key: key.into(),
         agg,
     };
     vec![

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::kill_clock::{sidecar_pattern, wait_for_process};
-use crate::support::{assert_success, free_ports, run_weir, sorted_rows, weir};
+use crate::support::{assert_success, free_ports, output_within, run_weir, sorted_rows, weir};
 
 /// The tap bound of the stalled run, MiB (`--max-tap-buffer-mb`).
 const TAP_BOUND_MIB: u64 = 1;
@@ -137,19 +137,27 @@ impl Drop for Cleanup<'_> {
 
 /// Waits for `child` to exit, at most [`DEADLINE`]; returns its stderr.
 fn finish(mut child: Child) -> (std::process::ExitStatus, String) {
+    // Drained meanwhile: a run blocked on a full stderr pipe would never end.
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
     let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if started.elapsed() > DEADLINE {
             let _ = child.kill();
-            panic!("the run did not finish within {DEADLINE:?}");
+            let _ = child.wait();
+            let stderr = reader.join().unwrap_or_default();
+            panic!("the run did not finish within {DEADLINE:?}; its stderr:\n{stderr}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    };
+    (status, reader.join().expect("stderr reader"))
 }
 
 struct Fixture {
@@ -292,10 +300,7 @@ fn a_killed_sidecar_fails_the_run_with_rerun_advice_and_the_rerun_is_exactly_onc
     );
     // The same command again: it restores the newest committed checkpoint
     // (if any was committed before the stop) and finishes.
-    let rerun = weir()
-        .args(run_args(&f.input, &data, &out))
-        .output()
-        .unwrap();
+    let rerun = output_within(weir().args(run_args(&f.input, &data, &out)), DEADLINE);
     assert_success(&rerun, "the rerun");
     assert_exactly_once(&f, &out);
 }

@@ -14,6 +14,37 @@ pub fn run_weir(args: &[&str]) -> Output {
     weir().args(args).output().expect("starting weir")
 }
 
+/// Runs `command` to its end, at most `deadline`: a run that does not end
+/// by then is killed and fails the test with what it wrote to stderr (a
+/// hung run fails here, with its log, instead of hanging the test).
+pub fn output_within(command: &mut Command, deadline: std::time::Duration) -> Output {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = command
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("starting the command");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the command") {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+            panic!("the command did not end within {deadline:?}; its stderr:\n{stderr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    }
+}
+
 /// Fails the test with the command's stderr unless it succeeded.
 pub fn assert_success(output: &Output, what: &str) {
     assert!(

@@ -19,7 +19,7 @@ fn row(key: &str, count: u64, max: i64) -> WindowRow {
     WindowRow {
         window_start: 10_000,
         window_end: 20_000,
-        key: key.to_owned(),
+        key: key.into(),
         agg,
     }
 }
