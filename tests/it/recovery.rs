@@ -15,33 +15,13 @@ use crate::kill_clock::{
     kill_group, sidecar_pattern, sleep_while_running, timed, wait_for_process, KillClock,
     MAX_KILLS_PER_ROUND,
 };
-use crate::support::{assert_success, run_weir, sorted_rows, weir};
+use crate::support::{assert_success, gen_input, sorted_rows, weir};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn gen_input(dir: &Path, events: u64) {
-    let out = run_weir(&[
-        "gen",
-        "zipf",
-        "--events",
-        &events.to_string(),
-        "--partitions",
-        "4",
-        "--keys",
-        "3000",
-        "--rate",
-        "20000",
-        "--late-fraction",
-        "0.002",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert_success(&out, "weir gen");
 }
 
 fn run_args(input: &str, data: &str, out: &str, workers: u64) -> Vec<String> {

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::kill_clock::{sidecar_pattern, wait_for_process};
-use crate::support::{assert_success, free_ports, output_within, run_weir, sorted_rows, weir};
+use crate::support::{assert_success, free_ports, gen_input, output_within, sorted_rows, weir};
 
 /// The tap bound of the stalled run, MiB (`--max-tap-buffer-mb`).
 const TAP_BOUND_MIB: u64 = 1;
@@ -28,26 +28,6 @@ const TAP_BOUND_MIB: u64 = 1;
 const TAP_CEILING_BYTES: u64 = (2 * TAP_BOUND_MIB + 1) << 20;
 /// How long any awaited condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn gen_input(dir: &Path, events: u64) {
-    let out = run_weir(&[
-        "gen",
-        "zipf",
-        "--events",
-        &events.to_string(),
-        "--partitions",
-        "4",
-        "--keys",
-        "3000",
-        "--rate",
-        "20000",
-        "--late-fraction",
-        "0.002",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert_success(&out, "weir gen");
-}
 
 fn run_args(input: &Path, data: &Path, out: &Path) -> Vec<String> {
     [

@@ -45,6 +45,28 @@ pub fn output_within(command: &mut Command, deadline: std::time::Duration) -> Ou
     }
 }
 
+/// Generates the kill tests' input in `dir`: `events` Zipf events over 4
+/// partitions and 3,000 keys, 20,000 per second of event time, 0.2 % late.
+pub fn gen_input(dir: &Path, events: u64) {
+    let out = run_weir(&[
+        "gen",
+        "zipf",
+        "--events",
+        &events.to_string(),
+        "--partitions",
+        "4",
+        "--keys",
+        "3000",
+        "--rate",
+        "20000",
+        "--late-fraction",
+        "0.002",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_success(&out, "weir gen");
+}
+
 /// Fails the test with the command's stderr unless it succeeded.
 pub fn assert_success(output: &Output, what: &str) {
     assert!(
