@@ -1,17 +1,13 @@
 //! Tumbling windows: each window is one pane, so its result is the merge of
 //! that pane's partials, and nothing about it is needed once it is emitted.
 //!
-//! [`crate::sliding::fixed_windows`] keeps the open panes of a sliding window
-//! as an arranged collection, inserts and retracts them, and re-folds every
-//! key's panes with `reduce`. For a tumbling window that machinery holds
-//! nothing past the window's close: the pane arrives (all workers' partials
-//! at one time, `pane_end - G`), is folded once and is retracted at the next
-//! pane. Sorting the partials into a batch, building it, merging it into the
-//! trace and replaying each key's history cost ~1.5 µs per partial, all of it
-//! in the burst after the window closes. Here the partials are exchanged by
-//! key and merged into a hash map per time, and a time's rows are emitted once
-//! the frontier passes it: the same rows (the oracle tests compare), for one
-//! hash-map update per partial.
+//! No pane store and no arrangement: the partials (all workers' at one time,
+//! `pane_end - G`) are exchanged by key and merged into a hash map per time,
+//! and once the frontier passes that time the window's rows go out,
+//! [`ROWS_PER_ACTIVATION`] per activation (the operator activates itself for
+//! the rest), so the rows in flight stay bounded however many keys a window
+//! has. One hash-map update per partial; the oracle tests compare the rows
+//! with the reference.
 
 use std::collections::{BTreeMap, HashMap};
 use std::mem::size_of;
@@ -28,7 +24,7 @@ use crate::emit::{Emit, LEFT};
 use crate::gauge::StateGauge;
 use crate::key::Key;
 use crate::row::WindowRow;
-use crate::sliding::{FixedWindows, PanePartials};
+use crate::sliding::{FixedWindows, PanePartials, ROWS_PER_ACTIVATION};
 
 /// The window rows of `partials` for tumbling windows (`size == slide`),
 /// each emitted once, at time `pane_end - G`, when the frontier passes it.
@@ -53,10 +49,15 @@ pub fn tumbling_windows(
     } = windows;
     assert_eq!(size_ms, slide_ms, "tumbling windows have one pane each");
     assert!(granularity_ms > 0 && slide_ms.is_multiple_of(granularity_ms));
+    let scope = partials.inner.scope();
     let by_key = Exchange::new(|update: &Update<(Key, (u64, Agg))>| update.0 .0.hash_value());
     partials
         .inner
-        .unary_frontier(by_key, "TumblingWindows", move |_cap, _info| {
+        .unary_frontier(by_key, "TumblingWindows", move |_cap, info| {
+            let activator = scope.activator_for(info.address);
+            // The window whose rows are being given, [`ROWS_PER_ACTIVATION`]
+            // per activation.
+            let mut emitting: Option<Emitting> = None;
             // Per release time, each key's merged aggregate.
             let mut pending: BTreeMap<u64, FastMap<Key, Agg>> = BTreeMap::new();
             // Keys of the last window emitted: the next map starts that large.
@@ -93,7 +94,33 @@ pub fn tumbling_windows(
                 });
                 let frontier_time = frontier.frontier().first().copied();
                 let complete = |t: u64| frontier_time.is_none_or(|f| t < f);
+                let mut budget = ROWS_PER_ACTIVATION;
                 loop {
+                    if let Some(window) = emitting.as_mut() {
+                        let cap = held
+                            .as_ref()
+                            .expect("a capability is held while a window is emitted")
+                            .delayed(&window.time);
+                        let (window_start, window_end) = (window.start, window.end);
+                        let before = window.rows.len();
+                        let rows = window
+                            .rows
+                            .by_ref()
+                            .take(budget)
+                            .map(|(key, agg)| WindowRow {
+                                window_start,
+                                window_end,
+                                key: key.into_compact(),
+                                agg,
+                            });
+                        output.session(&cap).give_iterator(rows);
+                        budget -= before - window.rows.len();
+                        if window.rows.len() > 0 {
+                            activator.activate();
+                            break;
+                        }
+                        emitting = None;
+                    }
                     // With changes: the window after `previous`, if it has no
                     // partials, is the one where all of `previous` leaves.
                     let leave_time =
@@ -107,53 +134,41 @@ pub fn tumbling_windows(
                     if !complete(time) {
                         break;
                     }
-                    let cap = held
-                        .as_ref()
-                        .expect("a capability is held while windows are pending")
-                        .delayed(&time);
                     let window_end = time + granularity_ms;
-                    // Windows that would start before the epoch hold only events from 0 on.
-                    let window_start = window_end.saturating_sub(size_ms);
-                    let mut session = output.session(&cap);
-                    let mut give = |key: Key, agg: Agg| {
-                        session.give(WindowRow {
-                            window_start,
-                            window_end,
-                            key: key.into_compact(),
-                            agg,
-                        });
-                    };
-                    if leaving {
-                        for (key, _) in previous.drain() {
-                            give(key, LEFT);
-                        }
-                        continue;
-                    }
-                    let window = pending.remove(&time).expect("the next pending window");
-                    last_window_keys = window.len();
-                    match emit {
-                        Emit::All => {
-                            for (key, agg) in window {
-                                give(key, agg);
-                            }
-                        }
-                        Emit::Changes => {
-                            // `previous` is the window just before this one, or
-                            // empty (it left in an empty window in between).
-                            for (key, agg) in &window {
-                                let before = previous.remove(key);
-                                if before.map(|b| columns.project(&b)) != Some(columns.project(agg))
-                                {
-                                    give(key.clone(), *agg);
+                    let rows = if leaving {
+                        let left: Vec<_> = previous.drain().map(|(key, _)| (key, LEFT)).collect();
+                        RowsLeft::Listed(left.into_iter())
+                    } else {
+                        let window = pending.remove(&time).expect("the next pending window");
+                        last_window_keys = window.len();
+                        match emit {
+                            Emit::All => RowsLeft::All(window.into_iter()),
+                            Emit::Changes => {
+                                // `previous` is the window just before this one, or
+                                // empty (it left in an empty window in between).
+                                let mut changed = Vec::new();
+                                for (key, agg) in &window {
+                                    let before = previous.remove(key);
+                                    if before.map(|b| columns.project(&b))
+                                        != Some(columns.project(agg))
+                                    {
+                                        changed.push((key.clone(), *agg));
+                                    }
                                 }
+                                changed.extend(previous.drain().map(|(key, _)| (key, LEFT)));
+                                previous = window;
+                                previous_end = window_end;
+                                RowsLeft::Listed(changed.into_iter())
                             }
-                            for (key, _) in previous.drain() {
-                                give(key, LEFT);
-                            }
-                            previous = window;
-                            previous_end = window_end;
                         }
-                    }
+                    };
+                    emitting = Some(Emitting {
+                        time,
+                        // Windows that would start before the epoch hold only events from 0 on.
+                        start: window_end.saturating_sub(size_ms),
+                        end: window_end,
+                        rows,
+                    });
                 }
                 let (aggregates, capacity) = pending
                     .values()
@@ -166,7 +181,52 @@ pub fn tumbling_windows(
                 let leave_time =
                     (!previous.is_empty()).then(|| previous_end + slide_ms - granularity_ms);
                 let next_time = pending.keys().next().copied();
-                hold_only(&mut held, next_time.into_iter().chain(leave_time).min());
+                let emitting_time = emitting.as_ref().map(|w| w.time);
+                hold_only(
+                    &mut held,
+                    next_time
+                        .into_iter()
+                        .chain(leave_time)
+                        .chain(emitting_time)
+                        .min(),
+                );
             }
         })
 }
+
+/// A window whose rows are being given.
+struct Emitting {
+    /// Its release time, `end - G`: the rows' time.
+    time: u64,
+    start: u64,
+    end: u64,
+    rows: RowsLeft,
+}
+
+/// The rows of a window not given yet.
+enum RowsLeft {
+    /// Every key of the window (`--emit all`), straight from its map.
+    All(std::collections::hash_map::IntoIter<Key, Agg>),
+    /// Keys that changed or left.
+    Listed(std::vec::IntoIter<(Key, Agg)>),
+}
+
+impl Iterator for RowsLeft {
+    type Item = (Key, Agg);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            RowsLeft::All(rows) => rows.next(),
+            RowsLeft::Listed(rows) => rows.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            RowsLeft::All(rows) => rows.size_hint(),
+            RowsLeft::Listed(rows) => rows.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for RowsLeft {}

@@ -169,3 +169,30 @@ fn a_long_run_over_many_windows_matches_reference() {
         assert_eq!(got.rows, expected.rows, "{spec}");
     }
 }
+
+#[test]
+fn windows_of_more_keys_than_one_activation_gives_match_reference() {
+    // 150 000 keys in each of two windows: more rows than an operator gives
+    // per activation (64K), for every fixed-window operator and emit mode.
+    let partitions: Partitions = (0..2u64)
+        .map(|p| {
+            (0..150_000u64)
+                .map(|i| {
+                    (
+                        p * 1_000 + (i % 2) * 10_000,
+                        format!("k{i}"),
+                        (i % 7) as i64,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    for spec in ["tumbling:10s", "sliding:20s/10s"] {
+        let spec: WindowSpec = spec.parse().unwrap();
+        let query = WindowQuery::generic(spec, 1_000_000);
+        let expected = reference(&partitions, spec, query.lateness_ms);
+        let got = run_in_memory(&partitions, query, 2, 4_096).unwrap();
+        assert_eq!(got.rows.len(), expected.rows.len(), "{spec}");
+        assert!(got.rows == expected.rows, "{spec}: rows differ");
+    }
+}
