@@ -7,18 +7,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
 use weir::csv_input::RowSchema;
-use weir::driver::run;
 use weir::gen::{generate_zipf, ZipfParams};
 use weir::ingest::ingest_files_as;
-use weir::job::WindowQuery;
 use weir::log::{FsyncPolicy, LogConfig};
 use weir::nexmark::{NexmarkQuery, NexmarkTable};
-use weir::run::{
-    read_hostfile, CheckpointOptions, ClusterOptions, GeneratedInput, RunOptions, RunSummary,
-    EVENTS_TOPIC,
-};
-use weir_dataflows::aggregates::{Aggregate, Aggregates};
-use weir_dataflows::duration::{format_duration_ms, parse_duration_ms};
+use weir::run::EVENTS_TOPIC;
+use weir_dataflows::aggregates::Aggregates;
+use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::emit::Emit;
 use weir_dataflows::WindowSpec;
 
@@ -26,6 +21,11 @@ use weir_dataflows::WindowSpec;
 // mimalloc measured faster than the system allocator (see docs/decisions.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[path = "main/run_command.rs"]
+mod run_command;
+
+use run_command::run_command;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -345,271 +345,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The query of `args`: the generic window query, or a Nexmark query.
-fn query_of(args: &RunArgs) -> Result<WindowQuery> {
-    let demo = args.input.is_empty() && args.generate_events.is_none();
-    let default = if demo { Query::Q5 } else { Query::Window };
-    let query = args.query.unwrap_or(default);
-    if let Some(nexmark) = query.nexmark() {
-        if args.window.is_some() || args.granularity.is_some() {
-            bail!(
-                "--window and --granularity are for --query window; {nexmark} has its own window"
-            );
-        }
-        if args.emit != Emit::All {
-            bail!("--emit changes is for the generic window query; {nexmark} writes its own rows");
-        }
-        if !args.aggregates.is_default() {
-            bail!("--aggregates is for the generic window query; {nexmark} writes its own rows");
-        }
-        return Ok(WindowQuery::nexmark(nexmark, args.lateness));
-    }
-    if args.generate_events.is_some() {
-        bail!("--generate-events is for the Nexmark queries (--query q5|q7|q8|q11|q12)");
-    }
-    let window = args.window.unwrap_or(WindowSpec::Sliding {
-        size_ms: 60_000,
-        slide_ms: 10_000,
-    });
-    let granularity_ms = args
-        .granularity
-        .unwrap_or_else(|| window.default_granularity_ms());
-    window
-        .check_granularity(granularity_ms)
-        .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
-    if args.emit == Emit::Changes && window.slide_ms().is_none() {
-        bail!(
-            "--emit changes is for tumbling and sliding windows; a session's row is written once"
-        );
-    }
-    if args.aggregates.needs_sketches() && window.slide_ms().is_none() {
-        bail!("--aggregates distinct is for tumbling and sliding windows, not sessions");
-    }
-    if args.emit == Emit::Changes && !args.aggregates.contains(Aggregate::Count) {
-        bail!(
-            "--emit changes needs count among --aggregates: a row with count 0 marks a key leaving"
-        );
-    }
-    Ok(WindowQuery {
-        spec: window,
-        granularity_ms,
-        lateness_ms: args.lateness,
-        nexmark: None,
-        emit: args.emit,
-        aggregates: args.aggregates,
-    })
-}
-
-/// Generates the demo dataset for `query` under `<data-dir>/demo` unless it
-/// is there; returns the data dir and input dir to use.
-fn prepare_demo(args: &RunArgs, query: &WindowQuery) -> Result<(PathBuf, PathBuf)> {
-    // The demo keeps its input, log and checkpoints apart from any real data,
-    // and apart per dataset.
-    let kind = if query.nexmark.is_some() {
-        "nexmark"
-    } else {
-        "zipf"
-    };
-    let data_dir = args.data_dir.join("demo").join(kind);
-    let input_dir = data_dir.join("input");
-    if query.nexmark.is_some() {
-        let partitions = 4;
-        let existing = (0..partitions).all(|p| input_dir.join(format!("bid-{p}.csv")).is_file());
-        if !existing {
-            eprintln!(
-                "no --input: generating a demo dataset of {} Nexmark events in {}",
-                args.demo_events,
-                input_dir.display()
-            );
-            weir::nexmark::gen::generate_files(args.demo_events, partitions, &input_dir)
-                .with_context(|| format!("generating into {}", input_dir.display()))?;
-        }
-    } else {
-        let params = ZipfParams {
-            events: args.demo_events,
-            ..ZipfParams::default()
-        };
-        let existing =
-            (0..params.partitions).all(|p| input_dir.join(format!("zipf-{p}.csv")).is_file());
-        if !existing {
-            eprintln!(
-                "no --input: generating a demo dataset of {} Zipf events ({} keys) in {}",
-                params.events,
-                params.keys,
-                input_dir.display()
-            );
-            generate_zipf(&params, &input_dir)
-                .with_context(|| format!("generating into {}", input_dir.display()))?;
-        }
-    }
-    let checkpoints = data_dir.join("checkpoints");
-    let finished = weir::checkpoint::store::read_commits(&checkpoints)
-        .ok()
-        .and_then(|c| {
-            c.last()
-                .map(|r| r.cut_time == weir::checkpoint::cut::FINAL_CUT)
-        })
-        .unwrap_or(false);
-    if finished {
-        // A finished demo would restore and do nothing: start it over.
-        eprintln!("the previous demo run completed: starting it over");
-        std::fs::remove_dir_all(&checkpoints)
-            .with_context(|| format!("removing {}", checkpoints.display()))?;
-    }
-    Ok((data_dir, input_dir))
-}
-
-fn run_command(args: &RunArgs) -> Result<()> {
-    let query = query_of(args)?;
-    if args.workers == 0 {
-        bail!("--workers must be at least 1");
-    }
-    let cluster = if args.processes > 1 {
-        let Some(hostfile) = &args.hostfile else {
-            bail!("--processes {} needs --hostfile", args.processes)
-        };
-        if args.process >= args.processes {
-            bail!(
-                "--process {} is not below --processes {}",
-                args.process,
-                args.processes
-            );
-        }
-        Some(ClusterOptions {
-            processes: args.processes,
-            process: args.process,
-            addresses: read_hostfile(hostfile, args.processes)?,
-        })
-    } else {
-        None
-    };
-    let mut inputs = args.input.clone();
-    let mut until_end = args.until_end || args.generate_events.is_some();
-    let mut data_dir = args.data_dir.clone();
-    if inputs.is_empty() && args.generate_events.is_none() {
-        let (demo_data, demo_input) = prepare_demo(args, &query)?;
-        data_dir = demo_data;
-        inputs.push(demo_input);
-        until_end = true;
-    }
-    let options = RunOptions {
-        data_dir,
-        out_dir: args.out.clone(),
-        inputs,
-        generated: args.generate_events.map(|events| GeneratedInput {
-            events,
-            partitions: args.generate_partitions,
-        }),
-        query,
-        workers: args.workers,
-        cluster,
-        until_end,
-        batch_records: args.batch_records,
-        log_config: LogConfig::default(),
-        checkpoint: (!args.no_checkpoint).then(|| CheckpointOptions {
-            interval_ms: args.checkpoint_interval,
-            adaptive: args.checkpoint_cadence == CheckpointCadence::Adaptive,
-            sidecar: args.sidecar.clone(),
-            max_tap_buffer_bytes: args.max_tap_buffer_mb.saturating_mul(1 << 20),
-        }),
-        hooks: weir::run::RunHooks::default(),
-        metrics_addr: args.metrics_addr,
-    };
-    let what = match query.nexmark {
-        Some(q) => format!("nexmark {q} (window {})", query.spec),
-        None => format!("window {}", query.spec),
-    };
-    eprintln!(
-        "running {what} (granularity {}, lateness {}) on {} worker(s) x {} process(es)",
-        format_duration_ms(query.granularity_ms),
-        format_duration_ms(args.lateness),
-        args.workers,
-        args.processes
-    );
-    if args.generate_partitions == 0 {
-        bail!("--generate-partitions must be at least 1");
-    }
-    let summary = run(&options)?;
-    print_summary(&summary, args.workers);
-    Ok(())
-}
-
-fn print_summary(s: &RunSummary, workers: usize) {
-    let secs = s.elapsed.as_secs_f64().max(1e-9);
-    let rate = s.events_read as f64 / secs;
-    println!("events read       {}", s.events_read);
-    println!("late events       {}", s.events_late);
-    println!(
-        "result rows       {} (late rows written: {})",
-        s.window_rows, s.late_rows
-    );
-    println!("elapsed           {secs:.3} s");
-    println!(
-        "throughput        {:.0} events/s ({:.0} events/s/worker)",
-        rate,
-        rate / workers as f64
-    );
-    println!(
-        "peak arranged     {} records (largest worker)",
-        s.peak_arranged_records
-    );
-    if s.peak_window_partials > 0 {
-        println!(
-            "window state      {} partials, {:.1} MiB at the peak (sum of workers' peaks)",
-            s.peak_window_partials,
-            s.peak_window_bytes as f64 / f64::from(1 << 20)
-        );
-    }
-    println!(
-        "partitions        {} (workers in cluster: {})",
-        s.partitions, s.total_workers
-    );
-    match &s.checkpoints {
-        None => println!("checkpoints       off"),
-        Some(c) => {
-            if let Some((id, cut)) = c.restored_from {
-                println!(
-                    "restored from     checkpoint {id} (cut {})",
-                    format_cut(cut)
-                );
-                println!(
-                    "restore verify    {:.1} MB checksummed in {:.3} s",
-                    c.restored_bytes as f64 / 1e6,
-                    c.restore_verify.as_secs_f64()
-                );
-                println!(
-                    "restore load      {} updates in {:.3} s (slowest worker)",
-                    c.restored_updates,
-                    c.restore_load.as_secs_f64()
-                );
-                if cut == u64::MAX {
-                    println!("                  (this run had completed before: its output stands as committed)");
-                }
-            }
-            match c.last_committed {
-                Some((id, cut)) => println!(
-                    "last checkpoint   {id} (cut {}), commit latency {} us",
-                    format_cut(cut),
-                    c.last_commit_latency_us.unwrap_or(0)
-                ),
-                None => println!("last checkpoint   none committed"),
-            }
-        }
-    }
-    println!(
-        "output            {}/windows-*.csv, late-*.csv",
-        s.out_dir.display()
-    );
-}
-
-fn format_cut(cut: u64) -> String {
-    if cut == u64::MAX {
-        "final".to_owned()
-    } else {
-        format!("{cut} ms")
     }
 }
 
