@@ -3,24 +3,27 @@
 //!
 //! Per step (the panes entering and leaving before one window is emitted)
 //! a slot's aggregate before its first change is noted once, in a list in
-//! the order of first touch; two bits per slot say whether it was noted
-//! and whether the key was in the window before. The window's rows are
+//! the order of first touch, packed like staged partials (~10 bytes instead
+//! of 56: a slide of a 2M-key window touches every key); two bits per slot
+//! say whether it was noted and whether the key was in the window before. The window's rows are
 //! read from the list as they are emitted (not gathered first), and the
 //! list is cleared once they all are.
 
-use crate::agg::Agg;
+use crate::agg::{Agg, Sum};
 use crate::aggregates::Aggregates;
 use crate::emit::LEFT;
 use crate::key::Key;
 
+use super::codec::{encode_staged, StagedEntries};
 use super::PaneStore;
 
 /// The slots touched since the last [`PaneStore::clear_changes`].
 #[derive(Debug, Default)]
 pub(super) struct ChangeLog {
-    /// Each touched slot with its aggregate before the first touch
-    /// (`None`: the key had no live pane then).
-    before: Vec<(u32, Option<Agg>)>,
+    /// Each touched slot with its aggregate before the first touch, as
+    /// [`encode_staged`] entries whose first field says whether the key had
+    /// a live pane then (1) or not (0, the aggregate's fields 0).
+    before: Vec<u8>,
     /// Per slot: noted in `before` this step.
     touched: Vec<u64>,
     /// Per slot: the key was in the window before this step.
@@ -51,7 +54,7 @@ fn set_bit(bits: &mut Vec<u64>, slot: u32, on: bool) {
 impl ChangeLog {
     /// Bytes held, by capacity.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.before.capacity() * std::mem::size_of::<(u32, Option<Agg>)>()
+        self.before.capacity()
             + (self.touched.capacity() + self.present.capacity()) * 8
             + self.left.capacity() * std::mem::size_of::<Key>()
     }
@@ -89,7 +92,10 @@ impl PaneStore {
         let log = self.changes.as_mut().expect("checked above");
         set_bit(&mut log.touched, slot, true);
         set_bit(&mut log.present, slot, before.is_some());
-        log.before.push((slot, before));
+        let (present, agg) = before.map_or((0, (0, 0, 0, 0)), |a| {
+            (1, (a.count, a.sum.get(), a.min, a.max))
+        });
+        encode_staged(&mut log.before, present, (slot, agg.0, agg.1, agg.2, agg.3));
     }
 
     /// Whether anything was touched since the last [`PaneStore::clear_changes`].
@@ -112,29 +118,48 @@ impl PaneStore {
         mut each: impl FnMut(&Key, Agg),
     ) -> Option<usize> {
         let log = self.changes.as_ref()?;
+        let project = |agg: &Agg| log.columns.project(agg);
         let mut given = 0;
-        let total = log.before.len() + log.left.len();
-        for position in from..total {
-            if given == limit {
-                return Some(position);
-            }
-            if let Some(&(slot, before)) = log.before.get(position) {
+        // Positions below `before.len()` are byte offsets into `before`,
+        // the others index `left` after it.
+        let before_len = log.before.len();
+        let mut position = from;
+        if position < before_len {
+            let mut reader = StagedEntries::new(&log.before[position..]);
+            loop {
+                if given == limit {
+                    return Some(position);
+                }
+                let Some((present, (slot, count, sum, min, max))) = reader.next() else {
+                    break;
+                };
+                position = from + reader.position();
                 let s = slot as usize;
                 // Count 0: the key left (listed below), or the slot was
                 // freed and taken by a key whose partials are still staged.
                 if self.counts[s] == 0 {
                     continue;
                 }
+                let before = (present == 1).then(|| Agg {
+                    count,
+                    sum: Sum::from(sum),
+                    min,
+                    max,
+                });
                 let now = self.aggregate(s);
-                let project = |agg: &Agg| log.columns.project(agg);
                 if before.as_ref().map(project) != Some(project(&now)) {
                     each(&self.keys[s], now);
                     given += 1;
                 }
-            } else {
-                each(&log.left[position - log.before.len()], LEFT);
-                given += 1;
             }
+            position = before_len;
+        }
+        for index in position - before_len..log.left.len() {
+            if given == limit {
+                return Some(before_len + index);
+            }
+            each(&log.left[index], LEFT);
+            given += 1;
         }
         None
     }
@@ -142,10 +167,11 @@ impl PaneStore {
     /// Forgets the changes of the window just emitted.
     pub fn clear_changes(&mut self) {
         if let Some(log) = self.changes.as_mut() {
-            for (slot, _) in log.before.drain(..) {
+            for (_, (slot, ..)) in StagedEntries::new(&log.before) {
                 set_bit(&mut log.touched, slot, false);
                 set_bit(&mut log.present, slot, false);
             }
+            log.before.clear();
             log.left.clear();
         }
     }

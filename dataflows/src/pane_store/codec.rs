@@ -125,6 +125,11 @@ impl<'a> StagedEntries<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
         StagedEntries(Entries::new(bytes))
     }
+
+    /// Bytes read so far: where the next entry starts.
+    pub fn position(&self) -> usize {
+        self.0.position
+    }
 }
 
 impl Iterator for StagedEntries<'_> {

@@ -196,3 +196,57 @@ fn staged_partials_enter_at_their_time_and_keep_their_key_slot() {
     store.evict_before(20);
     assert_eq!(store_aggregates(&store).keys().collect::<Vec<_>>(), ["b"]);
 }
+
+/// The changes of each window, read a few rows at a time (resuming at the
+/// positions `changes_from` returns), equal the difference between the
+/// model's windows: every key whose aggregate changed, with its new
+/// aggregate, and every key that left, with count 0.
+#[test]
+fn changes_read_in_small_steps_are_the_windows_differences() {
+    let mut store = PaneStore::new(SLIDE);
+    store.track_changes(crate::aggregates::Aggregates::default());
+    let mut model = Model::default();
+    let mut previous: BTreeMap<String, Agg> = BTreeMap::new();
+    for step in 0..40u64 {
+        let pane = step * SLIDE;
+        let partials: Vec<(Key, Agg, u64)> = (0..(step % 7) * 3)
+            .map(|k| {
+                let key = format!("k{}", (k * 5 + step) % 17);
+                (
+                    Key::new(key.as_str()),
+                    Agg::of((k as i64) - (step as i64)),
+                    1,
+                )
+            })
+            .collect();
+        for (key, agg, _) in &partials {
+            model.insert(pane, key.as_str(), *agg);
+        }
+        store.insert_pane(pane, partials);
+        let window_start = (pane + SLIDE).saturating_sub(4 * SLIDE);
+        store.evict_before(window_start);
+        model.evict_before(window_start);
+        let now = model.aggregates();
+        let mut expected: BTreeMap<String, Agg> = now
+            .iter()
+            .filter(|(key, agg)| previous.get(*key) != Some(agg))
+            .map(|(key, agg)| (key.clone(), *agg))
+            .collect();
+        for key in previous.keys().filter(|key| !now.contains_key(*key)) {
+            expected.insert(key.clone(), crate::emit::LEFT);
+        }
+        let mut got = BTreeMap::new();
+        let mut from = Some(0);
+        while let Some(position) = from {
+            from = store.changes_from(position, 2, |key, agg| {
+                assert!(
+                    got.insert(key.as_str().to_owned(), agg).is_none(),
+                    "key twice"
+                );
+            });
+        }
+        assert_eq!(got, expected, "step {step}");
+        store.clear_changes();
+        previous = now;
+    }
+}
