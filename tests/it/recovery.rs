@@ -302,8 +302,11 @@ fn an_adaptive_cadence_commits_checkpoints_and_the_same_output() {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no checkpoint count in: {text}"));
-    // Regular cuts as well as the final one.
-    assert!(committed >= 2, "{committed} checkpoints: {text}");
+    // At least the final one. Whether regular cuts commit too depends on
+    // how long the run lasts in wall-clock time (a fast machine read this
+    // input in well under the first interval, and the test failed): the
+    // cadence's decisions are unit-tested in `src/checkpoint/cadence.rs`.
+    assert!(committed >= 1, "{committed} checkpoints: {text}");
 }
 
 #[test]
