@@ -28,6 +28,9 @@ use weir::run::{CheckpointOptions, RowObserver, RunGauges, RunHooks, RunOptions,
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::{WindowRow, WindowSpec};
 
+mod samplers;
+
+use self::samplers::{free_loopback_port, scrape_metrics, sum_per_worker, CheckpointSampler};
 use crate::latency_stats::{LatencyStats, Percentiles};
 use crate::pacing::{in_burst, Shape};
 use crate::RunHeader;
@@ -538,86 +541,9 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
     Ok(())
 }
 
-/// A free loopback address for the engine's metrics endpoint (None if the
-/// system has none to give).
-fn free_loopback_port() -> Option<std::net::SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .ok()
-}
-
-/// The body of `GET /metrics` at `addr` (None on any failure).
-fn scrape_metrics(addr: std::net::SocketAddr) -> Option<String> {
-    use std::io::{Read, Write};
-    let timeout = Duration::from_millis(500);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-}
-
-/// The sum over workers of the per-worker gauge `name` (`name{worker=..}`).
-fn sum_per_worker(metrics: &str, name: &str) -> Option<i64> {
-    let prefix = format!("{name}{{");
-    let values: Vec<i64> = metrics
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
-/// Follows the commit stream: the newest checkpoint and the bytes added since.
-#[derive(Debug, Default)]
-struct CheckpointSampler {
-    /// Records already seen.
-    seen: usize,
-    /// File names of the newest record seen.
-    newest_files: std::collections::BTreeSet<String>,
-}
-
-impl CheckpointSampler {
-    /// `checkpoint_id,checkpoint_bytes,checkpoint_delta_bytes,checkpoint_files`
-    /// of the newest commit (bytes of all its files; bytes of the files that
-    /// the commits since the last sample added), or empty fields when none.
-    fn sample(&mut self, dir: &std::path::Path) -> String {
-        let records = weir::checkpoint::store::read_commits(dir).unwrap_or_default();
-        self.sample_records(&records)
-    }
-
-    fn sample_records(&mut self, records: &[weir::checkpoint::format::CommitRecord]) -> String {
-        let Some(newest) = records.last() else {
-            return ",,,".to_owned();
-        };
-        let mut delta = 0u64;
-        for record in records.iter().skip(self.seen) {
-            delta += record
-                .files
-                .iter()
-                .filter(|f| !self.newest_files.contains(&f.name))
-                .map(|f| f.size_bytes)
-                .sum::<u64>();
-            self.newest_files = record.files.iter().map(|f| f.name.clone()).collect();
-        }
-        self.seen = self.seen.max(records.len());
-        let total: u64 = newest.files.iter().map(|f| f.size_bytes).sum();
-        format!(
-            "{},{total},{delta},{}",
-            newest.checkpoint_id,
-            newest.files.len()
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir::checkpoint::format::{CommitRecord, FileMeta};
 
     fn row(window_end: u64) -> WindowRow {
         WindowRow {
@@ -651,58 +577,5 @@ mod tests {
         recorder.record_batch(12_000_000, &mut [row(20_000)].iter());
         assert_eq!(recorder.stats.lock().unwrap().0.percentiles().count, 2);
         assert_eq!(recorder.rows.load(Ordering::Relaxed), 4);
-    }
-
-    #[test]
-    fn per_worker_gauges_sum_the_workers() {
-        let text = "# TYPE weir_state_records gauge\n\
-                    weir_state_records{worker=\"0\"} 10\n\
-                    weir_state_records{worker=\"1\"} 32\n\
-                    weir_combiner_partials{worker=\"0\"} 7\n\
-                    weir_sidecar_queue_fill 0\n";
-        assert_eq!(sum_per_worker(text, "weir_state_records"), Some(42));
-        assert_eq!(sum_per_worker(text, "weir_combiner_partials"), Some(7));
-        assert_eq!(
-            sum_per_worker("weir_events_in_total 5\n", "weir_state_records"),
-            None
-        );
-    }
-
-    fn record(id: u64, files: &[(&str, u64)]) -> CommitRecord {
-        CommitRecord {
-            checkpoint_id: id,
-            cut_time: id * 1_000,
-            query_fingerprint: 0,
-            workers_total: 1,
-            files: files
-                .iter()
-                .map(|&(name, size_bytes)| FileMeta {
-                    name: name.to_owned(),
-                    size_bytes,
-                    crc32c: 0,
-                    min_time: 0,
-                    max_time: 0,
-                })
-                .collect(),
-            partitions: Vec::new(),
-            outputs: Vec::new(),
-            timing: None,
-        }
-    }
-
-    #[test]
-    fn checkpoint_samples_count_only_new_files_as_delta() {
-        let mut sampler = CheckpointSampler::default();
-        assert_eq!(sampler.sample_records(&[]), ",,,");
-        let mut records = vec![
-            record(1, &[("a", 100)]),
-            record(2, &[("a", 100), ("b", 10)]),
-        ];
-        assert_eq!(sampler.sample_records(&records), "2,110,110,2");
-        // Nothing new: no delta.
-        assert_eq!(sampler.sample_records(&records), "2,110,0,2");
-        // A compaction replaces both files by one.
-        records.push(record(3, &[("c", 50)]));
-        assert_eq!(sampler.sample_records(&records), "3,50,50,1");
     }
 }
