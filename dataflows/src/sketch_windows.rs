@@ -76,8 +76,7 @@ pub fn sketch_windows(
         emit,
         columns,
     } = windows;
-    assert!(slide_ms > 0 && size_ms.is_multiple_of(slide_ms));
-    assert!(granularity_ms > 0 && slide_ms.is_multiple_of(granularity_ms));
+    windows.assert_valid();
     let scope = partials.inner.scope();
     let by_key = Exchange::new(|update: &SketchUpdate| update.0 .0.hash_value());
     partials

@@ -54,6 +54,16 @@ pub struct FixedWindows {
     pub columns: Aggregates,
 }
 
+impl FixedWindows {
+    /// Panics unless the slide divides the size and the granularity the
+    /// slide (checked when the options are parsed; every window operator
+    /// relies on it).
+    pub fn assert_valid(&self) {
+        assert!(self.slide_ms > 0 && self.size_ms.is_multiple_of(self.slide_ms));
+        assert!(self.granularity_ms > 0 && self.slide_ms.is_multiple_of(self.granularity_ms));
+    }
+}
+
 /// One update of [`PanePartials`].
 pub type PaneUpdate = Update<(Key, (u64, Agg))>;
 
@@ -67,8 +77,7 @@ pub fn fixed_windows(
     windows: FixedWindows,
     gauge: Arc<StateGauge>,
 ) -> Stream<'_, u64, Vec<WindowRow>> {
-    assert!(windows.slide_ms > 0 && windows.size_ms.is_multiple_of(windows.slide_ms));
-    assert!(windows.granularity_ms > 0 && windows.slide_ms.is_multiple_of(windows.granularity_ms));
+    windows.assert_valid();
     if windows.size_ms == windows.slide_ms {
         return crate::tumbling::tumbling_windows(partials, windows, gauge);
     }

@@ -47,8 +47,8 @@ pub fn tumbling_windows(
         emit,
         columns,
     } = windows;
+    windows.assert_valid();
     assert_eq!(size_ms, slide_ms, "tumbling windows have one pane each");
-    assert!(granularity_ms > 0 && slide_ms.is_multiple_of(granularity_ms));
     let scope = partials.inner.scope();
     let by_key = Exchange::new(|update: &Update<(Key, (u64, Agg))>| update.0 .0.hash_value());
     partials
