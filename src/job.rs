@@ -33,7 +33,7 @@ use crate::checkpoint::cut::{
 };
 use crate::checkpoint::pressure::SourceGate;
 pub use crate::sink::RowSink;
-use crate::sink::{output_operator, OutputRow};
+use crate::sink::{format_window_fields, output_operator, OutputRow};
 use crate::source::{
     partition_source, AheadWaker, ErrorSlot, PartitionFeed, PartitionInput, SharedProgress,
     SourceConfig, SourceCounters,
@@ -467,28 +467,21 @@ fn fixed_window_partials<'scope, F: PartitionFeed, P: PaneValue>(
 
 /// A generic window row as a CSV line of `aggregates`' columns.
 fn window_line(row: &WindowRow, aggregates: Aggregates) -> String {
-    let mut line = row_prefix(row.window_start, row.window_end, &row.key);
-    aggregates.format_columns(&row.agg, None, &mut line);
-    line
+    let fields = (row.window_start, row.window_end, row.key.as_str());
+    line(|out| format_window_fields(fields, &row.agg, None, aggregates, out))
 }
 
 /// A row with a distinct count as a CSV line of `aggregates`' columns.
 fn sketch_line(row: &SketchRow, aggregates: Aggregates) -> String {
-    let mut line = row_prefix(row.window_start, row.window_end, &row.key);
-    aggregates.format_columns(&row.agg, Some(row.distinct), &mut line);
-    line
+    let fields = (row.window_start, row.window_end, row.key.as_str());
+    line(|out| format_window_fields(fields, &row.agg, Some(row.distinct), aggregates, out))
 }
 
-/// `window_start,window_end,key` of a row (the key quoted as CSV needs).
-fn row_prefix(window_start: u64, window_end: u64, key: &str) -> String {
-    let mut prefix = Vec::with_capacity(32 + key.len());
-    let mut number = itoa::Buffer::new();
-    prefix.extend_from_slice(number.format(window_start).as_bytes());
-    prefix.push(b',');
-    prefix.extend_from_slice(number.format(window_end).as_bytes());
-    prefix.push(b',');
-    crate::csv_input::write_csv_field(&mut prefix, key).expect("writing to a Vec");
-    String::from_utf8(prefix).expect("numbers and a UTF-8 key")
+/// The line `format` writes.
+fn line(format: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut bytes = Vec::with_capacity(64);
+    format(&mut bytes);
+    String::from_utf8(bytes).expect("numbers and a UTF-8 key")
 }
 
 /// The default read-ahead bound of the sources: a few windows (plus the

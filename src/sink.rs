@@ -21,7 +21,8 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
-use weir_dataflows::{LateRow, WindowRow};
+use weir_dataflows::aggregates::Aggregates;
+use weir_dataflows::{Agg, LateRow, WindowRow};
 
 use crate::checkpoint::client::DurableFile;
 use crate::checkpoint::cut::{Announcement, CutAssembler};
@@ -289,24 +290,35 @@ impl RowSink for WorkerOutputs {
 
 /// Formats one window row as a CSV line.
 pub fn format_window_row(row: &WindowRow, out: &mut Vec<u8>) {
+    let (start, end) = (row.window_start, row.window_end);
+    format_window_fields(
+        (start, end, &row.key),
+        &row.agg,
+        None,
+        Aggregates::default(),
+        out,
+    );
+    out.push(b'\n');
+}
+
+/// Appends `window_start,window_end,key` and the `columns` of a row (no line
+/// end); `distinct` is its estimate when that column is selected.
+pub fn format_window_fields(
+    (window_start, window_end, key): (u64, u64, &str),
+    agg: &Agg,
+    distinct: Option<u64>,
+    columns: Aggregates,
+    out: &mut Vec<u8>,
+) {
     // itoa rather than `write!`: a sliding window writes a row per key and
     // slide, and core::fmt's machinery was a sixth of such a run (perf).
     let mut number = itoa::Buffer::new();
-    let agg = &row.agg;
-    out.extend_from_slice(number.format(row.window_start).as_bytes());
+    out.extend_from_slice(number.format(window_start).as_bytes());
     out.push(b',');
-    out.extend_from_slice(number.format(row.window_end).as_bytes());
+    out.extend_from_slice(number.format(window_end).as_bytes());
     out.push(b',');
-    write_csv_field(out, &row.key).expect("writing to a Vec");
-    out.push(b',');
-    out.extend_from_slice(number.format(agg.count).as_bytes());
-    out.push(b',');
-    out.extend_from_slice(number.format(agg.sum.get()).as_bytes());
-    out.push(b',');
-    out.extend_from_slice(number.format(agg.min).as_bytes());
-    out.push(b',');
-    out.extend_from_slice(number.format(agg.max).as_bytes());
-    out.push(b'\n');
+    write_csv_field(out, key).expect("writing to a Vec");
+    columns.format_columns(agg, distinct, out);
 }
 
 /// Formats one late event as a CSV line.

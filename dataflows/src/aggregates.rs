@@ -131,19 +131,22 @@ impl Aggregates {
 
     /// Appends the selected columns of a row, each after a comma.
     /// `distinct` is the estimate when [`Aggregate::Distinct`] is selected.
-    pub fn format_columns(self, agg: &Agg, distinct: Option<u64>, out: &mut String) {
+    pub fn format_columns(self, agg: &Agg, distinct: Option<u64>, out: &mut Vec<u8>) {
         let mut number = itoa::Buffer::new();
         for a in self.iter() {
-            out.push(',');
-            out.push_str(match a {
-                Aggregate::Count => number.format(agg.count),
-                Aggregate::Sum => number.format(agg.sum.get()),
-                Aggregate::Min => number.format(agg.min),
-                Aggregate::Max => number.format(agg.max),
-                Aggregate::Distinct => {
-                    number.format(distinct.expect("a distinct estimate when it is selected"))
+            out.push(b',');
+            out.extend_from_slice(
+                match a {
+                    Aggregate::Count => number.format(agg.count),
+                    Aggregate::Sum => number.format(agg.sum.get()),
+                    Aggregate::Min => number.format(agg.min),
+                    Aggregate::Max => number.format(agg.max),
+                    Aggregate::Distinct => {
+                        number.format(distinct.expect("a distinct estimate when it is selected"))
+                    }
                 }
-            });
+                .as_bytes(),
+            );
         }
     }
 }
@@ -203,9 +206,9 @@ mod tests {
         assert_eq!(a.header(), "window_start,window_end,key,count,max,distinct");
         let mut agg = Agg::of(4);
         agg.add(-2);
-        let mut out = String::new();
+        let mut out = Vec::new();
         a.format_columns(&agg, Some(2), &mut out);
-        assert_eq!(out, ",2,4,2");
+        assert_eq!(out, b",2,4,2");
         assert!(a.needs_sketches() && !a.is_default());
         assert!(Aggregates::default().to_string() == "count,sum,min,max");
     }

@@ -48,11 +48,10 @@ fn expected_lines(partitions: &Partitions, query: WindowQuery) -> Vec<(String, u
             let exact = values.iter().collect::<BTreeSet<_>>().len();
             let mut line = format!("{start},{end},").into_bytes();
             write_csv_field(&mut line, &key).unwrap();
-            let mut line = String::from_utf8(line).unwrap();
             query
                 .aggregates
                 .format_columns(&agg, Some(hll.estimate()), &mut line);
-            (line, exact)
+            (String::from_utf8(line).unwrap(), exact)
         })
         .collect();
     lines.sort();
