@@ -4,6 +4,12 @@
 //! Layout (little-endian): `ts u64 | value i64 | key UTF-8 bytes` (the key
 //! runs to the end of the payload, so it needs no length). The log frame
 //! around the payload carries the checksum.
+//!
+//! A partition also holds *idle markers* (decision 29): `b"IDLE" |
+//! watermark_ms u64`, 12 bytes, shorter than any event, written by whatever
+//! appends to the partition when it has had nothing new for a while. A
+//! marker counts for the lateness rule as an event at `watermark_ms` would,
+//! and carries no data.
 
 /// Bytes before the key in an encoded event.
 pub const EVENT_FIXED_LEN_BYTES: usize = 16;
@@ -57,6 +63,43 @@ impl EventRef<'_> {
     }
 }
 
+/// Bytes of an idle marker: its magic and the watermark.
+pub const IDLE_MARKER_LEN_BYTES: usize = 12;
+/// The first bytes of an idle marker.
+pub const IDLE_MARKER_MAGIC: &[u8; 4] = b"IDLE";
+
+/// One record of an input partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogRecord<'a> {
+    /// An input event.
+    Event(EventRef<'a>),
+    /// The partition's appender had nothing new: its event time has reached
+    /// `watermark_ms` (decision 29).
+    Idle {
+        /// Event time the partition has reached, ms.
+        watermark_ms: u64,
+    },
+}
+
+/// Appends an idle marker with `watermark_ms` to `out`.
+pub fn encode_idle_marker(watermark_ms: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(IDLE_MARKER_MAGIC);
+    out.extend_from_slice(&watermark_ms.to_le_bytes());
+}
+
+/// Decodes a payload written by [`encode_event`] or [`encode_idle_marker`].
+pub fn decode_record(payload: &[u8]) -> Result<LogRecord<'_>, EventDecodeError> {
+    if payload.len() == IDLE_MARKER_LEN_BYTES {
+        let (magic, watermark) = payload.split_at(IDLE_MARKER_MAGIC.len());
+        if magic != IDLE_MARKER_MAGIC {
+            return Err(EventDecodeError::BadMarker);
+        }
+        let watermark_ms = u64::from_le_bytes(watermark.try_into().expect("8 bytes"));
+        return Ok(LogRecord::Idle { watermark_ms });
+    }
+    decode_event(payload).map(LogRecord::Event)
+}
+
 /// Why a payload is not an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventDecodeError {
@@ -66,6 +109,9 @@ pub enum EventDecodeError {
         /// The payload length.
         len_bytes: usize,
     },
+    /// Of an idle marker's length, without its magic.
+    #[error("a {IDLE_MARKER_LEN_BYTES}-byte payload that does not start with the idle marker's magic {IDLE_MARKER_MAGIC:?}")]
+    BadMarker,
     /// The key is not UTF-8.
     #[error("event key is not valid UTF-8 (valid up to key byte {valid_up_to})")]
     BadUtf8 {
@@ -149,7 +195,53 @@ mod tests {
         );
     }
 
+    #[test]
+    fn golden_idle_marker_and_its_corruptions() {
+        let mut out = Vec::new();
+        encode_idle_marker(0x0102_0304_0506_0708, &mut out);
+        assert_eq!(out, b"IDLE\x08\x07\x06\x05\x04\x03\x02\x01");
+        assert_eq!(
+            decode_record(&out),
+            Ok(LogRecord::Idle {
+                watermark_ms: 0x0102_0304_0506_0708
+            })
+        );
+        // An event payload is never mistaken for a marker, nor the reverse.
+        assert_eq!(
+            decode_event(&out),
+            Err(EventDecodeError::TooShort { len_bytes: 12 })
+        );
+        let mut event = Vec::new();
+        encode_event(1, "", 2, &mut event);
+        assert_eq!(
+            decode_record(&event),
+            Ok(LogRecord::Event(EventRef {
+                ts: 1,
+                key: "",
+                value: 2
+            }))
+        );
+        for i in 0..IDLE_MARKER_MAGIC.len() {
+            let mut bad = out.clone();
+            bad[i] ^= 0x20;
+            assert_eq!(decode_record(&bad), Err(EventDecodeError::BadMarker));
+        }
+        for len in (0..IDLE_MARKER_LEN_BYTES).chain(13..16) {
+            assert_eq!(
+                decode_record(&[b'I'; 16][..len]),
+                Err(EventDecodeError::TooShort { len_bytes: len })
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn marker_round_trip(watermark_ms: u64) {
+            let mut out = Vec::new();
+            encode_idle_marker(watermark_ms, &mut out);
+            prop_assert_eq!(decode_record(&out), Ok(LogRecord::Idle { watermark_ms }));
+        }
+
         #[test]
         fn round_trip(ts: u64, key in ".{0,40}", value: i64, prefix in proptest::collection::vec(any::<u8>(), 0..4)) {
             let ev = Event { ts, key, value };
@@ -162,6 +254,11 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(LogRecord::Idle { watermark_ms }) = decode_record(&bytes) {
+                let mut out = Vec::new();
+                encode_idle_marker(watermark_ms, &mut out);
+                prop_assert_eq!(&out, &bytes);
+            }
             if let Ok(ev) = decode_event(&bytes) {
                 let mut out = Vec::new();
                 encode_event(ev.ts, ev.key, ev.value, &mut out);

@@ -33,6 +33,7 @@
 //! partition); ingest refuses to touch a topic that has partitions but no
 //! manifest. Only one ingest may run on a topic at a time (not enforced).
 
+pub mod idle;
 pub mod manifest;
 
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::event::decode_event;
+use crate::event::{decode_record, LogRecord};
 use crate::log::{LogError, PartitionReader};
 use crate::source::{FeedError, FeedStatus, PartitionFeed};
 
@@ -51,7 +51,7 @@ impl PartitionFeed for LogFeed {
     fn poll(
         &mut self,
         max_records: usize,
-        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+        deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError> {
         let partition = self.partition;
         let dir = &self.dir;
@@ -71,11 +71,11 @@ impl PartitionFeed for LogFeed {
                     FeedStatus::Idle
                 });
             };
-            let event = decode_event(payload).map_err(|e| FeedError {
+            let record = decode_record(payload).map_err(|e| FeedError {
                 partition,
                 source: format!("record at offset {offset} in {}: {e}", dir.display()).into(),
             })?;
-            deliver(offset, event.ts, event.key, event.value);
+            deliver(offset, record);
         }
         Ok(FeedStatus::Progress)
     }

@@ -32,6 +32,7 @@ use weir_dataflows::window::round_down;
 use weir_dataflows::{LateRow, MAX_EVENT_TS_MS};
 
 use crate::checkpoint::pressure::SourceGate;
+use crate::event::{EventRef, LogRecord};
 
 pub use crate::checkpoint::resume::{PartitionProgress, SharedProgress};
 pub use waker::{AheadWaker, WakerSlot};
@@ -65,11 +66,12 @@ pub struct FeedError {
 
 /// One input partition, read in order from some offset.
 pub trait PartitionFeed: 'static {
-    /// Delivers up to `max_records` events as `(offset, ts, key, value)`.
+    /// Delivers up to `max_records` records (events and idle markers) with
+    /// their offsets.
     fn poll(
         &mut self,
         max_records: usize,
-        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+        deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError>;
 }
 
@@ -83,6 +85,8 @@ pub struct SourceCounters {
     pub events_read: AtomicU64,
     /// Events refused as late.
     pub events_late: AtomicU64,
+    /// Idle markers read (decision 29).
+    pub idle_markers: AtomicU64,
     /// Each source's watermark (ms of event time; `u64::MAX` once its
     /// partitions have ended; 0 before the first read).
     pub watermarks: Mutex<Vec<Arc<AtomicU64>>>,
@@ -108,6 +112,7 @@ impl Default for SourceCounters {
         Self {
             events_read: AtomicU64::new(0),
             events_late: AtomicU64::new(0),
+            idle_markers: AtomicU64::new(0),
             watermarks: Mutex::default(),
             combiner_partials: Mutex::default(),
             window_state: Mutex::default(),
@@ -268,6 +273,7 @@ where
             }
             let mut progressed = false;
             let mut events_read = 0u64;
+            let mut markers_read = 0u64;
             let mut min_ts = u64::MAX;
             let mut progress = progress.borrow_mut();
             // While a released bucket still drains, read nothing: events read
@@ -285,7 +291,21 @@ where
                     ..
                 } = config;
                 let partition = state.partition;
-                let polled = state.feed.poll(config.batch_records, &mut |offset, ts, key, value| {
+                let polled = state.feed.poll(config.batch_records, &mut |offset, record| {
+                    let EventRef { ts, key, value } = match record {
+                        LogRecord::Event(event) => event,
+                        LogRecord::Idle { watermark_ms } => {
+                            markers_read += 1;
+                            // Counts for the lateness rule as an event at
+                            // `watermark_ms` would (decision 29).
+                            if watermark_ms > MAX_EVENT_TS_MS {
+                                too_large.get_or_insert((offset, watermark_ms));
+                            } else {
+                                partition_progress.observe(offset, watermark_ms, cut_step_ms);
+                            }
+                            return;
+                        }
+                    };
                     events_read += 1;
                     if ts > MAX_EVENT_TS_MS {
                         too_large.get_or_insert((offset, ts));
@@ -315,7 +335,7 @@ where
                     (Err(e), _) => Err(e),
                     (Ok(_), Some((offset, ts))) => Err(FeedError {
                         partition,
-                        source: format!("event at offset {offset} has time {ts} ms, above the maximum {MAX_EVENT_TS_MS}").into(),
+                        source: format!("record at offset {offset} has time {ts} ms, above the maximum {MAX_EVENT_TS_MS}").into(),
                     }),
                     (Ok(status), None) => Ok(status),
                 };
@@ -334,6 +354,9 @@ where
                 }
             }
             counters.events_read.fetch_add(events_read, Ordering::Relaxed);
+            if markers_read > 0 {
+                counters.idle_markers.fetch_add(markers_read, Ordering::Relaxed);
+            }
             if min_ts != u64::MAX {
                 counters.min_event_ms.fetch_min(min_ts, Ordering::Relaxed);
             }
@@ -446,11 +469,16 @@ impl PartitionFeed for MemoryFeed {
     fn poll(
         &mut self,
         max_records: usize,
-        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+        deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError> {
         let end = (self.position + max_records).min(self.events.len());
         for (offset, (ts, key, value)) in self.events[self.position..end].iter().enumerate() {
-            deliver((self.position + offset) as u64, *ts, key, *value);
+            let event = EventRef {
+                ts: *ts,
+                key,
+                value: *value,
+            };
+            deliver((self.position + offset) as u64, LogRecord::Event(event));
         }
         let delivered = end > self.position;
         self.position = end;
@@ -468,7 +496,7 @@ impl PartitionFeed for Box<dyn PartitionFeed> {
     fn poll(
         &mut self,
         max_records: usize,
-        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+        deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError> {
         (**self).poll(max_records, deliver)
     }

@@ -22,6 +22,7 @@ use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
 use weir::driver::run;
 use weir::event::encode_event;
 use weir::gen::{SplitMix64, ZipfSampler};
+use weir::ingest::idle::IdleMarkers;
 use weir::job::WindowQuery;
 use weir::log::{partition_dir, FsyncPolicy, LogConfig, PartitionWriter};
 use weir::run::{CheckpointOptions, RowObserver, RunGauges, RunHooks, RunOptions, EVENTS_TOPIC};
@@ -87,6 +88,11 @@ pub struct LatencyArgs {
     /// Length of each probe run of --max-throughput.
     #[arg(long, default_value = "8s", value_parser = parse_duration_ms)]
     probe_duration: u64,
+    /// Append an idle marker (decision 29) to a partition that had nothing
+    /// new for this long, so a quiet partition does not hold the windows
+    /// back; `0s`: never.
+    #[arg(long, default_value = "0s", value_parser = parse_duration_ms)]
+    idle_timeout: u64,
     /// Serve the engine's Prometheus metrics on this loopback address
     /// during the measured run (not during --max-throughput probes).
     #[arg(long)]
@@ -179,6 +185,11 @@ struct Summary {
     checkpoints_committed: Option<u64>,
     last_commit_latency_us: Option<u64>,
     peak_rss_bytes: u64,
+    /// How far the newest emitted window end trailed the wall clock when
+    /// the load stopped, ms (None: no window emitted during the load).
+    final_lag_ms: Option<u64>,
+    /// Idle markers appended to quiet partitions (`--idle-timeout`).
+    idle_markers: usize,
 }
 
 #[derive(Serialize)]
@@ -193,6 +204,8 @@ struct Config {
     keys: u32,
     checkpoint_interval_ms: Option<u64>,
     warmup_ms: u64,
+    /// None: no idle markers.
+    idle_timeout_ms: Option<u64>,
 }
 
 fn rss_bytes() -> u64 {
@@ -218,6 +231,8 @@ struct Measured {
     /// How far the newest emitted window end trailed the wall clock when the
     /// load stopped (None: no window was emitted).
     final_lag_ms: Option<u64>,
+    /// Idle markers appended to quiet partitions.
+    idle_markers: usize,
 }
 
 /// Runs the load at `rate` for `duration_ms` with the engine tailing it.
@@ -225,6 +240,11 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     anyhow::ensure!(
         rate > 0 && args.partitions > 0,
         "--rate and --partitions must be positive"
+    );
+    anyhow::ensure!(
+        args.idle_timeout == 0 || args.idle_timeout >= weir::ingest::idle::MIN_IDLE_TIMEOUT_MS,
+        "--idle-timeout must be 0s (off) or at least {} ms",
+        weir::ingest::idle::MIN_IDLE_TIMEOUT_MS
     );
     crate::fresh_work_dir(&args.work_dir)?;
     let data_dir = args.work_dir.join("data");
@@ -302,6 +322,9 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
     let (mut last_sent, mut last_rows, mut peak_rss) = (0u64, 0u64, 0u64);
     let mut next_report = Duration::from_secs(1);
     let total = args.shape.due_before(rate, duration_ms * 1_000);
+    let mut idle_markers = (args.idle_timeout > 0)
+        .then(|| IdleMarkers::new(writers.len(), args.idle_timeout, start_ms));
+    let mut markers_written = 0usize;
     while sent < total {
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_millis() as u64;
@@ -328,8 +351,17 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             }
             payload.clear();
             encode_event(ts, &key, (rng.below(1_000) as i64) - 100, &mut payload);
-            writers[(sent % u64::from(args.partitions)) as usize].append(&payload)?;
+            let quiet = args.shape == Shape::QuietPartition && elapsed_ms >= args.warmup;
+            let partitions = u64::from(args.partitions) - u64::from(quiet && args.partitions > 1);
+            let partition = (sent % partitions) as usize;
+            writers[partition].append(&payload)?;
+            if let Some(markers) = idle_markers.as_mut() {
+                markers.appended(partition, ts, start_ms + elapsed_ms);
+            }
             sent += 1;
+        }
+        if let Some(markers) = idle_markers.as_mut() {
+            markers_written += markers.append_due(start_ms + elapsed_ms, &mut writers)?;
         }
         for w in &mut writers {
             w.flush()?;
@@ -436,6 +468,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         peak_rss: peak_rss.max(rss_bytes()),
         run: summary,
         final_lag_ms,
+        idle_markers: markers_written,
     })
 }
 
@@ -506,6 +539,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
             keys: args.keys,
             checkpoint_interval_ms: (!args.no_checkpoint).then_some(args.checkpoint_interval),
             warmup_ms: args.warmup,
+            idle_timeout_ms: (args.idle_timeout > 0).then_some(args.idle_timeout),
         },
         events: m.events,
         throughput: m.events as f64 / m.load_secs,
@@ -524,6 +558,8 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
             .as_ref()
             .and_then(|c| c.last_commit_latency_us),
         peak_rss_bytes: m.peak_rss,
+        final_lag_ms: m.final_lag_ms,
+        idle_markers: m.idle_markers,
     };
     let dir = crate::write_summary(&args.results, "latency", &out)?;
     std::fs::write(dir.join("latency.hgrm"), m.stats.hgrm())?;

@@ -62,6 +62,9 @@ pub enum Shape {
     HotKey,
     /// The key space moves on by half every 10 s: new keys keep arriving.
     KeyGrowth,
+    /// After the warm-up, the last partition receives nothing (a quiet
+    /// source): without `--idle-timeout` it holds every window back.
+    QuietPartition,
 }
 
 /// The burst phase of every minute, ms: `[start, end)`.

@@ -201,6 +201,11 @@ pub fn render(sources: &MetricsSources) -> String {
         load(&counters.events_late),
     );
     out.counter(
+        "idle_markers_in_total",
+        "Idle markers read from the input log: a quiet partition's appender advanced its watermark.",
+        load(&counters.idle_markers),
+    );
+    out.counter(
         "source_activations_total",
         "Times a source operator ran (an idle source polls every 16 ms; one paused ahead of the output frontier not at all).",
         load(&counters.activations),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use weir_dataflows::nexmark::{NexmarkQuery, NexmarkTable, WINDOW_MS};
 
+use crate::event::{EventRef, LogRecord};
 use crate::source::{FeedError, FeedStatus, PartitionFeed};
 
 /// q7 keeps only the bids at each window's highest price. A bid priced
@@ -35,6 +36,12 @@ impl DominatedBids {
             max_ts: max_ts_before,
             highest: BTreeMap::new(),
         }
+    }
+
+    /// An idle marker at `watermark_ms`: the partition's time advances as
+    /// the source's does (decision 29), so lateness here stays the source's.
+    pub fn advance(&mut self, watermark_ms: u64) {
+        self.max_ts = Some(self.max_ts.map_or(watermark_ms, |m| m.max(watermark_ms)));
     }
 
     /// Whether the bid at `ts` with `price` is dominated.
@@ -102,24 +109,33 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
     fn poll(
         &mut self,
         max_records: usize,
-        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+        deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError> {
         let (query, table) = (self.query, self.table);
         let mut malformed: Option<u64> = None;
         let dominated = &mut self.dominated;
-        let status = self
-            .inner
-            .poll(max_records, &mut |offset, ts, key, value| {
-                let Some((key, value)) = query.project(table, key, value) else {
-                    malformed.get_or_insert(offset);
-                    return;
-                };
-                if malformed.is_some() {
+        let status = self.inner.poll(max_records, &mut |offset, record| {
+            let EventRef { ts, key, value } = match record {
+                LogRecord::Event(event) => event,
+                idle @ LogRecord::Idle { watermark_ms } => {
+                    if let Some(d) = dominated.as_mut() {
+                        d.advance(watermark_ms);
+                    }
+                    deliver(offset, idle);
                     return;
                 }
-                let below = dominated.as_mut().is_some_and(|d| d.dominated(ts, value));
-                deliver(offset, ts, if below { DOMINATED_KEY } else { key }, value);
-            })?;
+            };
+            let Some((key, value)) = query.project(table, key, value) else {
+                malformed.get_or_insert(offset);
+                return;
+            };
+            if malformed.is_some() {
+                return;
+            }
+            let below = dominated.as_mut().is_some_and(|d| d.dominated(ts, value));
+            let key = if below { DOMINATED_KEY } else { key };
+            deliver(offset, LogRecord::Event(EventRef { ts, key, value }));
+        })?;
         match malformed {
             None => Ok(status),
             Some(offset) => Err(FeedError {
@@ -181,7 +197,7 @@ impl PartitionFeed for GeneratorFeed {
     fn poll(
         &mut self,
         max_records: usize,
-        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+        deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError> {
         let end = self.end_offset.min(self.next_offset + max_records as u64);
         while self.next_offset < end {
@@ -190,7 +206,8 @@ impl PartitionFeed for GeneratorFeed {
             let event = self.generator.next().expect("the generator never ends");
             let (ts, value) = super::gen::stored_record(&event, self.table, &mut self.key)
                 .expect("the type filter yields only the table's events");
-            deliver(offset, ts, &self.key, value);
+            let key = &self.key;
+            deliver(offset, LogRecord::Event(EventRef { ts, key, value }));
         }
         Ok(if self.next_offset == self.end_offset {
             FeedStatus::Ended

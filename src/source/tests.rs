@@ -26,13 +26,18 @@ impl PartitionFeed for StalledFeed {
     fn poll(
         &mut self,
         max_records: usize,
-        deliver: &mut dyn FnMut(u64, u64, &str, i64),
+        deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError> {
         let end = (self.position + max_records).min(self.events.len());
         for (offset, (ts, key, value)) in
             self.events.iter().enumerate().take(end).skip(self.position)
         {
-            deliver(offset as u64, *ts, key, *value);
+            let event = EventRef {
+                ts: *ts,
+                key,
+                value: *value,
+            };
+            deliver(offset as u64, LogRecord::Event(event));
         }
         let progressed = end > self.position;
         self.position = end;

@@ -7,6 +7,7 @@ mod distinct;
 mod emit_changes;
 mod eviction;
 mod golden;
+mod idle;
 mod ingest;
 mod kill_clock;
 mod layers;

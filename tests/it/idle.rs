@@ -1,0 +1,271 @@
+//! Idle markers (decision 29): a quiet partition whose appender writes
+//! markers no longer holds back the windows of the others, and what the
+//! markers change (which events are late) depends only on the log: the same
+//! on every worker count and every replay, and equal to a reference.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use weir::driver::run;
+use weir::event::{encode_event, encode_idle_marker};
+use weir::ingest::idle::IdleMarkers;
+use weir::job::WindowQuery;
+use weir::log::{partition_dir, LogConfig, PartitionWriter};
+use weir::run::{RowObserver, RunHooks, RunOptions, EVENTS_TOPIC};
+use weir::sink::{format_late_row, format_window_row};
+use weir_dataflows::reference::reference;
+use weir_dataflows::{LateRow, WindowRow, WindowSpec};
+
+use crate::support::sorted_rows;
+
+/// A record of a test partition.
+#[derive(Clone, Debug)]
+enum Record {
+    Event(u64, String, i64),
+    Idle(u64),
+}
+
+fn write_log(data_dir: &Path, partitions: &[Vec<Record>]) {
+    let log_dir = data_dir.join("log");
+    let mut payload = Vec::new();
+    for (p, records) in partitions.iter().enumerate() {
+        let dir = partition_dir(&log_dir, EVENTS_TOPIC, p as u32);
+        let mut writer = PartitionWriter::open(&dir, LogConfig::default()).unwrap();
+        for record in records {
+            payload.clear();
+            match record {
+                Record::Event(ts, key, value) => encode_event(*ts, key, *value, &mut payload),
+                Record::Idle(watermark_ms) => encode_idle_marker(*watermark_ms, &mut payload),
+            }
+            writer.append(&payload).unwrap();
+        }
+        writer.sync().unwrap();
+    }
+}
+
+fn options(data_dir: &Path, out_dir: &Path, query: WindowQuery, workers: usize) -> RunOptions {
+    RunOptions {
+        data_dir: data_dir.to_owned(),
+        out_dir: out_dir.to_owned(),
+        inputs: Vec::new(),
+        generated: None,
+        query,
+        workers,
+        cluster: None,
+        until_end: true,
+        batch_records: 7,
+        log_config: LogConfig::default(),
+        checkpoint: None,
+        hooks: RunHooks::default(),
+        metrics_addr: None,
+    }
+}
+
+/// The expected window and late lines: a marker counts for the lateness
+/// rule as an event at its watermark would, and adds nothing; the accepted
+/// events then go through the plain reference with nothing late.
+fn expected(partitions: &[Vec<Record>], query: WindowQuery) -> (Vec<String>, Vec<String>) {
+    let mut accepted = Vec::new();
+    let mut late = Vec::new();
+    for (partition, records) in partitions.iter().enumerate() {
+        let mut max_ts: Option<u64> = None;
+        for (offset, record) in records.iter().enumerate() {
+            let ts = match record {
+                Record::Idle(watermark_ms) => *watermark_ms,
+                Record::Event(ts, key, value) => {
+                    if max_ts.is_some_and(|m| *ts < m.saturating_sub(query.lateness_ms)) {
+                        late.push(LateRow {
+                            partition: partition as u32,
+                            offset: offset as u64,
+                            ts: *ts,
+                            key: key.clone(),
+                            value: *value,
+                        });
+                    } else {
+                        accepted.push((*ts, key.clone(), *value));
+                    }
+                    *ts
+                }
+            };
+            max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
+        }
+    }
+    let rows = reference(&[accepted], query.spec, u64::MAX).rows;
+    (
+        lines(&rows, format_window_row),
+        lines(&late, format_late_row),
+    )
+}
+
+fn lines<T>(rows: &[T], format: fn(&T, &mut Vec<u8>)) -> Vec<String> {
+    let mut lines: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let mut line = Vec::new();
+            format(row, &mut line);
+            String::from_utf8(line).unwrap().trim_end().to_owned()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn query(spec: WindowSpec, lateness_ms: u64) -> WindowQuery {
+    WindowQuery {
+        spec,
+        granularity_ms: spec.default_granularity_ms(),
+        lateness_ms,
+        nexmark: None,
+        emit: weir_dataflows::emit::Emit::All,
+        aggregates: weir_dataflows::aggregates::Aggregates::default(),
+    }
+}
+
+fn partition_strategy() -> impl Strategy<Value = Vec<Record>> {
+    let step = prop_oneof![
+        4 => (-8i64..12, prop_oneof![Just("hot"), Just("k1"), Just("k2")], -9i64..9)
+            .prop_map(|(step, key, value)| (step, Some((key.to_owned(), value)))),
+        1 => (-4i64..40).prop_map(|step| (step, None)),
+    ];
+    prop::collection::vec(step, 0..40).prop_map(|steps| {
+        // Times in 250 ms units walk forward with backward jumps; a marker
+        // may be ahead of every event so far, or behind (then it changes nothing).
+        let mut unit = 0i64;
+        steps
+            .into_iter()
+            .map(|(step, event)| {
+                let ts = ((unit + step).max(0) as u64) * 250;
+                match event {
+                    Some((key, value)) => {
+                        unit = (unit + step).max(0);
+                        Record::Event(ts, key, value)
+                    }
+                    None => Record::Idle(ts),
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn markers_decide_lateness_alike_on_every_worker_count(
+        partitions in prop::collection::vec(partition_strategy(), 1..4),
+        spec in prop_oneof![
+            Just(WindowSpec::Tumbling { size_ms: 1_000 }),
+            Just(WindowSpec::Sliding { size_ms: 2_000, slide_ms: 1_000 }),
+        ],
+        lateness_ms in prop_oneof![Just(0u64), Just(500), Just(2_000)],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        write_log(&data_dir, &partitions);
+        let query = query(spec, lateness_ms);
+        let (rows, late) = expected(&partitions, query);
+        // Workers 2 twice: a replay of the same log.
+        for (run_index, workers) in [1, 2, 2, 3].into_iter().enumerate() {
+            let out = dir.path().join(format!("out-{run_index}"));
+            run(&options(&data_dir, &out, query, workers)).unwrap();
+            prop_assert_eq!(&sorted_rows(&out, "windows"), &rows, "{} workers", workers);
+            prop_assert_eq!(&sorted_rows(&out, "late"), &late, "{} workers", workers);
+        }
+    }
+}
+
+/// The largest window end emitted so far.
+#[derive(Debug, Default)]
+struct NewestEnd(AtomicU64);
+
+impl RowObserver for NewestEnd {
+    fn window_rows(&self, rows: &mut dyn Iterator<Item = &WindowRow>) {
+        for row in rows {
+            self.0.fetch_max(row.window_end, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One busy partition and one that went quiet after its first event, as
+/// the appender writes them with [`IdleMarkers`] on its own clock. A tailing
+/// run closes the windows the busy partition has passed; without the
+/// markers the quiet partition's watermark stays at its one event and no
+/// window closes until the input ends.
+#[test]
+fn a_quiet_partition_with_markers_lets_windows_close_while_tailing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let log_dir = data_dir.join("log");
+    let mut writers: Vec<PartitionWriter> = (0..2)
+        .map(|p| {
+            PartitionWriter::open(
+                &partition_dir(&log_dir, EVENTS_TOPIC, p),
+                LogConfig::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut markers = IdleMarkers::new(2, 500, 0);
+    let mut payload = Vec::new();
+    let mut append = |writers: &mut [PartitionWriter], p: usize, ts: u64| {
+        payload.clear();
+        encode_event(ts, if p == 0 { "busy" } else { "quiet" }, 1, &mut payload);
+        writers[p].append(&payload).unwrap();
+    };
+    append(&mut writers, 1, 0);
+    markers.appended(1, 0, 0);
+    // The appender's clock runs with event time: one event per 100 ms on partition 0.
+    let mut written_markers = 0;
+    for ts in (100..=20_000).step_by(100) {
+        append(&mut writers, 0, ts);
+        markers.appended(0, ts, ts);
+        written_markers += markers.append_due(ts, &mut writers).unwrap();
+    }
+    assert!(
+        written_markers >= 30,
+        "a marker per 500 ms of quiet: {written_markers}"
+    );
+    for writer in &mut writers {
+        writer.sync().unwrap();
+    }
+
+    let newest_end = Arc::new(NewestEnd::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let out = dir.path().join("out");
+    let mut options = options(
+        &data_dir,
+        &out,
+        query(WindowSpec::Tumbling { size_ms: 1_000 }, 0),
+        2,
+    );
+    options.until_end = false;
+    options.hooks.observer = Some(newest_end.clone() as Arc<dyn RowObserver>);
+    options.hooks.stop = Some(Arc::clone(&stop));
+    let engine = std::thread::spawn(move || run(&options));
+    // Partition 0's watermark is 20 s, partition 1's (from its last marker)
+    // at least 19.5 s: the window [18 s, 19 s) closes while the run tails.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while newest_end.0.load(Ordering::Relaxed) < 19_000 {
+        assert!(!engine.is_finished(), "the tailing run ended by itself");
+        assert!(
+            Instant::now() < deadline,
+            "no window closed while tailing (newest end {} ms): the quiet partition holds the frontier",
+            newest_end.0.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Release);
+    engine.join().unwrap().unwrap();
+    let windows = sorted_rows(&out, "windows");
+    assert!(
+        windows.contains(&"18000,19000,busy,10,10,1,1".to_owned()),
+        "{windows:?}"
+    );
+    assert!(
+        windows.contains(&"0,1000,quiet,1,1,1,1".to_owned()),
+        "{windows:?}"
+    );
+}
