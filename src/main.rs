@@ -81,7 +81,7 @@ fn init_tracing(format: Option<LogFormat>) {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a query over the input log (with no arguments: the Nexmark q5 demo, with checkpoints).
+    /// Run a query over the input log (with no arguments: over the log in the data dir, or the Nexmark q5 demo if that is empty).
     Run(RunArgs),
     /// Append CSV files (`ts,key,value`) to the input log; one file = one partition; idempotent.
     Ingest(IngestArgs),
@@ -157,13 +157,16 @@ impl Query {
 
 #[derive(Parser, Debug)]
 struct RunArgs {
-    /// The query to run (default: `window` with --input, the Nexmark q5 demo without).
+    /// The query to run (default: `window` with --input or on a log holding
+    /// `events`; the Nexmark q5 demo with no input and an empty log).
     #[arg(long, value_enum)]
     query: Option<Query>,
     /// Input CSV files or directories of them (ingested idempotently): `ts,key,value`
     /// files for `window`, person-/auction-/bid-<n>.csv (from `weir gen nexmark`) for
-    /// the Nexmark queries. Without it, a demo dataset is generated under the data
-    /// dir and the run stops at its end.
+    /// the Nexmark queries. Without it, the run reads the data dir's log if
+    /// that holds partitions (tailing unless --until-end); if the log is
+    /// empty, a demo dataset is generated under the data dir and the run stops
+    /// at its end.
     #[arg(long, num_args = 1..)]
     input: Vec<PathBuf>,
     /// Nexmark queries: read this many events straight from the generator

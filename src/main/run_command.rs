@@ -7,9 +7,10 @@ use anyhow::{bail, Context, Result};
 use weir::driver::run;
 use weir::gen::{generate_zipf, ZipfParams};
 use weir::job::WindowQuery;
-use weir::log::LogConfig;
+use weir::log::{list_partitions, LogConfig};
 use weir::run::{
     read_hostfile, CheckpointOptions, ClusterOptions, GeneratedInput, RunOptions, RunSummary,
+    EVENTS_TOPIC,
 };
 use weir_dataflows::aggregates::Aggregate;
 use weir_dataflows::duration::format_duration_ms;
@@ -18,10 +19,67 @@ use weir_dataflows::WindowSpec;
 
 use super::{CheckpointCadence, Query, RunArgs};
 
+/// Where a run's input comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InputSource {
+    /// `--input` files, ingested first.
+    Files,
+    /// `--generate-events`: the Nexmark generator, read directly.
+    Generator,
+    /// No input given, and the data dir's log holds partitions: run on them
+    /// (tailing unless `--until-end`).
+    Log {
+        /// The log holds the generic query's topic.
+        events: bool,
+    },
+    /// No input given and an empty log: the demo dataset.
+    Demo,
+}
+
+fn input_source(args: &RunArgs) -> Result<InputSource> {
+    if !args.input.is_empty() {
+        return Ok(InputSource::Files);
+    }
+    if args.generate_events.is_some() {
+        return Ok(InputSource::Generator);
+    }
+    let log_dir = args.data_dir.join("log");
+    let topics = match std::fs::read_dir(&log_dir) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .with_context(|| format!("listing {}", log_dir.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", log_dir.display())),
+    };
+    let mut holds_partitions = false;
+    for topic in topics.iter().filter(|t| log_dir.join(t).is_dir()) {
+        holds_partitions |= !list_partitions(&log_dir, topic)
+            .with_context(|| {
+                format!(
+                    "listing the partitions of {}",
+                    log_dir.join(topic).display()
+                )
+            })?
+            .is_empty();
+    }
+    Ok(if holds_partitions {
+        InputSource::Log {
+            events: !list_partitions(&log_dir, EVENTS_TOPIC)?.is_empty(),
+        }
+    } else {
+        InputSource::Demo
+    })
+}
+
 /// The query of `args`: the generic window query, or a Nexmark query.
 pub(super) fn query_of(args: &RunArgs) -> Result<WindowQuery> {
-    let demo = args.input.is_empty() && args.generate_events.is_none();
-    let default = if demo { Query::Q5 } else { Query::Window };
+    let default = match input_source(args)? {
+        InputSource::Demo | InputSource::Log { events: false } => Query::Q5,
+        InputSource::Files | InputSource::Generator | InputSource::Log { events: true } => {
+            Query::Window
+        }
+    };
     let query = args.query.unwrap_or(default);
     if let Some(nexmark) = query.nexmark() {
         if args.window.is_some() || args.granularity.is_some() {
@@ -159,11 +217,23 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
     let mut inputs = args.input.clone();
     let mut until_end = args.until_end || args.generate_events.is_some();
     let mut data_dir = args.data_dir.clone();
-    if inputs.is_empty() && args.generate_events.is_none() {
-        let (demo_data, demo_input) = prepare_demo(args, &query)?;
-        data_dir = demo_data;
-        inputs.push(demo_input);
-        until_end = true;
+    match input_source(args)? {
+        InputSource::Demo => {
+            let (demo_data, demo_input) = prepare_demo(args, &query)?;
+            data_dir = demo_data;
+            inputs.push(demo_input);
+            until_end = true;
+        }
+        InputSource::Log { .. } => eprintln!(
+            "no --input: running on the log in {} ({})",
+            data_dir.join("log").display(),
+            if until_end {
+                "to its end"
+            } else {
+                "tailing it: stop with Ctrl-C, or give --until-end"
+            }
+        ),
+        InputSource::Files | InputSource::Generator => {}
     }
     let options = RunOptions {
         data_dir,

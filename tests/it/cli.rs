@@ -115,6 +115,59 @@ fn ingesting_the_same_file_twice_does_not_duplicate_events() {
     assert_eq!(rows, sorted_rows(&tmp.path().join("out1"), "windows"));
 }
 
+/// Issue 15 item 3: with no `--input`, a data dir whose log holds
+/// partitions is the input (here to its end), not the demo.
+#[test]
+fn a_run_without_input_reads_what_the_log_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "ts,key,value\n1000,a,1\n2000,a,2\n12000,b,3\n").unwrap();
+    assert_success(&ingest(&data, &[&input]), "ingest");
+    let out = tmp.path().join("out");
+    let run = run_weir(&[
+        "run",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--window",
+        "tumbling:10s",
+        "--until-end",
+        "--workers",
+        "2",
+        "--no-checkpoint",
+    ]);
+    assert_success(&run, "weir run on the log");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no --input: running on the log"));
+    assert!(!data.join("demo").exists(), "the demo was generated");
+    assert_eq!(
+        sorted_rows(&out, "windows"),
+        vec![
+            "0,10000,a,2,3,1,2".to_owned(),
+            "10000,20000,b,1,3,3,3".to_owned()
+        ]
+    );
+    // A Nexmark query on a log without its tables: a clear error.
+    let q5 = run_weir(&[
+        "run",
+        "--query",
+        "q5",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--until-end",
+        "--no-checkpoint",
+    ]);
+    assert!(!q5.status.success());
+    assert!(
+        String::from_utf8_lossy(&q5.stderr).contains("has no partitions"),
+        "{}",
+        String::from_utf8_lossy(&q5.stderr)
+    );
+}
+
 #[test]
 fn bad_arguments_are_refused() {
     for args in [
