@@ -29,7 +29,7 @@ use weir::run::{CheckpointOptions, RowObserver, RunGauges, RunHooks, RunOptions,
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::{WindowRow, WindowSpec};
 
-mod samplers;
+pub(crate) mod samplers;
 
 use self::samplers::{free_loopback_port, scrape_metrics, sum_per_worker, CheckpointSampler};
 use crate::latency_stats::{LatencyStats, Percentiles};
@@ -209,15 +209,7 @@ struct Config {
 }
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1_024)
+    samplers::rss_of("self")
 }
 
 /// What one run at a fixed rate measured.

@@ -10,12 +10,16 @@
 //! - `chaos`: kill the engine or the sidecar at random during a job and
 //!   compare the final output with a failure-free run.
 //! - `cluster`: P processes x W workers on loopback with one sidecar.
+//! - `soak`: a long load into the log, a separate engine process with
+//!   checkpoints killed and restarted a few times; memory, disk, lag over
+//!   time, and the output compared with a failure-free run.
 
 mod chaos;
 mod cluster;
 mod latency;
 mod latency_stats;
 mod pacing;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -58,6 +62,8 @@ enum Mode {
     Chaos(chaos::ChaosArgs),
     /// Run a job as P processes x W workers on loopback with one sidecar.
     Cluster(cluster::ClusterArgs),
+    /// A long load with sidecar and engine kills: memory, disk and lag over time, output exactly once.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -232,6 +238,7 @@ fn main() -> Result<()> {
         Mode::Latency(args) => latency::latency(&args),
         Mode::Chaos(args) => chaos::chaos(&args),
         Mode::Cluster(args) => cluster::cluster(&args),
+        Mode::Soak(args) => soak::soak(&args),
     }
 }
 

@@ -5,14 +5,35 @@ use std::time::Duration;
 
 /// A free loopback address for the engine's metrics endpoint (None if the
 /// system has none to give).
-pub(super) fn free_loopback_port() -> Option<std::net::SocketAddr> {
+pub(crate) fn free_loopback_port() -> Option<std::net::SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .ok()
 }
 
+/// Resident set size of process `pid` (`"self"`: this one), bytes; 0 if
+/// it is gone.
+pub(crate) fn rss_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1_024)
+}
+
+/// The value of the unlabelled sample `name` in a metrics text.
+pub(crate) fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The body of `GET /metrics` at `addr` (None on any failure).
-pub(super) fn scrape_metrics(addr: std::net::SocketAddr) -> Option<String> {
+pub(crate) fn scrape_metrics(addr: std::net::SocketAddr) -> Option<String> {
     use std::io::{Read, Write};
     let timeout = Duration::from_millis(500);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
