@@ -365,10 +365,12 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     let status = Command::new(&weir)
         .args(&final_args)
         .stdout(Stdio::null())
+        .stderr(engine.stderr_file()?)
         .status()?;
     anyhow::ensure!(
         status.success(),
-        "the final --until-end run failed ({status})"
+        "the final --until-end run failed ({status}); see {}",
+        engine.stderr.display()
     );
     let final_run_secs = finished.elapsed().as_secs_f64();
 
@@ -382,8 +384,13 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     let status = Command::new(&weir)
         .args(&reference_args)
         .stdout(Stdio::null())
+        .stderr(engine.stderr_file()?)
         .status()?;
-    anyhow::ensure!(status.success(), "the failure-free run failed ({status})");
+    anyhow::ensure!(
+        status.success(),
+        "the failure-free run failed ({status}); see {}",
+        engine.stderr.display()
+    );
     let got = OutputDigest::of_dir(&out)?;
     let expected = OutputDigest::of_dir(&reference_out)?;
     let first_difference = got.first_difference(&expected);

@@ -22,10 +22,7 @@ pub(super) struct Engine {
 
 impl Engine {
     pub(super) fn start(&mut self) -> Result<()> {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.stderr)?;
+        let stderr = self.stderr_file()?;
         self.metrics = free_loopback_port();
         let mut args = self.args.clone();
         if let Some(addr) = self.metrics {
@@ -41,6 +38,15 @@ impl Engine {
                 .context("starting weir run")?,
         );
         Ok(())
+    }
+
+    /// The file the engine's runs write their stderr to, for appending.
+    pub(super) fn stderr_file(&self) -> Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr)
+            .with_context(|| format!("opening {}", self.stderr.display()))
     }
 
     pub(super) fn pid(&self) -> Option<u32> {
