@@ -220,7 +220,7 @@ struct RunArgs {
     /// Records read from one partition per source step.
     #[arg(long, default_value_t = 8_192)]
     batch_records: usize,
-    /// Events of the demo dataset (when no --input is given).
+    /// Events of the demo dataset (no --input and an empty log).
     #[arg(long, default_value_t = 5_000_000)]
     demo_events: u64,
     /// At most one checkpoint per this much wall clock (cuts fall on multiples of the slide).

@@ -343,8 +343,9 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             }
             payload.clear();
             encode_event(ts, &key, (rng.below(1_000) as i64) - 100, &mut payload);
-            let quiet = args.shape == Shape::QuietPartition && elapsed_ms >= args.warmup;
-            let partitions = u64::from(args.partitions) - u64::from(quiet && args.partitions > 1);
+            let last_quiet = args.shape == Shape::QuietPartition && elapsed_ms >= args.warmup;
+            let partitions =
+                u64::from(args.partitions) - u64::from(last_quiet && args.partitions > 1);
             let partition = (sent % partitions) as usize;
             writers[partition].append(&payload)?;
             if let Some(markers) = idle_markers.as_mut() {

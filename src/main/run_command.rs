@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use weir::driver::run;
 use weir::gen::{generate_zipf, ZipfParams};
+use weir::ingest::MANIFEST_FILE_NAME;
 use weir::job::WindowQuery;
 use weir::log::{list_partitions, LogConfig};
 use weir::run::{
@@ -27,10 +28,14 @@ enum InputSource {
     /// `--generate-events`: the Nexmark generator, read directly.
     Generator,
     /// No input given, and the data dir's log holds partitions: run on them
-    /// (tailing unless `--until-end`).
+    /// (tailing unless `--until-end` or `finished`).
     Log {
         /// The log holds the generic query's topic.
         events: bool,
+        /// Every topic with partitions was written by `weir ingest` (it has
+        /// a manifest): its partitions are whole files, nothing appends to
+        /// them, so the run stops at their end.
+        finished: bool,
     },
     /// No input given and an empty log: the demo dataset.
     Demo,
@@ -52,9 +57,9 @@ fn input_source(args: &RunArgs) -> Result<InputSource> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("listing {}", log_dir.display())),
     };
-    let mut holds_partitions = false;
+    let (mut holds_partitions, mut finished) = (false, true);
     for topic in topics.iter().filter(|t| log_dir.join(t).is_dir()) {
-        holds_partitions |= !list_partitions(&log_dir, topic)
+        let has_partitions = !list_partitions(&log_dir, topic)
             .with_context(|| {
                 format!(
                     "listing the partitions of {}",
@@ -62,21 +67,44 @@ fn input_source(args: &RunArgs) -> Result<InputSource> {
                 )
             })?
             .is_empty();
+        holds_partitions |= has_partitions;
+        finished &= !has_partitions || log_dir.join(topic).join(MANIFEST_FILE_NAME).is_file();
     }
     Ok(if holds_partitions {
         InputSource::Log {
             events: !list_partitions(&log_dir, EVENTS_TOPIC)?.is_empty(),
+            finished,
         }
     } else {
         InputSource::Demo
     })
 }
 
-/// The query of `args`: the generic window query, or a Nexmark query.
-pub(super) fn query_of(args: &RunArgs) -> Result<WindowQuery> {
-    let default = match input_source(args)? {
-        InputSource::Demo | InputSource::Log { events: false } => Query::Q5,
-        InputSource::Files | InputSource::Generator | InputSource::Log { events: true } => {
+/// Refuses to tail a log whose last run finished: its final checkpoint
+/// covers every window, so a restore would skip whatever is appended next.
+fn refuse_tailing_after_a_final_checkpoint(data_dir: &std::path::Path) -> Result<()> {
+    let checkpoints = data_dir.join("checkpoints");
+    let last = weir::checkpoint::store::read_commits(&checkpoints)
+        .ok()
+        .and_then(|c| c.last().map(|r| r.cut_time));
+    if last == Some(weir::checkpoint::cut::FINAL_CUT) {
+        bail!(
+            "the last run over the log in {} read it to its end (--until-end) and committed its final \
+             checkpoint: a tailing run would restore it and skip anything appended since. Rerun with \
+             --until-end (nothing new to do), or remove {} to compute the query again from the start",
+            data_dir.join("log").display(),
+            checkpoints.display()
+        );
+    }
+    Ok(())
+}
+
+/// The query of `args` reading `source`: the generic window query, or a
+/// Nexmark query.
+fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
+    let default = match source {
+        InputSource::Demo | InputSource::Log { events: false, .. } => Query::Q5,
+        InputSource::Files | InputSource::Generator | InputSource::Log { events: true, .. } => {
             Query::Window
         }
     };
@@ -191,7 +219,8 @@ fn prepare_demo(args: &RunArgs, query: &WindowQuery) -> Result<(PathBuf, PathBuf
 }
 
 pub(super) fn run_command(args: &RunArgs) -> Result<()> {
-    let query = query_of(args)?;
+    let source = input_source(args)?;
+    let query = query_of(args, source)?;
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -217,22 +246,29 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
     let mut inputs = args.input.clone();
     let mut until_end = args.until_end || args.generate_events.is_some();
     let mut data_dir = args.data_dir.clone();
-    match input_source(args)? {
+    match source {
         InputSource::Demo => {
             let (demo_data, demo_input) = prepare_demo(args, &query)?;
             data_dir = demo_data;
             inputs.push(demo_input);
             until_end = true;
         }
-        InputSource::Log { .. } => eprintln!(
-            "no --input: running on the log in {} ({})",
-            data_dir.join("log").display(),
-            if until_end {
-                "to its end"
-            } else {
-                "tailing it: stop with Ctrl-C, or give --until-end"
+        InputSource::Log { finished, .. } => {
+            until_end |= finished;
+            if !until_end {
+                refuse_tailing_after_a_final_checkpoint(&data_dir)?;
             }
-        ),
+            eprintln!(
+                "no --input: running on the log in {} ({})",
+                data_dir.join("log").display(),
+                match (finished, until_end) {
+                    (true, _) => "files from `weir ingest`: to their end",
+                    (false, true) => "to its end",
+                    (false, false) =>
+                        "tailing it: windows close as all its partitions advance; --until-end stops at its end",
+                }
+            );
+        }
         InputSource::Files | InputSource::Generator => {}
     }
     let options = RunOptions {

@@ -115,6 +115,9 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
         let mut malformed: Option<u64> = None;
         let dominated = &mut self.dominated;
         let status = self.inner.poll(max_records, &mut |offset, record| {
+            if malformed.is_some() {
+                return;
+            }
             let EventRef { ts, key, value } = match record {
                 LogRecord::Event(event) => event,
                 idle @ LogRecord::Idle { watermark_ms } => {
@@ -129,9 +132,6 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
                 malformed.get_or_insert(offset);
                 return;
             };
-            if malformed.is_some() {
-                return;
-            }
             let below = dominated.as_mut().is_some_and(|d| d.dominated(ts, value));
             let key = if below { DOMINATED_KEY } else { key };
             deliver(offset, LogRecord::Event(EventRef { ts, key, value }));

@@ -116,7 +116,8 @@ fn ingesting_the_same_file_twice_does_not_duplicate_events() {
 }
 
 /// Issue 15 item 3: with no `--input`, a data dir whose log holds
-/// partitions is the input (here to its end), not the demo.
+/// partitions is the input, not the demo; files from `weir ingest` are read
+/// to their end without `--until-end`.
 #[test]
 fn a_run_without_input_reads_what_the_log_holds() {
     let tmp = tempfile::tempdir().unwrap();
@@ -133,13 +134,16 @@ fn a_run_without_input_reads_what_the_log_holds() {
         out.to_str().unwrap(),
         "--window",
         "tumbling:10s",
-        "--until-end",
         "--workers",
         "2",
         "--no-checkpoint",
     ]);
     assert_success(&run, "weir run on the log");
-    assert!(String::from_utf8_lossy(&run.stderr).contains("no --input: running on the log"));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("no --input: running on the log") && stderr.contains("to their end"),
+        "{stderr}"
+    );
     assert!(!data.join("demo").exists(), "the demo was generated");
     assert_eq!(
         sorted_rows(&out, "windows"),
@@ -240,4 +244,58 @@ fn window_options_that_cannot_apply_are_refused_before_anything_runs() {
             "{extra:?}: something was ingested"
         );
     }
+}
+
+/// A log an appender wrote (no ingest manifest) is tailed; after a run that
+/// read it to its end and committed its final checkpoint, a tailing run
+/// would skip everything appended since, so it is refused with what to do.
+#[test]
+fn tailing_a_log_whose_last_run_finished_is_refused() {
+    use weir::event::encode_event;
+    use weir::log::{partition_dir, LogConfig, PartitionWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dir = partition_dir(&data.join("log"), weir::run::EVENTS_TOPIC, 0);
+    let mut writer = PartitionWriter::open(&dir, LogConfig::default()).unwrap();
+    let mut payload = Vec::new();
+    for ts in [1_000, 2_000, 12_000] {
+        payload.clear();
+        encode_event(ts, "a", 1, &mut payload);
+        writer.append(&payload).unwrap();
+    }
+    writer.sync().unwrap();
+    let out = tmp.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--window",
+            "tumbling:10s",
+            "--workers",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        run_weir(&args)
+    };
+    assert_success(&run(&["--until-end"]), "a run to the end of the log");
+    assert_eq!(
+        sorted_rows(&out, "windows"),
+        vec![
+            "0,10000,a,2,2,1,1".to_owned(),
+            "10000,20000,a,1,1,1,1".to_owned()
+        ]
+    );
+    let tailing = run(&[]);
+    let stderr = String::from_utf8_lossy(&tailing.stderr);
+    assert!(
+        !tailing.status.success(),
+        "a tailing run was started: {stderr}"
+    );
+    assert!(
+        stderr.contains("committed its final checkpoint") && stderr.contains("checkpoints"),
+        "{stderr}"
+    );
 }

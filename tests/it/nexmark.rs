@@ -551,7 +551,7 @@ fn ingest_with_a_table_feeds_a_later_run_and_is_idempotent() {
     let generic = ingest(&[]);
     assert!(!generic.status.success());
     assert!(String::from_utf8_lossy(&generic.stderr).contains("bid-0.csv:1"));
-    // A run names its input again (without --input it runs the demo); the
+    // A run names its input again (it could also run on the log alone); the
     // files are already in the log, so nothing is ingested twice.
     let out = tmp.path().join("out");
     let mut args = vec![
