@@ -269,3 +269,154 @@ fn a_quiet_partition_with_markers_lets_windows_close_while_tailing() {
         "{windows:?}"
     );
 }
+
+/// Three busy partitions with a few late events, and one that goes quiet
+/// early, then gets markers from [`IdleMarkers`] on a simulated appender
+/// clock, and later a few events behind those markers (late because of them).
+fn busy_and_quiet_partitions(events_per_partition: u64) -> Vec<Vec<Record>> {
+    let mut rng = weir::gen::SplitMix64::new(29);
+    let mut partitions: Vec<Vec<Record>> = vec![Vec::new(); 4];
+    let mut markers = IdleMarkers::new(4, 200, 0);
+    for step in 0..events_per_partition {
+        let clock_ms = step * 10;
+        for (p, records) in partitions.iter_mut().enumerate() {
+            let quiet = p == 3 && step > events_per_partition / 10;
+            if quiet && step % 997 != 0 {
+                continue;
+            }
+            // Mostly in order; one in 50 up to 4 s back (late with 2 s lateness).
+            let back_ms = if rng.below(50) == 0 {
+                rng.below(4_000)
+            } else {
+                0
+            };
+            let ts = clock_ms.saturating_sub(back_ms);
+            let key = format!("k{}", rng.below(40));
+            records.push(Record::Event(ts, key, rng.below(100) as i64 - 20));
+            if !quiet {
+                markers.appended(p, ts, clock_ms);
+            }
+        }
+        for (p, watermark_ms) in markers.due(clock_ms) {
+            partitions[p].push(Record::Idle(watermark_ms));
+        }
+    }
+    partitions
+}
+
+/// `kill -9` of engine and sidecar at random moments while they run on a
+/// log with idle markers (`weir run` on the data dir's log, no `--input`):
+/// the restores resume behind and after markers, and the output equals a
+/// failure-free run, which equals the reference.
+#[test]
+fn a_log_with_markers_recovers_exactly_once_across_kills() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::Stdio;
+
+    use crate::kill_clock::{
+        kill_group, sleep_while_running, timed, KillClock, MAX_KILLS_PER_ROUND,
+    };
+    use crate::support::{assert_success, weir};
+
+    let dir = tempfile::tempdir().unwrap();
+    let partitions = busy_and_quiet_partitions(40_000);
+    let markers = partitions[3]
+        .iter()
+        .filter(|r| matches!(r, Record::Idle(_)))
+        .count();
+    assert!(markers > 100, "{markers} markers");
+    let log_data = dir.path().join("log-data");
+    write_log(&log_data, &partitions);
+    let query = query(
+        WindowSpec::Sliding {
+            size_ms: 20_000,
+            slide_ms: 5_000,
+        },
+        2_000,
+    );
+    let (rows, late) = expected(&partitions, query);
+    assert!(
+        late.len() > 100 && rows.len() > 1_000,
+        "{} late, {} rows",
+        late.len(),
+        rows.len()
+    );
+
+    let data_with_log = |name: &str| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(log_data.join("log"), data.join("log")).unwrap();
+        data
+    };
+    let args = |data: &Path, out: &Path, workers: u64| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "run",
+            "--window",
+            "sliding:20s/5s",
+            "--lateness",
+            "2s",
+            "--until-end",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        a.extend(["--data-dir".to_owned(), data.display().to_string()]);
+        a.extend(["--out".to_owned(), out.display().to_string()]);
+        a.extend(["--workers".to_owned(), workers.to_string()]);
+        a.extend(["--checkpoint-interval".to_owned(), "20ms".to_owned()]);
+        a
+    };
+    let reference_out = dir.path().join("ref-out");
+    let mut reference_args = args(&data_with_log("ref"), &reference_out, 2);
+    reference_args.push("--no-checkpoint".to_owned());
+    let (output, reference) = timed(|| weir().args(&reference_args).output().unwrap());
+    assert_success(&output, "failure-free run");
+    assert_eq!(
+        sorted_rows(&reference_out, "windows"),
+        rows,
+        "the CLI on the log vs the reference"
+    );
+    assert_eq!(sorted_rows(&reference_out, "late"), late);
+
+    let mut clock = KillClock::new(13, reference);
+    let (target, mut kills, mut rounds) = (4, 0, 0);
+    while kills < target && rounds < KillClock::max_rounds(target) {
+        rounds += 1;
+        let data = data_with_log(&format!("data-{rounds}"));
+        let out = dir.path().join(format!("out-{rounds}"));
+        let mut round_kills = 0;
+        loop {
+            let mut child = weir()
+                .args(args(&data, &out, clock.workers(3)))
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            if round_kills < MAX_KILLS_PER_ROUND
+                && sleep_while_running(&mut child, clock.next_delay())
+            {
+                kill_group(child.id());
+            }
+            let output = child.wait_with_output().unwrap();
+            if output.status.success() {
+                break;
+            }
+            assert_eq!(
+                output.status.signal(),
+                Some(9),
+                "an attempt failed by itself:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            round_kills += 1;
+        }
+        kills += round_kills;
+        assert_eq!(
+            sorted_rows(&out, "windows"),
+            rows,
+            "round {rounds}: window rows"
+        );
+        assert_eq!(sorted_rows(&out, "late"), late, "round {rounds}: late rows");
+    }
+    assert!(kills > 0, "no kill landed in {rounds} rounds");
+    eprintln!("{kills} kills over {rounds} rounds, {markers} markers, {} late rows", late.len());
+}
