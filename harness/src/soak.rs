@@ -127,6 +127,46 @@ struct Kill {
     recovery_ms: Option<u64>,
 }
 
+/// The longest a run to the end of the log may take before the soak fails.
+const RUN_TO_END_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// Runs `weir args` to completion (stderr to the engine's file) and returns
+/// its stdout (the run's summary); fails on an error exit or after
+/// [`RUN_TO_END_MAX`].
+fn run_to_end(weir: &Path, args: &[String], engine: &Engine, what: &str) -> Result<String> {
+    let mut child = Command::new(weir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(engine.stderr_file()?)
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
+    });
+    let deadline = Instant::now() + RUN_TO_END_MAX;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "{what} did not finish within {} s",
+                RUN_TO_END_MAX.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    anyhow::ensure!(
+        status.success(),
+        "{what} failed ({status}); see {}",
+        engine.stderr.display()
+    );
+    Ok(reader.join().expect("stdout reader")?)
+}
+
 fn newest_commit(checkpoints: &Path) -> u64 {
     read_commits(checkpoints)
         .ok()
@@ -225,14 +265,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
         "--checkpoint-interval".to_owned(),
         format!("{}ms", args.checkpoint_interval),
     ]);
-    let mut engine = Engine {
-        weir: weir.clone(),
-        args: engine_args,
-        data: data.clone(),
-        stderr: work.join("engine.stderr"),
-        child: None,
-        metrics: None,
-    };
+    let mut engine = Engine::new(weir.clone(), engine_args, work.join("engine.stderr"));
     engine.start()?;
 
     let plan = kill_plan(args);
@@ -253,6 +286,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     let started = Instant::now();
     let total = Shape::Steady.due_before(args.rate, args.duration * 1_000);
     let mut next_sample = Duration::from_secs(1);
+    let mut next_commit_check = Instant::now();
     while sent < total {
         let elapsed = started.elapsed();
         let due = Shape::Steady
@@ -274,39 +308,46 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
         for w in &mut writers {
             w.flush()?;
         }
-        if let Some((killed_at, before)) = awaiting {
-            if newest_commit(&checkpoints) > before {
-                kills.last_mut().expect("a kill").recovery_ms =
-                    Some(killed_at.elapsed().as_millis() as u64);
-                awaiting = None;
+        if awaiting.is_some() && Instant::now() >= next_commit_check {
+            next_commit_check = Instant::now() + Duration::from_millis(50);
+            engine.poll()?;
+            if let Some((killed_at, before)) = awaiting {
+                if newest_commit(&checkpoints) > before {
+                    kills.last_mut().expect("a kill").recovery_ms =
+                        Some(killed_at.elapsed().as_millis() as u64);
+                    awaiting = None;
+                }
             }
         }
         if elapsed >= next_sample {
-            let second = next_sample.as_secs();
-            next_sample += Duration::from_secs(1);
-            engine.check_alive()?;
+            // Labelled by the second it is taken in; a second the loop
+            // missed is left out rather than sampled late.
+            let second = elapsed.as_secs();
+            next_sample = Duration::from_secs(second + 1);
+            engine.poll()?;
             if let Some(&(at_s, target)) = plan.get(kills.len()) {
                 if second >= at_s {
                     eprintln!("soak: {second} s: kill -9 of the {target}");
                     if target == "sidecar" {
                         engine.kill_sidecar()?;
                     } else {
-                        engine.kill_group()?;
+                        engine.kill_engine()?;
                     }
-                    let killed_at = Instant::now();
+                    // Read after the kill: with the sidecar dead nothing
+                    // newer commits until the restarted engine's.
+                    let before = newest_commit(&checkpoints);
                     kills.push(Kill {
                         at_s: second,
                         target,
                         recovery_ms: None,
                     });
-                    awaiting = Some((killed_at, newest_commit(&checkpoints)));
-                    engine.start()?;
+                    awaiting = Some((Instant::now(), before));
                 }
             }
-            let pid = engine.pid().map(|p| p.to_string());
-            let rss = pid.as_deref().map_or(0, rss_of);
+            let running = engine.running();
+            let rss = running.map_or(0, |(pid, _)| rss_of(&pid.to_string()));
             let sidecar_rss = engine.sidecar_pid().map_or(0, |p| rss_of(&p));
-            let scraped = engine.metrics.and_then(scrape_metrics);
+            let scraped = running.and_then(|(_, addr)| addr).and_then(scrape_metrics);
             let gauge = |name: &str| {
                 scraped
                     .as_deref()
@@ -362,16 +403,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     let finished = Instant::now();
     let mut final_args = engine.args.clone();
     final_args.push("--until-end".to_owned());
-    let status = Command::new(&weir)
-        .args(&final_args)
-        .stdout(Stdio::null())
-        .stderr(engine.stderr_file()?)
-        .status()?;
-    anyhow::ensure!(
-        status.success(),
-        "the final --until-end run failed ({status}); see {}",
-        engine.stderr.display()
-    );
+    run_to_end(&weir, &final_args, &engine, "the final --until-end run")?;
     let final_run_secs = finished.elapsed().as_secs_f64();
 
     eprintln!("soak: failure-free run over the same log");
@@ -381,18 +413,20 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     let reference_out = work.join("reference-out");
     let mut reference_args = query_args(&reference_data, &reference_out);
     reference_args.extend(["--until-end".to_owned(), "--no-checkpoint".to_owned()]);
-    let status = Command::new(&weir)
-        .args(&reference_args)
-        .stdout(Stdio::null())
-        .stderr(engine.stderr_file()?)
-        .status()?;
+    let summary_text = run_to_end(&weir, &reference_args, &engine, "the failure-free run")?;
+    let read: Option<u64> = summary_text
+        .lines()
+        .find_map(|l| l.strip_prefix("events read")?.trim().parse().ok());
     anyhow::ensure!(
-        status.success(),
-        "the failure-free run failed ({status}); see {}",
-        engine.stderr.display()
+        read == Some(sent),
+        "the failure-free run read {read:?} events of the {sent} appended"
     );
     let got = OutputDigest::of_dir(&out)?;
     let expected = OutputDigest::of_dir(&reference_out)?;
+    anyhow::ensure!(
+        expected.rows('w') > 0,
+        "the failure-free run wrote no window row"
+    );
     let first_difference = got.first_difference(&expected);
 
     let duration_s = args.duration / 1_000;

@@ -418,5 +418,8 @@ fn a_log_with_markers_recovers_exactly_once_across_kills() {
         assert_eq!(sorted_rows(&out, "late"), late, "round {rounds}: late rows");
     }
     assert!(kills > 0, "no kill landed in {rounds} rounds");
-    eprintln!("{kills} kills over {rounds} rounds, {markers} markers, {} late rows", late.len());
+    eprintln!(
+        "{kills} kills over {rounds} rounds, {markers} markers, {} late rows",
+        late.len()
+    );
 }

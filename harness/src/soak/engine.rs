@@ -1,5 +1,8 @@
 //! The soak's engine: a `weir run` process tailing the log with
-//! checkpoints (and the sidecar it starts), started, killed and restarted.
+//! checkpoints (and the sidecar it starts as its child), started, killed
+//! and restarted without stopping the load: a kill only starts a restart,
+//! which [`Engine::poll`] completes once the old process is gone. Dropped,
+//! it kills its process group, so a failed soak leaves nothing running.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -10,17 +13,35 @@ use anyhow::{bail, Context, Result};
 
 use crate::latency::samplers::free_loopback_port;
 
+/// How long an engine may outlive its killed sidecar before it is killed too
+/// (decision 27: it ends its run once it notices).
+const ENGINE_AFTER_SIDECAR_MAX: Duration = Duration::from_secs(60);
+
 /// The engine: `weir run` tailing the log, restarted after each kill.
 pub(super) struct Engine {
     pub(super) weir: PathBuf,
     pub(super) args: Vec<String>,
-    pub(super) data: PathBuf,
     pub(super) stderr: PathBuf,
-    pub(super) child: Option<Child>,
-    pub(super) metrics: Option<std::net::SocketAddr>,
+    child: Option<Child>,
+    metrics: Option<std::net::SocketAddr>,
+    /// A kill happened and the engine is to be started again once the old
+    /// process has exited; past this moment it is killed outright.
+    restart_by: Option<Instant>,
 }
 
 impl Engine {
+    /// An engine not started yet.
+    pub(super) fn new(weir: PathBuf, args: Vec<String>, stderr: PathBuf) -> Self {
+        Engine {
+            weir,
+            args,
+            stderr,
+            child: None,
+            metrics: None,
+            restart_by: None,
+        }
+    }
+
     pub(super) fn start(&mut self) -> Result<()> {
         let stderr = self.stderr_file()?;
         self.metrics = free_loopback_port();
@@ -49,20 +70,19 @@ impl Engine {
             .with_context(|| format!("opening {}", self.stderr.display()))
     }
 
-    pub(super) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    /// The running engine's pid and metrics address (none while restarting).
+    pub(super) fn running(&self) -> Option<(u32, Option<std::net::SocketAddr>)> {
+        if self.restart_by.is_some() {
+            return None;
+        }
+        self.child.as_ref().map(|c| (c.id(), self.metrics))
     }
 
-    pub(super) fn sidecar_pattern(&self) -> String {
-        format!(
-            "sidecar --exit-when-idle --data-dir {}",
-            self.data.display()
-        )
-    }
-
+    /// The pid of the sidecar the engine started (its child).
     pub(super) fn sidecar_pid(&self) -> Option<String> {
+        let (pid, _) = self.running()?;
         let out = Command::new("pgrep")
-            .args(["-f", &self.sidecar_pattern()])
+            .args(["-P", &pid.to_string(), "-f", "sidecar"])
             .output()
             .ok()?;
         String::from_utf8_lossy(&out.stdout)
@@ -71,19 +91,38 @@ impl Engine {
             .map(str::to_owned)
     }
 
-    /// Fails if the engine exited although nothing killed it.
-    pub(super) fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self
+    fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self
             .child
             .as_mut()
             .map(Child::try_wait)
             .transpose()?
-            .flatten()
-        {
-            bail!(
-                "the engine exited by itself ({status}); see {}",
-                self.stderr.display()
-            );
+            .flatten())
+    }
+
+    /// Completes a pending restart; fails if the engine exited although
+    /// nothing killed it.
+    pub(super) fn poll(&mut self) -> Result<()> {
+        match self.restart_by {
+            Some(deadline) => {
+                let exited = self.child.is_none() || self.exited()?.is_some();
+                if exited || Instant::now() > deadline {
+                    if !exited {
+                        eprintln!("soak: the engine outlived its sidecar by a minute: killing it");
+                    }
+                    self.kill_group()?;
+                    self.restart_by = None;
+                    self.start()?;
+                }
+            }
+            None => {
+                if let Some(status) = self.exited()? {
+                    bail!(
+                        "the engine exited by itself ({status}); see {}",
+                        self.stderr.display()
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -91,42 +130,46 @@ impl Engine {
     /// `kill -9` of the process group, and the wait for it.
     pub(super) fn kill_group(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
-            Command::new("kill")
+            let killed = Command::new("kill")
                 .args(["-9", "--", &format!("-{}", child.id())])
-                .status()?;
+                .status()
+                .is_ok_and(|s| s.success());
+            if !killed {
+                // The group is gone or `kill` failed: at least the engine.
+                let _ = child.kill();
+            }
             child.wait()?;
         }
         Ok(())
     }
 
+    /// `kill -9` of the engine's process group; it restarts at the next poll.
+    pub(super) fn kill_engine(&mut self) -> Result<()> {
+        self.kill_group()?;
+        self.restart_by = Some(Instant::now());
+        Ok(())
+    }
+
     /// `kill -9` of the sidecar (waiting up to 2 minutes for it to exist);
-    /// the engine then ends (decision 27), waited for up to a minute.
+    /// the engine then ends (decision 27) and restarts at a later poll.
     pub(super) fn kill_sidecar(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         let pid = loop {
             if let Some(pid) = self.sidecar_pid() {
                 break pid;
             }
-            self.check_alive()?;
+            self.poll()?;
             anyhow::ensure!(Instant::now() < deadline, "no sidecar within 2 minutes");
             std::thread::sleep(Duration::from_millis(20));
         };
         Command::new("kill").args(["-9", &pid]).status()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self
-            .child
-            .as_mut()
-            .map(Child::try_wait)
-            .transpose()?
-            .flatten()
-            .is_none()
-        {
-            if Instant::now() > deadline {
-                eprintln!("soak: the engine outlived its sidecar by a minute: killing it");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill_group()
+        self.restart_by = Some(Instant::now() + ENGINE_AFTER_SIDECAR_MAX);
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.kill_group();
     }
 }
