@@ -231,6 +231,8 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
         args.rate > 0 && args.partitions > 0 && args.keys > 0,
         "--rate, --partitions and --keys must be positive"
     );
+    // The commit at the start: a soak lasts long enough for HEAD to move.
+    let header = RunHeader::new("soak");
     let weir = crate::weir_binary()?;
     crate::fresh_work_dir(&args.work_dir)?;
     let work = std::path::absolute(&args.work_dir)?;
@@ -440,7 +442,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     let early = mean(&in_range(duration_s / 12, duration_s / 4));
     let last = mean(&in_range(duration_s - duration_s / 6, duration_s + 1));
     let summary = Summary {
-        header: RunHeader::new("soak"),
+        header,
         rate: args.rate,
         duration_ms: args.duration,
         workers: args.workers,
