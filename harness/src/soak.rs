@@ -107,7 +107,8 @@ struct Summary {
     commit_stream_last_bytes: u64,
     log_bytes: u64,
     /// Per minute of the load: the 99th percentile of the frontier lag
-    /// sampled each second (ms; null for a minute with no sample).
+    /// sampled each second (ms; null for a minute with no sample), measured
+    /// on the event clock (start wall clock + monotonic time).
     frontier_lag_p99_ms_per_minute: Vec<Option<u64>>,
     /// The `--until-end` run that finished the log after the load, s.
     final_run_secs: f64,
@@ -276,7 +277,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     let checkpoints = data.join("checkpoints");
     let commits_file = checkpoints.join(weir::checkpoint::format::COMMITS_FILE_NAME);
     let mut series = String::from(
-        "second,events,engine_up,engine_rss_bytes,sidecar_rss_bytes,frontier_lag_ms,checkpoint_lag_ms,newest_checkpoint,checkpoint_store_bytes,commit_stream_bytes,log_bytes\n",
+        "second,events,engine_up,engine_rss_bytes,sidecar_rss_bytes,frontier_lag_ms,checkpoint_lag_ms,newest_checkpoint,checkpoint_store_bytes,commit_stream_bytes,log_bytes,wall_clock_ahead_ms\n",
     );
     let (mut engine_rss, mut lag_by_minute): (Vec<(u64, u64)>, Vec<Vec<u64>>) =
         (Vec::new(), Vec::new());
@@ -356,10 +357,15 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
                     .and_then(|m| metric_value(m, name))
                     .map(|s| (s * 1_000.0) as u64)
             };
-            let (lag, checkpoint_lag) = (
-                gauge("weir_frontier_lag_seconds"),
-                gauge("weir_checkpoint_lag_seconds"),
-            );
+            // The lag is measured on the clock the events are stamped with
+            // (the start's wall clock plus monotonic time), not the engine's
+            // wall clock: a paused VM (a snapshot) steps the wall clock
+            // forward, which would show as lag that no component has.
+            let event_clock_ms = start_ms + started.elapsed().as_millis() as u64;
+            let wall_clock_ahead_ms = now_ms() as i64 - event_clock_ms as i64;
+            let lag = gauge("weir_output_frontier_timestamp_seconds")
+                .map(|frontier_ms| event_clock_ms.saturating_sub(frontier_ms));
+            let checkpoint_lag = gauge("weir_checkpoint_lag_seconds");
             let minute = (second - 1) as usize / 60;
             if lag_by_minute.len() <= minute {
                 lag_by_minute.resize(minute + 1, Vec::new());
@@ -378,7 +384,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
             let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
             writeln!(
                 series,
-                "{second},{sent},{},{rss},{sidecar_rss},{},{},{},{store},{commits},{}",
+                "{second},{sent},{},{rss},{sidecar_rss},{},{},{},{store},{commits},{},{wall_clock_ahead_ms}",
                 u8::from(scraped.is_some()),
                 opt(lag),
                 opt(checkpoint_lag),
