@@ -115,6 +115,11 @@ struct SidecarArgs {
     /// Serve the sidecar's Prometheus metrics (`GET /metrics`) on this loopback address.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Wait this long for the checkpoint store's lock while another sidecar
+    /// holds it (one killed just before still does until its last write
+    /// returns), then refuse.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_ms)]
+    lock_wait: u64,
 }
 
 /// How checkpoints are paced (see `weir::checkpoint::cadence`).
@@ -368,6 +373,7 @@ fn sidecar_command(args: &SidecarArgs) -> Result<()> {
             data_dir: args.data_dir.clone(),
             listen,
             exit_when_idle: args.exit_when_idle,
+            lock_wait_ms: args.lock_wait,
         },
         args.metrics_addr,
     )?;

@@ -3,6 +3,14 @@
 //! SIGKILL, restarting it each time; at the end the committed output must
 //! equal a failure-free run's as a multiset of rows.
 //!
+//! Kill moments: a quarter of the kills land a random delay (up to
+//! `--max-kill-delay`) after an attempt starts, wherever it is (ingest,
+//! restore, replay); the others the same random delay after the attempt has
+//! committed a checkpoint of its own, so those attempts make durable
+//! progress however slow the machine is. Once `--kills` kills have landed,
+//! the attempt running runs to its end: a round always finishes, and waits
+//! are bounded (an attempt that commits nothing for 10 minutes fails it).
+//!
 //! Recovery time of a kill: from the kill until the restarted run commits a
 //! checkpoint newer than any before the kill (it has restored, replayed and
 //! made durable progress again). Results: `results/chaos-<t>/summary.json`
@@ -14,7 +22,7 @@
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -220,56 +228,47 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
         let data = args.work_dir.join(format!("data-{rounds}"));
         let out = args.work_dir.join(format!("out-{rounds}"));
         let run = run_args(&input, &data, &out, args.workers);
-        let checkpoints = data.join("checkpoints");
-        // (kill moment, newest commit before it) of the last kill, awaiting recovery.
-        let mut awaiting: Option<(Instant, u64)> = None;
-        let mut watch = CommitWatch::default();
+        let mut round = Round {
+            number: rounds,
+            checkpoints: data.join("checkpoints"),
+            stderr_path: args.work_dir.join(format!("stderr-{rounds}.log")),
+            awaiting: None,
+            watch: CommitWatch::default(),
+        };
+        let sidecar_pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
         loop {
             let mut child = Command::new(&weir)
                 .args(&run)
                 .process_group(0)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(crate::append_file(&round.stderr_path)?)
                 .spawn()?;
-            timeline.event(rounds, "start", watch.newest);
-            // The target is drawn first: a sidecar starts only after the
-            // engine's ingest, and its kill moment is drawn once it exists
-            // (on a slow machine a fixed delay would fall before it, and
-            // the kill would not land).
+            timeline.event(rounds, "start", round.watch.newest);
+            if kills >= args.kills {
+                // Every kill has landed: this attempt runs to the end, so a
+                // round ends on any machine, however slow its progress.
+                round.finish(&mut child, &mut timeline, &mut recovery_ms)?;
+                break;
+            }
+            // The target and the moment are drawn first. A quarter of the
+            // kills land at a random moment after the start (during
+            // ingest, restore or replay); the others only once the attempt
+            // committed a checkpoint of its own, so that every such attempt
+            // makes durable progress whatever the machine's speed.
             let kill_engine = rng.below(2) == 0;
-            let pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
-            if !kill_engine {
-                wait_for_sidecar(&mut child, &pattern)?;
-            }
+            let before_first_commit = rng.below(4) == 0;
             let delay = Duration::from_millis(20 + rng.below(args.max_kill_delay.max(1)));
-            let deadline = Instant::now() + delay;
-            while Instant::now() < deadline && child.try_wait()?.is_none() {
-                if let Some(commit) = watch.poll(&checkpoints) {
-                    timeline.event(rounds, "commit", Some(commit));
-                }
-                if let Some((killed_at, before)) = awaiting {
-                    if watch.newest.is_some_and(|(id, _)| id > before) {
-                        recovery_ms.push(killed_at.elapsed().as_millis() as u64);
-                        timeline.event(rounds, "recovered", watch.newest);
-                        awaiting = None;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
+            if !kill_engine {
+                // A sidecar starts only after the engine's ingest.
+                wait_for_sidecar(&mut child, &sidecar_pattern)?;
             }
+            if !before_first_commit {
+                round.wait_for_a_new_commit(&mut child, &mut timeline, &mut recovery_ms)?;
+            }
+            round.watch_for(delay, &mut child, &mut timeline, &mut recovery_ms)?;
             if let Some(status) = child.try_wait()? {
-                if status.success() {
-                    if let Some(commit) = watch.poll(&checkpoints) {
-                        timeline.event(rounds, "commit", Some(commit));
-                    }
-                    if let Some((killed_at, _)) = awaiting.take() {
-                        recovery_ms.push(killed_at.elapsed().as_millis() as u64);
-                        timeline.event(rounds, "recovered", watch.newest);
-                    }
-                    timeline.event(rounds, "finished", watch.newest);
-                    break;
-                }
-                // Exited with an error although nothing was killed during it.
-                bail!("an attempt failed by itself ({status}) in round {rounds}");
+                round.exited(status, &mut timeline, &mut recovery_ms)?;
+                break;
             }
             if kill_engine {
                 let pid = child.id();
@@ -277,32 +276,26 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                     .args(["-9", "--", &format!("-{pid}")])
                     .status()?;
                 engine_kills += 1;
-                timeline.event(rounds, "kill_engine", watch.newest);
+                timeline.event(rounds, "kill_engine", round.watch.newest);
             } else {
                 let landed = Command::new("pkill")
-                    .args(["-9", "-f", &pattern])
+                    .args(["-9", "-f", &sidecar_pattern])
                     .status()?
                     .success();
                 if !landed {
                     // The sidecar had exited: the run was finishing.
                     let status = child.wait()?;
-                    if !status.success() {
-                        bail!("an attempt failed by itself ({status}) in round {rounds}");
-                    }
-                    if let Some((killed_at, _)) = awaiting.take() {
-                        recovery_ms.push(killed_at.elapsed().as_millis() as u64);
-                    }
-                    timeline.event(rounds, "finished", watch.newest);
+                    round.exited(status, &mut timeline, &mut recovery_ms)?;
                     break;
                 }
                 sidecar_kills += 1;
-                timeline.event(rounds, "kill_sidecar", watch.newest);
+                timeline.event(rounds, "kill_sidecar", round.watch.newest);
             }
             kills += 1;
             let killed_at = Instant::now();
             let _ = child.wait();
             // Read after the kill: nothing can commit once the sidecar is dead.
-            awaiting = Some((killed_at, newest_commit(&checkpoints)));
+            round.awaiting = Some((killed_at, newest_commit(&round.checkpoints)));
         }
         let got = sorted_rows(&out, "windows")?;
         let expected = sorted_rows(&reference_out, "windows")?;
@@ -338,9 +331,127 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
     Ok(())
 }
 
+/// Longest an attempt may take to commit, or to finish once no kill is due.
+const ATTEMPT_MAX: Duration = Duration::from_secs(600);
+
+/// One chaos round's view of its commit stream and its pending recovery.
+struct Round {
+    number: u64,
+    checkpoints: PathBuf,
+    stderr_path: PathBuf,
+    /// (kill moment, newest commit before it) of the last kill, awaiting recovery.
+    awaiting: Option<(Instant, u64)>,
+    watch: CommitWatch,
+}
+
+impl Round {
+    /// Records new commits, and the recovery of the last kill once a
+    /// commit newer than any before it appears.
+    fn observe(&mut self, timeline: &mut Timeline, recovery_ms: &mut Vec<u64>) {
+        if let Some(commit) = self.watch.poll(&self.checkpoints) {
+            timeline.event(self.number, "commit", Some(commit));
+        }
+        if let Some((killed_at, before)) = self.awaiting {
+            if self.watch.newest.is_some_and(|(id, _)| id > before) {
+                recovery_ms.push(killed_at.elapsed().as_millis() as u64);
+                timeline.event(self.number, "recovered", self.watch.newest);
+                self.awaiting = None;
+            }
+        }
+    }
+
+    /// Watches the commit stream for `duration` or until `child` exits.
+    fn watch_for(
+        &mut self,
+        duration: Duration,
+        child: &mut Child,
+        timeline: &mut Timeline,
+        recovery_ms: &mut Vec<u64>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline && child.try_wait()?.is_none() {
+            self.observe(timeline, recovery_ms);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Waits until the attempt commits a checkpoint newer than the newest
+    /// at its start, or exits (bounded by [`ATTEMPT_MAX`]).
+    fn wait_for_a_new_commit(
+        &mut self,
+        child: &mut Child,
+        timeline: &mut Timeline,
+        recovery_ms: &mut Vec<u64>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let before = newest_commit(&self.checkpoints);
+        while child.try_wait()?.is_none() {
+            self.observe(timeline, recovery_ms);
+            if self.watch.newest.is_some_and(|(id, _)| id > before) {
+                return Ok(());
+            }
+            if started.elapsed() > ATTEMPT_MAX {
+                let _ = child.kill();
+                bail!(
+                    "round {}: an attempt committed nothing within {} s; {}",
+                    self.number,
+                    ATTEMPT_MAX.as_secs(),
+                    crate::stderr_tail(&self.stderr_path, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Lets the attempt run to its end (bounded by [`ATTEMPT_MAX`]).
+    fn finish(
+        &mut self,
+        child: &mut Child,
+        timeline: &mut Timeline,
+        recovery_ms: &mut Vec<u64>,
+    ) -> Result<()> {
+        self.watch_for(ATTEMPT_MAX, child, timeline, recovery_ms)?;
+        let Some(status) = child.try_wait()? else {
+            let _ = child.kill();
+            bail!(
+                "round {}: the last attempt did not finish within {} s; {}",
+                self.number,
+                ATTEMPT_MAX.as_secs(),
+                crate::stderr_tail(&self.stderr_path, 30)
+            );
+        };
+        self.exited(status, timeline, recovery_ms)
+    }
+
+    /// An attempt exited while nothing killed it: it must have finished.
+    fn exited(
+        &mut self,
+        status: ExitStatus,
+        timeline: &mut Timeline,
+        recovery_ms: &mut Vec<u64>,
+    ) -> Result<()> {
+        if !status.success() {
+            bail!(
+                "an attempt failed by itself ({status}) in round {}; {}",
+                self.number,
+                crate::stderr_tail(&self.stderr_path, 30)
+            );
+        }
+        self.observe(timeline, recovery_ms);
+        if let Some((killed_at, _)) = self.awaiting.take() {
+            recovery_ms.push(killed_at.elapsed().as_millis() as u64);
+            timeline.event(self.number, "recovered", self.watch.newest);
+        }
+        timeline.event(self.number, "finished", self.watch.newest);
+        Ok(())
+    }
+}
+
 /// Waits until the sidecar of `child` (a process whose command line
 /// contains `pattern`) exists, or `child` exits; fails after two minutes.
-fn wait_for_sidecar(child: &mut std::process::Child, pattern: &str) -> Result<()> {
+fn wait_for_sidecar(child: &mut Child, pattern: &str) -> Result<()> {
     let started = Instant::now();
     loop {
         let found = Command::new("pgrep")

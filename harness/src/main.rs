@@ -227,6 +227,29 @@ pub fn write_summary(
     Ok(dir)
 }
 
+/// Opens `path` for appending (a child's stderr across its restarts).
+pub fn append_file(path: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// The last `lines` lines of a child's stderr file, indented, for an error
+/// message: CI shows what the harness prints, not the files it leaves.
+pub fn stderr_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    let mut out = format!("last {} line(s) of {}:", tail.len(), path.display());
+    for line in tail {
+        out.push_str("\n  ");
+        out.push_str(line);
+    }
+    out
+}
+
 /// The commit the harness was built from (empty outside a git checkout).
 pub fn git_commit() -> String {
     command_output("git", &["rev-parse", "HEAD"])

@@ -162,8 +162,8 @@ fn run_to_end(weir: &Path, args: &[String], engine: &Engine, what: &str) -> Resu
     };
     anyhow::ensure!(
         status.success(),
-        "{what} failed ({status}); see {}",
-        engine.stderr.display()
+        "{what} failed ({status}); {}",
+        crate::stderr_tail(&engine.stderr, 30)
     );
     Ok(reader.join().expect("stdout reader")?)
 }

@@ -256,7 +256,13 @@ impl SidecarClient {
                 Stream::Tcp(tcp)
             }
         };
-        let lost = |e: FrameError| ClientError::Lost(e.to_string());
+        // A connection that breaks before the welcome is a failure to
+        // connect, retried by `connect_while`: a sidecar killed a moment
+        // ago can still accept on its socket, then reset the connection.
+        let lost = |e: FrameError| ClientError::Connect {
+            addr: addr.to_string(),
+            reason: format!("the connection broke during the hello: {e}"),
+        };
         write_frame(&mut stream, &ToSidecar::Hello(hello)).map_err(lost)?;
         stream.flush().map_err(|e| lost(e.into()))?;
         stream
@@ -271,9 +277,10 @@ impl SidecarClient {
                 )))
             }
             Ok(None) => {
-                return Err(ClientError::Lost(
-                    "the sidecar closed the connection during the hello".to_owned(),
-                ))
+                return Err(ClientError::Connect {
+                    addr: addr.to_string(),
+                    reason: "the sidecar closed the connection during the hello".to_owned(),
+                })
             }
             Err(e) => return Err(lost(e)),
         };

@@ -43,6 +43,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use super::format::{
     check_commit_record, consolidate, consolidate_as_of_cut, encode_commit_frame,
@@ -85,6 +86,9 @@ pub const FAILPOINTS: [&str; 5] = [
 /// checkpoints (older ones are summarized).
 const MAX_REASONS: usize = 8;
 
+/// How often [`CheckpointStore::open_waiting`] retries a held lock.
+const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Aborts the process if `name` is the armed failpoint.
 /// Armed like a failpoint, makes the next data file write fail with ENOSPC
 /// ("No space left on device") instead of crashing: the disk-full path.
@@ -126,6 +130,14 @@ impl CheckpointStore {
     /// stream: a torn last frame is truncated away with a warning; any other
     /// damage is [`StoreError::Corrupt`]. Then collects garbage.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_waiting(dir, Duration::ZERO)
+    }
+
+    /// As [`open`](Self::open), but waits up to `lock_wait` for a lock held
+    /// by another writer to be released: a sidecar killed with `kill -9`
+    /// holds it until its pending write or fsync returns, and a restart
+    /// right after the kill must not fail on that.
+    pub fn open_waiting(dir: &Path, lock_wait: Duration) -> Result<Self, StoreError> {
         create_dir_all_durably(dir)?;
         let lock_path = dir.join(LOCK_FILE_NAME);
         let lock = OpenOptions::new()
@@ -135,10 +147,28 @@ impl CheckpointStore {
             .truncate(false)
             .open(&lock_path)
             .map_err(StoreError::io(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(StoreError::Locked { path: lock_path }),
-            Err(TryLockError::Error(e)) => return Err(StoreError::io(&lock_path)(e)),
+        let deadline = Instant::now() + lock_wait;
+        let mut waiting_logged = false;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    if !waiting_logged {
+                        tracing::info!(
+                            path = %lock_path.display(),
+                            lock_wait_ms = lock_wait.as_millis(),
+                            "the checkpoint store is locked by another writer: waiting for it \
+                             to let go (a killed sidecar does once its last write returns)"
+                        );
+                        waiting_logged = true;
+                    }
+                    std::thread::sleep(LOCK_POLL_INTERVAL);
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked { path: lock_path })
+                }
+                Err(TryLockError::Error(e)) => return Err(StoreError::io(&lock_path)(e)),
+            }
         }
 
         let commits_path = dir.join(COMMITS_FILE_NAME);

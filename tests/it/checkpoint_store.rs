@@ -424,6 +424,30 @@ fn a_second_writer_is_refused_but_readers_are_not() {
 }
 
 #[test]
+fn a_writer_waits_for_the_lock_of_one_that_is_going_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let first = CheckpointStore::open(&dir).unwrap();
+    // Without a wait the lock is refused at once.
+    assert!(matches!(
+        CheckpointStore::open(&dir),
+        Err(StoreError::Locked { .. })
+    ));
+    // The holder lets go while the second writer waits (as a sidecar killed
+    // with `kill -9` does once its last fsync returns).
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(first);
+    });
+    let mut second =
+        CheckpointStore::open_waiting(&dir, std::time::Duration::from_secs(60)).unwrap();
+    holder.join().unwrap();
+    write_checkpoint(&mut second, 1);
+    drop(second);
+    assert_restores(&dir, 1);
+}
+
+#[test]
 fn newest_usable_without_commits_and_with_another_query() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -39,6 +39,7 @@ fn start_sidecar(data_dir: &Path, listen: Listen) -> JoinHandle<Result<(), Sidec
         data_dir: data_dir.to_owned(),
         listen,
         exit_when_idle: true,
+        lock_wait_ms: 0,
     };
     std::thread::spawn(move || run_sidecar(config))
 }
@@ -442,6 +443,7 @@ fn sidecar_refuses_non_loopback_addresses() {
             data_dir: dir.path().to_owned(),
             listen: Listen::Tcp(listen.parse().unwrap()),
             exit_when_idle: true,
+            lock_wait_ms: 0,
         };
         let err = run_sidecar(config).unwrap_err();
         assert!(
@@ -456,6 +458,27 @@ fn sidecar_refuses_non_loopback_addresses() {
 }
 
 #[test]
+fn a_connection_reset_during_the_hello_is_retried() {
+    // A sidecar killed a moment ago can still accept on its socket and then
+    // reset the connection; the engine's connect must try again and reach
+    // the new sidecar, not fail.
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_owned();
+    let sidecar = std::thread::spawn(move || {
+        let dying = std::os::unix::net::UnixListener::bind(socket_path(&data_dir)).unwrap();
+        let (conn, _) = dying.accept().unwrap();
+        drop(conn);
+        drop(dying);
+        start_sidecar(&data_dir, Listen::Unix).join().unwrap()
+    });
+    let client = connect(&unix(dir.path()), &hello(0, 1, 1));
+    send(&client, cut(0, 1, 0, 10));
+    wait_until("commit", || client.last_committed() == Some((1, 10)));
+    client.close().unwrap();
+    sidecar.join().unwrap().unwrap();
+}
+
+#[test]
 fn sidecar_second_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let first = start_sidecar(dir.path(), Listen::Unix);
@@ -464,6 +487,8 @@ fn sidecar_second_on_the_same_data_dir_is_refused() {
         data_dir: dir.path().to_owned(),
         listen: Listen::Unix,
         exit_when_idle: true,
+        // Waits for the lock, then refuses: the first one keeps it.
+        lock_wait_ms: 200,
     };
     let err = run_sidecar(config).unwrap_err();
     assert!(
@@ -492,6 +517,7 @@ fn sidecar_replaces_a_stale_socket_but_not_other_files() {
         data_dir: dir.path().to_owned(),
         listen: Listen::Unix,
         exit_when_idle: true,
+        lock_wait_ms: 0,
     };
     assert!(matches!(run_sidecar(config), Err(SidecarError::Io { .. })));
     assert_eq!(

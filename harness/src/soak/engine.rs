@@ -63,11 +63,7 @@ impl Engine {
 
     /// The file the engine's runs write their stderr to, for appending.
     pub(super) fn stderr_file(&self) -> Result<std::fs::File> {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.stderr)
-            .with_context(|| format!("opening {}", self.stderr.display()))
+        crate::append_file(&self.stderr)
     }
 
     /// The running engine's pid and metrics address (none while restarting).
@@ -118,8 +114,8 @@ impl Engine {
             None => {
                 if let Some(status) = self.exited()? {
                     bail!(
-                        "the engine exited by itself ({status}); see {}",
-                        self.stderr.display()
+                        "the engine exited by itself ({status}); {}",
+                        crate::stderr_tail(&self.stderr, 30)
                     );
                 }
             }
