@@ -32,6 +32,7 @@ mod inputs;
 pub mod metrics;
 mod outputs;
 mod restore;
+mod retention;
 mod sidecar;
 
 pub use inputs::{expand_inputs, ingest_locked, ingest_topics_locked};

@@ -131,6 +131,24 @@ enum CheckpointCadence {
     Adaptive,
 }
 
+/// `--log-retention` (see [`weir::run::LogRetention`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogRetentionArg {
+    /// Keep every segment.
+    Keep,
+    /// Delete the segments no retained checkpoint needs.
+    Checkpointed,
+}
+
+impl From<LogRetentionArg> for weir::run::LogRetention {
+    fn from(arg: LogRetentionArg) -> Self {
+        match arg {
+            LogRetentionArg::Keep => Self::Keep,
+            LogRetentionArg::Checkpointed => Self::Checkpointed,
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Query {
     /// The generic window query: count, sum, min, max per key and window.
@@ -248,6 +266,17 @@ struct RunArgs {
     /// uncommitted).
     #[arg(long, default_value_t = DEFAULT_MAX_TAP_BUFFER_BYTES >> 20)]
     max_tap_buffer_mb: u64,
+    /// `keep` every log segment, or delete, as checkpoints commit, the
+    /// `checkpointed` segments that neither retained checkpoint needs (a
+    /// long tailing run's log then stays bounded; a later run without
+    /// checkpoints cannot read the log from its start).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "keep",
+        conflicts_with = "no_checkpoint"
+    )]
+    log_retention: LogRetentionArg,
     /// Serve Prometheus metrics (`GET /metrics`) on this loopback address, e.g. 127.0.0.1:9464.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,

@@ -133,6 +133,22 @@ pub struct CheckpointOptions {
     /// uncommitted, before its sources stop reading (see
     /// [`crate::checkpoint::pressure`]).
     pub max_tap_buffer_bytes: u64,
+    /// Whether the workers delete the log segments that no retained
+    /// checkpoint needs any more (`--log-retention checkpointed`).
+    pub log_retention: LogRetention,
+}
+
+/// What happens to the input log's segments once checkpoints cover them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogRetention {
+    /// Keep every segment: any query may later read the log from offset 0.
+    #[default]
+    Keep,
+    /// Delete the segments wholly below the offsets both retained
+    /// checkpoints resume at (see [`crate::log::retention`]): the disk
+    /// holds what a restore can still need, and a run without checkpoints
+    /// on this log can no longer start from offset 0 (it is refused).
+    Checkpointed,
 }
 
 /// What a run did.

@@ -87,6 +87,11 @@ pub struct SourceCounters {
     pub events_late: AtomicU64,
     /// Idle markers read (decision 29).
     pub idle_markers: AtomicU64,
+    /// Log segment files deleted by `--log-retention checkpointed`, and
+    /// their bytes (with their indexes).
+    pub log_segments_deleted: AtomicU64,
+    /// See `log_segments_deleted`.
+    pub log_bytes_deleted: AtomicU64,
     /// Each source's watermark (ms of event time; `u64::MAX` once its
     /// partitions have ended; 0 before the first read).
     pub watermarks: Mutex<Vec<Arc<AtomicU64>>>,
@@ -113,6 +118,8 @@ impl Default for SourceCounters {
             events_read: AtomicU64::new(0),
             events_late: AtomicU64::new(0),
             idle_markers: AtomicU64::new(0),
+            log_segments_deleted: AtomicU64::new(0),
+            log_bytes_deleted: AtomicU64::new(0),
             watermarks: Mutex::default(),
             combiner_partials: Mutex::default(),
             window_state: Mutex::default(),

@@ -327,6 +327,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     adaptive: false,
                     sidecar: None,
                     max_tap_buffer_bytes: DEFAULT_MAX_TAP_BUFFER_BYTES,
+                    log_retention: weir::run::LogRetention::Keep,
                 }),
             hooks: weir::run::RunHooks::default(),
             metrics_addr: None,

@@ -28,7 +28,7 @@ use crate::job::{
     build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RestoredState,
     WindowQuery, WorkerCheckpointing,
 };
-use crate::run::{RunError, RunGauges, RunHooks, RunOptions};
+use crate::run::{LogRetention, RunError, RunGauges, RunHooks, RunOptions};
 use crate::sink::{output_file_names, WorkerOutputs};
 use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters, IDLE_POLL_MAX_MS};
 
@@ -36,11 +36,13 @@ use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters, IDL
 /// reads once they are done.
 pub(super) struct Process {
     query: WindowQuery,
-    partitions: Vec<InputPartition>,
-    log_dir: PathBuf,
+    pub(super) partitions: Vec<InputPartition>,
+    pub(super) log_dir: PathBuf,
     /// Per partition: the offset to resume at and the largest time before it.
     resumes: HashMap<u32, (u64, Option<u64>)>,
-    restored: Option<CommitRecord>,
+    pub(super) restored: Option<CommitRecord>,
+    /// Whether the workers delete the log segments checkpoints no longer need.
+    pub(super) log_retention: bool,
     /// `(id, cut)`: checkpoints number on from `id`, the sources skip
     /// events before `cut`.
     restored_point: Option<(u64, u64)>,
@@ -155,6 +157,8 @@ impl Process {
             log_dir: inputs.log_dir,
             resumes,
             restored,
+            log_retention: checkpoint
+                .is_some_and(|c| c.log_retention == LogRetention::Checkpointed),
             restored_point,
             retention_ms: query.retention_ms(),
             checkpoint_dir: options.data_dir.join("checkpoints"),

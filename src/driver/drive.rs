@@ -12,6 +12,7 @@ use timely::worker::Worker;
 
 use super::checkpointing::{ship_ready, tend_sidecar};
 use super::dataflow::{build, Process, WorkerDataflow};
+use super::retention::WorkerRetention;
 use super::timely_config;
 use crate::checkpoint::client::{DurableFile, SidecarClient};
 use crate::checkpoint::transport::WorkerCut;
@@ -81,6 +82,20 @@ fn drive_worker(
             || p.failure.lock().expect("poisoned").is_some()
     };
     let mut last_flush = Instant::now();
+    let mut retention = p.log_retention.then(|| {
+        let peers = worker.peers();
+        let dirs = p
+            .partitions
+            .iter()
+            .filter(|i| i.id() as usize % peers == index)
+            .filter_map(|i| Some((i.id(), i.log_partition_dir(&p.log_dir)?)))
+            .collect();
+        let restored = p.restored.as_ref();
+        WorkerRetention::new(
+            dirs,
+            restored.map(|r| (r.checkpoint_id, r.partitions.as_slice())),
+        )
+    });
     loop {
         let done = probe.done()
             && (sender.is_none() || (assembler.borrow().final_done() && backlog.is_empty()));
@@ -98,6 +113,16 @@ fn drive_worker(
                 index == p.first_worker,
                 p.stall_after,
             );
+            if let (Some(r), Some((id, _))) = (retention.as_mut(), client.last_committed()) {
+                if let Err(e) = r.committed_through(id, &p.counters) {
+                    tracing::warn!(
+                        worker = index,
+                        error = %e,
+                        "log retention failed: this worker keeps its log segments from now on"
+                    );
+                    retention = None;
+                }
+            }
         }
         if let Some(sender) = sender {
             ship_ready(
@@ -106,6 +131,7 @@ fn drive_worker(
                 sender,
                 (index, p.retention_ms),
                 &p.final_id,
+                retention.as_mut(),
             );
         }
         if index == p.first_worker {

@@ -170,6 +170,16 @@ impl InputPartition {
         }
     }
 
+    /// The directory of a log partition under `log_dir` (`None`: generated).
+    pub fn log_partition_dir(&self, log_dir: &Path) -> Option<PathBuf> {
+        match *self {
+            InputPartition::Log {
+                topic, partition, ..
+            } => Some(partition_dir(log_dir, topic, partition)),
+            InputPartition::Generated { .. } => None,
+        }
+    }
+
     /// Opens the feed at `start_offset`.
     pub fn open(
         &self,

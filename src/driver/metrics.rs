@@ -206,6 +206,16 @@ pub fn render(sources: &MetricsSources) -> String {
         load(&counters.idle_markers),
     );
     out.counter(
+        "log_segments_deleted_total",
+        "Input log segments deleted by --log-retention checkpointed (no retained checkpoint needed them).",
+        load(&counters.log_segments_deleted),
+    );
+    out.counter(
+        "log_deleted_bytes_total",
+        "Bytes of the input log segments (and indexes) deleted by --log-retention checkpointed.",
+        load(&counters.log_bytes_deleted),
+    );
+    out.counter(
         "source_activations_total",
         "Times a source operator ran (an idle source polls every 16 ms; one paused ahead of the output frontier not at all).",
         load(&counters.activations),

@@ -16,6 +16,7 @@
 pub mod format;
 pub mod index;
 mod reader;
+pub mod retention;
 mod segment;
 mod writer;
 
@@ -167,7 +168,11 @@ pub enum LogError {
     },
     /// A reader was asked for an offset before the first one the partition
     /// holds.
-    #[error("{}: offset {requested} is before the first offset {first} the partition holds", dir.display())]
+    #[error(
+        "{}: offset {requested} is before the first offset {first} the partition holds \
+         (earlier segments were deleted: by `--log-retention checkpointed`, or by hand)",
+        dir.display()
+    )]
     OffsetBeforeStart {
         /// The partition directory.
         dir: PathBuf,

@@ -290,6 +290,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             adaptive: args.checkpoint_cadence == CheckpointCadence::Adaptive,
             sidecar: args.sidecar.clone(),
             max_tap_buffer_bytes: args.max_tap_buffer_mb.saturating_mul(1 << 20),
+            log_retention: args.log_retention.into(),
         }),
         hooks: weir::run::RunHooks::default(),
         metrics_addr: args.metrics_addr,

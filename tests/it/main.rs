@@ -16,6 +16,7 @@ mod nexmark;
 mod oracle;
 mod prometheus;
 mod recovery;
+mod retention;
 mod sidecar;
 mod sidecar_stall;
 mod support;

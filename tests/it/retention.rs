@@ -1,0 +1,235 @@
+//! `--log-retention checkpointed`: segments that no retained checkpoint
+//! needs are deleted while the run goes on, every restore after `kill -9`
+//! still finds what it resumes from (output identical to a failure-free
+//! run), and a run that would need a deleted offset is refused.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::Stdio;
+
+use weir::event::encode_event;
+use weir::gen::SplitMix64;
+use weir::log::format::list_segments;
+use weir::log::{partition_dir, FsyncPolicy, LogConfig, PartitionWriter};
+use weir::run::EVENTS_TOPIC;
+
+use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock, MAX_KILLS_PER_ROUND};
+use crate::support::{assert_success, sorted_rows, weir};
+
+const PARTITIONS: u32 = 3;
+
+/// A log of `events` events per partition in small segments (4 KiB: about
+/// 130 events each), timestamps rising 10 ms per event with up to 3 s of
+/// disorder (some late under a 2 s lateness).
+fn write_log(data_dir: &Path, events: u64) {
+    let config = LogConfig {
+        segment_size_bytes: 4 << 10,
+        index_interval_bytes: 512,
+        fsync: FsyncPolicy::Never,
+    };
+    let mut rng = SplitMix64::new(7);
+    let mut payload = Vec::new();
+    for p in 0..PARTITIONS {
+        let dir = partition_dir(&data_dir.join("log"), EVENTS_TOPIC, p);
+        let mut writer = PartitionWriter::open(&dir, config).unwrap();
+        for i in 0..events {
+            let ts = 1_700_000_000_000 + i * 10 + 3_000 - rng.below(3_000);
+            let key = format!("k{}", rng.below(50));
+            payload.clear();
+            encode_event(ts, &key, rng.below(1_000) as i64, &mut payload);
+            writer.append(&payload).unwrap();
+        }
+        writer.sync().unwrap();
+    }
+}
+
+fn segments(data_dir: &Path) -> usize {
+    (0..PARTITIONS)
+        .map(|p| {
+            list_segments(&partition_dir(&data_dir.join("log"), EVENTS_TOPIC, p))
+                .unwrap()
+                .len()
+        })
+        .sum()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -r {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+fn args(data: &Path, out: &Path, workers: u64, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "--window",
+        "sliding:20s/5s",
+        "--lateness",
+        "2s",
+        "--until-end",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    a.extend(["--data-dir".to_owned(), data.display().to_string()]);
+    a.extend(["--out".to_owned(), out.display().to_string()]);
+    a.extend(["--workers".to_owned(), workers.to_string()]);
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a
+}
+
+#[test]
+fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    write_log(&pristine, 30_000);
+    let segments_written = segments(&pristine);
+    assert!(segments_written > 300, "{segments_written} segments");
+
+    let reference_data = dir.path().join("ref");
+    copy_dir(&pristine, &reference_data);
+    let reference_out = dir.path().join("ref-out");
+    let (output, reference) = timed(|| {
+        weir()
+            .args(args(
+                &reference_data,
+                &reference_out,
+                2,
+                &["--no-checkpoint"],
+            ))
+            .output()
+            .unwrap()
+    });
+    assert_success(&output, "failure-free run");
+    let rows = sorted_rows(&reference_out, "windows");
+    let late = sorted_rows(&reference_out, "late");
+    assert!(
+        rows.len() > 1_000 && !late.is_empty(),
+        "{} rows",
+        rows.len()
+    );
+
+    let retained = [
+        "--checkpoint-interval",
+        "20ms",
+        "--log-retention",
+        "checkpointed",
+    ];
+    let mut clock = KillClock::new(29, reference);
+    let (target, mut kills, mut rounds) = (4, 0, 0);
+    let mut least_left: Option<(usize, std::path::PathBuf)> = None;
+    while kills < target && rounds < KillClock::max_rounds(target) {
+        rounds += 1;
+        let data = dir.path().join(format!("data-{rounds}"));
+        copy_dir(&pristine, &data);
+        let out = dir.path().join(format!("out-{rounds}"));
+        let mut round_kills = 0;
+        loop {
+            let mut child = weir()
+                .args(args(&data, &out, clock.workers(3), &retained))
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            if round_kills < MAX_KILLS_PER_ROUND
+                && sleep_while_running(&mut child, clock.next_delay())
+            {
+                kill_group(child.id());
+            }
+            let output = child.wait_with_output().unwrap();
+            if output.status.success() {
+                break;
+            }
+            assert_eq!(
+                output.status.signal(),
+                Some(9),
+                "an attempt failed by itself:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            round_kills += 1;
+        }
+        kills += round_kills;
+        assert_eq!(
+            sorted_rows(&out, "windows"),
+            rows,
+            "round {rounds}: window rows"
+        );
+        assert_eq!(sorted_rows(&out, "late"), late, "round {rounds}: late rows");
+        let left = segments(&data);
+        assert!(left <= segments_written, "round {rounds}");
+        if least_left.as_ref().is_none_or(|(l, _)| left < *l) {
+            least_left = Some((left, data));
+        }
+    }
+    assert!(kills > 0, "no kill landed in {rounds} rounds");
+    // The runs read every partition to its end with a checkpoint every
+    // 20 ms: whole segments below both retained checkpoints were deleted.
+    let (left, trimmed) = least_left.unwrap();
+    assert!(
+        left < segments_written / 2,
+        "{left} of {segments_written} segments left"
+    );
+
+    // The default keeps every segment.
+    let kept = dir.path().join("kept");
+    copy_dir(&pristine, &kept);
+    let output = weir()
+        .args(args(
+            &kept,
+            &dir.path().join("kept-out"),
+            2,
+            &["--checkpoint-interval", "20ms"],
+        ))
+        .output()
+        .unwrap();
+    assert_success(&output, "a run that keeps the log");
+    assert_eq!(segments(&kept), segments_written);
+
+    // A run without the checkpoints, on a log whose start was deleted, is
+    // refused with the partition and the reason.
+    std::fs::remove_dir_all(trimmed.join("checkpoints")).unwrap();
+    let output = weir()
+        .args(args(
+            &trimmed,
+            &dir.path().join("again"),
+            1,
+            &["--no-checkpoint"],
+        ))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("before the first offset") && stderr.contains("log-retention"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn log_retention_needs_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = weir()
+        .args(args(
+            dir.path(),
+            &dir.path().join("out"),
+            1,
+            &["--no-checkpoint", "--log-retention", "checkpointed"],
+        ))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--log-retention") && stderr.contains("--no-checkpoint"),
+        "{stderr}"
+    );
+}
