@@ -76,7 +76,7 @@ impl OutputDigest {
         let &&(kind, minute) = differing.first()?;
         let rows = |d: &Self| d.buckets.get(&(kind, minute)).map_or(0, |b| b.0);
         Some(format!(
-            "{} rows of event-time minute {minute} (from {} ms): {} here, {} in the failure-free run",
+            "{} rows of event-time minute {minute} (from {} ms): {} here, {} expected",
             if kind == 'w' { "window" } else { "late" },
             minute * 60_000,
             rows(self),
