@@ -127,6 +127,24 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_that_never_fsyncs_syncs_on_after_its_sealed_segments_were_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p0");
+        let mut writer = PartitionWriter::open(&dir, small_segments()).unwrap();
+        for i in 0..100u64 {
+            writer.append(&i.to_le_bytes()).unwrap();
+        }
+        writer.flush().unwrap();
+        // Sealed, not yet fsynced segments go while the writer is open.
+        let deleted = delete_segments_before(&dir, 100).unwrap();
+        assert!(deleted.segments > 2, "{deleted:?}");
+        writer.append(&100u64.to_le_bytes()).unwrap();
+        writer.sync().unwrap();
+        drop(writer);
+        assert_eq!(read_all_from(&dir, deleted.first_offset).last(), Some(&100));
+    }
+
+    #[test]
     fn the_last_segment_is_never_deleted() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("p0");

@@ -334,7 +334,12 @@ impl PartitionWriter {
         self.flush()?;
         self.guard(|w| {
             for path in w.sealed_unsynced.drain(..) {
-                sync_file(&path)?;
+                match sync_file(&path) {
+                    // Deleted by log retention (`super::retention`) before
+                    // this sync: nothing of it is needed any more.
+                    Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {}
+                    other => other?,
+                }
             }
             if w.unsynced {
                 w.seg
