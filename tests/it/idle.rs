@@ -310,12 +310,7 @@ fn busy_and_quiet_partitions(events_per_partition: u64) -> Vec<Vec<Record>> {
 /// failure-free run, which equals the reference.
 #[test]
 fn a_log_with_markers_recovers_exactly_once_across_kills() {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
-    use std::process::Stdio;
-
-    use crate::kill_clock::{
-        kill_group, sleep_while_running, timed, KillClock, MAX_KILLS_PER_ROUND,
-    };
+    use crate::kill_clock::{crash_until_done, timed, KillClock};
     use crate::support::{assert_success, weir};
 
     let dir = tempfile::tempdir().unwrap();
@@ -383,32 +378,7 @@ fn a_log_with_markers_recovers_exactly_once_across_kills() {
         rounds += 1;
         let data = data_with_log(&format!("data-{rounds}"));
         let out = dir.path().join(format!("out-{rounds}"));
-        let mut round_kills = 0;
-        loop {
-            let mut child = weir()
-                .args(args(&data, &out, clock.workers(3)))
-                .process_group(0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            if round_kills < MAX_KILLS_PER_ROUND
-                && sleep_while_running(&mut child, clock.next_delay())
-            {
-                kill_group(child.id());
-            }
-            let output = child.wait_with_output().unwrap();
-            if output.status.success() {
-                break;
-            }
-            assert_eq!(
-                output.status.signal(),
-                Some(9),
-                "an attempt failed by itself:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            round_kills += 1;
-        }
+        let round_kills = crash_until_done(&mut clock, |workers| args(&data, &out, workers));
         kills += round_kills;
         assert_eq!(
             sorted_rows(&out, "windows"),

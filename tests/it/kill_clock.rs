@@ -12,8 +12,9 @@
 //! [`MAX_KILLS_PER_ROUND`] kills and lets the run finish, and a test stops
 //! after [`KillClock::max_rounds`] rounds whatever it counted.
 
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weir::gen::SplitMix64;
@@ -106,6 +107,41 @@ pub fn wait_for_process(child: &mut Child, pattern: &str) -> bool {
 /// The sidecar's command line as the engine starts it for `data`.
 pub fn sidecar_pattern(data: &Path) -> String {
     format!("sidecar --exit-when-idle --data-dir {}", data.display())
+}
+
+/// Runs `weir ARGS` until it completes, where `args(workers)` gives the
+/// arguments for a worker count drawn by `clock` (1 to 3) per attempt,
+/// killing attempts (engine and sidecar: the whole process group) at
+/// moments drawn by `clock`; after [`MAX_KILLS_PER_ROUND`] kills the run is
+/// let finish. An attempt may only fail by the kill. Returns the number of
+/// kills that landed.
+pub fn crash_until_done(clock: &mut KillClock, mut args: impl FnMut(u64) -> Vec<String>) -> u64 {
+    let mut kills = 0;
+    loop {
+        let workers = clock.workers(3);
+        let mut child = crate::support::weir()
+            .args(args(workers))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting weir");
+        // The engine exists once spawned; the kill moment is drawn from here.
+        if kills < MAX_KILLS_PER_ROUND && sleep_while_running(&mut child, clock.next_delay()) {
+            kill_group(child.id());
+        }
+        let output = child.wait_with_output().expect("waiting for weir");
+        if output.status.success() {
+            return kills;
+        }
+        assert_eq!(
+            output.status.signal(),
+            Some(9),
+            "attempt {kills} failed by itself:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        kills += 1;
+    }
 }
 
 /// Sends SIGKILL to the process group `group`.

@@ -59,10 +59,7 @@ fn run_args_with_window(
     args
 }
 
-/// Runs the job until it completes, killing attempts (engine and sidecar:
-/// the whole process group) at moments drawn by `clock`, with a random
-/// worker count per attempt; after [`MAX_KILLS_PER_ROUND`] kills the run is
-/// let finish. Returns the number of kills that landed.
+/// [`crate::kill_clock::crash_until_done`] of `weir run` over `input`.
 fn crash_until_done(
     input: &str,
     data: &str,
@@ -70,33 +67,9 @@ fn crash_until_done(
     query: &[&str],
     clock: &mut KillClock,
 ) -> u64 {
-    let mut kills = 0;
-    loop {
-        let workers = clock.workers(3);
-        let mut child = weir()
-            .args(run_args_with_window(input, data, out, workers, query))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting weir");
-        // The engine exists once spawned; the kill moment is drawn from here.
-        if kills < MAX_KILLS_PER_ROUND && sleep_while_running(&mut child, clock.next_delay()) {
-            kill_group(child.id());
-        }
-        let output = child.wait_with_output().unwrap();
-        if output.status.success() {
-            return kills;
-        }
-        // Killed: SIGKILL is the only acceptable way to fail.
-        assert_eq!(
-            output.status.signal(),
-            Some(9),
-            "attempt {kills} failed by itself:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        kills += 1;
-    }
+    crate::kill_clock::crash_until_done(clock, |workers| {
+        run_args_with_window(input, data, out, workers, query)
+    })
 }
 
 #[test]

@@ -3,9 +3,7 @@
 //! still finds what it resumes from (output identical to a failure-free
 //! run), and a run that would need a deleted offset is refused.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::Stdio;
 
 use weir::event::encode_event;
 use weir::gen::SplitMix64;
@@ -13,7 +11,7 @@ use weir::log::format::list_segments;
 use weir::log::{partition_dir, FsyncPolicy, LogConfig, PartitionWriter};
 use weir::run::EVENTS_TOPIC;
 
-use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock, MAX_KILLS_PER_ROUND};
+use crate::kill_clock::{crash_until_done, timed, KillClock};
 use crate::support::{assert_success, sorted_rows, weir};
 
 const PARTITIONS: u32 = 3;
@@ -131,32 +129,8 @@ fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
         let data = dir.path().join(format!("data-{rounds}"));
         copy_dir(&pristine, &data);
         let out = dir.path().join(format!("out-{rounds}"));
-        let mut round_kills = 0;
-        loop {
-            let mut child = weir()
-                .args(args(&data, &out, clock.workers(3), &retained))
-                .process_group(0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            if round_kills < MAX_KILLS_PER_ROUND
-                && sleep_while_running(&mut child, clock.next_delay())
-            {
-                kill_group(child.id());
-            }
-            let output = child.wait_with_output().unwrap();
-            if output.status.success() {
-                break;
-            }
-            assert_eq!(
-                output.status.signal(),
-                Some(9),
-                "an attempt failed by itself:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            round_kills += 1;
-        }
+        let round_kills =
+            crash_until_done(&mut clock, |workers| args(&data, &out, workers, &retained));
         kills += round_kills;
         assert_eq!(
             sorted_rows(&out, "windows"),
