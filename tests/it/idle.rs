@@ -311,7 +311,7 @@ fn busy_and_quiet_partitions(events_per_partition: u64) -> Vec<Vec<Record>> {
 #[test]
 fn a_log_with_markers_recovers_exactly_once_across_kills() {
     use crate::kill_clock::{crash_until_done, timed, KillClock};
-    use crate::support::{assert_success, weir};
+    use crate::support::{assert_success, log_run_args, weir};
 
     let dir = tempfile::tempdir().unwrap();
     let partitions = busy_and_quiet_partitions(40_000);
@@ -343,22 +343,8 @@ fn a_log_with_markers_recovers_exactly_once_across_kills() {
         std::os::unix::fs::symlink(log_data.join("log"), data.join("log")).unwrap();
         data
     };
-    let args = |data: &Path, out: &Path, workers: u64| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "run",
-            "--window",
-            "sliding:20s/5s",
-            "--lateness",
-            "2s",
-            "--until-end",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        a.extend(["--data-dir".to_owned(), data.display().to_string()]);
-        a.extend(["--out".to_owned(), out.display().to_string()]);
-        a.extend(["--workers".to_owned(), workers.to_string()]);
-        a.extend(["--checkpoint-interval".to_owned(), "20ms".to_owned()]);
-        a
+    let args = |data: &Path, out: &Path, workers: u64| {
+        log_run_args(data, out, workers, &["--checkpoint-interval", "20ms"])
     };
     let reference_out = dir.path().join("ref-out");
     let mut reference_args = args(&data_with_log("ref"), &reference_out, 2);

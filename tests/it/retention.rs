@@ -12,7 +12,7 @@ use weir::log::{partition_dir, FsyncPolicy, LogConfig, PartitionWriter};
 use weir::run::EVENTS_TOPIC;
 
 use crate::kill_clock::{crash_until_done, timed, KillClock};
-use crate::support::{assert_success, sorted_rows, weir};
+use crate::support::{assert_success, log_run_args, sorted_rows, weir};
 
 const PARTITIONS: u32 = 3;
 
@@ -66,24 +66,6 @@ fn copy_dir(from: &Path, to: &Path) {
     );
 }
 
-fn args(data: &Path, out: &Path, workers: u64, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "run",
-        "--window",
-        "sliding:20s/5s",
-        "--lateness",
-        "2s",
-        "--until-end",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    a.extend(["--data-dir".to_owned(), data.display().to_string()]);
-    a.extend(["--out".to_owned(), out.display().to_string()]);
-    a.extend(["--workers".to_owned(), workers.to_string()]);
-    a.extend(extra.iter().map(|s| (*s).to_owned()));
-    a
-}
-
 #[test]
 fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,7 +79,7 @@ fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
     let reference_out = dir.path().join("ref-out");
     let (output, reference) = timed(|| {
         weir()
-            .args(args(
+            .args(log_run_args(
                 &reference_data,
                 &reference_out,
                 2,
@@ -129,8 +111,9 @@ fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
         let data = dir.path().join(format!("data-{rounds}"));
         copy_dir(&pristine, &data);
         let out = dir.path().join(format!("out-{rounds}"));
-        let round_kills =
-            crash_until_done(&mut clock, |workers| args(&data, &out, workers, &retained));
+        let round_kills = crash_until_done(&mut clock, |workers| {
+            log_run_args(&data, &out, workers, &retained)
+        });
         kills += round_kills;
         assert_eq!(
             sorted_rows(&out, "windows"),
@@ -157,7 +140,7 @@ fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
     let kept = dir.path().join("kept");
     copy_dir(&pristine, &kept);
     let output = weir()
-        .args(args(
+        .args(log_run_args(
             &kept,
             &dir.path().join("kept-out"),
             2,
@@ -172,7 +155,7 @@ fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
     // refused with the partition and the reason.
     std::fs::remove_dir_all(trimmed.join("checkpoints")).unwrap();
     let output = weir()
-        .args(args(
+        .args(log_run_args(
             &trimmed,
             &dir.path().join("again"),
             1,
@@ -192,7 +175,7 @@ fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
 fn log_retention_needs_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let output = weir()
-        .args(args(
+        .args(log_run_args(
             dir.path(),
             &dir.path().join("out"),
             1,

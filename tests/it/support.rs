@@ -103,3 +103,23 @@ pub fn sorted_rows(dir: &Path, prefix: &str) -> Vec<String> {
     rows.sort();
     rows
 }
+
+/// `weir run` of the tests' sliding 20 s / 5 s query (lateness 2 s) over
+/// the log of `data` to its end, into `out`, with `extra` arguments.
+pub fn log_run_args(data: &Path, out: &Path, workers: u64, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "--window",
+        "sliding:20s/5s",
+        "--lateness",
+        "2s",
+        "--until-end",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    a.extend(["--data-dir".to_owned(), data.display().to_string()]);
+    a.extend(["--out".to_owned(), out.display().to_string()]);
+    a.extend(["--workers".to_owned(), workers.to_string()]);
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a
+}
