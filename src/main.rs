@@ -270,12 +270,7 @@ struct RunArgs {
     /// `checkpointed` segments that neither retained checkpoint needs (a
     /// long tailing run's log then stays bounded; a later run without
     /// checkpoints cannot read the log from its start).
-    #[arg(
-        long,
-        value_enum,
-        default_value = "keep",
-        conflicts_with = "no_checkpoint"
-    )]
+    #[arg(long, value_enum, default_value = "keep")]
     log_retention: LogRetentionArg,
     /// Serve Prometheus metrics (`GET /metrics`) on this loopback address, e.g. 127.0.0.1:9464.
     #[arg(long)]

@@ -144,8 +144,9 @@ pub enum LogRetention {
     /// Keep every segment: any query may later read the log from offset 0.
     #[default]
     Keep,
-    /// Delete the segments wholly below the offsets both retained
-    /// checkpoints resume at (see [`crate::log::retention`]): the disk
+    /// Delete the segments wholly below the offsets any restorable
+    /// checkpoint resumes at (see [`crate::log::retention`] and
+    /// [`crate::checkpoint::store::ResumeFloors`]): the disk
     /// holds what a restore can still need, and a run without checkpoints
     /// on this log can no longer start from offset 0 (it is refused).
     Checkpointed,

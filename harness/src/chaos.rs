@@ -224,6 +224,13 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
     let mut window_rows = 0;
     let mut timeline = Timeline::new();
     while kills < args.kills {
+        if rounds >= max_rounds(args.kills) {
+            bail!(
+                "only {kills} of {} kills landed in {rounds} rounds: the runs end before \
+                 the kill moments (more --events, or a shorter --max-kill-delay)",
+                args.kills
+            );
+        }
         rounds += 1;
         let data = args.work_dir.join(format!("data-{rounds}"));
         let out = args.work_dir.join(format!("out-{rounds}"));
@@ -329,6 +336,12 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
     }
     eprintln!("{kills} kills ({engine_kills} engine, {sidecar_kills} sidecar): output identical");
     Ok(())
+}
+
+/// The most rounds a run that wants `kills` kills may take: a round whose
+/// runs end before any kill moment adds none, and the loop must end anyway.
+fn max_rounds(kills: u64) -> u64 {
+    2 * kills + 2
 }
 
 /// Longest an attempt may take to commit, or to finish once no kill is due.

@@ -256,12 +256,29 @@ impl SidecarClient {
                 Stream::Tcp(tcp)
             }
         };
-        // A connection that breaks before the welcome is a failure to
+        // A connection reset or closed before the welcome is a failure to
         // connect, retried by `connect_while`: a sidecar killed a moment
         // ago can still accept on its socket, then reset the connection.
-        let lost = |e: FrameError| ClientError::Connect {
-            addr: addr.to_string(),
-            reason: format!("the connection broke during the hello: {e}"),
+        // Anything else (a timeout, garbage) is not retried: a second hello
+        // could be admitted behind a first one the sidecar still holds.
+        let lost = |e: FrameError| {
+            let broken = matches!(
+                &e,
+                FrameError::Io(io) if matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::UnexpectedEof
+                )
+            ) || matches!(e, FrameError::Truncated { .. });
+            if broken {
+                ClientError::Connect {
+                    addr: addr.to_string(),
+                    reason: format!("the connection broke during the hello: {e}"),
+                }
+            } else {
+                ClientError::Lost(e.to_string())
+            }
         };
         write_frame(&mut stream, &ToSidecar::Hello(hello)).map_err(lost)?;
         stream.flush().map_err(|e| lost(e.into()))?;

@@ -77,14 +77,11 @@ pub struct SidecarConfig {
     pub exit_when_idle: bool,
     /// How long to wait for the store lock while another writer holds it
     /// (see [`crate::checkpoint::store::CheckpointStore::open_waiting`]); then
-    /// [`StoreError::Locked`].
+    /// [`StoreError::Locked`]. `weir sidecar --lock-wait` defaults to 10 s:
+    /// longer than a killed sidecar's last fsync takes to return on a loaded
+    /// disk, short enough that a second sidecar is refused promptly.
     pub lock_wait_ms: u64,
 }
-
-/// The default of [`SidecarConfig::lock_wait_ms`]: longer than a killed
-/// sidecar's last fsync takes to return on a loaded disk, short enough that
-/// a second sidecar started by mistake is refused promptly.
-pub const DEFAULT_LOCK_WAIT_MS: u64 = 10_000;
 
 /// Why the sidecar failed.
 #[derive(Debug, Error)]

@@ -31,9 +31,11 @@
 //! The three delta points apply to base files written by `compact` too.
 
 mod error;
+mod floors;
 mod read;
 
 pub use error::{StoreError, UsageError};
+pub use floors::ResumeFloors;
 pub use read::{
     load_checkpoint, newest_usable, read_commits, visit_checkpoint_groups, CheckpointGroups,
 };

@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::retention::WorkerRetention;
 use crate::checkpoint::cadence::SidecarBacklog;
 use crate::checkpoint::client::{CutSender, DurableFile, SidecarClient};
 use crate::checkpoint::cut::{BacklogProbe, CutAssembler};
@@ -63,21 +62,16 @@ pub(super) fn backlog_probe(
 
 /// Hands the assembled shares of cuts to the sidecar client, without
 /// blocking: what the bounded channel refuses waits in `backlog` (oldest
-/// first) for the next call. Each share's resume offsets go to the
-/// worker's log retention, if on.
+/// first) for the next call.
 pub(super) fn ship_ready(
     assembler: &Rc<RefCell<CutAssembler>>,
     backlog: &mut VecDeque<(WorkerCut, Vec<DurableFile>)>,
     sender: &crate::checkpoint::client::CutSender,
     (worker, retention_ms): (usize, u64),
     final_id: &Mutex<Option<u64>>,
-    mut retention: Option<&mut WorkerRetention>,
 ) {
     let mut assembler = assembler.borrow_mut();
     while let Some(share) = assembler.pop_ready() {
-        if let Some(retention) = retention.as_deref_mut() {
-            retention.shipped(share.checkpoint_id, &share.tap.partitions);
-        }
         backlog.push_back((
             WorkerCut {
                 worker: worker as u32,

@@ -40,14 +40,14 @@ pub(super) struct Process {
     pub(super) log_dir: PathBuf,
     /// Per partition: the offset to resume at and the largest time before it.
     resumes: HashMap<u32, (u64, Option<u64>)>,
-    pub(super) restored: Option<CommitRecord>,
+    restored: Option<CommitRecord>,
     /// Whether the workers delete the log segments checkpoints no longer need.
     pub(super) log_retention: bool,
     /// `(id, cut)`: checkpoints number on from `id`, the sources skip
     /// events before `cut`.
     restored_point: Option<(u64, u64)>,
     pub(super) retention_ms: u64,
-    checkpoint_dir: PathBuf,
+    pub(super) checkpoint_dir: PathBuf,
     pub(super) out_dir: PathBuf,
     pub(super) until_end: bool,
     pub(super) hooks: RunHooks,

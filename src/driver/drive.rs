@@ -90,11 +90,7 @@ fn drive_worker(
             .filter(|i| i.id() as usize % peers == index)
             .filter_map(|i| Some((i.id(), i.log_partition_dir(&p.log_dir)?)))
             .collect();
-        let restored = p.restored.as_ref();
-        WorkerRetention::new(
-            dirs,
-            restored.map(|r| (r.checkpoint_id, r.partitions.as_slice())),
-        )
+        WorkerRetention::new(dirs, p.checkpoint_dir.clone())
     });
     loop {
         let done = probe.done()
@@ -114,7 +110,7 @@ fn drive_worker(
                 p.stall_after,
             );
             if let (Some(r), Some((id, _))) = (retention.as_mut(), client.last_committed()) {
-                if let Err(e) = r.committed_through(id, &p.counters) {
+                if let Err(e) = r.committed(id, &p.counters) {
                     tracing::warn!(
                         worker = index,
                         error = %e,
@@ -131,7 +127,6 @@ fn drive_worker(
                 sender,
                 (index, p.retention_ms),
                 &p.final_id,
-                retention.as_mut(),
             );
         }
         if index == p.first_worker {

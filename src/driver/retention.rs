@@ -1,93 +1,64 @@
-//! `--log-retention checkpointed` on each worker: once a checkpoint
-//! commits, delete the log segments of the worker's partitions that no
-//! retained checkpoint needs.
+//! `--log-retention checkpointed` on each worker: when the sidecar reports
+//! a new commit, delete the log segments of the worker's partitions below
+//! the offsets any restorable checkpoint resumes them at.
 //!
-//! The checkpoint store keeps the files of the newest
-//! [`RETAINED_CHECKPOINTS`] commits (a restore falls back from a damaged
-//! newest one to the one before), so a partition's log must keep every
-//! offset from the least offset those checkpoints resume it at. The worker
-//! knows the resume offsets of its own partitions in every checkpoint it
-//! shipped (and in the one it restored), and learns from the sidecar which
-//! ones committed; it keeps the newest [`RETAINED_CHECKPOINTS`] committed
-//! ones and deletes whole segments below their least offset (see
-//! [`crate::log::retention`]). A partition absent from one of them keeps
-//! everything.
+//! Which checkpoints a restore may still use, and so how far back each
+//! partition must reach, is read from the commit stream
+//! ([`ResumeFloors`]: every checkpoint whose files garbage collection
+//! keeps, not only the newest two). Each worker deletes its own partitions'
+//! segments, so the processes of a cluster need no coordination; a process
+//! that cannot read the commit stream (it is on another machine than the
+//! sidecar) deletes nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::checkpoint::format::PartitionResume;
-use crate::checkpoint::store::RETAINED_CHECKPOINTS;
+use crate::checkpoint::store::{read_commits, ResumeFloors};
 use crate::log::retention::delete_segments_before;
-use crate::log::LogError;
 use crate::source::SourceCounters;
-
-/// Resume offsets by partition, of one checkpoint.
-type Resumes = HashMap<u32, u64>;
 
 /// One worker's log retention (see the module doc).
 pub(super) struct WorkerRetention {
     /// The worker's log partitions and their directories.
     dirs: Vec<(u32, PathBuf)>,
-    /// Shipped, not known to be committed yet: `(checkpoint id, resumes)`.
-    shipped: VecDeque<(u64, Resumes)>,
-    /// The newest committed ones, oldest first.
-    committed: VecDeque<(u64, Resumes)>,
-    /// The offset each partition was last cut at.
+    checkpoint_dir: PathBuf,
+    /// The newest commit acted on.
+    acted_on: u64,
+    /// Per partition, the offset segments were last deleted below.
     deleted_below: HashMap<u32, u64>,
 }
 
 impl WorkerRetention {
-    /// A worker reading the log partitions `dirs`, resuming from the
-    /// checkpoint `restored` (`(id, its resume offsets)`) if any.
-    pub(super) fn new(
-        dirs: Vec<(u32, PathBuf)>,
-        restored: Option<(u64, &[PartitionResume])>,
-    ) -> Self {
-        let mut committed = VecDeque::new();
-        if let Some((id, partitions)) = restored {
-            committed.push_back((id, resumes(partitions)));
-        }
+    /// A worker reading the log partitions `dirs`, whose checkpoints are
+    /// committed to `checkpoint_dir`.
+    pub(super) fn new(dirs: Vec<(u32, PathBuf)>, checkpoint_dir: PathBuf) -> Self {
         WorkerRetention {
             dirs,
-            shipped: VecDeque::new(),
-            committed,
+            checkpoint_dir,
+            acted_on: 0,
             deleted_below: HashMap::new(),
         }
     }
 
-    /// The worker handed checkpoint `id`'s share to the sidecar client.
-    pub(super) fn shipped(&mut self, id: u64, partitions: &[PartitionResume]) {
-        self.shipped.push_back((id, resumes(partitions)));
-    }
-
-    /// The sidecar committed every checkpoint up to `newest_id`: deletes
-    /// what the newest retained checkpoints no longer need.
-    pub(super) fn committed_through(
+    /// The sidecar reported `newest_id` committed: deletes what no
+    /// restorable checkpoint needs any more. An error stops retention on
+    /// this worker (after a warning); the log is only kept longer.
+    pub(super) fn committed(
         &mut self,
         newest_id: u64,
         counters: &SourceCounters,
-    ) -> Result<(), LogError> {
-        let mut changed = false;
-        while self.shipped.front().is_some_and(|(id, _)| *id <= newest_id) {
-            let entry = self.shipped.pop_front().expect("checked above");
-            self.committed.push_back(entry);
-            changed = true;
-        }
-        while self.committed.len() > RETAINED_CHECKPOINTS {
-            self.committed.pop_front();
-        }
-        if !changed || self.committed.len() < RETAINED_CHECKPOINTS {
+    ) -> Result<(), String> {
+        if newest_id <= self.acted_on {
             return Ok(());
         }
+        self.acted_on = newest_id;
+        let records = read_commits(&self.checkpoint_dir).map_err(|e| e.to_string())?;
+        let Some(floors) = ResumeFloors::of(&records) else {
+            return Ok(());
+        };
         for (partition, dir) in &self.dirs {
-            let keep_from = self
-                .committed
-                .iter()
-                .map(|(_, resumes)| resumes.get(partition).copied().unwrap_or(0))
-                .min()
-                .unwrap_or(0);
+            let keep_from = floors.floor(*partition);
             if self
                 .deleted_below
                 .get(partition)
@@ -95,7 +66,7 @@ impl WorkerRetention {
             {
                 continue;
             }
-            let deleted = delete_segments_before(dir, keep_from)?;
+            let deleted = delete_segments_before(dir, keep_from).map_err(|e| e.to_string())?;
             self.deleted_below.insert(*partition, keep_from);
             if deleted.segments > 0 {
                 counters
@@ -108,17 +79,10 @@ impl WorkerRetention {
                     segments = deleted.segments,
                     bytes = deleted.bytes,
                     first_offset = deleted.first_offset,
-                    "log retention: deleted segments no retained checkpoint needs"
+                    "log retention: deleted segments no restorable checkpoint needs"
                 );
             }
         }
         Ok(())
     }
-}
-
-fn resumes(partitions: &[PartitionResume]) -> Resumes {
-    partitions
-        .iter()
-        .map(|p| (p.partition, p.resume_offset))
-        .collect()
 }

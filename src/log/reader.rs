@@ -139,7 +139,19 @@ impl PartitionReader {
             && has_records
             && next_path.try_exists().map_err(LogError::io(&next_path))?;
         if !next_exists && self.seg_base >= self.last_known_base {
-            return Ok(false); // the last segment: this is the current end of data
+            // The last segment: this is the current end of data, unless the
+            // segment was deleted under the reader (log retention of a job
+            // that is further on; never this job's own, which deletes a
+            // segment only once its readers are past the next one).
+            let path = frames.path();
+            if !path.try_exists().map_err(LogError::io(path))? {
+                return Err(LogError::OffsetBeforeStart {
+                    dir: self.dir.clone(),
+                    requested: self.next_offset,
+                    first: list_segments(&self.dir)?.first().copied().unwrap_or(0),
+                });
+            }
+            return Ok(false);
         }
         // A later segment exists, so this one is sealed and its writer has
         // flushed it: read again in case the data grew since we hit its end.

@@ -1,6 +1,7 @@
 //! Log retention: deleting the whole segments of a partition that hold only
 //! offsets below a given one (the engine passes the least offset any
-//! retained checkpoint resumes at, `weir run --log-retention checkpointed`).
+//! restorable checkpoint resumes at, `weir run --log-retention
+//! checkpointed`).
 //!
 //! A segment `b` is deleted only when the next segment starts at or below
 //! the offset, so every record at or past it stays, and the last (active)
@@ -10,7 +11,9 @@
 //! segments (a sealed segment without its index is fine, the index is only a
 //! hint and is rebuilt). A reader asked for a deleted offset gets
 //! [`LogError::OffsetBeforeStart`], never other data. Readers that have a
-//! deleted segment open keep reading it (POSIX unlink semantics).
+//! deleted segment open keep reading it (POSIX unlink semantics); one that
+//! reaches its end and finds neither it nor the next segment any more gets
+//! the same error rather than taking it for the end of the data.
 
 use std::path::Path;
 
@@ -142,6 +145,41 @@ mod tests {
         writer.sync().unwrap();
         drop(writer);
         assert_eq!(read_all_from(&dir, deleted.first_offset).last(), Some(&100));
+    }
+
+    #[test]
+    fn a_reader_whose_segment_was_deleted_under_it_is_told_so_not_ended() {
+        // Another job's retention, further on, deletes the segment a tailing
+        // reader is at the end of and the next one: the reader must not take
+        // that for the end of the data.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p0");
+        append(&dir, 0..10);
+        let mut reader = PartitionReader::open(&dir, 0).unwrap();
+        while reader.next().unwrap().is_some() {}
+        append(&dir, 10..200);
+        let deleted = delete_segments_before(&dir, 150).unwrap();
+        assert!(deleted.segments >= 2, "{deleted:?}");
+        // What the open segment file still holds is read; then the error.
+        let mut expected = 10;
+        let error = loop {
+            match reader.next() {
+                Ok(Some((offset, _))) => {
+                    assert_eq!(offset, expected);
+                    expected += 1;
+                }
+                Ok(None) => panic!("taken for the end of the data at offset {expected}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                error,
+                LogError::OffsetBeforeStart { requested, first, .. }
+                    if requested == expected && first == deleted.first_offset
+            ),
+            "{error}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use weir_dataflows::duration::format_duration_ms;
 use weir_dataflows::emit::Emit;
 use weir_dataflows::WindowSpec;
 
-use super::{CheckpointCadence, Query, RunArgs};
+use super::{CheckpointCadence, LogRetentionArg, Query, RunArgs};
 
 /// Where a run's input comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +243,12 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
     } else {
         None
     };
+    if args.no_checkpoint && args.log_retention == LogRetentionArg::Checkpointed {
+        bail!(
+            "--log-retention checkpointed deletes the log below the checkpoints' resume \
+             offsets: it needs checkpoints (drop --no-checkpoint)"
+        );
+    }
     let mut inputs = args.input.clone();
     let mut until_end = args.until_end || args.generate_events.is_some();
     let mut data_dir = args.data_dir.clone();

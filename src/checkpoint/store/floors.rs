@@ -1,0 +1,143 @@
+//! How far back a restore may still read each input partition: the least
+//! resume offset over every committed checkpoint whose files garbage
+//! collection keeps (`--log-retention checkpointed` deletes the log below).
+//!
+//! A restore takes the newest checkpoint whose files all verify
+//! ([`super::newest_usable`]), walking back through the whole commit stream.
+//! Collection keeps the files the newest [`RETAINED_CHECKPOINTS`] records
+//! name, and a record names every file of its checkpoint (the deltas since
+//! the last compaction, or a base), so every checkpoint whose files are all
+//! among those stays restorable, not only the newest two. The floor of a
+//! partition is the least resume offset over all of them; a checkpoint that
+//! does not list a partition resumes it from 0.
+
+use std::collections::{HashMap, HashSet};
+
+use super::RETAINED_CHECKPOINTS;
+use crate::checkpoint::format::CommitRecord;
+
+/// Per partition, the least offset a restore may resume at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeFloors {
+    floors: HashMap<u32, u64>,
+}
+
+impl ResumeFloors {
+    /// The floors of the commit stream `records` (oldest first); `None`
+    /// while it holds fewer than [`RETAINED_CHECKPOINTS`] records (a damaged
+    /// only checkpoint would leave a restore nothing but offset 0).
+    pub fn of(records: &[CommitRecord]) -> Option<Self> {
+        if records.len() < RETAINED_CHECKPOINTS {
+            return None;
+        }
+        let kept: HashSet<&str> = records
+            .iter()
+            .rev()
+            .take(RETAINED_CHECKPOINTS)
+            .flat_map(|r| r.files.iter().map(|f| f.name.as_str()))
+            .collect();
+        let mut restorable = records
+            .iter()
+            .filter(|r| r.files.iter().all(|f| kept.contains(f.name.as_str())));
+        let first = restorable.next().expect("the newest record is restorable");
+        let mut floors: HashMap<u32, u64> = first
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.resume_offset))
+            .collect();
+        for record in restorable {
+            let offsets: HashMap<u32, u64> = record
+                .partitions
+                .iter()
+                .map(|p| (p.partition, p.resume_offset))
+                .collect();
+            floors.retain(|partition, floor| match offsets.get(partition) {
+                Some(&offset) => {
+                    *floor = (*floor).min(offset);
+                    true
+                }
+                None => false,
+            });
+        }
+        Some(ResumeFloors { floors })
+    }
+
+    /// The least offset of `partition` a restore may resume at.
+    pub fn floor(&self, partition: u32) -> u64 {
+        self.floors.get(&partition).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::format::{FileMeta, PartitionResume};
+
+    fn record(id: u64, files: &[&str], resumes: &[(u32, u64)]) -> CommitRecord {
+        CommitRecord {
+            checkpoint_id: id,
+            cut_time: id * 1_000,
+            query_fingerprint: 1,
+            workers_total: 1,
+            files: files
+                .iter()
+                .map(|name| FileMeta {
+                    name: (*name).to_owned(),
+                    size_bytes: 1,
+                    crc32c: 0,
+                    min_time: 0,
+                    max_time: 0,
+                })
+                .collect(),
+            partitions: resumes
+                .iter()
+                .map(|&(partition, resume_offset)| PartitionResume {
+                    partition,
+                    resume_offset,
+                    max_ts_before: None,
+                })
+                .collect(),
+            outputs: Vec::new(),
+            timing: None,
+        }
+    }
+
+    #[test]
+    fn every_checkpoint_whose_files_are_kept_counts_not_only_the_last_two() {
+        // Deltas accumulate until a compaction: checkpoints 1 to 3 stay
+        // restorable while 3 and 4 name their files.
+        let records = [
+            record(1, &["d1"], &[(0, 10), (1, 5)]),
+            record(2, &["d1", "d2"], &[(0, 20), (1, 15)]),
+            record(3, &["d1", "d2", "d3"], &[(0, 30), (1, 25)]),
+            record(4, &["d1", "d2", "d3", "d4"], &[(0, 40), (1, 35)]),
+        ];
+        let floors = ResumeFloors::of(&records).unwrap();
+        assert_eq!((floors.floor(0), floors.floor(1)), (10, 5));
+        // After a compaction into a base, the checkpoints whose deltas the
+        // last two records no longer name are gone.
+        let compacted = [
+            record(1, &["d1"], &[(0, 10), (1, 5)]),
+            record(2, &["d1", "d2"], &[(0, 20), (1, 15)]),
+            record(3, &["b3"], &[(0, 30), (1, 25)]),
+            record(4, &["b3", "d4"], &[(0, 40), (1, 35)]),
+        ];
+        let floors = ResumeFloors::of(&compacted).unwrap();
+        assert_eq!((floors.floor(0), floors.floor(1)), (30, 25));
+    }
+
+    #[test]
+    fn a_partition_one_checkpoint_does_not_list_keeps_everything() {
+        let records = [
+            record(1, &["b1"], &[(0, 10)]),
+            record(2, &["b1", "d2"], &[(0, 20), (1, 15)]),
+        ];
+        let floors = ResumeFloors::of(&records).unwrap();
+        assert_eq!(
+            (floors.floor(0), floors.floor(1), floors.floor(7)),
+            (10, 0, 0)
+        );
+        assert_eq!(ResumeFloors::of(&records[..1]), None);
+        assert_eq!(ResumeFloors::of(&[]), None);
+    }
+}
