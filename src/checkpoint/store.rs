@@ -438,9 +438,23 @@ impl CheckpointStore {
         horizon_time: u64,
         state_as_of_cut: bool,
     ) -> Result<Vec<FileMeta>, StoreError> {
-        self.check_pending(checkpoint_id)?;
         let latest = self.commits.last().ok_or(UsageError::NothingToCompact)?;
-        let mut updates = load_checkpoint(&self.dir, latest, |_| true, horizon_time)?;
+        let base = latest.clone();
+        self.compact_onto(checkpoint_id, &base, horizon_time, state_as_of_cut)
+    }
+
+    /// As [`compact`](Self::compact), but merges the files of `base`, the
+    /// checkpoint the next one builds on: after a restore fell back from an
+    /// unusable newest commit, that is the restored one, not the newest.
+    pub fn compact_onto(
+        &mut self,
+        checkpoint_id: u64,
+        base: &CommitRecord,
+        horizon_time: u64,
+        state_as_of_cut: bool,
+    ) -> Result<Vec<FileMeta>, StoreError> {
+        self.check_pending(checkpoint_id)?;
+        let mut updates = load_checkpoint(&self.dir, base, |_| true, horizon_time)?;
         if state_as_of_cut {
             consolidate_as_of_cut(&mut updates);
         }

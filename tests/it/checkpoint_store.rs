@@ -5,6 +5,7 @@
 //! failpoint in [`failpoints`].
 
 mod failpoints;
+mod fallback;
 mod golden;
 mod range_reads;
 

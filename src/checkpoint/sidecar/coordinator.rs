@@ -517,13 +517,13 @@ pub fn commit_checkpoint(
     let due = id.is_multiple_of(COMPACT_EVERY_CHECKPOINTS)
         || files.len() + new_files.len() > COMPACT_ABOVE_FILES;
     let mut compact_us = 0;
-    if due && previous.is_some() {
+    if let Some(previous) = previous.filter(|_| due) {
         let t = Instant::now();
         let horizon = checkpoint.cut_time.saturating_sub(checkpoint.retention_ms);
         // An unbounded retention marks persisted state (open sessions):
         // only its value as of the cut matters.
         let state_as_of_cut = checkpoint.retention_ms == u64::MAX;
-        files = store.compact(id, horizon, state_as_of_cut)?;
+        files = store.compact_onto(id, previous, horizon, state_as_of_cut)?;
         compact_us = t.elapsed().as_micros() as u64;
         metrics.compactions.fetch_add(1, Ordering::Relaxed);
         let base_bytes: u64 = files.iter().map(|f| f.size_bytes).sum();
