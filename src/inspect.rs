@@ -79,7 +79,11 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
             partitions.len()
         )
         .ok();
-        writeln!(out, "  partition  segments  bytes        records  source").ok();
+        writeln!(
+            out,
+            "  partition  segments  first offset  bytes        records  source"
+        )
+        .ok();
         for p in &partitions {
             let dir = partition_dir(&log_dir, topic, *p);
             let segments = list_segments(&dir)?;
@@ -95,9 +99,11 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
             }
             let records = entry.map_or_else(|| "?".to_owned(), |e| e.records.to_string());
             let source = entry.map_or_else(String::new, |e| e.source_path.clone());
+            // Above 0 once log retention deleted the segments before it.
+            let first_offset = segments.first().copied().unwrap_or(0);
             writeln!(
                 out,
-                "  {p:<9}  {:<8}  {bytes:<11}  {records:<7}  {source}",
+                "  {p:<9}  {:<8}  {first_offset:<12}  {bytes:<11}  {records:<7}  {source}",
                 segments.len()
             )
             .ok();

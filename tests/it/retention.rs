@@ -153,6 +153,25 @@ fn retention_deletes_what_no_checkpoint_needs_and_kills_lose_nothing() {
 
     // A run without the checkpoints, on a log whose start was deleted, is
     // refused with the partition and the reason.
+    // `weir inspect` shows where each partition now starts.
+    let report = weir()
+        .args(["inspect", "--data-dir", trimmed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_success(&report, "inspect");
+    let report = String::from_utf8_lossy(&report.stdout);
+    let first_offsets: Vec<u64> = report
+        .lines()
+        .skip_while(|l| !l.contains("first offset"))
+        .skip(1)
+        .take(PARTITIONS as usize)
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        first_offsets.len() == PARTITIONS as usize && first_offsets.iter().all(|&o| o > 0),
+        "{report}"
+    );
+
     std::fs::remove_dir_all(trimmed.join("checkpoints")).unwrap();
     let output = weir()
         .args(log_run_args(
