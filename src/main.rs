@@ -266,6 +266,11 @@ struct RunArgs {
     /// uncommitted).
     #[arg(long, default_value_t = DEFAULT_MAX_TAP_BUFFER_BYTES >> 20)]
     max_tap_buffer_mb: u64,
+    /// With --sidecar: how long to keep reconnecting after the sidecar is
+    /// lost (a sidecar restarted by hand on the same data dir continues the
+    /// run exactly once; 0s: a lost sidecar ends the run).
+    #[arg(long, default_value = "5m", value_parser = parse_duration_ms)]
+    sidecar_reconnect: u64,
     /// `keep` every log segment, or delete, as checkpoints commit, the
     /// `checkpointed` segments that neither retained checkpoint needs (a
     /// long tailing run's log then stays bounded; a later run without

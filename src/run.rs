@@ -136,6 +136,11 @@ pub struct CheckpointOptions {
     /// Whether the workers delete the log segments that no retained
     /// checkpoint needs any more (`--log-retention checkpointed`).
     pub log_retention: LogRetention,
+    /// With a sidecar started separately (`sidecar`): how long the engine
+    /// keeps reconnecting after losing it (a sidecar restarted by hand
+    /// continues the run; 0: a lost sidecar ends the run). A sidecar the
+    /// engine started itself is never reconnected to: its loss ends the run.
+    pub sidecar_reconnect_ms: u64,
 }
 
 /// What happens to the input log's segments once checkpoints cover them.

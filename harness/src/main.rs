@@ -328,6 +328,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     sidecar: None,
                     max_tap_buffer_bytes: DEFAULT_MAX_TAP_BUFFER_BYTES,
                     log_retention: weir::run::LogRetention::Keep,
+                    sidecar_reconnect_ms: 0,
                 }),
             hooks: weir::run::RunHooks::default(),
             metrics_addr: None,

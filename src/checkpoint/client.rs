@@ -230,86 +230,33 @@ pub struct SidecarClient {
 impl SidecarClient {
     /// Connects, says `hello` (its token is filled in from the token file for
     /// TCP) and waits for the welcome; then starts the client thread.
-    pub fn connect(addr: &SidecarAddress, mut hello: Hello) -> Result<Self, ClientError> {
-        let connect_err = |e: io::Error| ClientError::Connect {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        };
-        let mut stream = match addr {
-            SidecarAddress::Unix(path) => {
-                Stream::Unix(UnixStream::connect(path).map_err(connect_err)?)
-            }
-            SidecarAddress::Tcp {
-                addr: sock,
-                token_file,
-            } => {
-                if !sock.ip().is_loopback() {
-                    return Err(ClientError::BadAddress {
-                        spec: addr.to_string(),
-                        reason: "only loopback addresses are allowed".to_owned(),
-                    });
-                }
-                hello.token = read_token_file(token_file)
-                    .map_err(|e| ClientError::Token(format!("{}: {e}", token_file.display())))?;
-                let tcp = TcpStream::connect_timeout(sock, HELLO_TIMEOUT).map_err(connect_err)?;
-                tcp.set_nodelay(true).map_err(connect_err)?;
-                Stream::Tcp(tcp)
-            }
-        };
-        // A connection reset or closed before the welcome is a failure to
-        // connect, retried by `connect_while`: a sidecar killed a moment
-        // ago can still accept on its socket, then reset the connection.
-        // Anything else (a timeout, garbage) is not retried: a second hello
-        // could be admitted behind a first one the sidecar still holds.
-        let lost = |e: FrameError| {
-            let broken = matches!(
-                &e,
-                FrameError::Io(io) if matches!(
-                    io.kind(),
-                    io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::BrokenPipe
-                        | io::ErrorKind::UnexpectedEof
-                )
-            ) || matches!(e, FrameError::Truncated { .. });
-            if broken {
-                ClientError::Connect {
-                    addr: addr.to_string(),
-                    reason: format!("the connection broke during the hello: {e}"),
-                }
-            } else {
-                ClientError::Lost(e.to_string())
-            }
-        };
-        write_frame(&mut stream, &ToSidecar::Hello(hello)).map_err(lost)?;
-        stream.flush().map_err(|e| lost(e.into()))?;
-        stream
-            .set_read_timeout(Some(HELLO_TIMEOUT))
-            .map_err(connect_err)?;
-        let welcome_last_committed = match read_frame::<FromSidecar>(&mut stream, MAX_REPLY_BYTES) {
-            Ok(Some(FromSidecar::Welcome { last_committed })) => last_committed,
-            Ok(Some(FromSidecar::Refused { reason })) => return Err(ClientError::Refused(reason)),
-            Ok(Some(other)) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected a welcome, got {other:?}"
-                )))
-            }
-            Ok(None) => {
-                return Err(ClientError::Connect {
-                    addr: addr.to_string(),
-                    reason: "the sidecar closed the connection during the hello".to_owned(),
-                })
-            }
-            Err(e) => return Err(lost(e)),
-        };
-        stream.set_read_timeout(None).map_err(connect_err)?;
+    pub fn connect(addr: &SidecarAddress, hello: Hello) -> Result<Self, ClientError> {
+        Self::connect_reconnecting(addr, hello, None)
+    }
 
+    /// As [`connect`](Self::connect); with `reconnect_for`, the client
+    /// thread survives a lost connection: it reconnects (for at most that
+    /// long) and resends the shares of every checkpoint not acknowledged
+    /// yet, so a sidecar restarted by hand continues the run (see
+    /// [`thread`]). Without it a lost connection is the run's error.
+    pub fn connect_reconnecting(
+        addr: &SidecarAddress,
+        hello: Hello,
+        reconnect_for: Option<Duration>,
+    ) -> Result<Self, ClientError> {
+        let (stream, welcome_last_committed) = open(addr, hello.clone())?;
         let shared = Arc::new(Shared::default());
         shared.status().last_committed = welcome_last_committed;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let thread_shared = Arc::clone(&shared);
+        let reconnect = reconnect_for.map(|timeout| Reconnect {
+            addr: addr.clone(),
+            hello,
+            timeout,
+        });
         let thread = std::thread::Builder::new()
             .name("weir-sidecar-client".to_owned())
-            .spawn(move || client_thread(stream, &rx, &thread_shared))
+            .spawn(move || client_thread(stream, &rx, &thread_shared, reconnect))
             .map_err(|e| ClientError::Connect {
                 addr: addr.to_string(),
                 reason: format!("cannot start the client thread: {e}"),
@@ -324,7 +271,96 @@ impl SidecarClient {
             thread: Some(thread),
         })
     }
+}
 
+/// Where and how the client thread reconnects after a lost connection.
+#[derive(Clone, Debug)]
+struct Reconnect {
+    addr: SidecarAddress,
+    hello: Hello,
+    timeout: Duration,
+}
+
+/// Connects to the sidecar at `addr`, says `hello` (its token filled in
+/// from the token file for TCP) and waits for the welcome: the stream and
+/// the newest committed checkpoint the welcome reports.
+fn open(
+    addr: &SidecarAddress,
+    mut hello: Hello,
+) -> Result<(Stream, Option<(u64, u64)>), ClientError> {
+    let connect_err = |e: io::Error| ClientError::Connect {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let mut stream = match addr {
+        SidecarAddress::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(connect_err)?),
+        SidecarAddress::Tcp {
+            addr: sock,
+            token_file,
+        } => {
+            if !sock.ip().is_loopback() {
+                return Err(ClientError::BadAddress {
+                    spec: addr.to_string(),
+                    reason: "only loopback addresses are allowed".to_owned(),
+                });
+            }
+            hello.token = read_token_file(token_file)
+                .map_err(|e| ClientError::Token(format!("{}: {e}", token_file.display())))?;
+            let tcp = TcpStream::connect_timeout(sock, HELLO_TIMEOUT).map_err(connect_err)?;
+            tcp.set_nodelay(true).map_err(connect_err)?;
+            Stream::Tcp(tcp)
+        }
+    };
+    // A connection reset or closed before the welcome is a failure to
+    // connect, retried by `connect_while`: a sidecar killed a moment
+    // ago can still accept on its socket, then reset the connection.
+    // Anything else (a timeout, garbage) is not retried: a second hello
+    // could be admitted behind a first one the sidecar still holds.
+    let lost = |e: FrameError| {
+        let broken = matches!(
+            &e,
+            FrameError::Io(io) if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            )
+        ) || matches!(e, FrameError::Truncated { .. });
+        if broken {
+            ClientError::Connect {
+                addr: addr.to_string(),
+                reason: format!("the connection broke during the hello: {e}"),
+            }
+        } else {
+            ClientError::Lost(e.to_string())
+        }
+    };
+    write_frame(&mut stream, &ToSidecar::Hello(hello)).map_err(lost)?;
+    stream.flush().map_err(|e| lost(e.into()))?;
+    stream
+        .set_read_timeout(Some(HELLO_TIMEOUT))
+        .map_err(connect_err)?;
+    let welcome_last_committed = match read_frame::<FromSidecar>(&mut stream, MAX_REPLY_BYTES) {
+        Ok(Some(FromSidecar::Welcome { last_committed })) => last_committed,
+        Ok(Some(FromSidecar::Refused { reason })) => return Err(ClientError::Refused(reason)),
+        Ok(Some(other)) => {
+            return Err(ClientError::Protocol(format!(
+                "expected a welcome, got {other:?}"
+            )))
+        }
+        Ok(None) => {
+            return Err(ClientError::Connect {
+                addr: addr.to_string(),
+                reason: "the sidecar closed the connection during the hello".to_owned(),
+            })
+        }
+        Err(e) => return Err(lost(e)),
+    };
+    stream.set_read_timeout(None).map_err(connect_err)?;
+    Ok((stream, welcome_last_committed))
+}
+
+impl SidecarClient {
     /// [`connect`](Self::connect), retrying while the sidecar is not
     /// listening yet (it is started alongside the engine), for at most
     /// `timeout`. A refusal is not retried.
@@ -333,21 +369,23 @@ impl SidecarClient {
         hello: &Hello,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        Self::connect_while(addr, hello, timeout, || None)
+        Self::connect_while(addr, hello, (timeout, None), || None)
     }
 
     /// As [`connect_retrying`](Self::connect_retrying), but gives up as soon
     /// as `gone` returns why the sidecar will never listen (e.g. the process
-    /// started for it has exited), instead of waiting out `timeout`.
+    /// started for it has exited), instead of waiting out `timeout`; the
+    /// client reconnects after a loss for `reconnect_for` if given (see
+    /// [`connect_reconnecting`](Self::connect_reconnecting)).
     pub fn connect_while(
         addr: &SidecarAddress,
         hello: &Hello,
-        timeout: Duration,
+        (timeout, reconnect_for): (Duration, Option<Duration>),
         mut gone: impl FnMut() -> Option<String>,
     ) -> Result<Self, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            match Self::connect(addr, hello.clone()) {
+            match Self::connect_reconnecting(addr, hello.clone(), reconnect_for) {
                 Err(e @ (ClientError::Connect { .. } | ClientError::Token(_)))
                     if Instant::now() < deadline =>
                 {

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{weir_binary, Place, SIDECAR_TIMEOUT};
 use crate::checkpoint::client::{SidecarAddress, SidecarClient};
@@ -64,7 +65,15 @@ pub(super) fn start(
             Err(e) => Some(format!("cannot check on the sidecar it started: {e}")),
         }
     };
-    let client = SidecarClient::connect_while(&address, &hello, SIDECAR_TIMEOUT, child_gone)?;
+    // Only a sidecar run separately can be restarted by hand.
+    let reconnect_for = (c.sidecar.is_some() && c.sidecar_reconnect_ms > 0)
+        .then(|| Duration::from_millis(c.sidecar_reconnect_ms));
+    let client = SidecarClient::connect_while(
+        &address,
+        &hello,
+        (SIDECAR_TIMEOUT, reconnect_for),
+        child_gone,
+    )?;
     Ok(Sidecar {
         client: Some(Arc::new(client)),
         child: sidecar_child,

@@ -297,6 +297,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             sidecar: args.sidecar.clone(),
             max_tap_buffer_bytes: args.max_tap_buffer_mb.saturating_mul(1 << 20),
             log_retention: args.log_retention.into(),
+            sidecar_reconnect_ms: args.sidecar_reconnect,
         }),
         hooks: weir::run::RunHooks::default(),
         metrics_addr: args.metrics_addr,

@@ -2,8 +2,10 @@
 //! sidecar stopped (`SIGSTOP`) the sources stop reading and the tap's buffer
 //! stays under its bound, the stall is reported (log and metric), and after
 //! `SIGCONT` the run finishes with exactly the rows of a failure-free run. A
-//! sidecar killed with `SIGKILL` ends the run with a message telling the
-//! user to rerun, and the rerun is exactly once.
+//! sidecar the engine started, killed with `SIGKILL`, ends the run with a
+//! message telling the user to rerun, and the rerun is exactly once; one
+//! run by hand (`--sidecar`) and restarted by hand after a `SIGKILL`
+//! continues the run, exactly once.
 //!
 //! The sidecar is stopped as soon as the engine has connected, so the run
 //! cannot end before the stop lands, whatever the machine's speed. Every
@@ -299,5 +301,90 @@ fn a_killed_sidecar_fails_the_run_with_rerun_advice_and_the_rerun_is_exactly_onc
     // (if any was committed before the stop) and finishes.
     let rerun = output_within(weir().args(run_args(&f.input, &data, &out)), DEADLINE);
     assert_success(&rerun, "the rerun");
+    assert_exactly_once(&f, &out);
+}
+
+/// Kills the sidecars a test started by hand, however it ends.
+struct Sidecars(Vec<Child>);
+
+impl Drop for Sidecars {
+    fn drop(&mut self) {
+        for sidecar in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-CONT", &sidecar.id().to_string()])
+                .status();
+            let _ = sidecar.kill();
+            let _ = sidecar.wait();
+        }
+    }
+}
+
+/// A sidecar run by hand (`weir sidecar`, not the engine's own), once its
+/// socket exists.
+fn start_sidecar_by_hand(data: &Path) -> Child {
+    let socket = data.join("sidecar.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut sidecar = weir()
+        .args(["sidecar", "--data-dir", data.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            sidecar.try_wait().unwrap().is_none(),
+            "the sidecar exited before listening"
+        );
+        assert!(started.elapsed() < DEADLINE, "the sidecar never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sidecar
+}
+
+#[test]
+fn a_sidecar_run_by_hand_killed_and_restarted_continues_the_run_exactly_once() {
+    let f = fixture(1_500_000);
+    let (data, out) = (f.tmp.path().join("data"), f.tmp.path().join("out"));
+    std::fs::create_dir_all(&data).unwrap();
+    let mut sidecars = Sidecars(vec![start_sidecar_by_hand(&data)]);
+    let socket = format!("unix:{}", data.join("sidecar.sock").display());
+    let port = free_ports(1)[0];
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = weir()
+        .args(run_args(&f.input, &data, &out))
+        .args(["--sidecar", &socket, "--metrics-addr", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stopped as soon as the engine is connected, so the kill lands while
+    // the run is in progress whatever the machine's speed.
+    wait_until(&mut child, "the metrics endpoint", || {
+        metric(addr, "weir_events_in_total").is_some()
+    });
+    let first = sidecars.0[0].id().to_string();
+    signal(&first, "-STOP");
+    wait_until(&mut child, "the stall", || {
+        metric(addr, "weir_sidecar_stalled") == Some(1.0)
+    });
+    signal(&first, "-KILL");
+    let _ = sidecars.0[0].wait();
+    // The engine keeps running without its sidecar (reconnecting) ...
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended when its sidecar was killed"
+        );
+    }
+    // ... and continues once the operator starts the sidecar again.
+    sidecars.0.push(start_sidecar_by_hand(&data));
+    let (status, stderr) = finish(child);
+    assert!(status.success(), "the run failed:\n{stderr}");
+    assert!(
+        stderr.contains("reconnected to the checkpoint sidecar"),
+        "{stderr}"
+    );
     assert_exactly_once(&f, &out);
 }

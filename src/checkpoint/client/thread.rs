@@ -12,9 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::{ClientError, DurableFile, Shared, Stream, MAX_REPLY_BYTES};
+use super::{ClientError, DurableFile, Reconnect, Shared, Stream, MAX_REPLY_BYTES};
 use crate::checkpoint::transport::{
-    encode_frame, split_share, FrameBuffer, FromSidecar, ToSidecar, WorkerCut, MAX_PAYLOAD_BYTES,
+    encode_frame, split_share, FrameBuffer, FromSidecar, Hello, ToSidecar, WorkerCut,
+    MAX_PAYLOAD_BYTES,
 };
 
 /// How often the client thread looks for acks while no cut is queued.
@@ -27,20 +28,39 @@ pub const WRITE_POLL: Duration = Duration::from_millis(50);
 /// wrote a share of each, and how many bytes it wrote for it.
 type Inflight = BTreeMap<u64, (Instant, u64)>;
 
+/// How often a lost connection is tried again.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The encoded frames of every share shipped and not acknowledged, by
+/// checkpoint id (kept only when the thread reconnects).
+type Resend = BTreeMap<u64, Vec<Vec<u8>>>;
+
 /// The thread's end of the connection.
 struct Conn<'a> {
     stream: Stream,
     acks: FrameBuffer,
     inflight: Inflight,
+    resend: Option<Resend>,
+    /// The first checkpoint this process shipped, and the newest of its own
+    /// the sidecar acknowledged: a reconnecting hello names it as the base
+    /// (an older commit in the store may be one a restore fell back from).
+    first_shipped: Option<u64>,
+    newest_own_ack: Option<u64>,
     shared: &'a Shared,
 }
 
+/// The cuts the workers queue: share, when queued, files to make durable.
+type Queue = Receiver<(WorkerCut, Instant, Vec<DurableFile>)>;
+
 /// The client thread: writes queued cuts, reads acks, until closing (then it
-/// drains the queue and says goodbye) or an error.
+/// drains the queue and says goodbye) or an error. With `reconnect`, a lost
+/// connection is opened again and the shares not acknowledged are resent
+/// (the sidecar ignores those of checkpoints it committed already).
 pub(super) fn client_thread(
     stream: Stream,
-    rx: &Receiver<(WorkerCut, Instant, Vec<DurableFile>)>,
+    rx: &Queue,
     shared: &Shared,
+    reconnect: Option<Reconnect>,
 ) {
     if let Err(e) = stream.set_write_timeout(Some(WRITE_POLL)) {
         let e = ClientError::Lost(format!("setting the send timeout: {e}"));
@@ -51,9 +71,33 @@ pub(super) fn client_thread(
         stream,
         acks: FrameBuffer::new(MAX_REPLY_BYTES),
         inflight: Inflight::new(),
+        resend: reconnect.as_ref().map(|_| Resend::new()),
+        first_shipped: None,
+        newest_own_ack: None,
         shared,
     };
     let result = loop {
+        match pump(&mut conn, rx, shared) {
+            Ok(()) => break Ok(()),
+            Err(e @ ClientError::Lost(_)) if reconnect.is_some() => {
+                let how = reconnect.as_ref().expect("checked");
+                if let Err(e) = conn.reconnect(how, e) {
+                    break Err(e);
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "checkpoint sidecar connection failed");
+        shared.status().error.get_or_insert(e);
+    }
+    conn.stream.shutdown();
+}
+
+/// Writes queued cuts and reads acks until the goodbye (`Ok`) or an error.
+fn pump(conn: &mut Conn<'_>, rx: &Queue, shared: &Shared) -> Result<(), ClientError> {
+    loop {
         let closing = shared.closing.load(Ordering::Acquire);
         let next = if closing {
             rx.try_recv().map_err(|_| RecvTimeoutError::Disconnected)
@@ -69,7 +113,7 @@ pub(super) fn client_thread(
                     .iter()
                     .find_map(|f| f.file.sync_data().err().map(|e| (f, e)))
                 {
-                    break Err(ClientError::Output(format!(
+                    return Err(ClientError::Output(format!(
                         "making {} durable for checkpoint {}: {e}",
                         f.path.display(),
                         cut.checkpoint_id
@@ -101,26 +145,19 @@ pub(super) fn client_thread(
                     Err(e) => {
                         // The sidecar may have closed the connection after
                         // telling why: prefer its reason to the broken pipe.
-                        break conn.read_acks().and(Err(e));
+                        return conn.read_acks().and(Err(e));
                     }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) if closing => {
-                break conn.send(&ToSidecar::Goodbye).map(|_bytes| ());
+                return conn.send(&ToSidecar::Goodbye).map(|_bytes| ());
             }
             // All senders dropped but not closing: keep reading acks.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL_INTERVAL),
         }
-        if let Err(e) = conn.read_acks() {
-            break Err(e);
-        }
-    };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "checkpoint sidecar connection failed");
-        shared.status().error.get_or_insert(e);
+        conn.read_acks()?;
     }
-    conn.stream.shutdown();
 }
 
 /// Updates per frame of a worker's share: a larger share is split into
@@ -131,18 +168,48 @@ const SHARE_FRAME_BUDGET_BYTES: usize = MAX_PAYLOAD_BYTES / 2;
 impl Conn<'_> {
     /// Writes a worker's share: its leading updates as cut updates frames if it
     /// is too large for one frame, then its worker cut; returns the bytes sent.
+    /// When the thread reconnects, every frame of the share is encoded and
+    /// kept before the first is written, so that a share cut off by a lost
+    /// connection is resent whole.
     fn send_share(&mut self, mut cut: WorkerCut) -> Result<u64, ClientError> {
+        let id = cut.checkpoint_id;
+        self.first_shipped.get_or_insert(id);
         let mut bytes = 0;
-        for part in split_share(&mut cut, SHARE_FRAME_BUDGET_BYTES) {
-            bytes += self.send(&ToSidecar::CutUpdates(part))?;
+        if self.resend.is_none() {
+            for part in split_share(&mut cut, SHARE_FRAME_BUDGET_BYTES) {
+                bytes += self.send(&ToSidecar::CutUpdates(part))?;
+            }
+            return Ok(bytes + self.send(&ToSidecar::WorkerCut(cut))?);
         }
-        Ok(bytes + self.send(&ToSidecar::WorkerCut(cut))?)
+        let mut frames = Vec::new();
+        for part in split_share(&mut cut, SHARE_FRAME_BUDGET_BYTES) {
+            frames.push(encode(&ToSidecar::CutUpdates(part))?);
+        }
+        frames.push(encode(&ToSidecar::WorkerCut(cut))?);
+        let kept = self
+            .resend
+            .as_mut()
+            .expect("checked above")
+            .entry(id)
+            .or_default();
+        kept.extend(frames.iter().cloned());
+        for frame in &frames {
+            self.write_frame(frame)?;
+            bytes += frame.len() as u64;
+        }
+        Ok(bytes)
     }
 
-    /// Writes `message`; returns the frame's size in bytes. While the socket
-    /// takes nothing (the send timeout expires), reads the acks that arrived.
+    /// Writes `message`; returns the frame's size in bytes.
     fn send(&mut self, message: &ToSidecar) -> Result<u64, ClientError> {
-        let frame = encode_frame(message).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = encode(message)?;
+        self.write_frame(&frame)?;
+        Ok(frame.len() as u64)
+    }
+
+    /// Writes one encoded frame. While the socket takes nothing (the send
+    /// timeout expires), reads the acks that arrived.
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), ClientError> {
         let lost = |e: io::Error| ClientError::Lost(format!("writing to the sidecar: {e}"));
         let mut written = 0;
         let mut blocked_since: Option<Instant> = None;
@@ -173,18 +240,109 @@ impl Conn<'_> {
                 "a write to the sidecar waited"
             );
         }
-        self.stream.flush().map_err(lost)?;
-        Ok(frame.len() as u64)
+        self.stream.flush().map_err(lost)
+    }
+
+    /// Opens the connection again (for at most `how.timeout`, every
+    /// [`RECONNECT_INTERVAL`]) after `cause` broke it, applies the commit the
+    /// welcome reports, and resends the shares of every checkpoint after it.
+    fn reconnect(&mut self, how: &Reconnect, cause: ClientError) -> Result<(), ClientError> {
+        let resend = self.resend.as_ref().expect("kept when reconnecting");
+        tracing::warn!(
+            error = %cause,
+            timeout_s = how.timeout.as_secs(),
+            unacknowledged_checkpoints = resend.len(),
+            "lost the checkpoint sidecar: reconnecting (restart it on the same data dir); \
+             the sources stop reading while checkpoints wait"
+        );
+        let deadline = Instant::now() + how.timeout;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Lost(format!(
+                    "{cause}; and no sidecar answered at {} within {} s",
+                    how.addr,
+                    how.timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(RECONNECT_INTERVAL);
+            // Build on this run's newest commit, or on what it restored.
+            let hello = Hello {
+                restored_from: self.newest_own_ack.or(how.hello.restored_from),
+                ..how.hello.clone()
+            };
+            let (stream, last_committed) = match super::open(&how.addr, hello) {
+                Ok(opened) => opened,
+                Err(e @ ClientError::Refused(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the sidecar is not back yet");
+                    continue;
+                }
+            };
+            if let Err(e) = stream.set_write_timeout(Some(WRITE_POLL)) {
+                tracing::debug!(error = %e, "setting the send timeout");
+                continue;
+            }
+            self.stream = stream;
+            self.acks = FrameBuffer::new(MAX_REPLY_BYTES);
+            if let Some((id, cut_time)) = last_committed {
+                self.acknowledged(id, cut_time, 0);
+            }
+            let frames: Vec<Vec<u8>> = self
+                .resend
+                .as_ref()
+                .expect("kept when reconnecting")
+                .values()
+                .flatten()
+                .cloned()
+                .collect();
+            let written = frames.iter().try_for_each(|f| self.write_frame(f));
+            match written {
+                Ok(()) => {
+                    tracing::info!(
+                        addr = %how.addr,
+                        resent_frames = frames.len(),
+                        "reconnected to the checkpoint sidecar"
+                    );
+                    return Ok(());
+                }
+                Err(e) => tracing::debug!(error = %e, "resending to the sidecar failed"),
+            }
+        }
+    }
+
+    /// The sidecar committed `checkpoint_id`: updates the status and the
+    /// statistics, and forgets the shares kept for resending up to it.
+    fn acknowledged(&mut self, checkpoint_id: u64, cut_time: u64, commit_latency_us: u64) {
+        if self
+            .first_shipped
+            .is_some_and(|first| checkpoint_id >= first)
+        {
+            self.newest_own_ack = self.newest_own_ack.max(Some(checkpoint_id));
+        }
+        let mut status = self.shared.status();
+        if status
+            .last_committed
+            .is_none_or(|(id, _)| id < checkpoint_id)
+        {
+            status.last_committed = Some((checkpoint_id, cut_time));
+        }
+        status.last_commit_latency_us = Some(commit_latency_us);
+        drop(status);
+        record_ack(
+            self.shared,
+            &mut self.inflight,
+            checkpoint_id,
+            cut_time,
+            commit_latency_us,
+        );
+        if let Some(resend) = &mut self.resend {
+            resend.retain(|&id, _| id > checkpoint_id);
+        }
     }
 
     /// Reads whatever acks have arrived, without blocking.
     fn read_acks(&mut self) -> Result<(), ClientError> {
-        let (stream, acks, shared, inflight) = (
-            &mut self.stream,
-            &mut self.acks,
-            self.shared,
-            &mut self.inflight,
-        );
+        let (stream, acks) = (&mut self.stream, &mut self.acks);
         let lost = |e: io::Error| ClientError::Lost(format!("reading from the sidecar: {e}"));
         stream.set_nonblocking(true).map_err(lost)?;
         let mut chunk = [0u8; 4096];
@@ -207,23 +365,12 @@ impl Conn<'_> {
         stream.set_nonblocking(false).map_err(lost)?;
         // Acks that arrived before a close are still applied.
         loop {
-            match acks.pop::<FromSidecar>() {
+            match self.acks.pop::<FromSidecar>() {
                 Ok(Some(FromSidecar::Committed {
                     checkpoint_id,
                     cut_time,
                     commit_latency_us,
-                })) => {
-                    let mut status = shared.status();
-                    if status
-                        .last_committed
-                        .is_none_or(|(id, _)| id < checkpoint_id)
-                    {
-                        status.last_committed = Some((checkpoint_id, cut_time));
-                    }
-                    status.last_commit_latency_us = Some(commit_latency_us);
-                    drop(status);
-                    record_ack(shared, inflight, checkpoint_id, cut_time, commit_latency_us);
-                }
+                })) => self.acknowledged(checkpoint_id, cut_time, commit_latency_us),
                 Ok(Some(FromSidecar::Refused { reason })) => {
                     return Err(ClientError::Refused(reason))
                 }
@@ -236,6 +383,11 @@ impl Conn<'_> {
         }
         read_result
     }
+}
+
+/// Encodes `message` as one frame.
+fn encode(message: &ToSidecar) -> Result<Vec<u8>, ClientError> {
+    encode_frame(message).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// Updates the statistics for the ack of `checkpoint_id`.

@@ -286,6 +286,19 @@ impl Coordinator {
         }
         let last_id = self.last_id();
         if id <= last_id {
+            // An engine that reconnected resends the shares of checkpoints
+            // whose ack it never saw; its hello named the newest commit it
+            // knows as the base. A resent share that continues that base
+            // shows the committed checkpoint is the run's own: build on it.
+            let continues_base = self
+                .last
+                .as_ref()
+                .is_some_and(|base| base.checkpoint_id < id && base.cut_time == cut.prev_cut_time);
+            if continues_base {
+                if let Some(own) = self.history.iter().find(|r| r.checkpoint_id == id) {
+                    self.last = Some(own.clone());
+                }
+            }
             tracing::debug!(
                 checkpoint_id = id,
                 worker = cut.worker,
