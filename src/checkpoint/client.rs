@@ -256,7 +256,7 @@ impl SidecarClient {
         });
         let thread = std::thread::Builder::new()
             .name("weir-sidecar-client".to_owned())
-            .spawn(move || client_thread(stream, &rx, &thread_shared, reconnect))
+            .spawn(move || client_thread(stream, &rx, &thread_shared, reconnect.as_ref()))
             .map_err(|e| ClientError::Connect {
                 addr: addr.to_string(),
                 reason: format!("cannot start the client thread: {e}"),

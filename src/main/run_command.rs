@@ -219,6 +219,12 @@ fn prepare_demo(args: &RunArgs, query: &WindowQuery) -> Result<(PathBuf, PathBuf
 }
 
 pub(super) fn run_command(args: &RunArgs) -> Result<()> {
+    if args.no_checkpoint && args.log_retention == LogRetentionArg::Checkpointed {
+        bail!(
+            "--log-retention checkpointed deletes the log below the checkpoints' resume \
+             offsets: it needs checkpoints (drop --no-checkpoint)"
+        );
+    }
     let source = input_source(args)?;
     let query = query_of(args, source)?;
     if args.workers == 0 {
@@ -243,12 +249,6 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
     } else {
         None
     };
-    if args.no_checkpoint && args.log_retention == LogRetentionArg::Checkpointed {
-        bail!(
-            "--log-retention checkpointed deletes the log below the checkpoints' resume \
-             offsets: it needs checkpoints (drop --no-checkpoint)"
-        );
-    }
     let mut inputs = args.input.clone();
     let mut until_end = args.until_end || args.generate_events.is_some();
     let mut data_dir = args.data_dir.clone();

@@ -60,7 +60,7 @@ pub(super) fn client_thread(
     stream: Stream,
     rx: &Queue,
     shared: &Shared,
-    reconnect: Option<Reconnect>,
+    reconnect: Option<&Reconnect>,
 ) {
     if let Err(e) = stream.set_write_timeout(Some(WRITE_POLL)) {
         let e = ClientError::Lost(format!("setting the send timeout: {e}"));
@@ -80,8 +80,8 @@ pub(super) fn client_thread(
         match pump(&mut conn, rx, shared) {
             Ok(()) => break Ok(()),
             Err(e @ ClientError::Lost(_)) if reconnect.is_some() => {
-                let how = reconnect.as_ref().expect("checked");
-                if let Err(e) = conn.reconnect(how, e) {
+                let how = reconnect.expect("checked");
+                if let Err(e) = conn.reconnect(how, &e) {
                     break Err(e);
                 }
             }
@@ -246,7 +246,7 @@ impl Conn<'_> {
     /// Opens the connection again (for at most `how.timeout`, every
     /// [`RECONNECT_INTERVAL`]) after `cause` broke it, applies the commit the
     /// welcome reports, and resends the shares of every checkpoint after it.
-    fn reconnect(&mut self, how: &Reconnect, cause: ClientError) -> Result<(), ClientError> {
+    fn reconnect(&mut self, how: &Reconnect, cause: &ClientError) -> Result<(), ClientError> {
         let resend = self.resend.as_ref().expect("kept when reconnecting");
         tracing::warn!(
             error = %cause,
