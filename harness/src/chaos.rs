@@ -241,6 +241,8 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
             stderr_path: args.work_dir.join(format!("stderr-{rounds}.log")),
             awaiting: None,
             watch: CommitWatch::default(),
+            timeline: &mut timeline,
+            recovery_ms: &mut recovery_ms,
         };
         let sidecar_pattern = format!("sidecar --exit-when-idle --data-dir {}", data.display());
         loop {
@@ -250,11 +252,11 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                 .stdout(Stdio::null())
                 .stderr(crate::append_file(&round.stderr_path)?)
                 .spawn()?;
-            timeline.event(rounds, "start", round.watch.newest);
+            round.timeline.event(rounds, "start", round.watch.newest);
             if kills >= args.kills {
                 // Every kill has landed: this attempt runs to the end, so a
                 // round ends on any machine, however slow its progress.
-                round.finish(&mut child, &mut timeline, &mut recovery_ms)?;
+                round.finish(&mut child)?;
                 break;
             }
             // The target and the moment are drawn first. A quarter of the
@@ -270,11 +272,11 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                 wait_for_sidecar(&mut child, &sidecar_pattern)?;
             }
             if !before_first_commit {
-                round.wait_for_a_new_commit(&mut child, &mut timeline, &mut recovery_ms)?;
+                round.wait_for_a_new_commit(&mut child)?;
             }
-            round.watch_for(delay, &mut child, &mut timeline, &mut recovery_ms)?;
+            round.watch_for(delay, &mut child)?;
             if let Some(status) = child.try_wait()? {
-                round.exited(status, &mut timeline, &mut recovery_ms)?;
+                round.exited(status)?;
                 break;
             }
             if kill_engine {
@@ -283,7 +285,9 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                     .args(["-9", "--", &format!("-{pid}")])
                     .status()?;
                 engine_kills += 1;
-                timeline.event(rounds, "kill_engine", round.watch.newest);
+                round
+                    .timeline
+                    .event(rounds, "kill_engine", round.watch.newest);
             } else {
                 let landed = Command::new("pkill")
                     .args(["-9", "-f", &sidecar_pattern])
@@ -292,11 +296,13 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
                 if !landed {
                     // The sidecar had exited: the run was finishing.
                     let status = child.wait()?;
-                    round.exited(status, &mut timeline, &mut recovery_ms)?;
+                    round.exited(status)?;
                     break;
                 }
                 sidecar_kills += 1;
-                timeline.event(rounds, "kill_sidecar", round.watch.newest);
+                round
+                    .timeline
+                    .event(rounds, "kill_sidecar", round.watch.newest);
             }
             kills += 1;
             let killed_at = Instant::now();
@@ -348,42 +354,41 @@ fn max_rounds(kills: u64) -> u64 {
 const ATTEMPT_MAX: Duration = Duration::from_secs(600);
 
 /// One chaos round's view of its commit stream and its pending recovery.
-struct Round {
+struct Round<'a> {
     number: u64,
     checkpoints: PathBuf,
     stderr_path: PathBuf,
     /// (kill moment, newest commit before it) of the last kill, awaiting recovery.
     awaiting: Option<(Instant, u64)>,
     watch: CommitWatch,
+    /// The run's timeline and kill recoveries, over all rounds.
+    timeline: &'a mut Timeline,
+    recovery_ms: &'a mut Vec<u64>,
 }
 
-impl Round {
+impl Round<'_> {
     /// Records new commits, and the recovery of the last kill once a
     /// commit newer than any before it appears.
-    fn observe(&mut self, timeline: &mut Timeline, recovery_ms: &mut Vec<u64>) {
+    fn observe(&mut self) {
         if let Some(commit) = self.watch.poll(&self.checkpoints) {
-            timeline.event(self.number, "commit", Some(commit));
+            self.timeline.event(self.number, "commit", Some(commit));
         }
         if let Some((killed_at, before)) = self.awaiting {
             if self.watch.newest.is_some_and(|(id, _)| id > before) {
-                recovery_ms.push(killed_at.elapsed().as_millis() as u64);
-                timeline.event(self.number, "recovered", self.watch.newest);
+                self.recovery_ms
+                    .push(killed_at.elapsed().as_millis() as u64);
+                self.timeline
+                    .event(self.number, "recovered", self.watch.newest);
                 self.awaiting = None;
             }
         }
     }
 
     /// Watches the commit stream for `duration` or until `child` exits.
-    fn watch_for(
-        &mut self,
-        duration: Duration,
-        child: &mut Child,
-        timeline: &mut Timeline,
-        recovery_ms: &mut Vec<u64>,
-    ) -> Result<()> {
+    fn watch_for(&mut self, duration: Duration, child: &mut Child) -> Result<()> {
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline && child.try_wait()?.is_none() {
-            self.observe(timeline, recovery_ms);
+            self.observe();
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
@@ -391,16 +396,11 @@ impl Round {
 
     /// Waits until the attempt commits a checkpoint newer than the newest
     /// at its start, or exits (bounded by [`ATTEMPT_MAX`]).
-    fn wait_for_a_new_commit(
-        &mut self,
-        child: &mut Child,
-        timeline: &mut Timeline,
-        recovery_ms: &mut Vec<u64>,
-    ) -> Result<()> {
+    fn wait_for_a_new_commit(&mut self, child: &mut Child) -> Result<()> {
         let started = Instant::now();
         let before = newest_commit(&self.checkpoints);
         while child.try_wait()?.is_none() {
-            self.observe(timeline, recovery_ms);
+            self.observe();
             if self.watch.newest.is_some_and(|(id, _)| id > before) {
                 return Ok(());
             }
@@ -419,13 +419,8 @@ impl Round {
     }
 
     /// Lets the attempt run to its end (bounded by [`ATTEMPT_MAX`]).
-    fn finish(
-        &mut self,
-        child: &mut Child,
-        timeline: &mut Timeline,
-        recovery_ms: &mut Vec<u64>,
-    ) -> Result<()> {
-        self.watch_for(ATTEMPT_MAX, child, timeline, recovery_ms)?;
+    fn finish(&mut self, child: &mut Child) -> Result<()> {
+        self.watch_for(ATTEMPT_MAX, child)?;
         let Some(status) = child.try_wait()? else {
             let _ = child.kill();
             bail!(
@@ -435,16 +430,11 @@ impl Round {
                 crate::stderr_tail(&self.stderr_path, 30)
             );
         };
-        self.exited(status, timeline, recovery_ms)
+        self.exited(status)
     }
 
     /// An attempt exited while nothing killed it: it must have finished.
-    fn exited(
-        &mut self,
-        status: ExitStatus,
-        timeline: &mut Timeline,
-        recovery_ms: &mut Vec<u64>,
-    ) -> Result<()> {
+    fn exited(&mut self, status: ExitStatus) -> Result<()> {
         if !status.success() {
             bail!(
                 "an attempt failed by itself ({status}) in round {}; {}",
@@ -452,12 +442,15 @@ impl Round {
                 crate::stderr_tail(&self.stderr_path, 30)
             );
         }
-        self.observe(timeline, recovery_ms);
+        self.observe();
         if let Some((killed_at, _)) = self.awaiting.take() {
-            recovery_ms.push(killed_at.elapsed().as_millis() as u64);
-            timeline.event(self.number, "recovered", self.watch.newest);
+            self.recovery_ms
+                .push(killed_at.elapsed().as_millis() as u64);
+            self.timeline
+                .event(self.number, "recovered", self.watch.newest);
         }
-        timeline.event(self.number, "finished", self.watch.newest);
+        self.timeline
+            .event(self.number, "finished", self.watch.newest);
         Ok(())
     }
 }

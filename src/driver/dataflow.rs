@@ -36,7 +36,7 @@ use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters, IDL
 /// reads once they are done.
 pub(super) struct Process {
     query: WindowQuery,
-    pub(super) partitions: Vec<InputPartition>,
+    partitions: Vec<InputPartition>,
     pub(super) log_dir: PathBuf,
     /// Per partition: the offset to resume at and the largest time before it.
     resumes: HashMap<u32, (u64, Option<u64>)>,
@@ -75,6 +75,17 @@ pub(super) struct Process {
 }
 
 impl Process {
+    /// The input partitions worker `index` of `peers` reads.
+    pub(super) fn worker_partitions(
+        &self,
+        index: usize,
+        peers: usize,
+    ) -> impl Iterator<Item = &InputPartition> {
+        self.partitions
+            .iter()
+            .filter(move |i| i.id() as usize % peers == index)
+    }
+
     /// The shared state of a run over `inputs` resuming from `restored`;
     /// starts the metrics endpoint (`--metrics-addr`).
     pub(super) fn new(
@@ -225,11 +236,7 @@ pub(super) fn build(
     track_arrangements(worker, gauge);
 
     let mut feeds = Vec::new();
-    for input in p
-        .partitions
-        .iter()
-        .filter(|i| i.id() as usize % peers == index)
-    {
+    for input in p.worker_partitions(index, peers) {
         let partition = input.id();
         let (start_offset, max_ts_before) = p.resumes.get(&partition).copied().unwrap_or((0, None));
         match input.open(

@@ -83,11 +83,8 @@ fn drive_worker(
     };
     let mut last_flush = Instant::now();
     let mut retention = p.log_retention.then(|| {
-        let peers = worker.peers();
         let dirs = p
-            .partitions
-            .iter()
-            .filter(|i| i.id() as usize % peers == index)
+            .worker_partitions(index, worker.peers())
             .filter_map(|i| Some((i.id(), i.log_partition_dir(&p.log_dir)?)))
             .collect();
         WorkerRetention::new(dirs, p.checkpoint_dir.clone())

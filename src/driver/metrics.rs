@@ -207,7 +207,7 @@ pub fn render(sources: &MetricsSources) -> String {
     );
     out.counter(
         "log_segments_deleted_total",
-        "Input log segments deleted by --log-retention checkpointed (no retained checkpoint needed them).",
+        "Input log segments deleted by --log-retention checkpointed (no restorable checkpoint needed them).",
         load(&counters.log_segments_deleted),
     );
     out.counter(

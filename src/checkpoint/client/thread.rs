@@ -287,20 +287,24 @@ impl Conn<'_> {
             if let Some((id, cut_time)) = last_committed {
                 self.acknowledged(id, cut_time, 0);
             }
-            let frames: Vec<Vec<u8>> = self
-                .resend
-                .as_ref()
-                .expect("kept when reconnecting")
+            // Taken out while written (writing reads acks, which prune the
+            // kept shares), put back after, then pruned to the acks seen.
+            let kept = self.resend.take().expect("kept when reconnecting");
+            let written = kept
                 .values()
                 .flatten()
-                .cloned()
-                .collect();
-            let written = frames.iter().try_for_each(|f| self.write_frame(f));
+                .try_for_each(|f| self.write_frame(f));
+            let resent_frames: usize = kept.values().map(Vec::len).sum();
+            let mut kept = kept;
+            if let Some(acked) = self.newest_own_ack {
+                kept.retain(|&id, _| id > acked);
+            }
+            self.resend = Some(kept);
             match written {
                 Ok(()) => {
                     tracing::info!(
                         addr = %how.addr,
-                        resent_frames = frames.len(),
+                        resent_frames,
                         "reconnected to the checkpoint sidecar"
                     );
                     return Ok(());
