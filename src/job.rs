@@ -16,13 +16,14 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
-use weir_dataflows::aggregates::Aggregates;
+use weir_dataflows::aggregates::{Aggregate, Aggregates, SketchColumns};
 use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, PaneValue, SessionCombiner};
 use weir_dataflows::emit::Emit;
 use weir_dataflows::gauge::StateGauge;
 use weir_dataflows::nexmark::NexmarkQuery;
 use weir_dataflows::session::session_windows;
-use weir_dataflows::sketch::AggDistinct;
+use weir_dataflows::sketch::hll::Hll;
+use weir_dataflows::sketch::{AggDistinct, AggTop, NoDistinct, SketchPartial};
 use weir_dataflows::sketch_windows::{sketch_windows, SketchRow};
 use weir_dataflows::sliding::{fixed_windows, FixedWindows};
 use weir_dataflows::{Agg, Key, LateRow, WindowRow, WindowSpec};
@@ -133,10 +134,13 @@ impl WindowQuery {
                 };
                 // Only the partials' type shapes the state; the columns of
                 // the default partials do not.
-                let sketch = if self.aggregates.needs_sketches() {
-                    "|sketch=hll-v1"
-                } else {
-                    ""
+                let distinct = self.aggregates.contains(Aggregate::Distinct);
+                let sketch = match (distinct, self.aggregates.topk()) {
+                    (false, None) => String::new(),
+                    (true, None) => "|sketch=hll-v1".to_owned(),
+                    // The values a pane keeps depend on k.
+                    (false, Some(k)) => format!("|sketch=top-v1|topk={k}"),
+                    (true, Some(k)) => format!("|sketch=hll-v1+top-v1|topk={k}"),
                 };
                 format!(
                     "weir-window-v1|{}|{}|{}{emit}{sketch}",
@@ -308,19 +312,21 @@ where
                     checkpointing: checkpointing.zip(announcements.as_ref()),
                     restored_cut,
                 };
-                if query.aggregates.needs_sketches() {
-                    let (partials, late) = fixed_window_partials::<F, AggDistinct>(scope, inputs);
-                    let rows = sketch_windows(partials.as_collection(), windows, gauge);
-                    let aggregates = query.aggregates;
-                    let lines =
-                        rows.map(move |row| OutputRow::Result(sketch_line(&row, aggregates)));
-                    (Rows::Lines(lines), late)
-                } else {
-                    let (partials, late) = fixed_window_partials::<F, Agg>(scope, inputs);
-                    (
-                        Rows::Windows(fixed_windows(partials.as_collection(), windows, gauge)),
-                        late,
-                    )
+                let aggregates = query.aggregates;
+                match (
+                    aggregates.contains(Aggregate::Distinct),
+                    aggregates.contains(Aggregate::TopK),
+                ) {
+                    (false, false) => {
+                        let (partials, late) = fixed_window_partials::<F, Agg>(scope, inputs);
+                        let rows = fixed_windows(partials.as_collection(), windows, gauge);
+                        (Rows::Windows(rows), late)
+                    }
+                    (true, false) => sketch_rows::<F, AggDistinct>(scope, inputs, windows, gauge),
+                    (false, true) => {
+                        sketch_rows::<F, AggTop<NoDistinct>>(scope, inputs, windows, gauge)
+                    }
+                    (true, true) => sketch_rows::<F, AggTop<Hll>>(scope, inputs, windows, gauge),
                 }
             }
             WindowSpec::Session { gap_ms } => {
@@ -465,16 +471,38 @@ fn fixed_window_partials<'scope, F: PartitionFeed, P: PaneValue>(
     (partials, late)
 }
 
+/// The rows (as CSV lines) of fixed windows whose pane partials `P` carry
+/// sketches, and the late events.
+fn sketch_rows<'scope, F: PartitionFeed, P: SketchPartial>(
+    scope: timely::dataflow::Scope<'scope, u64>,
+    inputs: FixedInputs<'_, 'scope, F>,
+    windows: FixedWindows,
+    gauge: Arc<StateGauge>,
+) -> (
+    Rows<'scope>,
+    timely::dataflow::Stream<'scope, u64, Vec<LateRow>>,
+) {
+    let (partials, late) = fixed_window_partials::<F, P>(scope, inputs);
+    let aggregates = windows.columns;
+    let rows = sketch_windows(partials.as_collection(), windows, gauge);
+    let lines = rows.map(move |row| OutputRow::Result(sketch_line(&row, aggregates)));
+    (Rows::Lines(lines), late)
+}
+
 /// A generic window row as a CSV line of `aggregates`' columns.
 fn window_line(row: &WindowRow, aggregates: Aggregates) -> String {
     let fields = (row.window_start, row.window_end, row.key.as_str());
-    line(|out| format_window_fields(fields, &row.agg, None, aggregates, out))
+    line(|out| format_window_fields(fields, &row.agg, SketchColumns::default(), aggregates, out))
 }
 
-/// A row with a distinct count as a CSV line of `aggregates`' columns.
+/// A row with sketch columns as a CSV line of `aggregates`' columns.
 fn sketch_line(row: &SketchRow, aggregates: Aggregates) -> String {
     let fields = (row.window_start, row.window_end, row.key.as_str());
-    line(|out| format_window_fields(fields, &row.agg, Some(row.distinct), aggregates, out))
+    let sketches = SketchColumns {
+        distinct: Some(row.distinct),
+        top: Some(&row.top),
+    };
+    line(|out| format_window_fields(fields, &row.agg, sketches, aggregates, out))
 }
 
 /// The line `format` writes.

@@ -82,7 +82,7 @@ fn init_tracing(format: Option<LogFormat>) {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a query over the input log (with no arguments: over the log in the data dir, or the Nexmark q5 demo if that is empty).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Append CSV files (`ts,key,value`) to the input log; one file = one partition; idempotent.
     Ingest(IngestArgs),
     /// Generate reproducible input files.
@@ -215,10 +215,16 @@ struct RunArgs {
     #[arg(long, default_value = "all")]
     emit: Emit,
     /// Aggregate columns of the generic query, comma-separated, written in
-    /// the order count,sum,min,max,distinct: `distinct` is a HyperLogLog
-    /// estimate (1.6 % standard error; README, "Formats").
+    /// the order count,sum,min,max,distinct,topk: `distinct` is a
+    /// HyperLogLog estimate (1.6 % standard error), `topk` the most frequent
+    /// values as `v1:c1|v2:c2|...` (README, "Formats").
     #[arg(long, default_value = "count,sum,min,max")]
     aggregates: Aggregates,
+    /// Values listed by the `topk` column, 1 to 1000 [default: 10]; each
+    /// (key, pane) keeps 8x as many, and a count is low by at most the
+    /// window's events / (8 x TOPK + 1).
+    #[arg(long)]
+    topk: Option<u16>,
     /// Directory of the input log.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,

@@ -21,7 +21,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
-use weir_dataflows::aggregates::Aggregates;
+use weir_dataflows::aggregates::{Aggregates, SketchColumns};
 use weir_dataflows::{Agg, LateRow, WindowRow};
 
 use crate::checkpoint::client::DurableFile;
@@ -294,7 +294,7 @@ pub fn format_window_row(row: &WindowRow, out: &mut Vec<u8>) {
     format_window_fields(
         (start, end, &row.key),
         &row.agg,
-        None,
+        SketchColumns::default(),
         Aggregates::default(),
         out,
     );
@@ -302,11 +302,11 @@ pub fn format_window_row(row: &WindowRow, out: &mut Vec<u8>) {
 }
 
 /// Appends `window_start,window_end,key` and the `columns` of a row (no line
-/// end); `distinct` is its estimate when that column is selected.
+/// end); `sketches` holds its sketch columns when they are selected.
 pub fn format_window_fields(
     (window_start, window_end, key): (u64, u64, &str),
     agg: &Agg,
-    distinct: Option<u64>,
+    sketches: SketchColumns<'_>,
     columns: Aggregates,
     out: &mut Vec<u8>,
 ) {
@@ -318,7 +318,7 @@ pub fn format_window_fields(
     out.extend_from_slice(number.format(window_end).as_bytes());
     out.push(b',');
     write_csv_field(out, key).expect("writing to a Vec");
-    columns.format_columns(agg, distinct, out);
+    columns.format_columns(agg, sketches, out);
 }
 
 /// Formats one late event as a CSV line.

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::agg::{Agg, Sum};
+use crate::sketch::top::{format_top, DEFAULT_TOPK, MAX_TOPK};
 
 /// One output aggregate, in the order columns are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -19,16 +20,19 @@ pub enum Aggregate {
     Max,
     /// Estimated number of distinct values (HyperLogLog, decision 26).
     Distinct,
+    /// The most frequent values with their counts (decision 32).
+    TopK,
 }
 
 impl Aggregate {
     /// Every aggregate, in column order.
-    pub const ALL: [Aggregate; 5] = [
+    pub const ALL: [Aggregate; 6] = [
         Aggregate::Count,
         Aggregate::Sum,
         Aggregate::Min,
         Aggregate::Max,
         Aggregate::Distinct,
+        Aggregate::TopK,
     ];
 
     /// The name on the command line and in the header.
@@ -39,6 +43,7 @@ impl Aggregate {
             Aggregate::Min => "min",
             Aggregate::Max => "max",
             Aggregate::Distinct => "distinct",
+            Aggregate::TopK => "topk",
         }
     }
 
@@ -48,9 +53,13 @@ impl Aggregate {
 }
 
 /// A set of [`Aggregate`]s; columns follow [`Aggregate::ALL`]'s order
-/// whatever order they were given in.
+/// whatever order they were given in. With [`Aggregate::TopK`], also how
+/// many values a row lists (`--topk`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Aggregates(u8);
+pub struct Aggregates {
+    bits: u8,
+    topk: u16,
+}
 
 impl Default for Aggregates {
     /// Count, sum, min and max: the columns weir always wrote.
@@ -67,12 +76,36 @@ impl Default for Aggregates {
 impl Aggregates {
     /// The set of `aggregates`.
     pub fn of(aggregates: &[Aggregate]) -> Self {
-        Aggregates(aggregates.iter().fold(0, |bits, a| bits | a.bit()))
+        Aggregates {
+            bits: aggregates.iter().fold(0, |bits, a| bits | a.bit()),
+            topk: DEFAULT_TOPK as u16,
+        }
     }
 
     /// Whether `aggregate` is selected.
     pub fn contains(self, aggregate: Aggregate) -> bool {
-        self.0 & aggregate.bit() != 0
+        self.bits & aggregate.bit() != 0
+    }
+
+    /// The same set, listing `k` values per row for `topk` (1 to
+    /// [`MAX_TOPK`]).
+    pub fn with_topk(self, k: usize) -> Result<Self, AggregatesError> {
+        if !(1..=MAX_TOPK).contains(&k) {
+            return Err(AggregatesError {
+                text: k.to_string(),
+                reason: format!("--topk must be between 1 and {MAX_TOPK}"),
+            });
+        }
+        Ok(Aggregates {
+            topk: u16::try_from(k).expect("at most MAX_TOPK"),
+            ..self
+        })
+    }
+
+    /// How many values a row lists, when `topk` is selected.
+    pub fn topk(self) -> Option<usize> {
+        self.contains(Aggregate::TopK)
+            .then_some(usize::from(self.topk))
     }
 
     /// Whether this is the default selection.
@@ -82,7 +115,7 @@ impl Aggregates {
 
     /// Whether a sketch is needed (the windows keep sketch partials).
     pub fn needs_sketches(self) -> bool {
-        self.contains(Aggregate::Distinct)
+        self.contains(Aggregate::Distinct) || self.contains(Aggregate::TopK)
     }
 
     /// The selected aggregates, in column order.
@@ -130,25 +163,39 @@ impl Aggregates {
     }
 
     /// Appends the selected columns of a row, each after a comma.
-    /// `distinct` is the estimate when [`Aggregate::Distinct`] is selected.
-    pub fn format_columns(self, agg: &Agg, distinct: Option<u64>, out: &mut Vec<u8>) {
+    /// `sketches` holds the estimate when [`Aggregate::Distinct`] is
+    /// selected and the top values when [`Aggregate::TopK`] is.
+    pub fn format_columns(self, agg: &Agg, sketches: SketchColumns<'_>, out: &mut Vec<u8>) {
         let mut number = itoa::Buffer::new();
         for a in self.iter() {
             out.push(b',');
-            out.extend_from_slice(
-                match a {
-                    Aggregate::Count => number.format(agg.count),
-                    Aggregate::Sum => number.format(agg.sum.get()),
-                    Aggregate::Min => number.format(agg.min),
-                    Aggregate::Max => number.format(agg.max),
-                    Aggregate::Distinct => {
-                        number.format(distinct.expect("a distinct estimate when it is selected"))
-                    }
+            let text = match a {
+                Aggregate::Count => number.format(agg.count),
+                Aggregate::Sum => number.format(agg.sum.get()),
+                Aggregate::Min => number.format(agg.min),
+                Aggregate::Max => number.format(agg.max),
+                Aggregate::Distinct => number.format(
+                    sketches
+                        .distinct
+                        .expect("a distinct estimate when it is selected"),
+                ),
+                Aggregate::TopK => {
+                    format_top(sketches.top.expect("top values when topk is selected"), out);
+                    continue;
                 }
-                .as_bytes(),
-            );
+            };
+            out.extend_from_slice(text.as_bytes());
         }
     }
+}
+
+/// The sketch columns of a row, for [`Aggregates::format_columns`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SketchColumns<'a> {
+    /// The distinct-count estimate.
+    pub distinct: Option<u64>,
+    /// The most frequent values with their counts, most frequent first.
+    pub top: Option<&'a [(i64, u64)]>,
 }
 
 /// Why an `--aggregates` list was refused.
@@ -168,6 +215,9 @@ impl FromStr for Aggregates {
             reason,
         };
         let mut bits = 0u8;
+        if text.trim().is_empty() {
+            return Err(bad("no aggregate named".to_owned()));
+        }
         for name in text.split(',').map(str::trim) {
             let aggregate = Aggregate::ALL
                 .into_iter()
@@ -184,7 +234,10 @@ impl FromStr for Aggregates {
             }
             bits |= aggregate.bit();
         }
-        Ok(Aggregates(bits))
+        Ok(Aggregates {
+            bits,
+            topk: DEFAULT_TOPK as u16,
+        })
     }
 }
 
@@ -207,8 +260,20 @@ mod tests {
         let mut agg = Agg::of(4);
         agg.add(-2);
         let mut out = Vec::new();
-        a.format_columns(&agg, Some(2), &mut out);
+        let sketches = SketchColumns {
+            distinct: Some(2),
+            top: Some(&[(4, 1), (-2, 1)]),
+        };
+        a.format_columns(&agg, sketches, &mut out);
         assert_eq!(out, b",2,4,2");
+        let t: Aggregates = "topk,count".parse().unwrap();
+        assert_eq!(t.header(), "window_start,window_end,key,count,topk");
+        assert_eq!(t.topk(), Some(DEFAULT_TOPK));
+        assert_eq!(t.with_topk(3).unwrap().topk(), Some(3));
+        assert_eq!(a.topk(), None);
+        out.clear();
+        t.format_columns(&agg, sketches, &mut out);
+        assert_eq!(out, b",2,4:1|-2:1");
         assert!(a.needs_sketches() && !a.is_default());
         assert!(Aggregates::default().to_string() == "count,sum,min,max");
     }
@@ -218,11 +283,16 @@ mod tests {
         for (text, why) in [
             ("count,median", "unknown aggregate \"median\""),
             ("count,count", "count is given twice"),
-            ("", "unknown aggregate \"\""),
-            ("topk", "unknown aggregate \"topk\""),
+            ("", "no aggregate named"),
+            ("count,", "unknown aggregate \"\""),
+            ("top", "unknown aggregate \"top\""),
         ] {
             let e = text.parse::<Aggregates>().unwrap_err().to_string();
             assert!(e.contains(why), "{text:?}: {e}");
+        }
+        for k in [0, MAX_TOPK + 1] {
+            let e = Aggregates::default().with_topk(k).unwrap_err().to_string();
+            assert!(e.contains("--topk must be between 1 and 1000"), "{k}: {e}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Tumbling and sliding windows whose partials carry a distinct-count
-//! sketch ([`AggDistinct`], `--aggregates ...,distinct`).
+//! sketch ([`AggDistinct`], `--aggregates ...,distinct`) and/or value
+//! counts for the most frequent values (`topk`, [`crate::sketch::top`]).
 //!
 //! A sketch cannot be subtracted, so the pane store's add-on-enter /
 //! subtract-on-leave does not apply. Sketches merge associatively, so the
@@ -10,6 +11,11 @@
 //! window length, whatever the number of panes (decision 26). A sketch
 //! merge is a register-wise maximum over at most 4,096 bytes, so a key
 //! with many distinct values costs a few microseconds per slide.
+//!
+//! Top values are not merged by the stacks: a complete pane keeps its most
+//! frequent values (a function of the pane alone), and a key's window
+//! counts add a pane's kept values when it enters and subtract them when it
+//! leaves, so merges in any grouping give the same counts (decision 32).
 //!
 //! Partials arrive at their pane's release time `pane_end - G` (restored
 //! ones at the restored cut's last granule, or later), are staged until
@@ -33,14 +39,12 @@ use crate::combiner::{hold_least, hold_only, FastMap, Update};
 use crate::emit::{Emit, LEFT};
 use crate::gauge::StateGauge;
 use crate::key::Key;
-use crate::sketch::AggDistinct;
+use crate::sketch::top::{kept_per_pane, ValueCounts, WindowCounts};
+use crate::sketch::{AggDistinct, SketchPartial};
 use crate::sliding::{FixedWindows, ROWS_PER_ACTIVATION};
 
 /// Sketch pane partials `(key, (pane_start, partial))`.
-pub type SketchPartials<'scope> = VecCollection<'scope, u64, (Key, (u64, AggDistinct)), isize>;
-
-/// One update of [`SketchPartials`].
-pub type SketchUpdate = Update<(Key, (u64, AggDistinct))>;
+pub type SketchPartials<'scope, P> = VecCollection<'scope, u64, (Key, (u64, P)), isize>;
 
 /// One output row: a key's aggregates in the window `[start, end)`, with
 /// its estimated number of distinct values.
@@ -55,17 +59,21 @@ pub struct SketchRow {
     /// Count, sum, min and max (all zero but `count` for a key that left,
     /// with `--emit changes`).
     pub agg: Agg,
-    /// Estimated distinct values (0 for a key that left).
+    /// Estimated distinct values (0 for a key that left, or when
+    /// `distinct` is not selected).
     pub distinct: u64,
+    /// With `topk`: the most frequent values and their counts, most
+    /// frequent first (none for a key that left).
+    pub top: Vec<(i64, u64)>,
 }
 
 /// What a key's row says: compared by `--emit changes`.
-type RowValue = (Agg, u64);
+type RowValue = (Agg, u64, Vec<(i64, u64)>);
 
 /// The rows of `partials` for fixed windows, each emitted once when its
 /// window closes (see the module doc).
-pub fn sketch_windows(
-    partials: SketchPartials<'_>,
+pub fn sketch_windows<P: SketchPartial>(
+    partials: SketchPartials<'_, P>,
     windows: FixedWindows,
     gauge: Arc<StateGauge>,
 ) -> Stream<'_, u64, Vec<SketchRow>> {
@@ -78,13 +86,14 @@ pub fn sketch_windows(
     } = windows;
     windows.assert_valid();
     let scope = partials.inner.scope();
-    let by_key = Exchange::new(|update: &SketchUpdate| update.0 .0.hash_value());
+    let by_key = Exchange::new(|update: &Update<(Key, (u64, P))>| update.0 .0.hash_value());
     partials
         .inner
         .unary_frontier(by_key, "SketchWindows", move |_cap, info| {
             let activator = scope.activator_for(info.address);
             let mut state = State {
                 one_pane: size_ms == slide_ms,
+                topk: columns.topk(),
                 ..State::default()
             };
             let mut held: Option<Capability<u64>> = None;
@@ -101,11 +110,12 @@ pub fn sketch_windows(
                                 .ok()
                                 .filter(|&c| c > 0)
                                 .expect("pane partials are only ever inserted");
+                            let (partial, values) = partial.split();
                             state
                                 .staged
                                 .entry(time)
                                 .or_default()
-                                .push((key, pane_start, partial, copies));
+                                .push((key, pane_start, partial, values, copies));
                         }
                     }
                 });
@@ -170,6 +180,27 @@ struct PaneEntry {
     /// In the front stack: the merge of the key's partials in the *later*
     /// front panes (`None`: there are none); unused in the back stack.
     later: Option<AggDistinct>,
+    /// With `topk`: the pane's value counts while it is being entered,
+    /// then the values it keeps.
+    top: Option<PaneTop>,
+}
+
+/// A pane entry's top values.
+enum PaneTop {
+    /// Exact counts, before every partial of the pane is in.
+    Counting(ValueCounts),
+    /// The values the complete pane keeps (sorted by value), added to the
+    /// key's window counts.
+    Kept(Box<[(i64, u64)]>),
+}
+
+impl PaneTop {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            PaneTop::Counting(counts) => counts.heap_bytes(),
+            PaneTop::Kept(kept) => size_of_val::<[(i64, u64)]>(kept),
+        }
+    }
 }
 
 /// The operator's state on one worker: the live panes as a two-stack
@@ -183,8 +214,9 @@ struct PaneEntry {
 /// number of times per window length: O(1) merges per partial and slide.
 #[derive(Default)]
 struct State {
-    /// Partials not yet entered, by time: `(key, pane_start, partial, copies)`.
-    staged: BTreeMap<u64, Vec<(Key, u64, AggDistinct, u64)>>,
+    /// Partials not yet entered, by time: `(key, pane_start, partial,
+    /// value counts, copies)`.
+    staged: BTreeMap<u64, Vec<Staged>>,
     /// Live panes by start, oldest first.
     panes: VecDeque<(u64, FastMap<Key, PaneEntry>)>,
     front_panes: usize,
@@ -198,7 +230,17 @@ struct State {
     /// Tumbling windows: a window is one pane, whose partials are its rows
     /// (no front or back aggregates).
     one_pane: bool,
+    /// `--topk`: how many values a row lists.
+    topk: Option<usize>,
+    /// With `topk`: each key's counts over the live panes.
+    window_top: FastMap<Key, WindowCounts>,
+    /// With `topk`: the (pane start, key) entries whose partials are being
+    /// entered, to keep their top values once all are in.
+    counting: Vec<(u64, Key)>,
 }
+
+/// A staged partial: `(key, pane_start, partial, value counts, copies)`.
+type Staged = (Key, u64, AggDistinct, Option<ValueCounts>, u64);
 
 /// Merges `value` into `key`'s entry of `map`, keeping `heap` (the bytes
 /// of the sketches held) up to date.
@@ -229,14 +271,63 @@ impl State {
             if *entry.key() > time {
                 break;
             }
-            for (key, pane_start, mut partial, copies) in entry.remove() {
+            for (key, pane_start, mut partial, values, copies) in entry.remove() {
                 partial.agg = partial.agg.repeated(copies);
-                self.insert(key, pane_start, partial);
+                let values = values.map(|v| {
+                    let mut repeated = ValueCounts::default();
+                    repeated.merge_weighted(&v, copies);
+                    repeated
+                });
+                self.insert(key, pane_start, partial, values);
             }
+        }
+        self.keep_top_values();
+    }
+
+    /// Every partial of the panes being entered is in (the frontier passed
+    /// their time): each keeps its most frequent values, added to its key's
+    /// window counts.
+    fn keep_top_values(&mut self) {
+        let Some(k) = self.topk else {
+            return;
+        };
+        for (pane_start, key) in std::mem::take(&mut self.counting) {
+            let position = self
+                .panes
+                .binary_search_by_key(&pane_start, |(start, _)| *start)
+                .expect("a pane being entered is live");
+            let entry = self.panes[position]
+                .1
+                .get_mut(&key)
+                .expect("an entry being entered is in its pane");
+            let top = entry
+                .top
+                .as_mut()
+                .expect("entries have top values with topk");
+            let PaneTop::Counting(counts) = top else {
+                unreachable!("an entry is kept once")
+            };
+            let kept = counts.keep_top(kept_per_pane(k));
+            self.sketch_bytes -= top.heap_bytes();
+            *top = PaneTop::Kept(kept);
+            self.sketch_bytes += top.heap_bytes();
+            let PaneTop::Kept(kept) = top else {
+                unreachable!("just kept")
+            };
+            let window = self.window_top.entry(key).or_default();
+            self.sketch_bytes -= window.heap_bytes();
+            window.add(kept);
+            self.sketch_bytes += window.heap_bytes();
         }
     }
 
-    fn insert(&mut self, key: Key, pane_start: u64, partial: AggDistinct) {
+    fn insert(
+        &mut self,
+        key: Key,
+        pane_start: u64,
+        partial: AggDistinct,
+        values: Option<ValueCounts>,
+    ) {
         let position = self.panes.partition_point(|(start, _)| *start < pane_start);
         assert!(
             position >= self.front_panes,
@@ -258,16 +349,57 @@ impl State {
             self.sketch_bytes -= entry.own.heap_bytes();
             entry.own.merge_weighted(&partial, 1);
             self.sketch_bytes += entry.own.heap_bytes();
+            if let Some(values) = values {
+                match entry.top.as_mut() {
+                    Some(PaneTop::Counting(counts)) => {
+                        self.sketch_bytes -= counts.heap_bytes();
+                        counts.merge_weighted(&values, 1);
+                        self.sketch_bytes += counts.heap_bytes();
+                    }
+                    // A pane's partials all arrive at one time (or, restored,
+                    // together): keeping the top values of part of a pane
+                    // would make them depend on how the input was split.
+                    _ => panic!("pane {pane_start} got a partial after it was complete"),
+                }
+            }
         } else {
             self.sketch_bytes += partial.heap_bytes();
             self.live_partials += 1;
+            let top = values.map(|values| {
+                self.sketch_bytes += values.heap_bytes();
+                self.counting.push((pane_start, key.clone()));
+                PaneTop::Counting(values)
+            });
             pane.insert(
                 key,
                 PaneEntry {
                     own: partial,
                     later: None,
+                    top,
                 },
             );
+        }
+    }
+
+    /// Subtracts a leaving entry's kept values from its key's window counts.
+    fn leave_top(&mut self, key: &Key, entry: &PaneEntry) {
+        let Some(top) = &entry.top else {
+            return;
+        };
+        self.sketch_bytes -= top.heap_bytes();
+        let PaneTop::Kept(kept) = top else {
+            unreachable!("a pane leaves after it was complete")
+        };
+        let window = self
+            .window_top
+            .get_mut(key)
+            .expect("a key with a live pane has window counts");
+        self.sketch_bytes -= window.heap_bytes();
+        window.subtract(kept);
+        if window.is_empty() {
+            self.window_top.remove(key);
+        } else {
+            self.sketch_bytes += window.heap_bytes();
         }
     }
 
@@ -281,6 +413,9 @@ impl State {
                 let (_, pane) = self.panes.pop_front().expect("checked above");
                 self.live_partials -= pane.len();
                 self.sketch_bytes -= pane.values().map(|e| e.own.heap_bytes()).sum::<usize>();
+                for (key, entry) in &pane {
+                    self.leave_top(key, entry);
+                }
                 continue;
             }
             if self.front_panes == 0 {
@@ -290,6 +425,7 @@ impl State {
             self.front_panes -= 1;
             self.live_partials -= pane.len();
             for (key, entry) in pane {
+                self.leave_top(&key, &entry);
                 self.sketch_bytes -= entry.own.heap_bytes();
                 if let Some(gone) = self.front.remove(&key) {
                     self.sketch_bytes -= gone.heap_bytes();
@@ -335,14 +471,20 @@ impl State {
         columns: Aggregates,
     ) -> Vec<SketchRow> {
         let window_start = window_end.saturating_sub(size_ms);
-        let row = |key: &Key, (agg, distinct): RowValue| SketchRow {
+        let row = |key: &Key, (agg, distinct, top): RowValue| SketchRow {
             window_start,
             window_end,
             key: key.as_str().to_owned(),
             agg,
             distinct,
+            top,
         };
-        let value = |merged: &AggDistinct| (merged.agg, merged.distinct.estimate());
+        let (topk, window_top) = (self.topk, &self.window_top);
+        let top = |key: &Key| match topk {
+            Some(k) => window_top.get(key).map(|w| w.top(k)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let value = |merged: &AggDistinct| (merged.agg, merged.distinct.estimate(), Vec::new());
         let both = |key: &Key, front: &AggDistinct| match self.back.get(key) {
             Some(back) => {
                 let mut merged = front.clone();
@@ -371,6 +513,7 @@ impl State {
                     ),
             )
         };
+        let values = values.map(|(key, (agg, distinct, _))| (key, (agg, distinct, top(key))));
         match emit {
             Emit::All => values.map(|(key, value)| row(key, value)).collect(),
             Emit::Changes => {
@@ -378,13 +521,17 @@ impl State {
                 let mut current = FastMap::default();
                 // Compared as written: only the selected columns.
                 for (key, value) in values {
-                    let value = (columns.project(&value.0), value.1);
-                    if self.previous.remove(key) != Some(value) {
-                        rows.push(row(key, value));
+                    let value = (columns.project(&value.0), value.1, value.2);
+                    if self.previous.remove(key).as_ref() != Some(&value) {
+                        rows.push(row(key, value.clone()));
                     }
                     current.insert(key.clone(), value);
                 }
-                rows.extend(self.previous.drain().map(|(key, _)| row(&key, (LEFT, 0))));
+                rows.extend(
+                    self.previous
+                        .drain()
+                        .map(|(key, _)| row(&key, (LEFT, 0, Vec::new()))),
+                );
                 self.previous = current;
                 rows
             }

@@ -118,8 +118,8 @@ fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
         if args.emit != Emit::All {
             bail!("--emit changes is for the generic window query; {nexmark} writes its own rows");
         }
-        if !args.aggregates.is_default() {
-            bail!("--aggregates is for the generic window query; {nexmark} writes its own rows");
+        if !args.aggregates.is_default() || args.topk.is_some() {
+            bail!("--aggregates and --topk are for the generic window query; {nexmark} writes its own rows");
         }
         return Ok(WindowQuery::nexmark(nexmark, args.lateness));
     }
@@ -142,8 +142,15 @@ fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
         );
     }
     if args.aggregates.needs_sketches() && window.slide_ms().is_none() {
-        bail!("--aggregates distinct is for tumbling and sliding windows, not sessions");
+        bail!("--aggregates distinct and topk are for tumbling and sliding windows, not sessions");
     }
+    let aggregates = match args.topk {
+        Some(_) if !args.aggregates.contains(Aggregate::TopK) => {
+            bail!("--topk sets the values of the topk column: add topk to --aggregates")
+        }
+        Some(k) => args.aggregates.with_topk(usize::from(k))?,
+        None => args.aggregates,
+    };
     if args.emit == Emit::Changes && !args.aggregates.contains(Aggregate::Count) {
         bail!(
             "--emit changes needs count among --aggregates: a row with count 0 marks a key leaving"
@@ -155,7 +162,7 @@ fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
         lateness_ms: args.lateness,
         nexmark: None,
         emit: args.emit,
-        aggregates: args.aggregates,
+        aggregates,
     })
 }
 

@@ -193,7 +193,7 @@ fn window_options_that_cannot_apply_are_refused_before_anything_runs() {
     let input = tmp.path().join("in.csv");
     std::fs::write(&input, "ts,key,value\n1000,a,1\n").unwrap();
     let (input, data_arg) = (input.to_str().unwrap(), data.to_str().unwrap());
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 14] = [
         (&["--emit", "sometimes"], "unknown emit mode"),
         (
             &["--window", "session:5s", "--emit", "changes"],
@@ -206,8 +206,22 @@ fn window_options_that_cannot_apply_are_refused_before_anything_runs() {
         (&["--window", "sliding:2000000s/1s"], "over the limit"),
         (
             &["--aggregates", "count,median"],
-            "unknown aggregate \"median\" (known: count, sum, min, max, distinct)",
+            "unknown aggregate \"median\" (known: count, sum, min, max, distinct, topk)",
         ),
+        (
+            &["--aggregates", "topk", "--topk", "0"],
+            "--topk must be between 1 and 1000",
+        ),
+        (
+            &["--aggregates", "topk", "--topk", "1001"],
+            "--topk must be between 1 and 1000",
+        ),
+        (&["--topk", "5"], "add topk to --aggregates"),
+        (
+            &["--window", "session:5s", "--aggregates", "count,topk"],
+            "not sessions",
+        ),
+        (&["--query", "q5", "--topk", "3"], "generic window query"),
         (&["--aggregates", "count,count"], "count is given twice"),
         (
             &["--window", "session:5s", "--aggregates", "distinct"],

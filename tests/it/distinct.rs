@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use weir::csv_input::write_csv_field;
 use weir::job::WindowQuery;
 use weir::memory::run_in_memory;
-use weir_dataflows::aggregates::Aggregates;
+use weir_dataflows::aggregates::{Aggregates, SketchColumns};
 use weir_dataflows::emit::Emit;
 use weir_dataflows::reference::reference_window_values;
 use weir_dataflows::sketch::hll::Hll;
@@ -48,9 +48,11 @@ fn expected_lines(partitions: &Partitions, query: WindowQuery) -> Vec<(String, u
             let exact = values.iter().collect::<BTreeSet<_>>().len();
             let mut line = format!("{start},{end},").into_bytes();
             write_csv_field(&mut line, &key).unwrap();
-            query
-                .aggregates
-                .format_columns(&agg, Some(hll.estimate()), &mut line);
+            let sketches = SketchColumns {
+                distinct: Some(hll.estimate()),
+                top: None,
+            };
+            query.aggregates.format_columns(&agg, sketches, &mut line);
             (String::from_utf8(line).unwrap(), exact)
         })
         .collect();
@@ -70,7 +72,7 @@ fn query(spec: WindowSpec, lateness_ms: u64, aggregates: Aggregates, emit: Emit)
 /// Rebuilds every window's lines from change lines (keys without commas or
 /// quotes): per window end in order, a line with count 0 removes its key,
 /// any other sets it.
-fn rebuild(changes: &[String], size_ms: u64, slide_ms: u64) -> Vec<String> {
+pub fn rebuild(changes: &[String], size_ms: u64, slide_ms: u64) -> Vec<String> {
     let mut by_end: BTreeMap<u64, Vec<Vec<&str>>> = BTreeMap::new();
     for line in changes {
         let fields: Vec<&str> = line.split(',').collect();

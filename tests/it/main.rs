@@ -20,3 +20,4 @@ mod retention;
 mod sidecar;
 mod sidecar_stall;
 mod support;
+mod topk;

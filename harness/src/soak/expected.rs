@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, Result};
 use weir::sink::format_window_fields;
-use weir_dataflows::aggregates::Aggregates;
+use weir_dataflows::aggregates::{Aggregates, SketchColumns};
 use weir_dataflows::combiner::FastMap;
 use weir_dataflows::{Agg, WindowSpec};
 
@@ -111,7 +111,7 @@ impl ExpectedWindows {
             format_window_fields(
                 (start, end, &key),
                 &agg,
-                None,
+                SketchColumns::default(),
                 Aggregates::default(),
                 &mut self.line,
             );
@@ -164,7 +164,7 @@ mod tests {
                 format_window_fields(
                     (row.window_start, row.window_end, &row.key),
                     &row.agg,
-                    None,
+                    SketchColumns::default(),
                     Aggregates::default(),
                     &mut line,
                 );
