@@ -274,6 +274,9 @@ impl State {
             for (key, pane_start, mut partial, values, copies) in entry.remove() {
                 partial.agg = partial.agg.repeated(copies);
                 let values = values.map(|v| {
+                    if copies == 1 {
+                        return v;
+                    }
                     let mut repeated = ValueCounts::default();
                     repeated.merge_weighted(&v, copies);
                     repeated

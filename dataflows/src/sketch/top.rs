@@ -24,7 +24,6 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::combiner::FastMap;
 
 /// Version of the byte encoding ([`ValueCounts::to_bytes`]).
 pub const FORMAT_VERSION: u8 = 1;
@@ -44,8 +43,33 @@ pub fn kept_per_pane(k: usize) -> usize {
 }
 
 /// Exact counts of values: a pane partial's (module doc).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ValueCounts(BTreeMap<i64, u64>);
+///
+/// Most (key, pane) partials hold a handful of values: up to
+/// [`SMALL_MAX_VALUES`] they are a sorted vector (a B-tree node costs ~200
+/// bytes and an allocation even for one value), beyond it a B-tree, so that
+/// a key with many values per pane is not quadratic. The form depends only
+/// on the number of values (counts only grow), so equal counts are equal
+/// values and the derived order is a total order consistent with them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ValueCounts(Counts);
+
+/// The two forms of [`ValueCounts`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Counts {
+    /// At most [`SMALL_MAX_VALUES`] entries, sorted by value.
+    Small(Vec<(i64, u64)>),
+    /// More.
+    Large(BTreeMap<i64, u64>),
+}
+
+/// The most values [`ValueCounts`] keeps in a sorted vector.
+pub const SMALL_MAX_VALUES: usize = 32;
+
+impl Default for ValueCounts {
+    fn default() -> Self {
+        ValueCounts(Counts::Small(Vec::new()))
+    }
+}
 
 /// Why bytes are not value counts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,43 +84,75 @@ pub struct ValueCountsDecodeError {
 impl ValueCounts {
     /// The counts of one value.
     pub fn of(value: i64) -> Self {
-        ValueCounts(BTreeMap::from([(value, 1)]))
+        ValueCounts(Counts::Small(vec![(value, 1)]))
     }
 
     /// Counts `value` once more.
     #[inline]
     pub fn insert(&mut self, value: i64) {
-        *self.0.entry(value).or_insert(0) += 1;
+        self.add(value, 1);
+    }
+
+    /// Adds `count` to `value`'s count.
+    #[inline]
+    fn add(&mut self, value: i64, count: u64) {
+        match &mut self.0 {
+            Counts::Small(entries) => match entries.binary_search_by_key(&value, |e| e.0) {
+                Ok(i) => entries[i].1 += count,
+                Err(i) if entries.len() < SMALL_MAX_VALUES => entries.insert(i, (value, count)),
+                Err(_) => {
+                    let mut large: BTreeMap<i64, u64> = entries.iter().copied().collect();
+                    large.insert(value, count);
+                    self.0 = Counts::Large(large);
+                }
+            },
+            Counts::Large(map) => *map.entry(value).or_insert(0) += count,
+        }
     }
 
     /// Adds `copies` copies of `other`'s counts.
     pub fn merge_weighted(&mut self, other: &ValueCounts, copies: u64) {
-        for (&value, &count) in &other.0 {
-            *self.0.entry(value).or_insert(0) += count * copies;
+        for (value, count) in other.iter() {
+            self.add(value, count * copies);
         }
+    }
+
+    /// The values and their counts, by value.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
+        let (small, large) = match &self.0 {
+            Counts::Small(entries) => (Some(entries.iter().copied()), None),
+            Counts::Large(map) => (None, Some(map.iter().map(|(&v, &c)| (v, c)))),
+        };
+        small.into_iter().flatten().chain(large.into_iter().flatten())
     }
 
     /// Number of distinct values counted.
     pub fn len(&self) -> usize {
-        self.0.len()
+        match &self.0 {
+            Counts::Small(entries) => entries.len(),
+            Counts::Large(map) => map.len(),
+        }
     }
 
     /// Whether nothing is counted.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
     /// Bytes held on the heap, approximately (a B-tree node per 11 entries).
     pub fn heap_bytes(&self) -> usize {
-        self.0.len() * 24
+        match &self.0 {
+            Counts::Small(entries) => entries.capacity() * ENTRY_BYTES,
+            Counts::Large(map) => map.len() * 24,
+        }
     }
 
     /// The `keep` values with the largest counts (ties: the smaller value),
     /// with their counts, sorted by value.
     pub fn keep_top(&self, keep: usize) -> Box<[(i64, u64)]> {
-        let mut entries: Vec<(i64, u64)> = self.0.iter().map(|(&v, &c)| (v, c)).collect();
+        let mut entries: Vec<(i64, u64)> = self.iter().collect();
         if entries.len() > keep {
-            entries.select_nth_unstable_by(keep, |a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            entries.select_nth_unstable_by(keep, order);
             entries.truncate(keep);
             entries.sort_unstable_by_key(|&(value, _)| value);
         }
@@ -108,10 +164,10 @@ impl ValueCounts {
     /// (`i64` LE) and its count (`u64` LE, at least 1), values strictly
     /// increasing.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_BYTES + ENTRY_BYTES * self.0.len());
+        let mut out = Vec::with_capacity(HEADER_BYTES + ENTRY_BYTES * self.len());
         out.push(FORMAT_VERSION);
-        out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
-        for (&value, &count) in &self.0 {
+        out.extend_from_slice(&(self.len() as u64).to_le_bytes());
+        for (value, count) in self.iter() {
             out.extend_from_slice(&value.to_le_bytes());
             out.extend_from_slice(&count.to_le_bytes());
         }
@@ -145,7 +201,7 @@ impl ValueCounts {
         if body.len() > expected {
             return Err(bad(HEADER_BYTES + expected, "bytes after the last entry"));
         }
-        let mut counts = BTreeMap::new();
+        let mut counts = ValueCounts::default();
         let mut previous: Option<i64> = None;
         for (i, entry) in body.chunks_exact(ENTRY_BYTES).enumerate() {
             let offset = HEADER_BYTES + i * ENTRY_BYTES;
@@ -158,9 +214,9 @@ impl ValueCounts {
                 return Err(bad(offset + 8, "a count of zero"));
             }
             previous = Some(value);
-            counts.insert(value, count);
+            counts.add(value, count);
         }
-        Ok(ValueCounts(counts))
+        Ok(counts)
     }
 }
 
@@ -196,30 +252,61 @@ impl<'de> Deserialize<'de> for ValueCounts {
     }
 }
 
-/// A window's counts for one key: the sum of its panes' kept counts.
+/// A window's counts for one key: the sum of its panes' kept counts,
+/// sorted by value. A vector, not a hash map: most keys hold a few values
+/// (16 bytes each, where a map's buckets took ~2 KiB per key), and adding or
+/// subtracting a sorted pane is one merge pass.
 #[derive(Clone, Debug, Default)]
-pub struct WindowCounts(FastMap<i64, u64>);
+pub struct WindowCounts(Vec<(i64, u64)>);
 
 impl WindowCounts {
-    /// Adds a pane's kept counts.
+    /// Adds a pane's kept counts (sorted by value).
     pub fn add(&mut self, kept: &[(i64, u64)]) {
-        for &(value, count) in kept {
-            *self.0.entry(value).or_insert(0) += count;
+        debug_assert!(kept.is_sorted_by_key(|e| e.0), "kept values are sorted");
+        if kept.iter().all(|&(v, _)| self.0.binary_search_by_key(&v, |e| e.0).is_ok()) {
+            for &(value, count) in kept {
+                let i = self.0.binary_search_by_key(&value, |e| e.0).expect("checked");
+                self.0[i].1 += count;
+            }
+            return;
         }
+        let mut merged = Vec::with_capacity(self.0.len() + kept.len());
+        let (mut old, mut new) = (self.0.iter().peekable(), kept.iter().peekable());
+        loop {
+            let next = match (old.peek(), new.peek()) {
+                (Some(&&(a, ca)), Some(&&(b, cb))) if a == b => {
+                    old.next();
+                    new.next();
+                    (a, ca + cb)
+                }
+                (Some(&&a), Some(&&b)) if a.0 < b.0 => *old.next().expect("peeked"),
+                (_, Some(_)) => *new.next().expect("peeked"),
+                (Some(_), None) => *old.next().expect("peeked"),
+                (None, None) => break,
+            };
+            merged.push(next);
+        }
+        self.0 = merged;
     }
 
     /// Subtracts a pane's kept counts, added before.
     pub fn subtract(&mut self, kept: &[(i64, u64)]) {
+        let mut emptied = false;
         for &(value, count) in kept {
-            let total = self
+            let i = self
                 .0
-                .get_mut(&value)
+                .binary_search_by_key(&value, |e| e.0)
                 .expect("a pane leaves with the counts it entered with");
+            let total = &mut self.0[i].1;
             *total = total
                 .checked_sub(count)
                 .expect("a window's count covers its panes'");
-            if *total == 0 {
-                self.0.remove(&value);
+            emptied |= *total == 0;
+        }
+        if emptied {
+            self.0.retain(|&(_, count)| count > 0);
+            if self.0.capacity() > 4 * self.0.len() {
+                self.0.shrink_to_fit();
             }
         }
     }
@@ -231,23 +318,49 @@ impl WindowCounts {
 
     /// Bytes held, approximately.
     pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * (ENTRY_BYTES + 1)
+        self.0.capacity() * ENTRY_BYTES
     }
 
     /// The `k` values with the largest counts, largest first (ties: the
     /// smaller value first).
     pub fn top(&self, k: usize) -> Vec<(i64, u64)> {
-        top_of(self.0.iter().map(|(&v, &c)| (v, c)).collect(), k)
+        // A row per key and slide: select from a buffer of 2k candidates,
+        // not from a copy of the window's (up to k * 8 * panes) values.
+        let mut best: Vec<(i64, u64)> = Vec::with_capacity(2 * k);
+        let mut floor: Option<(i64, u64)> = None;
+        for &entry in &self.0 {
+            if floor.is_some_and(|f| better(&f, &entry)) {
+                continue;
+            }
+            best.push(entry);
+            if best.len() == 2 * k {
+                best.select_nth_unstable_by(k - 1, order);
+                best.truncate(k);
+                floor = Some(best[k - 1]);
+            }
+        }
+        top_of(best, k)
     }
+}
+
+/// The order of a top list: the larger count first, then the smaller value.
+fn order(a: &(i64, u64), b: &(i64, u64)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Whether `a` comes before `b` in a top list.
+fn better(a: &(i64, u64), b: &(i64, u64)) -> bool {
+    order(a, b).is_lt()
 }
 
 /// The `k` entries of `entries` with the largest counts, largest first
 /// (ties: the smaller value first).
 pub fn top_of(mut entries: Vec<(i64, u64)>, k: usize) -> Vec<(i64, u64)> {
-    let order = |a: &(i64, u64), b: &(i64, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
     if entries.len() > k {
         entries.select_nth_unstable_by(k, order);
         entries.truncate(k);
+        // Rows are held until written: not with the whole window's capacity.
+        entries.shrink_to_fit();
     }
     entries.sort_unstable_by(order);
     entries

@@ -153,3 +153,41 @@ proptest! {
         prop_assert!(window.is_empty());
     }
 }
+
+proptest! {
+    /// The window's top list picks from a bounded buffer: the same list as
+    /// sorting every value.
+    #[test]
+    fn window_top_equals_the_top_of_every_value(
+        entries in prop::collection::btree_map(-60i64..60, 1u64..6, 0..100),
+        k in 1usize..12,
+    ) {
+        let mut window = WindowCounts::default();
+        let all: Vec<(i64, u64)> = entries.into_iter().collect();
+        window.add(&all);
+        prop_assert_eq!(window.top(k), top_of(all, k));
+    }
+}
+
+proptest! {
+    /// Counting in any order and grouping, across the vector and B-tree
+    /// forms, gives equal counts and bytes.
+    #[test]
+    fn counts_are_equal_however_gathered(
+        values in prop::collection::vec(prop_oneof![0i64..8, 0i64..80], 0..200),
+        split in any::<prop::sample::Index>(),
+    ) {
+        let whole = counts(values.iter().copied());
+        let at = split.index(values.len() + 1);
+        let mut merged = counts(values[at..].iter().rev().copied());
+        merged.merge_weighted(&counts(values[..at].iter().copied()), 1);
+        prop_assert_eq!(&merged, &whole);
+        prop_assert_eq!(merged.to_bytes(), whole.to_bytes());
+        prop_assert_eq!(ValueCounts::from_bytes(&whole.to_bytes()).unwrap(), whole.clone());
+        let mut exact: BTreeMap<i64, u64> = BTreeMap::new();
+        for &v in &values {
+            *exact.entry(v).or_default() += 1;
+        }
+        prop_assert_eq!(whole.iter().collect::<Vec<_>>(), exact.into_iter().collect::<Vec<_>>());
+    }
+}
