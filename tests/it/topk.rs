@@ -110,6 +110,22 @@ fn check_bound(rows: &[Expected], k: usize) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `query` on 1, 2 and 4 workers writes exactly the `expected` lines.
+fn same_lines_on_every_worker_count(
+    partitions: &Partitions,
+    query: WindowQuery,
+    batch_records: usize,
+    expected: &[Expected],
+) -> Result<(), TestCaseError> {
+    let lines: Vec<&str> = expected.iter().map(|row| row.line.as_str()).collect();
+    for workers in [1, 2, 4] {
+        let got = run_in_memory(partitions, query, workers, batch_records)
+            .map_err(TestCaseError::fail)?;
+        prop_assert_eq!(&got.lines, &lines, "{} on {} workers", query.spec, workers);
+    }
+    Ok(())
+}
+
 fn query(spec: WindowSpec, lateness_ms: u64, aggregates: Aggregates, emit: Emit) -> WindowQuery {
     WindowQuery {
         granularity_ms: 250,
@@ -172,12 +188,7 @@ proptest! {
         let query = query(spec, 1_000_000, aggregates, Emit::All);
         let expected = expected_rows(&partitions, query);
         check_bound(&expected, k)?;
-        let lines: Vec<String> = expected.into_iter().map(|row| row.line).collect();
-        for workers in [1, 2, 4] {
-            let got = run_in_memory(&partitions, query, workers, 64)
-                .map_err(TestCaseError::fail)?;
-            prop_assert_eq!(&got.lines, &lines, "{} on {} workers", spec, workers);
-        }
+        same_lines_on_every_worker_count(&partitions, query, 64, &expected)?;
     }
 
     #[test]
@@ -191,12 +202,7 @@ proptest! {
         let query = query(spec, lateness_ms, aggregates, Emit::All);
         let expected = expected_rows(&partitions, query);
         check_bound(&expected, aggregates.topk().unwrap())?;
-        let lines: Vec<String> = expected.into_iter().map(|row| row.line).collect();
-        for workers in [1, 2, 4] {
-            let got = run_in_memory(&partitions, query, workers, batch_records)
-                .map_err(TestCaseError::fail)?;
-            prop_assert_eq!(&got.lines, &lines, "{} on {} workers", spec, workers);
-        }
+        same_lines_on_every_worker_count(&partitions, query, batch_records, &expected)?;
     }
 
     #[test]

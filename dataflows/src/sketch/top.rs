@@ -24,7 +24,6 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-
 /// Version of the byte encoding ([`ValueCounts::to_bytes`]).
 pub const FORMAT_VERSION: u8 = 1;
 /// The largest `--topk`.
@@ -123,7 +122,10 @@ impl ValueCounts {
             Counts::Small(entries) => (Some(entries.iter().copied()), None),
             Counts::Large(map) => (None, Some(map.iter().map(|(&v, &c)| (v, c)))),
         };
-        small.into_iter().flatten().chain(large.into_iter().flatten())
+        small
+            .into_iter()
+            .flatten()
+            .chain(large.into_iter().flatten())
     }
 
     /// Number of distinct values counted.
@@ -263,9 +265,15 @@ impl WindowCounts {
     /// Adds a pane's kept counts (sorted by value).
     pub fn add(&mut self, kept: &[(i64, u64)]) {
         debug_assert!(kept.is_sorted_by_key(|e| e.0), "kept values are sorted");
-        if kept.iter().all(|&(v, _)| self.0.binary_search_by_key(&v, |e| e.0).is_ok()) {
+        if kept
+            .iter()
+            .all(|&(v, _)| self.0.binary_search_by_key(&v, |e| e.0).is_ok())
+        {
             for &(value, count) in kept {
-                let i = self.0.binary_search_by_key(&value, |e| e.0).expect("checked");
+                let i = self
+                    .0
+                    .binary_search_by_key(&value, |e| e.0)
+                    .expect("checked");
                 self.0[i].1 += count;
             }
             return;

@@ -106,47 +106,26 @@ fn tumbling_windows_emitting_changes_recover_exactly_once() {
     );
 }
 
-#[test]
-fn windows_with_top_values_recover_exactly_once() {
-    // Pane partials with exact value counts are persisted and restored; a
-    // pane keeps its top values once all its partials are in, restored or
-    // replayed: every row's top must come out as in a run without a crash.
+/// `kill -9` rounds of a sliding window with sketch columns `args` and
+/// `--emit changes`: pane partials with sketches are persisted and restored
+/// (their bytes in the checkpoint), and the window before the cut is
+/// rebuilt from them; every row must come out as in a run without a crash.
+fn sketch_rounds(args: &[&str], seed: u64) {
     let f = fixture(1_500_000);
     let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
-    crash_rounds(
-        &f,
-        &[
-            "--window",
-            "sliding:20s/5s",
-            "--aggregates",
-            "count,distinct,topk",
-            "--topk",
-            "3",
-        ],
-        target,
-        env_or("WEIR_CRASH_SEED", 37),
-    );
+    let mut all = vec!["--window", "sliding:20s/5s", "--emit", "changes"];
+    all.extend_from_slice(args);
+    crash_rounds(&f, &all, target, env_or("WEIR_CRASH_SEED", seed));
+}
+
+#[test]
+fn windows_with_top_values_recover_exactly_once() {
+    // A pane keeps its top values once all its partials are in, restored
+    // or replayed.
+    sketch_rounds(&["--aggregates", "count,distinct,topk", "--topk", "3"], 37);
 }
 
 #[test]
 fn sliding_windows_with_distinct_counts_recover_exactly_once() {
-    // Pane partials with sketches are persisted and restored (their bytes
-    // in the checkpoint), and with changes the window before the cut is
-    // rebuilt from them: every estimate must come out as in a run without
-    // a crash.
-    let f = fixture(1_500_000);
-    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
-    crash_rounds(
-        &f,
-        &[
-            "--window",
-            "sliding:20s/5s",
-            "--aggregates",
-            "count,sum,min,max,distinct",
-            "--emit",
-            "changes",
-        ],
-        target,
-        env_or("WEIR_CRASH_SEED", 31),
-    );
+    sketch_rounds(&["--aggregates", "count,sum,min,max,distinct"], 31);
 }
