@@ -4,8 +4,8 @@
 //! equal a failure-free run's as a multiset of rows.
 //!
 //! Kill moments: a quarter of the kills land a random delay (up to
-//! `--max-kill-delay`, or half the failure-free run's wall time if that is
-//! shorter) after an attempt starts, wherever it is (ingest,
+//! `--max-kill-delay`, or a quarter of the failure-free run's wall time if
+//! that is shorter) after an attempt starts, wherever it is (ingest,
 //! restore, replay); the others the same random delay after the attempt has
 //! committed a checkpoint of its own, so those attempts make durable
 //! progress however slow the machine is. Once `--kills` kills have landed,
@@ -348,19 +348,21 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
 }
 
 /// The random kill delays are drawn below this many ms: `--max-kill-delay`,
-/// or half the failure-free run's wall time if that is shorter, so that on
+/// or a quarter of the failure-free run's wall time if that is shorter (the
+/// run's wall time includes its ingest, which a kill after the first commit
+/// comes after), so that on
 /// a machine fast enough to finish an attempt within the delay most kills
 /// still land inside a run (a clean-clone CI run landed only 9 of 10 kills
 /// in 22 rounds with 400 ms delays against ~0.2 s runs).
 fn kill_delay_cap_ms(max_kill_delay_ms: u64, reference: Duration) -> u64 {
-    let half_run_ms = u64::try_from(reference.as_millis() / 2).unwrap_or(u64::MAX);
-    max_kill_delay_ms.min(half_run_ms).max(1)
+    let quarter_run_ms = u64::try_from(reference.as_millis() / 4).unwrap_or(u64::MAX);
+    max_kill_delay_ms.min(quarter_run_ms).max(1)
 }
 
 /// The most rounds a run that wants `kills` kills may take: a round whose
 /// runs end before any kill moment adds none, and the loop must end anyway.
 fn max_rounds(kills: u64) -> u64 {
-    2 * kills + 2
+    4 * kills + 4
 }
 
 /// Longest an attempt may take to commit, or to finish once no kill is due.
@@ -494,7 +496,7 @@ mod tests {
 
     #[test]
     fn kill_delays_follow_a_run_shorter_than_the_maximum() {
-        assert_eq!(kill_delay_cap_ms(400, Duration::from_millis(180)), 90);
+        assert_eq!(kill_delay_cap_ms(400, Duration::from_millis(180)), 45);
         assert_eq!(kill_delay_cap_ms(400, Duration::from_secs(3)), 400);
         assert_eq!(kill_delay_cap_ms(400, Duration::ZERO), 1);
     }
