@@ -311,16 +311,13 @@ impl State {
                 unreachable!("an entry is kept once")
             };
             let kept = counts.keep_top(kept_per_pane(k));
+            let window = self.window_top.entry(key).or_default();
+            self.sketch_bytes -= window.heap_bytes();
+            window.add(&kept);
+            self.sketch_bytes += window.heap_bytes();
             self.sketch_bytes -= top.heap_bytes();
             *top = PaneTop::Kept(kept);
             self.sketch_bytes += top.heap_bytes();
-            let PaneTop::Kept(kept) = top else {
-                unreachable!("just kept")
-            };
-            let window = self.window_top.entry(key).or_default();
-            self.sketch_bytes -= window.heap_bytes();
-            window.add(kept);
-            self.sketch_bytes += window.heap_bytes();
         }
     }
 
