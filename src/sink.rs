@@ -12,8 +12,8 @@
 //! truncates the files to those lengths and drops regenerated rows of times
 //! below `T`, so each row is in the output exactly once.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,8 +31,10 @@ use crate::csv_input::write_csv_field;
 use crate::source::AheadWaker;
 
 mod rows;
+mod writer;
 
 pub use rows::{RowObserver, RowSink};
+use writer::BackgroundWriter;
 
 /// Header of the window rows file.
 pub const WINDOW_ROWS_HEADER: &str = "window_start,window_end,key,count,sum,min,max";
@@ -62,11 +64,10 @@ pub fn is_output_file_name(name: &str) -> bool {
 struct OutputFile {
     name: String,
     path: PathBuf,
-    writer: BufWriter<File>,
+    writer: BackgroundWriter,
     /// The same file, for the sidecar client thread to make durable.
     durable: DurableFile,
     length_bytes: u64,
-    buffer: Vec<u8>,
 }
 
 impl OutputFile {
@@ -85,13 +86,13 @@ impl OutputFile {
             path: path.clone(),
             file: std::sync::Arc::new(file.try_clone()?),
         };
+        let writer = BackgroundWriter::new(file, &name)?;
         let mut out = OutputFile {
             name,
             path,
             durable,
-            writer: BufWriter::with_capacity(1 << 20, file),
+            writer,
             length_bytes,
-            buffer: Vec::with_capacity(256),
         };
         if out.length_bytes == 0 {
             let mut line = header.as_bytes().to_vec();
@@ -104,6 +105,14 @@ impl OutputFile {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.writer.write_all(bytes)?;
         self.length_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends what `format` writes into the output buffer (no copy
+    /// through a line buffer).
+    fn write_with(&mut self, format: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
+        let written = self.writer.append_with(format)?;
+        self.length_bytes += written as u64;
         Ok(())
     }
 
@@ -224,11 +233,7 @@ impl RowSink for WorkerOutputs {
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);
         }
         for row in rows.drain(..) {
-            let mut line = std::mem::take(&mut self.windows.buffer);
-            line.clear();
-            format_window_row(&row, &mut line);
-            let result = self.windows.write(&line);
-            self.windows.buffer = line;
+            let result = self.windows.write_with(|out| format_window_row(&row, out));
             self.record(result);
             self.window_rows += 1;
         }
@@ -250,11 +255,7 @@ impl RowSink for WorkerOutputs {
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);
         }
         for row in rows.drain(..) {
-            let mut line = std::mem::take(&mut self.late.buffer);
-            line.clear();
-            format_late_row(&row, &mut line);
-            let result = self.late.write(&line);
-            self.late.buffer = line;
+            let result = self.late.write_with(|out| format_late_row(&row, out));
             self.record(result);
             self.late_rows += 1;
         }
