@@ -20,5 +20,6 @@ pub mod log_feed;
 pub mod nexmark;
 pub mod run;
 pub mod sink;
+pub mod size;
 pub mod source;
 pub mod storage;

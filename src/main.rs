@@ -120,6 +120,12 @@ struct SidecarArgs {
     /// returns), then refuse.
     #[arg(long, default_value = "10s", value_parser = parse_duration_ms)]
     lock_wait: u64,
+    /// The most memory a compaction holds at once: it merges a checkpoint's
+    /// files one key group (1/256 of the state) at a time, in the
+    /// background, and stops with an error naming the group if one needs
+    /// more (e.g. `512MiB`, `4GiB`).
+    #[arg(long, default_value = "1GiB", value_parser = weir::size::parse_size_bytes)]
+    memory_budget: u64,
 }
 
 /// How checkpoints are paced (see `weir::checkpoint::cadence`).
@@ -409,6 +415,7 @@ fn sidecar_command(args: &SidecarArgs) -> Result<()> {
             listen,
             exit_when_idle: args.exit_when_idle,
             lock_wait_ms: args.lock_wait,
+            compaction_budget_bytes: args.memory_budget,
         },
         args.metrics_addr,
     )?;

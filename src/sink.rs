@@ -90,8 +90,8 @@ impl OutputFile {
         let mut out = OutputFile {
             name,
             path,
-            durable,
             writer,
+            durable,
             length_bytes,
         };
         if out.length_bytes == 0 {

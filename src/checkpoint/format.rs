@@ -40,7 +40,8 @@ pub use commit::{
 };
 pub use delta::{
     check_data_file_crc, check_data_file_length, decode_data_file, decode_layout, decode_trailer,
-    encode_data_file, push_updates, verify_data_file, visit_group, GroupExtent, VisitUpdate,
+    encode_data_file, push_updates, verify_data_file, visit_group, DataFileEncoder, GroupExtent,
+    VisitUpdate,
 };
 
 /// Number of key groups; a key's group is a hash of it modulo this.

@@ -81,6 +81,10 @@ pub struct SidecarConfig {
     /// longer than a killed sidecar's last fsync takes to return on a loaded
     /// disk, short enough that a second sidecar is refused promptly.
     pub lock_wait_ms: u64,
+    /// The most memory a compaction may hold for one key group's updates
+    /// (`weir sidecar --memory-budget`, default
+    /// [`crate::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES`]).
+    pub compaction_budget_bytes: u64,
 }
 
 /// Why the sidecar failed.

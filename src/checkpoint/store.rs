@@ -30,10 +30,13 @@
 //!
 //! The three delta points apply to base files written by `compact` too.
 
+mod compact;
 mod error;
 mod floors;
 mod read;
 
+use compact::BackgroundCompaction;
+pub use compact::{compact_files, Compacted, DEFAULT_COMPACTION_BUDGET_BYTES};
 pub use error::{StoreError, UsageError};
 pub use floors::ResumeFloors;
 pub use read::{
@@ -48,10 +51,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::format::{
-    check_commit_record, consolidate, consolidate_as_of_cut, encode_commit_frame,
-    encode_commits_header, encode_data_file, scan_commits, CommitRecord, DataFileId, FileMeta,
-    PersistedUpdate, COMMITS_FILE_NAME, COMMITS_FORMAT_VERSION, KEY_GROUPS, MAX_UPDATE_DATA_BYTES,
-    TEMP_SUFFIX,
+    check_commit_record, consolidate, encode_commit_frame, encode_commits_header, encode_data_file,
+    scan_commits, CommitRecord, DataFileId, FileMeta, PersistedUpdate, COMMITS_FILE_NAME,
+    COMMITS_FORMAT_VERSION, KEY_GROUPS, MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
 };
 use crate::storage::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
 use crate::storage::frame::MAX_RECORD_SIZE_BYTES;
@@ -124,6 +126,8 @@ pub struct CheckpointStore {
     failed: bool,
     /// Files deleted by garbage collection since the store was opened.
     garbage_collected: u64,
+    /// The compaction running in the background, if any.
+    compaction: Option<BackgroundCompaction>,
 }
 
 impl CheckpointStore {
@@ -209,6 +213,7 @@ impl CheckpointStore {
             commits: scan.records,
             failed: false,
             garbage_collected: 0,
+            compaction: None,
         };
         if scan.version < COMMITS_FORMAT_VERSION {
             // New records are written in the current version only.
@@ -427,7 +432,9 @@ impl CheckpointStore {
     /// dropping updates with time `< horizon_time` and consolidating, and
     /// returns the files that replace the newest commit's in the next commit
     /// record (`checkpoint_id`, not committed yet; add its own delta files).
-    /// Holds the whole state in memory while merging.
+    /// One key group at a time ([`compact_files`], with the default
+    /// budget); the sidecar runs [`compact_files`] off the commit path
+    /// ([`CheckpointStore::start_compaction`]).
     ///
     /// With `state_as_of_cut` (queries whose persisted updates describe a
     /// state, not a history: sessions), every time is advanced to 0 first,
@@ -454,11 +461,13 @@ impl CheckpointStore {
         state_as_of_cut: bool,
     ) -> Result<Vec<FileMeta>, StoreError> {
         self.check_pending(checkpoint_id)?;
-        let mut updates = load_checkpoint(&self.dir, base, |_| true, horizon_time)?;
-        if state_as_of_cut {
-            consolidate_as_of_cut(&mut updates);
-        }
-        let meta = self.write_data_file(DataFileId::base(checkpoint_id), &updates)?;
+        let meta = compact_files(
+            &self.dir,
+            base,
+            DataFileId::base(checkpoint_id),
+            (horizon_time, state_as_of_cut),
+            DEFAULT_COMPACTION_BUDGET_BYTES,
+        )?;
         Ok(vec![meta])
     }
 
@@ -500,6 +509,13 @@ impl CheckpointStore {
             let entry = entry.map_err(StoreError::io(&self.dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            let in_flight = self
+                .compaction
+                .as_ref()
+                .is_some_and(|c| name.strip_suffix(TEMP_SUFFIX).unwrap_or(name) == c.output_name);
+            if in_flight {
+                continue;
+            }
             let garbage = match name.strip_suffix(TEMP_SUFFIX) {
                 Some(base) => base == COMMITS_FILE_NAME || DataFileId::parse(base).is_some(),
                 None => DataFileId::parse(name)

@@ -184,7 +184,7 @@ mod tests {
         let path = dir.path().join("ro");
         std::fs::write(&path, b"").unwrap();
         let mut writer = BackgroundWriter::new(File::open(&path).unwrap(), "test").unwrap();
-        writer.write_all(&[b'x'; CHUNK_BYTES + 1]).unwrap();
+        writer.write_all(&vec![b'x'; CHUNK_BYTES + 1]).unwrap();
         assert!(writer.flush().is_err());
         writer.write_all(b"more").unwrap();
         assert!(writer.flush().is_err());

@@ -4,6 +4,7 @@
 //! writer lock, usage errors; golden files in [`golden`]; crashes at every
 //! failpoint in [`failpoints`].
 
+mod compaction;
 mod failpoints;
 mod fallback;
 mod golden;

@@ -40,6 +40,7 @@ fn start_sidecar(data_dir: &Path, listen: Listen) -> JoinHandle<Result<(), Sidec
         listen,
         exit_when_idle: true,
         lock_wait_ms: 0,
+        compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
     };
     std::thread::spawn(move || run_sidecar(config))
 }
@@ -240,11 +241,12 @@ fn sidecar_commits_when_all_four_workers_cut_in_id_order() {
 }
 
 #[test]
-fn sidecar_compacts_every_ten_checkpoints_or_above_32_files() {
+fn sidecar_compacts_in_the_background_every_ten_checkpoints_or_above_32_files() {
     let dir = tempfile::tempdir().unwrap();
     let sidecar = start_sidecar(dir.path(), Listen::Unix);
     // One process with all four workers; retention 250 ms, a cut every 100.
     let client = connect(&unix(dir.path()), &hello(0, 4, 1));
+    let store = store_dir(dir.path());
     let mut file_counts = Vec::new();
     for id in 1..=11u64 {
         for w in 0..4 {
@@ -257,20 +259,21 @@ fn sidecar_compacts_every_ten_checkpoints_or_above_32_files() {
             );
         }
         wait_until("commit", || client.last_committed() == Some((id, id * 100)));
-        let commits = read_commits(&store_dir(dir.path())).unwrap();
+        let commits = read_commits(&store).unwrap();
         let last = commits.last().unwrap();
         file_counts.push(last.files.len());
-        let state = load_checkpoint(&store_dir(dir.path()), last, |_| true, 0).unwrap();
+        let state = load_checkpoint(&store, last, |_| true, 0).unwrap();
         let mut got: Vec<String> = state
             .iter()
             .map(|u| String::from_utf8(u.data.clone()).unwrap())
             .collect();
         got.sort();
-        // Compaction (at 9: 36 files > 32; at 10: every tenth) keeps the
-        // previous state's updates newer than cut - retention.
+        // Commit 9 has 36 files (> 32) and commit 10 is a tenth: each
+        // starts a compaction of itself, keeping its updates newer than its
+        // cut - retention, which the next commit takes in.
         let oldest_kept = match id {
-            1..=8 => 1,
-            9 => 8,
+            1..=9 => 1,
+            10 => 8,
             _ => 9,
         };
         let mut want: Vec<String> = (oldest_kept..=id)
@@ -278,16 +281,21 @@ fn sidecar_compacts_every_ten_checkpoints_or_above_32_files() {
             .collect();
         want.sort();
         assert_eq!(got, want, "state of checkpoint {id}");
-        if id >= 9 {
-            let base = id.min(10);
+        if id >= 10 {
+            let base = id - 1;
             assert_eq!(
                 last.files[0].name,
                 format!("base-{base:020}.bin"),
                 "checkpoint {id}"
             );
         }
+        if id == 9 || id == 10 {
+            // The next commit takes in a compaction that has finished.
+            let base = store.join(format!("base-{id:020}.bin"));
+            wait_until("compaction", || base.exists());
+        }
     }
-    assert_eq!(file_counts, vec![4, 8, 12, 16, 20, 24, 28, 32, 5, 5, 9]);
+    assert_eq!(file_counts, vec![4, 8, 12, 16, 20, 24, 28, 32, 36, 5, 5]);
     client.close().unwrap();
     sidecar.join().unwrap().unwrap();
 }
@@ -444,6 +452,7 @@ fn sidecar_refuses_non_loopback_addresses() {
             listen: Listen::Tcp(listen.parse().unwrap()),
             exit_when_idle: true,
             lock_wait_ms: 0,
+            compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
         };
         let err = run_sidecar(config).unwrap_err();
         assert!(
@@ -489,6 +498,7 @@ fn sidecar_second_on_the_same_data_dir_is_refused() {
         exit_when_idle: true,
         // Waits for the lock, then refuses: the first one keeps it.
         lock_wait_ms: 200,
+        compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
     };
     let err = run_sidecar(config).unwrap_err();
     assert!(
@@ -518,6 +528,7 @@ fn sidecar_replaces_a_stale_socket_but_not_other_files() {
         listen: Listen::Unix,
         exit_when_idle: true,
         lock_wait_ms: 0,
+        compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
     };
     assert!(matches!(run_sidecar(config), Err(SidecarError::Io { .. })));
     assert_eq!(

@@ -29,72 +29,154 @@ fn kind_code(kind: DataFileKind) -> u32 {
 pub fn encode_data_file(id: DataFileId, updates: &[PersistedUpdate]) -> (Vec<u8>, FileMeta) {
     debug_assert!(is_consolidated(updates));
     let data_bytes: usize = updates.iter().map(|u| u.data.len()).sum();
-    let mut out = Vec::with_capacity(128 + data_bytes + 8 * updates.len());
-    out.extend_from_slice(DATA_FILE_MAGIC);
-    out.extend_from_slice(&DATA_FILE_FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&kind_code(id.kind).to_le_bytes());
-    out.extend_from_slice(&id.checkpoint_id.to_le_bytes());
-    out.extend_from_slice(&id.part.to_le_bytes());
-    debug_assert_eq!(out.len(), DATA_FILE_HEADER_LEN_BYTES);
-
-    let mut index: Vec<(u16, u64, u64)> = Vec::new();
-    let mut prev: Option<&PersistedUpdate> = None;
-    let (mut min_time, mut max_time) = (u64::MAX, 0);
-    for u in updates {
-        debug_assert!(u.key_group < KEY_GROUPS);
-        if index.last().map(|e| e.0) != Some(u.key_group) {
-            index.push((u.key_group, out.len() as u64, 0));
-            prev = None;
-        }
-        index.last_mut().expect("just pushed").2 += 1;
-        let (shared, same) = match prev {
-            Some(p) => {
-                let shared = p
-                    .data
-                    .iter()
-                    .zip(&u.data)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                (shared, shared == p.data.len() && shared == u.data.len())
-            }
-            None => (0, false),
-        };
-        put_varint(&mut out, shared as u64);
-        put_varint(&mut out, (u.data.len() - shared) as u64);
-        out.extend_from_slice(&u.data[shared..]);
-        let time = match prev {
-            Some(p) if same => u.time - p.time,
-            _ => u.time,
-        };
-        put_varint(&mut out, time);
-        put_varint(&mut out, zigzag(u.diff));
-        min_time = min_time.min(u.time);
-        max_time = max_time.max(u.time);
-        prev = Some(u);
-    }
-
-    let index_offset = out.len() as u64;
-    out.extend_from_slice(&(index.len() as u32).to_le_bytes());
-    for (key_group, offset, records) in index {
-        out.extend_from_slice(&key_group.to_le_bytes());
-        out.extend_from_slice(&offset.to_le_bytes());
-        out.extend_from_slice(&records.to_le_bytes());
-    }
-    out.extend_from_slice(&index_offset.to_le_bytes());
-    out.extend_from_slice(&(updates.len() as u64).to_le_bytes());
-    let crc32c = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc32c.to_le_bytes());
-    if updates.is_empty() {
-        min_time = 0;
-    }
-    let meta = FileMeta {
-        name: id.file_name(),
-        size_bytes: out.len() as u64,
-        crc32c,
-        min_time,
-        max_time,
-    };
+    let mut encoder = DataFileEncoder::with_capacity(id, 128 + data_bytes + 8 * updates.len());
+    encoder.push_sorted(updates);
+    let mut out = encoder.take_bytes();
+    let (tail, meta) = encoder.finish();
+    out.extend_from_slice(&tail);
     (out, meta)
+}
+
+/// A data file encoded piece by piece, for a writer that streams it (a
+/// compaction merging one key group at a time): push updates in
+/// `(key_group, data, time)` order, consolidated, move the encoded bytes
+/// out with [`DataFileEncoder::take_bytes`] whenever convenient, and end
+/// with [`DataFileEncoder::finish`]. The bytes are exactly those of
+/// [`encode_data_file`] over all the updates pushed.
+#[derive(Debug)]
+pub struct DataFileEncoder {
+    id: DataFileId,
+    /// Encoded bytes not taken yet.
+    out: Vec<u8>,
+    /// Bytes taken before `out`, and their CRC32C.
+    taken_bytes: u64,
+    taken_crc32c: u32,
+    /// (key group, byte offset, records) of each group started.
+    index: Vec<(u16, u64, u64)>,
+    /// The last update pushed (the prefix compression's reference), if it
+    /// is in the current key group.
+    prev: Option<PersistedUpdate>,
+    records: u64,
+    min_time: u64,
+    max_time: u64,
+}
+
+impl DataFileEncoder {
+    /// An encoder of file `id`, its header encoded.
+    pub fn new(id: DataFileId) -> Self {
+        Self::with_capacity(id, 1 << 16)
+    }
+
+    fn with_capacity(id: DataFileId, capacity_bytes: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity_bytes);
+        out.extend_from_slice(DATA_FILE_MAGIC);
+        out.extend_from_slice(&DATA_FILE_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&kind_code(id.kind).to_le_bytes());
+        out.extend_from_slice(&id.checkpoint_id.to_le_bytes());
+        out.extend_from_slice(&id.part.to_le_bytes());
+        debug_assert_eq!(out.len(), DATA_FILE_HEADER_LEN_BYTES);
+        DataFileEncoder {
+            id,
+            out,
+            taken_bytes: 0,
+            taken_crc32c: 0,
+            index: Vec::new(),
+            prev: None,
+            records: 0,
+            min_time: u64::MAX,
+            max_time: 0,
+        }
+    }
+
+    /// Bytes encoded and not taken yet.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Appends `updates`: consolidated, and after every update pushed
+    /// before in `(key_group, data, time)` order.
+    pub fn push_sorted(&mut self, updates: &[PersistedUpdate]) {
+        let mut prev = self.prev.take();
+        let mut prev_ref: Option<&PersistedUpdate> = prev.as_ref();
+        for u in updates {
+            debug_assert!(u.key_group < KEY_GROUPS);
+            let position = self.taken_bytes + self.out.len() as u64;
+            if self.index.last().map(|e| e.0) != Some(u.key_group) {
+                debug_assert!(self.index.last().is_none_or(|e| e.0 < u.key_group));
+                self.index.push((u.key_group, position, 0));
+                prev_ref = None;
+            }
+            self.index.last_mut().expect("just pushed").2 += 1;
+            let (shared, same) = match prev_ref {
+                Some(p) => {
+                    debug_assert!((&p.data, p.time) < (&u.data, u.time));
+                    let shared = p
+                        .data
+                        .iter()
+                        .zip(&u.data)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    (shared, shared == p.data.len() && shared == u.data.len())
+                }
+                None => (0, false),
+            };
+            put_varint(&mut self.out, shared as u64);
+            put_varint(&mut self.out, (u.data.len() - shared) as u64);
+            self.out.extend_from_slice(&u.data[shared..]);
+            let time = match prev_ref {
+                Some(p) if same => u.time - p.time,
+                _ => u.time,
+            };
+            put_varint(&mut self.out, time);
+            put_varint(&mut self.out, zigzag(u.diff));
+            self.min_time = self.min_time.min(u.time);
+            self.max_time = self.max_time.max(u.time);
+            prev_ref = Some(u);
+        }
+        self.records += updates.len() as u64;
+        // The reference survives into the next push (same key group).
+        if let Some(last) = updates.last() {
+            prev = Some(last.clone());
+        }
+        self.prev = prev.filter(|p| self.index.last().is_some_and(|e| e.0 == p.key_group));
+    }
+
+    /// The bytes encoded since the last call (the file's next bytes).
+    pub fn take_bytes(&mut self) -> Vec<u8> {
+        self.taken_crc32c = crc32c::crc32c_append(self.taken_crc32c, &self.out);
+        self.taken_bytes += self.out.len() as u64;
+        std::mem::take(&mut self.out)
+    }
+
+    /// The file's remaining bytes (index and trailer included) and its
+    /// [`FileMeta`].
+    pub fn finish(mut self) -> (Vec<u8>, FileMeta) {
+        let index_offset = self.taken_bytes + self.out.len() as u64;
+        let out = &mut self.out;
+        out.extend_from_slice(&(self.index.len() as u32).to_le_bytes());
+        for &(key_group, offset, records) in &self.index {
+            out.extend_from_slice(&key_group.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&records.to_le_bytes());
+        }
+        out.extend_from_slice(&index_offset.to_le_bytes());
+        out.extend_from_slice(&self.records.to_le_bytes());
+        let crc32c = crc32c::crc32c_append(self.taken_crc32c, out);
+        out.extend_from_slice(&crc32c.to_le_bytes());
+        let (min_time, max_time) = if self.records == 0 {
+            (0, 0)
+        } else {
+            (self.min_time, self.max_time)
+        };
+        let meta = FileMeta {
+            name: self.id.file_name(),
+            size_bytes: self.taken_bytes + out.len() as u64,
+            crc32c,
+            min_time,
+            max_time,
+        };
+        (std::mem::take(out), meta)
+    }
 }
 
 /// Checks a whole data file against its commit record's size and CRC32C

@@ -470,13 +470,19 @@ fn check_disjoint(pending: &PendingCheckpoint, cut: &WorkerCut) -> Result<(), St
 }
 
 /// Writes the delta files of `checkpoint` (one per worker with updates;
-/// part = worker index), compacts when due, and commits. Blocking.
+/// part = worker index) and commits; a finished background compaction's
+/// base file replaces the files it merged in this record, and when one is
+/// due (every [`COMPACT_EVERY_CHECKPOINTS`]th checkpoint, or above
+/// [`COMPACT_ABOVE_FILES`] files) and none runs, the committed checkpoint's
+/// compaction starts in the background with `compaction_budget_bytes`
+/// (decision 34): a commit never waits for a compaction. Blocking.
 pub fn commit_checkpoint(
     store: &mut CheckpointStore,
     previous: Option<&CommitRecord>,
     checkpoint: PendingCheckpoint,
     (query_fingerprint, workers_total): (u64, u32),
     metrics: &SidecarMetrics,
+    compaction_budget_bytes: u64,
 ) -> Result<CommitRecord, StoreError> {
     let id = checkpoint.checkpoint_id;
     let span = tracing::debug_span!(
@@ -527,25 +533,33 @@ pub fn commit_checkpoint(
     span.record("delta_bytes", delta_bytes);
 
     let mut files: Vec<FileMeta> = previous.map(|r| r.files.clone()).unwrap_or_default();
-    let due = id.is_multiple_of(COMPACT_EVERY_CHECKPOINTS)
-        || files.len() + new_files.len() > COMPACT_ABOVE_FILES;
-    let mut compact_us = 0;
-    if let Some(previous) = previous.filter(|_| due) {
-        let t = Instant::now();
-        let horizon = checkpoint.cut_time.saturating_sub(checkpoint.retention_ms);
-        // An unbounded retention marks persisted state (open sessions):
-        // only its value as of the cut matters.
-        let state_as_of_cut = checkpoint.retention_ms == u64::MAX;
-        files = store.compact_onto(id, previous, horizon, state_as_of_cut)?;
-        compact_us = t.elapsed().as_micros() as u64;
+    if let Some(finished) = store.finished_compaction() {
+        let compacted = finished?;
         metrics.compactions.fetch_add(1, Ordering::Relaxed);
-        let base_bytes: u64 = files.iter().map(|f| f.size_bytes).sum();
+        let base_bytes = compacted.base.size_bytes;
         metrics
             .written_bytes
             .fetch_add(base_bytes, Ordering::Relaxed);
-        tracing::debug!(horizon_time = horizon, compact_us, base_bytes, "compacted");
+        if let Some(replaced) = compacted.apply(&files) {
+            tracing::debug!(
+                compacted_checkpoint = compacted.compacted_id,
+                base_bytes,
+                merged_files = compacted.replaces.len(),
+                "compaction enters this commit"
+            );
+            files = replaced;
+        } else {
+            // This record does not build on the compacted checkpoint (a
+            // restore fell back past it): garbage collection drops the file.
+            tracing::warn!(
+                compacted_checkpoint = compacted.compacted_id,
+                "compaction result no longer applies; dropped"
+            );
+        }
     }
     files.extend(new_files);
+    let compaction_due =
+        id.is_multiple_of(COMPACT_EVERY_CHECKPOINTS) || files.len() > COMPACT_ABOVE_FILES;
 
     let record = CommitRecord {
         checkpoint_id: id,
@@ -584,11 +598,19 @@ pub fn commit_checkpoint(
         .last_cut_ms
         .store(record.cut_time, Ordering::Relaxed);
     span.record("elapsed_ms", crate::metrics::millis(started.elapsed()));
+    if compaction_due && !store.compaction_running() {
+        let horizon = checkpoint.cut_time.saturating_sub(checkpoint.retention_ms);
+        // An unbounded retention marks persisted state (open sessions):
+        // only its value as of the cut matters.
+        let state_as_of_cut = checkpoint.retention_ms == u64::MAX;
+        let started =
+            store.start_compaction(&record, (horizon, state_as_of_cut), compaction_budget_bytes);
+        tracing::debug!(horizon_time = horizon, started, "compaction due");
+    }
     tracing::debug!(
         updates = update_count,
         files = record.files.len(),
         deltas_us,
-        compact_us,
         commit_us,
         total_us = started.elapsed().as_micros() as u64,
         "checkpoint committed"

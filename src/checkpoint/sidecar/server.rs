@@ -91,7 +91,13 @@ pub(super) fn run(
             last_committed = ?store.commits().last().map(|r| (r.checkpoint_id, r.cut_time)),
             "checkpoint sidecar listening"
         );
-        serve(listener, store, config.exit_when_idle, metrics).await
+        serve(
+            listener,
+            store,
+            (config.exit_when_idle, config.compaction_budget_bytes),
+            metrics,
+        )
+        .await
     })
 }
 
@@ -207,7 +213,7 @@ fn bind_unix(data_dir: &Path) -> Result<(UnixListener, SocketGuard, u32), Sideca
 async fn serve(
     listener: Listener,
     store: CheckpointStore,
-    exit_when_idle: bool,
+    (exit_when_idle, compaction_budget_bytes): (bool, u64),
     metrics: Arc<SidecarMetrics>,
 ) -> Result<(), SidecarError> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -217,6 +223,7 @@ async fn serve(
         replies: HashMap::new(),
         ever_connected: false,
         exit_when_idle,
+        compaction_budget_bytes,
         metrics,
     };
     let coordinator = coordinator.run(events_rx);
@@ -430,6 +437,7 @@ struct CoordinatorTask {
     replies: HashMap<ConnId, mpsc::Sender<FromSidecar>>,
     ever_connected: bool,
     exit_when_idle: bool,
+    compaction_budget_bytes: u64,
     metrics: Arc<SidecarMetrics>,
 }
 
@@ -552,9 +560,16 @@ impl CoordinatorTask {
             let previous = self.coord.last().cloned();
             let mut store = self.store.take().expect("one commit at a time");
             let metrics = Arc::clone(&self.metrics);
+            let budget_bytes = self.compaction_budget_bytes;
             let (store, result) = tokio::task::spawn_blocking(move || {
-                let result =
-                    commit_checkpoint(&mut store, previous.as_ref(), pending, identity, &metrics);
+                let result = commit_checkpoint(
+                    &mut store,
+                    previous.as_ref(),
+                    pending,
+                    identity,
+                    &metrics,
+                    budget_bytes,
+                );
                 (store, result)
             })
             .await

@@ -69,6 +69,31 @@ pub enum StoreError {
         /// The commit stream.
         path: PathBuf,
     },
+    /// A compaction met a key group whose updates need more memory than
+    /// its budget (`weir sidecar --memory-budget`).
+    #[error(
+        "{}: compacting checkpoint {checkpoint_id}: key group {key_group} holds {needed_bytes} \
+         bytes of updates, above the compaction's memory budget of {budget_bytes} bytes; \
+         give the sidecar a larger --memory-budget", dir.display()
+    )]
+    CompactionOverBudget {
+        /// The store directory.
+        dir: PathBuf,
+        /// The checkpoint being compacted.
+        checkpoint_id: u64,
+        /// The key group.
+        key_group: u16,
+        /// Bytes its updates take in memory.
+        needed_bytes: u64,
+        /// The budget.
+        budget_bytes: u64,
+    },
+    /// A background compaction was stopped (the store was closed).
+    #[error("{}: compaction cancelled", dir.display())]
+    CompactionCancelled {
+        /// The store directory.
+        dir: PathBuf,
+    },
     /// The caller asked for something the store does not allow.
     #[error(transparent)]
     Usage(#[from] UsageError),

@@ -160,7 +160,7 @@ fn verify_file(dir: &Path, meta: &FileMeta) -> Result<(), StoreError> {
 
 /// Verifies `files` ([`verify_file`]) on up to as many threads as the
 /// machine has cores; the first failure in file order is returned.
-fn verify_files(dir: &Path, files: &[FileMeta]) -> Result<(), StoreError> {
+pub(super) fn verify_files(dir: &Path, files: &[FileMeta]) -> Result<(), StoreError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(files.len());
@@ -290,6 +290,38 @@ impl CheckpointGroups {
             self.next = (self.next.0 + 1, 0);
         }
         Ok(self.next.0 < self.files.len())
+    }
+}
+
+impl CheckpointGroups {
+    /// Visits the records of key group `key_group` with time `>=
+    /// horizon_time` in every file, file by file (each file's records of a
+    /// group are one sorted run); returns how many were read. For a
+    /// reader going through the groups in order (a compaction).
+    pub fn visit_key_group(
+        &mut self,
+        key_group: u16,
+        horizon_time: u64,
+        visit: &mut VisitUpdate<'_>,
+    ) -> Result<u64, StoreError> {
+        let mut records = 0;
+        for (path, file, meta, extents) in &self.files {
+            let Ok(at) = extents.binary_search_by_key(&key_group, |e| e.key_group) else {
+                continue;
+            };
+            let extent = &extents[at];
+            read_range(
+                file,
+                path,
+                &mut self.buffer,
+                extent.offset,
+                extent.end - extent.offset,
+            )?;
+            visit_group(&self.buffer, extent, meta, horizon_time, visit)
+                .map_err(StoreError::corrupt(path))?;
+            records += extent.records;
+        }
+        Ok(records)
     }
 }
 
