@@ -56,6 +56,7 @@ fn window_throughput(c: &mut Criterion) {
         checkpoint: None,
         hooks: weir::run::RunHooks::default(),
         metrics_addr: None,
+        memory_budget_bytes: None,
     };
     // Ingest once, outside the measurement (later runs find the files ingested).
     run(&options(1)).expect("warm-up run");

@@ -21,6 +21,7 @@ use weir_dataflows::combiner::{LocalCombiner, PaneCombiner, PaneValue, SessionCo
 use weir_dataflows::emit::Emit;
 use weir_dataflows::gauge::StateGauge;
 use weir_dataflows::nexmark::NexmarkQuery;
+use weir_dataflows::pane_store::SpillConfig;
 use weir_dataflows::session::session_windows;
 use weir_dataflows::sketch::hll::Hll;
 use weir_dataflows::sketch::{AggDistinct, AggTop, NoDistinct, SketchPartial};
@@ -260,6 +261,7 @@ pub fn build_window_query<F, S>(
     errors: ErrorSlot,
     counters: Arc<SourceCounters>,
     checkpointing: Option<WorkerCheckpointing>,
+    spill: Option<SpillConfig>,
 ) -> ProbeHandle<u64>
 where
     F: PartitionFeed,
@@ -319,7 +321,12 @@ where
                 ) {
                     (false, false) => {
                         let (partials, late) = fixed_window_partials::<F, Agg>(scope, inputs);
-                        let rows = fixed_windows(partials.as_collection(), windows, gauge);
+                        // Each worker spills into a directory of its own.
+                        let spill = spill.map(|c| SpillConfig {
+                            dir: c.dir.join(format!("worker-{}", scope.index())),
+                            ..c
+                        });
+                        let rows = fixed_windows(partials.as_collection(), windows, gauge, spill);
                         (Rows::Windows(rows), late)
                     }
                     (true, false) => sketch_rows::<F, AggDistinct>(scope, inputs, windows, gauge),

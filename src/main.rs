@@ -292,6 +292,14 @@ struct RunArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this loopback address, e.g. 127.0.0.1:9464.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Sliding windows move panes to files under <data-dir>/state/ while
+    /// their state in memory is above this (per process, split over its
+    /// workers, at least 1MiB each; e.g. 4GiB; default: no limit). Each
+    /// key's window aggregate (about 100 bytes per live key) and partials
+    /// waiting for their time stay in memory. For sliding windows of the
+    /// generic query with count, sum, min and max.
+    #[arg(long, value_parser = weir::size::parse_size_bytes)]
+    memory_budget: Option<u64>,
 }
 
 #[derive(Args, Debug)]

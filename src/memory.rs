@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
+use weir_dataflows::pane_store::SpillConfig;
 use weir_dataflows::{LateRow, WindowRow};
 
 use crate::job::{
@@ -66,7 +67,25 @@ pub fn run_in_memory(
         .enumerate()
         .map(|(p, events)| (p as u32, None, Arc::new(events.clone())))
         .collect();
-    execute(partitions, query, workers, batch_records)
+    execute(partitions, query, workers, batch_records, None)
+}
+
+/// [`run_in_memory`] with sliding windows keeping at most
+/// `spill.budget_bytes` of state in memory per worker, the rest in files
+/// under `spill.dir` (one directory per worker).
+pub fn run_in_memory_with_spill(
+    partitions: &[Vec<(u64, String, i64)>],
+    query: WindowQuery,
+    workers: usize,
+    batch_records: usize,
+    spill: SpillConfig,
+) -> Result<CollectedRows, String> {
+    let partitions: Vec<(u32, Option<NexmarkTable>, Arc<Partition>)> = partitions
+        .iter()
+        .enumerate()
+        .map(|(p, events)| (p as u32, None, Arc::new(events.clone())))
+        .collect();
+    execute(partitions, query, workers, batch_records, Some(spill))
 }
 
 /// Runs the Nexmark query `query` (with `lateness_ms`) over stored records
@@ -93,7 +112,7 @@ pub fn run_nexmark_in_memory(
         }
     }
     let query = WindowQuery::nexmark(query, lateness_ms);
-    execute(partitions, query, workers, batch_records).map(|c| c.lines)
+    execute(partitions, query, workers, batch_records, None).map(|c| c.lines)
 }
 
 /// Events `(ts, key, value)` of one partition.
@@ -104,6 +123,7 @@ fn execute(
     query: WindowQuery,
     workers: usize,
     batch_records: usize,
+    spill: Option<SpillConfig>,
 ) -> Result<CollectedRows, String> {
     let collected = Arc::new(Mutex::new(CollectedRows::default()));
     let errors: ErrorSlot = ErrorSlot::default();
@@ -158,6 +178,7 @@ fn execute(
                 Arc::clone(&errors),
                 Arc::clone(&counters),
                 None,
+                spill.clone(),
             );
             let window_state: Vec<_> = counters
                 .window_state

@@ -26,6 +26,14 @@ pub struct ClusterOptions {
     pub addresses: Vec<String>,
 }
 
+/// The directory under the data dir where sliding windows keep the panes
+/// they spill (`worker-<index>/`; scratch, emptied when a run starts).
+pub const STATE_DIR_NAME: &str = "state";
+
+/// The least `--memory-budget` per worker: less would spill every pane as
+/// it enters while the keys' columns alone exceed it.
+pub const MIN_MEMORY_BUDGET_PER_WORKER_BYTES: u64 = 1 << 20;
+
 /// Everything `weir run` needs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -56,6 +64,10 @@ pub struct RunOptions {
     pub hooks: RunHooks,
     /// Serve Prometheus metrics on this loopback address while running.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Sliding windows keep at most this much state in memory per process
+    /// (split evenly over its workers), the rest in `<data-dir>/state/`
+    /// (decision 35); `None`: no limit.
+    pub memory_budget_bytes: Option<u64>,
 }
 
 /// Input made by the Nexmark generator while the run reads it.
@@ -180,6 +192,9 @@ pub struct RunSummary {
     pub peak_window_partials: u64,
     /// As `peak_window_partials`, in bytes of window state.
     pub peak_window_bytes: u64,
+    /// Under `--memory-budget`: the sum of the workers' peak bytes of
+    /// panes on disk, and the panes written to and read from disk.
+    pub window_disk: (u64, [u64; 4]),
     /// The output directory.
     pub out_dir: PathBuf,
     /// Late rows written by this process.

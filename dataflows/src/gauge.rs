@@ -12,6 +12,10 @@ pub struct StateGauge {
     bytes: AtomicU64,
     peak_partials: AtomicU64,
     peak_bytes: AtomicU64,
+    disk_bytes: AtomicU64,
+    peak_disk_bytes: AtomicU64,
+    /// Panes and bytes written to disk, panes and bytes read back.
+    spill_counts: [AtomicU64; 4],
 }
 
 impl StateGauge {
@@ -23,6 +27,34 @@ impl StateGauge {
         self.peak_partials
             .fetch_max(partials as u64, Ordering::Relaxed);
         self.peak_bytes.fetch_max(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Publishes the bytes of state on disk and the spill counts (panes
+    /// and bytes written, panes and bytes read back).
+    pub fn set_disk(&self, disk_bytes: usize, spill_counts: [u64; 4]) {
+        self.disk_bytes.store(disk_bytes as u64, Ordering::Relaxed);
+        self.peak_disk_bytes
+            .fetch_max(disk_bytes as u64, Ordering::Relaxed);
+        for (counter, value) in self.spill_counts.iter().zip(spill_counts) {
+            counter.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes of state on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes on disk so far.
+    pub fn peak_disk_bytes(&self) -> u64 {
+        self.peak_disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Panes and bytes written to disk, panes and bytes read back.
+    pub fn spill_counts(&self) -> [u64; 4] {
+        self.spill_counts
+            .each_ref()
+            .map(|c| c.load(Ordering::Relaxed))
     }
 
     /// The most partials published so far.

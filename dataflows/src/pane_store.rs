@@ -28,6 +28,7 @@
 
 mod changes;
 mod codec;
+mod spill;
 mod staging;
 
 use std::collections::VecDeque;
@@ -37,6 +38,8 @@ use hashbrown::HashTable;
 
 use self::changes::ChangeLog;
 use self::codec::{encode, Entries, Entry};
+use self::spill::{Spill, SpilledPane};
+pub use self::spill::{SpillConfig, SpillError, SPILL_FORMAT_VERSION};
 use crate::agg::{Agg, Sum};
 use crate::key::Key;
 
@@ -51,12 +54,22 @@ struct Pane {
     entries: usize,
     /// In the back stack, each entry's own min and max; in the front
     /// stack, the min and max over the key's later front panes.
-    bytes: Box<[u8]>,
+    bytes: PaneBytes,
+}
+
+/// Where a pane's encoded entries are.
+#[derive(Debug)]
+enum PaneBytes {
+    Memory(Box<[u8]>),
+    Disk(SpilledPane),
 }
 
 impl Pane {
     fn heap_bytes(&self) -> usize {
-        self.bytes.len()
+        match &self.bytes {
+            PaneBytes::Memory(bytes) => bytes.len(),
+            PaneBytes::Disk(_) => 0,
+        }
     }
 }
 
@@ -95,6 +108,8 @@ pub struct PaneStore {
     /// Bytes the last time applied had staged: a new time's buffer starts
     /// that large rather than doubling its way up.
     staged_bytes_hint: usize,
+    /// Cold panes on disk, with a memory budget ([`PaneStore::with_spill`]).
+    spill: Option<Spill>,
 }
 
 /// Key text up to this length is stored inline in a [`Key`].
@@ -134,6 +149,71 @@ impl PaneStore {
             staged: std::collections::BTreeMap::new(),
             staged_refs: Vec::new(),
             staged_bytes_hint: 0,
+            spill: None,
+        }
+    }
+
+    /// An empty store that keeps at most `config.budget_bytes` of state in
+    /// memory ([`PaneStore::heap_bytes`]) by moving its newest panes' bytes
+    /// to files in `config.dir` (see [`spill`]); every aggregate and row is
+    /// the same as without.
+    pub fn with_spill(slide_ms: u64, config: SpillConfig) -> Result<Self, SpillError> {
+        let mut store = Self::new(slide_ms);
+        store.spill = Some(Spill::open(config)?);
+        Ok(store)
+    }
+
+    /// Bytes of panes on disk.
+    pub fn disk_bytes(&self) -> usize {
+        self.spill.as_ref().map_or(0, |s| s.disk_bytes)
+    }
+
+    /// Panes written to disk and their bytes; panes read back and theirs.
+    pub fn spill_counts(&self) -> [u64; 4] {
+        self.spill.as_ref().map_or([0; 4], |s| {
+            [s.spills, s.spilled_bytes, s.fetches, s.fetched_bytes]
+        })
+    }
+
+    /// The bytes of pane `pane` (read back, and its file removed, if it
+    /// was on disk).
+    fn take_bytes(&mut self, pane: &mut Pane) -> Box<[u8]> {
+        match std::mem::replace(&mut pane.bytes, PaneBytes::Memory(Box::default())) {
+            PaneBytes::Memory(bytes) => bytes,
+            PaneBytes::Disk(spilled) => self
+                .spill
+                .as_mut()
+                .expect("only a store with a spill has panes on disk")
+                .take(pane.start, &spilled)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_boxed_slice(),
+        }
+    }
+
+    /// Moves the newest panes' bytes to disk until the state fits the
+    /// budget (or every pane is on disk).
+    fn enforce_budget(&mut self) {
+        let Some(budget) = self.spill.as_ref().map(Spill::budget_bytes) else {
+            return;
+        };
+        let held = self.heap_bytes();
+        if held <= budget {
+            return;
+        }
+        let spill = self.spill.as_mut().expect("checked above");
+        let mut over = held - budget;
+        for pane in self.panes.iter_mut().rev() {
+            if over == 0 {
+                break;
+            }
+            let PaneBytes::Memory(bytes) = &pane.bytes else {
+                continue;
+            };
+            let spilled = spill
+                .write(pane.start, bytes)
+                .unwrap_or_else(|e| panic!("{e}"));
+            over = over.saturating_sub(bytes.len());
+            pane.bytes = PaneBytes::Disk(spilled);
         }
     }
 
@@ -274,16 +354,19 @@ impl PaneStore {
         {
             // The same pane again (a restored pane meeting live partials at
             // one time): its entries join the existing ones.
-            let old = &self.panes[position];
+            let mut old = self.panes.remove(position).expect("found above");
             self.live_partials -= old.entries;
-            scratch.extend(Entries::new(&old.bytes));
+            let old_bytes = self.take_bytes(&mut old);
+            scratch.extend(Entries::new(&old_bytes));
             merge_by_slot(scratch);
-            self.panes[position] = self.pane(pane_start, scratch);
+            let pane = self.pane(pane_start, scratch);
+            self.panes.insert(position, pane);
         } else {
             let pane = self.pane(pane_start, scratch);
             self.panes.insert(position, pane);
         }
         self.live_partials += scratch.len();
+        self.enforce_budget();
     }
 
     /// Keeps `scratch` (and the encoding buffer) for the next pane if they
@@ -307,7 +390,7 @@ impl PaneStore {
         Pane {
             start,
             entries: entries.len(),
-            bytes: self.encoded.as_slice().into(),
+            bytes: PaneBytes::Memory(self.encoded.as_slice().into()),
         }
     }
 
@@ -318,9 +401,10 @@ impl PaneStore {
             if self.panes[0].start >= self.front_end {
                 self.flip();
             }
-            let pane = self.panes.pop_front().expect("checked above");
+            let mut pane = self.panes.pop_front().expect("checked above");
             self.live_partials -= pane.entries;
-            for (slot, count, sum, later_min, later_max) in Entries::new(&pane.bytes) {
+            let bytes = self.take_bytes(&mut pane);
+            for (slot, count, sum, later_min, later_max) in Entries::new(&bytes) {
                 let s = slot as usize;
                 self.note_change(slot);
                 self.counts[s] -= count;
@@ -351,9 +435,13 @@ impl PaneStore {
         // emptied, and each key's last front entry carried the identity.
         let mut panes = std::mem::take(&mut self.panes);
         for pane in panes.iter_mut().rev() {
+            // A pane on disk goes back to disk: the flip must not bring the
+            // whole window into memory.
+            let was_on_disk = matches!(pane.bytes, PaneBytes::Disk(_));
+            let bytes = self.take_bytes(pane);
             self.encoded.clear();
             let (front_min, front_max) = (&mut self.front_min, &mut self.front_max);
-            let entries = Entries::new(&pane.bytes).map(|(slot, count, sum, min, max)| {
+            let entries = Entries::new(&bytes).map(|(slot, count, sum, min, max)| {
                 let s = slot as usize;
                 let later = (front_min[s], front_max[s]);
                 front_min[s] = front_min[s].min(min);
@@ -361,7 +449,14 @@ impl PaneStore {
                 (slot, count, sum, later.0, later.1)
             });
             encode(entries, &mut self.encoded);
-            pane.bytes = self.encoded.as_slice().into();
+            pane.bytes = match self.spill.as_mut().filter(|_| was_on_disk) {
+                Some(spill) => PaneBytes::Disk(
+                    spill
+                        .write(pane.start, &self.encoded)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                ),
+                None => PaneBytes::Memory(self.encoded.as_slice().into()),
+            };
         }
         self.panes = panes;
         let scratch = std::mem::take(&mut self.scratch);

@@ -31,7 +31,7 @@ use crate::combiner::{hold_least, hold_only, Update};
 use crate::emit::Emit;
 use crate::gauge::StateGauge;
 use crate::key::Key;
-use crate::pane_store::PaneStore;
+use crate::pane_store::{PaneStore, SpillConfig};
 use crate::row::WindowRow;
 
 /// Rows one activation emits at most; the operator activates itself again
@@ -72,16 +72,20 @@ pub type PanePartials<'scope> = VecCollection<'scope, u64, (Key, (u64, Agg)), is
 
 /// The window rows of `partials`, each emitted once when its window closes.
 /// Tumbling windows (`size == slide`) go to [`crate::tumbling::tumbling_windows`].
+/// With `spill`, a sliding window keeps its state within the budget by
+/// moving cold panes to disk ([`PaneStore::with_spill`]); a tumbling window
+/// holds only its open windows and ignores it.
 pub fn fixed_windows(
     partials: PanePartials<'_>,
     windows: FixedWindows,
     gauge: Arc<StateGauge>,
+    spill: Option<SpillConfig>,
 ) -> Stream<'_, u64, Vec<WindowRow>> {
     windows.assert_valid();
     if windows.size_ms == windows.slide_ms {
         return crate::tumbling::tumbling_windows(partials, windows, gauge);
     }
-    sliding_windows(partials, windows, gauge)
+    sliding_windows(partials, windows, gauge, spill)
 }
 
 /// A window whose rows are being emitted.
@@ -103,6 +107,7 @@ fn sliding_windows(
     partials: PanePartials<'_>,
     windows: FixedWindows,
     gauge: Arc<StateGauge>,
+    spill: Option<SpillConfig>,
 ) -> Stream<'_, u64, Vec<WindowRow>> {
     let FixedWindows {
         size_ms,
@@ -117,7 +122,13 @@ fn sliding_windows(
         .inner
         .unary_frontier(by_key, "SlidingWindows", move |_cap, info| {
             let activator = scope.activator_for(info.address);
-            let mut store = PaneStore::new(slide_ms);
+            let mut store = match spill {
+                // A spill directory that cannot be opened stops the worker
+                // with the reason (the driver creates it before the run).
+                Some(config) => PaneStore::with_spill(slide_ms, config)
+                    .unwrap_or_else(|e| panic!("window state: {e}")),
+                None => PaneStore::new(slide_ms),
+            };
             if emit == Emit::Changes {
                 store.track_changes(columns);
             }
@@ -226,6 +237,7 @@ fn sliding_windows(
                     }
                 }
                 gauge.set(store.live_partials(), store.live_keys(), store.heap_bytes());
+                gauge.set_disk(store.disk_bytes(), store.spill_counts());
                 // Hold a capability only for what may still be emitted.
                 let next_emit =
                     (emitting.is_some() || !store.is_empty()).then(|| next_end - granularity_ms);

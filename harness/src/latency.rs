@@ -291,6 +291,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         } else {
             args.metrics_addr.or_else(free_loopback_port)
         },
+        memory_budget_bytes: None,
     };
     let metrics_addr = options.metrics_addr;
     let checkpoint_dir = data_dir.join("checkpoints");

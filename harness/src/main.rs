@@ -332,6 +332,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                 }),
             hooks: weir::run::RunHooks::default(),
             metrics_addr: None,
+            memory_budget_bytes: None,
         };
         let mut elapsed_s = Vec::new();
         let mut last = None;

@@ -28,9 +28,11 @@ use crate::job::{
     build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RestoredState,
     WindowQuery, WorkerCheckpointing,
 };
+use crate::run::STATE_DIR_NAME;
 use crate::run::{LogRetention, RunError, RunGauges, RunHooks, RunOptions};
 use crate::sink::{output_file_names, WorkerOutputs};
 use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters, IDLE_POLL_MAX_MS};
+use weir_dataflows::pane_store::SpillConfig;
 
 /// What the workers of this process share, and the figures the driver
 /// reads once they are done.
@@ -56,6 +58,9 @@ pub(super) struct Process {
     pub(super) sender: Option<CutSender>,
     pub(super) pressure: Option<Arc<SidecarPressure>>,
     source_config: SourceConfig,
+    /// Where sliding windows spill cold panes under `--memory-budget`,
+    /// with each worker's share of the budget.
+    window_spill: Option<SpillConfig>,
     pub(super) first_worker: usize,
     /// A sidecar silent this long while owed an ack is reported stalled.
     pub(super) stall_after: Duration,
@@ -162,6 +167,11 @@ impl Process {
             cut_step_ms: if sender.is_some() { step_ms } else { 0 },
             restored_cut_ms: restored_point.map(|(_, cut)| cut),
         };
+        let window_spill = options.memory_budget_bytes.map(|budget| SpillConfig {
+            dir: options.data_dir.join(STATE_DIR_NAME),
+            budget_bytes: usize::try_from(budget / options.workers.max(1) as u64)
+                .unwrap_or(usize::MAX),
+        });
         Ok(Process {
             query,
             partitions: inputs.partitions,
@@ -184,6 +194,7 @@ impl Process {
             sender,
             pressure,
             source_config,
+            window_spill,
             first_worker: place.first_worker,
             stall_after: Duration::from_millis(checkpoint.map_or(0, |c| c.interval_ms).max(1)),
             errors: ErrorSlot::default(),
@@ -317,6 +328,7 @@ pub(super) fn build(
         Arc::clone(&p.errors),
         Arc::clone(&p.counters),
         checkpointing,
+        p.window_spill.clone(),
     );
     Some(WorkerDataflow {
         probe,

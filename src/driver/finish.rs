@@ -91,10 +91,19 @@ pub(super) fn finish(
     let window_state = counters.window_state.lock().expect("poisoned");
     let peak_window_partials = window_state.iter().map(|(_, g)| g.peak_partials()).sum();
     let peak_window_bytes = window_state.iter().map(|(_, g)| g.peak_bytes()).sum();
+    let window_disk = window_state
+        .iter()
+        .fold((0, [0; 4]), |(peak, mut counts), (_, g)| {
+            for (total, count) in counts.iter_mut().zip(g.spill_counts()) {
+                *total += count;
+            }
+            (peak + g.peak_disk_bytes(), counts)
+        });
     drop(window_state);
     Ok(RunSummary {
         peak_window_partials,
         peak_window_bytes,
+        window_disk,
         partitions: partition_count,
         total_workers: place.workers_total,
         events_read: counters.events_read.load(Ordering::Relaxed),

@@ -25,9 +25,11 @@ use crate::metrics::{dir_usage, label_value, millis, now_ms, serve_text, Exposit
 
 mod log_usage;
 mod top_keys;
+mod window_state;
 
 use log_usage::log_usage;
 use top_keys::{TopKeys, TopKeysObserver};
+use window_state::render_window_state;
 
 /// How many keys `weir_top_key_window_events` lists at most.
 pub const TOP_KEYS: usize = 10;
@@ -469,51 +471,6 @@ pub fn serve(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<SocketAddr> {
     serve_text(addr, Box::new(move || render(&sources)), stop)
-}
-
-/// The fixed-window operators' own state per worker: live partials, keys
-/// and bytes (`weir_state_bytes{structure="windows"}`).
-fn render_window_state(out: &mut Exposition, counters: &SourceCounters) {
-    let mut gauges: Vec<(usize, u64, u64, u64)> = counters
-        .window_state
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .map(|(w, g)| (*w, g.partials(), g.keys(), g.bytes()))
-        .collect();
-    gauges.sort_unstable();
-    let series =
-        |f: fn(&(usize, u64, u64, u64)) -> u64, structure: bool| -> Vec<(String, String)> {
-            gauges
-                .iter()
-                .map(|g| {
-                    let labels = if structure {
-                        format!("worker=\"{}\",structure=\"windows\"", g.0)
-                    } else {
-                        format!("worker=\"{}\"", g.0)
-                    };
-                    (labels, f(g).to_string())
-                })
-                .collect()
-        };
-    out.labelled(
-        "window_partials",
-        "gauge",
-        "Live (key, pane) partials a worker's window operator holds (tumbling windows: open (key, window) aggregates).",
-        &series(|g| g.1, false),
-    );
-    out.labelled(
-        "window_keys",
-        "gauge",
-        "Keys with live window state on a worker.",
-        &series(|g| g.2, false),
-    );
-    out.labelled(
-        "state_bytes",
-        "gauge",
-        "Bytes of state a worker holds, per structure (windows: the window operator's packed panes, key columns and tables).",
-        &series(|g| g.3, true),
-    );
 }
 
 #[cfg(test)]

@@ -99,6 +99,34 @@ fn refuse_tailing_after_a_final_checkpoint(data_dir: &std::path::Path) -> Result
     Ok(())
 }
 
+/// Refuses a `--memory-budget` that cannot apply: below the minimum per
+/// worker, or for windows whose state does not spill (decision 35).
+fn check_memory_budget(
+    budget: u64,
+    workers: usize,
+    window: WindowSpec,
+    aggregates: weir_dataflows::aggregates::Aggregates,
+) -> Result<()> {
+    let minimum = weir::run::MIN_MEMORY_BUDGET_PER_WORKER_BYTES * workers as u64;
+    if budget < minimum {
+        bail!(
+            "--memory-budget {budget} bytes is below the minimum of {minimum} bytes \
+             (1MiB per worker, --workers {workers})"
+        );
+    }
+    match window {
+        WindowSpec::Sliding { size_ms, slide_ms } if size_ms != slide_ms => {}
+        _ => bail!(
+            "--memory-budget applies to sliding windows, whose panes spill to disk; \
+             tumbling windows hold only their open windows and sessions their open sessions"
+        ),
+    }
+    if aggregates.needs_sketches() {
+        bail!("--memory-budget: the state of distinct and topk windows does not spill yet");
+    }
+    Ok(())
+}
+
 /// The query of `args` reading `source`: the generic window query, or a
 /// Nexmark query.
 fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
@@ -120,6 +148,9 @@ fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
         }
         if !args.aggregates.is_default() || args.topk.is_some() {
             bail!("--aggregates and --topk are for the generic window query; {nexmark} writes its own rows");
+        }
+        if args.memory_budget.is_some() {
+            bail!("--memory-budget applies to the sliding windows of the generic window query, not {nexmark}");
         }
         return Ok(WindowQuery::nexmark(nexmark, args.lateness));
     }
@@ -151,6 +182,9 @@ fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
         Some(k) => args.aggregates.with_topk(usize::from(k))?,
         None => args.aggregates,
     };
+    if let Some(budget) = args.memory_budget {
+        check_memory_budget(budget, args.workers, window, args.aggregates)?;
+    }
     if args.emit == Emit::Changes && !args.aggregates.contains(Aggregate::Count) {
         bail!(
             "--emit changes needs count among --aggregates: a row with count 0 marks a key leaving"
@@ -308,6 +342,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
         }),
         hooks: weir::run::RunHooks::default(),
         metrics_addr: args.metrics_addr,
+        memory_budget_bytes: args.memory_budget,
     };
     let what = match query.nexmark {
         Some(q) => format!("nexmark {q} (window {})", query.spec),
@@ -352,6 +387,14 @@ fn print_summary(s: &RunSummary, workers: usize) {
             "window state      {} partials, {:.1} MiB at the peak (sum of workers' peaks)",
             s.peak_window_partials,
             s.peak_window_bytes as f64 / f64::from(1 << 20)
+        );
+    }
+    let (disk_peak_bytes, [spills, spilled_bytes, fetches, _]) = s.window_disk;
+    if spills > 0 {
+        println!(
+            "window spill      {:.1} MiB on disk at the peak; {spills} panes written ({:.1} MiB), {fetches} read back",
+            disk_peak_bytes as f64 / f64::from(1 << 20),
+            spilled_bytes as f64 / f64::from(1 << 20),
         );
     }
     println!(

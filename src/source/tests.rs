@@ -125,6 +125,7 @@ fn activations_while_stalled(
                 Arc::clone(&errors),
                 Arc::clone(&counters),
                 None,
+                None,
             );
             while !stop.load(Ordering::Acquire) {
                 worker.step_or_park(Some(Duration::from_millis(1)));

@@ -193,7 +193,7 @@ fn window_options_that_cannot_apply_are_refused_before_anything_runs() {
     let input = tmp.path().join("in.csv");
     std::fs::write(&input, "ts,key,value\n1000,a,1\n").unwrap();
     let (input, data_arg) = (input.to_str().unwrap(), data.to_str().unwrap());
-    let cases: [(&[&str], &str); 14] = [
+    let cases: [(&[&str], &str); 21] = [
         (&["--emit", "sometimes"], "unknown emit mode"),
         (
             &["--window", "session:5s", "--emit", "changes"],
@@ -235,6 +235,28 @@ fn window_options_that_cannot_apply_are_refused_before_anything_runs() {
             &["--aggregates", "sum,distinct", "--emit", "changes"],
             "needs count",
         ),
+        (&["--memory-budget", "1GB"], "unknown size unit \"GB\""),
+        (
+            &["--memory-budget", "512KiB"],
+            "below the minimum of 2097152 bytes (1MiB per worker, --workers 2)",
+        ),
+        (
+            &["--memory-budget", "3MiB", "--workers", "4"],
+            "below the minimum of 4194304 bytes",
+        ),
+        (
+            &["--memory-budget", "1GiB", "--window", "tumbling:10s"],
+            "applies to sliding windows",
+        ),
+        (
+            &["--memory-budget", "1GiB", "--window", "session:5s"],
+            "applies to sliding windows",
+        ),
+        (
+            &["--memory-budget", "1GiB", "--aggregates", "count,distinct"],
+            "does not spill yet",
+        ),
+        (&["--memory-budget", "1GiB", "--query", "q5"], "not q5"),
     ];
     for (extra, reason) in cases {
         let mut args = vec![

@@ -61,6 +61,7 @@ fn options(data_dir: &Path, out_dir: &Path, query: WindowQuery, workers: usize) 
         checkpoint: None,
         hooks: RunHooks::default(),
         metrics_addr: None,
+        memory_budget_bytes: None,
     }
 }
 

@@ -19,5 +19,6 @@ mod recovery;
 mod retention;
 mod sidecar;
 mod sidecar_stall;
+mod spill;
 mod support;
 mod topk;

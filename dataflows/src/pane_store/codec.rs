@@ -14,8 +14,9 @@
 //! instead of the 32 of fixed-width columns. Panes are only ever read in
 //! order (a pane enters, is turned into the front stack, leaves), so no
 //! entry needs to be found by position. The bytes never leave the process
-//! (checkpoints persist the partials, not this layout), so it carries no
-//! version.
+//! (checkpoints persist the partials, not this layout; spill files under a
+//! memory budget carry them with a version of their own, [`super::spill`],
+//! and are deleted by the next process), so the layout carries no version.
 
 /// A partial in a pane: `(key slot, count, sum, min, max)`.
 pub type Entry = (u32, u64, i128, i64, i64);

@@ -73,7 +73,8 @@ proptest! {
 
     /// Panes enter one per slide (each with partials of several "workers"),
     /// windows of `panes` slides; after every slide the store's aggregates
-    /// and sizes equal the model's.
+    /// and sizes equal the model's, with every pane in memory or under a
+    /// memory budget (0: every pane on disk as it enters).
     #[test]
     fn aggregates_equal_a_plain_fold_over_live_panes(
         panes in 1u64..8,
@@ -81,8 +82,17 @@ proptest! {
             prop::collection::vec((0u8..12, value(), 1u64..3), 0..12),
             1..40,
         ),
+        budget in prop_oneof![Just(None), Just(Some(0usize)), (0usize..3000).prop_map(Some)],
     ) {
-        let mut store = PaneStore::new(SLIDE);
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = match budget {
+            Some(budget_bytes) => PaneStore::with_spill(
+                SLIDE,
+                SpillConfig { dir: dir.path().join("w0"), budget_bytes },
+            )
+            .unwrap(),
+            None => PaneStore::new(SLIDE),
+        };
         let mut model = Model::default();
         for (i, partials) in slides.iter().enumerate() {
             let pane = i as u64 * SLIDE;
@@ -104,12 +114,70 @@ proptest! {
             prop_assert_eq!(store.live_partials(), model.partials());
             prop_assert_eq!(store.live_keys(), model.aggregates().len());
         }
-        // Every pane leaves: nothing is left behind.
+        let spills = store.spill_counts()[0];
+        if budget == Some(0) {
+            prop_assert!(spills > 0 || store.is_empty(), "a zero budget spills");
+        }
+        // Every pane leaves: nothing is left behind, on disk either.
         store.evict_before(u64::MAX);
         prop_assert!(store.is_empty());
         prop_assert_eq!(store.live_keys(), 0);
         prop_assert_eq!(store.live_partials(), 0);
+        prop_assert_eq!(store.disk_bytes(), 0);
+        if budget.is_some() {
+            prop_assert_eq!(std::fs::read_dir(dir.path().join("w0")).unwrap().count(), 0);
+            let [spills, _, fetches, _] = store.spill_counts();
+            prop_assert_eq!(spills, fetches, "every pane written is read back once");
+        }
     }
+}
+
+#[test]
+fn panes_on_disk_merge_with_live_ones_and_flip_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpillConfig {
+        dir: dir.path().join("w0"),
+        budget_bytes: 0,
+    };
+    let mut store = PaneStore::with_spill(SLIDE, config).unwrap();
+    store.insert_pane(20, [(Key::from("a"), Agg::of(3), 1)]);
+    store.insert_pane(0, [(Key::from("a"), Agg::of(1), 1)]);
+    store.insert_pane(10, [(Key::from("b"), Agg::of(7), 2)]);
+    assert!(
+        store.disk_bytes() > 0,
+        "a zero budget keeps no pane in memory"
+    );
+    // The same pane again: read back, merged, and spilled again.
+    store.insert_pane(20, [(Key::from("a"), Agg::of(-4), 1)]);
+    assert_eq!(store.live_partials(), 3);
+    // Leaving pane 0 flips the queue: every pane read, rewritten on disk.
+    store.evict_before(10);
+    assert!(store.disk_bytes() > 0);
+    let aggregates = store_aggregates(&store);
+    let mut a = Agg::of(3);
+    a.add(-4);
+    assert_eq!(aggregates["a"], a);
+    assert_eq!(aggregates["b"], Agg::of(7).repeated(2));
+    // A damaged file is refused with its name, not read as other entries.
+    let file = std::fs::read_dir(dir.path().join("w0"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 5;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.evict_before(u64::MAX);
+    }))
+    .expect_err("a damaged spill file is refused");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains(file.to_str().unwrap()) && message.contains("corrupt at byte"),
+        "{message}"
+    );
 }
 
 #[test]

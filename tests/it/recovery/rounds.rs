@@ -129,3 +129,38 @@ fn windows_with_top_values_recover_exactly_once() {
 fn sliding_windows_with_distinct_counts_recover_exactly_once() {
     sketch_rounds(&["--aggregates", "count,sum,min,max,distinct"], 31);
 }
+
+#[test]
+fn sliding_windows_under_a_memory_budget_recover_exactly_once() {
+    // 4 MiB over 2 to 4 workers: panes move to disk. A run without the
+    // budget writes the same rows; a restarted run empties its spill
+    // directory and rebuilds the windows from the checkpoint.
+    let f = fixture(1_500_000);
+    let window = ["--window", "sliding:60s/250ms"];
+    let budget = ["--window", "sliding:60s/250ms", "--memory-budget", "4MiB"];
+    let mut rows = Vec::new();
+    for (name, query) in [("in-memory", &window[..]), ("budget", &budget[..])] {
+        let data = f.tmp.path().join(format!("{name}-data"));
+        let out = f.tmp.path().join(format!("{name}-out"));
+        let mut args = run_args_with_window(
+            &f.input,
+            data.to_str().unwrap(),
+            out.to_str().unwrap(),
+            2,
+            query,
+        );
+        args.push("--no-checkpoint".to_owned());
+        let output = weir().args(&args).output().unwrap();
+        assert_success(&output, name);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            stdout.contains("panes written"),
+            name == "budget",
+            "{name}: {stdout}"
+        );
+        rows.push((sorted_rows(&out, "windows"), sorted_rows(&out, "late")));
+    }
+    assert!(rows[0] == rows[1], "the budget changed the output");
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    crash_rounds(&f, &budget, target, env_or("WEIR_CRASH_SEED", 41));
+}
