@@ -23,7 +23,9 @@
 //! A failed commit is fatal (the disk state after a failed fsync is not to
 //! be trusted): every process is told, and [`run_sidecar`] returns the error.
 
+mod commit;
 mod coordinator;
+mod listen;
 mod metrics;
 mod server;
 

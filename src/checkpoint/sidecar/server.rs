@@ -2,23 +2,22 @@
 //! coordinator task that owns the state and the store.
 
 use std::collections::HashMap;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::coordinator::{commit_checkpoint, ConnId, Coordinator};
+use super::commit::commit_checkpoint;
+use super::coordinator::{ConnId, Coordinator};
+use super::listen::Listener;
 use super::metrics::SidecarMetrics;
 use super::{
-    constant_time_eq, ensure_token_file, socket_path, Listen, SidecarConfig, SidecarError,
-    CHECKPOINTS_DIR_NAME, HELLO_TIMEOUT, MAX_CONNECTIONS, MAX_HELLO_BYTES,
+    constant_time_eq, Listen, SidecarConfig, SidecarError, CHECKPOINTS_DIR_NAME, HELLO_TIMEOUT,
+    MAX_CONNECTIONS, MAX_HELLO_BYTES,
 };
 use crate::checkpoint::store::CheckpointStore;
 use crate::checkpoint::transport::{
@@ -33,8 +32,6 @@ const EVENT_QUEUE: usize = 8;
 const REPLY_QUEUE: usize = 64;
 /// How long connections get to send their last words when the sidecar stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-/// Prefix of the private directories the socket is bound in.
-const STAGING_PREFIX: &str = ".sidecar-bind-";
 
 /// What a connection tells the coordinator.
 #[derive(Debug)]
@@ -99,114 +96,6 @@ pub(super) fn run(
         )
         .await
     })
-}
-
-/// Removes the socket file when the sidecar stops (if it is still ours).
-struct SocketGuard {
-    path: PathBuf,
-    inode: u64,
-}
-
-impl Drop for SocketGuard {
-    fn drop(&mut self) {
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-enum Listener {
-    Unix {
-        listener: UnixListener,
-        uid: u32,
-    },
-    Tcp {
-        listener: TcpListener,
-        token: Arc<Vec<u8>>,
-    },
-}
-
-impl Listener {
-    async fn bind(config: &SidecarConfig) -> Result<(Self, Option<SocketGuard>), SidecarError> {
-        match config.listen {
-            Listen::Tcp(addr) => {
-                let token = Arc::new(ensure_token_file(&config.data_dir)?);
-                let listener =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| SidecarError::Io {
-                            path: PathBuf::from(addr.to_string()),
-                            source,
-                        })?;
-                Ok((Self::Tcp { listener, token }, None))
-            }
-            Listen::Unix => {
-                let (listener, guard, uid) = bind_unix(&config.data_dir)?;
-                Ok((Self::Unix { listener, uid }, Some(guard)))
-            }
-        }
-    }
-}
-
-/// Binds `<data_dir>/sidecar.sock` with mode 0600: bound in a private 0700
-/// directory, chmodded there, then renamed into place. A socket file left by
-/// a dead sidecar is removed; one that answers is another sidecar.
-fn bind_unix(data_dir: &Path) -> Result<(UnixListener, SocketGuard, u32), SidecarError> {
-    let path = socket_path(data_dir);
-    match std::fs::symlink_metadata(&path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(SidecarError::io(&path)(io::Error::other(
-                "exists and is not a socket; remove it",
-            )))
-        }
-        Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                return Err(SidecarError::AlreadyRunning(path));
-            }
-            tracing::info!(path = %path.display(), "removing a stale sidecar socket");
-            std::fs::remove_file(&path).map_err(SidecarError::io(&path))?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(SidecarError::io(&path)(e)),
-    }
-    // Leftover staging dirs of dead sidecars (the store lock says none runs).
-    if let Ok(entries) = std::fs::read_dir(data_dir) {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(STAGING_PREFIX)
-            {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    let staging = data_dir.join(format!("{STAGING_PREFIX}{}", std::process::id()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .map_err(SidecarError::io(&staging))?;
-    let bound = (|| {
-        let tmp = staging.join("s");
-        let listener =
-            std::os::unix::net::UnixListener::bind(&tmp).map_err(SidecarError::io(&tmp))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(SidecarError::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(SidecarError::io(&path))?;
-        Ok::<_, SidecarError>(listener)
-    })();
-    let _ = std::fs::remove_dir_all(&staging);
-    let listener = bound?;
-    let meta = std::fs::symlink_metadata(&path).map_err(SidecarError::io(&path))?;
-    let guard = SocketGuard {
-        path: path.clone(),
-        inode: meta.ino(),
-    };
-    listener
-        .set_nonblocking(true)
-        .map_err(SidecarError::io(&path))?;
-    let listener = UnixListener::from_std(listener).map_err(SidecarError::io(&path))?;
-    Ok((listener, guard, meta.uid()))
 }
 
 /// Accepts connections and runs the coordinator until it stops.
