@@ -261,6 +261,11 @@ pub enum RunError {
     /// A checkpoint could not be restored.
     #[error("restore: {0}")]
     Restore(String),
+    /// A window operator's state failed (a spill file could not be
+    /// written, or was damaged when read back); a rerun restores from the
+    /// last checkpoint.
+    #[error("{0}; nothing committed is lost: rerun to continue from the last checkpoint")]
+    WindowState(String),
 }
 
 impl From<crate::job::RestoreError> for RunError {

@@ -16,6 +16,8 @@ pub struct StateGauge {
     peak_disk_bytes: AtomicU64,
     /// Panes and bytes written to disk, panes and bytes read back.
     spill_counts: [AtomicU64; 4],
+    /// Why the operator stopped (its state failed), if it did.
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl StateGauge {
@@ -38,6 +40,24 @@ impl StateGauge {
         for (counter, value) in self.spill_counts.iter().zip(spill_counts) {
             counter.store(value, Ordering::Relaxed);
         }
+    }
+
+    /// Records why the operator's state failed; it emits nothing more and
+    /// holds its capabilities, so no frontier passes what it did not emit
+    /// (the run must stop: see [`StateGauge::failure`]).
+    pub fn fail(&self, reason: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(reason);
+    }
+
+    /// Why the operator's state failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Bytes of state on disk.

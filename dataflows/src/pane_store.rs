@@ -39,7 +39,7 @@ use hashbrown::HashTable;
 use self::changes::ChangeLog;
 use self::codec::{encode, Entries, Entry};
 use self::spill::{Spill, SpilledPane};
-pub use self::spill::{SpillConfig, SpillError, SPILL_FORMAT_VERSION};
+pub use self::spill::{SpillConfig, SpillError, SPILL_DISK_FULL_FAILPOINT, SPILL_FORMAT_VERSION};
 use crate::agg::{Agg, Sum};
 use crate::key::Key;
 
@@ -110,6 +110,9 @@ pub struct PaneStore {
     staged_bytes_hint: usize,
     /// Cold panes on disk, with a memory budget ([`PaneStore::with_spill`]).
     spill: Option<Spill>,
+    /// The first spill file that could not be written or read back: the
+    /// store's aggregates are not to be trusted from then on.
+    failure: Option<SpillError>,
 }
 
 /// Key text up to this length is stored inline in a [`Key`].
@@ -150,7 +153,14 @@ impl PaneStore {
             staged_refs: Vec::new(),
             staged_bytes_hint: 0,
             spill: None,
+            failure: None,
         }
+    }
+
+    /// The spill failure that made this store unusable, if any: its
+    /// aggregates must not be emitted once this is set.
+    pub fn failure(&self) -> Option<&SpillError> {
+        self.failure.as_ref()
     }
 
     /// An empty store that keeps at most `config.budget_bytes` of state in
@@ -176,17 +186,24 @@ impl PaneStore {
     }
 
     /// The bytes of pane `pane` (read back, and its file removed, if it
-    /// was on disk).
+    /// was on disk). A file that cannot be read back sets
+    /// [`PaneStore::failure`] and gives no entries.
     fn take_bytes(&mut self, pane: &mut Pane) -> Box<[u8]> {
         match std::mem::replace(&mut pane.bytes, PaneBytes::Memory(Box::default())) {
             PaneBytes::Memory(bytes) => bytes,
-            PaneBytes::Disk(spilled) => self
-                .spill
-                .as_mut()
-                .expect("only a store with a spill has panes on disk")
-                .take(pane.start, &spilled)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .into_boxed_slice(),
+            PaneBytes::Disk(spilled) => {
+                let spill = self
+                    .spill
+                    .as_mut()
+                    .expect("only a store with a spill has panes on disk");
+                match spill.take(pane.start, &spilled) {
+                    Ok(bytes) => bytes.into_boxed_slice(),
+                    Err(e) => {
+                        self.failure.get_or_insert(e);
+                        Box::default()
+                    }
+                }
+            }
         }
     }
 
@@ -196,6 +213,9 @@ impl PaneStore {
         let Some(budget) = self.spill.as_ref().map(Spill::budget_bytes) else {
             return;
         };
+        if self.failure.is_some() {
+            return;
+        }
         let held = self.heap_bytes();
         if held <= budget {
             return;
@@ -209,11 +229,17 @@ impl PaneStore {
             let PaneBytes::Memory(bytes) = &pane.bytes else {
                 continue;
             };
-            let spilled = spill
-                .write(pane.start, bytes)
-                .unwrap_or_else(|e| panic!("{e}"));
-            over = over.saturating_sub(bytes.len());
-            pane.bytes = PaneBytes::Disk(spilled);
+            match spill.write(pane.start, bytes) {
+                Ok(spilled) => {
+                    over = over.saturating_sub(bytes.len());
+                    pane.bytes = PaneBytes::Disk(spilled);
+                }
+                Err(e) => {
+                    // The pane stays in memory; the run must stop.
+                    self.failure.get_or_insert(e);
+                    return;
+                }
+            }
         }
     }
 
@@ -449,12 +475,17 @@ impl PaneStore {
                 (slot, count, sum, later.0, later.1)
             });
             encode(entries, &mut self.encoded);
-            pane.bytes = match self.spill.as_mut().filter(|_| was_on_disk) {
-                Some(spill) => PaneBytes::Disk(
-                    spill
-                        .write(pane.start, &self.encoded)
-                        .unwrap_or_else(|e| panic!("{e}")),
-                ),
+            let written = self
+                .spill
+                .as_mut()
+                .filter(|_| was_on_disk && self.failure.is_none())
+                .map(|spill| spill.write(pane.start, &self.encoded));
+            pane.bytes = match written {
+                Some(Ok(spilled)) => PaneBytes::Disk(spilled),
+                Some(Err(e)) => {
+                    self.failure.get_or_insert(e);
+                    PaneBytes::Memory(self.encoded.as_slice().into())
+                }
                 None => PaneBytes::Memory(self.encoded.as_slice().into()),
             };
         }

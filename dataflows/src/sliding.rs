@@ -123,10 +123,11 @@ fn sliding_windows(
         .unary_frontier(by_key, "SlidingWindows", move |_cap, info| {
             let activator = scope.activator_for(info.address);
             let mut store = match spill {
-                // A spill directory that cannot be opened stops the worker
-                // with the reason (the driver creates it before the run).
-                Some(config) => PaneStore::with_spill(slide_ms, config)
-                    .unwrap_or_else(|e| panic!("window state: {e}")),
+                Some(config) => PaneStore::with_spill(slide_ms, config).unwrap_or_else(|e| {
+                    // Reported as the other failures are (below).
+                    gauge.fail(e.to_string());
+                    PaneStore::new(slide_ms)
+                }),
                 None => PaneStore::new(slide_ms),
             };
             if emit == Emit::Changes {
@@ -138,6 +139,16 @@ fn sliding_windows(
             let mut next_end: u64 = 0;
             let mut emitting: Option<Emitting> = None;
             move |(input, frontier), output| {
+                if let Some(e) = store.failure() {
+                    gauge.fail(e.to_string());
+                }
+                if gauge.failure().is_some() {
+                    // Nothing more is emitted and the capabilities are
+                    // kept, so no frontier passes rows this operator did
+                    // not give: the driver stops the run.
+                    input.for_each(|_, batches| batches.clear());
+                    return;
+                }
                 input.for_each_stamp(|stamp, batches| {
                     hold_least(&mut held, &stamp, output.output_index());
                     // Staged (packed) until their time: see `PaneStore::stage`.
@@ -222,6 +233,11 @@ fn sliding_windows(
                     }
                     store.apply_staged_through(emit_time);
                     store.evict_before(next_end.saturating_sub(size_ms));
+                    if let Some(e) = store.failure() {
+                        gauge.fail(e.to_string());
+                        // Keep every capability as it is (see above).
+                        return;
+                    }
                     let rows = match emit {
                         Emit::All => (!store.is_empty()).then_some(Rows::Slots(0)),
                         Emit::Changes => store.has_changes().then_some(Rows::Changes(0)),

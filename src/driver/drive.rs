@@ -78,6 +78,9 @@ fn drive_worker(
         if let Some(e) = client.and_then(|c| c.error()) {
             p.fail(RunError::Sidecar(e));
         }
+        if let Some(reason) = window_state_failure(p) {
+            p.fail(RunError::WindowState(reason));
+        }
         p.errors.lock().expect("poisoned").is_some()
             || p.failure.lock().expect("poisoned").is_some()
     };
@@ -189,4 +192,15 @@ fn abandon_dataflows(worker: &mut Worker) {
     for dataflow in worker.installed_dataflows() {
         worker.drop_dataflow(dataflow);
     }
+}
+
+/// The first failure a window operator of this process reported (a spill
+/// file that could not be written or read back).
+fn window_state_failure(p: &Process) -> Option<String> {
+    p.counters
+        .window_state
+        .lock()
+        .expect("poisoned")
+        .iter()
+        .find_map(|(_, gauge)| gauge.failure())
 }

@@ -526,4 +526,58 @@ fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
     assert_matches_reference(&out, &f.windows, &f.late, "after a full disk");
 }
 
+#[test]
+fn a_full_disk_while_spilling_stops_the_run_clearly_and_a_rerun_resumes() {
+    // A sliding window under --memory-budget whose spill write fails with
+    // ENOSPC: the run stops naming the file, nothing committed is lost, and
+    // the rerun's output equals a run without a budget.
+    let f = fixture(1_500_000);
+    let window = ["--window", "sliding:60s/250ms"];
+    let (ref_data, ref_out) = (
+        f.tmp.path().join("ref-w-data"),
+        f.tmp.path().join("ref-w-out"),
+    );
+    let mut reference = run_args_with_window(
+        &f.input,
+        ref_data.to_str().unwrap(),
+        ref_out.to_str().unwrap(),
+        2,
+        &window,
+    );
+    reference.push("--no-checkpoint".to_owned());
+    assert_success(&weir().args(&reference).output().unwrap(), "reference run");
+    let (data, out) = (
+        f.tmp.path().join("data-spill"),
+        f.tmp.path().join("out-spill"),
+    );
+    let mut query = window.to_vec();
+    query.extend(["--memory-budget", "2MiB"]);
+    let args = run_args_with_window(
+        &f.input,
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        2,
+        &query,
+    );
+    let failed = run_into_failpoint(&args, weir_dataflows::pane_store::SPILL_DISK_FULL_FAILPOINT);
+    assert!(!failed.status.success(), "the run ignored a full disk");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("No space left on device")
+            && stderr.contains("window state spill file")
+            && stderr.contains("rerun"),
+        "unclear error: {stderr}"
+    );
+    assert_success(
+        &weir().args(&args).output().unwrap(),
+        "rerun after the disk was freed",
+    );
+    assert_matches_reference(
+        &out,
+        &sorted_rows(&ref_out, "windows"),
+        &sorted_rows(&ref_out, "late"),
+        "after a full disk while spilling",
+    );
+}
+
 mod rounds;

@@ -32,6 +32,18 @@ const HEADER_LEN_BYTES: usize = 4 + 4 + 8 + 8;
 /// Trailer bytes: the CRC32C.
 const TRAILER_LEN_BYTES: usize = 4;
 
+/// Armed in the `WEIR_FAILPOINT` environment variable, makes every spill
+/// write fail with ENOSPC ("No space left on device"), as a full disk
+/// would: the disk-full path, for tests.
+pub const SPILL_DISK_FULL_FAILPOINT: &str = "spill-disk-full";
+
+fn disk_full_armed() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| {
+        std::env::var("WEIR_FAILPOINT").is_ok_and(|v| v == SPILL_DISK_FULL_FAILPOINT)
+    })
+}
+
 /// Where a worker's windows keep cold panes, and how much memory they may
 /// hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,7 +158,12 @@ impl Spill {
         let crc = crc32c::crc32c(bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         File::create(&path)
-            .and_then(|mut f| f.write_all(bytes))
+            .and_then(|mut f| {
+                if disk_full_armed() {
+                    return Err(std::io::Error::from_raw_os_error(28));
+                }
+                f.write_all(bytes)
+            })
             .map_err(io_error(&path))?;
         self.disk_bytes += bytes.len();
         self.spills += 1;

@@ -169,15 +169,19 @@ fn panes_on_disk_merge_with_live_ones_and_flip_in_place() {
     let last = bytes.len() - 5;
     bytes[last] ^= 1;
     std::fs::write(&file, bytes).unwrap();
-    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.evict_before(u64::MAX);
-    }))
-    .expect_err("a damaged spill file is refused");
-    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    store.evict_before(u64::MAX);
+    let message = store
+        .failure()
+        .expect("a damaged spill file is refused")
+        .to_string();
     assert!(
         message.contains(file.to_str().unwrap()) && message.contains("corrupt at byte"),
         "{message}"
     );
+    // Nothing more is spilled once the store failed.
+    let written = store.spill_counts()[0];
+    store.insert_pane(100, [(Key::from("c"), Agg::of(1), 1)]);
+    assert_eq!(store.spill_counts()[0], written);
 }
 
 #[test]
