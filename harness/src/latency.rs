@@ -97,6 +97,10 @@ pub struct LatencyArgs {
     /// during the measured run (not during --max-throughput probes).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// `weir run --memory-budget` (sliding windows): panes above it move
+    /// to disk; the time series shows both tiers.
+    #[arg(long, value_parser = weir::size::parse_size_bytes)]
+    memory_budget: Option<u64>,
 }
 
 /// Records the latency of every emitted row.
@@ -206,6 +210,8 @@ struct Config {
     warmup_ms: u64,
     /// None: no idle markers.
     idle_timeout_ms: Option<u64>,
+    /// None: no memory budget.
+    memory_budget_bytes: Option<u64>,
 }
 
 fn rss_bytes() -> u64 {
@@ -291,7 +297,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         } else {
             args.metrics_addr.or_else(free_loopback_port)
         },
-        memory_budget_bytes: None,
+        memory_budget_bytes: args.memory_budget,
     };
     let metrics_addr = options.metrics_addr;
     let checkpoint_dir = data_dir.join("checkpoints");
@@ -312,7 +318,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         "second,input_rate,output_rate,frontier_lag_ms,checkpoint_lag_ms,sidecar_fill,rss_bytes,\
          latency_p50_ms,latency_p99_ms,latency_max_ms,committed_cut_ms,checkpoint_id,\
          checkpoint_bytes,checkpoint_delta_bytes,checkpoint_files,commit_latency_us,state_records,\
-         combiner_partials\n",
+         combiner_partials,window_memory_bytes,window_disk_bytes\n",
     );
     let (mut last_sent, mut last_rows, mut peak_rss) = (0u64, 0u64, 0u64);
     let mut next_report = Duration::from_secs(1);
@@ -415,9 +421,15 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             };
             let state = summed("weir_state_records");
             let partials = summed("weir_combiner_partials");
+            let tier = |t: &str| {
+                let text = scraped.as_deref().unwrap_or("");
+                samplers::sum_with_label(text, "weir_state_bytes", &format!("tier=\"{t}\""))
+                    .map_or(String::new(), |b| b.to_string())
+            };
+            let (memory, disk) = (tier("memory"), tier("disk"));
             writeln!(
                 series,
-                "{},{},{},{lag},{checkpoint_lag},{fill},{rss},{percentiles},{committed_cut},{},{commit_latency},{state},{partials}",
+                "{},{},{},{lag},{checkpoint_lag},{fill},{rss},{percentiles},{committed_cut},{},{commit_latency},{state},{partials},{memory},{disk}",
                 next_report.as_secs(),
                 sent - last_sent,
                 rows - last_rows,
@@ -536,6 +548,7 @@ pub fn latency(args: &LatencyArgs) -> Result<()> {
             checkpoint_interval_ms: (!args.no_checkpoint).then_some(args.checkpoint_interval),
             warmup_ms: args.warmup,
             idle_timeout_ms: (args.idle_timeout > 0).then_some(args.idle_timeout),
+            memory_budget_bytes: args.memory_budget,
         },
         events: m.events,
         throughput: m.events as f64 / m.load_secs,

@@ -58,6 +58,20 @@ pub(super) fn sum_per_worker(metrics: &str, name: &str) -> Option<i64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// The sum of the series of `name` whose labels contain `label` (e.g.
+/// `tier="disk"`), or `None` if there is none.
+pub(super) fn sum_with_label(metrics: &str, name: &str, label: &str) -> Option<i64> {
+    let prefix = format!("{name}{{");
+    let values: Vec<i64> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(&prefix) && l.split('}').next().is_some_and(|x| x.contains(label))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// Follows the commit stream: the newest checkpoint and the bytes added since.
 #[derive(Debug, Default)]
 pub(super) struct CheckpointSampler {
@@ -114,6 +128,21 @@ mod tests {
                     weir_sidecar_queue_fill 0\n";
         assert_eq!(sum_per_worker(text, "weir_state_records"), Some(42));
         assert_eq!(sum_per_worker(text, "weir_combiner_partials"), Some(7));
+        let tiers = "weir_state_bytes{worker=\"0\",structure=\"windows\",tier=\"memory\"} 5\n\
+                     weir_state_bytes{worker=\"1\",structure=\"windows\",tier=\"memory\"} 6\n\
+                     weir_state_bytes{worker=\"0\",structure=\"windows\",tier=\"disk\"} 100\n";
+        assert_eq!(
+            sum_with_label(tiers, "weir_state_bytes", "tier=\"memory\""),
+            Some(11)
+        );
+        assert_eq!(
+            sum_with_label(tiers, "weir_state_bytes", "tier=\"disk\""),
+            Some(100)
+        );
+        assert_eq!(
+            sum_with_label(tiers, "weir_state_bytes", "tier=\"cold\""),
+            None
+        );
         assert_eq!(
             sum_per_worker("weir_events_in_total 5\n", "weir_state_records"),
             None
