@@ -1,6 +1,7 @@
 //! `weir inspect`: what a data directory holds — input log partitions,
 //! committed checkpoints (id, cut, files, size, resume offsets, output
-//! lengths) — read without taking any lock or changing anything.
+//! lengths), window state spill files — read without taking any lock or
+//! changing anything.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -12,7 +13,7 @@ use crate::ingest::MANIFEST_FILE_NAME;
 use crate::log::format::{list_segments, segment_path};
 use crate::log::{list_partitions, partition_dir, LogError};
 use crate::nexmark::{source_partition, NexmarkTable};
-use crate::run::EVENTS_TOPIC;
+use crate::run::{EVENTS_TOPIC, STATE_DIR_NAME};
 
 /// Why inspection failed.
 #[derive(Debug, thiserror::Error)]
@@ -226,5 +227,42 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
             .ok();
         }
     }
+    write_state_files(&mut out, data_dir);
     Ok(out)
+}
+
+/// The window state spill files under `<data-dir>/state/` (a run with
+/// `--memory-budget`): per worker directory, files and bytes. Scratch: a
+/// running job's cold panes, or what a stopped one left (the next run
+/// deletes it).
+fn write_state_files(out: &mut String, data_dir: &Path) {
+    let state_dir = data_dir.join(STATE_DIR_NAME);
+    let Ok(entries) = std::fs::read_dir(&state_dir) else {
+        return;
+    };
+    let mut workers: Vec<(String, u64, u64)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            let (mut files, mut bytes) = (0u64, 0u64);
+            for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                if let Ok(meta) = f.metadata() {
+                    files += 1;
+                    bytes += meta.len();
+                }
+            }
+            (e.file_name().to_string_lossy().into_owned(), files, bytes)
+        })
+        .collect();
+    workers.sort();
+    writeln!(
+        out,
+        "
+window state spill files {} (--memory-budget; scratch, deleted when a run starts):",
+        state_dir.display()
+    )
+    .ok();
+    for (worker, files, bytes) in &workers {
+        writeln!(out, "  {worker}: {files} file(s), {bytes} bytes").ok();
+    }
 }

@@ -568,6 +568,16 @@ fn a_full_disk_while_spilling_stops_the_run_clearly_and_a_rerun_resumes() {
             && stderr.contains("rerun"),
         "unclear error: {stderr}"
     );
+    // What the failed run left is listed (and deleted by the next run).
+    let inspect = weir()
+        .args(["inspect", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        listing.contains("window state spill files") && listing.contains("worker-0:"),
+        "{listing}"
+    );
     assert_success(
         &weir().args(&args).output().unwrap(),
         "rerun after the disk was freed",
