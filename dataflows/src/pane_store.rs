@@ -100,9 +100,9 @@ pub struct PaneStore {
     encoded: Vec<u8>,
     /// What changed since the last window, when changes are tracked.
     changes: Option<ChangeLog>,
-    /// Partials staged for times not yet reached, packed, by time, with
-    /// their number.
-    staged: std::collections::BTreeMap<u64, (Vec<u8>, usize)>,
+    /// Partials staged for times not yet reached, packed, by time and
+    /// pane start, with their number.
+staged: std::collections::BTreeMap<(u64, u64), (Vec<u8>, usize)>,
     /// Per slot, the partials staged for it.
     staged_refs: Vec<u32>,
     /// Bytes the last time applied had staged: a new time's buffer starts

@@ -136,8 +136,8 @@ fn sliding_windows_under_a_memory_budget_recover_exactly_once() {
     // budget writes the same rows; a restarted run empties its spill
     // directory and rebuilds the windows from the checkpoint.
     let f = fixture(1_500_000);
-    let window = ["--window", "sliding:60s/250ms"];
-    let budget = ["--window", "sliding:60s/250ms", "--memory-budget", "4MiB"];
+    let window = ["--window", "sliding:2m/250ms"];
+    let budget = ["--window", "sliding:2m/250ms", "--memory-budget", "4MiB"];
     let mut rows = Vec::new();
     for (name, query) in [("in-memory", &window[..]), ("budget", &budget[..])] {
         let data = f.tmp.path().join(format!("{name}-data"));
