@@ -62,12 +62,16 @@ pub fn run_in_memory(
     workers: usize,
     batch_records: usize,
 ) -> Result<CollectedRows, String> {
-    let partitions: Vec<(u32, Option<NexmarkTable>, Arc<Partition>)> = partitions
+    execute(generic(partitions), query, workers, batch_records, None)
+}
+
+/// The partitions of the generic query, numbered in order.
+fn generic(partitions: &[Partition]) -> Vec<(u32, Option<NexmarkTable>, Arc<Partition>)> {
+    partitions
         .iter()
         .enumerate()
         .map(|(p, events)| (p as u32, None, Arc::new(events.clone())))
-        .collect();
-    execute(partitions, query, workers, batch_records, None)
+        .collect()
 }
 
 /// [`run_in_memory`] with sliding windows keeping at most
@@ -80,12 +84,13 @@ pub fn run_in_memory_with_spill(
     batch_records: usize,
     spill: SpillConfig,
 ) -> Result<CollectedRows, String> {
-    let partitions: Vec<(u32, Option<NexmarkTable>, Arc<Partition>)> = partitions
-        .iter()
-        .enumerate()
-        .map(|(p, events)| (p as u32, None, Arc::new(events.clone())))
-        .collect();
-    execute(partitions, query, workers, batch_records, Some(spill))
+    execute(
+        generic(partitions),
+        query,
+        workers,
+        batch_records,
+        Some(spill),
+    )
 }
 
 /// Runs the Nexmark query `query` (with `lateness_ms`) over stored records

@@ -102,7 +102,7 @@ pub struct PaneStore {
     changes: Option<ChangeLog>,
     /// Partials staged for times not yet reached, packed, by time and
     /// pane start, with their number.
-staged: std::collections::BTreeMap<(u64, u64), (Vec<u8>, usize)>,
+    staged: std::collections::BTreeMap<(u64, u64), (Vec<u8>, usize)>,
     /// Per slot, the partials staged for it.
     staged_refs: Vec<u32>,
     /// Bytes the last time applied had staged: a new time's buffer starts

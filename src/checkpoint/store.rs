@@ -304,13 +304,7 @@ impl CheckpointStore {
             return Err(StoreError::io(&tmp)(std::io::Error::from_raw_os_error(28)));
         }
         f.write_all(&bytes).map_err(StoreError::io(&tmp))?;
-        failpoint("after-delta-write");
-        f.sync_all().map_err(StoreError::io(&tmp))?;
-        drop(f);
-        failpoint("after-delta-fsync");
-        std::fs::rename(&tmp, &path).map_err(StoreError::io(&tmp))?;
-        failpoint("after-delta-rename");
-        sync_dir(&self.dir)?;
+        publish_data_file(f, &tmp, &path)?;
         Ok(meta)
     }
 
@@ -532,4 +526,20 @@ impl CheckpointStore {
         }
         Ok(deleted)
     }
+}
+
+/// Makes the fully written temp file `tmp` the data file `path`: fsync,
+/// rename, fsync of the directory (with the failpoints between the steps).
+fn publish_data_file(file: File, tmp: &Path, path: &Path) -> Result<(), StoreError> {
+    failpoint("after-delta-write");
+    file.sync_all().map_err(StoreError::io(tmp))?;
+    drop(file);
+    failpoint("after-delta-fsync");
+    std::fs::rename(tmp, path).map_err(StoreError::io(tmp))?;
+    failpoint("after-delta-rename");
+    sync_dir(
+        path.parent()
+            .expect("a data file is in the store directory"),
+    )?;
+    Ok(())
 }

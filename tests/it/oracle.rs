@@ -132,10 +132,9 @@ fn empty_input_gives_no_rows() {
     assert!(got.rows.is_empty() && got.late.is_empty());
 }
 
-#[test]
-fn a_long_run_over_many_windows_matches_reference() {
-    // 40 keys, 2 000 windows: catches state that is not retired between windows.
-    let partitions: Partitions = (0..3u64)
+/// Three partitions of 20,000 events over 40 keys and 2,000 s.
+pub fn many_windows_input() -> Partitions {
+    (0..3u64)
         .map(|p| {
             (0..20_000u64)
                 .map(|i| {
@@ -147,7 +146,13 @@ fn a_long_run_over_many_windows_matches_reference() {
                 })
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_long_run_over_many_windows_matches_reference() {
+    // 40 keys, 2 000 windows: catches state that is not retired between windows.
+    let partitions = many_windows_input();
     for spec in [
         "tumbling:1s",
         "sliding:3s/1s",

@@ -11,7 +11,7 @@ use weir_dataflows::pane_store::SpillConfig;
 use weir_dataflows::reference::reference;
 use weir_dataflows::WindowSpec;
 
-use crate::oracle::{partitions_strategy, Partitions};
+use crate::oracle::{many_windows_input, partitions_strategy, Partitions};
 
 fn sliding_query(spec: WindowSpec, lateness_ms: u64) -> WindowQuery {
     WindowQuery {
@@ -75,19 +75,7 @@ proptest! {
 fn a_long_run_with_every_pane_on_disk_matches_reference() {
     // 40 keys, 2 000 windows of 60 panes: every pane is written as it
     // enters, rewritten at each flip and read back when it leaves.
-    let partitions: Partitions = (0..3u64)
-        .map(|p| {
-            (0..20_000u64)
-                .map(|i| {
-                    (
-                        i * 100 + p * 37,
-                        format!("key{}", (i * 7 + p) % 40),
-                        (i % 13) as i64 - 6,
-                    )
-                })
-                .collect()
-        })
-        .collect();
+    let partitions = many_windows_input();
     let spec: WindowSpec = "sliding:30s/500ms".parse().unwrap();
     let query = WindowQuery {
         granularity_ms: 100,

@@ -19,12 +19,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::read::{verify_files, CheckpointGroups};
-use super::{failpoint, failpoint_armed, CheckpointStore, StoreError, DISK_FULL_FAILPOINT};
+use super::{failpoint_armed, publish_data_file, CheckpointStore, StoreError, DISK_FULL_FAILPOINT};
 use crate::checkpoint::format::{
     consolidate_as_of_cut, consolidate_sorted_runs, CommitRecord, DataFileEncoder, DataFileId,
     FileMeta, PersistedUpdate, KEY_GROUPS, TEMP_SUFFIX,
 };
-use crate::storage::durable::sync_dir;
 
 /// The default memory budget of a compaction (`weir sidecar
 /// --memory-budget`).
@@ -135,13 +134,7 @@ pub(super) fn compact_files_cancellable(
         .map_err(StoreError::io(&tmp))?;
     let (tail, meta) = encoder.finish();
     file.write_all(&tail).map_err(StoreError::io(&tmp))?;
-    failpoint("after-delta-write");
-    file.sync_all().map_err(StoreError::io(&tmp))?;
-    drop(file);
-    failpoint("after-delta-fsync");
-    std::fs::rename(&tmp, &path).map_err(StoreError::io(&tmp))?;
-    failpoint("after-delta-rename");
-    sync_dir(dir)?;
+    publish_data_file(file, &tmp, &path)?;
     Ok(meta)
 }
 
