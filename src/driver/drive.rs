@@ -40,8 +40,26 @@ pub(super) fn execute(
         timely::execute(
             timely_config(options.workers, options.cluster.as_ref()),
             move |worker| {
-                if let Some(dataflow) = build(&process, client.as_ref(), worker) {
-                    drive_worker(&process, client.as_ref(), worker, &dataflow);
+                let index = worker.index();
+                // A worker that panics must not leave the others of its
+                // process waiting for it forever: its failure is recorded,
+                // and they abandon their dataflows when they see it.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Some(dataflow) = build(&process, client.as_ref(), worker) {
+                        drive_worker(&process, client.as_ref(), worker, &dataflow);
+                    }
+                }));
+                if let Err(panic) = outcome {
+                    let reason = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("(no message)");
+                    process.fail(RunError::Dataflow(format!(
+                        "worker {index} panicked: {reason}"
+                    )));
+                    // Timely steps a worker until its dataflows are gone.
+                    abandon_dataflows(worker);
                 }
             },
         )
@@ -102,6 +120,10 @@ fn drive_worker(
             return abandon_dataflows(worker);
         }
         worker.step_or_park(Some(Duration::from_millis(20)));
+        assert!(
+            index + 1 != worker.peers() || !worker_panic_armed(),
+            "failpoint {WORKER_PANIC_FAILPOINT} reached"
+        );
         if let Some(client) = client {
             tend_sidecar(
                 client,
@@ -192,6 +214,16 @@ fn abandon_dataflows(worker: &mut Worker) {
     for dataflow in worker.installed_dataflows() {
         worker.drop_dataflow(dataflow);
     }
+}
+
+/// Armed in `WEIR_FAILPOINT`, makes the last worker panic after its first
+/// step: the path of a worker that fails by panicking, for tests.
+pub const WORKER_PANIC_FAILPOINT: &str = "worker-panic";
+
+fn worker_panic_armed() -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED
+        .get_or_init(|| std::env::var("WEIR_FAILPOINT").is_ok_and(|v| v == WORKER_PANIC_FAILPOINT))
 }
 
 /// The first failure a window operator of this process reported (a spill

@@ -527,6 +527,28 @@ fn a_full_disk_stops_the_run_clearly_and_a_rerun_resumes() {
 }
 
 #[test]
+fn a_worker_that_panics_fails_the_run_instead_of_hanging_it_and_a_rerun_resumes() {
+    // The last of two workers panics after its first step (failpoint): the
+    // other must not wait for it forever; the run fails naming the panic.
+    let f = fixture(1_500_000);
+    let data = f.tmp.path().join("data-panic");
+    let out = f.tmp.path().join("out-panic");
+    let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+    let failed = run_into_failpoint(&args, "worker-panic");
+    assert!(
+        !failed.status.success(),
+        "a panicking worker went unnoticed"
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("worker 1 panicked: failpoint worker-panic reached"),
+        "unclear error: {stderr}"
+    );
+    assert_success(&weir().args(&args).output().unwrap(), "rerun");
+    assert_matches_reference(&out, &f.windows, &f.late, "after a worker panicked");
+}
+
+#[test]
 fn a_full_disk_while_spilling_stops_the_run_clearly_and_a_rerun_resumes() {
     // A sliding window under --memory-budget whose spill write fails with
     // ENOSPC: the run stops naming the file, nothing committed is lost, and

@@ -132,12 +132,12 @@ fn sliding_windows_with_distinct_counts_recover_exactly_once() {
 
 #[test]
 fn sliding_windows_under_a_memory_budget_recover_exactly_once() {
-    // 4 MiB over 2 to 4 workers: panes move to disk. A run without the
+    // 3 MiB over 1 to 3 workers: panes move to disk. A run without the
     // budget writes the same rows; a restarted run empties its spill
     // directory and rebuilds the windows from the checkpoint.
     let f = fixture(1_500_000);
-    let window = ["--window", "sliding:2m/250ms"];
-    let budget = ["--window", "sliding:2m/250ms", "--memory-budget", "4MiB"];
+    let window = ["--window", "sliding:2m/100ms"];
+    let budget = ["--window", "sliding:2m/100ms", "--memory-budget", "3MiB"];
     let mut rows = Vec::new();
     for (name, query) in [("in-memory", &window[..]), ("budget", &budget[..])] {
         let data = f.tmp.path().join(format!("{name}-data"));
