@@ -161,6 +161,8 @@ fn sliding_windows_under_a_memory_budget_recover_exactly_once() {
         rows.push((sorted_rows(&out, "windows"), sorted_rows(&out, "late")));
     }
     assert!(rows[0] == rows[1], "the budget changed the output");
-    let target = env_or("WEIR_CRASH_KILLS", 20) / 2;
+    // Half the kills of the other rounds: every round rewrites 1,200 panes
+    // on disk (85 s in a debug build for 10 kills).
+    let target = env_or("WEIR_CRASH_KILLS", 20) / 4;
     crash_rounds(&f, &budget, target, env_or("WEIR_CRASH_SEED", 41));
 }
