@@ -257,8 +257,7 @@ fn write_state_files(out: &mut String, data_dir: &Path) {
     workers.sort();
     writeln!(
         out,
-        "
-window state spill files {} (--memory-budget; scratch, deleted when a run starts):",
+        "\nwindow state spill files {} (--memory-budget; scratch, deleted when a run starts):",
         state_dir.display()
     )
     .ok();

@@ -105,7 +105,9 @@ fn failpoint(name: &str) {
     }
 }
 
-fn failpoint_armed(name: &str) -> bool {
+/// Whether `name` is the failpoint armed in [`FAILPOINT_ENV`] (read once
+/// per process).
+pub fn failpoint_armed(name: &str) -> bool {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     ARMED
         .get_or_init(|| std::env::var(FAILPOINT_ENV).ok())

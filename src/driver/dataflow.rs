@@ -28,8 +28,7 @@ use crate::job::{
     build_window_query, max_ahead_ms, track_arrangements, ArrangementGauge, RestoredState,
     WindowQuery, WorkerCheckpointing,
 };
-use crate::run::STATE_DIR_NAME;
-use crate::run::{LogRetention, RunError, RunGauges, RunHooks, RunOptions};
+use crate::run::{LogRetention, RunError, RunGauges, RunHooks, RunOptions, STATE_DIR_NAME};
 use crate::sink::{output_file_names, WorkerOutputs};
 use crate::source::{ErrorSlot, PartitionInput, SourceConfig, SourceCounters, IDLE_POLL_MAX_MS};
 use weir_dataflows::pane_store::SpillConfig;

@@ -15,6 +15,7 @@ use super::dataflow::{build, Process, WorkerDataflow};
 use super::retention::WorkerRetention;
 use super::timely_config;
 use crate::checkpoint::client::{DurableFile, SidecarClient};
+use crate::checkpoint::store::failpoint_armed;
 use crate::checkpoint::transport::WorkerCut;
 use crate::run::{RunError, RunOptions};
 
@@ -121,7 +122,7 @@ fn drive_worker(
         }
         worker.step_or_park(Some(Duration::from_millis(20)));
         assert!(
-            index + 1 != worker.peers() || !worker_panic_armed(),
+            index + 1 != worker.peers() || !failpoint_armed(WORKER_PANIC_FAILPOINT),
             "failpoint {WORKER_PANIC_FAILPOINT} reached"
         );
         if let Some(client) = client {
@@ -219,12 +220,6 @@ fn abandon_dataflows(worker: &mut Worker) {
 /// Armed in `WEIR_FAILPOINT`, makes the last worker panic after its first
 /// step: the path of a worker that fails by panicking, for tests.
 pub const WORKER_PANIC_FAILPOINT: &str = "worker-panic";
-
-fn worker_panic_armed() -> bool {
-    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ARMED
-        .get_or_init(|| std::env::var("WEIR_FAILPOINT").is_ok_and(|v| v == WORKER_PANIC_FAILPOINT))
-}
 
 /// The first failure a window operator of this process reported (a spill
 /// file that could not be written or read back).

@@ -15,12 +15,8 @@ use crate::oracle::{many_windows_input, partitions_strategy, Partitions};
 
 fn sliding_query(spec: WindowSpec, lateness_ms: u64) -> WindowQuery {
     WindowQuery {
-        spec,
         granularity_ms: 250,
-        lateness_ms,
-        nexmark: None,
-        emit: weir_dataflows::emit::Emit::All,
-        aggregates: weir_dataflows::aggregates::Aggregates::default(),
+        ..WindowQuery::generic(spec, lateness_ms)
     }
 }
 
