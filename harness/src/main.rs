@@ -13,6 +13,10 @@
 //! - `soak`: a long load into the log, a separate engine process with
 //!   checkpoints killed and restarted a few times; memory, disk, lag over
 //!   time, and the output compared with a failure-free run.
+//! - `state`: window state beyond a memory budget (issue 14): a large
+//!   input run with checkpoints, with and without a budget, killed and
+//!   rerun; peak memory of engine and sidecar, checkpoint lag, and the
+//!   outputs compared.
 
 mod chaos;
 mod cluster;
@@ -20,6 +24,7 @@ mod latency;
 mod latency_stats;
 mod pacing;
 mod soak;
+mod state;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -64,6 +69,8 @@ enum Mode {
     Cluster(cluster::ClusterArgs),
     /// A long load with sidecar and engine kills: memory, disk and lag over time, output exactly once.
     Soak(soak::SoakArgs),
+    /// Window state beyond a memory budget: a checkpointed run over a large input, killed and rerun; memory, lag, output exactly once.
+    State(state::StateArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -262,6 +269,7 @@ fn main() -> Result<()> {
         Mode::Chaos(args) => chaos::chaos(&args),
         Mode::Cluster(args) => cluster::cluster(&args),
         Mode::Soak(args) => soak::soak(&args),
+        Mode::State(args) => state::state(&args),
     }
 }
 

@@ -16,7 +16,7 @@
 //! and engine, so the engine process that serves the last 40 % is long
 //! lived and its last 10 minutes show whether memory creeps.
 
-mod digest;
+pub(crate) mod digest;
 mod engine;
 mod expected;
 
@@ -176,14 +176,16 @@ fn run_to_end(weir: &Path, args: &[String], engine: &Engine, what: &str) -> Resu
     Ok(reader.join().expect("stdout reader")?)
 }
 
-fn newest_commit(checkpoints: &Path) -> u64 {
+/// The id of the newest checkpoint committed in `checkpoints` (0: none).
+pub(crate) fn newest_commit(checkpoints: &Path) -> u64 {
     read_commits(checkpoints)
         .ok()
         .and_then(|c| c.last().map(|r| r.checkpoint_id))
         .unwrap_or(0)
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+/// Bytes of the files under `dir`, recursively.
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
