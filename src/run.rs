@@ -193,8 +193,9 @@ pub struct RunSummary {
     /// As `peak_window_partials`, in bytes of window state.
     pub peak_window_bytes: u64,
     /// Under `--memory-budget`: the sum of the workers' peak bytes of
-    /// panes on disk, and the panes written to and read from disk.
-    pub window_disk: (u64, [u64; 4]),
+    /// panes on disk, and the spill counts summed over the workers
+    /// ([`weir_dataflows::pane_store::PaneStore::spill_counts`]).
+    pub window_disk: (u64, [u64; 5]),
     /// The output directory.
     pub out_dir: PathBuf,
     /// Late rows written by this process.

@@ -14,8 +14,9 @@ pub struct StateGauge {
     peak_bytes: AtomicU64,
     disk_bytes: AtomicU64,
     peak_disk_bytes: AtomicU64,
-    /// Panes and bytes written to disk, panes and bytes read back.
-    spill_counts: [AtomicU64; 4],
+    /// Files and bytes written to disk, files and bytes read back, panes
+    /// found in memory ([`crate::pane_store::PaneStore::spill_counts`]).
+    spill_counts: [AtomicU64; 5],
     /// Why the operator stopped (its state failed), if it did.
     failure: std::sync::Mutex<Option<String>>,
 }
@@ -31,9 +32,9 @@ impl StateGauge {
         self.peak_bytes.fetch_max(bytes as u64, Ordering::Relaxed);
     }
 
-    /// Publishes the bytes of state on disk and the spill counts (panes
-    /// and bytes written, panes and bytes read back).
-    pub fn set_disk(&self, disk_bytes: usize, spill_counts: [u64; 4]) {
+    /// Publishes the bytes of state on disk and the spill counts
+    /// ([`crate::pane_store::PaneStore::spill_counts`]).
+    pub fn set_disk(&self, disk_bytes: usize, spill_counts: [u64; 5]) {
         self.disk_bytes.store(disk_bytes as u64, Ordering::Relaxed);
         self.peak_disk_bytes
             .fetch_max(disk_bytes as u64, Ordering::Relaxed);
@@ -70,8 +71,9 @@ impl StateGauge {
         self.peak_disk_bytes.load(Ordering::Relaxed)
     }
 
-    /// Panes and bytes written to disk, panes and bytes read back.
-    pub fn spill_counts(&self) -> [u64; 4] {
+    /// Files and bytes written to disk, files and bytes read back, panes
+    /// found in memory.
+    pub fn spill_counts(&self) -> [u64; 5] {
         self.spill_counts
             .each_ref()
             .map(|c| c.load(Ordering::Relaxed))

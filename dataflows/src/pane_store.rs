@@ -102,7 +102,7 @@ pub struct PaneStore {
     changes: Option<ChangeLog>,
     /// Partials staged for times not yet reached, packed, by time and
     /// pane start, with their number.
-    staged: std::collections::BTreeMap<(u64, u64), (Vec<u8>, usize)>,
+    staged: std::collections::BTreeMap<(u64, u64), staging::Staged>,
     /// Per slot, the partials staged for it.
     staged_refs: Vec<u32>,
     /// Bytes the last time applied had staged: a new time's buffer starts
@@ -178,10 +178,18 @@ impl PaneStore {
         self.spill.as_ref().map_or(0, |s| s.disk_bytes)
     }
 
-    /// Panes written to disk and their bytes; panes read back and theirs.
-    pub fn spill_counts(&self) -> [u64; 4] {
-        self.spill.as_ref().map_or([0; 4], |s| {
-            [s.spills, s.spilled_bytes, s.fetches, s.fetched_bytes]
+    /// Under a budget: files (panes or staged runs) written to disk and
+    /// their bytes; files read back and their bytes; panes needed and found
+    /// in memory (with the files read back, the hot set's hit rate).
+    pub fn spill_counts(&self) -> [u64; 5] {
+        self.spill.as_ref().map_or([0; 5], |s| {
+            [
+                s.spills,
+                s.spilled_bytes,
+                s.fetches,
+                s.fetched_bytes,
+                s.memory_reads,
+            ]
         })
     }
 
@@ -190,7 +198,12 @@ impl PaneStore {
     /// [`PaneStore::failure`] and gives no entries.
     fn take_bytes(&mut self, pane: &mut Pane) -> Box<[u8]> {
         match std::mem::replace(&mut pane.bytes, PaneBytes::Memory(Box::default())) {
-            PaneBytes::Memory(bytes) => bytes,
+            PaneBytes::Memory(bytes) => {
+                if let Some(spill) = self.spill.as_mut() {
+                    spill.memory_reads += 1;
+                }
+                bytes
+            }
             PaneBytes::Disk(spilled) => {
                 let spill = self
                     .spill
@@ -208,7 +221,7 @@ impl PaneStore {
     }
 
     /// Moves the newest panes' bytes to disk until the state fits the
-    /// budget (or every pane is on disk).
+    /// budget; then, if every pane is on disk, staged partials.
     fn enforce_budget(&mut self) {
         let Some(budget) = self.spill.as_ref().map(Spill::budget_bytes) else {
             return;
@@ -240,6 +253,9 @@ impl PaneStore {
                     return;
                 }
             }
+        }
+        if over > 0 {
+            self.spill_staged(over);
         }
     }
 
@@ -273,11 +289,7 @@ impl PaneStore {
             + self.panes.capacity() * size_of::<Pane>()
             + self.scratch.capacity() * size_of::<Entry>()
             + self.encoded.capacity()
-            + self
-                .staged
-                .values()
-                .map(|(b, _)| b.capacity())
-                .sum::<usize>()
+            + self.staged_heap_bytes()
             + self.changes.as_ref().map_or(0, ChangeLog::heap_bytes)
             + self.spilled_text_bytes
     }

@@ -8,6 +8,10 @@
 //! by construction the panes, not keys: each key's window aggregate stays
 //! in memory and every row is emitted from memory.
 //!
+//! Runs of staged partials (arrived before their time: a restore stages
+//! every restored partial at once) go to files of the same format once
+//! every pane is on disk, and are read back when their time is applied.
+//!
 //! Spill files are scratch, not durable state: a restore rebuilds the
 //! windows from a checkpoint, so they are not fsynced and the directory is
 //! emptied when a store opens it. Each file is checked when read back; a
@@ -16,7 +20,7 @@
 //!
 //! Format v1 (`pane-<sequence:020>.bin`): magic `WSPL`, u32 version, u64
 //! pane start (ms), u64 payload length, the payload (the pane's encoded
-//! entries, [`super::codec`]), u32 CRC32C of everything before it; integers
+//! entries, or a staged run, [`super::codec`]), u32 CRC32C of everything before it; integers
 //! little-endian.
 
 use std::fs::File;
@@ -98,6 +102,8 @@ pub(super) struct Spill {
     /// Panes read back and bytes read.
     pub(super) fetches: u64,
     pub(super) fetched_bytes: u64,
+    /// Panes needed (entering, flipping, leaving) and found in memory.
+    pub(super) memory_reads: u64,
     buffer: Vec<u8>,
 }
 
@@ -129,6 +135,7 @@ impl Spill {
             spills: 0,
             spilled_bytes: 0,
             fetches: 0,
+            memory_reads: 0,
             fetched_bytes: 0,
             buffer: Vec::new(),
         })

@@ -7,12 +7,35 @@
 //! largest spike of a 2M-key run's memory; packed here (the key as its
 //! slot, the rest as varints) they take ~10 bytes. A key with staged
 //! partials keeps its slot even when its last live pane leaves.
+//!
+//! Under a memory budget, staged runs go to disk too once every pane is
+//! there (a restore stages all of a worker's partials at one time): each
+//! run written is a spill file of its own, read back when its time comes,
+//! so a restore never holds the restored state in memory at once.
 
-use super::codec::{encode_staged, StagedEntries};
+use super::codec::{encode_staged, Entry, StagedEntries};
+use super::spill::SpilledPane;
 use super::{entry_of, PaneStore};
 use crate::agg::Agg;
 use crate::key::Key;
 use crate::window::round_down;
+
+/// A staged run this large is written to disk when the store is over its
+/// budget (or 1/16 of the budget, if less): a restore stages a little at a
+/// time into every pane, and a file per small run would make tens of
+/// thousands of tiny files.
+const MAX_STAGED_SPILL_FLOOR_BYTES: usize = 64 << 10;
+
+/// The partials staged for one (time, pane).
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    /// Packed partials ([`encode_staged`]) in memory.
+    bytes: Vec<u8>,
+    /// Partials staged, in memory and on disk.
+    count: usize,
+    /// Earlier runs of packed partials, on disk.
+    on_disk: Vec<SpilledPane>,
+}
 
 impl PaneStore {
     /// Stages `partials`, each `(key, pane_start, aggregate, copies)`, for
@@ -23,7 +46,7 @@ impl PaneStore {
     pub fn stage(&mut self, time: u64, partials: impl IntoIterator<Item = (Key, u64, Agg, u64)>) {
         // Live partials of one time are all of one pane: one map lookup
         // per run of equal panes.
-        let mut current: Option<(u64, Vec<u8>, usize)> = None;
+        let mut current: Option<(u64, Staged)> = None;
         for (key, pane_start, agg, copies) in partials {
             assert!(
                 pane_start <= time && pane_start.is_multiple_of(self.slide_ms),
@@ -34,27 +57,69 @@ impl PaneStore {
                     self.put_staged(time, done);
                 }
                 let hint = self.staged_bytes_hint;
-                let (bytes, count) = self
+                let staged = self
                     .staged
                     .remove(&(time, pane_start))
-                    .unwrap_or_else(|| (Vec::with_capacity(hint), 0));
-                current = Some((pane_start, bytes, count));
+                    .unwrap_or_else(|| Staged {
+                        bytes: Vec::with_capacity(hint),
+                        ..Staged::default()
+                    });
+                current = Some((pane_start, staged));
             }
-            let (_, bytes, count) = current.as_mut().expect("set above");
-            *count += 1;
+            let (_, staged) = current.as_mut().expect("set above");
+            staged.count += 1;
             let slot = self.slot_of(key);
             self.staged_refs[slot as usize] += 1;
             let slides_back = (round_down(time, self.slide_ms) - pane_start) / self.slide_ms;
-            encode_staged(bytes, slides_back, entry_of(slot, agg, copies));
+            encode_staged(&mut staged.bytes, slides_back, entry_of(slot, agg, copies));
         }
         if let Some(done) = current {
             self.put_staged(time, done);
         }
+        self.enforce_budget();
     }
 
-    fn put_staged(&mut self, time: u64, (pane_start, bytes, count): (u64, Vec<u8>, usize)) {
-        if !bytes.is_empty() {
-            self.staged.insert((time, pane_start), (bytes, count));
+    fn put_staged(&mut self, time: u64, (pane_start, staged): (u64, Staged)) {
+        if staged.count > 0 {
+            self.staged.insert((time, pane_start), staged);
+        }
+    }
+
+    /// Bytes of staged partials in memory.
+    pub(super) fn staged_heap_bytes(&self) -> usize {
+        self.staged.values().map(|s| s.bytes.capacity()).sum()
+    }
+
+    /// Writes the largest staged runs to disk until `over` bytes are freed
+    /// or no run as large as the floor is left in memory.
+    pub(super) fn spill_staged(&mut self, mut over: usize) {
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        let floor = (spill.budget_bytes() / 16).clamp(1, MAX_STAGED_SPILL_FLOOR_BYTES);
+        let mut runs: Vec<(usize, (u64, u64))> = self
+            .staged
+            .iter()
+            .filter(|(_, s)| s.bytes.len() >= floor)
+            .map(|(&at, s)| (s.bytes.len(), at))
+            .collect();
+        runs.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, at) in runs {
+            if over == 0 {
+                break;
+            }
+            let staged = self.staged.get_mut(&at).expect("listed above");
+            match spill.write(at.1, &staged.bytes) {
+                Ok(spilled) => {
+                    over = over.saturating_sub(staged.bytes.capacity());
+                    staged.on_disk.push(spilled);
+                    staged.bytes = Vec::new();
+                }
+                Err(e) => {
+                    self.failure.get_or_insert(e);
+                    return;
+                }
+            }
         }
     }
 
@@ -70,20 +135,34 @@ impl PaneStore {
             if entry.key().0 > time {
                 break;
             }
-            let ((_, pane_start), (bytes, count)) = entry.remove_entry();
-            self.staged_bytes_hint = bytes.len();
+            let ((_, pane_start), staged) = entry.remove_entry();
+            self.staged_bytes_hint = staged.bytes.len();
             let mut scratch = std::mem::take(&mut self.scratch);
             scratch.clear();
             // Sized once: grown by doubling, a pane of a million partials
             // copied ~100 MB into freshly faulted pages.
-            scratch.reserve_exact(count);
-            for (_, entry) in StagedEntries::new(&bytes) {
-                self.staged_refs[entry.0 as usize] -= 1;
-                scratch.push(entry);
+            scratch.reserve_exact(staged.count);
+            for spilled in &staged.on_disk {
+                let spill = self.spill.as_mut().expect("runs on disk have a spill");
+                match spill.take(pane_start, spilled) {
+                    Ok(bytes) => self.unstage(&bytes, &mut scratch),
+                    // The store is failed: its aggregates are not emitted.
+                    Err(e) => drop(self.failure.get_or_insert(e)),
+                }
             }
-            drop(bytes);
+            self.unstage(&staged.bytes, &mut scratch);
+            drop(staged);
             self.insert_entries(pane_start, &mut scratch);
             self.keep_scratch(scratch);
+        }
+    }
+
+    /// Decodes packed partials into `scratch`; their keys' slots are no
+    /// longer held by them.
+    fn unstage(&mut self, bytes: &[u8], scratch: &mut Vec<Entry>) {
+        for (_, entry) in StagedEntries::new(bytes) {
+            self.staged_refs[entry.0 as usize] -= 1;
+            scratch.push(entry);
         }
     }
 }

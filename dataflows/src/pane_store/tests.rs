@@ -85,14 +85,7 @@ proptest! {
         budget in prop_oneof![Just(None), Just(Some(0usize)), (0usize..3000).prop_map(Some)],
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = match budget {
-            Some(budget_bytes) => PaneStore::with_spill(
-                SLIDE,
-                SpillConfig { dir: dir.path().join("w0"), budget_bytes },
-            )
-            .unwrap(),
-            None => PaneStore::new(SLIDE),
-        };
+        let mut store = store_with(budget, dir.path());
         let mut model = Model::default();
         for (i, partials) in slides.iter().enumerate() {
             let pane = i as u64 * SLIDE;
@@ -126,8 +119,75 @@ proptest! {
         prop_assert_eq!(store.disk_bytes(), 0);
         if budget.is_some() {
             prop_assert_eq!(std::fs::read_dir(dir.path().join("w0")).unwrap().count(), 0);
-            let [spills, _, fetches, _] = store.spill_counts();
+            let [spills, _, fetches, _, _] = store.spill_counts();
             prop_assert_eq!(spills, fetches, "every pane written is read back once");
+        }
+    }
+}
+
+fn store_with(budget: Option<usize>, dir: &std::path::Path) -> PaneStore {
+    match budget {
+        Some(budget_bytes) => PaneStore::with_spill(
+            SLIDE,
+            SpillConfig {
+                dir: dir.join("w0"),
+                budget_bytes,
+            },
+        )
+        .unwrap(),
+        None => PaneStore::new(SLIDE),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// A restore stages every live pane's partials at one time, in chunks
+    /// ordered by key (so panes interleave); applied, they give what the
+    /// panes inserted one by one give, under any budget (a small one puts
+    /// staged runs on disk too, 0 every run), and every file written is
+    /// read back once.
+    #[test]
+    fn partials_staged_in_chunks_equal_the_panes_inserted(
+        panes in prop::collection::vec(
+            prop::collection::vec((0u8..12, value(), 1u64..3), 1..12),
+            1..8,
+        ),
+        chunk in 1usize..7,
+        budget in prop_oneof![Just(None), Just(Some(0usize)), (0usize..3000).prop_map(Some)],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut staged = store_with(budget, dir.path());
+        let mut inserted = PaneStore::new(SLIDE);
+        let mut all: Vec<(Key, u64, Agg, u64)> = Vec::new();
+        for (i, partials) in panes.iter().enumerate() {
+            let pane = i as u64 * SLIDE;
+            let batch: Vec<(Key, Agg, u64)> = partials
+                .iter()
+                .map(|&(k, v, copies)| (Key::new(format!("k{k}")), Agg::of(v), copies))
+                .collect();
+            all.extend(batch.iter().map(|(k, a, c)| (k.clone(), pane, *a, *c)));
+            inserted.insert_pane(pane, batch);
+        }
+        all.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let time = panes.len() as u64 * SLIDE;
+        for run in all.chunks(chunk) {
+            staged.stage(time, run.iter().cloned());
+        }
+        if budget == Some(0) {
+            prop_assert!(staged.spill_counts()[0] > 0, "a zero budget spills staged runs");
+        }
+        staged.apply_staged_through(time);
+        prop_assert!(staged.failure().is_none());
+        prop_assert_eq!(store_aggregates(&staged), store_aggregates(&inserted));
+        prop_assert_eq!(staged.live_partials(), inserted.live_partials());
+        staged.evict_before(u64::MAX);
+        prop_assert_eq!(staged.live_keys(), 0);
+        prop_assert_eq!(staged.disk_bytes(), 0);
+        if budget.is_some() {
+            prop_assert_eq!(std::fs::read_dir(dir.path().join("w0")).unwrap().count(), 0);
+            let [spills, _, fetches, _, _] = staged.spill_counts();
+            prop_assert_eq!(spills, fetches, "every file written is read back once");
         }
     }
 }
@@ -182,6 +242,30 @@ fn panes_on_disk_merge_with_live_ones_and_flip_in_place() {
     let written = store.spill_counts()[0];
     store.insert_pane(100, [(Key::from("c"), Agg::of(1), 1)]);
     assert_eq!(store.spill_counts()[0], written);
+}
+
+#[test]
+fn a_damaged_file_of_staged_partials_fails_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = store_with(Some(0), dir.path());
+    store.stage(29, [(Key::from("a"), 10, Agg::of(5), 1)]);
+    assert_eq!(store.spill_counts()[0], 1, "a zero budget writes the run");
+    let file = std::fs::read_dir(dir.path().join("w0"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&file, &std::fs::read(&file).unwrap()[..10]).unwrap();
+    store.apply_staged_through(29);
+    let message = store
+        .failure()
+        .expect("a truncated staged run is refused")
+        .to_string();
+    assert!(
+        message.contains(file.to_str().unwrap()) && message.contains("corrupt at byte 10"),
+        "{message}"
+    );
 }
 
 #[test]

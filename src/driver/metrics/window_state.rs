@@ -9,7 +9,7 @@ use crate::source::SourceCounters;
 
 /// One worker's figures: worker, partials, keys, memory bytes, disk bytes,
 /// and the spill counts (panes and bytes written, panes and bytes read).
-type Row = (usize, u64, u64, u64, u64, [u64; 4]);
+type Row = (usize, u64, u64, u64, u64, [u64; 5]);
 
 /// Appends the `window_*` and `state_bytes` series of every worker.
 pub(super) fn render_window_state(out: &mut Exposition, counters: &SourceCounters) {
@@ -78,5 +78,13 @@ pub(super) fn render_window_state(out: &mut Exposition, counters: &SourceCounter
         "counter",
         "Bytes of panes read back from disk.",
         &series(&|r| r.5[3], ""),
+    );
+    let mut reads = series(&|r| r.5[4], ",tier=\"memory\"");
+    reads.extend(series(&|r| r.5[2], ",tier=\"disk\""));
+    out.labelled(
+        "window_pane_reads_total",
+        "counter",
+        "Panes a worker's sliding windows needed under --memory-budget (entering, flipping, leaving), by where they were found: memory / (memory + disk) is the hot set's hit rate.",
+        &reads,
     );
 }

@@ -154,7 +154,7 @@ fn sliding_windows_under_a_memory_budget_recover_exactly_once() {
         assert_success(&output, name);
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(
-            stdout.contains("panes written"),
+            stdout.contains("files written"),
             name == "budget",
             "{name}: {stdout}"
         );
