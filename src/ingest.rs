@@ -18,8 +18,11 @@
 //! as before that file. On success the partition is fsynced, an `INGEST`
 //! marker (the file's manifest entry) is written into it, the directory is
 //! renamed to `<topic>/<p>` (and the topic directory fsynced), and only then
-//! the manifest is replaced atomically. Files of one call are ingested in
-//! order; files before a failing one stay ingested, and the error says which.
+//! the manifest is replaced atomically. Files of one call are parsed and
+//! written in parallel, one thread per core ([`parallel`]), each into its
+//! own temporary partition, and committed in the order given: files before
+//! a failing one stay ingested, the ones after it are not, and the error
+//! says which.
 //!
 //! # Recovery (what a crash leaves behind)
 //! Before ingesting, leftover `*.tmp` directories are removed (they never
@@ -35,18 +38,17 @@
 
 pub mod idle;
 pub mod manifest;
+mod parallel;
 
 use std::path::{Path, PathBuf};
 
-use crate::csv_input::{CsvError, CsvReader, RowSchema};
-use crate::event::encode_event;
-use crate::log::{
-    parse_partition_name, validate_topic, FsyncPolicy, LogConfig, LogError, PartitionWriter,
-};
+use crate::csv_input::{CsvError, RowSchema};
+use crate::log::{parse_partition_name, validate_topic, LogConfig, LogError};
 use crate::storage::durable::{
     create_dir_all_durably, remove_dir_all_durably, rename_durably, write_file_atomically,
 };
 use manifest::{file_identity, FileIdentity, Manifest, ManifestEntry, MAX_PATH_LEN_BYTES};
+use parallel::PartitionJob;
 
 /// File name of the manifest in the topic directory.
 pub const MANIFEST_FILE_NAME: &str = "MANIFEST";
@@ -214,8 +216,40 @@ pub fn ingest_files_as(
     files: &[PathBuf],
     config: &LogConfig,
 ) -> Result<IngestReport, IngestError> {
+    ingest_files_with_threads(
+        log_dir,
+        topic,
+        schema,
+        files,
+        config,
+        default_ingest_threads(),
+    )
+}
+
+/// Threads that write partitions at once by default: one per core.
+pub fn default_ingest_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// As [`ingest_files_as`], with up to `threads` files parsed and written
+/// at once (each into its own temporary partition); partitions are still
+/// numbered, committed and reported in the order given.
+pub fn ingest_files_with_threads(
+    log_dir: &Path,
+    topic: &str,
+    schema: RowSchema,
+    files: &[PathBuf],
+    config: &LogConfig,
+    threads: usize,
+) -> Result<IngestReport, IngestError> {
     let mut report = IngestReport::default();
-    match ingest_into(log_dir, topic, (schema, files), config, &mut report) {
+    match ingest_into(
+        log_dir,
+        topic,
+        (schema, files, threads.max(1)),
+        config,
+        &mut report,
+    ) {
         Ok(()) => Ok(report),
         Err(kind) => Err(IngestError {
             completed: report,
@@ -227,7 +261,7 @@ pub fn ingest_files_as(
 fn ingest_into(
     log_dir: &Path,
     topic: &str,
-    (schema, files): (RowSchema, &[PathBuf]),
+    (schema, files, threads): (RowSchema, &[PathBuf], usize),
     config: &LogConfig,
     report: &mut IngestReport,
 ) -> Result<(), IngestErrorKind> {
@@ -236,64 +270,151 @@ fn ingest_into(
     let topic_dir = log_dir.join(topic);
     let mut manifest = open_manifest(&topic_dir)?;
     recover(&topic_dir, &mut manifest)?;
+    let (plan, refused) = plan_files(&manifest, schema, files);
+    let jobs: Vec<&PartitionJob> = plan
+        .iter()
+        .filter_map(|p| match p {
+            Planned::Write(job) => Some(job),
+            _ => None,
+        })
+        .collect();
+    let mut written = parallel::write_partitions(&topic_dir, &jobs, config, threads).into_iter();
+    // Committed in the order given: a file's partition becomes visible only
+    // after every earlier file's, so a failure leaves exactly the files
+    // before it ingested.
+    let mut entries: Vec<Option<ManifestEntry>> = Vec::with_capacity(plan.len());
+    for (i, planned) in plan.iter().enumerate() {
+        let (path, entry, skipped) = match planned {
+            Planned::Skip(path, entry) => (path, entry.clone(), true),
+            Planned::Again(path, first) => {
+                let entry = entries[*first].clone().expect("an earlier file");
+                (path, entry, true)
+            }
+            Planned::Write(job) => {
+                let result = written.next().expect("one result per job");
+                let entry = match result {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => {
+                        parallel::discard_later(&topic_dir, &plan[i + 1..]);
+                        return Err(e);
+                    }
+                    None => unreachable!("every job before the first failure is written"),
+                };
+                rename_durably(
+                    &parallel::tmp_dir(&topic_dir, job.partition),
+                    &topic_dir.join(job.partition.to_string()),
+                )?;
+                manifest.entries.push(entry.clone());
+                write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
+                tracing::info!(file = %job.path.display(), partition = job.partition, records = entry.records, "ingested");
+                (&job.path, entry, false)
+            }
+        };
+        report.files.push(FileReport {
+            path: path.clone(),
+            partition: entry.partition,
+            records: entry.records,
+            skipped,
+        });
+        entries.push(Some(entry));
+    }
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// What becomes of one input file.
+enum Planned {
+    /// Ingested before, unchanged: its manifest entry.
+    Skip(PathBuf, ManifestEntry),
+    /// The same file as the earlier one at this index of the plan.
+    Again(PathBuf, usize),
+    /// A new partition to write.
+    Write(PartitionJob),
+}
+
+/// Decides, in order, what becomes of each file: skipped, or a new
+/// partition (numbered in order); stops at the first file refused, whose
+/// error comes back with the plan of the files before it.
+fn plan_files(
+    manifest: &Manifest,
+    schema: RowSchema,
+    files: &[PathBuf],
+) -> (Vec<Planned>, Option<IngestErrorKind>) {
     // Where each entry's file is now, in the manifest's order.
-    let mut ingested: Vec<PathBuf> = manifest
+    let ingested: Vec<PathBuf> = manifest
         .entries
         .iter()
         .map(|e| resolve_recorded_path(&e.source_path))
         .collect();
+    let mut planned_paths: Vec<PathBuf> = Vec::new();
+    let mut plan = Vec::new();
+    let mut next_partition = manifest.next_partition();
     for path in files {
-        let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
-        let identity = file_identity(path).map_err(io_err(path))?;
-        if let Some(i) = ingested.iter().position(|p| *p == canonical) {
-            let done = &manifest.entries[i];
-            if done.identity != identity {
-                return Err(IngestErrorKind::ChangedSinceIngest {
-                    path: path.clone(),
-                    partition: done.partition,
-                    ingested: done.identity,
-                    now: identity,
-                });
+        match plan_file(
+            manifest,
+            &ingested,
+            (&planned_paths, &mut next_partition),
+            schema,
+            path,
+        ) {
+            Ok((planned, canonical)) => {
+                plan.push(planned);
+                planned_paths.push(canonical);
             }
-            tracing::info!(
-                file = %path.display(), partition = done.partition, ingested_from = %done.source_path,
-                "already ingested: skipping"
-            );
-            report.files.push(FileReport {
-                path: path.clone(),
-                partition: done.partition,
-                records: done.records,
-                skipped: true,
-            });
-            continue;
+            Err(e) => return (plan, Some(e)),
         }
-        let partition = manifest
-            .next_partition()
-            .ok_or(IngestErrorKind::TooManyPartitions)?;
-        let recorded = match canonical.to_str() {
-            Some(p) if p.len() <= MAX_PATH_LEN_BYTES => p.to_owned(),
-            _ => {
-                return Err(IngestErrorKind::UnrecordablePath {
-                    path: path.clone(),
-                    canonical,
-                })
-            }
-        };
-        let source = (path.as_path(), recorded, schema);
-        let entry = ingest_one(&topic_dir, source, partition, identity, config)?;
-        manifest.entries.push(entry);
-        ingested.push(canonical);
-        write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
-        let records = manifest.entries.last().expect("just pushed").records;
-        tracing::info!(file = %path.display(), partition, records, "ingested");
-        report.files.push(FileReport {
-            path: path.clone(),
-            partition,
-            records,
-            skipped: false,
-        });
     }
-    Ok(())
+    (plan, None)
+}
+
+fn plan_file(
+    manifest: &Manifest,
+    ingested: &[PathBuf],
+    (planned, next_partition): (&[PathBuf], &mut Option<u32>),
+    schema: RowSchema,
+    path: &Path,
+) -> Result<(Planned, PathBuf), IngestErrorKind> {
+    let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
+    if let Some(first) = planned.iter().position(|p| *p == canonical) {
+        return Ok((Planned::Again(path.to_owned(), first), canonical));
+    }
+    if let Some(i) = ingested.iter().position(|p| *p == canonical) {
+        let identity = file_identity(path).map_err(io_err(path))?;
+        let done = &manifest.entries[i];
+        if done.identity != identity {
+            return Err(IngestErrorKind::ChangedSinceIngest {
+                path: path.to_owned(),
+                partition: done.partition,
+                ingested: done.identity,
+                now: identity,
+            });
+        }
+        tracing::info!(
+            file = %path.display(), partition = done.partition, ingested_from = %done.source_path,
+            "already ingested: skipping"
+        );
+        return Ok((Planned::Skip(path.to_owned(), done.clone()), canonical));
+    }
+    let partition = next_partition.ok_or(IngestErrorKind::TooManyPartitions)?;
+    let recorded = match canonical.to_str() {
+        Some(p) if p.len() <= MAX_PATH_LEN_BYTES => p.to_owned(),
+        _ => {
+            return Err(IngestErrorKind::UnrecordablePath {
+                path: path.to_owned(),
+                canonical,
+            })
+        }
+    };
+    *next_partition = partition.checked_add(1);
+    let job = PartitionJob {
+        path: path.to_owned(),
+        recorded,
+        schema,
+        partition,
+    };
+    Ok((Planned::Write(job), canonical))
 }
 
 /// Where the file recorded as `recorded` in the manifest is now: the path
@@ -406,76 +527,6 @@ fn recover(topic_dir: &Path, manifest: &mut Manifest) -> Result<(), IngestErrorK
         write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
     }
     Ok(())
-}
-
-/// Writes one file into partition `partition`, atomically; `recorded` is
-/// the path its manifest entry records (its canonical path).
-fn ingest_one(
-    topic_dir: &Path,
-    (path, recorded, schema): (&Path, String, RowSchema),
-    partition: u32,
-    identity: FileIdentity,
-    config: &LogConfig,
-) -> Result<ManifestEntry, IngestErrorKind> {
-    let tmp = topic_dir.join(format!("{partition}.tmp"));
-    remove_dir_all_durably(&tmp)?;
-    let written = write_partition(&tmp, (path, recorded, schema), partition, identity, config);
-    let entry = match written {
-        Ok(entry) => entry,
-        Err(e) => {
-            if let Err(cleanup) = remove_dir_all_durably(&tmp) {
-                tracing::warn!(dir = %tmp.display(), error = %cleanup, "cannot remove the temporary partition");
-            }
-            return Err(e);
-        }
-    };
-    rename_durably(&tmp, &topic_dir.join(partition.to_string()))?;
-    Ok(entry)
-}
-
-fn write_partition(
-    tmp: &Path,
-    (path, recorded, schema): (&Path, String, RowSchema),
-    partition: u32,
-    identity: FileIdentity,
-    config: &LogConfig,
-) -> Result<ManifestEntry, IngestErrorKind> {
-    let mut csv = CsvReader::open_as(path, schema)?;
-    let config = LogConfig {
-        fsync: FsyncPolicy::Never,
-        ..*config
-    };
-    let mut writer = PartitionWriter::open(tmp, config)?;
-    let mut payload = Vec::with_capacity(64);
-    while let Some(ev) = csv.next_record()? {
-        payload.clear();
-        encode_event(ev.ts, ev.key, ev.value, &mut payload);
-        if let Err(source) = writer.append(&payload) {
-            return Err(IngestErrorKind::Append {
-                path: path.to_owned(),
-                line: csv.line(),
-                source,
-            });
-        }
-    }
-    if csv.bytes_read() != identity.size_bytes || csv.content_crc32c() != identity.content_crc32c {
-        return Err(IngestErrorKind::FileChanged {
-            path: path.to_owned(),
-        });
-    }
-    writer.sync()?;
-    let entry = ManifestEntry {
-        partition,
-        records: writer.next_offset(),
-        identity,
-        source_path: recorded,
-    };
-    drop(writer);
-    let marker = Manifest {
-        entries: vec![entry.clone()],
-    };
-    write_file_atomically(&tmp.join(MARKER_FILE_NAME), &marker.encode())?;
-    Ok(entry)
 }
 
 #[cfg(test)]

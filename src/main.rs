@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
 use weir::csv_input::RowSchema;
 use weir::gen::{generate_zipf, ZipfParams};
-use weir::ingest::ingest_files_as;
+use weir::ingest::{default_ingest_threads, ingest_files_with_threads};
 use weir::log::{FsyncPolicy, LogConfig};
 use weir::nexmark::{NexmarkQuery, NexmarkTable};
 use weir::run::EVENTS_TOPIC;
@@ -317,6 +317,10 @@ struct IngestArgs {
     /// always, never, interval or interval:<ms>.
     #[arg(long, default_value = "interval")]
     fsync: FsyncPolicy,
+    /// Files parsed and written at once (default: one per core); they are
+    /// still numbered and committed in the order given.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -446,12 +450,16 @@ fn ingest_command(args: &IngestArgs) -> Result<()> {
             (table.name(), RowSchema::Nexmark(table))
         }
     };
-    let report = ingest_files_as(
+    let threads = args
+        .threads
+        .map_or_else(default_ingest_threads, usize::from);
+    let report = ingest_files_with_threads(
         &args.data_dir.join("log"),
         topic,
         schema,
         &args.files,
         &config,
+        threads,
     )?;
     for file in &report.files {
         let what = if file.skipped {

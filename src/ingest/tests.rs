@@ -112,20 +112,15 @@ fn a_file_changing_during_ingest_is_rejected() {
     std::fs::create_dir_all(&topic_dir).unwrap();
     let mut identity = file_identity(&a).unwrap();
     identity.content_crc32c ^= 1;
-    let e = ingest_one(
-        &topic_dir,
-        (
-            &a,
-            a.display().to_string(),
-            crate::csv_input::RowSchema::Generic,
-        ),
-        0,
-        identity,
-        &cfg(),
-    )
-    .unwrap_err();
+    let job = parallel::PartitionJob {
+        path: a.clone(),
+        recorded: a.display().to_string(),
+        schema: crate::csv_input::RowSchema::Generic,
+        partition: 0,
+    };
+    let tmp = parallel::tmp_dir(&topic_dir, 0);
+    let e = parallel::write_partition(&tmp, &job, identity, &cfg()).unwrap_err();
     assert!(matches!(e, IngestErrorKind::FileChanged { .. }), "{e}");
-    assert!(!topic_dir.join("0.tmp").exists());
     assert!(!topic_dir.join("0").exists());
 }
 

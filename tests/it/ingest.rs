@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use weir::csv_input::CsvErrorReason;
+use weir::csv_input::RowSchema;
 use weir::event::{decode_event, Event};
-use weir::ingest::{ingest_files, IngestErrorKind};
+use weir::ingest::{ingest_files, ingest_files_with_threads, IngestErrorKind};
 use weir::log::{list_partitions, partition_dir, LogConfig, PartitionReader};
 
 use crate::support::{assert_success, run_weir, sorted_rows};
@@ -171,6 +172,51 @@ fn a_bad_line_leaves_the_log_as_before_that_file() {
         .collect();
     assert_eq!(parts, vec![(0, 30, true), (1, 41, false), (2, 1, false)]);
     assert_eq!(events(&log_dir, "in", 2), vec![ev(1, "c", 1)]);
+}
+
+/// Files written by several threads at once are numbered, committed and
+/// laid out exactly as by one; a bad file among them leaves exactly the
+/// files before it ingested, however many threads were writing.
+#[test]
+fn parallel_ingest_equals_one_thread_and_stops_at_a_bad_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = [30u64, 5, 0, 44, 12, 9]
+        .iter()
+        .enumerate()
+        .map(|(i, &rows)| write(tmp.path(), &format!("f{i}.csv"), &big_csv(rows)))
+        .collect();
+    let ingest = |log_dir: &Path, files: &[PathBuf], threads: usize| {
+        ingest_files_with_threads(log_dir, "in", RowSchema::Generic, files, &cfg(), threads)
+    };
+    let one = tmp.path().join("one");
+    ingest(&one, &files, 1).unwrap();
+    for threads in [2, 3, 8] {
+        let log_dir = tmp.path().join(format!("t{threads}"));
+        let report = ingest(&log_dir, &files, threads).unwrap();
+        let partitions: Vec<u32> = report.files.iter().map(|f| f.partition).collect();
+        assert_eq!(partitions, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(snapshot(&log_dir), snapshot(&one), "{threads} threads");
+    }
+    let mut with_bad = files.clone();
+    let mut bad_content = big_csv(20);
+    bad_content.push_str("20,k,x\n");
+    with_bad[3] = write(tmp.path(), "bad.csv", &bad_content);
+    let reference = tmp.path().join("reference");
+    ingest(&reference, &files[..3], 1).unwrap();
+    for threads in [1, 2, 8] {
+        let log_dir = tmp.path().join(format!("bad{threads}"));
+        let err = ingest(&log_dir, &with_bad, threads).unwrap_err();
+        assert_eq!(err.completed.files.len(), 3, "{threads} threads");
+        assert!(
+            matches!(&err.kind, IngestErrorKind::Csv(e) if e.path == with_bad[3] && e.line == 22),
+            "{err}"
+        );
+        assert_eq!(
+            snapshot(&log_dir),
+            snapshot(&reference),
+            "{threads} threads"
+        );
+    }
 }
 
 #[test]

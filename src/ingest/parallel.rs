@@ -1,0 +1,155 @@
+//! Writing new partitions, several files at once: each file is parsed and
+//! appended by one thread into its own temporary partition directory
+//! (`<topic>/<p>.tmp`), checked and fsynced there with its marker; the
+//! caller then commits them (rename, manifest) in the order given.
+//!
+//! Threads take the files in order from a shared counter. Once a file
+//! fails, no thread starts a later one (their work would be discarded: the
+//! files after a failing one are not ingested), and the temporary
+//! directories of the later ones already written are removed by
+//! [`discard_later`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::manifest::{file_identity, FileIdentity, Manifest, ManifestEntry};
+use super::{io_err, IngestErrorKind, Planned, MARKER_FILE_NAME};
+use crate::csv_input::{CsvReader, RowSchema};
+use crate::event::encode_event;
+use crate::log::{FsyncPolicy, LogConfig, PartitionWriter};
+use crate::storage::durable::{remove_dir_all_durably, write_file_atomically};
+
+/// A file to write into a new partition.
+pub(super) struct PartitionJob {
+    /// The input file, as given.
+    pub(super) path: PathBuf,
+    /// The path its manifest entry records (its canonical path).
+    pub(super) recorded: String,
+    /// Its rows' format.
+    pub(super) schema: RowSchema,
+    /// The partition it becomes.
+    pub(super) partition: u32,
+}
+
+/// The temporary directory partition `partition` is written into.
+pub(super) fn tmp_dir(topic_dir: &Path, partition: u32) -> PathBuf {
+    topic_dir.join(format!("{partition}.tmp"))
+}
+
+/// Writes each job's temporary partition, up to `threads` at once. Result
+/// `i` is job `i`'s manifest entry or error; `None` for jobs after the
+/// first failure that were not started.
+pub(super) fn write_partitions(
+    topic_dir: &Path,
+    jobs: &[&PartitionJob],
+    config: &LogConfig,
+    threads: usize,
+) -> Vec<Option<Result<ManifestEntry, IngestErrorKind>>> {
+    let results: Mutex<Vec<Option<Result<ManifestEntry, IngestErrorKind>>>> =
+        Mutex::new(jobs.iter().map(|_| None).collect());
+    let next = AtomicUsize::new(0);
+    let first_failure = AtomicUsize::new(usize::MAX);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= jobs.len() || i > first_failure.load(Ordering::Relaxed) {
+            return;
+        }
+        let result = write_one(topic_dir, jobs[i], config);
+        if result.is_err() {
+            first_failure.fetch_min(i, Ordering::Relaxed);
+        }
+        results.lock().expect("ingest results poisoned")[i] = Some(result);
+    };
+    let threads = threads.clamp(1, jobs.len().max(1));
+    if threads == 1 {
+        work();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(work);
+            }
+        });
+    }
+    results.into_inner().expect("ingest results poisoned")
+}
+
+/// Removes the temporary partitions of the files in `rest` (those after a
+/// failed one), written or not.
+pub(super) fn discard_later(topic_dir: &Path, rest: &[Planned]) {
+    for planned in rest {
+        if let Planned::Write(job) = planned {
+            let tmp = tmp_dir(topic_dir, job.partition);
+            if let Err(e) = remove_dir_all_durably(&tmp) {
+                tracing::warn!(dir = %tmp.display(), error = %e, "cannot remove a temporary partition");
+            }
+        }
+    }
+}
+
+/// One job's temporary partition, complete with its marker (removed again
+/// on failure).
+fn write_one(
+    topic_dir: &Path,
+    job: &PartitionJob,
+    config: &LogConfig,
+) -> Result<ManifestEntry, IngestErrorKind> {
+    let tmp = tmp_dir(topic_dir, job.partition);
+    remove_dir_all_durably(&tmp)?;
+    let written = file_identity(&job.path)
+        .map_err(io_err(&job.path))
+        .and_then(|identity| write_partition(&tmp, job, identity, config));
+    if written.is_err() {
+        if let Err(cleanup) = remove_dir_all_durably(&tmp) {
+            tracing::warn!(dir = %tmp.display(), error = %cleanup, "cannot remove the temporary partition");
+        }
+    }
+    written
+}
+
+/// Writes `job`'s file into `tmp`, which must hold `identity` (size and
+/// CRC32C) when read to its end.
+pub(super) fn write_partition(
+    tmp: &Path,
+    job: &PartitionJob,
+    identity: FileIdentity,
+    config: &LogConfig,
+) -> Result<ManifestEntry, IngestErrorKind> {
+    let path = job.path.as_path();
+    let mut csv = CsvReader::open_as(path, job.schema)?;
+    let config = LogConfig {
+        fsync: FsyncPolicy::Never,
+        ..*config
+    };
+    let mut writer = PartitionWriter::open(tmp, config)?;
+    let mut payload = Vec::with_capacity(64);
+    while let Some(ev) = csv.next_record()? {
+        payload.clear();
+        encode_event(ev.ts, ev.key, ev.value, &mut payload);
+        if let Err(source) = writer.append(&payload) {
+            return Err(IngestErrorKind::Append {
+                path: path.to_owned(),
+                line: csv.line(),
+                source,
+            });
+        }
+    }
+    if csv.bytes_read() != identity.size_bytes || csv.content_crc32c() != identity.content_crc32c {
+        return Err(IngestErrorKind::FileChanged {
+            path: path.to_owned(),
+        });
+    }
+    writer.sync()?;
+    let entry = ManifestEntry {
+        partition: job.partition,
+        records: writer.next_offset(),
+        identity,
+        source_path: job.recorded.clone(),
+    };
+    drop(writer);
+    let marker = Manifest {
+        entries: vec![entry.clone()],
+    };
+    write_file_atomically(&tmp.join(MARKER_FILE_NAME), &marker.encode())?;
+    Ok(entry)
+}
