@@ -96,7 +96,7 @@ pub fn ingest_locked(
 /// As [`ingest_locked`], for files of several topics and formats.
 pub fn ingest_topics_locked(
     data_dir: &Path,
-    topics: &[(&str, RowSchema, Vec<PathBuf>)],
+    topics: &[TopicFiles],
     log_config: &LogConfig,
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(data_dir).map_err(|e| RunError::Output {
@@ -110,14 +110,34 @@ pub fn ingest_topics_locked(
             path: lock_path.clone(),
             source: e,
         })?;
-    for (topic, schema, files) in topics.iter().filter(|t| !t.2.is_empty()) {
-        let report = ingest_files_as(&data_dir.join("log"), topic, *schema, files, log_config)?;
+    // Topics are independent directories: ingested at once, so that the
+    // small tables' files keep the cores busy while the large table's run
+    // (each topic still writes its files one per core).
+    let log_dir = data_dir.join("log");
+    let ingest_topic = |(topic, schema, files): &TopicFiles| {
+        let report = ingest_files_as(&log_dir, topic, *schema, files, log_config)?;
         for file in &report.files {
             tracing::debug!(topic, path = %file.path.display(), partition = file.partition, records = file.records, skipped = file.skipped, "ingest");
         }
-    }
+        Ok::<(), RunError>(())
+    };
+    let topics: Vec<&TopicFiles> = topics.iter().filter(|t| !t.2.is_empty()).collect();
+    let results: Vec<Result<(), RunError>> = match topics.as_slice() {
+        [one] => vec![ingest_topic(one)],
+        _ => std::thread::scope(|scope| {
+            let handles: Vec<_> = topics
+                .iter()
+                .map(|t| scope.spawn(|| ingest_topic(t)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("an ingest thread panicked"))
+                .collect()
+        }),
+    };
     drop(lock);
-    Ok(())
+    // The first topic's error, in the order given.
+    results.into_iter().collect()
 }
 
 /// Files to ingest into one topic, in one format.
