@@ -12,6 +12,10 @@
 //! largest in the manifest). Paths recorded by earlier versions, as given
 //! and maybe relative, are resolved against the current directory.
 //!
+//! A new file is read once: the identity recorded is that of the bytes
+//! parsed, and a file whose size or modification time differs after the
+//! read from before it is refused ([`IngestErrorKind::FileChanged`]).
+//!
 //! # Atomicity
 //! A file is written to `<topic>/<p>.tmp/` while every row is validated;
 //! on any error the temporary directory is removed and the log is exactly

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::manifest::{file_identity, FileIdentity, Manifest, ManifestEntry};
+use super::manifest::{FileIdentity, Manifest, ManifestEntry};
 use super::{io_err, IngestErrorKind, Planned, MARKER_FILE_NAME};
 use crate::csv_input::{CsvReader, RowSchema};
 use crate::event::encode_event;
@@ -96,9 +96,9 @@ fn write_one(
 ) -> Result<ManifestEntry, IngestErrorKind> {
     let tmp = tmp_dir(topic_dir, job.partition);
     remove_dir_all_durably(&tmp)?;
-    let written = file_identity(&job.path)
+    let written = FileStamp::of(&job.path)
         .map_err(io_err(&job.path))
-        .and_then(|identity| write_partition(&tmp, job, identity, config));
+        .and_then(|before| write_partition(&tmp, job, before, config));
     if written.is_err() {
         if let Err(cleanup) = remove_dir_all_durably(&tmp) {
             tracing::warn!(dir = %tmp.display(), error = %cleanup, "cannot remove the temporary partition");
@@ -107,12 +107,31 @@ fn write_one(
     written
 }
 
-/// Writes `job`'s file into `tmp`, which must hold `identity` (size and
-/// CRC32C) when read to its end.
+/// What says a file was not modified while it was read: its size and
+/// modification time before and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    pub(super) size_bytes: u64,
+    pub(super) modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    pub(super) fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            size_bytes: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+/// Writes `job`'s file into `tmp`: its identity (size, CRC32C) is that of
+/// the bytes parsed, in one pass, and the file must still have the stamp
+/// `before` (taken before it was opened) once they are all read.
 pub(super) fn write_partition(
     tmp: &Path,
     job: &PartitionJob,
-    identity: FileIdentity,
+    before: FileStamp,
     config: &LogConfig,
 ) -> Result<ManifestEntry, IngestErrorKind> {
     let path = job.path.as_path();
@@ -134,11 +153,16 @@ pub(super) fn write_partition(
             });
         }
     }
-    if csv.bytes_read() != identity.size_bytes || csv.content_crc32c() != identity.content_crc32c {
+    let after = FileStamp::of(path).map_err(io_err(path))?;
+    if after != before || csv.bytes_read() != before.size_bytes {
         return Err(IngestErrorKind::FileChanged {
             path: path.to_owned(),
         });
     }
+    let identity = FileIdentity {
+        size_bytes: csv.bytes_read(),
+        content_crc32c: csv.content_crc32c(),
+    };
     writer.sync()?;
     let entry = ManifestEntry {
         partition: job.partition,

@@ -110,8 +110,9 @@ fn a_file_changing_during_ingest_is_rejected() {
     let (_t, log_dir, a) = setup();
     let topic_dir = log_dir.join("t");
     std::fs::create_dir_all(&topic_dir).unwrap();
-    let mut identity = file_identity(&a).unwrap();
-    identity.content_crc32c ^= 1;
+    // Stamped before a write that changed its size and time.
+    let mut before = parallel::FileStamp::of(&a).unwrap();
+    before.size_bytes -= 1;
     let job = parallel::PartitionJob {
         path: a.clone(),
         recorded: a.display().to_string(),
@@ -119,7 +120,7 @@ fn a_file_changing_during_ingest_is_rejected() {
         partition: 0,
     };
     let tmp = parallel::tmp_dir(&topic_dir, 0);
-    let e = parallel::write_partition(&tmp, &job, identity, &cfg()).unwrap_err();
+    let e = parallel::write_partition(&tmp, &job, before, &cfg()).unwrap_err();
     assert!(matches!(e, IngestErrorKind::FileChanged { .. }), "{e}");
     assert!(!topic_dir.join("0").exists());
 }
