@@ -360,7 +360,33 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
     }
     let summary = run(&options)?;
     print_summary(&summary, args.workers);
+    if let Some(budget) = args.memory_budget {
+        warn_if_over_budget(summary.peak_window_bytes, budget);
+    }
     Ok(())
+}
+
+/// Says so when the windows' state outgrew `--memory-budget` by more than
+/// a tenth (a pane is built in memory before it may go to disk, so the
+/// budget is passed a little at times): what cannot be spilled, each live
+/// key's columns and small staged runs, stayed in memory.
+fn warn_if_over_budget(peak_window_bytes: u64, budget_bytes: u64) {
+    if peak_window_bytes.saturating_mul(10) <= budget_bytes.saturating_mul(11) {
+        return;
+    }
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    tracing::warn!(
+        peak_window_bytes,
+        budget_bytes,
+        "window state above the memory budget"
+    );
+    eprintln!(
+        "warning: the windows' state peaked at {:.1} MiB, above --memory-budget {:.1} MiB: \
+         what cannot go to disk (each live key's aggregate columns, ~100 bytes per key, and \
+         staged runs under 64 KiB) stayed in memory; a budget above that peak keeps the state within it",
+        mib(peak_window_bytes),
+        mib(budget_bytes)
+    );
 }
 
 fn print_summary(s: &RunSummary, workers: usize) {

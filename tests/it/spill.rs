@@ -87,3 +87,61 @@ fn a_long_run_with_every_pane_on_disk_matches_reference() {
     assert_eq!(got.late, expected.late);
     assert!(got.rows == expected.rows, "rows differ");
 }
+
+/// A budget smaller than what cannot go to disk (each live key's columns)
+/// is said to be passed, with the peak and the budget, once a run ends;
+/// a budget the state fits in is not.
+#[test]
+fn a_budget_the_key_columns_exceed_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("csv");
+    let generated = crate::support::run_weir(&[
+        "gen",
+        "zipf",
+        "--events",
+        "100000",
+        "--keys",
+        "50000",
+        "--exponent",
+        "0",
+        "--rate",
+        "1000",
+        "--partitions",
+        "1",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    crate::support::assert_success(&generated, "weir gen zipf");
+    let run = |budget: &str| {
+        let out = dir.path().join(format!("out-{budget}"));
+        let output = crate::support::run_weir(&[
+            "run",
+            "--query",
+            "window",
+            "--window",
+            "sliding:60s/10s",
+            "--workers",
+            "1",
+            "--no-checkpoint",
+            "--until-end",
+            "--memory-budget",
+            budget,
+            "--input",
+            csv.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        crate::support::assert_success(&output, "weir run");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // 50K keys: ~5 MB of key columns, above 1 MiB.
+    let stderr = run("1MiB");
+    assert!(
+        stderr.contains("warning: the windows' state peaked at")
+            && stderr.contains("above --memory-budget 1.0 MiB"),
+        "{stderr}"
+    );
+    assert!(!run("1GiB").contains("above --memory-budget"));
+}
