@@ -43,16 +43,17 @@
 pub mod idle;
 pub mod manifest;
 mod parallel;
+mod plan;
 
 use std::path::{Path, PathBuf};
 
 use crate::csv_input::{CsvError, RowSchema};
-use crate::log::{parse_partition_name, validate_topic, LogConfig, LogError};
+use crate::log::{parse_partition_name, LogConfig, LogError};
 use crate::storage::durable::{
-    create_dir_all_durably, remove_dir_all_durably, rename_durably, write_file_atomically,
+    create_dir_all_durably, remove_dir_all_durably, write_file_atomically,
 };
-use manifest::{file_identity, FileIdentity, Manifest, ManifestEntry, MAX_PATH_LEN_BYTES};
-use parallel::PartitionJob;
+use manifest::{FileIdentity, Manifest, MAX_PATH_LEN_BYTES};
+pub use plan::PreparedIngest;
 
 /// File name of the manifest in the topic directory.
 pub const MANIFEST_FILE_NAME: &str = "MANIFEST";
@@ -246,179 +247,7 @@ pub fn ingest_files_with_threads(
     config: &LogConfig,
     threads: usize,
 ) -> Result<IngestReport, IngestError> {
-    let mut report = IngestReport::default();
-    match ingest_into(
-        log_dir,
-        topic,
-        (schema, files, threads.max(1)),
-        config,
-        &mut report,
-    ) {
-        Ok(()) => Ok(report),
-        Err(kind) => Err(IngestError {
-            completed: report,
-            kind,
-        }),
-    }
-}
-
-fn ingest_into(
-    log_dir: &Path,
-    topic: &str,
-    (schema, files, threads): (RowSchema, &[PathBuf], usize),
-    config: &LogConfig,
-    report: &mut IngestReport,
-) -> Result<(), IngestErrorKind> {
-    validate_topic(topic)?;
-    config.validate()?;
-    let topic_dir = log_dir.join(topic);
-    let mut manifest = open_manifest(&topic_dir)?;
-    recover(&topic_dir, &mut manifest)?;
-    let (plan, refused) = plan_files(&manifest, schema, files);
-    let jobs: Vec<&PartitionJob> = plan
-        .iter()
-        .filter_map(|p| match p {
-            Planned::Write(job) => Some(job),
-            _ => None,
-        })
-        .collect();
-    let mut written = parallel::write_partitions(&topic_dir, &jobs, config, threads).into_iter();
-    // Committed in the order given: a file's partition becomes visible only
-    // after every earlier file's, so a failure leaves exactly the files
-    // before it ingested.
-    let mut entries: Vec<Option<ManifestEntry>> = Vec::with_capacity(plan.len());
-    for (i, planned) in plan.iter().enumerate() {
-        let (path, entry, skipped) = match planned {
-            Planned::Skip(path, entry) => (path, entry.clone(), true),
-            Planned::Again(path, first) => {
-                let entry = entries[*first].clone().expect("an earlier file");
-                (path, entry, true)
-            }
-            Planned::Write(job) => {
-                let result = written.next().expect("one result per job");
-                let entry = match result {
-                    Some(Ok(entry)) => entry,
-                    Some(Err(e)) => {
-                        parallel::discard_later(&topic_dir, &plan[i + 1..]);
-                        return Err(e);
-                    }
-                    None => unreachable!("every job before the first failure is written"),
-                };
-                rename_durably(
-                    &parallel::tmp_dir(&topic_dir, job.partition),
-                    &topic_dir.join(job.partition.to_string()),
-                )?;
-                manifest.entries.push(entry.clone());
-                write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
-                tracing::info!(file = %job.path.display(), partition = job.partition, records = entry.records, "ingested");
-                (&job.path, entry, false)
-            }
-        };
-        report.files.push(FileReport {
-            path: path.clone(),
-            partition: entry.partition,
-            records: entry.records,
-            skipped,
-        });
-        entries.push(Some(entry));
-    }
-    match refused {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// What becomes of one input file.
-enum Planned {
-    /// Ingested before, unchanged: its manifest entry.
-    Skip(PathBuf, ManifestEntry),
-    /// The same file as the earlier one at this index of the plan.
-    Again(PathBuf, usize),
-    /// A new partition to write.
-    Write(PartitionJob),
-}
-
-/// Decides, in order, what becomes of each file: skipped, or a new
-/// partition (numbered in order); stops at the first file refused, whose
-/// error comes back with the plan of the files before it.
-fn plan_files(
-    manifest: &Manifest,
-    schema: RowSchema,
-    files: &[PathBuf],
-) -> (Vec<Planned>, Option<IngestErrorKind>) {
-    // Where each entry's file is now, in the manifest's order.
-    let ingested: Vec<PathBuf> = manifest
-        .entries
-        .iter()
-        .map(|e| resolve_recorded_path(&e.source_path))
-        .collect();
-    let mut planned_paths: Vec<PathBuf> = Vec::new();
-    let mut plan = Vec::new();
-    let mut next_partition = manifest.next_partition();
-    for path in files {
-        match plan_file(
-            manifest,
-            &ingested,
-            (&planned_paths, &mut next_partition),
-            schema,
-            path,
-        ) {
-            Ok((planned, canonical)) => {
-                plan.push(planned);
-                planned_paths.push(canonical);
-            }
-            Err(e) => return (plan, Some(e)),
-        }
-    }
-    (plan, None)
-}
-
-fn plan_file(
-    manifest: &Manifest,
-    ingested: &[PathBuf],
-    (planned, next_partition): (&[PathBuf], &mut Option<u32>),
-    schema: RowSchema,
-    path: &Path,
-) -> Result<(Planned, PathBuf), IngestErrorKind> {
-    let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
-    if let Some(first) = planned.iter().position(|p| *p == canonical) {
-        return Ok((Planned::Again(path.to_owned(), first), canonical));
-    }
-    if let Some(i) = ingested.iter().position(|p| *p == canonical) {
-        let identity = file_identity(path).map_err(io_err(path))?;
-        let done = &manifest.entries[i];
-        if done.identity != identity {
-            return Err(IngestErrorKind::ChangedSinceIngest {
-                path: path.to_owned(),
-                partition: done.partition,
-                ingested: done.identity,
-                now: identity,
-            });
-        }
-        tracing::info!(
-            file = %path.display(), partition = done.partition, ingested_from = %done.source_path,
-            "already ingested: skipping"
-        );
-        return Ok((Planned::Skip(path.to_owned(), done.clone()), canonical));
-    }
-    let partition = next_partition.ok_or(IngestErrorKind::TooManyPartitions)?;
-    let recorded = match canonical.to_str() {
-        Some(p) if p.len() <= MAX_PATH_LEN_BYTES => p.to_owned(),
-        _ => {
-            return Err(IngestErrorKind::UnrecordablePath {
-                path: path.to_owned(),
-                canonical,
-            })
-        }
-    };
-    *next_partition = partition.checked_add(1);
-    let job = PartitionJob {
-        path: path.to_owned(),
-        recorded,
-        schema,
-        partition,
-    };
-    Ok((Planned::Write(job), canonical))
+    PreparedIngest::prepare(log_dir, topic, schema, files, config)?.run(threads)
 }
 
 /// Where the file recorded as `recorded` in the manifest is now: the path

@@ -3,18 +3,21 @@
 //! (`<topic>/<p>.tmp`), checked and fsynced there with its marker; the
 //! caller then commits them (rename, manifest) in the order given.
 //!
-//! Threads take the files in order from a shared counter. Once a file
-//! fails, no thread starts a later one (their work would be discarded: the
-//! files after a failing one are not ingested), and the temporary
-//! directories of the later ones already written are removed by
-//! [`discard_later`].
+//! Threads take the files in order from a shared counter, and the caller
+//! takes their results in order as they are written ([`Writing::wait`]), so
+//! a file is committed as soon as it and every file before it are written.
+//! Once a file fails, no thread starts a later one (their work would be
+//! discarded: the files after a failing one are not ingested), and the
+//! temporary directories of the later ones already written are removed by
+//! [`discard_later`] once the threads are done.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use super::manifest::{FileIdentity, Manifest, ManifestEntry};
-use super::{io_err, IngestErrorKind, Planned, MARKER_FILE_NAME};
+use super::plan::Planned;
+use super::{io_err, IngestErrorKind, MARKER_FILE_NAME};
 use crate::csv_input::{CsvReader, RowSchema};
 use crate::event::encode_event;
 use crate::log::{FsyncPolicy, LogConfig, PartitionWriter};
@@ -37,41 +40,69 @@ pub(super) fn tmp_dir(topic_dir: &Path, partition: u32) -> PathBuf {
     topic_dir.join(format!("{partition}.tmp"))
 }
 
-/// Writes each job's temporary partition, up to `threads` at once. Result
-/// `i` is job `i`'s manifest entry or error; `None` for jobs after the
-/// first failure that were not started.
-pub(super) fn write_partitions(
-    topic_dir: &Path,
-    jobs: &[&PartitionJob],
-    config: &LogConfig,
-    threads: usize,
-) -> Vec<Option<Result<ManifestEntry, IngestErrorKind>>> {
-    let results: Mutex<Vec<Option<Result<ManifestEntry, IngestErrorKind>>>> =
-        Mutex::new(jobs.iter().map(|_| None).collect());
-    let next = AtomicUsize::new(0);
-    let first_failure = AtomicUsize::new(usize::MAX);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= jobs.len() || i > first_failure.load(Ordering::Relaxed) {
-            return;
+/// Jobs written by several threads, their results taken in order.
+pub(super) struct Writing<'a> {
+    topic_dir: &'a Path,
+    jobs: &'a [&'a PartitionJob],
+    config: &'a LogConfig,
+    results: Mutex<Vec<Option<Result<ManifestEntry, IngestErrorKind>>>>,
+    written: Condvar,
+    next: AtomicUsize,
+    /// No job after this one is started (a failure, or a commit that
+    /// failed).
+    last_to_start: AtomicUsize,
+}
+
+impl<'a> Writing<'a> {
+    pub(super) fn new(
+        topic_dir: &'a Path,
+        jobs: &'a [&'a PartitionJob],
+        config: &'a LogConfig,
+    ) -> Self {
+        Writing {
+            topic_dir,
+            jobs,
+            config,
+            results: Mutex::new(jobs.iter().map(|_| None).collect()),
+            written: Condvar::new(),
+            next: AtomicUsize::new(0),
+            last_to_start: AtomicUsize::new(usize::MAX),
         }
-        let result = write_one(topic_dir, jobs[i], config);
-        if result.is_err() {
-            first_failure.fetch_min(i, Ordering::Relaxed);
-        }
-        results.lock().expect("ingest results poisoned")[i] = Some(result);
-    };
-    let threads = threads.clamp(1, jobs.len().max(1));
-    if threads == 1 {
-        work();
-    } else {
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(work);
-            }
-        });
     }
-    results.into_inner().expect("ingest results poisoned")
+
+    /// A writer thread's loop: takes the next job until none is left or
+    /// one failed.
+    pub(super) fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.jobs.len() || i > self.last_to_start.load(Ordering::Relaxed) {
+                return;
+            }
+            let result = write_one(self.topic_dir, self.jobs[i], self.config);
+            if result.is_err() {
+                self.stop_after(i);
+            }
+            self.results.lock().expect("ingest results poisoned")[i] = Some(result);
+            self.written.notify_all();
+        }
+    }
+
+    /// Job `i`'s result, once written (every job before it must have
+    /// succeeded: then it is started).
+    pub(super) fn wait(&self, i: usize) -> Result<ManifestEntry, IngestErrorKind> {
+        let mut results = self.results.lock().expect("ingest results poisoned");
+        loop {
+            if let Some(result) = results[i].take() {
+                return result;
+            }
+            results = self.written.wait(results).expect("ingest results poisoned");
+        }
+    }
+
+    /// Starts no job after `i`.
+    pub(super) fn stop_after(&self, i: usize) {
+        self.last_to_start.fetch_min(i, Ordering::Relaxed);
+    }
 }
 
 /// Removes the temporary partitions of the files in `rest` (those after a
