@@ -9,14 +9,13 @@
 //! Once a file fails, no thread starts a later one (their work would be
 //! discarded: the files after a failing one are not ingested), and the
 //! temporary directories of the later ones already written are removed by
-//! [`discard_later`] once the threads are done.
+//! [`discard`] once the threads are done.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use super::manifest::{FileIdentity, Manifest, ManifestEntry};
-use super::plan::Planned;
 use super::{io_err, IngestErrorKind, MARKER_FILE_NAME};
 use crate::csv_input::{CsvReader, RowSchema};
 use crate::event::encode_event;
@@ -105,15 +104,13 @@ impl<'a> Writing<'a> {
     }
 }
 
-/// Removes the temporary partitions of the files in `rest` (those after a
-/// failed one), written or not.
-pub(super) fn discard_later(topic_dir: &Path, rest: &[Planned]) {
-    for planned in rest {
-        if let Planned::Write(job) = planned {
-            let tmp = tmp_dir(topic_dir, job.partition);
-            if let Err(e) = remove_dir_all_durably(&tmp) {
-                tracing::warn!(dir = %tmp.display(), error = %e, "cannot remove a temporary partition");
-            }
+/// Removes the temporary directories of `partitions` (those of the files
+/// after a failed one), written or not.
+pub(super) fn discard(topic_dir: &Path, partitions: impl IntoIterator<Item = u32>) {
+    for partition in partitions {
+        let tmp = tmp_dir(topic_dir, partition);
+        if let Err(e) = remove_dir_all_durably(&tmp) {
+            tracing::warn!(dir = %tmp.display(), error = %e, "cannot remove a temporary partition");
         }
     }
 }

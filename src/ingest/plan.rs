@@ -116,7 +116,11 @@ impl PreparedIngest {
             committed
         });
         if let Err((failed, e)) = committed {
-            parallel::discard_later(&topic_dir, &plan[failed..]);
+            let later = plan[failed..].iter().filter_map(|p| match p {
+                Planned::Write(job) => Some(job.partition),
+                _ => None,
+            });
+            parallel::discard(&topic_dir, later);
             return Err(e);
         }
         match refused {

@@ -340,3 +340,87 @@ fn files_with_the_same_content_are_distinct_partitions_of_a_run() {
         vec![0, 1, 2, 3]
     );
 }
+
+/// `weir run --input` (files ingested in parallel, topics at once): the
+/// rows equal those of a run over the same files ingested beforehand by
+/// `weir ingest`, and a bad file fails the run with its `file:line`,
+/// leaving the log with exactly the files before it.
+#[test]
+fn a_run_over_input_files_equals_ingest_then_run_and_a_bad_file_fails_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain_csv = |rows: u64, step_ms: u64| {
+        let mut s = String::from("ts,key,value\n");
+        for i in 0..rows {
+            writeln!(s, "{},k{},{}", i * step_ms, i % 7, i as i64 - 50).unwrap();
+        }
+        s
+    };
+    let files: Vec<PathBuf> = (0..5u64)
+        .map(|i| {
+            write(
+                tmp.path(),
+                &format!("f{i}.csv"),
+                &plain_csv(400 + 37 * i, 90 + i),
+            )
+        })
+        .collect();
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let before = tmp.path().join("before");
+    let ingested = run_weir(&[
+        "ingest",
+        "--data-dir",
+        before.to_str().unwrap(),
+        files[0].to_str().unwrap(),
+        files[1].to_str().unwrap(),
+        files[2].to_str().unwrap(),
+        files[3].to_str().unwrap(),
+        files[4].to_str().unwrap(),
+    ]);
+    assert_success(&ingested, "weir ingest");
+    let expected = run_windows(&before, &tmp.path().join("out-before"), &refs);
+    let overlapped = run_windows(
+        &tmp.path().join("during"),
+        &tmp.path().join("out-during"),
+        &refs,
+    );
+    assert_eq!(overlapped, expected);
+
+    let mut bad_content = big_csv(30);
+    bad_content.push_str("31,k,one\n");
+    let bad = write(tmp.path(), "bad.csv", &bad_content);
+    let data = tmp.path().join("bad-run");
+    let output = run_weir(&[
+        "run",
+        "--window",
+        "tumbling:10s",
+        "--until-end",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        tmp.path().join("out-bad").to_str().unwrap(),
+        "--input",
+        files[0].to_str().unwrap(),
+        bad.to_str().unwrap(),
+        files[1].to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:32:", bad.display())),
+        "{stderr}"
+    );
+    let reference = tmp.path().join("reference");
+    ingest_files(
+        &reference.join("log"),
+        "events",
+        &files[..1],
+        &cfg_default(),
+    )
+    .unwrap();
+    let log = |dir: &Path| snapshot(&dir.join("log")).into_keys().collect::<Vec<_>>();
+    assert_eq!(log(&data), log(&reference));
+}
+
+fn cfg_default() -> LogConfig {
+    LogConfig::default()
+}
