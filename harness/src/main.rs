@@ -257,6 +257,35 @@ pub fn stderr_tail(path: &std::path::Path, lines: usize) -> String {
     out
 }
 
+/// `kill -9` of `child`'s process group (the child was started as a group
+/// leader: an engine and the sidecar it started), or of the child alone if
+/// that fails; then the wait for it.
+pub fn kill_process_group(mut child: std::process::Child) -> Result<()> {
+    let killed = Command::new("kill")
+        .args(["-9", "--", &format!("-{}", child.id())])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !killed {
+        // The group is gone or `kill` failed: at least the child.
+        let _ = child.kill();
+    }
+    child.wait()?;
+    Ok(())
+}
+
+/// The pid of the sidecar that the engine `pid` started (its child), as
+/// `pgrep` prints it, if one is running.
+pub fn sidecar_child_of(pid: u32) -> Option<String> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string(), "-f", "sidecar"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
 /// The commit the harness was built from (empty outside a git checkout).
 pub fn git_commit() -> String {
     command_output("git", &["rev-parse", "HEAD"])

@@ -125,6 +125,16 @@ proptest! {
     }
 }
 
+/// A file of the spill directory `dir`.
+fn first_file(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
 fn store_with(budget: Option<usize>, dir: &std::path::Path) -> PaneStore {
     match budget {
         Some(budget_bytes) => PaneStore::with_spill(
@@ -219,12 +229,7 @@ fn panes_on_disk_merge_with_live_ones_and_flip_in_place() {
     assert_eq!(aggregates["a"], a);
     assert_eq!(aggregates["b"], Agg::of(7).repeated(2));
     // A damaged file is refused with its name, not read as other entries.
-    let file = std::fs::read_dir(dir.path().join("w0"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let file = first_file(&dir.path().join("w0"));
     let mut bytes = std::fs::read(&file).unwrap();
     let last = bytes.len() - 5;
     bytes[last] ^= 1;
@@ -250,12 +255,7 @@ fn a_damaged_file_of_staged_partials_fails_the_store() {
     let mut store = store_with(Some(0), dir.path());
     store.stage(29, [(Key::from("a"), 10, Agg::of(5), 1)]);
     assert_eq!(store.spill_counts()[0], 1, "a zero budget writes the run");
-    let file = std::fs::read_dir(dir.path().join("w0"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let file = first_file(&dir.path().join("w0"));
     std::fs::write(&file, &std::fs::read(&file).unwrap()[..10]).unwrap();
     store.apply_staged_through(29);
     let message = store

@@ -77,14 +77,7 @@ impl Engine {
     /// The pid of the sidecar the engine started (its child).
     pub(super) fn sidecar_pid(&self) -> Option<String> {
         let (pid, _) = self.running()?;
-        let out = Command::new("pgrep")
-            .args(["-P", &pid.to_string(), "-f", "sidecar"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .map(str::to_owned)
+        crate::sidecar_child_of(pid)
     }
 
     fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
@@ -125,18 +118,7 @@ impl Engine {
 
     /// `kill -9` of the process group, and the wait for it.
     pub(super) fn kill_group(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let killed = Command::new("kill")
-                .args(["-9", "--", &format!("-{}", child.id())])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !killed {
-                // The group is gone or `kill` failed: at least the engine.
-                let _ = child.kill();
-            }
-            child.wait()?;
-        }
-        Ok(())
+        self.child.take().map_or(Ok(()), crate::kill_process_group)
     }
 
     /// `kill -9` of the engine's process group; it restarts at the next poll.

@@ -146,18 +146,7 @@ impl Spawned {
 
     /// `kill -9` of the process group (engine and sidecar), and the wait.
     fn kill_group(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let group = format!("-{}", child.id());
-            let killed = Command::new("kill")
-                .args(["-9", "--", &group])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !killed {
-                let _ = child.kill();
-            }
-            child.wait()?;
-        }
-        Ok(())
+        self.child.take().map_or(Ok(()), crate::kill_process_group)
     }
 
     /// Peak RSS of the engine and its sidecar; once a second, a row of
@@ -217,16 +206,7 @@ impl Spawned {
 
 /// The sidecar the engine `pid` started (its child), if running.
 fn sidecar_of(pid: u32) -> Option<u32> {
-    let out = Command::new("pgrep")
-        .args(["-P", &pid.to_string(), "-f", "sidecar"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    crate::sidecar_child_of(pid)?.trim().parse().ok()
 }
 
 /// A `/proc/<pid>/status` field in KiB (0 once the process is gone).
