@@ -195,7 +195,7 @@ pub struct RunSummary {
     /// Under `--memory-budget`: the sum of the workers' peak bytes of
     /// panes on disk, and the spill counts summed over the workers
     /// ([`weir_dataflows::pane_store::PaneStore::spill_counts`]).
-    pub window_disk: (u64, [u64; 5]),
+    pub window_disk: (u64, [u64; 6]),
     /// The output directory.
     pub out_dir: PathBuf,
     /// Late rows written by this process.

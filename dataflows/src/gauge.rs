@@ -15,8 +15,9 @@ pub struct StateGauge {
     disk_bytes: AtomicU64,
     peak_disk_bytes: AtomicU64,
     /// Files and bytes written to disk, files and bytes read back, panes
-    /// found in memory ([`crate::pane_store::PaneStore::spill_counts`]).
-    spill_counts: [AtomicU64; 5],
+    /// found in memory and read from disk
+    /// ([`crate::pane_store::PaneStore::spill_counts`]).
+    spill_counts: [AtomicU64; 6],
     /// Why the operator stopped (its state failed), if it did.
     failure: std::sync::Mutex<Option<String>>,
 }
@@ -34,7 +35,7 @@ impl StateGauge {
 
     /// Publishes the bytes of state on disk and the spill counts
     /// ([`crate::pane_store::PaneStore::spill_counts`]).
-    pub fn set_disk(&self, disk_bytes: usize, spill_counts: [u64; 5]) {
+    pub fn set_disk(&self, disk_bytes: usize, spill_counts: [u64; 6]) {
         self.disk_bytes.store(disk_bytes as u64, Ordering::Relaxed);
         self.peak_disk_bytes
             .fetch_max(disk_bytes as u64, Ordering::Relaxed);
@@ -72,8 +73,8 @@ impl StateGauge {
     }
 
     /// Files and bytes written to disk, files and bytes read back, panes
-    /// found in memory.
-    pub fn spill_counts(&self) -> [u64; 5] {
+    /// found in memory and read from disk.
+    pub fn spill_counts(&self) -> [u64; 6] {
         self.spill_counts
             .each_ref()
             .map(|c| c.load(Ordering::Relaxed))

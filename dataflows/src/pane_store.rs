@@ -179,16 +179,17 @@ impl PaneStore {
     }
 
     /// Under a budget: files (panes or staged runs) written to disk and
-    /// their bytes; files read back and their bytes; panes needed and found
-    /// in memory (with the files read back, the hot set's hit rate).
-    pub fn spill_counts(&self) -> [u64; 5] {
-        self.spill.as_ref().map_or([0; 5], |s| {
+    /// their bytes; files read back and their bytes; panes needed found in
+    /// memory and read from disk (the hot set's hit rate).
+    pub fn spill_counts(&self) -> [u64; 6] {
+        self.spill.as_ref().map_or([0; 6], |s| {
             [
                 s.spills,
                 s.spilled_bytes,
                 s.fetches,
                 s.fetched_bytes,
                 s.memory_reads,
+                s.disk_reads,
             ]
         })
     }
@@ -209,6 +210,7 @@ impl PaneStore {
                     .spill
                     .as_mut()
                     .expect("only a store with a spill has panes on disk");
+                spill.disk_reads += 1;
                 match spill.take(pane.start, &spilled) {
                     Ok(bytes) => bytes.into_boxed_slice(),
                     Err(e) => {

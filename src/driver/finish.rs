@@ -93,7 +93,7 @@ pub(super) fn finish(
     let peak_window_bytes = window_state.iter().map(|(_, g)| g.peak_bytes()).sum();
     let window_disk = window_state
         .iter()
-        .fold((0, [0; 5]), |(peak, mut counts), (_, g)| {
+        .fold((0, [0; 6]), |(peak, mut counts), (_, g)| {
             for (total, count) in counts.iter_mut().zip(g.spill_counts()) {
                 *total += count;
             }

@@ -77,7 +77,25 @@ impl<'a> Writing<'a> {
             if i >= self.jobs.len() || i > self.last_to_start.load(Ordering::Relaxed) {
                 return;
             }
-            let result = write_one(self.topic_dir, self.jobs[i], self.config);
+            let job = self.jobs[i];
+            // A panic would leave `wait` waiting for this result for ever:
+            // it becomes this file's error instead.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                write_one(self.topic_dir, job, self.config)
+            }))
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(IngestErrorKind::Io {
+                    path: job.path.clone(),
+                    source: std::io::Error::other(format!(
+                        "the thread writing it panicked: {message}"
+                    )),
+                })
+            });
             if result.is_err() {
                 self.stop_after(i);
             }

@@ -110,12 +110,12 @@ impl PreparedIngest {
                 scope.spawn(|| writing.work());
             }
             let committed = commit_in_order(&topic_dir, &mut manifest, &plan, &writing, report);
-            if let Err((i, _)) = &committed {
-                writing.stop_after(*i);
+            if let Err((_, job, _)) = &committed {
+                writing.stop_after(*job);
             }
             committed
         });
-        if let Err((failed, e)) = committed {
+        if let Err((failed, _, e)) = committed {
             let later = plan[failed..].iter().filter_map(|p| match p {
                 Planned::Write(job) => Some(job.partition),
                 _ => None,
@@ -131,15 +131,16 @@ impl PreparedIngest {
 }
 
 /// Walks the plan in order: reports skipped files, and commits each new
-/// partition once written (rename, manifest). On failure, the index (among
-/// the jobs) from which nothing is committed, and the error.
+/// partition once written (rename, manifest). On failure, the index in
+/// the plan and among the jobs from which nothing is committed, and the
+/// error.
 fn commit_in_order(
     topic_dir: &Path,
     manifest: &mut Manifest,
     plan: &[Planned],
     writing: &parallel::Writing<'_>,
     report: &mut IngestReport,
-) -> Result<(), (usize, IngestErrorKind)> {
+) -> Result<(), (usize, usize, IngestErrorKind)> {
     let mut entries: Vec<Option<ManifestEntry>> = Vec::with_capacity(plan.len());
     let mut job = 0;
     for (i, planned) in plan.iter().enumerate() {
@@ -159,7 +160,7 @@ fn commit_in_order(
                     write_file_atomically(&topic_dir.join(MANIFEST_FILE_NAME), &manifest.encode())?;
                     Ok(entry)
                 });
-                let entry = committed.map_err(|e| (i, e))?;
+                let entry = committed.map_err(|e| (i, job, e))?;
                 tracing::info!(file = %w.path.display(), partition = w.partition, records = entry.records, "ingested");
                 job += 1;
                 (&w.path, entry, false)

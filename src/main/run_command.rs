@@ -415,13 +415,14 @@ fn print_summary(s: &RunSummary, workers: usize) {
             s.peak_window_bytes as f64 / f64::from(1 << 20)
         );
     }
-    let (disk_peak_bytes, [spills, spilled_bytes, fetches, _, memory_reads]) = s.window_disk;
+    let (disk_peak_bytes, [spills, spilled_bytes, fetches, _, memory_reads, disk_reads]) =
+        s.window_disk;
     if spills > 0 {
         println!(
             "window spill      {:.1} MiB on disk at the peak; {spills} files written ({:.1} MiB), {fetches} read back; {:.1} % of pane reads from memory",
             disk_peak_bytes as f64 / f64::from(1 << 20),
             spilled_bytes as f64 / f64::from(1 << 20),
-            100.0 * memory_reads as f64 / (memory_reads + fetches).max(1) as f64,
+            100.0 * memory_reads as f64 / (memory_reads + disk_reads).max(1) as f64,
         );
     }
     println!(

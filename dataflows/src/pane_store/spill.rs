@@ -102,8 +102,10 @@ pub(super) struct Spill {
     /// Panes read back and bytes read.
     pub(super) fetches: u64,
     pub(super) fetched_bytes: u64,
-    /// Panes needed (entering, flipping, leaving) and found in memory.
+    /// Panes needed (entering, flipping, leaving): found in memory, read
+    /// from disk.
     pub(super) memory_reads: u64,
+    pub(super) disk_reads: u64,
     buffer: Vec<u8>,
 }
 
@@ -136,6 +138,7 @@ impl Spill {
             spilled_bytes: 0,
             fetches: 0,
             memory_reads: 0,
+            disk_reads: 0,
             fetched_bytes: 0,
             buffer: Vec::new(),
         })

@@ -9,7 +9,7 @@ use crate::source::SourceCounters;
 
 /// One worker's figures: worker, partials, keys, memory bytes, disk bytes,
 /// and the spill counts (panes and bytes written, panes and bytes read).
-type Row = (usize, u64, u64, u64, u64, [u64; 5]);
+type Row = (usize, u64, u64, u64, u64, [u64; 6]);
 
 /// Appends the `window_*` and `state_bytes` series of every worker.
 pub(super) fn render_window_state(out: &mut Exposition, counters: &SourceCounters) {
@@ -58,29 +58,29 @@ pub(super) fn render_window_state(out: &mut Exposition, counters: &SourceCounter
     out.labelled(
         "window_spills_total",
         "counter",
-        "Panes a worker's sliding windows moved to disk under --memory-budget.",
+        "Files a worker's sliding windows wrote to disk under --memory-budget (a pane each, or a run of staged partials).",
         &series(&|r| r.5[0], ""),
     );
     out.labelled(
         "window_spill_bytes_total",
         "counter",
-        "Bytes of panes written to disk under --memory-budget.",
+        "Bytes of spill files written under --memory-budget.",
         &series(&|r| r.5[1], ""),
     );
     out.labelled(
         "window_fetches_total",
         "counter",
-        "Panes read back from disk (as they leave the window, or when the two-stack queue flips).",
+        "Spill files read back (a pane as it leaves the window or when the two-stack queue flips, a staged run when its time comes).",
         &series(&|r| r.5[2], ""),
     );
     out.labelled(
         "window_fetch_bytes_total",
         "counter",
-        "Bytes of panes read back from disk.",
+        "Bytes of spill files read back.",
         &series(&|r| r.5[3], ""),
     );
     let mut reads = series(&|r| r.5[4], ",tier=\"memory\"");
-    reads.extend(series(&|r| r.5[2], ",tier=\"disk\""));
+    reads.extend(series(&|r| r.5[5], ",tier=\"disk\""));
     out.labelled(
         "window_pane_reads_total",
         "counter",
