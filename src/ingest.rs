@@ -53,7 +53,7 @@ use crate::storage::durable::{
     create_dir_all_durably, remove_dir_all_durably, write_file_atomically,
 };
 use manifest::{FileIdentity, Manifest, MAX_PATH_LEN_BYTES};
-pub use plan::PreparedIngest;
+use plan::PreparedIngest;
 
 /// File name of the manifest in the topic directory.
 pub const MANIFEST_FILE_NAME: &str = "MANIFEST";

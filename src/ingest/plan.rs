@@ -1,8 +1,7 @@
 //! An ingest call in two steps: planned under the topic's manifest (which
 //! files are skipped, which become which new partitions, numbered in the
 //! order given), then run: the new partitions written in parallel
-//! ([`super::parallel`]) and committed in order. Between the two, a run can
-//! start reading the planned partitions as they are committed.
+//! ([`super::parallel`]) and committed in order.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +16,7 @@ use crate::log::{validate_topic, LogConfig};
 use crate::storage::durable::{rename_durably, write_file_atomically};
 
 /// An ingest planned and not yet run; see the module doc.
-pub struct PreparedIngest {
+pub(super) struct PreparedIngest {
     topic_dir: PathBuf,
     manifest: Manifest,
     plan: Vec<Planned>,
@@ -31,7 +30,7 @@ impl PreparedIngest {
     /// Plans ingesting `files` (rows of `schema`) into `topic` under
     /// `log_dir`: checks the topic and the manifest (recovering what a
     /// crash left), and decides each file's partition.
-    pub fn prepare(
+    pub(super) fn prepare(
         log_dir: &Path,
         topic: &str,
         schema: RowSchema,
@@ -59,20 +58,9 @@ impl PreparedIngest {
         })
     }
 
-    /// The partitions this ingest adds, in the order they are committed.
-    pub fn new_partitions(&self) -> Vec<u32> {
-        self.plan
-            .iter()
-            .filter_map(|p| match p {
-                Planned::Write(job) => Some(job.partition),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// Writes the new partitions, up to `threads` files at once, and
     /// commits them in the order given.
-    pub fn run(self, threads: usize) -> Result<IngestReport, IngestError> {
+    pub(super) fn run(self, threads: usize) -> Result<IngestReport, IngestError> {
         let mut report = IngestReport::default();
         match self.commit(threads.max(1), &mut report) {
             Ok(()) => Ok(report),
@@ -92,13 +80,7 @@ impl PreparedIngest {
             config,
         } = self;
         let config = &config;
-        let jobs: Vec<&PartitionJob> = plan
-            .iter()
-            .filter_map(|p| match p {
-                Planned::Write(job) => Some(job),
-                _ => None,
-            })
-            .collect();
+        let jobs: Vec<&PartitionJob> = new_jobs(&plan).collect();
         let writing = parallel::Writing::new(&topic_dir, &jobs, config);
         let threads = threads.clamp(1, jobs.len().max(1));
         // Committed in the order given, each as soon as it and every file
@@ -116,11 +98,10 @@ impl PreparedIngest {
             committed
         });
         if let Err((failed, _, e)) = committed {
-            let later = plan[failed..].iter().filter_map(|p| match p {
-                Planned::Write(job) => Some(job.partition),
-                _ => None,
-            });
-            parallel::discard(&topic_dir, later);
+            parallel::discard(
+                &topic_dir,
+                new_jobs(&plan[failed..]).map(|job| job.partition),
+            );
             return Err(e);
         }
         match refused {
@@ -175,6 +156,14 @@ fn commit_in_order(
         entries.push(Some(entry));
     }
     Ok(())
+}
+
+/// The new partitions of `plan`, in order.
+fn new_jobs(plan: &[Planned]) -> impl Iterator<Item = &PartitionJob> {
+    plan.iter().filter_map(|p| match p {
+        Planned::Write(job) => Some(job),
+        _ => None,
+    })
 }
 
 /// What becomes of one input file.
