@@ -575,5 +575,7 @@ fn strip_cr(buf: &[u8], (s, e): (usize, usize)) -> (usize, usize) {
 }
 
 mod nexmark;
+mod row;
+pub use row::{RowError, RowParser};
 #[cfg(test)]
 mod tests;

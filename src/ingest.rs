@@ -44,6 +44,7 @@ pub mod idle;
 pub mod manifest;
 mod parallel;
 mod plan;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 

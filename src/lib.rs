@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod inspect;
 pub mod log;
 pub mod log_feed;
+pub mod nats;
 pub mod nexmark;
 pub mod run;
 pub mod sink;

@@ -6,12 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir::checkpoint::pressure::DEFAULT_MAX_TAP_BUFFER_BYTES;
-use weir::csv_input::RowSchema;
 use weir::gen::{generate_zipf, ZipfParams};
-use weir::ingest::{default_ingest_threads, ingest_files_with_threads};
-use weir::log::{FsyncPolicy, LogConfig};
-use weir::nexmark::{NexmarkQuery, NexmarkTable};
-use weir::run::EVENTS_TOPIC;
+use weir::nexmark::NexmarkQuery;
 use weir_dataflows::aggregates::Aggregates;
 use weir_dataflows::duration::parse_duration_ms;
 use weir_dataflows::emit::Emit;
@@ -22,9 +18,12 @@ use weir_dataflows::WindowSpec;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "main/ingest_command.rs"]
+mod ingest_command;
 #[path = "main/run_command.rs"]
 mod run_command;
 
+use ingest_command::{ingest_command, IngestArgs};
 use run_command::run_command;
 
 #[derive(Parser, Debug)]
@@ -302,37 +301,6 @@ struct RunArgs {
     memory_budget: Option<u64>,
 }
 
-#[derive(Args, Debug)]
-struct IngestArgs {
-    /// CSV files with header ts,key,value (or, with --table, the table's header).
-    #[arg(required = true)]
-    files: Vec<PathBuf>,
-    /// Ingest Nexmark table files (as `weir gen nexmark` writes) into that
-    /// table's topic instead of `events`.
-    #[arg(long, value_enum)]
-    table: Option<TableArg>,
-    /// Directory of the input log.
-    #[arg(long, default_value = "./data")]
-    data_dir: PathBuf,
-    /// always, never, interval or interval:<ms>.
-    #[arg(long, default_value = "interval")]
-    fsync: FsyncPolicy,
-    /// Files parsed and written at once (default: one per core); they are
-    /// still numbered and committed in the order given.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    threads: Option<u16>,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum TableArg {
-    /// person-<n>.csv
-    Person,
-    /// auction-<n>.csv
-    Auction,
-    /// bid-<n>.csv
-    Bid,
-}
-
 #[derive(Subcommand, Debug)]
 enum GenKind {
     /// Skewed keys (Zipf), out-of-order and some late events.
@@ -431,49 +399,6 @@ fn sidecar_command(args: &SidecarArgs) -> Result<()> {
         },
         args.metrics_addr,
     )?;
-    Ok(())
-}
-
-fn ingest_command(args: &IngestArgs) -> Result<()> {
-    let config = LogConfig {
-        fsync: args.fsync,
-        ..LogConfig::default()
-    };
-    let (topic, schema) = match args.table {
-        None => (EVENTS_TOPIC, RowSchema::Generic),
-        Some(t) => {
-            let table = match t {
-                TableArg::Person => NexmarkTable::Person,
-                TableArg::Auction => NexmarkTable::Auction,
-                TableArg::Bid => NexmarkTable::Bid,
-            };
-            (table.name(), RowSchema::Nexmark(table))
-        }
-    };
-    let threads = args
-        .threads
-        .map_or_else(default_ingest_threads, usize::from);
-    let report = ingest_files_with_threads(
-        &args.data_dir.join("log"),
-        topic,
-        schema,
-        &args.files,
-        &config,
-        threads,
-    )?;
-    for file in &report.files {
-        let what = if file.skipped {
-            "already ingested as"
-        } else {
-            "ingested into"
-        };
-        println!(
-            "{}: {what} partition {} ({} events)",
-            file.path.display(),
-            file.partition,
-            file.records
-        );
-    }
     Ok(())
 }
 

@@ -83,6 +83,16 @@ pub fn rename_durably(from: &Path, to: &Path) -> Result<(), IoError> {
     Ok(())
 }
 
+/// Cuts the file at `path` to `len_bytes` and fsyncs it (a side file whose
+/// committed length is recorded elsewhere, after a crash left more).
+pub fn truncate_file_durably(path: &Path, len_bytes: u64) -> Result<(), IoError> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len_bytes).and_then(|()| f.sync_all()))
+        .map_err(IoError::at(path))
+}
+
 /// Removes a directory tree (if it exists) and fsyncs its parent.
 pub fn remove_dir_all_durably(dir: &Path) -> Result<(), IoError> {
     match std::fs::remove_dir_all(dir) {

@@ -12,6 +12,7 @@ mod ingest;
 mod kill_clock;
 mod layers;
 mod log;
+mod nats;
 mod nexmark;
 mod oracle;
 mod prometheus;

@@ -1,0 +1,217 @@
+//! Continuous ingest from a stream source, `nats://HOST:PORT/STREAM` (a
+//! NATS JetStream stream), into one partition of a topic: each message is
+//! one row ([`message`]), appended in stream order; a malformed one goes to
+//! the dead-letter file ([`dead_letter`]) with its sequence and never stops
+//! the source.
+//!
+//! # Exactly once across `kill -9`
+//! Every commit (at most every `commit_interval_ms`, and at least every
+//! [`MAX_UNCOMMITTED_MESSAGES`]) makes the appended records and dead
+//! letters durable and then replaces the partition's `POSITION`
+//! ([`position`]) with the log offset, the last stream sequence and the
+//! dead-letter length they reach. A crash between the two leaves records
+//! after the committed offset (a reader may already have read them), so a
+//! restart does not cut them: it reads the stream again from the committed
+//! sequence and *matches* those records, in order, against the messages'
+//! records, appending only once past them (the decoding is deterministic,
+//! so they are equal unless the stream or the log was changed behind its
+//! back, which is refused with the offset and sequence). Dead-letter rows
+//! after the committed length are cut and written again.
+//!
+//! # Topics
+//! A partition has one source (its `POSITION` names it); a topic fed by
+//! files (`MANIFEST`) is refused, as `weir ingest FILES` refuses a topic
+//! it did not make. One process per partition: a lock file
+//! (`POSITION.lock`) refuses a second one.
+
+pub mod dead_letter;
+pub mod message;
+pub mod position;
+mod source_loop;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::log::LogError;
+use crate::nats::NatsError;
+use crate::storage::IoError;
+
+pub use source_loop::{ingest_stream, StreamIngestOptions, StreamIngestReport};
+
+/// File name of a stream-fed partition's committed position.
+pub const POSITION_FILE_NAME: &str = "POSITION";
+/// The most messages read between two commits: bounds the records a
+/// restart must match.
+pub const MAX_UNCOMMITTED_MESSAGES: u64 = 1 << 16;
+
+/// A stream to ingest, from its URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSource {
+    /// `host:port` of the NATS server.
+    pub server: String,
+    /// The JetStream stream.
+    pub stream: String,
+}
+
+impl fmt::Display for StreamSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nats://{}/{}", self.server, self.stream)
+    }
+}
+
+impl FromStr for StreamSource {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(format!("{url:?}: expected nats://HOST:PORT/STREAM"));
+        };
+        if scheme != "nats" {
+            return Err(format!(
+                "{url:?}: {scheme}:// sources are not supported; nats://HOST:PORT/STREAM is (Kafka is not built yet)"
+            ));
+        }
+        let Some((server, stream)) = rest.split_once('/') else {
+            return Err(format!(
+                "{url:?}: no stream: expected nats://HOST:PORT/STREAM"
+            ));
+        };
+        let Some((host, port)) = server.rsplit_once(':') else {
+            return Err(format!(
+                "{url:?}: no port: expected nats://HOST:PORT/STREAM"
+            ));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{url:?}: bad HOST:PORT {server:?}"));
+        }
+        let bad_char = |c: char| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c);
+        if stream.is_empty() || stream.len() > 255 || stream.chars().any(bad_char) {
+            return Err(format!(
+                "{url:?}: bad stream name {stream:?} (1 to 255 characters, none of `.*>/\\` or spaces)"
+            ));
+        }
+        Ok(Self {
+            server: server.to_owned(),
+            stream: stream.to_owned(),
+        })
+    }
+}
+
+/// Why a stream ingest stopped. What was committed before stays committed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamIngestError {
+    /// The server, the stream or the connection.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// The log.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A side file (position, dead letters, lock).
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The `POSITION` file does not decode.
+    #[error("{}: corrupt at byte {byte_offset}: {reason}", path.display())]
+    PositionCorrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the problem is.
+        byte_offset: u64,
+        /// What it is.
+        reason: String,
+    },
+    /// The partition is fed by another stream.
+    #[error("{}: this partition is fed by stream {recorded:?}, not {given:?}; use another --topic or data directory", dir.display())]
+    OtherSource {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The stream in its `POSITION`.
+        recorded: String,
+        /// The stream given.
+        given: String,
+    },
+    /// The topic holds ingested files.
+    #[error("{}: the topic holds ingested files (it has a MANIFEST); a stream goes into a topic of its own", dir.display())]
+    FileTopic {
+        /// The topic directory.
+        dir: PathBuf,
+    },
+    /// Another process ingests into the partition.
+    #[error("{}: another process is ingesting into this partition", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The log holds fewer records than were committed.
+    #[error("{}: the log ends at offset {log_end} but offsets up to {committed} were committed: committed records are missing", dir.display())]
+    LogBehindPosition {
+        /// The partition directory.
+        dir: PathBuf,
+        /// Where the log ends.
+        log_end: u64,
+        /// The committed offset.
+        committed: u64,
+    },
+    /// A record after the committed offset is not the record of the message
+    /// read again at its place.
+    #[error("{}: the record at offset {offset} is not the one of message {seq} of {source_name}: the stream or the log changed; refusing to append", dir.display())]
+    TailMismatch {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The record's offset.
+        offset: u64,
+        /// The message's sequence.
+        seq: u64,
+        /// The source.
+        source_name: String,
+    },
+    /// Records after the committed offset that the stream no longer
+    /// accounts for.
+    #[error("{}: {records} uncommitted record(s) from offset {offset} are not matched by the stream's messages up to its last sequence {last_seq}", dir.display())]
+    UnmatchedTail {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The first unmatched record.
+        offset: u64,
+        /// How many are left.
+        records: usize,
+        /// The stream's last sequence.
+        last_seq: u64,
+    },
+    /// The source could not be reached again in time.
+    #[error("gave up reconnecting after {waited_ms} ms: {last}")]
+    ReconnectGaveUp {
+        /// How long it tried.
+        waited_ms: u64,
+        /// The last failure.
+        last: NatsError,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamSource;
+
+    #[test]
+    fn source_urls() {
+        let s: StreamSource = "nats://127.0.0.1:4222/ORDERS".parse().unwrap();
+        assert_eq!(
+            (s.server.as_str(), s.stream.as_str()),
+            ("127.0.0.1:4222", "ORDERS")
+        );
+        assert_eq!(s.to_string(), "nats://127.0.0.1:4222/ORDERS");
+        for bad in [
+            "127.0.0.1:4222/S",
+            "kafka://127.0.0.1:9092/t",
+            "nats://127.0.0.1:4222",
+            "nats://127.0.0.1/S",
+            "nats://127.0.0.1:99999/S",
+            "nats://:4222/S",
+            "nats://h:1/",
+            "nats://h:1/a.b",
+            "nats://h:1/a b",
+        ] {
+            assert!(bad.parse::<StreamSource>().is_err(), "{bad}");
+        }
+    }
+}
