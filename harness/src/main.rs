@@ -24,6 +24,7 @@ mod latency;
 mod latency_stats;
 mod pacing;
 mod soak;
+mod source;
 mod state;
 
 use std::path::PathBuf;
@@ -71,6 +72,8 @@ enum Mode {
     Soak(soak::SoakArgs),
     /// Window state beyond a memory budget: a checkpointed run over a large input, killed and rerun; memory, lag, output exactly once.
     State(state::StateArgs),
+    /// Messages per second from a NATS JetStream stream into the log (`weir ingest --from`).
+    Source(source::SourceArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -299,6 +302,7 @@ fn main() -> Result<()> {
         Mode::Cluster(args) => cluster::cluster(&args),
         Mode::Soak(args) => soak::soak(&args),
         Mode::State(args) => state::state(&args),
+        Mode::Source(args) => source::source(&args),
     }
 }
 

@@ -13,7 +13,7 @@ use super::{Connection, NatsError, NatsErrorKind};
 const REQUEST_SID: u64 = 1;
 const DELIVER_SID: u64 = 2;
 /// Messages asked for by one pull request.
-pub const PULL_BATCH_MESSAGES: u32 = 1024;
+pub const PULL_BATCH_MESSAGES: u32 = 16_384;
 /// How long a pull request waits on the server for messages.
 const PULL_EXPIRES_MS: u64 = 1000;
 /// How long an abandoned consumer (its reader was killed) lives on.
@@ -273,7 +273,10 @@ impl StreamReader {
     /// The next message, or `None` if none came before `deadline`.
     pub fn next(&mut self, deadline: Instant) -> Result<Option<Delivered>, NatsError> {
         loop {
-            if self.outstanding == 0 {
+            // A second pull goes out when half the first is read, so the
+            // server always has one to fill (pulls are cheap to over-ask:
+            // an unfilled one expires).
+            if self.outstanding <= PULL_BATCH_MESSAGES / 2 {
                 let pull = json!({
                     "batch": PULL_BATCH_MESSAGES,
                     "expires": PULL_EXPIRES_MS * 1_000_000,
@@ -286,7 +289,7 @@ impl StreamReader {
                     Some(&self.deliver_subject),
                     pull.to_string().as_bytes(),
                 )?;
-                self.outstanding = PULL_BATCH_MESSAGES;
+                self.outstanding += PULL_BATCH_MESSAGES;
             }
             let Some(m) = self.js.conn.next_message(deadline)? else {
                 return Ok(None);

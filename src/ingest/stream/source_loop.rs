@@ -108,23 +108,24 @@ pub fn ingest_stream(
             appender.check_tail_matched(target_seq)?;
             break;
         }
-        if options
-            .max_log_bytes
-            .is_some_and(|max| partition_bytes(&appender.dir) >= max)
-        {
-            appender.commit()?;
-            last_commit = Instant::now();
-            appender.report.pauses += 1;
-            std::thread::sleep(interval.max(Duration::from_millis(100)));
-            continue;
-        }
-        if last_flush.elapsed() >= FLUSH_INTERVAL {
+        let now = Instant::now();
+        if now >= last_flush + FLUSH_INTERVAL {
             appender.writer.flush()?;
-            last_flush = Instant::now();
+            last_flush = now;
+            if options
+                .max_log_bytes
+                .is_some_and(|max| partition_bytes(&appender.dir) >= max)
+            {
+                appender.commit()?;
+                appender.report.pauses += 1;
+                std::thread::sleep(interval.max(Duration::from_millis(100)));
+                last_commit = Instant::now();
+                continue;
+            }
         }
         let deadline = (last_commit + interval)
             .min(last_flush + FLUSH_INTERVAL)
-            .max(Instant::now() + Duration::from_millis(1));
+            .max(now + Duration::from_millis(1));
         match reader.next(deadline) {
             Ok(Some(message)) => appender.accept(&message)?,
             Ok(None) => {}
@@ -142,7 +143,7 @@ pub fn ingest_stream(
             }
         }
         if appender.uncommitted >= MAX_UNCOMMITTED_MESSAGES
-            || (appender.uncommitted > 0 && last_commit.elapsed() >= interval)
+            || (appender.uncommitted > 0 && now >= last_commit + interval)
         {
             appender.commit()?;
             last_commit = Instant::now();
