@@ -336,3 +336,55 @@ fn unreachable_servers_and_missing_streams_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("kafka://"));
 }
+
+#[test]
+fn a_full_log_pauses_the_source_and_drops_nothing() {
+    let Some(binary) = nats_binary() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let _server = start_server(&binary, port, &tmp.path().join("store"));
+    JetStream::connect(&addr(port), REQUEST_TIMEOUT)
+        .unwrap()
+        .create_stream("EV", &["ev"])
+        .unwrap();
+    let n = 20_000;
+    publish(port, 0, n, 1_000);
+    let data = tmp.path().join("data");
+    let limit_bytes = 64 << 10;
+    let paused = Killed(
+        ingest(port, &data, &["--max-log-bytes", "64KiB"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let segments = partition_dir(&data.join("log"), "events", 0);
+    let log_bytes = || -> u64 {
+        std::fs::read_dir(&segments)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                    .map(|e| e.metadata().unwrap().len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while log_bytes() < limit_bytes {
+        assert!(started.elapsed() < PROGRESS_DEADLINE, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Paused: what it read is committed, and it reads no further.
+    std::thread::sleep(Duration::from_millis(500));
+    let held = position(&data).expect("committed before pausing");
+    assert!(held.source_seq < n, "read everything despite the limit");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(position(&data).unwrap().source_seq, held.source_seq, "kept reading");
+    drop(paused);
+    let out = output_within(
+        ingest(port, &data, &["--until-caught-up"]).stdin(Stdio::null()),
+        PROGRESS_DEADLINE,
+    );
+    assert_success(&out, "ingest after the pause");
+    check_exactly_once(&data, n);
+}
