@@ -22,8 +22,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod ingest_command;
 #[path = "main/run_command.rs"]
 mod run_command;
+#[path = "main/run_stream.rs"]
+mod run_stream;
 
-use ingest_command::{ingest_command, IngestArgs};
+use ingest_command::{ingest_command, FormatArg, IngestArgs};
 use run_command::run_command;
 
 #[derive(Parser, Debug)]
@@ -197,6 +199,15 @@ struct RunArgs {
     /// at its end.
     #[arg(long, num_args = 1..)]
     input: Vec<PathBuf>,
+    /// Read a stream into the data dir's log while running on it:
+    /// nats://HOST:PORT/STREAM (as `weir ingest --from`, into topic
+    /// `events`). The run tails the log; with --until-end it stops once
+    /// every message the stream held at the start is in.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["input", "generate_events"])]
+    from: Option<weir::ingest::stream::StreamSource>,
+    /// How --from messages are written: one CSV row or one JSON object.
+    #[arg(long, value_enum, default_value = "csv", requires = "from")]
+    from_format: FormatArg,
     /// Nexmark queries: read this many events straight from the generator
     /// (no files, no log; for throughput runs).
     #[arg(long, conflicts_with = "input")]

@@ -107,7 +107,10 @@ fn start_server(binary: &Path, work: &Path) -> Result<(Server, String)> {
             }
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("nats-server did not come up (see {}/nats-server.log)", work.display());
+            bail!(
+                "nats-server did not come up (see {}/nats-server.log)",
+                work.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -162,7 +165,10 @@ pub fn source(args: &SourceArgs) -> Result<()> {
         );
     }
     let report = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let expected = format!("{} messages read ({} appended", args.messages, args.messages);
+    let expected = format!(
+        "{} messages read ({} appended",
+        args.messages, args.messages
+    );
     if !report.contains(&expected) {
         bail!("the ingest did not append every message: {report}");
     }

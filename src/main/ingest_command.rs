@@ -73,12 +73,22 @@ enum TableArg {
     Bid,
 }
 
+/// `--format` of stream messages (also `weir run --from-format`).
 #[derive(Copy, Clone, Debug, ValueEnum)]
-enum FormatArg {
+pub enum FormatArg {
     /// One CSV row per message.
     Csv,
     /// One JSON object per message.
     Json,
+}
+
+impl From<FormatArg> for MessageFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Csv => MessageFormat::Csv,
+            FormatArg::Json => MessageFormat::Json,
+        }
+    }
 }
 
 pub fn ingest_command(args: &IngestArgs) -> Result<()> {
@@ -137,26 +147,15 @@ fn stream_command(
     if args.threads.is_some() {
         bail!("--threads is for files; a stream is read by one thread");
     }
-    let options = StreamIngestOptions {
-        topic: topic.to_owned(),
-        schema,
-        format: match args.format {
-            FormatArg::Csv => MessageFormat::Csv,
-            FormatArg::Json => MessageFormat::Json,
-        },
-        partition: 0,
-        log_config,
-        dead_letter_path: args.dead_letter.clone().unwrap_or_else(|| {
-            args.data_dir
-                .join("dead-letter")
-                .join(format!("{topic}-source.csv"))
-        }),
-        until_caught_up: args.until_caught_up,
-        max_log_bytes: args.max_log_bytes,
-        commit_interval_ms: args.commit_interval,
-        connect_timeout_ms: 5_000,
-        reconnect_limit_ms: args.reconnect_limit,
-    };
+    let mut options = StreamIngestOptions::new(topic, schema, args.format.into(), &args.data_dir);
+    options.log_config = log_config;
+    if let Some(path) = &args.dead_letter {
+        options.dead_letter_path.clone_from(path);
+    }
+    options.until_caught_up = args.until_caught_up;
+    options.max_log_bytes = args.max_log_bytes;
+    options.commit_interval_ms = args.commit_interval;
+    options.reconnect_limit_ms = args.reconnect_limit;
     let stop = AtomicBool::new(false);
     let report = ingest_stream(&args.data_dir.join("log"), source, &options, &stop)?;
     println!(

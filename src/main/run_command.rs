@@ -39,9 +39,14 @@ enum InputSource {
     },
     /// No input given and an empty log: the demo dataset.
     Demo,
+    /// `--from`: a stream read into the log while the run reads it.
+    Stream,
 }
 
 fn input_source(args: &RunArgs) -> Result<InputSource> {
+    if args.from.is_some() {
+        return Ok(InputSource::Stream);
+    }
     if !args.input.is_empty() {
         return Ok(InputSource::Files);
     }
@@ -132,9 +137,10 @@ fn check_memory_budget(
 fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
     let default = match source {
         InputSource::Demo | InputSource::Log { events: false, .. } => Query::Q5,
-        InputSource::Files | InputSource::Generator | InputSource::Log { events: true, .. } => {
-            Query::Window
-        }
+        InputSource::Files
+        | InputSource::Generator
+        | InputSource::Stream
+        | InputSource::Log { events: true, .. } => Query::Window,
     };
     let query = args.query.unwrap_or(default);
     if let Some(nexmark) = query.nexmark() {
@@ -153,6 +159,9 @@ fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
             bail!("--memory-budget applies to the sliding windows of the generic window query, not {nexmark}");
         }
         return Ok(WindowQuery::nexmark(nexmark, args.lateness));
+    }
+    if source == InputSource::Stream && query.nexmark().is_some() {
+        bail!("--from feeds topic `events`, the generic window query's; the Nexmark queries read three topics (ingest them with `weir ingest --from ... --table`)");
     }
     if args.generate_events.is_some() {
         bail!("--generate-events is for the Nexmark queries (--query q5|q7|q8|q11|q12)");
@@ -316,8 +325,27 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
                 }
             );
         }
-        InputSource::Files | InputSource::Generator => {}
+        InputSource::Files | InputSource::Generator | InputSource::Stream => {}
     }
+    let stream = match (&args.from, source) {
+        (Some(from), InputSource::Stream) => {
+            eprintln!(
+                "reading {from} into {} while running on it ({})",
+                data_dir.join("log").display(),
+                if until_end {
+                    "until every message the stream holds now is in"
+                } else {
+                    "tailing it"
+                }
+            );
+            let thread =
+                crate::run_stream::start(from, args.from_format.into(), &data_dir, until_end)?;
+            // The source decides when the log has ended.
+            until_end = false;
+            Some(thread)
+        }
+        _ => None,
+    };
     let options = RunOptions {
         data_dir,
         out_dir: args.out.clone(),
@@ -340,7 +368,10 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             log_retention: args.log_retention.into(),
             sidecar_reconnect_ms: args.sidecar_reconnect,
         }),
-        hooks: weir::run::RunHooks::default(),
+        hooks: weir::run::RunHooks {
+            stop: stream.as_ref().map(|s| s.run_stop.clone()),
+            ..weir::run::RunHooks::default()
+        },
         metrics_addr: args.metrics_addr,
         memory_budget_bytes: args.memory_budget,
     };
@@ -358,7 +389,11 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
     if args.generate_partitions == 0 {
         bail!("--generate-partitions must be at least 1");
     }
-    let summary = run(&options)?;
+    let summary = run(&options);
+    if let Some(stream) = stream {
+        stream.finish()?;
+    }
+    let summary = summary?;
     print_summary(&summary, args.workers);
     if let Some(budget) = args.memory_budget {
         warn_if_over_budget(summary.peak_window_bytes, budget);

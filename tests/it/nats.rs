@@ -241,9 +241,29 @@ fn each_message_once_across_kill_9_while_producing() {
     let p = position(&data).unwrap();
     assert_eq!((p.source_seq, p.messages), (n, n));
 
-    // The same messages from a file give the same windows.
-    let file_data = tmp.path().join("file-data");
-    let csv = tmp.path().join("messages.csv");
+    let windows = windows_of_a_log_run(&data, &tmp.path().join("out-stream"), &[]);
+    assert_eq!(
+        windows,
+        windows_of_the_same_messages_from_a_file(tmp.path(), n)
+    );
+}
+
+/// The window rows of the tests' query run over `data`'s log to its end.
+fn windows_of_a_log_run(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut extra = extra.to_vec();
+    extra.push("--no-checkpoint");
+    let args = log_run_args(data, out, 2, &extra);
+    let run = output_within(weir().args(&args), PROGRESS_DEADLINE);
+    assert_success(&run, "weir run");
+    let windows = sorted_rows(out, "windows");
+    assert!(!windows.is_empty());
+    windows
+}
+
+/// The same, with the valid messages among `0..n` ingested from a file.
+fn windows_of_the_same_messages_from_a_file(tmp: &Path, n: u64) -> Vec<String> {
+    let file_data = tmp.join("file-data");
+    let csv = tmp.join("messages.csv");
     let mut text = String::from("ts,key,value\n");
     for m in (0..n).map(message).filter(|m| !m.starts_with(b"not")) {
         text.push_str(std::str::from_utf8(&m).unwrap());
@@ -257,15 +277,44 @@ fn each_message_once_across_kill_9_while_producing() {
         file_data.to_str().unwrap(),
     ]);
     assert_success(&ingested, "file ingest");
-    let (out_stream, out_file) = (tmp.path().join("out-stream"), tmp.path().join("out-file"));
-    for (d, o) in [(&data, &out_stream), (&file_data, &out_file)] {
-        let args = log_run_args(d, o, 2, &["--no-checkpoint"]);
-        let run = output_within(weir().args(&args), PROGRESS_DEADLINE);
-        assert_success(&run, "weir run");
-    }
-    let windows = sorted_rows(&out_stream, "windows");
-    assert!(!windows.is_empty());
-    assert_eq!(windows, sorted_rows(&out_file, "windows"));
+    windows_of_a_log_run(&file_data, &tmp.join("out-file"), &[])
+}
+
+#[test]
+fn weir_run_from_a_stream_equals_the_run_from_a_file() {
+    let Some(binary) = nats_binary() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let _server = start_server(&binary, ports[0], &tmp.path().join("store"));
+    JetStream::connect(&addr(ports[0]), REQUEST_TIMEOUT)
+        .unwrap()
+        .create_stream("EV", &["ev"])
+        .unwrap();
+    let n = 10_000;
+    publish(ports[0], 0, n, 1_000);
+    let data = tmp.path().join("data");
+    let url = format!("nats://{}/EV", addr(ports[0]));
+    let windows = windows_of_a_log_run(&data, &tmp.path().join("out-stream"), &["--from", &url]);
+    assert_eq!(
+        windows,
+        windows_of_the_same_messages_from_a_file(tmp.path(), n)
+    );
+    check_exactly_once(&data, n);
+    // A source that cannot start fails the run, naming the server.
+    let url = format!("nats://{}/EV", addr(ports[1]));
+    let args = log_run_args(
+        &tmp.path().join("d2"),
+        &tmp.path().join("o2"),
+        1,
+        &["--from", &url, "--no-checkpoint"],
+    );
+    let out = output_within(weir().args(&args), PROGRESS_DEADLINE);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&url) && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -359,15 +408,13 @@ fn a_full_log_pauses_the_source_and_drops_nothing() {
     );
     let segments = partition_dir(&data.join("log"), "events", 0);
     let log_bytes = || -> u64 {
-        std::fs::read_dir(&segments)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-                    .map(|e| e.metadata().unwrap().len())
-                    .sum()
-            })
-            .unwrap_or(0)
+        std::fs::read_dir(&segments).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
+        })
     };
     let started = Instant::now();
     while log_bytes() < limit_bytes {
@@ -379,7 +426,11 @@ fn a_full_log_pauses_the_source_and_drops_nothing() {
     let held = position(&data).expect("committed before pausing");
     assert!(held.source_seq < n, "read everything despite the limit");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(position(&data).unwrap().source_seq, held.source_seq, "kept reading");
+    assert_eq!(
+        position(&data).unwrap().source_seq,
+        held.source_seq,
+        "kept reading"
+    );
     drop(paused);
     let out = output_within(
         ingest(port, &data, &["--until-caught-up"]).stdin(Stdio::null()),

@@ -52,6 +52,29 @@ pub struct StreamIngestOptions {
     pub reconnect_limit_ms: u64,
 }
 
+impl StreamIngestOptions {
+    /// The defaults for `topic` of `schema` under `data_dir`: dead letters
+    /// in `data_dir/dead-letter/<topic>-source.csv`, commits every 100 ms,
+    /// 5 s to connect, 60 s to reconnect, no size limit, until stopped.
+    pub fn new(topic: &str, schema: RowSchema, format: MessageFormat, data_dir: &Path) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            schema,
+            format,
+            partition: 0,
+            log_config: LogConfig::default(),
+            dead_letter_path: data_dir
+                .join("dead-letter")
+                .join(format!("{topic}-source.csv")),
+            until_caught_up: false,
+            max_log_bytes: None,
+            commit_interval_ms: 100,
+            connect_timeout_ms: 5_000,
+            reconnect_limit_ms: 60_000,
+        }
+    }
+}
+
 /// What one stream ingest did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamIngestReport {

@@ -1,0 +1,86 @@
+//! `weir run --from URL`: the stream source in a thread, appending to the
+//! log the run reads. The run tails the log; with `--until-end` the source
+//! stops once it has every message the stream held at the start, and then
+//! the run stops at the log's end. If the source fails, the run stops at
+//! the log's end too, and the source's error is the command's.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+use weir::csv_input::RowSchema;
+use weir::ingest::stream::message::MessageFormat;
+use weir::ingest::stream::{
+    ingest_stream, StreamIngestError, StreamIngestOptions, StreamIngestReport, StreamSource,
+};
+use weir::log::partition_dir;
+use weir::run::EVENTS_TOPIC;
+use weir::storage::durable::create_dir_all_durably;
+
+/// The source's thread and its two flags.
+pub struct StreamThread {
+    source: StreamSource,
+    stop: Arc<AtomicBool>,
+    /// Set when the source ends: the run's `RunHooks::stop`.
+    pub run_stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<StreamIngestReport, StreamIngestError>>,
+}
+
+/// Starts reading `source` into topic `events` of `data_dir`'s log. The
+/// partition exists when this returns, so the run finds it.
+pub fn start(
+    source: &StreamSource,
+    format: MessageFormat,
+    data_dir: &Path,
+    until_caught_up: bool,
+) -> Result<StreamThread> {
+    let log_dir = data_dir.join("log");
+    let partition = partition_dir(&log_dir, EVENTS_TOPIC, 0);
+    create_dir_all_durably(&partition)
+        .with_context(|| format!("creating {}", partition.display()))?;
+    let mut options = StreamIngestOptions::new(EVENTS_TOPIC, RowSchema::Generic, format, data_dir);
+    options.until_caught_up = until_caught_up;
+    let stop = Arc::new(AtomicBool::new(false));
+    let run_stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (source, stop, run_stop) = (source.clone(), stop.clone(), run_stop.clone());
+        std::thread::Builder::new()
+            .name("stream-source".into())
+            .spawn(move || {
+                let result = ingest_stream(&log_dir, &source, &options, &stop);
+                run_stop.store(true, Ordering::Relaxed);
+                result
+            })
+            .context("starting the stream source thread")?
+    };
+    Ok(StreamThread {
+        source: source.clone(),
+        stop,
+        run_stop,
+        handle,
+    })
+}
+
+impl StreamThread {
+    /// Stops the source (if still reading) and returns what it did.
+    pub fn finish(self) -> Result<StreamIngestReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let report = self
+            .handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stream source thread panicked"))?
+            .with_context(|| format!("reading {}", self.source))?;
+        eprintln!(
+            "{}: {} messages read ({} appended, {} already in the log, {} dead-lettered), up to sequence {}",
+            self.source,
+            report.messages,
+            report.appended,
+            report.matched,
+            report.dead_letters,
+            report.source_seq
+        );
+        Ok(report)
+    }
+}
