@@ -24,6 +24,7 @@
 //! it did not make. One process per partition: a lock file
 //! (`POSITION.lock`) refuses a second one.
 
+mod appender;
 pub mod dead_letter;
 pub mod message;
 pub mod position;
