@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod job;
+pub mod kafka;
 pub mod memory;
 pub mod metrics;
 

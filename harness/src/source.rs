@@ -1,11 +1,12 @@
-//! `weir-harness source`: throughput of the NATS JetStream source into the
-//! log (issue 15). Starts `nats-server` (JetStream on, loopback, a free
-//! port, its store in the work directory), publishes `--messages` rows of
-//! `ts,key,value` (or JSON objects), acknowledged in pipelined batches, and
-//! then times `weir ingest --from nats://…/BENCH --until-caught-up` as a
-//! separate process reading all of them into an empty log. Reports the
-//! messages per second into the log (publishing excluded: the stream is
-//! full before the ingest starts) and checks the log holds every message.
+//! `weir-harness source`: throughput of a stream source into the log
+//! (issue 15). Starts the broker on loopback, a free port, its store in the
+//! work directory: `nats-server` (JetStream on) or `tansu` (Kafka protocol,
+//! SQLite storage); publishes `--messages` rows of `ts,key,value` (or JSON
+//! objects), acknowledged batch by batch; then times `weir ingest --from
+//! nats://…/BENCH` (or `kafka://…/bench`) `--until-caught-up` as a separate
+//! process reading all of them into an empty log. Reports the messages per
+//! second into the log (publishing excluded: the broker holds them all
+//! before the ingest starts) and checks the log holds every message.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use weir::kafka::KafkaClient;
 use weir::nats::jetstream::JetStream;
 
 use crate::RunHeader;
@@ -24,6 +26,12 @@ pub struct SourceArgs {
     /// Messages published and then ingested.
     #[arg(long, default_value_t = 2_000_000)]
     messages: u64,
+    /// The broker: nats or kafka.
+    #[arg(long, default_value = "nats")]
+    broker: String,
+    /// Topic partitions (kafka).
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
     /// Payload format: csv or json.
     #[arg(long, default_value = "csv")]
     format: String,
@@ -42,7 +50,9 @@ pub struct SourceArgs {
 struct Summary {
     #[serde(flatten)]
     header: RunHeader,
-    nats_server: String,
+    broker: String,
+    broker_version: String,
+    partitions: u32,
     format: String,
     messages: u64,
     payload_bytes: u64,
@@ -77,42 +87,127 @@ fn payload(i: u64, json: bool) -> Vec<u8> {
     }
 }
 
-fn nats_server_binary() -> Result<PathBuf> {
+fn find_binary(name: &str, env: &str, cached: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nats-server"))
+        .map(|d| d.join(name))
+        .chain(cached)
         .find(|p| p.is_file())
-        .context("no nats-server binary (scripts/ensure-nats-server installs it)")
+        .with_context(|| {
+            format!("no {name} binary (scripts/ensure-{name} installs it; or set {env})")
+        })
 }
 
-fn start_server(binary: &Path, work: &Path) -> Result<(Server, String)> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+/// Spawns `command` (a broker on `port`) and waits until `ready` says it
+/// answers.
+fn start_broker(mut command: Command, work: &Path, ready: impl Fn() -> bool) -> Result<Server> {
     let server = Server(
-        Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
-            .arg("-sd")
-            .arg(work.join("store"))
+        command
             .stdout(Stdio::null())
-            .stderr(crate::append_file(&work.join("nats-server.log"))?)
+            .stderr(crate::append_file(&work.join("broker.log"))?)
             .spawn()
-            .context("starting nats-server")?,
+            .context("starting the broker")?,
     );
-    let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    loop {
-        if let Ok(mut js) = JetStream::connect(&addr, Duration::from_secs(5)) {
-            if js.stream_state("PROBE").is_err_and(|e| !e.is_transient()) {
-                return Ok((server, addr));
-            }
-        }
+    while !ready() {
         if started.elapsed() > Duration::from_secs(60) {
             bail!(
-                "nats-server did not come up (see {}/nats-server.log)",
+                "the broker did not come up (see {}/broker.log)",
                 work.display()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(server)
+}
+
+/// Starts the broker, fills it with `args.messages` messages; returns it,
+/// the source URL, its version and the payload bytes.
+fn fill_broker(
+    args: &SourceArgs,
+    json: bool,
+    work: &Path,
+) -> Result<(Server, String, String, u64)> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let timeout = Duration::from_secs(30);
+    let batches = (0..args.messages).step_by(usize::try_from(args.publish_batch.max(1))?);
+    let batch_of = |start: u64| -> Vec<Vec<u8>> {
+        (start..(start + args.publish_batch.max(1)).min(args.messages))
+            .map(|i| payload(i, json))
+            .collect()
+    };
+    let mut payload_bytes = 0;
+    match args.broker.as_str() {
+        "nats" => {
+            let binary = find_binary("nats-server", "NATS_BIN", None)?;
+            let mut command = Command::new(&binary);
+            command
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+                .arg("-sd")
+                .arg(work.join("store"));
+            let server = start_broker(command, work, || {
+                JetStream::connect(&addr, Duration::from_secs(5))
+                    .is_ok_and(|mut js| js.stream_state("PROBE").is_err_and(|e| !e.is_transient()))
+            })?;
+            let mut js = JetStream::connect(&addr, timeout)?;
+            js.create_stream("BENCH", &["bench"])?;
+            for start in batches {
+                let batch = batch_of(start);
+                payload_bytes += batch.iter().map(|p| p.len() as u64).sum::<u64>();
+                js.publish_acked("bench", &batch)?;
+            }
+            let version = crate::command_output(&binary.to_string_lossy(), &["--version"]);
+            Ok((
+                server,
+                format!("nats://{addr}/BENCH"),
+                version,
+                payload_bytes,
+            ))
+        }
+        "kafka" => {
+            let cached = std::env::var_os("HOME").map(|home| {
+                PathBuf::from(home).join(".cache/weir-tools/tansu-0.6.0-libsql/bin/tansu")
+            });
+            let binary = find_binary("tansu", "TANSU_BIN", cached)?;
+            let url = format!("tcp://{addr}");
+            let mut command = Command::new(&binary);
+            command
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .arg("--storage-engine")
+                .arg(format!("sqlite://{}", work.join("tansu.db").display()));
+            let server = start_broker(command, work, || {
+                KafkaClient::connect(&addr, Duration::from_secs(5))
+                    .is_ok_and(|mut c| c.partitions("probe").is_err_and(|e| !e.is_transient()))
+            })?;
+            let mut client = KafkaClient::connect(&addr, timeout)?;
+            client.create_topic("bench", i32::try_from(args.partitions.max(1))?)?;
+            for (n, start) in batches.enumerate() {
+                let batch = batch_of(start);
+                payload_bytes += batch.iter().map(|p| p.len() as u64).sum::<u64>();
+                let values: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+                let partition = i32::try_from(n % args.partitions.max(1) as usize)?;
+                client.produce("bench", partition, &values)?;
+            }
+            let version = crate::command_output(&binary.to_string_lossy(), &["--version"]);
+            Ok((
+                server,
+                format!("kafka://{addr}/bench"),
+                version,
+                payload_bytes,
+            ))
+        }
+        other => bail!("--broker {other}: nats or kafka"),
     }
 }
 
@@ -125,23 +220,11 @@ pub fn source(args: &SourceArgs) -> Result<()> {
         other => bail!("--format {other}: csv or json"),
     };
     let weir = crate::weir_binary()?;
-    let binary = nats_server_binary()?;
     let work = std::path::absolute(&args.work_dir)?;
     crate::fresh_work_dir(&work)?;
     std::fs::create_dir_all(&work)?;
-    let (_server, addr) = start_server(&binary, &work)?;
-    let mut js = JetStream::connect(&addr, Duration::from_secs(30))?;
-    js.create_stream("BENCH", &["bench"])?;
     let started = Instant::now();
-    let mut payload_bytes = 0;
-    let mut i = 0;
-    while i < args.messages {
-        let end = (i + args.publish_batch.max(1)).min(args.messages);
-        let batch: Vec<Vec<u8>> = (i..end).map(|i| payload(i, json)).collect();
-        payload_bytes += batch.iter().map(|p| p.len() as u64).sum::<u64>();
-        js.publish_acked("bench", &batch)?;
-        i = end;
-    }
+    let (_server, url, broker_version, payload_bytes) = fill_broker(args, json, &work)?;
     let publish_s = started.elapsed().as_secs_f64();
     eprintln!(
         "source: published {} messages in {publish_s:.1} s",
@@ -150,7 +233,7 @@ pub fn source(args: &SourceArgs) -> Result<()> {
     let data = work.join("data");
     let started = Instant::now();
     let out = Command::new(&weir)
-        .args(["ingest", "--from", &format!("nats://{addr}/BENCH")])
+        .args(["ingest", "--from", &url])
         .args(["--format", &args.format, "--until-caught-up", "--data-dir"])
         .arg(&data)
         .stderr(crate::append_file(&work.join("ingest.log"))?)
@@ -174,7 +257,9 @@ pub fn source(args: &SourceArgs) -> Result<()> {
     }
     let summary = Summary {
         header,
-        nats_server: crate::command_output(&binary.to_string_lossy(), &["--version"]),
+        broker: args.broker.clone(),
+        broker_version,
+        partitions: args.partitions,
         format: args.format.clone(),
         messages: args.messages,
         payload_bytes,
@@ -186,10 +271,11 @@ pub fn source(args: &SourceArgs) -> Result<()> {
         ingest_report: report,
     };
     println!(
-        "source: {} messages ({:.1} MB of {} payload) into the log in {ingest_s:.2} s: {:.0} messages/s, {:.1} MB/s",
+        "source: {} messages ({:.1} MB of {} payload) from {} into the log in {ingest_s:.2} s: {:.0} messages/s, {:.1} MB/s",
         args.messages,
         payload_bytes as f64 / 1e6,
         args.format,
+        args.broker,
         summary.messages_per_s,
         summary.payload_mb_per_s
     );

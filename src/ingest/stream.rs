@@ -1,8 +1,10 @@
-//! Continuous ingest from a stream source, `nats://HOST:PORT/STREAM` (a
-//! NATS JetStream stream), into one partition of a topic: each message is
-//! one row ([`message`]), appended in stream order; a malformed one goes to
-//! the dead-letter file ([`dead_letter`]) with its sequence and never stops
-//! the source.
+//! Continuous ingest from a stream source into a topic of the log:
+//! `nats://HOST:PORT/STREAM` (a NATS JetStream stream) into partition 0,
+//! `kafka://HOST:PORT/TOPIC` (a Kafka-protocol topic) into one partition
+//! per topic partition. Each message is one row ([`message`]), appended in
+//! source order; a malformed one goes to the dead-letter file
+//! ([`dead_letter`]) with its sequence and never stops the source. Kafka
+//! offsets are sequences from 1 here (offset + 1), so 0 means "none".
 //!
 //! # Exactly once across `kill -9`
 //! Every commit (at most every `commit_interval_ms`, and at least every
@@ -26,6 +28,7 @@
 
 mod appender;
 pub mod dead_letter;
+mod kafka_loop;
 pub mod message;
 pub mod position;
 mod source_loop;
@@ -34,6 +37,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::kafka::KafkaError;
 use crate::log::LogError;
 use crate::nats::NatsError;
 use crate::storage::IoError;
@@ -46,18 +50,34 @@ pub const POSITION_FILE_NAME: &str = "POSITION";
 /// restart must match.
 pub const MAX_UNCOMMITTED_MESSAGES: u64 = 1 << 16;
 
-/// A stream to ingest, from its URL.
+/// The kind of a stream source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A NATS JetStream stream: one log partition.
+    Nats,
+    /// A Kafka-protocol topic: one log partition per topic partition.
+    Kafka,
+}
+
+/// A stream to ingest, from its URL: `nats://HOST:PORT/STREAM` or
+/// `kafka://HOST:PORT/TOPIC`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamSource {
-    /// `host:port` of the NATS server.
+    /// NATS or Kafka.
+    pub kind: SourceKind,
+    /// `host:port` of the server (the broker, for Kafka).
     pub server: String,
-    /// The JetStream stream.
-    pub stream: String,
+    /// The JetStream stream, or the Kafka topic.
+    pub name: String,
 }
 
 impl fmt::Display for StreamSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "nats://{}/{}", self.server, self.stream)
+        let scheme = match self.kind {
+            SourceKind::Nats => "nats",
+            SourceKind::Kafka => "kafka",
+        };
+        write!(f, "{scheme}://{}/{}", self.server, self.name)
     }
 }
 
@@ -65,36 +85,53 @@ impl FromStr for StreamSource {
     type Err = String;
 
     fn from_str(url: &str) -> Result<Self, String> {
+        const FORMS: &str = "nats://HOST:PORT/STREAM or kafka://HOST:PORT/TOPIC";
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(format!("{url:?}: expected nats://HOST:PORT/STREAM"));
+            return Err(format!("{url:?}: expected {FORMS}"));
         };
-        if scheme != "nats" {
-            return Err(format!(
-                "{url:?}: {scheme}:// sources are not supported; nats://HOST:PORT/STREAM is (Kafka is not built yet)"
-            ));
-        }
-        let Some((server, stream)) = rest.split_once('/') else {
-            return Err(format!(
-                "{url:?}: no stream: expected nats://HOST:PORT/STREAM"
-            ));
+        let kind = match scheme {
+            "nats" => SourceKind::Nats,
+            "kafka" => SourceKind::Kafka,
+            _ => {
+                return Err(format!(
+                    "{url:?}: {scheme}:// sources are not supported; {FORMS} are"
+                ))
+            }
+        };
+        let Some((server, name)) = rest.split_once('/') else {
+            return Err(format!("{url:?}: no stream or topic: expected {FORMS}"));
         };
         let Some((host, port)) = server.rsplit_once(':') else {
-            return Err(format!(
-                "{url:?}: no port: expected nats://HOST:PORT/STREAM"
-            ));
+            return Err(format!("{url:?}: no port: expected {FORMS}"));
         };
         if host.is_empty() || port.parse::<u16>().is_err() {
             return Err(format!("{url:?}: bad HOST:PORT {server:?}"));
         }
-        let bad_char = |c: char| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c);
-        if stream.is_empty() || stream.len() > 255 || stream.chars().any(bad_char) {
-            return Err(format!(
-                "{url:?}: bad stream name {stream:?} (1 to 255 characters, none of `.*>/\\` or spaces)"
-            ));
+        let valid = match kind {
+            // JetStream: no `.`, `*`, `>`, path separators or spaces.
+            SourceKind::Nats => {
+                name.len() <= 255
+                    && !name
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+            }
+            // Kafka: letters, digits, `.`, `_`, `-`, at most 249.
+            SourceKind::Kafka => {
+                name.len() <= 249
+                    && name != "."
+                    && name != ".."
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            }
+        };
+        if name.is_empty() || !valid {
+            return Err(format!("{url:?}: bad stream or topic name {name:?}"));
         }
         Ok(Self {
+            kind,
             server: server.to_owned(),
-            stream: stream.to_owned(),
+            name: name.to_owned(),
         })
     }
 }
@@ -102,9 +139,12 @@ impl FromStr for StreamSource {
 /// Why a stream ingest stopped. What was committed before stays committed.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamIngestError {
-    /// The server, the stream or the connection.
+    /// The NATS server, the stream or the connection.
     #[error(transparent)]
     Nats(#[from] NatsError),
+    /// The Kafka broker, the topic or the connection.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
     /// The log.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -185,7 +225,7 @@ pub enum StreamIngestError {
         /// How long it tried.
         waited_ms: u64,
         /// The last failure.
-        last: NatsError,
+        last: String,
     },
 }
 
@@ -197,13 +237,20 @@ mod tests {
     fn source_urls() {
         let s: StreamSource = "nats://127.0.0.1:4222/ORDERS".parse().unwrap();
         assert_eq!(
-            (s.server.as_str(), s.stream.as_str()),
+            (s.server.as_str(), s.name.as_str()),
             ("127.0.0.1:4222", "ORDERS")
         );
         assert_eq!(s.to_string(), "nats://127.0.0.1:4222/ORDERS");
+        let k: StreamSource = "kafka://localhost:9092/bids.v1".parse().unwrap();
+        assert_eq!(
+            (k.kind, k.name.as_str()),
+            (super::SourceKind::Kafka, "bids.v1")
+        );
         for bad in [
             "127.0.0.1:4222/S",
-            "kafka://127.0.0.1:9092/t",
+            "http://127.0.0.1:9092/t",
+            "kafka://h:1/a b",
+            "kafka://h:1/a*b",
             "nats://127.0.0.1:4222",
             "nats://127.0.0.1/S",
             "nats://127.0.0.1:99999/S",

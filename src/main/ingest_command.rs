@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use weir::csv_input::RowSchema;
 use weir::ingest::stream::message::MessageFormat;
-use weir::ingest::stream::{ingest_stream, StreamIngestOptions, StreamSource};
+use weir::ingest::stream::{ingest_stream, SourceKind, StreamIngestOptions, StreamSource};
 use weir::ingest::{default_ingest_threads, ingest_files_with_threads};
 use weir::log::{FsyncPolicy, LogConfig};
 use weir::nexmark::NexmarkTable;
@@ -21,8 +21,9 @@ pub struct IngestArgs {
     #[arg(required_unless_present = "from", conflicts_with = "from")]
     files: Vec<PathBuf>,
     /// Read a stream instead of files, until stopped: nats://HOST:PORT/STREAM
-    /// (a JetStream stream; one message is one row). Into partition 0 of the
-    /// topic; exactly once across restarts.
+    /// (a JetStream stream, into partition 0 of the topic) or
+    /// kafka://HOST:PORT/TOPIC (each topic partition into the log partition
+    /// of its number). One message is one row; exactly once across restarts.
     #[arg(long, value_name = "URL")]
     from: Option<StreamSource>,
     /// How --from messages are written: one CSV row (no header) or one JSON
@@ -159,16 +160,20 @@ fn stream_command(
     let stop = AtomicBool::new(false);
     let report = ingest_stream(&args.data_dir.join("log"), source, &options, &stop)?;
     println!(
-        "{source}: {} messages read ({} appended, {} already in the log, {} dead-lettered to {}), \
-         up to sequence {}; topic {topic} partition 0 ends at offset {}; {} reconnects",
-        report.messages,
-        report.appended,
-        report.matched,
-        report.dead_letters,
-        options.dead_letter_path.display(),
-        report.source_seq,
-        report.log_next_offset,
-        report.reconnects,
+        "{source}: {} messages read ({} appended, {} already in the log, {} dead-lettered); {} reconnects",
+        report.messages, report.appended, report.matched, report.dead_letters, report.reconnects,
     );
+    for &(partition, seq, offset) in &report.partitions {
+        println!(
+            "  topic {topic} partition {partition}: source up to sequence {seq}, log up to offset {offset}"
+        );
+    }
+    match source.kind {
+        SourceKind::Nats => println!("  dead letters: {}", options.dead_letter_path.display()),
+        SourceKind::Kafka => println!(
+            "  dead letters: {} with -<partition> before .csv",
+            options.dead_letter_path.display()
+        ),
+    }
     Ok(())
 }

@@ -59,6 +59,8 @@ pub(super) struct Appender {
     /// The offset after the last tail record matched.
     matched_next_offset: u64,
     pub(super) uncommitted: u64,
+    /// Whether sequence gaps are normal for the source (no warning).
+    pub(super) gaps_expected: bool,
     pub(super) report: StreamIngestReport,
     _lock: File,
 }
@@ -147,6 +149,7 @@ impl Appender {
             current: committed,
             tail,
             uncommitted: 0,
+            gaps_expected: false,
             dir,
             _lock: lock,
         })
@@ -158,12 +161,16 @@ impl Appender {
             return Ok(());
         }
         if message.seq > last + 1 && last > 0 {
-            tracing::warn!(
-                "{}: sequences {}..{} are not in the stream (removed before they were read)",
-                self.source_name,
-                last + 1,
-                message.seq - 1
-            );
+            // Kafka leaves gaps (transaction markers, compaction); a NATS
+            // stream only when messages were removed before they were read.
+            if !self.gaps_expected {
+                tracing::warn!(
+                    "{}: sequences {}..{} are not in the stream (removed before they were read)",
+                    self.source_name,
+                    last + 1,
+                    message.seq - 1
+                );
+            }
             self.report.skipped_seqs += message.seq - last - 1;
         }
         match self.decoder.decode(message.payload) {

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use super::appender::{partition_bytes, Appender, SourceMessage};
 use super::message::MessageFormat;
-use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
+use super::{SourceKind, StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
 use crate::csv_input::RowSchema;
 use crate::log::LogConfig;
 use crate::nats::jetstream::StreamReader;
+use crate::nats::NatsError;
 
 /// How often appended records are handed to the file system, where readers
 /// (a tailing `weir run`) see them; durable only at the next commit.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+pub(super) const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How a stream ingest runs.
 #[derive(Clone, Debug)]
@@ -90,9 +91,35 @@ pub struct StreamIngestReport {
     pub reconnects: u64,
     /// Times reading paused because the log was over `max_log_bytes`.
     pub pauses: u64,
+    /// Per log partition: `(partition, last sequence committed, log offset
+    /// after the last record committed)`; `source_seq` and
+    /// `log_next_offset` above are the first partition's.
+    pub partitions: Vec<(u32, u64, u64)>,
 }
 
-/// Reads `source` into its partition until `stop` is set, the stream is
+impl StreamIngestReport {
+    /// The report of several partitions' appenders, in partition order.
+    pub(super) fn merged(parts: Vec<(u32, StreamIngestReport)>) -> Self {
+        let mut out = StreamIngestReport::default();
+        for (i, (partition, r)) in parts.into_iter().enumerate() {
+            if i == 0 {
+                (out.source_seq, out.log_next_offset) = (r.source_seq, r.log_next_offset);
+            }
+            out.messages += r.messages;
+            out.appended += r.appended;
+            out.matched += r.matched;
+            out.dead_letters += r.dead_letters;
+            out.skipped_seqs += r.skipped_seqs;
+            out.reconnects += r.reconnects;
+            out.pauses += r.pauses;
+            out.partitions
+                .push((partition, r.source_seq, r.log_next_offset));
+        }
+        out
+    }
+}
+
+/// Reads `source` into its partitions until `stop` is set, the source is
 /// caught up (with `until_caught_up`) or an error that reconnecting does not
 /// cure. The first connection's failure is returned at once.
 pub fn ingest_stream(
@@ -101,16 +128,28 @@ pub fn ingest_stream(
     options: &StreamIngestOptions,
     stop: &AtomicBool,
 ) -> Result<StreamIngestReport, StreamIngestError> {
+    match source.kind {
+        SourceKind::Nats => ingest_nats(log_dir, source, options, stop),
+        SourceKind::Kafka => super::kafka_loop::ingest_kafka(log_dir, source, options, stop),
+    }
+}
+
+fn ingest_nats(
+    log_dir: &Path,
+    source: &StreamSource,
+    options: &StreamIngestOptions,
+    stop: &AtomicBool,
+) -> Result<StreamIngestReport, StreamIngestError> {
     let mut appender = Appender::open(
         log_dir,
-        (&source.stream, source.to_string()),
+        (&source.name, source.to_string()),
         options,
         options.partition,
         &options.dead_letter_path,
     )?;
     let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
     let start_seq = appender.current.source_seq + 1;
-    let mut reader = StreamReader::open(&source.server, &source.stream, start_seq, timeout)?;
+    let mut reader = StreamReader::open(&source.server, &source.name, start_seq, timeout)?;
     let state = reader.state();
     if state.first_seq > start_seq {
         tracing::warn!(
@@ -159,7 +198,13 @@ pub fn ingest_stream(
                 appender.commit()?;
                 last_commit = Instant::now();
                 let from_seq = appender.current.source_seq + 1;
-                reader = reconnect(source, from_seq, timeout, options.reconnect_limit_ms, stop)?;
+                reader = reconnect(
+                    source,
+                    options.reconnect_limit_ms,
+                    stop,
+                    || StreamReader::open(&source.server, &source.name, from_seq, timeout),
+                    NatsError::is_transient,
+                )?;
                 appender.report.reconnects += 1;
             }
             Err(e) => {
@@ -175,28 +220,37 @@ pub fn ingest_stream(
         }
     }
     appender.commit()?;
-    Ok(appender.report)
+    Ok(StreamIngestReport::merged(vec![(
+        options.partition,
+        appender.report,
+    )]))
 }
 
-/// Connects again, with exponential backoff (100 ms to 5 s), for up to
-/// `limit_ms`.
-fn reconnect(
+/// Connects again with `connect`, with exponential backoff (100 ms to
+/// 5 s), for up to `limit_ms` while its failures are transient.
+pub(super) fn reconnect<T, E: std::fmt::Display>(
     source: &StreamSource,
-    from_seq: u64,
-    timeout: Duration,
     limit_ms: u64,
     stop: &AtomicBool,
-) -> Result<StreamReader, StreamIngestError> {
+    mut connect: impl FnMut() -> Result<T, E>,
+    is_transient: impl Fn(&E) -> bool,
+) -> Result<T, StreamIngestError>
+where
+    StreamIngestError: From<E>,
+{
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
         std::thread::sleep(backoff);
-        match StreamReader::open(&source.server, &source.stream, from_seq, timeout) {
-            Ok(reader) => return Ok(reader),
-            Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+        match connect() {
+            Ok(connected) => return Ok(connected),
+            Err(e) if is_transient(&e) && !stop.load(Ordering::Relaxed) => {
                 let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 if waited_ms >= limit_ms {
-                    return Err(StreamIngestError::ReconnectGaveUp { waited_ms, last: e });
+                    return Err(StreamIngestError::ReconnectGaveUp {
+                        waited_ms,
+                        last: e.to_string(),
+                    });
                 }
                 tracing::debug!("{source}: still unreachable: {e}");
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -205,4 +259,3 @@ fn reconnect(
         }
     }
 }
-

@@ -1,0 +1,202 @@
+//! The loop of a Kafka-protocol source: every partition of the topic into
+//! the log partition of the same number, one connection, one fetch for all
+//! of them; the exactly-once protocol of the parent module per partition
+//! (each has its own `POSITION` and dead-letter file
+//! `<dead-letter stem>-<partition>.csv`), committed together.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::appender::{partition_bytes, Appender, SourceMessage};
+use super::source_loop::{reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL};
+use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
+use crate::kafka::batch::decode_batches;
+use crate::kafka::{KafkaClient, KafkaError, KafkaErrorKind};
+
+/// How long a fetch waits on the broker for data.
+const FETCH_WAIT_MS: i32 = 100;
+
+/// The dead-letter file of `partition`: `-<partition>` before the extension.
+fn dead_letter_path_of(path: &Path, partition: u32) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{partition}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{partition}"),
+    };
+    path.with_file_name(name)
+}
+
+/// See the module doc and [`super::ingest_stream`].
+pub(super) fn ingest_kafka(
+    log_dir: &Path,
+    source: &StreamSource,
+    options: &StreamIngestOptions,
+    stop: &AtomicBool,
+) -> Result<StreamIngestReport, StreamIngestError> {
+    let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
+    let connect = || KafkaClient::connect(&source.server, timeout);
+    let mut client = connect()?;
+    let topic = source.name.as_str();
+    let partitions = client.partitions(topic)?;
+    let mut appenders = Vec::with_capacity(partitions.len());
+    for &p in &partitions {
+        let log_partition = u32::try_from(p).map_err(|_| {
+            client.error(KafkaErrorKind::Broker {
+                api: "Metadata",
+                what: format!("{topic} partition {p}"),
+                code: -1,
+            })
+        })?;
+        let mut appender = Appender::open(
+            log_dir,
+            (&format!("kafka:{topic}:{p}"), format!("{source}#{p}")),
+            options,
+            log_partition,
+            &dead_letter_path_of(&options.dead_letter_path, log_partition),
+        )?;
+        appender.gaps_expected = true;
+        appenders.push(appender);
+    }
+    // Where each partition's next fetch starts: past control batches too.
+    let mut fetch_from: Vec<i64> = appenders
+        .iter()
+        .map(|a| i64::try_from(a.current.source_seq).unwrap_or(i64::MAX))
+        .collect();
+    let earliest = client.offsets(topic, &partitions, -2)?;
+    for ((p, &first), &from) in partitions.iter().zip(&earliest).zip(&fetch_from) {
+        if first > from {
+            tracing::warn!(
+                "{source}: partition {p}: offsets {from}..{} were removed before they were ingested",
+                first - 1
+            );
+        }
+    }
+    let targets = client.offsets(topic, &partitions, -1)?;
+    let interval = Duration::from_millis(options.commit_interval_ms.max(1));
+    let (mut last_commit, mut last_flush) = (Instant::now(), Instant::now());
+    let mut reconnects = 0;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if options.until_caught_up
+            && appenders
+                .iter()
+                .zip(&targets)
+                .all(|(a, &t)| a.current.source_seq >= u64::try_from(t).unwrap_or(0))
+        {
+            for (a, &t) in appenders.iter().zip(&targets) {
+                a.check_tail_matched(u64::try_from(t).unwrap_or(0))?;
+            }
+            break;
+        }
+        let now = Instant::now();
+        if now >= last_flush + FLUSH_INTERVAL {
+            for a in &mut appenders {
+                a.writer.flush()?;
+            }
+            last_flush = now;
+            if let Some(max) = options.max_log_bytes {
+                if appenders.iter().any(|a| partition_bytes(&a.dir) >= max) {
+                    commit_all(&mut appenders)?;
+                    appenders[0].report.pauses += 1;
+                    std::thread::sleep(interval.max(Duration::from_millis(100)));
+                    last_commit = Instant::now();
+                    continue;
+                }
+            }
+        }
+        let at: Vec<(i32, i64)> = partitions
+            .iter()
+            .copied()
+            .zip(fetch_from.iter().copied())
+            .collect();
+        match fetch_into(&mut client, topic, &at, &mut appenders, &mut fetch_from) {
+            Ok(()) => {}
+            Err(StreamIngestError::Kafka(e)) if e.is_transient() => {
+                tracing::warn!("{source}: {e}; reconnecting");
+                commit_all(&mut appenders)?;
+                last_commit = Instant::now();
+                client = reconnect(
+                    source,
+                    options.reconnect_limit_ms,
+                    stop,
+                    connect,
+                    KafkaError::is_transient,
+                )?;
+                reconnects += 1;
+            }
+            Err(e) => {
+                commit_all(&mut appenders)?;
+                return Err(e);
+            }
+        }
+        let uncommitted: u64 = appenders.iter().map(|a| a.uncommitted).sum();
+        if uncommitted >= MAX_UNCOMMITTED_MESSAGES
+            || (uncommitted > 0 && Instant::now() >= last_commit + interval)
+        {
+            commit_all(&mut appenders)?;
+            last_commit = Instant::now();
+        }
+    }
+    commit_all(&mut appenders)?;
+    let mut report = StreamIngestReport::merged(
+        partitions
+            .iter()
+            .zip(appenders)
+            .map(|(&p, a)| (p.cast_unsigned(), a.report))
+            .collect(),
+    );
+    report.reconnects += reconnects;
+    Ok(report)
+}
+
+/// One fetch, its records handed to the partitions' appenders.
+fn fetch_into(
+    client: &mut KafkaClient,
+    topic: &str,
+    at: &[(i32, i64)],
+    appenders: &mut [Appender],
+    fetch_from: &mut [i64],
+) -> Result<(), StreamIngestError> {
+    for fetched in client.fetch(topic, at, FETCH_WAIT_MS)? {
+        let Some(i) = at.iter().position(|&(p, _)| p == fetched.partition) else {
+            continue;
+        };
+        if fetched.error_code != 0 {
+            return Err(client
+                .error(KafkaErrorKind::Broker {
+                    api: "Fetch",
+                    what: format!(
+                        "{topic} partition {} at offset {}",
+                        fetched.partition, at[i].1
+                    ),
+                    code: fetched.error_code,
+                })
+                .into());
+        }
+        let (records, next) = decode_batches(&fetched.records, at[i].1).map_err(|error| {
+            client.error(KafkaErrorKind::Wire {
+                api: "Fetch",
+                error,
+            })
+        })?;
+        for record in records {
+            let seq = u64::try_from(record.offset).unwrap_or(0) + 1;
+            appenders[i].accept(&SourceMessage {
+                seq,
+                payload: record.value.unwrap_or_default(),
+            })?;
+        }
+        fetch_from[i] = fetch_from[i].max(next);
+    }
+    Ok(())
+}
+
+fn commit_all(appenders: &mut [Appender]) -> Result<(), StreamIngestError> {
+    for a in appenders {
+        a.commit()?;
+    }
+    Ok(())
+}

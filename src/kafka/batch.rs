@@ -1,0 +1,205 @@
+//! Kafka record batches, format v2 (magic 2, Kafka 0.11 and later),
+//! uncompressed: decoded from fetch responses, encoded for produce
+//! requests. A batch's CRC32C (over its attributes to its end) is checked;
+//! a fetch response may end with a partial batch, which is not an error
+//! (the next fetch starts there).
+//!
+//! ```text
+//! batch:  base_offset i64 | batch_length i32 | leader_epoch i32 | magic i8 = 2
+//!         | crc u32 | attributes i16 | last_offset_delta i32 | base_ts i64
+//!         | max_ts i64 | producer_id i64 | producer_epoch i16 | base_seq i32
+//!         | record count i32 | records
+//! record: length varint | attributes i8 | ts_delta varint | offset_delta varint
+//!         | key (varint length, -1 null) | value (same) | header count varint
+//!         | headers (key and value, varint lengths)
+//! ```
+
+use super::wire::{Reader, WireError, Writer};
+
+/// Bytes of a batch before `batch_length`'s coverage starts.
+const BATCH_PREFIX_BYTES: usize = 12;
+const COMPRESSION_MASK: i16 = 0x07;
+const CONTROL_BIT: i16 = 0x20;
+
+/// One record of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KafkaRecord<'a> {
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its value (`None`: null, a tombstone).
+    pub value: Option<&'a [u8]>,
+}
+
+/// The records of the complete batches in `bytes` at offsets `>= from`,
+/// and the offset after the last complete batch (where the next fetch
+/// starts; `from` if there is none).
+pub fn decode_batches(bytes: &[u8], from: i64) -> Result<(Vec<KafkaRecord<'_>>, i64), WireError> {
+    let mut records = Vec::new();
+    let mut next = from;
+    let mut r = Reader::new(bytes);
+    while r.remaining() >= BATCH_PREFIX_BYTES {
+        let start = r.offset();
+        let base_offset = r.i64()?;
+        let batch_len = r.i32()?;
+        let Ok(batch_len) = usize::try_from(batch_len) else {
+            return Err(WireError {
+                offset: start + 8,
+                reason: format!("a negative batch length {batch_len}"),
+            });
+        };
+        if r.remaining() < batch_len {
+            break; // a partial batch at the end of a fetch
+        }
+        let body = r.take(batch_len)?;
+        let last = decode_batch(body, base_offset, from, &mut records).map_err(|e| WireError {
+            offset: start + BATCH_PREFIX_BYTES + e.offset,
+            reason: e.reason,
+        })?;
+        next = next.max(last + 1);
+    }
+    Ok((records, next))
+}
+
+/// Decodes one batch body (after `batch_length`); returns its last offset.
+fn decode_batch<'a>(
+    body: &'a [u8],
+    base_offset: i64,
+    from: i64,
+    out: &mut Vec<KafkaRecord<'a>>,
+) -> Result<i64, WireError> {
+    let mut r = Reader::new(body);
+    let _leader_epoch = r.i32()?;
+    let magic = r.i8()?;
+    if magic != 2 {
+        return Err(r.error(format!(
+            "record batch format v{magic}: only v2 (Kafka 0.11 and later) is read"
+        )));
+    }
+    let crc = r.u32()?;
+    let covered = &body[r.offset()..];
+    if crc32c::crc32c(covered) != crc {
+        return Err(r.error("record batch checksum mismatch"));
+    }
+    let attributes = r.i16()?;
+    let last_offset_delta = r.i32()?;
+    let last = base_offset + i64::from(last_offset_delta);
+    if attributes & COMPRESSION_MASK != 0 {
+        return Err(r.error(format!(
+            "a compressed record batch (codec {}); produce without compression",
+            attributes & COMPRESSION_MASK
+        )));
+    }
+    let _base_ts = r.i64()?;
+    let _max_ts = r.i64()?;
+    let _producer_id = r.i64()?;
+    let _producer_epoch = r.i16()?;
+    let _base_seq = r.i32()?;
+    let count = r.array_len()?;
+    if attributes & CONTROL_BIT != 0 {
+        return Ok(last); // transaction markers: no data
+    }
+    for _ in 0..count {
+        let len = r.varint()?;
+        let len = usize::try_from(len).map_err(|_| r.error("a negative record length"))?;
+        let mut rec = Reader::new(r.take(len)?);
+        let _attributes = rec.i8()?;
+        let _ts_delta = rec.varint()?;
+        let offset_delta = rec.varint()?;
+        let _key = rec.varint_bytes()?;
+        let value = rec.varint_bytes()?;
+        let headers = rec.varint()?;
+        for _ in 0..headers.max(0) {
+            rec.varint_bytes()?;
+            rec.varint_bytes()?;
+        }
+        let offset = base_offset + offset_delta;
+        if offset >= from {
+            out.push(KafkaRecord { offset, value });
+        }
+    }
+    Ok(last)
+}
+
+/// An uncompressed batch of `values` (no keys, no headers), offsets from
+/// 0 (the broker assigns them), timestamped `ts_ms`.
+pub fn encode_batch(values: &[&[u8]], ts_ms: i64) -> Vec<u8> {
+    let mut records = Writer::default();
+    let mut record = Writer::default();
+    for (i, value) in values.iter().enumerate() {
+        record.buf.clear();
+        record.i8(0);
+        record.varint(0);
+        record.varint(i as i64);
+        record.varint(-1);
+        record.varint(value.len() as i64);
+        record.buf.extend_from_slice(value);
+        record.varint(0);
+        records.varint(record.buf.len() as i64);
+        records.buf.extend_from_slice(&record.buf);
+    }
+    let mut covered = Writer::default();
+    covered.i16(0);
+    covered.i32(i32::try_from(values.len().saturating_sub(1)).expect("under 2^31 records"));
+    covered.i64(ts_ms);
+    covered.i64(ts_ms);
+    covered.i64(-1);
+    covered.i16(-1);
+    covered.i32(-1);
+    covered.array_len(values.len());
+    covered.buf.extend_from_slice(&records.buf);
+    let mut batch = Writer::default();
+    batch.i64(0);
+    batch.i32(i32::try_from(4 + 1 + 4 + covered.buf.len()).expect("under 2 GiB"));
+    batch.i32(-1);
+    batch.i8(2);
+    batch
+        .buf
+        .extend_from_slice(&crc32c::crc32c(&covered.buf).to_be_bytes());
+    batch.buf.extend_from_slice(&covered.buf);
+    batch.buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_base(mut batch: Vec<u8>, base: i64) -> Vec<u8> {
+        batch[..8].copy_from_slice(&base.to_be_bytes());
+        batch
+    }
+
+    #[test]
+    fn batches_round_trip_and_a_partial_one_waits() {
+        let a = with_base(encode_batch(&[b"x", b"yy"], 5), 10);
+        let b = with_base(encode_batch(&[b"zzz"], 5), 12);
+        let both = [a.clone(), b.clone()].concat();
+        let (records, next) = decode_batches(&both, 11).unwrap();
+        let got: Vec<(i64, &[u8])> = records
+            .iter()
+            .map(|r| (r.offset, r.value.unwrap()))
+            .collect();
+        assert_eq!(got, vec![(11, &b"yy"[..]), (12, &b"zzz"[..])]);
+        assert_eq!(next, 13);
+        for cut in 0..b.len() {
+            let partial = [a.clone(), b[..cut].to_vec()].concat();
+            let (records, next) = decode_batches(&partial, 10).unwrap();
+            assert_eq!((records.len(), next), (2, 12), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn corrupt_batches_are_refused() {
+        let batch = encode_batch(&[b"value"], 5);
+        for at in 16..batch.len() {
+            let mut bad = batch.clone();
+            bad[at] ^= 0x01;
+            assert!(decode_batches(&bad, 0).is_err(), "flip at {at}");
+        }
+        let mut v1 = batch.clone();
+        v1[16] = 1;
+        assert!(decode_batches(&v1, 0).unwrap_err().reason.contains("v1"));
+        let mut negative = batch;
+        negative[8..12].copy_from_slice(&(-5_i32).to_be_bytes());
+        assert!(decode_batches(&negative, 0).is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! A real Kafka-protocol broker (`tansu`, a Rust crate, which
+//! `scripts/ensure-tansu` builds once into a cache outside the clone) on
+//! loopback: `weir ingest --from kafka://…` of a 3-partition topic killed
+//! with `kill -9` again and again while a producer keeps producing, then a
+//! broker restart during a tail. Each log partition must hold its topic
+//! partition's messages exactly once, in order, the malformed ones in its
+//! dead-letter file exactly once, and the window output must equal a run
+//! on files of the same messages. Without the binary the tests are
+//! skipped, unless `WEIR_REQUIRE_TANSU` is set (as `scripts/test-all` does).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weir::kafka::KafkaClient;
+
+use crate::sources::{
+    check_exactly_once, message, position, server_binary, uncommitted_records,
+    windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed, PROGRESS_DEADLINE,
+};
+use crate::support::{assert_success, free_ports, output_within, run_weir, weir};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const PARTITIONS: u64 = 3;
+const KILLS: u64 = 12;
+const PART: u64 = 2_400;
+
+/// Starts a broker on `port` storing under `store`, and waits until it
+/// answers metadata requests.
+fn start_broker(binary: &Path, port: u16, store: &Path) -> Killed {
+    std::fs::create_dir_all(store).unwrap();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(binary)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .arg("--storage-engine")
+        .arg(format!("file://{}/", store.display()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(store.with_extension("log")).unwrap())
+        .spawn()
+        .expect("starting tansu");
+    let broker = Killed(child);
+    let started = Instant::now();
+    loop {
+        if let Ok(mut client) = KafkaClient::connect(&addr(port), TIMEOUT) {
+            if client.partitions("probe").is_err_and(|e| !e.is_transient()) {
+                return broker;
+            }
+        }
+        assert!(
+            started.elapsed() < PROGRESS_DEADLINE,
+            "tansu did not come up; see {}",
+            store.with_extension("log").display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Produces messages `from..to`, message `i` to partition `i % 3`.
+fn produce(port: u16, from: u64, to: u64) {
+    let mut client = KafkaClient::connect(&addr(port), TIMEOUT).unwrap();
+    for p in 0..PARTITIONS {
+        let values: Vec<Vec<u8>> = (from..to)
+            .filter(|i| i % PARTITIONS == p)
+            .map(message)
+            .collect();
+        for chunk in values.chunks(200) {
+            let chunk: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            client
+                .produce("ev", i32::try_from(p).unwrap(), &chunk)
+                .unwrap();
+        }
+    }
+}
+
+fn ingest(port: u16, data: &Path, extra: &[&str]) -> Command {
+    let mut c = weir();
+    c.args(["ingest", "--from", &format!("kafka://{}/ev", addr(port))])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra);
+    c
+}
+
+fn dead_letters(data: &Path, partition: u64) -> PathBuf {
+    data.join(format!("dead-letter/events-source-{partition}.csv"))
+}
+
+/// Each partition holds its messages among `0..n` once, in order (offset =
+/// index within the partition, sequence = offset + 1).
+fn check_kafka(data: &Path, n: u64) -> Vec<Vec<u64>> {
+    let mut partitions = Vec::new();
+    for p in 0..PARTITIONS {
+        let messages: Vec<u64> = (0..n).filter(|i| i % PARTITIONS == p).collect();
+        check_exactly_once(
+            data,
+            p as u32,
+            &messages,
+            &dead_letters(data, p),
+            |at, _| at as u64 + 1,
+        );
+        partitions.push(messages);
+    }
+    partitions
+}
+
+fn create_topic(port: u16) {
+    KafkaClient::connect(&addr(port), TIMEOUT)
+        .unwrap()
+        .create_topic("ev", PARTITIONS as i32)
+        .unwrap();
+}
+
+#[test]
+fn each_record_once_across_kill_9_while_producing() {
+    let Some(binary) = server_binary("tansu", "TANSU") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let _broker = start_broker(&binary, port, &tmp.path().join("store"));
+    create_topic(port);
+    let (go, parts) = std::sync::mpsc::channel::<u64>();
+    let producer = std::thread::spawn(move || {
+        for part in parts {
+            produce(port, part * PART, (part + 1) * PART);
+        }
+    });
+    let data = tmp.path().join("data");
+    let mut seed = 0x2545_f491_u64;
+    let mut kills_with_a_tail = 0;
+    for kill in 0..KILLS {
+        let log = tmp.path().join(format!("ingest-{kill}.log"));
+        let interval = if kill % 3 == 0 { "1s" } else { "20ms" };
+        let child = Killed(
+            ingest(port, &data, &["--commit-interval", interval])
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        go.send(kill).unwrap();
+        // Its pid exists from here; every other round first waits for
+        // records appended after the committed offset of partition 0.
+        if kill % 2 == 0 {
+            let started = Instant::now();
+            while uncommitted_records(&data, 0) == 0 {
+                assert!(
+                    started.elapsed() < PROGRESS_DEADLINE,
+                    "ingest made no progress: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 200));
+        drop(child);
+        let tail: u64 = (0..PARTITIONS as u32)
+            .map(|p| uncommitted_records(&data, p))
+            .sum();
+        kills_with_a_tail += u32::from(tail > 0);
+        eprintln!(
+            "kill {kill}: committed {:?}, {tail} records after it",
+            position(&data, 0).map(|p| p.source_seq)
+        );
+    }
+    drop(go);
+    producer.join().unwrap();
+    assert!(kills_with_a_tail > 0, "no kill left records to match");
+    let n = KILLS * PART;
+    let out = output_within(
+        ingest(port, &data, &["--until-caught-up"]).stdin(Stdio::null()),
+        PROGRESS_DEADLINE,
+    );
+    assert_success(&out, "ingest --until-caught-up");
+    let partitions = check_kafka(&data, n);
+    let windows = windows_of_a_log_run(&data, &tmp.path().join("out-stream"), &[]);
+    assert_eq!(
+        windows,
+        windows_of_the_same_messages_from_files(tmp.path(), &partitions)
+    );
+}
+
+#[test]
+fn a_broker_restart_during_a_tail_loses_nothing() {
+    let Some(binary) = server_binary("tansu", "TANSU") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let store = tmp.path().join("store");
+    let mut broker = start_broker(&binary, port, &store);
+    create_topic(port);
+    produce(port, 0, 3_000);
+    let data = tmp.path().join("data");
+    let mut tail = Killed(
+        ingest(port, &data, &["--reconnect-limit", "120s"])
+            .stderr(std::fs::File::create(tmp.path().join("ingest.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let wait_for = |messages: u64| {
+        let started = Instant::now();
+        let committed = || -> u64 {
+            (0..PARTITIONS as u32)
+                .map(|p| position(&data, p).map_or(0, |p| p.messages))
+                .sum()
+        };
+        while committed() < messages {
+            assert!(
+                started.elapsed() < PROGRESS_DEADLINE,
+                "no progress to {messages}: {}",
+                std::fs::read_to_string(tmp.path().join("ingest.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(3_000);
+    drop(broker);
+    broker = start_broker(&binary, port, &store);
+    produce(port, 3_000, 6_000);
+    wait_for(6_000);
+    assert!(
+        tail.0.try_wait().unwrap().is_none(),
+        "the tailing ingest exited"
+    );
+    drop(tail);
+    drop(broker);
+    check_kafka(&data, 6_000);
+    let log = std::fs::read_to_string(tmp.path().join("ingest.log")).unwrap();
+    assert!(log.contains("reconnecting"), "{log}");
+}
+
+#[test]
+fn unreachable_brokers_and_missing_topics_are_named() {
+    let Some(binary) = server_binary("tansu", "TANSU") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let data = tmp.path().join("data");
+    let out = output_within(&mut ingest(ports[0], &data, &[]), PROGRESS_DEADLINE);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("kafka://127.0.0.1:{}", ports[0]))
+            && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+    let _broker = start_broker(&binary, ports[1], &tmp.path().join("store"));
+    let out = output_within(&mut ingest(ports[1], &data, &[]), PROGRESS_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("topic \"ev\" does not exist"), "{stderr}");
+    assert!(
+        run_weir(&["ingest", "--from", "kafka://h:1/bad topic"])
+            .status
+            .code()
+            == Some(2)
+    );
+}
