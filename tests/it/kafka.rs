@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use weir::kafka::KafkaClient;
 
 use crate::sources::{
-    check_exactly_once, message, position, server_binary, uncommitted_records,
+    check_exactly_once, kill_while_producing, message, position, server_binary,
     windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed, PROGRESS_DEADLINE,
 };
 use crate::support::{assert_success, free_ports, output_within, run_weir, weir};
@@ -129,53 +129,15 @@ fn each_record_once_across_kill_9_while_producing() {
     let port = free_ports(1)[0];
     let _broker = start_broker(&binary, port, &tmp.path().join("store"));
     create_topic(port);
-    let (go, parts) = std::sync::mpsc::channel::<u64>();
-    let producer = std::thread::spawn(move || {
-        for part in parts {
-            produce(port, part * PART, (part + 1) * PART);
-        }
-    });
     let data = tmp.path().join("data");
-    let mut seed = 0x2545_f491_u64;
-    let mut kills_with_a_tail = 0;
-    for kill in 0..KILLS {
-        let log = tmp.path().join(format!("ingest-{kill}.log"));
-        let interval = if kill % 3 == 0 { "1s" } else { "20ms" };
-        let child = Killed(
-            ingest(port, &data, &["--commit-interval", interval])
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        go.send(kill).unwrap();
-        // Its pid exists from here; every other round first waits for
-        // records appended after the committed offset of partition 0.
-        if kill % 2 == 0 {
-            let started = Instant::now();
-            while uncommitted_records(&data, 0) == 0 {
-                assert!(
-                    started.elapsed() < PROGRESS_DEADLINE,
-                    "ingest made no progress: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        std::thread::sleep(Duration::from_millis((seed >> 33) % 200));
-        drop(child);
-        let tail: u64 = (0..PARTITIONS as u32)
-            .map(|p| uncommitted_records(&data, p))
-            .sum();
-        kills_with_a_tail += u32::from(tail > 0);
-        eprintln!(
-            "kill {kill}: committed {:?}, {tail} records after it",
-            position(&data, 0).map(|p| p.source_seq)
-        );
-    }
-    drop(go);
-    producer.join().unwrap();
-    assert!(kills_with_a_tail > 0, "no kill left records to match");
+    kill_while_producing(
+        tmp.path(),
+        &data,
+        PARTITIONS as u32,
+        KILLS,
+        |extra| ingest(port, &data, extra),
+        move |part| produce(port, part * PART, (part + 1) * PART),
+    );
     let n = KILLS * PART;
     let out = output_within(
         ingest(port, &data, &["--until-caught-up"]).stdin(Stdio::null()),

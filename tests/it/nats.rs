@@ -15,10 +15,10 @@ use weir::log::partition_dir;
 use weir::nats::jetstream::JetStream;
 
 use crate::sources::{
-    check_exactly_once, message, position, server_binary, uncommitted_records,
+    check_exactly_once, kill_while_producing, message, position, server_binary,
     windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed, PROGRESS_DEADLINE,
 };
-use crate::support::{assert_success, free_ports, log_run_args, output_within, run_weir, weir};
+use crate::support::{assert_success, free_ports, log_run_args, output_within, weir};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// `kill -9` rounds, each with a part of the stream published meanwhile.
@@ -52,6 +52,16 @@ fn start_server(binary: &Path, port: u16, store: &Path) -> Killed {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A server with stream `EV` on subject `ev`.
+fn server_with_stream(binary: &Path, port: u16, store: &Path) -> Killed {
+    let server = start_server(binary, port, store);
+    JetStream::connect(&addr(port), REQUEST_TIMEOUT)
+        .unwrap()
+        .create_stream("EV", &["ev"])
+        .unwrap();
+    server
 }
 
 fn addr(port: u16) -> String {
@@ -93,65 +103,16 @@ fn each_message_once_across_kill_9_while_producing() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let port = free_ports(1)[0];
-    let _server = start_server(&binary, port, &tmp.path().join("store"));
-    JetStream::connect(&addr(port), REQUEST_TIMEOUT)
-        .unwrap()
-        .create_stream("EV", &["ev"])
-        .unwrap();
-    // The producer publishes a part of the stream each time an ingest
-    // starts, so messages keep coming while it is killed.
-    let (go, parts) = std::sync::mpsc::channel::<u64>();
-    let producer = std::thread::spawn(move || {
-        for part in parts {
-            publish(port, part * PART, (part + 1) * PART, 100);
-        }
-    });
+    let _server = server_with_stream(&binary, port, &tmp.path().join("store"));
     let data = tmp.path().join("data");
-    let mut seed = 0x9e37_79b9_u64;
-    let mut kills_with_a_tail = 0;
-    for kill in 0..KILLS {
-        let stderr_path = tmp.path().join(format!("ingest-{kill}.log"));
-        let child = Killed(
-            ingest(
-                port,
-                &data,
-                &[
-                    "--commit-interval",
-                    if kill % 3 == 0 { "1s" } else { "20ms" },
-                ],
-            )
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap(),
-        );
-        go.send(kill).unwrap();
-        // Its pid exists from here. Every other round first waits until
-        // records were appended after the committed offset (the case a
-        // restart must match), then all kill at a pseudo-random moment.
-        if kill % 2 == 0 {
-            let started = Instant::now();
-            while uncommitted_records(&data, 0) == 0 {
-                assert!(
-                    started.elapsed() < PROGRESS_DEADLINE,
-                    "ingest made no progress: {}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        std::thread::sleep(Duration::from_millis((seed >> 33) % 200));
-        drop(child);
-        let tail = uncommitted_records(&data, 0);
-        kills_with_a_tail += u32::from(tail > 0);
-        eprintln!(
-            "kill {kill}: committed {:?}, {tail} records after it",
-            position(&data, 0).map(|p| p.source_seq)
-        );
-    }
-    drop(go);
-    producer.join().unwrap();
-    assert!(kills_with_a_tail > 0, "no kill left records to match");
+    kill_while_producing(
+        tmp.path(),
+        &data,
+        1,
+        KILLS,
+        |extra| ingest(port, &data, extra),
+        move |part| publish(port, part * PART, (part + 1) * PART, 100),
+    );
     let n = KILLS * PART;
     let out = output_within(
         ingest(port, &data, &["--until-caught-up"]).stdin(Stdio::null()),
@@ -176,11 +137,7 @@ fn weir_run_from_a_stream_equals_the_run_from_a_file() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let ports = free_ports(2);
-    let _server = start_server(&binary, ports[0], &tmp.path().join("store"));
-    JetStream::connect(&addr(ports[0]), REQUEST_TIMEOUT)
-        .unwrap()
-        .create_stream("EV", &["ev"])
-        .unwrap();
+    let _server = server_with_stream(&binary, ports[0], &tmp.path().join("store"));
     let n = 10_000;
     publish(ports[0], 0, n, 1_000);
     let data = tmp.path().join("data");
@@ -216,11 +173,7 @@ fn a_broker_restart_during_a_tail_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_ports(1)[0];
     let store = tmp.path().join("store");
-    let mut server = start_server(&binary, port, &store);
-    JetStream::connect(&addr(port), REQUEST_TIMEOUT)
-        .unwrap()
-        .create_stream("EV", &["ev"])
-        .unwrap();
+    let mut server = server_with_stream(&binary, port, &store);
     publish(port, 0, 2_000, 500);
     let data = tmp.path().join("data");
     let mut tail = Killed(
@@ -276,9 +229,6 @@ fn unreachable_servers_and_missing_streams_are_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("stream \"EV\" does not exist"), "{stderr}");
-    let out = run_weir(&["ingest", "--from", "kafka://127.0.0.1:9092/t"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka://"));
 }
 
 #[test]
@@ -288,11 +238,7 @@ fn a_full_log_pauses_the_source_and_drops_nothing() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let port = free_ports(1)[0];
-    let _server = start_server(&binary, port, &tmp.path().join("store"));
-    JetStream::connect(&addr(port), REQUEST_TIMEOUT)
-        .unwrap()
-        .create_stream("EV", &["ev"])
-        .unwrap();
+    let _server = server_with_stream(&binary, port, &tmp.path().join("store"));
     let n = 20_000;
     publish(port, 0, n, 1_000);
     let data = tmp.path().join("data");

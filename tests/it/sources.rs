@@ -174,3 +174,63 @@ pub fn windows_of_the_same_messages_from_files(tmp: &Path, partitions: &[Vec<u64
     assert_success(&run_weir(&args), "file ingest");
     windows_of_a_log_run(&file_data, &tmp.join("out-file"), &[])
 }
+
+/// `kill -9` rounds of an ingest: each starts `ingest(extra args)`, has
+/// `produce_part(round)` publish a part of the source meanwhile (on a
+/// producer thread), and kills it at a pseudo-random moment; every other
+/// round first waits for records appended after partition 0's committed
+/// offset (the case a restart must match), and one round in three commits
+/// only every second. Returns once the producer has published every part;
+/// fails unless some kill left records to match.
+pub fn kill_while_producing(
+    tmp: &Path,
+    data: &Path,
+    partitions: u32,
+    rounds: u64,
+    ingest: impl Fn(&[&str]) -> std::process::Command,
+    produce_part: impl Fn(u64) + Send + 'static,
+) {
+    let (go, parts) = std::sync::mpsc::channel::<u64>();
+    let producer = std::thread::spawn(move || {
+        for part in parts {
+            produce_part(part);
+        }
+    });
+    let mut seed = 0x9e37_79b9_u64;
+    let mut kills_with_a_tail = 0;
+    for kill in 0..rounds {
+        let log = tmp.join(format!("ingest-{kill}.log"));
+        let interval = if kill % 3 == 0 { "1s" } else { "20ms" };
+        let child = Killed(
+            ingest(&["--commit-interval", interval])
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        go.send(kill).unwrap();
+        // Its pid exists from here.
+        if kill % 2 == 0 {
+            let started = std::time::Instant::now();
+            while uncommitted_records(data, 0) == 0 {
+                assert!(
+                    started.elapsed() < PROGRESS_DEADLINE,
+                    "ingest made no progress: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 200));
+        drop(child);
+        let tail: u64 = (0..partitions).map(|p| uncommitted_records(data, p)).sum();
+        kills_with_a_tail += u32::from(tail > 0);
+        eprintln!(
+            "kill {kill}: partition 0 committed {:?}, {tail} records after the committed offsets",
+            position(data, 0).map(|p| p.source_seq)
+        );
+    }
+    drop(go);
+    producer.join().unwrap();
+    assert!(kills_with_a_tail > 0, "no kill left records to match");
+}
