@@ -30,6 +30,7 @@ mod appender;
 pub mod dead_letter;
 mod kafka_loop;
 pub mod message;
+pub mod metrics;
 pub mod position;
 mod source_loop;
 

@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use weir::csv_input::RowSchema;
 use weir::ingest::stream::message::MessageFormat;
+use weir::ingest::stream::metrics::SourceMetrics;
 use weir::ingest::stream::{ingest_stream, SourceKind, StreamIngestOptions, StreamSource};
 use weir::ingest::{default_ingest_threads, ingest_files_with_threads};
 use weir::log::{FsyncPolicy, LogConfig};
@@ -45,6 +47,10 @@ pub struct IngestArgs {
     /// With --from: how often what was read is committed.
     #[arg(long, default_value = "100ms", value_parser = parse_duration_ms, requires = "from")]
     commit_interval: u64,
+    /// With --from: serve Prometheus metrics (GET /metrics) on this loopback
+    /// address: committed messages, dead letters, sequence per partition.
+    #[arg(long, requires = "from")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// With --from: give up after the server has been unreachable this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration_ms, requires = "from")]
     reconnect_limit: u64,
@@ -157,8 +163,22 @@ fn stream_command(
     options.max_log_bytes = args.max_log_bytes;
     options.commit_interval_ms = args.commit_interval;
     options.reconnect_limit_ms = args.reconnect_limit;
+    let metrics_stop = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.metrics_addr {
+        let metrics = Arc::new(SourceMetrics::new(&source.to_string()));
+        options.metrics = Some(Arc::clone(&metrics));
+        let bound = weir::metrics::serve_text(
+            addr,
+            Box::new(move || metrics.render()),
+            Arc::clone(&metrics_stop),
+        )
+        .with_context(|| format!("--metrics-addr {addr}"))?;
+        tracing::info!(%bound, "source metrics endpoint");
+    }
     let stop = AtomicBool::new(false);
-    let report = ingest_stream(&args.data_dir.join("log"), source, &options, &stop)?;
+    let report = ingest_stream(&args.data_dir.join("log"), source, &options, &stop);
+    metrics_stop.store(true, std::sync::atomic::Ordering::Release);
+    let report = report?;
     println!(
         "{source}: {} messages read ({} appended, {} already in the log, {} dead-lettered); {} reconnects",
         report.messages, report.appended, report.matched, report.dead_letters, report.reconnects,

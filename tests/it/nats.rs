@@ -15,10 +15,10 @@ use weir::log::partition_dir;
 use weir::nats::jetstream::JetStream;
 
 use crate::sources::{
-    check_exactly_once, kill_while_producing, message, position, server_binary,
+    check_exactly_once, is_malformed, kill_while_producing, message, position, server_binary,
     windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed, PROGRESS_DEADLINE,
 };
-use crate::support::{assert_success, free_ports, log_run_args, output_within, weir};
+use crate::support::{assert_success, free_ports, http_get, log_run_args, output_within, weir};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// `kill -9` rounds, each with a part of the stream published meanwhile.
@@ -176,11 +176,17 @@ fn a_broker_restart_during_a_tail_loses_nothing() {
     let mut server = server_with_stream(&binary, port, &store);
     publish(port, 0, 2_000, 500);
     let data = tmp.path().join("data");
+    let metrics_port = free_ports(1)[0];
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let mut tail = Killed(
-        ingest(port, &data, &["--reconnect-limit", "120s"])
-            .stderr(std::fs::File::create(tmp.path().join("ingest.log")).unwrap())
-            .spawn()
-            .unwrap(),
+        ingest(
+            port,
+            &data,
+            &["--reconnect-limit", "120s", "--metrics-addr", &metrics_addr],
+        )
+        .stderr(std::fs::File::create(tmp.path().join("ingest.log")).unwrap())
+        .spawn()
+        .unwrap(),
     );
     let wait_for_seq = |seq: u64| {
         let started = Instant::now();
@@ -197,6 +203,21 @@ fn a_broker_restart_during_a_tail_loses_nothing() {
     server = start_server(&binary, port, &store);
     publish(port, 2_000, 4_000, 500);
     wait_for_seq(4_000);
+    // The endpoint shows the committed figures of this process.
+    let (status, body) = http_get(metrics_addr.parse().unwrap(), "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    let sample = |name: &str| -> u64 {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(&format!("weir_{name}{{")))
+            .unwrap_or_else(|| panic!("no {name} in {body}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let malformed = (0..4_000).filter(|&i| is_malformed(i)).count() as u64;
+    assert_eq!(sample("source_dead_letters_total"), malformed);
+    assert_eq!(sample("source_messages_total"), 4_000);
+    assert_eq!(sample("source_committed_sequence"), 4_000);
+    assert!(sample("source_reconnects_total") >= 1);
     assert!(
         tail.0.try_wait().unwrap().is_none(),
         "the tailing ingest exited"

@@ -4,13 +4,12 @@
 //! API. Without the binary the test is skipped, unless
 //! `WEIR_REQUIRE_PROMETHEUS` is set (as `scripts/test-all` does): then it fails.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{assert_success, free_ports, run_weir, weir};
+use crate::support::{assert_success, free_ports, http_get, run_weir, weir};
 
 /// Kills and reaps a child process when dropped (also when a test fails).
 struct Killed(Child);
@@ -31,19 +30,6 @@ fn prometheus_binary() -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin")])
         .map(|dir| dir.join("prometheus"))
         .find(|p| p.is_file())
-}
-
-/// `GET path` over HTTP/1.0: `(status, body)`, or `None` if the server does
-/// not answer (yet).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 fn percent_encode(s: &str) -> String {

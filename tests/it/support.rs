@@ -1,8 +1,11 @@
 //! Helpers shared by the integration tests: the `weir` binary, free ports,
 //! and reading output files as sorted multisets of lines.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// The `weir` binary built for these tests.
 pub fn weir() -> Command {
@@ -122,4 +125,17 @@ pub fn log_run_args(data: &Path, out: &Path, workers: u64, extra: &[&str]) -> Ve
     a.extend(["--workers".to_owned(), workers.to_string()]);
     a.extend(extra.iter().map(|s| (*s).to_owned()));
     a
+}
+
+/// `GET path` over HTTP/1.0: `(status, body)`, or `None` if the server does
+/// not answer (yet).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }

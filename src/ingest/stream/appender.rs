@@ -61,6 +61,8 @@ pub(super) struct Appender {
     pub(super) uncommitted: u64,
     /// Whether sequence gaps are normal for the source (no warning).
     pub(super) gaps_expected: bool,
+    partition: u32,
+    metrics: Option<std::sync::Arc<super::metrics::SourceMetrics>>,
     pub(super) report: StreamIngestReport,
     _lock: File,
 }
@@ -150,6 +152,8 @@ impl Appender {
             tail,
             uncommitted: 0,
             gaps_expected: false,
+            partition,
+            metrics: options.metrics.clone(),
             dir,
             _lock: lock,
         })
@@ -237,6 +241,14 @@ impl Appender {
         self.uncommitted = 0;
         self.report.source_seq = self.current.source_seq;
         self.report.log_next_offset = self.current.log_next_offset;
+        if let Some(m) = &self.metrics {
+            let r = &self.report;
+            m.committed(
+                self.partition,
+                (r.messages, r.appended, r.matched, r.dead_letters),
+                self.current.source_seq,
+            );
+        }
         Ok(())
     }
 }

@@ -101,6 +101,9 @@ pub(super) fn ingest_kafka(
                 if appenders.iter().any(|a| partition_bytes(&a.dir) >= max) {
                     commit_all(&mut appenders)?;
                     appenders[0].report.pauses += 1;
+                    if let Some(m) = &options.metrics {
+                        m.paused();
+                    }
                     std::thread::sleep(interval.max(Duration::from_millis(100)));
                     last_commit = Instant::now();
                     continue;
@@ -126,6 +129,9 @@ pub(super) fn ingest_kafka(
                     KafkaError::is_transient,
                 )?;
                 reconnects += 1;
+                if let Some(m) = &options.metrics {
+                    m.reconnected();
+                }
             }
             Err(e) => {
                 commit_all(&mut appenders)?;

@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::appender::{partition_bytes, Appender, SourceMessage};
 use super::message::MessageFormat;
+use super::metrics::SourceMetrics;
 use super::{SourceKind, StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
 use crate::csv_input::RowSchema;
 use crate::log::LogConfig;
@@ -44,6 +46,8 @@ pub struct StreamIngestOptions {
     pub connect_timeout_ms: u64,
     /// Give up after failing to reconnect for this long.
     pub reconnect_limit_ms: u64,
+    /// Where the committed figures go (a metrics endpoint), if anywhere.
+    pub metrics: Option<Arc<SourceMetrics>>,
 }
 
 impl StreamIngestOptions {
@@ -65,6 +69,7 @@ impl StreamIngestOptions {
             commit_interval_ms: 100,
             connect_timeout_ms: 5_000,
             reconnect_limit_ms: 60_000,
+            metrics: None,
         }
     }
 }
@@ -179,6 +184,9 @@ fn ingest_nats(
             {
                 appender.commit()?;
                 appender.report.pauses += 1;
+                if let Some(m) = &options.metrics {
+                    m.paused();
+                }
                 std::thread::sleep(interval.max(Duration::from_millis(100)));
                 last_commit = Instant::now();
                 continue;
@@ -206,6 +214,9 @@ fn ingest_nats(
                     NatsError::is_transient,
                 )?;
                 appender.report.reconnects += 1;
+                if let Some(m) = &options.metrics {
+                    m.reconnected();
+                }
             }
             Err(e) => {
                 appender.commit()?;
