@@ -184,8 +184,10 @@ fn fill_broker(
                     "--advertised-listener-url",
                     &url,
                 ])
-                .arg("--storage-engine")
-                .arg(format!("sqlite://{}", work.join("tansu.db").display()));
+                // Relative to the broker's directory: tansu 0.6 reads an
+                // absolute path in the URL as relative.
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .current_dir(work);
             let server = start_broker(command, work, || {
                 KafkaClient::connect(&addr, Duration::from_secs(5))
                     .is_ok_and(|mut c| c.partitions("probe").is_err_and(|e| !e.is_transient()))

@@ -38,8 +38,10 @@ fn start_broker(binary: &Path, port: u16, store: &Path) -> Killed {
             "--advertised-listener-url",
             &url,
         ])
-        .arg("--storage-engine")
-        .arg(format!("file://{}/", store.display()))
+        // SQLite, relative to the broker's directory (an absolute path in
+        // the URL is read as relative by tansu 0.6).
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(store)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(store.with_extension("log")).unwrap())
         .spawn()

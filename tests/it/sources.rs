@@ -175,12 +175,18 @@ pub fn windows_of_the_same_messages_from_files(tmp: &Path, partitions: &[Vec<u64
     windows_of_a_log_run(&file_data, &tmp.join("out-file"), &[])
 }
 
+/// Messages committed into partition 0 over all runs.
+fn committed_messages(data: &Path) -> u64 {
+    position(data, 0).map_or(0, |p| p.messages)
+}
+
 /// `kill -9` rounds of an ingest: each starts `ingest(extra args)`, has
 /// `produce_part(round)` publish a part of the source meanwhile (on a
 /// producer thread), and kills it at a pseudo-random moment; every other
-/// round first waits for records appended after partition 0's committed
-/// offset (the case a restart must match), and one round in three commits
-/// only every second. Returns once the producer has published every part;
+/// round first waits for the process to commit more of partition 0, one
+/// round in three commits only every second, and of those the odd ones
+/// first wait for records appended after the committed offset (the case a
+/// restart must match). Returns once the producer has published every part;
 /// fails unless some kill left records to match.
 pub fn kill_while_producing(
     tmp: &Path,
@@ -200,6 +206,7 @@ pub fn kill_while_producing(
     let mut kills_with_a_tail = 0;
     for kill in 0..rounds {
         let log = tmp.join(format!("ingest-{kill}.log"));
+        let before = committed_messages(data);
         let interval = if kill % 3 == 0 { "1s" } else { "20ms" };
         let child = Killed(
             ingest(&["--commit-interval", interval])
@@ -208,17 +215,27 @@ pub fn kill_while_producing(
                 .unwrap(),
         );
         go.send(kill).unwrap();
-        // Its pid exists from here.
-        if kill % 2 == 0 {
-            let started = std::time::Instant::now();
-            while uncommitted_records(data, 0) == 0 {
-                assert!(
-                    started.elapsed() < PROGRESS_DEADLINE,
-                    "ingest made no progress: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(2));
+        // Its pid exists from here. Even rounds wait until this process has
+        // committed more of partition 0 (so rounds progress and kills also
+        // land after commits), then all kill at a pseudo-random moment.
+        // Rounds 3, 9, ... (committing every second) wait instead for
+        // records appended after the committed offset: a kill then leaves
+        // records a restart must match.
+        let progressed = |kill: u64| {
+            if kill.is_multiple_of(2) {
+                committed_messages(data) > before
+            } else {
+                kill % 6 != 3 || uncommitted_records(data, 0) > 0
             }
+        };
+        let started = std::time::Instant::now();
+        while !progressed(kill) {
+            assert!(
+                started.elapsed() < PROGRESS_DEADLINE,
+                "ingest made no progress: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(2));
         }
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         std::thread::sleep(Duration::from_millis((seed >> 33) % 200));
