@@ -31,19 +31,21 @@ pub mod dead_letter;
 mod kafka_loop;
 pub mod message;
 pub mod metrics;
+mod nats_loop;
+mod options;
 pub mod position;
-mod source_loop;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
 
 use crate::kafka::KafkaError;
 use crate::log::LogError;
 use crate::nats::NatsError;
 use crate::storage::IoError;
 
-pub use source_loop::{ingest_stream, StreamIngestOptions, StreamIngestReport};
+pub use options::{StreamIngestOptions, StreamIngestReport};
 
 /// File name of a stream-fed partition's committed position.
 pub const POSITION_FILE_NAME: &str = "POSITION";
@@ -134,6 +136,21 @@ impl FromStr for StreamSource {
             server: server.to_owned(),
             name: name.to_owned(),
         })
+    }
+}
+
+/// Reads `source` into its partitions until `stop` is set, the source is
+/// caught up (with `until_caught_up`) or an error that reconnecting does not
+/// cure. The first connection's failure is returned at once.
+pub fn ingest_stream(
+    log_dir: &Path,
+    source: &StreamSource,
+    options: &StreamIngestOptions,
+    stop: &AtomicBool,
+) -> Result<StreamIngestReport, StreamIngestError> {
+    match source.kind {
+        SourceKind::Nats => nats_loop::ingest_nats(log_dir, source, options, stop),
+        SourceKind::Kafka => kafka_loop::ingest_kafka(log_dir, source, options, stop),
     }
 }
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use super::dead_letter::DeadLetters;
 use super::message::MessageDecoder;
+use super::options::{StreamIngestOptions, StreamIngestReport};
 use super::position::SourcePosition;
-use super::source_loop::{StreamIngestOptions, StreamIngestReport};
 use super::{StreamIngestError, POSITION_FILE_NAME};
 use crate::event::{decode_record, LogRecord};
 use crate::ingest::MANIFEST_FILE_NAME;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::appender::{partition_bytes, Appender, SourceMessage};
-use super::source_loop::{reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL};
+use super::options::{reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL};
 use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
 use crate::kafka::batch::decode_batches;
 use crate::kafka::{KafkaClient, KafkaError, KafkaErrorKind};

@@ -1,20 +1,16 @@
-//! The loop of a stream ingest: read, decode, append or match, commit;
-//! reconnect with backoff when the server goes away; pause while the log is
-//! over its size limit. The protocol is in the parent module's doc.
+//! How a stream ingest is configured and what it reports, and what both
+//! source loops share: the flush interval and reconnecting with backoff.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::appender::{partition_bytes, Appender, SourceMessage};
 use super::message::MessageFormat;
 use super::metrics::SourceMetrics;
-use super::{SourceKind, StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
+use super::{StreamIngestError, StreamSource};
 use crate::csv_input::RowSchema;
 use crate::log::LogConfig;
-use crate::nats::jetstream::StreamReader;
-use crate::nats::NatsError;
 
 /// How often appended records are handed to the file system, where readers
 /// (a tailing `weir run`) see them; durable only at the next commit.
@@ -122,119 +118,6 @@ impl StreamIngestReport {
         }
         out
     }
-}
-
-/// Reads `source` into its partitions until `stop` is set, the source is
-/// caught up (with `until_caught_up`) or an error that reconnecting does not
-/// cure. The first connection's failure is returned at once.
-pub fn ingest_stream(
-    log_dir: &Path,
-    source: &StreamSource,
-    options: &StreamIngestOptions,
-    stop: &AtomicBool,
-) -> Result<StreamIngestReport, StreamIngestError> {
-    match source.kind {
-        SourceKind::Nats => ingest_nats(log_dir, source, options, stop),
-        SourceKind::Kafka => super::kafka_loop::ingest_kafka(log_dir, source, options, stop),
-    }
-}
-
-fn ingest_nats(
-    log_dir: &Path,
-    source: &StreamSource,
-    options: &StreamIngestOptions,
-    stop: &AtomicBool,
-) -> Result<StreamIngestReport, StreamIngestError> {
-    let mut appender = Appender::open(
-        log_dir,
-        (&source.name, source.to_string()),
-        options,
-        options.partition,
-        &options.dead_letter_path,
-    )?;
-    let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
-    let start_seq = appender.current.source_seq + 1;
-    let mut reader = StreamReader::open(&source.server, &source.name, start_seq, timeout)?;
-    let state = reader.state();
-    if state.first_seq > start_seq {
-        tracing::warn!(
-            "{source}: messages {start_seq}..{} were removed from the stream before they were ingested",
-            state.first_seq - 1
-        );
-    }
-    let target_seq = state.last_seq;
-    let interval = Duration::from_millis(options.commit_interval_ms.max(1));
-    let mut last_commit = Instant::now();
-    let mut last_flush = Instant::now();
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if options.until_caught_up && appender.current.source_seq >= target_seq {
-            appender.check_tail_matched(target_seq)?;
-            break;
-        }
-        let now = Instant::now();
-        if now >= last_flush + FLUSH_INTERVAL {
-            appender.writer.flush()?;
-            last_flush = now;
-            if options
-                .max_log_bytes
-                .is_some_and(|max| partition_bytes(&appender.dir) >= max)
-            {
-                appender.commit()?;
-                appender.report.pauses += 1;
-                if let Some(m) = &options.metrics {
-                    m.paused();
-                }
-                std::thread::sleep(interval.max(Duration::from_millis(100)));
-                last_commit = Instant::now();
-                continue;
-            }
-        }
-        let deadline = (last_commit + interval)
-            .min(last_flush + FLUSH_INTERVAL)
-            .max(now + Duration::from_millis(1));
-        match reader.next(deadline) {
-            Ok(Some(message)) => appender.accept(&SourceMessage {
-                seq: message.seq,
-                payload: &message.payload,
-            })?,
-            Ok(None) => {}
-            Err(e) if e.is_transient() => {
-                tracing::warn!("{source}: {e}; reconnecting");
-                appender.commit()?;
-                last_commit = Instant::now();
-                let from_seq = appender.current.source_seq + 1;
-                reader = reconnect(
-                    source,
-                    options.reconnect_limit_ms,
-                    stop,
-                    || StreamReader::open(&source.server, &source.name, from_seq, timeout),
-                    NatsError::is_transient,
-                )?;
-                appender.report.reconnects += 1;
-                if let Some(m) = &options.metrics {
-                    m.reconnected();
-                }
-            }
-            Err(e) => {
-                appender.commit()?;
-                return Err(e.into());
-            }
-        }
-        if appender.uncommitted >= MAX_UNCOMMITTED_MESSAGES
-            || (appender.uncommitted > 0 && now >= last_commit + interval)
-        {
-            appender.commit()?;
-            last_commit = Instant::now();
-        }
-    }
-    appender.commit()?;
-    Ok(StreamIngestReport::merged(vec![(
-        options.partition,
-        appender.report,
-    )]))
 }
 
 /// Connects again with `connect`, with exponential backoff (100 ms to
