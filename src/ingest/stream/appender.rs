@@ -15,6 +15,7 @@ use super::position::SourcePosition;
 use super::{StreamIngestError, POSITION_FILE_NAME};
 use crate::event::{decode_record, LogRecord};
 use crate::ingest::MANIFEST_FILE_NAME;
+use crate::log::format::parse_segment_file_name;
 use crate::log::{partition_dir, validate_topic, PartitionReader, PartitionWriter};
 use crate::storage::durable::{create_dir_all_durably, write_file_atomically};
 use crate::storage::IoError;
@@ -31,15 +32,7 @@ pub struct SourceMessage<'a> {
 
 /// The bytes of a partition's segment files.
 pub(super) fn partition_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+    crate::metrics::dir_usage(dir, |name| parse_segment_file_name(name).is_some()).1
 }
 
 /// The partition's writing side: log, dead letters, position.
