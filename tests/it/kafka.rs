@@ -10,12 +10,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weir::kafka::KafkaClient;
 
 use crate::sources::{
-    check_exactly_once, kill_while_producing, message, position, server_binary,
+    check_exactly_once, kill_while_producing, message, position, server_binary, wait_until,
     windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed, PROGRESS_DEADLINE,
 };
 use crate::support::{assert_success, free_ports, output_within, run_weir, weir};
@@ -47,20 +47,20 @@ fn start_broker(binary: &Path, port: u16, store: &Path) -> Killed {
         .spawn()
         .expect("starting tansu");
     let broker = Killed(child);
-    let started = Instant::now();
-    loop {
-        if let Ok(mut client) = KafkaClient::connect(&addr(port), TIMEOUT) {
-            if client.partitions("probe").is_err_and(|e| !e.is_transient()) {
-                return broker;
-            }
-        }
-        assert!(
-            started.elapsed() < PROGRESS_DEADLINE,
-            "tansu did not come up; see {}",
-            store.with_extension("log").display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_millis(50),
+        || {
+            KafkaClient::connect(&addr(port), TIMEOUT)
+                .is_ok_and(|mut c| c.partitions("probe").is_err_and(|e| !e.is_transient()))
+        },
+        || {
+            format!(
+                "tansu did not come up; see {}",
+                store.with_extension("log").display()
+            )
+        },
+    );
+    broker
 }
 
 fn addr(port: u16) -> String {
@@ -173,20 +173,21 @@ fn a_broker_restart_during_a_tail_loses_nothing() {
             .unwrap(),
     );
     let wait_for = |messages: u64| {
-        let started = Instant::now();
         let committed = || -> u64 {
             (0..PARTITIONS as u32)
                 .map(|p| position(&data, p).map_or(0, |p| p.messages))
                 .sum()
         };
-        while committed() < messages {
-            assert!(
-                started.elapsed() < PROGRESS_DEADLINE,
-                "no progress to {messages}: {}",
-                std::fs::read_to_string(tmp.path().join("ingest.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Duration::from_millis(20),
+            || committed() >= messages,
+            || {
+                format!(
+                    "no progress to {messages}: {}",
+                    std::fs::read_to_string(tmp.path().join("ingest.log")).unwrap_or_default()
+                )
+            },
+        );
     };
     wait_for(3_000);
     drop(broker);

@@ -9,14 +9,17 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use weir::log::format::parse_segment_file_name;
 use weir::log::partition_dir;
+use weir::metrics::dir_usage;
 use weir::nats::jetstream::JetStream;
 
 use crate::sources::{
     check_exactly_once, is_malformed, kill_while_producing, message, position, server_binary,
-    windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed, PROGRESS_DEADLINE,
+    wait_until, windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed,
+    PROGRESS_DEADLINE,
 };
 use crate::support::{assert_success, free_ports, http_get, log_run_args, output_within, weir};
 
@@ -37,21 +40,21 @@ fn start_server(binary: &Path, port: u16, store: &Path) -> Killed {
         .spawn()
         .expect("starting nats-server");
     let server = Killed(child);
-    let started = Instant::now();
-    loop {
-        if let Ok(mut js) = JetStream::connect(&addr(port), REQUEST_TIMEOUT) {
+    wait_until(
+        Duration::from_millis(50),
+        || {
             // JetStream answers (a missing stream is an answer).
-            if js.stream_state("PROBE").is_err_and(|e| !e.is_transient()) {
-                return server;
-            }
-        }
-        assert!(
-            started.elapsed() < PROGRESS_DEADLINE,
-            "nats-server did not come up; see {}",
-            store.with_extension("log").display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            JetStream::connect(&addr(port), REQUEST_TIMEOUT)
+                .is_ok_and(|mut js| js.stream_state("PROBE").is_err_and(|e| !e.is_transient()))
+        },
+        || {
+            format!(
+                "nats-server did not come up; see {}",
+                store.with_extension("log").display()
+            )
+        },
+    );
+    server
 }
 
 /// A server with stream `EV` on subject `ev`.
@@ -189,14 +192,11 @@ fn a_broker_restart_during_a_tail_loses_nothing() {
         .unwrap(),
     );
     let wait_for_seq = |seq: u64| {
-        let started = Instant::now();
-        while position(&data, 0).is_none_or(|p| p.source_seq < seq) {
-            assert!(
-                started.elapsed() < PROGRESS_DEADLINE,
-                "no progress to {seq}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Duration::from_millis(20),
+            || position(&data, 0).is_some_and(|p| p.source_seq >= seq),
+            || format!("no progress to {seq}"),
+        );
     };
     wait_for_seq(2_000);
     drop(server);
@@ -271,20 +271,12 @@ fn a_full_log_pauses_the_source_and_drops_nothing() {
             .unwrap(),
     );
     let segments = partition_dir(&data.join("log"), "events", 0);
-    let log_bytes = || -> u64 {
-        std::fs::read_dir(&segments).map_or(0, |entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-                .map(|e| e.metadata().unwrap().len())
-                .sum()
-        })
-    };
-    let started = Instant::now();
-    while log_bytes() < limit_bytes {
-        assert!(started.elapsed() < PROGRESS_DEADLINE, "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let log_bytes = || dir_usage(&segments, |name| parse_segment_file_name(name).is_some()).1;
+    wait_until(
+        Duration::from_millis(10),
+        || log_bytes() >= limit_bytes,
+        || "no progress".to_owned(),
+    );
     // Paused: what it read is committed, and it reads no further.
     std::thread::sleep(Duration::from_millis(500));
     let held = position(&data, 0).expect("committed before pausing");

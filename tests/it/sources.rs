@@ -16,6 +16,16 @@ use crate::support::{assert_success, log_run_args, output_within, run_weir, sort
 /// A fail-safe for waits on progress, not a speed assumption.
 pub const PROGRESS_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Polls `done` every `poll` until it holds; fails with `what()` after
+/// [`PROGRESS_DEADLINE`] (a fail-safe, not a speed assumption).
+pub fn wait_until(poll: Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < PROGRESS_DEADLINE, "{}", what());
+        std::thread::sleep(poll);
+    }
+}
+
 /// Kills and reaps a child process when dropped (also when a test fails).
 pub struct Killed(pub Child);
 
@@ -228,15 +238,16 @@ pub fn kill_while_producing(
                 kill % 6 != 3 || uncommitted_records(data, 0) > 0
             }
         };
-        let started = std::time::Instant::now();
-        while !progressed(kill) {
-            assert!(
-                started.elapsed() < PROGRESS_DEADLINE,
-                "ingest made no progress: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_until(
+            Duration::from_millis(2),
+            || progressed(kill),
+            || {
+                format!(
+                    "ingest made no progress: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            },
+        );
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         std::thread::sleep(Duration::from_millis((seed >> 33) % 200));
         drop(child);
