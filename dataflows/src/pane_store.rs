@@ -37,7 +37,7 @@ use std::mem::size_of;
 use hashbrown::HashTable;
 
 use self::changes::ChangeLog;
-use self::codec::{encode, Entries, Entry};
+use self::codec::{encode, Encoder, Entries, Entry};
 use self::spill::{Spill, SpilledPane};
 pub use self::spill::{SpillConfig, SpillError, SPILL_DISK_FULL_FAILPOINT, SPILL_FORMAT_VERSION};
 use crate::agg::{Agg, Sum};
@@ -94,8 +94,10 @@ pub struct PaneStore {
     live_partials: usize,
     /// Bytes of key text stored outside the keys (longer than inline).
     spilled_text_bytes: usize,
-    /// Entries of a pane being inserted, reused.
-    scratch: Vec<Entry>,
+    /// Sort keys of a staged run being applied (`slot << 32 | offset`),
+    /// reused: 8 bytes a partial, where decoded entries took 48 and, freed
+    /// after each pane, made a million-key pane fault in fresh pages.
+    order: Vec<u64>,
     /// A pane's bytes being encoded, reused.
     encoded: Vec<u8>,
     /// What changed since the last window, when changes are tracked.
@@ -146,7 +148,7 @@ impl PaneStore {
             front_end: 0,
             live_partials: 0,
             spilled_text_bytes: 0,
-            scratch: Vec::new(),
+            order: Vec::new(),
             encoded: Vec::new(),
             changes: None,
             staged: std::collections::BTreeMap::new(),
@@ -289,7 +291,7 @@ impl PaneStore {
             + self.free.capacity() * size_of::<u32>()
             + self.panes.iter().map(Pane::heap_bytes).sum::<usize>()
             + self.panes.capacity() * size_of::<Pane>()
-            + self.scratch.capacity() * size_of::<Entry>()
+            + self.order.capacity() * size_of::<u64>()
             + self.encoded.capacity()
             + self.staged_heap_bytes()
             + self.changes.as_ref().map_or(0, ChangeLog::heap_bytes)
@@ -358,36 +360,42 @@ impl PaneStore {
             pane_start.is_multiple_of(self.slide_ms),
             "pane {pane_start} off the slide"
         );
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
+        let mut entries = Vec::new();
         for (key, agg, copies) in partials {
             let slot = self.slot_of(key);
-            scratch.push(entry_of(slot, agg, copies));
+            entries.push(entry_of(slot, agg, copies));
         }
-        self.insert_entries(pane_start, &mut scratch);
-        self.keep_scratch(scratch);
+        // One entry per key: merge the partials of several workers.
+        merge_by_slot(&mut entries);
+        self.insert_entries(pane_start, entries.into_iter());
     }
 
-    /// Adds `scratch` (entries of slots already allocated) as the pane
-    /// starting at `pane_start`; see [`PaneStore::insert_pane`].
-    fn insert_entries(&mut self, pane_start: u64, scratch: &mut Vec<Entry>) {
+    /// Adds `entries` (of slots already allocated; sorted by slot, one per
+    /// slot) as the pane starting at `pane_start`; see
+    /// [`PaneStore::insert_pane`].
+    fn insert_entries(&mut self, pane_start: u64, entries: impl Iterator<Item = Entry>) {
         assert!(
             pane_start >= self.front_end,
             "pane {pane_start} enters below the front stack's end {}",
             self.front_end
         );
-        // One entry per key: merge the partials of several workers.
-        merge_by_slot(scratch);
-        for &(slot, count, sum, min, max) in scratch.iter() {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        let mut encoder = Encoder::default();
+        let mut added = 0;
+        for entry in entries {
+            let (slot, count, sum, min, max) = entry;
             let s = slot as usize;
             self.note_change(slot);
             self.counts[s] += count;
             self.sums[s] += sum;
             self.back_min[s] = self.back_min[s].min(min);
             self.back_max[s] = self.back_max[s].max(max);
+            encoder.push(&mut encoded, entry);
+            added += 1;
         }
         let position = self.panes.partition_point(|p| p.start < pane_start);
-        if self
+        let pane = if self
             .panes
             .get(position)
             .is_some_and(|p| p.start == pane_start)
@@ -397,40 +405,38 @@ impl PaneStore {
             let mut old = self.panes.remove(position).expect("found above");
             self.live_partials -= old.entries;
             let old_bytes = self.take_bytes(&mut old);
-            scratch.extend(Entries::new(&old_bytes));
-            merge_by_slot(scratch);
-            let pane = self.pane(pane_start, scratch);
-            self.panes.insert(position, pane);
+            let mut merged: Vec<Entry> = Entries::new(&encoded).collect();
+            merged.extend(Entries::new(&old_bytes));
+            merge_by_slot(&mut merged);
+            encoded.clear();
+            encode(merged.iter().copied(), &mut encoded);
+            Pane {
+                start: pane_start,
+                entries: merged.len(),
+                bytes: PaneBytes::Memory(encoded.as_slice().into()),
+            }
         } else {
-            let pane = self.pane(pane_start, scratch);
-            self.panes.insert(position, pane);
-        }
-        self.live_partials += scratch.len();
+            Pane {
+                start: pane_start,
+                entries: added,
+                bytes: PaneBytes::Memory(encoded.as_slice().into()),
+            }
+        };
+        self.live_partials += pane.entries;
+        self.panes.insert(position, pane);
+        self.encoded = encoded;
+        self.keep_buffers();
         self.enforce_budget();
     }
 
-    /// Keeps `scratch` (and the encoding buffer) for the next pane if they
-    /// are small; a pane of a million keys would otherwise keep ~60 MB
-    /// between panes, at the moment the combiner's next pane is largest.
-    fn keep_scratch(&mut self, scratch: Vec<Entry>) {
-        self.scratch = if scratch.capacity() > KEEP_SCRATCH_ENTRIES {
-            Vec::new()
-        } else {
-            scratch
-        };
-        if self.encoded.capacity() > KEEP_SCRATCH_ENTRIES * 8 {
-            self.encoded = Vec::new();
+    /// Keeps the sort keys and the encoding buffer for the next pane up to
+    /// a bound: a pane of a million keys keeps ~20 MB between panes.
+    fn keep_buffers(&mut self) {
+        if self.order.capacity() > KEEP_ORDER_ENTRIES {
+            self.order = Vec::new();
         }
-    }
-
-    /// A pane of `entries` (sorted by slot, one per slot).
-    fn pane(&mut self, start: u64, entries: &[Entry]) -> Pane {
-        self.encoded.clear();
-        encode(entries.iter().copied(), &mut self.encoded);
-        Pane {
-            start,
-            entries: entries.len(),
-            bytes: PaneBytes::Memory(self.encoded.as_slice().into()),
+        if self.encoded.capacity() > KEEP_ENCODED_BYTES {
+            self.encoded = Vec::new();
         }
     }
 
@@ -504,8 +510,7 @@ impl PaneStore {
             };
         }
         self.panes = panes;
-        let scratch = std::mem::take(&mut self.scratch);
-        self.keep_scratch(scratch);
+        self.keep_buffers();
         self.back_min.fill(i64::MAX);
         self.back_max.fill(i64::MIN);
     }
@@ -544,8 +549,10 @@ impl PaneStore {
     }
 }
 
-/// Scratch buffers larger than this many entries are freed after use.
-const KEEP_SCRATCH_ENTRIES: usize = 1 << 16;
+/// Sort keys beyond this many are freed after a pane (16 MiB).
+const KEEP_ORDER_ENTRIES: usize = 1 << 21;
+/// An encoding buffer larger than this is freed after a pane.
+const KEEP_ENCODED_BYTES: usize = 32 << 20;
 
 /// The entry of `copies` copies of `agg` for `slot`.
 fn entry_of(slot: u32, agg: Agg, copies: u64) -> Entry {

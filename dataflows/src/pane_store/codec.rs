@@ -22,7 +22,21 @@
 pub type Entry = (u32, u64, i128, i64, i64);
 
 #[inline]
-fn put_varint(out: &mut Vec<u8>, mut value: u128) {
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A `u128` varint: the same bytes as [`put_varint`] for values that fit
+/// a `u64`, which most sums do (its arithmetic is cheaper).
+#[inline]
+fn put_varint128(out: &mut Vec<u8>, mut value: u128) {
+    if let Ok(small) = u64::try_from(value) {
+        return put_varint(out, small);
+    }
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -42,15 +56,29 @@ fn unzigzag64(code: u64) -> i64 {
 
 /// Appends `entries` (sorted by slot) to `out`.
 pub fn encode(entries: impl IntoIterator<Item = Entry>, out: &mut Vec<u8>) {
-    let mut previous_slot = 0u32;
-    for (slot, count, sum, min, max) in entries {
-        debug_assert!(slot >= previous_slot, "entries out of slot order");
-        put_varint(out, u128::from(slot - previous_slot));
-        previous_slot = slot;
-        put_varint(out, u128::from(count));
-        put_varint(out, ((sum << 1) ^ (sum >> 127)) as u128);
-        put_varint(out, u128::from(zigzag64(min).wrapping_add(2)));
-        put_varint(out, u128::from(zigzag64(max).wrapping_add(1)));
+    let mut encoder = Encoder::default();
+    for entry in entries {
+        encoder.push(out, entry);
+    }
+}
+
+/// Writes entries one at a time, as [`encode`] does.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    previous_slot: u32,
+}
+
+impl Encoder {
+    /// Appends `entry`, whose slot is not below the previous entry's.
+    #[inline]
+    pub fn push(&mut self, out: &mut Vec<u8>, (slot, count, sum, min, max): Entry) {
+        debug_assert!(slot >= self.previous_slot, "entries out of slot order");
+        put_varint(out, u64::from(slot - self.previous_slot));
+        self.previous_slot = slot;
+        put_varint(out, count);
+        put_varint128(out, ((sum << 1) ^ (sum >> 127)) as u128);
+        put_varint(out, zigzag64(min).wrapping_add(2));
+        put_varint(out, zigzag64(max).wrapping_add(1));
     }
 }
 
@@ -71,16 +99,44 @@ impl<'a> Entries<'a> {
         }
     }
 
+    /// A varint of at most 64 bits (10 bytes).
     #[inline]
-    fn varint(&mut self) -> u128 {
-        let mut value = 0u128;
-        let mut shift = 0;
+    fn varint(&mut self) -> u64 {
+        let mut value = 0u64;
+        let mut shift = 0u32;
         loop {
             let byte = self.bytes[self.position];
             self.position += 1;
-            value |= u128::from(byte & 0x7f) << shift;
+            value |= u64::from(byte & 0x7f).wrapping_shl(shift);
             if byte < 0x80 {
                 return value;
+            }
+            shift += 7;
+        }
+    }
+
+    /// A varint of up to 128 bits: in `u64` arithmetic for its first nine
+    /// bytes (63 bits), which hold most sums.
+    #[inline]
+    fn varint128(&mut self) -> u128 {
+        let mut value = 0u64;
+        let mut shift = 0u32;
+        while shift < 63 {
+            let byte = self.bytes[self.position];
+            self.position += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return u128::from(value);
+            }
+            shift += 7;
+        }
+        let mut wide = u128::from(value);
+        loop {
+            let byte = self.bytes[self.position];
+            self.position += 1;
+            wide |= u128::from(byte & 0x7f).wrapping_shl(shift);
+            if byte < 0x80 {
+                return wide;
             }
             shift += 7;
         }
@@ -96,11 +152,11 @@ impl Iterator for Entries<'_> {
             return None;
         }
         self.slot += self.varint() as u32;
-        let count = self.varint() as u64;
-        let sum_code = self.varint();
+        let count = self.varint();
+        let sum_code = self.varint128();
         let sum = ((sum_code >> 1) as i128) ^ -((sum_code & 1) as i128);
-        let min = unzigzag64((self.varint() as u64).wrapping_sub(2));
-        let max = unzigzag64((self.varint() as u64).wrapping_sub(1));
+        let min = unzigzag64(self.varint().wrapping_sub(2));
+        let max = unzigzag64(self.varint().wrapping_sub(1));
         Some((self.slot, count, sum, min, max))
     }
 }
@@ -110,12 +166,12 @@ impl Iterator for Entries<'_> {
 /// full (staged partials are in arrival order).
 pub fn encode_staged(out: &mut Vec<u8>, slides_back: u64, entry: Entry) {
     let (slot, count, sum, min, max) = entry;
-    put_varint(out, u128::from(slides_back));
-    put_varint(out, u128::from(slot));
-    put_varint(out, u128::from(count));
-    put_varint(out, ((sum << 1) ^ (sum >> 127)) as u128);
-    put_varint(out, u128::from(zigzag64(min).wrapping_add(2)));
-    put_varint(out, u128::from(zigzag64(max).wrapping_add(1)));
+    put_varint(out, slides_back);
+    put_varint(out, u64::from(slot));
+    put_varint(out, count);
+    put_varint128(out, ((sum << 1) ^ (sum >> 127)) as u128);
+    put_varint(out, zigzag64(min).wrapping_add(2));
+    put_varint(out, zigzag64(max).wrapping_add(1));
 }
 
 /// Reads what [`encode_staged`] wrote: `(slides back, entry)`.
@@ -142,7 +198,7 @@ impl Iterator for StagedEntries<'_> {
         if entries.position == entries.bytes.len() {
             return None;
         }
-        let slides_back = entries.varint() as u64;
+        let slides_back = entries.varint();
         // Slots are written in full: no delta from the previous one.
         entries.slot = 0;
         entries.next().map(|entry| (slides_back, entry))
@@ -151,6 +207,8 @@ impl Iterator for StagedEntries<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -180,6 +238,39 @@ mod tests {
         let mut bytes = Vec::new();
         encode(entries.iter().copied(), &mut bytes);
         assert_eq!(Entries::new(&bytes).collect::<Vec<_>>(), entries);
+    }
+
+    fn any_sum() -> impl Strategy<Value = i128> {
+        prop_oneof![
+            any::<i128>(),
+            any::<i64>().prop_map(i128::from),
+            // Around the 63- and 64-bit varint boundaries.
+            (-3i128..3).prop_map(|d| (1i128 << 63) + d),
+            (-3i128..3).prop_map(|d| -(1i128 << 63) + d),
+            (-3i128..3).prop_map(|d| (1i128 << 64) + d),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_entries_round_trip_in_both_layouts(
+            mut entries in proptest::collection::vec(
+                (any::<u32>(), any::<u64>(), any_sum(), any::<i64>(), any::<i64>()),
+                0..40,
+            ),
+            back in any::<u64>(),
+        ) {
+            let mut staged = Vec::new();
+            for &entry in &entries {
+                encode_staged(&mut staged, back, entry);
+            }
+            let decoded: Vec<(u64, Entry)> = StagedEntries::new(&staged).collect();
+            prop_assert_eq!(decoded, entries.iter().map(|&e| (back, e)).collect::<Vec<_>>());
+            entries.sort_by_key(|e| e.0);
+            let mut bytes = Vec::new();
+            encode(entries.iter().copied(), &mut bytes);
+            prop_assert_eq!(Entries::new(&bytes).collect::<Vec<_>>(), entries);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! run written is a spill file of its own, read back when its time comes,
 //! so a restore never holds the restored state in memory at once.
 
-use super::codec::{encode_staged, Entry, StagedEntries};
+use super::codec::{encode_staged, StagedEntries};
 use super::spill::SpilledPane;
 use super::{entry_of, PaneStore};
 use crate::agg::Agg;
@@ -137,32 +137,71 @@ impl PaneStore {
             }
             let ((_, pane_start), staged) = entry.remove_entry();
             self.staged_bytes_hint = staged.bytes.len();
-            let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.clear();
-            // Sized once: grown by doubling, a pane of a million partials
-            // copied ~100 MB into freshly faulted pages.
-            scratch.reserve_exact(staged.count);
+            // Runs on disk first, then the one in memory: one buffer of
+            // packed partials for the pane.
+            let mut run = Vec::new();
             for spilled in &staged.on_disk {
                 let spill = self.spill.as_mut().expect("runs on disk have a spill");
                 match spill.take(pane_start, spilled) {
-                    Ok(bytes) => self.unstage(&bytes, &mut scratch),
+                    Ok(bytes) => run.extend_from_slice(&bytes),
                     // The store is failed: its aggregates are not emitted.
                     Err(e) => drop(self.failure.get_or_insert(e)),
                 }
             }
-            self.unstage(&staged.bytes, &mut scratch);
-            drop(staged);
-            self.insert_entries(pane_start, &mut scratch);
-            self.keep_scratch(scratch);
+            let run = if run.is_empty() {
+                staged.bytes
+            } else {
+                run.extend_from_slice(&staged.bytes);
+                run
+            };
+            self.apply_run(pane_start, &run);
         }
     }
 
-    /// Decodes packed partials into `scratch`; their keys' slots are no
-    /// longer held by them.
-    fn unstage(&mut self, bytes: &[u8], scratch: &mut Vec<Entry>) {
-        for (_, entry) in StagedEntries::new(bytes) {
-            self.staged_refs[entry.0 as usize] -= 1;
-            scratch.push(entry);
+    /// Adds the packed partials `run` as pane `pane_start`: sorted by slot
+    /// through 8-byte keys (slot, offset), each slot's partials merged.
+    fn apply_run(&mut self, pane_start: u64, run: &[u8]) {
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        let mut entries = StagedEntries::new(run);
+        loop {
+            let offset = entries.position();
+            let Some((_, (slot, ..))) = entries.next() else {
+                break;
+            };
+            // The key's slot is no longer held by this partial.
+            self.staged_refs[slot as usize] -= 1;
+            order.push(u64::from(slot) << 32 | offset_key(offset));
         }
+        order.sort_unstable();
+        let at = |key: u64| {
+            let offset = (key & u64::from(u32::MAX)) as usize;
+            let (_, entry) = StagedEntries::new(&run[offset..])
+                .next()
+                .expect("an offset of an entry");
+            entry
+        };
+        let mut keys = order.iter().copied().peekable();
+        let merged = std::iter::from_fn(|| {
+            let mut entry = at(keys.next()?);
+            while let Some(key) = keys.next_if(|k| (k >> 32) as u32 == entry.0) {
+                let more = at(key);
+                entry.1 += more.1;
+                entry.2 += more.2;
+                entry.3 = entry.3.min(more.3);
+                entry.4 = entry.4.max(more.4);
+            }
+            Some(entry)
+        });
+        self.insert_entries(pane_start, merged);
+        self.order = order;
     }
+}
+
+/// `offset` as the low half of a sort key: a run of one (time, pane) on one
+/// worker holds less than 4 GiB of packed partials (~400M partials).
+fn offset_key(offset: usize) -> u64 {
+    u32::try_from(offset)
+        .map(u64::from)
+        .expect("a pane's staged partials on one worker take less than 4 GiB")
 }
