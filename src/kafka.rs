@@ -20,7 +20,11 @@ use wire::{Reader, WireError, Writer};
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Bytes a fetch asks for, in all and per partition.
 const FETCH_MAX_BYTES: i32 = 16 << 20;
-const FETCH_PARTITION_MAX_BYTES: i32 = 4 << 20;
+/// Bytes a fetch asks for per partition at first.
+pub const FETCH_PARTITION_MAX_BYTES: i32 = 4 << 20;
+/// The most a fetch asks for per partition: a record batch larger than
+/// this is refused (a response is at most [`MAX_RESPONSE_BYTES`]).
+pub const FETCH_PARTITION_LIMIT_BYTES: i32 = 32 << 20;
 
 const PRODUCE: i16 = 0;
 const FETCH: i16 = 1;
@@ -68,6 +72,18 @@ pub enum KafkaErrorKind {
         /// Kafka's error code.
         code: i16,
     },
+    /// A record batch larger than a fetch may ask for.
+    #[error("partition {partition} of {topic} at offset {offset}: a record batch of {batch_bytes} bytes, more than the {FETCH_PARTITION_LIMIT_BYTES} bytes a fetch may ask for")]
+    BatchTooLarge {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Where the batch starts.
+        offset: i64,
+        /// Its size.
+        batch_bytes: usize,
+    },
     /// A partition is led by another broker.
     #[error("partition {partition} of {topic} is led by broker {leader}, not this one (one-broker clusters only)")]
     OtherLeader {
@@ -113,9 +129,14 @@ pub struct KafkaClient {
     correlation: i32,
 }
 
+/// How long a source's request may take once sent (Kafka clients'
+/// `request.timeout.ms` default): a broker may take seconds to serve a
+/// fetch of a large backlog (tansu with SQLite: over 5 s for a 5 MB batch).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl KafkaClient {
     /// Connects to `server` (`host:port`); `timeout` bounds the connection
-    /// and each request (a fetch adds its wait).
+    /// and each request, until [`KafkaClient::set_request_timeout`].
     pub fn connect(server: &str, timeout: Duration) -> Result<Self, KafkaError> {
         let error = |e| KafkaError {
             server: server.to_owned(),
@@ -139,6 +160,16 @@ impl KafkaClient {
             }
         }
         Err(error(last))
+    }
+
+    /// Sets how long each request may take from now on (the connection's
+    /// read and write timeouts).
+    pub fn set_request_timeout(&mut self, timeout: Duration) -> Result<(), KafkaError> {
+        let result = self
+            .socket
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| self.socket.set_write_timeout(Some(timeout)));
+        result.map_err(|e| self.error(KafkaErrorKind::Io(e)))
     }
 
     /// An error of this connection.
@@ -304,12 +335,12 @@ impl KafkaClient {
             .ok_or_else(|| self.error(KafkaErrorKind::TopicNotFound(topic.to_owned())))
     }
 
-    /// Fetches from each `(partition, offset)`, waiting up to `max_wait_ms`
-    /// for data.
+    /// Fetches from each `(partition, offset, max bytes)`, waiting up to
+    /// `max_wait_ms` for data.
     pub fn fetch(
         &mut self,
         topic: &str,
-        at: &[(i32, i64)],
+        at: &[(i32, i64, i32)],
         max_wait_ms: i32,
     ) -> Result<Vec<PartitionFetch>, KafkaError> {
         let mut body = Writer::default();
@@ -321,10 +352,10 @@ impl KafkaClient {
         body.array_len(1);
         body.string(topic);
         body.array_len(at.len());
-        for &(partition, offset) in at {
+        for &(partition, offset, max_bytes) in at {
             body.i32(partition);
             body.i64(offset);
-            body.i32(FETCH_PARTITION_MAX_BYTES);
+            body.i32(max_bytes);
         }
         let response = self.call(FETCH, 4, &body.buf)?;
         let wire = self.wire("Fetch");

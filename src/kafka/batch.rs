@@ -60,6 +60,17 @@ pub fn decode_batches(bytes: &[u8], from: i64) -> Result<(Vec<KafkaRecord<'_>>, 
     Ok((records, next))
 }
 
+/// The size of the first batch in `bytes` when `bytes` holds only part of
+/// it: a broker that cuts a fetch at the partition's byte limit (Kafka
+/// itself returns a first batch whole, whatever the limit) needs a larger
+/// limit to make progress.
+pub fn incomplete_first_batch_bytes(bytes: &[u8]) -> Option<usize> {
+    let prefix = bytes.get(..BATCH_PREFIX_BYTES)?;
+    let batch_len = i32::from_be_bytes(prefix[8..12].try_into().expect("4 bytes"));
+    let whole = BATCH_PREFIX_BYTES + usize::try_from(batch_len).ok()?;
+    (whole > bytes.len()).then_some(whole)
+}
+
 /// Decodes one batch body (after `batch_length`); returns its last offset.
 fn decode_batch<'a>(
     body: &'a [u8],
@@ -184,6 +195,21 @@ mod tests {
             let partial = [a.clone(), b[..cut].to_vec()].concat();
             let (records, next) = decode_batches(&partial, 10).unwrap();
             assert_eq!((records.len(), next), (2, 12), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_first_batch_cut_short_gives_its_whole_size() {
+        let batch = encode_batch(&[b"x", b"yy"], 5);
+        assert_eq!(incomplete_first_batch_bytes(&batch), None);
+        assert_eq!(incomplete_first_batch_bytes(&[]), None);
+        for cut in 0..batch.len() {
+            let expected = (cut >= BATCH_PREFIX_BYTES).then_some(batch.len());
+            assert_eq!(
+                incomplete_first_batch_bytes(&batch[..cut]),
+                expected,
+                "cut {cut}"
+            );
         }
     }
 

@@ -233,3 +233,36 @@ fn unreachable_brokers_and_missing_topics_are_named() {
             == Some(2)
     );
 }
+
+/// A record batch larger than a fetch's first size (4 MiB) is read whole:
+/// a broker that cuts a fetch at the size limit must not leave the source
+/// fetching the same partial batch for ever.
+#[test]
+fn a_batch_larger_than_the_fetch_size_is_read() {
+    let Some(binary) = server_binary("tansu", "TANSU") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let _broker = start_broker(&binary, port, &tmp.path().join("store"));
+    create_topic(port);
+    // ~5 MB of records in one batch, into partition 0.
+    let n = 320_000;
+    let values: Vec<Vec<u8>> = (0..n).map(message).collect();
+    assert!(values.iter().map(Vec::len).sum::<usize>() > 4 << 20);
+    let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    KafkaClient::connect(&addr(port), TIMEOUT)
+        .unwrap()
+        .produce("ev", 0, &refs)
+        .unwrap();
+    let data = tmp.path().join("data");
+    let out = output_within(
+        &mut ingest(port, &data, &["--until-caught-up"]),
+        PROGRESS_DEADLINE,
+    );
+    assert_success(&out, "ingest of a batch larger than the fetch size");
+    let all: Vec<u64> = (0..n).collect();
+    check_exactly_once(&data, 0, &all, &dead_letters(&data, 0), |at, _| {
+        at as u64 + 1
+    });
+}

@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 use super::appender::{partition_bytes, Appender, SourceMessage};
 use super::options::{reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL};
 use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
-use crate::kafka::batch::decode_batches;
-use crate::kafka::{KafkaClient, KafkaError, KafkaErrorKind};
+use crate::kafka::batch::{decode_batches, incomplete_first_batch_bytes};
+use crate::kafka::{
+    KafkaClient, KafkaError, KafkaErrorKind, FETCH_PARTITION_LIMIT_BYTES,
+    FETCH_PARTITION_MAX_BYTES, REQUEST_TIMEOUT,
+};
 
 /// How long a fetch waits on the broker for data.
 const FETCH_WAIT_MS: i32 = 100;
@@ -35,7 +38,11 @@ pub(super) fn ingest_kafka(
     stop: &AtomicBool,
 ) -> Result<StreamIngestReport, StreamIngestError> {
     let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
-    let connect = || KafkaClient::connect(&source.server, timeout);
+    let connect = || {
+        let mut client = KafkaClient::connect(&source.server, timeout)?;
+        client.set_request_timeout(REQUEST_TIMEOUT.max(timeout))?;
+        Ok::<_, KafkaError>(client)
+    };
     let mut client = connect()?;
     let topic = source.name.as_str();
     let partitions = client.partitions(topic)?;
@@ -73,9 +80,15 @@ pub(super) fn ingest_kafka(
         }
     }
     let targets = client.offsets(topic, &partitions, -1)?;
+    // Bytes each partition's fetch asks for: grown for a batch larger than it.
+    let mut fetch_bytes = vec![FETCH_PARTITION_MAX_BYTES; partitions.len()];
     let interval = Duration::from_millis(options.commit_interval_ms.max(1));
     let (mut last_commit, mut last_flush) = (Instant::now(), Instant::now());
     let mut reconnects = 0;
+    // Since when fetches have failed, with no fetch answered in between: a
+    // broker that accepts connections but never answers a fetch in time
+    // must end the source, not keep it retrying silently.
+    let mut failing_since: Option<Instant> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -110,14 +123,22 @@ pub(super) fn ingest_kafka(
                 }
             }
         }
-        let at: Vec<(i32, i64)> = partitions
-            .iter()
-            .copied()
-            .zip(fetch_from.iter().copied())
+        let at: Vec<(i32, i64, i32)> = (0..partitions.len())
+            .map(|i| (partitions[i], fetch_from[i], fetch_bytes[i]))
             .collect();
-        match fetch_into(&mut client, topic, &at, &mut appenders, &mut fetch_from) {
-            Ok(()) => {}
+        let positions = (&mut fetch_from[..], &mut fetch_bytes[..]);
+        match fetch_into(&mut client, topic, &at, &mut appenders, positions) {
+            Ok(()) => failing_since = None,
             Err(StreamIngestError::Kafka(e)) if e.is_transient() => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                let waited_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if waited_ms >= options.reconnect_limit_ms {
+                    commit_all(&mut appenders)?;
+                    return Err(StreamIngestError::ReconnectGaveUp {
+                        waited_ms,
+                        last: e.to_string(),
+                    });
+                }
                 tracing::warn!("{source}: {e}; reconnecting");
                 commit_all(&mut appenders)?;
                 last_commit = Instant::now();
@@ -162,12 +183,12 @@ pub(super) fn ingest_kafka(
 fn fetch_into(
     client: &mut KafkaClient,
     topic: &str,
-    at: &[(i32, i64)],
+    at: &[(i32, i64, i32)],
     appenders: &mut [Appender],
-    fetch_from: &mut [i64],
+    (fetch_from, fetch_bytes): (&mut [i64], &mut [i32]),
 ) -> Result<(), StreamIngestError> {
     for fetched in client.fetch(topic, at, FETCH_WAIT_MS)? {
-        let Some(i) = at.iter().position(|&(p, _)| p == fetched.partition) else {
+        let Some(i) = at.iter().position(|&(p, ..)| p == fetched.partition) else {
             continue;
         };
         if fetched.error_code != 0 {
@@ -188,6 +209,31 @@ fn fetch_into(
                 error,
             })
         })?;
+        if next == at[i].1 {
+            // No complete batch: a broker that cut the first one at the
+            // byte limit is asked for all of it next time.
+            if let Some(whole) = incomplete_first_batch_bytes(&fetched.records) {
+                let needed = i32::try_from(whole).unwrap_or(i32::MAX);
+                if needed > FETCH_PARTITION_LIMIT_BYTES {
+                    return Err(client
+                        .error(KafkaErrorKind::BatchTooLarge {
+                            topic: topic.to_owned(),
+                            partition: fetched.partition,
+                            offset: at[i].1,
+                            batch_bytes: whole,
+                        })
+                        .into());
+                }
+                if needed > fetch_bytes[i] {
+                    tracing::debug!(
+                        partition = fetched.partition,
+                        bytes = needed,
+                        "a record batch larger than the fetch size: asking for it whole"
+                    );
+                    fetch_bytes[i] = needed;
+                }
+            }
+        }
         for record in records {
             let seq = u64::try_from(record.offset).unwrap_or(0) + 1;
             appenders[i].accept(&SourceMessage {
