@@ -46,7 +46,6 @@
 //! files. The tests therefore expect to run in the package directory, as
 //! `cargo test` and `cargo nextest` do.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use weir::csv_input::CsvReader;
@@ -61,6 +60,8 @@ use weir::log::{
 };
 use weir::sink::{output_file_names, WorkerOutputs};
 use weir_dataflows::{Agg, LateRow, WindowRow, MAX_EVENT_TS_MS};
+
+use crate::support::{copy_tree, snapshot};
 
 /// The topic of the golden log.
 const TOPIC: &str = "events";
@@ -196,24 +197,6 @@ fn expected_manifest() -> Manifest {
     }
 }
 
-/// Every file under `dir`, by relative path, with its content.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let bytes = std::fs::read(&p).unwrap();
-                out.insert(p.strip_prefix(root).unwrap().to_owned(), bytes);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 /// Fails unless the files under `got` are exactly those under `golden`,
 /// naming each file that differs and where.
 fn assert_same_files(got: &Path, golden: &Path) {
@@ -250,14 +233,6 @@ fn assert_same_files(got: &Path, golden: &Path) {
 }
 
 /// Copies the files of `from` into `to` (one level of subdirectories).
-fn copy_tree(from: &Path, to: &Path) {
-    for (rel, bytes) in snapshot(from) {
-        let dest = to.join(rel);
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::write(dest, bytes).unwrap();
-    }
-}
-
 fn assert_in_package_dir() {
     let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
     let package = Path::new(env!("CARGO_MANIFEST_DIR"))

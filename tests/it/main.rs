@@ -7,6 +7,7 @@ mod distinct;
 mod emit_changes;
 mod eviction;
 mod golden;
+mod golden_restore;
 mod idle;
 mod ingest;
 mod kafka;

@@ -1,0 +1,177 @@
+//! Golden run states (issue 17): data directories left by an earlier
+//! binary, restored by this one and continued to the end of their log.
+//!
+//! `tests/golden/run-state-<N>/<case>/` holds, for each query case, the
+//! `data/` (input log, checkpoint store, commit stream) and `out/` (output
+//! files) of a run whose sidecar aborted right after its first commit
+//! (`WEIR_FAILPOINT=after-commit`), with `expected-windows.csv` and
+//! `expected-late.csv`: the rows of a failure-free run of the same input,
+//! sorted. `N` numbers the generation of the on-disk formats (`docs/formats.md`
+//! lists what each holds); every generation kept here is restored by every
+//! later binary, so a format change that old state no longer restores
+//! from, or restores into other results, fails this test. A new format
+//! version adds a generation ([`CURRENT_GENERATION`]) and keeps the old.
+//!
+//! The test copies a case, runs the same query on the copy's log without
+//! `--input` (on one worker: the state was written by two), and compares
+//! every output row with the expected ones.
+//!
+//! # Blessing a new generation
+//! Only with a format version bump, after `docs/formats.md` is updated:
+//!
+//! ```text
+//! WEIR_BLESS=1 cargo nextest run -E 'test(/golden_restore::/)'
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::support::{assert_success, copy_tree, sorted_rows, weir};
+
+/// The format generation [`bless`] writes.
+const CURRENT_GENERATION: u32 = 1;
+
+/// A query case: its name, the `weir run` query arguments, and the input.
+struct Case {
+    name: &'static str,
+    query: &'static [&'static str],
+}
+
+const CASES: [Case; 2] = [
+    Case {
+        name: "sliding-sketches",
+        query: &[
+            "--query",
+            "window",
+            "--window",
+            "sliding:20s/5s",
+            "--lateness",
+            "2s",
+            "--aggregates",
+            "count,sum,min,max,distinct,topk",
+            "--topk",
+            "3",
+        ],
+    },
+    Case {
+        name: "session",
+        query: &[
+            "--query",
+            "window",
+            "--window",
+            "session:3s",
+            "--lateness",
+            "2s",
+        ],
+    },
+];
+
+fn golden_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn path_arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Writes generation [`CURRENT_GENERATION`] of `case` into `dir`.
+fn bless(case: &Case, dir: &Path) {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("csv");
+    let generated = weir()
+        .args(["gen", "zipf", "--events", "10000", "--partitions", "2"])
+        .args(["--keys", "40", "--rate", "500", "--late-fraction", "0.01"])
+        .args(["--seed", "7", "--out", &path_arg(&csv)])
+        .output()
+        .unwrap();
+    assert_success(&generated, "generating the input");
+    let _ = std::fs::remove_dir_all(dir);
+    let (data, out) = (dir.join("data"), dir.join("out"));
+    // Without --until-end the run cannot end before the failpoint.
+    let crashed = weir()
+        .arg("run")
+        .args(case.query)
+        .args(["--input", &path_arg(&csv), "--data-dir", &path_arg(&data)])
+        .args(["--out", &path_arg(&out), "--workers", "2"])
+        .args(["--checkpoint-interval", "20ms"])
+        .env("WEIR_FAILPOINT", "after-commit")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert!(
+        stderr.contains("failpoint `after-commit` reached"),
+        "{stderr}"
+    );
+    for leftover in ["sidecar.sock", "ingest.lock", "checkpoints/LOCK"] {
+        let _ = std::fs::remove_file(data.join(leftover));
+    }
+    let reference = tmp.path().join("reference");
+    let done = weir()
+        .arg("run")
+        .args(case.query)
+        .args(["--input", &path_arg(&csv)])
+        .args(["--data-dir", &path_arg(&reference.join("data"))])
+        .args(["--out", &path_arg(&reference.join("out"))])
+        .args(["--workers", "2", "--no-checkpoint", "--until-end"])
+        .output()
+        .unwrap();
+    assert_success(&done, "the failure-free run");
+    for kind in ["windows", "late"] {
+        let mut rows = String::new();
+        for row in sorted_rows(&reference.join("out"), kind) {
+            rows.push_str(&row);
+            rows.push('\n');
+        }
+        std::fs::write(dir.join(format!("expected-{kind}.csv")), rows).unwrap();
+    }
+}
+
+#[test]
+fn every_golden_run_state_restores_and_continues_to_the_recorded_output() {
+    if std::env::var_os("WEIR_BLESS").is_some_and(|v| v == "1") {
+        for case in &CASES {
+            let dir = golden_root()
+                .join(format!("run-state-{CURRENT_GENERATION}"))
+                .join(case.name);
+            bless(case, &dir);
+        }
+    }
+    let mut restored = 0;
+    for generation in 1..=CURRENT_GENERATION {
+        for case in &CASES {
+            let golden = golden_root()
+                .join(format!("run-state-{generation}"))
+                .join(case.name);
+            let tmp = tempfile::tempdir().unwrap();
+            copy_tree(&golden, tmp.path());
+            let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+            let what = format!("generation {generation}, {}", case.name);
+            let run = weir()
+                .arg("run")
+                .args(case.query)
+                .args(["--data-dir", &path_arg(&data), "--out", &path_arg(&out)])
+                .args(["--workers", "1", "--until-end"])
+                .output()
+                .unwrap();
+            assert_success(&run, &what);
+            // The state restored is not empty: "restore load   N updates".
+            let summary = String::from_utf8_lossy(&run.stdout);
+            let updates: u64 = summary
+                .lines()
+                .find_map(|l| l.strip_prefix("restore load"))
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            assert!(updates > 0, "{what}: no state restored:\n{summary}");
+            for kind in ["windows", "late"] {
+                let expected =
+                    std::fs::read_to_string(golden.join(format!("expected-{kind}.csv"))).unwrap();
+                let expected: Vec<&str> = expected.lines().collect();
+                assert!(
+                    sorted_rows(&out, kind) == expected,
+                    "{what}: the {kind} rows differ from the recorded ones"
+                );
+            }
+            restored += 1;
+        }
+    }
+    assert_eq!(restored, CASES.len() * CURRENT_GENERATION as usize);
+}
