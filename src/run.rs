@@ -89,7 +89,14 @@ pub struct RunHooks {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Live figures of the run, updated by worker 0 of this process.
     pub gauges: Option<std::sync::Arc<RunGauges>>,
+    /// More metrics for the run's endpoint (`--metrics-addr`), in the
+    /// Prometheus text format: the stream source's with `weir run --from`.
+    pub extra_metrics: Option<ExtraMetrics>,
 }
+
+/// Renders metrics of something beside the engine, in the Prometheus text
+/// format, each time the endpoint is scraped.
+pub type ExtraMetrics = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Live figures of a running engine (event times in ms; `u64::MAX` for
 /// "none yet" / "input complete").
@@ -126,6 +133,7 @@ impl std::fmt::Debug for RunHooks {
             .field("observer", &self.observer.is_some())
             .field("stop", &self.stop)
             .field("gauges", &self.gauges)
+            .field("extra_metrics", &self.extra_metrics.is_some())
             .finish()
     }
 }

@@ -149,6 +149,7 @@ impl Process {
                 engine: Arc::clone(&engine_metrics),
                 client: client.map(|c| c.stats()),
                 pressure: pressure.clone(),
+                extra: options.hooks.extra_metrics.clone(),
             };
             let bound = metrics::serve(addr, sources, Arc::clone(&metrics_stop))
                 .map_err(|e| RunError::Usage(format!("--metrics-addr {addr}: {e}")))?;

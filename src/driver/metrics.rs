@@ -184,6 +184,8 @@ pub struct MetricsSources {
     pub client: Option<Arc<ClientStats>>,
     /// Backpressure from the checkpoint path (checkpoints on).
     pub pressure: Option<Arc<crate::checkpoint::pressure::SidecarPressure>>,
+    /// Metrics of something beside the engine, appended as they render.
+    pub extra: Option<crate::run::ExtraMetrics>,
 }
 
 /// The engine's metrics in the Prometheus text exposition format.
@@ -470,7 +472,14 @@ pub fn serve(
     sources: MetricsSources,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<SocketAddr> {
-    serve_text(addr, Box::new(move || render(&sources)), stop)
+    let text = move || {
+        let mut text = render(&sources);
+        if let Some(extra) = &sources.extra {
+            text.push_str(&extra());
+        }
+        text
+    };
+    serve_text(addr, Box::new(text), stop)
 }
 
 #[cfg(test)]
@@ -495,6 +504,7 @@ mod tests {
                 },
                 0,
             ))),
+            extra: Some(Arc::new(|| "weir_source_beside_total 5\n".to_owned())),
         };
         sources.counters.events_read.store(42, Ordering::Relaxed);
         sources
@@ -523,6 +533,10 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         assert!(
             response.contains("\nweir_events_in_total 42\n"),
+            "{response}"
+        );
+        assert!(
+            response.ends_with("\nweir_source_beside_total 5\n"),
             "{response}"
         );
         assert!(

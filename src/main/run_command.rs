@@ -370,6 +370,11 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
         }),
         hooks: weir::run::RunHooks {
             stop: stream.as_ref().map(|s| s.run_stop.clone()),
+            extra_metrics: stream.as_ref().map(|s| {
+                let metrics = std::sync::Arc::clone(&s.metrics);
+                let render: weir::run::ExtraMetrics = std::sync::Arc::new(move || metrics.render());
+                render
+            }),
             ..weir::run::RunHooks::default()
         },
         metrics_addr: args.metrics_addr,

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use weir::csv_input::RowSchema;
 use weir::ingest::stream::message::MessageFormat;
+use weir::ingest::stream::metrics::SourceMetrics;
 use weir::ingest::stream::{
     ingest_stream, StreamIngestError, StreamIngestOptions, StreamIngestReport, StreamSource,
 };
@@ -25,6 +26,8 @@ pub struct StreamThread {
     stop: Arc<AtomicBool>,
     /// Set when the source ends: the run's `RunHooks::stop`.
     pub run_stop: Arc<AtomicBool>,
+    /// The source's figures, for the run's metrics endpoint.
+    pub metrics: Arc<SourceMetrics>,
     handle: JoinHandle<Result<StreamIngestReport, StreamIngestError>>,
 }
 
@@ -42,6 +45,8 @@ pub fn start(
         .with_context(|| format!("creating {}", partition.display()))?;
     let mut options = StreamIngestOptions::new(EVENTS_TOPIC, RowSchema::Generic, format, data_dir);
     options.until_caught_up = until_caught_up;
+    let metrics = Arc::new(SourceMetrics::new(&source.to_string()));
+    options.metrics = Some(Arc::clone(&metrics));
     let stop = Arc::new(AtomicBool::new(false));
     let run_stop = Arc::new(AtomicBool::new(false));
     let handle = {
@@ -59,6 +64,7 @@ pub fn start(
         source: source.clone(),
         stop,
         run_stop,
+        metrics,
         handle,
     })
 }
