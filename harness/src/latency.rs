@@ -290,6 +290,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
             observer: Some(recorder.clone() as Arc<dyn RowObserver>),
             stop: Some(Arc::clone(&stop)),
             gauges: Some(Arc::clone(&gauges)),
+            extra_metrics: None,
         },
         // The time series scrapes the engine's own endpoint (state records).
         metrics_addr: if quiet {
