@@ -24,6 +24,8 @@ mod ingest_command;
 mod run_command;
 #[path = "main/run_stream.rs"]
 mod run_stream;
+#[path = "main/upgrade_check.rs"]
+mod upgrade_check;
 
 use ingest_command::{ingest_command, FormatArg, IngestArgs};
 use run_command::run_command;
@@ -93,6 +95,10 @@ enum Command {
     },
     /// The checkpoint sidecar (`weir run` starts one itself unless given --sidecar).
     Sidecar(SidecarArgs),
+    /// Canary for a new binary: the old and this one each restore the
+    /// newest checkpoint of a copy of the job and run to the end of its log;
+    /// their outputs are compared row by row.
+    UpgradeCheck(upgrade_check::UpgradeCheckArgs),
     /// Show the input log and the committed checkpoints of a data directory.
     Inspect {
         /// The data directory.
@@ -375,6 +381,7 @@ fn main() -> ExitCode {
             kind: GenKind::Nexmark(args),
         }) => gen_nexmark_command(&args),
         Some(Command::Sidecar(args)) => sidecar_command(&args),
+        Some(Command::UpgradeCheck(args)) => upgrade_check::upgrade_check_command(&args),
         Some(Command::Inspect { data_dir }) => weir::inspect::inspect(&data_dir)
             .map(|report| print!("{report}"))
             .map_err(Into::into),

@@ -26,3 +26,4 @@ mod sources;
 mod spill;
 mod support;
 mod topk;
+mod upgrade_check;
