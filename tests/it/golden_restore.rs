@@ -30,13 +30,15 @@ use crate::support::{assert_success, copy_tree, sorted_rows, weir};
 /// The format generation [`bless`] writes.
 const CURRENT_GENERATION: u32 = 1;
 
-/// A query case: its name, the `weir run` query arguments, and the input.
-struct Case {
-    name: &'static str,
-    query: &'static [&'static str],
+/// A query case: its name and the `weir run` query arguments.
+pub struct Case {
+    pub name: &'static str,
+    pub query: &'static [&'static str],
 }
 
-const CASES: [Case; 2] = [
+/// The cases of every generation; the first is a sliding window with all
+/// six aggregates.
+pub const CASES: [Case; 2] = [
     Case {
         name: "sliding-sketches",
         query: &[

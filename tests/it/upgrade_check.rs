@@ -7,21 +7,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use crate::golden_restore::CASES;
 use crate::support::{copy_tree, weir};
-
-const QUERY: [&str; 11] = [
-    "--query",
-    "window",
-    "--window",
-    "sliding:20s/5s",
-    "--lateness",
-    "2s",
-    "--aggregates",
-    "count,sum,min,max,distinct,topk",
-    "--topk",
-    "3",
-    "--workers=1",
-];
 
 fn check(old: &Path, job: &Path) -> std::process::Output {
     weir()
@@ -34,7 +21,8 @@ fn check(old: &Path, job: &Path) -> std::process::Output {
         .arg("--work-dir")
         .arg(job.join("work"))
         .arg("--")
-        .args(QUERY)
+        .args(CASES[0].query)
+        .arg("--workers=1")
         .env("WEIR_REAL", env!("CARGO_BIN_EXE_weir"))
         .output()
         .unwrap()
