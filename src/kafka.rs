@@ -129,11 +129,6 @@ pub struct KafkaClient {
     correlation: i32,
 }
 
-/// How long a source's request may take once sent (Kafka clients'
-/// `request.timeout.ms` default): a broker may take seconds to serve a
-/// fetch of a large backlog (tansu with SQLite: over 5 s for a 5 MB batch).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 impl KafkaClient {
     /// Connects to `server` (`host:port`); `timeout` bounds the connection
     /// and each request, until [`KafkaClient::set_request_timeout`].

@@ -51,6 +51,10 @@ pub struct IngestArgs {
     /// address: committed messages, dead letters, sequence per partition.
     #[arg(long, requires = "from")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// With a kafka:// --from: how long one request may take once sent (a
+    /// broker may take seconds to serve a fetch of a large backlog).
+    #[arg(long, default_value = "30s", value_parser = parse_duration_ms, requires = "from")]
+    request_timeout: u64,
     /// With --from: give up after the server has been unreachable this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration_ms, requires = "from")]
     reconnect_limit: u64,
@@ -163,6 +167,7 @@ fn stream_command(
     options.max_log_bytes = args.max_log_bytes;
     options.commit_interval_ms = args.commit_interval;
     options.reconnect_limit_ms = args.reconnect_limit;
+    options.request_timeout_ms = args.request_timeout;
     let metrics_stop = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.metrics_addr {
         let metrics = Arc::new(SourceMetrics::new(&source.to_string()));

@@ -251,14 +251,26 @@ fn a_batch_larger_than_the_fetch_size_is_read() {
     let values: Vec<Vec<u8>> = (0..n).map(message).collect();
     assert!(values.iter().map(Vec::len).sum::<usize>() > 4 << 20);
     let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-    KafkaClient::connect(&addr(port), TIMEOUT)
-        .unwrap()
-        .produce("ev", 0, &refs)
-        .unwrap();
+    // Requests as long as the test's deadline: the broker's speed is not
+    // what is tested.
+    let mut producer = KafkaClient::connect(&addr(port), TIMEOUT).unwrap();
+    producer.set_request_timeout(PROGRESS_DEADLINE).unwrap();
+    producer.produce("ev", 0, &refs).unwrap();
     let data = tmp.path().join("data");
+    let patience = format!("{}s", PROGRESS_DEADLINE.as_secs());
     let out = output_within(
-        &mut ingest(port, &data, &["--until-caught-up"]),
-        PROGRESS_DEADLINE,
+        &mut ingest(
+            port,
+            &data,
+            &[
+                "--until-caught-up",
+                "--request-timeout",
+                &patience,
+                "--reconnect-limit",
+                &patience,
+            ],
+        ),
+        PROGRESS_DEADLINE * 3,
     );
     assert_success(&out, "ingest of a batch larger than the fetch size");
     let all: Vec<u64> = (0..n).collect();

@@ -13,8 +13,7 @@ use super::options::{reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_I
 use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
 use crate::kafka::batch::{decode_batches, incomplete_first_batch_bytes};
 use crate::kafka::{
-    KafkaClient, KafkaError, KafkaErrorKind, FETCH_PARTITION_LIMIT_BYTES,
-    FETCH_PARTITION_MAX_BYTES, REQUEST_TIMEOUT,
+    KafkaClient, KafkaError, KafkaErrorKind, FETCH_PARTITION_LIMIT_BYTES, FETCH_PARTITION_MAX_BYTES,
 };
 
 /// How long a fetch waits on the broker for data.
@@ -40,7 +39,8 @@ pub(super) fn ingest_kafka(
     let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
     let connect = || {
         let mut client = KafkaClient::connect(&source.server, timeout)?;
-        client.set_request_timeout(REQUEST_TIMEOUT.max(timeout))?;
+        let request_timeout = Duration::from_millis(options.request_timeout_ms.max(1));
+        client.set_request_timeout(request_timeout.max(timeout))?;
         Ok::<_, KafkaError>(client)
     };
     let mut client = connect()?;

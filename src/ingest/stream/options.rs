@@ -38,8 +38,12 @@ pub struct StreamIngestOptions {
     pub max_log_bytes: Option<u64>,
     /// Commit at most this often.
     pub commit_interval_ms: u64,
-    /// Bounds connecting and every request.
+    /// Bounds connecting (and, for NATS, every request).
     pub connect_timeout_ms: u64,
+    /// Bounds each Kafka request once sent (Kafka clients'
+    /// `request.timeout.ms`): a broker may take seconds to serve a fetch of
+    /// a large backlog.
+    pub request_timeout_ms: u64,
     /// Give up after failing to reconnect for this long.
     pub reconnect_limit_ms: u64,
     /// Where the committed figures go (a metrics endpoint), if anywhere.
@@ -49,7 +53,8 @@ pub struct StreamIngestOptions {
 impl StreamIngestOptions {
     /// The defaults for `topic` of `schema` under `data_dir`: dead letters
     /// in `data_dir/dead-letter/<topic>-source.csv`, commits every 100 ms,
-    /// 5 s to connect, 60 s to reconnect, no size limit, until stopped.
+    /// 5 s to connect, 30 s per Kafka request, 60 s to reconnect, no size
+    /// limit, until stopped.
     pub fn new(topic: &str, schema: RowSchema, format: MessageFormat, data_dir: &Path) -> Self {
         Self {
             topic: topic.to_owned(),
@@ -64,6 +69,7 @@ impl StreamIngestOptions {
             max_log_bytes: None,
             commit_interval_ms: 100,
             connect_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
             reconnect_limit_ms: 60_000,
             metrics: None,
         }
