@@ -44,7 +44,9 @@ const MAX_ROWS_SHOWN: usize = 5;
 pub fn upgrade_check_command(args: &UpgradeCheckArgs) -> Result<()> {
     for refused in ["--data-dir", "--out", "--input", "--from"] {
         if args.run_args.iter().any(|a| a == refused) {
-            bail!("give the query options only after `--`: {refused} is set by upgrade-check");
+            bail!(
+                "{refused} after `--`: upgrade-check sets it; give only the query's options there"
+            );
         }
     }
     let new = std::env::current_exe().context("finding this binary")?;
