@@ -38,7 +38,7 @@ pub struct Case {
 
 /// The cases of every generation; the first is a sliding window with all
 /// six aggregates.
-pub const CASES: [Case; 2] = [
+pub const CASES: [Case; 3] = [
     Case {
         name: "sliding-sketches",
         query: &[
@@ -52,6 +52,19 @@ pub const CASES: [Case; 2] = [
             "count,sum,min,max,distinct,topk",
             "--topk",
             "3",
+        ],
+    },
+    Case {
+        name: "tumbling-changes",
+        query: &[
+            "--query",
+            "window",
+            "--window",
+            "tumbling:10s",
+            "--lateness",
+            "2s",
+            "--emit",
+            "changes",
         ],
     },
     Case {
