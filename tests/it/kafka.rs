@@ -122,15 +122,22 @@ fn create_topic(port: u16) {
         .unwrap();
 }
 
-#[test]
-fn each_record_once_across_kill_9_while_producing() {
-    let Some(binary) = server_binary("tansu", "TANSU") else {
-        return;
-    };
+/// A started broker (under a new temporary directory) with the topic
+/// created, or `None` when the tests are skipped (no `tansu`).
+fn broker_with_topic() -> Option<(tempfile::TempDir, u16, Killed)> {
+    let binary = server_binary("tansu", "TANSU")?;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_ports(1)[0];
-    let _broker = start_broker(&binary, port, &tmp.path().join("store"));
+    let broker = start_broker(&binary, port, &tmp.path().join("store"));
     create_topic(port);
+    Some((tmp, port, broker))
+}
+
+#[test]
+fn each_record_once_across_kill_9_while_producing() {
+    let Some((tmp, port, _broker)) = broker_with_topic() else {
+        return;
+    };
     let data = tmp.path().join("data");
     kill_while_producing(
         tmp.path(),
@@ -239,13 +246,9 @@ fn unreachable_brokers_and_missing_topics_are_named() {
 /// fetching the same partial batch for ever.
 #[test]
 fn a_batch_larger_than_the_fetch_size_is_read() {
-    let Some(binary) = server_binary("tansu", "TANSU") else {
+    let Some((tmp, port, _broker)) = broker_with_topic() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0];
-    let _broker = start_broker(&binary, port, &tmp.path().join("store"));
-    create_topic(port);
     // ~5 MB of records in one batch, into partition 0.
     let n = 320_000;
     let values: Vec<Vec<u8>> = (0..n).map(message).collect();
