@@ -57,7 +57,11 @@ pub fn decode_segment_header(h: &[u8]) -> Result<u64, String> {
     }
     let version = u32_at(h, 8);
     if version != SEGMENT_FORMAT_VERSION {
-        return Err(format!("unsupported segment format version {version}"));
+        return Err(format!(
+            "log segment version {version}, written by {} weir: this binary (weir {}) reads version {SEGMENT_FORMAT_VERSION}",
+            if version > SEGMENT_FORMAT_VERSION { "a newer" } else { "an older" },
+            env!("CARGO_PKG_VERSION"),
+        ));
     }
     Ok(u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")))
 }

@@ -2,7 +2,8 @@
 //! against this binary itself no difference; against a stand-in for an
 //! old binary whose sums differ for one key (a script that runs this
 //! binary and then adds 1 to that key's sums), the differing rows of both
-//! sides and a failure; an old binary that cannot run, named.
+//! sides and a failure; a commit stream of a later format version,
+//! refused with its version; an old binary that cannot run, named.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -84,6 +85,24 @@ done
     let sum = |row: &[&str]| row[4].parse::<i64>().unwrap();
     assert_eq!(sum(&old), sum(&new) + 1, "{stdout}");
     assert_eq!(old[5..], new[5..], "{stdout}");
+
+    // A commit stream of a version from the future (header checksum
+    // valid): both binaries refuse it, naming the version.
+    let future = tmp.path().join("future");
+    copy_tree(&golden, &future);
+    let commits = future.join("data/checkpoints/commits.log");
+    let mut bytes = std::fs::read(&commits).unwrap();
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..12]);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&commits, bytes).unwrap();
+    let refused = check(Path::new(env!("CARGO_BIN_EXE_weir")), &future);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("commit stream version 3, written by a newer weir"),
+        "{stderr}"
+    );
 
     let missing = check(&tmp.path().join("no-such-weir"), &job);
     let stderr = String::from_utf8_lossy(&missing.stderr);

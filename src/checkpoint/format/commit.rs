@@ -252,7 +252,11 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
         } else if &bytes[..8] != COMMITS_MAGIC {
             "bad commit stream magic".to_owned()
         } else {
-            format!("unsupported commit stream version {}", u32_at(bytes, 8))
+            format!(
+                "commit stream version {version}, written by {} weir: this binary (weir {}) reads versions {COMMITS_OLDEST_READABLE_VERSION} to {COMMITS_FORMAT_VERSION}",
+                if version > COMMITS_FORMAT_VERSION { "a newer" } else { "an older" },
+                env!("CARGO_PKG_VERSION"),
+            )
         };
         return Err(header_err(reason));
     }

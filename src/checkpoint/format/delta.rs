@@ -304,7 +304,14 @@ pub fn decode_layout(
     }
     let version = c.u32("version")?;
     if version != DATA_FILE_FORMAT_VERSION {
-        return Err(err(8, format!("unsupported data file version {version}")));
+        return Err(err(
+            8,
+            format!(
+                "checkpoint data file version {version}, written by {} weir: this binary (weir {}) reads version {DATA_FILE_FORMAT_VERSION}",
+                if version > DATA_FILE_FORMAT_VERSION { "a newer" } else { "an older" },
+                env!("CARGO_PKG_VERSION"),
+            ),
+        ));
     }
     let header = (c.u32("kind")?, c.u64("checkpoint id")?, c.u32("part")?);
     if header != (kind_code(id.kind), id.checkpoint_id, id.part) {
