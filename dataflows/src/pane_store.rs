@@ -565,15 +565,21 @@ fn entry_of(slot: u32, agg: Agg, copies: u64) -> Entry {
 fn merge_by_slot(entries: &mut Vec<Entry>) {
     entries.sort_unstable_by_key(|e| e.0);
     entries.dedup_by(|later, kept| {
-        if later.0 != kept.0 {
-            return false;
+        let same = later.0 == kept.0;
+        if same {
+            merge_entry(kept, later);
         }
-        kept.1 += later.1;
-        kept.2 += later.2;
-        kept.3 = kept.3.min(later.3);
-        kept.4 = kept.4.max(later.4);
-        true
+        same
     });
+}
+
+/// Folds `more`, a partial of the same slot, into `kept`.
+fn merge_entry(kept: &mut Entry, more: &Entry) {
+    debug_assert_eq!(kept.0, more.0, "partials of different slots");
+    kept.1 += more.1;
+    kept.2 += more.2;
+    kept.3 = kept.3.min(more.3);
+    kept.4 = kept.4.max(more.4);
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 
 use super::codec::{encode_staged, StagedEntries};
 use super::spill::SpilledPane;
-use super::{entry_of, PaneStore};
+use super::{entry_of, merge_entry, PaneStore};
 use crate::agg::Agg;
 use crate::key::Key;
 use crate::window::round_down;
@@ -185,11 +185,7 @@ impl PaneStore {
         let merged = std::iter::from_fn(|| {
             let mut entry = at(keys.next()?);
             while let Some(key) = keys.next_if(|k| (k >> 32) as u32 == entry.0) {
-                let more = at(key);
-                entry.1 += more.1;
-                entry.2 += more.2;
-                entry.3 = entry.3.min(more.3);
-                entry.4 = entry.4.max(more.4);
+                merge_entry(&mut entry, &at(key));
             }
             Some(entry)
         });
