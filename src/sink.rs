@@ -308,19 +308,18 @@ impl WindowPrefix {
     fn format_row(&mut self, row: &WindowRow, out: &mut Vec<u8>) {
         let window = (row.window_start, row.window_end);
         if self.window != Some(window) {
-            let mut number = itoa::Buffer::new();
             self.text.clear();
-            self.text
-                .extend_from_slice(number.format(window.0).as_bytes());
-            self.text.push(b',');
-            self.text
-                .extend_from_slice(number.format(window.1).as_bytes());
-            self.text.push(b',');
+            format_window_bounds(window, &mut self.text);
             self.window = Some(window);
         }
         out.extend_from_slice(&self.text);
-        write_csv_field(out, &row.key).expect("writing to a Vec");
-        Aggregates::default().format_columns(&row.agg, SketchColumns::default(), out);
+        format_key_and_columns(
+            &row.key,
+            &row.agg,
+            SketchColumns::default(),
+            Aggregates::default(),
+            out,
+        );
         out.push(b'\n');
     }
 }
@@ -347,6 +346,12 @@ pub fn format_window_fields(
     columns: Aggregates,
     out: &mut Vec<u8>,
 ) {
+    format_window_bounds((window_start, window_end), out);
+    format_key_and_columns(key, agg, sketches, columns, out);
+}
+
+/// Appends `window_start,window_end,`.
+fn format_window_bounds((window_start, window_end): (u64, u64), out: &mut Vec<u8>) {
     // itoa rather than `write!`: a sliding window writes a row per key and
     // slide, and core::fmt's machinery was a sixth of such a run (perf).
     let mut number = itoa::Buffer::new();
@@ -354,6 +359,16 @@ pub fn format_window_fields(
     out.push(b',');
     out.extend_from_slice(number.format(window_end).as_bytes());
     out.push(b',');
+}
+
+/// Appends `key` as a CSV field and the `columns` of a row.
+fn format_key_and_columns(
+    key: &str,
+    agg: &Agg,
+    sketches: SketchColumns<'_>,
+    columns: Aggregates,
+    out: &mut Vec<u8>,
+) {
     write_csv_field(out, key).expect("writing to a Vec");
     columns.format_columns(agg, sketches, out);
 }
