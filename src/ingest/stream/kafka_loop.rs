@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::appender::{partition_bytes, Appender, SourceMessage};
-use super::options::{reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL};
+use super::options::{
+    give_up_after, reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL,
+};
 use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
 use crate::kafka::batch::{decode_batches, incomplete_first_batch_bytes};
 use crate::kafka::{
@@ -131,13 +133,9 @@ pub(super) fn ingest_kafka(
             Ok(()) => failing_since = None,
             Err(StreamIngestError::Kafka(e)) if e.is_transient() => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
-                let waited_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
-                if waited_ms >= options.reconnect_limit_ms {
+                if let Err(gave_up) = give_up_after(since, options.reconnect_limit_ms, &e) {
                     commit_all(&mut appenders)?;
-                    return Err(StreamIngestError::ReconnectGaveUp {
-                        waited_ms,
-                        last: e.to_string(),
-                    });
+                    return Err(gave_up);
                 }
                 tracing::warn!("{source}: {e}; reconnecting");
                 commit_all(&mut appenders)?;

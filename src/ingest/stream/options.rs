@@ -126,6 +126,23 @@ impl StreamIngestReport {
     }
 }
 
+/// Fails with [`StreamIngestError::ReconnectGaveUp`] (and `last`) once
+/// `limit_ms` have passed since `started`.
+pub(super) fn give_up_after(
+    started: Instant,
+    limit_ms: u64,
+    last: &impl std::fmt::Display,
+) -> Result<(), StreamIngestError> {
+    let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if waited_ms >= limit_ms {
+        return Err(StreamIngestError::ReconnectGaveUp {
+            waited_ms,
+            last: last.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Connects again with `connect`, with exponential backoff (100 ms to
 /// 5 s), for up to `limit_ms` while its failures are transient.
 pub(super) fn reconnect<T, E: std::fmt::Display>(
@@ -145,13 +162,7 @@ where
         match connect() {
             Ok(connected) => return Ok(connected),
             Err(e) if is_transient(&e) && !stop.load(Ordering::Relaxed) => {
-                let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                if waited_ms >= limit_ms {
-                    return Err(StreamIngestError::ReconnectGaveUp {
-                        waited_ms,
-                        last: e.to_string(),
-                    });
-                }
+                give_up_after(started, limit_ms, &e)?;
                 tracing::debug!("{source}: still unreachable: {e}");
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
