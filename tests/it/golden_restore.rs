@@ -24,8 +24,9 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::support::{assert_success, copy_tree, sorted_rows, weir};
+use crate::support::{assert_success, copy_tree, output_within, sorted_rows, weir};
 
 /// The format generation [`bless`] writes.
 const CURRENT_GENERATION: u32 = 1;
@@ -102,15 +103,18 @@ fn bless(case: &Case, dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     let (data, out) = (dir.join("data"), dir.join("out"));
     // Without --until-end the run cannot end before the failpoint.
-    let crashed = weir()
-        .arg("run")
-        .args(case.query)
-        .args(["--input", &path_arg(&csv), "--data-dir", &path_arg(&data)])
-        .args(["--out", &path_arg(&out), "--workers", "2"])
-        .args(["--checkpoint-interval", "20ms"])
-        .env("WEIR_FAILPOINT", "after-commit")
-        .output()
-        .unwrap();
+    // Bounded: a run whose failpoint is never reached is killed after a
+    // minute and the test fails with its stderr.
+    let crashed = output_within(
+        weir()
+            .arg("run")
+            .args(case.query)
+            .args(["--input", &path_arg(&csv), "--data-dir", &path_arg(&data)])
+            .args(["--out", &path_arg(&out), "--workers", "2"])
+            .args(["--checkpoint-interval", "20ms"])
+            .env("WEIR_FAILPOINT", "after-commit"),
+        Duration::from_secs(60),
+    );
     let stderr = String::from_utf8_lossy(&crashed.stderr);
     assert!(
         stderr.contains("failpoint `after-commit` reached"),
