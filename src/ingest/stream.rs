@@ -20,6 +20,13 @@
 //! back, which is refused with the offset and sequence). Dead-letter rows
 //! after the committed length are cut and written again.
 //!
+//! # A full disk
+//! When the log's disk (or quota) is full, the source pauses: what was
+//! committed stays, the appenders are dropped, and after a backoff (1 s,
+//! doubling to 30 s) the partitions are opened again as after a crash
+//! (a torn record cut, the uncommitted records matched), until there is
+//! room. Nothing is dropped; a stop ends the pause.
+//!
 //! # Topics
 //! A partition has one source (its `POSITION` names it); a topic fed by
 //! files (`MANIFEST`) is refused, as `weir ingest FILES` refuses a topic
@@ -35,10 +42,12 @@ mod nats_loop;
 mod options;
 pub mod position;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::kafka::KafkaError;
 use crate::log::LogError;
@@ -52,6 +61,11 @@ pub const POSITION_FILE_NAME: &str = "POSITION";
 /// The most messages read between two commits: bounds the records a
 /// restart must match.
 pub const MAX_UNCOMMITTED_MESSAGES: u64 = 1 << 16;
+/// The first wait before trying again on a full disk; it doubles up to
+/// [`DISK_FULL_MAX_BACKOFF`], and starts over once an attempt commits.
+const DISK_FULL_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts on a full disk.
+const DISK_FULL_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The kind of a stream source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,17 +154,71 @@ impl FromStr for StreamSource {
 }
 
 /// Reads `source` into its partitions until `stop` is set, the source is
-/// caught up (with `until_caught_up`) or an error that reconnecting does not
-/// cure. The first connection's failure is returned at once.
+/// caught up (with `until_caught_up`) or an error that neither reconnecting
+/// nor waiting for disk space cures. The first connection's failure is
+/// returned at once; a full disk pauses the source (see the module doc).
 pub fn ingest_stream(
     log_dir: &Path,
     source: &StreamSource,
     options: &StreamIngestOptions,
     stop: &AtomicBool,
 ) -> Result<StreamIngestReport, StreamIngestError> {
-    match source.kind {
-        SourceKind::Nats => nats_loop::ingest_nats(log_dir, source, options, stop),
-        SourceKind::Kafka => kafka_loop::ingest_kafka(log_dir, source, options, stop),
+    let mut reports: BTreeMap<u32, StreamIngestReport> = BTreeMap::new();
+    let mut backoff = DISK_FULL_FIRST_BACKOFF;
+    loop {
+        let mut opened = Vec::new();
+        let attempt = (&mut opened, &reports);
+        let result = match source.kind {
+            SourceKind::Nats => nats_loop::ingest_nats(log_dir, source, options, stop, attempt),
+            SourceKind::Kafka => kafka_loop::ingest_kafka(log_dir, source, options, stop, attempt),
+        };
+        let committed_before = committed_messages(&reports);
+        for appender in opened {
+            reports.insert(appender.partition, appender.into_committed_report());
+        }
+        match result {
+            Ok(()) => return Ok(StreamIngestReport::merged(reports.into_iter().collect())),
+            Err(e) if e.is_storage_full() && !stop.load(Ordering::Relaxed) => {
+                if committed_messages(&reports) > committed_before {
+                    backoff = DISK_FULL_FIRST_BACKOFF;
+                }
+                tracing::warn!(
+                    "{source}: paused: the log's disk is full ({e}); nothing read is lost; \
+                     trying again in {} s",
+                    backoff.as_secs()
+                );
+                if let Some(first) = reports.values_mut().next() {
+                    first.pauses += 1;
+                }
+                if let Some(m) = &options.metrics {
+                    m.paused();
+                }
+                if !sleep_unless_stopped(backoff, stop) {
+                    return Ok(StreamIngestReport::merged(reports.into_iter().collect()));
+                }
+                backoff = (backoff * 2).min(DISK_FULL_MAX_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn committed_messages(reports: &BTreeMap<u32, StreamIngestReport>) -> u64 {
+    reports.values().map(|r| r.messages).sum()
+}
+
+/// Sleeps `wait`, in steps of at most 100 ms; `false` if `stop` was set.
+fn sleep_unless_stopped(wait: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(100)));
     }
 }
 
@@ -247,9 +315,60 @@ pub enum StreamIngestError {
     },
 }
 
+impl StreamIngestError {
+    /// Whether the error is the log's disk or quota being full (the source
+    /// pauses and tries again).
+    pub fn is_storage_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                );
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::StreamSource;
+    use super::{StreamIngestError, StreamSource};
+    use crate::log::LogError;
+    use crate::storage::IoError;
+
+    #[test]
+    fn full_disks_and_quotas_are_told_from_other_errors() {
+        let log = |errno| {
+            StreamIngestError::Log(LogError::Io {
+                path: "seg".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        let side = |errno| {
+            StreamIngestError::Io(IoError {
+                path: "POSITION.tmp".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        // ENOSPC, EDQUOT (Linux)
+        for errno in [28, 122] {
+            assert!(log(errno).is_storage_full(), "{errno}");
+            assert!(side(errno).is_storage_full(), "{errno}");
+        }
+        // EACCES, EIO, EROFS
+        for errno in [13, 5, 30] {
+            assert!(!log(errno).is_storage_full(), "{errno}");
+            assert!(!side(errno).is_storage_full(), "{errno}");
+        }
+        let gave_up = StreamIngestError::ReconnectGaveUp {
+            waited_ms: 1,
+            last: "No space left on device".into(),
+        };
+        assert!(!gave_up.is_storage_full());
+    }
 
     #[test]
     fn source_urls() {

@@ -185,8 +185,13 @@ fn stream_command(
     metrics_stop.store(true, std::sync::atomic::Ordering::Release);
     let report = report?;
     println!(
-        "{source}: {} messages read ({} appended, {} already in the log, {} dead-lettered); {} reconnects",
-        report.messages, report.appended, report.matched, report.dead_letters, report.reconnects,
+        "{source}: {} messages read ({} appended, {} already in the log, {} dead-lettered); {} reconnects; {} pauses (log full)",
+        report.messages,
+        report.appended,
+        report.matched,
+        report.dead_letters,
+        report.reconnects,
+        report.pauses,
     );
     for &(partition, seq, offset) in &report.partitions {
         println!(

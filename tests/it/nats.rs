@@ -295,3 +295,91 @@ fn a_full_log_pauses_the_source_and_drops_nothing() {
     assert_success(&out, "ingest after the pause");
     check_nats(&data, n);
 }
+
+/// Whether this machine lets an unprivileged user namespace mount a tmpfs
+/// (`unshare -Urm`): the disk-full test's small disk. Without it the test
+/// is skipped, unless `WEIR_REQUIRE_USERNS` is set (as `scripts/test-all`
+/// does).
+fn can_mount_a_small_disk() -> bool {
+    let ok = Command::new("unshare")
+        .args(["-Urm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("WEIR_REQUIRE_USERNS").is_none(),
+            "WEIR_REQUIRE_USERNS is set but `unshare -Urm` cannot mount a tmpfs"
+        );
+        eprintln!("SKIPPED: `unshare -Urm` cannot mount a tmpfs here");
+    }
+    ok
+}
+
+/// In a mount namespace, the data dir on a 4 MiB tmpfs that a filler leaves
+/// 256 KiB of; the ingest pauses on the full disk (its warning is waited
+/// for, in bounded rounds), the filler is removed, the ingest catches up
+/// and the data dir is copied out to `$OUT`.
+const DISK_FULL_SCRIPT: &str = r#"
+set -e
+mount -t tmpfs -o size=4m weir-small-disk "$DISK"
+dd if=/dev/zero of="$DISK/filler" bs=64k 2>/dev/null || true
+truncate -s -256K "$DISK/filler"
+"$WEIR" ingest --from "$FROM" --data-dir "$DISK/data" --until-caught-up >"$LOGS/stdout" 2>"$LOGS/stderr" &
+pid=$!
+rounds=0
+until grep -q "the log's disk is full" "$LOGS/stderr"; do
+  rounds=$((rounds + 1))
+  if [ "$rounds" -gt 600 ]; then kill "$pid"; echo "no pause seen" >&2; exit 3; fi
+  sleep 0.1
+done
+rm "$DISK/filler"
+wait "$pid"
+cp -a "$DISK/data" "$OUT"
+"#;
+
+#[test]
+fn a_full_disk_pauses_the_source_and_drops_nothing() {
+    let Some(binary) = server_binary("nats-server", "NATS") else {
+        return;
+    };
+    if !can_mount_a_small_disk() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let _server = server_with_stream(&binary, port, &tmp.path().join("store"));
+    let n = 20_000;
+    publish(port, 0, n, 1_000);
+    let (disk, logs, data) = (
+        tmp.path().join("disk"),
+        tmp.path().join("logs"),
+        tmp.path().join("data"),
+    );
+    std::fs::create_dir(&disk).unwrap();
+    std::fs::create_dir(&logs).unwrap();
+    let out = output_within(
+        Command::new("unshare")
+            .args(["-Urm", "sh", "-c", DISK_FULL_SCRIPT])
+            .env("DISK", &disk)
+            .env("LOGS", &logs)
+            .env("OUT", &data)
+            .env("WEIR", env!("CARGO_BIN_EXE_weir"))
+            .env("FROM", format!("nats://{}/EV", addr(port)))
+            .stdin(Stdio::null()),
+        PROGRESS_DEADLINE * 2,
+    );
+    let stderr = std::fs::read_to_string(logs.join("stderr")).unwrap_or_default();
+    assert_success(
+        &out,
+        &format!("the ingest on a small disk; its log:\n{stderr}"),
+    );
+    check_nats(&data, n);
+    let p = position(&data, 0).unwrap();
+    assert_eq!((p.source_seq, p.messages), (n, n));
+    // It did pause (so the disk was full mid-stream), and says so.
+    let summary = std::fs::read_to_string(logs.join("stdout")).unwrap();
+    assert!(stderr.contains("nothing read is lost"), "{stderr}");
+    assert!(!summary.contains(" 0 pauses"), "{summary}");
+    assert!(summary.contains(&format!("{n} messages read")), "{summary}");
+}

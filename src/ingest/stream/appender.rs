@@ -54,21 +54,26 @@ pub(super) struct Appender {
     pub(super) uncommitted: u64,
     /// Whether sequence gaps are normal for the source (no warning).
     pub(super) gaps_expected: bool,
-    partition: u32,
+    pub(super) partition: u32,
     metrics: Option<std::sync::Arc<super::metrics::SourceMetrics>>,
+    /// This run's figures, from the figures of earlier attempts of the same
+    /// run (a pause for a full disk re-opens the appender).
     pub(super) report: StreamIngestReport,
+    /// `report`'s message counts at the last commit.
+    committed_counts: MessageCounts,
     _lock: File,
 }
 
 impl Appender {
     /// Opens partition `partition` of the options' topic for the source
     /// recorded as `source_id` in its `POSITION` (named `source_name` in
-    /// errors and dead letters), with dead letters in `dead_letter_path`.
+    /// errors and dead letters), with dead letters in `dead_letter_path`;
+    /// its report goes on from `earlier` (the same run's earlier attempts).
     pub(super) fn open(
         log_dir: &Path,
         (source_id, source_name): (&str, String),
         options: &StreamIngestOptions,
-        partition: u32,
+        (partition, earlier): (u32, Option<&StreamIngestReport>),
         dead_letter_path: &Path,
     ) -> Result<Self, StreamIngestError> {
         validate_topic(&options.topic)?;
@@ -129,6 +134,12 @@ impl Appender {
             );
         }
         let dead = DeadLetters::open(dead_letter_path, committed.dead_letter_len_bytes)?;
+        let report = StreamIngestReport {
+            source_seq: committed.source_seq,
+            log_next_offset: committed.log_next_offset,
+            partitions: Vec::new(),
+            ..earlier.cloned().unwrap_or_default()
+        };
         Ok(Self {
             source_name,
             position_path,
@@ -136,11 +147,8 @@ impl Appender {
             dead,
             decoder: MessageDecoder::new(options.format, options.schema),
             matched_next_offset: committed.log_next_offset,
-            report: StreamIngestReport {
-                source_seq: committed.source_seq,
-                log_next_offset: committed.log_next_offset,
-                ..StreamIngestReport::default()
-            },
+            committed_counts: MessageCounts::of(&report),
+            report,
             current: committed,
             tail,
             uncommitted: 0,
@@ -234,6 +242,7 @@ impl Appender {
         self.uncommitted = 0;
         self.report.source_seq = self.current.source_seq;
         self.report.log_next_offset = self.current.log_next_offset;
+        self.committed_counts = MessageCounts::of(&self.report);
         if let Some(m) = &self.metrics {
             let r = &self.report;
             m.committed(
@@ -243,6 +252,45 @@ impl Appender {
             );
         }
         Ok(())
+    }
+}
+
+impl Appender {
+    /// The report of what was committed: messages read after the last
+    /// commit are read again by the next attempt (they are not counted
+    /// twice); the reconnects and pauses stay counted.
+    pub(super) fn into_committed_report(self) -> StreamIngestReport {
+        let c = self.committed_counts;
+        StreamIngestReport {
+            messages: c.messages,
+            appended: c.appended,
+            matched: c.matched,
+            dead_letters: c.dead_letters,
+            skipped_seqs: c.skipped_seqs,
+            ..self.report
+        }
+    }
+}
+
+/// A report's counts of messages (those a commit makes final).
+#[derive(Clone, Copy, Debug, Default)]
+struct MessageCounts {
+    messages: u64,
+    appended: u64,
+    matched: u64,
+    dead_letters: u64,
+    skipped_seqs: u64,
+}
+
+impl MessageCounts {
+    fn of(r: &StreamIngestReport) -> Self {
+        Self {
+            messages: r.messages,
+            appended: r.appended,
+            matched: r.matched,
+            dead_letters: r.dead_letters,
+            skipped_seqs: r.skipped_seqs,
+        }
     }
 }
 

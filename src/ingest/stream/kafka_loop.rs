@@ -4,6 +4,7 @@
 //! (each has its own `POSITION` and dead-letter file
 //! `<dead-letter stem>-<partition>.csv`), committed together.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,13 +32,15 @@ fn dead_letter_path_of(path: &Path, partition: u32) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// See the module doc and [`super::ingest_stream`].
+/// One attempt (see the module doc and [`super::ingest_stream`]): its
+/// appenders go into `appenders`, their reports on from `earlier`.
 pub(super) fn ingest_kafka(
     log_dir: &Path,
     source: &StreamSource,
     options: &StreamIngestOptions,
     stop: &AtomicBool,
-) -> Result<StreamIngestReport, StreamIngestError> {
+    (appenders, earlier): (&mut Vec<Appender>, &BTreeMap<u32, StreamIngestReport>),
+) -> Result<(), StreamIngestError> {
     let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
     let connect = || {
         let mut client = KafkaClient::connect(&source.server, timeout)?;
@@ -48,7 +51,6 @@ pub(super) fn ingest_kafka(
     let mut client = connect()?;
     let topic = source.name.as_str();
     let partitions = client.partitions(topic)?;
-    let mut appenders = Vec::with_capacity(partitions.len());
     for &p in &partitions {
         let log_partition = u32::try_from(p).map_err(|_| {
             client.error(KafkaErrorKind::Broker {
@@ -61,7 +63,7 @@ pub(super) fn ingest_kafka(
             log_dir,
             (&format!("kafka:{topic}:{p}"), format!("{source}#{p}")),
             options,
-            log_partition,
+            (log_partition, earlier.get(&log_partition)),
             &dead_letter_path_of(&options.dead_letter_path, log_partition),
         )?;
         appender.gaps_expected = true;
@@ -86,7 +88,6 @@ pub(super) fn ingest_kafka(
     let mut fetch_bytes = vec![FETCH_PARTITION_MAX_BYTES; partitions.len()];
     let interval = Duration::from_millis(options.commit_interval_ms.max(1));
     let (mut last_commit, mut last_flush) = (Instant::now(), Instant::now());
-    let mut reconnects = 0;
     // Since when fetches have failed, with no fetch answered in between: a
     // broker that accepts connections but never answers a fetch in time
     // must end the source, not keep it retrying silently.
@@ -108,13 +109,13 @@ pub(super) fn ingest_kafka(
         }
         let now = Instant::now();
         if now >= last_flush + FLUSH_INTERVAL {
-            for a in &mut appenders {
+            for a in appenders.iter_mut() {
                 a.writer.flush()?;
             }
             last_flush = now;
             if let Some(max) = options.max_log_bytes {
                 if appenders.iter().any(|a| partition_bytes(&a.dir) >= max) {
-                    commit_all(&mut appenders)?;
+                    commit_all(appenders)?;
                     appenders[0].report.pauses += 1;
                     if let Some(m) = &options.metrics {
                         m.paused();
@@ -129,16 +130,16 @@ pub(super) fn ingest_kafka(
             .map(|i| (partitions[i], fetch_from[i], fetch_bytes[i]))
             .collect();
         let positions = (&mut fetch_from[..], &mut fetch_bytes[..]);
-        match fetch_into(&mut client, topic, &at, &mut appenders, positions) {
+        match fetch_into(&mut client, topic, &at, appenders, positions) {
             Ok(()) => failing_since = None,
             Err(StreamIngestError::Kafka(e)) if e.is_transient() => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if let Err(gave_up) = give_up_after(since, options.reconnect_limit_ms, &e) {
-                    commit_all(&mut appenders)?;
+                    commit_all(appenders)?;
                     return Err(gave_up);
                 }
                 tracing::warn!("{source}: {e}; reconnecting");
-                commit_all(&mut appenders)?;
+                commit_all(appenders)?;
                 last_commit = Instant::now();
                 client = reconnect(
                     source,
@@ -147,13 +148,13 @@ pub(super) fn ingest_kafka(
                     connect,
                     KafkaError::is_transient,
                 )?;
-                reconnects += 1;
+                appenders[0].report.reconnects += 1;
                 if let Some(m) = &options.metrics {
                     m.reconnected();
                 }
             }
             Err(e) => {
-                commit_all(&mut appenders)?;
+                commit_all(appenders)?;
                 return Err(e);
             }
         }
@@ -161,20 +162,11 @@ pub(super) fn ingest_kafka(
         if uncommitted >= MAX_UNCOMMITTED_MESSAGES
             || (uncommitted > 0 && Instant::now() >= last_commit + interval)
         {
-            commit_all(&mut appenders)?;
+            commit_all(appenders)?;
             last_commit = Instant::now();
         }
     }
-    commit_all(&mut appenders)?;
-    let mut report = StreamIngestReport::merged(
-        partitions
-            .iter()
-            .zip(appenders)
-            .map(|(&p, a)| (p.cast_unsigned(), a.report))
-            .collect(),
-    );
-    report.reconnects += reconnects;
-    Ok(report)
+    commit_all(appenders)
 }
 
 /// One fetch, its records handed to the partitions' appenders.

@@ -75,7 +75,7 @@ impl SourceMetrics {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a pause for `--max-log-bytes`.
+    /// Counts a pause (`--max-log-bytes`, or a full disk).
     pub(super) fn paused(&self) {
         self.pauses.fetch_add(1, Ordering::Relaxed);
     }
@@ -143,7 +143,7 @@ impl SourceMetrics {
         out.labelled(
             "source_pauses_total",
             "counter",
-            "Times reading paused because the log was over --max-log-bytes.",
+            "Times reading paused: the log over --max-log-bytes, or its disk full.",
             &[(
                 format!("source=\"{source}\""),
                 self.pauses.load(Ordering::Relaxed).to_string(),

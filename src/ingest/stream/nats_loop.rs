@@ -2,6 +2,7 @@
 //! commit; reconnect with backoff when the server goes away; pause while the
 //! log is over its size limit. The protocol is in the parent module's doc.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,19 +13,23 @@ use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
 use crate::nats::jetstream::StreamReader;
 use crate::nats::NatsError;
 
+/// One attempt (see [`super::ingest_stream`]): its appender goes into
+/// `opened`, its report on from `earlier`.
 pub(super) fn ingest_nats(
     log_dir: &Path,
     source: &StreamSource,
     options: &StreamIngestOptions,
     stop: &AtomicBool,
-) -> Result<StreamIngestReport, StreamIngestError> {
-    let mut appender = Appender::open(
+    (opened, earlier): (&mut Vec<Appender>, &BTreeMap<u32, StreamIngestReport>),
+) -> Result<(), StreamIngestError> {
+    opened.push(Appender::open(
         log_dir,
         (&source.name, source.to_string()),
         options,
-        options.partition,
+        (options.partition, earlier.get(&options.partition)),
         &options.dead_letter_path,
-    )?;
+    )?);
+    let appender = &mut opened[0];
     let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
     let start_seq = appender.current.source_seq + 1;
     let mut reader = StreamReader::open(&source.server, &source.name, start_seq, timeout)?;
@@ -103,9 +108,5 @@ pub(super) fn ingest_nats(
             last_commit = Instant::now();
         }
     }
-    appender.commit()?;
-    Ok(StreamIngestReport::merged(vec![(
-        options.partition,
-        appender.report,
-    )]))
+    appender.commit()
 }

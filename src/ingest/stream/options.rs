@@ -96,7 +96,7 @@ pub struct StreamIngestReport {
     pub skipped_seqs: u64,
     /// Times the connection was made again.
     pub reconnects: u64,
-    /// Times reading paused because the log was over `max_log_bytes`.
+    /// Times reading paused: the log over `max_log_bytes`, or its disk full.
     pub pauses: u64,
     /// Per log partition: `(partition, last sequence committed, log offset
     /// after the last record committed)`; `source_seq` and
