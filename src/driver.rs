@@ -46,6 +46,15 @@ pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     let inputs = inputs::prepare(options)?;
     let restored = restore::choose(options)?;
     outputs::prepare(options, restored.record.as_ref(), place)?;
+    if place.process == 0 && options.generated.is_none() {
+        // For the tools that read the data dir later (`weir explain`).
+        crate::job::query_file::record_query(&options.data_dir, &options.query).map_err(|e| {
+            RunError::Output {
+                path: e.path,
+                source: e.source,
+            }
+        })?;
+    }
     let sidecar = sidecar::start(options, place, restored.record.as_ref())?;
     let process = dataflow::Process::new(options, inputs, &restored, &sidecar, place)?;
     let driven = drive::execute(options, process, sidecar.client.clone())?;

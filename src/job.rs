@@ -1,6 +1,7 @@
 //! Assembles the generic window query on one worker: source, query dataflow,
 //! checkpoint tap and announcer, output operator and probe.
 
+pub mod query_file;
 mod restore;
 
 pub use restore::{open_restore, RestoreError, RestoreReport, RestoredState};
