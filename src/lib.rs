@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod csv_input;
 pub mod driver;
 pub mod event;
+pub mod explain;
 pub mod gen;
 pub mod ingest;
 pub mod inspect;

@@ -18,6 +18,8 @@ use weir_dataflows::WindowSpec;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "main/explain_command.rs"]
+mod explain_command;
 #[path = "main/ingest_command.rs"]
 mod ingest_command;
 #[path = "main/run_command.rs"]
@@ -99,6 +101,10 @@ enum Command {
     /// newest checkpoint of a copy of the job and run to the end of its log;
     /// their outputs are compared row by row.
     UpgradeCheck(upgrade_check::UpgradeCheckArgs),
+    /// Lineage of an output row of the window query: the checkpoint that
+    /// committed it, the input partitions and offsets of its events, and the
+    /// late events of its key and window that were refused.
+    Explain(explain_command::ExplainArgs),
     /// Show the input log and the committed checkpoints of a data directory.
     Inspect {
         /// The data directory.
@@ -382,6 +388,7 @@ fn main() -> ExitCode {
         }) => gen_nexmark_command(&args),
         Some(Command::Sidecar(args)) => sidecar_command(&args),
         Some(Command::UpgradeCheck(args)) => upgrade_check::upgrade_check_command(&args),
+        Some(Command::Explain(args)) => explain_command::explain_command(&args),
         Some(Command::Inspect { data_dir }) => weir::inspect::inspect(&data_dir)
             .map(|report| print!("{report}"))
             .map_err(Into::into),

@@ -5,6 +5,7 @@
 //! version first and a CRC32C of the bytes before it last; replaced
 //! atomically (temp file, fsync, rename, fsync directory).
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use weir_dataflows::aggregates::Aggregates;
@@ -51,9 +52,7 @@ pub enum QueryFileError {
 /// Reads `data_dir/QUERY`.
 pub fn read_query(data_dir: &Path) -> Result<WindowQuery, QueryFileError> {
     let path = data_dir.join(QUERY_FILE_NAME);
-    let len = std::fs::metadata(&path)
-        .map_err(IoError::at(&path))?
-        .len();
+    let len = std::fs::metadata(&path).map_err(IoError::at(&path))?.len();
     if len > MAX_QUERY_FILE_BYTES {
         return Err(QueryFileError::Corrupt {
             path,
@@ -78,17 +77,18 @@ pub fn encode(query: &WindowQuery) -> Vec<u8> {
         query.spec, query.granularity_ms, query.lateness_ms, query.emit, query.aggregates
     );
     if let Some(k) = query.aggregates.topk() {
-        text.push_str(&format!("topk {k}\n"));
+        let _ = writeln!(text, "topk {k}");
     }
-    text.push_str(&format!("fingerprint {:016x}\n", query.fingerprint()));
-    text.push_str(&format!("crc32c {:08x}\n", crc32c::crc32c(text.as_bytes())));
+    let _ = writeln!(text, "fingerprint {:016x}", query.fingerprint());
+    let crc = crc32c::crc32c(text.as_bytes());
+    let _ = writeln!(text, "crc32c {crc:08x}");
     text.into_bytes()
 }
 
 /// The query of `bytes`, or where and why they are not one.
 pub fn decode(bytes: &[u8]) -> Result<WindowQuery, (u64, String)> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| (e.valid_up_to() as u64, "not UTF-8".to_owned()))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| (e.valid_up_to() as u64, "not UTF-8".to_owned()))?;
     let mut fields: Vec<(u64, &str, &str)> = Vec::new();
     let mut offset = 0u64;
     for line in text.split_inclusive('\n') {
@@ -108,9 +108,8 @@ pub fn decode(bytes: &[u8]) -> Result<WindowQuery, (u64, String)> {
     if crc != format!("{:08x}", crc32c::crc32c(covered)) {
         return Err((crc_offset, format!("checksum mismatch (recorded {crc})")));
     }
-    let version = match fields.first() {
-        Some(&(_, FIRST_LINE, version)) => version,
-        _ => return Err((0, format!("not a weir query file (no `{FIRST_LINE}` line)"))),
+    let Some(&(_, FIRST_LINE, version)) = fields.first() else {
+        return Err((0, format!("not a weir query file (no `{FIRST_LINE}` line)")));
     };
     if version != QUERY_FILE_VERSION.to_string() {
         return Err((
@@ -204,7 +203,13 @@ mod tests {
             assert_eq!(back.fingerprint(), q.fingerprint());
             assert_eq!(back.aggregates, q.aggregates);
             assert_eq!(
-                (back.spec, back.granularity_ms, back.lateness_ms, back.nexmark, back.emit),
+                (
+                    back.spec,
+                    back.granularity_ms,
+                    back.lateness_ms,
+                    back.nexmark,
+                    back.emit
+                ),
                 (q.spec, q.granularity_ms, q.lateness_ms, q.nexmark, q.emit)
             );
         }
@@ -218,7 +223,10 @@ mod tests {
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(golden), "{text}");
         let golden_file = include_bytes!("../../tests/golden/query-v1");
-        assert_eq!(decode(golden_file).unwrap().fingerprint(), queries()[0].fingerprint());
+        assert_eq!(
+            decode(golden_file).unwrap().fingerprint(),
+            queries()[0].fingerprint()
+        );
         assert_eq!(bytes, golden_file);
     }
 

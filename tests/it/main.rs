@@ -6,6 +6,7 @@ mod cluster;
 mod distinct;
 mod emit_changes;
 mod eviction;
+mod explain;
 mod golden;
 mod golden_restore;
 mod idle;
