@@ -55,6 +55,12 @@ pub struct IngestArgs {
     /// broker may take seconds to serve a fetch of a large backlog).
     #[arg(long, default_value = "30s", value_parser = parse_duration_ms, requires = "from")]
     request_timeout: u64,
+    /// With a kafka:// --from of several partitions: a partition with no
+    /// new message for this long gets an idle marker in its log partition,
+    /// carrying the event time of the others, so a quiet partition does not
+    /// hold back every window (decision 29). Off by default.
+    #[arg(long, value_parser = parse_duration_ms, requires = "from")]
+    idle_timeout: Option<u64>,
     /// With --from: give up after the server has been unreachable this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration_ms, requires = "from")]
     reconnect_limit: u64,
@@ -167,6 +173,15 @@ fn stream_command(
     options.max_log_bytes = args.max_log_bytes;
     options.commit_interval_ms = args.commit_interval;
     options.reconnect_limit_ms = args.reconnect_limit;
+    if let Some(ms) = args.idle_timeout {
+        if ms < weir::ingest::idle::MIN_IDLE_TIMEOUT_MS {
+            anyhow::bail!(
+                "--idle-timeout must be at least {} ms",
+                weir::ingest::idle::MIN_IDLE_TIMEOUT_MS
+            );
+        }
+        options.idle_timeout_ms = Some(ms);
+    }
     options.request_timeout_ms = args.request_timeout;
     let metrics_stop = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.metrics_addr {

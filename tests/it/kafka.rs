@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use weir::event::{decode_record, LogRecord};
 use weir::kafka::KafkaClient;
+use weir::log::{partition_dir, PartitionReader};
 
 use crate::sources::{
-    check_exactly_once, kill_while_producing, message, position, server_binary, wait_until,
-    windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed, PROGRESS_DEADLINE,
+    check_exactly_once, is_malformed, kill_while_producing, message, position, server_binary,
+    wait_until, windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed,
+    PROGRESS_DEADLINE,
 };
 use crate::support::{assert_success, free_ports, output_within, run_weir, weir};
 
@@ -280,4 +283,72 @@ fn a_batch_larger_than_the_fetch_size_is_read() {
     check_exactly_once(&data, 0, &all, &dead_letters(&data, 0), |at, _| {
         at as u64 + 1
     });
+}
+
+/// The idle markers of `partition` of topic `events`: their watermarks.
+fn idle_markers(data: &Path, partition: u32) -> Vec<u64> {
+    let dir = partition_dir(&data.join("log"), "events", partition);
+    let Ok(mut reader) = PartitionReader::open(&dir, 0) else {
+        return Vec::new();
+    };
+    let mut markers = Vec::new();
+    while let Some((_, payload)) = reader.next().unwrap() {
+        if let LogRecord::Idle { watermark_ms } = decode_record(payload).unwrap() {
+            markers.push(watermark_ms);
+        }
+    }
+    markers
+}
+
+#[test]
+fn quiet_partitions_get_idle_markers_at_the_time_of_the_others() {
+    let Some((tmp, port, _broker)) = broker_with_topic() else {
+        return;
+    };
+    // Only partition 0 gets messages.
+    let n = 600;
+    let values: Vec<Vec<u8>> = (0..n).map(message).collect();
+    let mut client = KafkaClient::connect(&addr(port), TIMEOUT).unwrap();
+    for chunk in values.chunks(200) {
+        let chunk: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        client.produce("ev", 0, &chunk).unwrap();
+    }
+    let largest_ts = (0..n)
+        .filter(|&i| !is_malformed(i))
+        .map(|i| {
+            let text = String::from_utf8(message(i)).unwrap();
+            text.split(',').next().unwrap().parse::<u64>().unwrap()
+        })
+        .max()
+        .unwrap();
+    let data = tmp.path().join("data");
+    let tail = Killed(
+        ingest(port, &data, &["--idle-timeout", "50ms"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Partitions 1 and 2 follow partition 0's time once it is quiet too.
+    wait_until(
+        Duration::from_millis(20),
+        || (1..PARTITIONS as u32).all(|p| idle_markers(&data, p).last() == Some(&largest_ts)),
+        || {
+            format!(
+                "markers: {:?}",
+                (1..3).map(|p| idle_markers(&data, p)).collect::<Vec<_>>()
+            )
+        },
+    );
+    drop(tail);
+    for p in 1..PARTITIONS as u32 {
+        let markers = idle_markers(&data, p);
+        assert!(markers.windows(2).all(|w| w[0] < w[1]), "{markers:?}");
+    }
+    // Partition 0 holds its messages once, and no marker: it was never quiet
+    // while behind the others.
+    let messages: Vec<u64> = (0..n).collect();
+    check_exactly_once(&data, 0, &messages, &dead_letters(&data, 0), |at, _| {
+        at as u64 + 1
+    });
+    assert_eq!(idle_markers(&data, 0), Vec::<u64>::new());
 }

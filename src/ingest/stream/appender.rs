@@ -160,10 +160,15 @@ impl Appender {
         })
     }
 
-    pub(super) fn accept(&mut self, message: &SourceMessage<'_>) -> Result<(), StreamIngestError> {
+    /// Appends (or matches) the record of `message`, or dead-letters it;
+    /// the event's time when it is in the log now.
+    pub(super) fn accept(
+        &mut self,
+        message: &SourceMessage<'_>,
+    ) -> Result<Option<u64>, StreamIngestError> {
         let last = self.current.source_seq;
         if message.seq <= last {
-            return Ok(());
+            return Ok(None);
         }
         if message.seq > last + 1 && last > 0 {
             // Kafka leaves gaps (transaction markers, compaction); a NATS
@@ -178,8 +183,12 @@ impl Appender {
             }
             self.report.skipped_seqs += message.seq - last - 1;
         }
+        let mut event_ts = None;
         match self.decoder.decode(message.payload) {
             Ok(record) => {
+                if let Ok(LogRecord::Event(event)) = decode_record(record) {
+                    event_ts = Some(event.ts);
+                }
                 if let Some((offset, expected)) = self.tail.front() {
                     if expected.as_slice() != record {
                         return Err(StreamIngestError::TailMismatch {
@@ -208,6 +217,22 @@ impl Appender {
         self.current.messages += 1;
         self.report.messages += 1;
         self.uncommitted += 1;
+        Ok(event_ts)
+    }
+
+    /// Appends an idle marker at `watermark_ms` (decision 29), unless
+    /// records from before a restart are still to be matched (a marker
+    /// among them would be read before events older than its watermark).
+    pub(super) fn append_idle_marker(
+        &mut self,
+        watermark_ms: u64,
+    ) -> Result<(), StreamIngestError> {
+        if self.tail.is_empty() {
+            let mut payload = Vec::with_capacity(crate::event::IDLE_MARKER_LEN_BYTES);
+            crate::event::encode_idle_marker(watermark_ms, &mut payload);
+            self.writer.append(&payload)?;
+            self.uncommitted += 1;
+        }
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use super::options::{
     give_up_after, reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL,
 };
 use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
+use crate::ingest::idle::{IdleMarkers, MIN_IDLE_TIMEOUT_MS};
 use crate::kafka::batch::{decode_batches, incomplete_first_batch_bytes};
 use crate::kafka::{
     KafkaClient, KafkaError, KafkaErrorKind, FETCH_PARTITION_LIMIT_BYTES, FETCH_PARTITION_MAX_BYTES,
@@ -92,6 +93,11 @@ pub(super) fn ingest_kafka(
     // broker that accepts connections but never answers a fetch in time
     // must end the source, not keep it retrying silently.
     let mut failing_since: Option<Instant> = None;
+    let started = Instant::now();
+    let clock_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut idle = options.idle_timeout_ms.map(|timeout_ms| {
+        IdleMarkers::new(partitions.len(), timeout_ms.max(MIN_IDLE_TIMEOUT_MS), 0)
+    });
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -130,8 +136,24 @@ pub(super) fn ingest_kafka(
             .map(|i| (partitions[i], fetch_from[i], fetch_bytes[i]))
             .collect();
         let positions = (&mut fetch_from[..], &mut fetch_bytes[..]);
-        match fetch_into(&mut client, topic, &at, appenders, positions) {
-            Ok(()) => failing_since = None,
+        match fetch_into(
+            &mut client,
+            topic,
+            &at,
+            appenders,
+            positions,
+            &mut |i, ts| {
+                if let Some(idle) = idle.as_mut() {
+                    idle.appended(i, ts, clock_ms());
+                }
+            },
+        ) {
+            Ok(()) => {
+                failing_since = None;
+                if let Some(idle) = idle.as_mut() {
+                    append_idle_markers(idle, clock_ms(), appenders)?;
+                }
+            }
             Err(StreamIngestError::Kafka(e)) if e.is_transient() => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if let Err(gave_up) = give_up_after(since, options.reconnect_limit_ms, &e) {
@@ -169,13 +191,35 @@ pub(super) fn ingest_kafka(
     commit_all(appenders)
 }
 
-/// One fetch, its records handed to the partitions' appenders.
+/// Appends the idle markers due at `now_ms`, after handing the events
+/// before them to the file system (a reader never sees a marker before the
+/// events its watermark came from).
+fn append_idle_markers(
+    idle: &mut IdleMarkers,
+    now_ms: u64,
+    appenders: &mut [Appender],
+) -> Result<(), StreamIngestError> {
+    let due = idle.due(now_ms);
+    if !due.is_empty() {
+        for a in appenders.iter_mut() {
+            a.writer.flush()?;
+        }
+    }
+    for (i, watermark_ms) in due {
+        appenders[i].append_idle_marker(watermark_ms)?;
+    }
+    Ok(())
+}
+
+/// One fetch, its records handed to the partitions' appenders; `appended`
+/// is told each event's partition index and time.
 fn fetch_into(
     client: &mut KafkaClient,
     topic: &str,
     at: &[(i32, i64, i32)],
     appenders: &mut [Appender],
     (fetch_from, fetch_bytes): (&mut [i64], &mut [i32]),
+    appended: &mut dyn FnMut(usize, u64),
 ) -> Result<(), StreamIngestError> {
     for fetched in client.fetch(topic, at, FETCH_WAIT_MS)? {
         let Some(i) = at.iter().position(|&(p, ..)| p == fetched.partition) else {
@@ -226,10 +270,13 @@ fn fetch_into(
         }
         for record in records {
             let seq = u64::try_from(record.offset).unwrap_or(0) + 1;
-            appenders[i].accept(&SourceMessage {
+            let event_ts = appenders[i].accept(&SourceMessage {
                 seq,
                 payload: record.value.unwrap_or_default(),
             })?;
+            if let Some(ts) = event_ts {
+                appended(i, ts);
+            }
         }
         fetch_from[i] = fetch_from[i].max(next);
     }

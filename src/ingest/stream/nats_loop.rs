@@ -74,10 +74,14 @@ pub(super) fn ingest_nats(
             .min(last_flush + FLUSH_INTERVAL)
             .max(now + Duration::from_millis(1));
         match reader.next(deadline) {
-            Ok(Some(message)) => appender.accept(&SourceMessage {
-                seq: message.seq,
-                payload: &message.payload,
-            })?,
+            Ok(Some(message)) => {
+                // One partition: its own time is every partition's, so it
+                // needs no idle markers.
+                appender.accept(&SourceMessage {
+                    seq: message.seq,
+                    payload: &message.payload,
+                })?;
+            }
             Ok(None) => {}
             Err(e) if e.is_transient() => {
                 tracing::warn!("{source}: {e}; reconnecting");

@@ -48,6 +48,10 @@ pub struct StreamIngestOptions {
     pub reconnect_limit_ms: u64,
     /// Where the committed figures go (a metrics endpoint), if anywhere.
     pub metrics: Option<Arc<SourceMetrics>>,
+    /// A Kafka partition with nothing new for this long gets an idle
+    /// marker (decision 29), so it does not hold back the windows of the
+    /// others; `None`: never.
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl StreamIngestOptions {
@@ -72,6 +76,7 @@ impl StreamIngestOptions {
             request_timeout_ms: 30_000,
             reconnect_limit_ms: 60_000,
             metrics: None,
+            idle_timeout_ms: None,
         }
     }
 }
