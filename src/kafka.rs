@@ -8,6 +8,7 @@
 //! A leaf: nothing of the engine is imported.
 
 pub mod batch;
+pub mod compression;
 pub mod wire;
 
 use std::io::{self, Read, Write};
@@ -388,6 +389,17 @@ impl KafkaClient {
         partition: i32,
         values: &[&[u8]],
     ) -> Result<i64, KafkaError> {
+        self.produce_compressed(topic, partition, values, compression::Codec::None)
+    }
+
+    /// As [`Self::produce`], in one batch compressed with `codec`.
+    pub fn produce_compressed(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        values: &[&[u8]],
+        codec: compression::Codec,
+    ) -> Result<i64, KafkaError> {
         let mut body = Writer::default();
         body.null_string();
         body.i16(-1);
@@ -396,7 +408,7 @@ impl KafkaClient {
         body.string(topic);
         body.array_len(1);
         body.i32(partition);
-        body.bytes(&batch::encode_batch(values, 0));
+        body.bytes(&batch::encode_batch(values, 0, codec));
         let response = self.call(PRODUCE, 3, &body.buf)?;
         let wire = self.wire("Produce");
         let mut r = Reader::new(&response);

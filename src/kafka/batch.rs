@@ -1,6 +1,6 @@
-//! Kafka record batches, format v2 (magic 2, Kafka 0.11 and later),
-//! uncompressed: decoded from fetch responses, encoded for produce
-//! requests. A batch's CRC32C (over its attributes to its end) is checked;
+//! Kafka record batches, format v2 (magic 2, Kafka 0.11 and later), plain
+//! or compressed ([`super::compression`]): decoded from fetch responses,
+//! encoded for produce requests. A batch's CRC32C (over its attributes to its end) is checked;
 //! a fetch response may end with a partial batch, which is not an error
 //! (the next fetch starts there).
 //!
@@ -14,6 +14,7 @@
 //!         | headers (key and value, varint lengths)
 //! ```
 
+use super::compression::{self, Codec};
 use super::wire::{Reader, WireError, Writer};
 
 /// Bytes of a batch before `batch_length`'s coverage starts.
@@ -32,9 +33,17 @@ pub struct KafkaRecord<'a> {
 
 /// The records of the complete batches in `bytes` at offsets `>= from`,
 /// and the offset after the last complete batch (where the next fetch
-/// starts; `from` if there is none).
-pub fn decode_batches(bytes: &[u8], from: i64) -> Result<(Vec<KafkaRecord<'_>>, i64), WireError> {
-    let mut records = Vec::new();
+/// starts; `from` if there is none). The records of compressed batches are
+/// inflated into `inflated` (cleared first), which they borrow from.
+pub fn decode_batches<'a>(
+    bytes: &'a [u8],
+    from: i64,
+    inflated: &'a mut Vec<Vec<u8>>,
+) -> Result<(Vec<KafkaRecord<'a>>, i64), WireError> {
+    inflated.clear();
+    // First every batch is framed and checked and its records inflated;
+    // then the records are decoded, borrowing the inflated bytes.
+    let mut batches = Vec::new();
     let mut next = from;
     let mut r = Reader::new(bytes);
     while r.remaining() >= BATCH_PREFIX_BYTES {
@@ -51,13 +60,71 @@ pub fn decode_batches(bytes: &[u8], from: i64) -> Result<(Vec<KafkaRecord<'_>>, 
             break; // a partial batch at the end of a fetch
         }
         let body = r.take(batch_len)?;
-        let last = decode_batch(body, base_offset, from, &mut records).map_err(|e| WireError {
+        let at = |e: WireError| WireError {
             offset: start + BATCH_PREFIX_BYTES + e.offset,
             reason: e.reason,
-        })?;
-        next = next.max(last + 1);
+        };
+        let mut batch = frame_batch(body, base_offset).map_err(at)?;
+        if let Records::Compressed(codec, packed) = batch.records {
+            let records = compression::decompress(codec, packed).map_err(|reason| WireError {
+                offset: start,
+                reason: format!(
+                    "the {} records of the batch at offset {base_offset}: {reason}",
+                    codec.name()
+                ),
+            })?;
+            inflated.push(records);
+            batch.records = Records::Inflated(inflated.len() - 1);
+        }
+        next = next.max(batch.last + 1);
+        batches.push((start, batch));
+    }
+    let inflated: &'a Vec<Vec<u8>> = inflated;
+    let mut records = Vec::new();
+    for (start, batch) in batches {
+        let (section, section_at) = match batch.records {
+            Records::Plain(section, at) => (section, start + BATCH_PREFIX_BYTES + at),
+            Records::Inflated(i) => (inflated[i].as_slice(), start),
+            Records::Compressed(..) | Records::Control => continue,
+        };
+        decode_records(section, batch.count, batch.base_offset, from, &mut records).map_err(
+            |e| match batch.records {
+                Records::Inflated(_) => WireError {
+                    offset: section_at,
+                    reason: format!(
+                        "the inflated records of the batch at offset {}, at their byte {}: {}",
+                        batch.base_offset, e.offset, e.reason
+                    ),
+                },
+                _ => WireError {
+                    offset: section_at + e.offset,
+                    reason: e.reason,
+                },
+            },
+        )?;
     }
     Ok((records, next))
+}
+
+/// Where a batch's records are.
+#[derive(Clone, Copy)]
+enum Records<'a> {
+    /// Uncompressed, at this byte of the batch body.
+    Plain(&'a [u8], usize),
+    /// Compressed with this codec.
+    Compressed(Codec, &'a [u8]),
+    /// Inflated, in this entry of the arena.
+    Inflated(usize),
+    /// A control batch (transaction markers): no data.
+    Control,
+}
+
+/// A checked batch.
+struct Batch<'a> {
+    base_offset: i64,
+    last: i64,
+    count: usize,
+    records: Records<'a>,
 }
 
 /// The size of the first batch in `bytes` when `bytes` holds only part of
@@ -71,13 +138,8 @@ pub fn incomplete_first_batch_bytes(bytes: &[u8]) -> Option<usize> {
     (whole > bytes.len()).then_some(whole)
 }
 
-/// Decodes one batch body (after `batch_length`); returns its last offset.
-fn decode_batch<'a>(
-    body: &'a [u8],
-    base_offset: i64,
-    from: i64,
-    out: &mut Vec<KafkaRecord<'a>>,
-) -> Result<i64, WireError> {
+/// Checks one batch body (after `batch_length`) and finds its records.
+fn frame_batch(body: &[u8], base_offset: i64) -> Result<Batch<'_>, WireError> {
     let mut r = Reader::new(body);
     let _leader_epoch = r.i32()?;
     let magic = r.i8()?;
@@ -94,21 +156,44 @@ fn decode_batch<'a>(
     let attributes = r.i16()?;
     let last_offset_delta = r.i32()?;
     let last = base_offset + i64::from(last_offset_delta);
-    if attributes & COMPRESSION_MASK != 0 {
+    let Some(codec) = Codec::from_bits(attributes & COMPRESSION_MASK) else {
         return Err(r.error(format!(
-            "a compressed record batch (codec {}); produce without compression",
+            "unknown compression codec {} (0 to 4 are Kafka's)",
             attributes & COMPRESSION_MASK
         )));
-    }
+    };
     let _base_ts = r.i64()?;
     let _max_ts = r.i64()?;
     let _producer_id = r.i64()?;
     let _producer_epoch = r.i16()?;
     let _base_seq = r.i32()?;
     let count = r.array_len()?;
-    if attributes & CONTROL_BIT != 0 {
-        return Ok(last); // transaction markers: no data
-    }
+    let at = r.offset();
+    let section = &body[at..];
+    let records = if attributes & CONTROL_BIT != 0 {
+        Records::Control
+    } else if codec == Codec::None {
+        Records::Plain(section, at)
+    } else {
+        Records::Compressed(codec, section)
+    };
+    Ok(Batch {
+        base_offset,
+        last,
+        count,
+        records,
+    })
+}
+
+/// Decodes `count` records from `section`, keeping those at offsets `>= from`.
+fn decode_records<'a>(
+    section: &'a [u8],
+    count: usize,
+    base_offset: i64,
+    from: i64,
+    out: &mut Vec<KafkaRecord<'a>>,
+) -> Result<(), WireError> {
+    let mut r = Reader::new(section);
     for _ in 0..count {
         let len = r.varint()?;
         let len = usize::try_from(len).map_err(|_| r.error("a negative record length"))?;
@@ -128,12 +213,12 @@ fn decode_batch<'a>(
             out.push(KafkaRecord { offset, value });
         }
     }
-    Ok(last)
+    Ok(())
 }
 
-/// An uncompressed batch of `values` (no keys, no headers), offsets from
-/// 0 (the broker assigns them), timestamped `ts_ms`.
-pub fn encode_batch(values: &[&[u8]], ts_ms: i64) -> Vec<u8> {
+/// A batch of `values` (no keys, no headers) compressed with `codec`,
+/// offsets from 0 (the broker assigns them), timestamped `ts_ms`.
+pub fn encode_batch(values: &[&[u8]], ts_ms: i64, codec: Codec) -> Vec<u8> {
     let mut records = Writer::default();
     let mut record = Writer::default();
     for (i, value) in values.iter().enumerate() {
@@ -149,7 +234,7 @@ pub fn encode_batch(values: &[&[u8]], ts_ms: i64) -> Vec<u8> {
         records.buf.extend_from_slice(&record.buf);
     }
     let mut covered = Writer::default();
-    covered.i16(0);
+    covered.i16(codec.bits());
     covered.i32(i32::try_from(values.len().saturating_sub(1)).expect("under 2^31 records"));
     covered.i64(ts_ms);
     covered.i64(ts_ms);
@@ -157,7 +242,9 @@ pub fn encode_batch(values: &[&[u8]], ts_ms: i64) -> Vec<u8> {
     covered.i16(-1);
     covered.i32(-1);
     covered.array_len(values.len());
-    covered.buf.extend_from_slice(&records.buf);
+    covered
+        .buf
+        .extend_from_slice(&compression::compress(codec, &records.buf));
     let mut batch = Writer::default();
     batch.i64(0);
     batch.i32(i32::try_from(4 + 1 + 4 + covered.buf.len()).expect("under 2 GiB"));
@@ -181,10 +268,11 @@ mod tests {
 
     #[test]
     fn batches_round_trip_and_a_partial_one_waits() {
-        let a = with_base(encode_batch(&[b"x", b"yy"], 5), 10);
-        let b = with_base(encode_batch(&[b"zzz"], 5), 12);
+        let a = with_base(encode_batch(&[b"x", b"yy"], 5, Codec::None), 10);
+        let b = with_base(encode_batch(&[b"zzz"], 5, Codec::None), 12);
         let both = [a.clone(), b.clone()].concat();
-        let (records, next) = decode_batches(&both, 11).unwrap();
+        let mut inflated = Vec::new();
+        let (records, next) = decode_batches(&both, 11, &mut inflated).unwrap();
         let got: Vec<(i64, &[u8])> = records
             .iter()
             .map(|r| (r.offset, r.value.unwrap()))
@@ -193,14 +281,15 @@ mod tests {
         assert_eq!(next, 13);
         for cut in 0..b.len() {
             let partial = [a.clone(), b[..cut].to_vec()].concat();
-            let (records, next) = decode_batches(&partial, 10).unwrap();
+            let mut inflated = Vec::new();
+            let (records, next) = decode_batches(&partial, 10, &mut inflated).unwrap();
             assert_eq!((records.len(), next), (2, 12), "cut {cut}");
         }
     }
 
     #[test]
     fn a_first_batch_cut_short_gives_its_whole_size() {
-        let batch = encode_batch(&[b"x", b"yy"], 5);
+        let batch = encode_batch(&[b"x", b"yy"], 5, Codec::None);
         assert_eq!(incomplete_first_batch_bytes(&batch), None);
         assert_eq!(incomplete_first_batch_bytes(&[]), None);
         for cut in 0..batch.len() {
@@ -214,18 +303,76 @@ mod tests {
     }
 
     #[test]
+    fn compressed_batches_are_read_with_every_codec() {
+        let values: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("{i},k{},{i}", i % 7).into_bytes())
+            .collect();
+        let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        for codec in [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Zstd,
+        ] {
+            let a = with_base(encode_batch(&values[..200], 5, codec), 0);
+            let b = with_base(encode_batch(&values[200..], 5, codec), 200);
+            let both = [a, b].concat();
+            let mut inflated = Vec::new();
+            let (records, next) = decode_batches(&both, 100, &mut inflated).unwrap();
+            assert_eq!(next, 500, "{codec:?}");
+            let got: Vec<&[u8]> = records.iter().map(|r| r.value.unwrap()).collect();
+            assert_eq!(got, values[100..], "{codec:?}");
+            assert_eq!(records[0].offset, 100);
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_that_does_not_inflate_is_refused_with_its_offset() {
+        // The CRC covers the compressed bytes: damage with a valid CRC is
+        // what a buggy producer sends.
+        let values: [&[u8]; 2] = [b"1000,a,1", b"2000,b,2"];
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let mut batch = with_base(encode_batch(&values, 5, codec), 42);
+            let records_at = BATCH_PREFIX_BYTES + 49;
+            for b in &mut batch[records_at..] {
+                *b ^= 0x5a;
+            }
+            let crc = crc32c::crc32c(&batch[21..]);
+            batch[17..21].copy_from_slice(&crc.to_be_bytes());
+            let e = decode_batches(&batch, 0, &mut Vec::new()).unwrap_err();
+            assert!(
+                e.reason.contains(codec.name()) && e.reason.contains("offset 42"),
+                "{codec:?}: {e:?}"
+            );
+        }
+        let mut unknown = encode_batch(&values, 5, Codec::None);
+        unknown[22] |= 0x07;
+        let crc = crc32c::crc32c(&unknown[21..]);
+        unknown[17..21].copy_from_slice(&crc.to_be_bytes());
+        let e = decode_batches(&unknown, 0, &mut Vec::new()).unwrap_err();
+        assert!(e.reason.contains("unknown compression codec 7"), "{e:?}");
+    }
+
+    #[test]
     fn corrupt_batches_are_refused() {
-        let batch = encode_batch(&[b"value"], 5);
+        let batch = encode_batch(&[b"value"], 5, Codec::None);
         for at in 16..batch.len() {
             let mut bad = batch.clone();
             bad[at] ^= 0x01;
-            assert!(decode_batches(&bad, 0).is_err(), "flip at {at}");
+            assert!(
+                decode_batches(&bad, 0, &mut Vec::new()).is_err(),
+                "flip at {at}"
+            );
         }
         let mut v1 = batch.clone();
         v1[16] = 1;
-        assert!(decode_batches(&v1, 0).unwrap_err().reason.contains("v1"));
+        assert!(decode_batches(&v1, 0, &mut Vec::new())
+            .unwrap_err()
+            .reason
+            .contains("v1"));
         let mut negative = batch;
         negative[8..12].copy_from_slice(&(-5_i32).to_be_bytes());
-        assert!(decode_batches(&negative, 0).is_err());
+        assert!(decode_batches(&negative, 0, &mut Vec::new()).is_err());
     }
 }

@@ -237,12 +237,14 @@ fn fetch_into(
                 })
                 .into());
         }
-        let (records, next) = decode_batches(&fetched.records, at[i].1).map_err(|error| {
-            client.error(KafkaErrorKind::Wire {
-                api: "Fetch",
-                error,
-            })
-        })?;
+        let mut inflated = Vec::new();
+        let (records, next) =
+            decode_batches(&fetched.records, at[i].1, &mut inflated).map_err(|error| {
+                client.error(KafkaErrorKind::Wire {
+                    api: "Fetch",
+                    error,
+                })
+            })?;
         if next == at[i].1 {
             // No complete batch: a broker that cut the first one at the
             // byte limit is asked for all of it next time.
