@@ -139,6 +139,12 @@ struct SidecarArgs {
     /// more (e.g. `512MiB`, `4GiB`).
     #[arg(long, default_value = "1GiB", value_parser = weir::size::parse_size_bytes)]
     memory_budget: u64,
+    /// Copy each committed checkpoint to this cold tier (`file:///PATH`, e.g.
+    /// a cheaper or remote-mounted volume), in commit order, the commit
+    /// record after its files; a restore whose local checkpoint files are
+    /// damaged or gone reads them from there.
+    #[arg(long, value_name = "URL")]
+    cold_store: Option<String>,
 }
 
 /// How checkpoints are paced (see `weir::checkpoint::cadence`).
@@ -305,6 +311,12 @@ struct RunArgs {
     /// run exactly once; 0s: a lost sidecar ends the run).
     #[arg(long, default_value = "5m", value_parser = parse_duration_ms)]
     sidecar_reconnect: u64,
+    /// Copy committed checkpoints to this cold tier (`file:///PATH`) and,
+    /// when the local checkpoint files are damaged or gone, restore from it
+    /// (see `weir sidecar --cold-store`; with --sidecar, give it to that
+    /// sidecar too).
+    #[arg(long, value_name = "URL", conflicts_with = "no_checkpoint")]
+    cold_store: Option<String>,
     /// `keep` every log segment, or delete, as checkpoints commit, the
     /// `checkpointed` segments that neither retained checkpoint needs (a
     /// long tailing run's log then stays bounded; a later run without
@@ -421,6 +433,7 @@ fn sidecar_command(args: &SidecarArgs) -> Result<()> {
             exit_when_idle: args.exit_when_idle,
             lock_wait_ms: args.lock_wait,
             compaction_budget_bytes: args.memory_budget,
+            cold_store: args.cold_store.clone(),
         },
         args.metrics_addr,
     )?;

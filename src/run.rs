@@ -161,6 +161,10 @@ pub struct CheckpointOptions {
     /// continues the run; 0: a lost sidecar ends the run). A sidecar the
     /// engine started itself is never reconnected to: its loss ends the run.
     pub sidecar_reconnect_ms: u64,
+    /// The cold tier (`file:///PATH`): the sidecar this run starts copies
+    /// committed checkpoints there, and the restore reads damaged or
+    /// missing checkpoint files back from it.
+    pub cold_store: Option<String>,
 }
 
 /// What happens to the input log's segments once checkpoints cover them.

@@ -266,6 +266,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         max_tap_buffer_bytes: DEFAULT_MAX_TAP_BUFFER_BYTES,
         log_retention: weir::run::LogRetention::Keep,
         sidecar_reconnect_ms: 0,
+        cold_store: None,
     });
     let options = RunOptions {
         data_dir: data_dir.clone(),

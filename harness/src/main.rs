@@ -370,6 +370,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     max_tap_buffer_bytes: DEFAULT_MAX_TAP_BUFFER_BYTES,
                     log_retention: weir::run::LogRetention::Keep,
                     sidecar_reconnect_ms: 0,
+                    cold_store: None,
                 }),
             hooks: weir::run::RunHooks::default(),
             metrics_addr: None,

@@ -14,4 +14,5 @@ pub mod resume;
 pub mod sidecar;
 pub mod stall;
 pub mod store;
+pub mod tier;
 pub mod transport;

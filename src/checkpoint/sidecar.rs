@@ -87,6 +87,9 @@ pub struct SidecarConfig {
     /// (`weir sidecar --memory-budget`, default
     /// [`crate::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES`]).
     pub compaction_budget_bytes: u64,
+    /// Copy each committed checkpoint to this cold tier
+    /// ([`crate::checkpoint::tier`]), e.g. `file:///mnt/cold/job`.
+    pub cold_store: Option<String>,
 }
 
 /// Why the sidecar failed.
@@ -110,6 +113,9 @@ pub enum SidecarError {
     /// Another process answers on the socket.
     #[error("checkpoint sidecar: another process is listening on {}", .0.display())]
     AlreadyRunning(PathBuf),
+    /// The cold tier's URL is not usable.
+    #[error("checkpoint sidecar: {0}")]
+    Cold(#[from] crate::checkpoint::tier::BlobError),
     /// The token file is unusable.
     #[error("checkpoint sidecar: token file {}: {reason}", path.display())]
     Token {

@@ -40,7 +40,8 @@ pub use compact::{compact_files, Compacted, DEFAULT_COMPACTION_BUDGET_BYTES};
 pub use error::{StoreError, UsageError};
 pub use floors::ResumeFloors;
 pub use read::{
-    load_checkpoint, newest_usable, read_commits, visit_checkpoint_groups, CheckpointGroups,
+    load_checkpoint, newest_usable, read_commits, verify_file, visit_checkpoint_groups,
+    CheckpointGroups,
 };
 
 use std::collections::HashSet;
@@ -259,6 +260,23 @@ impl CheckpointStore {
             }
             .into());
         }
+        Ok(())
+    }
+
+    /// Writes a data file that a commit record names, brought back from a
+    /// copy (the cold tier), after checking `bytes` against `meta`;
+    /// replaces a damaged local file. Durable on return.
+    pub fn restore_data_file(&mut self, meta: &FileMeta, bytes: &[u8]) -> Result<(), StoreError> {
+        if DataFileId::parse(&meta.name).is_none() {
+            return Err(UsageError::InvalidRecord {
+                reason: format!("`{}` is not a data file name", meta.name),
+            }
+            .into());
+        }
+        let path = self.dir.join(&meta.name);
+        crate::checkpoint::format::verify_data_file(bytes, meta)
+            .map_err(StoreError::corrupt(&path))?;
+        write_file_atomically(&path, bytes)?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use super::metrics::EngineMetrics;
 use crate::checkpoint::format::CommitRecord;
 use crate::checkpoint::store::newest_usable;
+use crate::checkpoint::tier::{open_cold_store, repair_from_cold};
 use crate::job::{open_restore, RestoreReport, RestoredState, WindowQuery};
 use crate::run::{CheckpointSummary, RunError, RunOptions};
 
@@ -28,6 +29,18 @@ pub(super) struct Restored {
 pub(super) fn choose(options: &RunOptions) -> Result<Restored, RunError> {
     let checkpoint = options.checkpoint.as_ref();
     let checkpoint_dir = options.data_dir.join("checkpoints");
+    if let Some(url) = checkpoint.and_then(|c| c.cold_store.as_deref()) {
+        if options.cluster.is_some() {
+            return Err(RunError::Usage(
+                "--cold-store is for single-process runs (not yet with --processes)".into(),
+            ));
+        }
+        let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
+        for note in repair_from_cold(&checkpoint_dir, blob.as_ref())? {
+            tracing::warn!("{note}");
+            eprintln!("WARNING: {note}");
+        }
+    }
     let mut summary_checkpoints = checkpoint.map(|_| CheckpointSummary::default());
     let record: Option<CommitRecord> = match (checkpoint, summary_checkpoints.as_mut()) {
         (Some(_), Some(summary)) if checkpoint_dir.join("commits.log").exists() => {

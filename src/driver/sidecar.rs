@@ -39,7 +39,11 @@ pub(super) fn start(
         SidecarAddress::parse(spec, &options.data_dir)?
     } else {
         if place.process == 0 {
-            sidecar_child = Some(spawn_sidecar(&options.data_dir)?);
+            let cold_store = options
+                .checkpoint
+                .as_ref()
+                .and_then(|c| c.cold_store.as_deref());
+            sidecar_child = Some(spawn_sidecar(&options.data_dir, cold_store)?);
         }
         SidecarAddress::Unix(options.data_dir.join("sidecar.sock"))
     };
@@ -82,18 +86,21 @@ pub(super) fn start(
 
 /// Starts `weir sidecar` for `data_dir` as a child of this process (same
 /// process group, so a kill of the group takes both).
-fn spawn_sidecar(data_dir: &Path) -> Result<Child, RunError> {
+fn spawn_sidecar(data_dir: &Path, cold_store: Option<&str>) -> Result<Child, RunError> {
     let exe = weir_binary().ok_or_else(|| {
         RunError::Usage("cannot find the weir binary to start the sidecar (set WEIR_BIN)".into())
     })?;
-    Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .args(["sidecar", "--exit-when-idle", "--data-dir"])
-        .arg(data_dir)
-        .spawn()
-        .map_err(|e| {
-            RunError::Usage(format!(
-                "cannot start the checkpoint sidecar {}: {e}",
-                exe.display()
-            ))
-        })
+        .arg(data_dir);
+    if let Some(url) = cold_store {
+        command.args(["--cold-store", url]);
+    }
+    command.spawn().map_err(|e| {
+        RunError::Usage(format!(
+            "cannot start the checkpoint sidecar {}: {e}",
+            exe.display()
+        ))
+    })
 }

@@ -367,6 +367,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             max_tap_buffer_bytes: args.max_tap_buffer_mb.saturating_mul(1 << 20),
             log_retention: args.log_retention.into(),
             sidecar_reconnect_ms: args.sidecar_reconnect,
+            cold_store: args.cold_store.clone(),
         }),
         hooks: weir::run::RunHooks {
             stop: stream.as_ref().map(|s| s.run_stop.clone()),

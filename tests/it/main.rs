@@ -3,6 +3,7 @@
 mod checkpoint_store;
 mod cli;
 mod cluster;
+mod cold_tier;
 mod distinct;
 mod emit_changes;
 mod eviction;

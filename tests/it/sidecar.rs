@@ -42,6 +42,7 @@ fn start_sidecar(data_dir: &Path, listen: Listen) -> JoinHandle<Result<(), Sidec
         exit_when_idle: true,
         lock_wait_ms: 0,
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
+        cold_store: None,
     };
     std::thread::spawn(move || run_sidecar(config))
 }
@@ -394,6 +395,7 @@ fn sidecar_refuses_non_loopback_addresses() {
             exit_when_idle: true,
             lock_wait_ms: 0,
             compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
+            cold_store: None,
         };
         let err = run_sidecar(config).unwrap_err();
         assert!(
@@ -440,6 +442,7 @@ fn sidecar_second_on_the_same_data_dir_is_refused() {
         // Waits for the lock, then refuses: the first one keeps it.
         lock_wait_ms: 200,
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
+        cold_store: None,
     };
     let err = run_sidecar(config).unwrap_err();
     assert!(
@@ -470,6 +473,7 @@ fn sidecar_replaces_a_stale_socket_but_not_other_files() {
         exit_when_idle: true,
         lock_wait_ms: 0,
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
+        cold_store: None,
     };
     assert!(matches!(run_sidecar(config), Err(SidecarError::Io { .. })));
     assert_eq!(

@@ -36,6 +36,8 @@ pub struct SidecarMetrics {
     pub connections: AtomicU64,
     /// Checkpoints with some cuts collected, not committed yet.
     pub pending_checkpoints: AtomicU64,
+    /// The cold tier's copier, when there is one.
+    pub cold: std::sync::OnceLock<std::sync::Arc<crate::checkpoint::tier::ColdFigures>>,
 }
 
 impl SidecarMetrics {
@@ -55,6 +57,7 @@ impl SidecarMetrics {
             last_cut_ms: AtomicU64::new(u64::MAX),
             connections: AtomicU64::new(0),
             pending_checkpoints: AtomicU64::new(0),
+            cold: std::sync::OnceLock::new(),
         }
     }
 
@@ -136,6 +139,24 @@ impl SidecarMetrics {
             "Checkpoints whose cuts are arriving, not committed yet.",
             load(&self.pending_checkpoints),
         );
+        if let Some(cold) = self.cold.get() {
+            let copied = load(&cold.checkpoint_id);
+            x.gauge(
+                "sidecar_cold_checkpoint_id",
+                "The newest checkpoint in the cold tier (--cold-store); 0: none yet.",
+                copied,
+            );
+            x.gauge(
+                "sidecar_cold_lag_checkpoints",
+                "Checkpoints committed locally and not (yet) in the cold tier.",
+                load(&cold.offered_id).saturating_sub(copied),
+            );
+            x.counter(
+                "sidecar_cold_copy_failures_total",
+                "Copies to the cold tier that failed (each retried with backoff).",
+                load(&cold.failures),
+            );
+        }
         x.finish()
     }
 }

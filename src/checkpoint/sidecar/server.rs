@@ -20,6 +20,7 @@ use super::{
     MAX_CONNECTIONS, MAX_HELLO_BYTES,
 };
 use crate::checkpoint::store::CheckpointStore;
+use crate::checkpoint::tier::{open_cold_store, ColdCopier};
 use crate::checkpoint::transport::{
     read_frame_async, read_frame_async_into, write_frame_async, CutUpdates, FromSidecar, Hello,
     ToSidecar, WorkerCut, MAX_PAYLOAD_BYTES,
@@ -32,6 +33,9 @@ const EVENT_QUEUE: usize = 8;
 const REPLY_QUEUE: usize = 64;
 /// How long connections get to send their last words when the sidecar stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a stopping sidecar waits for the newest checkpoint to reach
+/// the cold tier.
+const COLD_FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a connection tells the coordinator.
 #[derive(Debug)]
@@ -75,27 +79,48 @@ pub(super) fn run(
     let store_dir = config.data_dir.join(CHECKPOINTS_DIR_NAME);
     let store =
         CheckpointStore::open_waiting(&store_dir, Duration::from_millis(config.lock_wait_ms))?;
+    let cold = match &config.cold_store {
+        Some(url) => {
+            let copier = ColdCopier::start(open_cold_store(url)?, store_dir.clone());
+            let _ = metrics.cold.set(Arc::clone(&copier.figures));
+            if let Some(last) = store.commits().last() {
+                // A restart copies what the last run may not have.
+                copier.offer(last);
+            }
+            Some(Arc::new(copier))
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .map_err(SidecarError::io(&config.data_dir))?;
-    runtime.block_on(async {
-        let (listener, _socket_guard) = Listener::bind(config).await?;
-        tracing::info!(
-            data_dir = %config.data_dir.display(),
-            listen = ?config.listen,
-            last_committed = ?store.commits().last().map(|r| (r.checkpoint_id, r.cut_time)),
-            "checkpoint sidecar listening"
-        );
-        serve(
-            listener,
-            store,
-            (config.exit_when_idle, config.compaction_budget_bytes),
-            metrics,
-        )
-        .await
-    })
+    runtime
+        .block_on(async {
+            let (listener, _socket_guard) = Listener::bind(config).await?;
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                listen = ?config.listen,
+                last_committed = ?store.commits().last().map(|r| (r.checkpoint_id, r.cut_time)),
+                "checkpoint sidecar listening"
+            );
+            serve(
+                listener,
+                store,
+                (config.exit_when_idle, config.compaction_budget_bytes),
+                metrics,
+                cold.clone(),
+            )
+            .await
+        })
+        .map(|()| {
+            // A stopping sidecar's newest checkpoint reaches the cold tier
+            // first (bounded): the last one matters most after a loss.
+            if let Some(cold) = cold {
+                cold.finish(COLD_FINISH_TIMEOUT);
+            }
+        })
 }
 
 /// Accepts connections and runs the coordinator until it stops.
@@ -104,6 +129,7 @@ async fn serve(
     store: CheckpointStore,
     (exit_when_idle, compaction_budget_bytes): (bool, u64),
     metrics: Arc<SidecarMetrics>,
+    cold: Option<Arc<ColdCopier>>,
 ) -> Result<(), SidecarError> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let coordinator = CoordinatorTask {
@@ -114,6 +140,7 @@ async fn serve(
         exit_when_idle,
         compaction_budget_bytes,
         metrics,
+        cold,
     };
     let coordinator = coordinator.run(events_rx);
     tokio::pin!(coordinator);
@@ -328,6 +355,8 @@ struct CoordinatorTask {
     exit_when_idle: bool,
     compaction_budget_bytes: u64,
     metrics: Arc<SidecarMetrics>,
+    /// Copies committed checkpoints to the cold tier.
+    cold: Option<Arc<ColdCopier>>,
 }
 
 impl CoordinatorTask {
@@ -473,6 +502,9 @@ impl CoordinatorTask {
                         cut_time: record.cut_time,
                         commit_latency_us: latency.as_micros() as u64,
                     };
+                    if let Some(cold) = &self.cold {
+                        cold.offer(&record);
+                    }
                     self.coord.committed(record);
                     for conn in self.coord.current_connections() {
                         if let Some(reply) = self.replies.get(&conn) {

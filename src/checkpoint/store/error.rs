@@ -32,6 +32,14 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The cold tier could not be read.
+    #[error("cold tier {url}: {reason}")]
+    Cold {
+        /// The cold store's URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// Another writer holds the store's lock.
     #[error("{}: the checkpoint store is locked by another writer (is another sidecar running?)", path.display())]
     Locked {

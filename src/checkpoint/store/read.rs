@@ -139,7 +139,8 @@ fn open_data_file(dir: &Path, meta: &FileMeta) -> Result<(PathBuf, File), StoreE
 
 /// Checks one data file's size and CRC32C against `meta`, reading it in
 /// chunks of [`VERIFY_CHUNK_BYTES`].
-fn verify_file(dir: &Path, meta: &FileMeta) -> Result<(), StoreError> {
+/// Checks the data file `meta` names in `dir`: its length and CRC32C.
+pub fn verify_file(dir: &Path, meta: &FileMeta) -> Result<(), StoreError> {
     let (path, mut file) = open_data_file(dir, meta)?;
     let crc_at = meta.size_bytes - 4;
     let mut buffer = vec![0u8; VERIFY_CHUNK_BYTES.min(crc_at as usize)];

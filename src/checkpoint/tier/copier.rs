@@ -1,0 +1,177 @@
+//! The sidecar's copier to the cold tier: a thread that copies the newest
+//! committed checkpoint it was offered (older ones it did not reach are
+//! skipped: the slot holds one record, so the copier can never fall behind
+//! by more than one copy, and a commit never waits for it). A failed copy
+//! is retried with backoff (100 ms doubling to [`MAX_RETRY_BACKOFF`]) while
+//! the engine goes on committing locally; once the store answers again the
+//! newest checkpoint is copied.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{cold_contents, copy_checkpoint, Blob, ColdContents};
+use crate::checkpoint::format::CommitRecord;
+
+/// The longest wait between two attempts at a failing copy.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the copier shows (metrics).
+#[derive(Debug, Default)]
+pub struct ColdFigures {
+    /// The newest checkpoint id in the cold tier (0: none).
+    pub checkpoint_id: AtomicU64,
+    /// The newest checkpoint id committed locally and offered.
+    pub offered_id: AtomicU64,
+    /// Copies that failed (each retried).
+    pub failures: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    newest: Option<CommitRecord>,
+    stopping: bool,
+}
+
+/// A running copier.
+#[derive(Debug)]
+pub struct ColdCopier {
+    slot: Arc<(Mutex<Slot>, Condvar)>,
+    /// Its figures.
+    pub figures: Arc<ColdFigures>,
+    url: String,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ColdCopier {
+    /// Starts copying checkpoints of `local_dir` to `blob`.
+    pub fn start(blob: Box<dyn Blob>, local_dir: PathBuf) -> Self {
+        let slot = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
+        let figures = Arc::new(ColdFigures::default());
+        let url = blob.describe();
+        let thread = {
+            let (slot, figures) = (Arc::clone(&slot), Arc::clone(&figures));
+            std::thread::Builder::new()
+                .name("cold-copier".into())
+                .spawn(move || copy_loop(blob.as_ref(), &local_dir, &slot, &figures))
+                .expect("spawning the cold copier")
+        };
+        Self {
+            slot,
+            figures,
+            url,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Hands the copier a newly committed checkpoint (replacing one it has
+    /// not started on).
+    pub fn offer(&self, record: &CommitRecord) {
+        self.figures
+            .offered_id
+            .store(record.checkpoint_id, Ordering::Relaxed);
+        let (lock, ready) = &*self.slot;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).newest = Some(record.clone());
+        ready.notify_one();
+    }
+
+    /// Waits up to `deadline` for the newest offered checkpoint to be in the
+    /// cold tier, then stops the copier; whether it got there.
+    pub fn finish(&self, deadline: Duration) -> bool {
+        let started = Instant::now();
+        let offered = self.figures.offered_id.load(Ordering::Relaxed);
+        while self.figures.checkpoint_id.load(Ordering::Relaxed) < offered
+            && started.elapsed() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let done = self.figures.checkpoint_id.load(Ordering::Relaxed) >= offered;
+        if !done {
+            tracing::warn!(
+                url = %self.url,
+                offered,
+                "the newest checkpoint did not reach the cold tier before the sidecar stopped"
+            );
+        }
+        let (lock, ready) = &*self.slot;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).stopping = true;
+        ready.notify_one();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        done
+    }
+}
+
+fn copy_loop(
+    blob: &dyn Blob,
+    local_dir: &std::path::Path,
+    slot: &(Mutex<Slot>, Condvar),
+    figures: &ColdFigures,
+) {
+    let mut copied: Option<ColdContents> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let record = {
+            let (lock, ready) = slot;
+            let mut slot = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if slot.stopping {
+                    return;
+                }
+                if let Some(record) = slot.newest.take() {
+                    break record;
+                }
+                slot = ready.wait(slot).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let result = match copied.as_mut() {
+            Some(contents) => copy_checkpoint(blob, local_dir, &record, contents),
+            None => cold_contents(blob)
+                .map_err(|e| e.to_string())
+                .and_then(|mut contents| {
+                    let copy = copy_checkpoint(blob, local_dir, &record, &mut contents);
+                    copied = Some(contents);
+                    copy
+                }),
+        };
+        match result {
+            Ok(()) => {
+                figures
+                    .checkpoint_id
+                    .store(record.checkpoint_id, Ordering::Relaxed);
+                backoff = Duration::from_millis(100);
+            }
+            Err(reason) => {
+                figures.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    url = %blob.describe(),
+                    checkpoint_id = record.checkpoint_id,
+                    %reason,
+                    retry_ms = backoff.as_millis() as u64,
+                    "copy to the cold tier failed; retrying"
+                );
+                // What the store holds is unknown now: list it again.
+                copied = None;
+                let (lock, ready) = slot;
+                let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                // Retry this one unless a newer one came meanwhile.
+                if guard.newest.is_none() {
+                    guard.newest = Some(record);
+                }
+                let (guard, _) = ready
+                    .wait_timeout_while(guard, backoff, |s| !s.stopping)
+                    .unwrap_or_else(PoisonError::into_inner);
+                drop(guard);
+                backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+            }
+        }
+    }
+}
