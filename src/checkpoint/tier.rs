@@ -18,12 +18,14 @@
 
 mod copier;
 mod file_blob;
+mod s3_blob;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 pub use copier::{ColdCopier, ColdFigures};
 pub use file_blob::FileBlob;
+pub use s3_blob::S3Blob;
 
 use crate::checkpoint::format::{
     encode_commit_frame, encode_commits_header, scan_commits, CommitRecord,
@@ -74,22 +76,20 @@ pub enum BlobError {
 }
 
 /// Opens the cold store at `url`: `file:///ABSOLUTE/PATH` (a directory,
-/// created if missing).
+/// created if missing) or `s3://BUCKET[/PREFIX]` ([`S3Blob`]).
 pub fn open_cold_store(url: &str) -> Result<Box<dyn Blob>, BlobError> {
     let bad = |reason: &str| BlobError::BadUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(bad("expected file:///PATH"));
+        return Err(bad("expected file:///PATH or s3://BUCKET[/PREFIX]"));
     };
     match scheme {
         "file" if rest.starts_with('/') => Ok(Box::new(FileBlob::open(Path::new(rest))?)),
         "file" => Err(bad("the path must be absolute: file:///PATH")),
-        "s3" => Err(bad(
-            "s3:// is not supported yet (issue 16); file:///PATH is (a mounted volume)",
-        )),
-        _ => Err(bad("only file:///PATH is supported")),
+        "s3" => Ok(Box::new(S3Blob::open(url)?)),
+        _ => Err(bad("expected file:///PATH or s3://BUCKET[/PREFIX]")),
     }
 }
 
@@ -209,6 +209,10 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
         url: blob.describe(),
         reason: e,
     };
+    // Reaching the store at all is checked first: a bad URL or refused
+    // credentials fail the run at its start.
+    blob.list(COMMITS_PREFIX)
+        .map_err(|e| store_err(e.to_string()))?;
     let local = read_commits(local_dir)?;
     let mut notes = Vec::new();
     if local.is_empty() {

@@ -1,23 +1,29 @@
-//! The cold tier (`--cold-store file:///PATH`): committed checkpoints are
-//! copied there, commit record last; a run whose local checkpoints are
-//! lost (after `kill -9`) or damaged restores from it, loudly, and its
-//! output still equals a failure-free run's.
+//! The cold tier (`--cold-store file:///PATH` or `s3://BUCKET/PREFIX`):
+//! committed checkpoints are copied there, commit record last; a run whose
+//! local checkpoints are lost (after `kill -9`) or damaged restores from
+//! it, loudly, and its output still equals a failure-free run's. The S3
+//! tier runs against moto's S3 server on loopback (`scripts/ensure-moto`
+//! installs it); without it that test is skipped, unless
+//! `WEIR_REQUIRE_MOTO` is set (as `scripts/test-all` does).
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use weir::checkpoint::store::read_commits;
-use weir::checkpoint::tier::{cold_contents, open_cold_store, COLD_RECORDS_KEPT};
+use weir::checkpoint::tier::{cold_contents, open_cold_store, S3Blob, COLD_RECORDS_KEPT};
 
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
-use crate::sources::PROGRESS_DEADLINE;
-use crate::support::{assert_success, gen_input, run_weir, sorted_rows, weir};
+use crate::sources::{server_binary, wait_until, Killed, PROGRESS_DEADLINE};
+use crate::support::{assert_success, free_ports, gen_input, sorted_rows, weir};
 
 /// Kill rounds, each followed by the loss of the local checkpoints.
 const KILLS: u64 = 4;
 
-fn run_args(input: &Path, data: &Path, out: &Path, cold: Option<&Path>) -> Vec<String> {
+fn run_args(input: &Path, data: &Path, out: &Path, cold: Option<&str>) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "run".into(),
         "--input".into(),
@@ -35,75 +41,162 @@ fn run_args(input: &Path, data: &Path, out: &Path, cold: Option<&Path>) -> Vec<S
         "20ms".into(),
     ];
     match cold {
-        Some(cold) => args.extend(["--cold-store".into(), format!("file://{}", cold.display())]),
+        Some(url) => args.extend(["--cold-store".into(), url.to_owned()]),
         None => args.push("--no-checkpoint".into()),
     }
     args
 }
 
-fn weir_args(args: &[String]) -> std::process::Output {
-    run_weir(&args.iter().map(String::as_str).collect::<Vec<_>>())
+/// `weir ARGS` with the environment `env`, to its end.
+fn weir_env(args: &[String], env: &[(String, String)]) -> std::process::Output {
+    weir()
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("starting weir")
 }
 
 #[test]
-fn lost_and_damaged_local_checkpoints_restore_from_the_cold_tier() {
+fn lost_and_damaged_local_checkpoints_restore_from_a_file_cold_tier() {
     let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().join("cold").display());
+    restores_from_the_cold_tier(&tmp, &url, &[], &|| open_cold_store(&url).unwrap());
+}
+
+#[test]
+fn lost_and_damaged_local_checkpoints_restore_from_an_s3_cold_tier() {
+    let Some(binary) = server_binary("moto_server", "MOTO") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let _server = start_s3_server(&binary, port, &tmp.path().join("moto.log"));
+    let env: Vec<(String, String)> = [
+        ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "weir-test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "weir-test-secret".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .to_vec();
+    let url = "s3://weir-cold/job-1";
+    let open = || -> Box<dyn weir::checkpoint::tier::Blob> {
+        Box::new(
+            S3Blob::open_with(url, |name| {
+                env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+            .unwrap(),
+        )
+    };
+    restores_from_the_cold_tier(&tmp, url, &env, &open);
+}
+
+/// Starts moto's S3 server on `port` and creates bucket `weir-cold`.
+fn start_s3_server(binary: &Path, port: u16, log: &Path) -> Killed {
+    let server = Killed(
+        Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("starting moto_server"),
+    );
+    let create_bucket = || -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .write_all(
+                format!(
+                    "PUT /weir-cold HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
+    wait_until(
+        Duration::from_millis(50),
+        || create_bucket().is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        || format!("moto_server did not come up; see {}", log.display()),
+    );
+    server
+}
+
+/// Kill rounds that each lose the local checkpoints, then a finished run's
+/// checkpoints lost, then a damaged data file: each restores from the cold
+/// tier at `url` (opened in the test by `open`), and the output equals a
+/// failure-free run's.
+fn restores_from_the_cold_tier(
+    tmp: &tempfile::TempDir,
+    url: &str,
+    env: &[(String, String)],
+    open: &dyn Fn() -> Box<dyn weir::checkpoint::tier::Blob>,
+) {
     let input = tmp.path().join("input");
     gen_input(&input, 1_000_000);
     let reference = tmp.path().join("ref-out");
-    let (done, took) = timed(|| {
-        weir_args(&run_args(
-            &input,
-            &tmp.path().join("ref-data"),
-            &reference,
-            None,
-        ))
-    });
+    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
+    let (done, took) = timed(|| weir_env(&reference_args, env));
     assert_success(&done, "failure-free run");
     let expected = sorted_rows(&reference, "windows");
-    let (data, out, cold) = (
-        tmp.path().join("data"),
-        tmp.path().join("out"),
-        tmp.path().join("cold"),
-    );
-    let args = run_args(&input, &data, &out, Some(&cold));
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    let args = run_args(&input, &data, &out, Some(url));
     let checkpoints = data.join("checkpoints");
 
-    // Killed runs, each once the cold tier holds a checkpoint (or it ended
-    // first), then losing its local checkpoints: the next restores from
-    // what reached the cold tier.
+    // Tailing runs (without --until-end: they do not end by themselves),
+    // each killed at a random moment once it is under way (the first: once
+    // the cold tier holds a checkpoint; the others: once they restored from
+    // it), then losing their local checkpoints.
+    let tailing: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--until-end")
+        .cloned()
+        .collect();
     let mut clock = KillClock::new(3, took);
-    let mut brought_back = 0;
-    let cold_commits = cold.join("commits");
-    let in_cold = || std::fs::read_dir(&cold_commits).is_ok_and(|mut d| d.next().is_some());
-    for _ in 0..KILLS {
+    let blob = open();
+    let log = tmp.path().join("tailing.log");
+    for round in 0..KILLS {
         let mut child = weir()
-            .args(&args)
+            .args(&tailing)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let under_way = || {
+            if round == 0 {
+                cold_contents(blob.as_ref()).is_ok_and(|c| !c.records.is_empty())
+            } else {
+                std::fs::read_to_string(&log)
+                    .is_ok_and(|l| l.contains("brought back from the cold tier"))
+            }
+        };
         let started = std::time::Instant::now();
-        while !in_cold() && child.try_wait().unwrap().is_none() {
+        while !under_way() {
+            let log = || std::fs::read_to_string(&log).unwrap_or_default();
             assert!(
                 started.elapsed() < PROGRESS_DEADLINE,
-                "no checkpoint reached the cold tier"
+                "round {round}: {}",
+                log()
             );
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the tailing run ended: {}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(2));
         }
-        if sleep_while_running(&mut child, clock.next_delay() / 4) {
-            kill_group(child.id());
-        }
-        let output = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        brought_back += usize::from(stderr.contains("brought back from the cold tier"));
-        if output.status.success() {
-            break;
-        }
-        let _ = std::fs::remove_dir_all(&checkpoints);
+        assert!(
+            sleep_while_running(&mut child, clock.next_delay()),
+            "the tailing run ended"
+        );
+        kill_group(child.id());
+        let _ = child.wait();
+        std::fs::remove_dir_all(&checkpoints).unwrap();
     }
-    let done = weir_args(&args);
+    let done = weir_env(&args, env);
     assert_success(&done, "the run after the kills");
     assert_eq!(
         sorted_rows(&out, "windows"),
@@ -113,7 +206,6 @@ fn lost_and_damaged_local_checkpoints_restore_from_the_cold_tier() {
 
     // The cold tier holds the newest checkpoint (the sidecar waits for its
     // copy before it exits) and at most the newest few.
-    let blob = open_cold_store(&format!("file://{}", cold.display())).unwrap();
     let contents = cold_contents(blob.as_ref()).unwrap();
     let local = read_commits(&checkpoints).unwrap();
     let newest = local.last().unwrap();
@@ -122,7 +214,7 @@ fn lost_and_damaged_local_checkpoints_restore_from_the_cold_tier() {
 
     // The local checkpoints gone after a complete run: brought back.
     std::fs::remove_dir_all(&checkpoints).unwrap();
-    let rerun = weir_args(&args);
+    let rerun = weir_env(&args, env);
     assert_success(&rerun, "rerun with no local checkpoints");
     let stderr = String::from_utf8_lossy(&rerun.stderr);
     assert!(
@@ -130,10 +222,6 @@ fn lost_and_damaged_local_checkpoints_restore_from_the_cold_tier() {
         "{stderr}"
     );
     assert_eq!(sorted_rows(&out, "windows"), expected);
-    assert!(
-        brought_back > 0,
-        "no killed run restored from the cold tier"
-    );
 
     // A damaged local file of the newest checkpoint: read from the cold tier.
     let newest = read_commits(&checkpoints).unwrap().pop().unwrap();
@@ -147,7 +235,7 @@ fn lost_and_damaged_local_checkpoints_restore_from_the_cold_tier() {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        let rerun = weir_args(&args);
+        let rerun = weir_env(&args, env);
         assert_success(&rerun, "rerun with a damaged local file");
         let stderr = String::from_utf8_lossy(&rerun.stderr);
         assert!(stderr.contains("restored from the cold tier"), "{stderr}");
@@ -160,20 +248,35 @@ fn cold_store_urls_it_cannot_reach_are_refused_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input");
     gen_input(&input, 1_000);
-    for (url, reason) in [
-        ("s3://bucket/job", "s3:// is not supported yet"),
-        ("file://relative/path", "must be absolute"),
-        ("/no/scheme", "expected file:///PATH"),
+    let remote_http = [(
+        "AWS_ENDPOINT".to_owned(),
+        "http://192.0.2.1:9000".to_owned(),
+    )];
+    let unreachable = [
+        (
+            "AWS_ENDPOINT".to_owned(),
+            format!("http://127.0.0.1:{}", free_ports(1)[0]),
+        ),
+        ("AWS_ACCESS_KEY_ID".to_owned(), "k".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "s".to_owned()),
+        ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+    ];
+    for (url, env, reason) in [
+        ("s3://", &[][..], "no bucket"),
+        (
+            "s3://bucket/job",
+            &remote_http[..],
+            "plain HTTP to a non-loopback host",
+        ),
+        ("s3://bucket/job", &unreachable[..], "s3://bucket/job"),
+        ("file://relative/path", &[][..], "must be absolute"),
+        ("/no/scheme", &[][..], "expected file:///PATH"),
     ] {
-        let mut args = run_args(
-            &input,
-            &tmp.path().join("data"),
-            &tmp.path().join("out"),
-            None,
-        );
+        let data = tmp.path().join("data");
+        let mut args = run_args(&input, &data, &tmp.path().join("out"), None);
         args.pop();
         args.extend(["--cold-store".into(), url.into()]);
-        let output = weir_args(&args);
+        let output = weir_env(&args, env);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{url}");
         assert!(stderr.contains(reason), "{url}: {stderr}");
