@@ -175,3 +175,153 @@ fn copy_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::checkpoint::format::{CommitRecord, PersistedUpdate};
+    use crate::checkpoint::store::CheckpointStore;
+    use crate::checkpoint::tier::{cold_contents, BlobError, FileBlob, COLD_RECORDS_KEPT};
+
+    /// A file blob that fails every call while `down` is set: an object
+    /// store that went away.
+    #[derive(Debug)]
+    struct Outage {
+        inner: FileBlob,
+        down: Arc<AtomicBool>,
+    }
+
+    impl Outage {
+        fn check(&self) -> Result<(), BlobError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(BlobError::Io {
+                    what: "the store".into(),
+                    reason: "connection refused".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl Blob for Outage {
+        fn put(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
+            self.check()?;
+            self.inner.put(key, bytes)
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+            self.check()?;
+            self.inner.get(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+            self.check()?;
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<(), BlobError> {
+            self.check()?;
+            self.inner.delete(key)
+        }
+        fn describe(&self) -> String {
+            "outage://".into()
+        }
+    }
+
+    fn commit(store: &mut CheckpointStore, id: u64) -> CommitRecord {
+        let mut files = store
+            .commits()
+            .last()
+            .map(|c| c.files.clone())
+            .unwrap_or_default();
+        let mut updates = vec![PersistedUpdate {
+            key_group: 7,
+            data: format!("key-{id}").into_bytes(),
+            time: id,
+            diff: 1,
+        }];
+        files.push(store.write_delta(id, 0, &mut updates).unwrap());
+        let record = CommitRecord {
+            checkpoint_id: id,
+            cut_time: id * 10,
+            query_fingerprint: 1,
+            workers_total: 1,
+            files,
+            partitions: Vec::new(),
+            outputs: Vec::new(),
+            timing: None,
+        };
+        store.commit(record.clone()).unwrap();
+        record
+    }
+
+    /// Polls `done` for up to a minute (a fail-safe, not a speed assumption).
+    fn eventually(done: impl Fn() -> bool) -> bool {
+        let started = Instant::now();
+        while !done() {
+            if started.elapsed() > Duration::from_secs(60) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    #[test]
+    fn an_outage_is_retried_and_the_copy_catches_up_to_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("checkpoints");
+        let mut store = CheckpointStore::open(&local).unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let blob = Outage {
+            inner: FileBlob::open(&dir.path().join("cold")).unwrap(),
+            down: Arc::clone(&down),
+        };
+        let copier = ColdCopier::start(Box::new(blob), local.clone());
+        copier.offer(&commit(&mut store, 1));
+        assert!(eventually(|| copier
+            .figures
+            .checkpoint_id
+            .load(Ordering::Relaxed)
+            == 1));
+
+        // The store goes away; local commits go on and are offered.
+        down.store(true, Ordering::Relaxed);
+        for id in 2..=6 {
+            copier.offer(&commit(&mut store, id));
+        }
+        assert!(eventually(|| copier
+            .figures
+            .failures
+            .load(Ordering::Relaxed)
+            >= 2));
+        assert_eq!(copier.figures.checkpoint_id.load(Ordering::Relaxed), 1);
+
+        // Back: the newest checkpoint gets there, whole.
+        down.store(false, Ordering::Relaxed);
+        assert!(eventually(|| copier
+            .figures
+            .checkpoint_id
+            .load(Ordering::Relaxed)
+            == 6));
+        assert!(copier.finish(Duration::from_secs(60)));
+        let cold = FileBlob::open(&dir.path().join("cold")).unwrap();
+        let contents = cold_contents(&cold).unwrap();
+        assert_eq!(contents.records.last(), Some(&6));
+        assert!(contents.records.len() <= COLD_RECORDS_KEPT);
+        let newest = store.commits().last().unwrap().clone();
+        let names: std::collections::BTreeSet<String> =
+            newest.files.iter().map(|f| f.name.clone()).collect();
+        assert!(
+            names.is_subset(&contents.files),
+            "{names:?} {:?}",
+            contents.files
+        );
+        // A restore from it works: no local store at all.
+        drop(store);
+        std::fs::remove_dir_all(&local).unwrap();
+        let notes = crate::checkpoint::tier::repair_from_cold(&local, &cold).unwrap();
+        assert!(notes[0].contains("checkpoint 6 brought back"), "{notes:?}");
+        let back = crate::checkpoint::store::read_commits(&local).unwrap();
+        assert_eq!(back, vec![newest]);
+    }
+}
