@@ -165,6 +165,10 @@ pub struct CheckpointOptions {
     /// committed checkpoints there, and the restore reads damaged or
     /// missing checkpoint files back from it.
     pub cold_store: Option<String>,
+    /// A standby taking over (`--restore-from URL`): the newest checkpoint
+    /// of this cold tier becomes the run's first, into an empty data dir;
+    /// the run writes the output rows after it.
+    pub restore_from: Option<String>,
 }
 
 /// What happens to the input log's segments once checkpoints cover them.

@@ -371,6 +371,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     log_retention: weir::run::LogRetention::Keep,
                     sidecar_reconnect_ms: 0,
                     cold_store: None,
+                    restore_from: None,
                 }),
             hooks: weir::run::RunHooks::default(),
             metrics_addr: None,

@@ -218,8 +218,8 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
     if local.is_empty() {
         let contents = cold_contents(blob).map_err(|e| store_err(e.to_string()))?;
         for &id in contents.records.iter().rev() {
-            match fetch_whole(local_dir, blob, id) {
-                Ok(()) => {
+            match fetch_whole(local_dir, blob, id, false) {
+                Ok(_) => {
                     notes.push(format!(
                         "no local checkpoints: checkpoint {id} brought back from the cold tier {}",
                         blob.describe()
@@ -292,15 +292,60 @@ fn fetch_file(
     Ok(bytes)
 }
 
+/// What [`take_over_from_cold`] did: the checkpoint taken over as
+/// `(id, cut)` (`None`: the cold tier has no usable one), and why each
+/// newer one was unusable.
+pub type TakeOver = (Option<(u64, u64)>, Vec<String>);
+
+/// A standby taking over (`weir run --restore-from URL`): the newest cold
+/// checkpoint that verifies becomes the first of `local_dir`'s (empty)
+/// store, without its output lengths: the standby writes its own output,
+/// the rows after that checkpoint, while the rows before it are those the
+/// failed primary committed. Returns its `(id, cut)`, or `None` if the
+/// cold tier has no usable checkpoint; each unusable one is in the notes.
+pub fn take_over_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<TakeOver, StoreError> {
+    let store_err = |e: String| StoreError::Cold {
+        url: blob.describe(),
+        reason: e,
+    };
+    let local = read_commits(local_dir)?;
+    if let Some(last) = local.last() {
+        return Err(store_err(format!(
+            "{} already holds checkpoints (the newest: {}): a standby takes over into an empty data directory",
+            local_dir.display(),
+            last.checkpoint_id
+        )));
+    }
+    let contents = cold_contents(blob).map_err(|e| store_err(e.to_string()))?;
+    let mut notes = Vec::new();
+    for &id in contents.records.iter().rev() {
+        match fetch_whole(local_dir, blob, id, true) {
+            Ok(cut) => return Ok((Some((id, cut)), notes)),
+            Err(reason) => notes.push(format!("cold checkpoint {id} unusable: {reason}")),
+        }
+    }
+    Ok((None, notes))
+}
+
 /// Brings cold checkpoint `id` into the empty local store: its files, then
-/// its record as the first of a new commit stream.
-fn fetch_whole(local_dir: &Path, blob: &dyn Blob, id: u64) -> Result<(), String> {
+/// its record (without its output lengths if `own_output`) as the first of
+/// a new commit stream. Returns its cut.
+fn fetch_whole(
+    local_dir: &Path,
+    blob: &dyn Blob,
+    id: u64,
+    own_output: bool,
+) -> Result<u64, String> {
     let key = record_key(id);
     let bytes = blob
         .get(&key)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{key} is missing"))?;
-    let record = decode_cold_record(&key, &bytes)?;
+    let mut record = decode_cold_record(&key, &bytes)?;
+    if own_output {
+        record.outputs.clear();
+    }
+    let cut = record.cut_time;
     let files: Vec<Vec<u8>> = record
         .files
         .iter()
@@ -312,5 +357,6 @@ fn fetch_whole(local_dir: &Path, blob: &dyn Blob, id: u64) -> Result<(), String>
             .restore_data_file(meta, bytes)
             .map_err(|e| e.to_string())?;
     }
-    store.commit(record).map_err(|e| e.to_string())
+    store.commit(record).map_err(|e| e.to_string())?;
+    Ok(cut)
 }

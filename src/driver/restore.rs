@@ -11,7 +11,7 @@ use std::path::Path;
 use super::metrics::EngineMetrics;
 use crate::checkpoint::format::CommitRecord;
 use crate::checkpoint::store::newest_usable;
-use crate::checkpoint::tier::{open_cold_store, repair_from_cold};
+use crate::checkpoint::tier::{open_cold_store, repair_from_cold, take_over_from_cold};
 use crate::job::{open_restore, RestoreReport, RestoredState, WindowQuery};
 use crate::run::{CheckpointSummary, RunError, RunOptions};
 
@@ -29,7 +29,34 @@ pub(super) struct Restored {
 pub(super) fn choose(options: &RunOptions) -> Result<Restored, RunError> {
     let checkpoint = options.checkpoint.as_ref();
     let checkpoint_dir = options.data_dir.join("checkpoints");
-    if let Some(url) = checkpoint.and_then(|c| c.cold_store.as_deref()) {
+    if let Some(url) = checkpoint.and_then(|c| c.restore_from.as_deref()) {
+        if options.cluster.is_some() {
+            return Err(RunError::Usage(
+                "--restore-from is for single-process runs (not yet with --processes)".into(),
+            ));
+        }
+        let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
+        let (taken, notes) = take_over_from_cold(&checkpoint_dir, blob.as_ref())?;
+        for note in notes {
+            tracing::warn!("{note}");
+            eprintln!("WARNING: {note}");
+        }
+        let Some((id, cut)) = taken else {
+            return Err(RunError::Restore(format!(
+                "{url} holds no usable checkpoint"
+            )));
+        };
+        let cut = if cut == crate::checkpoint::cut::FINAL_CUT {
+            "the end of the input".to_owned()
+        } else {
+            format!("{cut} ms")
+        };
+        let note = format!(
+            "standby: took over checkpoint {id} (cut {cut}) from {url}; this run writes the rows after it"
+        );
+        tracing::warn!("{note}");
+        eprintln!("WARNING: {note}");
+    } else if let Some(url) = checkpoint.and_then(|c| c.cold_store.as_deref()) {
         if options.cluster.is_some() {
             return Err(RunError::Usage(
                 "--cold-store is for single-process runs (not yet with --processes)".into(),

@@ -368,6 +368,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             log_retention: args.log_retention.into(),
             sidecar_reconnect_ms: args.sidecar_reconnect,
             cold_store: args.cold_store.clone(),
+            restore_from: args.restore_from.clone(),
         }),
         hooks: weir::run::RunHooks {
             stop: stream.as_ref().map(|s| s.run_stop.clone()),

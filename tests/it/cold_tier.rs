@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use weir::checkpoint::format::{scan_commits, CommitRecord};
 use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::{cold_contents, open_cold_store, S3Blob, COLD_RECORDS_KEPT};
 
@@ -281,4 +282,102 @@ fn cold_store_urls_it_cannot_reach_are_refused_at_start() {
         assert!(!output.status.success(), "{url}");
         assert!(stderr.contains(reason), "{url}: {stderr}");
     }
+}
+
+/// The rows of `out`'s files of `prefix` within the lengths `record`
+/// committed (what the failed primary delivered).
+fn committed_rows(out: &Path, record: &CommitRecord, prefix: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    for o in record
+        .outputs
+        .iter()
+        .filter(|o| o.file_name.starts_with(prefix))
+    {
+        let bytes = std::fs::read(out.join(&o.file_name)).unwrap();
+        let text = String::from_utf8(bytes[..o.length_bytes as usize].to_vec()).unwrap();
+        rows.extend(text.lines().skip(1).map(str::to_owned));
+    }
+    rows
+}
+
+#[test]
+fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    gen_input(&input, 1_000_000);
+    let reference = tmp.path().join("ref-out");
+    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
+    let (done, took) = timed(|| weir_env(&reference_args, &[]));
+    assert_success(&done, "failure-free run");
+    let url = format!("file://{}", tmp.path().join("cold").display());
+    let blob = open_cold_store(&url).unwrap();
+
+    // The primary: a tailing run, killed at a random moment once the cold
+    // tier holds a checkpoint; its machine is gone, its delivered output
+    // is what its newest cold checkpoint committed.
+    let primary_out = tmp.path().join("primary-out");
+    let primary: Vec<String> = run_args(
+        &input,
+        &tmp.path().join("primary-data"),
+        &primary_out,
+        Some(&url),
+    )
+    .into_iter()
+    .filter(|a| a != "--until-end")
+    .collect();
+    let mut child = weir()
+        .args(&primary)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while cold_contents(blob.as_ref()).is_ok_and(|c| c.records.is_empty()) {
+        assert!(
+            started.elapsed() < PROGRESS_DEADLINE,
+            "no checkpoint reached the cold tier"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the primary ended");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut clock = KillClock::new(9, took);
+    assert!(
+        sleep_while_running(&mut child, clock.next_delay()),
+        "the primary ended"
+    );
+    kill_group(child.id());
+    let _ = child.wait();
+    let newest = *cold_contents(blob.as_ref())
+        .unwrap()
+        .records
+        .last()
+        .unwrap();
+    let key = format!("commits/{newest:020}");
+    let bytes = blob.get(&key).unwrap().unwrap();
+    let record = scan_commits(&bytes).unwrap().records.pop().unwrap();
+
+    // The standby: same query and input, another data dir, restored from
+    // the cold tier.
+    let standby_out = tmp.path().join("standby-out");
+    let mut standby = run_args(&input, &tmp.path().join("standby-data"), &standby_out, None);
+    standby.pop();
+    standby.extend(["--restore-from".into(), url.clone()]);
+    let done = weir_env(&standby, &[]);
+    assert_success(&done, "the standby");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains(&format!("standby: took over checkpoint {newest}")),
+        "{stderr}"
+    );
+    for kind in ["windows", "late"] {
+        let mut rows = committed_rows(&primary_out, &record, kind);
+        rows.extend(sorted_rows(&standby_out, kind));
+        rows.sort();
+        assert_eq!(rows, sorted_rows(&reference, kind), "{kind} rows");
+    }
+    // A data dir with checkpoints is not a standby's.
+    let again = weir_env(&standby, &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds checkpoints"));
 }
