@@ -318,7 +318,7 @@ struct RunArgs {
     #[arg(long, value_name = "URL", conflicts_with = "no_checkpoint")]
     cold_store: Option<String>,
     /// A standby taking over from a failed primary: restore the newest
-    /// checkpoint of this cold tier (file:///PATH or s3://BUCKET/PREFIX)
+    /// checkpoint of this cold tier (`file:///PATH` or `s3://BUCKET/PREFIX`)
     /// into this empty data dir and write the output rows after it (the
     /// rows before it are those the primary committed). Give the same
     /// query and input; with --cold-store (e.g. the same URL) the standby's
