@@ -93,6 +93,26 @@ pub fn open_cold_store(url: &str) -> Result<Box<dyn Blob>, BlobError> {
     }
 }
 
+/// Refuses a key that is not a relative path of plain names
+/// (`[A-Za-z0-9._-]+` parts, no `.` or `..`): keys never come from peers,
+/// and a store never writes outside its root or prefix.
+fn check_key(key: &str) -> Result<(), BlobError> {
+    let valid = !key.is_empty()
+        && key.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(BlobError::BadKey(key.to_owned()))
+    }
+}
+
 fn record_key(checkpoint_id: u64) -> String {
     format!("{COMMITS_PREFIX}/{checkpoint_id:020}")
 }

@@ -27,18 +27,7 @@ impl FileBlob {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
-        let valid = !key.is_empty()
-            && key.split('/').all(|part| {
-                !part.is_empty()
-                    && part != "."
-                    && part != ".."
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            });
-        if !valid {
-            return Err(BlobError::BadKey(key.to_owned()));
-        }
+        super::check_key(key)?;
         Ok(self.root.join(key))
     }
 }

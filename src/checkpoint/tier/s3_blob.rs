@@ -114,18 +114,7 @@ impl S3Blob {
     }
 
     fn path(&self, key: &str) -> Result<ObjectPath, BlobError> {
-        let valid = !key.is_empty()
-            && key.split('/').all(|part| {
-                !part.is_empty()
-                    && part != "."
-                    && part != ".."
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            });
-        if !valid {
-            return Err(BlobError::BadKey(key.to_owned()));
-        }
+        super::check_key(key)?;
         Ok(if self.prefix.is_empty() {
             ObjectPath::from(key)
         } else {
