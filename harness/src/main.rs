@@ -20,6 +20,7 @@
 
 mod chaos;
 mod cluster;
+mod failover;
 mod latency;
 mod latency_stats;
 mod pacing;
@@ -66,6 +67,8 @@ enum Mode {
     Latency(latency::LatencyArgs),
     /// Kill the engine or the sidecar at random while a job runs; the output must not change.
     Chaos(chaos::ChaosArgs),
+    /// Kill a primary with a cold tier; a standby takes over from it: RPO, RTO, output exactly once.
+    Failover(failover::FailoverArgs),
     /// Run a job as P processes x W workers on loopback with one sidecar.
     Cluster(cluster::ClusterArgs),
     /// A long load with sidecar and engine kills: memory, disk and lag over time, output exactly once.
@@ -299,6 +302,7 @@ fn main() -> Result<()> {
         Mode::Throughput(args) => throughput(&args),
         Mode::Latency(args) => latency::latency(&args),
         Mode::Chaos(args) => chaos::chaos(&args),
+        Mode::Failover(args) => failover::failover(&args),
         Mode::Cluster(args) => cluster::cluster(&args),
         Mode::Soak(args) => soak::soak(&args),
         Mode::State(args) => state::state(&args),
