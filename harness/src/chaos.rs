@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use weir::checkpoint::store::read_commits;
-use weir::gen::{generate_zipf, SplitMix64, ZipfParams};
+use weir::gen::SplitMix64;
 use weir_dataflows::duration::parse_duration_ms;
 
 use crate::RunHeader;
@@ -196,14 +196,7 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
     let weir = crate::weir_binary()?;
     crate::fresh_work_dir(&args.work_dir)?;
     let input = args.work_dir.join("input");
-    let params = ZipfParams {
-        events: args.events,
-        keys: 3_000,
-        rate_per_s: 20_000,
-        late_fraction: 0.002,
-        ..ZipfParams::default()
-    };
-    generate_zipf(&params, &input).context("generating the input")?;
+    crate::generate_kill_input(args.events, &input)?;
     let reference_out = args.work_dir.join("reference-out");
     let mut reference = run_args(
         &input,

@@ -29,7 +29,6 @@ use serde::Serialize;
 use weir::checkpoint::format::CommitRecord;
 use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::{cold_contents, open_cold_store};
-use weir::gen::{generate_zipf, ZipfParams};
 use weir_dataflows::duration::parse_duration_ms;
 
 use crate::RunHeader;
@@ -147,14 +146,7 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
     crate::fresh_work_dir(&args.work_dir)?;
     let work = &args.work_dir;
     let input = work.join("input");
-    let params = ZipfParams {
-        events: args.events,
-        keys: 3_000,
-        rate_per_s: 20_000,
-        late_fraction: 0.002,
-        ..ZipfParams::default()
-    };
-    generate_zipf(&params, &input).context("generating the input")?;
+    crate::generate_kill_input(args.events, &input)?;
     let url = match &args.cold_store {
         Some(url) => url.clone(),
         None => format!(

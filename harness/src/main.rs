@@ -215,6 +215,21 @@ pub fn weir_binary() -> Result<PathBuf> {
     weir::driver::weir_binary().context("cannot find the weir binary (build it, or set WEIR_BIN)")
 }
 
+/// The input of the kill experiments (`chaos`, `failover`): `events` Zipf
+/// events over 3,000 keys, 20,000 per second of event time, 0.2 % late,
+/// in `dir`.
+pub fn generate_kill_input(events: u64, dir: &std::path::Path) -> Result<()> {
+    let params = weir::gen::ZipfParams {
+        events,
+        keys: 3_000,
+        rate_per_s: 20_000,
+        late_fraction: 0.002,
+        ..weir::gen::ZipfParams::default()
+    };
+    weir::gen::generate_zipf(&params, dir).context("generating the input")?;
+    Ok(())
+}
+
 /// Empties `dir` (a harness work directory) if it exists.
 pub fn fresh_work_dir(dir: &std::path::Path) -> Result<()> {
     if dir.exists() {
