@@ -51,7 +51,7 @@ pub struct FailoverArgs {
     /// How long after the cold tier first holds a checkpoint the primary is killed.
     #[arg(long, default_value = "2s", value_parser = parse_duration_ms)]
     kill_after: u64,
-    /// The cold tier (default: file://WORK_DIR/cold).
+    /// The cold tier (default: `file://WORK_DIR/cold`).
     #[arg(long)]
     cold_store: Option<String>,
     /// Work directory (emptied first).
