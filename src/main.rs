@@ -218,9 +218,10 @@ struct RunArgs {
     #[arg(long, num_args = 1..)]
     input: Vec<PathBuf>,
     /// Read a stream into the data dir's log while running on it:
-    /// nats://HOST:PORT/STREAM (as `weir ingest --from`, into topic
-    /// `events`). The run tails the log; with --until-end it stops once
-    /// every message the stream held at the start is in.
+    /// nats://HOST:PORT/STREAM or kafka://HOST:PORT/TOPIC (as `weir ingest
+    /// --from`, into topic `events`, a log partition per topic partition).
+    /// The run tails the log; with --until-end it stops once every message
+    /// the stream held at the start is in.
     #[arg(long, value_name = "URL", conflicts_with_all = ["input", "generate_events"])]
     from: Option<weir::ingest::stream::StreamSource>,
     /// How --from messages are written: one CSV row or one JSON object.

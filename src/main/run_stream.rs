@@ -1,5 +1,6 @@
 //! `weir run --from URL`: the stream source in a thread, appending to the
-//! log the run reads. The run tails the log; with `--until-end` the source
+//! log the run reads (every partition of a Kafka topic exists before the
+//! run lists them). The run tails the log; with `--until-end` the source
 //! stops once it has every message the stream held at the start, and then
 //! the run stops at the log's end. If the source fails, the run stops at
 //! the log's end too, and the source's error is the command's.
@@ -8,14 +9,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use weir::csv_input::RowSchema;
 use weir::ingest::stream::message::MessageFormat;
 use weir::ingest::stream::metrics::SourceMetrics;
 use weir::ingest::stream::{
-    ingest_stream, StreamIngestError, StreamIngestOptions, StreamIngestReport, StreamSource,
+    ingest_stream, SourceKind, StreamIngestError, StreamIngestOptions, StreamIngestReport,
+    StreamSource,
 };
+use weir::kafka::KafkaClient;
 use weir::log::partition_dir;
 use weir::run::EVENTS_TOPIC;
 use weir::storage::durable::create_dir_all_durably;
@@ -40,10 +44,27 @@ pub fn start(
     until_caught_up: bool,
 ) -> Result<StreamThread> {
     let log_dir = data_dir.join("log");
-    let partition = partition_dir(&log_dir, EVENTS_TOPIC, 0);
-    create_dir_all_durably(&partition)
-        .with_context(|| format!("creating {}", partition.display()))?;
     let mut options = StreamIngestOptions::new(EVENTS_TOPIC, RowSchema::Generic, format, data_dir);
+    // The run lists the partitions at its start: all of them must exist.
+    let partitions: Vec<u32> = match source.kind {
+        SourceKind::Nats => vec![options.partition],
+        SourceKind::Kafka => {
+            let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
+            let mut client = KafkaClient::connect(&source.server, timeout)
+                .with_context(|| format!("reading {source}"))?;
+            client
+                .partitions(&source.name)
+                .with_context(|| format!("reading {source}"))?
+                .into_iter()
+                .map(|p| u32::try_from(p).with_context(|| format!("{source}: partition {p}")))
+                .collect::<Result<_>>()?
+        }
+    };
+    for p in partitions {
+        let partition = partition_dir(&log_dir, EVENTS_TOPIC, p);
+        create_dir_all_durably(&partition)
+            .with_context(|| format!("creating {}", partition.display()))?;
+    }
     options.until_caught_up = until_caught_up;
     let metrics = Arc::new(SourceMetrics::new(&source.to_string()));
     options.metrics = Some(Arc::clone(&metrics));

@@ -402,3 +402,20 @@ fn gzip_lz4_and_zstd_batches_are_ingested() {
         );
     }
 }
+
+#[test]
+fn weir_run_from_a_topic_equals_the_run_from_files() {
+    let Some((tmp, port, _broker)) = broker_with_topic() else {
+        return;
+    };
+    let n = 6_000;
+    produce(port, 0, n);
+    let data = tmp.path().join("data");
+    let url = format!("kafka://{}/ev", addr(port));
+    let windows = windows_of_a_log_run(&data, &tmp.path().join("out-stream"), &["--from", &url]);
+    let partitions = check_kafka(&data, n);
+    assert_eq!(
+        windows,
+        windows_of_the_same_messages_from_files(tmp.path(), &partitions)
+    );
+}
