@@ -227,6 +227,11 @@ struct RunArgs {
     /// How --from messages are written: one CSV row or one JSON object.
     #[arg(long, value_enum, default_value = "csv", requires = "from")]
     from_format: FormatArg,
+    /// With a kafka:// --from of several partitions: a partition with no
+    /// new message for this long gets an idle marker, so a quiet partition
+    /// does not hold back every window (as `weir ingest --idle-timeout`).
+    #[arg(long, value_parser = parse_duration_ms, requires = "from")]
+    idle_timeout: Option<u64>,
     /// Nexmark queries: read this many events straight from the generator
     /// (no files, no log; for throughput runs).
     #[arg(long, conflicts_with = "input")]

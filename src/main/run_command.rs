@@ -338,8 +338,12 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
                     "tailing it"
                 }
             );
-            let thread =
-                crate::run_stream::start(from, args.from_format.into(), &data_dir, until_end)?;
+            let thread = crate::run_stream::start(
+                from,
+                (args.from_format.into(), args.idle_timeout),
+                &data_dir,
+                until_end,
+            )?;
             // The source decides when the log has ended.
             until_end = false;
             Some(thread)

@@ -39,12 +39,20 @@ pub struct StreamThread {
 /// partition exists when this returns, so the run finds it.
 pub fn start(
     source: &StreamSource,
-    format: MessageFormat,
+    (format, idle_timeout_ms): (MessageFormat, Option<u64>),
     data_dir: &Path,
     until_caught_up: bool,
 ) -> Result<StreamThread> {
+    if let Some(ms) = idle_timeout_ms {
+        anyhow::ensure!(
+            ms >= weir::ingest::idle::MIN_IDLE_TIMEOUT_MS,
+            "--idle-timeout must be at least {} ms",
+            weir::ingest::idle::MIN_IDLE_TIMEOUT_MS
+        );
+    }
     let log_dir = data_dir.join("log");
     let mut options = StreamIngestOptions::new(EVENTS_TOPIC, RowSchema::Generic, format, data_dir);
+    options.idle_timeout_ms = idle_timeout_ms;
     // The run lists the partitions at its start: all of them must exist.
     let partitions: Vec<u32> = match source.kind {
         SourceKind::Nats => vec![options.partition],

@@ -22,7 +22,7 @@ use crate::sources::{
     wait_until, windows_of_a_log_run, windows_of_the_same_messages_from_files, Killed,
     PROGRESS_DEADLINE,
 };
-use crate::support::{assert_success, free_ports, output_within, run_weir, weir};
+use crate::support::{assert_success, free_ports, log_run_args, output_within, run_weir, weir};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const PARTITIONS: u64 = 3;
@@ -417,5 +417,52 @@ fn weir_run_from_a_topic_equals_the_run_from_files() {
     assert_eq!(
         windows,
         windows_of_the_same_messages_from_files(tmp.path(), &partitions)
+    );
+}
+
+#[test]
+fn a_tailing_run_from_a_topic_with_quiet_partitions_closes_windows_with_idle_markers() {
+    let Some((tmp, port, _broker)) = broker_with_topic() else {
+        return;
+    };
+    // Only partition 0 gets messages: without markers, partitions 1 and 2
+    // would hold every window open for ever.
+    let values: Vec<Vec<u8>> = (0..600).map(message).collect();
+    let mut client = KafkaClient::connect(&addr(port), TIMEOUT).unwrap();
+    let chunk: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    client.produce("ev", 0, &chunk).unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    let url = format!("kafka://{}/ev", addr(port));
+    let args: Vec<String> = log_run_args(&data, &out, 1, &["--from", &url, "--no-checkpoint"])
+        .into_iter()
+        .filter(|a| a != "--until-end")
+        .chain(["--idle-timeout".to_owned(), "50ms".to_owned()])
+        .collect();
+    let _run = Killed(
+        weir()
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rows = || {
+        std::fs::read_dir(&out).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("windows-"))
+                .map(|e| {
+                    std::fs::read_to_string(e.path())
+                        .unwrap_or_default()
+                        .lines()
+                        .count()
+                })
+                .sum::<usize>()
+        })
+    };
+    // Windows close: rows beyond the headers appear.
+    wait_until(
+        Duration::from_millis(20),
+        || rows() > 2,
+        || format!("no window closed; markers: {:?}", idle_markers(&data, 1)),
     );
 }
