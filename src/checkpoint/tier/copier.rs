@@ -118,6 +118,10 @@ fn copy_loop(
 ) {
     let mut copied: Option<ColdContents> = None;
     let mut backoff = Duration::from_millis(100);
+    // The record of a failed copy, tried again after the backoff unless a
+    // newer one is offered first (a failure may be a local file that a
+    // newer commit's garbage collection removed: retrying it is pointless).
+    let mut retry: Option<CommitRecord> = None;
     loop {
         let record = {
             let (lock, ready) = slot;
@@ -127,6 +131,10 @@ fn copy_loop(
                     return;
                 }
                 if let Some(record) = slot.newest.take() {
+                    retry = None;
+                    break record;
+                }
+                if let Some(record) = retry.take() {
                     break record;
                 }
                 slot = ready.wait(slot).unwrap_or_else(PoisonError::into_inner);
@@ -160,14 +168,11 @@ fn copy_loop(
                 );
                 // What the store holds is unknown now: list it again.
                 copied = None;
+                retry = Some(record);
                 let (lock, ready) = slot;
-                let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                // Retry this one unless a newer one came meanwhile.
-                if guard.newest.is_none() {
-                    guard.newest = Some(record);
-                }
+                let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
                 let (guard, _) = ready
-                    .wait_timeout_while(guard, backoff, |s| !s.stopping)
+                    .wait_timeout_while(guard, backoff, |s| !s.stopping && s.newest.is_none())
                     .unwrap_or_else(PoisonError::into_inner);
                 drop(guard);
                 backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
