@@ -1,11 +1,12 @@
 //! Storage primitives shared by the input log and the checkpoint store: the
 //! durable file operations ([`durable`]: fsync, atomic replace, durable
-//! rename) and the CRC32C record frame ([`frame`]). A leaf: it imports
-//! nothing of the engine, so `log` and `checkpoint` both build on it
-//! without depending on each other.
+//! rename), the CRC32C record frame ([`frame`]) and small checked text
+//! files ([`kv_text`]). A leaf: it imports nothing of the engine, so `log`
+//! and `checkpoint` both build on it without depending on each other.
 
 pub mod durable;
 pub mod frame;
+pub mod kv_text;
 
 use std::path::PathBuf;
 

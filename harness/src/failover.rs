@@ -28,7 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use weir::checkpoint::format::CommitRecord;
 use weir::checkpoint::store::read_commits;
-use weir::checkpoint::tier::{cold_contents, open_cold_store};
+use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
 use weir_dataflows::duration::parse_duration_ms;
 
 use crate::RunHeader;
@@ -191,8 +191,10 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
                 work.join("primary.log").display()
             );
         }
-        if let Some(&id) = cold_contents(blob.as_ref())?.records.last() {
-            event("first-cold-checkpoint", id);
+        if let Some((_, record)) =
+            newest_cold_record(blob.as_ref()).map_err(|e| anyhow::anyhow!(e))?
+        {
+            event("first-cold-checkpoint", record.checkpoint_id);
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -210,17 +212,10 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
     let killed = Instant::now();
     let _ = child.wait();
     let local = read_commits(&primary_data.join("checkpoints"))?;
-    let cold_newest = *cold_contents(blob.as_ref())?
-        .records
-        .last()
+    let (_, cold_record) = newest_cold_record(blob.as_ref())
+        .map_err(|e| anyhow::anyhow!(e))?
         .context("an empty cold tier")?;
-    let key = format!("commits/{cold_newest:020}");
-    let bytes = blob.get(&key)?.with_context(|| format!("{key} is gone"))?;
-    let cold_record = weir::checkpoint::format::scan_commits(&bytes)
-        .map_err(|e| anyhow::anyhow!("{key}: {e}"))?
-        .records
-        .pop()
-        .context("an empty cold record")?;
+    let cold_newest = cold_record.checkpoint_id;
     let local_newest = local
         .last()
         .context("the primary committed nothing locally")?;

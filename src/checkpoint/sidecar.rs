@@ -116,6 +116,15 @@ pub enum SidecarError {
     /// The cold tier's URL is not usable.
     #[error("checkpoint sidecar: {0}")]
     Cold(#[from] crate::checkpoint::tier::BlobError),
+    /// The cold tier could not be claimed, or another writer fenced this
+    /// one off it.
+    #[error("checkpoint sidecar: cold tier {url}: {reason}")]
+    ColdEpoch {
+        /// The store.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The token file is unusable.
     #[error("checkpoint sidecar: token file {}: {reason}", path.display())]
     Token {

@@ -1,23 +1,29 @@
 //! The cold tier of the checkpoint store (`--cold-store URL`): committed
 //! checkpoints copied, in commit order, to a blob store, and read back when
-//! the local copy is missing or damaged.
+//! the local copy is missing or damaged, or by a standby taking over.
 //!
-//! Layout in the store: `checkpoints/<data file name>` (the local file's
-//! bytes, checked against its commit record's size and CRC32C before it is
+//! Layout in the store (formats.md §12): `epochs/<epoch:020>`, one claim
+//! per writer ([`epoch`]: the fencing); and under each epoch's prefix
+//! `e<epoch:020>/`, `checkpoints/<data file name>` (the local file's bytes,
+//! checked against its commit record's size and CRC32C before it is
 //! copied) and `commits/<checkpoint id:020>` (one commit record, framed as
 //! in the commit stream, with the stream's header first). A record is put
-//! only after every file it names is in the store, so a reader never sees
-//! a partial checkpoint; the newest [`COLD_RECORDS_KEPT`] records are kept
-//! and the files none of them names are deleted.
+//! only after every file it names is in its epoch's prefix, so a reader
+//! never sees a partial checkpoint; an epoch keeps its newest
+//! [`COLD_RECORDS_KEPT`] records and deletes the files none of them names,
+//! and once its first record is in, the older epochs' objects.
 //!
-//! Restore ([`repair_from_cold`]): when the newest local checkpoint does
-//! not verify (a data file missing or damaged), its files are fetched from
-//! the cold copy of the same record, checked, and written into the local
-//! store; when the local store has no commit stream at all, the newest
-//! cold checkpoint is brought back whole. Either way loudly.
+//! Restore ([`repair_from_cold`], [`take_over_from_cold`]): when the
+//! newest local checkpoint does not verify (a data file missing or
+//! damaged), its files are fetched from a cold copy of the same record,
+//! checked, and written into the local store; when the local store has no
+//! commit stream at all, the newest usable cold checkpoint is brought back
+//! whole. Either way loudly.
 
 mod copier;
+pub mod epoch;
 mod file_blob;
+mod restore;
 mod s3_blob;
 
 use std::collections::BTreeSet;
@@ -25,12 +31,12 @@ use std::path::Path;
 
 pub use copier::{ColdCopier, ColdFigures};
 pub use file_blob::FileBlob;
+pub use restore::{newest_cold_record, repair_from_cold, take_over_from_cold, TakeOver};
 pub use s3_blob::S3Blob;
 
 use crate::checkpoint::format::{
     encode_commit_frame, encode_commits_header, scan_commits, CommitRecord,
 };
-use crate::checkpoint::store::{read_commits, CheckpointStore, StoreError};
 
 /// Commit records kept in the cold tier (with the files they name).
 pub const COLD_RECORDS_KEPT: usize = 3;
@@ -41,6 +47,9 @@ const COMMITS_PREFIX: &str = "commits";
 pub trait Blob: Send + Sync + std::fmt::Debug {
     /// Stores `bytes` as `key`, replacing any object there; durable on return.
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError>;
+    /// Stores `bytes` as `key` only if there is no object `key`: `false`
+    /// (and nothing written) if there is. Of two racing callers, one wins.
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool, BlobError>;
     /// The object `key`, or `None`.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError>;
     /// The keys directly under `prefix`, sorted.
@@ -113,12 +122,15 @@ fn check_key(key: &str) -> Result<(), BlobError> {
     }
 }
 
-fn record_key(checkpoint_id: u64) -> String {
-    format!("{COMMITS_PREFIX}/{checkpoint_id:020}")
+fn record_key(epoch: u64, checkpoint_id: u64) -> String {
+    format!(
+        "{}/{COMMITS_PREFIX}/{checkpoint_id:020}",
+        epoch::epoch_prefix(epoch)
+    )
 }
 
-fn file_key(name: &str) -> String {
-    format!("{FILES_PREFIX}/{name}")
+fn file_key(epoch: u64, name: &str) -> String {
+    format!("{}/{FILES_PREFIX}/{name}", epoch::epoch_prefix(epoch))
 }
 
 /// The object of one commit record: the stream header and its frame.
@@ -137,76 +149,112 @@ fn decode_cold_record(key: &str, bytes: &[u8]) -> Result<CommitRecord, String> {
     }
 }
 
-/// What the cold tier holds: its records' ids and its files' names.
+/// What one epoch of the cold tier holds: its records' ids and its files'
+/// names.
 #[derive(Clone, Debug, Default)]
 pub struct ColdContents {
+    /// The epoch.
+    pub epoch: u64,
     /// Record ids, ascending.
     pub records: Vec<u64>,
     /// Data file names.
     pub files: BTreeSet<String>,
+    /// Whether the older epochs' objects are gone.
+    pub older_dropped: bool,
 }
 
-/// Lists the cold tier.
-pub fn cold_contents(blob: &dyn Blob) -> Result<ColdContents, BlobError> {
+/// Lists epoch `epoch` of the cold tier.
+pub fn cold_contents(blob: &dyn Blob, epoch: u64) -> Result<ColdContents, BlobError> {
+    let prefix = epoch::epoch_prefix(epoch);
     let id_of = |key: &str| key.rsplit('/').next().and_then(|n| n.parse::<u64>().ok());
     let mut records: Vec<u64> = blob
-        .list(COMMITS_PREFIX)?
+        .list(&format!("{prefix}/{COMMITS_PREFIX}"))?
         .iter()
         .filter_map(|k| id_of(k))
         .collect();
     records.sort_unstable();
     let files = blob
-        .list(FILES_PREFIX)?
+        .list(&format!("{prefix}/{FILES_PREFIX}"))?
         .iter()
         .filter_map(|k| k.rsplit('/').next().map(str::to_owned))
         .collect();
-    Ok(ColdContents { records, files })
+    Ok(ColdContents {
+        epoch,
+        records,
+        files,
+        older_dropped: false,
+    })
+}
+
+/// Why a copy did not happen.
+#[derive(Debug)]
+pub enum CopyError {
+    /// A newer epoch was claimed: this writer is fenced off for good.
+    Fenced {
+        /// The newest epoch.
+        newest_epoch: u64,
+    },
+    /// Anything else: retried.
+    Failed(String),
 }
 
 /// Copies `record`'s files that `copied` does not list (read from
-/// `local_dir`, checked against the record) and then the record; then drops
-/// what no kept record needs. Updates `copied`.
+/// `local_dir`, checked against the record) into `copied`'s epoch, then,
+/// unless a newer epoch was claimed, the record; then drops what no kept
+/// record needs. Updates `copied`.
 pub fn copy_checkpoint(
     blob: &dyn Blob,
     local_dir: &Path,
     record: &CommitRecord,
     copied: &mut ColdContents,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
+    let failed = |e: String| CopyError::Failed(e);
+    let epoch = copied.epoch;
     for meta in &record.files {
         if copied.files.contains(&meta.name) {
             continue;
         }
         let path = local_dir.join(&meta.name);
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = std::fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
         crate::checkpoint::format::verify_data_file(&bytes, meta)
-            .map_err(|e| format!("{}: not copied: {e}", path.display()))?;
-        blob.put(&file_key(&meta.name), &bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(format!("{}: not copied: {e}", path.display())))?;
+        blob.put(&file_key(epoch, &meta.name), &bytes)
+            .map_err(|e| failed(e.to_string()))?;
         copied.files.insert(meta.name.clone());
     }
+    let newest_epoch = epoch::newest_epoch(blob).map_err(|e| failed(e.to_string()))?;
+    if newest_epoch > epoch {
+        return Err(CopyError::Fenced { newest_epoch });
+    }
     blob.put(
-        &record_key(record.checkpoint_id),
+        &record_key(epoch, record.checkpoint_id),
         &encode_cold_record(record),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| failed(e.to_string()))?;
     copied.records.push(record.checkpoint_id);
     copied.records.sort_unstable();
     copied.records.dedup();
-    drop_unneeded(blob, copied).map_err(|e| e.to_string())
+    drop_unneeded(blob, copied).map_err(|e| failed(e.to_string()))?;
+    if !copied.older_dropped {
+        drop_older_epochs(blob, epoch).map_err(|e| failed(e.to_string()))?;
+        copied.older_dropped = true;
+    }
+    Ok(())
 }
 
 /// Deletes the records older than the newest [`COLD_RECORDS_KEPT`], then
 /// the files no kept record names (records first: a kept record never
 /// names a deleted file).
 fn drop_unneeded(blob: &dyn Blob, copied: &mut ColdContents) -> Result<(), BlobError> {
+    let epoch = copied.epoch;
     let keep_from = copied.records.len().saturating_sub(COLD_RECORDS_KEPT);
     for &id in &copied.records[..keep_from] {
-        blob.delete(&record_key(id))?;
+        blob.delete(&record_key(epoch, id))?;
     }
     copied.records.drain(..keep_from);
     let mut needed = BTreeSet::new();
     for &id in &copied.records {
-        let key = record_key(id);
+        let key = record_key(epoch, id);
         if let Some(bytes) = blob.get(&key)? {
             if let Ok(record) = decode_cold_record(&key, &bytes) {
                 needed.extend(record.files.into_iter().map(|f| f.name));
@@ -215,168 +263,33 @@ fn drop_unneeded(blob: &dyn Blob, copied: &mut ColdContents) -> Result<(), BlobE
     }
     let unneeded: Vec<String> = copied.files.difference(&needed).cloned().collect();
     for name in unneeded {
-        blob.delete(&file_key(&name))?;
+        blob.delete(&file_key(epoch, &name))?;
         copied.files.remove(&name);
     }
     Ok(())
 }
 
-/// Makes the newest checkpoint of `local_dir` usable from the cold tier
-/// when its own files are missing or damaged (see the module doc); returns
-/// what it did, one line each, for the run's warnings.
-pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>, StoreError> {
-    let store_err = |e: String| StoreError::Cold {
-        url: blob.describe(),
-        reason: e,
-    };
-    // Reaching the store at all is checked first: a bad URL or refused
-    // credentials fail the run at its start.
-    blob.list(COMMITS_PREFIX)
-        .map_err(|e| store_err(e.to_string()))?;
-    let local = read_commits(local_dir)?;
-    let mut notes = Vec::new();
-    if local.is_empty() {
-        let contents = cold_contents(blob).map_err(|e| store_err(e.to_string()))?;
-        for &id in contents.records.iter().rev() {
-            match fetch_whole(local_dir, blob, id, false) {
-                Ok(_) => {
-                    notes.push(format!(
-                        "no local checkpoints: checkpoint {id} brought back from the cold tier {}",
-                        blob.describe()
-                    ));
-                    return Ok(notes);
-                }
-                Err(reason) => notes.push(format!("cold checkpoint {id} unusable: {reason}")),
-            }
-        }
-        return Ok(notes);
-    }
-    for record in local.iter().rev() {
-        let damaged: Vec<_> = record
-            .files
-            .iter()
-            .filter(|meta| crate::checkpoint::store::verify_file(local_dir, meta).is_err())
-            .collect();
-        if damaged.is_empty() {
-            return Ok(notes);
-        }
-        let key = record_key(record.checkpoint_id);
-        let cold = match blob.get(&key) {
-            Ok(Some(bytes)) => decode_cold_record(&key, &bytes),
-            Ok(None) => Err(format!("{key} is not in the cold tier")),
-            Err(e) => Err(e.to_string()),
-        };
-        let result = cold.and_then(|cold| {
-            if cold != *record {
-                return Err(format!("{key} differs from the local record"));
-            }
-            let mut store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
-            for meta in &damaged {
-                let bytes = fetch_file(blob, meta)?;
-                store
-                    .restore_data_file(meta, &bytes)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => {
-                notes.push(format!(
-                    "checkpoint {}: {} damaged or missing file(s) restored from the cold tier {}",
-                    record.checkpoint_id,
-                    damaged.len(),
-                    blob.describe()
-                ));
-                return Ok(notes);
-            }
-            Err(reason) => notes.push(format!(
-                "checkpoint {}: damaged locally and not restorable from the cold tier: {reason}",
-                record.checkpoint_id
-            )),
-        }
-    }
-    Ok(notes)
-}
-
-/// A data file from the cold tier, checked against `meta`.
-fn fetch_file(
-    blob: &dyn Blob,
-    meta: &crate::checkpoint::format::FileMeta,
-) -> Result<Vec<u8>, String> {
-    let key = file_key(&meta.name);
-    let bytes = blob
-        .get(&key)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{key} is missing"))?;
-    crate::checkpoint::format::verify_data_file(&bytes, meta).map_err(|e| format!("{key}: {e}"))?;
-    Ok(bytes)
-}
-
-/// What [`take_over_from_cold`] did: the checkpoint taken over as
-/// `(id, cut)` (`None`: the cold tier has no usable one), and why each
-/// newer one was unusable.
-pub type TakeOver = (Option<(u64, u64)>, Vec<String>);
-
-/// A standby taking over (`weir run --restore-from URL`): the newest cold
-/// checkpoint that verifies becomes the first of `local_dir`'s (empty)
-/// store, without its output lengths: the standby writes its own output,
-/// the rows after that checkpoint, while the rows before it are those the
-/// failed primary committed. Returns its `(id, cut)`, or `None` if the
-/// cold tier has no usable checkpoint; each unusable one is in the notes.
-pub fn take_over_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<TakeOver, StoreError> {
-    let store_err = |e: String| StoreError::Cold {
-        url: blob.describe(),
-        reason: e,
-    };
-    let local = read_commits(local_dir)?;
-    if let Some(last) = local.last() {
-        return Err(store_err(format!(
-            "{} already holds checkpoints (the newest: {}): a standby takes over into an empty data directory",
-            local_dir.display(),
-            last.checkpoint_id
-        )));
-    }
-    let contents = cold_contents(blob).map_err(|e| store_err(e.to_string()))?;
-    let mut notes = Vec::new();
-    for &id in contents.records.iter().rev() {
-        match fetch_whole(local_dir, blob, id, true) {
-            Ok(cut) => return Ok((Some((id, cut)), notes)),
-            Err(reason) => notes.push(format!("cold checkpoint {id} unusable: {reason}")),
-        }
-    }
-    Ok((None, notes))
-}
-
-/// Brings cold checkpoint `id` into the empty local store: its files, then
-/// its record (without its output lengths if `own_output`) as the first of
-/// a new commit stream. Returns its cut.
-fn fetch_whole(
-    local_dir: &Path,
-    blob: &dyn Blob,
-    id: u64,
-    own_output: bool,
-) -> Result<u64, String> {
-    let key = record_key(id);
-    let bytes = blob
-        .get(&key)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{key} is missing"))?;
-    let mut record = decode_cold_record(&key, &bytes)?;
-    if own_output {
-        record.outputs.clear();
-    }
-    let cut = record.cut_time;
-    let files: Vec<Vec<u8>> = record
-        .files
+/// Deletes the objects of the epochs before `epoch` (records, then files,
+/// then the claim), once `epoch` holds a record: readers no longer need
+/// them, and a fenced writer's later puts there are ignored anyway.
+fn drop_older_epochs(blob: &dyn Blob, epoch: u64) -> Result<(), BlobError> {
+    for older in epoch::read_claims(blob)
+        .map_err(|reason| BlobError::Io {
+            what: "reading the epoch claims".into(),
+            reason,
+        })?
         .iter()
-        .map(|meta| fetch_file(blob, meta))
-        .collect::<Result<_, _>>()?;
-    let mut store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
-    for (meta, bytes) in record.files.iter().zip(&files) {
-        store
-            .restore_data_file(meta, bytes)
-            .map_err(|e| e.to_string())?;
+        .map(|c| c.epoch)
+        .filter(|&e| e < epoch)
+    {
+        let contents = cold_contents(blob, older)?;
+        for id in contents.records {
+            blob.delete(&record_key(older, id))?;
+        }
+        for name in contents.files {
+            blob.delete(&file_key(older, &name))?;
+        }
+        blob.delete(&format!("{}/{older:020}", epoch::EPOCHS_PREFIX))?;
     }
-    store.commit(record).map_err(|e| e.to_string())?;
-    Ok(cut)
+    Ok(())
 }

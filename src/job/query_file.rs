@@ -5,7 +5,6 @@
 //! version first and a CRC32C of the bytes before it last; replaced
 //! atomically (temp file, fsync, rename, fsync directory).
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use weir_dataflows::aggregates::Aggregates;
@@ -15,6 +14,7 @@ use weir_dataflows::WindowSpec;
 
 use super::WindowQuery;
 use crate::storage::durable::{create_dir_all_durably, write_file_atomically};
+use crate::storage::kv_text::{decode_kv, encode_kv};
 use crate::storage::IoError;
 
 /// The file's name in the data directory.
@@ -71,76 +71,33 @@ pub fn read_query(data_dir: &Path) -> Result<WindowQuery, QueryFileError> {
 /// The file's bytes for `query`.
 pub fn encode(query: &WindowQuery) -> Vec<u8> {
     let name = query.nexmark.map_or("window", NexmarkQuery::name);
-    let mut text = format!(
-        "{FIRST_LINE} {QUERY_FILE_VERSION}\nquery {name}\nwindow {}\ngranularity_ms {}\n\
-         lateness_ms {}\nemit {}\naggregates {}\n",
-        query.spec, query.granularity_ms, query.lateness_ms, query.emit, query.aggregates
-    );
+    let mut fields = vec![
+        ("query", name.to_owned()),
+        ("window", query.spec.to_string()),
+        ("granularity_ms", query.granularity_ms.to_string()),
+        ("lateness_ms", query.lateness_ms.to_string()),
+        ("emit", query.emit.to_string()),
+        ("aggregates", query.aggregates.to_string()),
+    ];
     if let Some(k) = query.aggregates.topk() {
-        let _ = writeln!(text, "topk {k}");
+        fields.push(("topk", k.to_string()));
     }
-    let _ = writeln!(text, "fingerprint {:016x}", query.fingerprint());
-    let crc = crc32c::crc32c(text.as_bytes());
-    let _ = writeln!(text, "crc32c {crc:08x}");
-    text.into_bytes()
+    fields.push(("fingerprint", format!("{:016x}", query.fingerprint())));
+    encode_kv(FIRST_LINE, QUERY_FILE_VERSION, &fields)
 }
 
 /// The query of `bytes`, or where and why they are not one.
 pub fn decode(bytes: &[u8]) -> Result<WindowQuery, (u64, String)> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|e| (e.valid_up_to() as u64, "not UTF-8".to_owned()))?;
-    let mut fields: Vec<(u64, &str, &str)> = Vec::new();
-    let mut offset = 0u64;
-    for line in text.split_inclusive('\n') {
-        let Some(content) = line.strip_suffix('\n') else {
-            return Err((offset, "the last line is cut short (no newline)".into()));
-        };
-        let Some((name, value)) = content.split_once(' ') else {
-            return Err((offset, format!("expected `name value`, got {content:?}")));
-        };
-        fields.push((offset, name, value));
-        offset += line.len() as u64;
-    }
-    let Some(&(crc_offset, "crc32c", crc)) = fields.last() else {
-        return Err((offset, "no crc32c line at the end".into()));
-    };
-    let covered = &bytes[..usize::try_from(crc_offset).unwrap_or(usize::MAX)];
-    if crc != format!("{:08x}", crc32c::crc32c(covered)) {
-        return Err((crc_offset, format!("checksum mismatch (recorded {crc})")));
-    }
-    let Some(&(_, FIRST_LINE, version)) = fields.first() else {
-        return Err((0, format!("not a weir query file (no `{FIRST_LINE}` line)")));
-    };
-    if version != QUERY_FILE_VERSION.to_string() {
-        return Err((
-            0,
-            format!(
-                "version {version}, written by another weir; this one ({}) reads version \
-                 {QUERY_FILE_VERSION}",
-                env!("CARGO_PKG_VERSION")
-            ),
-        ));
-    }
-    let field = |name: &str| -> Result<(u64, &str), (u64, String)> {
-        fields
-            .iter()
-            .find(|(_, n, _)| *n == name)
-            .map(|&(at, _, value)| (at, value))
-            .ok_or_else(|| (0, format!("no `{name}` line")))
-    };
-    let parse = |name: &str| -> Result<u64, (u64, String)> {
-        let (at, value) = field(name)?;
-        value
-            .parse()
-            .map_err(|_| (at, format!("{name}: {value:?} is not a number")))
-    };
+    let fields = decode_kv(bytes, FIRST_LINE, QUERY_FILE_VERSION)?;
+    let field = |name: &str| fields.field(name);
+    let parse = |name: &str| fields.number(name);
     let (at, spec) = field("window")?;
     let spec: WindowSpec = spec.parse().map_err(|e| (at, format!("{e}")))?;
     let (at, emit) = field("emit")?;
     let emit: Emit = emit.parse().map_err(|e| (at, format!("emit: {e}")))?;
     let (at, aggregates) = field("aggregates")?;
     let mut aggregates: Aggregates = aggregates.parse().map_err(|e| (at, format!("{e}")))?;
-    if let Ok((at, k)) = field("topk") {
+    if let Some((at, k)) = fields.optional("topk") {
         let k = k
             .parse()
             .map_err(|_| (at, format!("topk: {k:?} is not a number")))?;

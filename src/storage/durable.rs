@@ -72,6 +72,40 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     rename_durably(tmp, path)
 }
 
+/// Creates the file at `path` with `bytes` unless it exists (then returns
+/// `false` and leaves it alone): writes a temporary file unique to this
+/// call, fsyncs it, hard-links it as `path` (which fails if `path` exists:
+/// of two racing creators exactly one wins), removes the temporary name and
+/// fsyncs the directory.
+pub fn create_file_exclusively(path: &Path, bytes: &[u8]) -> Result<bool, IoError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = Path::new(&tmp_name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(IoError::at(tmp))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(IoError::at(tmp))?;
+    drop(f);
+    let linked = match std::fs::hard_link(tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(IoError::at(path)(e)),
+    };
+    std::fs::remove_file(tmp).map_err(IoError::at(tmp))?;
+    let created = linked?;
+    sync_dir(parent_of(path))?;
+    Ok(created)
+}
+
 /// Renames `from` to `to` (a file or a directory) and fsyncs the parent
 /// directories of both.
 pub fn rename_durably(from: &Path, to: &Path) -> Result<(), IoError> {

@@ -13,9 +13,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use weir::checkpoint::format::{scan_commits, CommitRecord};
+use weir::checkpoint::format::CommitRecord;
 use weir::checkpoint::store::read_commits;
-use weir::checkpoint::tier::{cold_contents, open_cold_store, S3Blob, COLD_RECORDS_KEPT};
+use weir::checkpoint::tier::epoch::usable_records;
+use weir::checkpoint::tier::{newest_cold_record, open_cold_store, Blob, S3Blob, COLD_RECORDS_KEPT};
 
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
 use crate::sources::{server_binary, wait_until, Killed, PROGRESS_DEADLINE};
@@ -168,7 +169,7 @@ fn restores_from_the_cold_tier(
             .unwrap();
         let under_way = || {
             if round == 0 {
-                cold_contents(blob.as_ref()).is_ok_and(|c| !c.records.is_empty())
+                holds_a_checkpoint(blob.as_ref())
             } else {
                 std::fs::read_to_string(&log)
                     .is_ok_and(|l| l.contains("brought back from the cold tier"))
@@ -207,11 +208,13 @@ fn restores_from_the_cold_tier(
 
     // The cold tier holds the newest checkpoint (the sidecar waits for its
     // copy before it exits) and at most the newest few.
-    let contents = cold_contents(blob.as_ref()).unwrap();
+    // (Each run's sidecar claimed an epoch; the older epochs are gone.)
+    let usable = usable_records(blob.as_ref()).unwrap();
     let local = read_commits(&checkpoints).unwrap();
     let newest = local.last().unwrap();
-    assert_eq!(contents.records.last(), Some(&newest.checkpoint_id));
-    assert!(contents.records.len() <= COLD_RECORDS_KEPT);
+    assert_eq!(usable.first().map(|u| u.1), Some(newest.checkpoint_id));
+    assert!(usable.len() <= COLD_RECORDS_KEPT, "{usable:?}");
+    assert!(usable.iter().all(|u| u.0 == usable[0].0), "{usable:?}");
 
     // The local checkpoints gone after a complete run: brought back.
     std::fs::remove_dir_all(&checkpoints).unwrap();
@@ -223,6 +226,12 @@ fn restores_from_the_cold_tier(
         "{stderr}"
     );
     assert_eq!(sorted_rows(&out, "windows"), expected);
+
+    // Each run's sidecar claimed an epoch; claiming one that exists is
+    // refused by the store itself (`If-None-Match: *` on S3).
+    let claims = blob.list("epochs").unwrap();
+    assert!(!claims.is_empty());
+    assert!(!blob.put_new(&claims[claims.len() - 1], b"a second claim").unwrap());
 
     // A damaged local file of the newest checkpoint: read from the cold tier.
     let newest = read_commits(&checkpoints).unwrap().pop().unwrap();
@@ -284,6 +293,11 @@ fn cold_store_urls_it_cannot_reach_are_refused_at_start() {
     }
 }
 
+/// Whether the cold tier holds a checkpoint a standby could take over.
+fn holds_a_checkpoint(blob: &dyn Blob) -> bool {
+    newest_cold_record(blob).is_ok_and(|r| r.is_some())
+}
+
 /// The rows of `out`'s files of `prefix` within the lengths `record`
 /// committed (what the failed primary delivered).
 fn committed_rows(out: &Path, record: &CommitRecord, prefix: &str) -> Vec<String> {
@@ -333,7 +347,7 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
-    while cold_contents(blob.as_ref()).is_ok_and(|c| c.records.is_empty()) {
+    while !holds_a_checkpoint(blob.as_ref()) {
         assert!(
             started.elapsed() < PROGRESS_DEADLINE,
             "no checkpoint reached the cold tier"
@@ -348,14 +362,8 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
     );
     kill_group(child.id());
     let _ = child.wait();
-    let newest = *cold_contents(blob.as_ref())
-        .unwrap()
-        .records
-        .last()
-        .unwrap();
-    let key = format!("commits/{newest:020}");
-    let bytes = blob.get(&key).unwrap().unwrap();
-    let record = scan_commits(&bytes).unwrap().records.pop().unwrap();
+    let (_, record) = newest_cold_record(blob.as_ref()).unwrap().unwrap();
+    let newest = record.checkpoint_id;
 
     // The standby: same query and input, another data dir, restored from
     // the cold tier.
@@ -380,4 +388,109 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
     let again = weir_env(&standby, &[]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds checkpoints"));
+}
+
+/// Split brain: the primary is still alive when a standby takes over (a
+/// partition, a hung machine). The standby's epoch claim fences it off: it
+/// stops committing and exits naming the reason; restarted, it is refused;
+/// its committed rows within the checkpoint taken over plus the standby's
+/// equal a failure-free run's.
+#[test]
+fn a_standby_fences_off_a_live_primary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    gen_input(&input, 1_000_000);
+    let reference = tmp.path().join("ref-out");
+    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
+    let (done, took) = timed(|| weir_env(&reference_args, &[]));
+    assert_success(&done, "failure-free run");
+    let url = format!("file://{}", tmp.path().join("cold").display());
+    let blob = open_cold_store(&url).unwrap();
+
+    let primary_data = tmp.path().join("primary-data");
+    let primary_out = tmp.path().join("primary-out");
+    let primary_args = run_args(&input, &primary_data, &primary_out, Some(&url));
+    let tailing: Vec<String> = primary_args
+        .iter()
+        .filter(|a| *a != "--until-end")
+        .cloned()
+        .collect();
+    let primary_log = tmp.path().join("primary.log");
+    let mut primary = Killed(
+        weir()
+            .args(&tailing)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&primary_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        Duration::from_millis(2),
+        || holds_a_checkpoint(blob.as_ref()),
+        || "no checkpoint reached the cold tier".into(),
+    );
+    let mut clock = KillClock::new(13, took);
+    assert!(
+        sleep_while_running(&mut primary.0, clock.next_delay()),
+        "the primary ended"
+    );
+
+    // The standby takes over while the primary runs, and writes the cold
+    // tier from then on.
+    let standby_out = tmp.path().join("standby-out");
+    let mut standby = run_args(
+        &input,
+        &tmp.path().join("standby-data"),
+        &standby_out,
+        Some(&url),
+    );
+    standby.extend(["--restore-from".into(), url.clone()]);
+    let done = weir_env(&standby, &[]);
+    assert_success(&done, "the standby");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    let taken: u64 = stderr
+        .split("standby: took over checkpoint ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+
+    // The primary stops by itself, saying why.
+    let mut status = None;
+    wait_until(
+        Duration::from_millis(5),
+        || {
+            status = primary.0.try_wait().unwrap();
+            status.is_some()
+        },
+        || "the fenced primary is still running".into(),
+    );
+    let log = std::fs::read_to_string(&primary_log).unwrap();
+    assert!(!status.unwrap().success(), "{log}");
+    assert!(log.contains("fenced off"), "{log}");
+
+    let record = read_commits(&primary_data.join("checkpoints"))
+        .unwrap()
+        .into_iter()
+        .find(|r| r.checkpoint_id == taken)
+        .expect("the primary committed the checkpoint taken over");
+    for kind in ["windows", "late"] {
+        let mut rows = committed_rows(&primary_out, &record, kind);
+        rows.extend(sorted_rows(&standby_out, kind));
+        rows.sort();
+        assert_eq!(rows, sorted_rows(&reference, kind), "{kind} rows");
+    }
+    // Nothing the stale primary copied after the takeover is usable.
+    let usable = usable_records(blob.as_ref()).unwrap();
+    assert!(!usable.is_empty());
+    let standby_epoch = usable[0].0;
+    assert!(usable.iter().all(|u| u.0 == standby_epoch), "{usable:?}");
+
+    // Restarted, the stale primary is refused before it writes anything.
+    let again = weir_env(&primary_args, &[]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{stderr}");
+    assert!(stderr.contains("fenced off"), "{stderr}");
+    assert_eq!(usable_records(blob.as_ref()).unwrap(), usable);
 }

@@ -156,6 +156,16 @@ impl SidecarMetrics {
                 "Copies to the cold tier that failed (each retried with backoff).",
                 load(&cold.failures),
             );
+            x.gauge(
+                "sidecar_cold_epoch",
+                "The cold tier epoch this sidecar claimed (its writes go under it).",
+                load(&cold.epoch),
+            );
+            x.gauge(
+                "sidecar_cold_fenced_by_epoch",
+                "A newer epoch that fenced this sidecar off the cold tier (a standby took over); 0: none.",
+                load(&cold.fenced_by),
+            );
         }
         x.finish()
     }

@@ -81,7 +81,17 @@ pub(super) fn run(
         CheckpointStore::open_waiting(&store_dir, Duration::from_millis(config.lock_wait_ms))?;
     let cold = match &config.cold_store {
         Some(url) => {
-            let copier = ColdCopier::start(open_cold_store(url)?, store_dir.clone());
+            let writer = format!(
+                "pid {} with data dir {}",
+                std::process::id(),
+                config.data_dir.display()
+            );
+            let fence = store.commits().last().map_or(0, |r| r.checkpoint_id);
+            let copier = ColdCopier::start(open_cold_store(url)?, store_dir.clone(), fence, &writer)
+                .map_err(|reason| SidecarError::ColdEpoch {
+                    url: url.clone(),
+                    reason,
+                })?;
             let _ = metrics.cold.set(Arc::clone(&copier.figures));
             if let Some(last) = store.commits().last() {
                 // A restart copies what the last run may not have.
@@ -122,6 +132,10 @@ pub(super) fn run(
             }
         })
 }
+
+/// How often the coordinator looks whether the cold tier's copier was
+/// fenced off (it also looks before each commit).
+const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Accepts connections and runs the coordinator until it stops.
 async fn serve(
@@ -361,7 +375,18 @@ struct CoordinatorTask {
 
 impl CoordinatorTask {
     async fn run(mut self, mut events: mpsc::Receiver<Event>) -> Result<(), SidecarError> {
-        while let Some(event) = events.recv().await {
+        let mut fence_check = tokio::time::interval(FENCE_CHECK_INTERVAL);
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                _ = fence_check.tick(), if self.cold.is_some() => {
+                    self.stop_if_fenced_off()?;
+                    continue;
+                }
+            };
             match event {
                 Event::Hello {
                     conn,
@@ -467,9 +492,36 @@ impl CoordinatorTask {
     }
 
     /// Commits every complete checkpoint that is next in line.
+    /// Once a newer writer fenced this one off the cold tier (a standby
+    /// took the job over), refuses every engine and stops: nothing more may
+    /// be committed, or emitted.
+    fn stop_if_fenced_off(&mut self) -> Result<(), SidecarError> {
+        let Some(cold) = self.cold.as_ref() else {
+            return Ok(());
+        };
+        let Some(newest_epoch) = cold.figures.fenced_by() else {
+            return Ok(());
+        };
+        let fenced = SidecarError::ColdEpoch {
+            url: cold.url().to_owned(),
+            reason: format!(
+                "fenced off: epoch {newest_epoch} was claimed after this sidecar's epoch {} \
+                 (a standby took the job over); nothing more is committed",
+                cold.figures.epoch.load(Ordering::Relaxed)
+            ),
+        };
+        tracing::error!(error = %fenced, "stopping");
+        let conns: Vec<ConnId> = self.replies.keys().copied().collect();
+        for conn in conns {
+            self.refuse(conn, fenced.to_string());
+        }
+        Err(fenced)
+    }
+
     async fn commit_ready(&mut self) -> Result<(), SidecarError> {
         while let Some(pending) = self.coord.take_ready() {
             let id = pending.checkpoint_id;
+            self.stop_if_fenced_off()?;
             let completed_at = pending.completed_at.unwrap_or_else(Instant::now);
             let identity = self
                 .coord

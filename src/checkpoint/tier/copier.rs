@@ -5,6 +5,11 @@
 //! is retried with backoff (100 ms doubling to [`MAX_RETRY_BACKOFF`]) while
 //! the engine goes on committing locally; once the store answers again the
 //! newest checkpoint is copied.
+//!
+//! The copier claims the next epoch of the store when it starts
+//! ([`super::epoch`]) and writes only under that epoch's prefix; once a
+//! newer epoch is claimed (a standby took over) it stops for good and says
+//! so in its figures, and the sidecar refuses to commit.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +17,11 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{cold_contents, copy_checkpoint, Blob, ColdContents};
+use super::{cold_contents, copy_checkpoint, epoch, Blob, ColdContents, CopyError};
 use crate::checkpoint::format::CommitRecord;
 
+/// How often an idle copier checks whether a newer writer claimed the store.
+const FENCE_POLL: Duration = Duration::from_secs(2);
 /// The longest wait between two attempts at a failing copy.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -27,6 +34,17 @@ pub struct ColdFigures {
     pub offered_id: AtomicU64,
     /// Copies that failed (each retried).
     pub failures: AtomicU64,
+    /// The epoch this copier claimed.
+    pub epoch: AtomicU64,
+    /// The newer epoch that fenced this copier off (0: none).
+    pub fenced_by: AtomicU64,
+}
+
+impl ColdFigures {
+    /// The newer epoch that fenced the copier off, if one did.
+    pub fn fenced_by(&self) -> Option<u64> {
+        Some(self.fenced_by.load(Ordering::Acquire)).filter(|&e| e != 0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -46,24 +64,47 @@ pub struct ColdCopier {
 }
 
 impl ColdCopier {
-    /// Starts copying checkpoints of `local_dir` to `blob`.
-    pub fn start(blob: Box<dyn Blob>, local_dir: PathBuf) -> Self {
+    /// Starts copying checkpoints of the store in `local_dir` to `blob`:
+    /// refuses a data dir fenced off the store, then claims the next epoch,
+    /// fenced at `fence_checkpoint_id` (the newest local checkpoint), as
+    /// `writer`.
+    pub fn start(
+        blob: Box<dyn Blob>,
+        local_dir: PathBuf,
+        fence_checkpoint_id: u64,
+        writer: &str,
+    ) -> Result<Self, String> {
+        let url = blob.describe();
+        epoch::check_not_fenced(&local_dir, blob.as_ref())?;
+        let claim = epoch::claim_next_epoch(blob.as_ref(), fence_checkpoint_id, writer)?;
+        epoch::record_local_epoch(&local_dir, &url, claim.epoch)?;
+        tracing::info!(
+            %url,
+            epoch = claim.epoch,
+            fence_checkpoint_id,
+            "claimed a cold tier epoch"
+        );
         let slot = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
         let figures = Arc::new(ColdFigures::default());
-        let url = blob.describe();
+        figures.epoch.store(claim.epoch, Ordering::Relaxed);
         let thread = {
             let (slot, figures) = (Arc::clone(&slot), Arc::clone(&figures));
             std::thread::Builder::new()
                 .name("cold-copier".into())
                 .spawn(move || copy_loop(blob.as_ref(), &local_dir, &slot, &figures))
-                .expect("spawning the cold copier")
+                .map_err(|e| format!("spawning the cold copier: {e}"))?
         };
-        Self {
+        Ok(Self {
             slot,
             figures,
             url,
             thread: Mutex::new(Some(thread)),
-        }
+        })
+    }
+
+    /// The store's URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Hands the copier a newly committed checkpoint (replacing one it has
@@ -83,6 +124,7 @@ impl ColdCopier {
         let started = Instant::now();
         let offered = self.figures.offered_id.load(Ordering::Relaxed);
         while self.figures.checkpoint_id.load(Ordering::Relaxed) < offered
+            && self.figures.fenced_by().is_none()
             && started.elapsed() < deadline
         {
             std::thread::sleep(Duration::from_millis(10));
@@ -116,6 +158,7 @@ fn copy_loop(
     slot: &(Mutex<Slot>, Condvar),
     figures: &ColdFigures,
 ) {
+    let epoch = figures.epoch.load(Ordering::Relaxed);
     let mut copied: Option<ColdContents> = None;
     let mut backoff = Duration::from_millis(100);
     // The record of a failed copy, tried again after the backoff unless a
@@ -132,18 +175,36 @@ fn copy_loop(
                 }
                 if let Some(record) = slot.newest.take() {
                     retry = None;
-                    break record;
+                    break Some(record);
                 }
                 if let Some(record) = retry.take() {
-                    break record;
+                    break Some(record);
                 }
-                slot = ready.wait(slot).unwrap_or_else(PoisonError::into_inner);
+                let (guard, waited) = ready
+                    .wait_timeout(slot, FENCE_POLL)
+                    .unwrap_or_else(PoisonError::into_inner);
+                slot = guard;
+                if waited.timed_out() {
+                    break None;
+                }
+            }
+        };
+        let Some(record) = record else {
+            // Idle: a takeover must still stop this writer (its sidecar
+            // refuses to commit once the figures say so). A store that does
+            // not answer is the next copy's business.
+            match epoch::newest_epoch(blob) {
+                Ok(newest_epoch) if newest_epoch > epoch => {
+                    fenced(blob, epoch, newest_epoch, figures);
+                    return;
+                }
+                _ => continue,
             }
         };
         let result = match copied.as_mut() {
             Some(contents) => copy_checkpoint(blob, local_dir, &record, contents),
-            None => cold_contents(blob)
-                .map_err(|e| e.to_string())
+            None => cold_contents(blob, epoch)
+                .map_err(|e| CopyError::Failed(e.to_string()))
                 .and_then(|mut contents| {
                     let copy = copy_checkpoint(blob, local_dir, &record, &mut contents);
                     copied = Some(contents);
@@ -157,7 +218,11 @@ fn copy_loop(
                     .store(record.checkpoint_id, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
             }
-            Err(reason) => {
+            Err(CopyError::Fenced { newest_epoch }) => {
+                fenced(blob, epoch, newest_epoch, figures);
+                return;
+            }
+            Err(CopyError::Failed(reason)) => {
                 figures.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     url = %blob.describe(),
@@ -179,6 +244,18 @@ fn copy_loop(
             }
         }
     }
+}
+
+/// Says, loudly and in the figures, that a newer writer fenced this one off.
+fn fenced(blob: &dyn Blob, epoch: u64, newest_epoch: u64, figures: &ColdFigures) {
+    tracing::error!(
+        url = %blob.describe(),
+        epoch,
+        newest_epoch,
+        "fenced off the cold tier: a newer writer claimed it (a standby took over); \
+         this copier stops and the sidecar refuses further commits"
+    );
+    figures.fenced_by.store(newest_epoch, Ordering::Release);
 }
 
 #[cfg(test)]
@@ -214,6 +291,10 @@ mod tests {
         fn put(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
             self.check()?;
             self.inner.put(key, bytes)
+        }
+        fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool, BlobError> {
+            self.check()?;
+            self.inner.put_new(key, bytes)
         }
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
             self.check()?;
@@ -281,7 +362,7 @@ mod tests {
             inner: FileBlob::open(&dir.path().join("cold")).unwrap(),
             down: Arc::clone(&down),
         };
-        let copier = ColdCopier::start(Box::new(blob), local.clone());
+        let copier = ColdCopier::start(Box::new(blob), local.clone(), 0, "test").unwrap();
         copier.offer(&commit(&mut store, 1));
         assert!(eventually(|| copier
             .figures
@@ -310,7 +391,7 @@ mod tests {
             == 6));
         assert!(copier.finish(Duration::from_secs(60)));
         let cold = FileBlob::open(&dir.path().join("cold")).unwrap();
-        let contents = cold_contents(&cold).unwrap();
+        let contents = cold_contents(&cold, 1).unwrap();
         assert_eq!(contents.records.last(), Some(&6));
         assert!(contents.records.len() <= COLD_RECORDS_KEPT);
         let newest = store.commits().last().unwrap().clone();
@@ -328,5 +409,43 @@ mod tests {
         assert!(notes[0].contains("checkpoint 6 brought back"), "{notes:?}");
         let back = crate::checkpoint::store::read_commits(&local).unwrap();
         assert_eq!(back, vec![newest]);
+    }
+
+    #[test]
+    fn a_newer_epoch_fences_the_copier_off_and_its_later_copies_are_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("checkpoints");
+        let cold_root = dir.path().join("cold");
+        let mut store = CheckpointStore::open(&local).unwrap();
+        let copier = ColdCopier::start(
+            Box::new(FileBlob::open(&cold_root).unwrap()),
+            local.clone(),
+            0,
+            "primary",
+        )
+        .unwrap();
+        copier.offer(&commit(&mut store, 1));
+        copier.offer(&commit(&mut store, 2));
+        assert!(eventually(|| copier
+            .figures
+            .checkpoint_id
+            .load(Ordering::Relaxed)
+            == 2));
+
+        // A standby takes over checkpoint 2 and claims epoch 2.
+        let cold = FileBlob::open(&cold_root).unwrap();
+        epoch::claim_next_epoch(&cold, 2, "standby").unwrap();
+        copier.offer(&commit(&mut store, 3));
+        assert!(eventually(|| copier.figures.fenced_by().is_some()));
+        assert_eq!(copier.figures.fenced_by(), Some(2));
+        assert!(!copier.finish(Duration::from_secs(60)), "checkpoint 3 is not copied");
+        // Checkpoint 3 was never put, and would not be used if it had been.
+        assert_eq!(
+            crate::checkpoint::tier::epoch::usable_records(&cold).unwrap(),
+            [(1, 2), (1, 1)]
+        );
+        // The stale primary restarted is refused.
+        let refused = ColdCopier::start(Box::new(cold), local, 3, "primary").unwrap_err();
+        assert!(refused.contains("fenced off"), "{refused}");
     }
 }

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use super::{Blob, BlobError};
-use crate::storage::durable::{create_dir_all_durably, write_file_atomically};
+use crate::storage::durable::{
+    create_dir_all_durably, create_file_exclusively, write_file_atomically,
+};
 
 /// Objects as files under a root directory.
 #[derive(Debug)]
@@ -43,6 +45,18 @@ impl Blob for FileBlob {
             create_dir_all_durably(parent).map_err(io)?;
         }
         write_file_atomically(&path, bytes).map_err(io)
+    }
+
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool, BlobError> {
+        let path = self.path(key)?;
+        let io = |e: crate::storage::IoError| BlobError::Io {
+            what: format!("creating {}", path.display()),
+            reason: e.to_string(),
+        };
+        if let Some(parent) = path.parent() {
+            create_dir_all_durably(parent).map_err(io)?;
+        }
+        create_file_exclusively(&path, bytes).map_err(io)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
@@ -116,6 +130,10 @@ mod tests {
         assert_eq!(blob.list("commits").unwrap(), ["commits/1", "commits/2"]);
         blob.delete("commits/1").unwrap();
         blob.delete("commits/1").unwrap();
+        assert!(blob.put_new("epochs/1", b"mine").unwrap());
+        assert!(!blob.put_new("epochs/1", b"theirs").unwrap());
+        assert_eq!(blob.get("epochs/1").unwrap().as_deref(), Some(&b"mine"[..]));
+        assert_eq!(blob.list("epochs").unwrap(), ["epochs/1"]);
         assert_eq!(blob.list("commits").unwrap(), ["commits/2"]);
         assert!(blob.list("nothing").unwrap().is_empty());
         for bad in ["", "/abs", "a/../b", "a//b", "a b", "../x"] {

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 
 use super::{Blob, BlobError};
 
@@ -155,6 +157,22 @@ impl Blob for S3Blob {
             .block_on(self.store.put(&path, PutPayload::from(bytes.to_vec())))
             .map(|_| ())
             .map_err(self.io("writing", key))
+    }
+
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool, BlobError> {
+        let path = self.path(key)?;
+        // `If-None-Match: *`: S3 (since 2024), MinIO, R2 and moto honour it.
+        let options = PutOptions::from(PutMode::Create);
+        let put = self.runtime.block_on(self.store.put_opts(
+            &path,
+            PutPayload::from(bytes.to_vec()),
+            options,
+        ));
+        match put {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.io("creating", key)(e)),
+        }
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {

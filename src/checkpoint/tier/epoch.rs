@@ -1,0 +1,298 @@
+//! Epochs of the cold tier: which writer owns it, and which of its commit
+//! records a reader may use. This is the fencing that keeps a stale
+//! primary from corrupting what a standby took over.
+//!
+//! A writer (a sidecar with `--cold-store`) starts by claiming the next
+//! epoch: it creates `epochs/<epoch:020>` only if no such object exists
+//! (`If-None-Match: *`; a hard link for `file://`), so of two racing
+//! claimers one wins and the other claims the one after. The claim names
+//! its *fence*: the newest checkpoint the claimer holds (for a standby, the
+//! one it took over). Each epoch writes under its own prefix
+//! `e<epoch:020>/`, so a stale writer never overwrites or deletes what a
+//! newer epoch wrote or references; and a reader takes epoch `E`'s records
+//! only up to the smallest fence of the epochs after `E`: whatever a fenced
+//! writer copies after the takeover is ignored (refused) even if it lands.
+//!
+//! The writer checks before each commit record that no newer epoch exists,
+//! and stops once one does (its sidecar then refuses to commit). The data
+//! dir remembers the epoch its sidecar claimed (`checkpoints/COLD_EPOCH`):
+//! a primary restarted after a standby claimed a newer epoch is refused at
+//! its start.
+
+use std::path::Path;
+
+use super::{Blob, BlobError};
+use crate::storage::kv_text::{decode_kv, encode_kv};
+
+/// The claims' prefix.
+pub const EPOCHS_PREFIX: &str = "epochs";
+/// The data dir's record of the epoch its sidecar claimed (in the
+/// checkpoint store's directory).
+pub const LOCAL_EPOCH_FILE_NAME: &str = "COLD_EPOCH";
+const CLAIM_KIND: &str = "weir-cold-epoch";
+const LOCAL_KIND: &str = "weir-cold-writer";
+const FORMAT_VERSION: u32 = 1;
+/// Claims tried before giving up (each lost race goes on to the next epoch).
+const MAX_CLAIM_ATTEMPTS: usize = 8;
+
+/// One epoch's claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochClaim {
+    /// The epoch (from 1).
+    pub epoch: u64,
+    /// Records of earlier epochs with larger ids are not to be used.
+    pub fence_checkpoint_id: u64,
+    /// Who claimed it (process and data dir), for messages.
+    pub writer: String,
+}
+
+fn claim_key(epoch: u64) -> String {
+    format!("{EPOCHS_PREFIX}/{epoch:020}")
+}
+
+/// The prefix under which epoch `epoch` writes.
+pub fn epoch_prefix(epoch: u64) -> String {
+    format!("e{epoch:020}")
+}
+
+fn encode_claim(claim: &EpochClaim) -> Vec<u8> {
+    encode_kv(
+        CLAIM_KIND,
+        FORMAT_VERSION,
+        &[
+            ("epoch", claim.epoch.to_string()),
+            ("fence_checkpoint_id", claim.fence_checkpoint_id.to_string()),
+            ("writer", claim.writer.replace('\n', " ")),
+        ],
+    )
+}
+
+fn decode_claim(key: &str, bytes: &[u8]) -> Result<EpochClaim, String> {
+    let at = |(offset, reason): (u64, String)| format!("{key}: at byte {offset}: {reason}");
+    let fields = decode_kv(bytes, CLAIM_KIND, FORMAT_VERSION).map_err(at)?;
+    Ok(EpochClaim {
+        epoch: fields.number("epoch").map_err(at)?,
+        fence_checkpoint_id: fields.number("fence_checkpoint_id").map_err(at)?,
+        writer: fields.field("writer").map_err(at)?.1.to_owned(),
+    })
+}
+
+fn epochs_listed(blob: &dyn Blob) -> Result<Vec<u64>, BlobError> {
+    let mut epochs: Vec<u64> = blob
+        .list(EPOCHS_PREFIX)?
+        .iter()
+        .filter_map(|k| k.rsplit('/').next().and_then(|n| n.parse().ok()))
+        .collect();
+    epochs.sort_unstable();
+    Ok(epochs)
+}
+
+/// The newest claimed epoch (0: none). One listing, nothing read.
+pub fn newest_epoch(blob: &dyn Blob) -> Result<u64, BlobError> {
+    Ok(epochs_listed(blob)?.last().copied().unwrap_or(0))
+}
+
+/// Every claim in the store, oldest first. A claim that does not decode is
+/// an error naming it (it may be the fence that matters).
+pub fn read_claims(blob: &dyn Blob) -> Result<Vec<EpochClaim>, String> {
+    let mut claims = Vec::new();
+    for epoch in epochs_listed(blob).map_err(|e| e.to_string())? {
+        let key = claim_key(epoch);
+        // A claim deleted meanwhile belonged to an epoch being dropped.
+        if let Some(bytes) = blob.get(&key).map_err(|e| e.to_string())? {
+            let claim = decode_claim(&key, &bytes)?;
+            if claim.epoch != epoch {
+                return Err(format!("{key}: names epoch {}", claim.epoch));
+            }
+            claims.push(claim);
+        }
+    }
+    if claims.is_empty() && !blob.list("commits").map_err(|e| e.to_string())?.is_empty() {
+        return Err(format!(
+            "{} holds a cold tier of layout 1 (commit records under commits/, no epochs), \
+             which this weir ({}) does not read: give the job a new store",
+            blob.describe(),
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    Ok(claims)
+}
+
+/// Claims the epoch after the newest, fenced at `fence_checkpoint_id`.
+pub fn claim_next_epoch(
+    blob: &dyn Blob,
+    fence_checkpoint_id: u64,
+    writer: &str,
+) -> Result<EpochClaim, String> {
+    for _ in 0..MAX_CLAIM_ATTEMPTS {
+        let claim = EpochClaim {
+            epoch: newest_epoch(blob).map_err(|e| e.to_string())? + 1,
+            fence_checkpoint_id,
+            writer: writer.to_owned(),
+        };
+        if blob
+            .put_new(&claim_key(claim.epoch), &encode_claim(&claim))
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(claim);
+        }
+        tracing::warn!(
+            epoch = claim.epoch,
+            "another writer claimed the same cold tier epoch first; trying the next"
+        );
+    }
+    Err(format!(
+        "{}: {MAX_CLAIM_ATTEMPTS} epoch claims in a row lost to other writers",
+        blob.describe()
+    ))
+}
+
+/// The commit records a reader may use, newest first, as `(epoch, id)`:
+/// each epoch's records, newest epoch first, up to the fences of the
+/// epochs after it.
+pub fn usable_records(blob: &dyn Blob) -> Result<Vec<(u64, u64)>, String> {
+    let mut usable = Vec::new();
+    let mut limit = u64::MAX;
+    for claim in read_claims(blob)?.iter().rev() {
+        let prefix = format!("{}/{}", epoch_prefix(claim.epoch), super::COMMITS_PREFIX);
+        let mut ids: Vec<u64> = blob
+            .list(&prefix)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter_map(|k| k.rsplit('/').next().and_then(|n| n.parse().ok()))
+            .filter(|&id| id <= limit)
+            .collect();
+        ids.sort_unstable();
+        usable.extend(ids.into_iter().rev().map(|id| (claim.epoch, id)));
+        limit = limit.min(claim.fence_checkpoint_id);
+    }
+    Ok(usable)
+}
+
+/// The epoch this data dir's sidecar claimed in the store at `url`, if
+/// it claimed one there.
+pub fn local_epoch(store_dir: &Path, url: &str) -> Result<Option<u64>, String> {
+    let path = store_dir.join(LOCAL_EPOCH_FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let at = |(offset, reason): (u64, String)| {
+        format!("{}: at byte {offset}: {reason}", path.display())
+    };
+    let fields = decode_kv(&bytes, LOCAL_KIND, FORMAT_VERSION).map_err(at)?;
+    if fields.field("url").map_err(at)?.1 != url {
+        return Ok(None);
+    }
+    fields.number("epoch").map(Some).map_err(at)
+}
+
+/// Records that this data dir's sidecar claimed `epoch` in `url`.
+pub fn record_local_epoch(store_dir: &Path, url: &str, epoch: u64) -> Result<(), String> {
+    let path = store_dir.join(LOCAL_EPOCH_FILE_NAME);
+    let bytes = encode_kv(
+        LOCAL_KIND,
+        FORMAT_VERSION,
+        &[("url", url.to_owned()), ("epoch", epoch.to_string())],
+    );
+    crate::storage::durable::write_file_atomically(&path, &bytes).map_err(|e| e.to_string())
+}
+
+/// Refuses a data dir whose sidecar wrote epoch `E` of `blob` when a newer
+/// epoch was claimed since: another writer (a standby) took the job over,
+/// and this one is stale.
+pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<(), String> {
+    let url = blob.describe();
+    let Some(mine) = local_epoch(store_dir, &url)? else {
+        return Ok(());
+    };
+    let claims = read_claims(blob)?;
+    match claims.last() {
+        Some(newest) if newest.epoch > mine => Err(format!(
+            "fenced off {url}: this data dir ({}) wrote its epoch {mine}, and epoch {} was \
+             claimed since by {} (taking over at checkpoint {}): another writer runs this job \
+             now. To make this machine a standby, start it with an empty data dir and \
+             --restore-from {url}",
+            store_dir.display(),
+            newest.epoch,
+            newest.writer,
+            newest.fence_checkpoint_id
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tier::FileBlob;
+
+    #[test]
+    fn claims_are_exclusive_and_fences_hide_a_stale_writers_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = FileBlob::open(&dir.path().join("cold")).unwrap();
+        assert!(usable_records(&blob).unwrap().is_empty());
+        let first = claim_next_epoch(&blob, 0, "primary").unwrap();
+        assert_eq!(first.epoch, 1);
+        let put = |epoch: u64, id: u64| {
+            blob.put(
+                &format!("{}/commits/{id:020}", epoch_prefix(epoch)),
+                b"record",
+            )
+            .unwrap();
+        };
+        for id in 3..=5 {
+            put(1, id);
+        }
+        // A standby takes over checkpoint 4; the stale primary goes on to 6.
+        let second = claim_next_epoch(&blob, 4, "standby").unwrap();
+        assert_eq!((second.epoch, second.fence_checkpoint_id), (2, 4));
+        put(1, 6);
+        assert_eq!(usable_records(&blob).unwrap(), [(1, 4), (1, 3)]);
+        put(2, 4);
+        put(2, 5);
+        assert_eq!(
+            usable_records(&blob).unwrap(),
+            [(2, 5), (2, 4), (1, 4), (1, 3)]
+        );
+        // A claim that lost its race goes on to the next epoch.
+        assert!(!blob.put_new(&claim_key(2), &encode_claim(&first)).unwrap());
+        assert_eq!(claim_next_epoch(&blob, 0, "third").unwrap().epoch, 3);
+        assert!(usable_records(&blob).unwrap().is_empty());
+        assert_eq!(read_claims(&blob).unwrap()[1], second);
+    }
+
+    #[test]
+    fn a_restarted_stale_writer_is_refused_and_a_damaged_claim_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = FileBlob::open(&dir.path().join("cold")).unwrap();
+        let store_dir = dir.path().join("checkpoints");
+        std::fs::create_dir_all(&store_dir).unwrap();
+        check_not_fenced(&store_dir, &blob).unwrap();
+        let mine = claim_next_epoch(&blob, 0, "primary").unwrap();
+        record_local_epoch(&store_dir, &blob.describe(), mine.epoch).unwrap();
+        check_not_fenced(&store_dir, &blob).unwrap();
+        assert_eq!(local_epoch(&store_dir, "file:///elsewhere").unwrap(), None);
+        claim_next_epoch(&blob, 9, "pid 7, data dir /standby").unwrap();
+        let refused = check_not_fenced(&store_dir, &blob).unwrap_err();
+        assert!(
+            refused.contains("epoch 2 was claimed since by pid 7, data dir /standby"),
+            "{refused}"
+        );
+        let key = claim_key(2);
+        let mut bytes = blob.get(&key).unwrap().unwrap();
+        bytes[20] ^= 1;
+        blob.put(&key, &bytes).unwrap();
+        let damaged = read_claims(&blob).unwrap_err();
+        assert!(damaged.contains(&key) && damaged.contains("checksum"), "{damaged}");
+    }
+
+    #[test]
+    fn a_store_of_the_first_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = FileBlob::open(&dir.path().join("cold")).unwrap();
+        blob.put("commits/00000000000000000001", b"old").unwrap();
+        assert!(read_claims(&blob).unwrap_err().contains("layout 1"));
+    }
+}

@@ -1,0 +1,209 @@
+//! Reading checkpoints back from the cold tier: repairing a damaged local
+//! checkpoint, bringing a lost store back whole, and a standby's takeover.
+//! Only the records [`epoch::usable_records`] allows are read, so nothing
+//! a fenced writer copied after a takeover is ever restored.
+
+use std::path::Path;
+
+use super::{decode_cold_record, epoch, file_key, record_key, Blob};
+use crate::checkpoint::format::{CommitRecord, FileMeta};
+use crate::checkpoint::store::{read_commits, verify_file, CheckpointStore, StoreError};
+
+fn store_error(blob: &dyn Blob) -> impl Fn(String) -> StoreError + '_ {
+    move |reason| StoreError::Cold {
+        url: blob.describe(),
+        reason,
+    }
+}
+
+/// The cold record `id` of `epoch`.
+fn read_record(blob: &dyn Blob, (epoch, id): (u64, u64)) -> Result<CommitRecord, String> {
+    let key = record_key(epoch, id);
+    match blob.get(&key) {
+        Ok(Some(bytes)) => decode_cold_record(&key, &bytes),
+        Ok(None) => Err(format!("{key} is missing")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The newest usable commit record of the cold tier, with its epoch (for
+/// tools and tests: what a standby would take over, before verifying its
+/// files).
+pub fn newest_cold_record(blob: &dyn Blob) -> Result<Option<(u64, CommitRecord)>, String> {
+    match epoch::usable_records(blob)?.first() {
+        Some(&(epoch, id)) => Ok(Some((epoch, read_record(blob, (epoch, id))?))),
+        None => Ok(None),
+    }
+}
+
+/// Makes the newest checkpoint of `local_dir` usable from the cold tier
+/// when its own files are missing or damaged (see the module doc); returns
+/// what it did, one line each, for the run's warnings.
+pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>, StoreError> {
+    let store_err = store_error(blob);
+    // Reaching the store at all is checked first: a bad URL or refused
+    // credentials fail the run at its start; then a stale writer is
+    // refused before it reads or writes anything.
+    let usable = epoch::usable_records(blob).map_err(&store_err)?;
+    epoch::check_not_fenced(local_dir, blob).map_err(&store_err)?;
+    let local = read_commits(local_dir)?;
+    let mut notes = Vec::new();
+    if local.is_empty() {
+        for &(epoch, id) in &usable {
+            match fetch_whole(local_dir, blob, (epoch, id), false) {
+                Ok(_) => {
+                    notes.push(format!(
+                        "no local checkpoints: checkpoint {id} brought back from the cold tier {}",
+                        blob.describe()
+                    ));
+                    return Ok(notes);
+                }
+                Err(reason) => notes.push(format!("cold checkpoint {id} unusable: {reason}")),
+            }
+        }
+        return Ok(notes);
+    }
+    for record in local.iter().rev() {
+        let damaged: Vec<&FileMeta> = record
+            .files
+            .iter()
+            .filter(|meta| verify_file(local_dir, meta).is_err())
+            .collect();
+        if damaged.is_empty() {
+            return Ok(notes);
+        }
+        let copies: Vec<(u64, u64)> = usable
+            .iter()
+            .copied()
+            .filter(|&(_, id)| id == record.checkpoint_id)
+            .collect();
+        let mut reasons = Vec::new();
+        for &(epoch, id) in &copies {
+            let repaired = read_record(blob, (epoch, id)).and_then(|cold| {
+                if cold != *record {
+                    return Err(format!("epoch {epoch}'s copy differs from the local record"));
+                }
+                let mut store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
+                for meta in &damaged {
+                    let bytes = fetch_file(blob, epoch, meta)?;
+                    store
+                        .restore_data_file(meta, &bytes)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            });
+            match repaired {
+                Ok(()) => {
+                    notes.push(format!(
+                        "checkpoint {id}: {} damaged or missing file(s) restored from the cold tier {}",
+                        damaged.len(),
+                        blob.describe()
+                    ));
+                    return Ok(notes);
+                }
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        if copies.is_empty() {
+            reasons.push("the cold tier has no usable copy of it".into());
+        }
+        notes.push(format!(
+            "checkpoint {}: damaged locally and not restorable from the cold tier: {}",
+            record.checkpoint_id,
+            reasons.join("; ")
+        ));
+    }
+    Ok(notes)
+}
+
+/// A data file of `epoch` from the cold tier, checked against `meta`.
+fn fetch_file(blob: &dyn Blob, epoch: u64, meta: &FileMeta) -> Result<Vec<u8>, String> {
+    let key = file_key(epoch, &meta.name);
+    let bytes = blob
+        .get(&key)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{key} is missing"))?;
+    crate::checkpoint::format::verify_data_file(&bytes, meta).map_err(|e| format!("{key}: {e}"))?;
+    Ok(bytes)
+}
+
+/// What [`take_over_from_cold`] did: the checkpoint taken over as
+/// `(id, cut)` (`None`: the cold tier has no usable one), and why each
+/// newer one was unusable.
+pub type TakeOver = (Option<(u64, u64)>, Vec<String>);
+
+/// A standby taking over (`weir run --restore-from URL`): the newest usable
+/// cold checkpoint that verifies becomes the first of `local_dir`'s
+/// (empty) store, without its output lengths: the standby writes its own
+/// output, the rows after that checkpoint, while the rows before it are
+/// those the failed primary committed. Returns its `(id, cut)`, or `None`
+/// if the cold tier has no usable checkpoint; each unusable one is in the
+/// notes. (The standby's sidecar then claims the next epoch, fenced at
+/// that checkpoint: the failed primary is fenced off.)
+pub fn take_over_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<TakeOver, StoreError> {
+    let store_err = store_error(blob);
+    let local = read_commits(local_dir)?;
+    if let Some(last) = local.last() {
+        return Err(store_err(format!(
+            "{} already holds checkpoints (the newest: {}): a standby takes over into an empty data directory",
+            local_dir.display(),
+            last.checkpoint_id
+        )));
+    }
+    let usable = epoch::usable_records(blob).map_err(&store_err)?;
+    let mut notes = Vec::new();
+    for &(epoch, id) in &usable {
+        match fetch_whole(local_dir, blob, (epoch, id), true) {
+            Ok(cut) => {
+                // Fence the failed primary off at once, before this run
+                // emits anything: whatever it copies from now on is
+                // ignored, and its sidecar refuses to commit.
+                let writer = format!(
+                    "a standby (pid {}, data dir {})",
+                    std::process::id(),
+                    local_dir.display()
+                );
+                let claim = epoch::claim_next_epoch(blob, id, &writer).map_err(&store_err)?;
+                epoch::record_local_epoch(local_dir, &blob.describe(), claim.epoch)
+                    .map_err(&store_err)?;
+                notes.push(format!(
+                    "claimed epoch {} of {}: writers of older epochs are fenced off",
+                    claim.epoch,
+                    blob.describe()
+                ));
+                return Ok((Some((id, cut)), notes));
+            }
+            Err(reason) => notes.push(format!("cold checkpoint {id} unusable: {reason}")),
+        }
+    }
+    Ok((None, notes))
+}
+
+/// Brings cold checkpoint `id` of `epoch` into the empty local store: its
+/// files, then its record (without its output lengths if `own_output`) as
+/// the first of a new commit stream. Returns its cut.
+fn fetch_whole(
+    local_dir: &Path,
+    blob: &dyn Blob,
+    (epoch, id): (u64, u64),
+    own_output: bool,
+) -> Result<u64, String> {
+    let mut record = read_record(blob, (epoch, id))?;
+    if own_output {
+        record.outputs.clear();
+    }
+    let cut = record.cut_time;
+    let files: Vec<Vec<u8>> = record
+        .files
+        .iter()
+        .map(|meta| fetch_file(blob, epoch, meta))
+        .collect::<Result<_, _>>()?;
+    let mut store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
+    for (meta, bytes) in record.files.iter().zip(&files) {
+        store
+            .restore_data_file(meta, bytes)
+            .map_err(|e| e.to_string())?;
+    }
+    store.commit(record).map_err(|e| e.to_string())?;
+    Ok(cut)
+}
