@@ -26,7 +26,11 @@ pub fn encode_kv(kind: &str, version: u32, fields: &[(&str, String)]) -> Vec<u8>
 
 /// The fields of `bytes`, a file of `kind` in `version` (the CRC checked),
 /// or the byte offset and reason of what is wrong.
-pub fn decode_kv<'a>(bytes: &'a [u8], kind: &str, version: u32) -> Result<KvFields<'a>, (u64, String)> {
+pub fn decode_kv<'a>(
+    bytes: &'a [u8],
+    kind: &str,
+    version: u32,
+) -> Result<KvFields<'a>, (u64, String)> {
     let text =
         std::str::from_utf8(bytes).map_err(|e| (e.valid_up_to() as u64, "not UTF-8".to_owned()))?;
     let mut fields: Vec<(u64, &str, &str)> = Vec::new();
@@ -98,7 +102,11 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_damage_with_its_offset() {
-        let bytes = encode_kv("weir-test", 2, &[("epoch", "7".into()), ("who", "a b".into())]);
+        let bytes = encode_kv(
+            "weir-test",
+            2,
+            &[("epoch", "7".into()), ("who", "a b".into())],
+        );
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap().lines().next(),
             Some("weir-test 2")
@@ -107,7 +115,10 @@ mod tests {
         assert_eq!(fields.number("epoch").unwrap(), 7);
         assert_eq!(fields.field("who").unwrap().1, "a b");
         assert!(fields.optional("none").is_none());
-        assert!(decode_kv(&bytes, "weir-test", 3).unwrap_err().1.contains("version 2"));
+        assert!(decode_kv(&bytes, "weir-test", 3)
+            .unwrap_err()
+            .1
+            .contains("version 2"));
         assert!(decode_kv(&bytes, "weir-other", 2).is_err());
         for cut in 0..bytes.len() {
             assert!(decode_kv(&bytes[..cut], "weir-test", 2).is_err(), "{cut}");

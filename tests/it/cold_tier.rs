@@ -16,7 +16,9 @@ use std::time::Duration;
 use weir::checkpoint::format::CommitRecord;
 use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::epoch::usable_records;
-use weir::checkpoint::tier::{newest_cold_record, open_cold_store, Blob, S3Blob, COLD_RECORDS_KEPT};
+use weir::checkpoint::tier::{
+    newest_cold_record, open_cold_store, Blob, S3Blob, COLD_RECORDS_KEPT,
+};
 
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
 use crate::sources::{server_binary, wait_until, Killed, PROGRESS_DEADLINE};
@@ -231,7 +233,9 @@ fn restores_from_the_cold_tier(
     // refused by the store itself (`If-None-Match: *` on S3).
     let claims = blob.list("epochs").unwrap();
     assert!(!claims.is_empty());
-    assert!(!blob.put_new(&claims[claims.len() - 1], b"a second claim").unwrap());
+    assert!(!blob
+        .put_new(&claims[claims.len() - 1], b"a second claim")
+        .unwrap());
 
     // A damaged local file of the newest checkpoint: read from the cold tier.
     let newest = read_commits(&checkpoints).unwrap().pop().unwrap();

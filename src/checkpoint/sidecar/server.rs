@@ -87,11 +87,12 @@ pub(super) fn run(
                 config.data_dir.display()
             );
             let fence = store.commits().last().map_or(0, |r| r.checkpoint_id);
-            let copier = ColdCopier::start(open_cold_store(url)?, store_dir.clone(), fence, &writer)
-                .map_err(|reason| SidecarError::ColdEpoch {
-                    url: url.clone(),
-                    reason,
-                })?;
+            let copier =
+                ColdCopier::start(open_cold_store(url)?, store_dir.clone(), fence, &writer)
+                    .map_err(|reason| SidecarError::ColdEpoch {
+                        url: url.clone(),
+                        reason,
+                    })?;
             let _ = metrics.cold.set(Arc::clone(&copier.figures));
             if let Some(last) = store.commits().last() {
                 // A restart copies what the last run may not have.

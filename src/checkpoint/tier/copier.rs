@@ -438,7 +438,10 @@ mod tests {
         copier.offer(&commit(&mut store, 3));
         assert!(eventually(|| copier.figures.fenced_by().is_some()));
         assert_eq!(copier.figures.fenced_by(), Some(2));
-        assert!(!copier.finish(Duration::from_secs(60)), "checkpoint 3 is not copied");
+        assert!(
+            !copier.finish(Duration::from_secs(60)),
+            "checkpoint 3 is not copied"
+        );
         // Checkpoint 3 was never put, and would not be used if it had been.
         assert_eq!(
             crate::checkpoint::tier::epoch::usable_records(&cold).unwrap(),

@@ -178,9 +178,8 @@ pub fn local_epoch(store_dir: &Path, url: &str) -> Result<Option<u64>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let at = |(offset, reason): (u64, String)| {
-        format!("{}: at byte {offset}: {reason}", path.display())
-    };
+    let at =
+        |(offset, reason): (u64, String)| format!("{}: at byte {offset}: {reason}", path.display());
     let fields = decode_kv(&bytes, LOCAL_KIND, FORMAT_VERSION).map_err(at)?;
     if fields.field("url").map_err(at)?.1 != url {
         return Ok(None);
@@ -285,7 +284,10 @@ mod tests {
         bytes[20] ^= 1;
         blob.put(&key, &bytes).unwrap();
         let damaged = read_claims(&blob).unwrap_err();
-        assert!(damaged.contains(&key) && damaged.contains("checksum"), "{damaged}");
+        assert!(
+            damaged.contains(&key) && damaged.contains("checksum"),
+            "{damaged}"
+        );
     }
 
     #[test]

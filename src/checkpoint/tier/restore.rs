@@ -81,7 +81,9 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
         for &(epoch, id) in &copies {
             let repaired = read_record(blob, (epoch, id)).and_then(|cold| {
                 if cold != *record {
-                    return Err(format!("epoch {epoch}'s copy differs from the local record"));
+                    return Err(format!(
+                        "epoch {epoch}'s copy differs from the local record"
+                    ));
                 }
                 let mut store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
                 for meta in &damaged {
