@@ -1,6 +1,8 @@
 //! The body of `weir run`, read top-down: [`run`] calls one function per
 //! phase, in order, each in a child module, and none calls back up.
 //!
+//! 0. [`restore`] (a standby, `--restore-from`): take over the newest
+//!    checkpoint of the cold tier and the log shipped with it.
 //! 1. [`inputs`]: check the options, ingest the input files (idempotent),
 //!    list the source partitions.
 //! 2. [`restore`]: find the newest usable checkpoint; then [`outputs`]
@@ -43,6 +45,7 @@ const SIDECAR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs the window query as configured; returns this process's summary.
 pub fn run(options: &RunOptions) -> Result<RunSummary, RunError> {
     let place = Place::of(options);
+    restore::take_over(options)?;
     let inputs = inputs::prepare(options)?;
     let restored = restore::choose(options)?;
     outputs::prepare(options, restored.record.as_ref(), place)?;

@@ -23,6 +23,7 @@
 mod copier;
 pub mod epoch;
 mod file_blob;
+pub mod log_ship;
 mod restore;
 mod s3_blob;
 
@@ -161,6 +162,8 @@ pub struct ColdContents {
     pub files: BTreeSet<String>,
     /// Whether the older epochs' objects are gone.
     pub older_dropped: bool,
+    /// What it holds of the log.
+    pub log: log_ship::ShippedLog,
 }
 
 /// Lists epoch `epoch` of the cold tier.
@@ -178,11 +181,16 @@ pub fn cold_contents(blob: &dyn Blob, epoch: u64) -> Result<ColdContents, BlobEr
         .iter()
         .filter_map(|k| k.rsplit('/').next().map(str::to_owned))
         .collect();
+    let log = log_ship::shipped_log(blob, epoch).map_err(|reason| BlobError::Io {
+        what: format!("listing the shipped log of epoch {epoch}"),
+        reason,
+    })?;
     Ok(ColdContents {
         epoch,
         records,
         files,
         older_dropped: false,
+        log,
     })
 }
 
@@ -201,13 +209,14 @@ pub enum CopyError {
 /// Copies `record`'s files that `copied` does not list (read from
 /// `local_dir`, checked against the record) into `copied`'s epoch, then,
 /// unless a newer epoch was claimed, the record; then drops what no kept
-/// record needs. Updates `copied`.
+/// record needs. Updates `copied`; returns the log it shipped
+/// ([`log_ship`]).
 pub fn copy_checkpoint(
     blob: &dyn Blob,
     local_dir: &Path,
     record: &CommitRecord,
     copied: &mut ColdContents,
-) -> Result<(), CopyError> {
+) -> Result<log_ship::Shipped, CopyError> {
     let failed = |e: String| CopyError::Failed(e);
     let epoch = copied.epoch;
     for meta in &record.files {
@@ -222,6 +231,13 @@ pub fn copy_checkpoint(
             .map_err(|e| failed(e.to_string()))?;
         copied.files.insert(meta.name.clone());
     }
+    // The log the checkpoint resumes from, up to what is complete now
+    // (the data dir's layout: `<data-dir>/checkpoints`, `<data-dir>/log`).
+    let shipped = match local_dir.parent() {
+        Some(data_dir) => log_ship::ship_log(blob, epoch, &data_dir.join("log"), &mut copied.log)
+            .map_err(failed)?,
+        None => log_ship::Shipped::default(),
+    };
     let newest_epoch = epoch::newest_epoch(blob).map_err(|e| failed(e.to_string()))?;
     if newest_epoch > epoch {
         return Err(CopyError::Fenced { newest_epoch });
@@ -239,7 +255,7 @@ pub fn copy_checkpoint(
         drop_older_epochs(blob, epoch).map_err(|e| failed(e.to_string()))?;
         copied.older_dropped = true;
     }
-    Ok(())
+    Ok(shipped)
 }
 
 /// Deletes the records older than the newest [`COLD_RECORDS_KEPT`], then
@@ -289,6 +305,10 @@ fn drop_older_epochs(blob: &dyn Blob, epoch: u64) -> Result<(), BlobError> {
         for name in contents.files {
             blob.delete(&file_key(older, &name))?;
         }
+        log_ship::delete_log(blob, older).map_err(|reason| BlobError::Io {
+            what: format!("deleting the log of epoch {older}"),
+            reason,
+        })?;
         blob.delete(&format!("{}/{older:020}", epoch::EPOCHS_PREFIX))?;
     }
     Ok(())

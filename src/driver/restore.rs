@@ -24,38 +24,55 @@ pub(super) struct Restored {
     pub(super) summary: Option<CheckpointSummary>,
 }
 
+/// A standby (`--restore-from URL`): the newest usable checkpoint of the
+/// cold tier, and the log shipped with it, become this empty data dir's,
+/// before the inputs are listed (the run may have no input but that log).
+pub(super) fn take_over(options: &RunOptions) -> Result<(), RunError> {
+    let Some(url) = options
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.restore_from.as_deref())
+    else {
+        return Ok(());
+    };
+    if options.cluster.is_some() {
+        return Err(RunError::Usage(
+            "--restore-from is for single-process runs (not yet with --processes)".into(),
+        ));
+    }
+    let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
+    let checkpoint_dir = options.data_dir.join("checkpoints");
+    let log_dir = options.data_dir.join("log");
+    let (taken, notes) = take_over_from_cold(&checkpoint_dir, &log_dir, blob.as_ref())?;
+    for note in notes {
+        tracing::warn!("{note}");
+        eprintln!("WARNING: {note}");
+    }
+    let Some((id, cut)) = taken else {
+        return Err(RunError::Restore(format!(
+            "{url} holds no usable checkpoint"
+        )));
+    };
+    let cut = if cut == crate::checkpoint::cut::FINAL_CUT {
+        "the end of the input".to_owned()
+    } else {
+        format!("{cut} ms")
+    };
+    let note = format!(
+        "standby: took over checkpoint {id} (cut {cut}) from {url}; this run writes the rows after it"
+    );
+    tracing::warn!("{note}");
+    eprintln!("WARNING: {note}");
+    Ok(())
+}
+
 /// Finds the newest usable checkpoint of the query (checkpoints on and a
 /// commit stream present).
 pub(super) fn choose(options: &RunOptions) -> Result<Restored, RunError> {
     let checkpoint = options.checkpoint.as_ref();
     let checkpoint_dir = options.data_dir.join("checkpoints");
-    if let Some(url) = checkpoint.and_then(|c| c.restore_from.as_deref()) {
-        if options.cluster.is_some() {
-            return Err(RunError::Usage(
-                "--restore-from is for single-process runs (not yet with --processes)".into(),
-            ));
-        }
-        let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
-        let (taken, notes) = take_over_from_cold(&checkpoint_dir, blob.as_ref())?;
-        for note in notes {
-            tracing::warn!("{note}");
-            eprintln!("WARNING: {note}");
-        }
-        let Some((id, cut)) = taken else {
-            return Err(RunError::Restore(format!(
-                "{url} holds no usable checkpoint"
-            )));
-        };
-        let cut = if cut == crate::checkpoint::cut::FINAL_CUT {
-            "the end of the input".to_owned()
-        } else {
-            format!("{cut} ms")
-        };
-        let note = format!(
-            "standby: took over checkpoint {id} (cut {cut}) from {url}; this run writes the rows after it"
-        );
-        tracing::warn!("{note}");
-        eprintln!("WARNING: {note}");
+    if checkpoint.is_some_and(|c| c.restore_from.is_some()) {
+        // Taken over before the inputs ([`take_over`]).
     } else if let Some(url) = checkpoint.and_then(|c| c.cold_store.as_deref()) {
         if options.cluster.is_some() {
             return Err(RunError::Usage(

@@ -26,6 +26,7 @@ use std::str::FromStr;
 
 pub use format::MAX_RECORD_SIZE_BYTES;
 pub use reader::PartitionReader;
+pub use segment::{scan_segment, SegmentScan};
 pub use writer::PartitionWriter;
 
 /// The largest accepted [`LogConfig::segment_size_bytes`]: byte positions in

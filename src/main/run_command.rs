@@ -39,6 +39,9 @@ enum InputSource {
     },
     /// No input given and an empty log: the demo dataset.
     Demo,
+    /// No input given, `--restore-from`: a standby, on the log the cold
+    /// tier shipped with the checkpoint it takes over.
+    Standby,
     /// `--from`: a stream read into the log while the run reads it.
     Stream,
 }
@@ -52,6 +55,9 @@ fn input_source(args: &RunArgs) -> Result<InputSource> {
     }
     if args.generate_events.is_some() {
         return Ok(InputSource::Generator);
+    }
+    if args.restore_from.is_some() {
+        return Ok(InputSource::Standby);
     }
     let log_dir = args.data_dir.join("log");
     let topics = match std::fs::read_dir(&log_dir) {
@@ -140,6 +146,7 @@ fn query_of(args: &RunArgs, source: InputSource) -> Result<WindowQuery> {
         InputSource::Files
         | InputSource::Generator
         | InputSource::Stream
+        | InputSource::Standby
         | InputSource::Log { events: true, .. } => Query::Window,
     };
     let query = args.query.unwrap_or(default);
@@ -325,6 +332,15 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
                 }
             );
         }
+        InputSource::Standby => eprintln!(
+            "no --input: running on the log shipped to {} ({})",
+            args.restore_from.as_deref().unwrap_or_default(),
+            if until_end {
+                "to its end"
+            } else {
+                "tailing it: only what was shipped; --until-end stops at its end"
+            }
+        ),
         InputSource::Files | InputSource::Generator | InputSource::Stream => {}
     }
     let stream = match (&args.from, source) {

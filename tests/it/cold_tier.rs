@@ -371,9 +371,11 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
 
     // The standby: same query and input, another data dir, restored from
     // the cold tier.
+    // Not its input: the log the primary shipped with the checkpoint.
     let standby_out = tmp.path().join("standby-out");
     let mut standby = run_args(&input, &tmp.path().join("standby-data"), &standby_out, None);
     standby.pop();
+    standby.drain(1..3);
     standby.extend(["--restore-from".into(), url.clone()]);
     let done = weir_env(&standby, &[]);
     assert_success(&done, "the standby");
@@ -382,6 +384,7 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
         stderr.contains(&format!("standby: took over checkpoint {newest}")),
         "{stderr}"
     );
+    assert!(stderr.contains("fetched the shipped log"), "{stderr}");
     for kind in ["windows", "late"] {
         let mut rows = committed_rows(&primary_out, &record, kind);
         rows.extend(sorted_rows(&standby_out, kind));

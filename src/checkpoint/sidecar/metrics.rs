@@ -156,6 +156,16 @@ impl SidecarMetrics {
                 "Copies to the cold tier that failed (each retried with backoff).",
                 load(&cold.failures),
             );
+            x.counter(
+                "sidecar_cold_log_records_total",
+                "Input log records shipped to the cold tier (for a standby's replay).",
+                load(&cold.log_records),
+            );
+            x.counter(
+                "sidecar_cold_log_bytes_total",
+                "Bytes of input log chunks shipped to the cold tier.",
+                load(&cold.log_bytes),
+            );
             x.gauge(
                 "sidecar_cold_epoch",
                 "The cold tier epoch this sidecar claimed (its writes go under it).",

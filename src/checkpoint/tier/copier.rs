@@ -34,6 +34,10 @@ pub struct ColdFigures {
     pub offered_id: AtomicU64,
     /// Copies that failed (each retried).
     pub failures: AtomicU64,
+    /// Log records shipped to the cold tier.
+    pub log_records: AtomicU64,
+    /// Bytes of log chunks shipped.
+    pub log_bytes: AtomicU64,
     /// The epoch this copier claimed.
     pub epoch: AtomicU64,
     /// The newer epoch that fenced this copier off (0: none).
@@ -212,7 +216,13 @@ fn copy_loop(
                 }),
         };
         match result {
-            Ok(()) => {
+            Ok(shipped) => {
+                figures
+                    .log_records
+                    .fetch_add(shipped.records, Ordering::Relaxed);
+                figures
+                    .log_bytes
+                    .fetch_add(shipped.bytes, Ordering::Relaxed);
                 figures
                     .checkpoint_id
                     .store(record.checkpoint_id, Ordering::Relaxed);

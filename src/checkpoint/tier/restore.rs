@@ -140,9 +140,14 @@ pub type TakeOver = (Option<(u64, u64)>, Vec<String>);
 /// output, the rows after that checkpoint, while the rows before it are
 /// those the failed primary committed. Returns its `(id, cut)`, or `None`
 /// if the cold tier has no usable checkpoint; each unusable one is in the
-/// notes. (The standby's sidecar then claims the next epoch, fenced at
-/// that checkpoint: the failed primary is fenced off.)
-pub fn take_over_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<TakeOver, StoreError> {
+/// notes. The log the primary shipped with it is written into `log_dir`
+/// (partitions it already holds are left alone), and the next epoch is
+/// claimed, fenced at that checkpoint: the failed primary is fenced off.
+pub fn take_over_from_cold(
+    local_dir: &Path,
+    log_dir: &Path,
+    blob: &dyn Blob,
+) -> Result<TakeOver, StoreError> {
     let store_err = store_error(blob);
     let local = read_commits(local_dir)?;
     if let Some(last) = local.last() {
@@ -157,6 +162,18 @@ pub fn take_over_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<TakeOver
     for &(epoch, id) in &usable {
         match fetch_whole(local_dir, blob, (epoch, id), true) {
             Ok(cut) => {
+                // The log the primary shipped with that checkpoint: the
+                // standby replays it without the primary's inputs.
+                let fetched = super::log_ship::fetch_log(blob, epoch, log_dir)
+                    .map_err(|e| store_err(format!("fetching the shipped log: {e}")))?;
+                notes.extend(fetched.notes);
+                if !fetched.partitions.is_empty() {
+                    notes.push(format!(
+                        "fetched the shipped log ({} records): {}",
+                        fetched.records,
+                        fetched.partitions.join(", ")
+                    ));
+                }
                 // Fence the failed primary off at once, before this run
                 // emits anything: whatever it copies from now on is
                 // ignored, and its sidecar refuses to commit.

@@ -1,0 +1,466 @@
+//! Log shipping: the input log copied to the cold tier beside the
+//! checkpoints, so a standby elsewhere replays what the primary read after
+//! its newest checkpoint without the primary's inputs.
+//!
+//! Before each commit record, the copier ships every log partition's
+//! complete records that its epoch does not hold yet, as **chunks** under
+//! `e<epoch>/log/`: `<topic>.<partition>.<first:020>-<end:020>.seg`, each a
+//! valid log segment (formats.md §1) whose base offset is `first` and which
+//! holds the records `first..end`, at most [`MAX_CHUNK_BYTES`] each. A
+//! record is in a chunk only once it is complete in the local log, and a
+//! complete record never changes (a stream source's restart matches what
+//! follows its `POSITION`, byte for byte), so a chunk never needs to be
+//! copied again. The topics' `MANIFEST` and the partitions' `INGEST`
+//! markers go beside them (`<topic>.MANIFEST`, `<topic>.<p>.INGEST`) when
+//! they change. Chunks wholly below the local log's first offset (retention
+//! deleted those segments: no checkpoint resumes there) are deleted.
+//!
+//! A standby ([`fetch_log`]) writes the chunks of the epoch it takes over
+//! into its log as segments, verified record by record; the chunks of a
+//! partition are contiguous by construction, and a gap (local retention ran
+//! ahead of a long store outage) keeps only the run after it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{epoch::epoch_prefix, Blob};
+use crate::log::format::{encode_frame_header, encode_segment_header, list_segments, segment_path};
+use crate::log::{list_partitions, partition_dir, scan_segment, validate_topic, PartitionReader};
+use crate::storage::durable::{create_dir_all_durably, write_file_atomically};
+
+/// The largest chunk object.
+pub const MAX_CHUNK_BYTES: usize = 64 << 20;
+const LOG_PREFIX: &str = "log";
+const MANIFEST: &str = "MANIFEST";
+const INGEST: &str = "INGEST";
+
+/// One chunk: records `first..end` of a partition.
+type Chunk = (u64, u64);
+type PartitionKey = (String, u32);
+
+/// What one epoch of the cold tier holds of the log.
+#[derive(Clone, Debug, Default)]
+pub struct ShippedLog {
+    chunks: BTreeMap<PartitionKey, Vec<Chunk>>,
+    /// Metadata objects shipped, with the CRC32C of their bytes.
+    meta: BTreeMap<String, u32>,
+}
+
+/// What one round of shipping did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shipped {
+    /// Records shipped.
+    pub records: u64,
+    /// Bytes of chunks put.
+    pub bytes: u64,
+}
+
+fn log_prefix(epoch: u64) -> String {
+    format!("{}/{LOG_PREFIX}", epoch_prefix(epoch))
+}
+
+fn chunk_name(topic: &str, partition: u32, (first, end): Chunk) -> String {
+    format!("{topic}.{partition}.{first:020}-{end:020}.seg")
+}
+
+/// A parsed object name of the log prefix.
+enum LogObject {
+    Chunk(PartitionKey, Chunk),
+    Manifest(String),
+    Ingest(PartitionKey),
+}
+
+fn parse_object(name: &str) -> Option<LogObject> {
+    if let Some(topic) = name.strip_suffix(&format!(".{MANIFEST}")) {
+        return Some(LogObject::Manifest(topic.to_owned()));
+    }
+    let (stem, is_chunk) = match name.strip_suffix(".seg") {
+        Some(stem) => (stem, true),
+        None => (name.strip_suffix(&format!(".{INGEST}"))?, false),
+    };
+    if !is_chunk {
+        let (topic, partition) = stem.rsplit_once('.')?;
+        return Some(LogObject::Ingest((
+            topic.to_owned(),
+            partition.parse().ok()?,
+        )));
+    }
+    let mut parts = stem.rsplitn(3, '.');
+    let range = parts.next()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next()?;
+    let (first, end) = range.split_once('-')?;
+    let chunk = (first.parse().ok()?, end.parse().ok()?);
+    (chunk.0 < chunk.1).then(|| LogObject::Chunk((topic.to_owned(), partition), chunk))
+}
+
+/// Lists what epoch `epoch` holds of the log.
+pub fn shipped_log(blob: &dyn Blob, epoch: u64) -> Result<ShippedLog, String> {
+    let mut shipped = ShippedLog::default();
+    for key in blob.list(&log_prefix(epoch)).map_err(|e| e.to_string())? {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        if let Some(LogObject::Chunk(partition, chunk)) = parse_object(name) {
+            shipped.chunks.entry(partition).or_default().push(chunk);
+        }
+    }
+    for chunks in shipped.chunks.values_mut() {
+        chunks.sort_unstable();
+    }
+    Ok(shipped)
+}
+
+/// The topics of the log under `log_dir` (directories with valid names).
+fn topics(log_dir: &Path) -> Result<Vec<String>, String> {
+    let entries = match std::fs::read_dir(log_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", log_dir.display())),
+    };
+    let mut topics: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|t| validate_topic(t).is_ok())
+        .collect();
+    topics.sort();
+    Ok(topics)
+}
+
+/// Puts the metadata file `path` as `name` unless it is shipped unchanged.
+fn ship_meta(
+    blob: &dyn Blob,
+    epoch: u64,
+    path: &Path,
+    name: String,
+    shipped: &mut ShippedLog,
+) -> Result<(), String> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let crc = crc32c::crc32c(&bytes);
+    if shipped.meta.get(&name) != Some(&crc) {
+        blob.put(&format!("{}/{name}", log_prefix(epoch)), &bytes)
+            .map_err(|e| e.to_string())?;
+        shipped.meta.insert(name, crc);
+    }
+    Ok(())
+}
+
+/// Ships the log under `log_dir` (see the module doc).
+pub fn ship_log(
+    blob: &dyn Blob,
+    epoch: u64,
+    log_dir: &Path,
+    shipped: &mut ShippedLog,
+) -> Result<Shipped, String> {
+    let mut done = Shipped::default();
+    for topic in topics(log_dir)? {
+        let topic_dir = log_dir.join(&topic);
+        ship_meta(
+            blob,
+            epoch,
+            &topic_dir.join(MANIFEST),
+            format!("{topic}.{MANIFEST}"),
+            shipped,
+        )?;
+        for partition in list_partitions(log_dir, &topic).map_err(|e| e.to_string())? {
+            let dir = partition_dir(log_dir, &topic, partition);
+            let name = format!("{topic}.{partition}.{INGEST}");
+            ship_meta(blob, epoch, &dir.join(INGEST), name, shipped)?;
+            let key = (topic.clone(), partition);
+            let limit = MAX_CHUNK_BYTES;
+            let shipped_now = ship_partition(blob, (epoch, limit), &dir, &key, shipped)?;
+            done.records += shipped_now.records;
+            done.bytes += shipped_now.bytes;
+        }
+    }
+    Ok(done)
+}
+
+fn ship_partition(
+    blob: &dyn Blob,
+    (epoch, max_chunk_bytes): (u64, usize),
+    dir: &Path,
+    key: &PartitionKey,
+    shipped: &mut ShippedLog,
+) -> Result<Shipped, String> {
+    let Some(&first_local) = list_segments(dir).map_err(|e| e.to_string())?.first() else {
+        return Ok(Shipped::default());
+    };
+    let prefix = log_prefix(epoch);
+    let chunks = shipped.chunks.entry(key.clone()).or_default();
+    // Chunks the local log no longer reaches are not needed; a gap
+    // (shipped end below the local start) starts a new run.
+    let shipped_end = chunks.last().map_or(0, |c| c.1);
+    let obsolete: Vec<Chunk> = chunks
+        .iter()
+        .copied()
+        .filter(|c| c.1 <= first_local || shipped_end < first_local)
+        .collect();
+    for chunk in &obsolete {
+        blob.delete(&format!("{prefix}/{}", chunk_name(&key.0, key.1, *chunk)))
+            .map_err(|e| e.to_string())?;
+        chunks.retain(|c| c != chunk);
+    }
+    let from = chunks.last().map_or(first_local, |c| c.1).max(first_local);
+    let mut reader = PartitionReader::open(dir, from).map_err(|e| e.to_string())?;
+    let mut done = Shipped::default();
+    loop {
+        let first = reader.next_offset();
+        let mut bytes = encode_segment_header(first).to_vec();
+        while bytes.len() < max_chunk_bytes {
+            let Some((_, payload)) = reader.next().map_err(|e| e.to_string())? else {
+                break;
+            };
+            bytes.extend_from_slice(&encode_frame_header(payload));
+            bytes.extend_from_slice(payload);
+        }
+        let end = reader.next_offset();
+        if end == first {
+            return Ok(done);
+        }
+        blob.put(
+            &format!("{prefix}/{}", chunk_name(&key.0, key.1, (first, end))),
+            &bytes,
+        )
+        .map_err(|e| e.to_string())?;
+        chunks.push((first, end));
+        done.records += end - first;
+        done.bytes += bytes.len() as u64;
+    }
+}
+
+/// What [`fetch_log`] brought back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Partitions written, as `topic/partition: first..end`.
+    pub partitions: Vec<String>,
+    /// Records written.
+    pub records: u64,
+    /// Why some chunks were left out.
+    pub notes: Vec<String>,
+}
+
+/// Writes the log that epoch `epoch` of the cold tier holds into the empty
+/// log under `log_dir` (partitions that exist locally are left alone, with
+/// a note), each chunk verified record by record.
+pub fn fetch_log(blob: &dyn Blob, epoch: u64, log_dir: &Path) -> Result<Fetched, String> {
+    let prefix = log_prefix(epoch);
+    let mut fetched = Fetched::default();
+    let mut chunks: BTreeMap<PartitionKey, Vec<Chunk>> = BTreeMap::new();
+    let mut meta = Vec::new();
+    for key in blob.list(&prefix).map_err(|e| e.to_string())? {
+        let name = key.rsplit('/').next().unwrap_or_default().to_owned();
+        match parse_object(&name) {
+            Some(LogObject::Chunk(partition, chunk)) => {
+                chunks.entry(partition).or_default().push(chunk);
+            }
+            Some(LogObject::Manifest(topic)) => {
+                meta.push((key, log_dir.join(topic).join(MANIFEST)));
+            }
+            Some(LogObject::Ingest((topic, p))) => {
+                meta.push((key, partition_dir(log_dir, &topic, p).join(INGEST)));
+            }
+            None => {}
+        }
+    }
+    for ((topic, partition), mut list) in chunks {
+        validate_topic(&topic).map_err(|e| e.to_string())?;
+        let dir = partition_dir(log_dir, &topic, partition);
+        if dir.exists() {
+            fetched.notes.push(format!(
+                "{}: exists locally; its shipped log is not fetched",
+                dir.display()
+            ));
+            continue;
+        }
+        list.sort_unstable();
+        // The run after the last gap.
+        let start = list
+            .windows(2)
+            .rposition(|w| w[0].1 != w[1].0)
+            .map_or(0, |i| i + 1);
+        if start > 0 {
+            fetched.notes.push(format!(
+                "{topic}/{partition}: the shipped log has a gap before offset {}; fetched from there",
+                list[start].0
+            ));
+        }
+        let tmp = dir.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        create_dir_all_durably(&tmp).map_err(|e| e.to_string())?;
+        for &(first, end) in &list[start..] {
+            let key = format!("{prefix}/{}", chunk_name(&topic, partition, (first, end)));
+            let bytes = blob
+                .get(&key)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{key} is missing"))?;
+            let path = segment_path(&tmp, first);
+            write_file_atomically(&path, &bytes).map_err(|e| e.to_string())?;
+            let scan = scan_segment(&path, first, u64::MAX).map_err(|e| format!("{key}: {e}"))?;
+            if scan.records != end - first || scan.partial_bytes > 0 {
+                return Err(format!(
+                    "{key}: holds {} complete records and {} stray bytes, not records {first}..{end}",
+                    scan.records, scan.partial_bytes
+                ));
+            }
+            fetched.records += end - first;
+        }
+        crate::storage::durable::rename_durably(&tmp, &dir).map_err(|e| e.to_string())?;
+        fetched.partitions.push(format!(
+            "{topic}/{partition}: {}..{}",
+            list[start].0,
+            list.last().map_or(0, |c| c.1)
+        ));
+    }
+    for (key, path) in meta {
+        if path.exists() || !path.parent().is_some_and(Path::exists) {
+            continue;
+        }
+        if let Some(bytes) = blob.get(&key).map_err(|e| e.to_string())? {
+            write_file_atomically(&path, &bytes).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(fetched)
+}
+
+/// Deletes what epoch `epoch` holds of the log.
+pub fn delete_log(blob: &dyn Blob, epoch: u64) -> Result<(), String> {
+    for key in blob.list(&log_prefix(epoch)).map_err(|e| e.to_string())? {
+        blob.delete(&key).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tier::FileBlob;
+    use crate::log::{LogConfig, PartitionWriter};
+
+    fn append(dir: &Path, from: u64, to: u64) {
+        let config = LogConfig {
+            segment_size_bytes: 300,
+            ..LogConfig::default()
+        };
+        let mut writer = PartitionWriter::open(dir, config).unwrap();
+        for i in from..to {
+            assert_eq!(writer.append(format!("record-{i}").as_bytes()).unwrap(), i);
+        }
+        writer.sync().unwrap();
+    }
+
+    fn records(dir: &Path, from: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut reader = PartitionReader::open(dir, from).unwrap();
+        let mut out = Vec::new();
+        while let Some((offset, payload)) = reader.next().unwrap() {
+            out.push((offset, payload.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_shipped_log_comes_back_record_for_record_and_damage_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
+        let (p0, p1) = (
+            partition_dir(&log, "events", 0),
+            partition_dir(&log, "events", 1),
+        );
+        append(&p0, 0, 40);
+        append(&p1, 0, 5);
+        std::fs::write(log.join("events").join(MANIFEST), b"manifest").unwrap();
+        let mut shipped = ShippedLog::default();
+        let key0 = ("events".to_owned(), 0);
+        // Small chunks: several per round.
+        let first = ship_partition(&blob, (1, 200), &p0, &key0, &mut shipped).unwrap();
+        assert_eq!(first.records, 40);
+        assert!(shipped.chunks[&key0].len() > 2, "{:?}", shipped.chunks);
+        append(&p0, 40, 55);
+        let all = ship_log(&blob, 1, &log, &mut shipped).unwrap();
+        assert_eq!(all.records, 15 + 5);
+        assert_eq!(
+            ship_log(&blob, 1, &log, &mut shipped).unwrap(),
+            Shipped::default()
+        );
+        // Listed again (after a failure), the store says the same.
+        assert_eq!(shipped_log(&blob, 1).unwrap().chunks, shipped.chunks);
+
+        let standby = tmp.path().join("standby-log");
+        let fetched = fetch_log(&blob, 1, &standby).unwrap();
+        assert_eq!(fetched.records, 60);
+        assert!(fetched.notes.is_empty(), "{:?}", fetched.notes);
+        for p in [0, 1] {
+            assert_eq!(
+                records(&partition_dir(&standby, "events", p), 0),
+                records(&partition_dir(&log, "events", p), 0)
+            );
+        }
+        assert_eq!(
+            std::fs::read(standby.join("events").join(MANIFEST)).unwrap(),
+            b"manifest"
+        );
+
+        // A damaged chunk is refused, naming it.
+        let (chunk_first, chunk_end) = shipped.chunks[&key0][1];
+        let chunk_key = format!(
+            "{}/{}",
+            log_prefix(1),
+            chunk_name("events", 0, (chunk_first, chunk_end))
+        );
+        let mut bytes = blob.get(&chunk_key).unwrap().unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        blob.put(&chunk_key, &bytes).unwrap();
+        let refused = fetch_log(&blob, 1, &tmp.path().join("other")).unwrap_err();
+        assert!(refused.contains(&chunk_key), "{refused}");
+    }
+
+    #[test]
+    fn chunks_below_the_local_log_are_dropped_and_a_gap_starts_a_new_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
+        let p0 = partition_dir(&log, "t", 0);
+        append(&p0, 0, 40);
+        let mut shipped = ShippedLog::default();
+        let key = ("t".to_owned(), 0);
+        ship_partition(&blob, (1, 200), &p0, &key, &mut shipped).unwrap();
+        // Retention deletes the first segments locally: their chunks go.
+        let bases = list_segments(&p0).unwrap();
+        crate::log::retention::delete_segments_before(&p0, bases[2]).unwrap();
+        append(&p0, 40, 45);
+        ship_partition(&blob, (1, 200), &p0, &key, &mut shipped).unwrap();
+        assert!(
+            shipped.chunks[&key].iter().all(|c| c.1 > bases[2]),
+            "{:?}",
+            shipped.chunks
+        );
+        assert_eq!(shipped.chunks[&key].last().unwrap().1, 45);
+        let fetched = fetch_log(&blob, 1, &tmp.path().join("a")).unwrap();
+        let first = shipped.chunks[&key][0].0;
+        assert_eq!(fetched.records, 45 - first);
+        // (The first chunk may start before the local log: it reaches into it.)
+        assert!(first <= bases[2]);
+        assert_eq!(
+            records(&partition_dir(&tmp.path().join("a"), "t", 0), bases[2]),
+            records(&p0, bases[2])
+        );
+
+        // A gap in the store (a chunk lost): only the run after it is fetched.
+        let chunks = shipped.chunks[&key].clone();
+        assert!(chunks.len() >= 3, "{chunks:?}");
+        blob.delete(&format!(
+            "{}/{}",
+            log_prefix(1),
+            chunk_name("t", 0, chunks[1])
+        ))
+        .unwrap();
+        let fetched = fetch_log(&blob, 1, &tmp.path().join("b")).unwrap();
+        assert!(fetched.notes[0].contains("gap"), "{:?}", fetched.notes);
+        assert_eq!(fetched.records, 45 - chunks[2].0);
+    }
+}
