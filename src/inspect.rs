@@ -1,7 +1,7 @@
 //! `weir inspect`: what a data directory holds — input log partitions,
 //! committed checkpoints (id, cut, files, size, resume offsets, output
-//! lengths), window state spill files — read without taking any lock or
-//! changing anything.
+//! lengths), the cold tier and replica (`tiers`), window state spill files
+//! — read without taking any lock or changing anything.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -14,6 +14,8 @@ use crate::log::format::{list_segments, segment_path};
 use crate::log::{list_partitions, partition_dir, LogError};
 use crate::nexmark::{source_partition, NexmarkTable};
 use crate::run::{EVENTS_TOPIC, STATE_DIR_NAME};
+
+mod tiers;
 
 /// Why inspection failed.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +229,11 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
             .ok();
         }
     }
+    let store_dir = data_dir.join("checkpoints");
+    let local_newest = read_commits(&store_dir)
+        .ok()
+        .and_then(|c| c.last().cloned());
+    tiers::write_tiers(&mut out, &store_dir, local_newest.as_ref());
     write_state_files(&mut out, data_dir);
     Ok(out)
 }

@@ -145,6 +145,12 @@ struct SidecarArgs {
     /// damaged or gone reads them from there.
     #[arg(long, value_name = "URL")]
     cold_store: Option<String>,
+    /// Copy each committed checkpoint, and the log it resumes from, to this
+    /// second store too (another region: `file:///PATH` or
+    /// `s3://BUCKET/PREFIX`), on its own copier, with its own epoch; a
+    /// standby elsewhere takes over from it with `weir run --restore-from`.
+    #[arg(long, value_name = "URL")]
+    replica: Option<String>,
 }
 
 /// How checkpoints are paced (see `weir::checkpoint::cadence`).
@@ -323,12 +329,20 @@ struct RunArgs {
     /// sidecar too).
     #[arg(long, value_name = "URL", conflicts_with = "no_checkpoint")]
     cold_store: Option<String>,
+    /// Copy committed checkpoints and the log they resume from to this
+    /// second store too (another region), asynchronously, in commit order
+    /// (see `weir sidecar --replica`); a standby takes over from it with
+    /// --restore-from.
+    #[arg(long, value_name = "URL", conflicts_with = "no_checkpoint")]
+    replica: Option<String>,
     /// A standby taking over from a failed primary: restore the newest
     /// checkpoint of this cold tier (`file:///PATH` or `s3://BUCKET/PREFIX`)
     /// into this empty data dir and write the output rows after it (the
     /// rows before it are those the primary committed). Give the same
-    /// query and input; with --cold-store (e.g. the same URL) the standby's
-    /// own checkpoints go there in turn.
+    /// query; the input is the log shipped with that checkpoint (or give
+    /// the same --input). With --cold-store (e.g. the same URL) the
+    /// standby's own checkpoints go there in turn. Its claim fences off
+    /// the old primary (decision 42).
     #[arg(long, value_name = "URL", conflicts_with = "no_checkpoint")]
     restore_from: Option<String>,
     /// `keep` every log segment, or delete, as checkpoints commit, the
@@ -448,6 +462,7 @@ fn sidecar_command(args: &SidecarArgs) -> Result<()> {
             lock_wait_ms: args.lock_wait,
             compaction_budget_bytes: args.memory_budget,
             cold_store: args.cold_store.clone(),
+            replica: args.replica.clone(),
         },
         args.metrics_addr,
     )?;

@@ -165,6 +165,9 @@ pub struct CheckpointOptions {
     /// committed checkpoints there, and the restore reads damaged or
     /// missing checkpoint files back from it.
     pub cold_store: Option<String>,
+    /// A second store the sidecar this run starts copies checkpoints and
+    /// the log to (`--replica URL`).
+    pub replica: Option<String>,
     /// A standby taking over (`--restore-from URL`): the newest checkpoint
     /// of this cold tier becomes the run's first, into an empty data dir;
     /// the run writes the output rows after it.

@@ -268,6 +268,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         sidecar_reconnect_ms: 0,
         cold_store: None,
         restore_from: None,
+        replica: None,
     });
     let options = RunOptions {
         data_dir: data_dir.clone(),

@@ -391,6 +391,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     sidecar_reconnect_ms: 0,
                     cold_store: None,
                     restore_from: None,
+                    replica: None,
                 }),
             hooks: weir::run::RunHooks::default(),
             metrics_addr: None,

@@ -25,6 +25,7 @@
 
 mod commit;
 mod coordinator;
+mod copiers;
 mod listen;
 mod metrics;
 mod server;
@@ -90,6 +91,9 @@ pub struct SidecarConfig {
     /// Copy each committed checkpoint to this cold tier
     /// ([`crate::checkpoint::tier`]), e.g. `file:///mnt/cold/job`.
     pub cold_store: Option<String>,
+    /// Copy each committed checkpoint to this second store too (another
+    /// region), on its own copier: `--replica URL`.
+    pub replica: Option<String>,
 }
 
 /// Why the sidecar failed.

@@ -30,7 +30,7 @@ mod s3_blob;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-pub use copier::{ColdCopier, ColdFigures};
+pub use copier::{ColdCopier, ColdFigures, CopierRole};
 pub use file_blob::FileBlob;
 pub use restore::{newest_cold_record, repair_from_cold, take_over_from_cold, TakeOver};
 pub use s3_blob::S3Blob;

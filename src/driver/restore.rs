@@ -85,6 +85,22 @@ pub(super) fn choose(options: &RunOptions) -> Result<Restored, RunError> {
             eprintln!("WARNING: {note}");
         }
     }
+    if let Some(url) = checkpoint.and_then(|c| c.replica.as_deref()) {
+        if options.cluster.is_some() {
+            return Err(RunError::Usage(
+                "--replica is for single-process runs (not yet with --processes)".into(),
+            ));
+        }
+        // Reached (and not fenced off) before anything runs: a bad URL or
+        // refused credentials fail the run at its start.
+        let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
+        crate::checkpoint::tier::epoch::check_not_fenced(&checkpoint_dir, blob.as_ref()).map_err(
+            |reason| crate::checkpoint::store::StoreError::Cold {
+                url: url.to_owned(),
+                reason,
+            },
+        )?;
+    }
     let mut summary_checkpoints = checkpoint.map(|_| CheckpointSummary::default());
     let record: Option<CommitRecord> = match (checkpoint, summary_checkpoints.as_mut()) {
         (Some(_), Some(summary)) if checkpoint_dir.join("commits.log").exists() => {

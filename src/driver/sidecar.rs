@@ -39,11 +39,10 @@ pub(super) fn start(
         SidecarAddress::parse(spec, &options.data_dir)?
     } else {
         if place.process == 0 {
-            let cold_store = options
-                .checkpoint
-                .as_ref()
-                .and_then(|c| c.cold_store.as_deref());
-            sidecar_child = Some(spawn_sidecar(&options.data_dir, cold_store)?);
+            sidecar_child = Some(spawn_sidecar(
+                &options.data_dir,
+                (c.cold_store.as_deref(), c.replica.as_deref()),
+            )?);
         }
         SidecarAddress::Unix(options.data_dir.join("sidecar.sock"))
     };
@@ -86,7 +85,10 @@ pub(super) fn start(
 
 /// Starts `weir sidecar` for `data_dir` as a child of this process (same
 /// process group, so a kill of the group takes both).
-fn spawn_sidecar(data_dir: &Path, cold_store: Option<&str>) -> Result<Child, RunError> {
+fn spawn_sidecar(
+    data_dir: &Path,
+    (cold_store, replica): (Option<&str>, Option<&str>),
+) -> Result<Child, RunError> {
     let exe = weir_binary().ok_or_else(|| {
         RunError::Usage("cannot find the weir binary to start the sidecar (set WEIR_BIN)".into())
     })?;
@@ -96,6 +98,9 @@ fn spawn_sidecar(data_dir: &Path, cold_store: Option<&str>) -> Result<Child, Run
         .arg(data_dir);
     if let Some(url) = cold_store {
         command.args(["--cold-store", url]);
+    }
+    if let Some(url) = replica {
+        command.args(["--replica", url]);
     }
     command.spawn().map_err(|e| {
         RunError::Usage(format!(

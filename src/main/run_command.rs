@@ -389,6 +389,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             sidecar_reconnect_ms: args.sidecar_reconnect,
             cold_store: args.cold_store.clone(),
             restore_from: args.restore_from.clone(),
+            replica: args.replica.clone(),
         }),
         hooks: weir::run::RunHooks {
             stop: stream.as_ref().map(|s| s.run_stop.clone()),

@@ -27,7 +27,7 @@ use crate::support::{assert_success, free_ports, gen_input, sorted_rows, weir};
 /// Kill rounds, each followed by the loss of the local checkpoints.
 const KILLS: u64 = 4;
 
-fn run_args(input: &Path, data: &Path, out: &Path, cold: Option<&str>) -> Vec<String> {
+pub(crate) fn run_args(input: &Path, data: &Path, out: &Path, cold: Option<&str>) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "run".into(),
         "--input".into(),
@@ -52,7 +52,7 @@ fn run_args(input: &Path, data: &Path, out: &Path, cold: Option<&str>) -> Vec<St
 }
 
 /// `weir ARGS` with the environment `env`, to its end.
-fn weir_env(args: &[String], env: &[(String, String)]) -> std::process::Output {
+pub(crate) fn weir_env(args: &[String], env: &[(String, String)]) -> std::process::Output {
     weir()
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -75,28 +75,35 @@ fn lost_and_damaged_local_checkpoints_restore_from_an_s3_cold_tier() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_ports(1)[0];
     let _server = start_s3_server(&binary, port, &tmp.path().join("moto.log"));
-    let env: Vec<(String, String)> = [
+    let env = s3_env(port);
+    let url = "s3://weir-cold/job-1";
+    restores_from_the_cold_tier(&tmp, url, &env, &|| s3_blob(url, &env));
+}
+
+/// The `AWS_*` variables for moto's server on `port`.
+pub(crate) fn s3_env(port: u16) -> Vec<(String, String)> {
+    [
         ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
         ("AWS_ACCESS_KEY_ID", "weir-test".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "weir-test-secret".to_owned()),
         ("AWS_REGION", "us-east-1".to_owned()),
     ]
     .map(|(k, v)| (k.to_owned(), v))
-    .to_vec();
-    let url = "s3://weir-cold/job-1";
-    let open = || -> Box<dyn weir::checkpoint::tier::Blob> {
-        Box::new(
-            S3Blob::open_with(url, |name| {
-                env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-            })
-            .unwrap(),
-        )
-    };
-    restores_from_the_cold_tier(&tmp, url, &env, &open);
+    .to_vec()
+}
+
+/// The store at `url` with the variables `env`.
+pub(crate) fn s3_blob(url: &str, env: &[(String, String)]) -> Box<dyn Blob> {
+    Box::new(
+        S3Blob::open_with(url, |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .unwrap(),
+    )
 }
 
 /// Starts moto's S3 server on `port` and creates bucket `weir-cold`.
-fn start_s3_server(binary: &Path, port: u16, log: &Path) -> Killed {
+pub(crate) fn start_s3_server(binary: &Path, port: u16, log: &Path) -> Killed {
     let server = Killed(
         Command::new(binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -298,13 +305,13 @@ fn cold_store_urls_it_cannot_reach_are_refused_at_start() {
 }
 
 /// Whether the cold tier holds a checkpoint a standby could take over.
-fn holds_a_checkpoint(blob: &dyn Blob) -> bool {
+pub(crate) fn holds_a_checkpoint(blob: &dyn Blob) -> bool {
     newest_cold_record(blob).is_ok_and(|r| r.is_some())
 }
 
 /// The rows of `out`'s files of `prefix` within the lengths `record`
 /// committed (what the failed primary delivered).
-fn committed_rows(out: &Path, record: &CommitRecord, prefix: &str) -> Vec<String> {
+pub(crate) fn committed_rows(out: &Path, record: &CommitRecord, prefix: &str) -> Vec<String> {
     let mut rows = Vec::new();
     for o in record
         .outputs

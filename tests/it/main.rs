@@ -21,6 +21,7 @@ mod nexmark;
 mod oracle;
 mod prometheus;
 mod recovery;
+mod replica;
 mod retention;
 mod sidecar;
 mod sidecar_stall;

@@ -43,6 +43,7 @@ fn start_sidecar(data_dir: &Path, listen: Listen) -> JoinHandle<Result<(), Sidec
         lock_wait_ms: 0,
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
         cold_store: None,
+        replica: None,
     };
     std::thread::spawn(move || run_sidecar(config))
 }
@@ -396,6 +397,7 @@ fn sidecar_refuses_non_loopback_addresses() {
             lock_wait_ms: 0,
             compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
             cold_store: None,
+            replica: None,
         };
         let err = run_sidecar(config).unwrap_err();
         assert!(
@@ -443,6 +445,7 @@ fn sidecar_second_on_the_same_data_dir_is_refused() {
         lock_wait_ms: 200,
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
         cold_store: None,
+        replica: None,
     };
     let err = run_sidecar(config).unwrap_err();
     assert!(
@@ -474,6 +477,7 @@ fn sidecar_replaces_a_stale_socket_but_not_other_files() {
         lock_wait_ms: 0,
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
         cold_store: None,
+        replica: None,
     };
     assert!(matches!(run_sidecar(config), Err(SidecarError::Io { .. })));
     assert_eq!(

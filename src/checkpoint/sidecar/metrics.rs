@@ -38,6 +38,8 @@ pub struct SidecarMetrics {
     pub pending_checkpoints: AtomicU64,
     /// The cold tier's copier, when there is one.
     pub cold: std::sync::OnceLock<std::sync::Arc<crate::checkpoint::tier::ColdFigures>>,
+    /// The replica's copier, when there is one.
+    pub replica: std::sync::OnceLock<std::sync::Arc<crate::checkpoint::tier::ColdFigures>>,
 }
 
 impl SidecarMetrics {
@@ -58,6 +60,7 @@ impl SidecarMetrics {
             connections: AtomicU64::new(0),
             pending_checkpoints: AtomicU64::new(0),
             cold: std::sync::OnceLock::new(),
+            replica: std::sync::OnceLock::new(),
         }
     }
 
@@ -139,44 +142,62 @@ impl SidecarMetrics {
             "Checkpoints whose cuts are arriving, not committed yet.",
             load(&self.pending_checkpoints),
         );
-        if let Some(cold) = self.cold.get() {
-            let copied = load(&cold.checkpoint_id);
-            x.gauge(
-                "sidecar_cold_checkpoint_id",
-                "The newest checkpoint in the cold tier (--cold-store); 0: none yet.",
-                copied,
-            );
-            x.gauge(
-                "sidecar_cold_lag_checkpoints",
-                "Checkpoints committed locally and not (yet) in the cold tier.",
-                load(&cold.offered_id).saturating_sub(copied),
-            );
-            x.counter(
-                "sidecar_cold_copy_failures_total",
-                "Copies to the cold tier that failed (each retried with backoff).",
-                load(&cold.failures),
-            );
-            x.counter(
-                "sidecar_cold_log_records_total",
-                "Input log records shipped to the cold tier (for a standby's replay).",
-                load(&cold.log_records),
-            );
-            x.counter(
-                "sidecar_cold_log_bytes_total",
-                "Bytes of input log chunks shipped to the cold tier.",
-                load(&cold.log_bytes),
-            );
-            x.gauge(
-                "sidecar_cold_epoch",
-                "The cold tier epoch this sidecar claimed (its writes go under it).",
-                load(&cold.epoch),
-            );
-            x.gauge(
-                "sidecar_cold_fenced_by_epoch",
-                "A newer epoch that fenced this sidecar off the cold tier (a standby took over); 0: none.",
-                load(&cold.fenced_by),
-            );
+        for (role, copier, what) in [
+            ("cold", self.cold.get(), "the cold tier (--cold-store)"),
+            ("replica", self.replica.get(), "the replica (--replica)"),
+        ] {
+            if let Some(figures) = copier {
+                render_copier(&mut x, role, what, figures);
+            }
         }
         x.finish()
     }
+}
+
+/// The figures of one copier, its metric names prefixed `sidecar_<role>_`.
+fn render_copier(
+    x: &mut Exposition,
+    role: &str,
+    what: &str,
+    figures: &crate::checkpoint::tier::ColdFigures,
+) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let copied = load(&figures.checkpoint_id);
+    x.gauge(
+        &format!("sidecar_{role}_checkpoint_id"),
+        &format!("The newest checkpoint in {what}; 0: none yet."),
+        copied,
+    );
+    x.gauge(
+        &format!("sidecar_{role}_lag_checkpoints"),
+        &format!("Checkpoints committed locally and not (yet) in {what}."),
+        load(&figures.offered_id).saturating_sub(copied),
+    );
+    x.counter(
+        &format!("sidecar_{role}_copy_failures_total"),
+        &format!("Copies to {what} that failed (each retried with backoff)."),
+        load(&figures.failures),
+    );
+    x.counter(
+        &format!("sidecar_{role}_log_records_total"),
+        &format!("Input log records shipped to {what} (for a standby's replay)."),
+        load(&figures.log_records),
+    );
+    x.counter(
+        &format!("sidecar_{role}_log_bytes_total"),
+        &format!("Bytes of input log chunks shipped to {what}."),
+        load(&figures.log_bytes),
+    );
+    x.gauge(
+        &format!("sidecar_{role}_epoch"),
+        &format!("The epoch this sidecar claimed in {what} (its writes go under it)."),
+        load(&figures.epoch),
+    );
+    x.gauge(
+        &format!("sidecar_{role}_fenced_by_epoch"),
+        &format!(
+            "A newer epoch that fenced this sidecar off {what} (a standby took over); 0: none."
+        ),
+        load(&figures.fenced_by),
+    );
 }

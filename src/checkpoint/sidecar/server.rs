@@ -20,7 +20,7 @@ use super::{
     MAX_CONNECTIONS, MAX_HELLO_BYTES,
 };
 use crate::checkpoint::store::CheckpointStore;
-use crate::checkpoint::tier::{open_cold_store, ColdCopier};
+use crate::checkpoint::tier::ColdCopier;
 use crate::checkpoint::transport::{
     read_frame_async, read_frame_async_into, write_frame_async, CutUpdates, FromSidecar, Hello,
     ToSidecar, WorkerCut, MAX_PAYLOAD_BYTES,
@@ -79,29 +79,7 @@ pub(super) fn run(
     let store_dir = config.data_dir.join(CHECKPOINTS_DIR_NAME);
     let store =
         CheckpointStore::open_waiting(&store_dir, Duration::from_millis(config.lock_wait_ms))?;
-    let cold = match &config.cold_store {
-        Some(url) => {
-            let writer = format!(
-                "pid {} with data dir {}",
-                std::process::id(),
-                config.data_dir.display()
-            );
-            let fence = store.commits().last().map_or(0, |r| r.checkpoint_id);
-            let copier =
-                ColdCopier::start(open_cold_store(url)?, store_dir.clone(), fence, &writer)
-                    .map_err(|reason| SidecarError::ColdEpoch {
-                        url: url.clone(),
-                        reason,
-                    })?;
-            let _ = metrics.cold.set(Arc::clone(&copier.figures));
-            if let Some(last) = store.commits().last() {
-                // A restart copies what the last run may not have.
-                copier.offer(last);
-            }
-            Some(Arc::new(copier))
-        }
-        None => None,
-    };
+    let copiers = super::copiers::start_copiers(config, &store, &metrics)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -121,15 +99,16 @@ pub(super) fn run(
                 store,
                 (config.exit_when_idle, config.compaction_budget_bytes),
                 metrics,
-                cold.clone(),
+                copiers.clone(),
             )
             .await
         })
         .map(|()| {
             // A stopping sidecar's newest checkpoint reaches the cold tier
-            // first (bounded): the last one matters most after a loss.
-            if let Some(cold) = cold {
-                cold.finish(COLD_FINISH_TIMEOUT);
+            // and the replica first (bounded): the last one matters most
+            // after a loss.
+            for copier in copiers {
+                copier.finish(COLD_FINISH_TIMEOUT);
             }
         })
 }
@@ -144,7 +123,7 @@ async fn serve(
     store: CheckpointStore,
     (exit_when_idle, compaction_budget_bytes): (bool, u64),
     metrics: Arc<SidecarMetrics>,
-    cold: Option<Arc<ColdCopier>>,
+    copiers: Vec<Arc<ColdCopier>>,
 ) -> Result<(), SidecarError> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let coordinator = CoordinatorTask {
@@ -155,7 +134,7 @@ async fn serve(
         exit_when_idle,
         compaction_budget_bytes,
         metrics,
-        cold,
+        copiers,
     };
     let coordinator = coordinator.run(events_rx);
     tokio::pin!(coordinator);
@@ -370,8 +349,8 @@ struct CoordinatorTask {
     exit_when_idle: bool,
     compaction_budget_bytes: u64,
     metrics: Arc<SidecarMetrics>,
-    /// Copies committed checkpoints to the cold tier.
-    cold: Option<Arc<ColdCopier>>,
+    /// Copy committed checkpoints to the cold tier and the replica.
+    copiers: Vec<Arc<ColdCopier>>,
 }
 
 impl CoordinatorTask {
@@ -383,7 +362,7 @@ impl CoordinatorTask {
                     Some(event) => event,
                     None => break,
                 },
-                _ = fence_check.tick(), if self.cold.is_some() => {
+                _ = fence_check.tick(), if !self.copiers.is_empty() => {
                     self.stop_if_fenced_off()?;
                     continue;
                 }
@@ -497,10 +476,11 @@ impl CoordinatorTask {
     /// took the job over), refuses every engine and stops: nothing more may
     /// be committed, or emitted.
     fn stop_if_fenced_off(&mut self) -> Result<(), SidecarError> {
-        let Some(cold) = self.cold.as_ref() else {
-            return Ok(());
-        };
-        let Some(newest_epoch) = cold.figures.fenced_by() else {
+        let Some((cold, newest_epoch)) = self
+            .copiers
+            .iter()
+            .find_map(|c| Some((c, c.figures.fenced_by()?)))
+        else {
             return Ok(());
         };
         let fenced = SidecarError::ColdEpoch {
@@ -555,8 +535,8 @@ impl CoordinatorTask {
                         cut_time: record.cut_time,
                         commit_latency_us: latency.as_micros() as u64,
                     };
-                    if let Some(cold) = &self.cold {
-                        cold.offer(&record);
+                    for copier in &self.copiers {
+                        copier.offer(&record);
                     }
                     self.coord.committed(record);
                     for conn in self.coord.current_connections() {

@@ -25,6 +25,26 @@ const FENCE_POLL: Duration = Duration::from_secs(2);
 /// The longest wait between two attempts at a failing copy.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Which store a copier writes: the data dir remembers the epoch it
+/// claimed in each ([`epoch::LOCAL_EPOCH_FILES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopierRole {
+    /// `--cold-store`.
+    Cold,
+    /// `--replica`.
+    Replica,
+}
+
+impl CopierRole {
+    /// The data dir's file of the epoch claimed in this role's store.
+    pub fn epoch_file(self) -> &'static str {
+        match self {
+            Self::Cold => epoch::LOCAL_EPOCH_FILES[0],
+            Self::Replica => epoch::LOCAL_EPOCH_FILES[1],
+        }
+    }
+}
+
 /// What the copier shows (metrics).
 #[derive(Debug, Default)]
 pub struct ColdFigures {
@@ -68,20 +88,21 @@ pub struct ColdCopier {
 }
 
 impl ColdCopier {
-    /// Starts copying checkpoints of the store in `local_dir` to `blob`:
+    /// Starts copying checkpoints of the store in `local_dir` to `blob` as
+    /// `role`:
     /// refuses a data dir fenced off the store, then claims the next epoch,
     /// fenced at `fence_checkpoint_id` (the newest local checkpoint), as
     /// `writer`.
     pub fn start(
         blob: Box<dyn Blob>,
         local_dir: PathBuf,
-        fence_checkpoint_id: u64,
+        (role, fence_checkpoint_id): (CopierRole, u64),
         writer: &str,
     ) -> Result<Self, String> {
         let url = blob.describe();
         epoch::check_not_fenced(&local_dir, blob.as_ref())?;
         let claim = epoch::claim_next_epoch(blob.as_ref(), fence_checkpoint_id, writer)?;
-        epoch::record_local_epoch(&local_dir, &url, claim.epoch)?;
+        epoch::record_local_epoch(&local_dir, role.epoch_file(), &url, claim.epoch)?;
         tracing::info!(
             %url,
             epoch = claim.epoch,
@@ -372,7 +393,9 @@ mod tests {
             inner: FileBlob::open(&dir.path().join("cold")).unwrap(),
             down: Arc::clone(&down),
         };
-        let copier = ColdCopier::start(Box::new(blob), local.clone(), 0, "test").unwrap();
+        let copier =
+            ColdCopier::start(Box::new(blob), local.clone(), (CopierRole::Cold, 0), "test")
+                .unwrap();
         copier.offer(&commit(&mut store, 1));
         assert!(eventually(|| copier
             .figures
@@ -430,7 +453,7 @@ mod tests {
         let copier = ColdCopier::start(
             Box::new(FileBlob::open(&cold_root).unwrap()),
             local.clone(),
-            0,
+            (CopierRole::Cold, 0),
             "primary",
         )
         .unwrap();
@@ -458,7 +481,8 @@ mod tests {
             [(1, 2), (1, 1)]
         );
         // The stale primary restarted is refused.
-        let refused = ColdCopier::start(Box::new(cold), local, 3, "primary").unwrap_err();
+        let refused = ColdCopier::start(Box::new(cold), local, (CopierRole::Replica, 3), "primary")
+            .unwrap_err();
         assert!(refused.contains("fenced off"), "{refused}");
     }
 }

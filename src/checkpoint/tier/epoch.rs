@@ -26,9 +26,10 @@ use crate::storage::kv_text::{decode_kv, encode_kv};
 
 /// The claims' prefix.
 pub const EPOCHS_PREFIX: &str = "epochs";
-/// The data dir's record of the epoch its sidecar claimed (in the
-/// checkpoint store's directory).
-pub const LOCAL_EPOCH_FILE_NAME: &str = "COLD_EPOCH";
+/// The data dir's records of the epochs it claimed (in the checkpoint
+/// store's directory): as the cold tier's writer, as the replica's, and as
+/// a standby taking over.
+pub const LOCAL_EPOCH_FILES: [&str; 3] = ["COLD_EPOCH", "REPLICA_EPOCH", "TAKEOVER_EPOCH"];
 const CLAIM_KIND: &str = "weir-cold-epoch";
 const LOCAL_KIND: &str = "weir-cold-writer";
 const FORMAT_VERSION: u32 = 1;
@@ -169,27 +170,45 @@ pub fn usable_records(blob: &dyn Blob) -> Result<Vec<(u64, u64)>, String> {
     Ok(usable)
 }
 
-/// The epoch this data dir's sidecar claimed in the store at `url`, if
-/// it claimed one there.
-pub fn local_epoch(store_dir: &Path, url: &str) -> Result<Option<u64>, String> {
-    let path = store_dir.join(LOCAL_EPOCH_FILE_NAME);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let at =
-        |(offset, reason): (u64, String)| format!("{}: at byte {offset}: {reason}", path.display());
-    let fields = decode_kv(&bytes, LOCAL_KIND, FORMAT_VERSION).map_err(at)?;
-    if fields.field("url").map_err(at)?.1 != url {
-        return Ok(None);
+/// The stores this data dir claimed epochs in, as `(file, url, epoch)`.
+pub fn local_epochs(store_dir: &Path) -> Result<Vec<(&'static str, String, u64)>, String> {
+    let mut found = Vec::new();
+    for file in LOCAL_EPOCH_FILES {
+        let path = store_dir.join(file);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let at = |(offset, reason): (u64, String)| {
+            format!("{}: at byte {offset}: {reason}", path.display())
+        };
+        let fields = decode_kv(&bytes, LOCAL_KIND, FORMAT_VERSION).map_err(at)?;
+        let url = fields.field("url").map_err(at)?.1.to_owned();
+        found.push((file, url, fields.number("epoch").map_err(at)?));
     }
-    fields.number("epoch").map(Some).map_err(at)
+    Ok(found)
 }
 
-/// Records that this data dir's sidecar claimed `epoch` in `url`.
-pub fn record_local_epoch(store_dir: &Path, url: &str, epoch: u64) -> Result<(), String> {
-    let path = store_dir.join(LOCAL_EPOCH_FILE_NAME);
+/// The newest epoch this data dir claimed in the store at `url`, if it
+/// claimed one there.
+pub fn local_epoch(store_dir: &Path, url: &str) -> Result<Option<u64>, String> {
+    Ok(local_epochs(store_dir)?
+        .into_iter()
+        .filter(|(_, u, _)| u == url)
+        .map(|(_, _, epoch)| epoch)
+        .max())
+}
+
+/// Records in `file` (one of [`LOCAL_EPOCH_FILES`]) that this data dir
+/// claimed `epoch` in `url`.
+pub fn record_local_epoch(
+    store_dir: &Path,
+    file: &str,
+    url: &str,
+    epoch: u64,
+) -> Result<(), String> {
+    let path = store_dir.join(file);
     let bytes = encode_kv(
         LOCAL_KIND,
         FORMAT_VERSION,
@@ -198,15 +217,17 @@ pub fn record_local_epoch(store_dir: &Path, url: &str, epoch: u64) -> Result<(),
     crate::storage::durable::write_file_atomically(&path, &bytes).map_err(|e| e.to_string())
 }
 
-/// Refuses a data dir whose sidecar wrote epoch `E` of `blob` when a newer
+/// Refuses a data dir that claimed epoch `E` of `blob` when a newer
 /// epoch was claimed since: another writer (a standby) took the job over,
 /// and this one is stale.
 pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<(), String> {
     let url = blob.describe();
+    // Read first: an unreachable store or refused credentials are errors
+    // here, at a run's start, even for a data dir that never claimed.
+    let claims = read_claims(blob)?;
     let Some(mine) = local_epoch(store_dir, &url)? else {
         return Ok(());
     };
-    let claims = read_claims(blob)?;
     match claims.last() {
         Some(newest) if newest.epoch > mine => Err(format!(
             "fenced off {url}: this data dir ({}) wrote its epoch {mine}, and epoch {} was \
@@ -270,7 +291,13 @@ mod tests {
         std::fs::create_dir_all(&store_dir).unwrap();
         check_not_fenced(&store_dir, &blob).unwrap();
         let mine = claim_next_epoch(&blob, 0, "primary").unwrap();
-        record_local_epoch(&store_dir, &blob.describe(), mine.epoch).unwrap();
+        record_local_epoch(
+            &store_dir,
+            LOCAL_EPOCH_FILES[0],
+            &blob.describe(),
+            mine.epoch,
+        )
+        .unwrap();
         check_not_fenced(&store_dir, &blob).unwrap();
         assert_eq!(local_epoch(&store_dir, "file:///elsewhere").unwrap(), None);
         claim_next_epoch(&blob, 9, "pid 7, data dir /standby").unwrap();

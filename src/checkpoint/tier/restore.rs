@@ -183,8 +183,13 @@ pub fn take_over_from_cold(
                     local_dir.display()
                 );
                 let claim = epoch::claim_next_epoch(blob, id, &writer).map_err(&store_err)?;
-                epoch::record_local_epoch(local_dir, &blob.describe(), claim.epoch)
-                    .map_err(&store_err)?;
+                epoch::record_local_epoch(
+                    local_dir,
+                    epoch::LOCAL_EPOCH_FILES[2],
+                    &blob.describe(),
+                    claim.epoch,
+                )
+                .map_err(&store_err)?;
                 notes.push(format!(
                     "claimed epoch {} of {}: writers of older epochs are fenced off",
                     claim.epoch,

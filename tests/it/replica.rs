@@ -1,0 +1,209 @@
+//! A replica in a second store (`--replica s3://…`, moto's S3 server on
+//! loopback) beside a `file://` cold tier: a primary killed with `kill -9`
+//! is taken over by a standby that has nothing but the replica — its
+//! checkpoint and the log shipped with it — and the primary's committed
+//! rows plus the standby's equal a failure-free run's; and a replica
+//! server that stops answering mid-run (SIGSTOP) holds nothing up: local
+//! commits go on, and the copy catches up once it answers again (within
+//! the requests' 30 s timeout; beyond it the copier's retries do).
+
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use weir::checkpoint::cut::FINAL_CUT;
+use weir::checkpoint::store::read_commits;
+use weir::checkpoint::tier::newest_cold_record;
+
+use crate::cold_tier::{
+    committed_rows, holds_a_checkpoint, run_args, s3_blob, s3_env, start_s3_server, weir_env,
+};
+use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
+use crate::sources::{server_binary, wait_until, Killed};
+use crate::support::{assert_success, free_ports, gen_input, sorted_rows, weir};
+
+#[test]
+fn a_standby_takes_over_from_an_s3_replica_with_nothing_else() {
+    let Some(binary) = server_binary("moto_server", "MOTO") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let _server = start_s3_server(&binary, port, &tmp.path().join("moto.log"));
+    let env = s3_env(port);
+    let replica_url = "s3://weir-cold/region-2";
+    let replica = s3_blob(replica_url, &env);
+    let input = tmp.path().join("input");
+    gen_input(&input, 1_000_000);
+    let reference = tmp.path().join("ref-out");
+    let (done, took) = timed(|| {
+        weir_env(
+            &run_args(&input, &tmp.path().join("ref-data"), &reference, None),
+            &[],
+        )
+    });
+    assert_success(&done, "failure-free run");
+
+    // The primary: a local cold tier and the replica; killed at a random
+    // moment once the replica holds a checkpoint.
+    let cold_url = format!("file://{}", tmp.path().join("cold").display());
+    let primary_data = tmp.path().join("primary-data");
+    let primary_out = tmp.path().join("primary-out");
+    let mut primary = run_args(&input, &primary_data, &primary_out, Some(&cold_url));
+    primary.retain(|a| a != "--until-end");
+    primary.extend(["--replica".into(), replica_url.into()]);
+    let mut child = Killed(
+        weir()
+            .args(&primary)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("primary.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        Duration::from_millis(5),
+        || holds_a_checkpoint(replica.as_ref()),
+        || "no checkpoint reached the replica".into(),
+    );
+    let mut clock = KillClock::new(17, took);
+    assert!(
+        sleep_while_running(&mut child.0, clock.next_delay()),
+        "the primary ended"
+    );
+    kill_group(child.0.id());
+    let _ = child.0.wait();
+
+    // `weir inspect` on the dead primary's data dir names both stores.
+    let inspected = weir_env(
+        &[
+            "inspect".into(),
+            "--data-dir".into(),
+            primary_data.display().to_string(),
+        ],
+        &env,
+    );
+    assert_success(&inspected, "inspect");
+    let report = String::from_utf8_lossy(&inspected.stdout);
+    assert!(
+        report.contains(&format!("replica {replica_url}")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("cold tier {cold_url}")),
+        "{report}"
+    );
+    assert!(report.contains("newest usable checkpoint"), "{report}");
+
+    // The standby: another data dir, no input, only the replica.
+    let (_, record) = newest_cold_record(replica.as_ref()).unwrap().unwrap();
+    let standby_out = tmp.path().join("standby-out");
+    let standby: Vec<String> = [
+        "run",
+        "--data-dir",
+        &tmp.path().join("standby-data").display().to_string(),
+        "--out",
+        &standby_out.display().to_string(),
+        "--window",
+        "sliding:20s/5s",
+        "--lateness",
+        "2s",
+        "--until-end",
+        "--checkpoint-interval",
+        "20ms",
+        "--restore-from",
+        replica_url,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let done = weir_env(&standby, &env);
+    assert_success(&done, "the standby");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "standby: took over checkpoint {}",
+            record.checkpoint_id
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("fetched the shipped log"), "{stderr}");
+    for kind in ["windows", "late"] {
+        let mut rows = committed_rows(&primary_out, &record, kind);
+        rows.extend(sorted_rows(&standby_out, kind));
+        rows.sort();
+        assert_eq!(rows, sorted_rows(&reference, kind), "{kind} rows");
+    }
+}
+
+#[test]
+fn a_replica_that_stops_answering_catches_up_and_holds_nothing_up() {
+    let Some(binary) = server_binary("moto_server", "MOTO") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let server = start_s3_server(&binary, port, &tmp.path().join("moto.log"));
+    let env = s3_env(port);
+    let replica_url = "s3://weir-cold/outage";
+    let replica = s3_blob(replica_url, &env);
+    let input = tmp.path().join("input");
+    gen_input(&input, 1_000_000);
+    let data = tmp.path().join("data");
+    let mut args = run_args(&input, &data, &tmp.path().join("out"), None);
+    args.pop();
+    args.extend(["--replica".into(), replica_url.into()]);
+    let mut child = Killed(
+        weir()
+            .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("run.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Once the run's sidecar claimed its epoch (before the run can commit
+    // anything), the server stops answering: its connections hang, as in
+    // a partition.
+    wait_until(
+        Duration::from_millis(1),
+        || replica.list("epochs").is_ok_and(|e| !e.is_empty()),
+        || "the sidecar claimed no epoch in the replica".into(),
+    );
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &server.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    // Local commits go on (the run's last one is final).
+    wait_until(
+        Duration::from_millis(2),
+        || {
+            read_commits(&data.join("checkpoints")).is_ok_and(|c| {
+                c.last()
+                    .is_some_and(|r| r.checkpoint_id >= 2 || r.cut_time == FINAL_CUT)
+            })
+        },
+        || "no local commit while the replica did not answer".into(),
+    );
+    signal("-CONT");
+    let mut status = None;
+    wait_until(
+        Duration::from_millis(5),
+        || {
+            status = child.0.try_wait().unwrap();
+            status.is_some()
+        },
+        || "the run did not finish".into(),
+    );
+    let log = std::fs::read_to_string(tmp.path().join("run.log")).unwrap();
+    assert!(status.unwrap().success(), "{log}");
+    // Caught up: the run's newest checkpoint is the replica's.
+    let local = read_commits(&data.join("checkpoints")).unwrap();
+    let (_, newest) = newest_cold_record(replica.as_ref()).unwrap().unwrap();
+    assert_eq!(Some(&newest), local.last(), "{log}");
+}
