@@ -1,36 +1,47 @@
-//! `weir-harness failover`: a primary with a cold tier is killed (its
-//! process group, with `kill -9`) and a standby in another data directory
-//! takes over from the cold tier (`weir run --restore-from`). Measures:
+//! `weir-harness failover`: a region lost under steady load. A primary
+//! tails a log that a paced load appends to (`--rate`, after an optional
+//! `--prefill`), with a cold tier and a replica (`--cold-store`,
+//! `--replica`; both `file://` in the work directory by default). Once the
+//! replica holds a checkpoint past the prefill and `--kill-after` more has
+//! passed, the primary's process group is killed with `kill -9` and the
+//! load stops: the region, with its log and data dir, is gone. A standby
+//! in another data directory takes over from the replica alone
+//! (`weir run --restore-from REPLICA --until-end`, no input: the log the
+//! primary shipped). Measures:
 //!
 //! - **RPO**: the checkpoints the primary had committed locally that the
-//!   cold tier did not have at the kill, and the input events the standby
-//!   has to read again because of that (those between the cold
-//!   checkpoint's resume offsets and the primary's newest local one's);
-//! - **RTO**: from the kill to the standby's first commit that covers a
-//!   new window row (restored, replayed, and durable output again), with
-//!   the moment it restored (its first commit, the taken-over checkpoint)
-//!   on the way.
+//!   replica did not have at the kill, and the events the load had
+//!   appended that never reached the replica (lost with the region);
+//! - **restore**: kill to the standby's first commit (the taken-over
+//!   checkpoint, its files and the shipped log fetched and verified);
+//! - **RTO**: kill to the standby's first commit that covers a new window
+//!   row (restored, replayed, and durable output again).
 //!
-//! The primary reads a file input as fast as it can (not a paced load) and
-//! tails it (no `--until-end`): it is killed `--kill-after` after the cold
-//! tier first holds a checkpoint. The primary's committed rows (within the
-//! cold checkpoint's output lengths) plus the standby's must equal a
-//! failure-free run's. Results: `results/failover-<t>/summary.json` and
-//! `timeline.csv`; non-zero exit if the outputs differ.
+//! The primary's committed rows (within the taken-over checkpoint's output
+//! lengths) plus the standby's must equal a failure-free run over the
+//! replicated log (`--until-end`, no checkpoints). Results:
+//! `results/failover-<t>/summary.json` and `timeline.csv`; non-zero exit
+//! if the outputs differ.
+
+mod load;
 
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use weir::checkpoint::format::CommitRecord;
 use weir::checkpoint::store::read_commits;
-use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
+use weir::checkpoint::tier::{newest_cold_record, open_cold_store, Blob};
+use weir::log::{list_partitions, partition_dir, PartitionReader};
+use weir::run::EVENTS_TOPIC;
 use weir_dataflows::duration::parse_duration_ms;
 
+use self::load::{Load, Loader};
 use crate::RunHeader;
 
 /// Waits that end a stuck experiment (fail-safes, not speed assumptions).
@@ -39,21 +50,45 @@ const DEADLINE: Duration = Duration::from_secs(600);
 /// Arguments of the failover mode.
 #[derive(clap::Parser, Debug)]
 pub struct FailoverArgs {
-    /// Events in the input.
+    /// Events the load appends at most (it stops at the kill).
     #[arg(long, default_value_t = 5_000_000)]
     events: u64,
+    /// Events appended at once before the primary starts (state to build).
+    #[arg(long, default_value_t = 0)]
+    prefill: u64,
+    /// Paced events per second after the prefill.
+    #[arg(long, default_value_t = 200_000)]
+    rate: u64,
+    /// Event-time seconds per wall-clock second (windows close this much
+    /// faster than real time).
+    #[arg(long, default_value_t = 1)]
+    time_scale: u64,
+    /// Log partitions.
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// The window of the query.
+    #[arg(long, default_value = "sliding:20s/5s")]
+    window: String,
     /// Worker threads of the primary and the standby.
     #[arg(long, default_value_t = 2)]
     workers: u64,
     /// Checkpoint interval of the primary and the standby.
     #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
     checkpoint_interval: u64,
-    /// How long after the cold tier first holds a checkpoint the primary is killed.
-    #[arg(long, default_value = "2s", value_parser = parse_duration_ms)]
+    /// How long after the replica first holds a checkpoint past the
+    /// prefill the primary is killed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
     kill_after: u64,
     /// The cold tier (default: `file://WORK_DIR/cold`).
     #[arg(long)]
     cold_store: Option<String>,
+    /// The replica the standby takes over from (default:
+    /// `file://WORK_DIR/replica`).
+    #[arg(long)]
+    replica: Option<String>,
     /// Work directory (emptied first).
     #[arg(long, default_value = "target/harness/failover")]
     work_dir: PathBuf,
@@ -66,16 +101,24 @@ pub struct FailoverArgs {
 struct Summary {
     #[serde(flatten)]
     header: RunHeader,
+    /// Events the load appended before the kill.
     events: u64,
+    prefill: u64,
+    rate_per_s: u64,
+    time_scale: u64,
+    keys: u64,
+    window: String,
     workers: u64,
     checkpoint_interval_ms: u64,
     cold_store: String,
-    /// Checkpoints committed locally by the primary and not in the cold
-    /// tier at the kill.
+    replica: String,
+    /// Checkpoints committed locally by the primary and not in the replica
+    /// at the kill.
     rpo_checkpoints: u64,
-    /// Input events between the cold checkpoint's resume offsets and the
-    /// primary's newest local checkpoint's: read again by the standby.
+    /// Events appended before the kill that never reached the replica.
     rpo_events: u64,
+    /// Events the standby replayed after the checkpoint it took over.
+    replayed_events: u64,
     /// The checkpoint the standby took over.
     taken_over_checkpoint: u64,
     /// Kill to the standby's first commit (restored, replayed to a cut).
@@ -88,8 +131,8 @@ struct Summary {
     window_rows: usize,
 }
 
-fn run_args(input: &Path, data: &Path, out: &Path, args: &FailoverArgs) -> Vec<String> {
-    let mut run: Vec<String> = ["run", "--window", "sliding:20s/5s", "--lateness", "2s"]
+fn run_args(data: &Path, out: &Path, args: &FailoverArgs) -> Vec<String> {
+    let mut run: Vec<String> = ["run", "--lateness", "2s", "--window", &args.window]
         .map(str::to_owned)
         .to_vec();
     run.extend([
@@ -98,7 +141,7 @@ fn run_args(input: &Path, data: &Path, out: &Path, args: &FailoverArgs) -> Vec<S
         "--checkpoint-interval".to_owned(),
         format!("{}ms", args.checkpoint_interval),
     ]);
-    for (flag, path) in [("--input", input), ("--data-dir", data), ("--out", out)] {
+    for (flag, path) in [("--data-dir", data), ("--out", out)] {
         run.push(flag.to_owned());
         run.push(path.display().to_string());
     }
@@ -139,31 +182,55 @@ fn covers_a_row(record: &CommitRecord) -> bool {
         .any(|o| o.file_name.starts_with("windows-") && o.length_bytes > header)
 }
 
+/// Records in the log under `log_dir` (all partitions of the events topic).
+fn log_records(log_dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for p in list_partitions(log_dir, EVENTS_TOPIC)? {
+        let mut reader = PartitionReader::open(&partition_dir(log_dir, EVENTS_TOPIC, p), 0)?;
+        while reader.next()?.is_some() {}
+        total += reader.next_offset();
+    }
+    Ok(total)
+}
+
+fn default_url(given: Option<&String>, dir: &Path) -> Result<String> {
+    Ok(match given {
+        Some(url) => url.clone(),
+        None => format!("file://{}", std::path::absolute(dir)?.display()),
+    })
+}
+
+/// The newest usable checkpoint of `blob` if it resumes every partition
+/// past `offset_each` (it covers events of the paced load).
+fn replica_past(blob: &dyn Blob, offset_each: u64) -> Result<Option<u64>> {
+    let Some((_, record)) = newest_cold_record(blob).map_err(|e| anyhow::anyhow!(e))? else {
+        return Ok(None);
+    };
+    let past = !record.partitions.is_empty()
+        && record
+            .partitions
+            .iter()
+            .all(|p| p.resume_offset > offset_each);
+    Ok(past.then_some(record.checkpoint_id))
+}
+
 /// Runs the failover experiment.
 #[allow(clippy::too_many_lines)] // one experiment, read top to bottom
 pub fn failover(args: &FailoverArgs) -> Result<()> {
     let weir = crate::weir_binary()?;
     crate::fresh_work_dir(&args.work_dir)?;
     let work = &args.work_dir;
-    let input = work.join("input");
-    crate::generate_kill_input(args.events, &input)?;
-    let url = match &args.cold_store {
-        Some(url) => url.clone(),
-        None => format!(
-            "file://{}",
-            std::path::absolute(work.join("cold"))?.display()
-        ),
+    let cold_url = default_url(args.cold_store.as_ref(), &work.join("cold"))?;
+    let replica_url = default_url(args.replica.as_ref(), &work.join("replica"))?;
+    let replica = open_cold_store(&replica_url)?;
+    let load = Load {
+        events: args.events,
+        prefill: args.prefill,
+        rate_per_s: args.rate,
+        time_scale: args.time_scale,
+        partitions: args.partitions,
+        keys: args.keys,
     };
-    let blob = open_cold_store(&url)?;
-
-    let reference_out = work.join("reference-out");
-    let mut reference = run_args(&input, &work.join("reference-data"), &reference_out, args);
-    reference.extend(["--until-end".to_owned(), "--no-checkpoint".to_owned()]);
-    let status = Command::new(&weir)
-        .args(&reference)
-        .stdout(Stdio::null())
-        .status()?;
-    ensure!(status.success(), "the failure-free run failed");
 
     let mut timeline = String::from("t_ms,event,checkpoint_id\n");
     let started = Instant::now();
@@ -171,19 +238,27 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
         let _ = writeln!(timeline, "{},{what},{id}", started.elapsed().as_millis());
     };
     let (primary_data, primary_out) = (work.join("primary-data"), work.join("primary-out"));
-    let mut primary = run_args(&input, &primary_data, &primary_out, args);
-    primary.extend(["--cold-store".to_owned(), url.clone()]);
+    let (writers, prefilled) = Loader::prefill(load, &primary_data.join("log"))?;
+    let mut primary = run_args(&primary_data, &primary_out, args);
+    primary.extend([
+        "--cold-store".to_owned(),
+        cold_url.clone(),
+        "--replica".to_owned(),
+        replica_url.clone(),
+    ]);
     let mut child = Command::new(&weir)
         .args(&primary)
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(crate::append_file(&work.join("primary.log"))?)
         .spawn()?;
+    let loader = Loader::start(load, writers, prefilled);
     event("primary-start", 0);
+    let prefill_each = prefilled / u64::from(args.partitions.max(1));
     loop {
         ensure!(
             started.elapsed() < DEADLINE,
-            "no checkpoint reached the cold tier"
+            "no checkpoint past the prefill reached the replica"
         );
         if child.try_wait()?.is_some() {
             bail!(
@@ -191,10 +266,8 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
                 work.join("primary.log").display()
             );
         }
-        if let Some((_, record)) =
-            newest_cold_record(blob.as_ref()).map_err(|e| anyhow::anyhow!(e))?
-        {
-            event("first-cold-checkpoint", record.checkpoint_id);
+        if let Some(id) = replica_past(replica.as_ref(), prefill_each)? {
+            event("first-cold-checkpoint", id);
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -206,48 +279,36 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
             work.join("primary.log").display()
         );
     }
+    // The region goes: the primary's processes, then its load.
     let _ = Command::new("kill")
         .args(["-9", "--", &format!("-{}", child.id())])
         .status();
     let killed = Instant::now();
+    let appended_at_kill = loader.appended.load(Ordering::Acquire);
     let _ = child.wait();
+    let appended = loader.stop()?.max(appended_at_kill);
     let local = read_commits(&primary_data.join("checkpoints"))?;
-    let (_, cold_record) = newest_cold_record(blob.as_ref())
+    let (taken_epoch, taken) = newest_cold_record(replica.as_ref())
         .map_err(|e| anyhow::anyhow!(e))?
-        .context("an empty cold tier")?;
-    let cold_newest = cold_record.checkpoint_id;
+        .context("an empty replica")?;
     let local_newest = local
         .last()
         .context("the primary committed nothing locally")?;
     event("kill", local_newest.checkpoint_id);
-    let resume = |r: &CommitRecord, p: u32| {
-        r.partitions
-            .iter()
-            .find(|x| x.partition == p)
-            .map_or(0, |x| x.resume_offset)
-    };
-    let rpo_events: u64 = local_newest
-        .partitions
-        .iter()
-        .map(|p| {
-            p.resume_offset
-                .saturating_sub(resume(&cold_record, p.partition))
-        })
-        .sum();
 
     let (standby_data, standby_out) = (work.join("standby-data"), work.join("standby-out"));
-    let mut standby = run_args(&input, &standby_data, &standby_out, args);
+    let mut standby = run_args(&standby_data, &standby_out, args);
     standby.extend([
         "--until-end".to_owned(),
         "--restore-from".to_owned(),
-        url.clone(),
+        replica_url.clone(),
     ]);
     let mut child = Command::new(&weir)
         .args(&standby)
         .stdout(Stdio::null())
         .stderr(crate::append_file(&work.join("standby.log"))?)
         .spawn()?;
-    event("standby-start", cold_newest);
+    event("standby-start", taken.checkpoint_id);
     let (mut restored_ms, mut rto_ms) = (None, None);
     let standby_checkpoints = standby_data.join("checkpoints");
     let mut seen = 0;
@@ -279,10 +340,31 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
     }
     event("standby-done", 0);
 
+    // The failure-free run: over all that reached the replica (the
+    // standby fetched only what it resumes from).
+    let reference_data = work.join("reference-data");
+    weir::checkpoint::tier::log_ship::fetch_log(
+        replica.as_ref(),
+        taken_epoch,
+        &reference_data.join("log"),
+        (0, 0),
+    )
+    .map_err(|e| anyhow::anyhow!("fetching the replicated log: {e}"))?;
+    let shipped = log_records(&reference_data.join("log"))?;
+    let reference_out = work.join("reference-out");
+    let mut reference = run_args(&reference_data, &reference_out, args);
+    reference.extend(["--until-end".to_owned(), "--no-checkpoint".to_owned()]);
+    let status = Command::new(&weir)
+        .args(&reference)
+        .stdout(Stdio::null())
+        .stderr(crate::append_file(&work.join("reference.log"))?)
+        .status()?;
+    ensure!(status.success(), "the failure-free run failed");
+
     let mut identical = true;
     let mut window_rows = 0;
     for kind in ["windows-", "late-"] {
-        let mut got = rows(&primary_out, kind, Some(&cold_record))?;
+        let mut got = rows(&primary_out, kind, Some(&taken))?;
         got.extend(rows(&standby_out, kind, None)?);
         got.sort();
         let expected = rows(&reference_out, kind, None)?;
@@ -291,18 +373,28 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
         }
         identical &= got == expected;
     }
+    let resumed: u64 = taken.partitions.iter().map(|p| p.resume_offset).sum();
     let summary = Summary {
         header: RunHeader::new("failover"),
-        events: args.events,
+        events: appended,
+        prefill: prefilled,
+        rate_per_s: args.rate,
+        time_scale: args.time_scale,
+        keys: args.keys,
+        window: args.window.clone(),
         workers: args.workers,
         checkpoint_interval_ms: args.checkpoint_interval,
-        cold_store: url,
-        rpo_checkpoints: local_newest.checkpoint_id.saturating_sub(cold_newest),
-        rpo_events,
-        taken_over_checkpoint: cold_newest,
+        cold_store: cold_url,
+        replica: replica_url,
+        rpo_checkpoints: local_newest
+            .checkpoint_id
+            .saturating_sub(taken.checkpoint_id),
+        rpo_events: appended.saturating_sub(shipped),
+        replayed_events: shipped.saturating_sub(resumed),
+        taken_over_checkpoint: taken.checkpoint_id,
         restored_ms: restored_ms.context("the standby committed nothing")?,
         rto_ms: rto_ms.context("the standby committed no new window row")?,
-        state_bytes: cold_record.files.iter().map(|f| f.size_bytes).sum(),
+        state_bytes: taken.files.iter().map(|f| f.size_bytes).sum(),
         identical,
         window_rows,
     };
@@ -313,8 +405,12 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
         bail!("the primary's committed rows plus the standby's differ from the failure-free run");
     }
     eprintln!(
-        "failover: RPO {} checkpoint(s), {} events; restored in {} ms, RTO {} ms; output identical",
-        summary.rpo_checkpoints, summary.rpo_events, summary.restored_ms, summary.rto_ms
+        "failover: RPO {} checkpoint(s), {} events; restored in {} ms, RTO {} ms; {} MB of state; output identical",
+        summary.rpo_checkpoints,
+        summary.rpo_events,
+        summary.restored_ms,
+        summary.rto_ms,
+        summary.state_bytes / 1_000_000
     );
     Ok(())
 }

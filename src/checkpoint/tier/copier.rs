@@ -6,6 +6,10 @@
 //! the engine goes on committing locally; once the store answers again the
 //! newest checkpoint is copied.
 //!
+//! Between checkpoints, every [`LOG_SHIP_INTERVAL`], it ships the input
+//! log appended since ([`super::log_ship`]), so that a region lost between
+//! two checkpoints loses at most that much of the input.
+//!
 //! The copier claims the next epoch of the store when it starts
 //! ([`super::epoch`]) and writes only under that epoch's prefix; once a
 //! newer epoch is claimed (a standby took over) it stops for good and says
@@ -17,11 +21,14 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{cold_contents, copy_checkpoint, epoch, Blob, ColdContents, CopyError};
+use super::{cold_contents, copy_checkpoint, epoch, log_ship, Blob, ColdContents, CopyError};
 use crate::checkpoint::format::CommitRecord;
 
 /// How often an idle copier checks whether a newer writer claimed the store.
 const FENCE_POLL: Duration = Duration::from_secs(2);
+/// How often an idle copier ships the log appended since its last round
+/// (between checkpoints, so that little of the input is only local).
+const LOG_SHIP_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest wait between two attempts at a failing copy.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -185,6 +192,7 @@ fn copy_loop(
 ) {
     let epoch = figures.epoch.load(Ordering::Relaxed);
     let mut copied: Option<ColdContents> = None;
+    let mut last_fence_check = Instant::now();
     let mut backoff = Duration::from_millis(100);
     // The record of a failed copy, tried again after the backoff unless a
     // newer one is offered first (a failure may be a local file that a
@@ -206,7 +214,7 @@ fn copy_loop(
                     break Some(record);
                 }
                 let (guard, waited) = ready
-                    .wait_timeout(slot, FENCE_POLL)
+                    .wait_timeout(slot, LOG_SHIP_INTERVAL)
                     .unwrap_or_else(PoisonError::into_inner);
                 slot = guard;
                 if waited.timed_out() {
@@ -215,9 +223,33 @@ fn copy_loop(
             }
         };
         let Some(record) = record else {
-            // Idle: a takeover must still stop this writer (its sidecar
-            // refuses to commit once the figures say so). A store that does
-            // not answer is the next copy's business.
+            // Idle: ship the log appended since, into the epoch as listed
+            // by the last good copy (after a failure, the next copy lists
+            // it again first).
+            if let (Some(contents), Some(data_dir)) = (copied.as_mut(), local_dir.parent()) {
+                match log_ship::ship_log(blob, epoch, &data_dir.join("log"), &mut contents.log) {
+                    Ok(shipped) => {
+                        figures
+                            .log_records
+                            .fetch_add(shipped.records, Ordering::Relaxed);
+                        figures
+                            .log_bytes
+                            .fetch_add(shipped.bytes, Ordering::Relaxed);
+                    }
+                    Err(reason) => {
+                        figures.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(url = %blob.describe(), %reason, "shipping the log failed");
+                        copied = None;
+                    }
+                }
+            }
+            // A takeover must still stop this writer (its sidecar refuses
+            // to commit once the figures say so). A store that does not
+            // answer is the next copy's business.
+            if last_fence_check.elapsed() < FENCE_POLL {
+                continue;
+            }
+            last_fence_check = Instant::now();
             match epoch::newest_epoch(blob) {
                 Ok(newest_epoch) if newest_epoch > epoch => {
                     fenced(blob, epoch, newest_epoch, figures);

@@ -245,8 +245,19 @@ pub struct Fetched {
 
 /// Writes the log that epoch `epoch` of the cold tier holds into the empty
 /// log under `log_dir` (partitions that exist locally are left alone, with
-/// a note), each chunk verified record by record.
-pub fn fetch_log(blob: &dyn Blob, epoch: u64, log_dir: &Path) -> Result<Fetched, String> {
+/// a note), each chunk verified record by record. `resume` is what the
+/// checkpoint to continue from says: how many partitions it lists and
+/// their least resume offset. When it lists as many partitions as the
+/// shipped log has, it lists each of them (a run reads every partition of
+/// its topics), and the chunks that end at or below that offset are left
+/// out: nothing resumes before it. Otherwise everything is fetched (a
+/// partition a checkpoint does not list resumes at 0).
+pub fn fetch_log(
+    blob: &dyn Blob,
+    epoch: u64,
+    log_dir: &Path,
+    resume: (usize, u64),
+) -> Result<Fetched, String> {
     let prefix = log_prefix(epoch);
     let mut fetched = Fetched::default();
     let mut chunks: BTreeMap<PartitionKey, Vec<Chunk>> = BTreeMap::new();
@@ -266,6 +277,11 @@ pub fn fetch_log(blob: &dyn Blob, epoch: u64, log_dir: &Path) -> Result<Fetched,
             None => {}
         }
     }
+    let from_offset = if resume.0 == chunks.len() {
+        resume.1
+    } else {
+        0
+    };
     for ((topic, partition), mut list) in chunks {
         validate_topic(&topic).map_err(|e| e.to_string())?;
         let dir = partition_dir(log_dir, &topic, partition);
@@ -277,6 +293,13 @@ pub fn fetch_log(blob: &dyn Blob, epoch: u64, log_dir: &Path) -> Result<Fetched,
             continue;
         }
         list.sort_unstable();
+        // (The last chunk stays in any case: the partition exists, up to
+        // its end.)
+        let needed_from = list
+            .iter()
+            .position(|c| c.1 > from_offset)
+            .unwrap_or(list.len() - 1);
+        list.drain(..needed_from);
         // The run after the last gap.
         let start = list
             .windows(2)
@@ -390,7 +413,7 @@ mod tests {
         assert_eq!(shipped_log(&blob, 1).unwrap().chunks, shipped.chunks);
 
         let standby = tmp.path().join("standby-log");
-        let fetched = fetch_log(&blob, 1, &standby).unwrap();
+        let fetched = fetch_log(&blob, 1, &standby, (0, 0)).unwrap();
         assert_eq!(fetched.records, 60);
         assert!(fetched.notes.is_empty(), "{:?}", fetched.notes);
         for p in [0, 1] {
@@ -404,6 +427,23 @@ mod tests {
             b"manifest"
         );
 
+        // A checkpoint that resumes both partitions at 30 or later: the
+        // chunks before are not fetched; each partition is there to its end.
+        let tail = tmp.path().join("tail-log");
+        let fetched = fetch_log(&blob, 1, &tail, (2, 30)).unwrap();
+        let p0_tail = partition_dir(&tail, "events", 0);
+        let first = list_segments(&p0_tail).unwrap()[0];
+        assert!(first > 0 && first <= 30, "{first}");
+        assert_eq!(records(&p0_tail, 30), records(&p0, 30));
+        assert_eq!(
+            records(&partition_dir(&tail, "events", 1), 0),
+            records(&p1, 0)
+        );
+        assert_eq!(fetched.records, 55 - first + 5);
+        // Listing fewer partitions than the log has: everything is fetched.
+        let all = fetch_log(&blob, 1, &tmp.path().join("all-log"), (1, 30)).unwrap();
+        assert_eq!(all.records, 60);
+
         // A damaged chunk is refused, naming it.
         let (chunk_first, chunk_end) = shipped.chunks[&key0][1];
         let chunk_key = format!(
@@ -415,7 +455,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         blob.put(&chunk_key, &bytes).unwrap();
-        let refused = fetch_log(&blob, 1, &tmp.path().join("other")).unwrap_err();
+        let refused = fetch_log(&blob, 1, &tmp.path().join("other"), (0, 0)).unwrap_err();
         assert!(refused.contains(&chunk_key), "{refused}");
     }
 
@@ -440,7 +480,7 @@ mod tests {
             shipped.chunks
         );
         assert_eq!(shipped.chunks[&key].last().unwrap().1, 45);
-        let fetched = fetch_log(&blob, 1, &tmp.path().join("a")).unwrap();
+        let fetched = fetch_log(&blob, 1, &tmp.path().join("a"), (0, 0)).unwrap();
         let first = shipped.chunks[&key][0].0;
         assert_eq!(fetched.records, 45 - first);
         // (The first chunk may start before the local log: it reaches into it.)
@@ -459,7 +499,7 @@ mod tests {
             chunk_name("t", 0, chunks[1])
         ))
         .unwrap();
-        let fetched = fetch_log(&blob, 1, &tmp.path().join("b")).unwrap();
+        let fetched = fetch_log(&blob, 1, &tmp.path().join("b"), (0, 0)).unwrap();
         assert!(fetched.notes[0].contains("gap"), "{:?}", fetched.notes);
         assert_eq!(fetched.records, 45 - chunks[2].0);
     }

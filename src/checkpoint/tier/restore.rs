@@ -159,21 +159,35 @@ pub fn take_over_from_cold(
     }
     let usable = epoch::usable_records(blob).map_err(&store_err)?;
     let mut notes = Vec::new();
+    let mut log_fetched_from = None;
     for &(epoch, id) in &usable {
+        // The log the primary shipped with that checkpoint, first: the
+        // standby replays it without the primary's inputs (and its first
+        // commit, the checkpoint taken over, comes once it has all).
+        if log_fetched_from.is_none() {
+            let resume = read_record(blob, (epoch, id)).map_or((0, 0), |r| {
+                let least = r.partitions.iter().map(|p| p.resume_offset).min();
+                (r.partitions.len(), least.unwrap_or(0))
+            });
+            let fetched = super::log_ship::fetch_log(blob, epoch, log_dir, resume)
+                .map_err(|e| store_err(format!("fetching the shipped log: {e}")))?;
+            notes.extend(fetched.notes);
+            if !fetched.partitions.is_empty() {
+                notes.push(format!(
+                    "fetched the shipped log ({} records): {}",
+                    fetched.records,
+                    fetched.partitions.join(", ")
+                ));
+            }
+            log_fetched_from = Some(epoch);
+        } else if log_fetched_from != Some(epoch) {
+            notes.push(format!(
+                "cold checkpoint {id} is of epoch {epoch}, the log was fetched from epoch {}",
+                log_fetched_from.unwrap_or_default()
+            ));
+        }
         match fetch_whole(local_dir, blob, (epoch, id), true) {
             Ok(cut) => {
-                // The log the primary shipped with that checkpoint: the
-                // standby replays it without the primary's inputs.
-                let fetched = super::log_ship::fetch_log(blob, epoch, log_dir)
-                    .map_err(|e| store_err(format!("fetching the shipped log: {e}")))?;
-                notes.extend(fetched.notes);
-                if !fetched.partitions.is_empty() {
-                    notes.push(format!(
-                        "fetched the shipped log ({} records): {}",
-                        fetched.records,
-                        fetched.partitions.join(", ")
-                    ));
-                }
                 // Fence the failed primary off at once, before this run
                 // emits anything: whatever it copies from now on is
                 // ignored, and its sidecar refuses to commit.
