@@ -266,7 +266,7 @@ impl CheckpointStore {
     /// Writes a data file that a commit record names, brought back from a
     /// copy (the cold tier), after checking `bytes` against `meta`;
     /// replaces a damaged local file. Durable on return.
-    pub fn restore_data_file(&mut self, meta: &FileMeta, bytes: &[u8]) -> Result<(), StoreError> {
+    pub fn restore_data_file(&self, meta: &FileMeta, bytes: &[u8]) -> Result<(), StoreError> {
         if DataFileId::parse(&meta.name).is_none() {
             return Err(UsageError::InvalidRecord {
                 reason: format!("`{}` is not a data file name", meta.name),

@@ -85,14 +85,9 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
                         "epoch {epoch}'s copy differs from the local record"
                     ));
                 }
-                let mut store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
-                for meta in &damaged {
-                    let bytes = fetch_file(blob, epoch, meta)?;
-                    store
-                        .restore_data_file(meta, &bytes)
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok(())
+                let store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
+                let damaged: Vec<FileMeta> = damaged.iter().map(|m| (*m).clone()).collect();
+                fetch_files(&store, blob, epoch, &damaged)
             });
             match repaired {
                 Ok(()) => {
@@ -231,17 +226,44 @@ fn fetch_whole(
         record.outputs.clear();
     }
     let cut = record.cut_time;
-    let files: Vec<Vec<u8>> = record
-        .files
-        .iter()
-        .map(|meta| fetch_file(blob, epoch, meta))
-        .collect::<Result<_, _>>()?;
     let mut store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
-    for (meta, bytes) in record.files.iter().zip(&files) {
-        store
-            .restore_data_file(meta, bytes)
-            .map_err(|e| e.to_string())?;
-    }
+    fetch_files(&store, blob, epoch, &record.files)?;
     store.commit(record).map_err(|e| e.to_string())?;
     Ok(cut)
+}
+
+/// Files fetched (and written) at once: the store's latency hides behind
+/// the others, and memory stays at most this many files.
+const FETCH_THREADS: usize = 4;
+
+/// Fetches `metas` of `epoch` into `store`, each checked, on up to
+/// [`FETCH_THREADS`] threads; the first failure is returned.
+fn fetch_files(
+    store: &CheckpointStore,
+    blob: &dyn Blob,
+    epoch: u64,
+    metas: &[FileMeta],
+) -> Result<(), String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let fetch = || -> Result<(), String> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(meta) = metas.get(i) else {
+                return Ok(());
+            };
+            let bytes = fetch_file(blob, epoch, meta)?;
+            store
+                .restore_data_file(meta, &bytes)
+                .map_err(|e| e.to_string())?;
+        }
+    };
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..FETCH_THREADS.min(metas.len()))
+            .map(|_| scope.spawn(fetch))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err("a fetch thread panicked".into())))
+            .collect()
+    })
 }

@@ -102,6 +102,9 @@ impl S3Blob {
             })
             .build()
             .map_err(|e| bad(e.to_string()))?;
+        // A restore fetches several objects at once from plain threads,
+        // each `block_on`ing its own request: a current-thread runtime
+        // lets them (one drives the I/O, the others poll their futures).
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
