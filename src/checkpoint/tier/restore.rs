@@ -263,7 +263,10 @@ fn fetch_files(
             .collect();
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err("a fetch thread panicked".into())))
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("a fetch thread panicked".into()))
+            })
             .collect()
     })
 }
