@@ -261,12 +261,14 @@ fn fetch_files(
         let threads: Vec<_> = (0..FETCH_THREADS.min(metas.len()))
             .map(|_| scope.spawn(fetch))
             .collect();
-        threads
+        // Every thread joined before the first error is returned.
+        let results: Vec<Result<(), String>> = threads
             .into_iter()
             .map(|t| {
                 t.join()
                     .unwrap_or_else(|_| Err("a fetch thread panicked".into()))
             })
-            .collect()
+            .collect();
+        results.into_iter().collect()
     })
 }
