@@ -59,17 +59,17 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = Path::new(&tmp_name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .map_err(IoError::at(tmp))?;
+    write_synced(tmp, bytes, OpenOptions::new().create(true).truncate(true))?;
+    rename_durably(tmp, path)
+}
+
+/// Writes `bytes` as the file `path`, opened with `options` (plus write),
+/// and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8], options: &mut OpenOptions) -> Result<(), IoError> {
+    let mut f = options.write(true).open(path).map_err(IoError::at(path))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(IoError::at(tmp))?;
-    drop(f);
-    rename_durably(tmp, path)
+        .map_err(IoError::at(path))
 }
 
 /// Creates the file at `path` with `bytes` unless it exists (then returns
@@ -86,15 +86,7 @@ pub fn create_file_exclusively(path: &Path, bytes: &[u8]) -> Result<bool, IoErro
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let tmp = Path::new(&tmp_name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .map_err(IoError::at(tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(IoError::at(tmp))?;
-    drop(f);
+    write_synced(tmp, bytes, OpenOptions::new().create_new(true))?;
     let linked = match std::fs::hard_link(tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),

@@ -69,19 +69,26 @@ fn lost_and_damaged_local_checkpoints_restore_from_a_file_cold_tier() {
 
 #[test]
 fn lost_and_damaged_local_checkpoints_restore_from_an_s3_cold_tier() {
-    let Some(binary) = server_binary("moto_server", "MOTO") else {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((_server, env)) = s3_server(tmp.path()) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0];
-    let _server = start_s3_server(&binary, port, &tmp.path().join("moto.log"));
-    let env = s3_env(port);
     let url = "s3://weir-cold/job-1";
     restores_from_the_cold_tier(&tmp, url, &env, &|| s3_blob(url, &env));
 }
 
+/// moto's S3 server on a free loopback port (bucket `weir-cold`, log in
+/// `dir`) and the `AWS_*` variables that reach it; `None` without moto
+/// (the test is skipped, unless `WEIR_REQUIRE_MOTO` is set).
+pub(crate) fn s3_server(dir: &Path) -> Option<(Killed, Vec<(String, String)>)> {
+    let binary = server_binary("moto_server", "MOTO")?;
+    let port = free_ports(1)[0];
+    let server = start_s3_server(&binary, port, &dir.join("moto.log"));
+    Some((server, s3_env(port)))
+}
+
 /// The `AWS_*` variables for moto's server on `port`.
-pub(crate) fn s3_env(port: u16) -> Vec<(String, String)> {
+fn s3_env(port: u16) -> Vec<(String, String)> {
     [
         ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
         ("AWS_ACCESS_KEY_ID", "weir-test".to_owned()),
@@ -103,7 +110,7 @@ pub(crate) fn s3_blob(url: &str, env: &[(String, String)]) -> Box<dyn Blob> {
 }
 
 /// Starts moto's S3 server on `port` and creates bucket `weir-cold`.
-pub(crate) fn start_s3_server(binary: &Path, port: u16, log: &Path) -> Killed {
+fn start_s3_server(binary: &Path, port: u16, log: &Path) -> Killed {
     let server = Killed(
         Command::new(binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])

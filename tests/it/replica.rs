@@ -16,21 +16,18 @@ use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::newest_cold_record;
 
 use crate::cold_tier::{
-    committed_rows, holds_a_checkpoint, run_args, s3_blob, s3_env, start_s3_server, weir_env,
+    committed_rows, holds_a_checkpoint, run_args, s3_blob, s3_server, weir_env,
 };
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
-use crate::sources::{server_binary, wait_until, Killed};
-use crate::support::{assert_success, free_ports, gen_input, sorted_rows, weir};
+use crate::sources::{wait_until, Killed};
+use crate::support::{assert_success, gen_input, sorted_rows, weir};
 
 #[test]
 fn a_standby_takes_over_from_an_s3_replica_with_nothing_else() {
-    let Some(binary) = server_binary("moto_server", "MOTO") else {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((_server, env)) = s3_server(tmp.path()) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0];
-    let _server = start_s3_server(&binary, port, &tmp.path().join("moto.log"));
-    let env = s3_env(port);
     let replica_url = "s3://weir-cold/region-2";
     let replica = s3_blob(replica_url, &env);
     let input = tmp.path().join("input");
@@ -138,13 +135,10 @@ fn a_standby_takes_over_from_an_s3_replica_with_nothing_else() {
 
 #[test]
 fn a_replica_that_stops_answering_catches_up_and_holds_nothing_up() {
-    let Some(binary) = server_binary("moto_server", "MOTO") else {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((server, env)) = s3_server(tmp.path()) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0];
-    let server = start_s3_server(&binary, port, &tmp.path().join("moto.log"));
-    let env = s3_env(port);
     let replica_url = "s3://weir-cold/outage";
     let replica = s3_blob(replica_url, &env);
     let input = tmp.path().join("input");

@@ -72,6 +72,12 @@ pub struct ColdFigures {
 }
 
 impl ColdFigures {
+    fn add_shipped(&self, shipped: log_ship::Shipped) {
+        self.log_records
+            .fetch_add(shipped.records, Ordering::Relaxed);
+        self.log_bytes.fetch_add(shipped.bytes, Ordering::Relaxed);
+    }
+
     /// The newer epoch that fenced the copier off, if one did.
     pub fn fenced_by(&self) -> Option<u64> {
         Some(self.fenced_by.load(Ordering::Acquire)).filter(|&e| e != 0)
@@ -228,14 +234,7 @@ fn copy_loop(
             // it again first).
             if let (Some(contents), Some(data_dir)) = (copied.as_mut(), local_dir.parent()) {
                 match log_ship::ship_log(blob, epoch, &data_dir.join("log"), &mut contents.log) {
-                    Ok(shipped) => {
-                        figures
-                            .log_records
-                            .fetch_add(shipped.records, Ordering::Relaxed);
-                        figures
-                            .log_bytes
-                            .fetch_add(shipped.bytes, Ordering::Relaxed);
-                    }
+                    Ok(shipped) => figures.add_shipped(shipped),
                     Err(reason) => {
                         figures.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(url = %blob.describe(), %reason, "shipping the log failed");
@@ -270,12 +269,7 @@ fn copy_loop(
         };
         match result {
             Ok(shipped) => {
-                figures
-                    .log_records
-                    .fetch_add(shipped.records, Ordering::Relaxed);
-                figures
-                    .log_bytes
-                    .fetch_add(shipped.bytes, Ordering::Relaxed);
+                figures.add_shipped(shipped);
                 figures
                     .checkpoint_id
                     .store(record.checkpoint_id, Ordering::Relaxed);
@@ -489,13 +483,15 @@ mod tests {
             "primary",
         )
         .unwrap();
-        copier.offer(&commit(&mut store, 1));
-        copier.offer(&commit(&mut store, 2));
-        assert!(eventually(|| copier
-            .figures
-            .checkpoint_id
-            .load(Ordering::Relaxed)
-            == 2));
+        // One at a time: the slot keeps only the newest offer.
+        for id in 1..=2 {
+            copier.offer(&commit(&mut store, id));
+            assert!(eventually(|| copier
+                .figures
+                .checkpoint_id
+                .load(Ordering::Relaxed)
+                == id));
+        }
 
         // A standby takes over checkpoint 2 and claims epoch 2.
         let cold = FileBlob::open(&cold_root).unwrap();
