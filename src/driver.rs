@@ -38,6 +38,7 @@ mod retention;
 mod sidecar;
 
 pub use inputs::{expand_inputs, ingest_locked, ingest_topics_locked};
+pub use restore::take_over_standby;
 
 /// How long to wait for the sidecar to listen, and for the final commit.
 const SIDECAR_TIMEOUT: Duration = Duration::from_secs(30);

@@ -40,9 +40,16 @@ pub(super) fn take_over(options: &RunOptions) -> Result<(), RunError> {
             "--restore-from is for single-process runs (not yet with --processes)".into(),
         ));
     }
+    take_over_standby(url, &options.data_dir)
+}
+
+/// The takeover of [`take_over`], into `data_dir` from the store at `url`
+/// (`weir run --from … --restore-from …` does it before its stream source
+/// starts appending: the source continues from the shipped position).
+pub fn take_over_standby(url: &str, data_dir: &Path) -> Result<(), RunError> {
     let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
-    let checkpoint_dir = options.data_dir.join("checkpoints");
-    let log_dir = options.data_dir.join("log");
+    let checkpoint_dir = data_dir.join("checkpoints");
+    let log_dir = data_dir.join("log");
     let (taken, notes) = take_over_from_cold(&checkpoint_dir, &log_dir, blob.as_ref())?;
     for note in notes {
         tracing::warn!("{note}");

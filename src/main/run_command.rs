@@ -343,6 +343,13 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
         ),
         InputSource::Files | InputSource::Generator | InputSource::Stream => {}
     }
+    // A standby of a stream-fed run takes over before its source starts:
+    // the shipped log and `POSITION` are where the source continues.
+    let mut restore_from = args.restore_from.clone();
+    if let (Some(url), InputSource::Stream) = (&restore_from, source) {
+        weir::driver::take_over_standby(url, &data_dir)?;
+        restore_from = None;
+    }
     let stream = match (&args.from, source) {
         (Some(from), InputSource::Stream) => {
             eprintln!(
@@ -388,7 +395,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             log_retention: args.log_retention.into(),
             sidecar_reconnect_ms: args.sidecar_reconnect,
             cold_store: args.cold_store.clone(),
-            restore_from: args.restore_from.clone(),
+            restore_from,
             replica: args.replica.clone(),
         }),
         hooks: weir::run::RunHooks {

@@ -27,6 +27,7 @@ mod sidecar;
 mod sidecar_stall;
 mod sources;
 mod spill;
+mod standby_stream;
 mod support;
 mod topk;
 mod upgrade_check;

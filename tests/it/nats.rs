@@ -58,7 +58,7 @@ fn start_server(binary: &Path, port: u16, store: &Path) -> Killed {
 }
 
 /// A server with stream `EV` on subject `ev`.
-fn server_with_stream(binary: &Path, port: u16, store: &Path) -> Killed {
+pub(crate) fn server_with_stream(binary: &Path, port: u16, store: &Path) -> Killed {
     let server = start_server(binary, port, store);
     JetStream::connect(&addr(port), REQUEST_TIMEOUT)
         .unwrap()
@@ -67,11 +67,11 @@ fn server_with_stream(binary: &Path, port: u16, store: &Path) -> Killed {
     server
 }
 
-fn addr(port: u16) -> String {
+pub(crate) fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
-fn publish(port: u16, from: u64, to: u64, chunk: u64) {
+pub(crate) fn publish(port: u16, from: u64, to: u64, chunk: u64) {
     let mut js = JetStream::connect(&addr(port), REQUEST_TIMEOUT).unwrap();
     let mut i = from;
     while i < to {

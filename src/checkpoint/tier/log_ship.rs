@@ -10,8 +10,11 @@
 //! record is in a chunk only once it is complete in the local log, and a
 //! complete record never changes (a stream source's restart matches what
 //! follows its `POSITION`, byte for byte), so a chunk never needs to be
-//! copied again. The topics' `MANIFEST` and the partitions' `INGEST`
-//! markers go beside them (`<topic>.MANIFEST`, `<topic>.<p>.INGEST`) when
+//! copied again. The topics' `MANIFEST`, the partitions' `INGEST` markers
+//! and a stream source's `POSITION` go beside them (`<topic>.MANIFEST`,
+//! `<topic>.<p>.INGEST`, `<topic>.<p>.POSITION`; a `POSITION` read before
+//! the chunks and put after them, so it never counts a record the store
+//! does not hold: a standby's stream source continues from it) when
 //! they change. Chunks wholly below the local log's first offset (retention
 //! deleted those segments: no checkpoint resumes there) are deleted.
 //!
@@ -33,6 +36,9 @@ pub const MAX_CHUNK_BYTES: usize = 64 << 20;
 const LOG_PREFIX: &str = "log";
 const MANIFEST: &str = "MANIFEST";
 const INGEST: &str = "INGEST";
+const POSITION: &str = "POSITION";
+/// The partitions' metadata files shipped beside their chunks.
+const PARTITION_META: [&str; 2] = [INGEST, POSITION];
 
 /// One chunk: records `first..end` of a partition.
 type Chunk = (u64, u64);
@@ -67,24 +73,22 @@ fn chunk_name(topic: &str, partition: u32, (first, end): Chunk) -> String {
 enum LogObject {
     Chunk(PartitionKey, Chunk),
     Manifest(String),
-    Ingest(PartitionKey),
+    /// `INGEST` or `POSITION` of a partition.
+    PartitionMeta(PartitionKey, &'static str),
 }
 
 fn parse_object(name: &str) -> Option<LogObject> {
     if let Some(topic) = name.strip_suffix(&format!(".{MANIFEST}")) {
         return Some(LogObject::Manifest(topic.to_owned()));
     }
-    let (stem, is_chunk) = match name.strip_suffix(".seg") {
-        Some(stem) => (stem, true),
-        None => (name.strip_suffix(&format!(".{INGEST}"))?, false),
-    };
-    if !is_chunk {
-        let (topic, partition) = stem.rsplit_once('.')?;
-        return Some(LogObject::Ingest((
-            topic.to_owned(),
-            partition.parse().ok()?,
-        )));
+    for file in PARTITION_META {
+        if let Some(stem) = name.strip_suffix(&format!(".{file}")) {
+            let (topic, partition) = stem.rsplit_once('.')?;
+            let key = (topic.to_owned(), partition.parse().ok()?);
+            return Some(LogObject::PartitionMeta(key, file));
+        }
     }
+    let stem = name.strip_suffix(".seg")?;
     let mut parts = stem.rsplitn(3, '.');
     let range = parts.next()?;
     let partition = parts.next()?.parse().ok()?;
@@ -126,18 +130,24 @@ fn topics(log_dir: &Path) -> Result<Vec<String>, String> {
     Ok(topics)
 }
 
-/// Puts the metadata file `path` as `name` unless it is shipped unchanged.
+/// The bytes of the metadata file `path`, if there is one.
+fn read_meta(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Puts metadata `bytes` as `name` unless they are shipped unchanged.
 fn ship_meta(
     blob: &dyn Blob,
     epoch: u64,
-    path: &Path,
-    name: String,
+    (name, bytes): (String, Option<Vec<u8>>),
     shipped: &mut ShippedLog,
 ) -> Result<(), String> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+    let Some(bytes) = bytes else {
+        return Ok(());
     };
     let crc = crc32c::crc32c(&bytes);
     if shipped.meta.get(&name) != Some(&crc) {
@@ -158,22 +168,33 @@ pub fn ship_log(
     let mut done = Shipped::default();
     for topic in topics(log_dir)? {
         let topic_dir = log_dir.join(&topic);
+        let manifest = read_meta(&topic_dir.join(MANIFEST))?;
         ship_meta(
             blob,
             epoch,
-            &topic_dir.join(MANIFEST),
-            format!("{topic}.{MANIFEST}"),
+            (format!("{topic}.{MANIFEST}"), manifest),
             shipped,
         )?;
         for partition in list_partitions(log_dir, &topic).map_err(|e| e.to_string())? {
             let dir = partition_dir(log_dir, &topic, partition);
-            let name = format!("{topic}.{partition}.{INGEST}");
-            ship_meta(blob, epoch, &dir.join(INGEST), name, shipped)?;
+            // Read before the log: a stream's `POSITION` never counts a
+            // record the chunks shipped next do not hold (it is written
+            // after its records), and it is put after them.
+            let metas = PARTITION_META
+                .iter()
+                .map(|file| {
+                    let name = format!("{topic}.{partition}.{file}");
+                    Ok((name, read_meta(&dir.join(file))?))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             let key = (topic.clone(), partition);
             let limit = MAX_CHUNK_BYTES;
             let shipped_now = ship_partition(blob, (epoch, limit), &dir, &key, shipped)?;
             done.records += shipped_now.records;
             done.bytes += shipped_now.bytes;
+            for meta in metas {
+                ship_meta(blob, epoch, meta, shipped)?;
+            }
         }
     }
     Ok(done)
@@ -271,8 +292,8 @@ pub fn fetch_log(
             Some(LogObject::Manifest(topic)) => {
                 meta.push((key, log_dir.join(topic).join(MANIFEST)));
             }
-            Some(LogObject::Ingest((topic, p))) => {
-                meta.push((key, partition_dir(log_dir, &topic, p).join(INGEST)));
+            Some(LogObject::PartitionMeta((topic, p), file)) => {
+                meta.push((key, partition_dir(log_dir, &topic, p).join(file)));
             }
             None => {}
         }
