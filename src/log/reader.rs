@@ -97,6 +97,23 @@ impl PartitionReader {
         }
     }
 
+    /// The next record's whole frame as the segment holds it (header and
+    /// payload, verified), with its offset; `Ok(None)` at the current end
+    /// of data. For copying records without encoding them again.
+    pub fn next_frame(&mut self) -> Result<Option<(u64, &[u8])>, LogError> {
+        match self.step()? {
+            None => Ok(None),
+            Some((start, len)) => {
+                let frames = self.frames.as_ref().expect("a record came from a segment");
+                let header = super::format::FRAME_HEADER_LEN_BYTES;
+                Ok(Some((
+                    self.next_offset - 1,
+                    frames.payload(start - header, len + header),
+                )))
+            }
+        }
+    }
+
     /// Advances to the next record and returns where its payload is in the
     /// buffer.
     fn step(&mut self) -> Result<Option<(usize, usize)>, LogError> {

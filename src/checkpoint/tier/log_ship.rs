@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{epoch::epoch_prefix, Blob};
-use crate::log::format::{encode_frame_header, encode_segment_header, list_segments, segment_path};
+use crate::log::format::{encode_segment_header, list_segments, segment_path};
 use crate::log::{list_partitions, partition_dir, scan_segment, validate_topic, PartitionReader};
 use crate::storage::durable::{create_dir_all_durably, write_file_atomically};
 
@@ -232,11 +232,12 @@ fn ship_partition(
         let first = reader.next_offset();
         let mut bytes = encode_segment_header(first).to_vec();
         while bytes.len() < max_chunk_bytes {
-            let Some((_, payload)) = reader.next().map_err(|e| e.to_string())? else {
+            // The frame as the local segment holds it (verified by the
+            // reader): no checksum computed again.
+            let Some((_, frame)) = reader.next_frame().map_err(|e| e.to_string())? else {
                 break;
             };
-            bytes.extend_from_slice(&encode_frame_header(payload));
-            bytes.extend_from_slice(payload);
+            bytes.extend_from_slice(frame);
         }
         let end = reader.next_offset();
         if end == first {
