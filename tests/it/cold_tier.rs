@@ -311,6 +311,60 @@ fn cold_store_urls_it_cannot_reach_are_refused_at_start() {
     }
 }
 
+/// `weir ARGS` in a process group of its own (so that `kill_group` takes
+/// its sidecar too), with `env`, stderr to `log`; killed when dropped.
+pub(crate) fn spawn_group(args: &[String], env: &[(String, String)], log: &Path) -> Killed {
+    Killed(
+        weir()
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Checks a standby's run: it succeeded, took over `record` and fetched
+/// the shipped log.
+pub(crate) fn assert_took_over(done: &std::process::Output, record: &CommitRecord) {
+    assert_success(done, "the standby");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    let took_over = format!("standby: took over checkpoint {} ", record.checkpoint_id);
+    assert!(stderr.contains(&took_over), "{stderr}");
+    assert!(stderr.contains("fetched the shipped log"), "{stderr}");
+}
+
+/// Checks exactly once across a failover: the primary's rows within
+/// `record`'s committed lengths plus the standby's equal the reference's,
+/// window and late rows.
+pub(crate) fn assert_failover_rows(
+    (primary_out, record): (&Path, &CommitRecord),
+    standby_out: &Path,
+    reference: &Path,
+) {
+    for kind in ["windows", "late"] {
+        let mut rows = committed_rows(primary_out, record, kind);
+        rows.extend(sorted_rows(standby_out, kind));
+        rows.sort();
+        assert_eq!(rows, sorted_rows(reference, kind), "{kind} rows");
+    }
+}
+
+/// The start of a standby test: 1M events, the failure-free run's output
+/// (`ref-out`) and how long it took, and a `file://` cold tier.
+fn failover_setup(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf, Duration, String) {
+    let input = tmp.join("input");
+    gen_input(&input, 1_000_000);
+    let reference = tmp.join("ref-out");
+    let reference_args = run_args(&input, &tmp.join("ref-data"), &reference, None);
+    let (done, took) = timed(|| weir_env(&reference_args, &[]));
+    assert_success(&done, "failure-free run");
+    let url = format!("file://{}", tmp.join("cold").display());
+    (input, reference, took, url)
+}
+
 /// Whether the cold tier holds a checkpoint a standby could take over.
 pub(crate) fn holds_a_checkpoint(blob: &dyn Blob) -> bool {
     newest_cold_record(blob).is_ok_and(|r| r.is_some())
@@ -335,13 +389,7 @@ pub(crate) fn committed_rows(out: &Path, record: &CommitRecord, prefix: &str) ->
 #[test]
 fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input");
-    gen_input(&input, 1_000_000);
-    let reference = tmp.path().join("ref-out");
-    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
-    let (done, took) = timed(|| weir_env(&reference_args, &[]));
-    assert_success(&done, "failure-free run");
-    let url = format!("file://{}", tmp.path().join("cold").display());
+    let (input, reference, took, url) = failover_setup(tmp.path());
     let blob = open_cold_store(&url).unwrap();
 
     // The primary: a tailing run, killed at a random moment once the cold
@@ -381,7 +429,6 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
     kill_group(child.id());
     let _ = child.wait();
     let (_, record) = newest_cold_record(blob.as_ref()).unwrap().unwrap();
-    let newest = record.checkpoint_id;
 
     // The standby: same query and input, another data dir, restored from
     // the cold tier.
@@ -392,19 +439,8 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
     standby.drain(1..3);
     standby.extend(["--restore-from".into(), url.clone()]);
     let done = weir_env(&standby, &[]);
-    assert_success(&done, "the standby");
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(
-        stderr.contains(&format!("standby: took over checkpoint {newest}")),
-        "{stderr}"
-    );
-    assert!(stderr.contains("fetched the shipped log"), "{stderr}");
-    for kind in ["windows", "late"] {
-        let mut rows = committed_rows(&primary_out, &record, kind);
-        rows.extend(sorted_rows(&standby_out, kind));
-        rows.sort();
-        assert_eq!(rows, sorted_rows(&reference, kind), "{kind} rows");
-    }
+    assert_took_over(&done, &record);
+    assert_failover_rows((&primary_out, &record), &standby_out, &reference);
     // A data dir with checkpoints is not a standby's.
     let again = weir_env(&standby, &[]);
     assert!(!again.status.success());
@@ -419,13 +455,7 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
 #[test]
 fn a_standby_fences_off_a_live_primary() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input");
-    gen_input(&input, 1_000_000);
-    let reference = tmp.path().join("ref-out");
-    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
-    let (done, took) = timed(|| weir_env(&reference_args, &[]));
-    assert_success(&done, "failure-free run");
-    let url = format!("file://{}", tmp.path().join("cold").display());
+    let (input, reference, took, url) = failover_setup(tmp.path());
     let blob = open_cold_store(&url).unwrap();
 
     let primary_data = tmp.path().join("primary-data");
@@ -437,15 +467,7 @@ fn a_standby_fences_off_a_live_primary() {
         .cloned()
         .collect();
     let primary_log = tmp.path().join("primary.log");
-    let mut primary = Killed(
-        weir()
-            .args(&tailing)
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&primary_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut primary = spawn_group(&tailing, &[], &primary_log);
     wait_until(
         Duration::from_millis(2),
         || holds_a_checkpoint(blob.as_ref()),
@@ -496,12 +518,7 @@ fn a_standby_fences_off_a_live_primary() {
         .into_iter()
         .find(|r| r.checkpoint_id == taken)
         .expect("the primary committed the checkpoint taken over");
-    for kind in ["windows", "late"] {
-        let mut rows = committed_rows(&primary_out, &record, kind);
-        rows.extend(sorted_rows(&standby_out, kind));
-        rows.sort();
-        assert_eq!(rows, sorted_rows(&reference, kind), "{kind} rows");
-    }
+    assert_failover_rows((&primary_out, &record), &standby_out, &reference);
     // Nothing the stale primary copied after the takeover is usable.
     let usable = usable_records(blob.as_ref()).unwrap();
     assert!(!usable.is_empty());

@@ -7,8 +7,6 @@
 //! commits go on, and the copy catches up once it answers again (within
 //! the requests' 30 s timeout; beyond it the copier's retries do).
 
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use weir::checkpoint::cut::FINAL_CUT;
@@ -16,11 +14,12 @@ use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::newest_cold_record;
 
 use crate::cold_tier::{
-    committed_rows, holds_a_checkpoint, run_args, s3_blob, s3_server, weir_env,
+    assert_failover_rows, assert_took_over, holds_a_checkpoint, run_args, s3_blob, s3_server,
+    spawn_group, weir_env,
 };
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
-use crate::sources::{wait_until, Killed};
-use crate::support::{assert_success, gen_input, sorted_rows, weir};
+use crate::sources::wait_until;
+use crate::support::{assert_success, gen_input};
 
 #[test]
 fn a_standby_takes_over_from_an_s3_replica_with_nothing_else() {
@@ -49,16 +48,7 @@ fn a_standby_takes_over_from_an_s3_replica_with_nothing_else() {
     let mut primary = run_args(&input, &primary_data, &primary_out, Some(&cold_url));
     primary.retain(|a| a != "--until-end");
     primary.extend(["--replica".into(), replica_url.into()]);
-    let mut child = Killed(
-        weir()
-            .args(&primary)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("primary.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_group(&primary, &env, &tmp.path().join("primary.log"));
     wait_until(
         Duration::from_millis(5),
         || holds_a_checkpoint(replica.as_ref()),
@@ -115,22 +105,8 @@ fn a_standby_takes_over_from_an_s3_replica_with_nothing_else() {
     .map(str::to_owned)
     .to_vec();
     let done = weir_env(&standby, &env);
-    assert_success(&done, "the standby");
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "standby: took over checkpoint {}",
-            record.checkpoint_id
-        )),
-        "{stderr}"
-    );
-    assert!(stderr.contains("fetched the shipped log"), "{stderr}");
-    for kind in ["windows", "late"] {
-        let mut rows = committed_rows(&primary_out, &record, kind);
-        rows.extend(sorted_rows(&standby_out, kind));
-        rows.sort();
-        assert_eq!(rows, sorted_rows(&reference, kind), "{kind} rows");
-    }
+    assert_took_over(&done, &record);
+    assert_failover_rows((&primary_out, &record), &standby_out, &reference);
 }
 
 #[test]
@@ -147,16 +123,7 @@ fn a_replica_that_stops_answering_catches_up_and_holds_nothing_up() {
     let mut args = run_args(&input, &data, &tmp.path().join("out"), None);
     args.pop();
     args.extend(["--replica".into(), replica_url.into()]);
-    let mut child = Killed(
-        weir()
-            .args(&args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("run.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_group(&args, &env, &tmp.path().join("run.log"));
     // Once the run's sidecar claimed its epoch (before the run can commit
     // anything), the server stops answering: its connections hang, as in
     // a partition.

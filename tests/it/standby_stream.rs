@@ -7,19 +7,17 @@
 //! source matches the shipped records after the position byte for byte,
 //! as after any restart): none lost, none twice.
 
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
 
-use crate::cold_tier::committed_rows;
+use crate::cold_tier::{assert_took_over, committed_rows, spawn_group};
 use crate::kill_clock::{kill_group, sleep_while_running, KillClock};
 use crate::nats::{addr, publish, server_with_stream};
 use crate::sources::{
-    server_binary, wait_until, windows_of_the_same_messages_from_files, Killed, PROGRESS_DEADLINE,
+    server_binary, wait_until, windows_of_the_same_messages_from_files, PROGRESS_DEADLINE,
 };
-use crate::support::{assert_success, free_ports, log_run_args, output_within, sorted_rows, weir};
+use crate::support::{free_ports, log_run_args, output_within, sorted_rows, weir};
 
 #[test]
 fn a_standby_continues_a_stream_from_the_shipped_position() {
@@ -50,15 +48,7 @@ fn a_standby_continues_a_stream_from_the_shipped_position() {
         ],
     );
     primary.retain(|a| a != "--until-end");
-    let mut child = Killed(
-        weir()
-            .args(&primary)
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("primary.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_group(&primary, &[], &tmp.path().join("primary.log"));
     // Killed once the cold tier holds a checkpoint that covers messages.
     wait_until(
         Duration::from_millis(5),
@@ -95,16 +85,7 @@ fn a_standby_continues_a_stream_from_the_shipped_position() {
         ],
     );
     let done = output_within(weir().args(&standby), PROGRESS_DEADLINE);
-    assert_success(&done, "the standby");
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "standby: took over checkpoint {}",
-            record.checkpoint_id
-        )),
-        "{stderr}"
-    );
-    assert!(stderr.contains("fetched the shipped log"), "{stderr}");
+    assert_took_over(&done, &record);
     let mut windows = committed_rows(&primary_out, &record, "windows");
     windows.extend(sorted_rows(&standby_out, "windows"));
     windows.sort();
