@@ -272,7 +272,7 @@ fn restores_from_the_cold_tier(
 }
 
 #[test]
-fn cold_store_urls_it_cannot_reach_are_refused_at_start() {
+fn store_urls_it_cannot_reach_are_refused_at_start() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input");
     gen_input(&input, 1_000);
@@ -300,14 +300,16 @@ fn cold_store_urls_it_cannot_reach_are_refused_at_start() {
         ("file://relative/path", &[][..], "must be absolute"),
         ("/no/scheme", &[][..], "expected file:///PATH"),
     ] {
-        let data = tmp.path().join("data");
-        let mut args = run_args(&input, &data, &tmp.path().join("out"), None);
-        args.pop();
-        args.extend(["--cold-store".into(), url.into()]);
-        let output = weir_env(&args, env);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{url}");
-        assert!(stderr.contains(reason), "{url}: {stderr}");
+        for flag in ["--cold-store", "--replica", "--restore-from"] {
+            let data = tmp.path().join("data");
+            let mut args = run_args(&input, &data, &tmp.path().join("out"), None);
+            args.pop();
+            args.extend([flag.into(), url.into()]);
+            let output = weir_env(&args, env);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{flag} {url}");
+            assert!(stderr.contains(reason), "{flag} {url}: {stderr}");
+        }
     }
 }
 
