@@ -247,6 +247,13 @@ pub fn copy_checkpoint(
         &encode_cold_record(record),
     )
     .map_err(|e| failed(e.to_string()))?;
+    // Put after a claim raced the check above: the record is not used
+    // (it is past the new epoch's fence), and this writer must not delete
+    // the older epochs, which may hold the only usable records.
+    let newest_epoch = epoch::newest_epoch(blob).map_err(|e| failed(e.to_string()))?;
+    if newest_epoch > epoch {
+        return Err(CopyError::Fenced { newest_epoch });
+    }
     copied.records.push(record.checkpoint_id);
     copied.records.sort_unstable();
     copied.records.dedup();

@@ -101,12 +101,12 @@ pub(super) fn choose(options: &RunOptions) -> Result<Restored, RunError> {
         // Reached (and not fenced off) before anything runs: a bad URL or
         // refused credentials fail the run at its start.
         let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
-        crate::checkpoint::tier::epoch::check_not_fenced(&checkpoint_dir, blob.as_ref()).map_err(
-            |reason| crate::checkpoint::store::StoreError::Cold {
+        crate::checkpoint::tier::epoch::check_not_fenced(&checkpoint_dir, blob.as_ref())
+            .map(drop)
+            .map_err(|reason| crate::checkpoint::store::StoreError::Cold {
                 url: url.to_owned(),
                 reason,
-            },
-        )?;
+            })?;
     }
     let mut summary_checkpoints = checkpoint.map(|_| CheckpointSummary::default());
     let record: Option<CommitRecord> = match (checkpoint, summary_checkpoints.as_mut()) {

@@ -113,8 +113,8 @@ impl ColdCopier {
         writer: &str,
     ) -> Result<Self, String> {
         let url = blob.describe();
-        epoch::check_not_fenced(&local_dir, blob.as_ref())?;
-        let claim = epoch::claim_next_epoch(blob.as_ref(), fence_checkpoint_id, writer)?;
+        let observed = epoch::check_not_fenced(&local_dir, blob.as_ref())?;
+        let claim = epoch::claim_epoch_after(blob.as_ref(), observed, fence_checkpoint_id, writer)?;
         epoch::record_local_epoch(&local_dir, role.epoch_file(), &url, claim.epoch)?;
         tracing::info!(
             %url,
@@ -495,7 +495,8 @@ mod tests {
 
         // A standby takes over checkpoint 2 and claims epoch 2.
         let cold = FileBlob::open(&cold_root).unwrap();
-        epoch::claim_next_epoch(&cold, 2, "standby").unwrap();
+        let newest = epoch::newest_epoch(&cold).unwrap();
+        epoch::claim_epoch_after(&cold, newest, 2, "standby").unwrap();
         copier.offer(&commit(&mut store, 3));
         assert!(eventually(|| copier.figures.fenced_by().is_some()));
         assert_eq!(copier.figures.fenced_by(), Some(2));

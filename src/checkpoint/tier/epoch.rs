@@ -33,8 +33,6 @@ pub const LOCAL_EPOCH_FILES: [&str; 3] = ["COLD_EPOCH", "REPLICA_EPOCH", "TAKEOV
 const CLAIM_KIND: &str = "weir-cold-epoch";
 const LOCAL_KIND: &str = "weir-cold-writer";
 const FORMAT_VERSION: u32 = 1;
-/// Claims tried before giving up (each lost race goes on to the next epoch).
-const MAX_CLAIM_ATTEMPTS: usize = 8;
 
 /// One epoch's claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,32 +117,36 @@ pub fn read_claims(blob: &dyn Blob) -> Result<Vec<EpochClaim>, String> {
     Ok(claims)
 }
 
-/// Claims the epoch after the newest, fenced at `fence_checkpoint_id`.
-pub fn claim_next_epoch(
+/// Claims epoch `observed_newest + 1`, fenced at `fence_checkpoint_id`,
+/// where `observed_newest` is the newest epoch the caller saw *before* it
+/// read what it decides on (the store's records, or that it is not
+/// fenced). If another writer claimed any epoch since, this claim fails
+/// instead of moving on: the caller's decision may be stale (a second
+/// standby, or a primary restarting during a takeover), so it stops.
+pub fn claim_epoch_after(
     blob: &dyn Blob,
+    observed_newest: u64,
     fence_checkpoint_id: u64,
     writer: &str,
 ) -> Result<EpochClaim, String> {
-    for _ in 0..MAX_CLAIM_ATTEMPTS {
-        let claim = EpochClaim {
-            epoch: newest_epoch(blob).map_err(|e| e.to_string())? + 1,
-            fence_checkpoint_id,
-            writer: writer.to_owned(),
-        };
-        if blob
-            .put_new(&claim_key(claim.epoch), &encode_claim(&claim))
-            .map_err(|e| e.to_string())?
-        {
-            return Ok(claim);
-        }
-        tracing::warn!(
-            epoch = claim.epoch,
-            "another writer claimed the same cold tier epoch first; trying the next"
-        );
+    let claim = EpochClaim {
+        epoch: observed_newest + 1,
+        fence_checkpoint_id,
+        writer: writer.to_owned(),
+    };
+    if blob
+        .put_new(&claim_key(claim.epoch), &encode_claim(&claim))
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(claim);
     }
+    let newest = read_claims(blob)?.pop();
     Err(format!(
-        "{}: {MAX_CLAIM_ATTEMPTS} epoch claims in a row lost to other writers",
-        blob.describe()
+        "{}: epoch {} was claimed meanwhile by {}: another writer is taking this job over; \
+         not claiming",
+        blob.describe(),
+        claim.epoch,
+        newest.map_or_else(|| "another writer".to_owned(), |c| c.writer)
     ))
 }
 
@@ -220,13 +222,16 @@ pub fn record_local_epoch(
 /// Refuses a data dir that claimed epoch `E` of `blob` when a newer
 /// epoch was claimed since: another writer (a standby) took the job over,
 /// and this one is stale.
-pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<(), String> {
+///
+/// Returns the newest epoch it saw (0: none), for [`claim_epoch_after`].
+pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<u64, String> {
     let url = blob.describe();
     // Read first: an unreachable store or refused credentials are errors
     // here, at a run's start, even for a data dir that never claimed.
     let claims = read_claims(blob)?;
+    let newest = claims.last().map_or(0, |c| c.epoch);
     let Some(mine) = local_epoch(store_dir, &url)? else {
-        return Ok(());
+        return Ok(newest);
     };
     match claims.last() {
         Some(newest) if newest.epoch > mine => Err(format!(
@@ -239,7 +244,7 @@ pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<(), String>
             newest.writer,
             newest.fence_checkpoint_id
         )),
-        _ => Ok(()),
+        _ => Ok(newest),
     }
 }
 
@@ -247,6 +252,11 @@ pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<(), String>
 mod tests {
     use super::*;
     use crate::checkpoint::tier::FileBlob;
+
+    /// A claim made on a fresh look at the store.
+    fn claim_next_epoch(blob: &dyn Blob, fence: u64, writer: &str) -> Result<EpochClaim, String> {
+        claim_epoch_after(blob, newest_epoch(blob).unwrap(), fence, writer)
+    }
 
     #[test]
     fn claims_are_exclusive_and_fences_hide_a_stale_writers_records() {
@@ -276,8 +286,14 @@ mod tests {
             usable_records(&blob).unwrap(),
             [(2, 5), (2, 4), (1, 4), (1, 3)]
         );
-        // A claim that lost its race goes on to the next epoch.
+        // The store refuses a second claim of an epoch; a claim decided on
+        // a stale look (epoch 1 newest) is refused, not moved on.
         assert!(!blob.put_new(&claim_key(2), &encode_claim(&first)).unwrap());
+        let stale = claim_epoch_after(&blob, 1, 6, "late standby").unwrap_err();
+        assert!(
+            stale.contains("epoch 2 was claimed meanwhile by standby"),
+            "{stale}"
+        );
         assert_eq!(claim_next_epoch(&blob, 0, "third").unwrap().epoch, 3);
         assert!(usable_records(&blob).unwrap().is_empty());
         assert_eq!(read_claims(&blob).unwrap()[1], second);
@@ -289,7 +305,7 @@ mod tests {
         let blob = FileBlob::open(&dir.path().join("cold")).unwrap();
         let store_dir = dir.path().join("checkpoints");
         std::fs::create_dir_all(&store_dir).unwrap();
-        check_not_fenced(&store_dir, &blob).unwrap();
+        assert_eq!(check_not_fenced(&store_dir, &blob).unwrap(), 0);
         let mine = claim_next_epoch(&blob, 0, "primary").unwrap();
         record_local_epoch(
             &store_dir,

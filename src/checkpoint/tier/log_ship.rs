@@ -273,7 +273,8 @@ pub struct Fetched {
 /// shipped log has, it lists each of them (a run reads every partition of
 /// its topics), and the chunks that end at or below that offset are left
 /// out: nothing resumes before it. Otherwise everything is fetched (a
-/// partition a checkpoint does not list resumes at 0).
+/// partition a checkpoint does not list resumes at 0), and so is every
+/// partition with a stream `POSITION` (its restart reads from there).
 pub fn fetch_log(
     blob: &dyn Blob,
     epoch: u64,
@@ -304,7 +305,23 @@ pub fn fetch_log(
     } else {
         0
     };
+    // A stream partition's `POSITION` may be behind the checkpoint's
+    // resume offset (the engine reads records before the source commits
+    // them), and its restart reads the log from the position: all of it.
+    let with_position: std::collections::BTreeSet<PartitionKey> = meta
+        .iter()
+        .filter(|(key, _)| key.ends_with(&format!(".{POSITION}")))
+        .filter_map(|(key, _)| match parse_object(key.rsplit('/').next()?)? {
+            LogObject::PartitionMeta(partition, _) => Some(partition),
+            _ => None,
+        })
+        .collect();
     for ((topic, partition), mut list) in chunks {
+        let from_offset = if with_position.contains(&(topic.clone(), partition)) {
+            0
+        } else {
+            from_offset
+        };
         validate_topic(&topic).map_err(|e| e.to_string())?;
         let dir = partition_dir(log_dir, &topic, partition);
         if dir.exists() {

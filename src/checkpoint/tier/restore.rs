@@ -50,7 +50,7 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
     let mut notes = Vec::new();
     if local.is_empty() {
         for &(epoch, id) in &usable {
-            match fetch_whole(local_dir, blob, (epoch, id), false) {
+            match fetch_whole(local_dir, blob, (epoch, id)) {
                 Ok(_) => {
                     notes.push(format!(
                         "no local checkpoints: checkpoint {id} brought back from the cold tier {}",
@@ -152,84 +152,84 @@ pub fn take_over_from_cold(
             last.checkpoint_id
         )));
     }
+    // The newest epoch before anything is read: the claim below is of the
+    // one after it, and fails if any writer claimed meanwhile.
+    let observed = epoch::newest_epoch(blob).map_err(|e| store_err(e.to_string()))?;
     let usable = epoch::usable_records(blob).map_err(&store_err)?;
     let mut notes = Vec::new();
-    let mut log_fetched_from = None;
     for &(epoch, id) in &usable {
-        // The log the primary shipped with that checkpoint, first: the
-        // standby replays it without the primary's inputs (and its first
-        // commit, the checkpoint taken over, comes once it has all).
-        if log_fetched_from.is_none() {
-            let resume = read_record(blob, (epoch, id)).map_or((0, 0), |r| {
-                let least = r.partitions.iter().map(|p| p.resume_offset).min();
-                (r.partitions.len(), least.unwrap_or(0))
-            });
-            let fetched = super::log_ship::fetch_log(blob, epoch, log_dir, resume)
-                .map_err(|e| store_err(format!("fetching the shipped log: {e}")))?;
-            notes.extend(fetched.notes);
-            if !fetched.partitions.is_empty() {
-                notes.push(format!(
-                    "fetched the shipped log ({} records): {}",
-                    fetched.records,
-                    fetched.partitions.join(", ")
-                ));
+        // Its files first (written, not committed), then the log it
+        // resumes from, then the claim, and only then the record: a kill
+        // before the commit leaves no checkpoint, so the takeover runs again.
+        let (mut store, mut record) = match stage_whole(local_dir, blob, (epoch, id)) {
+            Ok(staged) => staged,
+            Err(reason) => {
+                notes.push(format!("cold checkpoint {id} unusable: {reason}"));
+                continue;
             }
-            log_fetched_from = Some(epoch);
-        } else if log_fetched_from != Some(epoch) {
+        };
+        record.outputs.clear();
+        let least = record.partitions.iter().map(|p| p.resume_offset).min();
+        let resume = (record.partitions.len(), least.unwrap_or(0));
+        let fetched = super::log_ship::fetch_log(blob, epoch, log_dir, resume)
+            .map_err(|e| store_err(format!("fetching the shipped log: {e}")))?;
+        notes.extend(fetched.notes);
+        if !fetched.partitions.is_empty() {
             notes.push(format!(
-                "cold checkpoint {id} is of epoch {epoch}, the log was fetched from epoch {}",
-                log_fetched_from.unwrap_or_default()
+                "fetched the shipped log ({} records): {}",
+                fetched.records,
+                fetched.partitions.join(", ")
             ));
         }
-        match fetch_whole(local_dir, blob, (epoch, id), true) {
-            Ok(cut) => {
-                // Fence the failed primary off at once, before this run
-                // emits anything: whatever it copies from now on is
-                // ignored, and its sidecar refuses to commit.
-                let writer = format!(
-                    "a standby (pid {}, data dir {})",
-                    std::process::id(),
-                    local_dir.display()
-                );
-                let claim = epoch::claim_next_epoch(blob, id, &writer).map_err(&store_err)?;
-                epoch::record_local_epoch(
-                    local_dir,
-                    epoch::LOCAL_EPOCH_FILES[2],
-                    &blob.describe(),
-                    claim.epoch,
-                )
-                .map_err(&store_err)?;
-                notes.push(format!(
-                    "claimed epoch {} of {}: writers of older epochs are fenced off",
-                    claim.epoch,
-                    blob.describe()
-                ));
-                return Ok((Some((id, cut)), notes));
-            }
-            Err(reason) => notes.push(format!("cold checkpoint {id} unusable: {reason}")),
-        }
+        // Fence the failed primary off before this run emits anything:
+        // whatever it copies from now on is ignored, and its sidecar
+        // refuses to commit.
+        let writer = format!(
+            "a standby (pid {}, data dir {})",
+            std::process::id(),
+            local_dir.display()
+        );
+        let claim = epoch::claim_epoch_after(blob, observed, id, &writer).map_err(&store_err)?;
+        epoch::record_local_epoch(
+            local_dir,
+            epoch::LOCAL_EPOCH_FILES[2],
+            &blob.describe(),
+            claim.epoch,
+        )
+        .map_err(&store_err)?;
+        notes.push(format!(
+            "claimed epoch {} of {}: writers of older epochs are fenced off",
+            claim.epoch,
+            blob.describe()
+        ));
+        let cut = record.cut_time;
+        store.commit(record).map_err(|e| store_err(e.to_string()))?;
+        return Ok((Some((id, cut)), notes));
     }
     Ok((None, notes))
 }
 
 /// Brings cold checkpoint `id` of `epoch` into the empty local store: its
-/// files, then its record (without its output lengths if `own_output`) as
-/// the first of a new commit stream. Returns its cut.
-fn fetch_whole(
+/// files, then its record as the first of a new commit stream. Returns its
+/// cut.
+fn fetch_whole(local_dir: &Path, blob: &dyn Blob, (epoch, id): (u64, u64)) -> Result<u64, String> {
+    let (mut store, record) = stage_whole(local_dir, blob, (epoch, id))?;
+    let cut = record.cut_time;
+    store.commit(record).map_err(|e| e.to_string())?;
+    Ok(cut)
+}
+
+/// The record `id` of `epoch` and its files, fetched and checked into the
+/// local store, the record not committed yet.
+fn stage_whole(
     local_dir: &Path,
     blob: &dyn Blob,
     (epoch, id): (u64, u64),
-    own_output: bool,
-) -> Result<u64, String> {
-    let mut record = read_record(blob, (epoch, id))?;
-    if own_output {
-        record.outputs.clear();
-    }
-    let cut = record.cut_time;
-    let mut store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
+) -> Result<(CheckpointStore, CommitRecord), String> {
+    let record = read_record(blob, (epoch, id))?;
+    let store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
     fetch_files(&store, blob, epoch, &record.files)?;
-    store.commit(record).map_err(|e| e.to_string())?;
-    Ok(cut)
+    Ok((store, record))
 }
 
 /// Files fetched (and written) at once: the store's latency hides behind
