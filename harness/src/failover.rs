@@ -347,7 +347,7 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
         replica.as_ref(),
         taken_epoch,
         &reference_data.join("log"),
-        (0, 0),
+        ((0, 0), false),
     )
     .map_err(|e| anyhow::anyhow!("fetching the replicated log: {e}"))?;
     let shipped = log_records(&reference_data.join("log"))?;

@@ -265,9 +265,11 @@ pub struct Fetched {
     pub notes: Vec<String>,
 }
 
-/// Writes the log that epoch `epoch` of the cold tier holds into the empty
-/// log under `log_dir` (partitions that exist locally are left alone, with
-/// a note), each chunk verified record by record. `resume` is what the
+/// Writes the log that epoch `epoch` of the cold tier holds into the log
+/// under `log_dir`, each chunk verified record by record; a partition (or
+/// metadata file) that exists locally is replaced if `replace`, else left
+/// alone with a note (a takeover replaces: what a killed attempt left is
+/// not the log of the checkpoint it takes now). `resume` is what the
 /// checkpoint to continue from says: how many partitions it lists and
 /// their least resume offset. When it lists as many partitions as the
 /// shipped log has, it lists each of them (a run reads every partition of
@@ -279,7 +281,7 @@ pub fn fetch_log(
     blob: &dyn Blob,
     epoch: u64,
     log_dir: &Path,
-    resume: (usize, u64),
+    (resume, replace): ((usize, u64), bool),
 ) -> Result<Fetched, String> {
     let prefix = log_prefix(epoch);
     let mut fetched = Fetched::default();
@@ -324,7 +326,7 @@ pub fn fetch_log(
         };
         validate_topic(&topic).map_err(|e| e.to_string())?;
         let dir = partition_dir(log_dir, &topic, partition);
-        if dir.exists() {
+        if dir.exists() && !replace {
             fetched.notes.push(format!(
                 "{}: exists locally; its shipped log is not fetched",
                 dir.display()
@@ -370,6 +372,12 @@ pub fn fetch_log(
             }
             fetched.records += end - first;
         }
+        if dir.exists() {
+            fetched
+                .notes
+                .push(format!("{}: replaced by the shipped log", dir.display()));
+            crate::storage::durable::remove_dir_all_durably(&dir).map_err(|e| e.to_string())?;
+        }
         crate::storage::durable::rename_durably(&tmp, &dir).map_err(|e| e.to_string())?;
         fetched.partitions.push(format!(
             "{topic}/{partition}: {}..{}",
@@ -378,7 +386,7 @@ pub fn fetch_log(
         ));
     }
     for (key, path) in meta {
-        if path.exists() || !path.parent().is_some_and(Path::exists) {
+        if (path.exists() && !replace) || !path.parent().is_some_and(Path::exists) {
             continue;
         }
         if let Some(bytes) = blob.get(&key).map_err(|e| e.to_string())? {
@@ -452,7 +460,7 @@ mod tests {
         assert_eq!(shipped_log(&blob, 1).unwrap().chunks, shipped.chunks);
 
         let standby = tmp.path().join("standby-log");
-        let fetched = fetch_log(&blob, 1, &standby, (0, 0)).unwrap();
+        let fetched = fetch_log(&blob, 1, &standby, ((0, 0), false)).unwrap();
         assert_eq!(fetched.records, 60);
         assert!(fetched.notes.is_empty(), "{:?}", fetched.notes);
         for p in [0, 1] {
@@ -466,10 +474,31 @@ mod tests {
             b"manifest"
         );
 
+        // Fetched again into the same log: left alone, or replaced whole.
+        let again = fetch_log(&blob, 1, &standby, ((0, 0), false)).unwrap();
+        assert_eq!(
+            (again.records, again.notes.len()),
+            (0, 2),
+            "{:?}",
+            again.notes
+        );
+        std::fs::remove_file(
+            list_segments(&partition_dir(&standby, "events", 0))
+                .map(|b| segment_path(&partition_dir(&standby, "events", 0), b[0]))
+                .unwrap(),
+        )
+        .unwrap();
+        let replaced = fetch_log(&blob, 1, &standby, ((0, 0), true)).unwrap();
+        assert_eq!(replaced.records, 60);
+        assert_eq!(
+            records(&partition_dir(&standby, "events", 0), 0),
+            records(&p0, 0)
+        );
+
         // A checkpoint that resumes both partitions at 30 or later: the
         // chunks before are not fetched; each partition is there to its end.
         let tail = tmp.path().join("tail-log");
-        let fetched = fetch_log(&blob, 1, &tail, (2, 30)).unwrap();
+        let fetched = fetch_log(&blob, 1, &tail, ((2, 30), false)).unwrap();
         let p0_tail = partition_dir(&tail, "events", 0);
         let first = list_segments(&p0_tail).unwrap()[0];
         assert!(first > 0 && first <= 30, "{first}");
@@ -480,7 +509,7 @@ mod tests {
         );
         assert_eq!(fetched.records, 55 - first + 5);
         // Listing fewer partitions than the log has: everything is fetched.
-        let all = fetch_log(&blob, 1, &tmp.path().join("all-log"), (1, 30)).unwrap();
+        let all = fetch_log(&blob, 1, &tmp.path().join("all-log"), ((1, 30), false)).unwrap();
         assert_eq!(all.records, 60);
 
         // A damaged chunk is refused, naming it.
@@ -494,7 +523,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         blob.put(&chunk_key, &bytes).unwrap();
-        let refused = fetch_log(&blob, 1, &tmp.path().join("other"), (0, 0)).unwrap_err();
+        let refused = fetch_log(&blob, 1, &tmp.path().join("other"), ((0, 0), false)).unwrap_err();
         assert!(refused.contains(&chunk_key), "{refused}");
     }
 
@@ -519,7 +548,7 @@ mod tests {
             shipped.chunks
         );
         assert_eq!(shipped.chunks[&key].last().unwrap().1, 45);
-        let fetched = fetch_log(&blob, 1, &tmp.path().join("a"), (0, 0)).unwrap();
+        let fetched = fetch_log(&blob, 1, &tmp.path().join("a"), ((0, 0), false)).unwrap();
         let first = shipped.chunks[&key][0].0;
         assert_eq!(fetched.records, 45 - first);
         // (The first chunk may start before the local log: it reaches into it.)
@@ -538,7 +567,7 @@ mod tests {
             chunk_name("t", 0, chunks[1])
         ))
         .unwrap();
-        let fetched = fetch_log(&blob, 1, &tmp.path().join("b"), (0, 0)).unwrap();
+        let fetched = fetch_log(&blob, 1, &tmp.path().join("b"), ((0, 0), false)).unwrap();
         assert!(fetched.notes[0].contains("gap"), "{:?}", fetched.notes);
         assert_eq!(fetched.records, 45 - chunks[2].0);
     }
