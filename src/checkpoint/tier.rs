@@ -166,16 +166,30 @@ pub struct ColdContents {
     pub log: log_ship::ShippedLog,
 }
 
+/// The numbers that name the objects directly under `prefix` (epochs,
+/// checkpoint ids), ascending; other names are skipped.
+fn numbered_keys(blob: &dyn Blob, prefix: &str) -> Result<Vec<u64>, BlobError> {
+    let mut numbers: Vec<u64> = blob
+        .list(prefix)?
+        .iter()
+        .filter_map(|k| k.rsplit('/').next().and_then(|n| n.parse().ok()))
+        .collect();
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// The commit record ids of epoch `epoch`, ascending.
+fn record_ids(blob: &dyn Blob, epoch: u64) -> Result<Vec<u64>, BlobError> {
+    numbered_keys(
+        blob,
+        &format!("{}/{COMMITS_PREFIX}", epoch::epoch_prefix(epoch)),
+    )
+}
+
 /// Lists epoch `epoch` of the cold tier.
 pub fn cold_contents(blob: &dyn Blob, epoch: u64) -> Result<ColdContents, BlobError> {
     let prefix = epoch::epoch_prefix(epoch);
-    let id_of = |key: &str| key.rsplit('/').next().and_then(|n| n.parse::<u64>().ok());
-    let mut records: Vec<u64> = blob
-        .list(&format!("{prefix}/{COMMITS_PREFIX}"))?
-        .iter()
-        .filter_map(|k| id_of(k))
-        .collect();
-    records.sort_unstable();
+    let records = record_ids(blob, epoch)?;
     let files = blob
         .list(&format!("{prefix}/{FILES_PREFIX}"))?
         .iter()
@@ -219,6 +233,11 @@ pub fn copy_checkpoint(
 ) -> Result<log_ship::Shipped, CopyError> {
     let failed = |e: String| CopyError::Failed(e);
     let epoch = copied.epoch;
+    let not_fenced = || match epoch::newest_epoch(blob) {
+        Ok(newest_epoch) if newest_epoch > epoch => Err(CopyError::Fenced { newest_epoch }),
+        Ok(_) => Ok(()),
+        Err(e) => Err(failed(e.to_string())),
+    };
     for meta in &record.files {
         if copied.files.contains(&meta.name) {
             continue;
@@ -238,10 +257,7 @@ pub fn copy_checkpoint(
             .map_err(failed)?,
         None => log_ship::Shipped::default(),
     };
-    let newest_epoch = epoch::newest_epoch(blob).map_err(|e| failed(e.to_string()))?;
-    if newest_epoch > epoch {
-        return Err(CopyError::Fenced { newest_epoch });
-    }
+    not_fenced()?;
     blob.put(
         &record_key(epoch, record.checkpoint_id),
         &encode_cold_record(record),
@@ -250,10 +266,7 @@ pub fn copy_checkpoint(
     // Put after a claim raced the check above: the record is not used
     // (it is past the new epoch's fence), and this writer must not delete
     // the older epochs, which may hold the only usable records.
-    let newest_epoch = epoch::newest_epoch(blob).map_err(|e| failed(e.to_string()))?;
-    if newest_epoch > epoch {
-        return Err(CopyError::Fenced { newest_epoch });
-    }
+    not_fenced()?;
     copied.records.push(record.checkpoint_id);
     copied.records.sort_unstable();
     copied.records.dedup();
@@ -305,17 +318,12 @@ fn drop_older_epochs(blob: &dyn Blob, epoch: u64) -> Result<(), BlobError> {
         .map(|c| c.epoch)
         .filter(|&e| e < epoch)
     {
-        let contents = cold_contents(blob, older)?;
-        for id in contents.records {
-            blob.delete(&record_key(older, id))?;
+        let prefix = epoch::epoch_prefix(older);
+        for part in [COMMITS_PREFIX, FILES_PREFIX, log_ship::LOG_PREFIX] {
+            for key in blob.list(&format!("{prefix}/{part}"))? {
+                blob.delete(&key)?;
+            }
         }
-        for name in contents.files {
-            blob.delete(&file_key(older, &name))?;
-        }
-        log_ship::delete_log(blob, older).map_err(|reason| BlobError::Io {
-            what: format!("deleting the log of epoch {older}"),
-            reason,
-        })?;
         blob.delete(&format!("{}/{older:020}", epoch::EPOCHS_PREFIX))?;
     }
     Ok(())

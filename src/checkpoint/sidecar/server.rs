@@ -471,7 +471,6 @@ impl CoordinatorTask {
         self.coord.disconnected(conn);
     }
 
-    /// Commits every complete checkpoint that is next in line.
     /// Once a newer writer fenced this one off the cold tier (a standby
     /// took the job over), refuses every engine and stops: nothing more may
     /// be committed, or emitted.
@@ -499,6 +498,7 @@ impl CoordinatorTask {
         Err(fenced)
     }
 
+    /// Commits every complete checkpoint that is next in line.
     async fn commit_ready(&mut self) -> Result<(), SidecarError> {
         while let Some(pending) = self.coord.take_ready() {
             let id = pending.checkpoint_id;

@@ -77,13 +77,7 @@ fn decode_claim(key: &str, bytes: &[u8]) -> Result<EpochClaim, String> {
 }
 
 fn epochs_listed(blob: &dyn Blob) -> Result<Vec<u64>, BlobError> {
-    let mut epochs: Vec<u64> = blob
-        .list(EPOCHS_PREFIX)?
-        .iter()
-        .filter_map(|k| k.rsplit('/').next().and_then(|n| n.parse().ok()))
-        .collect();
-    epochs.sort_unstable();
-    Ok(epochs)
+    super::numbered_keys(blob, EPOCHS_PREFIX)
 }
 
 /// The newest claimed epoch (0: none). One listing, nothing read.
@@ -157,15 +151,8 @@ pub fn usable_records(blob: &dyn Blob) -> Result<Vec<(u64, u64)>, String> {
     let mut usable = Vec::new();
     let mut limit = u64::MAX;
     for claim in read_claims(blob)?.iter().rev() {
-        let prefix = format!("{}/{}", epoch_prefix(claim.epoch), super::COMMITS_PREFIX);
-        let mut ids: Vec<u64> = blob
-            .list(&prefix)
-            .map_err(|e| e.to_string())?
-            .iter()
-            .filter_map(|k| k.rsplit('/').next().and_then(|n| n.parse().ok()))
-            .filter(|&id| id <= limit)
-            .collect();
-        ids.sort_unstable();
+        let mut ids = super::record_ids(blob, claim.epoch).map_err(|e| e.to_string())?;
+        ids.retain(|&id| id <= limit);
         usable.extend(ids.into_iter().rev().map(|id| (claim.epoch, id)));
         limit = limit.min(claim.fence_checkpoint_id);
     }
@@ -229,9 +216,9 @@ pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<u64, String
     // Read first: an unreachable store or refused credentials are errors
     // here, at a run's start, even for a data dir that never claimed.
     let claims = read_claims(blob)?;
-    let newest = claims.last().map_or(0, |c| c.epoch);
+    let newest_epoch = claims.last().map_or(0, |c| c.epoch);
     let Some(mine) = local_epoch(store_dir, &url)? else {
-        return Ok(newest);
+        return Ok(newest_epoch);
     };
     match claims.last() {
         Some(newest) if newest.epoch > mine => Err(format!(
@@ -244,7 +231,7 @@ pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<u64, String
             newest.writer,
             newest.fence_checkpoint_id
         )),
-        _ => Ok(newest),
+        _ => Ok(newest_epoch),
     }
 }
 

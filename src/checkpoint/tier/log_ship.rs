@@ -33,7 +33,8 @@ use crate::storage::durable::{create_dir_all_durably, write_file_atomically};
 
 /// The largest chunk object.
 pub const MAX_CHUNK_BYTES: usize = 64 << 20;
-const LOG_PREFIX: &str = "log";
+/// The log's part of an epoch's prefix.
+pub(super) const LOG_PREFIX: &str = "log";
 const MANIFEST: &str = "MANIFEST";
 const INGEST: &str = "INGEST";
 const POSITION: &str = "POSITION";
@@ -394,14 +395,6 @@ pub fn fetch_log(
         }
     }
     Ok(fetched)
-}
-
-/// Deletes what epoch `epoch` holds of the log.
-pub fn delete_log(blob: &dyn Blob, epoch: u64) -> Result<(), String> {
-    for key in blob.list(&log_prefix(epoch)).map_err(|e| e.to_string())? {
-        blob.delete(&key).map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -64,10 +64,11 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
         return Ok(notes);
     }
     for record in local.iter().rev() {
-        let damaged: Vec<&FileMeta> = record
+        let damaged: Vec<FileMeta> = record
             .files
             .iter()
             .filter(|meta| verify_file(local_dir, meta).is_err())
+            .cloned()
             .collect();
         if damaged.is_empty() {
             return Ok(notes);
@@ -86,7 +87,6 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
                     ));
                 }
                 let store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
-                let damaged: Vec<FileMeta> = damaged.iter().map(|m| (*m).clone()).collect();
                 fetch_files(&store, blob, epoch, &damaged)
             });
             match repaired {
@@ -113,17 +113,6 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
     Ok(notes)
 }
 
-/// A data file of `epoch` from the cold tier, checked against `meta`.
-fn fetch_file(blob: &dyn Blob, epoch: u64, meta: &FileMeta) -> Result<Vec<u8>, String> {
-    let key = file_key(epoch, &meta.name);
-    let bytes = blob
-        .get(&key)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{key} is missing"))?;
-    crate::checkpoint::format::verify_data_file(&bytes, meta).map_err(|e| format!("{key}: {e}"))?;
-    Ok(bytes)
-}
-
 /// What [`take_over_from_cold`] did: the checkpoint taken over as
 /// `(id, cut)` (`None`: the cold tier has no usable one), and why each
 /// newer one was unusable.
@@ -136,7 +125,7 @@ pub type TakeOver = (Option<(u64, u64)>, Vec<String>);
 /// those the failed primary committed. Returns its `(id, cut)`, or `None`
 /// if the cold tier has no usable checkpoint; each unusable one is in the
 /// notes. The log the primary shipped with it is written into `log_dir`
-/// (partitions it already holds are left alone), and the next epoch is
+/// (replacing partitions a killed attempt left), and the next epoch is
 /// claimed, fenced at that checkpoint: the failed primary is fenced off.
 pub fn take_over_from_cold(
     local_dir: &Path,
@@ -251,10 +240,15 @@ fn fetch_files(
             let Some(meta) = metas.get(i) else {
                 return Ok(());
             };
-            let bytes = fetch_file(blob, epoch, meta)?;
+            // Checked against `meta` once, by the store as it writes it.
+            let key = file_key(epoch, &meta.name);
+            let bytes = blob
+                .get(&key)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{key} is missing"))?;
             store
                 .restore_data_file(meta, &bytes)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("{key}: {e}"))?;
         }
     };
     std::thread::scope(|scope| {
