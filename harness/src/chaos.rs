@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use weir::checkpoint::store::read_commits;
-use weir::gen::SplitMix64;
+use weir::gen::{generate_zipf, SplitMix64, ZipfParams};
 use weir_dataflows::duration::parse_duration_ms;
 
 use crate::RunHeader;
@@ -106,27 +106,6 @@ fn run_args(weir_input: &Path, data: &Path, out: &Path, workers: u64) -> Vec<Str
     args
 }
 
-fn sorted_rows(dir: &Path, prefix: &str) -> Result<Vec<String>> {
-    let mut rows = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with(prefix) && path.extension().is_some_and(|e| e == "csv") {
-            rows.extend(
-                std::fs::read_to_string(&path)?
-                    .lines()
-                    .skip(1)
-                    .map(str::to_owned),
-            );
-        }
-    }
-    rows.sort();
-    Ok(rows)
-}
-
 /// Events of the chaos rounds, as `timeline.csv`.
 struct Timeline {
     started: Instant,
@@ -196,7 +175,14 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
     let weir = crate::weir_binary()?;
     crate::fresh_work_dir(&args.work_dir)?;
     let input = args.work_dir.join("input");
-    crate::generate_kill_input(args.events, &input)?;
+    let params = ZipfParams {
+        events: args.events,
+        keys: 3_000,
+        rate_per_s: 20_000,
+        late_fraction: 0.002,
+        ..ZipfParams::default()
+    };
+    generate_zipf(&params, &input).context("generating the input")?;
     let reference_out = args.work_dir.join("reference-out");
     let mut reference = run_args(
         &input,
@@ -306,10 +292,11 @@ pub fn chaos(args: &ChaosArgs) -> Result<()> {
             // Read after the kill: nothing can commit once the sidecar is dead.
             round.awaiting = Some((killed_at, newest_commit(&round.checkpoints)));
         }
-        let got = sorted_rows(&out, "windows")?;
-        let expected = sorted_rows(&reference_out, "windows")?;
-        let same =
-            got == expected && sorted_rows(&out, "late")? == sorted_rows(&reference_out, "late")?;
+        let got = crate::sorted_rows(&out, "windows", None)?;
+        let expected = crate::sorted_rows(&reference_out, "windows", None)?;
+        let same = got == expected
+            && crate::sorted_rows(&out, "late", None)?
+                == crate::sorted_rows(&reference_out, "late", None)?;
         window_rows = got.len();
         eprintln!(
             "round {rounds}: {kills} kills so far, output {}",

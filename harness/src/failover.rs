@@ -37,8 +37,6 @@ use serde::Serialize;
 use weir::checkpoint::format::CommitRecord;
 use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::{newest_cold_record, open_cold_store, Blob};
-use weir::log::{list_partitions, partition_dir, PartitionReader};
-use weir::run::EVENTS_TOPIC;
 use weir_dataflows::duration::parse_duration_ms;
 
 use self::load::{Load, Loader};
@@ -148,30 +146,6 @@ fn run_args(data: &Path, out: &Path, args: &FailoverArgs) -> Vec<String> {
     run
 }
 
-/// The rows of `out`'s `prefix` files: within `record`'s committed lengths
-/// if given, else whole.
-fn rows(out: &Path, prefix: &str, record: Option<&CommitRecord>) -> Result<Vec<String>> {
-    let mut rows = Vec::new();
-    for entry in std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        let mut bytes = std::fs::read(&path)?;
-        if let Some(record) = record {
-            let committed = record.outputs.iter().find(|o| o.file_name == name);
-            bytes.truncate(committed.map_or(0, |o| o.length_bytes as usize));
-        }
-        rows.extend(String::from_utf8(bytes)?.lines().skip(1).map(str::to_owned));
-    }
-    rows.sort();
-    Ok(rows)
-}
-
 /// Whether `record` commits a window row: a windows file longer than its
 /// header line.
 fn covers_a_row(record: &CommitRecord) -> bool {
@@ -180,17 +154,6 @@ fn covers_a_row(record: &CommitRecord) -> bool {
         .outputs
         .iter()
         .any(|o| o.file_name.starts_with("windows-") && o.length_bytes > header)
-}
-
-/// Records in the log under `log_dir` (all partitions of the events topic).
-fn log_records(log_dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    for p in list_partitions(log_dir, EVENTS_TOPIC)? {
-        let mut reader = PartitionReader::open(&partition_dir(log_dir, EVENTS_TOPIC, p), 0)?;
-        while reader.next()?.is_some() {}
-        total += reader.next_offset();
-    }
-    Ok(total)
 }
 
 fn default_url(given: Option<&String>, dir: &Path) -> Result<String> {
@@ -343,14 +306,16 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
     // The failure-free run: over all that reached the replica (the
     // standby fetched only what it resumes from).
     let reference_data = work.join("reference-data");
-    weir::checkpoint::tier::log_ship::fetch_log(
+    // (The primary keeps its whole log, so the chunks start at offset 0
+    // and the records fetched are the events that reached the replica.)
+    let shipped = weir::checkpoint::tier::log_ship::fetch_log(
         replica.as_ref(),
         taken_epoch,
         &reference_data.join("log"),
         ((0, 0), false),
     )
-    .map_err(|e| anyhow::anyhow!("fetching the replicated log: {e}"))?;
-    let shipped = log_records(&reference_data.join("log"))?;
+    .map_err(|e| anyhow::anyhow!("fetching the replicated log: {e}"))?
+    .records;
     let reference_out = work.join("reference-out");
     let mut reference = run_args(&reference_data, &reference_out, args);
     reference.extend(["--until-end".to_owned(), "--no-checkpoint".to_owned()]);
@@ -364,10 +329,10 @@ pub fn failover(args: &FailoverArgs) -> Result<()> {
     let mut identical = true;
     let mut window_rows = 0;
     for kind in ["windows-", "late-"] {
-        let mut got = rows(&primary_out, kind, Some(&taken))?;
-        got.extend(rows(&standby_out, kind, None)?);
+        let mut got = crate::sorted_rows(&primary_out, kind, Some(&taken))?;
+        got.extend(crate::sorted_rows(&standby_out, kind, None)?);
         got.sort();
-        let expected = rows(&reference_out, kind, None)?;
+        let expected = crate::sorted_rows(&reference_out, kind, None)?;
         if kind == "windows-" {
             window_rows = expected.len();
         }

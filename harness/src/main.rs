@@ -67,7 +67,7 @@ enum Mode {
     Latency(latency::LatencyArgs),
     /// Kill the engine or the sidecar at random while a job runs; the output must not change.
     Chaos(chaos::ChaosArgs),
-    /// Kill a primary with a cold tier; a standby takes over from it: RPO, RTO, output exactly once.
+    /// A region lost under a paced load: the primary killed, a standby takes over from its replica: RPO, RTO, output exactly once.
     Failover(failover::FailoverArgs),
     /// Run a job as P processes x W workers on loopback with one sidecar.
     Cluster(cluster::ClusterArgs),
@@ -215,19 +215,33 @@ pub fn weir_binary() -> Result<PathBuf> {
     weir::driver::weir_binary().context("cannot find the weir binary (build it, or set WEIR_BIN)")
 }
 
-/// The input of the kill experiments (`chaos`, `failover`): `events` Zipf
-/// events over 3,000 keys, 20,000 per second of event time, 0.2 % late,
-/// in `dir`.
-pub fn generate_kill_input(events: u64, dir: &std::path::Path) -> Result<()> {
-    let params = weir::gen::ZipfParams {
-        events,
-        keys: 3_000,
-        rate_per_s: 20_000,
-        late_fraction: 0.002,
-        ..weir::gen::ZipfParams::default()
-    };
-    weir::gen::generate_zipf(&params, dir).context("generating the input")?;
-    Ok(())
+/// The rows (header skipped) of `dir`'s `<prefix>*.csv` files, sorted:
+/// within `committed`'s output lengths if given (what a killed run
+/// delivered), else whole.
+pub fn sorted_rows(
+    dir: &std::path::Path,
+    prefix: &str,
+    committed: Option<&weir::checkpoint::format::CommitRecord>,
+) -> Result<Vec<String>> {
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.starts_with(prefix) || path.extension().is_none_or(|e| e != "csv") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path)?;
+        if let Some(record) = committed {
+            let length = record.outputs.iter().find(|o| o.file_name == name);
+            bytes.truncate(length.map_or(0, |o| o.length_bytes as usize));
+        }
+        rows.extend(String::from_utf8(bytes)?.lines().skip(1).map(str::to_owned));
+    }
+    rows.sort();
+    Ok(rows)
 }
 
 /// Empties `dir` (a harness work directory) if it exists.
