@@ -47,7 +47,7 @@ fn cut_text(cut: u64) -> String {
 /// A human-readable report of `data_dir`.
 pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
     let mut out = String::new();
-    let log_dir = data_dir.join("log");
+    let log_dir = data_dir.join(crate::log::LOG_DIR_NAME);
     // Records per source partition (as checkpoints number them), for the
     // backlog behind the newest checkpoint.
     let mut records_by_source: std::collections::HashMap<u32, u64> =

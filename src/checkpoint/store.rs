@@ -318,12 +318,12 @@ impl CheckpointStore {
         let (bytes, meta) = encode_data_file(id, updates);
         let path = self.dir.join(&meta.name);
         let tmp = self.dir.join(format!("{}{TEMP_SUFFIX}", meta.name));
-        let mut f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
+        let f = File::create(&tmp).map_err(StoreError::io(&tmp))?;
         if failpoint_armed(DISK_FULL_FAILPOINT) {
             // As a full disk would: the write fails and the temp file stays behind.
             return Err(StoreError::io(&tmp)(std::io::Error::from_raw_os_error(28)));
         }
-        f.write_all(&bytes).map_err(StoreError::io(&tmp))?;
+        crate::storage::durable::write_new_file(&f, &tmp, &bytes).map_err(StoreError::io(&tmp))?;
         publish_data_file(f, &tmp, &path)?;
         Ok(meta)
     }

@@ -224,12 +224,14 @@ pub enum CopyError {
 /// `local_dir`, checked against the record) into `copied`'s epoch, then,
 /// unless a newer epoch was claimed, the record; then drops what no kept
 /// record needs. Updates `copied`; returns the log it shipped
-/// ([`log_ship`]).
+/// ([`log_ship`]). Files are read into `scratch`, a buffer kept between
+/// calls (see [`log_ship::ship_log`]).
 pub fn copy_checkpoint(
     blob: &dyn Blob,
-    local_dir: &Path,
+    (local_dir, log_dir): (&Path, &Path),
     record: &CommitRecord,
     copied: &mut ColdContents,
+    scratch: &mut Vec<u8>,
 ) -> Result<log_ship::Shipped, CopyError> {
     let failed = |e: String| CopyError::Failed(e);
     let epoch = copied.epoch;
@@ -243,20 +245,19 @@ pub fn copy_checkpoint(
             continue;
         }
         let path = local_dir.join(&meta.name);
-        let bytes = std::fs::read(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
-        crate::checkpoint::format::verify_data_file(&bytes, meta)
+        scratch.clear();
+        std::fs::File::open(&path)
+            .and_then(|mut file| std::io::Read::read_to_end(&mut file, scratch))
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        crate::checkpoint::format::verify_data_file(scratch, meta)
             .map_err(|e| failed(format!("{}: not copied: {e}", path.display())))?;
-        blob.put(&file_key(epoch, &meta.name), &bytes)
+        blob.put(&file_key(epoch, &meta.name), scratch)
             .map_err(|e| failed(e.to_string()))?;
         copied.files.insert(meta.name.clone());
     }
-    // The log the checkpoint resumes from, up to what is complete now
-    // (the data dir's layout: `<data-dir>/checkpoints`, `<data-dir>/log`).
-    let shipped = match local_dir.parent() {
-        Some(data_dir) => log_ship::ship_log(blob, epoch, &data_dir.join("log"), &mut copied.log)
-            .map_err(failed)?,
-        None => log_ship::Shipped::default(),
-    };
+    // The log the checkpoint resumes from, up to what is complete now.
+    let shipped =
+        log_ship::ship_log(blob, (epoch, log_dir), &mut copied.log, scratch).map_err(failed)?;
     not_fenced()?;
     blob.put(
         &record_key(epoch, record.checkpoint_id),

@@ -40,7 +40,7 @@ pub(super) fn prepare(options: &RunOptions) -> Result<Inputs, RunError> {
         let plan = ingest_plan(&query, &files)?;
         ingest_topics_locked(&options.data_dir, &plan, &options.log_config)?;
     }
-    let log_dir = options.data_dir.join("log");
+    let log_dir = options.data_dir.join(crate::log::LOG_DIR_NAME);
     let partitions = input_partitions(&query, &log_dir, options.generated)?;
     Ok(Inputs {
         partitions,
@@ -113,7 +113,7 @@ pub fn ingest_topics_locked(
     // Topics are independent directories: ingested at once, so that the
     // small tables' files keep the cores busy while the large table's run
     // (each topic still writes its files one per core).
-    let log_dir = data_dir.join("log");
+    let log_dir = data_dir.join(crate::log::LOG_DIR_NAME);
     let ingest_topic = |(topic, schema, files): &TopicFiles| {
         let report = ingest_files_as(&log_dir, topic, *schema, files, log_config)?;
         for file in &report.files {

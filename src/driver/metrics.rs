@@ -438,7 +438,7 @@ pub fn render(sources: &MetricsSources) -> String {
         );
     }
     let (mut partitions, mut segments, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
-    for (topic, usage) in log_usage(&engine.data_dir.join("log")) {
+    for (topic, usage) in log_usage(&engine.data_dir.join(crate::log::LOG_DIR_NAME)) {
         let label = format!("topic=\"{}\"", label_value(&topic));
         partitions.push((label.clone(), usage.0.to_string()));
         segments.push((label.clone(), usage.1.to_string()));

@@ -49,7 +49,7 @@ pub(super) fn take_over(options: &RunOptions) -> Result<(), RunError> {
 pub fn take_over_standby(url: &str, data_dir: &Path) -> Result<(), RunError> {
     let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
     let checkpoint_dir = data_dir.join("checkpoints");
-    let log_dir = data_dir.join("log");
+    let log_dir = data_dir.join(crate::log::LOG_DIR_NAME);
     let (taken, notes) = take_over_from_cold(&checkpoint_dir, &log_dir, blob.as_ref())?;
     for note in notes {
         tracing::warn!("{note}");

@@ -58,7 +58,7 @@ pub fn window_events(
     (key, (start, end)): (&str, (u64, u64)),
     lateness_ms: u64,
 ) -> Result<WindowEvents, ExplainError> {
-    let log_dir = data_dir.join("log");
+    let log_dir = data_dir.join(crate::log::LOG_DIR_NAME);
     let partitions = list_partitions(&log_dir, EVENTS_TOPIC)?;
     if partitions.is_empty() {
         return Err(ExplainError::NoLog { log_dir });

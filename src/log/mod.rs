@@ -25,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use format::MAX_RECORD_SIZE_BYTES;
+
+/// The log's directory inside a data dir (`<data-dir>/log`).
+pub const LOG_DIR_NAME: &str = "log";
 pub use reader::PartitionReader;
 pub use segment::{scan_segment, SegmentScan};
 pub use writer::PartitionWriter;

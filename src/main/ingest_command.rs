@@ -131,7 +131,7 @@ pub fn ingest_command(args: &IngestArgs) -> Result<()> {
         .threads
         .map_or_else(default_ingest_threads, usize::from);
     let report = ingest_files_with_threads(
-        &args.data_dir.join("log"),
+        &args.data_dir.join(weir::log::LOG_DIR_NAME),
         topic,
         schema,
         &args.files,
@@ -196,7 +196,12 @@ fn stream_command(
         tracing::info!(%bound, "source metrics endpoint");
     }
     let stop = AtomicBool::new(false);
-    let report = ingest_stream(&args.data_dir.join("log"), source, &options, &stop);
+    let report = ingest_stream(
+        &args.data_dir.join(weir::log::LOG_DIR_NAME),
+        source,
+        &options,
+        &stop,
+    );
     metrics_stop.store(true, std::sync::atomic::Ordering::Release);
     let report = report?;
     println!(

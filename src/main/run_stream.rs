@@ -50,7 +50,7 @@ pub fn start(
             weir::ingest::idle::MIN_IDLE_TIMEOUT_MS
         );
     }
-    let log_dir = data_dir.join("log");
+    let log_dir = data_dir.join(weir::log::LOG_DIR_NAME);
     let mut options = StreamIngestOptions::new(EVENTS_TOPIC, RowSchema::Generic, format, data_dir);
     options.idle_timeout_ms = idle_timeout_ms;
     // The run lists the partitions at its start: all of them must exist.

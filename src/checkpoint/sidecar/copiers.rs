@@ -31,7 +31,10 @@ pub(super) fn start_copiers(
         let Some(url) = url else { continue };
         let copier = ColdCopier::start(
             open_cold_store(url)?,
-            store_dir.clone(),
+            (
+                store_dir.clone(),
+                config.data_dir.join(crate::log::LOG_DIR_NAME),
+            ),
             (role, fence),
             &writer,
         )

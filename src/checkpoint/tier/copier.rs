@@ -31,6 +31,9 @@ const FENCE_POLL: Duration = Duration::from_secs(2);
 const LOG_SHIP_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest wait between two attempts at a failing copy.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// The largest copy buffer kept between copies (a larger file's buffer is
+/// freed after its copy).
+const MAX_KEPT_BUFFER_BYTES: usize = 128 << 20;
 
 /// Which store a copier writes: the data dir remembers the epoch it
 /// claimed in each ([`epoch::LOCAL_EPOCH_FILES`]).
@@ -101,14 +104,14 @@ pub struct ColdCopier {
 }
 
 impl ColdCopier {
-    /// Starts copying checkpoints of the store in `local_dir` to `blob` as
-    /// `role`:
+    /// Starts copying checkpoints of the store in `local_dir`, and the log
+    /// in `log_dir`, to `blob` as `role`:
     /// refuses a data dir fenced off the store, then claims the next epoch,
     /// fenced at `fence_checkpoint_id` (the newest local checkpoint), as
     /// `writer`.
     pub fn start(
         blob: Box<dyn Blob>,
-        local_dir: PathBuf,
+        (local_dir, log_dir): (PathBuf, PathBuf),
         (role, fence_checkpoint_id): (CopierRole, u64),
         writer: &str,
     ) -> Result<Self, String> {
@@ -129,7 +132,7 @@ impl ColdCopier {
             let (slot, figures) = (Arc::clone(&slot), Arc::clone(&figures));
             std::thread::Builder::new()
                 .name("cold-copier".into())
-                .spawn(move || copy_loop(blob.as_ref(), &local_dir, &slot, &figures))
+                .spawn(move || copy_loop(blob.as_ref(), (&local_dir, &log_dir), &slot, &figures))
                 .map_err(|e| format!("spawning the cold copier: {e}"))?
         };
         Ok(Self {
@@ -192,10 +195,12 @@ impl ColdCopier {
 
 fn copy_loop(
     blob: &dyn Blob,
-    local_dir: &std::path::Path,
+    dirs: (&std::path::Path, &std::path::Path),
     slot: &(Mutex<Slot>, Condvar),
     figures: &ColdFigures,
 ) {
+    let (_, log_dir) = dirs;
+    let mut scratch = Vec::new();
     let epoch = figures.epoch.load(Ordering::Relaxed);
     let mut copied: Option<ColdContents> = None;
     let mut last_fence_check = Instant::now();
@@ -205,6 +210,9 @@ fn copy_loop(
     // newer commit's garbage collection removed: retrying it is pointless).
     let mut retry: Option<CommitRecord> = None;
     loop {
+        if scratch.capacity() > MAX_KEPT_BUFFER_BYTES {
+            scratch = Vec::new();
+        }
         let record = {
             let (lock, ready) = slot;
             let mut slot = lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -232,8 +240,8 @@ fn copy_loop(
             // Idle: ship the log appended since, into the epoch as listed
             // by the last good copy (after a failure, the next copy lists
             // it again first).
-            if let (Some(contents), Some(data_dir)) = (copied.as_mut(), local_dir.parent()) {
-                match log_ship::ship_log(blob, epoch, &data_dir.join("log"), &mut contents.log) {
+            if let Some(contents) = copied.as_mut() {
+                match log_ship::ship_log(blob, (epoch, log_dir), &mut contents.log, &mut scratch) {
                     Ok(shipped) => figures.add_shipped(shipped),
                     Err(reason) => {
                         figures.failures.fetch_add(1, Ordering::Relaxed);
@@ -258,11 +266,11 @@ fn copy_loop(
             }
         };
         let result = match copied.as_mut() {
-            Some(contents) => copy_checkpoint(blob, local_dir, &record, contents),
+            Some(contents) => copy_checkpoint(blob, dirs, &record, contents, &mut scratch),
             None => cold_contents(blob, epoch)
                 .map_err(|e| CopyError::Failed(e.to_string()))
                 .and_then(|mut contents| {
-                    let copy = copy_checkpoint(blob, local_dir, &record, &mut contents);
+                    let copy = copy_checkpoint(blob, dirs, &record, &mut contents, &mut scratch);
                     copied = Some(contents);
                     copy
                 }),
@@ -409,6 +417,11 @@ mod tests {
         true
     }
 
+    /// The store and log directories of a data dir's checkpoint store.
+    fn dirs(local: &std::path::Path) -> (PathBuf, PathBuf) {
+        (local.to_owned(), local.with_file_name("log"))
+    }
+
     #[test]
     fn an_outage_is_retried_and_the_copy_catches_up_to_the_newest() {
         let dir = tempfile::tempdir().unwrap();
@@ -420,8 +433,7 @@ mod tests {
             down: Arc::clone(&down),
         };
         let copier =
-            ColdCopier::start(Box::new(blob), local.clone(), (CopierRole::Cold, 0), "test")
-                .unwrap();
+            ColdCopier::start(Box::new(blob), dirs(&local), (CopierRole::Cold, 0), "test").unwrap();
         copier.offer(&commit(&mut store, 1));
         assert!(eventually(|| copier
             .figures
@@ -478,7 +490,7 @@ mod tests {
         let mut store = CheckpointStore::open(&local).unwrap();
         let copier = ColdCopier::start(
             Box::new(FileBlob::open(&cold_root).unwrap()),
-            local.clone(),
+            dirs(&local),
             (CopierRole::Cold, 0),
             "primary",
         )
@@ -510,8 +522,13 @@ mod tests {
             [(1, 2), (1, 1)]
         );
         // The stale primary restarted is refused.
-        let refused = ColdCopier::start(Box::new(cold), local, (CopierRole::Replica, 3), "primary")
-            .unwrap_err();
+        let refused = ColdCopier::start(
+            Box::new(cold),
+            dirs(&local),
+            (CopierRole::Replica, 3),
+            "primary",
+        )
+        .unwrap_err();
         assert!(refused.contains("fenced off"), "{refused}");
     }
 }

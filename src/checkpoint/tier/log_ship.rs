@@ -159,12 +159,14 @@ fn ship_meta(
     Ok(())
 }
 
-/// Ships the log under `log_dir` (see the module doc).
+/// Ships the log under `log_dir` (see the module doc), building each chunk
+/// in `scratch` (a buffer kept between calls: a fresh one of up to
+/// [`MAX_CHUNK_BYTES`] per chunk costs the kernel zeroing its pages).
 pub fn ship_log(
     blob: &dyn Blob,
-    epoch: u64,
-    log_dir: &Path,
+    (epoch, log_dir): (u64, &Path),
     shipped: &mut ShippedLog,
+    scratch: &mut Vec<u8>,
 ) -> Result<Shipped, String> {
     let mut done = Shipped::default();
     for topic in topics(log_dir)? {
@@ -190,7 +192,7 @@ pub fn ship_log(
                 .collect::<Result<Vec<_>, String>>()?;
             let key = (topic.clone(), partition);
             let limit = MAX_CHUNK_BYTES;
-            let shipped_now = ship_partition(blob, (epoch, limit), &dir, &key, shipped)?;
+            let shipped_now = ship_partition(blob, (epoch, limit), (&dir, &key), shipped, scratch)?;
             done.records += shipped_now.records;
             done.bytes += shipped_now.bytes;
             for meta in metas {
@@ -204,9 +206,9 @@ pub fn ship_log(
 fn ship_partition(
     blob: &dyn Blob,
     (epoch, max_chunk_bytes): (u64, usize),
-    dir: &Path,
-    key: &PartitionKey,
+    (dir, key): (&Path, &PartitionKey),
     shipped: &mut ShippedLog,
+    bytes: &mut Vec<u8>,
 ) -> Result<Shipped, String> {
     let Some(&first_local) = list_segments(dir).map_err(|e| e.to_string())?.first() else {
         return Ok(Shipped::default());
@@ -231,7 +233,8 @@ fn ship_partition(
     let mut done = Shipped::default();
     loop {
         let first = reader.next_offset();
-        let mut bytes = encode_segment_header(first).to_vec();
+        bytes.clear();
+        bytes.extend_from_slice(&encode_segment_header(first));
         while bytes.len() < max_chunk_bytes {
             // The frame as the local segment holds it (verified by the
             // reader): no checksum computed again.
@@ -246,7 +249,7 @@ fn ship_partition(
         }
         blob.put(
             &format!("{prefix}/{}", chunk_name(&key.0, key.1, (first, end))),
-            &bytes,
+            bytes,
         )
         .map_err(|e| e.to_string())?;
         chunks.push((first, end));
@@ -439,14 +442,15 @@ mod tests {
         let mut shipped = ShippedLog::default();
         let key0 = ("events".to_owned(), 0);
         // Small chunks: several per round.
-        let first = ship_partition(&blob, (1, 200), &p0, &key0, &mut shipped).unwrap();
+        let first =
+            ship_partition(&blob, (1, 200), (&p0, &key0), &mut shipped, &mut Vec::new()).unwrap();
         assert_eq!(first.records, 40);
         assert!(shipped.chunks[&key0].len() > 2, "{:?}", shipped.chunks);
         append(&p0, 40, 55);
-        let all = ship_log(&blob, 1, &log, &mut shipped).unwrap();
+        let all = ship_log(&blob, (1, &log), &mut shipped, &mut Vec::new()).unwrap();
         assert_eq!(all.records, 15 + 5);
         assert_eq!(
-            ship_log(&blob, 1, &log, &mut shipped).unwrap(),
+            ship_log(&blob, (1, &log), &mut shipped, &mut Vec::new()).unwrap(),
             Shipped::default()
         );
         // Listed again (after a failure), the store says the same.
@@ -529,12 +533,12 @@ mod tests {
         append(&p0, 0, 40);
         let mut shipped = ShippedLog::default();
         let key = ("t".to_owned(), 0);
-        ship_partition(&blob, (1, 200), &p0, &key, &mut shipped).unwrap();
+        ship_partition(&blob, (1, 200), (&p0, &key), &mut shipped, &mut Vec::new()).unwrap();
         // Retention deletes the first segments locally: their chunks go.
         let bases = list_segments(&p0).unwrap();
         crate::log::retention::delete_segments_before(&p0, bases[2]).unwrap();
         append(&p0, 40, 45);
-        ship_partition(&blob, (1, 200), &p0, &key, &mut shipped).unwrap();
+        ship_partition(&blob, (1, 200), (&p0, &key), &mut shipped, &mut Vec::new()).unwrap();
         assert!(
             shipped.chunks[&key].iter().all(|c| c.1 > bases[2]),
             "{:?}",
