@@ -26,8 +26,9 @@ mod file_blob;
 pub mod log_ship;
 mod restore;
 mod s3_blob;
+pub mod source;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 pub use copier::{ColdCopier, ColdFigures, CopierRole};
@@ -156,8 +157,9 @@ fn decode_cold_record(key: &str, bytes: &[u8]) -> Result<CommitRecord, String> {
 pub struct ColdContents {
     /// The epoch.
     pub epoch: u64,
-    /// Record ids, ascending.
-    pub records: Vec<u64>,
+    /// Its records by id (`None`: the object does not decode; no reader
+    /// uses it).
+    pub records: BTreeMap<u64, Option<CommitRecord>>,
     /// Data file names.
     pub files: BTreeSet<String>,
     /// Whether the older epochs' objects are gone.
@@ -189,7 +191,12 @@ fn record_ids(blob: &dyn Blob, epoch: u64) -> Result<Vec<u64>, BlobError> {
 /// Lists epoch `epoch` of the cold tier.
 pub fn cold_contents(blob: &dyn Blob, epoch: u64) -> Result<ColdContents, BlobError> {
     let prefix = epoch::epoch_prefix(epoch);
-    let records = record_ids(blob, epoch)?;
+    let mut records = BTreeMap::new();
+    for id in record_ids(blob, epoch)? {
+        let key = record_key(epoch, id);
+        let record = blob.get(&key)?;
+        records.insert(id, record.and_then(|b| decode_cold_record(&key, &b).ok()));
+    }
     let files = blob
         .list(&format!("{prefix}/{FILES_PREFIX}"))?
         .iter()
@@ -224,14 +231,13 @@ pub enum CopyError {
 /// `local_dir`, checked against the record) into `copied`'s epoch, then,
 /// unless a newer epoch was claimed, the record; then drops what no kept
 /// record needs. Updates `copied`; returns the log it shipped
-/// ([`log_ship`]). Files are read into `scratch`, a buffer kept between
-/// calls (see [`log_ship::ship_log`]).
+/// ([`log_ship`]). Files are read through `source`, once for all copiers.
 pub fn copy_checkpoint(
     blob: &dyn Blob,
     (local_dir, log_dir): (&Path, &Path),
     record: &CommitRecord,
     copied: &mut ColdContents,
-    scratch: &mut Vec<u8>,
+    source: &source::LocalSource,
 ) -> Result<log_ship::Shipped, CopyError> {
     let failed = |e: String| CopyError::Failed(e);
     let epoch = copied.epoch;
@@ -245,19 +251,24 @@ pub fn copy_checkpoint(
             continue;
         }
         let path = local_dir.join(&meta.name);
-        scratch.clear();
-        std::fs::File::open(&path)
-            .and_then(|mut file| std::io::Read::read_to_end(&mut file, scratch))
-            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-        crate::checkpoint::format::verify_data_file(scratch, meta)
-            .map_err(|e| failed(format!("{}: not copied: {e}", path.display())))?;
-        blob.put(&file_key(epoch, &meta.name), scratch)
+        let key = source::SourceKey::File(meta.name.clone(), meta.crc32c);
+        let read = source.get_or_read(key, |buffer| {
+            std::fs::File::open(&path)
+                .and_then(|mut file| std::io::Read::read_to_end(&mut file, buffer))
+                .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+            crate::checkpoint::format::verify_data_file(buffer, meta)
+                .map_err(|e| failed(format!("{}: not copied: {e}", path.display())))?;
+            Ok(0)
+        })?;
+        blob.put(&file_key(epoch, &meta.name), &read.bytes)
             .map_err(|e| failed(e.to_string()))?;
+        source.recycle(read);
         copied.files.insert(meta.name.clone());
     }
     // The log the checkpoint resumes from, up to what is complete now.
-    let shipped =
-        log_ship::ship_log(blob, (epoch, log_dir), &mut copied.log, scratch).map_err(failed)?;
+    let keep_from = copied.least_resume_offset();
+    let shipped = log_ship::ship_log(blob, (epoch, log_dir, keep_from), &mut copied.log, source)
+        .map_err(failed)?;
     not_fenced()?;
     blob.put(
         &record_key(epoch, record.checkpoint_id),
@@ -268,9 +279,9 @@ pub fn copy_checkpoint(
     // (it is past the new epoch's fence), and this writer must not delete
     // the older epochs, which may hold the only usable records.
     not_fenced()?;
-    copied.records.push(record.checkpoint_id);
-    copied.records.sort_unstable();
-    copied.records.dedup();
+    copied
+        .records
+        .insert(record.checkpoint_id, Some(record.clone()));
     drop_unneeded(blob, copied).map_err(|e| failed(e.to_string()))?;
     if !copied.older_dropped {
         drop_older_epochs(blob, epoch).map_err(|e| failed(e.to_string()))?;
@@ -284,26 +295,42 @@ pub fn copy_checkpoint(
 /// names a deleted file).
 fn drop_unneeded(blob: &dyn Blob, copied: &mut ColdContents) -> Result<(), BlobError> {
     let epoch = copied.epoch;
-    let keep_from = copied.records.len().saturating_sub(COLD_RECORDS_KEPT);
-    for &id in &copied.records[..keep_from] {
+    while copied.records.len() > COLD_RECORDS_KEPT {
+        let Some((id, _)) = copied.records.pop_first() else {
+            break;
+        };
         blob.delete(&record_key(epoch, id))?;
     }
-    copied.records.drain(..keep_from);
-    let mut needed = BTreeSet::new();
-    for &id in &copied.records {
-        let key = record_key(epoch, id);
-        if let Some(bytes) = blob.get(&key)? {
-            if let Ok(record) = decode_cold_record(&key, &bytes) {
-                needed.extend(record.files.into_iter().map(|f| f.name));
-            }
-        }
-    }
-    let unneeded: Vec<String> = copied.files.difference(&needed).cloned().collect();
+    let needed: BTreeSet<&String> = copied
+        .records
+        .values()
+        .flatten()
+        .flat_map(|record| record.files.iter().map(|f| &f.name))
+        .collect();
+    let unneeded: Vec<String> = copied
+        .files
+        .iter()
+        .filter(|name| !needed.contains(name))
+        .cloned()
+        .collect();
     for name in unneeded {
         blob.delete(&file_key(epoch, &name))?;
         copied.files.remove(&name);
     }
     Ok(())
+}
+
+impl ColdContents {
+    /// The least offset any kept record resumes a partition from (the
+    /// shipped log below it is not needed; `u64::MAX` with no record).
+    pub fn least_resume_offset(&self) -> u64 {
+        self.records
+            .values()
+            .flatten()
+            .flat_map(|record| record.partitions.iter().map(|p| p.resume_offset))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
 }
 
 /// Deletes the objects of the epochs before `epoch` (records, then files,

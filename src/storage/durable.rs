@@ -214,7 +214,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|b| (b * 31 + i) as u8).collect();
             let path = tmp.path().join(format!("f{i}"));
             // Over a longer file: nothing of the old content is left.
-            std::fs::write(&path.with_extension("tmp"), vec![7; len + 5000]).unwrap();
+            std::fs::write(path.with_extension("tmp"), vec![7; len + 5000]).unwrap();
             write_file_atomically(&path, &bytes).unwrap();
             assert!(std::fs::read(&path).unwrap() == bytes, "size {len}");
         }

@@ -1,12 +1,14 @@
 //! The sidecar's copiers: one to the cold tier (`--cold-store`) and one to
 //! the replica (`--replica`), each claiming its store's next epoch at
-//! start ([`crate::checkpoint::tier::epoch`]) and offered every commit.
+//! start ([`crate::checkpoint::tier::epoch`]) and offered every commit,
+//! both reading the data dir through one [`LocalSource`].
 
 use std::sync::Arc;
 
 use super::metrics::SidecarMetrics;
 use super::{SidecarConfig, SidecarError, CHECKPOINTS_DIR_NAME};
 use crate::checkpoint::store::CheckpointStore;
+use crate::checkpoint::tier::source::LocalSource;
 use crate::checkpoint::tier::{open_cold_store, ColdCopier, CopierRole};
 
 /// The copiers of the cold tier and the replica, each having claimed its
@@ -24,6 +26,8 @@ pub(super) fn start_copiers(
     );
     let fence = store.commits().last().map_or(0, |r| r.checkpoint_id);
     let mut copiers = Vec::new();
+    let stores = usize::from(config.cold_store.is_some()) + usize::from(config.replica.is_some());
+    let source = LocalSource::new(stores);
     for (role, url, figures) in [
         (CopierRole::Cold, &config.cold_store, &metrics.cold),
         (CopierRole::Replica, &config.replica, &metrics.replica),
@@ -34,6 +38,7 @@ pub(super) fn start_copiers(
             (
                 store_dir.clone(),
                 config.data_dir.join(crate::log::LOG_DIR_NAME),
+                Arc::clone(&source),
             ),
             (role, fence),
             &writer,

@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::source::LocalSource;
 use super::{cold_contents, copy_checkpoint, epoch, log_ship, Blob, ColdContents, CopyError};
 use crate::checkpoint::format::CommitRecord;
 
@@ -31,9 +32,6 @@ const FENCE_POLL: Duration = Duration::from_secs(2);
 const LOG_SHIP_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest wait between two attempts at a failing copy.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
-/// The largest copy buffer kept between copies (a larger file's buffer is
-/// freed after its copy).
-const MAX_KEPT_BUFFER_BYTES: usize = 128 << 20;
 
 /// Which store a copier writes: the data dir remembers the epoch it
 /// claimed in each ([`epoch::LOCAL_EPOCH_FILES`]).
@@ -105,13 +103,14 @@ pub struct ColdCopier {
 
 impl ColdCopier {
     /// Starts copying checkpoints of the store in `local_dir`, and the log
-    /// in `log_dir`, to `blob` as `role`:
+    /// in `log_dir`, read through `source` (shared with the sidecar's other
+    /// copier), to `blob` as `role`:
     /// refuses a data dir fenced off the store, then claims the next epoch,
     /// fenced at `fence_checkpoint_id` (the newest local checkpoint), as
     /// `writer`.
     pub fn start(
         blob: Box<dyn Blob>,
-        (local_dir, log_dir): (PathBuf, PathBuf),
+        (local_dir, log_dir, source): (PathBuf, PathBuf, Arc<LocalSource>),
         (role, fence_checkpoint_id): (CopierRole, u64),
         writer: &str,
     ) -> Result<Self, String> {
@@ -132,7 +131,10 @@ impl ColdCopier {
             let (slot, figures) = (Arc::clone(&slot), Arc::clone(&figures));
             std::thread::Builder::new()
                 .name("cold-copier".into())
-                .spawn(move || copy_loop(blob.as_ref(), (&local_dir, &log_dir), &slot, &figures))
+                .spawn(move || {
+                    let dirs = (local_dir.as_path(), log_dir.as_path());
+                    copy_loop(blob.as_ref(), (dirs, &source), &slot, &figures);
+                })
                 .map_err(|e| format!("spawning the cold copier: {e}"))?
         };
         Ok(Self {
@@ -195,12 +197,11 @@ impl ColdCopier {
 
 fn copy_loop(
     blob: &dyn Blob,
-    dirs: (&std::path::Path, &std::path::Path),
+    (dirs, source): ((&std::path::Path, &std::path::Path), &LocalSource),
     slot: &(Mutex<Slot>, Condvar),
     figures: &ColdFigures,
 ) {
     let (_, log_dir) = dirs;
-    let mut scratch = Vec::new();
     let epoch = figures.epoch.load(Ordering::Relaxed);
     let mut copied: Option<ColdContents> = None;
     let mut last_fence_check = Instant::now();
@@ -210,9 +211,6 @@ fn copy_loop(
     // newer commit's garbage collection removed: retrying it is pointless).
     let mut retry: Option<CommitRecord> = None;
     loop {
-        if scratch.capacity() > MAX_KEPT_BUFFER_BYTES {
-            scratch = Vec::new();
-        }
         let record = {
             let (lock, ready) = slot;
             let mut slot = lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -241,7 +239,9 @@ fn copy_loop(
             // by the last good copy (after a failure, the next copy lists
             // it again first).
             if let Some(contents) = copied.as_mut() {
-                match log_ship::ship_log(blob, (epoch, log_dir), &mut contents.log, &mut scratch) {
+                let keep_from = contents.least_resume_offset();
+                let into = (epoch, log_dir, keep_from);
+                match log_ship::ship_log(blob, into, &mut contents.log, source) {
                     Ok(shipped) => figures.add_shipped(shipped),
                     Err(reason) => {
                         figures.failures.fetch_add(1, Ordering::Relaxed);
@@ -266,11 +266,11 @@ fn copy_loop(
             }
         };
         let result = match copied.as_mut() {
-            Some(contents) => copy_checkpoint(blob, dirs, &record, contents, &mut scratch),
+            Some(contents) => copy_checkpoint(blob, dirs, &record, contents, source),
             None => cold_contents(blob, epoch)
                 .map_err(|e| CopyError::Failed(e.to_string()))
                 .and_then(|mut contents| {
-                    let copy = copy_checkpoint(blob, dirs, &record, &mut contents, &mut scratch);
+                    let copy = copy_checkpoint(blob, dirs, &record, &mut contents, source);
                     copied = Some(contents);
                     copy
                 }),
@@ -417,9 +417,14 @@ mod tests {
         true
     }
 
-    /// The store and log directories of a data dir's checkpoint store.
-    fn dirs(local: &std::path::Path) -> (PathBuf, PathBuf) {
-        (local.to_owned(), local.with_file_name("log"))
+    /// The store and log directories of a data dir's checkpoint store, and
+    /// a source of its own.
+    fn dirs(local: &std::path::Path) -> (PathBuf, PathBuf, Arc<LocalSource>) {
+        (
+            local.to_owned(),
+            local.with_file_name("log"),
+            LocalSource::new(1),
+        )
     }
 
     #[test]
@@ -463,7 +468,7 @@ mod tests {
         assert!(copier.finish(Duration::from_secs(60)));
         let cold = FileBlob::open(&dir.path().join("cold")).unwrap();
         let contents = cold_contents(&cold, 1).unwrap();
-        assert_eq!(contents.records.last(), Some(&6));
+        assert_eq!(contents.records.keys().last(), Some(&6));
         assert!(contents.records.len() <= COLD_RECORDS_KEPT);
         let newest = store.commits().last().unwrap().clone();
         let names: std::collections::BTreeSet<String> =

@@ -15,8 +15,10 @@
 //! `<topic>.<p>.INGEST`, `<topic>.<p>.POSITION`; a `POSITION` read before
 //! the chunks and put after them, so it never counts a record the store
 //! does not hold: a standby's stream source continues from it) when
-//! they change. Chunks wholly below the local log's first offset (retention
-//! deleted those segments: no checkpoint resumes there) are deleted.
+//! they change. Chunks wholly below both the local log's first offset
+//! (retention deleted those segments) and every offset a commit record
+//! kept in the store resumes from (a restore that falls back to an older
+//! record replays from there) are deleted.
 //!
 //! A standby ([`fetch_log`]) writes the chunks of the epoch it takes over
 //! into its log as segments, verified record by record; the chunks of a
@@ -26,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::source::{LocalSource, SourceKey};
 use super::{epoch::epoch_prefix, Blob};
 use crate::log::format::{encode_segment_header, list_segments, segment_path};
 use crate::log::{list_partitions, partition_dir, scan_segment, validate_topic, PartitionReader};
@@ -159,14 +162,15 @@ fn ship_meta(
     Ok(())
 }
 
-/// Ships the log under `log_dir` (see the module doc), building each chunk
-/// in `scratch` (a buffer kept between calls: a fresh one of up to
-/// [`MAX_CHUNK_BYTES`] per chunk costs the kernel zeroing its pages).
+/// Ships the log under `log_dir` (see the module doc), reading each chunk
+/// through `source` (once for all copiers). Chunks that end at or below
+/// `keep_from` (the least offset a record kept in the store resumes from)
+/// and below the local log are deleted.
 pub fn ship_log(
     blob: &dyn Blob,
-    (epoch, log_dir): (u64, &Path),
+    (epoch, log_dir, keep_from): (u64, &Path, u64),
     shipped: &mut ShippedLog,
-    scratch: &mut Vec<u8>,
+    source: &LocalSource,
 ) -> Result<Shipped, String> {
     let mut done = Shipped::default();
     for topic in topics(log_dir)? {
@@ -191,8 +195,8 @@ pub fn ship_log(
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             let key = (topic.clone(), partition);
-            let limit = MAX_CHUNK_BYTES;
-            let shipped_now = ship_partition(blob, (epoch, limit), (&dir, &key), shipped, scratch)?;
+            let limits = (epoch, MAX_CHUNK_BYTES, keep_from);
+            let shipped_now = ship_partition(blob, limits, (&dir, &key), shipped, source)?;
             done.records += shipped_now.records;
             done.bytes += shipped_now.bytes;
             for meta in metas {
@@ -205,57 +209,77 @@ pub fn ship_log(
 
 fn ship_partition(
     blob: &dyn Blob,
-    (epoch, max_chunk_bytes): (u64, usize),
+    (epoch, max_chunk_bytes, keep_from): (u64, usize, u64),
     (dir, key): (&Path, &PartitionKey),
     shipped: &mut ShippedLog,
-    bytes: &mut Vec<u8>,
+    source: &LocalSource,
 ) -> Result<Shipped, String> {
     let Some(&first_local) = list_segments(dir).map_err(|e| e.to_string())?.first() else {
         return Ok(Shipped::default());
     };
     let prefix = log_prefix(epoch);
     let chunks = shipped.chunks.entry(key.clone()).or_default();
-    // Chunks the local log no longer reaches are not needed; a gap
-    // (shipped end below the local start) starts a new run.
+    // Chunks that neither the local log nor a kept record reaches are not
+    // needed; a gap (shipped end below the local start) starts a new run.
     let shipped_end = chunks.last().map_or(0, |c| c.1);
     let obsolete: Vec<Chunk> = chunks
         .iter()
         .copied()
-        .filter(|c| c.1 <= first_local || shipped_end < first_local)
+        .filter(|c| c.1 <= first_local.min(keep_from) || shipped_end < first_local)
         .collect();
     for chunk in &obsolete {
         blob.delete(&format!("{prefix}/{}", chunk_name(&key.0, key.1, *chunk)))
             .map_err(|e| e.to_string())?;
         chunks.retain(|c| c != chunk);
     }
-    let from = chunks.last().map_or(first_local, |c| c.1).max(first_local);
-    let mut reader = PartitionReader::open(dir, from).map_err(|e| e.to_string())?;
+    let mut first = chunks.last().map_or(first_local, |c| c.1).max(first_local);
     let mut done = Shipped::default();
     loop {
-        let first = reader.next_offset();
-        bytes.clear();
-        bytes.extend_from_slice(&encode_segment_header(first));
-        while bytes.len() < max_chunk_bytes {
-            // The frame as the local segment holds it (verified by the
-            // reader): no checksum computed again.
-            let Some((_, frame)) = reader.next_frame().map_err(|e| e.to_string())? else {
-                break;
-            };
-            bytes.extend_from_slice(frame);
-        }
-        let end = reader.next_offset();
+        let source_key = SourceKey::Chunk(key.0.clone(), key.1, first);
+        let read = source.get_or_read(source_key, |buffer| {
+            read_chunk(dir, first, max_chunk_bytes, buffer).map_err(|e| e.to_string())
+        })?;
+        let end = read.end;
         if end == first {
             return Ok(done);
         }
         blob.put(
             &format!("{prefix}/{}", chunk_name(&key.0, key.1, (first, end))),
-            bytes,
+            &read.bytes,
         )
         .map_err(|e| e.to_string())?;
         chunks.push((first, end));
         done.records += end - first;
-        done.bytes += bytes.len() as u64;
+        done.bytes += read.bytes.len() as u64;
+        source.recycle(read);
+        first = end;
     }
+}
+
+/// Reads the complete records of the partition in `dir` from offset
+/// `first` into `bytes` as a segment based at `first`, up to about
+/// `max_bytes`; returns the offset after the last record read.
+fn read_chunk(
+    dir: &Path,
+    first: u64,
+    max_bytes: usize,
+    bytes: &mut Vec<u8>,
+) -> Result<u64, crate::log::LogError> {
+    let mut reader = PartitionReader::open(dir, first)?;
+    bytes.extend_from_slice(&encode_segment_header(first));
+    while bytes.len() < max_bytes {
+        // The frame as the local segment holds it (verified by the
+        // reader): no checksum computed again.
+        let Some((_, frame)) = reader.next_frame()? else {
+            break;
+        };
+        bytes.extend_from_slice(frame);
+    }
+    let end = reader.next_offset();
+    if end == first {
+        bytes.clear();
+    }
+    Ok(end)
 }
 
 /// What [`fetch_log`] brought back.
@@ -442,15 +466,33 @@ mod tests {
         let mut shipped = ShippedLog::default();
         let key0 = ("events".to_owned(), 0);
         // Small chunks: several per round.
-        let first =
-            ship_partition(&blob, (1, 200), (&p0, &key0), &mut shipped, &mut Vec::new()).unwrap();
+        let first = ship_partition(
+            &blob,
+            (1, 200, u64::MAX),
+            (&p0, &key0),
+            &mut shipped,
+            &LocalSource::new(1),
+        )
+        .unwrap();
         assert_eq!(first.records, 40);
         assert!(shipped.chunks[&key0].len() > 2, "{:?}", shipped.chunks);
         append(&p0, 40, 55);
-        let all = ship_log(&blob, (1, &log), &mut shipped, &mut Vec::new()).unwrap();
+        let all = ship_log(
+            &blob,
+            (1, &log, u64::MAX),
+            &mut shipped,
+            &LocalSource::new(1),
+        )
+        .unwrap();
         assert_eq!(all.records, 15 + 5);
         assert_eq!(
-            ship_log(&blob, (1, &log), &mut shipped, &mut Vec::new()).unwrap(),
+            ship_log(
+                &blob,
+                (1, &log, u64::MAX),
+                &mut shipped,
+                &LocalSource::new(1)
+            )
+            .unwrap(),
             Shipped::default()
         );
         // Listed again (after a failure), the store says the same.
@@ -533,12 +575,37 @@ mod tests {
         append(&p0, 0, 40);
         let mut shipped = ShippedLog::default();
         let key = ("t".to_owned(), 0);
-        ship_partition(&blob, (1, 200), (&p0, &key), &mut shipped, &mut Vec::new()).unwrap();
-        // Retention deletes the first segments locally: their chunks go.
+        ship_partition(
+            &blob,
+            (1, 200, u64::MAX),
+            (&p0, &key),
+            &mut shipped,
+            &LocalSource::new(1),
+        )
+        .unwrap();
+        // Retention deletes the first segments locally: their chunks stay
+        // while a kept record resumes below them, then go.
         let bases = list_segments(&p0).unwrap();
         crate::log::retention::delete_segments_before(&p0, bases[2]).unwrap();
         append(&p0, 40, 45);
-        ship_partition(&blob, (1, 200), (&p0, &key), &mut shipped, &mut Vec::new()).unwrap();
+        let all_chunks = shipped.chunks[&key].clone();
+        ship_partition(
+            &blob,
+            (1, 200, 0),
+            (&p0, &key),
+            &mut shipped,
+            &LocalSource::new(1),
+        )
+        .unwrap();
+        assert_eq!(shipped.chunks[&key][..all_chunks.len()], all_chunks);
+        ship_partition(
+            &blob,
+            (1, 200, u64::MAX),
+            (&p0, &key),
+            &mut shipped,
+            &LocalSource::new(1),
+        )
+        .unwrap();
         assert!(
             shipped.chunks[&key].iter().all(|c| c.1 > bases[2]),
             "{:?}",
