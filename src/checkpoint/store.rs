@@ -131,6 +131,28 @@ pub struct CheckpointStore {
     garbage_collected: u64,
     /// The compaction running in the background, if any.
     compaction: Option<BackgroundCompaction>,
+    written: WrittenFileHook,
+}
+
+/// Called with each delta file the store wrote and its bytes, once it is
+/// durable (a sidecar's copiers take the bytes instead of reading the
+/// file back).
+#[derive(Default)]
+pub struct WrittenFileHook(Option<Box<WrittenFileFn>>);
+
+type WrittenFileFn = dyn Fn(&FileMeta, Vec<u8>) + Send + Sync;
+
+impl WrittenFileHook {
+    /// A hook that calls `hook`.
+    pub fn new(hook: impl Fn(&FileMeta, Vec<u8>) + Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(hook)))
+    }
+}
+
+impl std::fmt::Debug for WrittenFileHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 impl CheckpointStore {
@@ -217,6 +239,7 @@ impl CheckpointStore {
             failed: false,
             garbage_collected: 0,
             compaction: None,
+            written: WrittenFileHook::default(),
         };
         if scan.version < COMMITS_FORMAT_VERSION {
             // New records are written in the current version only.
@@ -280,6 +303,11 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Calls `hook` with each delta file written from now on.
+    pub fn on_file_written(&mut self, hook: WrittenFileHook) {
+        self.written = hook;
+    }
+
     /// Writes part `part` of checkpoint `checkpoint_id` (not committed yet)
     /// durably. `updates` is consolidated in place first (sorted by
     /// `(key_group, data, time)`, equal triples summed, zeros dropped);
@@ -325,6 +353,9 @@ impl CheckpointStore {
         }
         crate::storage::durable::write_new_file(&f, &tmp, &bytes).map_err(StoreError::io(&tmp))?;
         publish_data_file(f, &tmp, &path)?;
+        if let Some(hook) = &self.written.0 {
+            hook(&meta, bytes);
+        }
         Ok(meta)
     }
 

@@ -23,6 +23,7 @@
 mod copier;
 pub mod epoch;
 mod file_blob;
+pub mod heartbeat;
 pub mod log_ship;
 mod restore;
 mod s3_blob;
@@ -352,6 +353,7 @@ fn drop_older_epochs(blob: &dyn Blob, epoch: u64) -> Result<(), BlobError> {
                 blob.delete(&key)?;
             }
         }
+        blob.delete(&format!("{prefix}/{}", heartbeat::HEARTBEAT))?;
         blob.delete(&format!("{}/{older:020}", epoch::EPOCHS_PREFIX))?;
     }
     Ok(())

@@ -109,14 +109,25 @@ fn write_direct(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write(true)
         .custom_flags(rustix::fs::OFlags::DIRECT.bits().cast_signed())
         .open(path)?;
-    let stage_len = bytes.len().min(DIRECT_STAGE_BYTES);
-    let mut stage = vec![0_u8; stage_len + DIRECT_ALIGN_BYTES];
-    let aligned_at = stage.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
-    let stage = &mut stage[aligned_at..aligned_at + stage_len];
-    for (i, piece) in bytes.chunks(stage_len).enumerate() {
-        stage[..piece.len()].copy_from_slice(piece);
-        direct.write_all_at(&stage[..piece.len()], (i * stage_len) as u64)?;
+    if bytes.as_ptr().align_offset(DIRECT_ALIGN_BYTES) == 0 {
+        return direct.write_all_at(bytes, 0);
     }
+    // One staging buffer per thread, kept: a fresh one costs zeroing it.
+    thread_local! {
+        static STAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    STAGE.with_borrow_mut(|stage| {
+        if stage.is_empty() {
+            *stage = vec![0_u8; DIRECT_STAGE_BYTES + DIRECT_ALIGN_BYTES];
+        }
+        let aligned_at = stage.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
+        let stage = &mut stage[aligned_at..aligned_at + DIRECT_STAGE_BYTES];
+        for (i, piece) in bytes.chunks(DIRECT_STAGE_BYTES).enumerate() {
+            stage[..piece.len()].copy_from_slice(piece);
+            direct.write_all_at(&stage[..piece.len()], (i * DIRECT_STAGE_BYTES) as u64)?;
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
     Ok(())
 }
 

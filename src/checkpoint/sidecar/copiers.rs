@@ -1,21 +1,22 @@
 //! The sidecar's copiers: one to the cold tier (`--cold-store`) and one to
 //! the replica (`--replica`), each claiming its store's next epoch at
 //! start ([`crate::checkpoint::tier::epoch`]) and offered every commit,
-//! both reading the data dir through one [`LocalSource`].
+//! both reading the data dir through one [`LocalSource`], which the store
+//! hands each delta file it writes.
 
 use std::sync::Arc;
 
 use super::metrics::SidecarMetrics;
 use super::{SidecarConfig, SidecarError, CHECKPOINTS_DIR_NAME};
-use crate::checkpoint::store::CheckpointStore;
-use crate::checkpoint::tier::source::LocalSource;
+use crate::checkpoint::store::{CheckpointStore, WrittenFileHook};
+use crate::checkpoint::tier::source::{LocalSource, SourceKey};
 use crate::checkpoint::tier::{open_cold_store, ColdCopier, CopierRole};
 
 /// The copiers of the cold tier and the replica, each having claimed its
 /// store's next epoch (a fenced data dir is refused here).
 pub(super) fn start_copiers(
     config: &SidecarConfig,
-    store: &CheckpointStore,
+    store: &mut CheckpointStore,
     metrics: &SidecarMetrics,
 ) -> Result<Vec<Arc<ColdCopier>>, SidecarError> {
     let store_dir = config.data_dir.join(CHECKPOINTS_DIR_NAME);
@@ -28,6 +29,12 @@ pub(super) fn start_copiers(
     let mut copiers = Vec::new();
     let stores = usize::from(config.cold_store.is_some()) + usize::from(config.replica.is_some());
     let source = LocalSource::new(stores);
+    if stores > 0 {
+        let offered = Arc::clone(&source);
+        store.on_file_written(WrittenFileHook::new(move |meta, bytes| {
+            offered.offer(SourceKey::File(meta.name.clone(), meta.crc32c), bytes);
+        }));
+    }
     for (role, url, figures) in [
         (CopierRole::Cold, &config.cold_store, &metrics.cold),
         (CopierRole::Replica, &config.replica, &metrics.replica),

@@ -77,9 +77,9 @@ pub(super) fn run(
     std::fs::create_dir_all(&config.data_dir).map_err(SidecarError::io(&config.data_dir))?;
     // The store lock fences off a second sidecar before anything else.
     let store_dir = config.data_dir.join(CHECKPOINTS_DIR_NAME);
-    let store =
+    let mut store =
         CheckpointStore::open_waiting(&store_dir, Duration::from_millis(config.lock_wait_ms))?;
-    let copiers = super::copiers::start_copiers(config, &store, &metrics)?;
+    let copiers = super::copiers::start_copiers(config, &mut store, &metrics)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

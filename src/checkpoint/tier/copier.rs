@@ -11,7 +11,9 @@
 //! two checkpoints loses at most that much of the input.
 //!
 //! The copier claims the next epoch of the store when it starts
-//! ([`super::epoch`]) and writes only under that epoch's prefix; once a
+//! ([`super::epoch`]; a data dir that never wrote to a store whose newest
+//! epoch's writer still beats is refused, [`super::heartbeat`]), beats
+//! for it, and writes only under that epoch's prefix; once a
 //! newer epoch is claimed (a standby took over) it stops for good and says
 //! so in its figures, and the sidecar refuses to commit.
 
@@ -21,6 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::heartbeat::{refuse_if_live, Heartbeat, LIVENESS_WAIT};
 use super::source::LocalSource;
 use super::{cold_contents, copy_checkpoint, epoch, log_ship, Blob, ColdContents, CopyError};
 use crate::checkpoint::format::CommitRecord;
@@ -99,6 +102,7 @@ pub struct ColdCopier {
     pub figures: Arc<ColdFigures>,
     url: String,
     thread: Mutex<Option<JoinHandle<()>>>,
+    heartbeat: Mutex<Option<Heartbeat>>,
 }
 
 impl ColdCopier {
@@ -116,6 +120,10 @@ impl ColdCopier {
     ) -> Result<Self, String> {
         let url = blob.describe();
         let observed = epoch::check_not_fenced(&local_dir, blob.as_ref())?;
+        if observed > 0 && epoch::local_epoch(&local_dir, &url)?.is_none() {
+            // Someone else wrote this store: is it still running?
+            refuse_if_live(blob.as_ref(), observed, LIVENESS_WAIT)?;
+        }
         let claim = epoch::claim_epoch_after(blob.as_ref(), observed, fence_checkpoint_id, writer)?;
         epoch::record_local_epoch(&local_dir, role.epoch_file(), &url, claim.epoch)?;
         tracing::info!(
@@ -124,6 +132,8 @@ impl ColdCopier {
             fence_checkpoint_id,
             "claimed a cold tier epoch"
         );
+        let blob: Arc<dyn Blob> = Arc::from(blob);
+        let heartbeat = Heartbeat::start(Arc::clone(&blob), claim.epoch)?;
         let slot = Arc::new((Mutex::new(Slot::default()), Condvar::new()));
         let figures = Arc::new(ColdFigures::default());
         figures.epoch.store(claim.epoch, Ordering::Relaxed);
@@ -142,6 +152,7 @@ impl ColdCopier {
             figures,
             url,
             thread: Mutex::new(Some(thread)),
+            heartbeat: Mutex::new(Some(heartbeat)),
         })
     }
 
@@ -191,6 +202,10 @@ impl ColdCopier {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
+        self.heartbeat
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         done
     }
 }
@@ -535,5 +550,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(refused.contains("fenced off"), "{refused}");
+    }
+
+    #[test]
+    fn a_data_dir_that_never_wrote_does_not_fence_a_live_writer_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold_root = dir.path().join("cold");
+        let open = || Box::new(FileBlob::open(&cold_root).unwrap());
+        let running = dir.path().join("running/checkpoints");
+        let mut store = CheckpointStore::open(&running).unwrap();
+        let copier =
+            ColdCopier::start(open(), dirs(&running), (CopierRole::Cold, 0), "running").unwrap();
+        copier.offer(&commit(&mut store, 1));
+        // A wiped data dir (or another job) started on the same store.
+        let wiped = dir.path().join("wiped/checkpoints");
+        std::fs::create_dir_all(&wiped).unwrap();
+        let refused =
+            ColdCopier::start(open(), dirs(&wiped), (CopierRole::Cold, 0), "wiped").unwrap_err();
+        assert!(refused.contains("is alive"), "{refused}");
+        assert!(copier.finish(Duration::from_secs(60)));
+        assert_eq!(copier.figures.fenced_by(), None);
+        // Once the writer is gone, the same data dir may claim.
+        let next = ColdCopier::start(open(), dirs(&wiped), (CopierRole::Cold, 0), "wiped").unwrap();
+        assert_eq!(next.figures.epoch.load(Ordering::Relaxed), 2);
+        // (A data dir that wrote there restarts without waiting.)
+        next.finish(Duration::from_secs(1));
     }
 }

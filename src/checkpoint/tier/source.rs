@@ -14,6 +14,10 @@
 //! commit record's CRC32C; a log chunk's complete records, which never
 //! change), so using one is never wrong.
 //!
+//! The sidecar offers each delta file it writes ([`LocalSource::offer`]):
+//! the bytes it just wrote, from which the commit record's CRC32C was
+//! computed, so no copier reads those files back at all.
+//!
 //! Buffers come back ([`LocalSource::recycle`]) once a copier has put
 //! them, so a copy does not allocate (the kernel zeroes fresh pages).
 
@@ -192,6 +196,30 @@ impl LocalSource {
         Ok(read)
     }
 
+    /// Leaves `bytes`, the object `key` as the sidecar just wrote it, for
+    /// every copier (none reads the file back).
+    pub fn offer(&self, key: SourceKey, bytes: Vec<u8>) {
+        let len = bytes.len();
+        if len == 0 || len > MAX_HELD_BYTES {
+            return;
+        }
+        let mut held = self.held();
+        if held.entries.contains_key(&key) {
+            return;
+        }
+        held.bytes += len;
+        held.order.push_back(key.clone());
+        let read = SourceBytes {
+            bytes: Arc::new(bytes),
+            end: 0,
+        };
+        let left = self.copiers;
+        held.entries.insert(key, Entry::Ready { read, left });
+        held.evict_beyond_bounds();
+        drop(held);
+        self.read_done.notify_all();
+    }
+
     /// Takes back the buffer of bytes a copier has put, if no one else
     /// holds it.
     pub fn recycle(&self, read: SourceBytes) {
@@ -200,13 +228,19 @@ impl LocalSource {
         }
     }
 
+    /// Keeps the largest spare buffers (ascending by capacity: the next
+    /// read takes the largest, which a chunk or file rarely outgrows).
     fn recycle_vec(&self, buffer: Vec<u8>) {
+        if buffer.capacity() == 0 || buffer.capacity() > MAX_SPARE_BUFFER_BYTES {
+            return;
+        }
         let mut held = self.held();
-        if buffer.capacity() > 0
-            && buffer.capacity() <= MAX_SPARE_BUFFER_BYTES
-            && held.spare.len() < MAX_SPARE_BUFFERS
-        {
-            held.spare.push(buffer);
+        let at = held
+            .spare
+            .partition_point(|b| b.capacity() < buffer.capacity());
+        held.spare.insert(at, buffer);
+        if held.spare.len() > MAX_SPARE_BUFFERS {
+            held.spare.remove(0);
         }
     }
 
@@ -277,6 +311,22 @@ mod tests {
         });
         assert_eq!(reads.into_inner(), 1);
         assert_eq!(source.held_bytes(), 0);
+    }
+
+    #[test]
+    fn an_offered_file_is_taken_by_every_copier_without_a_read() {
+        for copiers in [1, 2] {
+            let source = LocalSource::new(copiers);
+            let key = SourceKey::File("delta".into(), 3);
+            source.offer(key.clone(), b"written".to_vec());
+            for _ in 0..copiers {
+                let taken = source
+                    .get_or_read(key.clone(), |_| -> Result<u64, ()> { panic!("offered") })
+                    .unwrap();
+                assert_eq!(taken.bytes.as_slice(), b"written");
+            }
+            assert_eq!(source.held_bytes(), 0);
+        }
     }
 
     #[test]

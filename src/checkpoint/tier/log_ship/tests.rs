@@ -1,0 +1,211 @@
+//! Tests of log shipping: rounds, listing again, damage, retention, gaps, the resume filter.
+
+use super::*;
+use crate::checkpoint::tier::FileBlob;
+use crate::log::{LogConfig, PartitionWriter};
+
+fn append(dir: &Path, from: u64, to: u64) {
+    let config = LogConfig {
+        segment_size_bytes: 300,
+        ..LogConfig::default()
+    };
+    let mut writer = PartitionWriter::open(dir, config).unwrap();
+    for i in from..to {
+        assert_eq!(writer.append(format!("record-{i}").as_bytes()).unwrap(), i);
+    }
+    writer.sync().unwrap();
+}
+
+fn records(dir: &Path, from: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut reader = PartitionReader::open(dir, from).unwrap();
+    let mut out = Vec::new();
+    while let Some((offset, payload)) = reader.next().unwrap() {
+        out.push((offset, payload.to_vec()));
+    }
+    out
+}
+
+#[test]
+fn a_shipped_log_comes_back_record_for_record_and_damage_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
+    let (p0, p1) = (
+        partition_dir(&log, "events", 0),
+        partition_dir(&log, "events", 1),
+    );
+    append(&p0, 0, 40);
+    append(&p1, 0, 5);
+    std::fs::write(log.join("events").join(MANIFEST), b"manifest").unwrap();
+    let mut shipped = ShippedLog::default();
+    let key0 = ("events".to_owned(), 0);
+    // Small chunks: several per round.
+    let first = ship_partition(
+        &blob,
+        (1, 200, u64::MAX),
+        (&p0, &key0),
+        &mut shipped,
+        &LocalSource::new(1),
+    )
+    .unwrap();
+    assert_eq!(first.records, 40);
+    assert!(shipped.chunks[&key0].len() > 2, "{:?}", shipped.chunks);
+    append(&p0, 40, 55);
+    let all = ship_log(
+        &blob,
+        (1, &log, u64::MAX),
+        &mut shipped,
+        &LocalSource::new(1),
+    )
+    .unwrap();
+    assert_eq!(all.records, 15 + 5);
+    assert_eq!(
+        ship_log(
+            &blob,
+            (1, &log, u64::MAX),
+            &mut shipped,
+            &LocalSource::new(1)
+        )
+        .unwrap(),
+        Shipped::default()
+    );
+    // Listed again (after a failure), the store says the same.
+    assert_eq!(shipped_log(&blob, 1).unwrap().chunks, shipped.chunks);
+
+    let standby = tmp.path().join("standby-log");
+    let fetched = fetch_log(&blob, 1, &standby, ((0, 0), false)).unwrap();
+    assert_eq!(fetched.records, 60);
+    assert!(fetched.notes.is_empty(), "{:?}", fetched.notes);
+    for p in [0, 1] {
+        assert_eq!(
+            records(&partition_dir(&standby, "events", p), 0),
+            records(&partition_dir(&log, "events", p), 0)
+        );
+    }
+    assert_eq!(
+        std::fs::read(standby.join("events").join(MANIFEST)).unwrap(),
+        b"manifest"
+    );
+
+    // Fetched again into the same log: left alone, or replaced whole.
+    let again = fetch_log(&blob, 1, &standby, ((0, 0), false)).unwrap();
+    assert_eq!(
+        (again.records, again.notes.len()),
+        (0, 2),
+        "{:?}",
+        again.notes
+    );
+    std::fs::remove_file(
+        list_segments(&partition_dir(&standby, "events", 0))
+            .map(|b| segment_path(&partition_dir(&standby, "events", 0), b[0]))
+            .unwrap(),
+    )
+    .unwrap();
+    let replaced = fetch_log(&blob, 1, &standby, ((0, 0), true)).unwrap();
+    assert_eq!(replaced.records, 60);
+    assert_eq!(
+        records(&partition_dir(&standby, "events", 0), 0),
+        records(&p0, 0)
+    );
+
+    // A checkpoint that resumes both partitions at 30 or later: the
+    // chunks before are not fetched; each partition is there to its end.
+    let tail = tmp.path().join("tail-log");
+    let fetched = fetch_log(&blob, 1, &tail, ((2, 30), false)).unwrap();
+    let p0_tail = partition_dir(&tail, "events", 0);
+    let first = list_segments(&p0_tail).unwrap()[0];
+    assert!(first > 0 && first <= 30, "{first}");
+    assert_eq!(records(&p0_tail, 30), records(&p0, 30));
+    assert_eq!(
+        records(&partition_dir(&tail, "events", 1), 0),
+        records(&p1, 0)
+    );
+    assert_eq!(fetched.records, 55 - first + 5);
+    // Listing fewer partitions than the log has: everything is fetched.
+    let all = fetch_log(&blob, 1, &tmp.path().join("all-log"), ((1, 30), false)).unwrap();
+    assert_eq!(all.records, 60);
+
+    // A damaged chunk is refused, naming it.
+    let (chunk_first, chunk_end) = shipped.chunks[&key0][1];
+    let chunk_key = format!(
+        "{}/{}",
+        log_prefix(1),
+        chunk_name("events", 0, (chunk_first, chunk_end))
+    );
+    let mut bytes = blob.get(&chunk_key).unwrap().unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    blob.put(&chunk_key, &bytes).unwrap();
+    let refused = fetch_log(&blob, 1, &tmp.path().join("other"), ((0, 0), false)).unwrap_err();
+    assert!(refused.contains(&chunk_key), "{refused}");
+}
+
+#[test]
+fn chunks_below_the_local_log_are_dropped_and_a_gap_starts_a_new_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
+    let p0 = partition_dir(&log, "t", 0);
+    append(&p0, 0, 40);
+    let mut shipped = ShippedLog::default();
+    let key = ("t".to_owned(), 0);
+    ship_partition(
+        &blob,
+        (1, 200, u64::MAX),
+        (&p0, &key),
+        &mut shipped,
+        &LocalSource::new(1),
+    )
+    .unwrap();
+    // Retention deletes the first segments locally: their chunks stay
+    // while a kept record resumes below them, then go.
+    let bases = list_segments(&p0).unwrap();
+    crate::log::retention::delete_segments_before(&p0, bases[2]).unwrap();
+    append(&p0, 40, 45);
+    let all_chunks = shipped.chunks[&key].clone();
+    ship_partition(
+        &blob,
+        (1, 200, 0),
+        (&p0, &key),
+        &mut shipped,
+        &LocalSource::new(1),
+    )
+    .unwrap();
+    assert_eq!(shipped.chunks[&key][..all_chunks.len()], all_chunks);
+    ship_partition(
+        &blob,
+        (1, 200, u64::MAX),
+        (&p0, &key),
+        &mut shipped,
+        &LocalSource::new(1),
+    )
+    .unwrap();
+    assert!(
+        shipped.chunks[&key].iter().all(|c| c.1 > bases[2]),
+        "{:?}",
+        shipped.chunks
+    );
+    assert_eq!(shipped.chunks[&key].last().unwrap().1, 45);
+    let fetched = fetch_log(&blob, 1, &tmp.path().join("a"), ((0, 0), false)).unwrap();
+    let first = shipped.chunks[&key][0].0;
+    assert_eq!(fetched.records, 45 - first);
+    // (The first chunk may start before the local log: it reaches into it.)
+    assert!(first <= bases[2]);
+    assert_eq!(
+        records(&partition_dir(&tmp.path().join("a"), "t", 0), bases[2]),
+        records(&p0, bases[2])
+    );
+
+    // A gap in the store (a chunk lost): only the run after it is fetched.
+    let chunks = shipped.chunks[&key].clone();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    blob.delete(&format!(
+        "{}/{}",
+        log_prefix(1),
+        chunk_name("t", 0, chunks[1])
+    ))
+    .unwrap();
+    let fetched = fetch_log(&blob, 1, &tmp.path().join("b"), ((0, 0), false)).unwrap();
+    assert!(fetched.notes[0].contains("gap"), "{:?}", fetched.notes);
+    assert_eq!(fetched.records, 45 - chunks[2].0);
+}
