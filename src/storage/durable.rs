@@ -65,18 +65,39 @@ pub fn create_dir_all_durably(dir: &Path) -> Result<(), IoError> {
 /// fsyncs it, renames it over `path` and fsyncs the directory. After a crash
 /// `path` holds either the old or the new content.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    replace_file(path, bytes, false)
+}
+
+/// As [`write_file_atomically`], for a file not read again soon (a copy in
+/// a cold tier): a large one goes around the page cache ([`write_new_file`]).
+/// A file that is read right after (a restore's) stays in the cache.
+pub fn write_cold_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    replace_file(path, bytes, true)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], around_cache: bool) -> Result<(), IoError> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = Path::new(&tmp_name);
-    write_synced(tmp, bytes, OpenOptions::new().create(true).truncate(true))?;
+    let options = OpenOptions::new().create(true).truncate(true).clone();
+    write_synced(tmp, bytes, (options, around_cache))?;
     rename_durably(tmp, path)
 }
 
 /// Writes `bytes` as the file `path`, opened with `options` (plus write),
-/// and fsyncs it.
-fn write_synced(path: &Path, bytes: &[u8], options: &mut OpenOptions) -> Result<(), IoError> {
+/// around the page cache if asked, and fsyncs it.
+fn write_synced(
+    path: &Path,
+    bytes: &[u8],
+    (mut options, around_cache): (OpenOptions, bool),
+) -> Result<(), IoError> {
     let f = options.write(true).open(path).map_err(IoError::at(path))?;
-    write_new_file(&f, path, bytes)
+    let written = if around_cache {
+        write_new_file(&f, path, bytes)
+    } else {
+        f.write_all_at(bytes, 0)
+    };
+    written
         .and_then(|()| f.sync_all())
         .map_err(IoError::at(path))
 }
@@ -84,10 +105,11 @@ fn write_synced(path: &Path, bytes: &[u8], options: &mut OpenOptions) -> Result<
 /// Writes `bytes` from the start of `file`, the new (empty) file at `path`
 /// opened for writing; the caller fsyncs it. A file of at least
 /// [`DIRECT_WRITE_MIN_BYTES`] goes around the page cache (`O_DIRECT`, its
-/// whole blocks through an aligned staging buffer, the last partial block
-/// through `file`): a buffered write costs this kernel about 3 s of CPU per
-/// GB, a direct one about 0.2 s (decision 48), and checkpoint and cold-tier
-/// files are not read again soon. Where the file system refuses direct
+/// whole blocks from `bytes` if aligned, else through a staging buffer,
+/// the last partial block through `file`): a buffered write costs this
+/// kernel about 3 s of CPU per GB, a direct one about 0.2 s (decision 48).
+/// For files not read again soon (checkpoint data files: the copiers get
+/// their bytes from the store; cold-tier copies). Where the file system refuses direct
 /// writes, everything is written through `file`.
 pub fn write_new_file(file: &File, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let direct_len = bytes.len() / DIRECT_ALIGN_BYTES * DIRECT_ALIGN_BYTES;
@@ -145,7 +167,11 @@ pub fn create_file_exclusively(path: &Path, bytes: &[u8]) -> Result<bool, IoErro
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let tmp = Path::new(&tmp_name);
-    write_synced(tmp, bytes, OpenOptions::new().create_new(true))?;
+    write_synced(
+        tmp,
+        bytes,
+        (OpenOptions::new().create_new(true).clone(), false),
+    )?;
     let linked = match std::fs::hard_link(tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
@@ -226,7 +252,7 @@ mod tests {
             let path = tmp.path().join(format!("f{i}"));
             // Over a longer file: nothing of the old content is left.
             std::fs::write(path.with_extension("tmp"), vec![7; len + 5000]).unwrap();
-            write_file_atomically(&path, &bytes).unwrap();
+            write_cold_file_atomically(&path, &bytes).unwrap();
             assert!(std::fs::read(&path).unwrap() == bytes, "size {len}");
         }
     }

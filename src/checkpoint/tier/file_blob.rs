@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Blob, BlobError};
 use crate::storage::durable::{
-    create_dir_all_durably, create_file_exclusively, write_file_atomically,
+    create_dir_all_durably, create_file_exclusively, write_cold_file_atomically,
 };
 
 /// Objects as files under a root directory.
@@ -44,7 +44,7 @@ impl Blob for FileBlob {
         if let Some(parent) = path.parent() {
             create_dir_all_durably(parent).map_err(io)?;
         }
-        write_file_atomically(&path, bytes).map_err(io)
+        write_cold_file_atomically(&path, bytes).map_err(io)
     }
 
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool, BlobError> {

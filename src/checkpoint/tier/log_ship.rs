@@ -251,7 +251,14 @@ fn ship_partition(
         chunks.push((first, end));
         done.records += end - first;
         done.bytes += read.bytes.len() as u64;
+        let full = read.bytes.len() >= max_chunk_bytes;
         source.recycle(read);
+        if !full {
+            // The end of the data: what a writer appends meanwhile waits
+            // for the next round (else each put, as long as an fsync, cut
+            // a chunk of the few records appended during it).
+            return Ok(done);
+        }
         first = end;
     }
 }
