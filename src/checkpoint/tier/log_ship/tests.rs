@@ -149,37 +149,21 @@ fn chunks_below_the_local_log_are_dropped_and_a_gap_starts_a_new_run() {
     append(&p0, 0, 40);
     let mut shipped = ShippedLog::default();
     let key = ("t".to_owned(), 0);
-    ship_partition(
-        &blob,
-        (1, 200, u64::MAX),
-        (&p0, &key),
-        &mut shipped,
-        &LocalSource::new(1),
-    )
-    .unwrap();
+    // One round into the store, keeping chunks from `keep_from`.
+    let ship = |shipped: &mut ShippedLog, keep_from: u64| {
+        let limits = (1, 200, keep_from);
+        ship_partition(&blob, limits, (&p0, &key), shipped, &LocalSource::new(1)).unwrap();
+    };
+    ship(&mut shipped, u64::MAX);
     // Retention deletes the first segments locally: their chunks stay
     // while a kept record resumes below them, then go.
     let bases = list_segments(&p0).unwrap();
     crate::log::retention::delete_segments_before(&p0, bases[2]).unwrap();
     append(&p0, 40, 45);
     let all_chunks = shipped.chunks[&key].clone();
-    ship_partition(
-        &blob,
-        (1, 200, 0),
-        (&p0, &key),
-        &mut shipped,
-        &LocalSource::new(1),
-    )
-    .unwrap();
+    ship(&mut shipped, 0);
     assert_eq!(shipped.chunks[&key][..all_chunks.len()], all_chunks);
-    ship_partition(
-        &blob,
-        (1, 200, u64::MAX),
-        (&p0, &key),
-        &mut shipped,
-        &LocalSource::new(1),
-    )
-    .unwrap();
+    ship(&mut shipped, u64::MAX);
     assert!(
         shipped.chunks[&key].iter().all(|c| c.1 > bases[2]),
         "{:?}",
