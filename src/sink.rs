@@ -467,10 +467,10 @@ pub fn output_operator<'scope, S: RowSink>(
                     let front = frontier.frontier().first().copied();
                     waker.frontier_seen(front.unwrap_or(u64::MAX));
                     if held.iter().any(|(t, _)| front.is_none_or(|f| *t < f)) {
-                        let (mut due, keep): (Vec<_>, Vec<_>) = held
-                            .drain(..)
-                            .partition(|(t, _)| front.is_none_or(|f| *t < f));
-                        held = keep;
+                        // Taken out in place (see `checkpoint::cut`).
+                        let is_due = |(t, _): &(u64, _)| front.is_none_or(|f| *t < f);
+                        let mut due = Vec::with_capacity(held.iter().filter(|r| is_due(r)).count());
+                        due.extend(held.extract_if(.., |r| is_due(r)));
                         // Whole times, in order: a file's prefix up to a mark
                         // is exactly the rows below that time.
                         due.sort_by_key(|(t, _)| *t);

@@ -108,6 +108,11 @@ impl SidecarPressure {
         }
     }
 
+    /// The bytes the taps of the process may buffer before the sources stop.
+    pub fn tap_bound_bytes(&self) -> u64 {
+        self.limits.max_tap_buffer_bytes
+    }
+
     /// A tap saw checkpoint `id` announced.
     pub fn announced(&self, id: u64) {
         self.announced.fetch_max(id, Ordering::Relaxed);
