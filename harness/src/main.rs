@@ -215,6 +215,23 @@ pub fn weir_binary() -> Result<PathBuf> {
     weir::driver::weir_binary().context("cannot find the weir binary (build it, or set WEIR_BIN)")
 }
 
+/// The `*.csv` files directly in `dir` (an output directory), as
+/// `(file name, path)`.
+pub fn csv_files(dir: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "csv") {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((name, path));
+        }
+    }
+    Ok(files)
+}
+
 /// The rows (header skipped) of `dir`'s `<prefix>*.csv` files, sorted:
 /// within `committed`'s output lengths if given (what a killed run
 /// delivered), else whole.
@@ -224,13 +241,8 @@ pub fn sorted_rows(
     committed: Option<&weir::checkpoint::format::CommitRecord>,
 ) -> Result<Vec<String>> {
     let mut rows = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !name.starts_with(prefix) || path.extension().is_none_or(|e| e != "csv") {
+    for (name, path) in csv_files(dir)? {
+        if !name.starts_with(prefix) {
             continue;
         }
         let mut bytes = std::fs::read(&path)?;

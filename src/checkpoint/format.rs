@@ -144,6 +144,14 @@ pub struct CommitRecord {
     pub timing: Option<CommitTiming>,
 }
 
+impl CommitRecord {
+    /// The least offset it resumes any input partition from (`None`: it
+    /// lists no partition); the log below it is not needed to continue.
+    pub fn least_resume_offset(&self) -> Option<u64> {
+        self.partitions.iter().map(|p| p.resume_offset).min()
+    }
+}
+
 /// When a checkpoint was committed, as the sidecar measured it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommitTiming {

@@ -328,7 +328,7 @@ impl ColdContents {
         self.records
             .values()
             .flatten()
-            .flat_map(|record| record.partitions.iter().map(|p| p.resume_offset))
+            .filter_map(CommitRecord::least_resume_offset)
             .min()
             .unwrap_or(u64::MAX)
     }

@@ -79,8 +79,12 @@ fn replace_file(path: &Path, bytes: &[u8], around_cache: bool) -> Result<(), IoE
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = Path::new(&tmp_name);
-    let options = OpenOptions::new().create(true).truncate(true).clone();
-    write_synced(tmp, bytes, (options, around_cache))?;
+    write_synced(
+        tmp,
+        bytes,
+        OpenOptions::new().create(true).truncate(true),
+        around_cache,
+    )?;
     rename_durably(tmp, path)
 }
 
@@ -89,7 +93,8 @@ fn replace_file(path: &Path, bytes: &[u8], around_cache: bool) -> Result<(), IoE
 fn write_synced(
     path: &Path,
     bytes: &[u8],
-    (mut options, around_cache): (OpenOptions, bool),
+    options: &mut OpenOptions,
+    around_cache: bool,
 ) -> Result<(), IoError> {
     let f = options.write(true).open(path).map_err(IoError::at(path))?;
     let written = if around_cache {
@@ -109,8 +114,8 @@ fn write_synced(
 /// the last partial block through `file`): a buffered write costs this
 /// kernel about 3 s of CPU per GB, a direct one about 0.2 s (decision 48).
 /// For files not read again soon (checkpoint data files: the copiers get
-/// their bytes from the store; cold-tier copies). Where the file system refuses direct
-/// writes, everything is written through `file`.
+/// their bytes from the store; cold-tier copies). Where the file system
+/// refuses direct writes, everything is written through `file`.
 pub fn write_new_file(file: &File, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let direct_len = bytes.len() / DIRECT_ALIGN_BYTES * DIRECT_ALIGN_BYTES;
     if bytes.len() >= DIRECT_WRITE_MIN_BYTES {
@@ -148,9 +153,8 @@ fn write_direct(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             stage[..piece.len()].copy_from_slice(piece);
             direct.write_all_at(&stage[..piece.len()], (i * DIRECT_STAGE_BYTES) as u64)?;
         }
-        Ok::<(), std::io::Error>(())
-    })?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Creates the file at `path` with `bytes` unless it exists (then returns
@@ -167,11 +171,7 @@ pub fn create_file_exclusively(path: &Path, bytes: &[u8]) -> Result<bool, IoErro
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let tmp = Path::new(&tmp_name);
-    write_synced(
-        tmp,
-        bytes,
-        (OpenOptions::new().create_new(true).clone(), false),
-    )?;
+    write_synced(tmp, bytes, OpenOptions::new().create_new(true), false)?;
     let linked = match std::fs::hard_link(tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),

@@ -20,14 +20,8 @@ impl OutputDigest {
     /// The digest of every `windows*.csv` and `late*.csv` under `dir`.
     pub fn of_dir(dir: &Path) -> Result<Self> {
         let mut digest = OutputDigest::default();
-        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        for (name, path) in crate::csv_files(dir)? {
             let kind = match name {
-                _ if path.extension().is_none_or(|e| e != "csv") => continue,
                 n if n.starts_with("windows") => 'w',
                 n if n.starts_with("late") => 'l',
                 _ => continue,

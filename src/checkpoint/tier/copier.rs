@@ -573,7 +573,6 @@ mod tests {
         // Once the writer is gone, the same data dir may claim.
         let next = ColdCopier::start(open(), dirs(&wiped), (CopierRole::Cold, 0), "wiped").unwrap();
         assert_eq!(next.figures.epoch.load(Ordering::Relaxed), 2);
-        // (A data dir that wrote there restarts without waiting.)
         next.finish(Duration::from_secs(1));
     }
 }

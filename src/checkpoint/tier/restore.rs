@@ -158,8 +158,10 @@ pub fn take_over_from_cold(
             }
         };
         record.outputs.clear();
-        let least = record.partitions.iter().map(|p| p.resume_offset).min();
-        let resume = (record.partitions.len(), least.unwrap_or(0));
+        let resume = (
+            record.partitions.len(),
+            record.least_resume_offset().unwrap_or(0),
+        );
         let fetched = super::log_ship::fetch_log(blob, epoch, log_dir, (resume, true))
             .map_err(|e| store_err(format!("fetching the shipped log: {e}")))?;
         notes.extend(fetched.notes);

@@ -74,6 +74,14 @@ struct Held {
 }
 
 impl Held {
+    /// Leaves `read` as `key` for `left` copiers, then keeps to the bounds.
+    fn leave(&mut self, key: SourceKey, read: SourceBytes, left: usize) {
+        self.bytes += read.bytes.len();
+        self.order.push_back(key.clone());
+        self.entries.insert(key, Entry::Ready { read, left });
+        self.evict_beyond_bounds();
+    }
+
     /// Drops the oldest objects read beyond the bounds.
     fn evict_beyond_bounds(&mut self) {
         while self.bytes > MAX_HELD_BYTES || self.entries.len() > MAX_HELD_ENTRIES {
@@ -137,9 +145,10 @@ impl LocalSource {
                     return Ok(read);
                 }
                 Some(Entry::Reading) if waiting_since.elapsed() < MAX_READ_WAIT => {
+                    let left_to_wait = MAX_READ_WAIT.saturating_sub(waiting_since.elapsed());
                     held = self
                         .read_done
-                        .wait_timeout(held, MAX_READ_WAIT)
+                        .wait_timeout(held, left_to_wait)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
@@ -179,19 +188,8 @@ impl LocalSource {
             bytes: Arc::new(buffer),
             end,
         };
-        let len = read.bytes.len();
-        if shared && len <= MAX_HELD_BYTES {
-            held.bytes += len;
-            held.order.push_back(key.clone());
-            let left = self.copiers - 1;
-            held.entries.insert(
-                key,
-                Entry::Ready {
-                    read: read.clone(),
-                    left,
-                },
-            );
-            held.evict_beyond_bounds();
+        if shared && read.bytes.len() <= MAX_HELD_BYTES {
+            held.leave(key, read.clone(), self.copiers - 1);
         }
         Ok(read)
     }
@@ -207,15 +205,11 @@ impl LocalSource {
         if held.entries.contains_key(&key) {
             return;
         }
-        held.bytes += len;
-        held.order.push_back(key.clone());
         let read = SourceBytes {
             bytes: Arc::new(bytes),
             end: 0,
         };
-        let left = self.copiers;
-        held.entries.insert(key, Entry::Ready { read, left });
-        held.evict_beyond_bounds();
+        held.leave(key, read, self.copiers);
         drop(held);
         self.read_done.notify_all();
     }
