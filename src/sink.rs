@@ -12,6 +12,7 @@
 //! truncates the files to those lengths and drops regenerated rows of times
 //! below `T`, so each row is in the output exactly once.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -418,6 +419,7 @@ pub fn output_operator<'scope, S: RowSink>(
     (sink, waker): (std::rc::Rc<std::cell::RefCell<S>>, AheadWaker),
 ) {
     let Some((announcements, assembler)) = cuts else {
+        let mut split = SplitRows::default();
         rows.clone()
             .sink(Pipeline, "OutputSink", move |(input, frontier)| {
                 waker.frontier_seen(frontier.frontier().first().copied().unwrap_or(u64::MAX));
@@ -425,7 +427,7 @@ pub fn output_operator<'scope, S: RowSink>(
                 input.for_each_stamp(|_stamp, batches| {
                     for batch in batches {
                         sink.observe(batch);
-                        write_rows(&mut *sink, batch.drain(..));
+                        split.write(&mut *sink, batch.drain(..));
                     }
                 });
             });
@@ -438,8 +440,12 @@ pub fn output_operator<'scope, S: RowSink>(
             Pipeline,
             "CheckpointedOutputSink",
             move |_cap, _info| {
-                // Rows of times the frontier has not passed yet.
-                let mut held: Vec<(u64, OutputRow)> = Vec::new();
+                // Rows of times the frontier has not passed yet, as the
+                // batches they came in (moved, never copied or regrown: a
+                // pane of 2.5M keys' rows was regrown by doubling, then
+                // copied twice more on its way out).
+                let mut held: BTreeMap<u64, Vec<Vec<OutputRow>>> = BTreeMap::new();
+                let mut split = SplitRows::default();
                 // (time, the files' lengths before that time's rows), for
                 // times written since the last cut, in order.
                 let mut marks: std::collections::VecDeque<(u64, Vec<OutputLength>)> =
@@ -457,8 +463,8 @@ pub fn output_operator<'scope, S: RowSink>(
                         let time = *stamp.least().expect("non-empty stamp");
                         for batch in batches {
                             sink.borrow_mut().observe(batch);
-                            if time >= restored_cut {
-                                held.extend(batch.drain(..).map(|row| (time, row)));
+                            if time >= restored_cut && !batch.is_empty() {
+                                held.entry(time).or_default().push(std::mem::take(batch));
                             } else {
                                 batch.clear();
                             }
@@ -466,22 +472,17 @@ pub fn output_operator<'scope, S: RowSink>(
                     });
                     let front = frontier.frontier().first().copied();
                     waker.frontier_seen(front.unwrap_or(u64::MAX));
-                    if held.iter().any(|(t, _)| front.is_none_or(|f| *t < f)) {
-                        // Taken out in place (see `checkpoint::cut`).
-                        let is_due = |(t, _): &(u64, _)| front.is_none_or(|f| *t < f);
-                        let mut due = Vec::with_capacity(held.iter().filter(|r| is_due(r)).count());
-                        due.extend(held.extract_if(.., |r| is_due(r)));
-                        // Whole times, in order: a file's prefix up to a mark
-                        // is exactly the rows below that time.
-                        due.sort_by_key(|(t, _)| *t);
+                    // Whole times, in order: a file's prefix up to a mark is
+                    // exactly the rows below that time.
+                    while let Some(entry) = held.first_entry() {
+                        if front.is_some_and(|f| *entry.key() >= f) {
+                            break;
+                        }
+                        let (time, batches) = entry.remove_entry();
                         let mut sink = sink.borrow_mut();
-                        let mut due = due.into_iter().peekable();
-                        while let Some(&(time, _)) = due.peek() {
-                            marks.push_back((time, sink.lengths()));
-                            let rows = std::iter::from_fn(|| {
-                                due.next_if(|(t, _)| *t == time).map(|(_, row)| row)
-                            });
-                            write_rows(&mut *sink, rows);
+                        marks.push_back((time, sink.lengths()));
+                        for batch in batches {
+                            split.write(&mut *sink, batch);
                         }
                     }
                     cut_input.for_each_stamp(|_, batches| {
@@ -520,20 +521,33 @@ pub fn output_operator<'scope, S: RowSink>(
         );
 }
 
-fn write_rows<S: RowSink>(sink: &mut S, rows: impl Iterator<Item = OutputRow>) {
-    let mut windows = Vec::new();
-    let mut late = Vec::new();
-    let mut lines = Vec::new();
-    for row in rows {
-        match row {
-            OutputRow::Window(w) => windows.push(w),
-            OutputRow::Late(l) => late.push(l),
-            OutputRow::Result(line) => lines.push(line),
+/// Rows of a batch by kind, on their way into a [`RowSink`] (its buffers
+/// reused from batch to batch).
+#[derive(Default)]
+struct SplitRows {
+    windows: Vec<WindowRow>,
+    late: Vec<LateRow>,
+    lines: Vec<String>,
+}
+
+impl SplitRows {
+    fn write<S: RowSink>(&mut self, sink: &mut S, rows: impl IntoIterator<Item = OutputRow>) {
+        for row in rows {
+            match row {
+                OutputRow::Window(w) => self.windows.push(w),
+                OutputRow::Late(l) => self.late.push(l),
+                OutputRow::Result(line) => self.lines.push(line),
+            }
         }
+        sink.window_rows(&mut self.windows);
+        sink.result_lines(&mut self.lines);
+        sink.late_rows(&mut self.late);
+        // A sink is asked to drain them; one that did not must not see
+        // them again.
+        self.windows.clear();
+        self.lines.clear();
+        self.late.clear();
     }
-    sink.window_rows(&mut windows);
-    sink.result_lines(&mut lines);
-    sink.late_rows(&mut late);
 }
 
 #[cfg(test)]
