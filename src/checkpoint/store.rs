@@ -312,9 +312,10 @@ impl CheckpointStore {
     /// durably. `updates` is consolidated in place first (sorted by
     /// `(key_group, data, time)`, equal triples summed, zeros dropped);
     /// the returned [`FileMeta`] goes into the commit record. Writing the
-    /// same part again replaces the file.
+    /// same part again replaces the file. Parts of one checkpoint may be
+    /// written from several threads at once.
     pub fn write_delta(
-        &mut self,
+        &self,
         checkpoint_id: u64,
         part: u32,
         updates: &mut Vec<PersistedUpdate>,
