@@ -151,6 +151,12 @@ struct SidecarArgs {
     /// standby elsewhere takes over from it with `weir run --restore-from`.
     #[arg(long, value_name = "URL")]
     replica: Option<String>,
+    /// How many of the newest checkpoints keep their files in the data dir
+    /// (2 to 64): the newest is what a restart restores, the ones before it
+    /// are the fallback when it is damaged. Older ones are deleted after
+    /// each commit (a cold tier keeps its own copies of the newest).
+    #[arg(long, value_name = "N", default_value_t = weir::checkpoint::store::RETAINED_CHECKPOINTS, value_parser = parse_keep_local)]
+    keep_local: usize,
 }
 
 /// How checkpoints are paced (see `weir::checkpoint::cadence`).
@@ -335,6 +341,11 @@ struct RunArgs {
     /// --restore-from.
     #[arg(long, value_name = "URL", conflicts_with = "no_checkpoint")]
     replica: Option<String>,
+    /// How many of the newest checkpoints keep their files in the data dir
+    /// (see `weir sidecar --keep-local`; with --sidecar, give it to that
+    /// sidecar).
+    #[arg(long, value_name = "N", default_value_t = weir::checkpoint::store::RETAINED_CHECKPOINTS, value_parser = parse_keep_local, conflicts_with = "no_checkpoint")]
+    keep_local: usize,
     /// A standby taking over from a failed primary: restore the newest
     /// checkpoint of this cold tier (`file:///PATH` or `s3://BUCKET/PREFIX`)
     /// into this empty data dir and write the output rows after it (the
@@ -463,6 +474,7 @@ fn sidecar_command(args: &SidecarArgs) -> Result<()> {
             compaction_budget_bytes: args.memory_budget,
             cold_store: args.cold_store.clone(),
             replica: args.replica.clone(),
+            keep_local: args.keep_local,
         },
         args.metrics_addr,
     )?;
@@ -501,4 +513,20 @@ fn gen_command(args: &ZipfArgs) -> Result<()> {
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// `--keep-local N`: a count of checkpoints within the store's limits.
+fn parse_keep_local(text: &str) -> Result<usize, String> {
+    use weir::checkpoint::store::{MAX_KEEP_LOCAL, RETAINED_CHECKPOINTS};
+    let n: usize = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a count of checkpoints"))?;
+    if (RETAINED_CHECKPOINTS..=MAX_KEEP_LOCAL).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is outside {RETAINED_CHECKPOINTS}..={MAX_KEEP_LOCAL}: the checkpoint before the newest is \
+             the local fallback when the newest is damaged, and the commit stream keeps {MAX_KEEP_LOCAL} records"
+        ))
+    }
 }

@@ -168,6 +168,9 @@ pub struct CheckpointOptions {
     /// A second store the sidecar this run starts copies checkpoints and
     /// the log to (`--replica URL`).
     pub replica: Option<String>,
+    /// How many of the newest checkpoints the sidecar this run starts
+    /// keeps the files of in the data dir (`--keep-local`).
+    pub keep_local: usize,
     /// A standby taking over (`--restore-from URL`): the newest checkpoint
     /// of this cold tier becomes the run's first, into an empty data dir;
     /// the run writes the output rows after it.

@@ -269,6 +269,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         cold_store: None,
         restore_from: None,
         replica: None,
+        keep_local: weir::checkpoint::store::RETAINED_CHECKPOINTS,
     });
     let options = RunOptions {
         data_dir: data_dir.clone(),

@@ -417,6 +417,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
                     sidecar_reconnect_ms: 0,
                     cold_store: None,
                     restore_from: None,
+                    keep_local: weir::checkpoint::store::RETAINED_CHECKPOINTS,
                     replica: None,
                 }),
             hooks: weir::run::RunHooks::default(),

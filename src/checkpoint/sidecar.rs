@@ -94,6 +94,10 @@ pub struct SidecarConfig {
     /// Copy each committed checkpoint to this second store too (another
     /// region), on its own copier: `--replica URL`.
     pub replica: Option<String>,
+    /// How many of the newest checkpoints keep their files in the data dir
+    /// (`--keep-local`, at least
+    /// [`crate::checkpoint::store::RETAINED_CHECKPOINTS`]).
+    pub keep_local: usize,
 }
 
 /// Why the sidecar failed.

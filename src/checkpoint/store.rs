@@ -33,18 +33,19 @@
 mod compact;
 mod error;
 mod floors;
+mod gc;
 mod read;
 
 use compact::BackgroundCompaction;
 pub use compact::{compact_files, Compacted, DEFAULT_COMPACTION_BUDGET_BYTES};
 pub use error::{StoreError, UsageError};
 pub use floors::ResumeFloors;
+pub use gc::{MAX_KEEP_LOCAL, RETAINED_CHECKPOINTS};
 pub use read::{
     load_checkpoint, newest_usable, read_commits, verify_file, visit_checkpoint_groups,
     CheckpointGroups,
 };
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,8 +70,6 @@ pub fn is_temp_or_lock(name: &str) -> bool {
             .extension()
             .is_some_and(|x| x.eq_ignore_ascii_case("tmp"))
 }
-/// How many of the newest commits garbage collection keeps the files of.
-pub const RETAINED_CHECKPOINTS: usize = 2;
 /// Once the commit stream holds this many records it is rewritten with only
 /// the newest [`RETAINED_COMMIT_RECORDS`], so it stays bounded on a long run.
 pub const TRIM_COMMITS_AT_RECORDS: usize = 1_024;
@@ -132,6 +131,8 @@ pub struct CheckpointStore {
     /// The compaction running in the background, if any.
     compaction: Option<BackgroundCompaction>,
     written: WrittenFileHook,
+    /// How many of the newest commits keep their files ([`gc`]).
+    keep_local: usize,
 }
 
 /// Called with each delta file the store wrote and its bytes, once it is
@@ -240,6 +241,7 @@ impl CheckpointStore {
             garbage_collected: 0,
             compaction: None,
             written: WrittenFileHook::default(),
+            keep_local: RETAINED_CHECKPOINTS,
         };
         if scan.version < COMMITS_FORMAT_VERSION {
             // New records are written in the current version only.
@@ -515,68 +517,6 @@ impl CheckpointStore {
             DEFAULT_COMPACTION_BUDGET_BYTES,
         )?;
         Ok(vec![meta])
-    }
-
-    /// Files deleted by garbage collection since the store was opened.
-    pub fn garbage_collected_files(&self) -> u64 {
-        self.garbage_collected
-    }
-
-    fn collect_garbage_logged(&mut self) {
-        match self.collect_garbage() {
-            Ok(0) => {}
-            Ok(deleted) => {
-                self.garbage_collected += deleted as u64;
-                tracing::debug!(dir = %self.dir.display(), deleted, "checkpoint garbage collected");
-            }
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "checkpoint garbage collection failed; retrying after the next commit"
-                );
-            }
-        }
-    }
-
-    /// Deletes leftover temp files, and the data files of committed
-    /// checkpoints that the last [`RETAINED_CHECKPOINTS`] commits do not
-    /// reference. Returns how many files it deleted.
-    fn collect_garbage(&self) -> Result<usize, StoreError> {
-        let last = self.last_committed_id();
-        let keep: HashSet<&str> = self
-            .commits
-            .iter()
-            .rev()
-            .take(RETAINED_CHECKPOINTS)
-            .flat_map(|c| c.files.iter().map(|f| f.name.as_str()))
-            .collect();
-        let mut deleted = 0;
-        for entry in std::fs::read_dir(&self.dir).map_err(StoreError::io(&self.dir))? {
-            let entry = entry.map_err(StoreError::io(&self.dir))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let in_flight = self
-                .compaction
-                .as_ref()
-                .is_some_and(|c| name.strip_suffix(TEMP_SUFFIX).unwrap_or(name) == c.output_name);
-            if in_flight {
-                continue;
-            }
-            let garbage = match name.strip_suffix(TEMP_SUFFIX) {
-                Some(base) => base == COMMITS_FILE_NAME || DataFileId::parse(base).is_some(),
-                None => DataFileId::parse(name)
-                    .is_some_and(|id| id.checkpoint_id <= last && !keep.contains(name)),
-            };
-            if garbage {
-                let path = entry.path();
-                std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
-                deleted += 1;
-            }
-        }
-        if deleted > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(deleted)
     }
 }
 

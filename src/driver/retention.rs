@@ -4,13 +4,13 @@
 //!
 //! Which checkpoints a restore may still use, and so how far back each
 //! partition must reach, is read from the commit stream
-//! ([`ResumeFloors`]: every checkpoint whose files garbage collection
-//! keeps, not only the newest two). Each worker deletes its own partitions'
+//! ([`ResumeFloors`]: every checkpoint whose files are all still on disk,
+//! as many as the sidecar's `--keep-local` keeps, or more). Each worker deletes its own partitions'
 //! segments, so the processes of a cluster need no coordination; a process
 //! that cannot read the commit stream (it is on another machine than the
 //! sidecar) deletes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -54,7 +54,8 @@ impl WorkerRetention {
         }
         self.acted_on = newest_id;
         let records = read_commits(&self.checkpoint_dir).map_err(|e| e.to_string())?;
-        let Some(floors) = ResumeFloors::of(&records) else {
+        let present = data_file_names(&self.checkpoint_dir)?;
+        let Some(floors) = ResumeFloors::of(&records, &present) else {
             return Ok(());
         };
         for (partition, dir) in &self.dirs {
@@ -85,4 +86,18 @@ impl WorkerRetention {
         }
         Ok(())
     }
+}
+
+/// The names of the files in `dir` (a checkpoint store's data files among
+/// them).
+fn data_file_names(dir: &std::path::Path) -> Result<HashSet<String>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut names = HashSet::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.insert(name.to_owned());
+        }
+    }
+    Ok(names)
 }

@@ -42,6 +42,7 @@ pub(super) fn start(
             sidecar_child = Some(spawn_sidecar(
                 &options.data_dir,
                 (c.cold_store.as_deref(), c.replica.as_deref()),
+                c.keep_local,
             )?);
         }
         SidecarAddress::Unix(options.data_dir.join("sidecar.sock"))
@@ -88,6 +89,7 @@ pub(super) fn start(
 fn spawn_sidecar(
     data_dir: &Path,
     (cold_store, replica): (Option<&str>, Option<&str>),
+    keep_local: usize,
 ) -> Result<Child, RunError> {
     let exe = weir_binary().ok_or_else(|| {
         RunError::Usage("cannot find the weir binary to start the sidecar (set WEIR_BIN)".into())
@@ -102,6 +104,7 @@ fn spawn_sidecar(
     if let Some(url) = replica {
         command.args(["--replica", url]);
     }
+    command.args(["--keep-local", &keep_local.to_string()]);
     command.spawn().map_err(|e| {
         RunError::Usage(format!(
             "cannot start the checkpoint sidecar {}: {e}",

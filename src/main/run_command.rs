@@ -397,6 +397,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             cold_store: args.cold_store.clone(),
             restore_from,
             replica: args.replica.clone(),
+            keep_local: args.keep_local,
         }),
         hooks: weir::run::RunHooks {
             stop: stream.as_ref().map(|s| s.run_stop.clone()),

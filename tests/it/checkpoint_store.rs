@@ -8,6 +8,7 @@ mod compaction;
 mod failpoints;
 mod fallback;
 mod golden;
+mod keep_local;
 mod range_reads;
 
 use std::path::Path;

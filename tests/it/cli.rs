@@ -179,6 +179,14 @@ fn bad_arguments_are_refused() {
         &["run", "--window", "tumbling:10s", "--granularity", "3s"],
         &["run", "--processes", "2", "--process", "0"],
         &["run", "--input", "/nonexistent/weir-input.csv"],
+        &["run", "--keep-local", "65"],
+        &[
+            "sidecar",
+            "--data-dir",
+            "/nonexistent/weir-data",
+            "--keep-local",
+            "1",
+        ],
     ] {
         let out = run_weir(args);
         assert!(!out.status.success(), "{args:?} was accepted");

@@ -44,6 +44,7 @@ fn start_sidecar(data_dir: &Path, listen: Listen) -> JoinHandle<Result<(), Sidec
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
         cold_store: None,
         replica: None,
+        keep_local: weir::checkpoint::store::RETAINED_CHECKPOINTS,
     };
     std::thread::spawn(move || run_sidecar(config))
 }
@@ -398,6 +399,7 @@ fn sidecar_refuses_non_loopback_addresses() {
             compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
             cold_store: None,
             replica: None,
+            keep_local: weir::checkpoint::store::RETAINED_CHECKPOINTS,
         };
         let err = run_sidecar(config).unwrap_err();
         assert!(
@@ -446,6 +448,7 @@ fn sidecar_second_on_the_same_data_dir_is_refused() {
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
         cold_store: None,
         replica: None,
+        keep_local: weir::checkpoint::store::RETAINED_CHECKPOINTS,
     };
     let err = run_sidecar(config).unwrap_err();
     assert!(
@@ -478,6 +481,7 @@ fn sidecar_replaces_a_stale_socket_but_not_other_files() {
         compaction_budget_bytes: weir::checkpoint::store::DEFAULT_COMPACTION_BUDGET_BYTES,
         cold_store: None,
         replica: None,
+        keep_local: weir::checkpoint::store::RETAINED_CHECKPOINTS,
     };
     assert!(matches!(run_sidecar(config), Err(SidecarError::Io { .. })));
     assert_eq!(

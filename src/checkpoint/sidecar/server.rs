@@ -79,6 +79,7 @@ pub(super) fn run(
     let store_dir = config.data_dir.join(CHECKPOINTS_DIR_NAME);
     let mut store =
         CheckpointStore::open_waiting(&store_dir, Duration::from_millis(config.lock_wait_ms))?;
+    store.keep_local(config.keep_local);
     let copiers = super::copiers::start_copiers(config, &mut store, &metrics)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()

@@ -1,13 +1,15 @@
 //! How far back a restore may still read each input partition: the least
-//! resume offset over every committed checkpoint whose files garbage
-//! collection keeps (`--log-retention checkpointed` deletes the log below).
+//! resume offset over every committed checkpoint whose files are all still
+//! in the store (`--log-retention checkpointed` deletes the log below).
 //!
 //! A restore takes the newest checkpoint whose files all verify
 //! ([`super::newest_usable`]), walking back through the whole commit stream.
-//! Collection keeps the files the newest [`RETAINED_CHECKPOINTS`] records
+//! Garbage collection keeps the files the newest `--keep-local` records
 //! name, and a record names every file of its checkpoint (the deltas since
-//! the last compaction, or a base), so every checkpoint whose files are all
-//! among those stays restorable, not only the newest two. The floor of a
+//! the last compaction, or a base), so older checkpoints whose files are all
+//! among those stay restorable too. The floors are read from what is on
+//! disk, not from the store's setting, so a run's workers need not know
+//! the `--keep-local` of a sidecar started on its own. The floor of a
 //! partition is the least resume offset over all of them; a checkpoint that
 //! does not list a partition resumes it from 0.
 
@@ -23,23 +25,20 @@ pub struct ResumeFloors {
 }
 
 impl ResumeFloors {
-    /// The floors of the commit stream `records` (oldest first); `None`
-    /// while it holds fewer than [`RETAINED_CHECKPOINTS`] records (a damaged
+    /// The floors of the commit stream `records` (oldest first), of a store
+    /// holding the data files `present`; `None` while fewer than
+    /// [`RETAINED_CHECKPOINTS`] of them have all their files (a damaged
     /// only checkpoint would leave a restore nothing but offset 0).
-    pub fn of(records: &[CommitRecord]) -> Option<Self> {
-        if records.len() < RETAINED_CHECKPOINTS {
+    pub fn of(records: &[CommitRecord], present: &HashSet<String>) -> Option<Self> {
+        let restorable: Vec<&CommitRecord> = records
+            .iter()
+            .filter(|r| r.files.iter().all(|f| present.contains(&f.name)))
+            .collect();
+        if restorable.len() < RETAINED_CHECKPOINTS {
             return None;
         }
-        let kept: HashSet<&str> = records
-            .iter()
-            .rev()
-            .take(RETAINED_CHECKPOINTS)
-            .flat_map(|r| r.files.iter().map(|f| f.name.as_str()))
-            .collect();
-        let mut restorable = records
-            .iter()
-            .filter(|r| r.files.iter().all(|f| kept.contains(f.name.as_str())));
-        let first = restorable.next().expect("the newest record is restorable");
+        let mut restorable = restorable.into_iter();
+        let first = restorable.next().expect("at least two are restorable");
         let mut floors: HashMap<u32, u64> = first
             .partitions
             .iter()
@@ -102,6 +101,10 @@ mod tests {
         }
     }
 
+    fn files(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|&n| n.to_owned()).collect()
+    }
+
     #[test]
     fn every_checkpoint_whose_files_are_kept_counts_not_only_the_last_two() {
         // Deltas accumulate until a compaction: checkpoints 1 to 3 stay
@@ -112,7 +115,8 @@ mod tests {
             record(3, &["d1", "d2", "d3"], &[(0, 30), (1, 25)]),
             record(4, &["d1", "d2", "d3", "d4"], &[(0, 40), (1, 35)]),
         ];
-        let floors = ResumeFloors::of(&records).unwrap();
+        let present = files(&["d1", "d2", "d3", "d4"]);
+        let floors = ResumeFloors::of(&records, &present).unwrap();
         assert_eq!((floors.floor(0), floors.floor(1)), (10, 5));
         // After a compaction into a base, the checkpoints whose deltas the
         // last two records no longer name are gone.
@@ -122,8 +126,27 @@ mod tests {
             record(3, &["b3"], &[(0, 30), (1, 25)]),
             record(4, &["b3", "d4"], &[(0, 40), (1, 35)]),
         ];
-        let floors = ResumeFloors::of(&compacted).unwrap();
+        let floors = ResumeFloors::of(&compacted, &files(&["b3", "d4"])).unwrap();
         assert_eq!((floors.floor(0), floors.floor(1)), (30, 25));
+        // With `--keep-local 4` the deltas stay, and so does the log for
+        // the checkpoints they make restorable.
+        let kept = files(&["d1", "d2", "b3", "d4"]);
+        let floors = ResumeFloors::of(&compacted, &kept).unwrap();
+        assert_eq!((floors.floor(0), floors.floor(1)), (10, 5));
+    }
+
+    #[test]
+    fn a_checkpoint_with_a_file_gone_does_not_count() {
+        let records = [
+            record(1, &["d1"], &[(0, 10)]),
+            record(2, &["d1", "d2"], &[(0, 20)]),
+            record(3, &["d1", "d2", "d3"], &[(0, 30)]),
+        ];
+        // The newest lost a file: the two before it are what a restore has.
+        let floors = ResumeFloors::of(&records, &files(&["d1", "d2"])).unwrap();
+        assert_eq!(floors.floor(0), 10);
+        // Only one restorable checkpoint left: nothing may be deleted.
+        assert_eq!(ResumeFloors::of(&records, &files(&["d1"])), None);
     }
 
     #[test]
@@ -132,12 +155,13 @@ mod tests {
             record(1, &["b1"], &[(0, 10)]),
             record(2, &["b1", "d2"], &[(0, 20), (1, 15)]),
         ];
-        let floors = ResumeFloors::of(&records).unwrap();
+        let present = files(&["b1", "d2"]);
+        let floors = ResumeFloors::of(&records, &present).unwrap();
         assert_eq!(
             (floors.floor(0), floors.floor(1), floors.floor(7)),
             (10, 0, 0)
         );
-        assert_eq!(ResumeFloors::of(&records[..1]), None);
-        assert_eq!(ResumeFloors::of(&[]), None);
+        assert_eq!(ResumeFloors::of(&records[..1], &present), None);
+        assert_eq!(ResumeFloors::of(&[], &present), None);
     }
 }
