@@ -30,6 +30,7 @@ pub(super) fn start_copiers(
     let stores = usize::from(config.cold_store.is_some()) + usize::from(config.replica.is_some());
     let source = LocalSource::new(stores);
     if stores > 0 {
+        let _ = metrics.copy_source.set(Arc::clone(&source));
         let offered = Arc::clone(&source);
         store.on_file_written(WrittenFileHook::new(move |meta, bytes| {
             offered.offer(SourceKey::File(meta.name.clone(), meta.crc32c), bytes);

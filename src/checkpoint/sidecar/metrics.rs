@@ -3,8 +3,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(test)]
+use std::sync::Arc;
 
 use crate::checkpoint::store::is_temp_or_lock;
+use crate::checkpoint::tier::source::{LocalSource, MAX_HELD_BYTES};
 use crate::metrics::{dir_usage, Exposition, Histogram, LATENCY_BUCKETS_SECONDS};
 
 /// Live figures of a sidecar, updated by its coordinator and commits.
@@ -40,6 +43,8 @@ pub struct SidecarMetrics {
     pub cold: std::sync::OnceLock<std::sync::Arc<crate::checkpoint::tier::ColdFigures>>,
     /// The replica's copier, when there is one.
     pub replica: std::sync::OnceLock<std::sync::Arc<crate::checkpoint::tier::ColdFigures>>,
+    /// What the copiers read once and share, when there are copiers.
+    pub copy_source: std::sync::OnceLock<std::sync::Arc<LocalSource>>,
 }
 
 impl SidecarMetrics {
@@ -61,6 +66,7 @@ impl SidecarMetrics {
             pending_checkpoints: AtomicU64::new(0),
             cold: std::sync::OnceLock::new(),
             replica: std::sync::OnceLock::new(),
+            copy_source: std::sync::OnceLock::new(),
         }
     }
 
@@ -150,6 +156,16 @@ impl SidecarMetrics {
                 render_copier(&mut x, role, what, figures);
             }
         }
+        if let Some(source) = self.copy_source.get() {
+            x.gauge(
+                "sidecar_copy_source_held_bytes",
+                &format!(
+                    "Bytes of checkpoint files and log chunks read once for both copiers and held until each has copied them (at most {} MiB; a store that is down lets them pile up to that).",
+                    MAX_HELD_BYTES >> 20
+                ),
+                source.held_bytes() as u64,
+            );
+        }
         x.finish()
     }
 }
@@ -200,4 +216,25 @@ fn render_copier(
         ),
         load(&figures.fenced_by),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tier::source::SourceKey;
+
+    #[test]
+    fn bytes_held_for_the_copiers_are_a_gauge() {
+        let metrics = SidecarMetrics::new(PathBuf::from("/nonexistent/weir-checkpoints"));
+        assert!(!metrics.render().contains("copy_source"));
+        let source = LocalSource::new(2);
+        let _ = metrics.copy_source.set(Arc::clone(&source));
+        source.offer(SourceKey::File("delta-1".into(), 7), vec![0; 1_000]);
+        let text = metrics.render();
+        assert!(
+            text.lines()
+                .any(|l| l == "weir_sidecar_copy_source_held_bytes 1000"),
+            "{text}"
+        );
+    }
 }
