@@ -303,6 +303,7 @@ where
                     size_ms: query.spec.size_ms(),
                     slide_ms,
                     granularity_ms: query.granularity_ms,
+                    quiet_before_ms: restored_cut,
                 };
                 let inputs = FixedInputs {
                     feeds,

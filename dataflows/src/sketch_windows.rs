@@ -83,6 +83,7 @@ pub fn sketch_windows<P: SketchPartial>(
         granularity_ms,
         emit,
         columns,
+        ..
     } = windows;
     windows.assert_valid();
     let scope = partials.inner.scope();

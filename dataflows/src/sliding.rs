@@ -52,6 +52,13 @@ pub struct FixedWindows {
     /// The columns written: `--emit changes` writes a row only when one of
     /// them changes.
     pub columns: Aggregates,
+    /// Sliding windows give no rows at emit times below this (0: all).
+    /// A restored run sets its restored cut: the window closing there is
+    /// evaluated once on the restored state (the baseline of `--emit
+    /// changes`), but its rows were committed before the crash, and the
+    /// exactly-once sink would drop them (2.5M rows per worker at 2.5M
+    /// keys, on the way to the first new row).
+    pub quiet_before_ms: u64,
 }
 
 impl FixedWindows {
@@ -115,6 +122,7 @@ fn sliding_windows(
         granularity_ms,
         emit,
         columns,
+        quiet_before_ms,
     } = windows;
     let scope = partials.inner.scope();
     let by_key = Exchange::new(|update: &PaneUpdate| update.0 .0.hash_value());
@@ -243,6 +251,11 @@ fn sliding_windows(
                         Emit::Changes => store.has_changes().then_some(Rows::Changes(0)),
                     };
                     match rows {
+                        Some(Rows::Changes(_)) if emit_time < quiet_before_ms => {
+                            store.clear_changes();
+                            next_end += slide_ms;
+                        }
+                        Some(Rows::Slots(_)) if emit_time < quiet_before_ms => next_end += slide_ms,
                         Some(rows) => {
                             emitting = Some(Emitting {
                                 window_end: next_end,

@@ -46,6 +46,7 @@ pub fn tumbling_windows(
         granularity_ms,
         emit,
         columns,
+        ..
     } = windows;
     windows.assert_valid();
     assert_eq!(size_ms, slide_ms, "tumbling windows have one pane each");
