@@ -287,6 +287,13 @@ pub fn persist_tap<'scope, C>(
                                     update.1 -= update.1 % step_ms;
                                 }
                             }
+                            // Below the restored cut is restored state flowing
+                            // back in, already persisted (every cut drops it):
+                            // held until the first cut, a 2.5M-key restore's
+                            // filled the taps' bound and paused the replay.
+                            if restored_cut > 0 {
+                                batch.retain(|u| u.1 >= restored_cut);
+                            }
                             pending.append(batch);
                         }
                     });

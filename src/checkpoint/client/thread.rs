@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::{ClientError, DurableFile, Reconnect, Shared, Stream, MAX_REPLY_BYTES};
 use crate::checkpoint::transport::{
-    encode_frame, split_share, FrameBuffer, FromSidecar, Hello, ToSidecar, WorkerCut,
-    MAX_PAYLOAD_BYTES,
+    encode_frame, encode_frame_into, split_share, FrameBuffer, FromSidecar, Hello, ToSidecar,
+    WorkerCut, MAX_PAYLOAD_BYTES,
 };
 
 /// How often the client thread looks for acks while no cut is queued.
@@ -47,6 +47,10 @@ struct Conn<'a> {
     first_shipped: Option<u64>,
     newest_own_ack: Option<u64>,
     shared: &'a Shared,
+    /// The frame being written, its allocation kept from frame to frame
+    /// (at most a share frame's budget, half of `MAX_PAYLOAD_BYTES`, and
+    /// one message beyond it).
+    frame: Vec<u8>,
 }
 
 /// The cuts the workers queue: share, when queued, files to make durable.
@@ -75,6 +79,7 @@ pub(super) fn client_thread(
         first_shipped: None,
         newest_own_ack: None,
         shared,
+        frame: Vec::new(),
     };
     let result = loop {
         match pump(&mut conn, rx, shared) {
@@ -202,9 +207,12 @@ impl Conn<'_> {
 
     /// Writes `message`; returns the frame's size in bytes.
     fn send(&mut self, message: &ToSidecar) -> Result<u64, ClientError> {
-        let frame = encode(message)?;
-        self.write_frame(&frame)?;
-        Ok(frame.len() as u64)
+        let mut frame = std::mem::take(&mut self.frame);
+        encode_frame_into(message, &mut frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let written = self.write_frame(&frame);
+        let len = frame.len() as u64;
+        self.frame = frame;
+        written.map(|()| len)
     }
 
     /// Writes one encoded frame. While the socket takes nothing (the send
