@@ -11,12 +11,13 @@
 //!
 //! Durability: a data file is written as `<name>.tmp`, fsynced, renamed to
 //! `<name>` and the directory fsynced; a commit frame is appended and the
-//! stream fsynced. Garbage collection (after each commit and at open)
-//! deletes leftover `*.tmp` files of the store and the data files of
-//! checkpoints up to the newest committed one that neither of the last two
-//! commit records references; files of a checkpoint not committed yet are
-//! kept. A reader loading a checkpoint older than the last two may find its
-//! files gone (an I/O error, never wrong data).
+//! stream fsynced. Garbage collection (after each commit) deletes leftover
+//! `*.tmp` files of the store and the data files of checkpoints up to the
+//! newest committed one that none of the newest `--keep-local` commit
+//! records (default 2) references; at open, before the caller can say how
+//! many it keeps, only files no retained commit record names go. Files of
+//! a checkpoint not committed yet are kept. A reader loading an older
+//! checkpoint may find its files gone (an I/O error, never wrong data).
 //!
 //! # Failpoints
 //! For crash tests, `WEIR_FAILPOINT=<name>` (read once per process) makes the
@@ -241,7 +242,10 @@ impl CheckpointStore {
             garbage_collected: 0,
             compaction: None,
             written: WrittenFileHook::default(),
-            keep_local: RETAINED_CHECKPOINTS,
+            // Until the first commit: what `keep_local` is set to is not
+            // known yet, and a restore may be about to read an older
+            // checkpoint's files (`--keep-local 4`, the newest two damaged).
+            keep_local: MAX_KEEP_LOCAL,
         };
         if scan.version < COMMITS_FORMAT_VERSION {
             // New records are written in the current version only.
@@ -254,6 +258,7 @@ impl CheckpointStore {
             );
         }
         store.collect_garbage_logged();
+        store.keep_local = RETAINED_CHECKPOINTS;
         Ok(store)
     }
 

@@ -179,18 +179,27 @@ fn bad_arguments_are_refused() {
         &["run", "--window", "tumbling:10s", "--granularity", "3s"],
         &["run", "--processes", "2", "--process", "0"],
         &["run", "--input", "/nonexistent/weir-input.csv"],
-        &["run", "--keep-local", "65"],
-        &[
-            "sidecar",
-            "--data-dir",
-            "/nonexistent/weir-data",
-            "--keep-local",
-            "1",
-        ],
     ] {
         let out = run_weir(args);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(!out.stderr.is_empty(), "{args:?}: no error message");
+    }
+}
+
+#[test]
+fn keep_local_outside_its_range_is_refused_with_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [
+        &["run", "--data-dir", data, "--keep-local", "65"][..],
+        &["sidecar", "--data-dir", data, "--keep-local", "1"],
+    ] {
+        let out = run_weir(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("outside 2..=64"),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

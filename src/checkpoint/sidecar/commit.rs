@@ -7,15 +7,15 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::coordinator::{PendingCheckpoint, COMPACT_ABOVE_FILES, COMPACT_EVERY_CHECKPOINTS};
-
-/// The most delta files a commit sorts, encodes and writes at once.
-const DELTA_WRITERS: usize = 4;
 use super::metrics::SidecarMetrics;
 use crate::checkpoint::format::{
     CommitRecord, CommitTiming, FileMeta, OutputLength, PartitionResume, PersistedUpdate,
 };
 use crate::checkpoint::store::{CheckpointStore, StoreError};
 use crate::checkpoint::transport::WorkerCut;
+
+/// The most delta files a commit sorts, encodes and writes at once.
+const DELTA_WRITERS: usize = 4;
 
 /// Writes the delta files of `checkpoint` (one per worker with updates;
 /// part = worker index) and commits; a finished background compaction's
@@ -186,19 +186,22 @@ fn write_deltas(
             continue;
         }
         let written: Vec<Result<FileMeta, StoreError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = group
+            let writers: Vec<_> = group
                 .iter_mut()
                 .map(|(worker, updates)| {
                     let worker = *worker;
                     std::thread::Builder::new()
                         .name("weir-delta".into())
                         .spawn_scoped(scope, move || store.write_delta(id, worker, updates))
-                        .expect("spawning a delta writer")
+                        .map_err(StoreError::io(store.dir()))
                 })
                 .collect();
-            handles
+            writers
                 .into_iter()
-                .map(|h| h.join().expect("a delta writer panicked"))
+                .map(|writer| {
+                    // A writer's panic is this thread's, as if it had written.
+                    writer.and_then(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                })
                 .collect()
         });
         for file in written {

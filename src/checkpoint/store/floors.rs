@@ -133,20 +133,26 @@ mod tests {
         let kept = files(&["d1", "d2", "b3", "d4"]);
         let floors = ResumeFloors::of(&compacted, &kept).unwrap();
         assert_eq!((floors.floor(0), floors.floor(1)), (10, 5));
+        // Without `d1`, checkpoints 1 and 2 are gone, whatever the count.
+        let floors = ResumeFloors::of(&compacted, &files(&["d2", "b3", "d4"])).unwrap();
+        assert_eq!((floors.floor(0), floors.floor(1)), (30, 25));
     }
 
     #[test]
     fn a_checkpoint_with_a_file_gone_does_not_count() {
+        // Each checkpoint in a file of its own (a compaction each time).
         let records = [
-            record(1, &["d1"], &[(0, 10)]),
-            record(2, &["d1", "d2"], &[(0, 20)]),
-            record(3, &["d1", "d2", "d3"], &[(0, 30)]),
+            record(1, &["b1"], &[(0, 10)]),
+            record(2, &["b2"], &[(0, 20)]),
+            record(3, &["b3"], &[(0, 30)]),
         ];
-        // The newest lost a file: the two before it are what a restore has.
-        let floors = ResumeFloors::of(&records, &files(&["d1", "d2"])).unwrap();
-        assert_eq!(floors.floor(0), 10);
+        let all = ResumeFloors::of(&records, &files(&["b1", "b2", "b3"])).unwrap();
+        assert_eq!(all.floor(0), 10);
+        // The oldest lost its file: the log before checkpoint 2 may go.
+        let floors = ResumeFloors::of(&records, &files(&["b2", "b3"])).unwrap();
+        assert_eq!(floors.floor(0), 20);
         // Only one restorable checkpoint left: nothing may be deleted.
-        assert_eq!(ResumeFloors::of(&records, &files(&["d1"])), None);
+        assert_eq!(ResumeFloors::of(&records, &files(&["b3"])), None);
     }
 
     #[test]

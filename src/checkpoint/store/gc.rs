@@ -1,6 +1,7 @@
 //! Garbage collection of a checkpoint store: after each commit, the data
 //! files no longer named by the newest `--keep-local` commit records go,
-//! with temp files a crash left behind.
+//! with temp files a crash left behind. At open only the files no retained
+//! record names go (the setting comes after the open).
 
 use std::collections::HashSet;
 
@@ -17,11 +18,10 @@ pub const RETAINED_CHECKPOINTS: usize = 2;
 pub const MAX_KEEP_LOCAL: usize = super::RETAINED_COMMIT_RECORDS;
 
 impl CheckpointStore {
-    /// Keeps the files of the newest `checkpoints` commits from now on
-    /// (`--keep-local`; [`RETAINED_CHECKPOINTS`] until called). Older
-    /// checkpoints' files are deleted after the next commit whether or not
-    /// a cold tier holds them: a copier copies the newest checkpoint, not
-    /// each one.
+    /// Keeps the files of the newest `checkpoints` commits from the next
+    /// commit on (`--keep-local`; [`RETAINED_CHECKPOINTS`] until called).
+    /// Older checkpoints' files are deleted then whether or not a cold tier
+    /// holds them: a copier copies the newest checkpoint, not each one.
     ///
     /// # Panics
     /// Outside `RETAINED_CHECKPOINTS..=MAX_KEEP_LOCAL` (the CLI checks).

@@ -48,3 +48,33 @@ fn fewer_than_two_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     CheckpointStore::open(tmp.path()).unwrap().keep_local(1);
 }
+
+#[test]
+fn opening_the_store_keeps_what_a_larger_keep_local_kept() {
+    // A run with `--keep-local 4` committed 6 checkpoints; the next run's
+    // restore may fall back to checkpoint 3 before its sidecar opens the
+    // store and sets the count again: the open must not prune to 2.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut store = CheckpointStore::open(dir).unwrap();
+    store.keep_local(4);
+    for id in 1..=6 {
+        let delta = store.write_delta(id, 0, &mut part_updates(id, 0)).unwrap();
+        store.commit(record(id, vec![delta])).unwrap();
+    }
+    drop(store);
+    let deltas = || {
+        names(dir)
+            .into_iter()
+            .filter(|n| n.starts_with("delta-"))
+            .count()
+    };
+    assert_eq!(deltas(), 4);
+    let mut store = CheckpointStore::open(dir).unwrap();
+    assert_eq!(deltas(), 4, "the open pruned the older checkpoints");
+    // The count set after the open applies from the next commit.
+    store.keep_local(3);
+    let delta = store.write_delta(7, 0, &mut part_updates(7, 0)).unwrap();
+    store.commit(record(7, vec![delta])).unwrap();
+    assert_eq!(deltas(), 3);
+}
