@@ -575,4 +575,21 @@ mod tests {
         assert_eq!(next.figures.epoch.load(Ordering::Relaxed), 2);
         next.finish(Duration::from_secs(1));
     }
+
+    #[test]
+    fn a_data_dir_that_wrote_there_claims_again_without_watching() {
+        // Its own writer still beats (a restart before the old sidecar's
+        // end was noticed): watching would see the beats and refuse.
+        let dir = tempfile::tempdir().unwrap();
+        let cold_root = dir.path().join("cold");
+        let open = || Box::new(FileBlob::open(&cold_root).unwrap());
+        let running = dir.path().join("running/checkpoints");
+        let mut store = CheckpointStore::open(&running).unwrap();
+        let first = ColdCopier::start(open(), dirs(&running), (CopierRole::Cold, 0), "a").unwrap();
+        first.offer(&commit(&mut store, 1));
+        let again = ColdCopier::start(open(), dirs(&running), (CopierRole::Cold, 1), "b").unwrap();
+        assert_eq!(again.figures.epoch.load(Ordering::Relaxed), 2);
+        again.finish(Duration::from_secs(1));
+        first.finish(Duration::from_secs(1));
+    }
 }
