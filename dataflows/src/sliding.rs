@@ -251,18 +251,20 @@ fn sliding_windows(
                         Emit::Changes => store.has_changes().then_some(Rows::Changes(0)),
                     };
                     match rows {
-                        Some(Rows::Changes(_)) if emit_time < quiet_before_ms => {
-                            store.clear_changes();
-                            next_end += slide_ms;
-                        }
-                        Some(Rows::Slots(_)) if emit_time < quiet_before_ms => next_end += slide_ms,
-                        Some(rows) => {
+                        Some(rows) if emit_time >= quiet_before_ms => {
                             emitting = Some(Emitting {
                                 window_end: next_end,
                                 rows,
                             });
                         }
-                        None => next_end += slide_ms,
+                        // Nothing to give, or a window the restored run
+                        // committed: its changes are the next one's baseline.
+                        rows => {
+                            if matches!(rows, Some(Rows::Changes(_))) {
+                                store.clear_changes();
+                            }
+                            next_end += slide_ms;
+                        }
                     }
                 }
                 gauge.set(store.live_partials(), store.live_keys(), store.heap_bytes());

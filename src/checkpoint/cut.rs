@@ -333,9 +333,8 @@ pub fn persist_tap<'scope, C>(
                             pending.shrink_to(2 * pending.len() + 4_096);
                         }
                         // Partials of windows closed by the cut are never needed
-                        // again; updates below the restored cut are restored
-                        // state flowing back in, already persisted.
-                        let horizon = cut.saturating_sub(retention_ms).max(restored_cut);
+                        // again (restored state never got into `pending`).
+                        let horizon = cut.saturating_sub(retention_ms);
                         shipped.retain(|u| u.1 >= horizon);
                         if state_as_of_cut {
                             // The changes within the interval are timed at its

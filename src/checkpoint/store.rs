@@ -242,10 +242,7 @@ impl CheckpointStore {
             garbage_collected: 0,
             compaction: None,
             written: WrittenFileHook::default(),
-            // Until the first commit: what `keep_local` is set to is not
-            // known yet, and a restore may be about to read an older
-            // checkpoint's files (`--keep-local 4`, the newest two damaged).
-            keep_local: MAX_KEEP_LOCAL,
+            keep_local: RETAINED_CHECKPOINTS,
         };
         if scan.version < COMMITS_FORMAT_VERSION {
             // New records are written in the current version only.
@@ -257,8 +254,10 @@ impl CheckpointStore {
                 "commit stream upgraded"
             );
         }
-        store.collect_garbage_logged();
-        store.keep_local = RETAINED_CHECKPOINTS;
+        // What `keep_local` will be set to is not known yet, and a restore
+        // may be about to read an older checkpoint's files (`--keep-local
+        // 4`, the newest two damaged): only what no record names goes.
+        store.collect_garbage_logged(MAX_KEEP_LOCAL);
         Ok(store)
     }
 
@@ -442,7 +441,7 @@ impl CheckpointStore {
         if self.commits.len() >= TRIM_COMMITS_AT_RECORDS {
             self.trim_commits()?;
         }
-        self.collect_garbage_logged();
+        self.collect_garbage_logged(self.keep_local);
         Ok(())
     }
 

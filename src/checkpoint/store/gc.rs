@@ -38,8 +38,8 @@ impl CheckpointStore {
         self.garbage_collected
     }
 
-    pub(super) fn collect_garbage_logged(&mut self) {
-        match self.collect_garbage() {
+    pub(super) fn collect_garbage_logged(&mut self, keep_checkpoints: usize) {
+        match self.collect_garbage(keep_checkpoints) {
             Ok(0) => {}
             Ok(deleted) => {
                 self.garbage_collected += deleted as u64;
@@ -55,15 +55,15 @@ impl CheckpointStore {
     }
 
     /// Deletes leftover temp files, and the data files of committed
-    /// checkpoints that the newest `keep_local` commits do not
+    /// checkpoints that the newest `keep_checkpoints` commits do not
     /// reference. Returns how many files it deleted.
-    fn collect_garbage(&self) -> Result<usize, StoreError> {
+    fn collect_garbage(&self, keep_checkpoints: usize) -> Result<usize, StoreError> {
         let last = self.last_committed_id();
         let keep: HashSet<&str> = self
             .commits
             .iter()
             .rev()
-            .take(self.keep_local)
+            .take(keep_checkpoints)
             .flat_map(|c| c.files.iter().map(|f| f.name.as_str()))
             .collect();
         let mut deleted = 0;

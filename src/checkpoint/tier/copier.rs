@@ -340,6 +340,7 @@ fn fenced(blob: &dyn Blob, epoch: u64, newest_epoch: u64, figures: &ColdFigures)
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::sync::atomic::AtomicBool;
 
     use super::*;
@@ -552,16 +553,24 @@ mod tests {
         assert!(refused.contains("fenced off"), "{refused}");
     }
 
+    /// A copier beating for the data dir `<dir>/running` into the store
+    /// `<dir>/cold`, which holds its checkpoint 1; and that data dir.
+    fn live_writer(dir: &Path) -> (ColdCopier, PathBuf) {
+        let running = dir.join("running/checkpoints");
+        let mut store = CheckpointStore::open(&running).unwrap();
+        let blob = Box::new(FileBlob::open(&dir.join("cold")).unwrap());
+        let copier = ColdCopier::start(blob, dirs(&running), (CopierRole::Cold, 0), "running");
+        let copier = copier.unwrap();
+        copier.offer(&commit(&mut store, 1));
+        (copier, running)
+    }
+
     #[test]
     fn a_data_dir_that_never_wrote_does_not_fence_a_live_writer_off() {
         let dir = tempfile::tempdir().unwrap();
         let cold_root = dir.path().join("cold");
         let open = || Box::new(FileBlob::open(&cold_root).unwrap());
-        let running = dir.path().join("running/checkpoints");
-        let mut store = CheckpointStore::open(&running).unwrap();
-        let copier =
-            ColdCopier::start(open(), dirs(&running), (CopierRole::Cold, 0), "running").unwrap();
-        copier.offer(&commit(&mut store, 1));
+        let (copier, _) = live_writer(dir.path());
         // A wiped data dir (or another job) started on the same store.
         let wiped = dir.path().join("wiped/checkpoints");
         std::fs::create_dir_all(&wiped).unwrap();
@@ -581,13 +590,9 @@ mod tests {
         // Its own writer still beats (a restart before the old sidecar's
         // end was noticed): watching would see the beats and refuse.
         let dir = tempfile::tempdir().unwrap();
-        let cold_root = dir.path().join("cold");
-        let open = || Box::new(FileBlob::open(&cold_root).unwrap());
-        let running = dir.path().join("running/checkpoints");
-        let mut store = CheckpointStore::open(&running).unwrap();
-        let first = ColdCopier::start(open(), dirs(&running), (CopierRole::Cold, 0), "a").unwrap();
-        first.offer(&commit(&mut store, 1));
-        let again = ColdCopier::start(open(), dirs(&running), (CopierRole::Cold, 1), "b").unwrap();
+        let (first, running) = live_writer(dir.path());
+        let blob = Box::new(FileBlob::open(&dir.path().join("cold")).unwrap());
+        let again = ColdCopier::start(blob, dirs(&running), (CopierRole::Cold, 1), "b").unwrap();
         assert_eq!(again.figures.epoch.load(Ordering::Relaxed), 2);
         again.finish(Duration::from_secs(1));
         first.finish(Duration::from_secs(1));
