@@ -424,7 +424,7 @@ struct ZipfArgs {
     seed: u64,
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {

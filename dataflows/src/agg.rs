@@ -5,6 +5,15 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// What each event adds to a sum besides its value: 0. The
+/// `fixture-changed-sum` feature, a test fixture and never a release, makes
+/// it 1: an aggregate that deliberately differs, for `weir upgrade-check`.
+const SUM_BIAS: i128 = if cfg!(feature = "fixture-changed-sum") {
+    1
+} else {
+    0
+};
+
 /// Count, sum, min and max of the values of some events.
 ///
 /// Sums are exact 128-bit integers ([`Sum`]), so no realistic input (at
@@ -26,7 +35,7 @@ impl Agg {
     pub fn of(value: i64) -> Self {
         Agg {
             count: 1,
-            sum: Sum::from(i128::from(value)),
+            sum: Sum::from(i128::from(value) + SUM_BIAS),
             min: value,
             max: value,
         }
@@ -36,7 +45,7 @@ impl Agg {
     #[inline]
     pub fn add(&mut self, value: i64) {
         self.count += 1;
-        self.sum = Sum::from(self.sum.get() + i128::from(value));
+        self.sum = Sum::from(self.sum.get() + i128::from(value) + SUM_BIAS);
         self.min = self.min.min(value);
         self.max = self.max.max(value);
     }

@@ -361,7 +361,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
                     "tailing it"
                 }
             );
-            let thread = crate::run_stream::start(
+            let thread = super::run_stream::start(
                 from,
                 (args.from_format.into(), args.idle_timeout),
                 &data_dir,
