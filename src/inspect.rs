@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::checkpoint::cut::FINAL_CUT;
-use crate::checkpoint::store::{read_commits, StoreError};
+use crate::checkpoint::store::{read_commit_stream, read_commits, StoreError};
 use crate::ingest::manifest::Manifest;
 use crate::ingest::MANIFEST_FILE_NAME;
 use crate::log::format::{list_segments, segment_path};
@@ -114,14 +114,18 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
     }
 
     let checkpoint_dir = data_dir.join("checkpoints");
-    let commits = if checkpoint_dir.join("commits.log").exists() {
-        read_commits(&checkpoint_dir)?
-    } else {
-        Vec::new()
-    };
+    let stream = read_commit_stream(&checkpoint_dir)?;
+    let format = stream.as_ref().map_or_else(String::new, |scan| {
+        let writer = scan.writer.map_or_else(
+            || "no release recorded".to_owned(),
+            |w| format!("written by {w}"),
+        );
+        format!(" (commit stream version {}, {writer})", scan.version)
+    });
+    let commits = stream.map_or_else(Vec::new, |scan| scan.records);
     writeln!(
         out,
-        "\ncheckpoints {}: {} committed",
+        "\ncheckpoints {}: {} committed{format}",
         checkpoint_dir.display(),
         commits.len()
     )

@@ -12,7 +12,9 @@
 //!   index: groups u32 | per non-empty group: key_group u16 | byte offset u64 | records u64
 //!   trailer (20 bytes): index offset u64 | records u64 | crc32c(every byte before it) u32
 //! commits.log
-//!   header (16 bytes): magic b"WEIRCMT1" | version u32 | crc32c(previous 12 bytes) u32
+//!   header (24 bytes): magic b"WEIRCMT1" | version u32 | writer release
+//!   (8 bytes, `crate::release`) | crc32c(previous 20 bytes) u32 (versions 1
+//!   and 2: 16 bytes, no release)
 //!   frames (as log segments): len u32 | crc32c(len) u32 | crc32c(payload) u32 | payload
 //! ```
 //!
@@ -61,13 +63,26 @@ pub const DATA_FILE_TRAILER_LEN_BYTES: usize = 20;
 /// Magic bytes at the start of the commit stream.
 pub const COMMITS_MAGIC: &[u8; 8] = b"WEIRCMT1";
 /// Version of the commit stream format written by this code (2: records
-/// carry their [`CommitTiming`]).
-pub const COMMITS_FORMAT_VERSION: u32 = 2;
+/// carry their [`CommitTiming`]; 3: the header names the writer's release).
+pub const COMMITS_FORMAT_VERSION: u32 = 3;
 /// The oldest commit stream version this code reads (a store opened for
-/// writing rewrites a version 1 stream as version 2 first).
+/// writing rewrites an older stream in the current version first).
 pub const COMMITS_OLDEST_READABLE_VERSION: u32 = 1;
-/// Size of the commit stream header.
-pub const COMMITS_HEADER_LEN_BYTES: usize = 16;
+/// Size of the commit stream header of the current version.
+pub const COMMITS_HEADER_LEN_BYTES: usize = commits_header_len_bytes(COMMITS_FORMAT_VERSION);
+
+/// Size of the commit stream header of `version`: 16 bytes up to version
+/// 2; from version 3 on, the header starts with 24 bytes whose layout
+/// every later version keeps (magic, version, writer release, CRC32C of
+/// the 20 bytes before), so that an older binary can still name the
+/// release that wrote a stream it cannot read.
+pub const fn commits_header_len_bytes(version: u32) -> usize {
+    if version >= 3 {
+        24
+    } else {
+        16
+    }
+}
 /// The commit stream's file name.
 pub const COMMITS_FILE_NAME: &str = "commits.log";
 /// Suffix of files being written (removed by the store's garbage collection).

@@ -43,8 +43,8 @@ pub use error::{StoreError, UsageError};
 pub use floors::ResumeFloors;
 pub use gc::{MAX_KEEP_LOCAL, RETAINED_CHECKPOINTS};
 pub use read::{
-    load_checkpoint, newest_usable, read_commits, verify_file, visit_checkpoint_groups,
-    CheckpointGroups,
+    load_checkpoint, newest_usable, read_commit_stream, read_commits, verify_file,
+    visit_checkpoint_groups, CheckpointGroups,
 };
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -210,7 +210,7 @@ impl CheckpointStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let header = encode_commits_header();
                 write_file_atomically(&commits_path, &header)?;
-                header.to_vec()
+                header
             }
             Err(e) => return Err(StoreError::io(&commits_path)(e)),
         };
@@ -463,7 +463,7 @@ impl CheckpointStore {
     /// Rewrites the commit stream in the current version without its
     /// oldest `drop_count` records (temp -> fsync -> rename -> fsync dir).
     fn rewrite_commits(&mut self, drop_count: usize) -> Result<(), StoreError> {
-        let mut bytes = encode_commits_header().to_vec();
+        let mut bytes = encode_commits_header();
         for record in &self.commits[drop_count..] {
             bytes.extend_from_slice(&encode_commit_frame(record));
         }

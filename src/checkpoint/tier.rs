@@ -138,7 +138,7 @@ fn file_key(epoch: u64, name: &str) -> String {
 
 /// The object of one commit record: the stream header and its frame.
 fn encode_cold_record(record: &CommitRecord) -> Vec<u8> {
-    let mut bytes = encode_commits_header().to_vec();
+    let mut bytes = encode_commits_header();
     bytes.extend_from_slice(&encode_commit_frame(record));
     bytes
 }

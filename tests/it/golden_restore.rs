@@ -31,7 +31,7 @@ use std::time::Duration;
 use crate::support::{assert_success, copy_tree, output_within, sorted_rows, weir};
 
 /// The format generation [`bless`] writes.
-const CURRENT_GENERATION: u32 = 1;
+const CURRENT_GENERATION: u32 = 2;
 
 /// What a case's input is made of.
 #[derive(Clone, Copy)]
@@ -266,6 +266,29 @@ fn every_golden_run_state_restores_and_continues_to_the_recorded_output() {
             copy_tree(&golden, tmp.path());
             let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
             let what = format!("generation {generation}, {}", case.name);
+            let stream_format = |data: &Path| {
+                let report = weir()
+                    .args(["inspect", "--data-dir", &path_arg(data)])
+                    .output()
+                    .unwrap();
+                assert_success(&report, &what);
+                let report = String::from_utf8_lossy(&report.stdout).into_owned();
+                report
+                    .lines()
+                    .find_map(|l| Some(l.split_once(" committed (")?.1.trim_end_matches(')')))
+                    .unwrap_or_else(|| panic!("{what}: no commit stream format in:\n{report}"))
+                    .to_owned()
+            };
+            // Generation 1 holds commit stream 2, which names no release;
+            // the run rewrites it in the current version.
+            let release = format!("weir {}", env!("CARGO_PKG_VERSION"));
+            let current = format!("commit stream version 3, written by {release}");
+            let before = if generation == 1 {
+                "commit stream version 2, no release recorded".to_owned()
+            } else {
+                current.clone()
+            };
+            assert_eq!(stream_format(&data), before);
             let run = weir()
                 .arg("run")
                 .args(case.query)
@@ -274,6 +297,7 @@ fn every_golden_run_state_restores_and_continues_to_the_recorded_output() {
                 .output()
                 .unwrap();
             assert_success(&run, &what);
+            assert_eq!(stream_format(&data), current);
             // The state restored is not empty: "restore load   N updates".
             let summary = String::from_utf8_lossy(&run.stdout);
             let updates: u64 = summary

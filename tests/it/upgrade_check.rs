@@ -127,20 +127,26 @@ fn upgrade_check_finds_no_difference_against_itself_and_the_rows_a_binary_with_a
     assert_eq!(old[5..], new[5..], "{stdout}");
 
     // A commit stream of a version from the future (header checksum
-    // valid): both binaries refuse it, naming the version.
+    // valid): both binaries refuse it, naming the version and the release
+    // that wrote it.
     let future = tmp.path().join("future");
     copy_tree(&golden, &future);
     let commits = future.join("data/checkpoints/commits.log");
-    let mut bytes = std::fs::read(&commits).unwrap();
-    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
-    let crc = crc32c::crc32c(&bytes[..12]);
-    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    let old_stream = std::fs::read(&commits).unwrap();
+    // Version 4, written by weir 9.8.7: the 24-byte header whose layout
+    // every version from 3 on keeps, then the records as they were.
+    let mut bytes = b"WEIRCMT1".to_vec();
+    bytes.extend_from_slice(&4u32.to_le_bytes());
+    bytes.extend_from_slice(&[9, 0, 8, 0, 7, 0, 0, 0]);
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes.extend_from_slice(&old_stream[16..]);
     std::fs::write(&commits, bytes).unwrap();
     let refused = check(Path::new(env!("CARGO_BIN_EXE_weir")), &future);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
-        stderr.contains("commit stream version 3, written by a newer weir"),
+        stderr.contains("commit stream version 4, written by weir 9.8.7 (a newer weir)"),
         "{stderr}"
     );
 

@@ -4,10 +4,11 @@
 use std::collections::HashSet;
 
 use super::{
-    u32_at, validate_output_name, CommitRecord, CommitTiming, Cursor, DataFileId, FileMeta,
-    FormatError, OutputLength, PartitionResume, COMMITS_FORMAT_VERSION, COMMITS_HEADER_LEN_BYTES,
+    commits_header_len_bytes, u32_at, validate_output_name, CommitRecord, CommitTiming, Cursor,
+    DataFileId, FileMeta, FormatError, OutputLength, PartitionResume, COMMITS_FORMAT_VERSION,
     COMMITS_MAGIC, COMMITS_OLDEST_READABLE_VERSION, MAX_NAME_LEN_BYTES,
 };
+use crate::release::{Release, RELEASE_LEN_BYTES, THIS_RELEASE};
 use crate::storage::frame::{
     check_payload, decode_frame_header, encode_frame_header, FRAME_HEADER_LEN_BYTES,
 };
@@ -188,18 +189,25 @@ pub fn decode_commit_record_version(
     Ok(record)
 }
 
-/// The commit stream's file header, current version.
-pub fn encode_commits_header() -> [u8; COMMITS_HEADER_LEN_BYTES] {
+/// The commit stream's file header, current version, naming this
+/// binary's release.
+pub fn encode_commits_header() -> Vec<u8> {
     encode_commits_header_version(COMMITS_FORMAT_VERSION)
 }
 
-/// The commit stream's file header for `version`.
-pub fn encode_commits_header_version(version: u32) -> [u8; COMMITS_HEADER_LEN_BYTES] {
-    let mut h = [0u8; COMMITS_HEADER_LEN_BYTES];
-    h[..8].copy_from_slice(COMMITS_MAGIC);
-    h[8..12].copy_from_slice(&version.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..12]);
-    h[12..].copy_from_slice(&crc.to_le_bytes());
+/// The commit stream's file header for `version` (from version 3 on,
+/// naming this binary's release).
+pub fn encode_commits_header_version(version: u32) -> Vec<u8> {
+    let len = commits_header_len_bytes(version);
+    let mut h = Vec::with_capacity(len);
+    h.extend_from_slice(COMMITS_MAGIC);
+    h.extend_from_slice(&version.to_le_bytes());
+    if version >= 3 {
+        h.extend_from_slice(&THIS_RELEASE.encode());
+    }
+    let crc = crc32c::crc32c(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(h.len(), len);
     h
 }
 
@@ -223,12 +231,14 @@ pub struct CommitScan {
     pub torn: Option<String>,
     /// The stream's format version.
     pub version: u32,
+    /// The release that wrote the stream's header (version 3 on).
+    pub writer: Option<Release>,
 }
 
 /// Reads a whole commit stream. An incomplete last frame (a frame header
 /// cut short, or a payload shorter than its checksummed length) is a torn
 /// tail, reported in [`CommitScan::torn`]. Anything else that is wrong (a
-/// header shorter than 16 bytes: it is written atomically; a checksum, magic
+/// header shorter than its version's: it is written atomically; a checksum, magic
 /// or version mismatch; a record that does not decode; ids not increasing)
 /// is an error at the offset of the header or frame.
 pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
@@ -236,32 +246,46 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
         byte_offset: 0,
         reason,
     };
-    if bytes.len() < COMMITS_HEADER_LEN_BYTES {
+    let version = (bytes.len() >= 12).then(|| u32_at(bytes, 8));
+    let header_len = commits_header_len_bytes(version.unwrap_or(COMMITS_FORMAT_VERSION));
+    let Some(version) = version.filter(|_| bytes.len() >= header_len) else {
         return Err(header_err(format!(
-            "commit stream header has only {} of {COMMITS_HEADER_LEN_BYTES} bytes (it is written \
-             atomically, so this is damage, not a torn write)",
+            "commit stream header has only {} of {header_len} bytes (it is written atomically, \
+             so this is damage, not a torn write)",
             bytes.len()
         )));
+    };
+    let crc_at = header_len - 4;
+    if crc32c::crc32c(&bytes[..crc_at]) != u32_at(bytes, crc_at) {
+        return Err(header_err(
+            "commit stream header checksum mismatch".to_owned(),
+        ));
     }
-    let version = u32_at(bytes, 8);
-    let readable = (COMMITS_OLDEST_READABLE_VERSION..=COMMITS_FORMAT_VERSION).contains(&version);
-    if !readable || bytes[..COMMITS_HEADER_LEN_BYTES] != encode_commits_header_version(version) {
-        let stored = u32_at(bytes, 12);
-        let reason = if crc32c::crc32c(&bytes[..12]) != stored {
-            "commit stream header checksum mismatch".to_owned()
-        } else if &bytes[..8] != COMMITS_MAGIC {
-            "bad commit stream magic".to_owned()
-        } else {
-            format!(
-                "commit stream version {version}, written by {} weir: this binary (weir {}) reads versions {COMMITS_OLDEST_READABLE_VERSION} to {COMMITS_FORMAT_VERSION}",
-                if version > COMMITS_FORMAT_VERSION { "a newer" } else { "an older" },
-                env!("CARGO_PKG_VERSION"),
+    if &bytes[..8] != COMMITS_MAGIC {
+        return Err(header_err("bad commit stream magic".to_owned()));
+    }
+    let writer = if version >= 3 {
+        let release: &[u8; RELEASE_LEN_BYTES] = bytes[12..20].try_into().expect("8 bytes");
+        Some(Release::decode(release).ok_or_else(|| {
+            header_err(
+                "commit stream header: the writer release's reserved bytes are not zero".to_owned(),
             )
-        };
-        return Err(header_err(reason));
+        })?)
+    } else {
+        None
+    };
+    if !(COMMITS_OLDEST_READABLE_VERSION..=COMMITS_FORMAT_VERSION).contains(&version) {
+        let by = writer.map_or_else(
+            || "an older weir".to_owned(),
+            |w| format!("{w} (a newer weir)"),
+        );
+        return Err(header_err(format!(
+            "commit stream version {version}, written by {by}: this binary ({THIS_RELEASE}) reads \
+             versions {COMMITS_OLDEST_READABLE_VERSION} to {COMMITS_FORMAT_VERSION}"
+        )));
     }
     let mut records: Vec<CommitRecord> = Vec::new();
-    let mut pos = COMMITS_HEADER_LEN_BYTES;
+    let mut pos = header_len;
     let mut torn = None;
     while pos < bytes.len() {
         let at = |reason: String| FormatError {
@@ -306,5 +330,6 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
         valid_len_bytes,
         torn,
         version,
+        writer,
     })
 }

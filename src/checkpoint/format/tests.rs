@@ -167,13 +167,14 @@ proptest! {
         check_commit_record(&r).unwrap();
         let payload = encode_commit_record(&r);
         prop_assert_eq!(decode_commit_record(&payload).unwrap(), r.clone());
-        let mut stream = encode_commits_header().to_vec();
+        let mut stream = encode_commits_header();
         stream.extend(encode_commit_frame(&r));
         let scan = scan_commits(&stream).unwrap();
         prop_assert_eq!(scan.records, vec![r]);
         prop_assert_eq!(scan.torn, None);
         prop_assert_eq!(scan.valid_len_bytes, stream.len() as u64);
-        prop_assert_eq!(scan.version, 2);
+        prop_assert_eq!(scan.version, COMMITS_FORMAT_VERSION);
+        prop_assert_eq!(scan.writer, Some(crate::release::THIS_RELEASE));
     }
 
     /// A version 1 stream (records without timing) still reads.
@@ -182,11 +183,12 @@ proptest! {
         let v1 = CommitRecord { timing: None, ..r };
         let mut payload = encode_commit_record(&v1);
         payload.truncate(payload.len() - 17);
-        let mut stream = encode_commits_header_version(1).to_vec();
+        let mut stream = encode_commits_header_version(1);
         stream.extend_from_slice(&crate::storage::frame::encode_frame_header(&payload));
         stream.extend_from_slice(&payload);
         let scan = scan_commits(&stream).unwrap();
         prop_assert_eq!(scan.version, 1);
+        prop_assert_eq!(scan.writer, None);
         prop_assert_eq!(scan.records, vec![v1.clone()]);
         // The same payload in a version 2 stream is too short.
         prop_assert!(decode_commit_record(&payload).is_err());
@@ -416,7 +418,7 @@ fn commit_stream_torn_tail_and_flips() {
         outputs: vec![],
         timing: None,
     };
-    let mut stream = encode_commits_header().to_vec();
+    let mut stream = encode_commits_header();
     stream.extend(encode_commit_frame(&r(1)));
     let last_start = stream.len();
     stream.extend(encode_commit_frame(&r(2)));
@@ -443,8 +445,49 @@ fn commit_stream_torn_tail_and_flips() {
         assert_eq!(e.byte_offset, frame_start as u64, "flip at {i}: {e}");
     }
     // Ids must increase.
-    let mut twice = encode_commits_header().to_vec();
+    let mut twice = encode_commits_header();
     twice.extend(encode_commit_frame(&r(2)));
     twice.extend(encode_commit_frame(&r(2)));
     assert!(scan_commits(&twice).unwrap_err().reason.contains("follows"));
+}
+
+/// A stream of a later version is refused naming the release that wrote
+/// it (its first 24 header bytes keep their layout); one of version 2 (no
+/// release in its 16-byte header) still reads.
+#[test]
+fn a_newer_commit_stream_is_refused_naming_its_writer() {
+    let header = |version: u32, release: [u8; 8]| {
+        let mut h = COMMITS_MAGIC.to_vec();
+        h.extend_from_slice(&version.to_le_bytes());
+        h.extend_from_slice(&release);
+        let crc = crc32c::crc32c(&h);
+        h.extend_from_slice(&crc.to_le_bytes());
+        h
+    };
+    let newer = crate::release::Release::parse("9.8.7");
+    let e = scan_commits(&header(COMMITS_FORMAT_VERSION + 1, newer.encode())).unwrap_err();
+    assert_eq!(e.byte_offset, 0);
+    assert_eq!(
+        e.reason,
+        format!(
+            "commit stream version {}, written by weir 9.8.7 (a newer weir): this binary ({}) \
+             reads versions 1 to {COMMITS_FORMAT_VERSION}",
+            COMMITS_FORMAT_VERSION + 1,
+            crate::release::THIS_RELEASE
+        )
+    );
+    let mut reserved = newer.encode();
+    reserved[6] = 1;
+    let e = scan_commits(&header(COMMITS_FORMAT_VERSION, reserved)).unwrap_err();
+    assert!(e.reason.contains("reserved bytes"), "{e}");
+    let v2 = encode_commits_header_version(2);
+    assert_eq!(v2.len(), 16);
+    let scan = scan_commits(&v2).unwrap();
+    assert_eq!((scan.version, scan.writer), (2, None));
+    let v3 = encode_commits_header();
+    assert_eq!(v3.len(), COMMITS_HEADER_LEN_BYTES);
+    assert_eq!(
+        v3[..24],
+        header(3, crate::release::THIS_RELEASE.encode())[..]
+    );
 }

@@ -15,7 +15,7 @@ use super::{StoreError, UsageError, MAX_REASONS};
 use crate::checkpoint::format::{
     check_data_file_crc, check_data_file_length, consolidate_sorted_runs, decode_data_file,
     decode_layout, decode_trailer, scan_commits, verify_data_file, visit_group, CommitRecord,
-    DataFileId, FileMeta, GroupExtent, PersistedUpdate, VisitUpdate, COMMITS_FILE_NAME,
+    CommitScan, DataFileId, FileMeta, GroupExtent, PersistedUpdate, VisitUpdate, COMMITS_FILE_NAME,
     DATA_FILE_HEADER_LEN_BYTES, DATA_FILE_TRAILER_LEN_BYTES,
 };
 
@@ -26,15 +26,21 @@ const VERIFY_CHUNK_BYTES: usize = 8 << 20;
 /// the complete records, oldest first. A torn last frame ends the stream;
 /// other damage is [`StoreError::Corrupt`]. No stream: no records.
 pub fn read_commits(dir: &Path) -> Result<Vec<CommitRecord>, StoreError> {
+    Ok(read_commit_stream(dir)?.map_or_else(Vec::new, |scan| scan.records))
+}
+
+/// The whole commit stream of the store in `dir`, with its version and
+/// writer; `None` if there is none yet.
+pub fn read_commit_stream(dir: &Path) -> Result<Option<CommitScan>, StoreError> {
     let path = dir.join(COMMITS_FILE_NAME);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::io(&path)(e)),
     };
-    Ok(scan_commits(&bytes)
-        .map_err(StoreError::corrupt(&path))?
-        .records)
+    scan_commits(&bytes)
+        .map(Some)
+        .map_err(StoreError::corrupt(&path))
 }
 
 /// Reads one data file and checks its size and CRC32C against `meta`.

@@ -1,9 +1,10 @@
 //! Golden files of the checkpoint store formats (`docs/formats.md` §8):
-//! `tests/golden/checkpoint-v2/` holds a store of two checkpoints — delta
-//! files (one empty), a compacted base file and the commit stream (version 2:
-//! records with their commit timing). `tests/golden/checkpoint-v1/` is the
-//! same store with a version 1 commit stream, kept to check that it still
-//! reads and is upgraded when a store opens it for writing.
+//! `tests/golden/checkpoint-v3/` holds a store of two checkpoints — delta
+//! files (one empty), a compacted base file and the commit stream (version 3:
+//! records with their commit timing, the header naming the writer's
+//! release). `tests/golden/checkpoint-v1/` and `-v2/` are the same store
+//! with a version 1 and a version 2 commit stream, kept to check that they
+//! still read and are upgraded when a store opens them for writing.
 //!
 //! - **writing**: the fixed operations of [`write_golden_store`] give files
 //!   byte-identical to the golden ones;
@@ -32,7 +33,7 @@ use weir::checkpoint::store::{load_checkpoint, read_commits, CheckpointStore};
 use super::upd;
 
 fn golden_dir() -> PathBuf {
-    golden_dir_version(2)
+    golden_dir_version(3)
 }
 
 fn golden_dir_version(version: u32) -> PathBuf {
@@ -237,8 +238,10 @@ fn golden_checkpoint_store_read_back() {
         [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     );
     let c = std::fs::read(dir.join("commits.log")).unwrap();
-    assert_eq!(&c[..12], b"WEIRCMT1\x02\x00\x00\x00");
-    assert_eq!(c[12..16], crc32c::crc32c(&c[..12]).to_le_bytes());
+    assert_eq!(&c[..12], b"WEIRCMT1\x03\x00\x00\x00");
+    // The writer's release: 0.1.0 blessed these files.
+    assert_eq!(c[12..20], [0, 0, 1, 0, 0, 0, 0, 0]);
+    assert_eq!(c[20..24], crc32c::crc32c(&c[..20]).to_le_bytes());
 
     // An independent reading, from docs/formats.md.
     assert_eq!(doc_decode(&d), delta_1_0_expected());
@@ -263,43 +266,55 @@ fn golden_checkpoint_store_read_back() {
 }
 
 #[test]
-fn golden_checkpoint_store_version_1_reads_and_is_upgraded_on_open() {
-    let v1 = golden_dir_version(1);
-    let without_timing = |r: CommitRecord| CommitRecord { timing: None, ..r };
-    let expected = vec![
-        without_timing(record(1, vec![meta(D1_0, 0, u64::MAX), meta(D1_1, 0, 0)])),
-        without_timing(record(
-            2,
-            vec![meta(BASE2, 1000, u64::MAX), meta(D2_0, 1000, 2000)],
-        )),
-    ];
-    let c = std::fs::read(v1.join("commits.log")).unwrap();
-    assert_eq!(&c[..12], b"WEIRCMT1\x01\x00\x00\x00");
-    assert_eq!(read_commits(&v1).unwrap(), expected);
-    assert_eq!(
-        load_checkpoint(&v1, &expected[1], |_| true, 0).unwrap(),
-        state_2_expected()
-    );
-    // The data files are the same in both versions.
-    for name in [BASE2, D1_0, D1_1, D2_0] {
+fn golden_checkpoint_stores_of_versions_1_and_2_read_and_are_upgraded_on_open() {
+    for version in [1u8, 2] {
+        let old = golden_dir_version(u32::from(version));
+        // Version 1 records have no commit timing.
+        let timing = |r: CommitRecord| {
+            if version == 1 {
+                CommitRecord { timing: None, ..r }
+            } else {
+                r
+            }
+        };
+        let expected = vec![
+            timing(record(1, vec![meta(D1_0, 0, u64::MAX), meta(D1_1, 0, 0)])),
+            timing(record(
+                2,
+                vec![meta(BASE2, 1000, u64::MAX), meta(D2_0, 1000, 2000)],
+            )),
+        ];
+        let c = std::fs::read(old.join("commits.log")).unwrap();
+        let mut magic_and_version = b"WEIRCMT1".to_vec();
+        magic_and_version.extend_from_slice(&u32::from(version).to_le_bytes());
+        assert_eq!(c[..12], magic_and_version[..]);
+        assert_eq!(read_commits(&old).unwrap(), expected, "version {version}");
         assert_eq!(
-            std::fs::read(v1.join(name)).unwrap(),
-            std::fs::read(golden_dir().join(name)).unwrap(),
-            "{name}"
+            load_checkpoint(&old, &expected[1], |_| true, 0).unwrap(),
+            state_2_expected()
         );
-    }
+        // The data files are the same in every version.
+        for name in [BASE2, D1_0, D1_1, D2_0] {
+            assert_eq!(
+                std::fs::read(old.join(name)).unwrap(),
+                std::fs::read(golden_dir().join(name)).unwrap(),
+                "{name}"
+            );
+        }
 
-    // A writer opening it rewrites the stream as version 2, same records.
-    let tmp = tempfile::tempdir().unwrap();
-    for (name, bytes) in snapshot(&v1) {
-        std::fs::write(tmp.path().join(name), bytes).unwrap();
+        // A writer opening it rewrites the stream in the current version,
+        // same records.
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, bytes) in snapshot(&old) {
+            std::fs::write(tmp.path().join(name), bytes).unwrap();
+        }
+        let store = CheckpointStore::open(tmp.path()).unwrap();
+        assert_eq!(store.commits(), expected);
+        drop(store);
+        let upgraded = std::fs::read(tmp.path().join("commits.log")).unwrap();
+        assert_eq!(&upgraded[..12], b"WEIRCMT1\x03\x00\x00\x00");
+        assert_eq!(read_commits(tmp.path()).unwrap(), expected);
     }
-    let store = CheckpointStore::open(tmp.path()).unwrap();
-    assert_eq!(store.commits(), expected);
-    drop(store);
-    let upgraded = std::fs::read(tmp.path().join("commits.log")).unwrap();
-    assert_eq!(&upgraded[..12], b"WEIRCMT1\x02\x00\x00\x00");
-    assert_eq!(read_commits(tmp.path()).unwrap(), expected);
 }
 
 /// Decodes a data file as `docs/formats.md` §8 describes it (trailer, then

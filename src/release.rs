@@ -1,0 +1,115 @@
+//! The release of weir that wrote a file, as its headers record it
+//! (`docs/formats.md`, "Writer release").
+//!
+//! Eight bytes: major, minor and patch as `u16` little-endian, then a
+//! `u16` that is zero. A format that records its writer keeps these bytes
+//! at the same place in every later version of its header, so a binary
+//! that cannot read a newer version can still say which release wrote it.
+//! A leaf: it imports nothing of the engine.
+
+use std::fmt;
+
+/// Size of an encoded release.
+pub const RELEASE_LEN_BYTES: usize = 8;
+
+/// A release number, `major.minor.patch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Release {
+    /// Major version.
+    pub major: u16,
+    /// Minor version.
+    pub minor: u16,
+    /// Patch version.
+    pub patch: u16,
+}
+
+/// This binary's release (the package version; a pre-release or build
+/// suffix is not recorded).
+pub const THIS_RELEASE: Release = Release::parse(env!("CARGO_PKG_VERSION"));
+
+impl Release {
+    /// Parses `major.minor.patch` (an optional `-pre` or `+build` suffix is
+    /// ignored) at compile time; panics on anything else.
+    #[must_use]
+    pub const fn parse(text: &str) -> Release {
+        let bytes = text.as_bytes();
+        let mut parts = [0u32; 3];
+        let (mut part, mut i, mut digits) = (0, 0, 0);
+        while i < bytes.len() && bytes[i] != b'-' && bytes[i] != b'+' {
+            let b = bytes[i];
+            if b == b'.' {
+                assert!(digits > 0 && part < 2, "a release is major.minor.patch");
+                part += 1;
+                digits = 0;
+            } else {
+                assert!(b.is_ascii_digit(), "a release is major.minor.patch");
+                parts[part] = parts[part] * 10 + (b - b'0') as u32;
+                assert!(parts[part] <= u16::MAX as u32, "a release part over 65535");
+                digits += 1;
+            }
+            i += 1;
+        }
+        assert!(digits > 0 && part == 2, "a release is major.minor.patch");
+        Release {
+            major: parts[0] as u16,
+            minor: parts[1] as u16,
+            patch: parts[2] as u16,
+        }
+    }
+
+    /// The eight bytes a header holds.
+    pub fn encode(self) -> [u8; RELEASE_LEN_BYTES] {
+        let mut out = [0u8; RELEASE_LEN_BYTES];
+        out[0..2].copy_from_slice(&self.major.to_le_bytes());
+        out[2..4].copy_from_slice(&self.minor.to_le_bytes());
+        out[4..6].copy_from_slice(&self.patch.to_le_bytes());
+        out
+    }
+
+    /// Reads the eight bytes of a header; `None` if the reserved last two
+    /// are not zero.
+    pub fn decode(bytes: &[u8; RELEASE_LEN_BYTES]) -> Option<Release> {
+        let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
+        (u16_at(6) == 0).then(|| Release {
+            major: u16_at(0),
+            minor: u16_at(2),
+            patch: u16_at(4),
+        })
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "weir {}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_release_is_the_package_version() {
+        let shown = THIS_RELEASE.to_string();
+        let version = env!("CARGO_PKG_VERSION");
+        let plain = version.split(['-', '+']).next().unwrap();
+        assert_eq!(shown, format!("weir {plain}"));
+    }
+
+    #[test]
+    fn releases_parse_encode_and_decode() {
+        let r = Release::parse("12.0.65535-rc.1+abc");
+        assert_eq!(
+            r,
+            Release {
+                major: 12,
+                minor: 0,
+                patch: 65535
+            }
+        );
+        assert_eq!(r.encode(), [12, 0, 0, 0, 255, 255, 0, 0]);
+        assert_eq!(Release::decode(&r.encode()), Some(r));
+        assert_eq!(Release::decode(&[12, 0, 0, 0, 255, 255, 1, 0]), None);
+        assert!(Release::parse("1.2.3") < Release::parse("1.10.0"));
+    }
+}
