@@ -1,11 +1,13 @@
-//! Data model and byte layout of the checkpoint store (format version 1).
+//! Data model and byte layout of the checkpoint store (data files version 2,
+//! commit stream version 3).
 //!
 //! Hand-written, little-endian, no serde. `docs/formats.md` §8 has the
 //! tables; in short:
 //!
 //! ```text
 //! data file  delta-<checkpoint id:020>-<part:06>.bin  |  base-<checkpoint id:020>.bin
-//!   header (28 bytes): magic b"WEIRDLT1" | version u32 | kind u32 (0 delta, 1 base)
+//!   header (36 bytes): magic b"WEIRDLT1" | version u32 | writer release (8
+//!   bytes, `crate::release`; not in version 1) | kind u32 (0 delta, 1 base)
 //!                      | checkpoint id u64 | part u32 (0 for a base file)
 //!   records, grouped by key group (ascending), each group sorted by (data, time):
 //!     shared varint | suffix_len varint | suffix | time varint | diff zigzag-varint
@@ -54,10 +56,26 @@ pub const MAX_UPDATE_DATA_BYTES: usize = 16 << 20;
 pub const MAX_NAME_LEN_BYTES: usize = 255;
 /// Magic bytes at the start of every delta or base file.
 pub const DATA_FILE_MAGIC: &[u8; 8] = b"WEIRDLT1";
-/// Version of the data file format written by this code.
-pub const DATA_FILE_FORMAT_VERSION: u32 = 1;
-/// Size of a data file header.
-pub const DATA_FILE_HEADER_LEN_BYTES: usize = 28;
+/// Version of the data file format written by this code (2: the header
+/// names the writer's release).
+pub const DATA_FILE_FORMAT_VERSION: u32 = 2;
+/// The oldest data file version this code reads.
+pub const DATA_FILE_OLDEST_READABLE_VERSION: u32 = 1;
+/// Size of a data file header of the current version.
+pub const DATA_FILE_HEADER_LEN_BYTES: usize = data_file_header_len_bytes(DATA_FILE_FORMAT_VERSION);
+/// Size of the shortest data file header (version 1).
+pub const DATA_FILE_MIN_HEADER_LEN_BYTES: usize = data_file_header_len_bytes(1);
+
+/// Size of a data file header of `version`: 28 bytes in version 1; from
+/// version 2 on 36, the writer's release (8 bytes) right after the
+/// version, where every later version keeps it.
+pub const fn data_file_header_len_bytes(version: u32) -> usize {
+    if version >= 2 {
+        36
+    } else {
+        28
+    }
+}
 /// Size of a data file trailer.
 pub const DATA_FILE_TRAILER_LEN_BYTES: usize = 20;
 /// Magic bytes at the start of the commit stream.

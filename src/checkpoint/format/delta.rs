@@ -6,10 +6,13 @@
 //! key groups they do not own.
 
 use super::{
-    is_consolidated, put_varint, u32_at, unzigzag, zigzag, Cursor, DataFileId, DataFileKind,
-    FileMeta, FormatError, PersistedUpdate, DATA_FILE_FORMAT_VERSION, DATA_FILE_HEADER_LEN_BYTES,
-    DATA_FILE_MAGIC, DATA_FILE_TRAILER_LEN_BYTES, KEY_GROUPS, MAX_UPDATE_DATA_BYTES,
+    data_file_header_len_bytes, is_consolidated, put_varint, u32_at, unzigzag, zigzag, Cursor,
+    DataFileId, DataFileKind, FileMeta, FormatError, PersistedUpdate, DATA_FILE_FORMAT_VERSION,
+    DATA_FILE_HEADER_LEN_BYTES, DATA_FILE_MAGIC, DATA_FILE_MIN_HEADER_LEN_BYTES,
+    DATA_FILE_OLDEST_READABLE_VERSION, DATA_FILE_TRAILER_LEN_BYTES, KEY_GROUPS,
+    MAX_UPDATE_DATA_BYTES,
 };
+use crate::release::{Release, RELEASE_LEN_BYTES, THIS_RELEASE};
 
 /// Bytes of one index entry: key group u16, byte offset u64, records u64.
 const INDEX_ENTRY_LEN_BYTES: usize = 18;
@@ -71,6 +74,7 @@ impl DataFileEncoder {
         let mut out = Vec::with_capacity(capacity_bytes);
         out.extend_from_slice(DATA_FILE_MAGIC);
         out.extend_from_slice(&DATA_FILE_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&THIS_RELEASE.encode());
         out.extend_from_slice(&kind_code(id.kind).to_le_bytes());
         out.extend_from_slice(&id.checkpoint_id.to_le_bytes());
         out.extend_from_slice(&id.part.to_le_bytes());
@@ -205,7 +209,7 @@ pub fn check_data_file_length(len: u64, meta: &FileMeta) -> Result<(), FormatErr
             ),
         });
     }
-    let min_len = (DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES) as u64;
+    let min_len = (DATA_FILE_MIN_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES) as u64;
     if len < min_len {
         return Err(FormatError {
             byte_offset: 0,
@@ -266,7 +270,7 @@ pub fn decode_trailer(file_len: u64, trailer: &[u8]) -> Result<(u64, u64), Forma
         byte_offset,
         reason,
     };
-    let min_len = (DATA_FILE_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES) as u64;
+    let min_len = (DATA_FILE_MIN_HEADER_LEN_BYTES + DATA_FILE_TRAILER_LEN_BYTES) as u64;
     if file_len < min_len || trailer.len() != DATA_FILE_TRAILER_LEN_BYTES {
         return Err(err(0, format!("file has only {file_len} bytes")));
     }
@@ -274,7 +278,7 @@ pub fn decode_trailer(file_len: u64, trailer: &[u8]) -> Result<(u64, u64), Forma
     let mut t = Cursor::new(trailer, trailer_at);
     let index_offset = t.u64("index offset")?;
     let record_count = t.u64("record count")?;
-    if index_offset < DATA_FILE_HEADER_LEN_BYTES as u64 || index_offset > trailer_at {
+    if index_offset < DATA_FILE_MIN_HEADER_LEN_BYTES as u64 || index_offset > trailer_at {
         return Err(err(
             trailer_at,
             format!("index offset {index_offset} out of range"),
@@ -303,20 +307,35 @@ pub fn decode_layout(
         return Err(err(0, "bad data file magic".to_owned()));
     }
     let version = c.u32("version")?;
-    if version != DATA_FILE_FORMAT_VERSION {
+    let writer = if version >= 2 {
+        let bytes = c.array::<RELEASE_LEN_BYTES>("writer release")?;
+        Some(Release::decode(&bytes).ok_or_else(|| {
+            err(
+                12,
+                "the writer release's reserved bytes are not zero".to_owned(),
+            )
+        })?)
+    } else {
+        None
+    };
+    if !(DATA_FILE_OLDEST_READABLE_VERSION..=DATA_FILE_FORMAT_VERSION).contains(&version) {
+        let by = writer.map_or_else(
+            || "an older weir".to_owned(),
+            |w| format!("{w} (a newer weir)"),
+        );
         return Err(err(
             8,
             format!(
-                "checkpoint data file version {version}, written by {} weir: this binary (weir {}) reads version {DATA_FILE_FORMAT_VERSION}",
-                if version > DATA_FILE_FORMAT_VERSION { "a newer" } else { "an older" },
-                env!("CARGO_PKG_VERSION"),
+                "checkpoint data file version {version}, written by {by}: this binary \
+                 ({THIS_RELEASE}) reads versions {DATA_FILE_OLDEST_READABLE_VERSION} to \
+                 {DATA_FILE_FORMAT_VERSION}"
             ),
         ));
     }
     let header = (c.u32("kind")?, c.u64("checkpoint id")?, c.u32("part")?);
     if header != (kind_code(id.kind), id.checkpoint_id, id.part) {
         return Err(err(
-            12,
+            c.offset() - 16,
             format!("header (kind, checkpoint id, part) = {header:?} does not match the file name"),
         ));
     }
@@ -340,7 +359,7 @@ pub fn decode_layout(
         ));
     }
     let mut extents = Vec::with_capacity(groups);
-    let mut expected_offset = DATA_FILE_HEADER_LEN_BYTES as u64;
+    let mut expected_offset = data_file_header_len_bytes(version) as u64;
     let mut total = 0u64;
     for (i, &(at, key_group, offset, records)) in entries.iter().enumerate() {
         let end = entries.get(i + 1).map_or(index_offset, |e| e.2);
@@ -439,7 +458,7 @@ pub fn decode_data_file(
     let trailer_at = bytes.len().saturating_sub(DATA_FILE_TRAILER_LEN_BYTES);
     let trailer = decode_trailer(bytes.len() as u64, &bytes[trailer_at..])?;
     let extents = decode_layout(
-        &bytes[..DATA_FILE_HEADER_LEN_BYTES],
+        &bytes[..DATA_FILE_HEADER_LEN_BYTES.min(trailer_at)],
         &bytes[trailer.0 as usize..trailer_at],
         trailer,
         meta,

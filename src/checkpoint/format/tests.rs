@@ -491,3 +491,65 @@ fn a_newer_commit_stream_is_refused_naming_its_writer() {
         header(3, crate::release::THIS_RELEASE.encode())[..]
     );
 }
+
+/// A data file names the release that wrote it; one of a later version is
+/// refused naming that release, and a version 1 file (28-byte header, no
+/// release) still decodes.
+#[test]
+fn data_files_name_their_writer_and_version_1_still_decodes() {
+    let updates = vec![
+        PersistedUpdate {
+            key_group: 2,
+            data: b"k".to_vec(),
+            time: 5,
+            diff: 3,
+        },
+        PersistedUpdate {
+            key_group: 7,
+            data: b"kk".to_vec(),
+            time: 9,
+            diff: -1,
+        },
+    ];
+    let (bytes, meta) = encode_data_file(DataFileId::delta(4, 1), &updates);
+    assert_eq!(bytes[8..12], DATA_FILE_FORMAT_VERSION.to_le_bytes());
+    assert_eq!(bytes[12..20], crate::release::THIS_RELEASE.encode());
+
+    // The same file in a version 3 written by weir 9.8.7.
+    let mut newer = bytes.clone();
+    newer[8..12].copy_from_slice(&3u32.to_le_bytes());
+    newer[12..20].copy_from_slice(&crate::release::Release::parse("9.8.7").encode());
+    let e = decode_all(&newer, &meta).unwrap_err();
+    assert_eq!(e.byte_offset, 8);
+    assert!(
+        e.reason.starts_with(
+            "checkpoint data file version 3, written by weir 9.8.7 (a newer weir): this binary"
+        ),
+        "{e}"
+    );
+
+    // Version 1: no release, everything after it 8 bytes earlier.
+    let shift = DATA_FILE_HEADER_LEN_BYTES - DATA_FILE_MIN_HEADER_LEN_BYTES;
+    let (index_at, count_at) = (bytes.len() - 20, bytes.len() - 12);
+    let index_offset = u64::from_le_bytes(bytes[index_at..count_at].try_into().unwrap());
+    let mut v1 = bytes[..8].to_vec();
+    v1.extend_from_slice(&1u32.to_le_bytes());
+    v1.extend_from_slice(&bytes[20..index_at]);
+    // Index entries' offsets move back by the 8 bytes.
+    let entries_at = index_offset as usize - shift + 4;
+    for entry in v1[entries_at..].chunks_exact_mut(18) {
+        let offset = u64::from_le_bytes(entry[2..10].try_into().unwrap()) - shift as u64;
+        entry[2..10].copy_from_slice(&offset.to_le_bytes());
+    }
+    v1.extend_from_slice(&(index_offset - shift as u64).to_le_bytes());
+    v1.extend_from_slice(&bytes[count_at..count_at + 8]);
+    let crc = crc32c::crc32c(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    let meta_v1 = FileMeta {
+        size_bytes: v1.len() as u64,
+        crc32c: crc,
+        ..meta.clone()
+    };
+    assert_eq!(v1.len(), bytes.len() - shift);
+    assert_eq!(decode_all(&v1, &meta_v1).unwrap(), updates);
+}

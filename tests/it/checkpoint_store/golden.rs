@@ -1,10 +1,11 @@
 //! Golden files of the checkpoint store formats (`docs/formats.md` §8):
 //! `tests/golden/checkpoint-v3/` holds a store of two checkpoints — delta
-//! files (one empty), a compacted base file and the commit stream (version 3:
-//! records with their commit timing, the header naming the writer's
-//! release). `tests/golden/checkpoint-v1/` and `-v2/` are the same store
-//! with a version 1 and a version 2 commit stream, kept to check that they
-//! still read and are upgraded when a store opens them for writing.
+//! files (one empty) and a compacted base file (data file version 2), and
+//! the commit stream (version 3: records with their commit timing); both
+//! headers name the writer's release. `tests/golden/checkpoint-v1/` and
+//! `-v2/` are the same store with version 1 data files and a version 1 and
+//! a version 2 commit stream, kept to check that they still read and that
+//! the stream is upgraded when a store opens it for writing.
 //!
 //! - **writing**: the fixed operations of [`write_golden_store`] give files
 //!   byte-identical to the golden ones;
@@ -192,7 +193,12 @@ fn golden_checkpoint_store_written_today() {
 /// The file's metadata as a commit record must give it: size and trailer
 /// CRC read from the golden file, time range spelled out.
 fn meta(name: &str, min_time: u64, max_time: u64) -> FileMeta {
-    let bytes = std::fs::read(golden_dir().join(name)).unwrap();
+    meta_in(&golden_dir(), name, min_time, max_time)
+}
+
+/// [`meta`] of the file in `dir`.
+fn meta_in(dir: &Path, name: &str, min_time: u64, max_time: u64) -> FileMeta {
+    let bytes = std::fs::read(dir.join(name)).unwrap();
     let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
     assert_eq!(crc, crc32c::crc32c(&bytes[..bytes.len() - 4]), "{name}");
     FileMeta {
@@ -226,16 +232,18 @@ fn golden_checkpoint_store_read_back() {
     );
 
     // Headers, byte by byte.
+    // Version 2, the writer's release (0.1.0 blessed these files), kind,
+    // checkpoint id, part.
     let d = std::fs::read(dir.join(D1_0)).unwrap();
     assert_eq!(&d[..8], b"WEIRDLT1");
     assert_eq!(
-        d[8..28],
-        [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        d[8..36],
+        [2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     );
     let b = std::fs::read(dir.join(BASE2)).unwrap();
     assert_eq!(
-        b[8..28],
-        [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        b[8..36],
+        [2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     );
     let c = std::fs::read(dir.join("commits.log")).unwrap();
     assert_eq!(&c[..12], b"WEIRCMT1\x03\x00\x00\x00");
@@ -277,6 +285,7 @@ fn golden_checkpoint_stores_of_versions_1_and_2_read_and_are_upgraded_on_open() 
                 r
             }
         };
+        let meta = |name, min_time, max_time| meta_in(&old, name, min_time, max_time);
         let expected = vec![
             timing(record(1, vec![meta(D1_0, 0, u64::MAX), meta(D1_1, 0, 0)])),
             timing(record(
@@ -293,14 +302,15 @@ fn golden_checkpoint_stores_of_versions_1_and_2_read_and_are_upgraded_on_open() 
             load_checkpoint(&old, &expected[1], |_| true, 0).unwrap(),
             state_2_expected()
         );
-        // The data files are the same in every version.
+        // Their data files are version 1 (28-byte header, no release).
         for name in [BASE2, D1_0, D1_1, D2_0] {
-            assert_eq!(
-                std::fs::read(old.join(name)).unwrap(),
-                std::fs::read(golden_dir().join(name)).unwrap(),
-                "{name}"
-            );
+            let bytes = std::fs::read(old.join(name)).unwrap();
+            assert_eq!(bytes[8..12], [1, 0, 0, 0], "{name}");
         }
+        assert_eq!(
+            load_checkpoint(&old, &expected[0], |_| true, 0).unwrap(),
+            delta_1_0_expected()
+        );
 
         // A writer opening it rewrites the stream in the current version,
         // same records.
