@@ -57,6 +57,27 @@ impl Release {
         }
     }
 
+    /// Parses `major.minor.patch` exactly (as a text file records it);
+    /// `None` for anything else.
+    pub fn from_text(text: &str) -> Option<Release> {
+        let mut parts = text.split('.').map(|p| {
+            (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse::<u16>().ok())
+                .flatten()
+        });
+        let release = Release {
+            major: parts.next()??,
+            minor: parts.next()??,
+            patch: parts.next()??,
+        };
+        parts.next().is_none().then_some(release)
+    }
+
+    /// `major.minor.patch`, as a text file records it.
+    pub fn to_text(self) -> String {
+        format!("{}.{}.{}", self.major, self.minor, self.patch)
+    }
+
     /// The eight bytes a header holds.
     pub fn encode(self) -> [u8; RELEASE_LEN_BYTES] {
         let mut out = [0u8; RELEASE_LEN_BYTES];
@@ -111,5 +132,17 @@ mod tests {
         assert_eq!(Release::decode(&r.encode()), Some(r));
         assert_eq!(Release::decode(&[12, 0, 0, 0, 255, 255, 1, 0]), None);
         assert!(Release::parse("1.2.3") < Release::parse("1.10.0"));
+        assert_eq!(Release::from_text(&r.to_text()), Some(r));
+        for bad in [
+            "",
+            "1.2",
+            "1.2.3.4",
+            "1..3",
+            "a.b.c",
+            "1.2.70000",
+            "1.2.3-rc",
+        ] {
+            assert_eq!(Release::from_text(bad), None, "{bad}");
+        }
     }
 }

@@ -19,8 +19,9 @@ use crate::storage::IoError;
 
 /// The file's name in the data directory.
 pub const QUERY_FILE_NAME: &str = "QUERY";
-/// The version this binary writes and reads.
-pub const QUERY_FILE_VERSION: u32 = 1;
+/// The version this binary writes (2: a `release` line names the writer);
+/// versions 1 and 2 are read.
+pub const QUERY_FILE_VERSION: u32 = 2;
 /// A larger file is refused unread.
 const MAX_QUERY_FILE_BYTES: u64 = 4096;
 const FIRST_LINE: &str = "weir-query";
@@ -174,17 +175,24 @@ mod tests {
 
     #[test]
     fn matches_the_golden_bytes() {
-        let golden = "weir-query 1\nquery window\nwindow sliding:1m/10s\ngranularity_ms 10000\n\
-                      lateness_ms 5000\nemit all\naggregates count,sum,min,max\n";
+        let golden = "weir-query 2\nrelease 0.1.0\nquery window\nwindow sliding:1m/10s\n\
+                      granularity_ms 10000\nlateness_ms 5000\nemit all\n\
+                      aggregates count,sum,min,max\n";
         let bytes = encode(&queries()[0]);
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(golden), "{text}");
-        let golden_file = include_bytes!("../../tests/golden/query-v1");
+        let golden_file = include_bytes!("../../tests/golden/query-v2");
         assert_eq!(
             decode(golden_file).unwrap().fingerprint(),
             queries()[0].fingerprint()
         );
         assert_eq!(bytes, golden_file);
+        // Version 1, without the release line, still reads.
+        let v1 = include_bytes!("../../tests/golden/query-v1");
+        assert_eq!(
+            decode(v1).unwrap().fingerprint(),
+            queries()[0].fingerprint()
+        );
     }
 
     #[test]

@@ -1,20 +1,34 @@
 //! Small text files of `name value` lines: a kind and a version on the
-//! first line, a CRC32C of the bytes before it on the last
+//! first line, from version 2 on the writer's release on the second
+//! (`release 0.1.0`), a CRC32C of the bytes before it on the last
 //! (`crc32c xxxxxxxx`). The `QUERY` file of a data directory and the cold
 //! tier's epoch files are written this way: readable by people, checked
 //! by machines, refused with the byte offset of what is wrong.
 
 use std::fmt::Write as _;
 
+use crate::release::{Release, THIS_RELEASE};
+
+/// The first version of every kind whose second line names the writer's
+/// release; later versions keep that line there.
+pub const RELEASE_LINE_FROM_VERSION: u32 = 2;
+
 /// The lines of a file, checked: `(byte offset, name, value)`.
 #[derive(Debug)]
 pub struct KvFields<'a> {
     fields: Vec<(u64, &'a str, &'a str)>,
+    /// The file's version.
+    pub version: u32,
+    /// The release that wrote it (version 2 on).
+    pub writer: Option<Release>,
 }
 
 /// Encodes `fields` after the line `KIND VERSION`, and the CRC line.
 pub fn encode_kv(kind: &str, version: u32, fields: &[(&str, String)]) -> Vec<u8> {
     let mut text = format!("{kind} {version}\n");
+    if version >= RELEASE_LINE_FROM_VERSION {
+        let _ = writeln!(text, "release {}", THIS_RELEASE.to_text());
+    }
     for (name, value) in fields {
         debug_assert!(!name.contains(' ') && !value.contains('\n'));
         let _ = writeln!(text, "{name} {value}");
@@ -24,8 +38,9 @@ pub fn encode_kv(kind: &str, version: u32, fields: &[(&str, String)]) -> Vec<u8>
     text.into_bytes()
 }
 
-/// The fields of `bytes`, a file of `kind` in `version` (the CRC checked),
-/// or the byte offset and reason of what is wrong.
+/// The fields of `bytes`, a file of `kind` in version 1 up to `version`
+/// (the CRC checked), or the byte offset and reason of what is wrong; a
+/// later version is refused naming the release that wrote it.
 pub fn decode_kv<'a>(
     bytes: &'a [u8],
     kind: &str,
@@ -58,18 +73,44 @@ pub fn decode_kv<'a>(
     if first != kind {
         return Err((0, format!("not a `{kind}` file (it starts with {first:?})")));
     }
-    if found != version.to_string() {
+    let found_version = found
+        .parse::<u32>()
+        .ok()
+        .filter(|v| *v > 0 && v.to_string() == found)
+        .ok_or_else(|| (0, format!("version {found:?} is not a number")))?;
+    let release_line = fields
+        .get(1)
+        .filter(|&&(_, name, _)| name == "release" && found_version >= RELEASE_LINE_FROM_VERSION);
+    let writer = match release_line {
+        Some(&(at, _, text)) => Some(
+            Release::from_text(text)
+                .ok_or_else(|| (at, format!("release {text:?} is not major.minor.patch")))?,
+        ),
+        None if found_version >= RELEASE_LINE_FROM_VERSION => {
+            return Err((0, "no `release` line after the version".into()));
+        }
+        None => None,
+    };
+    if found_version > version {
+        let by = writer.map_or_else(
+            || "a newer weir".to_owned(),
+            |w| format!("{w} (a newer weir)"),
+        );
         return Err((
             0,
             format!(
-                "version {found}, written by another weir; this one ({}) reads version {version}",
-                env!("CARGO_PKG_VERSION")
+                "version {found_version}, written by {by}; this one ({THIS_RELEASE}) reads \
+                 versions 1 to {version}"
             ),
         ));
     }
     fields.pop();
-    fields.remove(0);
-    Ok(KvFields { fields })
+    fields.drain(..if writer.is_some() { 2 } else { 1 });
+    Ok(KvFields {
+        fields,
+        version: found_version,
+        writer,
+    })
 }
 
 impl<'a> KvFields<'a> {
@@ -99,6 +140,7 @@ impl<'a> KvFields<'a> {
 #[cfg(test)]
 mod tests {
     use super::{decode_kv, encode_kv};
+    use crate::release::THIS_RELEASE;
 
     #[test]
     fn round_trips_and_refuses_damage_with_its_offset() {
@@ -115,10 +157,25 @@ mod tests {
         assert_eq!(fields.number("epoch").unwrap(), 7);
         assert_eq!(fields.field("who").unwrap().1, "a b");
         assert!(fields.optional("none").is_none());
-        assert!(decode_kv(&bytes, "weir-test", 3)
-            .unwrap_err()
-            .1
-            .contains("version 2"));
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap().lines().nth(1),
+            Some(format!("release {}", THIS_RELEASE.to_text()).as_str())
+        );
+        assert_eq!((fields.version, fields.writer), (2, Some(THIS_RELEASE)));
+        assert!(fields.optional("release").is_none());
+        // A reader of version 1 only: refused, naming the writer.
+        assert_eq!(
+            decode_kv(&bytes, "weir-test", 1).unwrap_err().1,
+            format!(
+                "version 2, written by {THIS_RELEASE} (a newer weir); this one ({THIS_RELEASE}) \
+                 reads versions 1 to 1"
+            )
+        );
+        // Version 1 (no release line) still reads.
+        let v1 = encode_kv("weir-test", 1, &[("epoch", "7".into())]);
+        let fields = decode_kv(&v1, "weir-test", 2).unwrap();
+        assert_eq!((fields.version, fields.writer), (1, None));
+        assert_eq!(fields.number("epoch").unwrap(), 7);
         assert!(decode_kv(&bytes, "weir-other", 2).is_err());
         for cut in 0..bytes.len() {
             assert!(decode_kv(&bytes[..cut], "weir-test", 2).is_err(), "{cut}");

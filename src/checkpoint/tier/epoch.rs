@@ -32,7 +32,9 @@ pub const EPOCHS_PREFIX: &str = "epochs";
 pub const LOCAL_EPOCH_FILES: [&str; 3] = ["COLD_EPOCH", "REPLICA_EPOCH", "TAKEOVER_EPOCH"];
 const CLAIM_KIND: &str = "weir-cold-epoch";
 const LOCAL_KIND: &str = "weir-cold-writer";
-const FORMAT_VERSION: u32 = 1;
+/// The version written (2: a `release` line names the writer); 1 and 2
+/// are read.
+const FORMAT_VERSION: u32 = 2;
 
 /// One epoch's claim.
 #[derive(Clone, Debug, PartialEq, Eq)]

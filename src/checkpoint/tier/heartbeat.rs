@@ -23,7 +23,9 @@ pub const BEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a newcomer watches the newest epoch's counter.
 pub const LIVENESS_WAIT: Duration = Duration::from_secs(4);
 const BEAT_KIND: &str = "weir-cold-heartbeat";
-const FORMAT_VERSION: u32 = 1;
+/// The version written (2: a `release` line names the writer); 1 and 2
+/// are read.
+const FORMAT_VERSION: u32 = 2;
 /// The heartbeat's name in an epoch's prefix.
 pub(super) const HEARTBEAT: &str = "HEARTBEAT";
 
