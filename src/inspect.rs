@@ -118,7 +118,7 @@ pub fn inspect(data_dir: &Path) -> Result<String, InspectError> {
     let format = stream.as_ref().map_or_else(String::new, |scan| {
         let writer = scan.writer.map_or_else(
             || "no release recorded".to_owned(),
-            |w| format!("written by {w}"),
+            |w| format!("header written by {w}"),
         );
         format!(" (commit stream version {}, {writer})", scan.version)
     });

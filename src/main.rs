@@ -425,6 +425,17 @@ struct ZipfArgs {
 }
 
 pub(crate) fn main() -> ExitCode {
+    // The fixture feature makes sums deliberately wrong, for the
+    // `weir-fixture-changed-sum` test binary only; a `weir` built with it
+    // (`--all-features`) must not run.
+    if cfg!(feature = "fixture-changed-sum") && option_env!("CARGO_BIN_NAME") == Some("weir") {
+        eprintln!(
+            "error: this weir was built with the test-fixture feature `fixture-changed-sum`, \
+             whose sums are deliberately wrong; build it without that feature (not with \
+             --all-features)"
+        );
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {

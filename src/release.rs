@@ -87,6 +87,17 @@ impl Release {
         out
     }
 
+    /// Reads the eight bytes of a header of a version this binary does not
+    /// know, whose reserved bytes may mean something: to name its writer.
+    pub fn decode_newer(bytes: &[u8; RELEASE_LEN_BYTES]) -> Release {
+        let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
+        Release {
+            major: u16_at(0),
+            minor: u16_at(2),
+            patch: u16_at(4),
+        }
+    }
+
     /// Reads the eight bytes of a header; `None` if the reserved last two
     /// are not zero.
     pub fn decode(bytes: &[u8; RELEASE_LEN_BYTES]) -> Option<Release> {

@@ -76,11 +76,25 @@ pub fn decode_kv<'a>(
     let found_version = found
         .parse::<u32>()
         .ok()
-        .filter(|v| *v > 0 && v.to_string() == found)
+        .filter(|v| v.to_string() == found)
         .ok_or_else(|| (0, format!("version {found:?} is not a number")))?;
     let release_line = fields
         .get(1)
         .filter(|&&(_, name, _)| name == "release" && found_version >= RELEASE_LINE_FROM_VERSION);
+    if found_version == 0 || found_version > version {
+        let by = match release_line.and_then(|&(_, _, text)| Release::from_text(text)) {
+            _ if found_version == 0 => "no weir (there is no version 0)".to_owned(),
+            Some(w) => format!("{w} (a newer weir)"),
+            None => "a newer weir".to_owned(),
+        };
+        return Err((
+            0,
+            format!(
+                "version {found_version}, written by {by}; this one ({THIS_RELEASE}) reads \
+                 versions 1 to {version}"
+            ),
+        ));
+    }
     let writer = match release_line {
         Some(&(at, _, text)) => Some(
             Release::from_text(text)
@@ -91,19 +105,6 @@ pub fn decode_kv<'a>(
         }
         None => None,
     };
-    if found_version > version {
-        let by = writer.map_or_else(
-            || "a newer weir".to_owned(),
-            |w| format!("{w} (a newer weir)"),
-        );
-        return Err((
-            0,
-            format!(
-                "version {found_version}, written by {by}; this one ({THIS_RELEASE}) reads \
-                 versions 1 to {version}"
-            ),
-        ));
-    }
     fields.pop();
     fields.drain(..if writer.is_some() { 2 } else { 1 });
     Ok(KvFields {

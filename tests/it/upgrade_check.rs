@@ -17,8 +17,14 @@ use crate::support::{copy_tree, output_within, weir};
 /// before the suite, so here cargo only checks it is fresh. Bounded: a
 /// build that does not end within 5 minutes fails the test.
 fn changed_sum_fixture() -> PathBuf {
+    // `<target dir>/<profile dir>/weir`; the dev profile's dir is `debug`
+    // (the test profile's too).
     let weir_bin = Path::new(env!("CARGO_BIN_EXE_weir"));
-    let release = weir_bin.parent().and_then(Path::file_name) == Some("release".as_ref());
+    let profile_dir = weir_bin.parent().unwrap();
+    let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
+        "debug" => "dev",
+        other => other,
+    };
     let mut build = std::process::Command::new(env!("CARGO"));
     // Without the variables cargo sets for a running test: build scripts
     // that watch them (ring's watches CARGO_MANIFEST_DIR) would otherwise
@@ -43,10 +49,9 @@ fn changed_sum_fixture() -> PathBuf {
     build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["build", "--locked", "--features", "fixture-changed-sum"])
-        .args(["--bin", "weir-fixture-changed-sum"]);
-    if release {
-        build.arg("--release");
-    }
+        .args(["--bin", "weir-fixture-changed-sum", "--profile", profile])
+        .arg("--target-dir")
+        .arg(profile_dir.parent().unwrap());
     let built = output_within(&mut build, Duration::from_secs(300));
     assert!(
         built.status.success(),

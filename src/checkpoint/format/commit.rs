@@ -264,20 +264,13 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
     if &bytes[..8] != COMMITS_MAGIC {
         return Err(header_err("bad commit stream magic".to_owned()));
     }
-    let writer = if version >= 3 {
-        let release: &[u8; RELEASE_LEN_BYTES] = bytes[12..20].try_into().expect("8 bytes");
-        Some(Release::decode(release).ok_or_else(|| {
-            header_err(
-                "commit stream header: the writer release's reserved bytes are not zero".to_owned(),
-            )
-        })?)
-    } else {
-        None
-    };
+    let release: Option<&[u8; RELEASE_LEN_BYTES]> =
+        (version >= 3).then(|| bytes[12..20].try_into().expect("8 bytes"));
     if !(COMMITS_OLDEST_READABLE_VERSION..=COMMITS_FORMAT_VERSION).contains(&version) {
-        let by = writer.map_or_else(
+        // A later version may use the reserved bytes: not checked here.
+        let by = release.map_or_else(
             || "an older weir".to_owned(),
-            |w| format!("{w} (a newer weir)"),
+            |r| format!("{} (a newer weir)", Release::decode_newer(r)),
         );
         return Err(header_err(format!(
             "commit stream version {version}, written by {by}: this binary ({THIS_RELEASE}) reads \
@@ -285,6 +278,14 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
         )));
     }
     let mut records: Vec<CommitRecord> = Vec::new();
+    let writer = match release {
+        Some(r) => Some(Release::decode(r).ok_or_else(|| {
+            header_err(
+                "commit stream header: the writer release's reserved bytes are not zero".to_owned(),
+            )
+        })?),
+        None => None,
+    };
     let mut pos = header_len;
     let mut torn = None;
     while pos < bytes.len() {

@@ -307,21 +307,16 @@ pub fn decode_layout(
         return Err(err(0, "bad data file magic".to_owned()));
     }
     let version = c.u32("version")?;
-    let writer = if version >= 2 {
-        let bytes = c.array::<RELEASE_LEN_BYTES>("writer release")?;
-        Some(Release::decode(&bytes).ok_or_else(|| {
-            err(
-                12,
-                "the writer release's reserved bytes are not zero".to_owned(),
-            )
-        })?)
+    let release = if version >= 2 {
+        Some(c.array::<RELEASE_LEN_BYTES>("writer release")?)
     } else {
         None
     };
     if !(DATA_FILE_OLDEST_READABLE_VERSION..=DATA_FILE_FORMAT_VERSION).contains(&version) {
-        let by = writer.map_or_else(
+        // A later version may use the reserved bytes: not checked here.
+        let by = release.map_or_else(
             || "an older weir".to_owned(),
-            |w| format!("{w} (a newer weir)"),
+            |r| format!("{} (a newer weir)", Release::decode_newer(&r)),
         );
         return Err(err(
             8,
@@ -330,6 +325,12 @@ pub fn decode_layout(
                  ({THIS_RELEASE}) reads versions {DATA_FILE_OLDEST_READABLE_VERSION} to \
                  {DATA_FILE_FORMAT_VERSION}"
             ),
+        ));
+    }
+    if release.is_some_and(|r| Release::decode(&r).is_none()) {
+        return Err(err(
+            12,
+            "the writer release's reserved bytes are not zero".to_owned(),
         ));
     }
     let header = (c.u32("kind")?, c.u64("checkpoint id")?, c.u32("part")?);

@@ -480,6 +480,12 @@ fn a_newer_commit_stream_is_refused_naming_its_writer() {
     reserved[6] = 1;
     let e = scan_commits(&header(COMMITS_FORMAT_VERSION, reserved)).unwrap_err();
     assert!(e.reason.contains("reserved bytes"), "{e}");
+    // A later version may use them: its writer is still named.
+    let e = scan_commits(&header(COMMITS_FORMAT_VERSION + 1, reserved)).unwrap_err();
+    assert!(
+        e.reason.contains("written by weir 9.8.7 (a newer weir)"),
+        "{e}"
+    );
     let v2 = encode_commits_header_version(2);
     assert_eq!(v2.len(), 16);
     let scan = scan_commits(&v2).unwrap();

@@ -186,7 +186,9 @@ fn golden_checkpoint_store_written_today() {
     assert_eq!(
         snapshot(&golden),
         today,
-        "the formats changed; see this module's doc"
+        "the formats changed (see this module's doc), or the package version did: the data \
+         files and the commit stream name the release that wrote them, so a new release \
+         number is re-blessed here too"
     );
 }
 
