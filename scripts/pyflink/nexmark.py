@@ -5,15 +5,19 @@ giving weir's result columns.
   with the most bids, ties kept: `window_start,window_end,auction,num`.
 - q7 ("highest bid"): per tumbling 10 s window the bids with the highest
   price, ties kept: `window_start,window_end,auction,bidder,price`.
+- q11 (user sessions): per bidder, sessions of bids closed by a 10 s gap:
+  `bidder,session_start,session_end,bid_count` (end: last bid + 10 s).
 - q12 (bids per bidder): per tumbling 10 s window and bidder, the number
   of bids: `bidder,window_start,window_end,bid_count`.
 
 Batch mode (the input is bounded: final rows, no retractions from the
-joins of window aggregates), parallelism 1, times in ms, over headerless
-bid CSV files of `weir gen nexmark` (auction,bidder,price,channel,url,
-date_time,extra).
+joins of window aggregates), except q11: Flink 1.20 runs session windows
+in streaming mode only, there with a watermark 60 minutes behind (longer
+than the input spans, so no bid is late). Parallelism 1, times in ms, over
+headerless bid CSV files of `weir gen nexmark` (auction,bidder,price,
+channel,url,date_time,extra).
 
-Usage: python nexmark.py q5|q7|q12 BID_DIR OUTPUT_DIR
+Usage: python nexmark.py q5|q7|q11|q12 BID_DIR OUTPUT_DIR
 """
 
 import sys
@@ -21,18 +25,26 @@ import sys
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
 query, src, out = sys.argv[1], sys.argv[2], sys.argv[3]
-env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
+streaming = query == "q11"
+env = TableEnvironment.create(
+    EnvironmentSettings.in_streaming_mode() if streaming else EnvironmentSettings.in_batch_mode()
+)
 env.get_config().set("parallelism.default", "1")
 env.get_config().set("table.local-time-zone", "UTC")
 env.execute_sql(f"""
 CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel STRING,
   url STRING, date_time BIGINT, extra STRING,
-  rt AS TO_TIMESTAMP_LTZ(date_time, 3))
+  rt AS TO_TIMESTAMP_LTZ(date_time, 3)
+  {", WATERMARK FOR rt AS rt - INTERVAL '60' MINUTE" if streaming else ""})
 WITH ('connector'='filesystem', 'path'='{src}', 'format'='csv')""")
 
 
 def ms(column):
-    return f"UNIX_TIMESTAMP(CAST({column} AS STRING)) * 1000"
+    """A timestamp column as Unix ms (UNIX_TIMESTAMP alone gives seconds)."""
+    return (
+        f"(UNIX_TIMESTAMP(CAST({column} AS STRING)) * 1000"
+        f" + MOD(EXTRACT(MILLISECOND FROM {column}), 1000))"
+    )
 
 
 if query == "q5":
@@ -60,6 +72,12 @@ elif query == "q7":
     JOIN (SELECT window_start, window_end, MAX(price) AS maxp FROM windowed
           GROUP BY window_start, window_end) m
     ON b.window_start = m.window_start AND b.window_end = m.window_end AND b.price = m.maxp"""
+elif query == "q11":
+    columns = "bidder BIGINT, ws BIGINT, we BIGINT, bid_count BIGINT"
+    select = f"""
+    SELECT bidder, {ms('window_start')}, {ms('window_end')}, COUNT(*)
+    FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(rt), INTERVAL '10' SECOND))
+    GROUP BY bidder, window_start, window_end"""
 elif query == "q12":
     columns = "bidder BIGINT, ws BIGINT, we BIGINT, bid_count BIGINT"
     select = f"""
@@ -67,7 +85,7 @@ elif query == "q12":
     FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(rt), INTERVAL '10' SECOND))
     GROUP BY bidder, window_start, window_end"""
 else:
-    sys.exit(f"unknown query {query} (q5, q7 or q12)")
+    sys.exit(f"unknown query {query} (q5, q7, q11 or q12)")
 
 env.execute_sql(f"""
 CREATE TABLE sink ({columns})
