@@ -361,10 +361,14 @@ where
                     partials = partials.concat(restored_sessions(scope, restored));
                     assembler_for_tap = Some((c.assembler, pressure));
                 }
-                let (rows, state) =
-                    session_windows(partials.as_collection(), gap_ms, query.granularity_ms);
-                if let (Some((assembler, pressure)), Some(cuts)) =
-                    (assembler_for_tap, announcements.as_ref())
+                let (rows, state) = session_windows(
+                    partials.as_collection(),
+                    gap_ms,
+                    query.granularity_ms,
+                    assembler_for_tap.is_some(),
+                );
+                if let (Some((assembler, pressure)), Some(cuts), Some(state)) =
+                    (assembler_for_tap, announcements.as_ref(), state)
                 {
                     persist_tap::<SessionCombiner>(
                         &state,

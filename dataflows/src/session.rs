@@ -47,13 +47,24 @@ enum SessionOutput {
     State(Update<(Key, SessionPartial)>),
 }
 
+/// The rows among the session operator's outputs.
+fn rows_of(outputs: Stream<'_, u64, Vec<SessionOutput>>) -> Stream<'_, u64, Vec<WindowRow>> {
+    outputs.flat_map(|o| match o {
+        SessionOutput::Row(row) => Some(row),
+        SessionOutput::State(_) => None,
+    })
+}
+
 /// The session rows of `partials`, each emitted once when its session
-/// closes, and the changes to the open sessions.
+/// closes, and, if `with_state` (a checkpointed run persists them), the
+/// changes to the open sessions. Without it no change is made or sent:
+/// two per merged partial, which a run without checkpoints only dropped.
 pub fn session_windows(
     partials: SessionPartials<'_>,
     gap_ms: u64,
     granularity_ms: u64,
-) -> (Stream<'_, u64, Vec<WindowRow>>, SessionState<'_>) {
+    with_state: bool,
+) -> (Stream<'_, u64, Vec<WindowRow>>, Option<SessionState<'_>>) {
     assert!(granularity_ms > 0 && granularity_ms <= gap_ms);
     // The time by which every event that could join a session ending at
     // `last + gap` has arrived: the granule of `last + gap - 1`.
@@ -110,16 +121,26 @@ pub fn session_windows(
                                 && merged.first_ts < s.last_ts + gap_ms;
                             if connects {
                                 merged.merge(s);
-                                changes.push(SessionOutput::State(((key.clone(), *s), time, -1)));
+                                if with_state {
+                                    changes.push(SessionOutput::State((
+                                        (key.clone(), *s),
+                                        time,
+                                        -1,
+                                    )));
+                                }
                             }
                             !connects
                         });
-                        changes.push(SessionOutput::State(((key.clone(), merged), time, 1)));
+                        if with_state {
+                            changes.push(SessionOutput::State(((key.clone(), merged), time, 1)));
+                        }
                         sessions.push(merged);
                         // Entries made stale by this merge are skipped when popped.
                         closing.push(Reverse((close_time(&merged), key)));
                     }
-                    output.session(&cap).give_iterator(changes.drain(..));
+                    if !changes.is_empty() {
+                        output.session(&cap).give_iterator(changes.drain(..));
+                    }
                 }
                 let frontier_time = frontier.frontier().first().copied();
                 while let Some(Reverse((t, _))) = closing.peek() {
@@ -146,7 +167,9 @@ pub fn session_windows(
                             key: key.as_str().into(),
                             agg: s.agg,
                         }));
-                        session.give(SessionOutput::State(((key.clone(), *s), ct, -1)));
+                        if with_state {
+                            session.give(SessionOutput::State(((key.clone(), *s), ct, -1)));
+                        }
                         false
                     });
                     if sessions.is_empty() {
@@ -165,13 +188,14 @@ pub fn session_windows(
                 }
             }
         });
-    let rows = outputs.clone().flat_map(|o| match o {
-        SessionOutput::Row(row) => Some(row),
-        SessionOutput::State(_) => None,
-    });
+    if !with_state {
+        // One consumer: timely clones a stream's containers for each more.
+        return (rows_of(outputs), None);
+    }
+    let rows = rows_of(outputs.clone());
     let state = outputs.flat_map(|o| match o {
         SessionOutput::State(update) => Some(update),
         SessionOutput::Row(_) => None,
     });
-    (rows, state)
+    (rows, Some(state))
 }
