@@ -33,44 +33,55 @@ impl Release {
     #[must_use]
     pub const fn parse(text: &str) -> Release {
         let bytes = text.as_bytes();
-        let mut parts = [0u32; 3];
-        let (mut part, mut i, mut digits) = (0, 0, 0);
-        while i < bytes.len() && bytes[i] != b'-' && bytes[i] != b'+' {
-            let b = bytes[i];
-            if b == b'.' {
-                assert!(digits > 0 && part < 2, "a release is major.minor.patch");
-                part += 1;
-                digits = 0;
-            } else {
-                assert!(b.is_ascii_digit(), "a release is major.minor.patch");
-                parts[part] = parts[part] * 10 + (b - b'0') as u32;
-                assert!(parts[part] <= u16::MAX as u32, "a release part over 65535");
-                digits += 1;
-            }
-            i += 1;
+        let mut end = 0;
+        while end < bytes.len() && bytes[end] != b'-' && bytes[end] != b'+' {
+            end += 1;
         }
-        assert!(digits > 0 && part == 2, "a release is major.minor.patch");
-        Release {
-            major: parts[0] as u16,
-            minor: parts[1] as u16,
-            patch: parts[2] as u16,
+        match Self::from_bytes(bytes.split_at(end).0) {
+            Some(release) => release,
+            None => panic!("a release is major.minor.patch, each at most 65535"),
         }
     }
 
     /// Parses `major.minor.patch` exactly (as a text file records it);
     /// `None` for anything else.
     pub fn from_text(text: &str) -> Option<Release> {
-        let mut parts = text.split('.').map(|p| {
-            (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| p.parse::<u16>().ok())
-                .flatten()
-        });
-        let release = Release {
-            major: parts.next()??,
-            minor: parts.next()??,
-            patch: parts.next()??,
-        };
-        parts.next().is_none().then_some(release)
+        Self::from_bytes(text.as_bytes())
+    }
+
+    /// `major.minor.patch` exactly: three non-empty runs of digits, each at
+    /// most 65535, separated by dots.
+    const fn from_bytes(bytes: &[u8]) -> Option<Release> {
+        let mut parts = [0u32; 3];
+        let (mut part, mut i, mut digits) = (0, 0, 0);
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'.' {
+                if digits == 0 || part == 2 {
+                    return None;
+                }
+                part += 1;
+                digits = 0;
+            } else {
+                if !b.is_ascii_digit() {
+                    return None;
+                }
+                parts[part] = parts[part] * 10 + (b - b'0') as u32;
+                if parts[part] > u16::MAX as u32 {
+                    return None;
+                }
+                digits += 1;
+            }
+            i += 1;
+        }
+        if digits == 0 || part != 2 {
+            return None;
+        }
+        Some(Release {
+            major: parts[0] as u16,
+            minor: parts[1] as u16,
+            patch: parts[2] as u16,
+        })
     }
 
     /// `major.minor.patch`, as a text file records it.
@@ -98,15 +109,21 @@ impl Release {
         }
     }
 
+    /// Who wrote a binary header this binary cannot read, for the refusal:
+    /// the release in it, read without checking the reserved bytes (a
+    /// later version may use them), or, for a version from before the
+    /// release was recorded, an older weir.
+    pub fn unreadable_writer(release: Option<&[u8; RELEASE_LEN_BYTES]>) -> String {
+        release.map_or_else(
+            || "an older weir".to_owned(),
+            |r| format!("{} (a newer weir)", Self::decode_newer(r)),
+        )
+    }
+
     /// Reads the eight bytes of a header; `None` if the reserved last two
     /// are not zero.
     pub fn decode(bytes: &[u8; RELEASE_LEN_BYTES]) -> Option<Release> {
-        let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
-        (u16_at(6) == 0).then(|| Release {
-            major: u16_at(0),
-            minor: u16_at(2),
-            patch: u16_at(4),
-        })
+        (bytes[6..] == [0, 0]).then(|| Self::decode_newer(bytes))
     }
 }
 

@@ -267,17 +267,12 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
     let release: Option<&[u8; RELEASE_LEN_BYTES]> =
         (version >= 3).then(|| bytes[12..20].try_into().expect("8 bytes"));
     if !(COMMITS_OLDEST_READABLE_VERSION..=COMMITS_FORMAT_VERSION).contains(&version) {
-        // A later version may use the reserved bytes: not checked here.
-        let by = release.map_or_else(
-            || "an older weir".to_owned(),
-            |r| format!("{} (a newer weir)", Release::decode_newer(r)),
-        );
+        let by = Release::unreadable_writer(release);
         return Err(header_err(format!(
             "commit stream version {version}, written by {by}: this binary ({THIS_RELEASE}) reads \
              versions {COMMITS_OLDEST_READABLE_VERSION} to {COMMITS_FORMAT_VERSION}"
         )));
     }
-    let mut records: Vec<CommitRecord> = Vec::new();
     let writer = match release {
         Some(r) => Some(Release::decode(r).ok_or_else(|| {
             header_err(
@@ -286,6 +281,7 @@ pub fn scan_commits(bytes: &[u8]) -> Result<CommitScan, FormatError> {
         })?),
         None => None,
     };
+    let mut records: Vec<CommitRecord> = Vec::new();
     let mut pos = header_len;
     let mut torn = None;
     while pos < bytes.len() {

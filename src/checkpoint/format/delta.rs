@@ -313,11 +313,7 @@ pub fn decode_layout(
         None
     };
     if !(DATA_FILE_OLDEST_READABLE_VERSION..=DATA_FILE_FORMAT_VERSION).contains(&version) {
-        // A later version may use the reserved bytes: not checked here.
-        let by = release.map_or_else(
-            || "an older weir".to_owned(),
-            |r| format!("{} (a newer weir)", Release::decode_newer(&r)),
-        );
+        let by = Release::unreadable_writer(release.as_ref());
         return Err(err(
             8,
             format!(
