@@ -2,13 +2,20 @@
 //! (by canonical path, with the size and CRC32C of their content) were
 //! ingested into which partition, with how many records.
 //!
-//! Format version 1, little-endian:
+//! Format version 2, little-endian:
 //!
 //! ```text
-//! header: magic b"WEIRMFST" | version u32 | entry count u32 | crc32c(previous 16 bytes) u32
+//! header: magic b"WEIRMFST" | version u32 | entry count u32
+//!         | writer release (8 bytes, `crate::release`) | crc32c(previous 24 bytes) u32
 //! entry:  partition u32 | records u64 | size_bytes u64 | content crc32c u32
 //!         | path length u32 | path (UTF-8) | crc32c(entry bytes before it) u32
 //! ```
+//!
+//! Version 1 (still read) has no release: its header is the first 16 bytes
+//! and their checksum (20 bytes). Every later version keeps the 28 header
+//! bytes of version 2, so this binary names the release that wrote a
+//! manifest it cannot read. A manifest is rewritten whole on every ingest,
+//! in the current version.
 //!
 //! The same encoding with a single entry is the `INGEST` marker written into
 //! a partition directory before it is renamed into place, so a partition
@@ -21,11 +28,14 @@
 
 use std::path::Path;
 
+use crate::release::{Release, RELEASE_LEN_BYTES, THIS_RELEASE};
+
 /// Magic bytes of a manifest (and of a partition's ingest marker).
 pub const MANIFEST_MAGIC: &[u8; 8] = b"WEIRMFST";
 /// Version of the manifest format written by this code.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
-const HEADER_LEN_BYTES: usize = 20;
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+const HEADER_LEN_BYTES: usize = 28;
+const V1_HEADER_LEN_BYTES: usize = 20;
 /// The longest path an entry records.
 pub const MAX_PATH_LEN_BYTES: usize = 64 << 10;
 
@@ -80,6 +90,7 @@ impl Manifest {
         out.extend_from_slice(MANIFEST_MAGIC);
         out.extend_from_slice(&MANIFEST_FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        out.extend_from_slice(&THIS_RELEASE.encode());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         for e in &self.entries {
@@ -101,18 +112,34 @@ impl Manifest {
     /// first problem.
     pub fn decode(bytes: &[u8]) -> Result<Self, (u64, String)> {
         let mut r = Cursor { bytes, pos: 0 };
-        let header = r
-            .take(HEADER_LEN_BYTES)
-            .ok_or((0, "truncated header".to_owned()))?;
-        if crc32c::crc32c(&header[..16]) != le_u32(&header[16..]) {
-            return Err((0, "header checksum mismatch".to_owned()));
-        }
-        if &header[..8] != MANIFEST_MAGIC {
+        let prefix = bytes.get(..12).ok_or((0, "truncated header".to_owned()))?;
+        if &prefix[..8] != MANIFEST_MAGIC {
             return Err((0, "bad magic".to_owned()));
         }
-        let version = le_u32(&header[8..]);
-        if version != MANIFEST_FORMAT_VERSION {
-            return Err((0, format!("unsupported manifest version {version}")));
+        let version = le_u32(&prefix[8..]);
+        let header_len = if version == 1 {
+            V1_HEADER_LEN_BYTES
+        } else {
+            HEADER_LEN_BYTES
+        };
+        let header = r
+            .take(header_len)
+            .ok_or((0, "truncated header".to_owned()))?;
+        if crc32c::crc32c(&header[..header_len - 4]) != le_u32(&header[header_len - 4..]) {
+            return Err((0, "header checksum mismatch".to_owned()));
+        }
+        if version > MANIFEST_FORMAT_VERSION || version == 0 {
+            let release: &[u8; RELEASE_LEN_BYTES] = header[16..24].try_into().expect("8 bytes");
+            return Err((
+                0,
+                format!(
+                    "manifest version {version}, written by {}: this binary ({THIS_RELEASE}) reads versions 1 to {MANIFEST_FORMAT_VERSION}",
+                    Release::unreadable_writer((version > 0).then_some(release)),
+                ),
+            ));
+        }
+        if version == 2 && Release::decode(header[16..24].try_into().expect("8 bytes")).is_none() {
+            return Err((0, "reserved release bytes are not zero".to_owned()));
         }
         let count = le_u32(&header[12..]) as usize;
         let mut entries = Vec::with_capacity(count.min(1 << 16));
@@ -237,6 +264,33 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(Manifest::decode(&longer).is_err());
+    }
+
+    /// Rewrites a version 2 encoding's header as `version` with `release`.
+    fn with_header(bytes: &[u8], version: u32, release: Option<Release>) -> Vec<u8> {
+        let mut header = bytes[..16].to_vec();
+        header[8..12].copy_from_slice(&version.to_le_bytes());
+        if let Some(r) = release {
+            header.extend_from_slice(&r.encode());
+        }
+        let crc = crc32c::crc32c(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        header.extend_from_slice(&bytes[HEADER_LEN_BYTES..]);
+        header
+    }
+
+    #[test]
+    fn version_1_reads_and_a_newer_version_names_its_writer() {
+        let m = sample();
+        let v1 = with_header(&m.encode(), 1, None);
+        assert_eq!(Manifest::decode(&v1).unwrap(), m);
+        let newer = with_header(&m.encode(), 3, Some(Release::parse("4.5.6")));
+        let (at, reason) = Manifest::decode(&newer).unwrap_err();
+        assert_eq!(at, 0);
+        assert!(
+            reason.starts_with("manifest version 3, written by weir 4.5.6 (a newer weir)"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -92,7 +92,8 @@ fn missing_partition_and_corrupt_manifest_are_errors() {
             path, byte_offset, ..
         } => {
             assert_eq!(path, &manifest_path);
-            assert_eq!(*byte_offset, 20);
+            // The first entry starts after the 28-byte header.
+            assert_eq!(*byte_offset, 28);
         }
         other => panic!("{other}"),
     }

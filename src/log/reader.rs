@@ -7,10 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
-use super::format::{index_path, list_segments, segment_path, SEGMENT_HEADER_LEN_BYTES};
+use super::format::{index_path, list_segments, segment_path};
 use super::index::read_index;
 use super::segment::{SegmentFrames, Step};
 use super::LogError;
+
+/// A resume position meaning "the first frame", which follows the header
+/// of whatever version the segment has.
+const FIRST_FRAME: u64 = 0;
 
 /// Reads the records of one partition directory in offset order.
 pub struct PartitionReader {
@@ -56,7 +60,7 @@ impl PartitionReader {
             .rev()
             .map(|e| (u64::from(e.byte_pos), base + u64::from(e.relative_offset)))
             .find(|&(_, offset)| offset <= from_offset)
-            .unwrap_or((SEGMENT_HEADER_LEN_BYTES as u64, base));
+            .unwrap_or((FIRST_FRAME, base));
         reader.frames = Some(SegmentFrames::open(&seg_path, base, pos)?);
         reader.seg_base = base;
         reader.next_offset = offset;
@@ -176,11 +180,7 @@ impl PartitionReader {
             return Ok(true);
         }
         if next_exists && partial_bytes == 0 {
-            frames.reopen(
-                &next_path,
-                self.next_offset,
-                SEGMENT_HEADER_LEN_BYTES as u64,
-            )?;
+            frames.reopen(&next_path, self.next_offset, FIRST_FRAME)?;
             self.seg_base = self.next_offset;
             self.last_known_base = self.last_known_base.max(self.seg_base);
             return Ok(true);

@@ -12,8 +12,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    check_payload, decode_frame_header, decode_segment_header, FRAME_HEADER_LEN_BYTES,
-    SEGMENT_HEADER_LEN_BYTES,
+    check_payload, decode_frame_header, decode_segment_header, segment_header_len, SegmentHeader,
+    FRAME_HEADER_LEN_BYTES, SEGMENT_HEADER_PREFIX_LEN_BYTES,
 };
 use super::index::IndexEntry;
 use super::LogError;
@@ -50,7 +50,8 @@ pub struct SegmentFrames {
     path: PathBuf,
     file: File,
     base_offset: u64,
-    header_ok: bool,
+    /// The verified header (`None` until it was read).
+    header: Option<SegmentHeader>,
     /// Where to continue once the header is verified (an index hint).
     resume_pos: u64,
     buf: Vec<u8>,
@@ -63,14 +64,15 @@ pub struct SegmentFrames {
 impl SegmentFrames {
     /// Opens the segment at `path` that must start at `base_offset`; reading
     /// continues at byte `resume_pos` (the segment header is always checked
-    /// first; `resume_pos` must be a frame boundary, e.g. from the index).
+    /// first; `resume_pos` must be a frame boundary, e.g. from the index, or
+    /// 0 for the first frame, wherever the header's version puts it).
     pub fn open(path: &Path, base_offset: u64, resume_pos: u64) -> Result<Self, LogError> {
         let file = File::open(path).map_err(LogError::io(path))?;
         Ok(Self {
             path: path.to_owned(),
             file,
             base_offset,
-            header_ok: false,
+            header: None,
             resume_pos,
             buf: vec![0; READ_BUFFER_LEN_BYTES],
             start: 0,
@@ -89,7 +91,7 @@ impl SegmentFrames {
         self.file = File::open(path).map_err(LogError::io(path))?;
         path.clone_into(&mut self.path);
         self.base_offset = base_offset;
-        self.header_ok = false;
+        self.header = None;
         self.resume_pos = resume_pos;
         self.start = 0;
         self.end = 0;
@@ -104,7 +106,12 @@ impl SegmentFrames {
 
     /// Whether the segment header was read and verified.
     pub fn header_ok(&self) -> bool {
-        self.header_ok
+        self.header.is_some()
+    }
+
+    /// The verified header, once read.
+    pub fn header(&self) -> Option<SegmentHeader> {
+        self.header
     }
 
     /// The payload bytes of a [`Step::Record`].
@@ -145,13 +152,23 @@ impl SegmentFrames {
     }
 
     fn check_header(&mut self) -> Result<bool, LogError> {
-        while self.end - self.start < SEGMENT_HEADER_LEN_BYTES {
-            if !self.fill(SEGMENT_HEADER_LEN_BYTES)? {
-                return Ok(false);
+        let mut need = SEGMENT_HEADER_PREFIX_LEN_BYTES;
+        loop {
+            while self.end - self.start < need {
+                if !self.fill(need)? {
+                    return Ok(false);
+                }
             }
+            let bytes = &self.buf[self.start..self.end];
+            let len = segment_header_len(bytes).map_err(|reason| self.corrupt(0, reason))?;
+            if len <= need {
+                break;
+            }
+            need = len;
         }
-        let header = &self.buf[self.start..self.start + SEGMENT_HEADER_LEN_BYTES];
-        let base = decode_segment_header(header).map_err(|reason| self.corrupt(0, reason))?;
+        let header = decode_segment_header(&self.buf[self.start..self.start + need])
+            .map_err(|reason| self.corrupt(0, reason))?;
+        let base = header.base_offset;
         if base != self.base_offset {
             return Err(self.corrupt(
                 0,
@@ -161,9 +178,9 @@ impl SegmentFrames {
                 ),
             ));
         }
-        self.header_ok = true;
-        self.start += SEGMENT_HEADER_LEN_BYTES;
-        self.pos = SEGMENT_HEADER_LEN_BYTES as u64;
+        self.header = Some(header);
+        self.start += header.len_bytes();
+        self.pos = header.len_bytes() as u64;
         if self.resume_pos > self.pos {
             let avail = (self.end - self.start) as u64;
             if self.resume_pos - self.pos <= avail {
@@ -182,7 +199,7 @@ impl SegmentFrames {
 
     /// The next verified record, or where the data currently ends.
     pub fn next_frame(&mut self) -> Result<Step, LogError> {
-        if !self.header_ok && !self.check_header()? {
+        if self.header.is_none() && !self.check_header()? {
             return Ok(Step::End {
                 pos: 0,
                 partial_bytes: self.end - self.start,
@@ -226,6 +243,11 @@ pub struct SegmentScan {
     /// Whether the segment header is complete (and valid: an invalid one is
     /// an error).
     pub header_ok: bool,
+    /// Where the first frame starts (the header's length; 0 without a
+    /// complete header).
+    pub header_len_bytes: u64,
+    /// The header's format version (0 without a complete header).
+    pub version: u32,
     /// Number of complete, verified records.
     pub records: u64,
     /// Where the complete records end.
@@ -247,22 +269,27 @@ pub fn scan_segment(
     let mut frames = SegmentFrames::open(path, base_offset, 0)?;
     let mut records = 0u64;
     let mut index = Vec::new();
-    let mut last_indexed_pos = SEGMENT_HEADER_LEN_BYTES as u64;
+    let mut last_indexed_pos = None;
     loop {
         match frames.next_frame()? {
             Step::Record { pos, .. } => {
-                if pos - last_indexed_pos >= index_interval_bytes && pos > last_indexed_pos {
+                // The first frame starts right after the header: never indexed.
+                let last_indexed_pos = last_indexed_pos.get_or_insert(pos);
+                if pos - *last_indexed_pos >= index_interval_bytes && pos > *last_indexed_pos {
                     index.push(IndexEntry {
                         relative_offset: records as u32,
                         byte_pos: pos as u32,
                     });
-                    last_indexed_pos = pos;
+                    *last_indexed_pos = pos;
                 }
                 records += 1;
             }
             Step::End { pos, partial_bytes } => {
+                let header = frames.header();
                 return Ok(SegmentScan {
-                    header_ok: frames.header_ok(),
+                    header_ok: header.is_some(),
+                    header_len_bytes: header.map_or(0, |h| h.len_bytes() as u64),
+                    version: header.map_or(0, |h| h.version),
                     records,
                     valid_len_bytes: pos,
                     partial_bytes: partial_bytes as u64,

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use super::format::{
     encode_frame_header, encode_segment_header, index_path, list_segments, segment_path,
-    FRAME_HEADER_LEN_BYTES, MAX_RECORD_SIZE_BYTES, SEGMENT_HEADER_LEN_BYTES,
+    FRAME_HEADER_LEN_BYTES, MAX_RECORD_SIZE_BYTES, SEGMENT_FORMAT_VERSION,
+    SEGMENT_HEADER_LEN_BYTES,
 };
 use super::index::{is_sealed, read_index, IndexEntry, IndexWriter};
 use super::segment::scan_segment;
@@ -102,8 +103,15 @@ impl PartitionWriter {
         let last_indexed_pos = scan
             .index
             .last()
-            .map_or(SEGMENT_HEADER_LEN_BYTES as u64, |e| u64::from(e.byte_pos));
-        let index = IndexWriter::create(&index_path(dir, last_base), last_base, &scan.index)?;
+            .map_or(scan.header_len_bytes, |e| u64::from(e.byte_pos));
+        // The segment keeps its version (a version 1 segment is appended to
+        // as such), and its index has the same.
+        let index = IndexWriter::create(
+            &index_path(dir, last_base),
+            last_base,
+            scan.version,
+            &scan.index,
+        )?;
         Ok(Self {
             dir: dir.to_owned(),
             config,
@@ -155,7 +163,7 @@ impl PartitionWriter {
             relative_offset: scan.records as u32,
             byte_pos: scan.valid_len_bytes as u32,
         });
-        IndexWriter::create(&idx_path, base, &entries)?;
+        IndexWriter::create(&idx_path, base, scan.version, &entries)?;
         Ok(scan.records)
     }
 
@@ -200,7 +208,7 @@ impl PartitionWriter {
             file.sync_data().map_err(LogError::io(&path))?;
             sync_dir(dir)?;
         }
-        let index = IndexWriter::create(&index_path(dir, base), base, &[])?;
+        let index = IndexWriter::create(&index_path(dir, base), base, SEGMENT_FORMAT_VERSION, &[])?;
         Ok((
             BufWriter::with_capacity(WRITE_BUFFER_LEN_BYTES, file),
             index,

@@ -3,17 +3,21 @@
 //! `tests/golden/` holds small files written once by this code:
 //! - `csv/input-0.csv`, `csv/input-1.csv`: input CSVs (the second has only
 //!   the header);
-//! - `log-v1/events/`: the topic `events` that ingesting them gives (segment
-//!   format 1, index format 1, manifest format 1): `MANIFEST`, and per
-//!   partition `INGEST` and `<base>.seg` / `<base>.idx` files;
+//! - `log-v2/events/`: the topic `events` that ingesting them gives today
+//!   (segment, index and manifest format 2, whose headers name the writer's
+//!   release): `MANIFEST`, and per partition `INGEST` and `<base>.seg` /
+//!   `<base>.idx` files;
+//! - `log-v1/events/`: the same topic as ingest wrote it in formats 1 (no
+//!   release), which today's readers and writer must still accept;
 //! - `csv/windows.csv`, `csv/late.csv`: output files of fixed rows.
 //!
 //! The tests check, in both directions, that the formats did not change by
 //! accident:
 //! - **writing**: the fixed inputs of this file, ingested (segment size 200
 //!   bytes, index interval 64 bytes) or formatted by today's code, give files
-//!   byte-identical to the golden ones; so does rebuilding lost indexes and
-//!   repairing a torn tail;
+//!   byte-identical to the current golden ones (but for the writer release,
+//!   see `spec::at_release`); so does rebuilding lost indexes and repairing
+//!   a torn tail, in every version (a version 1 segment stays version 1);
 //! - **reading**: today's readers (CSV, partition reader from every offset,
 //!   index, manifest, marker, event codec) return exactly the records and
 //!   entries spelled out here, and so does an independent decoder written
@@ -46,6 +50,7 @@
 //! files. The tests therefore expect to run in the package directory, as
 //! `cargo test` and `cargo nextest` do.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use weir::csv_input::CsvReader;
@@ -76,8 +81,13 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-fn golden_log_dir() -> PathBuf {
-    golden_dir().join("log-v1")
+/// The log format versions with golden files, the current one last.
+const LOG_VERSIONS: [u32; 2] = [1, 2];
+/// The version today's ingest writes.
+const CURRENT_LOG_VERSION: u32 = LOG_VERSIONS[LOG_VERSIONS.len() - 1];
+
+fn golden_log_dir(version: u32) -> PathBuf {
+    golden_dir().join(format!("log-v{version}"))
 }
 
 fn bless() -> bool {
@@ -155,10 +165,18 @@ fn expected_events() -> Vec<Event> {
 /// byte position))`.
 type Segment = (u64, u64, Vec<(u32, u32)>);
 
-/// The segments of each partition.
-/// Sealed segments end with the seal entry `(records, file length)`.
-fn expected_segments(partition: u32) -> Vec<Segment> {
-    match partition {
+/// The segments of each partition in log format `version`.
+/// Sealed segments end with the seal entry `(records, file length)`. The
+/// segments of both versions hold the same records (a version 2 header is 8
+/// bytes longer, and no segment's last record comes within 8 bytes of the
+/// 200-byte limit), so only the byte positions differ.
+fn expected_segments(partition: u32, version: u32) -> Vec<Segment> {
+    let shift = match version {
+        1 => 0,
+        2 => 8,
+        _ => unreachable!(),
+    };
+    let v1 = match partition {
         0 => vec![
             (0, 5, vec![(3, 119), (5, 192)]),
             (5, 4, vec![(2, 88), (4, 153)]),
@@ -167,7 +185,13 @@ fn expected_segments(partition: u32) -> Vec<Segment> {
         ],
         1 => vec![(0, 0, vec![])],
         _ => unreachable!(),
-    }
+    };
+    v1.into_iter()
+        .map(|(base, records, entries)| {
+            let entries = entries.into_iter().map(|(r, pos)| (r, pos + shift));
+            (base, records, entries.collect())
+        })
+        .collect()
 }
 
 /// The manifest entries: partition, records, and the identity of the file.
@@ -200,7 +224,21 @@ fn expected_manifest() -> Manifest {
 /// Fails unless the files under `got` are exactly those under `golden`,
 /// naming each file that differs and where.
 fn assert_same_files(got: &Path, golden: &Path) {
-    let (got, want) = (snapshot(got), snapshot(golden));
+    let at_this_release = |files: BTreeMap<PathBuf, Vec<u8>>| -> BTreeMap<PathBuf, Vec<u8>> {
+        let release = weir::release::THIS_RELEASE.encode();
+        files
+            .into_iter()
+            .map(|(path, bytes)| {
+                let name = path.file_name().unwrap().to_str().unwrap();
+                let bytes = spec::at_release(name, &bytes, release);
+                (path, bytes)
+            })
+            .collect()
+    };
+    let (got, want) = (
+        at_this_release(snapshot(got)),
+        at_this_release(snapshot(golden)),
+    );
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -245,99 +283,6 @@ fn assert_in_package_dir() {
 }
 
 // ---------------------------------------------------------------------------
-// An independent decoder, written from docs/formats.md.
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-/// A complete, undamaged segment file: its base offset and its frames as
-/// `(byte position, payload)`.
-fn spec_segment(b: &[u8]) -> (u64, Vec<(u32, &[u8])>) {
-    assert!(b.len() >= 24, "segment header");
-    assert_eq!(&b[..8], b"WEIRSEG1");
-    assert_eq!(le32(b, 8), 1, "segment format version");
-    assert_eq!(le32(b, 20), crc32c::crc32c(&b[..20]), "segment header crc");
-    let base = le64(b, 12);
-    let mut frames = Vec::new();
-    let mut pos = 24;
-    while pos < b.len() {
-        let len = le32(b, pos) as usize;
-        assert_eq!(
-            le32(b, pos + 4),
-            crc32c::crc32c(&b[pos..pos + 4]),
-            "length crc at {pos}"
-        );
-        assert!(len <= 16 << 20);
-        let payload = &b[pos + 12..pos + 12 + len];
-        assert_eq!(
-            le32(b, pos + 8),
-            crc32c::crc32c(payload),
-            "payload crc at {pos}"
-        );
-        frames.push((pos as u32, payload));
-        pos += 12 + len;
-    }
-    assert_eq!(pos, b.len(), "the last frame ends at the end of the file");
-    (base, frames)
-}
-
-/// A complete index file: its base offset and entries.
-fn spec_index(b: &[u8]) -> (u64, Vec<(u32, u32)>) {
-    assert_eq!(&b[..8], b"WEIRIDX1");
-    assert_eq!(le32(b, 8), 1, "index format version");
-    assert_eq!(le32(b, 20), crc32c::crc32c(&b[..20]), "index header crc");
-    assert_eq!((b.len() - 24) % 12, 0, "whole entries");
-    let entries = b[24..]
-        .chunks_exact(12)
-        .map(|e| {
-            assert_eq!(le32(e, 8), crc32c::crc32c(&e[..8]), "index entry crc");
-            (le32(e, 0), le32(e, 4))
-        })
-        .collect();
-    (le64(b, 12), entries)
-}
-
-/// An event payload.
-fn spec_event(p: &[u8]) -> Event {
-    Event {
-        ts: le64(p, 0),
-        value: le64(p, 8) as i64,
-        key: String::from_utf8(p[16..].to_vec()).unwrap(),
-    }
-}
-
-/// A manifest (or marker) file.
-fn spec_manifest(b: &[u8]) -> Manifest {
-    assert_eq!(&b[..8], b"WEIRMFST");
-    assert_eq!(le32(b, 8), 1, "manifest format version");
-    assert_eq!(le32(b, 16), crc32c::crc32c(&b[..16]), "manifest header crc");
-    let mut pos = 20;
-    let mut entries = Vec::new();
-    for _ in 0..le32(b, 12) {
-        let path_len = le32(b, pos + 24) as usize;
-        let end = pos + 28 + path_len;
-        assert_eq!(le32(b, end), crc32c::crc32c(&b[pos..end]), "entry crc");
-        entries.push(ManifestEntry {
-            partition: le32(b, pos),
-            records: le64(b, pos + 4),
-            identity: FileIdentity {
-                size_bytes: le64(b, pos + 12),
-                content_crc32c: le32(b, pos + 20),
-            },
-            source_path: String::from_utf8(b[pos + 28..end].to_vec()).unwrap(),
-        });
-        pos = end + 4;
-    }
-    assert_eq!(pos, b.len(), "no bytes after the last entry");
-    Manifest { entries }
-}
-
-// ---------------------------------------------------------------------------
 // Writing.
 
 #[test]
@@ -369,7 +314,7 @@ fn golden_log_is_what_ingest_writes_today() {
     assert_eq!(records, vec![(0, 12), (1, 0)]);
     relativize_recorded_paths(&tmp.path().join(TOPIC));
 
-    let golden = golden_log_dir().join(TOPIC);
+    let golden = golden_log_dir(CURRENT_LOG_VERSION).join(TOPIC);
     if bless() {
         if golden.exists() {
             std::fs::remove_dir_all(&golden).unwrap();
@@ -405,8 +350,17 @@ fn relativize_recorded_paths(topic_dir: &Path) {
 
 #[test]
 fn golden_indexes_are_rebuilt_and_torn_tails_repaired_byte_for_byte() {
-    let golden = partition_dir(&golden_log_dir(), TOPIC, 0);
-    let segments = expected_segments(0);
+    for version in LOG_VERSIONS {
+        indexes_rebuilt_and_torn_tails_repaired(version);
+    }
+}
+
+/// The golden log of `version`: its indexes rebuilt and its torn tails
+/// repaired give its golden files (a segment keeps its version, and its
+/// index has the same).
+fn indexes_rebuilt_and_torn_tails_repaired(version: u32) {
+    let golden = partition_dir(&golden_log_dir(version), TOPIC, 0);
+    let segments = expected_segments(0, version);
 
     // Every index lost: opening the writer rebuilds them all from the data.
     let tmp = tempfile::tempdir().unwrap();
@@ -429,6 +383,36 @@ fn golden_indexes_are_rebuilt_and_torn_tails_repaired_byte_for_byte() {
         drop(PartitionWriter::open(tmp.path(), config()).unwrap());
         assert_same_files(tmp.path(), &golden);
     }
+
+    // Appending to the last segment keeps its version; the next segment
+    // is the current version.
+    let mut w = PartitionWriter::open(tmp.path(), config()).unwrap();
+    let event = ev(7000, "appended", 11);
+    let mut payload = Vec::new();
+    weir::event::encode_event(event.ts, &event.key, event.value, &mut payload);
+    for _ in 0..8 {
+        w.append(&payload).unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    let bases = list_segments(tmp.path()).unwrap();
+    let versions: Vec<u32> = bases
+        .iter()
+        .map(|&b| spec_segment(&std::fs::read(segment_path(tmp.path(), b)).unwrap()).0)
+        .collect();
+    let old = segments.len();
+    assert!(bases.len() > old, "{bases:?}");
+    assert!(
+        versions[..old].iter().all(|&v| v == version),
+        "{versions:?}"
+    );
+    assert!(
+        versions[old..].iter().all(|&v| v == CURRENT_LOG_VERSION),
+        "{versions:?}"
+    );
+    let mut events = expected_events();
+    events.extend(std::iter::repeat_n(event, 8));
+    assert_eq!(read_events(tmp.path(), 0).unwrap(), events);
 }
 
 /// A whole frame of `payload`, built as the document says.
@@ -530,5 +514,7 @@ fn golden_output_csvs_are_what_the_sink_writes_today() {
 }
 
 mod reading;
+mod spec;
 
 use reading::read_events;
+use spec::spec_segment;

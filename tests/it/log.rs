@@ -238,7 +238,7 @@ fn torn_segment_header_is_repaired() {
     write_all(tmp.path(), config(1 << 20, 20), &records);
     // As if a crash happened while the next segment was being created.
     let next = tmp.path().join(format!("{:020}.seg", 10));
-    for len in 0..24 {
+    for len in 0..weir::log::format::SEGMENT_HEADER_LEN_BYTES {
         std::fs::write(&next, &weir::log::format::encode_segment_header(10)[..len]).unwrap();
         assert_eq!(read_from(tmp.path(), 0).unwrap(), numbered(&records, 0));
         let mut w = PartitionWriter::open(tmp.path(), config(1 << 20, 20)).unwrap();

@@ -1,5 +1,6 @@
 //! Reading the golden files back with today's readers, and damaged copies.
 
+use super::spec::{spec_event, spec_index, spec_manifest};
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
@@ -30,25 +31,32 @@ fn golden_input_csv_reads_as_expected() {
 
 #[test]
 fn golden_log_reads_as_expected() {
-    let log_dir = golden_log_dir();
+    for version in LOG_VERSIONS {
+        log_reads_as_expected(version);
+    }
+}
+
+fn log_reads_as_expected(version: u32) {
+    let log_dir = golden_log_dir(version);
     let all_events = [expected_events(), Vec::new()];
     for (partition, events) in (0..).zip(&all_events) {
         let dir = partition_dir(&log_dir, TOPIC, partition);
-        let segments = expected_segments(partition);
+        let segments = expected_segments(partition, version);
         let bases: Vec<u64> = segments.iter().map(|s| s.0).collect();
         assert_eq!(list_segments(&dir).unwrap(), bases, "partition {partition}");
 
         let mut spec_events = Vec::new();
         for (i, (base, records, entries)) in segments.iter().enumerate() {
             let seg = std::fs::read(segment_path(&dir, *base)).unwrap();
-            let (seg_base, frames) = spec_segment(&seg);
-            assert_eq!(seg_base, *base);
+            let (seg_version, seg_base, frames) = spec_segment(&seg);
+            assert_eq!((seg_version, seg_base), (version, *base));
             assert_eq!(frames.len() as u64, *records);
             spec_events.extend(frames.iter().map(|(_, p)| spec_event(p)));
 
             let idx_path = index_path(&dir, *base);
-            let (idx_base, spec_entries) = spec_index(&std::fs::read(&idx_path).unwrap());
-            assert_eq!(idx_base, *base);
+            let (idx_version, idx_base, spec_entries) =
+                spec_index(&std::fs::read(&idx_path).unwrap());
+            assert_eq!((idx_version, idx_base), (version, *base));
             assert_eq!(&spec_entries, entries, "index of segment {base}");
             let got: Vec<(u32, u32)> = read_index(&idx_path, *base, seg.len() as u64)
                 .iter()
@@ -84,7 +92,13 @@ fn golden_log_reads_as_expected() {
 
 #[test]
 fn golden_manifest_and_markers_read_as_expected() {
-    let topic_dir = golden_log_dir().join(TOPIC);
+    for version in LOG_VERSIONS {
+        manifest_and_markers_read_as_expected(version);
+    }
+}
+
+fn manifest_and_markers_read_as_expected(version: u32) {
+    let topic_dir = golden_log_dir(version).join(TOPIC);
     let expected = expected_manifest();
     for e in &expected.entries {
         let id = file_identity(
@@ -97,7 +111,7 @@ fn golden_manifest_and_markers_read_as_expected() {
     }
     let bytes = std::fs::read(topic_dir.join(MANIFEST_FILE_NAME)).unwrap();
     assert_eq!(Manifest::decode(&bytes).unwrap(), expected);
-    assert_eq!(spec_manifest(&bytes), expected);
+    assert_eq!(spec_manifest(&bytes), (version, expected.clone()));
     for e in &expected.entries {
         let marker = topic_dir
             .join(e.partition.to_string())
@@ -107,15 +121,21 @@ fn golden_manifest_and_markers_read_as_expected() {
             entries: vec![e.clone()],
         };
         assert_eq!(Manifest::decode(&bytes).unwrap(), one);
-        assert_eq!(spec_manifest(&bytes), one);
+        assert_eq!(spec_manifest(&bytes), (version, one));
     }
 }
 
 #[test]
 fn golden_manifest_of_paths_as_given_keeps_a_rerun_idempotent() {
+    for version in LOG_VERSIONS {
+        rerun_is_idempotent(version);
+    }
+}
+
+fn rerun_is_idempotent(version: u32) {
     assert_in_package_dir();
     let tmp = tempfile::tempdir().unwrap();
-    copy_tree(&golden_log_dir(), tmp.path());
+    copy_tree(&golden_log_dir(version), tmp.path());
     let before = snapshot(tmp.path());
     let as_given: Vec<PathBuf> = INPUTS.iter().map(PathBuf::from).collect();
     let canonical: Vec<PathBuf> = as_given.iter().map(|p| p.canonicalize().unwrap()).collect();
@@ -151,8 +171,14 @@ fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, LogError>, file: &Path, at: u
 
 #[test]
 fn damaged_golden_copies_are_torn_tails_or_corruption() {
-    let golden = partition_dir(&golden_log_dir(), TOPIC, 0);
-    let segments = expected_segments(0);
+    for version in LOG_VERSIONS {
+        damaged_copies_are_torn_tails_or_corruption(version);
+    }
+}
+
+fn damaged_copies_are_torn_tails_or_corruption(version: u32) {
+    let golden = partition_dir(&golden_log_dir(version), TOPIC, 0);
+    let segments = expected_segments(0, version);
     let events = expected_events();
     let fresh_copy = || {
         let tmp = tempfile::tempdir().unwrap();
@@ -183,7 +209,7 @@ fn damaged_golden_copies_are_torn_tails_or_corruption() {
     f.set_len(len - 1).unwrap();
     let frame_at = {
         let golden_seg = std::fs::read(segment_path(&golden, first_base)).unwrap();
-        u64::from(spec_segment(&golden_seg).1.last().unwrap().0)
+        u64::from(spec_segment(&golden_seg).2.last().unwrap().0)
     };
     assert_corrupt(
         read_events(tmp.path(), 0),
@@ -202,7 +228,7 @@ fn damaged_golden_copies_are_torn_tails_or_corruption() {
     // both instead of truncating.
     let (last_base, _, _) = *segments.last().unwrap();
     let golden_last = std::fs::read(segment_path(&golden, last_base)).unwrap();
-    let (_, frames) = spec_segment(&golden_last);
+    let (_, _, frames) = spec_segment(&golden_last);
     let last_frame = frames.last().unwrap().0 as usize;
     for (flip_at, reason) in [
         (last_frame + 1, "length checksum mismatch"),
