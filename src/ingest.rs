@@ -336,8 +336,13 @@ fn recover(topic_dir: &Path, manifest: &mut Manifest) -> Result<(), IngestErrorK
             continue;
         }
         let marker_path = path.join(MARKER_FILE_NAME);
-        let marker = std::fs::read(&marker_path)
-            .ok()
+        let bytes = std::fs::read(&marker_path).ok();
+        if let Some(bytes) = bytes.as_deref().filter(|b| Manifest::is_newer_format(b)) {
+            // Written by a newer weir: name it, rather than call the
+            // partition unmanaged.
+            decode_manifest(&marker_path, bytes)?;
+        }
+        let marker = bytes
             .and_then(|b| Manifest::decode(&b).ok())
             .filter(|m| m.entries.len() == 1 && m.entries[0].partition == p);
         let Some(mut marker) = marker else {

@@ -108,6 +108,14 @@ impl Manifest {
         out
     }
 
+    /// Whether `bytes` start as a manifest (or marker) of a version this
+    /// binary cannot read, written by a later weir.
+    pub fn is_newer_format(bytes: &[u8]) -> bool {
+        bytes.len() >= 12
+            && &bytes[..8] == MANIFEST_MAGIC
+            && le_u32(&bytes[8..]) > MANIFEST_FORMAT_VERSION
+    }
+
     /// Decodes a manifest, or returns the byte offset and reason of the
     /// first problem.
     pub fn decode(bytes: &[u8]) -> Result<Self, (u64, String)> {
@@ -134,7 +142,11 @@ impl Manifest {
                 0,
                 format!(
                     "manifest version {version}, written by {}: this binary ({THIS_RELEASE}) reads versions 1 to {MANIFEST_FORMAT_VERSION}",
-                    Release::unreadable_writer((version > 0).then_some(release)),
+                    if version > 0 {
+                        Release::unreadable_writer(Some(release))
+                    } else {
+                        "no weir (version 0)".to_owned()
+                    },
                 ),
             ));
         }
@@ -285,6 +297,7 @@ mod tests {
         let v1 = with_header(&m.encode(), 1, None);
         assert_eq!(Manifest::decode(&v1).unwrap(), m);
         let newer = with_header(&m.encode(), 3, Some(Release::parse("4.5.6")));
+        assert!(Manifest::is_newer_format(&newer) && !Manifest::is_newer_format(&v1));
         let (at, reason) = Manifest::decode(&newer).unwrap_err();
         assert_eq!(at, 0);
         assert!(

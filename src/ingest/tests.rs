@@ -56,6 +56,35 @@ fn partition_renamed_before_a_crash_is_adopted() {
 }
 
 #[test]
+fn a_marker_of_a_newer_weir_is_named_not_called_unmanaged() {
+    let (_t, log_dir, a) = setup();
+    ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap();
+    let manifest_path = log_dir.join("t").join(MANIFEST_FILE_NAME);
+    write_file_atomically(&manifest_path, &Manifest::default().encode()).unwrap();
+    // The partition's marker as a later version would write it: the
+    // version 2 header's bytes kept, another version and release.
+    let marker_path = log_dir.join("t/0").join(MARKER_FILE_NAME);
+    let mut marker = std::fs::read(&marker_path).unwrap();
+    marker[8..12].copy_from_slice(&3u32.to_le_bytes());
+    marker[16..24].copy_from_slice(&crate::release::Release::parse("7.0.1").encode());
+    let crc = crc32c::crc32c(&marker[..24]);
+    marker[24..28].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&marker_path, &marker).unwrap();
+    let e = ingest_files(&log_dir, "t", &[a], &cfg()).unwrap_err();
+    match &e.kind {
+        IngestErrorKind::ManifestCorrupt { path, reason, .. } => {
+            assert_eq!(path, &marker_path);
+            assert!(
+                reason.contains("written by weir 7.0.1 (a newer weir)"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert!(marker_path.exists());
+}
+
+#[test]
 fn foreign_partition_dirs_are_refused_not_deleted() {
     let (_t, log_dir, a) = setup();
     ingest_files(&log_dir, "t", std::slice::from_ref(&a), &cfg()).unwrap();

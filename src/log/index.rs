@@ -281,9 +281,13 @@ mod tests {
         // A version 2 index cannot point into a version 2 segment's header.
         IndexWriter::create(&path, 9, 2, &es).unwrap();
         assert!(read_index(&path, 9, 10_000).is_empty());
-        // An unknown version is not trusted.
-        let mut newer = bytes.clone();
+        // An unknown version is not trusted, even with a valid checksum.
+        IndexWriter::create(&path, 9, 2, &entries(3)).unwrap();
+        let mut newer = std::fs::read(&path).unwrap();
+        assert_eq!(read_index(&path, 9, 10_000), entries(3));
         newer[8] = 3;
+        let crc = crc32c::crc32c(&newer[..28]);
+        newer[28..32].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &newer).unwrap();
         assert!(read_index(&path, 9, 10_000).is_empty());
     }

@@ -181,6 +181,17 @@ impl SegmentFrames {
         self.header = Some(header);
         self.start += header.len_bytes();
         self.pos = header.len_bytes() as u64;
+        if self.resume_pos > 0 && self.resume_pos < self.pos {
+            // An index entry of another version than its segment's: its
+            // positions (and offsets) do not belong to this file.
+            return Err(self.corrupt(
+                0,
+                format!(
+                    "resume position {} from the index falls inside the {}-byte version {} segment header",
+                    self.resume_pos, self.pos, header.version
+                ),
+            ));
+        }
         if self.resume_pos > self.pos {
             let avail = (self.end - self.start) as u64;
             if self.resume_pos - self.pos <= avail {

@@ -168,8 +168,9 @@ type Segment = (u64, u64, Vec<(u32, u32)>);
 /// The segments of each partition in log format `version`.
 /// Sealed segments end with the seal entry `(records, file length)`. The
 /// segments of both versions hold the same records (a version 2 header is 8
-/// bytes longer, and no segment's last record comes within 8 bytes of the
-/// 200-byte limit), so only the byte positions differ.
+/// bytes longer, and every version 1 segment but the oversized record's
+/// ends at least 8 bytes below the 200-byte limit: segment 0 at 192, so
+/// 200 in version 2), so only the byte positions differ.
 fn expected_segments(partition: u32, version: u32) -> Vec<Segment> {
     let shift = match version {
         1 => 0,
@@ -321,6 +322,23 @@ fn golden_log_is_what_ingest_writes_today() {
         }
         copy_tree(&tmp.path().join(TOPIC), &golden);
     }
+    // Today's files name this binary's release; the golden ones the
+    // release that blessed them (compared apart from that below).
+    for (dir, release) in [
+        (tmp.path().join(TOPIC), weir::release::THIS_RELEASE),
+        (golden.clone(), weir::release::Release::parse("0.1.0")),
+    ] {
+        let files = snapshot(&dir);
+        for (path, bytes) in &files {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(
+                spec::release_of(name, bytes),
+                Some(release.encode()),
+                "the release in {}",
+                dir.join(path).display()
+            );
+        }
+    }
     assert_same_files(&tmp.path().join(TOPIC), &golden);
 }
 
@@ -410,9 +428,29 @@ fn indexes_rebuilt_and_torn_tails_repaired(version: u32) {
         versions[old..].iter().all(|&v| v == CURRENT_LOG_VERSION),
         "{versions:?}"
     );
+    // Reopened with every index lost: each is rebuilt in its segment's
+    // version, and the log reads from every offset through them.
+    for &base in &bases {
+        std::fs::remove_file(index_path(tmp.path(), base)).unwrap();
+    }
+    drop(PartitionWriter::open(tmp.path(), config()).unwrap());
+    for (&base, &segment_version) in bases.iter().zip(&versions) {
+        let index = std::fs::read(index_path(tmp.path(), base)).unwrap();
+        assert_eq!(
+            spec::spec_index(&index).0,
+            segment_version,
+            "index of {base}"
+        );
+    }
     let mut events = expected_events();
     events.extend(std::iter::repeat_n(event, 8));
-    assert_eq!(read_events(tmp.path(), 0).unwrap(), events);
+    for from in 0..=events.len() {
+        assert_eq!(
+            read_events(tmp.path(), from as u64).unwrap(),
+            events[from..],
+            "version {version}, from offset {from}"
+        );
+    }
 }
 
 /// A whole frame of `payload`, built as the document says.

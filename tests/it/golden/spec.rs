@@ -119,18 +119,31 @@ pub(super) fn spec_manifest(b: &[u8]) -> (u32, Manifest) {
 /// they are.
 pub(super) fn at_release(name: &str, bytes: &[u8], release: [u8; 8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
+    if let Some((release_at, header_len)) = release_field(name, bytes) {
+        out[release_at..release_at + 8].copy_from_slice(&release);
+        let crc = crc32c::crc32c(&out[..header_len - 4]);
+        out[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
+    }
+    out
+}
+
+/// The writer release in the version 2 header of the log file named
+/// `name`, or `None` for a file without one.
+pub(super) fn release_of(name: &str, bytes: &[u8]) -> Option<[u8; 8]> {
+    let (at, _) = release_field(name, bytes)?;
+    Some(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// Where the release is in a version 2 log file's header, and the header's
+/// length.
+fn release_field(name: &str, bytes: &[u8]) -> Option<(usize, usize)> {
     let extension = std::path::Path::new(name).extension();
     let (release_at, header_len) = if extension.is_some_and(|e| e == "seg" || e == "idx") {
         (20, 32)
     } else if name == "MANIFEST" || name == "INGEST" {
         (16, 28)
     } else {
-        return out;
+        return None;
     };
-    if out.len() >= header_len && le32(&out, 8) == 2 {
-        out[release_at..release_at + 8].copy_from_slice(&release);
-        let crc = crc32c::crc32c(&out[..header_len - 4]);
-        out[header_len - 4..header_len].copy_from_slice(&crc.to_le_bytes());
-    }
-    out
+    (bytes.len() >= header_len && le32(bytes, 8) == 2).then_some((release_at, header_len))
 }
