@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use weir_dataflows::MAX_EVENT_TS_MS;
 
 use crate::event::EventRef;
+use scan::{scan_row, split_fields, Field, RowEnd, RowFields};
 pub use weir_dataflows::nexmark::NexmarkTable;
 
 /// The required header line.
@@ -148,76 +149,6 @@ pub fn write_csv_field<W: Write + ?Sized>(out: &mut W, field: &str) -> io::Resul
     out.write_all(b"\"")
 }
 
-/// The span of one field in a row, relative to the row start.
-#[derive(Clone, Copy, Default)]
-struct Field {
-    start: usize,
-    end: usize,
-    /// Quoted and containing `""` escapes.
-    escaped: bool,
-}
-
-/// Splits a row (without its line end) into its `N` fields.
-fn split_fields<const N: usize>(row: &[u8]) -> Result<[Field; N], CsvErrorReason> {
-    let mut fields = [Field::default(); N];
-    let mut count = 0;
-    let mut i = 0;
-    loop {
-        let column = count + 1;
-        let (field, next) = if row.get(i) == Some(&b'"') {
-            let mut j = i + 1;
-            let mut escaped = false;
-            let close = loop {
-                let q =
-                    j + memchr::memchr(b'"', &row[j..]).ok_or(CsvErrorReason::UnterminatedQuote)?;
-                if row.get(q + 1) == Some(&b'"') {
-                    escaped = true;
-                    j = q + 2;
-                } else {
-                    break q;
-                }
-            };
-            let field = Field {
-                start: i + 1,
-                end: close,
-                escaped,
-            };
-            match row.get(close + 1) {
-                None => (field, None),
-                Some(b',') => (field, Some(close + 2)),
-                Some(_) => return Err(CsvErrorReason::TextAfterQuote { column }),
-            }
-        } else {
-            let end = memchr::memchr(b',', &row[i..]).map_or(row.len(), |k| i + k);
-            if memchr::memchr(b'"', &row[i..end]).is_some() {
-                return Err(CsvErrorReason::StrayQuote { column });
-            }
-            let field = Field {
-                start: i,
-                end,
-                escaped: false,
-            };
-            (field, (end < row.len()).then_some(end + 1))
-        };
-        if count < N {
-            fields[count] = field;
-        }
-        count += 1;
-        match next {
-            Some(n) => i = n,
-            None => break,
-        }
-    }
-    if count == N {
-        Ok(fields)
-    } else {
-        Err(CsvErrorReason::WrongColumnCount {
-            expected: N,
-            got: count,
-        })
-    }
-}
-
 fn parse_u64(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 20 {
         return None;
@@ -244,60 +175,6 @@ fn parse_i64(b: &[u8]) -> Option<i64> {
             }
         }
         _ => parse_u64(b).and_then(|m| i64::try_from(m).ok()),
-    }
-}
-
-/// Where the next row ends in the buffer.
-enum RowEnd {
-    /// The row is `buf[start..start + content_len]` (line end excluded) and
-    /// `consumed` bytes are used up including its line end.
-    Complete {
-        content_len: usize,
-        consumed: usize,
-        newlines_inside: u64,
-    },
-    /// No line end yet (more data needed), and whether it stops inside quotes.
-    Incomplete { in_quotes: bool },
-}
-
-/// Finds the end of the row at the start of `data`. A quote opens a quoted
-/// section only at the start of a field (RFC 4180), so a stray quote inside
-/// a plain field does not swallow the following lines (the field parser
-/// reports it).
-fn find_row_end(data: &[u8]) -> RowEnd {
-    let mut newlines_inside = 0;
-    let mut i = 0;
-    loop {
-        if data.get(i) == Some(&b'"') {
-            // Inside a quoted field: find its closing quote.
-            i += 1;
-            loop {
-                let Some(k) = memchr::memchr2(b'"', b'\n', &data[i..]) else {
-                    return RowEnd::Incomplete { in_quotes: true };
-                };
-                let at = i + k;
-                i = at + 1;
-                if data[at] == b'\n' {
-                    newlines_inside += 1;
-                } else if data.get(i) == Some(&b'"') {
-                    i += 1; // an escaped quote
-                } else {
-                    break; // the closing quote (or the last byte so far)
-                }
-            }
-        }
-        let Some(k) = memchr::memchr2(b',', b'\n', &data[i..]) else {
-            return RowEnd::Incomplete { in_quotes: false };
-        };
-        let at = i + k;
-        if data[at] == b'\n' {
-            return RowEnd::Complete {
-                content_len: at,
-                consumed: at + 1,
-                newlines_inside,
-            };
-        }
-        i = at + 1;
     }
 }
 
@@ -335,6 +212,8 @@ pub struct CsvReader<R = File> {
     /// Line of the row returned last.
     row_line: u64,
     scratch: String,
+    /// The fields of the row returned last, found with its end.
+    fields: RowFields,
     bytes_read: u64,
     crc: u32,
 }
@@ -377,6 +256,7 @@ impl<R: Read> CsvReader<R> {
             line: 1,
             row_line: 0,
             scratch: String::new(),
+            fields: RowFields::default(),
             bytes_read: 0,
             crc: 0,
         };
@@ -444,7 +324,7 @@ impl<R: Read> CsvReader<R> {
     /// end excluded) and consumes it, or `None` at the end of the input.
     fn next_row(&mut self) -> Result<Option<(usize, usize)>, CsvError> {
         loop {
-            match find_row_end(&self.buf[self.start..self.end]) {
+            match scan_row(&self.buf[self.start..self.end], &mut self.fields) {
                 RowEnd::Complete {
                     content_len,
                     consumed,
@@ -495,6 +375,18 @@ impl<R: Read> CsvReader<R> {
         Ok(())
     }
 
+    /// The `N` fields of the row `buf[s..e]` returned last.
+    fn row_fields<const N: usize>(
+        &self,
+        (s, e): (usize, usize),
+    ) -> Result<[Field; N], CsvErrorReason> {
+        if self.fields.valid {
+            self.fields.take::<N>()
+        } else {
+            split_fields::<N>(&self.buf[s..e])
+        }
+    }
+
     /// The next row, or `Ok(None)` at the end of the file. The key borrows
     /// the reader.
     pub fn next_record(&mut self) -> Result<Option<EventRef<'_>>, CsvError> {
@@ -512,7 +404,9 @@ impl<R: Read> CsvReader<R> {
         if let RowSchema::Nexmark(table) = self.schema {
             return self.nexmark_record(table, (s, e), line).map(Some);
         }
-        let fields = split_fields(&self.buf[s..e]).map_err(|reason| self.error(line, reason))?;
+        let fields = self
+            .row_fields::<3>((s, e))
+            .map_err(|reason| self.error(line, reason))?;
         let field_bytes = |f: Field| &self.buf[s + f.start..s + f.end];
         let [ts_f, key_f, value_f] = fields;
         let bad_number = |column, f: Field, expected| {
@@ -576,6 +470,7 @@ fn strip_cr(buf: &[u8], (s, e): (usize, usize)) -> (usize, usize) {
 
 mod nexmark;
 mod row;
+mod scan;
 pub use row::{RowError, RowParser};
 #[cfg(test)]
 mod tests;

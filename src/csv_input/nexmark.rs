@@ -7,9 +7,7 @@
 
 use weir_dataflows::MAX_EVENT_TS_MS;
 
-use super::{
-    parse_u64, shorten, split_fields, CsvError, CsvErrorReason, CsvReader, Field, NexmarkTable,
-};
+use super::{parse_u64, shorten, CsvError, CsvErrorReason, CsvReader, Field, NexmarkTable};
 use crate::event::EventRef;
 
 /// What a column holds.
@@ -65,15 +63,15 @@ impl<R: std::io::Read> CsvReader<R> {
         // Fields in a fixed array: no allocation per row.
         let mut all_fields = [Field::default(); 10];
         let split = match table {
-            NexmarkTable::Person => split_fields::<8>(row).map(|f| {
+            NexmarkTable::Person => self.row_fields::<8>((s, e)).map(|f| {
                 all_fields[..8].copy_from_slice(&f);
                 &PERSON[..]
             }),
-            NexmarkTable::Auction => split_fields::<10>(row).map(|f| {
+            NexmarkTable::Auction => self.row_fields::<10>((s, e)).map(|f| {
                 all_fields.copy_from_slice(&f);
                 &AUCTION[..]
             }),
-            NexmarkTable::Bid => split_fields::<7>(row).map(|f| {
+            NexmarkTable::Bid => self.row_fields::<7>((s, e)).map(|f| {
                 all_fields[..7].copy_from_slice(&f);
                 &BID[..]
             }),

@@ -42,6 +42,7 @@ impl RowParser {
                 line: 1,
                 row_line: 0,
                 scratch: String::new(),
+                fields: super::RowFields::default(),
                 bytes_read: 0,
                 crc: 0,
             },
