@@ -153,6 +153,18 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 20 {
         return None;
     }
+    if b.len() < 20 {
+        // At most 19 digits cannot overflow: no checked arithmetic.
+        let mut acc = 0u64;
+        for &c in b {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            acc = acc * 10 + u64::from(d);
+        }
+        return Some(acc);
+    }
     b.iter().try_fold(0u64, |acc, &c| {
         let d = c.wrapping_sub(b'0');
         if d > 9 {

@@ -269,3 +269,67 @@ proptest! {
         let _ = parse_chunked(&with_header, chunk);
     }
 }
+
+#[test]
+fn numbers_up_to_u64_max_parse_and_beyond_do_not() {
+    assert_eq!(parse_u64(b"0"), Some(0));
+    assert_eq!(
+        parse_u64(b"9999999999999999999"),
+        Some(9_999_999_999_999_999_999)
+    );
+    assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+    assert_eq!(parse_u64(b"00000000000000000001"), Some(1));
+    for bad in [
+        &b""[..],
+        b"18446744073709551616",
+        b"99999999999999999999",
+        b"123456789012345678901",
+        b"1a",
+        b"-1",
+        b" 1",
+    ] {
+        assert_eq!(parse_u64(bad), None, "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+/// The events of Nexmark `table` rows, or the first error.
+fn nexmark_rows(table: NexmarkTable, rows: &[u8]) -> Result<Vec<Event>, CsvError> {
+    let data = [table.header().as_bytes(), b"\n", rows].concat();
+    let mut r = CsvReader::new_as(&data[..], Path::new("t.csv"), RowSchema::Nexmark(table))?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next_record()? {
+        out.push(e.to_event());
+    }
+    Ok(out)
+}
+
+#[test]
+fn nexmark_texts_may_be_any_utf8_and_nothing_else() {
+    // Non-ASCII UTF-8 in every text column, and a person's name kept.
+    let bids = "1,2,3,ch\u{e9},http://\u{fc}.example/\u{1f600},100,\u{e9}x\n".as_bytes();
+    let events = nexmark_rows(NexmarkTable::Bid, bids).unwrap();
+    assert_eq!(events, vec![ev(100, "1,2,3", 3)]);
+    let people = "7,J\u{fc}rgen M\u{fc}ller,e@x,1 2,city,st,100,\n".as_bytes();
+    let events = nexmark_rows(NexmarkTable::Person, people).unwrap();
+    assert_eq!(events, vec![ev(100, "7,J\u{fc}rgen M\u{fc}ller", 0)]);
+    // A byte that is not UTF-8 in any text column is refused with its line
+    // and column, also after an ASCII row.
+    for (column, row) in [
+        ("channel", &b"1,2,3,c\xff,u,100,x\n"[..]),
+        ("url", b"1,2,3,c,\xc3(,100,x\n"),
+        ("extra", b"1,2,3,c,u,100,\xe9x\n"),
+    ] {
+        let rows = [&b"1,2,3,c,u,100,x\n"[..], row].concat();
+        let e = nexmark_rows(NexmarkTable::Bid, &rows).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(
+            matches!(e.reason, CsvErrorReason::BadUtf8 { column: c } if c == column),
+            "{e}"
+        );
+    }
+    let e = nexmark_rows(NexmarkTable::Person, b"7,J\xfcrgen,e,c,c,s,100,\n").unwrap_err();
+    assert!(
+        matches!(e.reason, CsvErrorReason::BadUtf8 { column: "name" }),
+        "{e}"
+    );
+}
