@@ -16,6 +16,11 @@ const DELIVER_SID: u64 = 2;
 pub const PULL_BATCH_MESSAGES: u32 = 16_384;
 /// How long a pull request waits on the server for messages.
 const PULL_EXPIRES_MS: u64 = 1000;
+/// How long a reader with pulls outstanding waits without any answer to
+/// them (a message, or the end of an expired pull) before it calls the
+/// server unresponsive: a server that accepts connections but answers
+/// nothing (stopped, or wedged) must not keep a source waiting silently.
+pub const PULL_SILENCE_LIMIT_MS: u64 = 10 * PULL_EXPIRES_MS;
 /// How long an abandoned consumer (its reader was killed) lives on.
 const CONSUMER_INACTIVE_MS: u64 = 30_000;
 
@@ -218,6 +223,10 @@ pub struct StreamReader {
     deliver_subject: String,
     outstanding: u32,
     state: StreamState,
+    /// When the reader was opened.
+    opened: Instant,
+    /// When the server last answered one of its pulls.
+    last_answer: Option<Instant>,
 }
 
 impl StreamReader {
@@ -262,12 +271,20 @@ impl StreamReader {
             deliver_subject,
             outstanding: 0,
             state,
+            opened: Instant::now(),
+            last_answer: None,
         })
     }
 
     /// The stream's sequences when the reader was opened.
     pub fn state(&self) -> StreamState {
         self.state
+    }
+
+    /// When the server last answered a pull of this reader (a message, a
+    /// heartbeat or the end of a pull); `None` before the first answer.
+    pub fn last_answer(&self) -> Option<Instant> {
+        self.last_answer
     }
 
     /// The next message, or `None` if none came before `deadline`.
@@ -292,11 +309,20 @@ impl StreamReader {
                 self.outstanding += PULL_BATCH_MESSAGES;
             }
             let Some(m) = self.js.conn.next_message(deadline)? else {
+                let heard = self.last_answer.unwrap_or(self.opened);
+                let silent_ms = u64::try_from(heard.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if self.outstanding > 0 && silent_ms > PULL_SILENCE_LIMIT_MS {
+                    return Err(self.js.conn.error(NatsErrorKind::Timeout {
+                        what: format!("the pulls of stream {}", self.stream),
+                        timeout_ms: silent_ms,
+                    }));
+                }
                 return Ok(None);
             };
             if m.sid != DELIVER_SID {
                 continue;
             }
+            self.last_answer = Some(Instant::now());
             match m.status {
                 None => {}
                 // Heartbeat.

@@ -229,6 +229,61 @@ fn a_broker_restart_during_a_tail_loses_nothing() {
     assert!(log.contains("reconnecting"), "{log}");
 }
 
+/// A server that keeps its connections but answers nothing (stopped with
+/// `SIGSTOP`) ends a tailing source once its reconnect limit has passed,
+/// with the reason; what it had read stays in the log exactly once.
+#[test]
+fn a_server_that_stops_answering_ends_the_source() {
+    let Some(binary) = server_binary("nats-server", "NATS") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let store = tmp.path().join("store");
+    let server = server_with_stream(&binary, port, &store);
+    publish(port, 0, 1_000, 500);
+    let data = tmp.path().join("data");
+    let stderr_path = tmp.path().join("ingest.log");
+    let mut tail = Killed(
+        ingest(port, &data, &["--reconnect-limit", "2s"])
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        Duration::from_millis(20),
+        || position(&data, 0).is_some_and(|p| p.source_seq >= 1_000),
+        || "no progress to 1000".to_owned(),
+    );
+    let signal = |name: &str| {
+        let pid = server.0.id().to_string();
+        let status = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    // Silence is noticed after 10 s of unanswered pulls, then reconnecting
+    // (whose connections hang too) gives up after 2 s.
+    let mut exit = None;
+    wait_until(
+        Duration::from_millis(100),
+        || {
+            exit = tail.0.try_wait().unwrap();
+            exit.is_some()
+        },
+        || "the source kept waiting on a silent server".to_owned(),
+    );
+    signal("-CONT");
+    assert!(!exit.unwrap().success());
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        log.contains("no answer to the pulls of stream EV") && log.contains("gave up reconnecting"),
+        "{log}"
+    );
+    drop(tail);
+    drop(server);
+    check_nats(&data, 1_000);
+}
+
 #[test]
 fn unreachable_servers_and_missing_streams_are_named() {
     let Some(binary) = server_binary("nats-server", "NATS") else {

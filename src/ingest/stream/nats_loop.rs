@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::appender::{partition_bytes, Appender, SourceMessage};
-use super::options::{reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL};
+use super::options::{
+    give_up_after, reconnect, StreamIngestOptions, StreamIngestReport, FLUSH_INTERVAL,
+};
 use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
 use crate::nats::jetstream::StreamReader;
 use crate::nats::NatsError;
@@ -44,7 +46,15 @@ pub(super) fn ingest_nats(
     let interval = Duration::from_millis(options.commit_interval_ms.max(1));
     let mut last_commit = Instant::now();
     let mut last_flush = Instant::now();
+    // Since when reading has failed with no pull answered in between: a
+    // server that accepts connections and consumers but then answers no
+    // pull must end the source once the reconnect limit has passed, not
+    // keep it reconnecting for ever (each reconnect succeeds).
+    let mut failing_since: Option<Instant> = None;
     loop {
+        if failing_since.is_some_and(|since| reader.last_answer().is_some_and(|t| t > since)) {
+            failing_since = None;
+        }
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -84,6 +94,11 @@ pub(super) fn ingest_nats(
             }
             Ok(None) => {}
             Err(e) if e.is_transient() => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if let Err(gave_up) = give_up_after(since, options.reconnect_limit_ms, &e) {
+                    appender.commit()?;
+                    return Err(gave_up);
+                }
                 tracing::warn!("{source}: {e}; reconnecting");
                 appender.commit()?;
                 last_commit = Instant::now();
