@@ -133,7 +133,13 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
                 return;
             };
             let below = dominated.as_mut().is_some_and(|d| d.dominated(ts, value));
-            let key = if below { DOMINATED_KEY } else { key };
+            // The empty key as an empty slice of the record's own key, not
+            // the literal: a literal `""` points at no memory (address 1),
+            // and glibc's AVX-512 `memcmp`, comparing it with the stored
+            // empty key in the combiner's table, then loads from that
+            // address under an empty mask, which costs a microcode assist
+            // (~80 ns) every time: 40% of a q7 run's samples.
+            let key = if below { &key[..DOMINATED_KEY.len()] } else { key };
             deliver(offset, LogRecord::Event(EventRef { ts, key, value }));
         })?;
         match malformed {
