@@ -139,7 +139,11 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
             // empty key in the combiner's table, then loads from that
             // address under an empty mask, which costs a microcode assist
             // (~80 ns) every time: 40% of a q7 run's samples.
-            let key = if below { &key[..DOMINATED_KEY.len()] } else { key };
+            let key = if below {
+                &key[..DOMINATED_KEY.len()]
+            } else {
+                key
+            };
             deliver(offset, LogRecord::Event(EventRef { ts, key, value }));
         })?;
         match malformed {
