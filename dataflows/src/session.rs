@@ -29,6 +29,7 @@ use timely::dataflow::Stream;
 use crate::combiner::{FastMap, SessionPartial, Update};
 use crate::key::Key;
 use crate::row::WindowRow;
+use crate::sliding::ROWS_PER_ACTIVATION;
 use crate::window::round_down;
 
 /// Session partials, as released by the session combiner.
@@ -71,9 +72,11 @@ pub fn session_windows(
     let close_time = move |s: &SessionPartial| round_down(s.last_ts + gap_ms - 1, granularity_ms);
     let exchange =
         Exchange::new(|update: &((Key, SessionPartial), u64, isize)| update.0 .0.hash_value());
+    let scope = partials.inner.scope();
     let outputs = partials
         .inner
-        .unary_frontier(exchange, "SessionWindows", move |_cap, _info| {
+        .unary_frontier(exchange, "SessionWindows", move |_cap, info| {
+            let activator = scope.activator_for(info.address);
             let mut open: FastMap<Key, Vec<SessionPartial>> = FastMap::default();
             // (close time, key), possibly stale after a merge moved a session's end.
             let mut closing: BinaryHeap<Reverse<(u64, Key)>> = BinaryHeap::new();
@@ -143,8 +146,19 @@ pub fn session_windows(
                     }
                 }
                 let frontier_time = frontier.frontier().first().copied();
+                // At most [`ROWS_PER_ACTIVATION`] closed sessions per
+                // activation, then again: the rows in flight stay bounded
+                // and their containers are reused. All at once (a lateness
+                // longer than the input closes every session at its end),
+                // q11's millions of rows sat in the channel, and zeroing
+                // their fresh pages was two thirds of the run.
+                let mut budget = ROWS_PER_ACTIVATION;
                 while let Some(Reverse((t, _))) = closing.peek() {
                     if frontier_time.is_some_and(|f| *t >= f) {
+                        break;
+                    }
+                    if budget == 0 {
+                        activator.activate();
                         break;
                     }
                     let Reverse((_, key)) = closing.pop().expect("peeked");
@@ -159,6 +173,7 @@ pub fn session_windows(
                         if frontier_time.is_some_and(|f| ct >= f) {
                             return true;
                         }
+                        budget = budget.saturating_sub(1);
                         let cap = holder.delayed(&ct);
                         let mut session = output.session(&cap);
                         session.give(SessionOutput::Row(WindowRow {
