@@ -120,6 +120,27 @@ impl Release {
         )
     }
 
+    /// The refusal of a `what` header of `version`, outside the versions 1
+    /// to `newest` this binary reads, whose later versions keep the writer
+    /// release at the place `release` was read from: it names that writer
+    /// (or says a version 0 was written by no weir).
+    pub fn refusal(
+        what: &str,
+        version: u32,
+        newest: u32,
+        release: &[u8; RELEASE_LEN_BYTES],
+    ) -> String {
+        let writer = if version == 0 {
+            "no weir (version 0)".to_owned()
+        } else {
+            Self::unreadable_writer(Some(release))
+        };
+        format!(
+            "{what} version {version}, written by {writer}: this binary ({THIS_RELEASE}) reads \
+             versions 1 to {newest}"
+        )
+    }
+
     /// Reads the eight bytes of a header; `None` if the reserved last two
     /// are not zero.
     pub fn decode(bytes: &[u8; RELEASE_LEN_BYTES]) -> Option<Release> {

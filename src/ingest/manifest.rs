@@ -14,8 +14,9 @@
 //! Version 1 (still read) has no release: its header is the first 16 bytes
 //! and their checksum (20 bytes). Every later version keeps the 28 header
 //! bytes of version 2, so this binary names the release that wrote a
-//! manifest it cannot read. A manifest is rewritten whole on every ingest,
-//! in the current version.
+//! manifest it cannot read. A manifest is rewritten whole, in the current
+//! version, by an ingest that adds (or adopts) a partition; an ingest that
+//! skips every file leaves it as it is.
 //!
 //! The same encoding with a single entry is the `INGEST` marker written into
 //! a partition directory before it is renamed into place, so a partition
@@ -138,17 +139,8 @@ impl Manifest {
         }
         if version > MANIFEST_FORMAT_VERSION || version == 0 {
             let release: &[u8; RELEASE_LEN_BYTES] = header[16..24].try_into().expect("8 bytes");
-            return Err((
-                0,
-                format!(
-                    "manifest version {version}, written by {}: this binary ({THIS_RELEASE}) reads versions 1 to {MANIFEST_FORMAT_VERSION}",
-                    if version > 0 {
-                        Release::unreadable_writer(Some(release))
-                    } else {
-                        "no weir (version 0)".to_owned()
-                    },
-                ),
-            ));
+            let reason = Release::refusal("manifest", version, MANIFEST_FORMAT_VERSION, release);
+            return Err((0, reason));
         }
         if version == 2 && Release::decode(header[16..24].try_into().expect("8 bytes")).is_none() {
             return Err((0, "reserved release bytes are not zero".to_owned()));

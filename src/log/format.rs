@@ -120,27 +120,21 @@ pub fn decode_segment_header(h: &[u8]) -> Result<SegmentHeader, String> {
         });
     }
     let release_bytes: &[u8; RELEASE_LEN_BYTES] = h[20..28].try_into().expect("8 bytes");
-    let release = (version == SEGMENT_FORMAT_VERSION)
-        .then(|| Release::decode(release_bytes))
-        .flatten();
-    match release {
-        Some(release) => Ok(SegmentHeader {
+    if version != SEGMENT_FORMAT_VERSION {
+        return Err(Release::refusal(
+            "log segment",
             version,
-            base_offset,
-            release: Some(release),
-        }),
-        None if version == SEGMENT_FORMAT_VERSION => {
-            Err("segment header: reserved release bytes are not zero".to_owned())
-        }
-        None => Err(format!(
-            "log segment version {version}, written by {}: this binary ({THIS_RELEASE}) reads versions 1 to {SEGMENT_FORMAT_VERSION}",
-            if version > SEGMENT_FORMAT_VERSION {
-                Release::unreadable_writer(Some(release_bytes))
-            } else {
-                "no weir (version 0)".to_owned()
-            }
-        )),
+            SEGMENT_FORMAT_VERSION,
+            release_bytes,
+        ));
     }
+    let release = Release::decode(release_bytes)
+        .ok_or("segment header: reserved release bytes are not zero")?;
+    Ok(SegmentHeader {
+        version,
+        base_offset,
+        release: Some(release),
+    })
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
