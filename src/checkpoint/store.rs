@@ -63,10 +63,14 @@ use crate::storage::frame::MAX_RECORD_SIZE_BYTES;
 
 /// The lock file a writer holds.
 pub const LOCK_FILE_NAME: &str = "LOCK";
+/// The lock file ordering the cold tier's epoch checks, claims and repairs
+/// among the processes sharing a data dir (`tier::epoch::lock_tier`).
+pub const TIER_LOCK_FILE_NAME: &str = "TIER_LOCK";
 
-/// A checkpoint store's temp files and lock, left out of its usage figures.
+/// A checkpoint store's temp files and locks, left out of its usage figures.
 pub fn is_temp_or_lock(name: &str) -> bool {
     name == LOCK_FILE_NAME
+        || name == TIER_LOCK_FILE_NAME
         || Path::new(name)
             .extension()
             .is_some_and(|x| x.eq_ignore_ascii_case("tmp"))

@@ -11,7 +11,7 @@ use std::path::Path;
 use super::metrics::EngineMetrics;
 use crate::checkpoint::format::CommitRecord;
 use crate::checkpoint::store::newest_usable;
-use crate::checkpoint::tier::{open_cold_store, repair_from_cold, take_over_from_cold};
+use crate::checkpoint::tier::{epoch, open_cold_store, repair_from_cold, take_over_from_cold};
 use crate::job::{open_restore, RestoreReport, RestoredState, WindowQuery};
 use crate::run::{CheckpointSummary, RunError, RunOptions};
 
@@ -36,8 +36,14 @@ pub(super) fn take_over(options: &RunOptions) -> Result<(), RunError> {
         return Ok(());
     };
     if options.cluster.is_some() {
+        // Every process would take over (and claim an epoch) on its own,
+        // and a process cannot tell its peer's takeover from a stale data
+        // dir's checkpoints: take over with one process, then run the
+        // cluster on that data dir with --cold-store.
         return Err(RunError::Usage(
-            "--restore-from is for single-process runs (not yet with --processes)".into(),
+            "--restore-from is for single-process runs: take over with one process, then start \
+             the cluster on its data dir with --cold-store"
+                .into(),
         ));
     }
     take_over_standby(url, &options.data_dir)
@@ -81,11 +87,10 @@ pub(super) fn choose(options: &RunOptions) -> Result<Restored, RunError> {
     if checkpoint.is_some_and(|c| c.restore_from.is_some()) {
         // Taken over before the inputs ([`take_over`]).
     } else if let Some(url) = checkpoint.and_then(|c| c.cold_store.as_deref()) {
-        if options.cluster.is_some() {
-            return Err(RunError::Usage(
-                "--cold-store is for single-process runs (not yet with --processes)".into(),
-            ));
-        }
+        // In a cluster every process repairs, one after the other under the
+        // data dir's tier lock: the first brings files back, the others find
+        // them in place (and none reads the commit stream before its own
+        // repair returned).
         let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
         for note in repair_from_cold(&checkpoint_dir, blob.as_ref())? {
             tracing::warn!("{note}");
@@ -93,20 +98,19 @@ pub(super) fn choose(options: &RunOptions) -> Result<Restored, RunError> {
         }
     }
     if let Some(url) = checkpoint.and_then(|c| c.replica.as_deref()) {
-        if options.cluster.is_some() {
-            return Err(RunError::Usage(
-                "--replica is for single-process runs (not yet with --processes)".into(),
-            ));
-        }
         // Reached (and not fenced off) before anything runs: a bad URL or
         // refused credentials fail the run at its start.
         let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
-        crate::checkpoint::tier::epoch::check_not_fenced(&checkpoint_dir, blob.as_ref())
+        let cold_error = |reason| crate::checkpoint::store::StoreError::Cold {
+            url: url.to_owned(),
+            reason,
+        };
+        // Under the tier lock: not while the sidecar of this cluster's
+        // process 0 has claimed an epoch but not yet recorded it here.
+        let _tier_lock = epoch::lock_tier(&checkpoint_dir).map_err(cold_error)?;
+        epoch::check_not_fenced(&checkpoint_dir, blob.as_ref())
             .map(drop)
-            .map_err(|reason| crate::checkpoint::store::StoreError::Cold {
-                url: url.to_owned(),
-                reason,
-            })?;
+            .map_err(cold_error)?;
     }
     let mut summary_checkpoints = checkpoint.map(|_| CheckpointSummary::default());
     let record: Option<CommitRecord> = match (checkpoint, summary_checkpoints.as_mut()) {

@@ -4,6 +4,7 @@ mod checkpoint_store;
 mod cli;
 mod cluster;
 mod cold_tier;
+mod cold_tier_cluster;
 mod distinct;
 mod emit_changes;
 mod eviction;

@@ -12,10 +12,10 @@
 //!
 //! The copier claims the next epoch of the store when it starts
 //! ([`super::epoch`]; a data dir that never wrote to a store whose newest
-//! epoch's writer still beats is refused, [`super::heartbeat`]), beats
-//! for it, and writes only under that epoch's prefix; once a
-//! newer epoch is claimed (a standby took over) it stops for good and says
-//! so in its figures, and the sidecar refuses to commit.
+//! epoch's writer still beats is refused, [`super::heartbeat`]), beats for
+//! it, and writes only under that epoch's prefix; once a newer epoch is
+//! claimed (a standby took over) it stops for good and says so in its
+//! figures, and the sidecar refuses to commit.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,10 +108,9 @@ pub struct ColdCopier {
 impl ColdCopier {
     /// Starts copying checkpoints of the store in `local_dir`, and the log
     /// in `log_dir`, read through `source` (shared with the sidecar's other
-    /// copier), to `blob` as `role`:
-    /// refuses a data dir fenced off the store, then claims the next epoch,
-    /// fenced at `fence_checkpoint_id` (the newest local checkpoint), as
-    /// `writer`.
+    /// copier), to `blob` as `role`: refuses a data dir fenced off the
+    /// store, then claims the next epoch, fenced at `fence_checkpoint_id`
+    /// (the newest local checkpoint), as `writer`, under the tier lock.
     pub fn start(
         blob: Box<dyn Blob>,
         (local_dir, log_dir, source): (PathBuf, PathBuf, Arc<LocalSource>),
@@ -119,6 +118,7 @@ impl ColdCopier {
         writer: &str,
     ) -> Result<Self, String> {
         let url = blob.describe();
+        let tier_lock = epoch::lock_tier(&local_dir)?;
         let observed = epoch::check_not_fenced(&local_dir, blob.as_ref())?;
         if observed > 0 && epoch::local_epoch(&local_dir, &url)?.is_none() {
             // Someone else wrote this store: is it still running?
@@ -126,6 +126,7 @@ impl ColdCopier {
         }
         let claim = epoch::claim_epoch_after(blob.as_ref(), observed, fence_checkpoint_id, writer)?;
         epoch::record_local_epoch(&local_dir, role.epoch_file(), &url, claim.epoch)?;
+        drop(tier_lock);
         tracing::info!(
             %url,
             epoch = claim.epoch,

@@ -20,8 +20,10 @@
 //! its start.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{Blob, BlobError};
+use crate::checkpoint::store::TIER_LOCK_FILE_NAME;
 use crate::storage::kv_text::{decode_kv, encode_kv};
 
 /// The claims' prefix.
@@ -234,6 +236,47 @@ pub fn check_not_fenced(store_dir: &Path, blob: &dyn Blob) -> Result<u64, String
             newest.fence_checkpoint_id
         )),
         _ => Ok(newest_epoch),
+    }
+}
+
+/// The longest [`lock_tier`] waits: another process's repair of a large
+/// checkpoint from the cold tier holds the lock for as long as it fetches.
+pub const TIER_LOCK_WAIT: Duration = Duration::from_secs(600);
+const TIER_LOCK_POLL: Duration = Duration::from_millis(10);
+
+/// Takes the data dir's tier lock (`TIER_LOCK` in the checkpoint store's
+/// directory), waiting up to [`TIER_LOCK_WAIT`]. The processes of a
+/// cluster share one data dir: each checks for a fence and repairs from
+/// the cold tier under it, and the sidecar claims an epoch and records
+/// it locally under it, so no process sees a claim without its local
+/// record (and refuses its own data dir as fenced off), and two repairs
+/// never write the same files at once. Released when the file is dropped.
+pub fn lock_tier(store_dir: &Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(store_dir).map_err(|e| format!("{}: {e}", store_dir.display()))?;
+    let path = store_dir.join(TIER_LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let deadline = Instant::now() + TIER_LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(TIER_LOCK_POLL);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "{}: held by another process for over {} s",
+                    path.display(),
+                    TIER_LOCK_WAIT.as_secs()
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(format!("{}: {e}", path.display())),
+        }
     }
 }
 

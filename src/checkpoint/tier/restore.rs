@@ -45,6 +45,9 @@ pub fn repair_from_cold(local_dir: &Path, blob: &dyn Blob) -> Result<Vec<String>
     // credentials fail the run at its start; then a stale writer is
     // refused before it reads or writes anything.
     let usable = epoch::usable_records(blob).map_err(&store_err)?;
+    // A cluster's processes repair one after the other: the later ones
+    // find the files in place.
+    let _tier_lock = epoch::lock_tier(local_dir).map_err(&store_err)?;
     epoch::check_not_fenced(local_dir, blob).map_err(&store_err)?;
     let local = read_commits(local_dir)?;
     let mut notes = Vec::new();
@@ -133,6 +136,7 @@ pub fn take_over_from_cold(
     blob: &dyn Blob,
 ) -> Result<TakeOver, StoreError> {
     let store_err = store_error(blob);
+    let _tier_lock = epoch::lock_tier(local_dir).map_err(&store_err)?;
     let local = read_commits(local_dir)?;
     if let Some(last) = local.last() {
         return Err(store_err(format!(

@@ -1,0 +1,198 @@
+//! The cold tier and the replica under a two-process cluster sharing one
+//! data dir: its processes killed with `kill -9` at random moments, each
+//! kill followed by the loss of the local checkpoints, and the rerun
+//! brings the newest checkpoint back from the cold tier (one process
+//! fetches, the other finds it in place) and still gives the failure-free
+//! rows; the replica holds the newest checkpoint at the end.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use weir::checkpoint::store::read_commits;
+use weir::checkpoint::tier::epoch::usable_records;
+use weir::checkpoint::tier::open_cold_store;
+
+use crate::cold_tier::{holds_a_checkpoint, run_args, weir_env};
+use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
+use crate::sources::PROGRESS_DEADLINE;
+use crate::support::{assert_success, free_ports, gen_input, sorted_rows, weir};
+
+/// Kill rounds, each followed by the loss of the local checkpoints.
+const KILLS: u64 = 3;
+
+/// The two processes of a cluster run of `args`, in one process group
+/// (process 0's, with its sidecar), their stderr in `logs`.
+fn spawn_cluster(args: &[String], hostfile: &Path, logs: &[PathBuf; 2]) -> Vec<Child> {
+    let mut group = 0;
+    (0..2)
+        .map(|process| {
+            let child = weir()
+                .args(args)
+                .args(["--workers", "1", "--processes", "2", "--process"])
+                .arg(process.to_string())
+                .arg("--hostfile")
+                .arg(hostfile)
+                .process_group(group)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&logs[process]).unwrap())
+                .spawn()
+                .unwrap();
+            if group == 0 {
+                group = child.id() as i32;
+            }
+            child
+        })
+        .collect()
+}
+
+fn hostfile(dir: &Path, name: &str) -> PathBuf {
+    let hosts: Vec<String> = free_ports(2)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, hosts.join("\n")).unwrap();
+    path
+}
+
+fn read_logs(logs: &[PathBuf; 2]) -> String {
+    logs.iter()
+        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n--- process 1 ---\n")
+}
+
+#[test]
+fn a_cluster_restores_lost_checkpoints_from_the_cold_tier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    gen_input(&input, 1_000_000);
+    let reference = tmp.path().join("ref-out");
+    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
+    let (done, took) = timed(|| weir_env(&reference_args, &[]));
+    assert_success(&done, "failure-free run");
+    let expected = sorted_rows(&reference, "windows");
+
+    let cold_url = format!("file://{}", tmp.path().join("cold").display());
+    let replica_url = format!("file://{}", tmp.path().join("replica").display());
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    let checkpoints = data.join("checkpoints");
+    let mut args = run_args(&input, &data, &out, Some(&cold_url));
+    args.extend(["--replica".into(), replica_url.clone()]);
+    let tailing: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--until-end")
+        .cloned()
+        .collect();
+    let cold = open_cold_store(&cold_url).unwrap();
+    let logs = [tmp.path().join("p0.log"), tmp.path().join("p1.log")];
+    let mut clock = KillClock::new(17, took);
+    for round in 0..KILLS {
+        let hosts = hostfile(tmp.path(), &format!("hosts-{round}"));
+        let mut children = spawn_cluster(&tailing, &hosts, &logs);
+        // Under way: the first round once the cold tier holds a
+        // checkpoint, the others once one process brought it back.
+        let under_way = || {
+            if round == 0 {
+                holds_a_checkpoint(cold.as_ref())
+            } else {
+                read_logs(&logs).contains("brought back from the cold tier")
+            }
+        };
+        let started = std::time::Instant::now();
+        while !under_way() {
+            assert!(
+                started.elapsed() < PROGRESS_DEADLINE,
+                "round {round}: {}",
+                read_logs(&logs)
+            );
+            for child in &mut children {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "round {round}: a process ended: {}",
+                    read_logs(&logs)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(
+            sleep_while_running(&mut children[0], clock.next_delay()),
+            "round {round}: process 0 ended: {}",
+            read_logs(&logs)
+        );
+        kill_group(children[0].id());
+        for mut child in children {
+            let status = child.wait().unwrap();
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "round {round}: {}",
+                read_logs(&logs)
+            );
+        }
+        std::fs::remove_dir_all(&checkpoints).unwrap();
+    }
+
+    let hosts = hostfile(tmp.path(), "hosts-final");
+    let children = spawn_cluster(&args, &hosts, &logs);
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "the run after the kills: {}",
+            read_logs(&logs)
+        );
+    }
+    let stderr = read_logs(&logs);
+    assert_eq!(
+        stderr
+            .matches("WARNING: no local checkpoints: checkpoint")
+            .count(),
+        1,
+        "one process fetches, the other finds the files in place: {stderr}"
+    );
+    assert_eq!(
+        sorted_rows(&out, "windows"),
+        expected,
+        "after losing checkpoints"
+    );
+
+    // Both stores hold the newest local checkpoint (the sidecar waits for
+    // its copies before it exits).
+    let newest = read_commits(&checkpoints).unwrap().pop().unwrap();
+    for url in [&cold_url, &replica_url] {
+        let usable = usable_records(open_cold_store(url).unwrap().as_ref()).unwrap();
+        assert_eq!(
+            usable.first().map(|u| u.1),
+            Some(newest.checkpoint_id),
+            "{url}"
+        );
+    }
+
+    // A standby is one process.
+    let standby = weir()
+        .args(["run", "--data-dir"])
+        .arg(tmp.path().join("standby"))
+        .args(["--restore-from", &replica_url])
+        .args([
+            "--workers",
+            "1",
+            "--processes",
+            "2",
+            "--process",
+            "0",
+            "--hostfile",
+        ])
+        .arg(&hosts)
+        .output()
+        .unwrap();
+    assert!(!standby.status.success());
+    assert!(
+        String::from_utf8_lossy(&standby.stderr)
+            .contains("--restore-from is for single-process runs"),
+        "{}",
+        String::from_utf8_lossy(&standby.stderr)
+    );
+}
