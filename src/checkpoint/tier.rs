@@ -34,7 +34,9 @@ use std::path::Path;
 
 pub use copier::{ColdCopier, ColdFigures, CopierRole};
 pub use file_blob::FileBlob;
-pub use restore::{newest_cold_record, repair_from_cold, take_over_from_cold, TakeOver};
+pub use restore::{
+    await_peer_takeover, newest_cold_record, repair_from_cold, take_over_from_cold, TakeOver,
+};
 pub use s3_blob::S3Blob;
 
 use crate::checkpoint::format::{

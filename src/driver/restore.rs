@@ -11,7 +11,9 @@ use std::path::Path;
 use super::metrics::EngineMetrics;
 use crate::checkpoint::format::CommitRecord;
 use crate::checkpoint::store::newest_usable;
-use crate::checkpoint::tier::{epoch, open_cold_store, repair_from_cold, take_over_from_cold};
+use crate::checkpoint::tier::{
+    await_peer_takeover, epoch, open_cold_store, repair_from_cold, take_over_from_cold,
+};
 use crate::job::{open_restore, RestoreReport, RestoredState, WindowQuery};
 use crate::run::{CheckpointSummary, RunError, RunOptions};
 
@@ -35,16 +37,10 @@ pub(super) fn take_over(options: &RunOptions) -> Result<(), RunError> {
     else {
         return Ok(());
     };
-    if options.cluster.is_some() {
-        // Every process would take over (and claim an epoch) on its own,
-        // and a process cannot tell its peer's takeover from a stale data
-        // dir's checkpoints: take over with one process, then run the
-        // cluster on that data dir with --cold-store.
-        return Err(RunError::Usage(
-            "--restore-from is for single-process runs: take over with one process, then start \
-             the cluster on its data dir with --cold-store"
-                .into(),
-        ));
+    if let Some(cluster) = options.cluster.as_ref().filter(|c| c.process != 0) {
+        // Process 0 takes over into the shared data dir; the others wait
+        // for it (a claim per process would fence the cluster off itself).
+        return await_takeover(url, &options.data_dir, cluster.process);
     }
     take_over_standby(url, &options.data_dir)
 }
@@ -66,17 +62,41 @@ pub fn take_over_standby(url: &str, data_dir: &Path) -> Result<(), RunError> {
             "{url} holds no usable checkpoint"
         )));
     };
-    let cut = if cut == crate::checkpoint::cut::FINAL_CUT {
-        "the end of the input".to_owned()
-    } else {
-        format!("{cut} ms")
-    };
     let note = format!(
-        "standby: took over checkpoint {id} (cut {cut}) from {url}; this run writes the rows after it"
+        "standby: took over checkpoint {id} (cut {}) from {url}; this run writes the rows after it",
+        cut_text(cut)
     );
     tracing::warn!("{note}");
     eprintln!("WARNING: {note}");
     Ok(())
+}
+
+/// A standby cluster's process `process` (not 0): waits for process 0's
+/// takeover from `url` into the shared `data_dir`.
+fn await_takeover(url: &str, data_dir: &Path, process: usize) -> Result<(), RunError> {
+    let blob = open_cold_store(url).map_err(|e| RunError::Usage(e.to_string()))?;
+    let note = format!("standby: process {process} waits for process 0 to take over from {url}");
+    tracing::info!("{note}");
+    let (id, cut) = await_peer_takeover(
+        &data_dir.join("checkpoints"),
+        blob.as_ref(),
+        super::SIDECAR_TIMEOUT,
+    )?;
+    let note = format!(
+        "standby: process 0 took over checkpoint {id} (cut {}) from {url}",
+        cut_text(cut)
+    );
+    tracing::warn!("{note}");
+    eprintln!("WARNING: {note}");
+    Ok(())
+}
+
+fn cut_text(cut: u64) -> String {
+    if cut == crate::checkpoint::cut::FINAL_CUT {
+        "the end of the input".to_owned()
+    } else {
+        format!("{cut} ms")
+    }
 }
 
 /// Finds the newest usable checkpoint of the query (checkpoints on and a

@@ -3,7 +3,10 @@
 //! kill followed by the loss of the local checkpoints, and the rerun
 //! brings the newest checkpoint back from the cold tier (one process
 //! fetches, the other finds it in place) and still gives the failure-free
-//! rows; the replica holds the newest checkpoint at the end.
+//! rows; the replica holds the newest checkpoint at the end. A standby
+//! cluster takes over from the store of a killed primary cluster: process 0
+//! takes over, process 1 waits for it, and the primary's committed rows
+//! plus the standby's equal a failure-free run's.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -12,9 +15,11 @@ use std::time::Duration;
 
 use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::epoch::usable_records;
-use weir::checkpoint::tier::open_cold_store;
+use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
 
-use crate::cold_tier::{holds_a_checkpoint, run_args, weir_env};
+use crate::cold_tier::{
+    assert_failover_rows, assert_took_over, holds_a_checkpoint, run_args, weir_env,
+};
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
 use crate::sources::PROGRESS_DEADLINE;
 use crate::support::{assert_success, free_ports, gen_input, sorted_rows, weir};
@@ -170,29 +175,91 @@ fn a_cluster_restores_lost_checkpoints_from_the_cold_tier() {
             "{url}"
         );
     }
+}
 
-    // A standby is one process.
-    let standby = weir()
-        .args(["run", "--data-dir"])
-        .arg(tmp.path().join("standby"))
-        .args(["--restore-from", &replica_url])
-        .args([
-            "--workers",
-            "1",
-            "--processes",
-            "2",
-            "--process",
-            "0",
-            "--hostfile",
-        ])
-        .arg(&hosts)
-        .output()
-        .unwrap();
-    assert!(!standby.status.success());
+#[test]
+fn a_standby_cluster_takes_over_from_the_cold_tier_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    gen_input(&input, 1_000_000);
+    let reference = tmp.path().join("ref-out");
+    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
+    let (done, took) = timed(|| weir_env(&reference_args, &[]));
+    assert_success(&done, "failure-free run");
+    let url = format!("file://{}", tmp.path().join("cold").display());
+    let cold = open_cold_store(&url).unwrap();
+
+    // The primary cluster, killed at a random moment once the cold tier
+    // holds a checkpoint.
+    let primary_out = tmp.path().join("primary-out");
+    let primary: Vec<String> = run_args(
+        &input,
+        &tmp.path().join("primary-data"),
+        &primary_out,
+        Some(&url),
+    )
+    .into_iter()
+    .filter(|a| a != "--until-end")
+    .collect();
+    let logs = [tmp.path().join("p0.log"), tmp.path().join("p1.log")];
+    let mut children = spawn_cluster(&primary, &hostfile(tmp.path(), "hosts-primary"), &logs);
+    let started = std::time::Instant::now();
+    while !holds_a_checkpoint(cold.as_ref()) {
+        assert!(
+            started.elapsed() < PROGRESS_DEADLINE,
+            "{}",
+            read_logs(&logs)
+        );
+        for child in &mut children {
+            assert!(child.try_wait().unwrap().is_none(), "{}", read_logs(&logs));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut clock = KillClock::new(23, took);
     assert!(
-        String::from_utf8_lossy(&standby.stderr)
-            .contains("--restore-from is for single-process runs"),
-        "{}",
-        String::from_utf8_lossy(&standby.stderr)
+        sleep_while_running(&mut children[0], clock.next_delay()),
+        "the primary ended: {}",
+        read_logs(&logs)
     );
+    kill_group(children[0].id());
+    for mut child in children {
+        child.wait().unwrap();
+    }
+    let (_, record) = newest_cold_record(cold.as_ref()).unwrap().unwrap();
+
+    // The standby cluster: another data dir, no input but the shipped log.
+    let standby_out = tmp.path().join("standby-out");
+    let mut standby = run_args(&input, &tmp.path().join("standby-data"), &standby_out, None);
+    standby.pop();
+    standby.drain(1..3);
+    standby.extend(["--restore-from".into(), url.clone()]);
+    let standby_logs = [tmp.path().join("s0.log"), tmp.path().join("s1.log")];
+    let children = spawn_cluster(
+        &standby,
+        &hostfile(tmp.path(), "hosts-standby"),
+        &standby_logs,
+    );
+    let outputs: Vec<std::process::Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let stderr = |i: usize| std::fs::read(&standby_logs[i]).unwrap();
+    assert_took_over(
+        &std::process::Output {
+            stderr: stderr(0),
+            ..outputs[0].clone()
+        },
+        &record,
+    );
+    assert!(outputs[1].status.success(), "{}", read_logs(&standby_logs));
+    let waited = format!(
+        "standby: process 0 took over checkpoint {} ",
+        record.checkpoint_id
+    );
+    assert!(
+        String::from_utf8_lossy(&stderr(1)).contains(&waited),
+        "{}",
+        read_logs(&standby_logs)
+    );
+    assert_failover_rows((&primary_out, &record), &standby_out, &reference);
 }

@@ -252,6 +252,24 @@ const TIER_LOCK_POLL: Duration = Duration::from_millis(10);
 /// record (and refuses its own data dir as fenced off), and two repairs
 /// never write the same files at once. Released when the file is dropped.
 pub fn lock_tier(store_dir: &Path) -> Result<std::fs::File, String> {
+    let deadline = Instant::now() + TIER_LOCK_WAIT;
+    loop {
+        if let Some(file) = try_lock_tier(store_dir)? {
+            return Ok(file);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{}: held by another process for over {} s",
+                store_dir.join(TIER_LOCK_FILE_NAME).display(),
+                TIER_LOCK_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(TIER_LOCK_POLL);
+    }
+}
+
+/// As [`lock_tier`], without waiting: `None` while another process holds it.
+pub fn try_lock_tier(store_dir: &Path) -> Result<Option<std::fs::File>, String> {
     std::fs::create_dir_all(store_dir).map_err(|e| format!("{}: {e}", store_dir.display()))?;
     let path = store_dir.join(TIER_LOCK_FILE_NAME);
     let file = std::fs::OpenOptions::new()
@@ -261,22 +279,10 @@ pub fn lock_tier(store_dir: &Path) -> Result<std::fs::File, String> {
         .truncate(false)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let deadline = Instant::now() + TIER_LOCK_WAIT;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(TIER_LOCK_POLL);
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(format!(
-                    "{}: held by another process for over {} s",
-                    path.display(),
-                    TIER_LOCK_WAIT.as_secs()
-                ))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(format!("{}: {e}", path.display())),
-        }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
     }
 }
 

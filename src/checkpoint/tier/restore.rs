@@ -204,6 +204,56 @@ pub fn take_over_from_cold(
     Ok((None, notes))
 }
 
+/// A standby cluster's process other than 0: waits for process 0's
+/// [`take_over_from_cold`] from `blob` into the shared `local_dir` to
+/// commit, and returns the checkpoint it took over as `(id, cut)`.
+/// Checked under the tier lock, which a takeover holds throughout, so
+/// nothing half taken over is seen. Gives up once the lock has been free
+/// with nothing taken over for `idle_limit` (process 0 failed, or never
+/// started), or after [`epoch::TIER_LOCK_WAIT`] in all. A data dir holding
+/// checkpoints that no takeover from this store recorded is refused at
+/// once, as process 0 refuses it.
+pub fn await_peer_takeover(
+    local_dir: &Path,
+    blob: &dyn Blob,
+    idle_limit: std::time::Duration,
+) -> Result<(u64, u64), StoreError> {
+    let store_err = store_error(blob);
+    let url = blob.describe();
+    let started = std::time::Instant::now();
+    let mut last_busy = started;
+    loop {
+        match epoch::try_lock_tier(local_dir).map_err(&store_err)? {
+            None => last_busy = std::time::Instant::now(),
+            Some(_tier_lock) => {
+                if let Some(last) = read_commits(local_dir)?.pop() {
+                    let taken_over = epoch::local_epochs(local_dir)
+                        .map_err(&store_err)?
+                        .iter()
+                        .any(|(file, u, _)| *file == epoch::LOCAL_EPOCH_FILES[2] && *u == url);
+                    if !taken_over {
+                        return Err(store_err(format!(
+                            "{} already holds checkpoints (the newest: {}): a standby takes \
+                             over into an empty data directory",
+                            local_dir.display(),
+                            last.checkpoint_id
+                        )));
+                    }
+                    return Ok((last.checkpoint_id, last.cut_time));
+                }
+            }
+        }
+        if last_busy.elapsed() >= idle_limit || started.elapsed() >= epoch::TIER_LOCK_WAIT {
+            return Err(store_err(format!(
+                "process 0 took nothing over into {} (waited {} s; its own output says why)",
+                local_dir.display(),
+                started.elapsed().as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Brings cold checkpoint `id` of `epoch` into the empty local store: its
 /// files, then its record as the first of a new commit stream. Returns its
 /// cut.
