@@ -22,6 +22,7 @@
 
 mod copier;
 pub mod epoch;
+mod fetch;
 mod file_blob;
 pub mod heartbeat;
 pub mod log_ship;
@@ -57,6 +58,23 @@ pub trait Blob: Send + Sync + std::fmt::Debug {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool, BlobError>;
     /// The object `key`, or `None`.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError>;
+    /// The bytes `range` of the object `key` (fewer if the object ends
+    /// first), or `None` if there is no such object. Restores read large
+    /// files in ranges, several at once. By default the whole object is
+    /// read and cut.
+    fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Vec<u8>>, BlobError> {
+        Ok(self.get(key)?.map(|bytes| {
+            let end = usize::try_from(range.end)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(end);
+            bytes[start..end].to_vec()
+        }))
+    }
     /// The keys directly under `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
     /// Deletes `key` (absent is fine).

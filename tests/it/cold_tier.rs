@@ -77,6 +77,34 @@ fn lost_and_damaged_local_checkpoints_restore_from_an_s3_cold_tier() {
     restores_from_the_cold_tier(&tmp, url, &env, &|| s3_blob(url, &env));
 }
 
+/// Ranged reads (restores read large files in ranges, several at once)
+/// give the bytes of the range, from an S3 server and from a directory.
+#[test]
+fn ranged_reads_give_the_bytes_of_the_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let object: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file_url = format!("file://{}", tmp.path().join("cold").display());
+    let mut stores = vec![open_cold_store(&file_url).unwrap()];
+    let server = s3_server(tmp.path());
+    if let Some((_, env)) = &server {
+        stores.push(s3_blob("s3://weir-cold/ranges", env));
+    }
+    for blob in &stores {
+        blob.put("checkpoints/object", &object).unwrap();
+        for range in [0..1, 0..100_000, 99_999..100_000, 4_096..70_001] {
+            let got = blob.get_range("checkpoints/object", range.clone()).unwrap();
+            let (start, end) = (range.start as usize, range.end as usize);
+            assert_eq!(
+                got.as_deref(),
+                Some(&object[start..end]),
+                "{} {range:?}",
+                blob.describe()
+            );
+        }
+        assert_eq!(blob.get_range("checkpoints/absent", 0..10).unwrap(), None);
+    }
+}
+
 /// moto's S3 server on a free loopback port (bucket `weir-cold`, log in
 /// `dir`) and the `AWS_*` variables that reach it; `None` without moto
 /// (the test is skipped, unless `WEIR_REQUIRE_MOTO` is set).

@@ -71,6 +71,31 @@ impl Blob for FileBlob {
         }
     }
 
+    fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Vec<u8>>, BlobError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(key)?;
+        let io = |e: std::io::Error| BlobError::Io {
+            what: format!("reading {} bytes {range:?}", path.display()),
+            reason: e.to_string(),
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let size_bytes = file.metadata().map_err(io)?.len();
+        let end = range.end.min(size_bytes);
+        let start = range.start.min(end);
+        let mut bytes =
+            vec![0; usize::try_from(end - start).map_err(|e| io(std::io::Error::other(e)))?];
+        file.read_exact_at(&mut bytes, start).map_err(io)?;
+        Ok(Some(bytes))
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
         let dir = self.path(prefix)?;
         let entries = match std::fs::read_dir(&dir) {

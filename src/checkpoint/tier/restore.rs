@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use super::{decode_cold_record, epoch, file_key, record_key, Blob};
+use super::fetch::fetch_files;
+use super::{decode_cold_record, epoch, record_key, Blob};
 use crate::checkpoint::format::{CommitRecord, FileMeta};
 use crate::checkpoint::store::{read_commits, verify_file, CheckpointStore, StoreError};
 
@@ -275,50 +276,4 @@ fn stage_whole(
     let store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
     fetch_files(&store, blob, epoch, &record.files)?;
     Ok((store, record))
-}
-
-/// Files fetched (and written) at once: the store's latency hides behind
-/// the others, and memory stays at most this many files.
-const FETCH_THREADS: usize = 4;
-
-/// Fetches `metas` of `epoch` into `store`, each checked, on up to
-/// [`FETCH_THREADS`] threads; the first failure is returned.
-fn fetch_files(
-    store: &CheckpointStore,
-    blob: &dyn Blob,
-    epoch: u64,
-    metas: &[FileMeta],
-) -> Result<(), String> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let fetch = || -> Result<(), String> {
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(meta) = metas.get(i) else {
-                return Ok(());
-            };
-            // Checked against `meta` once, by the store as it writes it.
-            let key = file_key(epoch, &meta.name);
-            let bytes = blob
-                .get(&key)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{key} is missing"))?;
-            store
-                .restore_data_file(meta, &bytes)
-                .map_err(|e| format!("{key}: {e}"))?;
-        }
-    };
-    std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..FETCH_THREADS.min(metas.len()))
-            .map(|_| scope.spawn(fetch))
-            .collect();
-        // Every thread joined before the first error is returned.
-        let results: Vec<Result<(), String>> = threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err("a fetch thread panicked".into()))
-            })
-            .collect();
-        results.into_iter().collect()
-    })
 }

@@ -191,6 +191,23 @@ impl Blob for S3Blob {
             .map_err(self.io("reading", key))
     }
 
+    fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Vec<u8>>, BlobError> {
+        let path = self.path(key)?;
+        let got = self.runtime.block_on(async {
+            match self.store.get_range(&path, range).await {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        got.map(|bytes| bytes.map(Vec::from))
+            .map_err(self.io("reading a range of", key))
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
         let path = self.path(prefix)?;
         let listed = self
