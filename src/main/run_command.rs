@@ -291,6 +291,13 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
         let Some(hostfile) = &args.hostfile else {
             bail!("--processes {} needs --hostfile", args.processes)
         };
+        if let Some(from) = &args.from {
+            // Every process would read the stream into the one shared log.
+            bail!(
+                "--from is for single-process runs: read {from} with `weir ingest --from {from} \
+                 --data-dir DIR` beside the cluster, and run the cluster on DIR (its sources tail the log)"
+            );
+        }
         if args.process >= args.processes {
             bail!(
                 "--process {} is not below --processes {}",

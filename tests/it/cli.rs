@@ -187,6 +187,36 @@ fn bad_arguments_are_refused() {
 }
 
 #[test]
+fn a_stream_source_is_refused_in_a_cluster_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1:1\n127.0.0.1:2\n").unwrap();
+    let out = run_weir(&[
+        "run",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--from",
+        "nats://127.0.0.1:1/S",
+        "--processes",
+        "2",
+        "--process",
+        "1",
+        "--hostfile",
+        hosts.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--from is for single-process runs"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("weir ingest --from nats://127.0.0.1:1/S"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn keep_local_outside_its_range_is_refused_with_the_range() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
