@@ -295,6 +295,10 @@ struct RunArgs {
     /// File with one host:port per process.
     #[arg(long)]
     hostfile: Option<PathBuf>,
+    /// How long a process of a cluster waits for the others to connect
+    /// before it exits with an error.
+    #[arg(long, default_value = "2m", value_parser = parse_duration_ms)]
+    connect_timeout: u64,
     /// Stop once every partition is read to its end and all windows are flushed.
     #[arg(long)]
     until_end: bool,

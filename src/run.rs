@@ -24,6 +24,8 @@ pub struct ClusterOptions {
     pub process: usize,
     /// `host:port` of every process, in process order.
     pub addresses: Vec<String>,
+    /// How long to wait for every process to connect before giving up.
+    pub connect_timeout_ms: u64,
 }
 
 /// The directory under the data dir where sliding windows keep the panes

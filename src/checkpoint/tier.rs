@@ -58,10 +58,11 @@ pub trait Blob: Send + Sync + std::fmt::Debug {
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool, BlobError>;
     /// The object `key`, or `None`.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError>;
-    /// The bytes `range` of the object `key` (fewer if the object ends
-    /// first), or `None` if there is no such object. Restores read large
-    /// files in ranges, several at once. By default the whole object is
-    /// read and cut.
+    /// The bytes `range` of the object `key`, or `None` if there is no
+    /// such object. A range past the object's end gives fewer bytes or an
+    /// error, depending on the store (S3 refuses one that starts past it);
+    /// callers check the length. Restores read large files in ranges,
+    /// several at once. By default the whole object is read and cut.
     fn get_range(
         &self,
         key: &str,

@@ -4,6 +4,7 @@
 //! the process's figures; then flush its output files.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use super::timely_config;
 use crate::checkpoint::client::{DurableFile, SidecarClient};
 use crate::checkpoint::store::failpoint_armed;
 use crate::checkpoint::transport::WorkerCut;
-use crate::run::{RunError, RunOptions};
+use crate::run::{ClusterOptions, RunError, RunOptions};
 
 /// The process's shared state after its workers finished, and how long
 /// they ran.
@@ -36,11 +37,17 @@ pub(super) fn execute(
 ) -> Result<Driven, RunError> {
     let process = Arc::new(process);
     let started = Instant::now();
+    let connected = Arc::new(AtomicBool::new(false));
+    if let Some(cluster) = options.cluster.as_ref() {
+        watch_connect(cluster, Arc::clone(&connected));
+    }
     let guards = {
         let process = Arc::clone(&process);
         timely::execute(
             timely_config(options.workers, options.cluster.as_ref()),
             move |worker| {
+                // Timely starts the workers once every process connected.
+                connected.store(true, Relaxed);
                 let index = worker.index();
                 // A worker that panics must not leave the others of its
                 // process waiting for it forever: its failure is recorded,
@@ -72,6 +79,38 @@ pub(super) fn execute(
         result.map_err(RunError::Dataflow)?;
     }
     Ok(Driven { process, elapsed })
+}
+
+/// Ends this process, with an error naming the cluster's addresses, if
+/// the cluster has not connected within its `connect_timeout_ms`: timely
+/// waits for its peers without a bound (a process that never started, a
+/// wrong hostfile), and nothing of this run has been written yet.
+fn watch_connect(cluster: &ClusterOptions, connected: Arc<AtomicBool>) {
+    let timeout = Duration::from_millis(cluster.connect_timeout_ms);
+    let message = format!(
+        "process {} of {}: the cluster did not connect within {} s (its hostfile: {}); \
+         is every process started, with the same hostfile? (--connect-timeout)",
+        cluster.process,
+        cluster.processes,
+        timeout.as_secs_f64(),
+        cluster.addresses.join(", ")
+    );
+    let spawned = std::thread::Builder::new()
+        .name("weir-connect-watch".into())
+        .spawn(move || {
+            let deadline = Instant::now() + timeout;
+            while !connected.load(Relaxed) {
+                if Instant::now() >= deadline {
+                    tracing::error!("{message}");
+                    eprintln!("error: {message}");
+                    std::process::exit(1);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no watch on the cluster's connection: it may wait without a bound");
+    }
 }
 
 /// Steps one worker until its dataflow completes (or the run fails), then

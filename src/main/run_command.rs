@@ -309,6 +309,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
             processes: args.processes,
             process: args.process,
             addresses: read_hostfile(hostfile, args.processes)?,
+            connect_timeout_ms: args.connect_timeout,
         })
     } else {
         None

@@ -102,3 +102,56 @@ fn two_processes_match_one_process() {
     assert!(!late.is_empty(), "the input should contain late events");
     assert_eq!(sorted_rows(&cluster_out, "late"), late);
 }
+
+/// A process whose peers never connect (one never started) exits, after
+/// its `--connect-timeout`, with an error naming the hostfile's addresses,
+/// instead of waiting without a bound.
+#[test]
+fn a_process_whose_peers_never_connect_gives_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    gen_input(&input);
+    let ports = free_ports(2);
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let hostfile = tmp.path().join("hosts");
+    std::fs::write(&hostfile, hosts.join("\n")).unwrap();
+    let mut child = weir()
+        .args([
+            "run",
+            "--workers",
+            "1",
+            "--processes",
+            "2",
+            "--process",
+            "0",
+        ])
+        .args(["--connect-timeout", "2s", "--until-end", "--input"])
+        .arg(&input)
+        .arg("--hostfile")
+        .arg(&hostfile)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A fail-safe far above the timeout, not a speed assumption.
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "still waiting for its peer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the cluster did not connect within 2 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&hosts[1]), "{stderr}");
+}

@@ -51,6 +51,17 @@ pub(crate) fn run_args(input: &Path, data: &Path, out: &Path, cold: Option<&str>
     args
 }
 
+/// The arguments of a standby taking over from `url` into `data`: those
+/// of [`run_args`] without `--input` (it runs on the shipped log) and
+/// with checkpoints on.
+pub(crate) fn standby_args(data: &Path, out: &Path, url: &str) -> Vec<String> {
+    let mut args = run_args(Path::new("unused"), data, out, None);
+    assert_eq!(args.pop().as_deref(), Some("--no-checkpoint"));
+    assert_eq!(args.drain(1..3).next().as_deref(), Some("--input"));
+    args.extend(["--restore-from".into(), url.to_owned()]);
+    args
+}
+
 /// `weir ARGS` with the environment `env`, to its end.
 pub(crate) fn weir_env(args: &[String], env: &[(String, String)]) -> std::process::Output {
     weir()
@@ -464,10 +475,7 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
     // the cold tier.
     // Not its input: the log the primary shipped with the checkpoint.
     let standby_out = tmp.path().join("standby-out");
-    let mut standby = run_args(&input, &tmp.path().join("standby-data"), &standby_out, None);
-    standby.pop();
-    standby.drain(1..3);
-    standby.extend(["--restore-from".into(), url.clone()]);
+    let standby = standby_args(&tmp.path().join("standby-data"), &standby_out, &url);
     let done = weir_env(&standby, &[]);
     assert_took_over(&done, &record);
     assert_failover_rows((&primary_out, &record), &standby_out, &reference);

@@ -18,7 +18,7 @@ use weir::checkpoint::tier::epoch::usable_records;
 use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
 
 use crate::cold_tier::{
-    assert_failover_rows, assert_took_over, holds_a_checkpoint, run_args, weir_env,
+    assert_failover_rows, assert_took_over, holds_a_checkpoint, run_args, standby_args, weir_env,
 };
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
 use crate::sources::PROGRESS_DEADLINE;
@@ -229,10 +229,7 @@ fn a_standby_cluster_takes_over_from_the_cold_tier_exactly_once() {
 
     // The standby cluster: another data dir, no input but the shipped log.
     let standby_out = tmp.path().join("standby-out");
-    let mut standby = run_args(&input, &tmp.path().join("standby-data"), &standby_out, None);
-    standby.pop();
-    standby.drain(1..3);
-    standby.extend(["--restore-from".into(), url.clone()]);
+    let standby = standby_args(&tmp.path().join("standby-data"), &standby_out, &url);
     let standby_logs = [tmp.path().join("s0.log"), tmp.path().join("s1.log")];
     let children = spawn_cluster(
         &standby,

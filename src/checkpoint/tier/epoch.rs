@@ -251,6 +251,8 @@ const TIER_LOCK_POLL: Duration = Duration::from_millis(10);
 /// it locally under it, so no process sees a claim without its local
 /// record (and refuses its own data dir as fenced off), and two repairs
 /// never write the same files at once. Released when the file is dropped.
+/// Never taken twice by one process at once (flock is per open file: a
+/// second `lock_tier` would wait for the first for [`TIER_LOCK_WAIT`]).
 pub fn lock_tier(store_dir: &Path) -> Result<std::fs::File, String> {
     let deadline = Instant::now() + TIER_LOCK_WAIT;
     loop {

@@ -7,10 +7,12 @@
 //! the whole object to answer one (moto's does: a 17-file checkpoint of
 //! 1 GB read in 8 MiB ranges took over twice as long, decision 62). Each
 //! file is checked against its commit record and written once all its
-//! ranges are in.
+//! ranges are in. (Ranges stop at the recorded size: an object longer than
+//! its record is refused when read whole and has its recorded bytes
+//! restored when read in ranges; either way exactly those, checked.)
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::{file_key, Blob};
@@ -22,12 +24,31 @@ use crate::checkpoint::store::CheckpointStore;
 pub const FETCH_THREADS: usize = 4;
 /// The smallest range worth a request of its own.
 pub const MIN_RANGE_BYTES: u64 = 8 << 20;
+/// The largest range one request reads. Memory: the files being assembled
+/// (about [`FETCH_THREADS`], the largest file's size for one read in
+/// ranges) plus at most this much per thread in flight.
+pub const MAX_RANGE_BYTES: u64 = 256 << 20;
 
 /// The range size for fetching `metas`: a thread's share of their bytes,
-/// and at least [`MIN_RANGE_BYTES`]. Files up to it are read whole.
+/// within [`MIN_RANGE_BYTES`] and [`MAX_RANGE_BYTES`]. Files up to it are
+/// read whole.
 fn range_bytes_for(metas: &[FileMeta]) -> u64 {
     let total: u64 = metas.iter().map(|m| m.size_bytes).sum();
-    total.div_ceil(FETCH_THREADS as u64).max(MIN_RANGE_BYTES)
+    total
+        .div_ceil(FETCH_THREADS as u64)
+        .clamp(MIN_RANGE_BYTES, MAX_RANGE_BYTES)
+}
+
+/// Sets its flag when dropped during a panic: the other fetch threads stop
+/// taking pieces once one of them failed, by error or by panic.
+struct StopOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One request: a range of one file.
@@ -86,8 +107,9 @@ fn fetch_in_ranges(
     let (pieces, counts) = pieces_of(metas, range_bytes);
     let assemblies: Vec<Mutex<Option<Assembly>>> = metas.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
+    let failed = AtomicBool::new(false);
     let fetch = || -> Result<(), String> {
+        let _stop_on_panic = StopOnPanic(&failed);
         loop {
             if failed.load(Ordering::Relaxed) {
                 return Ok(());
@@ -221,10 +243,13 @@ mod tests {
         const MB: u64 = 1 << 20;
         let many: Vec<FileMeta> = (0..17).map(|_| meta("f", 60 * MB)).collect();
         assert_eq!(pieces_of(&many, range_bytes_for(&many)).0.len(), 17);
-        let one = [meta("base", 1_024 * MB), meta("f", MB)];
+        let one = [meta("base", 1_000 * MB), meta("f", MB)];
         let (pieces, counts) = pieces_of(&one, range_bytes_for(&one));
         assert_eq!(counts, [FETCH_THREADS, 1]);
         assert_eq!(pieces.len(), FETCH_THREADS + 1);
+        let huge = [meta("base", 10_000 * MB)];
+        assert_eq!(range_bytes_for(&huge), MAX_RANGE_BYTES);
+        assert_eq!(pieces_of(&huge, range_bytes_for(&huge)).1, [40]);
         let small = [meta("f", MB), meta("g", 3 * MB)];
         assert_eq!(range_bytes_for(&small), MIN_RANGE_BYTES);
         assert_eq!(pieces_of(&small, range_bytes_for(&small)).1, [1, 1]);

@@ -140,11 +140,7 @@ pub fn take_over_from_cold(
     let _tier_lock = epoch::lock_tier(local_dir).map_err(&store_err)?;
     let local = read_commits(local_dir)?;
     if let Some(last) = local.last() {
-        return Err(store_err(format!(
-            "{} already holds checkpoints (the newest: {}): a standby takes over into an empty data directory",
-            local_dir.display(),
-            last.checkpoint_id
-        )));
+        return Err(store_err(not_empty(local_dir, last.checkpoint_id)));
     }
     // The newest epoch before anything is read: the claim below is of the
     // one after it, and fails if any writer claimed meanwhile.
@@ -227,32 +223,48 @@ pub fn await_peer_takeover(
         match epoch::try_lock_tier(local_dir).map_err(&store_err)? {
             None => last_busy = std::time::Instant::now(),
             Some(_tier_lock) => {
-                if let Some(last) = read_commits(local_dir)?.pop() {
-                    let taken_over = epoch::local_epochs(local_dir)
-                        .map_err(&store_err)?
-                        .iter()
-                        .any(|(file, u, _)| *file == epoch::LOCAL_EPOCH_FILES[2] && *u == url);
+                let local = read_commits(local_dir)?;
+                if let Some(last) = local.last() {
+                    // Exactly the one record a takeover commits (the
+                    // sidecar commits no other before every process said
+                    // hello): more, or no record of a takeover from this
+                    // store, is a data dir of an earlier run.
+                    let taken_over = local.len() == 1
+                        && epoch::local_epochs(local_dir)
+                            .map_err(&store_err)?
+                            .iter()
+                            .any(|(file, u, _)| *file == epoch::LOCAL_EPOCH_FILES[2] && *u == url);
                     if !taken_over {
-                        return Err(store_err(format!(
-                            "{} already holds checkpoints (the newest: {}): a standby takes \
-                             over into an empty data directory",
-                            local_dir.display(),
-                            last.checkpoint_id
-                        )));
+                        return Err(store_err(not_empty(local_dir, last.checkpoint_id)));
                     }
                     return Ok((last.checkpoint_id, last.cut_time));
                 }
             }
         }
-        if last_busy.elapsed() >= idle_limit || started.elapsed() >= epoch::TIER_LOCK_WAIT {
+        if last_busy.elapsed() >= idle_limit {
             return Err(store_err(format!(
                 "process 0 took nothing over into {} (waited {} s; its own output says why)",
                 local_dir.display(),
                 started.elapsed().as_secs()
             )));
         }
+        if started.elapsed() >= epoch::TIER_LOCK_WAIT {
+            return Err(store_err(format!(
+                "process 0 did not finish taking over into {} within {} s",
+                local_dir.display(),
+                epoch::TIER_LOCK_WAIT.as_secs()
+            )));
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+fn not_empty(local_dir: &Path, newest_id: u64) -> String {
+    format!(
+        "{} already holds checkpoints (the newest: {newest_id}): a standby takes over into an \
+         empty data directory",
+        local_dir.display()
+    )
 }
 
 /// Brings cold checkpoint `id` of `epoch` into the empty local store: its
@@ -276,4 +288,85 @@ fn stage_whole(
     let store = CheckpointStore::open(local_dir).map_err(|e| e.to_string())?;
     fetch_files(&store, blob, epoch, &record.files)?;
     Ok((store, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::checkpoint::tier::FileBlob;
+
+    /// Commits checkpoint `id` (no files) into the store in `dir`.
+    fn commit(dir: &Path, id: u64) {
+        let mut store = CheckpointStore::open(dir).unwrap();
+        store
+            .commit(CommitRecord {
+                checkpoint_id: id,
+                cut_time: id * 10,
+                query_fingerprint: 1,
+                workers_total: 1,
+                files: Vec::new(),
+                partitions: Vec::new(),
+                outputs: Vec::new(),
+                timing: None,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_peer_waits_for_the_takeover_and_refuses_what_no_takeover_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
+        let url = blob.describe();
+        let idle = Duration::from_millis(100);
+
+        // Nothing taken over and nobody at it: given up once idle.
+        let empty = tmp.path().join("empty");
+        let error = await_peer_takeover(&empty, &blob, idle).unwrap_err();
+        assert!(error.to_string().contains("took nothing over"), "{error}");
+
+        // A checkpoint no takeover from this store recorded.
+        let primary = tmp.path().join("primary");
+        commit(&primary, 4);
+        let error = await_peer_takeover(&primary, &blob, idle).unwrap_err();
+        assert!(
+            error.to_string().contains("already holds checkpoints"),
+            "{error}"
+        );
+
+        // Process 0 at work (the lock held) longer than the idle limit,
+        // then its takeover committed: waited for and returned.
+        let standby = tmp.path().join("standby");
+        let held = epoch::try_lock_tier(&standby).unwrap().unwrap();
+        let taking_over = {
+            let (standby, url) = (standby.clone(), url.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                epoch::record_local_epoch(&standby, epoch::LOCAL_EPOCH_FILES[2], &url, 2).unwrap();
+                commit(&standby, 7);
+                drop(held);
+            })
+        };
+        assert_eq!(await_peer_takeover(&standby, &blob, idle).unwrap(), (7, 70));
+        taking_over.join().unwrap();
+
+        // A standby's data dir with a second checkpoint is an earlier run's.
+        commit(&standby, 8);
+        let error = await_peer_takeover(&standby, &blob, idle).unwrap_err();
+        assert!(
+            error.to_string().contains("already holds checkpoints"),
+            "{error}"
+        );
+        // As is a takeover recorded from another store.
+        let other = tmp.path().join("other");
+        commit(&other, 3);
+        epoch::record_local_epoch(&other, epoch::LOCAL_EPOCH_FILES[2], "file:///elsewhere", 1)
+            .unwrap();
+        let error = await_peer_takeover(&other, &blob, idle).unwrap_err();
+        assert!(
+            error.to_string().contains("already holds checkpoints"),
+            "{error}"
+        );
+    }
 }
