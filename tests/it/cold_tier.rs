@@ -395,7 +395,9 @@ pub(crate) fn assert_failover_rows(
 
 /// The start of a standby test: 1M events, the failure-free run's output
 /// (`ref-out`) and how long it took, and a `file://` cold tier.
-fn failover_setup(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf, Duration, String) {
+pub(crate) fn failover_setup(
+    tmp: &Path,
+) -> (std::path::PathBuf, std::path::PathBuf, Duration, String) {
     let input = tmp.join("input");
     gen_input(&input, 1_000_000);
     let reference = tmp.join("ref-out");

@@ -18,11 +18,12 @@ use weir::checkpoint::tier::epoch::usable_records;
 use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
 
 use crate::cold_tier::{
-    assert_failover_rows, assert_took_over, holds_a_checkpoint, run_args, standby_args, weir_env,
+    assert_failover_rows, assert_took_over, failover_setup, holds_a_checkpoint, run_args,
+    standby_args,
 };
-use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
+use crate::kill_clock::{kill_group, sleep_while_running, KillClock};
 use crate::sources::PROGRESS_DEADLINE;
-use crate::support::{assert_success, free_ports, gen_input, sorted_rows, weir};
+use crate::support::{free_ports, sorted_rows, weir};
 
 /// Kill rounds, each followed by the loss of the local checkpoints.
 const KILLS: u64 = 3;
@@ -72,15 +73,9 @@ fn read_logs(logs: &[PathBuf; 2]) -> String {
 #[test]
 fn a_cluster_restores_lost_checkpoints_from_the_cold_tier() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input");
-    gen_input(&input, 1_000_000);
-    let reference = tmp.path().join("ref-out");
-    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
-    let (done, took) = timed(|| weir_env(&reference_args, &[]));
-    assert_success(&done, "failure-free run");
+    let (input, reference, took, cold_url) = failover_setup(tmp.path());
     let expected = sorted_rows(&reference, "windows");
 
-    let cold_url = format!("file://{}", tmp.path().join("cold").display());
     let replica_url = format!("file://{}", tmp.path().join("replica").display());
     let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
     let checkpoints = data.join("checkpoints");
@@ -180,13 +175,7 @@ fn a_cluster_restores_lost_checkpoints_from_the_cold_tier() {
 #[test]
 fn a_standby_cluster_takes_over_from_the_cold_tier_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input");
-    gen_input(&input, 1_000_000);
-    let reference = tmp.path().join("ref-out");
-    let reference_args = run_args(&input, &tmp.path().join("ref-data"), &reference, None);
-    let (done, took) = timed(|| weir_env(&reference_args, &[]));
-    assert_success(&done, "failure-free run");
-    let url = format!("file://{}", tmp.path().join("cold").display());
+    let (input, reference, took, url) = failover_setup(tmp.path());
     let cold = open_cold_store(&url).unwrap();
 
     // The primary cluster, killed at a random moment once the cold tier
