@@ -3,6 +3,7 @@
 mod checkpoint_store;
 mod cli;
 mod cluster;
+mod cold_fallback;
 mod cold_tier;
 mod cold_tier_cluster;
 mod distinct;

@@ -1,0 +1,123 @@
+//! A damaged cold tier: the files of its newest checkpoint flipped in the
+//! store. A run that lost its local checkpoints, and a standby taking over,
+//! each fall back to an older cold checkpoint, saying which one was
+//! unusable and why, and their output is still exactly once.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use weir::checkpoint::format::CommitRecord;
+use weir::checkpoint::store::read_commits;
+use weir::checkpoint::tier::epoch::{epoch_prefix, usable_records};
+use weir::checkpoint::tier::open_cold_store;
+
+use crate::cold_tier::{assert_failover_rows, failover_setup, run_args, standby_args, weir_env};
+use crate::support::{assert_success, sorted_rows};
+
+/// Runs the query to its end with the cold tier at `url`, then flips a
+/// byte in each file of the newest cold checkpoint that the oldest one
+/// kept does not also name. Returns the primary's commit records and the
+/// id of the damaged checkpoint.
+fn run_then_damage_the_newest(
+    input: &Path,
+    data: &Path,
+    out: &Path,
+    url: &str,
+) -> (Vec<CommitRecord>, u64) {
+    let done = weir_env(&run_args(input, data, out, Some(url)), &[]);
+    assert_success(&done, "the primary");
+    let blob = open_cold_store(url).unwrap();
+    let usable = usable_records(blob.as_ref()).unwrap();
+    assert!(
+        usable.len() >= 2,
+        "too few cold checkpoints to fall back: {usable:?}"
+    );
+    let local = read_commits(&data.join("checkpoints")).unwrap();
+    let files_of = |id: u64| -> Vec<String> {
+        let record = local
+            .iter()
+            .find(|r| r.checkpoint_id == id)
+            .expect("a local copy");
+        record.files.iter().map(|f| f.name.clone()).collect()
+    };
+    let (epoch, newest) = usable[0];
+    let oldest_files: HashSet<String> = files_of(usable[usable.len() - 1].1).into_iter().collect();
+    let own: Vec<String> = files_of(newest)
+        .into_iter()
+        .filter(|name| !oldest_files.contains(name))
+        .collect();
+    assert!(
+        !own.is_empty(),
+        "checkpoint {newest} names no file of its own"
+    );
+    for name in &own {
+        let key = format!("{}/checkpoints/{name}", epoch_prefix(epoch));
+        let mut bytes = blob.get(&key).unwrap().expect("the copy of a kept file");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        blob.put(&key, &bytes).unwrap();
+    }
+    (local, newest)
+}
+
+#[test]
+fn a_run_that_lost_its_checkpoints_falls_back_past_a_damaged_cold_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, reference, _, url) = failover_setup(tmp.path());
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
+    let (_, damaged) = run_then_damage_the_newest(&input, &data, &out, &url);
+
+    std::fs::remove_dir_all(data.join("checkpoints")).unwrap();
+    let rerun = weir_env(&run_args(&input, &data, &out, Some(&url)), &[]);
+    assert_success(&rerun, "the rerun");
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    assert!(
+        stderr.contains(&format!("WARNING: cold checkpoint {damaged} unusable: ")),
+        "{stderr}"
+    );
+    let brought_back = stderr
+        .split("no local checkpoints: checkpoint ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|id| id.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no checkpoint brought back: {stderr}"));
+    assert!(brought_back < damaged, "{stderr}");
+    assert_eq!(
+        sorted_rows(&out, "windows"),
+        sorted_rows(&reference, "windows")
+    );
+    assert_eq!(sorted_rows(&out, "late"), sorted_rows(&reference, "late"));
+}
+
+#[test]
+fn a_standby_falls_back_past_a_damaged_cold_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, reference, _, url) = failover_setup(tmp.path());
+    let primary_out = tmp.path().join("primary-out");
+    let (primary, damaged) =
+        run_then_damage_the_newest(&input, &tmp.path().join("primary-data"), &primary_out, &url);
+
+    let standby_out = tmp.path().join("standby-out");
+    let done = weir_env(
+        &standby_args(&tmp.path().join("standby-data"), &standby_out, &url),
+        &[],
+    );
+    assert_success(&done, "the standby");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains(&format!("WARNING: cold checkpoint {damaged} unusable: ")),
+        "{stderr}"
+    );
+    let taken = stderr
+        .split("standby: took over checkpoint ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|id| id.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("nothing taken over: {stderr}"));
+    assert!(taken < damaged, "{stderr}");
+    let record = primary
+        .iter()
+        .find(|r| r.checkpoint_id == taken)
+        .expect("the checkpoint taken over is one the primary committed");
+    assert_failover_rows((&primary_out, record), &standby_out, &reference);
+}
