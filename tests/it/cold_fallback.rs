@@ -1,7 +1,7 @@
-//! A damaged cold tier: the files of its newest checkpoint flipped in the
-//! store. A run that lost its local checkpoints, and a standby taking over,
-//! each fall back to an older cold checkpoint, saying which one was
-//! unusable and why, and their output is still exactly once.
+//! A damaged cold tier: the files of its newest checkpoint flipped (or
+//! deleted) in the store. A run that lost its local checkpoints, and a
+//! standby taking over, each fall back to an older cold checkpoint, saying
+//! which one was unusable and why, and their output is still exactly once.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,20 +9,33 @@ use std::path::Path;
 use weir::checkpoint::format::CommitRecord;
 use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::epoch::{epoch_prefix, usable_records};
-use weir::checkpoint::tier::open_cold_store;
+use weir::checkpoint::tier::{open_cold_store, Blob};
 
 use crate::cold_tier::{assert_failover_rows, failover_setup, run_args, standby_args, weir_env};
 use crate::support::{assert_success, sorted_rows};
 
-/// Runs the query to its end with the cold tier at `url`, then flips a
-/// byte in each file of the newest cold checkpoint that the oldest one
-/// kept does not also name. Returns the primary's commit records and the
-/// id of the damaged checkpoint.
+/// Flips a byte in the middle of the object `key`.
+fn flip(blob: &dyn Blob, key: &str) {
+    let mut bytes = blob.get(key).unwrap().expect("the copy of a kept file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    blob.put(key, &bytes).unwrap();
+}
+
+/// Deletes the object `key`.
+fn delete(blob: &dyn Blob, key: &str) {
+    assert!(blob.get(key).unwrap().is_some(), "{key} is not there");
+    blob.delete(key).unwrap();
+}
+
+/// Runs the query to its end with the cold tier at `url`, then damages
+/// each file of the newest cold checkpoint that the oldest one kept does
+/// not also name. Returns the primary's commit records and the id of the
+/// damaged checkpoint.
 fn run_then_damage_the_newest(
-    input: &Path,
-    data: &Path,
-    out: &Path,
+    (input, data, out): (&Path, &Path, &Path),
     url: &str,
+    damage: fn(&dyn Blob, &str),
 ) -> (Vec<CommitRecord>, u64) {
     let done = weir_env(&run_args(input, data, out, Some(url)), &[]);
     assert_success(&done, "the primary");
@@ -51,11 +64,10 @@ fn run_then_damage_the_newest(
         "checkpoint {newest} names no file of its own"
     );
     for name in &own {
-        let key = format!("{}/checkpoints/{name}", epoch_prefix(epoch));
-        let mut bytes = blob.get(&key).unwrap().expect("the copy of a kept file");
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x40;
-        blob.put(&key, &bytes).unwrap();
+        damage(
+            blob.as_ref(),
+            &format!("{}/checkpoints/{name}", epoch_prefix(epoch)),
+        );
     }
     (local, newest)
 }
@@ -65,7 +77,7 @@ fn a_run_that_lost_its_checkpoints_falls_back_past_a_damaged_cold_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, reference, _, url) = failover_setup(tmp.path());
     let (data, out) = (tmp.path().join("data"), tmp.path().join("out"));
-    let (_, damaged) = run_then_damage_the_newest(&input, &data, &out, &url);
+    let (_, damaged) = run_then_damage_the_newest((&input, &data, &out), &url, flip);
 
     std::fs::remove_dir_all(data.join("checkpoints")).unwrap();
     let rerun = weir_env(&run_args(&input, &data, &out, Some(&url)), &[]);
@@ -90,12 +102,13 @@ fn a_run_that_lost_its_checkpoints_falls_back_past_a_damaged_cold_one() {
 }
 
 #[test]
-fn a_standby_falls_back_past_a_damaged_cold_checkpoint() {
+fn a_standby_falls_back_past_a_cold_checkpoint_with_missing_files() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, reference, _, url) = failover_setup(tmp.path());
     let primary_out = tmp.path().join("primary-out");
+    let primary_data = tmp.path().join("primary-data");
     let (primary, damaged) =
-        run_then_damage_the_newest(&input, &tmp.path().join("primary-data"), &primary_out, &url);
+        run_then_damage_the_newest((&input, &primary_data, &primary_out), &url, delete);
 
     let standby_out = tmp.path().join("standby-out");
     let done = weir_env(
