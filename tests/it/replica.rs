@@ -168,3 +168,84 @@ fn a_replica_that_stops_answering_catches_up_and_holds_nothing_up() {
     let (_, newest) = newest_cold_record(replica.as_ref()).unwrap().unwrap();
     assert_eq!(Some(&newest), local.last(), "{log}");
 }
+
+/// The replica's server stopped for 30 s (issue 16's fault case) under a
+/// tailing run: the run goes on and commits locally, and once the server
+/// answers again the copier (its hung requests timed out, its own retries
+/// going) brings the replica up to the newest local checkpoint while the
+/// run still runs. (A run that ends during such an outage leaves its
+/// final copy to the next run: the sidecar waits 30 s for it at exit.)
+#[test]
+fn a_replica_down_for_30_s_catches_up_while_the_run_goes_on() {
+    const OUTAGE: Duration = Duration::from_secs(30);
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((server, env)) = s3_server(tmp.path()) else {
+        return;
+    };
+    let replica_url = "s3://weir-cold/long-outage";
+    let replica = s3_blob(replica_url, &env);
+    let input = tmp.path().join("input");
+    gen_input(&input, 1_000_000);
+    let data = tmp.path().join("data");
+    let mut args = run_args(&input, &data, &tmp.path().join("out"), None);
+    args.pop();
+    args.retain(|a| a != "--until-end");
+    args.extend(["--replica".into(), replica_url.into()]);
+    let log = tmp.path().join("run.log");
+    let mut child = spawn_group(&args, &env, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        Duration::from_millis(1),
+        || replica.list("epochs").is_ok_and(|e| !e.is_empty()),
+        || "the sidecar claimed no epoch in the replica".into(),
+    );
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &server.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let stopped = std::time::Instant::now();
+    wait_until(
+        Duration::from_millis(2),
+        || read_commits(&data.join("checkpoints")).is_ok_and(|c| c.len() >= 2),
+        || "no local commit while the replica did not answer".into(),
+    );
+    while stopped.elapsed() < OUTAGE {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "the run ended during the outage: {}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let newest_local = read_commits(&data.join("checkpoints"))
+        .unwrap()
+        .last()
+        .unwrap()
+        .checkpoint_id;
+    signal("-CONT");
+    wait_until(
+        Duration::from_millis(5),
+        || {
+            newest_cold_record(replica.as_ref())
+                .ok()
+                .flatten()
+                .is_some_and(|(_, r)| r.checkpoint_id >= newest_local)
+        },
+        || {
+            format!(
+                "the replica did not catch up to checkpoint {newest_local}: {}",
+                read_log()
+            )
+        },
+    );
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the run ended: {}",
+        read_log()
+    );
+    kill_group(child.0.id());
+}
