@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use weir::checkpoint::cut::FINAL_CUT;
 use weir::checkpoint::store::read_commits;
-use weir::checkpoint::tier::newest_cold_record;
+use weir::checkpoint::tier::{newest_cold_record, Blob};
 
 use crate::cold_tier::{
     assert_failover_rows, assert_took_over, holds_a_checkpoint, run_args, s3_blob, s3_server,
     spawn_group, weir_env,
 };
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
-use crate::sources::wait_until;
+use crate::sources::{wait_until, Killed};
 use crate::support::{assert_success, gen_input};
 
 #[test]
@@ -109,6 +109,26 @@ fn a_standby_takes_over_from_an_s3_replica_with_nothing_else() {
     assert_failover_rows((&primary_out, &record), &standby_out, &reference);
 }
 
+/// Once a run's sidecar claimed its epoch in `replica` (before the run can
+/// commit anything), stops `server` (SIGSTOP): its connections hang, as in
+/// a partition. Returns how to signal it again.
+fn stop_once_claimed<'a>(replica: &dyn Blob, server: &'a Killed) -> impl Fn(&str) + 'a {
+    wait_until(
+        Duration::from_millis(1),
+        || replica.list("epochs").is_ok_and(|e| !e.is_empty()),
+        || "the sidecar claimed no epoch in the replica".into(),
+    );
+    let signal = move |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &server.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    signal
+}
+
 #[test]
 fn a_replica_that_stops_answering_catches_up_and_holds_nothing_up() {
     let tmp = tempfile::tempdir().unwrap();
@@ -124,22 +144,7 @@ fn a_replica_that_stops_answering_catches_up_and_holds_nothing_up() {
     args.pop();
     args.extend(["--replica".into(), replica_url.into()]);
     let mut child = spawn_group(&args, &env, &tmp.path().join("run.log"));
-    // Once the run's sidecar claimed its epoch (before the run can commit
-    // anything), the server stops answering: its connections hang, as in
-    // a partition.
-    wait_until(
-        Duration::from_millis(1),
-        || replica.list("epochs").is_ok_and(|e| !e.is_empty()),
-        || "the sidecar claimed no epoch in the replica".into(),
-    );
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, &server.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    signal("-STOP");
+    let signal = stop_once_claimed(replica.as_ref(), &server);
     // Local commits go on (the run's last one is final).
     wait_until(
         Duration::from_millis(2),
@@ -194,19 +199,7 @@ fn a_replica_down_for_30_s_catches_up_while_the_run_goes_on() {
     let log = tmp.path().join("run.log");
     let mut child = spawn_group(&args, &env, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until(
-        Duration::from_millis(1),
-        || replica.list("epochs").is_ok_and(|e| !e.is_empty()),
-        || "the sidecar claimed no epoch in the replica".into(),
-    );
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, &server.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    signal("-STOP");
+    let signal = stop_once_claimed(replica.as_ref(), &server);
     let stopped = std::time::Instant::now();
     wait_until(
         Duration::from_millis(2),
