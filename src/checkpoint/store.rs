@@ -47,18 +47,20 @@ pub use read::{
     visit_checkpoint_groups, CheckpointGroups,
 };
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::format::{
     check_commit_record, consolidate, encode_commit_frame, encode_commits_header, encode_data_file,
     scan_commits, CommitRecord, DataFileId, FileMeta, PersistedUpdate, COMMITS_FILE_NAME,
     COMMITS_FORMAT_VERSION, KEY_GROUPS, MAX_UPDATE_DATA_BYTES, TEMP_SUFFIX,
 };
-use crate::storage::durable::{create_dir_all_durably, sync_dir, write_file_atomically};
+use crate::storage::durable::{
+    create_dir_all_durably, lock_file_within, sync_dir, write_file_atomically,
+};
 use crate::storage::frame::MAX_RECORD_SIZE_BYTES;
 
 /// The lock file a writer holds.
@@ -177,36 +179,18 @@ impl CheckpointStore {
     pub fn open_waiting(dir: &Path, lock_wait: Duration) -> Result<Self, StoreError> {
         create_dir_all_durably(dir)?;
         let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(StoreError::io(&lock_path))?;
-        let deadline = Instant::now() + lock_wait;
-        let mut waiting_logged = false;
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    if !waiting_logged {
-                        tracing::info!(
-                            path = %lock_path.display(),
-                            lock_wait_ms = lock_wait.as_millis(),
-                            "the checkpoint store is locked by another writer: waiting for it \
-                             to let go (a killed sidecar does once its last write returns)"
-                        );
-                        waiting_logged = true;
-                    }
-                    std::thread::sleep(LOCK_POLL_INTERVAL);
-                }
-                Err(TryLockError::WouldBlock) => {
-                    return Err(StoreError::Locked { path: lock_path })
-                }
-                Err(TryLockError::Error(e)) => return Err(StoreError::io(&lock_path)(e)),
-            }
-        }
+        let lock = lock_file_within(&lock_path, (lock_wait, LOCK_POLL_INTERVAL), || {
+            tracing::info!(
+                path = %lock_path.display(),
+                lock_wait_ms = lock_wait.as_millis(),
+                "the checkpoint store is locked by another writer: waiting for it \
+                 to let go (a killed sidecar does once its last write returns)"
+            );
+        })
+        .map_err(StoreError::io(&lock_path))?
+        .ok_or_else(|| StoreError::Locked {
+            path: lock_path.clone(),
+        })?;
 
         let commits_path = dir.join(COMMITS_FILE_NAME);
         let bytes = match std::fs::read(&commits_path) {

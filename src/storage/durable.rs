@@ -1,4 +1,5 @@
-//! Durable file-system operations (`fsync`, atomic replace, durable rename).
+//! Durable file-system operations (`fsync`, atomic replace, durable rename),
+//! and taking a lock file within a bounded wait.
 //!
 //! The design allows only the log and the checkpoint store to call `fsync`
 //! and `rename`; both, and other modules that need a durable file (ingest,
@@ -6,9 +7,10 @@
 //! one place: a new or renamed entry is durable only once its parent
 //! directory has been fsynced.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::IoError;
 
@@ -181,6 +183,39 @@ pub fn create_file_exclusively(path: &Path, bytes: &[u8]) -> Result<bool, IoErro
     let created = linked?;
     sync_dir(parent_of(path))?;
     Ok(created)
+}
+
+/// Opens (creating if needed) the lock file `path` and takes its exclusive
+/// lock (flock), retrying every `poll` until `wait` has passed; `None` if
+/// another holder kept it all that time. `on_held` runs once, the first
+/// time the lock is found held (to say that it waits).
+pub fn lock_file_within(
+    path: &Path,
+    (wait, poll): (Duration, Duration),
+    mut on_held: impl FnMut(),
+) -> std::io::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                if !told {
+                    on_held();
+                    told = true;
+                }
+                std::thread::sleep(poll);
+            }
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+    }
 }
 
 /// Renames `from` to `to` (a file or a directory) and fsyncs the parent

@@ -72,6 +72,24 @@ fn run_then_damage_the_newest(
     (local, newest)
 }
 
+/// Checks that `done` named checkpoint `damaged` unusable and then used
+/// an older one, whose id follows `used` in its output; returns that id.
+fn fell_back(done: &std::process::Output, damaged: u64, used: &str) -> u64 {
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains(&format!("WARNING: cold checkpoint {damaged} unusable: ")),
+        "{stderr}"
+    );
+    let id = stderr
+        .split(used)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|id| id.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {used:?} in: {stderr}"));
+    assert!(id < damaged, "{stderr}");
+    id
+}
+
 #[test]
 fn a_run_that_lost_its_checkpoints_falls_back_past_a_damaged_cold_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -82,18 +100,7 @@ fn a_run_that_lost_its_checkpoints_falls_back_past_a_damaged_cold_one() {
     std::fs::remove_dir_all(data.join("checkpoints")).unwrap();
     let rerun = weir_env(&run_args(&input, &data, &out, Some(&url)), &[]);
     assert_success(&rerun, "the rerun");
-    let stderr = String::from_utf8_lossy(&rerun.stderr);
-    assert!(
-        stderr.contains(&format!("WARNING: cold checkpoint {damaged} unusable: ")),
-        "{stderr}"
-    );
-    let brought_back = stderr
-        .split("no local checkpoints: checkpoint ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|id| id.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no checkpoint brought back: {stderr}"));
-    assert!(brought_back < damaged, "{stderr}");
+    fell_back(&rerun, damaged, "no local checkpoints: checkpoint ");
     assert_eq!(
         sorted_rows(&out, "windows"),
         sorted_rows(&reference, "windows")
@@ -116,18 +123,7 @@ fn a_standby_falls_back_past_a_cold_checkpoint_with_missing_files() {
         &[],
     );
     assert_success(&done, "the standby");
-    let stderr = String::from_utf8_lossy(&done.stderr);
-    assert!(
-        stderr.contains(&format!("WARNING: cold checkpoint {damaged} unusable: ")),
-        "{stderr}"
-    );
-    let taken = stderr
-        .split("standby: took over checkpoint ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|id| id.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("nothing taken over: {stderr}"));
-    assert!(taken < damaged, "{stderr}");
+    let taken = fell_back(&done, damaged, "standby: took over checkpoint ");
     let record = primary
         .iter()
         .find(|r| r.checkpoint_id == taken)

@@ -62,6 +62,15 @@ pub(crate) fn standby_args(data: &Path, out: &Path, url: &str) -> Vec<String> {
     args
 }
 
+/// `args` without `--until-end`: a tailing run, which does not end by
+/// itself.
+pub(crate) fn tailing(args: &[String]) -> Vec<String> {
+    args.iter()
+        .filter(|a| *a != "--until-end")
+        .cloned()
+        .collect()
+}
+
 /// `weir ARGS` with the environment `env`, to its end.
 pub(crate) fn weir_env(args: &[String], env: &[(String, String)]) -> std::process::Output {
     weir()
@@ -205,11 +214,7 @@ fn restores_from_the_cold_tier(
     // each killed at a random moment once it is under way (the first: once
     // the cold tier holds a checkpoint; the others: once they restored from
     // it), then losing their local checkpoints.
-    let tailing: Vec<String> = args
-        .iter()
-        .filter(|a| *a != "--until-end")
-        .cloned()
-        .collect();
+    let tailing = tailing(&args);
     let mut clock = KillClock::new(3, took);
     let blob = open();
     let log = tmp.path().join("tailing.log");
@@ -439,15 +444,12 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
     // tier holds a checkpoint; its machine is gone, its delivered output
     // is what its newest cold checkpoint committed.
     let primary_out = tmp.path().join("primary-out");
-    let primary: Vec<String> = run_args(
+    let primary = tailing(&run_args(
         &input,
         &tmp.path().join("primary-data"),
         &primary_out,
         Some(&url),
-    )
-    .into_iter()
-    .filter(|a| a != "--until-end")
-    .collect();
+    ));
     let mut child = weir()
         .args(&primary)
         .process_group(0)
@@ -501,11 +503,7 @@ fn a_standby_fences_off_a_live_primary() {
     let primary_data = tmp.path().join("primary-data");
     let primary_out = tmp.path().join("primary-out");
     let primary_args = run_args(&input, &primary_data, &primary_out, Some(&url));
-    let tailing: Vec<String> = primary_args
-        .iter()
-        .filter(|a| *a != "--until-end")
-        .cloned()
-        .collect();
+    let tailing = tailing(&primary_args);
     let primary_log = tmp.path().join("primary.log");
     let mut primary = spawn_group(&tailing, &[], &primary_log);
     wait_until(

@@ -19,7 +19,7 @@ use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
 
 use crate::cold_tier::{
     assert_failover_rows, assert_took_over, failover_setup, holds_a_checkpoint, run_args,
-    standby_args,
+    standby_args, tailing,
 };
 use crate::kill_clock::{kill_group, sleep_while_running, KillClock};
 use crate::sources::PROGRESS_DEADLINE;
@@ -81,11 +81,7 @@ fn a_cluster_restores_lost_checkpoints_from_the_cold_tier() {
     let checkpoints = data.join("checkpoints");
     let mut args = run_args(&input, &data, &out, Some(&cold_url));
     args.extend(["--replica".into(), replica_url.clone()]);
-    let tailing: Vec<String> = args
-        .iter()
-        .filter(|a| *a != "--until-end")
-        .cloned()
-        .collect();
+    let tailing = tailing(&args);
     let cold = open_cold_store(&cold_url).unwrap();
     let logs = [tmp.path().join("p0.log"), tmp.path().join("p1.log")];
     let mut clock = KillClock::new(17, took);
@@ -181,15 +177,12 @@ fn a_standby_cluster_takes_over_from_the_cold_tier_exactly_once() {
     // The primary cluster, killed at a random moment once the cold tier
     // holds a checkpoint.
     let primary_out = tmp.path().join("primary-out");
-    let primary: Vec<String> = run_args(
+    let primary = tailing(&run_args(
         &input,
         &tmp.path().join("primary-data"),
         &primary_out,
         Some(&url),
-    )
-    .into_iter()
-    .filter(|a| a != "--until-end")
-    .collect();
+    ));
     let logs = [tmp.path().join("p0.log"), tmp.path().join("p1.log")];
     let mut children = spawn_cluster(&primary, &hostfile(tmp.path(), "hosts-primary"), &logs);
     let started = std::time::Instant::now();

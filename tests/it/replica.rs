@@ -15,7 +15,7 @@ use weir::checkpoint::tier::{newest_cold_record, Blob};
 
 use crate::cold_tier::{
     assert_failover_rows, assert_took_over, holds_a_checkpoint, run_args, s3_blob, s3_server,
-    spawn_group, weir_env,
+    spawn_group, tailing, weir_env,
 };
 use crate::kill_clock::{kill_group, sleep_while_running, timed, KillClock};
 use crate::sources::{wait_until, Killed};
@@ -45,8 +45,12 @@ fn a_standby_takes_over_from_an_s3_replica_with_nothing_else() {
     let cold_url = format!("file://{}", tmp.path().join("cold").display());
     let primary_data = tmp.path().join("primary-data");
     let primary_out = tmp.path().join("primary-out");
-    let mut primary = run_args(&input, &primary_data, &primary_out, Some(&cold_url));
-    primary.retain(|a| a != "--until-end");
+    let mut primary = tailing(&run_args(
+        &input,
+        &primary_data,
+        &primary_out,
+        Some(&cold_url),
+    ));
     primary.extend(["--replica".into(), replica_url.into()]);
     let mut child = spawn_group(&primary, &env, &tmp.path().join("primary.log"));
     wait_until(
@@ -192,9 +196,8 @@ fn a_replica_down_for_30_s_catches_up_while_the_run_goes_on() {
     let input = tmp.path().join("input");
     gen_input(&input, 1_000_000);
     let data = tmp.path().join("data");
-    let mut args = run_args(&input, &data, &tmp.path().join("out"), None);
+    let mut args = tailing(&run_args(&input, &data, &tmp.path().join("out"), None));
     args.pop();
-    args.retain(|a| a != "--until-end");
     args.extend(["--replica".into(), replica_url.into()]);
     let log = tmp.path().join("run.log");
     let mut child = spawn_group(&args, &env, &log);

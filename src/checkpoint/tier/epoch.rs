@@ -20,10 +20,11 @@
 //! its start.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Blob, BlobError};
 use crate::checkpoint::store::TIER_LOCK_FILE_NAME;
+use crate::storage::durable::lock_file_within;
 use crate::storage::kv_text::{decode_kv, encode_kv};
 
 /// The claims' prefix.
@@ -254,38 +255,25 @@ const TIER_LOCK_POLL: Duration = Duration::from_millis(10);
 /// Never taken twice by one process at once (flock is per open file: a
 /// second `lock_tier` would wait for the first for [`TIER_LOCK_WAIT`]).
 pub fn lock_tier(store_dir: &Path) -> Result<std::fs::File, String> {
-    let deadline = Instant::now() + TIER_LOCK_WAIT;
-    loop {
-        if let Some(file) = try_lock_tier(store_dir)? {
-            return Ok(file);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{}: held by another process for over {} s",
-                store_dir.join(TIER_LOCK_FILE_NAME).display(),
-                TIER_LOCK_WAIT.as_secs()
-            ));
-        }
-        std::thread::sleep(TIER_LOCK_POLL);
-    }
+    tier_lock_within(store_dir, TIER_LOCK_WAIT)?.ok_or_else(|| {
+        format!(
+            "{}: held by another process for over {} s",
+            store_dir.join(TIER_LOCK_FILE_NAME).display(),
+            TIER_LOCK_WAIT.as_secs()
+        )
+    })
 }
 
 /// As [`lock_tier`], without waiting: `None` while another process holds it.
 pub fn try_lock_tier(store_dir: &Path) -> Result<Option<std::fs::File>, String> {
+    tier_lock_within(store_dir, Duration::ZERO)
+}
+
+fn tier_lock_within(store_dir: &Path, wait: Duration) -> Result<Option<std::fs::File>, String> {
     std::fs::create_dir_all(store_dir).map_err(|e| format!("{}: {e}", store_dir.display()))?;
     let path = store_dir.join(TIER_LOCK_FILE_NAME);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
-    }
+    lock_file_within(&path, (wait, TIER_LOCK_POLL), || {})
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
