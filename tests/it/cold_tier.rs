@@ -62,6 +62,32 @@ pub(crate) fn standby_args(data: &Path, out: &Path, url: &str) -> Vec<String> {
     args
 }
 
+/// Polls `done` until it holds: the wait for a run to be under way before
+/// it is killed. Fails the test, with `log()`, after [`PROGRESS_DEADLINE`]
+/// or once any of `children` ended.
+pub(crate) fn wait_while_running(
+    children: &mut [std::process::Child],
+    mut done: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < PROGRESS_DEADLINE,
+            "not under way: {}",
+            log()
+        );
+        for child in children.iter_mut() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "a process ended: {}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// `args` without `--until-end`: a tailing run, which does not end by
 /// itself.
 pub(crate) fn tailing(args: &[String]) -> Vec<String> {
@@ -235,21 +261,10 @@ fn restores_from_the_cold_tier(
                     .is_ok_and(|l| l.contains("brought back from the cold tier"))
             }
         };
-        let started = std::time::Instant::now();
-        while !under_way() {
-            let log = || std::fs::read_to_string(&log).unwrap_or_default();
-            assert!(
-                started.elapsed() < PROGRESS_DEADLINE,
-                "round {round}: {}",
-                log()
-            );
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the tailing run ended: {}",
-                log()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_while_running(std::slice::from_mut(&mut child), under_way, || {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            format!("round {round}: {log}")
+        });
         assert!(
             sleep_while_running(&mut child, clock.next_delay()),
             "the tailing run ended"
@@ -457,15 +472,11 @@ fn a_standby_takes_over_from_the_cold_tier_exactly_once() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while !holds_a_checkpoint(blob.as_ref()) {
-        assert!(
-            started.elapsed() < PROGRESS_DEADLINE,
-            "no checkpoint reached the cold tier"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the primary ended");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_while_running(
+        std::slice::from_mut(&mut child),
+        || holds_a_checkpoint(blob.as_ref()),
+        || "the primary, before a checkpoint reached the cold tier".into(),
+    );
     let mut clock = KillClock::new(9, took);
     assert!(
         sleep_while_running(&mut child, clock.next_delay()),

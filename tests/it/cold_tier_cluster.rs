@@ -11,7 +11,6 @@
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::Duration;
 
 use weir::checkpoint::store::read_commits;
 use weir::checkpoint::tier::epoch::usable_records;
@@ -19,10 +18,9 @@ use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
 
 use crate::cold_tier::{
     assert_failover_rows, assert_took_over, failover_setup, holds_a_checkpoint, run_args,
-    standby_args, tailing,
+    standby_args, tailing, wait_while_running,
 };
 use crate::kill_clock::{kill_group, sleep_while_running, KillClock};
-use crate::sources::PROGRESS_DEADLINE;
 use crate::support::{free_ports, sorted_rows, weir};
 
 /// Kill rounds, each followed by the loss of the local checkpoints.
@@ -97,22 +95,9 @@ fn a_cluster_restores_lost_checkpoints_from_the_cold_tier() {
                 read_logs(&logs).contains("brought back from the cold tier")
             }
         };
-        let started = std::time::Instant::now();
-        while !under_way() {
-            assert!(
-                started.elapsed() < PROGRESS_DEADLINE,
-                "round {round}: {}",
-                read_logs(&logs)
-            );
-            for child in &mut children {
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "round {round}: a process ended: {}",
-                    read_logs(&logs)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_while_running(&mut children, under_way, || {
+            format!("round {round}: {}", read_logs(&logs))
+        });
         assert!(
             sleep_while_running(&mut children[0], clock.next_delay()),
             "round {round}: process 0 ended: {}",
@@ -185,18 +170,11 @@ fn a_standby_cluster_takes_over_from_the_cold_tier_exactly_once() {
     ));
     let logs = [tmp.path().join("p0.log"), tmp.path().join("p1.log")];
     let mut children = spawn_cluster(&primary, &hostfile(tmp.path(), "hosts-primary"), &logs);
-    let started = std::time::Instant::now();
-    while !holds_a_checkpoint(cold.as_ref()) {
-        assert!(
-            started.elapsed() < PROGRESS_DEADLINE,
-            "{}",
-            read_logs(&logs)
-        );
-        for child in &mut children {
-            assert!(child.try_wait().unwrap().is_none(), "{}", read_logs(&logs));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_while_running(
+        &mut children,
+        || holds_a_checkpoint(cold.as_ref()),
+        || read_logs(&logs),
+    );
     let mut clock = KillClock::new(23, took);
     assert!(
         sleep_while_running(&mut children[0], clock.next_delay()),
