@@ -19,7 +19,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::agg::Agg;
-use crate::combiner::{fast_map_with_capacity, hold_least, hold_only, FastMap, Update};
+use crate::combiner::{fast_map_with_capacity, hold_least, hold_only, presize, FastMap, Update};
 use crate::emit::{Emit, LEFT};
 use crate::gauge::StateGauge;
 use crate::key::Key;
@@ -83,9 +83,17 @@ pub fn tumbling_windows(
                                 .ok()
                                 .filter(|&c| c > 0)
                                 .expect("pane partials are only ever inserted");
-                            let merged = pending
-                                .entry(time)
-                                .or_insert_with(|| fast_map_with_capacity(last_window_keys));
+                            if !pending.contains_key(&time) {
+                                let capacity = presize(
+                                    time,
+                                    &pending,
+                                    HashMap::len,
+                                    last_window_keys,
+                                    emitting.is_some(),
+                                );
+                                pending.insert(time, fast_map_with_capacity(capacity));
+                            }
+                            let merged = pending.get_mut(&time).expect("inserted above");
                             merged
                                 .entry(key)
                                 .and_modify(|total| total.merge_weighted(&agg, copies))
