@@ -1,13 +1,14 @@
 //! A small, blocking Kafka-protocol client: metadata, list offsets, fetch
 //! and produce of uncompressed v2 record batches ([`batch`]), and topic
-//! creation (tools and tests), over one connection to one broker. The
-//! message versions are the oldest that Kafka 4 still serves (Metadata
-//! v1, `ListOffsets` v1, Fetch v4, Produce v3, `CreateTopics` v2: none of them
-//! "flexible"), so no tagged fields. A partition led by another broker is
-//! an error naming it (one broker, as the brokers it was tested with).
+//! creation (tools and tests), over one connection to one broker
+//! ([`KafkaClient`]); a topic's partitions over the brokers that lead them
+//! ([`cluster::TopicClient`]). The message versions are the oldest that
+//! Kafka 4 still serves (Metadata v1, `ListOffsets` v1, Fetch v4, Produce
+//! v3, `CreateTopics` v2: none of them "flexible"), so no tagged fields.
 //! A leaf: nothing of the engine is imported.
 
 pub mod batch;
+pub mod cluster;
 pub mod compression;
 pub mod wire;
 
@@ -85,14 +86,14 @@ pub enum KafkaErrorKind {
         /// Its size.
         batch_bytes: usize,
     },
-    /// A partition is led by another broker.
-    #[error("partition {partition} of {topic} is led by broker {leader}, not this one (one-broker clusters only)")]
-    OtherLeader {
+    /// A partition whose leader is not among the brokers the metadata lists.
+    #[error("partition {partition} of {topic} is led by node {leader}, which the metadata does not list")]
+    UnknownLeader {
         /// The topic.
         topic: String,
         /// The partition.
         partition: i32,
-        /// Its leader's node id.
+        /// Its leader's node id (-1: none elected).
         leader: i32,
     },
 }
@@ -101,7 +102,10 @@ impl KafkaError {
     /// Whether reconnecting may help.
     pub fn is_transient(&self) -> bool {
         match &self.kind {
-            KafkaErrorKind::Connect(_) | KafkaErrorKind::Io(_) => true,
+            // A leader not yet elected or not yet listed: metadata again.
+            KafkaErrorKind::Connect(_)
+            | KafkaErrorKind::Io(_)
+            | KafkaErrorKind::UnknownLeader { .. } => true,
             // LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT,
             // NETWORK_EXCEPTION, COORDINATOR_LOAD_IN_PROGRESS-like retriables.
             KafkaErrorKind::Broker { code, .. } => matches!(code, 5 | 6 | 7 | 13 | 14 | 15),
@@ -121,6 +125,24 @@ pub struct PartitionFetch {
     pub high_watermark: i64,
     /// Record batches (the last may be partial).
     pub records: Vec<u8>,
+}
+
+/// A broker as the metadata lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broker {
+    /// Its node id.
+    pub node_id: i32,
+    /// `host:port` it advertises.
+    pub address: String,
+}
+
+/// A topic's metadata: the brokers, and each partition with its leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicMetadata {
+    /// The brokers listed.
+    pub brokers: Vec<Broker>,
+    /// `(partition, leader node id)`, by partition.
+    pub leaders: Vec<(i32, i32)>,
 }
 
 /// One connection to a broker.
@@ -223,23 +245,37 @@ impl KafkaClient {
         Ok(response)
     }
 
-    /// The partitions of `topic`, checking that this broker leads them.
+    /// The partitions of `topic`, in order.
     pub fn partitions(&mut self, topic: &str) -> Result<Vec<i32>, KafkaError> {
+        Ok(self
+            .metadata(topic)?
+            .leaders
+            .iter()
+            .map(|&(p, _)| p)
+            .collect())
+    }
+
+    /// The brokers, and the partitions of `topic` with their leaders.
+    pub fn metadata(&mut self, topic: &str) -> Result<TopicMetadata, KafkaError> {
         let mut body = Writer::default();
         body.array_len(1);
         body.string(topic);
         let response = self.call(METADATA, 1, &body.buf)?;
         let wire = self.wire("Metadata");
         let mut r = Reader::new(&response);
-        let mut node_ids = Vec::new();
+        let mut brokers = Vec::new();
         for _ in 0..r.array_len().map_err(&wire)? {
-            node_ids.push(r.i32().map_err(&wire)?);
-            r.string().map_err(&wire)?;
-            r.i32().map_err(&wire)?;
+            let node_id = r.i32().map_err(&wire)?;
+            let host = r.string().map_err(&wire)?;
+            let port = r.i32().map_err(&wire)?;
             r.nullable_string().map_err(&wire)?;
+            brokers.push(Broker {
+                node_id,
+                address: format!("{host}:{port}"),
+            });
         }
         let _controller = r.i32().map_err(&wire)?;
-        let mut partitions = Vec::new();
+        let mut leaders = Vec::new();
         for _ in 0..r.array_len().map_err(&wire)? {
             let code = r.i16().map_err(&wire)?;
             let name = r.string().map_err(&wire)?;
@@ -265,24 +301,16 @@ impl KafkaClient {
                         r.i32().map_err(&wire)?;
                     }
                 }
-                if !ours {
-                    continue;
+                if ours {
+                    leaders.push((partition, leader));
                 }
-                if node_ids.len() > 1 && leader != node_ids[0] {
-                    return Err(self.error(KafkaErrorKind::OtherLeader {
-                        topic: topic.to_owned(),
-                        partition,
-                        leader,
-                    }));
-                }
-                partitions.push(partition);
             }
         }
-        if partitions.is_empty() {
+        if leaders.is_empty() {
             return Err(self.error(KafkaErrorKind::TopicNotFound(topic.to_owned())));
         }
-        partitions.sort_unstable();
-        Ok(partitions)
+        leaders.sort_unstable();
+        Ok(TopicMetadata { brokers, leaders })
     }
 
     /// The offset of each of `partitions` at `timestamp` (-1: the end,

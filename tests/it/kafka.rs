@@ -25,7 +25,7 @@ use crate::sources::{
 use crate::support::{assert_success, free_ports, log_run_args, output_within, run_weir, weir};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-const PARTITIONS: u64 = 3;
+pub(crate) const PARTITIONS: u64 = 3;
 const KILLS: u64 = 12;
 const PART: u64 = 2_400;
 
@@ -72,7 +72,7 @@ fn addr(port: u16) -> String {
 }
 
 /// Produces messages `from..to`, message `i` to partition `i % 3`.
-fn produce(port: u16, from: u64, to: u64) {
+pub(crate) fn produce(port: u16, from: u64, to: u64) {
     let mut client = KafkaClient::connect(&addr(port), TIMEOUT).unwrap();
     for p in 0..PARTITIONS {
         let values: Vec<Vec<u8>> = (from..to)
@@ -88,7 +88,7 @@ fn produce(port: u16, from: u64, to: u64) {
     }
 }
 
-fn ingest(port: u16, data: &Path, extra: &[&str]) -> Command {
+pub(crate) fn ingest(port: u16, data: &Path, extra: &[&str]) -> Command {
     let mut c = weir();
     c.args(["ingest", "--from", &format!("kafka://{}/ev", addr(port))])
         .arg("--data-dir")
@@ -103,7 +103,7 @@ fn dead_letters(data: &Path, partition: u64) -> PathBuf {
 
 /// Each partition holds its messages among `0..n` once, in order (offset =
 /// index within the partition, sequence = offset + 1).
-fn check_kafka(data: &Path, n: u64) -> Vec<Vec<u64>> {
+pub(crate) fn check_kafka(data: &Path, n: u64) -> Vec<Vec<u64>> {
     let mut partitions = Vec::new();
     for p in 0..PARTITIONS {
         let messages: Vec<u64> = (0..n).filter(|i| i % PARTITIONS == p).collect();
@@ -128,7 +128,7 @@ fn create_topic(port: u16) {
 
 /// A started broker (under a new temporary directory) with the topic
 /// created, or `None` when the tests are skipped (no `tansu`).
-fn broker_with_topic() -> Option<(tempfile::TempDir, u16, Killed)> {
+pub(crate) fn broker_with_topic() -> Option<(tempfile::TempDir, u16, Killed)> {
     let binary = server_binary("tansu", "TANSU")?;
     let tmp = tempfile::tempdir().unwrap();
     let port = free_ports(1)[0];

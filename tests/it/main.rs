@@ -15,6 +15,7 @@ mod golden_restore;
 mod idle;
 mod ingest;
 mod kafka;
+mod kafka_brokers;
 mod kill_clock;
 mod layers;
 mod log;

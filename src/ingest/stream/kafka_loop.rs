@@ -1,6 +1,7 @@
 //! The loop of a Kafka-protocol source: every partition of the topic into
-//! the log partition of the same number, one connection, one fetch for all
-//! of them; the exactly-once protocol of the parent module per partition
+//! the log partition of the same number, one fetch for all of them led by
+//! one broker (each partition asked of its leader,
+//! [`crate::kafka::cluster::TopicClient`]); the exactly-once protocol of the parent module per partition
 //! (each has its own `POSITION` and dead-letter file
 //! `<dead-letter stem>-<partition>.csv`), committed together.
 
@@ -16,8 +17,9 @@ use super::options::{
 use super::{StreamIngestError, StreamSource, MAX_UNCOMMITTED_MESSAGES};
 use crate::ingest::idle::{IdleMarkers, MIN_IDLE_TIMEOUT_MS};
 use crate::kafka::batch::{decode_batches, incomplete_first_batch_bytes};
+use crate::kafka::cluster::TopicClient;
 use crate::kafka::{
-    KafkaClient, KafkaError, KafkaErrorKind, FETCH_PARTITION_LIMIT_BYTES, FETCH_PARTITION_MAX_BYTES,
+    KafkaError, KafkaErrorKind, FETCH_PARTITION_LIMIT_BYTES, FETCH_PARTITION_MAX_BYTES,
 };
 
 /// How long a fetch waits on the broker for data.
@@ -43,15 +45,15 @@ pub(super) fn ingest_kafka(
     (appenders, earlier): (&mut Vec<Appender>, &BTreeMap<u32, StreamIngestReport>),
 ) -> Result<(), StreamIngestError> {
     let timeout = Duration::from_millis(options.connect_timeout_ms.max(1));
-    let connect = || {
-        let mut client = KafkaClient::connect(&source.server, timeout)?;
-        let request_timeout = Duration::from_millis(options.request_timeout_ms.max(1));
-        client.set_request_timeout(request_timeout.max(timeout))?;
-        Ok::<_, KafkaError>(client)
-    };
-    let mut client = connect()?;
+    let request_timeout = Duration::from_millis(options.request_timeout_ms.max(1)).max(timeout);
     let topic = source.name.as_str();
-    let partitions = client.partitions(topic)?;
+    let connect = || TopicClient::connect(&source.server, topic, timeout, request_timeout);
+    let mut client = connect()?;
+    let partitions = client.partitions();
+    let brokers = client.metadata().brokers.len();
+    if brokers > 1 {
+        tracing::info!(%source, brokers, "partitions are fetched from their leaders");
+    }
     for &p in &partitions {
         let log_partition = u32::try_from(p).map_err(|_| {
             client.error(KafkaErrorKind::Broker {
@@ -75,7 +77,7 @@ pub(super) fn ingest_kafka(
         .iter()
         .map(|a| i64::try_from(a.current.source_seq).unwrap_or(i64::MAX))
         .collect();
-    let earliest = client.offsets(topic, &partitions, -2)?;
+    let (earliest, targets) = start_offsets(&mut client, &partitions, connect)?;
     for ((p, &first), &from) in partitions.iter().zip(&earliest).zip(&fetch_from) {
         if first > from {
             tracing::warn!(
@@ -84,7 +86,6 @@ pub(super) fn ingest_kafka(
             );
         }
     }
-    let targets = client.offsets(topic, &partitions, -1)?;
     // Bytes each partition's fetch asks for: grown for a batch larger than it.
     let mut fetch_bytes = vec![FETCH_PARTITION_MAX_BYTES; partitions.len()];
     let interval = Duration::from_millis(options.commit_interval_ms.max(1));
@@ -191,6 +192,42 @@ pub(super) fn ingest_kafka(
     commit_all(appenders)
 }
 
+/// The first offset still stored and the end of each partition. A leader
+/// that moves meanwhile (`LEADER_NOT_AVAILABLE`, `NOT_LEADER_OR_FOLLOWER`,
+/// a leader the metadata does not list) is waited for: the metadata is read
+/// again, up to [`LEADER_RETRIES`] times; other failures are returned.
+fn start_offsets(
+    client: &mut TopicClient,
+    partitions: &[i32],
+    connect: impl Fn() -> Result<TopicClient, KafkaError>,
+) -> Result<(Vec<i64>, Vec<i64>), KafkaError> {
+    let mut retries = 0;
+    loop {
+        let offsets = client
+            .offsets(partitions, -2)
+            .and_then(|earliest| Ok((earliest, client.offsets(partitions, -1)?)));
+        match offsets {
+            Err(e) if retries < LEADER_RETRIES && leader_moved(&e) => {
+                retries += 1;
+                tracing::warn!("{e}; reading the metadata again");
+                std::thread::sleep(Duration::from_millis(100 * u64::from(retries)));
+                *client = connect()?;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How often the start waits for a partition's leader.
+const LEADER_RETRIES: u32 = 10;
+
+fn leader_moved(e: &KafkaError) -> bool {
+    matches!(
+        e.kind,
+        KafkaErrorKind::Broker { code: 5 | 6, .. } | KafkaErrorKind::UnknownLeader { .. }
+    )
+}
+
 /// Appends the idle markers due at `now_ms`, after handing the events
 /// before them to the file system (a reader never sees a marker before the
 /// events its watermark came from).
@@ -214,14 +251,14 @@ fn append_idle_markers(
 /// One fetch, its records handed to the partitions' appenders; `appended`
 /// is told each event's partition index and time.
 fn fetch_into(
-    client: &mut KafkaClient,
+    client: &mut TopicClient,
     topic: &str,
     at: &[(i32, i64, i32)],
     appenders: &mut [Appender],
     (fetch_from, fetch_bytes): (&mut [i64], &mut [i32]),
     appended: &mut dyn FnMut(usize, u64),
 ) -> Result<(), StreamIngestError> {
-    for fetched in client.fetch(topic, at, FETCH_WAIT_MS)? {
+    for fetched in client.fetch(at, FETCH_WAIT_MS)? {
         let Some(i) = at.iter().position(|&(p, ..)| p == fetched.partition) else {
             continue;
         };
