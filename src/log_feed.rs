@@ -1,4 +1,7 @@
-//! A [`PartitionFeed`] over a partition of the input log.
+//! A [`PartitionFeed`] over a partition of the input log, read inline
+//! ([`LogFeed`]) or on a thread of its own ([`read_ahead::ReadAheadFeed`]).
+
+pub mod read_ahead;
 
 use std::path::Path;
 
@@ -47,6 +50,15 @@ impl LogFeed {
     }
 }
 
+impl LogFeed {
+    /// The same partition from the same offset, read on a thread of its own.
+    pub fn read_ahead(self) -> Result<read_ahead::ReadAheadFeed, LogError> {
+        let dir = self.dir.clone();
+        read_ahead::ReadAheadFeed::start(self.reader, self.partition, self.until_end, self.stop)
+            .map_err(LogError::io(dir))
+    }
+}
+
 impl PartitionFeed for LogFeed {
     fn poll(
         &mut self,
@@ -80,3 +92,6 @@ impl PartitionFeed for LogFeed {
         Ok(FeedStatus::Progress)
     }
 }
+
+#[cfg(test)]
+mod tests;

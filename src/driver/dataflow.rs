@@ -39,6 +39,8 @@ pub(super) struct Process {
     query: WindowQuery,
     partitions: Vec<InputPartition>,
     pub(super) log_dir: PathBuf,
+    /// Log partitions are read on threads of their own (see [`read_ahead`]).
+    read_ahead: bool,
     /// Per partition: the offset to resume at and the largest time before it.
     resumes: HashMap<u32, (u64, Option<u64>)>,
     restored: Option<CommitRecord>,
@@ -174,6 +176,7 @@ impl Process {
         });
         Ok(Process {
             query,
+            read_ahead: read_ahead(options.workers, inputs.partitions.len()),
             partitions: inputs.partitions,
             log_dir: inputs.log_dir,
             resumes,
@@ -229,6 +232,18 @@ pub(super) struct WorkerDataflow {
     pub(super) gate: Option<SourceGate>,
 }
 
+/// The most partitions a process reads ahead on threads of their own.
+const READ_AHEAD_MAX_PARTITIONS: usize = 64;
+
+/// Whether a process with `workers` reading `partitions` reads its log
+/// partitions ahead on threads of their own (decision 66): when its workers
+/// leave a core free, and for at most [`READ_AHEAD_MAX_PARTITIONS`] (a
+/// thread and at most ~1 MiB of chunks each).
+fn read_ahead(workers: usize, partitions: usize) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    workers < cores && partitions <= READ_AHEAD_MAX_PARTITIONS
+}
+
 /// Builds this worker's dataflow: opens its partitions (resuming at the
 /// restored offsets) and output files, loads its share of the checkpoint,
 /// builds the query. `None` after a failure (recorded in `process`).
@@ -253,7 +268,7 @@ pub(super) fn build(
         match input.open(
             (&p.log_dir, &p.query),
             (start_offset, max_ts_before),
-            p.until_end,
+            (p.until_end, p.read_ahead),
             p.hooks.stop.clone(),
         ) {
             Ok(feed) => feeds.push(PartitionInput {

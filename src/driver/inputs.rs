@@ -213,12 +213,13 @@ impl InputPartition {
         }
     }
 
-    /// Opens the feed at `start_offset`.
+    /// Opens the feed at `start_offset`; a log partition is read on a
+    /// thread of its own with `read_ahead`.
     pub fn open(
         &self,
         (log_dir, query): (&Path, &WindowQuery),
         (start_offset, max_ts_before): (u64, Option<u64>),
-        until_end: bool,
+        (until_end, read_ahead): (bool, bool),
         stop: Option<Arc<AtomicBool>>,
     ) -> Result<Box<dyn PartitionFeed>, FeedError> {
         let resume = (query.lateness_ms, max_ts_before);
@@ -230,14 +231,20 @@ impl InputPartition {
                 table,
             } => {
                 let dir = partition_dir(log_dir, topic, partition);
+                let error = |e| FeedError {
+                    partition: id,
+                    source: Box::new(e),
+                };
                 let feed = LogFeed::open_with_stop(&dir, id, start_offset, until_end, stop)
-                    .map_err(|e| FeedError {
-                        partition: id,
-                        source: Box::new(e),
-                    })?;
+                    .map_err(error)?;
+                let feed: Box<dyn PartitionFeed> = if read_ahead {
+                    Box::new(feed.read_ahead().map_err(error)?)
+                } else {
+                    Box::new(feed)
+                };
                 Ok(match (query.nexmark, table) {
                     (Some(q), Some(t)) => Box::new(ProjectedFeed::new(feed, id, (q, t), resume)),
-                    _ => Box::new(feed),
+                    _ => feed,
                 })
             }
             InputPartition::Generated {

@@ -28,7 +28,11 @@ const fn length_crc_tables() -> [[u32; 256]; 4] {
         let mut c = i as u32;
         let mut bit = 0;
         while bit < 8 {
-            c = if c & 1 == 1 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
             bit += 1;
         }
         t[0][i] = c;

@@ -404,10 +404,19 @@ fn kill_minus_nine_of_a_two_process_cluster_gives_exactly_once_output() {
 
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
-    let f = fixture(1_500_000);
+    let f = fixture(3_000_000);
     let data = f.tmp.path().join("data-damaged");
     let out = f.tmp.path().join("out-damaged");
-    let args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+    let mut args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
+    // A checkpoint at every slide the run passes (at most 4 in flight: the
+    // sources wait for the sidecar), so how many there are mid-run depends
+    // on the input's event times, not on how fast this machine runs.
+    let interval = args
+        .iter()
+        .position(|a| a == "--checkpoint-interval")
+        .unwrap()
+        + 1;
+    args[interval] = "1ms".to_owned();
     let checkpoints = data.join("checkpoints");
     // Stop the run (kill -9 of engine and sidecar) once a few mid-run
     // checkpoints exist: each of them adds a delta file, and GC keeps the
@@ -423,12 +432,17 @@ fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
         commits.len() >= 3 && commits.iter().all(|c| c.cut_time != u64::MAX)
     };
     let started = std::time::Instant::now();
+    let mut child = child;
     while !weir::checkpoint::store::read_commits(&checkpoints).is_ok_and(|c| enough(&c)) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it had 3 mid-run checkpoints"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no mid-run checkpoints"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
     let pid = child.id();
     let _ = Command::new("kill")
