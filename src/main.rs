@@ -14,7 +14,8 @@ use weir_dataflows::emit::Emit;
 use weir_dataflows::WindowSpec;
 
 // The engine allocates many small strings and vectors across threads;
-// mimalloc measured faster than the system allocator (see docs/decisions.md).
+// mimalloc measured faster than the system allocator (see docs/decisions.md),
+// built without transparent-huge-page advice (decision 65).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
