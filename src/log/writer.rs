@@ -321,6 +321,13 @@ impl PartitionWriter {
         Ok(())
     }
 
+    /// Another handle to the current segment's file: `sync_data` on it from
+    /// another thread starts writing what was appended so far to the disk
+    /// early. Only [`PartitionWriter::sync`] makes the records durable.
+    pub fn segment_file(&self) -> std::io::Result<File> {
+        self.seg.get_ref().try_clone()
+    }
+
     /// Writes buffered records and index entries to the files (visible to
     /// readers, not yet durable).
     pub fn flush(&mut self) -> Result<(), LogError> {

@@ -45,7 +45,7 @@ fn run_then_damage_the_newest(
         .position(|a| a == "--checkpoint-interval")
         .unwrap()
         + 1;
-    args[interval] = "1ms".to_owned();
+    "1ms".clone_into(&mut args[interval]);
     let done = weir_env(&args, &[]);
     assert_success(&done, "the primary");
     let blob = open_cold_store(url).unwrap();

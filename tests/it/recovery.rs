@@ -416,7 +416,7 @@ fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
         .position(|a| a == "--checkpoint-interval")
         .unwrap()
         + 1;
-    args[interval] = "1ms".to_owned();
+    "1ms".clone_into(&mut args[interval]);
     let checkpoints = data.join("checkpoints");
     // Stop the run (kill -9 of engine and sidecar) once a few mid-run
     // checkpoints exist: each of them adds a delta file, and GC keeps the
