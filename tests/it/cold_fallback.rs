@@ -12,7 +12,7 @@ use weir::checkpoint::tier::epoch::{epoch_prefix, usable_records};
 use weir::checkpoint::tier::{open_cold_store, Blob};
 
 use crate::cold_tier::{assert_failover_rows, failover_setup, run_args, standby_args, weir_env};
-use crate::support::{assert_success, sorted_rows};
+use crate::support::{assert_success, checkpoint_every_slide, sorted_rows};
 
 /// Flips a byte in the middle of the object `key`.
 fn flip(blob: &dyn Blob, key: &str) {
@@ -37,15 +37,8 @@ fn run_then_damage_the_newest(
     url: &str,
     damage: fn(&dyn Blob, &str),
 ) -> (Vec<CommitRecord>, u64) {
-    // A checkpoint at every slide the run passes (the sources wait for the
-    // sidecar), so the run leaves several whatever this machine's speed.
     let mut args = run_args(input, data, out, Some(url));
-    let interval = args
-        .iter()
-        .position(|a| a == "--checkpoint-interval")
-        .unwrap()
-        + 1;
-    "1ms".clone_into(&mut args[interval]);
+    checkpoint_every_slide(&mut args);
     let done = weir_env(&args, &[]);
     assert_success(&done, "the primary");
     let blob = open_cold_store(url).unwrap();

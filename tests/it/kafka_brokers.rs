@@ -123,27 +123,28 @@ fn fetch_partitions(r: &mut Reader<'_>) -> Vec<(String, i32)> {
         r.i32().unwrap(); // replica, max wait, min bytes, max bytes
     }
     r.i8().unwrap(); // isolation level
-    let mut asked = Vec::new();
-    for _ in 0..r.array_len().unwrap() {
-        let topic = r.string().unwrap();
-        for _ in 0..r.array_len().unwrap() {
-            asked.push((topic.clone(), r.i32().unwrap()));
-            r.i64().unwrap();
-            r.i32().unwrap();
-        }
-    }
-    asked
+    asked(r, |r| {
+        r.i64().unwrap(); // offset
+        r.i32().unwrap(); // max bytes
+    })
 }
 
 /// `(topic, partition)` asked by a `ListOffsets` v1 request, after its header.
 fn list_offsets_partitions(r: &mut Reader<'_>) -> Vec<(String, i32)> {
     r.i32().unwrap(); // replica
+    asked(r, |r| {
+        r.i64().unwrap(); // timestamp
+    })
+}
+
+/// The topics' partitions of a request, each followed by what `rest` reads.
+fn asked(r: &mut Reader<'_>, rest: impl Fn(&mut Reader<'_>)) -> Vec<(String, i32)> {
     let mut asked = Vec::new();
     for _ in 0..r.array_len().unwrap() {
         let topic = r.string().unwrap();
         for _ in 0..r.array_len().unwrap() {
             asked.push((topic.clone(), r.i32().unwrap()));
-            r.i64().unwrap();
+            rest(r);
         }
     }
     asked

@@ -15,7 +15,7 @@ use crate::kill_clock::{
     kill_group, sidecar_pattern, sleep_while_running, timed, wait_for_process, KillClock,
     MAX_KILLS_PER_ROUND,
 };
-use crate::support::{assert_success, gen_input, sorted_rows, weir};
+use crate::support::{assert_success, checkpoint_every_slide, gen_input, sorted_rows, weir};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -408,15 +408,7 @@ fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
     let data = f.tmp.path().join("data-damaged");
     let out = f.tmp.path().join("out-damaged");
     let mut args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
-    // A checkpoint at every slide the run passes (at most 4 in flight: the
-    // sources wait for the sidecar), so how many there are mid-run depends
-    // on the input's event times, not on how fast this machine runs.
-    let interval = args
-        .iter()
-        .position(|a| a == "--checkpoint-interval")
-        .unwrap()
-        + 1;
-    "1ms".clone_into(&mut args[interval]);
+    checkpoint_every_slide(&mut args);
     let checkpoints = data.join("checkpoints");
     // Stop the run (kill -9 of engine and sidecar) once a few mid-run
     // checkpoints exist: each of them adds a delta file, and GC keeps the

@@ -167,3 +167,16 @@ pub fn copy_tree(from: &Path, to: &Path) {
         std::fs::write(dest, bytes).unwrap();
     }
 }
+
+/// Checkpoints at every slide a run passes: `--checkpoint-interval 1ms`
+/// in `args` (which must have the flag). With at most 4 checkpoints in
+/// flight the sources wait for the sidecar, so how many checkpoints a run
+/// leaves mid-way follows its input's event times, not this machine's speed.
+pub fn checkpoint_every_slide(args: &mut [String]) {
+    let at = args
+        .iter()
+        .position(|a| a == "--checkpoint-interval")
+        .expect("--checkpoint-interval in the arguments")
+        + 1;
+    "1ms".clone_into(&mut args[at]);
+}
