@@ -269,10 +269,13 @@ impl KafkaClient {
             let host = r.string().map_err(&wire)?;
             let port = r.i32().map_err(&wire)?;
             r.nullable_string().map_err(&wire)?;
-            brokers.push(Broker {
-                node_id,
-                address: format!("{host}:{port}"),
-            });
+            // An IPv6 host is bracketed, as `ToSocketAddrs` reads it.
+            let address = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            brokers.push(Broker { node_id, address });
         }
         let _controller = r.i32().map_err(&wire)?;
         let mut leaders = Vec::new();

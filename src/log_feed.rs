@@ -67,16 +67,18 @@ impl PartitionFeed for LogFeed {
     ) -> Result<FeedStatus, FeedError> {
         let partition = self.partition;
         let dir = &self.dir;
+        // Read before the data: an end reached after the run was stopped
+        // ends the partition only if the stop came before that read.
+        let stopping = self
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire));
         for _ in 0..max_records {
             let record = self.reader.next().map_err(|e| FeedError {
                 partition,
                 source: Box::new(e),
             })?;
             let Some((offset, payload)) = record else {
-                let stopping = self
-                    .stop
-                    .as_ref()
-                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire));
                 return Ok(if self.until_end || stopping {
                     FeedStatus::Ended
                 } else {

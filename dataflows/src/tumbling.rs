@@ -84,13 +84,17 @@ pub fn tumbling_windows(
                                 .filter(|&c| c > 0)
                                 .expect("pane partials are only ever inserted");
                             if !pending.contains_key(&time) {
+                                // At least the last window's keys, as
+                                // before: a window's table holds all of
+                                // them whatever else is pending.
                                 let capacity = presize(
                                     time,
                                     &pending,
                                     HashMap::len,
                                     last_window_keys,
                                     emitting.is_some(),
-                                );
+                                )
+                                .max(last_window_keys);
                                 pending.insert(time, fast_map_with_capacity(capacity));
                             }
                             let merged = pending.get_mut(&time).expect("inserted above");

@@ -193,38 +193,49 @@ pub(super) fn write_partition(
     let mut payload = Vec::with_capacity(64);
     // The disk writes what was appended while the parsing goes on: a
     // thread fsyncs the segment every WRITEBACK_STEP_BYTES, so the final
-    // fsync has little left to write (decision 67).
+    // fsync has little left to write (decision 67). Its handle shares the
+    // writer's open file, and Linux reports a write error once per open
+    // file: an error it sees fails the file here, as the final one would.
     let (writeback, segments) = std::sync::mpsc::sync_channel::<std::fs::File>(1);
-    let syncing = std::thread::spawn(move || {
-        for segment in segments {
-            // Only starts the writeback early: `writer.sync()` below is
-            // what makes the records durable, and reports any error.
-            let _ = segment.sync_data();
-        }
-    });
-    let mut next_writeback = WRITEBACK_STEP_BYTES;
-    let mut appended_bytes = 0u64;
-    while let Some(ev) = csv.next_record()? {
-        payload.clear();
-        encode_event(ev.ts, ev.key, ev.value, &mut payload);
-        if let Err(source) = writer.append(&payload) {
-            return Err(IngestErrorKind::Append {
-                path: path.to_owned(),
-                line: csv.line(),
-                source,
-            });
-        }
-        appended_bytes += payload.len() as u64;
-        if appended_bytes >= next_writeback {
-            next_writeback = appended_bytes + WRITEBACK_STEP_BYTES;
-            if let Ok(segment) = writer.segment_file() {
-                // Busy with the last one: skip this step.
-                let _ = writeback.try_send(segment);
+    let syncing = std::thread::Builder::new()
+        .name("weir-writeback".into())
+        .spawn(move || -> std::io::Result<()> {
+            for segment in segments {
+                segment.sync_data()?;
+            }
+            Ok(())
+        })
+        .map_err(io_err(tmp))?;
+    let parsed = (|| {
+        let mut next_writeback = WRITEBACK_STEP_BYTES;
+        let mut appended_bytes = 0u64;
+        while let Some(ev) = csv.next_record()? {
+            payload.clear();
+            encode_event(ev.ts, ev.key, ev.value, &mut payload);
+            if let Err(source) = writer.append(&payload) {
+                return Err(IngestErrorKind::Append {
+                    path: path.to_owned(),
+                    line: csv.line(),
+                    source,
+                });
+            }
+            appended_bytes += payload.len() as u64;
+            if appended_bytes >= next_writeback {
+                next_writeback = appended_bytes + WRITEBACK_STEP_BYTES;
+                if let Ok(segment) = writer.segment_file() {
+                    // Busy with the last one (or failed): skip this step.
+                    let _ = writeback.try_send(segment);
+                }
             }
         }
-    }
+        Ok(())
+    })();
     drop(writeback);
-    let _ = syncing.join();
+    let synced = syncing
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the writeback thread panicked")));
+    parsed?;
+    synced.map_err(io_err(tmp))?;
     let after = FileStamp::of(path).map_err(io_err(path))?;
     if after != before || csv.bytes_read() != before.size_bytes {
         return Err(IngestErrorKind::FileChanged {

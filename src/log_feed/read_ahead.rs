@@ -7,10 +7,13 @@
 //!
 //! The records, their offsets, the errors (with the offset of a corrupt
 //! record, after every record before it) and what the end of the data
-//! means (ended with `until_end` or once `stop` is set; otherwise more may
-//! come) are those of reading inline. At most `CHUNKS_QUEUED + 2` chunks
-//! exist per partition (queued, being filled, being decoded); emptied chunks
-//! go back to the thread to be filled again.
+//! means (ended with `until_end` or once `stop` is set before the end was
+//! read; otherwise more may come) are those of reading inline; only the
+//! poll that reports the end may come one after the last records', not
+//! with them. At most `CHUNKS_QUEUED + 2` chunks exist per partition
+//! (queued, being filled, being decoded); emptied chunks go back to the
+//! thread to be filled again, unless a record larger than a chunk made one
+//! grow past twice its size.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -202,10 +205,17 @@ fn read(
     closed: &AtomicBool,
 ) {
     let mut idle_ms = 1;
+    let mut kept: Option<Vec<u8>> = None;
     while !closed.load(Ordering::Acquire) {
-        let mut bytes = spares
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + 4096));
+        // Read before the data: an end reached after the run was stopped
+        // ends the partition only if the stop came before that read
+        // (records appended before the stop are then all read).
+        let ending = ends();
+        let mut bytes = kept
+            .take()
+            .or_else(|| spares.try_recv().ok())
+            .filter(|b| b.capacity() <= 2 * CHUNK_BYTES)
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES + 4096));
         bytes.clear();
         let mut first_offset = None;
         let mut at_end = false;
@@ -244,11 +254,14 @@ fn read(
             {
                 return;
             }
-        } else if at_end && !ends() {
-            std::thread::sleep(Duration::from_millis(idle_ms));
-            idle_ms = (idle_ms * 2).min(IDLE_WAIT_MAX_MS);
+        } else {
+            kept = Some(bytes);
+            if at_end && !ending {
+                std::thread::sleep(Duration::from_millis(idle_ms));
+                idle_ms = (idle_ms * 2).min(IDLE_WAIT_MAX_MS);
+            }
         }
-        if at_end && ends() {
+        if at_end && ending {
             let _ = sender.send(Ahead::Ended);
             return;
         }

@@ -158,3 +158,34 @@ fn a_feed_dropped_while_its_thread_waits_to_hand_over_ends_the_thread() {
     std::thread::sleep(Duration::from_millis(50));
     drop(feed); // joins the thread: returns only if it stopped
 }
+
+#[test]
+fn records_appended_before_the_stop_are_read_before_the_end() {
+    for round in 0..40 {
+        for read_ahead in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            append(tmp.path(), 0, 100, 64 << 20);
+            let stop = Arc::new(AtomicBool::new(false));
+            let feed =
+                LogFeed::open_with_stop(tmp.path(), 0, 0, false, Some(Arc::clone(&stop))).unwrap();
+            let mut feed: Box<dyn PartitionFeed> = if read_ahead {
+                Box::new(feed.read_ahead().unwrap())
+            } else {
+                Box::new(feed)
+            };
+            let mut seen = 0u64;
+            // Caught up and idle, then more records and the stop at once.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seen < 100 {
+                feed.poll(1_000, &mut |_, _| seen += 1).unwrap();
+                assert!(Instant::now() < deadline, "never caught up");
+            }
+            std::thread::sleep(Duration::from_millis(round % 3));
+            append(tmp.path(), 100, 150, 64 << 20);
+            stop.store(true, Ordering::Release);
+            let (rest, end) = drain(feed.as_mut(), 7);
+            assert_eq!(end, Ok(()));
+            assert_eq!(seen + rest.len() as u64, 150, "read ahead: {read_ahead}");
+        }
+    }
+}

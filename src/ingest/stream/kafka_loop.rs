@@ -208,10 +208,17 @@ fn start_offsets(
             .and_then(|earliest| Ok((earliest, client.offsets(partitions, -1)?)));
         match offsets {
             Err(e) if retries < LEADER_RETRIES && leader_moved(&e) => {
-                retries += 1;
                 tracing::warn!("{e}; reading the metadata again");
-                std::thread::sleep(Duration::from_millis(100 * u64::from(retries)));
-                *client = connect()?;
+                // A broker between leaders may refuse a connection too.
+                loop {
+                    retries += 1;
+                    std::thread::sleep(Duration::from_millis(100 * u64::from(retries)));
+                    match connect() {
+                        Ok(reconnected) => break *client = reconnected,
+                        Err(e) if retries < LEADER_RETRIES && e.is_transient() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             other => return other,
         }
