@@ -129,7 +129,18 @@ impl ReadAheadFeed {
             Ok(Ahead::Failed(e)) => Err(self.error(Box::new(e))),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => {
-                Err(self.error(format!("the thread reading {} stopped", self.dir.display()).into()))
+                // Only a panic ends the thread without a last word: say which.
+                let panic = self.thread.take().and_then(|t| t.join().err());
+                let message = panic
+                    .as_ref()
+                    .and_then(|p| {
+                        p.downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                    })
+                    .unwrap_or_default();
+                let dir = self.dir.display();
+                Err(self.error(format!("the thread reading {dir} panicked: {message}").into()))
             }
         }
     }
