@@ -48,15 +48,26 @@ impl LogFeed {
             stop,
         })
     }
-}
 
-impl LogFeed {
     /// The same partition from the same offset, read on a thread of its own.
     pub fn read_ahead(self) -> Result<read_ahead::ReadAheadFeed, LogError> {
         let dir = self.dir.clone();
         read_ahead::ReadAheadFeed::start(self.reader, self.partition, self.until_end, self.stop)
             .map_err(LogError::io(dir))
     }
+}
+
+/// Decodes the record at `offset` of partition `partition` (directory
+/// `dir`); an error names both, as every log feed reports it.
+fn decode_at<'a>(
+    (partition, dir): (u32, &Path),
+    offset: u64,
+    payload: &'a [u8],
+) -> Result<LogRecord<'a>, FeedError> {
+    decode_record(payload).map_err(|e| FeedError {
+        partition,
+        source: format!("record at offset {offset} in {}: {e}", dir.display()).into(),
+    })
 }
 
 impl PartitionFeed for LogFeed {
@@ -85,10 +96,7 @@ impl PartitionFeed for LogFeed {
                     FeedStatus::Idle
                 });
             };
-            let record = decode_record(payload).map_err(|e| FeedError {
-                partition,
-                source: format!("record at offset {offset} in {}: {e}", dir.display()).into(),
-            })?;
+            let record = decode_at((partition, dir), offset, payload)?;
             deliver(offset, record);
         }
         Ok(FeedStatus::Progress)

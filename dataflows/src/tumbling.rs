@@ -83,7 +83,9 @@ pub fn tumbling_windows(
                                 .ok()
                                 .filter(|&c| c > 0)
                                 .expect("pane partials are only ever inserted");
-                            if !pending.contains_key(&time) {
+                            let merged = if let Some(merged) = pending.get_mut(&time) {
+                                merged
+                            } else {
                                 // At least the last window's keys, as
                                 // before: a window's table holds all of
                                 // them whatever else is pending.
@@ -95,9 +97,10 @@ pub fn tumbling_windows(
                                     emitting.is_some(),
                                 )
                                 .max(last_window_keys);
-                                pending.insert(time, fast_map_with_capacity(capacity));
-                            }
-                            let merged = pending.get_mut(&time).expect("inserted above");
+                                pending
+                                    .entry(time)
+                                    .or_insert(fast_map_with_capacity(capacity))
+                            };
                             merged
                                 .entry(key)
                                 .and_modify(|total| total.merge_weighted(&agg, copies))

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::event::{decode_record, LogRecord};
+use crate::event::LogRecord;
 use crate::log::{LogError, PartitionReader};
 use crate::source::{FeedError, FeedStatus, PartitionFeed};
 
@@ -181,10 +181,7 @@ impl PartitionFeed for ReadAheadFeed {
             current.at = len_at + 4 + len;
             let offset = current.next_offset;
             current.next_offset += 1;
-            let record = decode_record(payload).map_err(|e| FeedError {
-                partition: self.partition,
-                source: format!("record at offset {offset} in {}: {e}", self.dir.display()).into(),
-            })?;
+            let record = super::decode_at((self.partition, &self.dir), offset, payload)?;
             deliver(offset, record);
             delivered += 1;
         }

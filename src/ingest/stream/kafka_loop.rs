@@ -1,9 +1,10 @@
 //! The loop of a Kafka-protocol source: every partition of the topic into
-//! the log partition of the same number, one fetch for all of them led by
-//! one broker (each partition asked of its leader,
-//! [`crate::kafka::cluster::TopicClient`]); the exactly-once protocol of the parent module per partition
-//! (each has its own `POSITION` and dead-letter file
-//! `<dead-letter stem>-<partition>.csv`), committed together.
+//! the log partition of the same number, one fetch round for all of them
+//! (each partition asked of its leader,
+//! [`crate::kafka::cluster::TopicClient`]); the exactly-once protocol of
+//! the parent module per partition (each has its own `POSITION` and
+//! dead-letter file `<dead-letter stem>-<partition>.csv`), committed
+//! together.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
