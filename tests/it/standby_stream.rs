@@ -5,17 +5,21 @@
 //! the producer went on publishing. The primary's committed rows plus the
 //! standby's equal a failure-free run over every message (the standby's
 //! source matches the shipped records after the position byte for byte,
-//! as after any restart): none lost, none twice.
+//! as after any restart): none lost, none twice. The standby's log and
+//! dead-letter file hold every message once: the dead letters the primary
+//! committed are shipped beside its log.
 
 use std::time::Duration;
 
+use weir::checkpoint::tier::epoch::epoch_prefix;
 use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
 
 use crate::cold_tier::{assert_took_over, committed_rows, spawn_group};
 use crate::kill_clock::{kill_group, sleep_while_running, KillClock};
 use crate::nats::{addr, publish, server_with_stream};
 use crate::sources::{
-    server_binary, wait_until, windows_of_the_same_messages_from_files, PROGRESS_DEADLINE,
+    check_exactly_once, server_binary, wait_until, windows_of_the_same_messages_from_files,
+    PROGRESS_DEADLINE,
 };
 use crate::support::{free_ports, log_run_args, output_within, sorted_rows, weir};
 
@@ -66,7 +70,16 @@ fn a_standby_continues_a_stream_from_the_shipped_position() {
     );
     kill_group(child.0.id());
     let _ = child.0.wait();
-    let (_, record) = newest_cold_record(blob.as_ref()).unwrap().unwrap();
+    let (epoch, record) = newest_cold_record(blob.as_ref()).unwrap().unwrap();
+    // The primary's committed dead letters reached the store (the standby
+    // reads the stream only from the shipped position on).
+    let keys = blob.list(&format!("{}/log", epoch_prefix(epoch))).unwrap();
+    assert!(
+        keys.iter().any(|k| std::path::Path::new(k)
+            .extension()
+            .is_some_and(|e| e == "dead")),
+        "no dead letters shipped: {keys:?}"
+    );
     // The producer goes on while the primary is gone.
     publish(port, first, all, 1_000);
 
@@ -92,5 +105,15 @@ fn a_standby_continues_a_stream_from_the_shipped_position() {
     assert_eq!(
         windows,
         windows_of_the_same_messages_from_files(tmp.path(), &[(0..all).collect()])
+    );
+    // The standby's log and dead letters hold every message once: the
+    // rows the primary committed came with the shipped log.
+    let standby_data = tmp.path().join("standby-data");
+    check_exactly_once(
+        &standby_data,
+        0,
+        &(0..all).collect::<Vec<_>>(),
+        &standby_data.join("dead-letter/events-source.csv"),
+        |_, i| i + 1,
     );
 }

@@ -15,7 +15,8 @@
 //! `<topic>.<p>.INGEST`, `<topic>.<p>.POSITION`; a `POSITION` read before
 //! the chunks and put after them, so it never counts a record the store
 //! does not hold: a standby's stream source continues from it) when
-//! they change. Chunks wholly below both the local log's first offset
+//! they change, and so do the committed bytes of a stream source's
+//! dead-letter file ([`dead_letters`]). Chunks wholly below both the local log's first offset
 //! (retention deleted those segments) and every offset a commit record
 //! kept in the store resumes from (a restore that falls back to an older
 //! record replays from there) are deleted.
@@ -28,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use self::dead_letters::{fetch_dead_letters, parse_piece, ship_dead_letters, ShippedDeadLetters};
 use super::source::{LocalSource, SourceKey};
 use super::{epoch::epoch_prefix, Blob};
 use crate::log::format::{encode_segment_header, list_segments, segment_path};
@@ -44,6 +46,8 @@ const POSITION: &str = "POSITION";
 /// The partitions' metadata files shipped beside their chunks.
 const PARTITION_META: [&str; 2] = [INGEST, POSITION];
 
+mod dead_letters;
+
 /// One chunk: records `first..end` of a partition.
 type Chunk = (u64, u64);
 type PartitionKey = (String, u32);
@@ -54,6 +58,7 @@ pub struct ShippedLog {
     chunks: BTreeMap<PartitionKey, Vec<Chunk>>,
     /// Metadata objects shipped, with the CRC32C of their bytes.
     meta: BTreeMap<String, u32>,
+    dead_letters: ShippedDeadLetters,
 }
 
 /// What one round of shipping did.
@@ -61,7 +66,7 @@ pub struct ShippedLog {
 pub struct Shipped {
     /// Records shipped.
     pub records: u64,
-    /// Bytes of chunks put.
+    /// Bytes of chunks (and dead-letter pieces) put.
     pub bytes: u64,
 }
 
@@ -109,6 +114,8 @@ pub fn shipped_log(blob: &dyn Blob, epoch: u64) -> Result<ShippedLog, String> {
         let name = key.rsplit('/').next().unwrap_or_default();
         if let Some(LogObject::Chunk(partition, chunk)) = parse_object(name) {
             shipped.chunks.entry(partition).or_default().push(chunk);
+        } else if let Some((file, piece)) = parse_piece(name) {
+            shipped.dead_letters.listed(file, piece);
         }
     }
     for chunks in shipped.chunks.values_mut() {
@@ -199,6 +206,19 @@ pub fn ship_log(
             let shipped_now = ship_partition(blob, limits, (&dir, &key), shipped, source)?;
             done.records += shipped_now.records;
             done.bytes += shipped_now.bytes;
+            if let Some(position) = metas.iter().find_map(|(name, bytes)| {
+                name.ends_with(&format!(".{POSITION}"))
+                    .then_some(bytes.as_deref())
+                    .flatten()
+            }) {
+                let prefix = log_prefix(epoch);
+                done.bytes += ship_dead_letters(
+                    blob,
+                    (&prefix, log_dir),
+                    (&key, position),
+                    &mut shipped.dead_letters,
+                )?;
+            }
             for meta in metas {
                 ship_meta(blob, epoch, meta, shipped)?;
             }
@@ -296,6 +316,8 @@ pub struct Fetched {
     pub partitions: Vec<String>,
     /// Records written.
     pub records: u64,
+    /// Bytes of dead-letter files written.
+    pub dead_letter_bytes: u64,
     /// Why some chunks were left out.
     pub notes: Vec<String>,
 }
@@ -322,6 +344,7 @@ pub fn fetch_log(
     let mut fetched = Fetched::default();
     let mut chunks: BTreeMap<PartitionKey, Vec<Chunk>> = BTreeMap::new();
     let mut meta = Vec::new();
+    let mut dead_letter_pieces = Vec::new();
     for key in blob.list(&prefix).map_err(|e| e.to_string())? {
         let name = key.rsplit('/').next().unwrap_or_default().to_owned();
         match parse_object(&name) {
@@ -334,7 +357,7 @@ pub fn fetch_log(
             Some(LogObject::PartitionMeta((topic, p), file)) => {
                 meta.push((key, partition_dir(log_dir, &topic, p).join(file)));
             }
-            None => {}
+            None => dead_letter_pieces.extend(parse_piece(&name)),
         }
     }
     let from_offset = if resume.0 == chunks.len() {
@@ -420,6 +443,8 @@ pub fn fetch_log(
             list.last().map_or(0, |c| c.1)
         ));
     }
+    fetched.dead_letter_bytes =
+        fetch_dead_letters(blob, &prefix, dead_letter_pieces, (log_dir, replace))?;
     for (key, path) in meta {
         if (path.exists() && !replace) || !path.parent().is_some_and(Path::exists) {
             continue;

@@ -173,6 +173,12 @@ pub fn take_over_from_cold(
                 fetched.partitions.join(", ")
             ));
         }
+        if fetched.dead_letter_bytes > 0 {
+            notes.push(format!(
+                "fetched the shipped dead-letter files ({} bytes)",
+                fetched.dead_letter_bytes
+            ));
+        }
         // Fence the failed primary off before this run emits anything:
         // whatever it copies from now on is ignored, and its sidecar
         // refuses to commit.

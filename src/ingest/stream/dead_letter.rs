@@ -16,6 +16,22 @@ use crate::storage::IoError;
 /// The header row of a source's dead-letter file.
 pub const SOURCE_DEAD_LETTER_HEADER: &str = "source,seq,reason,payload";
 
+/// The directory of the data dir that holds the sources' dead-letter files
+/// unless `--dead-letter` puts them elsewhere.
+pub const DEAD_LETTER_DIR_NAME: &str = "dead-letter";
+
+/// The default dead-letter file of a NATS source feeding `topic`.
+pub fn default_file_name(topic: &str) -> String {
+    format!("{topic}-source.csv")
+}
+
+/// The default dead-letter file of the Kafka partition feeding log
+/// partition `partition` of `topic`: the NATS name with `-<partition>`
+/// before the extension.
+pub fn default_partition_file_name(topic: &str, partition: u32) -> String {
+    format!("{topic}-source-{partition}.csv")
+}
+
 /// An open dead-letter file (see the module doc).
 pub struct DeadLetters {
     path: PathBuf,

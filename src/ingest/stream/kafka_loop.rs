@@ -336,3 +336,18 @@ fn commit_all(appenders: &mut [Appender]) -> Result<(), StreamIngestError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::dead_letter::{default_file_name, default_partition_file_name};
+    use super::*;
+
+    #[test]
+    fn the_default_partition_dead_letter_file_is_the_one_the_cold_tier_ships() {
+        let default = Path::new("data/dead-letter").join(default_file_name("bids"));
+        assert_eq!(
+            dead_letter_path_of(&default, 3),
+            Path::new("data/dead-letter").join(default_partition_file_name("bids", 3))
+        );
+    }
+}

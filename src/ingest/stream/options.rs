@@ -67,8 +67,8 @@ impl StreamIngestOptions {
             partition: 0,
             log_config: LogConfig::default(),
             dead_letter_path: data_dir
-                .join("dead-letter")
-                .join(format!("{topic}-source.csv")),
+                .join(super::dead_letter::DEAD_LETTER_DIR_NAME)
+                .join(super::dead_letter::default_file_name(topic)),
             until_caught_up: false,
             max_log_bytes: None,
             commit_interval_ms: 100,

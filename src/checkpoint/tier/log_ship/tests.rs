@@ -193,3 +193,135 @@ fn chunks_below_the_local_log_are_dropped_and_a_gap_starts_a_new_run() {
     assert!(fetched.notes[0].contains("gap"), "{:?}", fetched.notes);
     assert_eq!(fetched.records, 45 - chunks[2].0);
 }
+
+/// Whether the object `key` is a dead-letter piece.
+fn is_piece(key: &str) -> bool {
+    parse_piece(key.rsplit('/').next().unwrap_or_default()).is_some()
+}
+
+/// Writes `POSITION` of `dir` committing `dead_letter_len_bytes`.
+fn commit_position(dir: &Path, log_next_offset: u64, dead_letter_len_bytes: u64) {
+    let position = crate::ingest::stream::position::SourcePosition {
+        source: "S".into(),
+        log_next_offset,
+        dead_letter_len_bytes,
+        ..Default::default()
+    };
+    std::fs::write(dir.join(POSITION), position.encode()).unwrap();
+}
+
+#[test]
+fn committed_dead_letters_ship_in_pieces_bounded_in_number_and_come_back_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
+    let p0 = partition_dir(&log, "events", 0);
+    append(&p0, 0, 3);
+    let dead_file = tmp.path().join("dead-letter").join("events-source-0.csv");
+    std::fs::create_dir_all(dead_file.parent().unwrap()).unwrap();
+    let mut rows = b"source,seq,reason,payload\n".to_vec();
+    std::fs::write(&dead_file, &rows).unwrap();
+    let mut shipped = ShippedLog::default();
+    let ship = |shipped: &mut ShippedLog| {
+        ship_log(&blob, (1, &log, u64::MAX), shipped, &LocalSource::new(1)).unwrap()
+    };
+    let pieces = |blob: &FileBlob| {
+        blob.list(&log_prefix(1))
+            .unwrap()
+            .into_iter()
+            .filter(|k| is_piece(k))
+            .count()
+    };
+    for round in 0..40_u64 {
+        // A row committed, and one written after the commit (cut when the
+        // source restarts): only the committed bytes ship.
+        rows.extend_from_slice(format!("S,{round},bad,row {round}\n").as_bytes());
+        let mut on_disk = rows.clone();
+        on_disk.extend_from_slice(b"S,99,uncommitted,x\n");
+        std::fs::write(&dead_file, &on_disk).unwrap();
+        commit_position(&p0, 3, rows.len() as u64);
+        ship(&mut shipped);
+        assert!(
+            pieces(&blob) <= dead_letters::MAX_PIECES_PER_FILE,
+            "round {round}"
+        );
+        if round == 5 {
+            // Nothing new committed: nothing shipped.
+            assert_eq!(ship(&mut shipped), Shipped::default());
+        }
+    }
+    // Listed again (a restarted sidecar), the store says the same: the
+    // next round ships only what grew.
+    let mut relisted = shipped_log(&blob, 1).unwrap();
+    rows.extend_from_slice(b"S,40,bad,last\n");
+    std::fs::write(&dead_file, &rows).unwrap();
+    commit_position(&p0, 3, rows.len() as u64);
+    let round = ship(&mut relisted);
+    assert_eq!(round.bytes, b"S,40,bad,last\n".len() as u64);
+
+    let standby = tmp.path().join("standby").join("log");
+    let fetched = fetch_log(&blob, 1, &standby, ((0, 0), false)).unwrap();
+    assert_eq!(fetched.dead_letter_bytes, rows.len() as u64);
+    let standby_file = tmp.path().join("standby/dead-letter/events-source-0.csv");
+    assert_eq!(std::fs::read(&standby_file).unwrap(), rows);
+
+    // A damaged piece is refused, naming it; so is a missing one.
+    let mut keys: Vec<String> = blob
+        .list(&log_prefix(1))
+        .unwrap()
+        .into_iter()
+        .filter(|k| is_piece(k))
+        .collect();
+    keys.sort();
+    let last = keys.last().unwrap().clone();
+    let mut bytes = blob.get(&last).unwrap().unwrap();
+    bytes[0] ^= 1;
+    blob.put(&last, &bytes).unwrap();
+    let refused = fetch_log(&blob, 1, &tmp.path().join("a/log"), ((0, 0), false)).unwrap_err();
+    assert!(refused.contains(&last), "{refused}");
+    blob.delete(&keys[0]).unwrap();
+    let refused = fetch_log(&blob, 1, &tmp.path().join("b/log"), ((0, 0), false)).unwrap_err();
+    assert!(refused.contains("missing"), "{refused}");
+}
+
+#[test]
+fn dead_letters_outside_the_default_directory_are_not_shipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
+    let p0 = partition_dir(&log, "events", 0);
+    append(&p0, 0, 1);
+    commit_position(&p0, 1, 100);
+    let mut shipped = ShippedLog::default();
+    ship_log(
+        &blob,
+        (1, &log, u64::MAX),
+        &mut shipped,
+        &LocalSource::new(1),
+    )
+    .unwrap();
+    let keys = blob.list(&log_prefix(1)).unwrap();
+    assert!(!keys.iter().any(|k| is_piece(k)), "{keys:?}");
+    // A NATS source's file (no partition in its name) is found.
+    let nats_file = tmp.path().join("dead-letter").join("events-source.csv");
+    std::fs::create_dir_all(nats_file.parent().unwrap()).unwrap();
+    std::fs::write(&nats_file, vec![b'x'; 120]).unwrap();
+    let round = ship_log(
+        &blob,
+        (1, &log, u64::MAX),
+        &mut shipped,
+        &LocalSource::new(1),
+    )
+    .unwrap();
+    assert_eq!(round.bytes, 100);
+    // Shorter than its POSITION commits: an error naming the file.
+    commit_position(&p0, 1, 500);
+    let error = ship_log(
+        &blob,
+        (1, &log, u64::MAX),
+        &mut shipped,
+        &LocalSource::new(1),
+    )
+    .unwrap_err();
+    assert!(error.contains("events-source.csv"), "{error}");
+}
