@@ -16,6 +16,7 @@ use crate::nexmark::feed::{GeneratorFeed, ProjectedFeed};
 use crate::nexmark::{files_by_table, source_partition, NexmarkTable};
 use crate::run::{GeneratedInput, RunError, RunOptions, EVENTS_TOPIC};
 use crate::source::{FeedError, PartitionFeed};
+use crate::storage::durable::lock_file_within;
 
 /// What the inputs phase hands on.
 pub(super) struct Inputs {
@@ -93,6 +94,40 @@ pub fn ingest_locked(
     )
 }
 
+/// How long a run waits for another process's ingest into its data dir (a
+/// cluster's processes ingest the same files; one does, the others find
+/// them ingested): far longer than any ingest should take, so a stuck one
+/// ends the wait with an error instead of a hang.
+const INGEST_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+const INGEST_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Takes `data_dir`'s ingest lock, waiting at most `wait` for another
+/// process to let go of it.
+fn lock_ingest(data_dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, RunError> {
+    let lock_path = data_dir.join("ingest.lock");
+    let held = |source| RunError::Output {
+        path: lock_path.clone(),
+        source,
+    };
+    lock_file_within(&lock_path, (wait, INGEST_LOCK_POLL), || {
+        tracing::info!(
+            path = %lock_path.display(),
+            wait_s = wait.as_secs(),
+            "another process is ingesting into this data dir: waiting for it"
+        );
+    })
+    .map_err(held)?
+    .ok_or_else(|| {
+        held(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "held by another process's ingest for {} s: is it stuck?",
+                wait.as_secs()
+            ),
+        ))
+    })
+}
+
 /// As [`ingest_locked`], for files of several topics and formats.
 pub fn ingest_topics_locked(
     data_dir: &Path,
@@ -103,13 +138,7 @@ pub fn ingest_topics_locked(
         path: data_dir.to_owned(),
         source: e,
     })?;
-    let lock_path = data_dir.join("ingest.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .and_then(|f| f.lock().map(|()| f))
-        .map_err(|e| RunError::Output {
-            path: lock_path.clone(),
-            source: e,
-        })?;
+    let lock = lock_ingest(data_dir, INGEST_LOCK_WAIT)?;
     // Topics are independent directories: ingested at once, so that the
     // small tables' files keep the cores busy while the large table's run
     // (each topic still writes its files one per core).
@@ -330,4 +359,23 @@ pub fn input_partitions(
         }));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ingest_lock_held_past_the_wait_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = lock_ingest(tmp.path(), std::time::Duration::ZERO).unwrap();
+        let error = lock_ingest(tmp.path(), std::time::Duration::from_millis(30)).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("ingest.lock") && text.contains("stuck"),
+            "{text}"
+        );
+        drop(held);
+        lock_ingest(tmp.path(), std::time::Duration::ZERO).unwrap();
+    }
 }
