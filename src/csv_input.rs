@@ -467,7 +467,12 @@ impl<R: Read> CsvReader<R> {
         } else {
             raw_key
         };
-        Ok(Some(EventRef { ts, key, value }))
+        Ok(Some(EventRef {
+            ts,
+            key,
+            value,
+            key_hash: None,
+        }))
     }
 }
 

@@ -34,6 +34,9 @@ pub struct EventRef<'a> {
     pub key: &'a str,
     /// The value.
     pub value: i64,
+    /// The key's [`weir_dataflows::key::key_hash`], if the feed computed it
+    /// already (a log read ahead hashes keys on its reading thread).
+    pub key_hash: Option<u64>,
 }
 
 impl Event {
@@ -43,6 +46,7 @@ impl Event {
             ts: self.ts,
             key: &self.key,
             value: self.value,
+            key_hash: None,
         }
     }
 
@@ -143,6 +147,7 @@ pub fn decode_event(payload: &[u8]) -> Result<EventRef<'_>, EventDecodeError> {
         ts: u64::from_le_bytes(ts.try_into().expect("8 bytes")),
         key,
         value: i64::from_le_bytes(value.try_into().expect("8 bytes")),
+        key_hash: None,
     })
 }
 
@@ -165,7 +170,8 @@ mod tests {
             Ok(EventRef {
                 ts: 1,
                 key: "k€y",
-                value: -2
+                value: -2,
+                key_hash: None,
             })
         );
     }
@@ -218,7 +224,8 @@ mod tests {
             Ok(LogRecord::Event(EventRef {
                 ts: 1,
                 key: "",
-                value: 2
+                value: 2,
+                key_hash: None,
             }))
         );
         for i in 0..IDLE_MARKER_MAGIC.len() {

@@ -28,6 +28,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use weir_dataflows::combiner::{LocalCombiner, Update};
+use weir_dataflows::key::KeyRef;
 use weir_dataflows::window::round_down;
 use weir_dataflows::{LateRow, MAX_EVENT_TS_MS};
 
@@ -299,7 +300,7 @@ where
                 } = config;
                 let partition = state.partition;
                 let polled = state.feed.poll(config.batch_records, &mut |offset, record| {
-                    let EventRef { ts, key, value } = match record {
+                    let EventRef { ts, key, value, key_hash } = match record {
                         LogRecord::Event(event) => event,
                         LogRecord::Idle { watermark_ms } => {
                             markers_read += 1;
@@ -334,7 +335,11 @@ where
                     } else {
                         min_ts = min_ts.min(ts);
                         if restored_cut_ms.is_none_or(|cut| ts >= cut) {
-                            combiner.add(key, ts, value);
+                            let key = match key_hash {
+                                Some(hash) => KeyRef::with_hash(key, hash),
+                                None => KeyRef::new(key),
+                            };
+                            combiner.add_hashed(key, ts, value);
                         }
                     }
                 });
@@ -484,6 +489,7 @@ impl PartitionFeed for MemoryFeed {
                 ts: *ts,
                 key,
                 value: *value,
+                key_hash: None,
             };
             deliver((self.position + offset) as u64, LogRecord::Event(event));
         }

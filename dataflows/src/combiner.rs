@@ -9,12 +9,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 
-use compact_str::CompactString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::agg::Agg;
-use crate::key::{key_hasher, Key};
+use crate::key::{CarriedHash, Key, KeyRef};
 use crate::window::round_down;
 
 /// Hash maps keyed by strings on the hot path. foldhash with a fixed seed:
@@ -67,7 +66,12 @@ pub trait LocalCombiner: 'static {
     type Record: Clone + Ord + Debug + Serialize + DeserializeOwned + Send + 'static;
 
     /// Folds one accepted event in.
-    fn add(&mut self, key: &str, ts: u64, value: i64);
+    fn add(&mut self, key: &str, ts: u64, value: i64) {
+        self.add_hashed(KeyRef::new(key), ts, value);
+    }
+
+    /// Folds one accepted event in, its key hashed already.
+    fn add_hashed(&mut self, key: KeyRef<'_>, ts: u64, value: i64);
 
     /// Hands partials whose time is `< watermark` to `out`, as updates at
     /// that time with diff +1, at most `limit` of them, oldest bucket first;
@@ -122,15 +126,16 @@ pub fn presize<M>(
     }
 }
 
-/// A bucket's partials by key text. Hashed like [`Key`]s ([`key_hasher`]),
-/// so a bucket drains in the order of its keys' hashes: the window
-/// operators' tables, hashed the same way, are then walked nearly in order
-/// instead of at random (a third of a 2M-key sliding run was cache misses in
-/// those lookups).
-type BucketMap<P> = HashMap<CompactString, P, foldhash::fast::FixedState>;
+/// A bucket's partials by key, in a table placed by the hash the keys
+/// carry ([`CarriedHash`]: looked up by a [`KeyRef`], nothing is hashed
+/// again, and a partial leaves with its key's hash). A bucket drains in the
+/// order of its keys' hashes: the window operators' tables, hashed the same
+/// way, are then walked nearly in order instead of at random (a third of a
+/// 2M-key sliding run was cache misses in those lookups).
+type BucketMap<P> = hashbrown::HashMap<Key, P, CarriedHash>;
 
 fn bucket_map<P>(capacity: usize) -> BucketMap<P> {
-    HashMap::with_capacity_and_hasher(capacity, key_hasher())
+    hashbrown::HashMap::with_capacity_and_hasher(capacity, CarriedHash)
 }
 
 /// Partials grouped by bucket time, then key.
@@ -159,24 +164,31 @@ impl<P> Buckets<P> {
     }
 
     #[inline]
-    fn upsert(&mut self, time: u64, key: &str, new: impl FnOnce() -> P, fold: impl FnOnce(&mut P)) {
+    fn upsert(
+        &mut self,
+        time: u64,
+        key: KeyRef<'_>,
+        new: impl FnOnce() -> P,
+        fold: impl FnOnce(&mut P),
+    ) {
         let map = if let Some(map) = self.by_time.get_mut(&time) {
             map
         } else {
             let capacity = presize(
                 time,
                 &self.by_time,
-                HashMap::len,
+                hashbrown::HashMap::len,
                 self.last_bucket_keys,
                 self.draining.is_some(),
             );
             self.by_time.entry(time).or_insert(bucket_map(capacity))
         };
-        // Look up by &str first so that the common case (key seen) allocates nothing.
-        if let Some(partial) = map.get_mut(key) {
+        // Looked up by reference first so that the common case (key seen)
+        // allocates nothing.
+        if let Some(partial) = map.get_mut(&key) {
             fold(partial);
         } else {
-            map.insert(CompactString::from(key), new());
+            map.insert(key.to_key(), new());
         }
     }
 
@@ -185,7 +197,7 @@ impl<P> Buckets<P> {
         watermark: u64,
         limit: usize,
         out: &mut dyn FnMut(Update<R>),
-        mut make: impl FnMut(u64, CompactString, P) -> R,
+        mut make: impl FnMut(u64, Key, P) -> R,
     ) -> bool {
         let mut given = 0;
         loop {
@@ -241,7 +253,12 @@ impl<P> Buckets<P> {
 
     fn len(&self) -> usize {
         let draining = self.draining.as_ref().map_or(0, |(_, rest)| rest.len());
-        draining + self.by_time.values().map(HashMap::len).sum::<usize>()
+        draining
+            + self
+                .by_time
+                .values()
+                .map(hashbrown::HashMap::len)
+                .sum::<usize>()
     }
 }
 
@@ -306,7 +323,7 @@ impl<P: PaneValue> LocalCombiner for PaneCombiner<P> {
     type Record = (Key, (u64, P));
 
     #[inline]
-    fn add(&mut self, key: &str, ts: u64, value: i64) {
+    fn add_hashed(&mut self, key: KeyRef<'_>, ts: u64, value: i64) {
         let time = self.pane_time(ts);
         self.buckets
             .upsert(time, key, || P::of(value), |partial| partial.add(value));
@@ -321,7 +338,7 @@ impl<P: PaneValue> LocalCombiner for PaneCombiner<P> {
         let pane_offset_ms = self.slide_ms - self.granularity_ms;
         self.buckets
             .flush_before(watermark, limit, out, |time, key, partial| {
-                (Key::new(key), (time - pane_offset_ms, partial))
+                (key, (time - pane_offset_ms, partial))
             })
     }
 
@@ -396,7 +413,7 @@ impl LocalCombiner for SessionCombiner {
     type Record = (Key, SessionPartial);
 
     #[inline]
-    fn add(&mut self, key: &str, ts: u64, value: i64) {
+    fn add_hashed(&mut self, key: KeyRef<'_>, ts: u64, value: i64) {
         let time = round_down(ts, self.granularity_ms);
         self.buckets.upsert(
             time,
@@ -413,9 +430,7 @@ impl LocalCombiner for SessionCombiner {
         out: &mut dyn FnMut(Update<Self::Record>),
     ) -> bool {
         self.buckets
-            .flush_before(watermark, limit, out, |_time, key, partial| {
-                (Key::new(key), partial)
-            })
+            .flush_before(watermark, limit, out, |_time, key, partial| (key, partial))
     }
 
     fn min_pending_time(&self) -> Option<u64> {

@@ -70,6 +70,99 @@ impl Key {
     }
 }
 
+/// A key's text, borrowed, with its hash: what a combiner looks a key up
+/// by, so that a key hashed once (on a log reader's thread, say) is not
+/// hashed again.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyRef<'a> {
+    hash: u64,
+    text: &'a str,
+}
+
+impl<'a> KeyRef<'a> {
+    /// The key `text`, hashed here.
+    #[inline]
+    pub fn new(text: &'a str) -> Self {
+        KeyRef {
+            hash: key_hash(text),
+            text,
+        }
+    }
+
+    /// The key `text` whose [`key_hash`] is `hash` (checked in debug
+    /// builds).
+    #[inline]
+    pub fn with_hash(text: &'a str, hash: u64) -> Self {
+        debug_assert_eq!(hash, key_hash(text), "a key's hash is not its text's");
+        KeyRef { hash, text }
+    }
+
+    /// The key's text.
+    #[inline]
+    pub fn as_str(&self) -> &'a str {
+        self.text
+    }
+
+    /// The key, owned.
+    #[inline]
+    pub fn to_key(&self) -> Key {
+        Key {
+            hash: self.hash,
+            text: CompactString::from(self.text),
+        }
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    #[inline]
+    fn equivalent(&self, key: &Key) -> bool {
+        self.hash == key.hash && self.text == key.text.as_str()
+    }
+}
+
+/// Hashes [`Key`]s and [`KeyRef`]s by the hash they carry, unchanged:
+/// tables keyed by them hash nothing again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CarriedHash;
+
+impl BuildHasher for CarriedHash {
+    type Hasher = CarriedHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> CarriedHasher {
+        CarriedHasher(0)
+    }
+}
+
+/// The hasher of [`CarriedHash`].
+#[derive(Clone, Copy, Debug)]
+pub struct CarriedHasher(u64);
+
+impl Hasher for CarriedHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    /// Other data than a carried hash (not written by keys): mixed in, so
+    /// the hasher stays a hasher.
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = key_hasher().hash_one((self.0, bytes));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
 impl From<&str> for Key {
     fn from(text: &str) -> Self {
         Key::new(text)
@@ -137,6 +230,40 @@ impl<'de> Deserialize<'de> for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_ref_finds_its_key_by_the_carried_hash() {
+        let mut map: hashbrown::HashMap<Key, u32, CarriedHash> =
+            hashbrown::HashMap::with_hasher(CarriedHash);
+        for (i, text) in ["a", "ключ", "", "a key longer than twenty-four bytes"]
+            .into_iter()
+            .enumerate()
+        {
+            map.insert(Key::new(text), i as u32);
+        }
+        for (i, text) in ["a", "ключ", "", "a key longer than twenty-four bytes"]
+            .into_iter()
+            .enumerate()
+        {
+            let by_ref = KeyRef::new(text);
+            assert_eq!(map.get(&by_ref), Some(&(i as u32)), "{text}");
+            let hashed = KeyRef::with_hash(text, key_hash(text));
+            assert_eq!(map.get(&hashed), Some(&(i as u32)), "{text}");
+            assert_eq!(by_ref.to_key(), Key::new(text));
+            assert_eq!(
+                CarriedHash.hash_one(by_ref),
+                CarriedHash.hash_one(Key::new(text))
+            );
+        }
+        assert_eq!(map.get(&KeyRef::new("b")), None);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "a key's hash is not its text's")]
+    fn a_key_ref_with_another_keys_hash_is_caught_in_debug_builds() {
+        let _ = KeyRef::with_hash("a", key_hash("b"));
+    }
 
     #[test]
     fn equal_texts_are_equal_keys_and_order_is_total() {

@@ -164,6 +164,7 @@ impl<R: std::io::Read> CsvReader<R> {
             ts: date_time,
             key: &self.scratch,
             value,
+            key_hash: None,
         })
     }
 }

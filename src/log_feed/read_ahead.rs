@@ -1,19 +1,19 @@
-//! A log partition read on a thread of its own (decision 66): the thread
-//! makes the read calls and checks every frame's checksums, and hands the
-//! verified payloads over a bounded channel in chunks of about
-//! [`CHUNK_BYTES`]; the worker only decodes them. On a machine with a core
-//! the workers leave free, that moves a quarter of a window run's work off
-//! the worker.
+//! A log partition read on a thread of its own (decisions 66 and 69): the
+//! thread makes the read calls, checks every frame's checksums and decodes
+//! the events (their keys checked as UTF-8 and hashed), and hands them over
+//! a bounded channel in chunks of at most [`CHUNK_RECORDS`] records or
+//! about [`CHUNK_BYTES`] of payload; the worker only walks them. On a
+//! machine with a core the workers leave free, that moves a third of a
+//! window run's source work off the worker.
 //!
-//! The records, their offsets, the errors (with the offset of a corrupt
-//! record, after every record before it) and what the end of the data
-//! means (ended with `until_end` or once `stop` is set before the end was
-//! read; otherwise more may come) are those of reading inline; only the
-//! poll that reports the end may come one after the last records', not
+//! The records, their offsets, the errors (with the offset of a corrupt or
+//! undecodable record, after every record before it) and what the end of
+//! the data means (ended with `until_end` or once `stop` is set before the
+//! end was read; otherwise more may come) are those of reading inline; only
+//! the poll that reports the end may come one after the last records', not
 //! with them. At most `CHUNKS_QUEUED + 2` chunks exist per partition
-//! (queued, being filled, being decoded); emptied chunks go back to the
-//! thread to be filled again, unless a record larger than a chunk made one
-//! grow past twice its size.
+//! (queued, being filled, being delivered); emptied chunks go back to the
+//! thread to be filled again.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,41 +22,56 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::event::LogRecord;
-use crate::log::{LogError, PartitionReader};
+use weir_dataflows::key::Key;
+
+use crate::event::{EventRef, LogRecord};
+use crate::log::PartitionReader;
 use crate::source::{FeedError, FeedStatus, PartitionFeed};
 
-/// Payload bytes (each with a 4-byte length before it) per chunk.
+/// Payload bytes per chunk, about (a chunk ends after the record that
+/// reaches it).
 pub const CHUNK_BYTES: usize = 256 << 10;
 /// Chunks waiting for the worker, at most.
 const CHUNKS_QUEUED: usize = 2;
 /// The longest the thread sleeps at the end of a tailed partition.
 const IDLE_WAIT_MAX_MS: u64 = 16;
 
-/// What the thread hands over.
-enum Ahead {
-    /// Records from `first_offset` on, `u32` length then payload each.
-    Records { first_offset: u64, bytes: Vec<u8> },
-    /// The partition ended (until its end, or stopped).
-    Ended,
-    /// Reading failed; nothing comes after it.
-    Failed(LogError),
+/// Records per chunk, at most.
+pub const CHUNK_RECORDS: usize = 8192;
+
+/// A record decoded on the thread.
+enum Decoded {
+    Event { ts: u64, value: i64, key: Key },
+    Idle { watermark_ms: u64 },
 }
 
-/// A chunk being decoded.
+/// What the thread hands over.
+enum Ahead {
+    /// Records from `first_offset` on.
+    Records {
+        first_offset: u64,
+        records: Vec<Decoded>,
+    },
+    /// The partition ended (until its end, or stopped).
+    Ended,
+    /// Reading or decoding failed; nothing comes after it.
+    Failed(FeedError),
+}
+
+/// A chunk being delivered.
 struct Current {
     next_offset: u64,
-    bytes: Vec<u8>,
+    records: Vec<Decoded>,
     at: usize,
 }
 
-/// Reads one log partition on its own thread, decoding events on the caller's.
+/// Reads and decodes one log partition on its own thread.
 pub struct ReadAheadFeed {
     partition: u32,
     dir: PathBuf,
     until_end: bool,
     received: Option<Receiver<Ahead>>,
-    spares: SyncSender<Vec<u8>>,
+    spares: SyncSender<Vec<Decoded>>,
     closed: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     current: Option<Current>,
@@ -73,6 +88,7 @@ impl ReadAheadFeed {
         stop: Option<Arc<AtomicBool>>,
     ) -> std::io::Result<Self> {
         let dir = reader.dir().to_owned();
+        let thread_dir = dir.clone();
         let (sender, received) = mpsc::sync_channel(CHUNKS_QUEUED);
         let (spares, spare_received) = mpsc::sync_channel(CHUNKS_QUEUED + 2);
         let closed = Arc::new(AtomicBool::new(false));
@@ -82,7 +98,13 @@ impl ReadAheadFeed {
             .spawn(move || {
                 let ends =
                     move || until_end || stop.as_ref().is_some_and(|s| s.load(Ordering::Acquire));
-                read(reader, &ends, (&sender, &spare_received), &thread_closed);
+                let place = (partition, thread_dir.as_path());
+                read(
+                    (reader, place),
+                    &ends,
+                    (&sender, &spare_received),
+                    &thread_closed,
+                );
             })?;
         Ok(ReadAheadFeed {
             partition,
@@ -116,17 +138,17 @@ impl ReadAheadFeed {
         match next {
             Ok(Ahead::Records {
                 first_offset,
-                bytes,
+                records,
             }) => Ok(Some(Current {
                 next_offset: first_offset,
-                bytes,
+                records,
                 at: 0,
             })),
             Ok(Ahead::Ended) => {
                 self.ended = true;
                 Ok(None)
             }
-            Ok(Ahead::Failed(e)) => Err(self.error(Box::new(e))),
+            Ok(Ahead::Failed(e)) => Err(e),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => {
                 // Only a panic ends the thread without a last word: say which.
@@ -154,10 +176,14 @@ impl PartitionFeed for ReadAheadFeed {
     ) -> Result<FeedStatus, FeedError> {
         let mut delivered = 0;
         while delivered < max_records {
-            if self.current.as_ref().is_none_or(|c| c.at == c.bytes.len()) {
+            if self
+                .current
+                .as_ref()
+                .is_none_or(|c| c.at == c.records.len())
+            {
                 if let Some(done) = self.current.take() {
                     // The thread makes a new chunk if the return is full.
-                    let _ = self.spares.try_send(done.bytes);
+                    let _ = self.spares.try_send(done.records);
                 }
                 if self.ended {
                     break;
@@ -171,19 +197,24 @@ impl PartitionFeed for ReadAheadFeed {
                 continue;
             }
             let current = self.current.as_mut().expect("a chunk with records");
-            let len_at = current.at;
-            let len = u32::from_le_bytes(
-                current.bytes[len_at..len_at + 4]
-                    .try_into()
-                    .expect("4 bytes"),
-            ) as usize;
-            let payload = &current.bytes[len_at + 4..len_at + 4 + len];
-            current.at = len_at + 4 + len;
-            let offset = current.next_offset;
-            current.next_offset += 1;
-            let record = super::decode_at((self.partition, &self.dir), offset, payload)?;
-            deliver(offset, record);
-            delivered += 1;
+            let take = (max_records - delivered).min(current.records.len() - current.at);
+            for record in &current.records[current.at..current.at + take] {
+                let record = match record {
+                    Decoded::Event { ts, value, key } => LogRecord::Event(EventRef {
+                        ts: *ts,
+                        key: key.as_str(),
+                        value: *value,
+                        key_hash: Some(key.hash_value()),
+                    }),
+                    Decoded::Idle { watermark_ms } => LogRecord::Idle {
+                        watermark_ms: *watermark_ms,
+                    },
+                };
+                deliver(current.next_offset, record);
+                current.next_offset += 1;
+            }
+            current.at += take;
+            delivered += take;
         }
         Ok(match (delivered, self.ended) {
             (0, true) => FeedStatus::Ended,
@@ -204,66 +235,81 @@ impl Drop for ReadAheadFeed {
     }
 }
 
-/// The thread: reads `reader` into chunks until the partition ends, reading
-/// fails, or the feed is dropped.
+/// The thread: reads and decodes the partition (`reader`, at `place`) into
+/// chunks until it ends, reading or decoding fails, or the feed is dropped.
 fn read(
-    mut reader: PartitionReader,
+    (mut reader, place): (PartitionReader, (u32, &std::path::Path)),
     ends: &dyn Fn() -> bool,
-    (sender, spares): (&SyncSender<Ahead>, &Receiver<Vec<u8>>),
+    (sender, spares): (&SyncSender<Ahead>, &Receiver<Vec<Decoded>>),
     closed: &AtomicBool,
 ) {
     let mut idle_ms = 1;
-    let mut kept: Option<Vec<u8>> = None;
+    let mut kept: Option<Vec<Decoded>> = None;
     while !closed.load(Ordering::Acquire) {
         // Read before the data: an end reached after the run was stopped
         // ends the partition only if the stop came before that read
         // (records appended before the stop are then all read).
         let ending = ends();
-        let mut bytes = kept
+        let mut records = kept
             .take()
             .or_else(|| spares.try_recv().ok())
-            .filter(|b| b.capacity() <= 2 * CHUNK_BYTES)
-            .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES + 4096));
-        bytes.clear();
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_RECORDS));
+        records.clear();
         let mut first_offset = None;
         let mut at_end = false;
-        while bytes.len() < CHUNK_BYTES {
-            match reader.next() {
+        let mut payload_bytes = 0;
+        while records.len() < CHUNK_RECORDS && payload_bytes < CHUNK_BYTES {
+            let failed = match reader.next() {
                 Ok(Some((offset, payload))) => {
                     first_offset.get_or_insert(offset);
-                    let len = u32::try_from(payload.len()).expect("records are at most 16 MiB");
-                    bytes.extend_from_slice(&len.to_le_bytes());
-                    bytes.extend_from_slice(payload);
+                    payload_bytes += payload.len();
+                    match super::decode_at(place, offset, payload) {
+                        Ok(LogRecord::Event(event)) => {
+                            records.push(Decoded::Event {
+                                ts: event.ts,
+                                value: event.value,
+                                key: Key::new(event.key),
+                            });
+                            continue;
+                        }
+                        Ok(LogRecord::Idle { watermark_ms }) => {
+                            records.push(Decoded::Idle { watermark_ms });
+                            continue;
+                        }
+                        Err(e) => e,
+                    }
                 }
                 Ok(None) => {
                     at_end = true;
                     break;
                 }
-                Err(e) => {
-                    if let Some(first_offset) = first_offset {
-                        let _ = sender.send(Ahead::Records {
-                            first_offset,
-                            bytes,
-                        });
-                    }
-                    let _ = sender.send(Ahead::Failed(e));
-                    return;
-                }
+                Err(e) => FeedError {
+                    partition: place.0,
+                    source: Box::new(e),
+                },
+            };
+            if let Some(first_offset) = first_offset.filter(|_| !records.is_empty()) {
+                let _ = sender.send(Ahead::Records {
+                    first_offset,
+                    records,
+                });
             }
+            let _ = sender.send(Ahead::Failed(failed));
+            return;
         }
         if let Some(first_offset) = first_offset {
             idle_ms = 1;
             if sender
                 .send(Ahead::Records {
                     first_offset,
-                    bytes,
+                    records,
                 })
                 .is_err()
             {
                 return;
             }
         } else {
-            kept = Some(bytes);
+            kept = Some(records);
             if at_end && !ending {
                 std::thread::sleep(Duration::from_millis(idle_ms));
                 idle_ms = (idle_ms * 2).min(IDLE_WAIT_MAX_MS);

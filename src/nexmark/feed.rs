@@ -118,7 +118,7 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
             if malformed.is_some() {
                 return;
             }
-            let EventRef { ts, key, value } = match record {
+            let EventRef { ts, key, value, .. } = match record {
                 LogRecord::Event(event) => event,
                 idle @ LogRecord::Idle { watermark_ms } => {
                     if let Some(d) = dominated.as_mut() {
@@ -144,7 +144,16 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
             } else {
                 key
             };
-            deliver(offset, LogRecord::Event(EventRef { ts, key, value }));
+            let key_hash = None;
+            deliver(
+                offset,
+                LogRecord::Event(EventRef {
+                    ts,
+                    key,
+                    value,
+                    key_hash,
+                }),
+            );
         })?;
         match malformed {
             None => Ok(status),
@@ -217,7 +226,16 @@ impl PartitionFeed for GeneratorFeed {
             let (ts, value) = super::gen::stored_record(&event, self.table, &mut self.key)
                 .expect("the type filter yields only the table's events");
             let key = &self.key;
-            deliver(offset, LogRecord::Event(EventRef { ts, key, value }));
+            let key_hash = None;
+            deliver(
+                offset,
+                LogRecord::Event(EventRef {
+                    ts,
+                    key,
+                    value,
+                    key_hash,
+                }),
+            );
         }
         Ok(if self.next_offset == self.end_offset {
             FeedStatus::Ended

@@ -32,10 +32,12 @@ impl PartitionFeed for StalledFeed {
         for (offset, (ts, key, value)) in
             self.events.iter().enumerate().take(end).skip(self.position)
         {
+            // Every other key comes hashed, as a log read ahead gives them.
             let event = EventRef {
                 ts: *ts,
                 key,
                 value: *value,
+                key_hash: (offset % 2 == 1).then(|| weir_dataflows::key::key_hash(key)),
             };
             deliver(offset as u64, LogRecord::Event(event));
         }
