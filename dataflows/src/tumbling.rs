@@ -7,9 +7,11 @@
 //! [`ROWS_PER_ACTIVATION`] per activation (the operator activates itself for
 //! the rest), so the rows in flight stay bounded however many keys a window
 //! has. One hash-map update per partial; the oracle tests compare the rows
-//! with the reference.
+//! with the reference. With one worker in the dataflow and every row
+//! emitted (`--emit all`), a window's partials come from one combiner, one
+//! per key, so they are listed instead of merged (decision 70).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::mem::size_of;
 use std::sync::Arc;
 
@@ -51,6 +53,9 @@ pub fn tumbling_windows(
     windows.assert_valid();
     assert_eq!(size_ms, slide_ms, "tumbling windows have one pane each");
     let scope = partials.inner.scope();
+    // One combiner upstream gives each key of a window once: nothing to
+    // merge, unless changes need the keys looked up.
+    let listed = scope.peers() == 1 && emit == Emit::All;
     let by_key = Exchange::new(|update: &Update<(Key, (u64, Agg))>| update.0 .0.hash_value());
     partials
         .inner
@@ -60,7 +65,7 @@ pub fn tumbling_windows(
             // per activation.
             let mut emitting: Option<Emitting> = None;
             // Per release time, each key's merged aggregate.
-            let mut pending: BTreeMap<u64, FastMap<Key, Agg>> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, Window> = BTreeMap::new();
             // Keys of the last window emitted: the next map starts that large.
             let mut last_window_keys = 0usize;
             // A capability at or below every pending time (and the window
@@ -92,19 +97,16 @@ pub fn tumbling_windows(
                                 let capacity = presize(
                                     time,
                                     &pending,
-                                    HashMap::len,
+                                    Window::len,
                                     last_window_keys,
                                     emitting.is_some(),
                                 )
                                 .max(last_window_keys);
                                 pending
                                     .entry(time)
-                                    .or_insert(fast_map_with_capacity(capacity))
+                                    .or_insert(Window::with_capacity(listed, capacity))
                             };
-                            merged
-                                .entry(key)
-                                .and_modify(|total| total.merge_weighted(&agg, copies))
-                                .or_insert_with(|| agg.repeated(copies));
+                            merged.add(key, &agg, copies);
                         }
                     }
                 });
@@ -157,9 +159,21 @@ pub fn tumbling_windows(
                     } else {
                         let window = pending.remove(&time).expect("the next pending window");
                         last_window_keys = window.len();
-                        match emit {
-                            Emit::All => RowsLeft::All(window.into_iter()),
-                            Emit::Changes => {
+                        match (emit, window) {
+                            (Emit::All, Window::Merged(window)) => {
+                                RowsLeft::All(window.into_iter())
+                            }
+                            (Emit::All, Window::Listed(window)) => {
+                                debug_assert!(
+                                    one_per_key(&window),
+                                    "a key's partials of one window came twice from one combiner"
+                                );
+                                RowsLeft::Listed(window.into_iter())
+                            }
+                            (Emit::Changes, Window::Listed(_)) => {
+                                unreachable!("changes merge their windows")
+                            }
+                            (Emit::Changes, Window::Merged(window)) => {
                                 // `previous` is the window just before this one, or
                                 // empty (it left in an empty window in between).
                                 let mut changed = Vec::new();
@@ -188,9 +202,10 @@ pub fn tumbling_windows(
                 }
                 let (aggregates, capacity) = pending
                     .values()
-                    .chain(std::iter::once(&previous))
-                    .fold((0, 0), |(n, c), m| (n + m.len(), c + m.capacity()));
-                let largest_window = pending.values().map(HashMap::len).max().unwrap_or(0);
+                    .map(|w| (w.len(), w.capacity()))
+                    .chain(std::iter::once((previous.len(), previous.capacity())))
+                    .fold((0, 0), |(n, c), (len, cap)| (n + len, c + cap));
+                let largest_window = pending.values().map(Window::len).max().unwrap_or(0);
                 // A hash map entry: key, aggregate and a control byte.
                 let entry_bytes = size_of::<Key>() + size_of::<Agg>() + 1;
                 gauge.set(aggregates, largest_window, capacity * entry_bytes);
@@ -208,6 +223,57 @@ pub fn tumbling_windows(
                 );
             }
         })
+}
+
+/// The partials of a window not released yet.
+enum Window {
+    /// Merged by key.
+    Merged(FastMap<Key, Agg>),
+    /// As they came: one per key (one combiner upstream; checked in debug
+    /// builds).
+    Listed(Vec<(Key, Agg)>),
+}
+
+impl Window {
+    fn with_capacity(listed: bool, capacity: usize) -> Self {
+        if listed {
+            Window::Listed(Vec::with_capacity(capacity))
+        } else {
+            Window::Merged(fast_map_with_capacity(capacity))
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, key: Key, agg: &Agg, copies: u64) {
+        match self {
+            Window::Merged(map) => {
+                map.entry(key)
+                    .and_modify(|total| total.merge_weighted(agg, copies))
+                    .or_insert_with(|| agg.repeated(copies));
+            }
+            Window::Listed(list) => list.push((key, agg.repeated(copies))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Window::Merged(map) => map.len(),
+            Window::Listed(list) => list.len(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            Window::Merged(map) => map.capacity(),
+            Window::Listed(list) => list.capacity(),
+        }
+    }
+}
+
+/// Whether `partials` hold each key once.
+fn one_per_key(partials: &[(Key, Agg)]) -> bool {
+    let mut keys = std::collections::HashSet::with_capacity(partials.len());
+    partials.iter().all(|(key, _)| keys.insert(key))
 }
 
 /// A window whose rows are being given.
