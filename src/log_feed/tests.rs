@@ -115,6 +115,40 @@ fn a_corrupt_record_fails_after_the_same_records_with_the_same_error() {
 }
 
 #[test]
+fn an_undecodable_record_fails_after_the_same_records_with_the_same_error() {
+    // Around the read-ahead chunk's record limit: before it, at it, after it.
+    for bad_at in [
+        super::read_ahead::CHUNK_RECORDS as u64 - 1,
+        super::read_ahead::CHUNK_RECORDS as u64,
+        super::read_ahead::CHUNK_RECORDS as u64 + 5,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        append(tmp.path(), 0, bad_at, 64 << 20);
+        // A frame whose checksums hold but whose event key is not UTF-8.
+        let mut payload = Vec::new();
+        encode_event(1, "k", 2, &mut payload);
+        payload.push(0xFF);
+        let mut writer = PartitionWriter::open(tmp.path(), LogConfig::default()).unwrap();
+        writer.append(&payload).unwrap();
+        writer.sync().unwrap();
+        drop(writer);
+        append(tmp.path(), bad_at + 1, bad_at + 100, 64 << 20);
+        let inline = drain(&mut open(tmp.path(), 0, true), 1_000);
+        let ahead = drain(&mut open(tmp.path(), 0, true).read_ahead().unwrap(), 1_000);
+        assert!(
+            inline
+                .1
+                .as_ref()
+                .is_err_and(|e| e.contains(&format!("offset {bad_at}")) && e.contains("UTF-8")),
+            "{:?}",
+            inline.1
+        );
+        assert_eq!(inline.0.len() as u64, bad_at);
+        assert_eq!(ahead, inline);
+    }
+}
+
+#[test]
 fn a_tailed_partition_gets_what_is_appended_and_ends_once_stopped() {
     let tmp = tempfile::tempdir().unwrap();
     append(tmp.path(), 0, 1_000, 64 << 20);

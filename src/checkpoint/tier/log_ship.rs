@@ -32,6 +32,7 @@ use std::path::Path;
 use self::dead_letters::{fetch_dead_letters, parse_piece, ship_dead_letters, ShippedDeadLetters};
 use super::source::{LocalSource, SourceKey};
 use super::{epoch::epoch_prefix, Blob};
+use crate::ingest::stream::position::SourcePosition;
 use crate::log::format::{encode_segment_header, list_segments, segment_path};
 use crate::log::{list_partitions, partition_dir, scan_segment, validate_topic, PartitionReader};
 use crate::storage::durable::{create_dir_all_durably, write_file_atomically};
@@ -376,6 +377,32 @@ pub fn fetch_log(
             _ => None,
         })
         .collect();
+    // The dead letters first, all checked against the shipped `POSITION`s
+    // before any partition is replaced.
+    let mut committed = Vec::new();
+    for (key, _) in meta
+        .iter()
+        .filter(|(k, _)| k.ends_with(&format!(".{POSITION}")))
+    {
+        let Some(LogObject::PartitionMeta(partition, _)) =
+            parse_object(key.rsplit('/').next().unwrap_or_default())
+        else {
+            continue;
+        };
+        if let Some(bytes) = blob.get(key).map_err(|e| e.to_string())? {
+            let position = SourcePosition::decode(&bytes)
+                .map_err(|(offset, reason)| format!("{key} at byte {offset}: {reason}"))?;
+            committed.push((partition, position.dead_letter_len_bytes));
+        }
+    }
+    let (dead_letter_bytes, notes) = fetch_dead_letters(
+        blob,
+        &prefix,
+        (dead_letter_pieces, &committed),
+        (log_dir, replace),
+    )?;
+    fetched.dead_letter_bytes = dead_letter_bytes;
+    fetched.notes.extend(notes);
     for ((topic, partition), mut list) in chunks {
         let from_offset = if with_position.contains(&(topic.clone(), partition)) {
             0
@@ -443,8 +470,6 @@ pub fn fetch_log(
             list.last().map_or(0, |c| c.1)
         ));
     }
-    fetched.dead_letter_bytes =
-        fetch_dead_letters(blob, &prefix, dead_letter_pieces, (log_dir, replace))?;
     for (key, path) in meta {
         if (path.exists() && !replace) || !path.parent().is_some_and(Path::exists) {
             continue;

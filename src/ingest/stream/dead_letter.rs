@@ -55,6 +55,15 @@ impl DeadLetters {
             .open(path)
             .map_err(IoError::at(path))?;
         let mut len_bytes = file.metadata().map_err(IoError::at(path))?.len();
+        if len_bytes < committed_len_bytes {
+            tracing::warn!(
+                path = %path.display(),
+                len_bytes,
+                committed_len_bytes,
+                "the dead-letter file is shorter than its POSITION commits (cut or replaced \
+                 under the source?): its rows go on after what it holds"
+            );
+        }
         if len_bytes > committed_len_bytes {
             truncate_file_durably(path, committed_len_bytes)?;
             len_bytes = committed_len_bytes;
