@@ -39,6 +39,18 @@ pub struct EventRef<'a> {
     pub key_hash: Option<u64>,
 }
 
+impl<'a> EventRef<'a> {
+    /// An event whose key is not hashed yet.
+    pub fn new(ts: u64, key: &'a str, value: i64) -> Self {
+        EventRef {
+            ts,
+            key,
+            value,
+            key_hash: None,
+        }
+    }
+}
+
 impl Event {
     /// Borrows this event.
     pub fn as_event_ref(&self) -> EventRef<'_> {

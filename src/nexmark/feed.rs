@@ -144,16 +144,7 @@ impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
             } else {
                 key
             };
-            let key_hash = None;
-            deliver(
-                offset,
-                LogRecord::Event(EventRef {
-                    ts,
-                    key,
-                    value,
-                    key_hash,
-                }),
-            );
+            deliver(offset, LogRecord::Event(EventRef::new(ts, key, value)));
         })?;
         match malformed {
             None => Ok(status),
@@ -226,16 +217,7 @@ impl PartitionFeed for GeneratorFeed {
             let (ts, value) = super::gen::stored_record(&event, self.table, &mut self.key)
                 .expect("the type filter yields only the table's events");
             let key = &self.key;
-            let key_hash = None;
-            deliver(
-                offset,
-                LogRecord::Event(EventRef {
-                    ts,
-                    key,
-                    value,
-                    key_hash,
-                }),
-            );
+            deliver(offset, LogRecord::Event(EventRef::new(ts, key, value)));
         }
         Ok(if self.next_offset == self.end_offset {
             FeedStatus::Ended

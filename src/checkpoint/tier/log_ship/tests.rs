@@ -1,6 +1,8 @@
 //! Tests of log shipping: rounds, listing again, damage, retention, gaps, the resume filter.
 
 use super::*;
+use std::path::PathBuf;
+
 use crate::checkpoint::tier::FileBlob;
 use crate::log::{LogConfig, PartitionWriter};
 
@@ -194,6 +196,23 @@ fn chunks_below_the_local_log_are_dropped_and_a_gap_starts_a_new_run() {
     assert_eq!(fetched.records, 45 - chunks[2].0);
 }
 
+/// A log of `records` in partition 0 of `events` under `tmp/log`, a store
+/// in `tmp/cold`, and the path of the dead-letter file `file` beside them
+/// (its directory made).
+fn with_dead_letters(
+    tmp: &Path,
+    records: u64,
+    file: &str,
+) -> (PathBuf, FileBlob, PathBuf, PathBuf) {
+    let log = tmp.join("log");
+    let blob = FileBlob::open(&tmp.join("cold")).unwrap();
+    let p0 = partition_dir(&log, "events", 0);
+    append(&p0, 0, records);
+    let dead_file = tmp.join("dead-letter").join(file);
+    std::fs::create_dir_all(dead_file.parent().unwrap()).unwrap();
+    (log, blob, p0, dead_file)
+}
+
 /// Whether the object `key` is a dead-letter piece.
 fn is_piece(key: &str) -> bool {
     parse_piece(key.rsplit('/').next().unwrap_or_default()).is_some()
@@ -213,12 +232,7 @@ fn commit_position(dir: &Path, log_next_offset: u64, dead_letter_len_bytes: u64)
 #[test]
 fn committed_dead_letters_ship_in_pieces_bounded_in_number_and_come_back_whole() {
     let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("log");
-    let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
-    let p0 = partition_dir(&log, "events", 0);
-    append(&p0, 0, 3);
-    let dead_file = tmp.path().join("dead-letter").join("events-source-0.csv");
-    std::fs::create_dir_all(dead_file.parent().unwrap()).unwrap();
+    let (log, blob, p0, dead_file) = with_dead_letters(tmp.path(), 3, "events-source-0.csv");
     let mut rows = b"source,seq,reason,payload\n".to_vec();
     std::fs::write(&dead_file, &rows).unwrap();
     let mut shipped = ShippedLog::default();
@@ -296,12 +310,7 @@ fn committed_dead_letters_ship_in_pieces_bounded_in_number_and_come_back_whole()
 #[test]
 fn a_dead_letter_file_rewritten_under_the_source_is_shipped_whole_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("log");
-    let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
-    let p0 = partition_dir(&log, "events", 0);
-    append(&p0, 0, 1);
-    let dead_file = tmp.path().join("dead-letter").join("events-source.csv");
-    std::fs::create_dir_all(dead_file.parent().unwrap()).unwrap();
+    let (log, blob, p0, dead_file) = with_dead_letters(tmp.path(), 1, "events-source.csv");
     let mut shipped = ShippedLog::default();
     let mut ship = |rows: &[u8]| {
         std::fs::write(&dead_file, rows).unwrap();
@@ -340,43 +349,23 @@ fn a_dead_letter_file_rewritten_under_the_source_is_shipped_whole_again() {
 #[test]
 fn dead_letters_outside_the_default_directory_are_not_shipped() {
     let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("log");
-    let blob = FileBlob::open(&tmp.path().join("cold")).unwrap();
-    let p0 = partition_dir(&log, "events", 0);
-    append(&p0, 0, 1);
+    let (log, blob, p0, nats_file) = with_dead_letters(tmp.path(), 1, "events-source.csv");
     commit_position(&p0, 1, 100);
+    let ship = |shipped: &mut ShippedLog| {
+        ship_log(&blob, (1, &log, u64::MAX), shipped, &LocalSource::new(1))
+    };
     let mut shipped = ShippedLog::default();
-    ship_log(
-        &blob,
-        (1, &log, u64::MAX),
-        &mut shipped,
-        &LocalSource::new(1),
-    )
-    .unwrap();
+    ship(&mut shipped).unwrap();
     let keys = blob.list(&log_prefix(1)).unwrap();
     assert!(!keys.iter().any(|k| is_piece(k)), "{keys:?}");
     // A NATS source's file (no partition in its name) is found.
-    let nats_file = tmp.path().join("dead-letter").join("events-source.csv");
-    std::fs::create_dir_all(nats_file.parent().unwrap()).unwrap();
     std::fs::write(&nats_file, vec![b'x'; 120]).unwrap();
-    let round = ship_log(
-        &blob,
-        (1, &log, u64::MAX),
-        &mut shipped,
-        &LocalSource::new(1),
-    )
-    .unwrap();
+    let round = ship(&mut shipped).unwrap();
     assert_eq!(round.bytes, 100);
     // Shorter than its POSITION commits: skipped (with a warning), and the
     // log and POSITION still ship.
     commit_position(&p0, 1, 500);
     append(&p0, 1, 3);
-    let round = ship_log(
-        &blob,
-        (1, &log, u64::MAX),
-        &mut shipped,
-        &LocalSource::new(1),
-    )
-    .unwrap();
+    let round = ship(&mut shipped).unwrap();
     assert_eq!(round.records, 2);
 }
