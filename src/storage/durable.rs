@@ -70,9 +70,9 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     replace_file(path, bytes, false)
 }
 
-/// As [`write_file_atomically`], for a file not read again soon (a copy in
-/// a cold tier): a large one goes around the page cache ([`write_new_file`]).
-/// A file that is read right after (a restore's) stays in the cache.
+/// As [`write_file_atomically`], for a file written once and not read
+/// again many times (a copy in a cold tier, a restored checkpoint data
+/// file): a large one goes around the page cache ([`write_new_file`]).
 pub fn write_cold_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     replace_file(path, bytes, true)
 }
