@@ -391,3 +391,67 @@ pub(super) fn fetch_dead_letters(
     }
     Ok((written, notes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(from: u64, to: u64) -> Piece {
+        Piece {
+            from,
+            to,
+            crc32c: 0,
+        }
+    }
+
+    #[test]
+    fn small_pieces_are_shipped_again_from_the_first_once_there_are_sixteen() {
+        // Two full-size pieces, then small ones.
+        let mut covered = vec![
+            piece(0, MAX_PIECE_BYTES),
+            piece(MAX_PIECE_BYTES, 2 * MAX_PIECE_BYTES),
+        ];
+        let mut end = 2 * MAX_PIECE_BYTES;
+        for _ in 0..MAX_SMALL_PIECES - 1 {
+            covered.push(piece(end, end + 10));
+            end += 10;
+        }
+        assert_eq!(restart_from(&covered, end), end);
+        covered.push(piece(end, end + 10));
+        end += 10;
+        assert_eq!(restart_from(&covered, end), 2 * MAX_PIECE_BYTES);
+        assert_eq!(cover(&covered), (covered.clone(), end));
+    }
+
+    #[test]
+    fn the_cover_takes_the_longest_piece_at_each_step_and_stops_at_a_gap() {
+        let pieces = [
+            piece(0, 10),
+            piece(0, 30),
+            piece(10, 20),
+            piece(30, 40),
+            piece(50, 60),
+        ];
+        assert_eq!(cover(&pieces), (vec![piece(0, 30), piece(30, 40)], 40));
+        assert_eq!(cover(&[]), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn only_canonical_names_of_bounded_pieces_parse() {
+        let name = piece_name("events-source-0.csv", piece(5, 9));
+        assert_eq!(
+            parse_piece(&name),
+            Some(("events-source-0.csv".to_owned(), piece(5, 9)))
+        );
+        for bad in [
+            "events-source-0.csv.+0000000000000000005-00000000000000000009.00000000.dead",
+            "events-source-0.csv.00000000000000000005-00000000000000000009.0.dead",
+            "../x.00000000000000000005-00000000000000000009.00000000.dead",
+            "x.00000000000000000009-00000000000000000005.00000000.dead",
+        ] {
+            assert_eq!(parse_piece(bad), None, "{bad}");
+        }
+        let huge = piece_name("x", piece(0, MAX_PIECE_BYTES + 1));
+        assert_eq!(parse_piece(&huge), None);
+    }
+}
