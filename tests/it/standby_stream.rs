@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use weir::checkpoint::tier::epoch::epoch_prefix;
 use weir::checkpoint::tier::{newest_cold_record, open_cold_store};
+use weir::ingest::stream::position::SourcePosition;
 
 use crate::cold_tier::{assert_took_over, committed_rows, spawn_group};
 use crate::kill_clock::{kill_group, sleep_while_running, KillClock};
@@ -53,15 +54,26 @@ fn a_standby_continues_a_stream_from_the_shipped_position() {
     );
     primary.retain(|a| a != "--until-end");
     let mut child = spawn_group(&primary, &[], &tmp.path().join("primary.log"));
-    // Killed once the cold tier holds a checkpoint that covers messages.
+    // Killed once the cold tier holds a checkpoint that covers messages,
+    // and a shipped `POSITION` that commits dead letters (shipped before
+    // it, so the standby can have them only from the store).
+    let shipped_dead_letters = |epoch: u64| {
+        blob.get(&format!("{}/log/events.0.POSITION", epoch_prefix(epoch)))
+            .ok()
+            .flatten()
+            .and_then(|bytes| SourcePosition::decode(&bytes).ok())
+            .is_some_and(|p| p.dead_letter_len_bytes > 0)
+    };
     wait_until(
         Duration::from_millis(5),
         || {
             newest_cold_record(blob.as_ref()).is_ok_and(|r| {
-                r.is_some_and(|(_, r)| r.partitions.iter().any(|p| p.resume_offset > 0))
+                r.is_some_and(|(epoch, r)| {
+                    r.partitions.iter().any(|p| p.resume_offset > 0) && shipped_dead_letters(epoch)
+                })
             })
         },
-        || "no checkpoint covering messages reached the cold tier".into(),
+        || "no checkpoint covering messages and dead letters reached the cold tier".into(),
     );
     let mut clock = KillClock::new(23, Duration::from_millis(400));
     assert!(
