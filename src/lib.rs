@@ -21,6 +21,7 @@ pub mod log;
 pub mod log_feed;
 pub mod nats;
 pub mod nexmark;
+pub mod panic_message;
 pub mod release;
 pub mod run;
 pub mod sink;

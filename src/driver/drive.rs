@@ -58,10 +58,7 @@ pub(super) fn execute(
                     }
                 }));
                 if let Err(panic) = outcome {
-                    let reason = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                    let reason = crate::panic_message::panic_message(panic.as_ref())
                         .unwrap_or("(no message)");
                     process.fail(RunError::Dataflow(format!(
                         "worker {index} panicked: {reason}"

@@ -87,11 +87,8 @@ impl<'a> Writing<'a> {
                 write_one(self.topic_dir, job, self.config)
             }))
             .unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let message =
+                    crate::panic_message::panic_message(panic.as_ref()).unwrap_or_default();
                 Err(IngestErrorKind::Io {
                     path: job.path.clone(),
                     source: std::io::Error::other(format!(

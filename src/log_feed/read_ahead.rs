@@ -154,12 +154,8 @@ impl ReadAheadFeed {
                 // Only a panic ends the thread without a last word: say which.
                 let panic = self.thread.take().and_then(|t| t.join().err());
                 let message = panic
-                    .as_ref()
-                    .and_then(|p| {
-                        p.downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                    })
+                    .as_deref()
+                    .and_then(crate::panic_message::panic_message)
                     .unwrap_or_default();
                 let dir = self.dir.display();
                 Err(self.error(format!("the thread reading {dir} panicked: {message}").into()))
