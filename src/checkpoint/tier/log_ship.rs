@@ -346,6 +346,8 @@ pub fn fetch_log(
     let mut chunks: BTreeMap<PartitionKey, Vec<Chunk>> = BTreeMap::new();
     let mut meta = Vec::new();
     let mut dead_letter_pieces = Vec::new();
+    // The stream partitions' `POSITION` objects: key and partition.
+    let mut positions = Vec::new();
     for key in blob.list(&prefix).map_err(|e| e.to_string())? {
         let name = key.rsplit('/').next().unwrap_or_default().to_owned();
         match parse_object(&name) {
@@ -356,7 +358,11 @@ pub fn fetch_log(
                 meta.push((key, log_dir.join(topic).join(MANIFEST)));
             }
             Some(LogObject::PartitionMeta((topic, p), file)) => {
-                meta.push((key, partition_dir(log_dir, &topic, p).join(file)));
+                let path = partition_dir(log_dir, &topic, p).join(file);
+                if file == POSITION {
+                    positions.push((key.clone(), (topic, p)));
+                }
+                meta.push((key, path));
             }
             None => dead_letter_pieces.extend(parse_piece(&name)),
         }
@@ -369,30 +375,19 @@ pub fn fetch_log(
     // A stream partition's `POSITION` may be behind the checkpoint's
     // resume offset (the engine reads records before the source commits
     // them), and its restart reads the log from the position: all of it.
-    let with_position: std::collections::BTreeSet<PartitionKey> = meta
-        .iter()
-        .filter(|(key, _)| key.ends_with(&format!(".{POSITION}")))
-        .filter_map(|(key, _)| match parse_object(key.rsplit('/').next()?)? {
-            LogObject::PartitionMeta(partition, _) => Some(partition),
-            _ => None,
-        })
-        .collect();
+    let with_position: std::collections::BTreeSet<&PartitionKey> =
+        positions.iter().map(|(_, partition)| partition).collect();
     // The dead letters first, all checked against the shipped `POSITION`s
     // before any partition is replaced.
+    // (Their bytes are kept: they are written with the other metadata.)
     let mut committed = Vec::new();
-    for (key, _) in meta
-        .iter()
-        .filter(|(k, _)| k.ends_with(&format!(".{POSITION}")))
-    {
-        let Some(LogObject::PartitionMeta(partition, _)) =
-            parse_object(key.rsplit('/').next().unwrap_or_default())
-        else {
-            continue;
-        };
+    let mut position_bytes = BTreeMap::new();
+    for (key, partition) in &positions {
         if let Some(bytes) = blob.get(key).map_err(|e| e.to_string())? {
             let position = SourcePosition::decode(&bytes)
                 .map_err(|(offset, reason)| format!("{key} at byte {offset}: {reason}"))?;
-            committed.push((partition, position.dead_letter_len_bytes));
+            committed.push((partition.clone(), position.dead_letter_len_bytes));
+            position_bytes.insert(key.clone(), bytes);
         }
     }
     let (dead_letter_bytes, notes) = fetch_dead_letters(
@@ -474,7 +469,11 @@ pub fn fetch_log(
         if (path.exists() && !replace) || !path.parent().is_some_and(Path::exists) {
             continue;
         }
-        if let Some(bytes) = blob.get(&key).map_err(|e| e.to_string())? {
+        let bytes = match position_bytes.remove(&key) {
+            Some(bytes) => Some(bytes),
+            None => blob.get(&key).map_err(|e| e.to_string())?,
+        };
+        if let Some(bytes) = bytes {
             write_file_atomically(&path, &bytes).map_err(|e| e.to_string())?;
         }
     }
