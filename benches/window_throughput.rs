@@ -38,6 +38,7 @@ fn window_throughput(c: &mut Criterion) {
         data_dir: dir.path().join("data"),
         out_dir: dir.path().join(format!("out-{workers}")),
         inputs: vec![input.clone()],
+        ingest_first: false,
         generated: None,
         query: WindowQuery {
             spec: "tumbling:10s".parse().expect("window"),

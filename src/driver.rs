@@ -30,14 +30,17 @@ mod checkpointing;
 mod dataflow;
 mod drive;
 mod finish;
+mod ingesting;
 mod inputs;
 pub mod metrics;
 mod outputs;
+mod overlap;
 mod restore;
 mod retention;
 mod sidecar;
 
-pub use inputs::{expand_inputs, ingest_locked, ingest_topics_locked};
+pub use ingesting::{ingest_locked, ingest_topics_locked};
+pub use inputs::expand_inputs;
 pub use restore::take_over_standby;
 
 /// How long to wait for the sidecar to listen, and for the final commit.

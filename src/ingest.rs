@@ -45,6 +45,7 @@ pub mod manifest;
 mod parallel;
 mod plan;
 pub mod stream;
+pub mod tee;
 
 use std::path::{Path, PathBuf};
 
@@ -248,7 +249,48 @@ pub fn ingest_files_with_threads(
     config: &LogConfig,
     threads: usize,
 ) -> Result<IngestReport, IngestError> {
-    PreparedIngest::prepare(log_dir, topic, schema, files, config)?.run(threads)
+    plan_ingest(log_dir, topic, schema, files, config)?.run(threads, None)
+}
+
+/// Plans ingesting `files` (rows of `schema`) into `topic` under `log_dir`,
+/// as [`ingest_files_as`] does first: recovers what a crash left, decides
+/// which files are skipped and which become which new partitions. Nothing
+/// is written until [`PlannedIngest::run`].
+pub fn plan_ingest(
+    log_dir: &Path,
+    topic: &str,
+    schema: RowSchema,
+    files: &[PathBuf],
+    config: &LogConfig,
+) -> Result<PlannedIngest, IngestError> {
+    PreparedIngest::prepare(log_dir, topic, schema, files, config).map(PlannedIngest)
+}
+
+/// An ingest planned by [`plan_ingest`] and not yet run.
+pub struct PlannedIngest(PreparedIngest);
+
+impl PlannedIngest {
+    /// The partitions the new files become, in the order given.
+    pub fn new_partitions(&self) -> Vec<u32> {
+        self.0.new_partitions()
+    }
+
+    /// Whether planning refused a file: running ingests the files before
+    /// it, then fails with its error.
+    pub fn refuses_a_file(&self) -> bool {
+        self.0.refuses_a_file()
+    }
+
+    /// Writes the new partitions, up to `threads` files at once, and
+    /// commits them in the order given; each new partition's records also
+    /// go to its tee in `tees` as they are appended (see [`tee`]).
+    pub fn run(
+        self,
+        threads: usize,
+        tees: Option<&dyn tee::IngestTees>,
+    ) -> Result<IngestReport, IngestError> {
+        self.0.run(threads, tees)
+    }
 }
 
 /// Where the file recorded as `recorded` in the manifest is now: the path

@@ -230,6 +230,11 @@ struct RunArgs {
     /// at its end.
     #[arg(long, num_args = 1..)]
     input: Vec<PathBuf>,
+    /// Ingest every --input file before the run starts. By default the run
+    /// reads new files while they are ingested, one thread per file, and
+    /// cuts its first checkpoint once they are all in.
+    #[arg(long)]
+    ingest_first: bool,
     /// Read a stream into the data dir's log while running on it:
     /// nats://HOST:PORT/STREAM or kafka://HOST:PORT/TOPIC (as `weir ingest
     /// --from`, into topic `events`, a log partition per topic partition).

@@ -43,8 +43,11 @@ pub struct RunOptions {
     pub data_dir: PathBuf,
     /// Where output files go.
     pub out_dir: PathBuf,
-    /// CSV files ingested (idempotently) before the run; one file = one partition.
+    /// CSV files ingested (idempotently) by the run; one file = one partition.
     pub inputs: Vec<PathBuf>,
+    /// Ingest every input file before the dataflow starts, instead of
+    /// running on the files while they are ingested (decision 72).
+    pub ingest_first: bool,
     /// The query.
     pub query: WindowQuery,
     /// Read a Nexmark query's input straight from the generator (no files,

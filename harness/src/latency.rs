@@ -275,6 +275,7 @@ fn measure(args: &LatencyArgs, rate: u64, duration_ms: u64, quiet: bool) -> Resu
         data_dir: data_dir.clone(),
         out_dir: args.work_dir.join("out"),
         inputs: Vec::new(),
+        ingest_first: false,
         generated: None,
         query: WindowQuery {
             spec: args.window,

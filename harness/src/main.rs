@@ -399,6 +399,7 @@ fn throughput(args: &ThroughputArgs) -> Result<()> {
             data_dir: args.work_dir.join(&tag).join("data"),
             out_dir: args.work_dir.join(&tag).join(format!("out-{workers}")),
             inputs: inputs.clone(),
+            ingest_first: false,
             generated,
             query,
             workers,

@@ -6,6 +6,8 @@
 //!   sidecar, so without this bound a sidecar slower than the interval would
 //!   let every worker's queue of shares grow without limit; with it, a
 //!   slow sidecar makes cuts rarer (each then covers more) instead.
+//! - No cut is announced while the run's own ingest has files to commit
+//!   (decision 72).
 //! - The fixed cadence (the default) announces once per interval otherwise.
 //! - The adaptive cadence doubles the interval, up to its maximum, after an
 //!   announcement made while the previous checkpoint was still uncommitted or
@@ -36,6 +38,10 @@ pub struct SidecarBacklog {
     pub queued: usize,
     /// That queue's capacity.
     pub capacity: usize,
+    /// The run's own ingest has not committed every file its sources read
+    /// yet (decision 72): a checkpoint now could cover records of a file
+    /// whose ingest still fails, so none is announced.
+    pub inputs_uncommitted: bool,
 }
 
 impl SidecarBacklog {
@@ -61,7 +67,9 @@ impl Cadence {
         since_last_ms: u64,
         backlog: SidecarBacklog,
     ) -> bool {
-        since_last_ms >= current_ms && backlog.uncommitted < MAX_UNCOMMITTED_CHECKPOINTS
+        since_last_ms >= current_ms
+            && backlog.uncommitted < MAX_UNCOMMITTED_CHECKPOINTS
+            && !backlog.inputs_uncommitted
     }
 
     /// The interval after an announcement made under `backlog`.
@@ -90,6 +98,7 @@ mod tests {
         uncommitted: 0,
         queued: 0,
         capacity: 64,
+        inputs_uncommitted: false,
     };
 
     fn behind(uncommitted: u64) -> SidecarBacklog {
@@ -112,6 +121,14 @@ mod tests {
         assert!(!fixed.may_announce(1_000, 5_000, behind(4)));
         assert!(!fixed.may_announce(1_000, u64::MAX, behind(4)));
         assert!(fixed.may_announce(1_000, u64::MAX, behind(0)));
+        // The run's own ingest has yet to commit its files: no cut, not
+        // even the final one.
+        let ingesting = SidecarBacklog {
+            inputs_uncommitted: true,
+            ..IDLE
+        };
+        assert!(!fixed.may_announce(1_000, 5_000, ingesting));
+        assert!(!fixed.may_announce(1_000, u64::MAX, ingesting));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,11 +40,12 @@ pub(super) fn tend_sidecar(
 
 /// The sidecar backlog for the cut announcer: checkpoints announced since
 /// the last commit this process has heard of (the restored one before any),
-/// and the fill of the queue to the sidecar client thread.
+/// the fill of the queue to the sidecar client thread, and whether the
+/// run's own ingest has yet to commit its files (`inputs_committed` unset).
 pub(super) fn backlog_probe(
-    client: Option<&Arc<SidecarClient>>,
-    sender: Option<&CutSender>,
+    (client, sender): (Option<&Arc<SidecarClient>>, Option<&CutSender>),
     restored_id: u64,
+    inputs_committed: Option<Arc<AtomicBool>>,
 ) -> BacklogProbe {
     let (client, sender) = (client.cloned(), sender.cloned());
     Rc::new(move |announced_id| {
@@ -56,6 +58,9 @@ pub(super) fn backlog_probe(
             uncommitted: announced_id.saturating_sub(committed),
             queued: fill.map_or(0, |f| f.queued),
             capacity: fill.map_or(0, |f| f.capacity),
+            inputs_uncommitted: inputs_committed
+                .as_ref()
+                .is_some_and(|c| !c.load(Ordering::Acquire)),
         }
     })
 }

@@ -16,6 +16,7 @@ use timely::worker::Worker;
 use super::checkpointing::backlog_probe;
 use super::inputs::{InputPartition, Inputs};
 use super::metrics::{self, EngineMetrics, MetricsSources};
+use super::overlap::OverlappedIngest;
 use super::restore::{open_worker_state, RestoreSinks, Restored};
 use super::sidecar::Sidecar;
 use super::Place;
@@ -78,6 +79,8 @@ pub(super) struct Process {
     pub(super) run_gauges: Arc<RunGauges>,
     pub(super) engine_metrics: Arc<EngineMetrics>,
     pub(super) metrics_stop: Arc<AtomicBool>,
+    /// The ingest of the input files, going on beside the run.
+    pub(super) overlapped: Option<OverlappedIngest>,
 }
 
 impl Process {
@@ -210,6 +213,7 @@ impl Process {
             run_gauges,
             engine_metrics,
             metrics_stop,
+            overlapped: inputs.overlapped,
         })
     }
 
@@ -266,6 +270,16 @@ pub(super) fn build(
     for input in p.worker_partitions(index, peers) {
         let partition = input.id();
         let (start_offset, max_ts_before) = p.resumes.get(&partition).copied().unwrap_or((0, None));
+        let fed = p.overlapped.as_ref().and_then(|o| o.take_feed(partition));
+        if let Some(fed) = fed {
+            feeds.push(PartitionInput {
+                partition,
+                feed: input.open_fed(fed, &p.query, (start_offset, max_ts_before)),
+                start_offset,
+                max_ts_before,
+            });
+            continue;
+        }
         match input.open(
             (&p.log_dir, &p.query),
             (start_offset, max_ts_before),
@@ -328,7 +342,11 @@ pub(super) fn build(
                 leader: index == 0,
                 step_ms: p.step_ms,
                 cadence: p.cadence,
-                backlog: backlog_probe(client, p.sender.as_ref(), restored.0),
+                backlog: backlog_probe(
+                    (client, p.sender.as_ref()),
+                    restored.0,
+                    p.overlapped.as_ref().map(OverlappedIngest::committed),
+                ),
                 restored,
                 restored_state,
                 gate: gate.clone().expect("a gate with checkpoints"),

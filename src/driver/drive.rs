@@ -13,6 +13,7 @@ use timely::worker::Worker;
 
 use super::checkpointing::{ship_ready, tend_sidecar};
 use super::dataflow::{build, Process, WorkerDataflow};
+use super::overlap::OverlappedIngest;
 use super::retention::WorkerRetention;
 use super::timely_config;
 use crate::checkpoint::client::{DurableFile, SidecarClient};
@@ -127,8 +128,8 @@ fn drive_worker(
     } = dataflow;
     let sender = p.sender.as_ref();
     let mut backlog: VecDeque<(WorkerCut, Vec<DurableFile>)> = VecDeque::new();
-    // This run has failed: a source error, another worker's failure, or
-    // (recorded here) a lost sidecar.
+    // This run has failed: a source error, another worker's failure, its
+    // ingest, or (recorded here) a lost sidecar.
     let failed = || {
         if let Some(e) = client.and_then(|c| c.error()) {
             p.fail(RunError::Sidecar(e));
@@ -138,6 +139,7 @@ fn drive_worker(
         }
         p.errors.lock().expect("poisoned").is_some()
             || p.failure.lock().expect("poisoned").is_some()
+            || p.overlapped.as_ref().is_some_and(OverlappedIngest::failed)
     };
     let mut last_flush = Instant::now();
     let mut retention = p.log_retention.then(|| {

@@ -21,6 +21,10 @@ pub(super) fn finish(
     place: Place,
 ) -> Result<RunSummary, RunError> {
     let Driven { process, elapsed } = driven;
+    // A failed ingest is the cause of whatever its feeds reported.
+    if let Some(ingest) = process.overlapped.as_ref() {
+        ingest.finish()?;
+    }
     if let Some(e) = process.errors.lock().expect("poisoned").take() {
         return Err(RunError::Source(e));
     }

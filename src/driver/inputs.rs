@@ -1,22 +1,23 @@
 //! The inputs phase: what a run reads. The input files to ingest (by topic
-//! and format, under a lock shared by the processes of a cluster) and the
-//! source partitions, each with how a worker opens its feed.
+//! and format; see [`super::ingesting`]), before the run or beside it
+//! ([`super::overlap`]), and the source partitions, each with how a worker
+//! opens its feed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use super::ingesting::{ingest_topics_locked, TopicFiles};
+use super::overlap::{self, OverlappedIngest};
 use crate::csv_input::RowSchema;
-use crate::ingest::ingest_files_as;
 use crate::job::WindowQuery;
-use crate::log::LogConfig;
 use crate::log::{list_partitions, partition_dir};
+use crate::log_feed::read_ahead::ReadAheadFeed;
 use crate::log_feed::LogFeed;
 use crate::nexmark::feed::{GeneratorFeed, ProjectedFeed};
 use crate::nexmark::{files_by_table, source_partition, NexmarkTable};
 use crate::run::{GeneratedInput, RunError, RunOptions, EVENTS_TOPIC};
 use crate::source::{FeedError, PartitionFeed};
-use crate::storage::durable::lock_file_within;
 
 /// What the inputs phase hands on.
 pub(super) struct Inputs {
@@ -24,6 +25,8 @@ pub(super) struct Inputs {
     pub(super) partitions: Vec<InputPartition>,
     /// The input log, `<data-dir>/log`.
     pub(super) log_dir: PathBuf,
+    /// The ingest of the input files, going on beside the run.
+    pub(super) overlapped: Option<OverlappedIngest>,
 }
 
 /// Checks the options, ingests the input files and lists the partitions.
@@ -37,16 +40,33 @@ pub(super) fn prepare(options: &RunOptions) -> Result<Inputs, RunError> {
         return Err(RunError::Usage("--workers must be at least 1".into()));
     }
     let files = expand_inputs(&options.inputs)?;
+    let mut overlapped = None;
     if !files.is_empty() {
         let plan = ingest_plan(&query, &files)?;
-        ingest_topics_locked(&options.data_dir, &plan, &options.log_config)?;
+        if overlaps_ingest(options) {
+            let feeds = (options.until_end, options.hooks.stop.as_ref());
+            overlapped = overlap::start(&options.data_dir, &plan, &options.log_config, feeds)?;
+        } else {
+            ingest_topics_locked(&options.data_dir, &plan, &options.log_config)?;
+        }
     }
     let log_dir = options.data_dir.join(crate::log::LOG_DIR_NAME);
-    let partitions = input_partitions(&query, &log_dir, options.generated)?;
+    let being_ingested = overlapped
+        .as_ref()
+        .map_or(&[][..], OverlappedIngest::new_partitions);
+    let partitions = input_partitions(&query, (&log_dir, being_ingested), options.generated)?;
     Ok(Inputs {
         partitions,
         log_dir,
+        overlapped,
     })
+}
+
+/// Whether the run ingests its input files while it runs (decision 72):
+/// unless `--ingest-first`, and only alone (the processes of a cluster
+/// read partitions another process ingests).
+fn overlaps_ingest(options: &RunOptions) -> bool {
+    !options.ingest_first && options.cluster.is_none()
 }
 
 /// Expands inputs: directories to their `*.csv` files (sorted), files as given.
@@ -79,98 +99,6 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
     }
     Ok(files)
 }
-
-/// Ingests `files` under an exclusive lock on the data directory, so the
-/// processes of a cluster sharing it agree on the partition numbers.
-pub fn ingest_locked(
-    data_dir: &Path,
-    files: &[PathBuf],
-    log_config: &LogConfig,
-) -> Result<(), RunError> {
-    ingest_topics_locked(
-        data_dir,
-        &[(EVENTS_TOPIC, RowSchema::Generic, files.to_vec())],
-        log_config,
-    )
-}
-
-/// How long a run waits for another process's ingest into its data dir (a
-/// cluster's processes ingest the same files; one does, the others find
-/// them ingested): far longer than any ingest should take, so a stuck one
-/// ends the wait with an error instead of a hang.
-const INGEST_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-const INGEST_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Takes `data_dir`'s ingest lock, waiting at most `wait` for another
-/// process to let go of it.
-fn lock_ingest(data_dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, RunError> {
-    let lock_path = data_dir.join("ingest.lock");
-    let held = |source| RunError::Output {
-        path: lock_path.clone(),
-        source,
-    };
-    lock_file_within(&lock_path, (wait, INGEST_LOCK_POLL), || {
-        tracing::info!(
-            path = %lock_path.display(),
-            wait_s = wait.as_secs(),
-            "another process is ingesting into this data dir: waiting for it"
-        );
-    })
-    .map_err(held)?
-    .ok_or_else(|| {
-        held(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
-                "held by another process's ingest for {} s: is it stuck?",
-                wait.as_secs()
-            ),
-        ))
-    })
-}
-
-/// As [`ingest_locked`], for files of several topics and formats.
-pub fn ingest_topics_locked(
-    data_dir: &Path,
-    topics: &[TopicFiles],
-    log_config: &LogConfig,
-) -> Result<(), RunError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| RunError::Output {
-        path: data_dir.to_owned(),
-        source: e,
-    })?;
-    let lock = lock_ingest(data_dir, INGEST_LOCK_WAIT)?;
-    // Topics are independent directories: ingested at once, so that the
-    // small tables' files keep the cores busy while the large table's run
-    // (each topic still writes its files one per core).
-    let log_dir = data_dir.join(crate::log::LOG_DIR_NAME);
-    let ingest_topic = |(topic, schema, files): &TopicFiles| {
-        let report = ingest_files_as(&log_dir, topic, *schema, files, log_config)?;
-        for file in &report.files {
-            tracing::debug!(topic, path = %file.path.display(), partition = file.partition, records = file.records, skipped = file.skipped, "ingest");
-        }
-        Ok::<(), RunError>(())
-    };
-    let topics: Vec<&TopicFiles> = topics.iter().filter(|t| !t.2.is_empty()).collect();
-    let results: Vec<Result<(), RunError>> = match topics.as_slice() {
-        [one] => vec![ingest_topic(one)],
-        _ => std::thread::scope(|scope| {
-            let handles: Vec<_> = topics
-                .iter()
-                .map(|t| scope.spawn(|| ingest_topic(t)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("an ingest thread panicked"))
-                .collect()
-        }),
-    };
-    drop(lock);
-    // The first topic's error, in the order given.
-    results.into_iter().collect()
-}
-
-/// Files to ingest into one topic, in one format.
-pub type TopicFiles = (&'static str, RowSchema, Vec<PathBuf>);
 
 /// The files to ingest, per topic, for `query`. A Nexmark query ingests
 /// only the tables it reads (q5 the bids): the files of the others are
@@ -257,7 +185,7 @@ impl InputPartition {
                 id,
                 topic,
                 partition,
-                table,
+                ..
             } => {
                 let dir = partition_dir(log_dir, topic, partition);
                 let error = |e| FeedError {
@@ -271,10 +199,7 @@ impl InputPartition {
                 } else {
                     Box::new(feed)
                 };
-                Ok(match (query.nexmark, table) {
-                    (Some(q), Some(t)) => Box::new(ProjectedFeed::new(feed, id, (q, t), resume)),
-                    _ => feed,
-                })
+                Ok(self.project(feed, query, resume))
             }
             InputPartition::Generated {
                 id,
@@ -302,20 +227,65 @@ impl InputPartition {
     }
 }
 
-/// The partitions `query` reads: from the log under `log_dir`, or from the
-/// generator.
+impl InputPartition {
+    /// The feed of a partition being ingested, handed its records by the
+    /// ingest (see [`super::overlap`]), from `start_offset` on.
+    pub fn open_fed(
+        &self,
+        mut feed: ReadAheadFeed,
+        query: &WindowQuery,
+        (start_offset, max_ts_before): (u64, Option<u64>),
+    ) -> Box<dyn PartitionFeed> {
+        feed.resume_fed_at(start_offset);
+        self.project(Box::new(feed), query, (query.lateness_ms, max_ts_before))
+    }
+
+    /// `feed` as the query reads it: a Nexmark table's events projected to
+    /// the query's; `resume` is the lateness and the largest time before
+    /// the start.
+    fn project(
+        &self,
+        feed: Box<dyn PartitionFeed>,
+        query: &WindowQuery,
+        resume: (u64, Option<u64>),
+    ) -> Box<dyn PartitionFeed> {
+        match (*self, query.nexmark) {
+            (
+                InputPartition::Log {
+                    id,
+                    table: Some(table),
+                    ..
+                },
+                Some(nexmark),
+            ) => Box::new(ProjectedFeed::new(feed, id, (nexmark, table), resume)),
+            _ => feed,
+        }
+    }
+}
+
+/// The partitions `query` reads: from the log under `log_dir` (with the
+/// new partitions of `being_ingested`, by topic), or from the generator.
 pub fn input_partitions(
     query: &WindowQuery,
-    log_dir: &Path,
+    (log_dir, being_ingested): (&Path, &[(&str, Vec<u32>)]),
     generated: Option<GeneratedInput>,
 ) -> Result<Vec<InputPartition>, RunError> {
+    let list = |topic: &str| -> Result<Vec<u32>, RunError> {
+        let mut partitions = list_partitions(log_dir, topic)?;
+        for (_, new) in being_ingested.iter().filter(|(t, _)| *t == topic) {
+            partitions.extend(new);
+        }
+        partitions.sort_unstable();
+        partitions.dedup();
+        Ok(partitions)
+    };
     let Some(nexmark) = query.nexmark else {
         if generated.is_some() {
             return Err(RunError::Usage(
                 "generated input is only for the Nexmark queries (--query q5|q7|q8|q11|q12)".into(),
             ));
         }
-        let partitions = list_partitions(log_dir, EVENTS_TOPIC)?;
+        let partitions = list(EVENTS_TOPIC)?;
         if partitions.is_empty() {
             return Err(RunError::Usage(format!(
                 "no input: the log {} has no partitions (give --input FILE...)",
@@ -343,7 +313,7 @@ pub fn input_partitions(
             }));
             continue;
         }
-        let partitions = list_partitions(log_dir, table.name())?;
+        let partitions = list(table.name())?;
         if partitions.is_empty() {
             return Err(RunError::Usage(format!(
                 "no input for {nexmark}: the log {} has no partitions (give --input DIR with {}-<n>.csv files, made by `weir gen nexmark`)",
@@ -359,23 +329,4 @@ pub fn input_partitions(
         }));
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_ingest_lock_held_past_the_wait_is_an_error_naming_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let held = lock_ingest(tmp.path(), std::time::Duration::ZERO).unwrap();
-        let error = lock_ingest(tmp.path(), std::time::Duration::from_millis(30)).unwrap_err();
-        let text = error.to_string();
-        assert!(
-            text.contains("ingest.lock") && text.contains("stuck"),
-            "{text}"
-        );
-        drop(held);
-        lock_ingest(tmp.path(), std::time::Duration::ZERO).unwrap();
-    }
 }

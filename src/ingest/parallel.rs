@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use super::manifest::{FileIdentity, Manifest, ManifestEntry};
+use super::tee::{IngestTees, RecordTee};
 use super::{io_err, IngestErrorKind, MARKER_FILE_NAME};
 use crate::csv_input::{CsvReader, RowSchema};
 use crate::event::encode_event;
@@ -47,6 +48,7 @@ pub(super) struct Writing<'a> {
     topic_dir: &'a Path,
     jobs: &'a [&'a PartitionJob],
     config: &'a LogConfig,
+    tees: Option<&'a dyn IngestTees>,
     results: Mutex<Vec<Option<Result<ManifestEntry, IngestErrorKind>>>>,
     written: Condvar,
     next: AtomicUsize,
@@ -60,11 +62,13 @@ impl<'a> Writing<'a> {
         topic_dir: &'a Path,
         jobs: &'a [&'a PartitionJob],
         config: &'a LogConfig,
+        tees: Option<&'a dyn IngestTees>,
     ) -> Self {
         Writing {
             topic_dir,
             jobs,
             config,
+            tees,
             results: Mutex::new(jobs.iter().map(|_| None).collect()),
             written: Condvar::new(),
             next: AtomicUsize::new(0),
@@ -81,10 +85,11 @@ impl<'a> Writing<'a> {
                 return;
             }
             let job = self.jobs[i];
+            let tee = self.tees.and_then(|t| t.writer(job.partition));
             // A panic would leave `wait` waiting for this result for ever:
             // it becomes this file's error instead.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                write_one(self.topic_dir, job, self.config)
+                write_one(self.topic_dir, job, self.config, tee)
             }))
             .unwrap_or_else(|panic| {
                 let message =
@@ -139,12 +144,13 @@ fn write_one(
     topic_dir: &Path,
     job: &PartitionJob,
     config: &LogConfig,
+    tee: Option<Box<dyn RecordTee>>,
 ) -> Result<ManifestEntry, IngestErrorKind> {
     let tmp = tmp_dir(topic_dir, job.partition);
     remove_dir_all_durably(&tmp)?;
     let written = FileStamp::of(&job.path)
         .map_err(io_err(&job.path))
-        .and_then(|before| write_partition(&tmp, job, before, config));
+        .and_then(|before| write_partition(&tmp, job, before, config, tee));
     if written.is_err() {
         if let Err(cleanup) = remove_dir_all_durably(&tmp) {
             tracing::warn!(dir = %tmp.display(), error = %cleanup, "cannot remove the temporary partition");
@@ -173,12 +179,14 @@ impl FileStamp {
 
 /// Writes `job`'s file into `tmp`: its identity (size, CRC32C) is that of
 /// the bytes parsed, in one pass, and the file must still have the stamp
-/// `before` (taken before it was opened) once they are all read.
+/// `before` (taken before it was opened) once they are all read. Each
+/// record appended is also handed to `tee`, if any, until it declines.
 pub(super) fn write_partition(
     tmp: &Path,
     job: &PartitionJob,
     before: FileStamp,
     config: &LogConfig,
+    mut tee: Option<Box<dyn RecordTee>>,
 ) -> Result<ManifestEntry, IngestErrorKind> {
     let path = job.path.as_path();
     let mut csv = CsvReader::open_as(path, job.schema)?;
@@ -209,12 +217,18 @@ pub(super) fn write_partition(
         while let Some(ev) = csv.next_record()? {
             payload.clear();
             encode_event(ev.ts, ev.key, ev.value, &mut payload);
-            if let Err(source) = writer.append(&payload) {
-                return Err(IngestErrorKind::Append {
-                    path: path.to_owned(),
-                    line: csv.line(),
-                    source,
-                });
+            let offset = match writer.append(&payload) {
+                Ok(offset) => offset,
+                Err(source) => {
+                    return Err(IngestErrorKind::Append {
+                        path: path.to_owned(),
+                        line: csv.line(),
+                        source,
+                    })
+                }
+            };
+            if tee.as_mut().is_some_and(|t| !t.record(offset, ev)) {
+                tee = None;
             }
             appended_bytes += payload.len() as u64;
             if appended_bytes >= next_writeback {
@@ -255,5 +269,8 @@ pub(super) fn write_partition(
         entries: vec![entry.clone()],
     };
     write_file_atomically(&tmp.join(MARKER_FILE_NAME), &marker.encode())?;
+    if let Some(mut tee) = tee {
+        tee.written();
+    }
     Ok(entry)
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::manifest::{file_identity, Manifest, ManifestEntry, MAX_PATH_LEN_BYTES};
 use super::parallel::{self, PartitionJob};
+use super::tee::IngestTees;
 use super::{
     io_err, open_manifest, recover, resolve_recorded_path, FileReport, IngestError,
     IngestErrorKind, IngestReport, MANIFEST_FILE_NAME,
@@ -58,11 +59,27 @@ impl PreparedIngest {
         })
     }
 
+    /// The partitions the new files become, in the order given.
+    pub(super) fn new_partitions(&self) -> Vec<u32> {
+        new_jobs(&self.plan).map(|job| job.partition).collect()
+    }
+
+    /// Whether planning refused a file (the ingest then ends with its
+    /// error, after the files before it).
+    pub(super) fn refuses_a_file(&self) -> bool {
+        self.refused.is_some()
+    }
+
     /// Writes the new partitions, up to `threads` files at once, and
-    /// commits them in the order given.
-    pub(super) fn run(self, threads: usize) -> Result<IngestReport, IngestError> {
+    /// commits them in the order given; each new partition's records are
+    /// handed to its tee in `tees`, if any, as they are appended.
+    pub(super) fn run(
+        self,
+        threads: usize,
+        tees: Option<&dyn IngestTees>,
+    ) -> Result<IngestReport, IngestError> {
         let mut report = IngestReport::default();
-        match self.commit(threads.max(1), &mut report) {
+        match self.commit((threads.max(1), tees), &mut report) {
             Ok(()) => Ok(report),
             Err(kind) => Err(IngestError {
                 completed: report,
@@ -71,7 +88,11 @@ impl PreparedIngest {
         }
     }
 
-    fn commit(self, threads: usize, report: &mut IngestReport) -> Result<(), IngestErrorKind> {
+    fn commit(
+        self,
+        (threads, tees): (usize, Option<&dyn IngestTees>),
+        report: &mut IngestReport,
+    ) -> Result<(), IngestErrorKind> {
         let PreparedIngest {
             topic_dir,
             mut manifest,
@@ -81,7 +102,7 @@ impl PreparedIngest {
         } = self;
         let config = &config;
         let jobs: Vec<&PartitionJob> = new_jobs(&plan).collect();
-        let writing = parallel::Writing::new(&topic_dir, &jobs, config);
+        let writing = parallel::Writing::new(&topic_dir, &jobs, config, tees);
         let threads = threads.clamp(1, jobs.len().max(1));
         // Committed in the order given, each as soon as it and every file
         // before it are written: a file's partition becomes visible only

@@ -150,7 +150,7 @@ fn a_file_changing_during_ingest_is_rejected() {
         partition: 0,
     };
     let tmp = parallel::tmp_dir(&topic_dir, 0);
-    let e = parallel::write_partition(&tmp, &job, before, &cfg()).unwrap_err();
+    let e = parallel::write_partition(&tmp, &job, before, &cfg(), None).unwrap_err();
     assert!(matches!(e, IngestErrorKind::FileChanged { .. }), "{e}");
     assert!(!topic_dir.join("0").exists());
 }

@@ -14,6 +14,11 @@
 //! with them. At most `CHUNKS_QUEUED + 2` chunks exist per partition
 //! (queued, being filled, being delivered); emptied chunks go back to the
 //! thread to be filled again.
+//!
+//! A feed can also be filled by the ingest that writes its partition
+//! ([`fed`], decision 72) instead of a reading thread.
+
+pub mod fed;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,13 +45,13 @@ const IDLE_WAIT_MAX_MS: u64 = 16;
 pub const CHUNK_RECORDS: usize = 8192;
 
 /// A record decoded on the thread.
-enum Decoded {
+pub(crate) enum Decoded {
     Event { ts: u64, value: i64, key: Key },
     Idle { watermark_ms: u64 },
 }
 
 /// What the thread hands over.
-enum Ahead {
+pub(crate) enum Ahead {
     /// Records from `first_offset` on.
     Records {
         first_offset: u64,
@@ -76,6 +81,8 @@ pub struct ReadAheadFeed {
     thread: Option<JoinHandle<()>>,
     current: Option<Current>,
     ended: bool,
+    /// Filled by an ingest rather than a reading thread.
+    fed: Option<fed::Fed>,
 }
 
 impl ReadAheadFeed {
@@ -116,6 +123,7 @@ impl ReadAheadFeed {
             thread: Some(thread),
             current: None,
             ended: false,
+            fed: None,
         })
     }
 
@@ -139,17 +147,33 @@ impl ReadAheadFeed {
             Ok(Ahead::Records {
                 first_offset,
                 records,
-            }) => Ok(Some(Current {
-                next_offset: first_offset,
-                records,
-                at: 0,
-            })),
+            }) => {
+                let skip = self
+                    .fed
+                    .as_ref()
+                    .map_or(0, |f| f.skip(first_offset, records.len()));
+                Ok(Some(Current {
+                    next_offset: first_offset + skip as u64,
+                    records,
+                    at: skip,
+                }))
+            }
             Ok(Ahead::Ended) => {
-                self.ended = true;
+                self.ended = self.fed.as_mut().is_none_or(|f| f.written(self.until_end));
                 Ok(None)
             }
             Ok(Ahead::Failed(e)) => Err(e),
             Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) if self.fed.is_some() => {
+                let fed = self.fed.as_ref().expect("fed");
+                match fed.after_disconnect(self.until_end) {
+                    Ok(ended) => {
+                        self.ended = ended;
+                        Ok(None)
+                    }
+                    Err(reason) => Err(self.error(reason.into())),
+                }
+            }
             Err(TryRecvError::Disconnected) => {
                 // Only a panic ends the thread without a last word: say which.
                 let panic = self.thread.take().and_then(|t| t.join().err());
@@ -185,8 +209,10 @@ impl PartitionFeed for ReadAheadFeed {
                     break;
                 }
                 // A run that reads to the end waits for the thread, which
-                // is never long without sending records or the end.
-                match self.next_chunk(self.until_end && delivered == 0)? {
+                // is never long without sending records or the end. An
+                // ingest may be: a fed feed is only polled.
+                let wait = self.until_end && delivered == 0 && self.fed.is_none();
+                match self.next_chunk(wait)? {
                     Some(chunk) => self.current = Some(chunk),
                     None => break,
                 }

@@ -385,6 +385,7 @@ pub(super) fn run_command(args: &RunArgs) -> Result<()> {
         data_dir,
         out_dir: args.out.clone(),
         inputs,
+        ingest_first: args.ingest_first,
         generated: args.generate_events.map(|events| GeneratedInput {
             events,
             partitions: args.generate_partitions,

@@ -39,6 +39,9 @@ fn run_then_damage_the_newest(
 ) -> (Vec<CommitRecord>, u64) {
     let mut args = run_args(input, data, out, Some(url));
     checkpoint_every_slide(&mut args);
+    // Checkpoints all through the run: none is cut while the run's own
+    // ingest goes on (decision 72).
+    args.push("--ingest-first".into());
     let done = weir_env(&args, &[]);
     assert_success(&done, "the primary");
     let blob = open_cold_store(url).unwrap();

@@ -51,6 +51,7 @@ fn options(data_dir: &Path, out_dir: &Path, query: WindowQuery, workers: usize) 
         data_dir: data_dir.to_owned(),
         out_dir: out_dir.to_owned(),
         inputs: Vec::new(),
+        ingest_first: false,
         generated: None,
         query,
         workers,

@@ -22,6 +22,7 @@ mod log;
 mod nats;
 mod nexmark;
 mod oracle;
+mod overlap;
 mod prometheus;
 mod recovery;
 mod replica;

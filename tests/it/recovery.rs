@@ -409,6 +409,9 @@ fn a_damaged_newest_checkpoint_falls_back_loudly_and_loses_nothing() {
     let out = f.tmp.path().join("out-damaged");
     let mut args = run_args(&f.input, data.to_str().unwrap(), out.to_str().unwrap(), 2);
     checkpoint_every_slide(&mut args);
+    // Mid-run checkpoints: none is cut while the run's own ingest goes on
+    // (decision 72).
+    args.push("--ingest-first".into());
     let checkpoints = data.join("checkpoints");
     // Stop the run (kill -9 of engine and sidecar) once a few mid-run
     // checkpoints exist: each of them adds a delta file, and GC keeps the

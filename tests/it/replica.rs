@@ -199,6 +199,9 @@ fn a_replica_down_for_30_s_catches_up_while_the_run_goes_on() {
     let mut args = tailing(&run_args(&input, &data, &tmp.path().join("out"), None));
     args.pop();
     args.extend(["--replica".into(), replica_url.into()]);
+    // Checkpoints as the run reads the input: none is cut while the run's
+    // own ingest goes on (decision 72).
+    args.push("--ingest-first".into());
     let log = tmp.path().join("run.log");
     let mut child = spawn_group(&args, &env, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
