@@ -74,6 +74,13 @@ pub trait PartitionFeed: 'static {
         max_records: usize,
         deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError>;
+
+    /// Whether records are on their way though none may be there now (a
+    /// partition its ingest still writes, decision 72): an idle poll then
+    /// does not mean that the source has caught up.
+    fn filling(&self) -> bool {
+        false
+    }
 }
 
 /// Where the first failure of any worker is kept for the driver to report.
@@ -385,7 +392,11 @@ where
                 .min();
             drop(progress);
             published_watermark.store(watermark.unwrap_or(u64::MAX), Ordering::Relaxed);
-            if reading && !progressed && !caught_up {
+            if reading
+                && !progressed
+                && !caught_up
+                && !states.iter().any(|s| !s.ended && s.feed.filling())
+            {
                 caught_up = true;
                 counters.caught_up.fetch_add(1, Ordering::Relaxed);
             }
@@ -512,6 +523,10 @@ impl PartitionFeed for Box<dyn PartitionFeed> {
         deliver: &mut dyn FnMut(u64, LogRecord<'_>),
     ) -> Result<FeedStatus, FeedError> {
         (**self).poll(max_records, deliver)
+    }
+
+    fn filling(&self) -> bool {
+        (**self).filling()
     }
 }
 

@@ -63,10 +63,12 @@ pub(super) fn prepare(options: &RunOptions) -> Result<Inputs, RunError> {
 }
 
 /// Whether the run ingests its input files while it runs (decision 72):
-/// unless `--ingest-first`, and only alone (the processes of a cluster
-/// read partitions another process ingests).
+/// unless `--ingest-first`, only alone (the processes of a cluster read
+/// partitions another process ingests), and only to the end: a tailing
+/// run's worker far ahead of a written, idle partition waits for input
+/// that never comes, and the file it reads would never be written.
 fn overlaps_ingest(options: &RunOptions) -> bool {
-    !options.ingest_first && options.cluster.is_none()
+    !options.ingest_first && options.cluster.is_none() && options.until_end
 }
 
 /// Expands inputs: directories to their `*.csv` files (sorted), files as given.

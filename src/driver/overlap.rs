@@ -121,7 +121,17 @@ pub(super) fn start(
         .spawn(move || {
             let tee_refs: Vec<Option<&dyn IngestTees>> =
                 tees.iter().map(|t| Some(t as &dyn IngestTees)).collect();
-            let result = run_planned(planned, &tee_refs);
+            // A panic must still end the ingest with an error: the run
+            // waits for its outcome (no checkpoint before it).
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_planned(planned, &tee_refs)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(RunError::Dataflow(format!(
+                    "the ingest of the input files panicked: {}",
+                    crate::panic_message::panic_message(panic.as_ref()).unwrap_or_default()
+                )))
+            });
             // The fillers of files never started: their feeds fail.
             drop(tee_refs);
             drop(tees);
@@ -132,10 +142,7 @@ pub(super) fn start(
             }
             *ended.result.lock().expect("poisoned") = Some(result);
         })
-        .map_err(|e| RunError::Output {
-            path: data_dir.join("ingest.lock"),
-            source: e,
-        })?;
+        .map_err(|e| RunError::Dataflow(format!("cannot start the ingest thread: {e}")))?;
     tracing::info!(
         new_files,
         "ingesting the input files while the run reads them (no checkpoint until they are in)"

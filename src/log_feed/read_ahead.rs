@@ -189,6 +189,10 @@ impl ReadAheadFeed {
 }
 
 impl PartitionFeed for ReadAheadFeed {
+    fn filling(&self) -> bool {
+        self.fed.as_ref().is_some_and(fed::Fed::filling)
+    }
+
     fn poll(
         &mut self,
         max_records: usize,

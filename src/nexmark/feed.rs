@@ -106,6 +106,10 @@ impl<F> ProjectedFeed<F> {
 }
 
 impl<F: PartitionFeed> PartitionFeed for ProjectedFeed<F> {
+    fn filling(&self) -> bool {
+        self.inner.filling()
+    }
+
     fn poll(
         &mut self,
         max_records: usize,

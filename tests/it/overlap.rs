@@ -1,15 +1,19 @@
 //! `weir run --input` reads new files while it ingests them (decision 72):
-//! the same rows as a run that ingests first, on random files and worker
-//! counts; no checkpoint before the files are in; a bad row late in a file
-//! fails the run with its `file:line` and commits nothing.
+//! the same rows as a run that ingests first, on random files (some of
+//! many chunks) and worker counts; no checkpoint before the files are in;
+//! a bad row late in a file fails the run with its `file:line`, commits
+//! nothing and leaves the log with the files before it; a tailing run
+//! ingests first.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use weir::checkpoint::store::read_commits;
+use weir::log::list_partitions;
 
-use crate::support::{assert_success, run_weir, sorted_rows};
+use crate::support::{assert_success, run_weir, sorted_rows, weir};
 
 /// A file of `rows` events `step_ms` apart over `keys` keys, every 11th
 /// one `back_ms` back in time (late under a lateness below it).
@@ -58,6 +62,15 @@ fn rows(out: &Path) -> (Vec<String>, Vec<String>) {
     (sorted_rows(out, "windows"), sorted_rows(out, "late"))
 }
 
+/// What a run that reads its files while it ingests them logs.
+const OVERLAPPED: &str = "ingesting the input files while the run reads them";
+
+/// Asserts that `output` (of a run with new files) overlapped its ingest.
+fn assert_overlapped(output: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(OVERLAPPED), "{stderr}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
@@ -66,7 +79,10 @@ proptest! {
     /// must not wait on each other), some late events, 1 to 3 workers.
     #[test]
     fn an_overlapped_run_equals_a_run_that_ingests_first(
-        specs in prop::collection::vec((0u64..4_000, 1u64..400, 1u64..50, 0u64..6_000), 1..6),
+        specs in prop::collection::vec(
+            (prop_oneof![0u64..4_000, 30_000u64..60_000], 1u64..400, 1u64..50, 0u64..6_000),
+            1..6,
+        ),
         workers in 1usize..4,
     ) {
         let tmp = tempfile::tempdir().unwrap();
@@ -80,6 +96,7 @@ proptest! {
         assert_success(&first, "weir run --ingest-first");
         let overlapped = run(&tmp.path().join("d2"), &overlapped_out, &inputs, workers, &[]);
         assert_success(&overlapped, "weir run (overlapped)");
+        assert_overlapped(&overlapped);
         let stderr = String::from_utf8_lossy(&overlapped.stderr);
         prop_assert!(
             specs.iter().all(|s| s.0 == 0) || !rows(&first_out).0.is_empty(),
@@ -111,11 +128,19 @@ fn no_checkpoint_covers_a_file_whose_ingest_then_fails() {
         &["--checkpoint-interval", "10ms"],
     );
     assert!(!output.status.success());
+    assert_overlapped(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(&format!("{}:{}:", bad.display(), rows + 2)),
         "{stderr}"
     );
+    // The log holds the good file, and nothing of the bad one.
+    let topic = data.join("log/events");
+    assert_eq!(
+        list_partitions(&data.join("log"), "events").unwrap(),
+        vec![0]
+    );
+    assert!(!topic.join("1.tmp").exists());
     let commits = read_commits(&data.join("checkpoints")).unwrap();
     let cuts: Vec<u64> = commits.iter().map(|c| c.cut_time).collect();
     assert!(
@@ -133,5 +158,45 @@ fn no_checkpoint_covers_a_file_whose_ingest_then_fails() {
         &["--checkpoint-interval", "10ms"],
     );
     assert_success(&output, "weir run");
+    assert_overlapped(&output);
     assert!(!read_commits(&data.join("checkpoints")).unwrap().is_empty());
+}
+
+/// A tailing run (no `--until-end`) ingests its files before it runs: a
+/// worker ahead of a written, idle partition would wait for input that
+/// never comes, and the file it reads would never be written.
+#[test]
+fn a_tailing_run_ingests_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = file(tmp.path(), "f.csv", (1_000, 10, 5, 0));
+    let data = tmp.path().join("data");
+    let stderr_path = tmp.path().join("stderr");
+    let mut child = weir()
+        .args([
+            "run",
+            "--window",
+            "tumbling:1s",
+            "--no-checkpoint",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .arg("--input")
+        .arg(&input)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Tailing never ends: wait (bounded) for the file to be in the log.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while list_partitions(&data.join("log"), "events").map_or(true, |p| p.is_empty()) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended");
+        assert!(Instant::now() < deadline, "the file was not ingested");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!stderr.contains(OVERLAPPED), "{stderr}");
 }

@@ -48,6 +48,11 @@ impl Fed {
             .min(len)
     }
 
+    /// The file is not written yet: more records may come.
+    pub(super) fn filling(&self) -> bool {
+        !self.written
+    }
+
     fn may_end(&self, until_end: bool) -> bool {
         until_end
             || self
@@ -282,9 +287,29 @@ mod tests {
             error.contains("partition 5") && error.contains("not ingested"),
             "{error}"
         );
-        // What was handed over before the failure is delivered first.
-        assert_eq!(seen, expected(0, seen.len() as u64));
+        // The chunk handed over before the failure is delivered first; the
+        // record after it never was.
+        assert_eq!(seen, expected(0, CHUNK_RECORDS as u64));
         assert!(filling.join().unwrap());
+    }
+
+    #[test]
+    fn a_fed_feed_is_polled_never_waited_on() {
+        // Its ingest may not have started the file: a run to the end that
+        // waited here would hold its worker from the partitions that move.
+        let (mut feed, filler) = fed(2, PathBuf::from("p"), true, None);
+        assert!(feed.filling());
+        let (done, polled) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let status = feed.poll(100, &mut |_, _| panic!("no record yet"));
+            let _ = done.send((status.map_err(|e| e.to_string()), feed));
+        });
+        let (status, mut feed) = polled
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the poll waited for the ingest");
+        assert_eq!(status, Ok(FeedStatus::Idle));
+        drop(filler);
+        assert!(feed.poll(100, &mut |_, _| {}).is_err());
     }
 
     #[test]
