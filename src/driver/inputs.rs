@@ -39,6 +39,12 @@ pub(super) fn prepare(options: &RunOptions) -> Result<Inputs, RunError> {
     if options.workers == 0 {
         return Err(RunError::Usage("--workers must be at least 1".into()));
     }
+    if options.generated.is_some() && !options.inputs.is_empty() {
+        return Err(RunError::Usage(
+            "input files and generated input exclude each other (--input, --generate-events)"
+                .into(),
+        ));
+    }
     let files = expand_inputs(&options.inputs)?;
     let mut overlapped = None;
     if !files.is_empty() {
