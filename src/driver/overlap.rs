@@ -129,7 +129,7 @@ pub(super) fn start(
             .unwrap_or_else(|panic| {
                 Err(RunError::Dataflow(format!(
                     "the ingest of the input files panicked: {}",
-                    crate::panic_message::panic_message(panic.as_ref()).unwrap_or_default()
+                    crate::panic_message::panic_message(panic.as_ref()).unwrap_or("(no message)")
                 )))
             });
             // The fillers of files never started: their feeds fail.
@@ -184,7 +184,7 @@ impl OverlappedIngest {
             thread.join().map_err(|panic| {
                 RunError::Dataflow(format!(
                     "the ingest thread panicked: {}",
-                    crate::panic_message::panic_message(panic.as_ref()).unwrap_or_default()
+                    crate::panic_message::panic_message(panic.as_ref()).unwrap_or("(no message)")
                 ))
             })?;
         }

@@ -81,8 +81,16 @@ impl<'a> Writing<'a> {
     pub(super) fn work(&self) {
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.jobs.len() || i > self.last_to_start.load(Ordering::Relaxed) {
+            if i >= self.jobs.len() {
                 return;
+            }
+            if i > self.last_to_start.load(Ordering::Relaxed) {
+                // Not started after an earlier file failed: its tee goes
+                // now, so what waits for its records learns at once that
+                // none come (not once the files started before are done,
+                // which may wait for that very reader).
+                drop(self.tees.and_then(|t| t.writer(self.jobs[i].partition)));
+                continue;
             }
             let job = self.jobs[i];
             let tee = self.tees.and_then(|t| t.writer(job.partition));

@@ -262,3 +262,75 @@ fn a_file_changed_since_its_ingest_is_refused() {
     );
     assert_eq!(after.entries.len(), 2);
 }
+
+/// Tees that record what happened to each partition's records.
+#[derive(Default)]
+struct RecordingTees {
+    /// Per partition: records handed over, and whether it was written;
+    /// `None` until its writer is dropped.
+    seen: std::sync::Mutex<std::collections::BTreeMap<u32, Option<(u64, bool)>>>,
+}
+
+struct RecordingTee<'a> {
+    tees: &'a RecordingTees,
+    partition: u32,
+    records: u64,
+    written: bool,
+}
+
+impl tee::RecordTee for RecordingTee<'static> {
+    fn record(&mut self, offset: u64, _event: crate::event::EventRef<'_>) -> bool {
+        assert_eq!(offset, self.records, "offsets in order from 0");
+        self.records += 1;
+        true
+    }
+
+    fn written(&mut self) {
+        self.written = true;
+    }
+}
+
+impl Drop for RecordingTee<'_> {
+    fn drop(&mut self) {
+        let mut seen = self.tees.seen.lock().unwrap();
+        seen.insert(self.partition, Some((self.records, self.written)));
+    }
+}
+
+impl tee::IngestTees for &'static RecordingTees {
+    fn writer(&self, partition: u32) -> Option<Box<dyn tee::RecordTee>> {
+        self.seen.lock().unwrap().insert(partition, None);
+        Some(Box::new(RecordingTee {
+            tees: self,
+            partition,
+            records: 0,
+            written: false,
+        }))
+    }
+}
+
+#[test]
+fn tees_get_each_files_records_and_the_ones_never_started_are_dropped_at_once() {
+    let (tmp, log_dir, a) = setup();
+    let bad = write(tmp.path(), "bad.csv", "ts,key,value\n1,a,1\n2,b,x\n");
+    let c = write(tmp.path(), "c.csv", "ts,key,value\n1,a,1\n");
+    let tees: &'static RecordingTees = Box::leak(Box::default());
+    let files = [a, bad, c];
+    // One thread: the file after the bad one is never started.
+    let planned = plan_ingest(&log_dir, "t", RowSchema::Generic, &files, &cfg()).unwrap();
+    let e = planned.run(1, Some(&tees)).unwrap_err();
+    assert!(matches!(e.kind, IngestErrorKind::Csv(_)), "{e}");
+    let seen = tees.seen.lock().unwrap().clone();
+    // a: both records, written; bad: its first record, not written; c:
+    // never started, but its tee taken and dropped (its reader learns
+    // that nothing comes without waiting for the files before).
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec![
+            (0, Some((2, true))),
+            (1, Some((1, false))),
+            (2, Some((0, false)))
+        ]
+    );
+    assert_eq!(list_partitions(&log_dir, "t").unwrap(), vec![0]);
+}

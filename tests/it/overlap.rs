@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use weir::checkpoint::store::read_commits;
 use weir::log::list_partitions;
 
-use crate::support::{assert_success, run_weir, sorted_rows, weir};
+use crate::support::{assert_success, output_within, sorted_rows, weir};
 
 /// A file of `rows` events `step_ms` apart over `keys` keys, every 11th
 /// one `back_ms` back in time (late under a lateness below it).
@@ -53,8 +53,8 @@ fn run(
     args.push("--input".to_owned());
     args.extend(inputs.iter().map(|p| p.display().to_string()));
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_weir(&args)
+    // Bounded: a run that hangs fails the test with its log.
+    output_within(weir().args(&args), Duration::from_secs(240))
 }
 
 /// The window rows and late rows of `out`, sorted.
