@@ -165,7 +165,15 @@ fn run_into_failpoint(args: &[String], failpoint: &str) -> std::process::Output 
         let _ = Command::new("kill")
             .args(["-9", "--", &format!("-{pid}")])
             .status();
-        panic!("{failpoint}: the failpoint was never reached");
+        // The killed run's output, to tell a run that never got there from
+        // one that failed and did not exit.
+        let stderr = finished
+            .recv_timeout(Duration::from_secs(10))
+            .ok()
+            .and_then(Result::ok)
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default();
+        panic!("{failpoint}: the failpoint was never reached; the run's stderr:\n{stderr}");
     }
 }
 
