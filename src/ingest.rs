@@ -55,7 +55,7 @@ use crate::storage::durable::{
     create_dir_all_durably, remove_dir_all_durably, write_file_atomically,
 };
 use manifest::{FileIdentity, Manifest, MAX_PATH_LEN_BYTES};
-use plan::PreparedIngest;
+pub use plan::PlannedIngest;
 
 /// File name of the manifest in the topic directory.
 pub const MANIFEST_FILE_NAME: &str = "MANIFEST";
@@ -263,34 +263,7 @@ pub fn plan_ingest(
     files: &[PathBuf],
     config: &LogConfig,
 ) -> Result<PlannedIngest, IngestError> {
-    PreparedIngest::prepare(log_dir, topic, schema, files, config).map(PlannedIngest)
-}
-
-/// An ingest planned by [`plan_ingest`] and not yet run.
-pub struct PlannedIngest(PreparedIngest);
-
-impl PlannedIngest {
-    /// The partitions the new files become, in the order given.
-    pub fn new_partitions(&self) -> Vec<u32> {
-        self.0.new_partitions()
-    }
-
-    /// Whether planning refused a file: running ingests the files before
-    /// it, then fails with its error.
-    pub fn refuses_a_file(&self) -> bool {
-        self.0.refuses_a_file()
-    }
-
-    /// Writes the new partitions, up to `threads` files at once, and
-    /// commits them in the order given; each new partition's records also
-    /// go to its tee in `tees` as they are appended (see [`tee`]).
-    pub fn run(
-        self,
-        threads: usize,
-        tees: Option<&dyn tee::IngestTees>,
-    ) -> Result<IngestReport, IngestError> {
-        self.0.run(threads, tees)
-    }
+    PlannedIngest::prepare(log_dir, topic, schema, files, config)
 }
 
 /// Where the file recorded as `recorded` in the manifest is now: the path

@@ -84,16 +84,16 @@ impl<'a> Writing<'a> {
             if i >= self.jobs.len() {
                 return;
             }
+            let job = self.jobs[i];
+            let tee = self.tees.and_then(|t| t.writer(job.partition));
             if i > self.last_to_start.load(Ordering::Relaxed) {
                 // Not started after an earlier file failed: its tee goes
                 // now, so what waits for its records learns at once that
                 // none come (not once the files started before are done,
                 // which may wait for that very reader).
-                drop(self.tees.and_then(|t| t.writer(self.jobs[i].partition)));
+                drop(tee);
                 continue;
             }
-            let job = self.jobs[i];
-            let tee = self.tees.and_then(|t| t.writer(job.partition));
             // A panic would leave `wait` waiting for this result for ever:
             // it becomes this file's error instead.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

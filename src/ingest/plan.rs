@@ -16,8 +16,9 @@ use crate::csv_input::RowSchema;
 use crate::log::{validate_topic, LogConfig};
 use crate::storage::durable::{rename_durably, write_file_atomically};
 
-/// An ingest planned and not yet run; see the module doc.
-pub(super) struct PreparedIngest {
+/// An ingest planned by [`super::plan_ingest`] and not yet run; see the
+/// module doc.
+pub struct PlannedIngest {
     topic_dir: PathBuf,
     manifest: Manifest,
     plan: Vec<Planned>,
@@ -27,7 +28,7 @@ pub(super) struct PreparedIngest {
     config: LogConfig,
 }
 
-impl PreparedIngest {
+impl PlannedIngest {
     /// Plans ingesting `files` (rows of `schema`) into `topic` under
     /// `log_dir`: checks the topic and the manifest (recovering what a
     /// crash left), and decides each file's partition.
@@ -45,7 +46,7 @@ impl PreparedIngest {
             let mut manifest = open_manifest(&topic_dir)?;
             recover(&topic_dir, &mut manifest)?;
             let (plan, refused) = plan_files(&manifest, schema, files);
-            Ok(PreparedIngest {
+            Ok(PlannedIngest {
                 topic_dir,
                 manifest,
                 plan,
@@ -60,20 +61,21 @@ impl PreparedIngest {
     }
 
     /// The partitions the new files become, in the order given.
-    pub(super) fn new_partitions(&self) -> Vec<u32> {
+    pub fn new_partitions(&self) -> Vec<u32> {
         new_jobs(&self.plan).map(|job| job.partition).collect()
     }
 
-    /// Whether planning refused a file (the ingest then ends with its
-    /// error, after the files before it).
-    pub(super) fn refuses_a_file(&self) -> bool {
+    /// Whether planning refused a file: running ingests the files before
+    /// it, then fails with its error.
+    pub fn refuses_a_file(&self) -> bool {
         self.refused.is_some()
     }
 
     /// Writes the new partitions, up to `threads` files at once, and
-    /// commits them in the order given; each new partition's records are
-    /// handed to its tee in `tees`, if any, as they are appended.
-    pub(super) fn run(
+    /// commits them in the order given; each new partition's records also
+    /// go to its tee in `tees`, if any, as they are appended (see
+    /// [`super::tee`]).
+    pub fn run(
         self,
         threads: usize,
         tees: Option<&dyn IngestTees>,
@@ -93,7 +95,7 @@ impl PreparedIngest {
         (threads, tees): (usize, Option<&dyn IngestTees>),
         report: &mut IngestReport,
     ) -> Result<(), IngestErrorKind> {
-        let PreparedIngest {
+        let PlannedIngest {
             topic_dir,
             mut manifest,
             plan,

@@ -164,17 +164,16 @@ impl ReadAheadFeed {
             }
             Ok(Ahead::Failed(e)) => Err(e),
             Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) if self.fed.is_some() => {
-                let fed = self.fed.as_ref().expect("fed");
-                match fed.after_disconnect(self.until_end) {
-                    Ok(ended) => {
-                        self.ended = ended;
-                        Ok(None)
-                    }
-                    Err(reason) => Err(self.error(reason.into())),
-                }
-            }
             Err(TryRecvError::Disconnected) => {
+                if let Some(fed) = self.fed.as_ref() {
+                    return match fed.after_disconnect(self.until_end) {
+                        Ok(ended) => {
+                            self.ended = ended;
+                            Ok(None)
+                        }
+                        Err(reason) => Err(self.error(reason.into())),
+                    };
+                }
                 // Only a panic ends the thread without a last word: say which.
                 let panic = self.thread.take().and_then(|t| t.join().err());
                 let message = panic
